@@ -1,0 +1,20 @@
+//! ferrolm: quantized LLM inference (GGUF) on WebGPU, in the browser and natively.
+//!
+//! Module map (see README.md, "Architecture"):
+//! - [`gguf`]: file parsing, quant blocks, CPU dequantization, a writer for synthetic models
+//! - [`model`]: model configuration read from GGUF metadata, one file per architecture
+//! - [`tokenizer`], [`chat`]: text <-> token ids, chat templates
+//! - [`cpu`]: the exact f32 reference forward pass, the oracle for every GPU test
+//! - [`generate`]: the greedy decode loop used by the CLI and the wasm API
+
+pub mod chat;
+pub mod cpu;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod model;
+pub mod tokenizer;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
+
+pub use error::{Error, Result};

@@ -1,0 +1,3 @@
+//! PLACEHOLDER: being written (helper). API contract:
+//! Tokenizer::from_gguf(&Metadata) / from_json(&[u8]); encode(text, parse_special); decode(ids);
+//! Detokenizer for incremental UTF-8-safe decoding.
