@@ -56,6 +56,15 @@ pub enum Error {
     #[error("token id {id} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange { id: u32, vocab: usize },
 
+    #[error("WebGPU is not available: {0}. Use a browser with WebGPU (Chrome or Edge 113+, Safari 26+, Firefox 141+ on Windows), or natively a Vulkan, Metal or DX12 driver (on Linux without a GPU: apt install mesa-vulkan-drivers); the CLI also runs with --device cpu")]
+    NoGpu(String),
+
+    #[error("GPU error: {0}")]
+    Gpu(String),
+
+    #[error("{what} needs {bytes} bytes but this GPU allows at most {limit} bytes per buffer; use a smaller model or quantization")]
+    ModelTooLarge { what: String, bytes: u64, limit: u64 },
+
     #[error("invalid option {option}: {reason}")]
     InvalidOption { option: &'static str, reason: String },
 }

@@ -11,6 +11,7 @@ pub mod chat;
 pub mod cpu;
 pub mod error;
 pub mod generate;
+pub mod gpu;
 pub mod gguf;
 pub mod model;
 pub mod tokenizer;

@@ -2,15 +2,9 @@
 
 mod common;
 
+use ferrolm::cpu::ops::nll;
 use ferrolm::cpu::{CpuModel, Logits};
 use ferrolm::gguf::Gguf;
-
-/// Negative log-likelihood of `target` under `logits`.
-fn nll(logits: &[f32], target: usize) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
-    lse - logits[target] as f64
-}
 
 #[test]
 fn smollm2_forced_logits_match_f32_reference() {

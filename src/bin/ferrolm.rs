@@ -1,1 +1,233 @@
-fn main() {}
+//! The native CLI: `generate`, `score`, `tokenize`, `inspect`. Generated text goes to stdout so it
+//! can be piped and compared; timings and stats go to stderr. Errors print one line, exit 1.
+
+#[cfg(target_arch = "wasm32")]
+fn main() {} // The browser API lives in `wasm.rs`; the CLI is native only.
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> std::process::ExitCode {
+    match cli::run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod cli {
+    use std::io::Write;
+    use std::path::PathBuf;
+
+    use clap::{Parser, Subcommand, ValueEnum};
+    use ferrolm::chat::{render_chat, ChatMessage, ChatTemplate};
+    use ferrolm::cpu::ops::nll;
+    use ferrolm::cpu::{CpuModel, Logits};
+    use ferrolm::generate::{generate_greedy, now_ms, CpuSession};
+    use ferrolm::gguf::Gguf;
+    use ferrolm::tokenizer::Tokenizer;
+    use ferrolm::{Error, Result};
+
+    const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+    #[derive(Parser)]
+    #[command(name = "ferrolm", version, about = "Run quantized GGUF language models")]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(clap::Args)]
+    struct ModelArgs {
+        /// GGUF model file [default: models/SmolLM2-135M-Instruct.Q4_1.gguf]
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Where the model runs.
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
+    }
+
+    #[derive(Clone, Copy, ValueEnum)]
+    enum Device {
+        /// The exact f32 reference on the CPU.
+        Cpu,
+        /// The WebGPU engine.
+        Gpu,
+    }
+
+    #[derive(Subcommand)]
+    enum Command {
+        /// Generate text from a prompt (greedy).
+        Generate {
+            #[command(flatten)]
+            model: ModelArgs,
+            #[arg(long)]
+            prompt: String,
+            /// Treat the prompt as a user message and apply the model's chat template.
+            #[arg(long)]
+            chat: bool,
+            /// System message for --chat.
+            #[arg(long)]
+            system: Option<String>,
+            #[arg(long, default_value_t = 128)]
+            max_tokens: usize,
+            /// Context length in tokens [default: the model's, capped at 4096].
+            #[arg(long)]
+            context: Option<usize>,
+        },
+        /// Teacher-force token ids; print the top logits and NLL of the next token per position.
+        Score {
+            #[command(flatten)]
+            model: ModelArgs,
+            /// Comma-separated token ids.
+            #[arg(long)]
+            tokens: String,
+            #[arg(long, default_value_t = 5)]
+            top: usize,
+        },
+        /// Print the token ids of a text as a JSON array.
+        Tokenize {
+            #[command(flatten)]
+            model: ModelArgs,
+            #[arg(long)]
+            text: String,
+            /// Parse special tokens such as <|im_start|> as single tokens.
+            #[arg(long)]
+            special: bool,
+        },
+        /// Print the model's metadata and tensor table.
+        Inspect {
+            #[command(flatten)]
+            model: ModelArgs,
+        },
+    }
+
+    struct Loaded {
+        file: std::fs::File,
+        gguf: Gguf,
+        path: PathBuf,
+    }
+
+    fn open(args: &ModelArgs) -> Result<Loaded> {
+        let path = args.model.clone().unwrap_or_else(|| {
+            let local = PathBuf::from(DEFAULT_MODEL);
+            if local.exists() { local } else { PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL) }
+        });
+        let file = std::fs::File::open(&path).map_err(|e| {
+            let hint = if args.model.is_none() { "; run `make models` to fetch the default model" } else { "" };
+            Error::Io(std::io::Error::new(e.kind(), format!("cannot open {}: {e}{hint}", path.display())))
+        })?;
+        let gguf = Gguf::read(&file)?;
+        Ok(Loaded { file, gguf, path })
+    }
+
+    fn cpu_model(args: &ModelArgs, m: &Loaded) -> Result<CpuModel> {
+        match args.device {
+            Device::Cpu => CpuModel::load(&m.gguf, &m.file),
+            Device::Gpu => Err(Error::InvalidOption {
+                option: "--device",
+                reason: "the GPU engine is not available in this build yet; use --device cpu".into(),
+            }),
+        }
+    }
+
+    pub fn run() -> Result<()> {
+        match Cli::parse().command {
+            Command::Generate { model: args, prompt, chat, system, max_tokens, context } => {
+                let t0 = now_ms();
+                let m = open(&args)?;
+                let tokenizer = Tokenizer::from_gguf(&m.gguf.metadata)?;
+                let model = cpu_model(&args, &m)?;
+                let load_ms = now_ms() - t0;
+                let text = if chat {
+                    let template = ChatTemplate::from_gguf(&m.gguf.metadata, &tokenizer)?;
+                    let mut messages = Vec::new();
+                    if let Some(s) = system {
+                        messages.push(ChatMessage { role: "system".into(), content: s });
+                    }
+                    messages.push(ChatMessage { role: "user".into(), content: prompt });
+                    render_chat(template.as_ref(), &messages, true)?
+                } else {
+                    prompt
+                };
+                let ids = tokenizer.encode_prompt(&text, chat)?;
+                let context = context.unwrap_or(model.config.context_len.min(4096));
+                let mut session = CpuSession::new(&model, context);
+                let mut stdout = std::io::stdout().lock();
+                let gen = generate_greedy(&mut session, &tokenizer, &ids, max_tokens, |piece| {
+                    let _ = stdout.write_all(piece.as_bytes());
+                    let _ = stdout.flush();
+                })?;
+                let _ = writeln!(stdout);
+                let s = &gen.stats;
+                eprintln!(
+                    "model {} | load {:.0} ms | prompt tokens {} | generated {} ({}) | TTFT {:.0} ms | prefill {:.1} tok/s | decode {:.1} tok/s",
+                    m.path.display(), load_ms, s.prompt_tokens, s.generated_tokens, gen.finish_reason.as_str(), s.ttft_ms, s.prefill_tok_s, s.decode_tok_s
+                );
+            }
+            Command::Score { model: args, tokens, top } => {
+                let ids = parse_ids(&tokens)?;
+                let m = open(&args)?;
+                let model = cpu_model(&args, &m)?;
+                let mut cache = model.new_cache(ids.len());
+                let logits = model.forward(&ids, &mut cache, Logits::All)?;
+                let vocab = model.config.vocab_size;
+                let mut total = 0.0;
+                for (i, row) in logits.chunks_exact(vocab).enumerate() {
+                    let mut order: Vec<usize> = (0..vocab).collect();
+                    order.select_nth_unstable_by(top.min(vocab) - 1, |&a, &b| row[b].total_cmp(&row[a]));
+                    order.truncate(top.min(vocab));
+                    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                    let top_json: Vec<String> = order.iter().map(|&id| format!("[{id},{}]", row[id])).collect();
+                    let mut line = format!("{{\"pos\":{i},\"top\":[{}]", top_json.join(","));
+                    if let Some(&next) = ids.get(i + 1) {
+                        let nll = nll(row, next as usize);
+                        total += nll;
+                        line += &format!(",\"nll\":{nll}");
+                    }
+                    println!("{line}}}");
+                }
+                let n = ids.len().saturating_sub(1).max(1);
+                println!("{{\"mean_nll\":{}}}", total / n as f64);
+            }
+            Command::Tokenize { model: args, text, special } => {
+                let m = open(&args)?;
+                let tokenizer = Tokenizer::from_gguf(&m.gguf.metadata)?;
+                let ids = tokenizer.encode(&text, special)?;
+                println!("{}", serde_json::to_string(&ids).expect("ids serialize"));
+            }
+            Command::Inspect { model: args } => {
+                let m = open(&args)?;
+                let g = &m.gguf;
+                println!("file: {} (GGUF v{}, {} bytes)", m.path.display(), g.version, g.file_len);
+                println!("metadata ({} keys):", g.metadata.len());
+                for (k, v) in g.metadata.iter() {
+                    println!("  {k:<48} {}", v.summary());
+                }
+                println!("tensors ({}):", g.tensors.len());
+                println!("  {:<36} {:>6} {:>24} {:>12} {:>12}", "name", "type", "dims", "offset", "bytes");
+                for t in &g.tensors {
+                    println!("  {:<36} {:>6} {:>24} {:>12} {:>12}", t.name, t.ty.name(), format!("{:?}", t.dims), t.offset, t.n_bytes);
+                }
+                match ferrolm::model::Config::from_gguf(g) {
+                    Ok(c) => println!("config: {c:?}"),
+                    Err(e) => println!("config: not runnable: {e}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_ids(s: &str) -> Result<Vec<u32>> {
+        let ids = s
+            .split(',')
+            .map(|t| t.trim().parse::<u32>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::InvalidOption { option: "--tokens", reason: format!("expected comma-separated token ids ({e})") })?;
+        if ids.is_empty() {
+            return Err(Error::InvalidOption { option: "--tokens", reason: "no token ids given".into() });
+        }
+        Ok(ids)
+    }
+}

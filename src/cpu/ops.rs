@@ -124,3 +124,10 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
         *a += b;
     }
 }
+
+/// Negative log-likelihood `-ln softmax(logits)[target]`, in f64.
+pub fn nll(logits: &[f32], target: usize) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
+    lse - logits[target] as f64
+}

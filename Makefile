@@ -1,0 +1,80 @@
+# ferrolm: every target installs what it needs on a fresh Debian machine, idempotently.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+WASM_TARGET := wasm32-unknown-unknown
+WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version = "\(.*\)"/\1/p;}' Cargo.lock)
+TEST_PORT ?= 8765
+DEMO_PORT ?= 8080
+PROMPT ?= The printing press was invented by
+MAX_TOKENS ?= 64
+export CHROMEDRIVER ?= /usr/bin/chromedriver
+export WASM_BINDGEN_TEST_TIMEOUT ?= 900
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: help models tools rust-tools system-packages build test test-native test-browser run demo wasm clean
+
+help:
+	@echo "make demo   build the wasm package and serve the demo page"
+	@echo "make run    generate from the default model in the terminal (PROMPT=..., MAX_TOKENS=...)"
+	@echo "make test   every test suite, native and in headless Chromium"
+
+## ---- set-up ---------------------------------------------------------------------------------
+
+models:
+	scripts/fetch-models.sh all
+
+system-packages:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+	    || ! ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1; then \
+	  echo "installing chromium, chromium-driver, mesa-vulkan-drivers"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver mesa-vulkan-drivers >/dev/null; \
+	fi
+
+rust-tools:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	@if [ "$$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $(WASM_BINDGEN_VERSION)" ]; then \
+	  echo "installing wasm-bindgen-cli $(WASM_BINDGEN_VERSION) (matches Cargo.lock)"; \
+	  cargo install --quiet wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); \
+	fi
+
+tools: system-packages rust-tools
+
+## ---- build ----------------------------------------------------------------------------------
+
+build:
+	cargo build --release
+
+# The npm package's wasm half: wasm-bindgen output in pkg/wasm (git-ignored).
+wasm: rust-tools
+	cargo build --release --lib --target $(WASM_TARGET)
+	wasm-bindgen --target web --out-dir pkg/wasm target/$(WASM_TARGET)/release/ferrolm.wasm
+
+## ---- use ------------------------------------------------------------------------------------
+
+run: models build
+	target/release/ferrolm generate --prompt "$(PROMPT)" --max-tokens $(MAX_TOKENS)
+
+demo: models wasm
+	@echo "demo: http://127.0.0.1:$(DEMO_PORT)/"
+	python3 scripts/serve.py --port $(DEMO_PORT) --mount /pkg=pkg --mount /models=models www
+
+## ---- tests ----------------------------------------------------------------------------------
+
+test: models tools
+	$(MAKE) test-native
+	$(MAKE) test-browser
+
+test-native:
+	cargo test --release
+
+# wasm-bindgen-test in headless Chromium (flags in webdriver.json); the tests fetch model files
+# from a local server started for the run.
+test-browser:
+	@python3 scripts/serve.py --port $(TEST_PORT) --mount /models=models . & pid=$$!; \
+	trap "kill $$pid" EXIT; \
+	FERROLM_TEST_SERVER=http://127.0.0.1:$(TEST_PORT) cargo test --release --target $(WASM_TARGET) --test browser
+
+clean:
+	cargo clean
+	rm -rf pkg/wasm dist

@@ -1,0 +1,15 @@
+// The step's batch description, written by the engine before each forward (src/gpu/batch.rs).
+// Header: [n_tokens, n_logit_rows, max_tokens, max_blocks_per_seq, block_size, 0, 0, 0], then
+// tokens[max_tokens], positions[max_tokens], seq_ids[max_tokens], logit_rows[max_tokens],
+// block_tables[max_seqs][max_blocks_per_seq] (physical KV block of each logical block).
+fn n_tokens() -> u32 { return batch[0]; }
+fn n_logit_rows() -> u32 { return batch[1]; }
+fn token_id(t: u32) -> u32 { return batch[8u + t]; }
+fn position(t: u32) -> u32 { return batch[8u + batch[2] + t]; }
+fn seq_id(t: u32) -> u32 { return batch[8u + 2u * batch[2] + t]; }
+fn logit_row(i: u32) -> u32 { return batch[8u + 3u * batch[2] + i]; }
+fn kv_slot(seq: u32, pos: u32) -> u32 {
+    let bs = batch[4];
+    let block = batch[8u + 4u * batch[2] + seq * batch[3] + pos / bs];
+    return block * bs + pos % bs;
+}

@@ -1,0 +1,90 @@
+// Dequantizing matrix multiply: y[t][out_col + r] (+)= sum_k x[t][k] * W[r][k] for the batch's
+// tokens. A workgroup owns ROWS = 64 / TPR weight rows and TN tokens; TPR threads split a row's
+// 32-value groups, each dequantizes a group once and applies it to all TN tokens, then the
+// partial sums are reduced in workgroup memory. TN = 1 is the decode GEMV, TN = 8 prefill.
+// SWIGLU: rows r (gate) and r + m (up) of W give y = silu(gate) * up.
+// `load32` comes from the weight type's quant_*.wgsl, prepended by the launcher.
+
+struct Params {
+    k: u32,          // input width (multiple of 32)
+    m: u32,          // output rows
+    out_stride: u32, // y row stride
+    out_col: u32,    // first y column written
+    scale_off: u32,  // u32 offset of the scales in w
+    accumulate: u32, // 1: y += result (residual add)
+    use_logit_rows: u32, // 1: the token count is n_logit_rows (LM head)
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read> batch: array<u32>;
+
+override TN: u32 = 1u;
+override TPR: u32 = 16u;
+override SWIGLU: bool = false;
+const WG: u32 = 64u;
+const MAX_TN: u32 = 8u;
+
+var<workgroup> red: array<f32, 1024>; // [WG][MAX_TN][2]
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n = select(n_tokens(), n_logit_rows(), P.use_logit_rows == 1u);
+    let t0 = wid.y * TN;
+    let row = wid.x * (WG / TPR) + lid / TPR;
+    let lane = lid % TPR;
+    let groups = P.k / 32u;
+    let nt = min(TN, n - min(n, t0));
+    var acc: array<f32, 8>;
+    var acc2: array<f32, 8>;
+    if (row < P.m) {
+        for (var g = lane; g < groups; g += TPR) {
+            let wv = load32(row, g, groups, P.scale_off);
+            var uv: array<vec4<f32>, 8>;
+            if (SWIGLU) { uv = load32(row + P.m, g, groups, P.scale_off); }
+            for (var t = 0u; t < nt; t++) {
+                let xb = (t0 + t) * (P.k / 4u) + g * 8u;
+                var s = 0.0;
+                var s2 = 0.0;
+                for (var i = 0u; i < 8u; i++) {
+                    let xv = x[xb + i];
+                    s += dot(wv[i], xv);
+                    if (SWIGLU) { s2 += dot(uv[i], xv); }
+                }
+                acc[t] += s;
+                acc2[t] += s2;
+            }
+        }
+    }
+    for (var t = 0u; t < MAX_TN; t++) {
+        red[(lid * MAX_TN + t) * 2u] = acc[t];
+        red[(lid * MAX_TN + t) * 2u + 1u] = acc2[t];
+    }
+    workgroupBarrier();
+    for (var s = TPR / 2u; s > 0u; s /= 2u) {
+        if (lane < s) {
+            for (var t = 0u; t < MAX_TN; t++) {
+                let a = (lid * MAX_TN + t) * 2u;
+                let b = ((lid + s) * MAX_TN + t) * 2u;
+                red[a] += red[b];
+                red[a + 1u] += red[b + 1u];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && row < P.m) {
+        for (var t = 0u; t < nt; t++) {
+            let a = (lid * MAX_TN + t) * 2u;
+            var v = red[a];
+            if (SWIGLU) {
+                v = v / (1.0 + exp(-v)) * red[a + 1u];
+            }
+            let o = (t0 + t) * P.out_stride + P.out_col + row;
+            if (P.accumulate == 1u) { v += y[o]; }
+            y[o] = v;
+        }
+    }
+}

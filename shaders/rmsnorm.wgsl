@@ -1,0 +1,44 @@
+// RMSNorm: y[i] = x[src(i)] / sqrt(mean(x^2) + eps) * weight, one workgroup per row. With
+// GATHER the rows are the batch's logit rows (the final norm computes only rows that need logits).
+
+struct Params {
+    d: u32,
+    eps: f32,
+    gather: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read> batch: array<u32>;
+
+var<workgroup> partial: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = wid.x;
+    let n = select(n_tokens(), n_logit_rows(), P.gather == 1u);
+    let live = i < n;
+    var src = i;
+    if (P.gather == 1u && live) { src = logit_row(i); }
+    var ss = 0.0;
+    if (live) {
+        for (var j = lid; j < P.d; j += 64u) {
+            let v = x[src * P.d + j];
+            ss += v * v;
+        }
+    }
+    partial[lid] = ss;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s /= 2u) {
+        if (lid < s) { partial[lid] += partial[lid + s]; }
+        workgroupBarrier();
+    }
+    if (!live) { return; }
+    let scale = 1.0 / sqrt(partial[0] / f32(P.d) + P.eps);
+    for (var j = lid; j < P.d; j += 64u) {
+        y[i * P.d + j] = x[src * P.d + j] * scale * weight[j];
+    }
+}

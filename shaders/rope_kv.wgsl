@@ -1,0 +1,60 @@
+// RoPE on the fused qkv rows, then K and V into the paged cache. One workgroup per token.
+// q is rotated in place; k is rotated on its way into the cache. The cos/sin table is computed
+// once on the CPU in f64 (`rope[pos][i] = (cos, sin)`), so angles match the reference exactly.
+// NEOX pairs (i, i + d/2); otherwise adjacent pairs (2i, 2i + 1) as GGML's "normal" rope.
+
+struct Params {
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    qkv_stride: u32, // q_dim + 2 * kv_dim
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read_write> qkv: array<f32>;
+@group(0) @binding(2) var<storage, read> rope: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(5) var<storage, read> batch: array<u32>;
+
+override NEOX: bool = false;
+
+fn pair(i: u32) -> vec2<u32> {
+    let half = P.head_dim / 2u;
+    let h = i / half;
+    let j = i % half;
+    let base = h * P.head_dim;
+    if (NEOX) { return vec2<u32>(base + j, base + j + half); }
+    return vec2<u32>(base + 2u * j, base + 2u * j + 1u);
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = wid.x;
+    if (t >= n_tokens()) { return; }
+    let pos = position(t);
+    let half = P.head_dim / 2u;
+    let row = t * P.qkv_stride;
+    let q_dim = P.n_heads * P.head_dim;
+    let kv_dim = P.n_kv_heads * P.head_dim;
+    let slot = kv_slot(seq_id(t), pos);
+    for (var i = lid; i < P.n_heads * half; i += 64u) {
+        let cs = rope[pos * half + i % half];
+        let p = pair(i) + row;
+        let a = qkv[p.x];
+        let b = qkv[p.y];
+        qkv[p.x] = a * cs.x - b * cs.y;
+        qkv[p.y] = a * cs.y + b * cs.x;
+    }
+    for (var i = lid; i < P.n_kv_heads * half; i += 64u) {
+        let cs = rope[pos * half + i % half];
+        let p = pair(i);
+        let a = qkv[row + q_dim + p.x];
+        let b = qkv[row + q_dim + p.y];
+        k_cache[slot * kv_dim + p.x] = a * cs.x - b * cs.y;
+        k_cache[slot * kv_dim + p.y] = a * cs.y + b * cs.x;
+    }
+    for (var i = lid; i < kv_dim; i += 64u) {
+        v_cache[slot * kv_dim + i] = qkv[row + q_dim + kv_dim + i];
+    }
+}

@@ -1,0 +1,126 @@
+//! The GPU device: one code path for native wgpu (Vulkan/Metal/DX12) and the browser's WebGPU.
+//! Requests the adapter's real limits and only the optional features it has (and the caller
+//! allows), so the engine runs on any adapter, including ones without `shader-f16`.
+
+use crate::error::{Error, Result};
+
+/// Which optional adapter features the engine may use; all off still works everywhere.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuOptions {
+    pub allow_subgroups: bool,
+    pub allow_f16: bool,
+    pub allow_timestamps: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions { allow_subgroups: true, allow_f16: true, allow_timestamps: true }
+    }
+}
+
+/// What the engine reads off the adapter it got.
+#[derive(Clone, Debug)]
+pub struct AdapterInfo {
+    pub name: String,
+    pub backend: String,
+    pub driver: String,
+    pub subgroups: bool,
+    pub f16: bool,
+    pub timestamps: bool,
+    pub max_buffer_size: u64,
+    pub max_binding_size: u64,
+    pub max_storage_buffers_per_stage: u32,
+    pub max_workgroup_storage: u32,
+    pub max_invocations: u32,
+}
+
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: AdapterInfo,
+}
+
+impl GpuContext {
+    /// Opens the best adapter. Fails with a clear message when there is no WebGPU.
+    pub async fn new(opts: GpuOptions) -> Result<GpuContext> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = wgpu::Backends::PRIMARY | wgpu::Backends::BROWSER_WEBGPU;
+        let instance = wgpu::Instance::new(desc);
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+            })
+            .await
+            .map_err(|e| Error::NoGpu(e.to_string()))?;
+        let available = adapter.features();
+        let mut features = wgpu::Features::empty();
+        let mut want = |f: wgpu::Features, allowed: bool| {
+            if allowed && available.contains(f) {
+                features |= f;
+            }
+        };
+        want(wgpu::Features::SUBGROUP, opts.allow_subgroups);
+        want(wgpu::Features::SHADER_F16, opts.allow_f16);
+        want(wgpu::Features::TIMESTAMP_QUERY, opts.allow_timestamps);
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("ferrolm"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::NoGpu(format!("the adapter refused to create a device: {e}")))?;
+        let a = adapter.get_info();
+        let info = AdapterInfo {
+            name: a.name,
+            backend: format!("{:?}", a.backend),
+            driver: format!("{} {}", a.driver, a.driver_info).trim().to_string(),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            f16: features.contains(wgpu::Features::SHADER_F16),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            max_buffer_size: limits.max_buffer_size,
+            max_binding_size: limits.max_storage_buffer_binding_size as u64,
+            max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_invocations: limits.max_compute_invocations_per_workgroup,
+        };
+        Ok(GpuContext { device, queue, info })
+    }
+
+    /// Copies `size` bytes of `src` (from `offset`) back to the CPU. The same code runs natively
+    /// (poll blocks until the copy is done) and in the browser (the event loop resolves the map).
+    pub async fn read_buffer(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        self.map_read(&staging).await
+    }
+
+    /// Maps a MAP_READ buffer whose copy was already submitted and returns its bytes.
+    pub async fn map_read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        // Native backends need a poll to make progress; on the web this is a no-op.
+        let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+        rx.await
+            .map_err(|_| Error::Gpu("the GPU device was lost during a readback".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping a readback buffer failed: {e}")))?;
+        let bytes = staging.get_mapped_range(..).to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+}

@@ -1,0 +1,10 @@
+//! The WebGPU engine: device context, weight repacking, one typed launcher per shader, and the
+//! model's forward pass on the GPU.
+
+mod context;
+pub mod kernels;
+mod model;
+pub mod weights;
+
+pub use context::{AdapterInfo, GpuContext, GpuOptions};
+pub use model::{Batch, EngineLimits, GpuModel};

@@ -1,0 +1,277 @@
+//! The model on the GPU: weights, activations, the KV pool, and the forward pass as a list of
+//! kernel launches recorded once at load. A step writes the batch description, encodes every Op
+//! into one compute pass, submits once and reads back only what it needs (argmax ids, or logits
+//! when asked).
+
+use wgpu::util::DeviceExt;
+
+use super::context::GpuContext;
+use super::kernels::{AttnDims, Count, Kernels, Op, OutCols};
+use super::weights::{concat_rows, upload_f32, GpuTensor};
+use crate::error::{Error, Result};
+use crate::gguf::{ByteSource, Gguf};
+use crate::model::{names, Config, RopeStyle};
+
+/// Sizes fixed when the model is loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineLimits {
+    /// Tokens one forward can take (longer prompts are prefilled in chunks).
+    pub max_batch_tokens: u32,
+    /// Positions per sequence.
+    pub context: u32,
+    /// Sequences whose block tables fit in the batch description.
+    pub max_seqs: u32,
+    /// Tokens per KV block.
+    pub block_size: u32,
+    /// KV blocks in the pool.
+    pub n_blocks: u32,
+}
+
+/// One step's work: tokens of one or more sequences, and which of them need logits.
+pub struct Batch<'a> {
+    pub tokens: &'a [u32],
+    pub positions: &'a [u32],
+    pub seq_ids: &'a [u32],
+    /// Indices into `tokens` whose logits (or argmax) the step returns.
+    pub logit_rows: &'a [u32],
+    /// Physical KV block of each logical block, per sequence id.
+    pub block_tables: &'a [&'a [u32]],
+}
+
+pub struct GpuModel {
+    pub ctx: GpuContext,
+    pub config: Config,
+    pub limits: EngineLimits,
+    /// Weight bytes a decode step streams (for MBU).
+    pub weight_bytes: u64,
+    max_logit_rows: u32,
+    batch: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    argmax: wgpu::Buffer,
+    argmax_staging: wgpu::Buffer,
+    ops: Vec<Op>,
+    argmax_op: Op,
+}
+
+const HEADER: usize = 8;
+
+impl GpuModel {
+    /// Uploads a supported model, tensor by tensor, and records its forward pass.
+    pub async fn load<S: ByteSource + ?Sized>(ctx: GpuContext, gguf: &Gguf, source: &S, context: u32, max_batch_tokens: u32) -> Result<GpuModel> {
+        let config = Config::from_gguf(gguf)?;
+        let c = &config;
+        let dev = &ctx.device;
+        let max_binding = ctx.info.max_binding_size.min(ctx.info.max_buffer_size);
+        let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+
+        let context = context.clamp(1, c.context_len as u32);
+        let block_size = 16u32;
+        let max_blocks = context.div_ceil(block_size);
+        let limits = EngineLimits { max_batch_tokens, context, max_seqs: 1, block_size, n_blocks: max_blocks };
+        let t = max_batch_tokens as u64;
+        let (d, qd, kvd, f, v) = (c.d_model as u64, c.q_dim() as u64, c.kv_dim() as u64, c.ffn_dim as u64, c.vocab_size as u64);
+        let max_logit_rows = (max_binding / (v * 4)).min(t).max(1) as u32;
+
+        let storage = |label: &str, bytes: u64| -> Result<wgpu::Buffer> {
+            if bytes > max_binding {
+                return Err(Error::ModelTooLarge { what: label.to_string(), bytes, limit: max_binding });
+            }
+            Ok(dev.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes.max(4),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }))
+        };
+        let batch_words = HEADER as u64 + 4 * t + (limits.max_seqs * max_blocks) as u64;
+        let batch = storage("batch", batch_words * 4)?;
+        let kernels = Kernels::new(dev, &batch);
+        let x = storage("x", t * d * 4)?;
+        let h = storage("h", t * d * 4)?;
+        let qkv = storage("qkv", t * (qd + 2 * kvd) * 4)?;
+        let attn = storage("attn", t * qd * 4)?;
+        let ffn = storage("ffn", t * f * 4)?;
+        let logits = storage("logits", max_logit_rows as u64 * v * 4)?;
+        let argmax = storage("argmax", max_logit_rows as u64 * 4)?;
+        let argmax_staging = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("argmax staging"),
+            size: max_logit_rows as u64 * 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let rope = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("rope table"),
+            contents: bytemuck::cast_slice(&rope_table(context as usize, c.head_dim, c.rope_base)),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+
+        let read = |name: &str| -> Result<(crate::gguf::GgmlType, usize, usize, Vec<u8>)> {
+            let info = c.tensor(gguf, name)?;
+            let rows = (info.n_elements() / info.dims[0]) as usize;
+            Ok((info.ty, rows, info.dims[0] as usize, gguf.tensor_data(source, info)?))
+        };
+        let matrix = |label: &str, parts: &[&str]| -> Result<GpuTensor> {
+            let loaded = parts.iter().map(|p| read(p)).collect::<Result<Vec<_>>>()?;
+            let rows: usize = loaded.iter().map(|l| l.1).sum();
+            let refs: Vec<_> = loaded.iter().map(|l| (l.0, l.2, &l.3[..])).collect();
+            let (ty, k, data) = concat_rows(&refs).ok_or_else(|| {
+                Error::InvalidModel(format!("{} have different types or widths; the GPU engine fuses them", parts.join(", ")))
+            })?;
+            GpuTensor::upload(dev, max_binding, label, ty, &data, rows, k)
+        };
+        let vector = |name: &str| -> Result<wgpu::Buffer> {
+            let (ty, rows, k, data) = read(name)?;
+            upload_f32(dev, name, ty, &data, rows * k)
+        };
+
+        let dims = AttnDims { n_heads: c.n_heads as u32, n_kv_heads: c.n_kv_heads as u32, head_dim: c.head_dim as u32, qkv_stride: (qd + 2 * kvd) as u32 };
+        let token_embd = matrix(names::TOKEN_EMBD, &[names::TOKEN_EMBD])?;
+        let mut ops = vec![kernels.embed(&token_embd, &x, 1.0, false)];
+        let kv_bytes = (max_blocks * block_size) as u64 * kvd * 4;
+        for l in 0..c.n_layers {
+            let p = |n: &str| names::layer(l, n);
+            let k_cache = storage("k cache", kv_bytes)?;
+            let v_cache = storage("v cache", kv_bytes)?;
+            let wqkv = matrix("attn_qkv", &[&p(names::ATTN_Q), &p(names::ATTN_K), &p(names::ATTN_V)])?;
+            let wo = matrix("attn_output", &[&p(names::ATTN_OUT)])?;
+            let w_gate_up = matrix("ffn_gate_up", &[&p(names::FFN_GATE), &p(names::FFN_UP)])?;
+            let w_down = matrix("ffn_down", &[&p(names::FFN_DOWN)])?;
+            let (attn_norm, ffn_norm) = (vector(&p(names::ATTN_NORM))?, vector(&p(names::FFN_NORM))?);
+
+            ops.push(kernels.rmsnorm(&x, &attn_norm, &h, d as u32, c.norm_eps, false));
+            ops.push(kernels.matmul(&wqkv, &h, &qkv, OutCols { stride: dims.qkv_stride, col: 0 }, false, Count::Tokens, false));
+            ops.push(kernels.rope_kv(&qkv, &rope, &k_cache, &v_cache, dims, c.rope_style == RopeStyle::Neox));
+            ops.push(kernels.attention(&qkv, &k_cache, &v_cache, &attn, dims, 1.0 / (c.head_dim as f32).sqrt(), 0));
+            ops.push(kernels.matmul(&wo, &attn, &x, OutCols { stride: d as u32, col: 0 }, true, Count::Tokens, false));
+            ops.push(kernels.rmsnorm(&x, &ffn_norm, &h, d as u32, c.norm_eps, false));
+            ops.push(kernels.matmul(&w_gate_up, &h, &ffn, OutCols { stride: f as u32, col: 0 }, false, Count::Tokens, true));
+            ops.push(kernels.matmul(&w_down, &ffn, &x, OutCols { stride: d as u32, col: 0 }, true, Count::Tokens, false));
+        }
+        let output_norm = vector(names::OUTPUT_NORM)?;
+        ops.push(kernels.rmsnorm(&x, &output_norm, &h, d as u32, c.norm_eps, true));
+        let head = if c.tied_embeddings { token_embd } else { matrix(names::OUTPUT, &[names::OUTPUT])? };
+        ops.push(kernels.matmul(&head, &h, &logits, OutCols { stride: v as u32, col: 0 }, false, Count::LogitRows, false));
+        let argmax_op = kernels.argmax(&logits, &argmax, v as u32);
+
+        if let Some(e) = scope.pop().await {
+            return Err(Error::Gpu(format!("building the forward pass failed: {e}")));
+        }
+        let weight_bytes = c.weight_bytes_per_token(gguf);
+        Ok(GpuModel { ctx, config, limits, weight_bytes, max_logit_rows, batch, logits, argmax, argmax_staging, ops, argmax_op })
+    }
+
+    /// Logit rows one step can return.
+    pub fn max_logit_rows(&self) -> u32 {
+        self.max_logit_rows
+    }
+
+    fn check(&self, b: &Batch) -> Result<()> {
+        let n = b.tokens.len();
+        let bad = |reason: String| Err(Error::InvalidOption { option: "batch", reason });
+        if n == 0 || n > self.limits.max_batch_tokens as usize {
+            return bad(format!("{n} tokens; a step takes 1 to {}", self.limits.max_batch_tokens));
+        }
+        if b.positions.len() != n || b.seq_ids.len() != n {
+            return bad("positions and sequence ids must match the tokens".into());
+        }
+        if b.logit_rows.len() > self.max_logit_rows as usize || b.logit_rows.iter().any(|&r| r as usize >= n) {
+            return bad(format!("logit rows must be token indices, at most {}", self.max_logit_rows));
+        }
+        if b.block_tables.len() > self.limits.max_seqs as usize {
+            return bad(format!("{} sequences; at most {}", b.block_tables.len(), self.limits.max_seqs));
+        }
+        let vocab = self.config.vocab_size;
+        for (i, (&tok, (&pos, &seq))) in b.tokens.iter().zip(b.positions.iter().zip(b.seq_ids)).enumerate() {
+            if tok as usize >= vocab {
+                return Err(Error::TokenOutOfRange { id: tok, vocab });
+            }
+            let table = b.block_tables.get(seq as usize).ok_or_else(|| Error::InvalidOption { option: "batch", reason: format!("token {i} names sequence {seq} which has no block table") })?;
+            if pos >= self.limits.context || (pos / self.limits.block_size) as usize >= table.len() {
+                return Err(Error::PromptTooLong { tokens: pos as usize + 1, context: self.limits.context as usize });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the batch description and encodes the forward pass (plus argmax when asked).
+    fn encode(&self, b: &Batch, with_argmax: bool) -> Result<wgpu::CommandEncoder> {
+        self.check(b)?;
+        let t = self.limits.max_batch_tokens as usize;
+        let max_blocks = self.limits.context.div_ceil(self.limits.block_size) as usize;
+        let mut words = vec![0u32; HEADER + 4 * t + self.limits.max_seqs as usize * max_blocks];
+        words[..5].copy_from_slice(&[b.tokens.len() as u32, b.logit_rows.len() as u32, t as u32, max_blocks as u32, self.limits.block_size]);
+        for (i, part) in [b.tokens, b.positions, b.seq_ids, b.logit_rows].iter().enumerate() {
+            words[HEADER + i * t..][..part.len()].copy_from_slice(part);
+        }
+        for (s, table) in b.block_tables.iter().enumerate() {
+            let n = table.len().min(max_blocks);
+            words[HEADER + 4 * t + s * max_blocks..][..n].copy_from_slice(&table[..n]);
+        }
+        self.ctx.queue.write_buffer(&self.batch, 0, bytemuck::cast_slice(&words));
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let (n, rows) = (b.tokens.len() as u32, b.logit_rows.len() as u32);
+            for op in &self.ops {
+                op.encode(&mut pass, n, rows);
+            }
+            if with_argmax {
+                self.argmax_op.encode(&mut pass, n, rows);
+            }
+        }
+        Ok(enc)
+    }
+
+    /// Runs a step and returns the argmax token of each logit row: 4 bytes read back per row.
+    pub async fn forward_argmax(&self, b: &Batch<'_>) -> Result<Vec<u32>> {
+        let mut enc = self.encode(b, true)?;
+        let bytes = b.logit_rows.len() as u64 * 4;
+        enc.copy_buffer_to_buffer(&self.argmax, 0, &self.argmax_staging, 0, bytes);
+        self.ctx.queue.submit([enc.finish()]);
+        let out = self.ctx.map_read(&self.argmax_staging).await?;
+        Ok(bytemuck::cast_slice(&out[..bytes as usize]).to_vec())
+    }
+
+    /// Runs a step and returns the logits of each logit row, `[rows][vocab]`.
+    pub async fn forward_logits(&self, b: &Batch<'_>) -> Result<Vec<f32>> {
+        let enc = self.encode(b, false)?;
+        self.ctx.queue.submit([enc.finish()]);
+        let bytes = b.logit_rows.len() as u64 * self.config.vocab_size as u64 * 4;
+        let out = self.ctx.read_buffer(&self.logits, 0, bytes).await?;
+        Ok(bytemuck::cast_slice(&out).to_vec())
+    }
+}
+
+/// `(cos, sin)` of every position and frequency, computed in f64 like the CPU reference.
+fn rope_table(context: usize, head_dim: usize, base: f32) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = Vec::with_capacity(context * half * 2);
+    for pos in 0..context {
+        for i in 0..half {
+            let freq = (base as f64).powf(-2.0 * i as f64 / head_dim as f64);
+            let (s, c) = (pos as f64 * freq).sin_cos();
+            out.extend([c as f32, s as f32]);
+        }
+    }
+    out
+}
+
+impl GpuModel {
+    /// Teacher-forces `tokens` as one sequence from position 0 and returns the logits of every
+    /// position, `[n][vocab]`, in chunks the step limits allow.
+    pub async fn score(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.len() > self.limits.context as usize {
+            return Err(Error::PromptTooLong { tokens: tokens.len(), context: self.limits.context as usize });
+        }
+        let table: Vec<u32> = (0..self.limits.n_blocks).collect();
+        let chunk = self.max_logit_rows.min(self.limits.max_batch_tokens) as usize;
+        let mut out = Vec::with_capacity(tokens.len() * self.config.vocab_size);
+        for (c, part) in tokens.chunks(chunk).enumerate() {
+            let positions: Vec<u32> = (0..part.len()).map(|i| (c * chunk + i) as u32).collect();
+            let rows: Vec<u32> = (0..part.len() as u32).collect();
+            let batch = Batch { tokens: part, positions: &positions, seq_ids: &vec![0; part.len()], logit_rows: &rows, block_tables: &[&table] };
+            out.extend(self.forward_logits(&batch).await?);
+        }
+        Ok(out)
+    }
+}

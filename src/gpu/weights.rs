@@ -1,0 +1,111 @@
+//! Quantized weights on the GPU. GGUF blocks are repacked once, here, into a layout shaders read
+//! as u32 words: the quants of every block first, then the scales (f16 packed in u32) at
+//! `scale_off`. Blocks stay quantized; `shaders/quant_*.wgsl` dequantize inside the kernels.
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::gguf::{dequantize, GgmlType, SUPPORTED_TYPES};
+
+/// Types the GPU kernels read directly.
+pub const GPU_MATRIX_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+
+/// A weight matrix `[rows][k]` in the repacked layout.
+pub struct GpuTensor {
+    pub buffer: wgpu::Buffer,
+    pub ty: GgmlType,
+    pub rows: u32,
+    pub k: u32,
+    /// u32 offset of the scale section.
+    pub scale_off: u32,
+}
+
+/// Repacks `rows` rows of `k` values of type `ty` (GGUF block bytes) into u32 words.
+/// Returns the words and the offset of the scale section.
+pub fn repack(ty: GgmlType, data: &[u8], rows: usize, k: usize) -> Result<(Vec<u32>, u32)> {
+    let expected = ty.row_bytes(k as u64)? as usize * rows;
+    if data.len() != expected || k % 32 != 0 {
+        return Err(Error::InvalidModel(format!("{ty} matrix of {rows}x{k} has {} bytes, expected {expected} (rows a multiple of 32)", data.len())));
+    }
+    let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let pack_halves = |halves: &[u16]| -> Vec<u32> {
+        halves.chunks(2).map(|p| p[0] as u32 | (*p.get(1).unwrap_or(&0) as u32) << 16).collect()
+    };
+    let mut out: Vec<u32>;
+    let scale_off;
+    match ty {
+        GgmlType::F32 | GgmlType::F16 => {
+            out = data.chunks_exact(4).map(word).collect();
+            scale_off = out.len() as u32;
+        }
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => {
+            let bs = ty.type_size() as usize;
+            let n_blocks = data.len() / bs;
+            let (head, qs_len) = match ty {
+                GgmlType::Q4_0 => (2, 16),
+                GgmlType::Q4_1 => (4, 16),
+                _ => (2, 32),
+            };
+            out = Vec::with_capacity(n_blocks * (qs_len / 4 + 1));
+            for b in data.chunks_exact(bs) {
+                out.extend(b[head..head + qs_len].chunks_exact(4).map(word));
+            }
+            scale_off = out.len() as u32;
+            if ty == GgmlType::Q4_1 {
+                out.extend(data.chunks_exact(bs).map(|b| word(&b[0..4]))); // d | m << 16
+            } else {
+                let d: Vec<u16> = data.chunks_exact(bs).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+                out.extend(pack_halves(&d));
+            }
+        }
+        other => {
+            return Err(Error::UnsupportedTensorType {
+                name: String::new(),
+                ty: format!("{other} (on the GPU)"),
+                supported: "F32, F16, Q4_0, Q4_1, Q8_0 on the GPU",
+            })
+        }
+    }
+    Ok((out, scale_off))
+}
+
+impl GpuTensor {
+    /// Repacks and uploads a matrix; refuses one larger than a storage binding may be.
+    pub fn upload(device: &wgpu::Device, max_binding: u64, name: &str, ty: GgmlType, data: &[u8], rows: usize, k: usize) -> Result<GpuTensor> {
+        let (words, scale_off) = repack(ty, data, rows, k).map_err(|e| match e {
+            Error::UnsupportedTensorType { ty, .. } => Error::UnsupportedTensorType { name: name.to_string(), ty, supported: SUPPORTED_TYPES },
+            e => e,
+        })?;
+        let bytes = words.len() as u64 * 4;
+        if bytes > max_binding {
+            return Err(Error::ModelTooLarge { what: format!("tensor '{name}'"), bytes, limit: max_binding });
+        }
+        let buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(name),
+            contents: bytemuck::cast_slice(&words),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        Ok(GpuTensor { buffer, ty, rows: rows as u32, k: k as u32, scale_off })
+    }
+}
+
+/// A small f32 vector (norm weights) on the GPU, dequantized if stored quantized.
+pub fn upload_f32(device: &wgpu::Device, name: &str, ty: GgmlType, data: &[u8], n: usize) -> Result<wgpu::Buffer> {
+    let mut v = vec![0f32; n];
+    dequantize(ty, data, &mut v)?;
+    Ok(device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some(name),
+        contents: bytemuck::cast_slice(&v),
+        usage: wgpu::BufferUsages::STORAGE,
+    }))
+}
+
+/// Concatenates the rows of matrices of one type and width (q|k|v, gate|up) so one dispatch
+/// computes them all. `None` when the parts differ in type or width.
+pub fn concat_rows(parts: &[(GgmlType, usize, &[u8])]) -> Option<(GgmlType, usize, Vec<u8>)> {
+    let (ty, k, _) = parts[0];
+    if parts.iter().any(|&(t, kk, _)| t != ty || kk != k) {
+        return None;
+    }
+    Some((ty, k, parts.iter().flat_map(|p| p.2.iter().copied()).collect()))
+}

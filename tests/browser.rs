@@ -1,0 +1,96 @@
+//! Browser tests: the same library code in headless Chromium (wasm-bindgen-test). Model files
+//! come from the local server `make test-browser` starts (FERROLM_TEST_SERVER).
+#![cfg(target_arch = "wasm32")]
+
+use std::rc::Rc;
+
+use ferrolm::cpu::{CpuModel, Logits};
+use ferrolm::gguf::{Gguf, GgufWriter, Value};
+use ferrolm::tokenizer::Tokenizer;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const SERVER: &str = match option_env!("FERROLM_TEST_SERVER") {
+    Some(s) => s,
+    None => "http://127.0.0.1:8765",
+};
+const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const TOKENIZER_GOLDEN: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/smollm2-135m/tokenizer-golden.json"));
+const FORCED_LOGITS: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/smollm2-135m/forced-logits.json"));
+
+thread_local! {
+    static CACHE: std::cell::RefCell<Option<Rc<Vec<u8>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The SmolLM2 file, fetched once per test run.
+async fn smollm2() -> Rc<Vec<u8>> {
+    if let Some(b) = CACHE.with(|c| c.borrow().clone()) {
+        return b;
+    }
+    let url = format!("{SERVER}/models/{SMOLLM2}");
+    let window = web_sys::window().expect("tests run in a window");
+    let resp: web_sys::Response = JsFuture::from(window.fetch_with_str(&url))
+        .await
+        .unwrap_or_else(|e| panic!("fetching {url} failed ({e:?}): is `make test-browser` serving models/?"))
+        .dyn_into()
+        .unwrap();
+    assert!(resp.ok(), "GET {url}: HTTP {} (run `make models`)", resp.status());
+    let buf = JsFuture::from(resp.array_buffer().unwrap()).await.unwrap();
+    let bytes = Rc::new(js_sys::Uint8Array::new(&buf).to_vec());
+    CACHE.with(|c| *c.borrow_mut() = Some(bytes.clone()));
+    bytes
+}
+
+#[wasm_bindgen_test]
+async fn tokenizer_golden_in_browser() {
+    let bytes = smollm2().await;
+    let gguf = Gguf::read(&bytes[..]).unwrap();
+    let tok = Tokenizer::from_gguf(&gguf.metadata).unwrap();
+    let rows: serde_json::Value = serde_json::from_str(TOKENIZER_GOLDEN).unwrap();
+    for row in rows.as_array().unwrap() {
+        let text = row["text"].as_str().unwrap();
+        let want: Vec<u32> = row["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(text, true).unwrap(), want, "encoding {text:?}");
+        assert_eq!(tok.decode(&want).unwrap(), text, "decoding {want:?}");
+    }
+}
+
+#[wasm_bindgen_test]
+async fn cpu_reference_matches_forced_logits_in_browser() {
+    let bytes = smollm2().await;
+    let gguf = Gguf::read(&bytes[..]).unwrap();
+    let model = CpuModel::load(&gguf, &bytes[..]).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(FORCED_LOGITS).unwrap();
+    let case = &reference["cases"][0];
+    let ids = |k: &str| -> Vec<u32> { case[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect() };
+    let tokens: Vec<u32> = ids("prompt_tokens").into_iter().chain(ids("continuation_tokens")).collect();
+    let mut cache = model.new_cache(tokens.len());
+    let logits = model.forward(&tokens, &mut cache, Logits::All).unwrap();
+    let vocab = model.config.vocab_size;
+    for step in case["steps"].as_array().unwrap() {
+        let pos = step["pos"].as_u64().unwrap() as usize;
+        for pair in step["ref_top5"].as_array().unwrap() {
+            let (id, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap());
+            let got = logits[pos * vocab + id] as f64;
+            assert!((got - want).abs() <= 0.02, "pos {pos} token {id}: {got} vs {want}");
+        }
+    }
+}
+
+#[wasm_bindgen_test]
+fn malformed_gguf_is_an_error_not_a_panic_in_browser() {
+    let mut w = GgufWriter::new();
+    w.meta("general.architecture", Value::String("llama".into()));
+    w.tensor_f32("x", &[4], &[1.0, 2.0, 3.0, 4.0]);
+    let bytes = w.to_bytes();
+    for cut in 0..bytes.len() {
+        assert!(Gguf::parse(&bytes[..cut], cut as u64).is_err(), "truncated at {cut} parsed");
+    }
+    let g = Gguf::parse(&bytes, bytes.len() as u64).unwrap();
+    assert_eq!(g.tensors[0].dims, vec![4]);
+    let err = ferrolm::model::Config::from_gguf(&g).unwrap_err().to_string();
+    assert!(err.contains("missing"), "{err}");
+}
