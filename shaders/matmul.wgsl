@@ -38,15 +38,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let lane = lid % TPR;
     let groups = P.k / 32u;
     let nt = min(TN, n - min(n, t0));
-    var acc: array<f32, 8>;
-    var acc2: array<f32, 8>;
+    var acc: array<f32, MAX_TN>;
+    var acc2: array<f32, MAX_TN>;
     if (row < P.m) {
         for (var g = lane; g < groups; g += TPR) {
             let wv = load32(row, g, groups, P.scale_off);
             var uv: array<vec4<f32>, 8>;
             if (SWIGLU) { uv = load32(row + P.m, g, groups, P.scale_off); }
-            for (var t = 0u; t < nt; t++) {
-                let xb = (t0 + t) * (P.k / 4u) + g * 8u;
+            // Constant trip count (TN is specialized) keeps acc in registers.
+            for (var t = 0u; t < TN; t++) {
+                let xb = min(t0 + t, n - 1u) * (P.k / 4u) + g * 8u;
                 var s = 0.0;
                 var s2 = 0.0;
                 for (var i = 0u; i < 8u; i++) {
@@ -59,14 +60,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
     }
-    for (var t = 0u; t < MAX_TN; t++) {
+    for (var t = 0u; t < TN; t++) {
         red[(lid * MAX_TN + t) * 2u] = acc[t];
         red[(lid * MAX_TN + t) * 2u + 1u] = acc2[t];
     }
     workgroupBarrier();
     for (var s = TPR / 2u; s > 0u; s /= 2u) {
         if (lane < s) {
-            for (var t = 0u; t < MAX_TN; t++) {
+            for (var t = 0u; t < TN; t++) {
                 let a = (lid * MAX_TN + t) * 2u;
                 let b = ((lid + s) * MAX_TN + t) * 2u;
                 red[a] += red[b];

@@ -4,12 +4,19 @@
 
 use crate::cpu::{CpuModel, KvCache, Logits};
 use crate::error::{Error, Result};
+use crate::gguf::{ByteSource, Gguf};
+use crate::gpu::{GpuContext, GpuModel, GpuOptions, GpuSession};
+use crate::model::Config;
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
-/// A sequence's state on some backend: extending it with tokens returns the next-token logits.
+/// A sequence's state on some backend. Extending it appends tokens at the current position and
+/// returns what comes next: the greedy token, or the full logits.
+#[allow(async_fn_in_trait)] // Futures stay on one thread: wasm has one, natively we block on them.
 pub trait Session {
-    /// Appends `tokens` at the current position and returns the logits after the last one.
-    fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Appends `tokens` and returns the argmax of the logits after the last one.
+    async fn extend_greedy(&mut self, tokens: &[u32]) -> Result<u32>;
+    /// Appends `tokens` and returns the logits after the last one.
+    async fn extend_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
     /// Positions filled so far.
     fn len(&self) -> usize;
     /// Positions the session can hold.
@@ -29,7 +36,10 @@ impl<'m> CpuSession<'m> {
 }
 
 impl Session for CpuSession<'_> {
-    fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+    async fn extend_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
+        Ok(argmax(&self.model.forward(tokens, &mut self.cache, Logits::Last)?))
+    }
+    async fn extend_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.model.forward(tokens, &mut self.cache, Logits::Last)
     }
     fn len(&self) -> usize {
@@ -88,8 +98,8 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 /// Greedy generation from `prompt` (token ids, BOS already included when the model wants it).
 /// `on_text` receives each piece of newly completed text as it is produced.
-pub fn generate_greedy(
-    session: &mut dyn Session,
+pub async fn generate_greedy<S: Session>(
+    session: &mut S,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     max_tokens: usize,
@@ -103,7 +113,7 @@ pub fn generate_greedy(
         return Err(Error::PromptTooLong { tokens: start_len + prompt.len(), context: session.capacity() });
     }
     let t0 = now_ms();
-    let mut logits = session.extend(prompt)?;
+    let mut next = session.extend_greedy(prompt).await?;
     let mut detok = Detokenizer::new(tokenizer);
     let mut out = Generation {
         tokens: Vec::new(),
@@ -113,7 +123,6 @@ pub fn generate_greedy(
     };
     let mut t_first = t0;
     while out.tokens.len() < max_tokens {
-        let next = argmax(&logits);
         if out.tokens.is_empty() {
             t_first = now_ms();
             out.stats.ttft_ms = t_first - t0;
@@ -131,7 +140,7 @@ pub fn generate_greedy(
         if out.tokens.len() == max_tokens || session.len() >= session.capacity() {
             break;
         }
-        logits = session.extend(&[next])?;
+        next = session.extend_greedy(&[next]).await?;
     }
     let tail = detok.finish()?;
     if !tail.is_empty() {
@@ -159,4 +168,78 @@ pub fn now_ms() -> f64 {
 #[cfg(target_arch = "wasm32")]
 pub fn now_ms() -> f64 {
     js_sys::Date::now()
+}
+
+/// Where a model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The exact f32 reference on the CPU.
+    Cpu,
+    /// The WebGPU engine.
+    Gpu,
+}
+
+/// How to load a model.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Context length in tokens (capped at the model's trained length).
+    pub context: usize,
+    pub gpu: GpuOptions,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { device: Device::Gpu, context: 2048, gpu: GpuOptions::default() }
+    }
+}
+
+/// A loaded model on one of the backends; the CLI and the wasm API drive it the same way.
+pub enum Backend {
+    Cpu(CpuModel),
+    Gpu(GpuModel),
+}
+
+impl Backend {
+    pub async fn load<S: ByteSource + ?Sized>(gguf: &Gguf, source: &S, opts: LoadOptions) -> Result<Backend> {
+        let context = opts.context.min(Config::from_gguf(gguf)?.context_len).max(1);
+        Ok(match opts.device {
+            Device::Cpu => Backend::Cpu(CpuModel::load(gguf, source)?),
+            Device::Gpu => {
+                let ctx = GpuContext::new(opts.gpu).await?;
+                Backend::Gpu(GpuModel::load(ctx, gguf, source, context as u32, 128).await?)
+            }
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        match self {
+            Backend::Cpu(m) => &m.config,
+            Backend::Gpu(m) => &m.config,
+        }
+    }
+
+    /// One line naming the backend and adapter.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Cpu(_) => "CPU f32 reference".into(),
+            Backend::Gpu(g) => format!("GPU {} ({}, {})", g.ctx.info.name, g.ctx.info.backend, g.ctx.info.driver),
+        }
+    }
+
+    /// Greedy generation on a fresh sequence of up to `context` positions.
+    pub async fn generate_greedy(&self, tokenizer: &Tokenizer, prompt: &[u32], max_tokens: usize, context: usize, on_text: impl FnMut(&str)) -> Result<Generation> {
+        match self {
+            Backend::Cpu(m) => generate_greedy(&mut CpuSession::new(m, context), tokenizer, prompt, max_tokens, on_text).await,
+            Backend::Gpu(m) => generate_greedy(&mut GpuSession::new(m), tokenizer, prompt, max_tokens, on_text).await,
+        }
+    }
+
+    /// Teacher-forced logits of every position, `[n][vocab]`.
+    pub async fn score(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        match self {
+            Backend::Cpu(m) => m.forward(tokens, &mut m.new_cache(tokens.len()), Logits::All),
+            Backend::Gpu(m) => m.score(tokens).await,
+        }
+    }
 }

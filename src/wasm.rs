@@ -5,9 +5,9 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use crate::chat::{render_chat, ChatMessage, ChatTemplate};
-use crate::cpu::CpuModel;
-use crate::generate::{generate_greedy, now_ms, CpuSession};
+use crate::generate::{now_ms, Backend, Device, LoadOptions};
 use crate::gguf::Gguf;
+use crate::gpu::GpuOptions;
 use crate::model::Config;
 use crate::tokenizer::Tokenizer;
 
@@ -26,7 +26,7 @@ pub struct Engine {
     config: Config,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
-    model: CpuModel,
+    backend: Backend,
     context: usize,
     load_ms: f64,
 }
@@ -54,24 +54,38 @@ struct ModelInfo {
     context: usize,
     load_ms: f64,
     has_chat_template: bool,
+    backend: String,
+}
+
+/// Where the engine runs.
+#[wasm_bindgen]
+#[derive(Clone, Copy)]
+pub enum EngineDevice {
+    Gpu = "gpu",
+    Cpu = "cpu",
 }
 
 #[wasm_bindgen]
 impl Engine {
-    /// Parses and loads a GGUF model from its bytes. `context` caps the context length (0: the
-    /// model's own, at most 4096).
-    pub fn load(bytes: &[u8], context: u32) -> Result<Engine, JsError> {
+    /// Parses and loads a GGUF model from its bytes onto `device`. `context` caps the context
+    /// length (0: the model's own, at most 2048). `portable` ignores optional GPU features.
+    pub async fn load(bytes: Vec<u8>, device: EngineDevice, context: u32, portable: bool) -> Result<Engine, JsError> {
         let t0 = now_ms();
-        let gguf = Gguf::read(bytes).map_err(js_err)?;
+        let gguf = Gguf::read(&bytes[..]).map_err(js_err)?;
         let tokenizer = Tokenizer::from_gguf(&gguf.metadata).map_err(js_err)?;
         let template = ChatTemplate::from_gguf(&gguf.metadata, &tokenizer).map_err(js_err)?;
-        let model = CpuModel::load(&gguf, bytes).map_err(js_err)?;
-        let config = model.config.clone();
+        let config = Config::from_gguf(&gguf).map_err(js_err)?;
         let context = match context as usize {
-            0 => config.context_len.min(4096),
+            0 => config.context_len.min(2048),
             n => n.min(config.context_len),
         };
-        Ok(Engine { config, tokenizer, template, model, context, load_ms: now_ms() - t0 })
+        let gpu = if portable { GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false } } else { GpuOptions::default() };
+        let device = match device {
+            EngineDevice::Gpu => Device::Gpu,
+            _ => Device::Cpu,
+        };
+        let backend = Backend::load(&gguf, &bytes[..], LoadOptions { device, context, gpu }).await.map_err(js_err)?;
+        Ok(Engine { config, tokenizer, template, backend, context, load_ms: now_ms() - t0 })
     }
 
     /// Model facts for display.
@@ -84,6 +98,7 @@ impl Engine {
             context: self.context,
             load_ms: self.load_ms,
             has_chat_template: self.template.is_some(),
+            backend: self.backend.describe(),
         };
         Ok(serde_wasm_bindgen::to_value(&info)?)
     }
@@ -93,10 +108,15 @@ impl Engine {
         self.tokenizer.encode(text, special).map_err(js_err)
     }
 
+    /// Teacher-forced logits of every position of `tokens`, `[n][vocab]` flattened.
+    pub async fn score(&self, tokens: Vec<u32>) -> Result<Vec<f32>, JsError> {
+        self.backend.score(&tokens).await.map_err(js_err)
+    }
+
     /// Greedy generation. With `chat`, `prompt` is a user message (after an optional `system`
     /// message) rendered through the model's chat template. `on_text(piece)` is called as text
     /// completes. Returns `{text, tokens, finishReason, promptTokens, ttftMs, ...}`.
-    pub fn generate(
+    pub async fn generate(
         &self,
         prompt: &str,
         max_tokens: u32,
@@ -115,11 +135,13 @@ impl Engine {
             prompt.to_string()
         };
         let ids = self.tokenizer.encode_prompt(&text, chat).map_err(js_err)?;
-        let mut session = CpuSession::new(&self.model, self.context);
-        let gen = generate_greedy(&mut session, &self.tokenizer, &ids, max_tokens as usize, |piece| {
-            let _ = on_text.call1(&JsValue::NULL, &JsValue::from_str(piece));
-        })
-        .map_err(js_err)?;
+        let gen = self
+            .backend
+            .generate_greedy(&self.tokenizer, &ids, max_tokens as usize, self.context, |piece| {
+                let _ = on_text.call1(&JsValue::NULL, &JsValue::from_str(piece));
+            })
+            .await
+            .map_err(js_err)?;
         let s = gen.stats;
         let result = GenerateResult {
             text: gen.text,

@@ -4,7 +4,10 @@
 
 use std::rc::Rc;
 
+use ferrolm::cpu::ops::nll;
 use ferrolm::cpu::{CpuModel, Logits};
+use ferrolm::generate::Session;
+use ferrolm::gpu::{GpuContext, GpuModel, GpuOptions, GpuSession};
 use ferrolm::gguf::{Gguf, GgufWriter, Value};
 use ferrolm::tokenizer::Tokenizer;
 use wasm_bindgen::JsCast;
@@ -77,6 +80,72 @@ async fn cpu_reference_matches_forced_logits_in_browser() {
             let got = logits[pos * vocab + id] as f64;
             assert!((got - want).abs() <= 0.02, "pos {pos} token {id}: {got} vs {want}");
         }
+    }
+}
+
+async fn fetch_json(path: &str) -> serde_json::Value {
+    let url = format!("{SERVER}/{path}");
+    let window = web_sys::window().unwrap();
+    let resp: web_sys::Response = JsFuture::from(window.fetch_with_str(&url)).await.unwrap().dyn_into().unwrap();
+    assert!(resp.ok(), "GET {url}: HTTP {} (the native tests write it: run `make test-native` first)", resp.status());
+    let text = JsFuture::from(resp.text().unwrap()).await.unwrap().as_string().unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+async fn gpu_model(bytes: &[u8]) -> GpuModel {
+    let gguf = Gguf::read(bytes).unwrap();
+    // No optional features: the engine must work without them (SwiftShader has no shader-f16).
+    let opts = GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false };
+    let ctx = GpuContext::new(opts).await.unwrap();
+    web_sys::console::log_1(&format!("adapter: {:?}", ctx.info).into());
+    GpuModel::load(ctx, &gguf, bytes, 512, 64).await.unwrap()
+}
+
+#[wasm_bindgen_test]
+async fn gpu_forced_logits_match_reference_in_browser() {
+    let bytes = smollm2().await;
+    let model = gpu_model(&bytes).await;
+    let vocab = model.config.vocab_size;
+    let reference: serde_json::Value = serde_json::from_str(FORCED_LOGITS).unwrap();
+    let mut worst = 0f64;
+    for case in reference["cases"].as_array().unwrap() {
+        let ids = |k: &str| -> Vec<u32> { case[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect() };
+        let (prompt, cont) = (ids("prompt_tokens"), ids("continuation_tokens"));
+        let tokens: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
+        let logits = model.score(&tokens).await.unwrap();
+        for step in case["steps"].as_array().unwrap() {
+            let pos = step["pos"].as_u64().unwrap() as usize;
+            let row = &logits[pos * vocab..(pos + 1) * vocab];
+            for pair in step["ref_top5"].as_array().unwrap() {
+                let (id, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap());
+                let diff = (row[id] as f64 - want).abs();
+                worst = worst.max(diff);
+                assert!(diff <= 0.02, "pos {pos} token {id}: {} vs {want}", row[id]);
+            }
+        }
+        let mean_nll: f64 = (0..cont.len()).map(|i| nll(&logits[(prompt.len() - 1 + i) * vocab..][..vocab], cont[i] as usize)).sum::<f64>() / cont.len() as f64;
+        let ratio = mean_nll / case["mean_nll_ref"].as_f64().unwrap();
+        assert!((ratio - 1.0).abs() <= 0.01, "mean NLL ratio {ratio}");
+    }
+    web_sys::console::log_1(&format!("browser GPU worst top-5 logit diff {worst:.5}").into());
+}
+
+#[wasm_bindgen_test]
+async fn gpu_greedy_in_browser_equals_native() {
+    let native = fetch_json("target/test-artifacts/greedy-native.json").await;
+    let bytes = smollm2().await;
+    let model = gpu_model(&bytes).await;
+    for rec in native.as_array().unwrap() {
+        let prompt: Vec<u32> = rec["prompt_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = rec["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let mut s = GpuSession::new(&model);
+        let mut next = s.extend_greedy(&prompt).await.unwrap();
+        let mut got = vec![next];
+        while got.len() < want.len() {
+            next = s.extend_greedy(&[next]).await.unwrap();
+            got.push(next);
+        }
+        assert_eq!(got, want, "browser greedy differs from native for prompt {prompt:?}");
     }
 }
 

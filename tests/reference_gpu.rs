@@ -49,3 +49,37 @@ fn smollm2_gpu_forced_logits_match_f32_reference() {
     }
     println!("GPU worst top-5 logit difference over all cases: {worst:.5}");
 }
+
+/// Greedy continuation of `prompt` by repeated `extend_greedy` (no tokenizer involved).
+fn greedy<S: ferrolm::generate::Session>(session: &mut S, prompt: &[u32], n: usize) -> Vec<u32> {
+    pollster::block_on(async {
+        let mut next = session.extend_greedy(prompt).await.unwrap();
+        let mut out = vec![next];
+        while out.len() < n {
+            next = session.extend_greedy(&[next]).await.unwrap();
+            out.push(next);
+        }
+        out
+    })
+}
+
+/// GPU greedy decoding (one token per step through the KV cache) equals the CPU reference's, and
+/// the tokens are recorded for the browser test to compare against.
+#[test]
+fn gpu_greedy_equals_cpu_greedy_and_is_recorded_for_the_browser() {
+    let model = load_smollm2();
+    let file = std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap();
+    let cpu = ferrolm::cpu::CpuModel::load(&Gguf::read(&file).unwrap(), &file).unwrap();
+    let reference = common::read_json(&common::reference_path("smollm2-135m/forced-logits.json"));
+    let mut records = Vec::new();
+    for case in reference["cases"].as_array().unwrap() {
+        let prompt: Vec<u32> = case["prompt_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let gpu_tokens = greedy(&mut ferrolm::gpu::GpuSession::new(&model), &prompt, 24);
+        let cpu_tokens = greedy(&mut ferrolm::generate::CpuSession::new(&cpu, 512), &prompt, 24);
+        assert_eq!(gpu_tokens, cpu_tokens, "GPU and CPU greedy continuations differ for {:?}", case["prompt"]);
+        records.push(serde_json::json!({ "prompt_tokens": prompt, "tokens": gpu_tokens }));
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("greedy-native.json"), serde_json::to_string(&records).unwrap()).unwrap();
+}

@@ -23,9 +23,9 @@ mod cli {
     use clap::{Parser, Subcommand, ValueEnum};
     use ferrolm::chat::{render_chat, ChatMessage, ChatTemplate};
     use ferrolm::cpu::ops::nll;
-    use ferrolm::cpu::{CpuModel, Logits};
-    use ferrolm::generate::{generate_greedy, now_ms, CpuSession};
+    use ferrolm::generate::{now_ms, Backend, Device, LoadOptions};
     use ferrolm::gguf::Gguf;
+    use ferrolm::gpu::GpuOptions;
     use ferrolm::tokenizer::Tokenizer;
     use ferrolm::{Error, Result};
 
@@ -44,12 +44,19 @@ mod cli {
         #[arg(long)]
         model: Option<PathBuf>,
         /// Where the model runs.
-        #[arg(long, value_enum, default_value_t = Device::Cpu)]
-        device: Device,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+        device: DeviceArg,
+        /// Use no optional GPU feature (subgroups, shader-f16, timestamps), as on the most
+        /// limited adapters.
+        #[arg(long)]
+        portable: bool,
+        /// Context length in tokens [default: the model's, capped at 2048].
+        #[arg(long)]
+        context: Option<usize>,
     }
 
     #[derive(Clone, Copy, ValueEnum)]
-    enum Device {
+    enum DeviceArg {
         /// The exact f32 reference on the CPU.
         Cpu,
         /// The WebGPU engine.
@@ -72,9 +79,6 @@ mod cli {
             system: Option<String>,
             #[arg(long, default_value_t = 128)]
             max_tokens: usize,
-            /// Context length in tokens [default: the model's, capped at 4096].
-            #[arg(long)]
-            context: Option<usize>,
         },
         /// Teacher-force token ids; print the top logits and NLL of the next token per position.
         Score {
@@ -122,23 +126,31 @@ mod cli {
         Ok(Loaded { file, gguf, path })
     }
 
-    fn cpu_model(args: &ModelArgs, m: &Loaded) -> Result<CpuModel> {
-        match args.device {
-            Device::Cpu => CpuModel::load(&m.gguf, &m.file),
-            Device::Gpu => Err(Error::InvalidOption {
-                option: "--device",
-                reason: "the GPU engine is not available in this build yet; use --device cpu".into(),
-            }),
-        }
+    fn context(args: &ModelArgs, m: &Loaded) -> Result<usize> {
+        let trained = ferrolm::model::Config::from_gguf(&m.gguf)?.context_len;
+        Ok(args.context.unwrap_or(2048).min(trained))
+    }
+
+    fn load(args: &ModelArgs, m: &Loaded) -> Result<Backend> {
+        let gpu = if args.portable {
+            GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false }
+        } else {
+            GpuOptions::default()
+        };
+        let device = match args.device {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Gpu => Device::Gpu,
+        };
+        pollster::block_on(Backend::load(&m.gguf, &m.file, LoadOptions { device, context: context(args, m)?, gpu }))
     }
 
     pub fn run() -> Result<()> {
         match Cli::parse().command {
-            Command::Generate { model: args, prompt, chat, system, max_tokens, context } => {
+            Command::Generate { model: args, prompt, chat, system, max_tokens } => {
                 let t0 = now_ms();
                 let m = open(&args)?;
                 let tokenizer = Tokenizer::from_gguf(&m.gguf.metadata)?;
-                let model = cpu_model(&args, &m)?;
+                let backend = load(&args, &m)?;
                 let load_ms = now_ms() - t0;
                 let text = if chat {
                     let template = ChatTemplate::from_gguf(&m.gguf.metadata, &tokenizer)?;
@@ -152,27 +164,24 @@ mod cli {
                     prompt
                 };
                 let ids = tokenizer.encode_prompt(&text, chat)?;
-                let context = context.unwrap_or(model.config.context_len.min(4096));
-                let mut session = CpuSession::new(&model, context);
                 let mut stdout = std::io::stdout().lock();
-                let gen = generate_greedy(&mut session, &tokenizer, &ids, max_tokens, |piece| {
+                let gen = pollster::block_on(backend.generate_greedy(&tokenizer, &ids, max_tokens, context(&args, &m)?, |piece| {
                     let _ = stdout.write_all(piece.as_bytes());
                     let _ = stdout.flush();
-                })?;
+                }))?;
                 let _ = writeln!(stdout);
                 let s = &gen.stats;
                 eprintln!(
-                    "model {} | load {:.0} ms | prompt tokens {} | generated {} ({}) | TTFT {:.0} ms | prefill {:.1} tok/s | decode {:.1} tok/s",
-                    m.path.display(), load_ms, s.prompt_tokens, s.generated_tokens, gen.finish_reason.as_str(), s.ttft_ms, s.prefill_tok_s, s.decode_tok_s
+                    "{} | {} | load {:.0} ms | prompt tokens {} | generated {} ({}) | TTFT {:.0} ms | prefill {:.1} tok/s | decode {:.1} tok/s",
+                    m.path.display(), backend.describe(), load_ms, s.prompt_tokens, s.generated_tokens, gen.finish_reason.as_str(), s.ttft_ms, s.prefill_tok_s, s.decode_tok_s
                 );
             }
             Command::Score { model: args, tokens, top } => {
                 let ids = parse_ids(&tokens)?;
                 let m = open(&args)?;
-                let model = cpu_model(&args, &m)?;
-                let mut cache = model.new_cache(ids.len());
-                let logits = model.forward(&ids, &mut cache, Logits::All)?;
-                let vocab = model.config.vocab_size;
+                let backend = load(&args, &m)?;
+                let logits = pollster::block_on(backend.score(&ids))?;
+                let vocab = backend.config().vocab_size;
                 let mut total = 0.0;
                 for (i, row) in logits.chunks_exact(vocab).enumerate() {
                     let mut order: Vec<usize> = (0..vocab).collect();

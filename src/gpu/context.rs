@@ -24,6 +24,8 @@ pub struct AdapterInfo {
     pub name: String,
     pub backend: String,
     pub driver: String,
+    /// A CPU implementation (lavapipe, SwiftShader): kernels pick CPU-friendly shapes.
+    pub cpu_like: bool,
     pub subgroups: bool,
     pub f16: bool,
     pub timestamps: bool,
@@ -77,7 +79,10 @@ impl GpuContext {
             .await
             .map_err(|e| Error::NoGpu(format!("the adapter refused to create a device: {e}")))?;
         let a = adapter.get_info();
+        let lower = format!("{} {}", a.name, a.driver).to_lowercase();
+        let cpu_like = a.device_type == wgpu::DeviceType::Cpu || ["swiftshader", "llvmpipe", "lavapipe"].iter().any(|n| lower.contains(n));
         let info = AdapterInfo {
+            cpu_like,
             name: a.name,
             backend: format!("{:?}", a.backend),
             driver: format!("{} {}", a.driver, a.driver_info).trim().to_string(),

@@ -45,12 +45,19 @@ enum Grid {
     Fixed { x: u32 },
 }
 
-/// One recorded dispatch.
+/// A pipeline and the grid it runs with, used for batches of at most `max_n` items.
+struct Variant {
+    pipeline: Rc<wgpu::ComputePipeline>,
+    grid: Grid,
+    max_n: u32,
+}
+
+/// One recorded dispatch: a bind group made once, and one or more specializations of the kernel
+/// (a decode GEMV and a prefill GEMM share bindings and differ in their override constants).
 pub struct Op {
     pub label: &'static str,
-    pipeline: Rc<wgpu::ComputePipeline>,
+    variants: Vec<Variant>,
     bind: wgpu::BindGroup,
-    grid: Grid,
 }
 
 impl Op {
@@ -59,7 +66,13 @@ impl Op {
             Count::Tokens => n_tokens,
             Count::LogitRows => n_logit_rows,
         };
-        let (x, y) = match self.grid {
+        let n_of = |g: Grid| match g {
+            Grid::Rows { of, .. } | Grid::Flat { of, .. } | Grid::PerItem { of } => count(of),
+            Grid::Heads { .. } => n_tokens,
+            Grid::Fixed { .. } => 1,
+        };
+        let Some(v) = self.variants.iter().find(|v| n_of(v.grid) <= v.max_n) else { return };
+        let (x, y) = match v.grid {
             Grid::Rows { x, per, of } => (x, count(of).div_ceil(per)),
             Grid::Flat { threads, of } => ((count(of) * threads).div_ceil(64), 1),
             Grid::PerItem { of } => (count(of), 1),
@@ -69,7 +82,7 @@ impl Op {
         if x == 0 || y == 0 {
             return;
         }
-        pass.set_pipeline(&self.pipeline);
+        pass.set_pipeline(&v.pipeline);
         pass.set_bind_group(0, &self.bind, &[]);
         pass.dispatch_workgroups(x, y, 1);
     }
@@ -91,60 +104,112 @@ pub struct AttnDims {
     pub qkv_stride: u32,
 }
 
-/// Pipeline cache and launchers. Pipelines are created once per (shader, quant type, overrides).
+/// Pipeline cache and launchers. Pipelines are created once per (shader, quant type, overrides)
+/// with explicit layouts, so specializations of one kernel share a bind group.
 pub struct Kernels {
     device: wgpu::Device,
     batch: wgpu::Buffer,
-    cache: RefCell<HashMap<String, Rc<wgpu::ComputePipeline>>>,
+    /// CPU-emulated adapters (lavapipe, SwiftShader) run one thread per matmul row best; GPUs want
+    /// many threads per row.
+    cpu_like: bool,
+    pipelines: RefCell<HashMap<String, Rc<wgpu::ComputePipeline>>>,
+    layouts: RefCell<HashMap<Vec<bool>, (Rc<wgpu::BindGroupLayout>, Rc<wgpu::PipelineLayout>)>>,
 }
 
-/// Tokens per matmul workgroup: each dequantized weight group is reused this many times.
+/// Tokens per prefill matmul workgroup: each dequantized weight group is reused this many times.
 const MATMUL_TN: u32 = 8;
 
+/// Access of a kernel's storage bindings after the uniform at binding 0, in binding order.
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    ReadWrite,
+}
+use Access::{Read, ReadWrite};
+
 impl Kernels {
-    /// `batch` is the step's batch description buffer every kernel reads (see batch.wgsl).
-    pub fn new(device: &wgpu::Device, batch: &wgpu::Buffer) -> Kernels {
-        Kernels { device: device.clone(), batch: batch.clone(), cache: RefCell::new(HashMap::new()) }
+    /// `batch` is the step's batch description buffer the kernels read (see batch.wgsl).
+    pub fn new(device: &wgpu::Device, batch: &wgpu::Buffer, cpu_like: bool) -> Kernels {
+        Kernels {
+            device: device.clone(),
+            batch: batch.clone(),
+            cpu_like,
+            pipelines: RefCell::new(HashMap::new()),
+            layouts: RefCell::new(HashMap::new()),
+        }
     }
 
-    fn pipeline(&self, kernel: &str, body: &str, quant: Option<GgmlType>, constants: &[(&str, f64)]) -> Rc<wgpu::ComputePipeline> {
+    fn layout(&self, access: &[Access]) -> (Rc<wgpu::BindGroupLayout>, Rc<wgpu::PipelineLayout>) {
+        let key: Vec<bool> = access.iter().map(|a| matches!(a, ReadWrite)).collect();
+        if let Some(l) = self.layouts.borrow().get(&key) {
+            return l.clone();
+        }
+        let entry = |binding: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
+            count: None,
+        };
+        let mut entries = vec![entry(0, wgpu::BufferBindingType::Uniform)];
+        for (i, &rw) in key.iter().enumerate() {
+            entries.push(entry(i as u32 + 1, wgpu::BufferBindingType::Storage { read_only: !rw }));
+        }
+        let bgl = Rc::new(self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries }));
+        let pl = Rc::new(self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: None,
+            bind_group_layouts: &[Some(&bgl)],
+            immediate_size: 0,
+        }));
+        self.layouts.borrow_mut().insert(key, (bgl.clone(), pl.clone()));
+        (bgl, pl)
+    }
+
+    fn pipeline(&self, kernel: &str, body: &str, quant: Option<GgmlType>, constants: &[(&str, f64)], access: &[Access]) -> Rc<wgpu::ComputePipeline> {
         let key = format!("{kernel}/{quant:?}/{constants:?}");
-        if let Some(p) = self.cache.borrow().get(&key) {
+        if let Some(p) = self.pipelines.borrow().get(&key) {
             return p.clone();
         }
-        let source = format!("{}\n{BATCH_WGSL}\n{body}", quant.map(quant_source).unwrap_or(""));
+        // Kernels that read the batch description get its accessors (batch.wgsl).
+        let prelude = if body.contains("var<storage, read> batch") { BATCH_WGSL } else { "" };
+        let source = format!("{}\n{prelude}\n{body}", quant.map(quant_source).unwrap_or(""));
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(kernel),
             source: wgpu::ShaderSource::Wgsl(source.into()),
         });
+        let (_, layout) = self.layout(access);
         let pipeline = Rc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(kernel),
-            layout: None,
+            layout: Some(&layout),
             module: &module,
             entry_point: Some("main"),
             compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
             cache: None,
         }));
-        self.cache.borrow_mut().insert(key, pipeline.clone());
+        self.pipelines.borrow_mut().insert(key, pipeline.clone());
         pipeline
     }
 
-    fn op(&self, label: &'static str, pipeline: Rc<wgpu::ComputePipeline>, params: &[u32], buffers: &[&wgpu::Buffer], grid: Grid) -> Op {
+    /// Builds an Op: a uniform with `params`, the bind group over `buffers` (+ the batch buffer
+    /// when `access` says so) and the kernel's variants.
+    fn op(&self, label: &'static str, variants: Vec<Variant>, params: &[u32], buffers: &[&wgpu::Buffer], access: &[Access]) -> Op {
         let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents: bytemuck::cast_slice(params),
             usage: wgpu::BufferUsages::UNIFORM,
         });
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
-        for (i, b) in buffers.iter().chain([&&self.batch]).enumerate() {
+        let batch = Some(&self.batch).filter(|_| access.len() > buffers.len());
+        for (i, b) in buffers.iter().copied().chain(batch).enumerate() {
             entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
         }
-        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(label),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        Op { label, pipeline, bind, grid }
+        let (layout, _) = self.layout(access);
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(label), layout: &layout, entries: &entries });
+        Op { label, variants, bind }
+    }
+
+    /// One pipeline with one grid, for any batch size.
+    fn single(&self, label: &'static str, body: &str, quant: Option<GgmlType>, constants: &[(&str, f64)], access: &[Access], grid: Grid) -> Vec<Variant> {
+        vec![Variant { pipeline: self.pipeline(label, body, quant, constants, access), grid, max_n: u32::MAX }]
     }
 
     /// `y[t][out.col + r] (+)= x[t] . W[r]` for every token (or logit row) `t`. With `swiglu`,
@@ -152,51 +217,67 @@ impl Kernels {
     pub fn matmul(&self, w: &GpuTensor, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, swiglu: bool) -> Op {
         let m = if swiglu { w.rows / 2 } else { w.rows };
         let groups = w.k / 32;
-        let tpr = (1u32 << groups.max(1).ilog2()).min(16);
-        let constants = [("TN", MATMUL_TN as f64), ("TPR", tpr as f64), ("SWIGLU", swiglu as u32 as f64)];
-        let pipeline = self.pipeline("matmul", include_str!("../../shaders/matmul.wgsl"), Some(w.ty), &constants);
+        let tpr = if self.cpu_like { 1 } else { (1u32 << groups.max(1).ilog2()).min(16) };
+        let access = [Read, Read, ReadWrite, Read];
+        // A decode GEMV (one token) and a prefill GEMM (MATMUL_TN tokens per workgroup).
+        let variants = [(1, 1), (MATMUL_TN, u32::MAX)]
+            .map(|(tn, max_n)| {
+                let constants = [("TN", tn as f64), ("TPR", tpr as f64), ("SWIGLU", swiglu as u32 as f64)];
+                let pipeline = self.pipeline("matmul", include_str!("../../shaders/matmul.wgsl"), Some(w.ty), &constants, &access);
+                Variant { pipeline, grid: Grid::Rows { x: m.div_ceil(64 / tpr), per: tn, of }, max_n }
+            })
+            .into();
         let params = [w.k, m, out.stride, out.col, w.scale_off, accumulate as u32, matches!(of, Count::LogitRows) as u32, 0];
-        let grid = Grid::Rows { x: m.div_ceil(64 / tpr), per: MATMUL_TN, of };
-        self.op("matmul", pipeline, &params, &[&w.buffer, x, y], grid)
+        self.op("matmul", variants, &params, &[&w.buffer, x, y], &access)
     }
 
     /// `y[t] = scale * dequant(W[token t])`; with `direct`, rows `0..w.rows` (tests).
     pub fn embed(&self, w: &GpuTensor, y: &wgpu::Buffer, scale: f32, direct: bool) -> Op {
-        let pipeline = self.pipeline("embed", include_str!("../../shaders/embed.wgsl"), Some(w.ty), &[("DIRECT", direct as u32 as f64)]);
-        let params = [w.k, w.scale_off, w.rows, scale.to_bits()];
         let threads = w.k / 32;
-        let grid = if direct {
-            Grid::Fixed { x: (w.rows * threads).div_ceil(64) }
-        } else {
-            Grid::Flat { threads, of: Count::Tokens }
-        };
-        self.op("embed", pipeline, &params, &[&w.buffer, y], grid)
+        let grid = if direct { Grid::Fixed { x: (w.rows * threads).div_ceil(64) } } else { Grid::Flat { threads, of: Count::Tokens } };
+        let access = [Read, ReadWrite, Read];
+        let variants = self.single("embed", include_str!("../../shaders/embed.wgsl"), Some(w.ty), &[("DIRECT", direct as u32 as f64)], &access, grid);
+        self.op("embed", variants, &[w.k, w.scale_off, w.rows, scale.to_bits()], &[&w.buffer, y], &access)
     }
 
     /// RMSNorm of each token's row of width `d`; `gather` reads the batch's logit rows instead.
     pub fn rmsnorm(&self, x: &wgpu::Buffer, weight: &wgpu::Buffer, y: &wgpu::Buffer, d: u32, eps: f32, gather: bool) -> Op {
-        let pipeline = self.pipeline("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl"), None, &[]);
         let of = if gather { Count::LogitRows } else { Count::Tokens };
-        self.op("rmsnorm", pipeline, &[d, eps.to_bits(), gather as u32, 0], &[x, weight, y], Grid::PerItem { of })
+        let access = [Read, Read, ReadWrite, Read];
+        let variants = self.single("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl"), None, &[], &access, Grid::PerItem { of });
+        self.op("rmsnorm", variants, &[d, eps.to_bits(), gather as u32, 0], &[x, weight, y], &access)
     }
 
     /// RoPE on q (in place in `qkv`) and k, and K/V into the layer's cache.
     pub fn rope_kv(&self, qkv: &wgpu::Buffer, rope: &wgpu::Buffer, k_cache: &wgpu::Buffer, v_cache: &wgpu::Buffer, dims: AttnDims, neox: bool) -> Op {
-        let pipeline = self.pipeline("rope_kv", include_str!("../../shaders/rope_kv.wgsl"), None, &[("NEOX", neox as u32 as f64)]);
+        let access = [ReadWrite, Read, ReadWrite, ReadWrite, Read];
+        let grid = Grid::PerItem { of: Count::Tokens };
+        let variants = self.single("rope_kv", include_str!("../../shaders/rope_kv.wgsl"), None, &[("NEOX", neox as u32 as f64)], &access, grid);
         let params = [dims.n_heads, dims.n_kv_heads, dims.head_dim, dims.qkv_stride];
-        self.op("rope_kv", pipeline, &params, &[qkv, rope, k_cache, v_cache], Grid::PerItem { of: Count::Tokens })
+        self.op("rope_kv", variants, &params, &[qkv, rope, k_cache, v_cache], &access)
     }
 
     /// Causal attention of every token's query heads over its sequence's cached K/V.
     pub fn attention(&self, qkv: &wgpu::Buffer, k_cache: &wgpu::Buffer, v_cache: &wgpu::Buffer, out: &wgpu::Buffer, dims: AttnDims, scale: f32, window: u32) -> Op {
-        let pipeline = self.pipeline("attention", include_str!("../../shaders/attention.wgsl"), None, &[]);
+        let access = [Read, Read, Read, ReadWrite, Read];
+        let grid = Grid::Heads { heads: dims.n_heads };
+        let variants = self.single("attention", include_str!("../../shaders/attention.wgsl"), None, &[], &access, grid);
         let params = [dims.n_heads, dims.n_kv_heads, dims.head_dim, dims.qkv_stride, scale.to_bits(), window, 0, 0];
-        self.op("attention", pipeline, &params, &[qkv, k_cache, v_cache, out], Grid::Heads { heads: dims.n_heads })
+        self.op("attention", variants, &params, &[qkv, k_cache, v_cache, out], &access)
     }
 
     /// Index of the largest logit of each logit row.
     pub fn argmax(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, vocab: u32) -> Op {
-        let pipeline = self.pipeline("argmax", include_str!("../../shaders/argmax.wgsl"), None, &[]);
-        self.op("argmax", pipeline, &[vocab, 0, 0, 0], &[logits, result], Grid::PerItem { of: Count::LogitRows })
+        let access = [Read, ReadWrite, Read];
+        let grid = Grid::PerItem { of: Count::LogitRows };
+        let variants = self.single("argmax", include_str!("../../shaders/argmax.wgsl"), None, &[], &access, grid);
+        self.op("argmax", variants, &[vocab, 0, 0, 0], &[logits, result], &access)
+    }
+
+    /// Streaming read of `n_vec4` 16-byte words of `data` by `workgroups` x 64 threads.
+    pub fn read_bandwidth(&self, data: &wgpu::Buffer, sink: &wgpu::Buffer, n_vec4: u32, workgroups: u32) -> Op {
+        let access = [Read, ReadWrite];
+        let variants = self.single("read_bandwidth", include_str!("../../shaders/read_bandwidth.wgsl"), None, &[], &access, Grid::Fixed { x: workgroups });
+        self.op("read_bandwidth", variants, &[n_vec4, 0, 0, 0], &[data, sink], &access)
     }
 }

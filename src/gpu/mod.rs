@@ -4,7 +4,9 @@
 mod context;
 pub mod kernels;
 mod model;
+mod session;
 pub mod weights;
 
 pub use context::{AdapterInfo, GpuContext, GpuOptions};
 pub use model::{Batch, EngineLimits, GpuModel};
+pub use session::GpuSession;

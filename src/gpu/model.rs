@@ -85,7 +85,7 @@ impl GpuModel {
         };
         let batch_words = HEADER as u64 + 4 * t + (limits.max_seqs * max_blocks) as u64;
         let batch = storage("batch", batch_words * 4)?;
-        let kernels = Kernels::new(dev, &batch);
+        let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like);
         let x = storage("x", t * d * 4)?;
         let h = storage("h", t * d * 4)?;
         let qkv = storage("qkv", t * (qd + 2 * kvd) * 4)?;
@@ -220,6 +220,13 @@ impl GpuModel {
             }
         }
         Ok(enc)
+    }
+
+    /// Runs a step without reading anything back (prefill chunks before the last).
+    pub fn submit(&self, b: &Batch<'_>) -> Result<()> {
+        let enc = self.encode(b, false)?;
+        self.ctx.queue.submit([enc.finish()]);
+        Ok(())
     }
 
     /// Runs a step and returns the argmax token of each logit row: 4 bytes read back per row.
