@@ -11,6 +11,9 @@ MAX_TOKENS ?= 64
 export CHROMEDRIVER ?= /usr/bin/chromedriver
 export WASM_BINDGEN_TEST_TIMEOUT ?= 900
 export PATH := $(HOME)/.cargo/bin:$(PATH)
+# Mesa's Vulkan loader wants a runtime dir; CI shells have none.
+export XDG_RUNTIME_DIR ?= /tmp/ferrolm-xdg-$(shell id -u)
+$(shell mkdir -p -m 700 $(XDG_RUNTIME_DIR))
 
 .PHONY: help models tools rust-tools system-packages build test test-native test-browser run demo wasm clean
 

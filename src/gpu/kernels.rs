@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use wgpu::util::DeviceExt;
 
-use super::weights::GpuTensor;
+use super::weights::{GpuTensor, TensorPart};
 use crate::gguf::GgmlType;
 
 const BATCH_WGSL: &str = include_str!("../../shaders/batch.wgsl");
@@ -212,10 +212,17 @@ impl Kernels {
         vec![Variant { pipeline: self.pipeline(label, body, quant, constants, access), grid, max_n: u32::MAX }]
     }
 
-    /// `y[t][out.col + r] (+)= x[t] . W[r]` for every token (or logit row) `t`. With `swiglu`,
-    /// `w` holds gate rows then up rows and `y = silu(gate) * up`.
-    pub fn matmul(&self, w: &GpuTensor, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, swiglu: bool) -> Op {
-        let m = if swiglu { w.rows / 2 } else { w.rows };
+    /// `y[t][out.col + r] (+)= x[t] . W[r]` for every token (or logit row) `t`; one Op per part
+    /// of `w`. With `swiglu`, `w` (one part) holds gate rows then up rows and
+    /// `y = silu(gate) * up`.
+    pub fn matmul(&self, w: &GpuTensor, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, swiglu: bool) -> Vec<Op> {
+        assert!(!swiglu || w.parts.len() == 1, "fused gate/up weights are uploaded unsplit");
+        w.parts.iter().map(|p| self.matmul_part(w, p, x, y, OutCols { stride: out.stride, col: out.col + p.row0 }, accumulate, of, swiglu)).collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_part(&self, w: &GpuTensor, part: &TensorPart, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, swiglu: bool) -> Op {
+        let m = if swiglu { part.rows / 2 } else { part.rows };
         let groups = w.k / 32;
         let tpr = if self.cpu_like { 1 } else { (1u32 << groups.max(1).ilog2()).min(16) };
         let access = [Read, Read, ReadWrite, Read];
@@ -227,17 +234,25 @@ impl Kernels {
                 Variant { pipeline, grid: Grid::Rows { x: m.div_ceil(64 / tpr), per: tn, of }, max_n }
             })
             .into();
-        let params = [w.k, m, out.stride, out.col, w.scale_off, accumulate as u32, matches!(of, Count::LogitRows) as u32, 0];
-        self.op("matmul", variants, &params, &[&w.buffer, x, y], &access)
+        let params = [w.k, m, out.stride, out.col, part.scale_off, accumulate as u32, matches!(of, Count::LogitRows) as u32, 0];
+        self.op("matmul", variants, &params, &[&part.buffer, x, y], &access)
     }
 
-    /// `y[t] = scale * dequant(W[token t])`; with `direct`, rows `0..w.rows` (tests).
-    pub fn embed(&self, w: &GpuTensor, y: &wgpu::Buffer, scale: f32, direct: bool) -> Op {
+    /// `y[t] = scale * dequant(W[token t])`, one Op per part of `w` (each fills the tokens whose
+    /// row it holds); with `direct`, `y` gets every row in order (tests).
+    pub fn embed(&self, w: &GpuTensor, y: &wgpu::Buffer, scale: f32, direct: bool) -> Vec<Op> {
         let threads = w.k / 32;
-        let grid = if direct { Grid::Fixed { x: (w.rows * threads).div_ceil(64) } } else { Grid::Flat { threads, of: Count::Tokens } };
         let access = [Read, ReadWrite, Read];
-        let variants = self.single("embed", include_str!("../../shaders/embed.wgsl"), Some(w.ty), &[("DIRECT", direct as u32 as f64)], &access, grid);
-        self.op("embed", variants, &[w.k, w.scale_off, w.rows, scale.to_bits()], &[&w.buffer, y], &access)
+        let body = include_str!("../../shaders/embed.wgsl");
+        w.parts
+            .iter()
+            .map(|p| {
+                let grid = if direct { Grid::Fixed { x: (p.rows * threads).div_ceil(64) } } else { Grid::Flat { threads, of: Count::Tokens } };
+                let variants = self.single("embed", body, Some(w.ty), &[("DIRECT", direct as u32 as f64)], &access, grid);
+                let params = [w.k, p.scale_off, p.rows, scale.to_bits(), p.row0, 0, 0, 0];
+                self.op("embed", variants, &params, &[&p.buffer, y], &access)
+            })
+            .collect()
     }
 
     /// RMSNorm of each token's row of width `d`; `gather` reads the batch's logit rows instead.

@@ -38,6 +38,29 @@ pub struct Batch<'a> {
     pub block_tables: &'a [&'a [u32]],
 }
 
+impl Batch<'_> {
+    /// The batch description as `shaders/batch.wgsl` reads it.
+    pub fn to_words(&self, limits: &EngineLimits) -> Vec<u32> {
+        let t = limits.max_batch_tokens as usize;
+        let max_blocks = limits.context.div_ceil(limits.block_size) as usize;
+        let mut words = vec![0u32; batch_words(limits)];
+        words[..5].copy_from_slice(&[self.tokens.len() as u32, self.logit_rows.len() as u32, t as u32, max_blocks as u32, limits.block_size]);
+        for (i, part) in [self.tokens, self.positions, self.seq_ids, self.logit_rows].iter().enumerate() {
+            words[HEADER + i * t..][..part.len()].copy_from_slice(part);
+        }
+        for (s, table) in self.block_tables.iter().enumerate() {
+            let n = table.len().min(max_blocks);
+            words[HEADER + 4 * t + s * max_blocks..][..n].copy_from_slice(&table[..n]);
+        }
+        words
+    }
+}
+
+/// Words in the batch description buffer.
+pub fn batch_words(limits: &EngineLimits) -> usize {
+    HEADER + 4 * limits.max_batch_tokens as usize + (limits.max_seqs * limits.context.div_ceil(limits.block_size)) as usize
+}
+
 pub struct GpuModel {
     pub ctx: GpuContext,
     pub config: Config,
@@ -83,8 +106,7 @@ impl GpuModel {
                 mapped_at_creation: false,
             }))
         };
-        let batch_words = HEADER as u64 + 4 * t + (limits.max_seqs * max_blocks) as u64;
-        let batch = storage("batch", batch_words * 4)?;
+        let batch = storage("batch", batch_words(&limits) as u64 * 4)?;
         let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like);
         let x = storage("x", t * d * 4)?;
         let h = storage("h", t * d * 4)?;
@@ -110,14 +132,14 @@ impl GpuModel {
             let rows = (info.n_elements() / info.dims[0]) as usize;
             Ok((info.ty, rows, info.dims[0] as usize, gguf.tensor_data(source, info)?))
         };
-        let matrix = |label: &str, parts: &[&str]| -> Result<GpuTensor> {
+        let matrix = |label: &str, parts: &[&str], splittable: bool| -> Result<GpuTensor> {
             let loaded = parts.iter().map(|p| read(p)).collect::<Result<Vec<_>>>()?;
             let rows: usize = loaded.iter().map(|l| l.1).sum();
             let refs: Vec<_> = loaded.iter().map(|l| (l.0, l.2, &l.3[..])).collect();
             let (ty, k, data) = concat_rows(&refs).ok_or_else(|| {
                 Error::InvalidModel(format!("{} have different types or widths; the GPU engine fuses them", parts.join(", ")))
             })?;
-            GpuTensor::upload(dev, max_binding, label, ty, &data, rows, k)
+            GpuTensor::upload(dev, max_binding, label, ty, &data, rows, k, splittable)
         };
         let vector = |name: &str| -> Result<wgpu::Buffer> {
             let (ty, rows, k, data) = read(name)?;
@@ -125,32 +147,32 @@ impl GpuModel {
         };
 
         let dims = AttnDims { n_heads: c.n_heads as u32, n_kv_heads: c.n_kv_heads as u32, head_dim: c.head_dim as u32, qkv_stride: (qd + 2 * kvd) as u32 };
-        let token_embd = matrix(names::TOKEN_EMBD, &[names::TOKEN_EMBD])?;
-        let mut ops = vec![kernels.embed(&token_embd, &x, 1.0, false)];
+        let token_embd = matrix(names::TOKEN_EMBD, &[names::TOKEN_EMBD], true)?;
+        let mut ops = kernels.embed(&token_embd, &x, 1.0, false);
         let kv_bytes = (max_blocks * block_size) as u64 * kvd * 4;
         for l in 0..c.n_layers {
             let p = |n: &str| names::layer(l, n);
             let k_cache = storage("k cache", kv_bytes)?;
             let v_cache = storage("v cache", kv_bytes)?;
-            let wqkv = matrix("attn_qkv", &[&p(names::ATTN_Q), &p(names::ATTN_K), &p(names::ATTN_V)])?;
-            let wo = matrix("attn_output", &[&p(names::ATTN_OUT)])?;
-            let w_gate_up = matrix("ffn_gate_up", &[&p(names::FFN_GATE), &p(names::FFN_UP)])?;
-            let w_down = matrix("ffn_down", &[&p(names::FFN_DOWN)])?;
+            let wqkv = matrix("attn_qkv", &[&p(names::ATTN_Q), &p(names::ATTN_K), &p(names::ATTN_V)], true)?;
+            let wo = matrix("attn_output", &[&p(names::ATTN_OUT)], true)?;
+            let w_gate_up = matrix("ffn_gate_up", &[&p(names::FFN_GATE), &p(names::FFN_UP)], false)?;
+            let w_down = matrix("ffn_down", &[&p(names::FFN_DOWN)], true)?;
             let (attn_norm, ffn_norm) = (vector(&p(names::ATTN_NORM))?, vector(&p(names::FFN_NORM))?);
 
             ops.push(kernels.rmsnorm(&x, &attn_norm, &h, d as u32, c.norm_eps, false));
-            ops.push(kernels.matmul(&wqkv, &h, &qkv, OutCols { stride: dims.qkv_stride, col: 0 }, false, Count::Tokens, false));
+            ops.extend(kernels.matmul(&wqkv, &h, &qkv, OutCols { stride: dims.qkv_stride, col: 0 }, false, Count::Tokens, false));
             ops.push(kernels.rope_kv(&qkv, &rope, &k_cache, &v_cache, dims, c.rope_style == RopeStyle::Neox));
             ops.push(kernels.attention(&qkv, &k_cache, &v_cache, &attn, dims, 1.0 / (c.head_dim as f32).sqrt(), 0));
-            ops.push(kernels.matmul(&wo, &attn, &x, OutCols { stride: d as u32, col: 0 }, true, Count::Tokens, false));
+            ops.extend(kernels.matmul(&wo, &attn, &x, OutCols { stride: d as u32, col: 0 }, true, Count::Tokens, false));
             ops.push(kernels.rmsnorm(&x, &ffn_norm, &h, d as u32, c.norm_eps, false));
-            ops.push(kernels.matmul(&w_gate_up, &h, &ffn, OutCols { stride: f as u32, col: 0 }, false, Count::Tokens, true));
-            ops.push(kernels.matmul(&w_down, &ffn, &x, OutCols { stride: d as u32, col: 0 }, true, Count::Tokens, false));
+            ops.extend(kernels.matmul(&w_gate_up, &h, &ffn, OutCols { stride: f as u32, col: 0 }, false, Count::Tokens, true));
+            ops.extend(kernels.matmul(&w_down, &ffn, &x, OutCols { stride: d as u32, col: 0 }, true, Count::Tokens, false));
         }
         let output_norm = vector(names::OUTPUT_NORM)?;
         ops.push(kernels.rmsnorm(&x, &output_norm, &h, d as u32, c.norm_eps, true));
-        let head = if c.tied_embeddings { token_embd } else { matrix(names::OUTPUT, &[names::OUTPUT])? };
-        ops.push(kernels.matmul(&head, &h, &logits, OutCols { stride: v as u32, col: 0 }, false, Count::LogitRows, false));
+        let head = if c.tied_embeddings { token_embd } else { matrix(names::OUTPUT, &[names::OUTPUT], true)? };
+        ops.extend(kernels.matmul(&head, &h, &logits, OutCols { stride: v as u32, col: 0 }, false, Count::LogitRows, false));
         let argmax_op = kernels.argmax(&logits, &argmax, v as u32);
 
         if let Some(e) = scope.pop().await {
@@ -196,17 +218,7 @@ impl GpuModel {
     /// Writes the batch description and encodes the forward pass (plus argmax when asked).
     fn encode(&self, b: &Batch, with_argmax: bool) -> Result<wgpu::CommandEncoder> {
         self.check(b)?;
-        let t = self.limits.max_batch_tokens as usize;
-        let max_blocks = self.limits.context.div_ceil(self.limits.block_size) as usize;
-        let mut words = vec![0u32; HEADER + 4 * t + self.limits.max_seqs as usize * max_blocks];
-        words[..5].copy_from_slice(&[b.tokens.len() as u32, b.logit_rows.len() as u32, t as u32, max_blocks as u32, self.limits.block_size]);
-        for (i, part) in [b.tokens, b.positions, b.seq_ids, b.logit_rows].iter().enumerate() {
-            words[HEADER + i * t..][..part.len()].copy_from_slice(part);
-        }
-        for (s, table) in b.block_tables.iter().enumerate() {
-            let n = table.len().min(max_blocks);
-            words[HEADER + 4 * t + s * max_blocks..][..n].copy_from_slice(&table[..n]);
-        }
+        let words = b.to_words(&self.limits);
         self.ctx.queue.write_buffer(&self.batch, 0, bytemuck::cast_slice(&words));
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         {

@@ -10,12 +10,20 @@ use crate::gguf::{dequantize, GgmlType, SUPPORTED_TYPES};
 /// Types the GPU kernels read directly.
 pub const GPU_MATRIX_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
 
-/// A weight matrix `[rows][k]` in the repacked layout.
+/// A weight matrix `[rows][k]` in the repacked layout, split by rows into parts that each fit
+/// one storage binding (a 262k-token embedding is larger than many adapters allow).
 pub struct GpuTensor {
-    pub buffer: wgpu::Buffer,
     pub ty: GgmlType,
     pub rows: u32,
     pub k: u32,
+    pub parts: Vec<TensorPart>,
+}
+
+/// Rows `row0 .. row0 + rows` of a tensor in one buffer.
+pub struct TensorPart {
+    pub buffer: wgpu::Buffer,
+    pub row0: u32,
+    pub rows: u32,
     /// u32 offset of the scale section.
     pub scale_off: u32,
 }
@@ -70,22 +78,31 @@ pub fn repack(ty: GgmlType, data: &[u8], rows: usize, k: usize) -> Result<(Vec<u
 }
 
 impl GpuTensor {
-    /// Repacks and uploads a matrix; refuses one larger than a storage binding may be.
-    pub fn upload(device: &wgpu::Device, max_binding: u64, name: &str, ty: GgmlType, data: &[u8], rows: usize, k: usize) -> Result<GpuTensor> {
-        let (words, scale_off) = repack(ty, data, rows, k).map_err(|e| match e {
-            Error::UnsupportedTensorType { ty, .. } => Error::UnsupportedTensorType { name: name.to_string(), ty, supported: SUPPORTED_TYPES },
-            e => e,
-        })?;
-        let bytes = words.len() as u64 * 4;
-        if bytes > max_binding {
-            return Err(Error::ModelTooLarge { what: format!("tensor '{name}'"), bytes, limit: max_binding });
+    /// Repacks and uploads a matrix, in as many parts as the binding size requires
+    /// (`splittable`), or refuses one that does not fit in one binding.
+    pub fn upload(device: &wgpu::Device, max_binding: u64, name: &str, ty: GgmlType, data: &[u8], rows: usize, k: usize, splittable: bool) -> Result<GpuTensor> {
+        let row_bytes = ty.row_bytes(k as u64)? as usize;
+        // Repacked rows take their block bytes plus at most one scale word per block.
+        let packed_row = row_bytes as u64 + 4 * (k as u64 / 32);
+        let per_part = ((max_binding / packed_row) as usize).max(1);
+        if rows > per_part && !splittable {
+            return Err(Error::ModelTooLarge { what: format!("tensor '{name}'"), bytes: packed_row * rows as u64, limit: max_binding });
         }
-        let buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(name),
-            contents: bytemuck::cast_slice(&words),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
-        Ok(GpuTensor { buffer, ty, rows: rows as u32, k: k as u32, scale_off })
+        let mut parts = Vec::new();
+        for row0 in (0..rows).step_by(per_part) {
+            let n = per_part.min(rows - row0);
+            let (words, scale_off) = repack(ty, &data[row0 * row_bytes..(row0 + n) * row_bytes], n, k).map_err(|e| match e {
+                Error::UnsupportedTensorType { ty, .. } => Error::UnsupportedTensorType { name: name.to_string(), ty, supported: SUPPORTED_TYPES },
+                e => e,
+            })?;
+            let buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(name),
+                contents: bytemuck::cast_slice(&words),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
+            parts.push(TensorPart { buffer, row0: row0 as u32, rows: n as u32, scale_off });
+        }
+        Ok(GpuTensor { ty, rows: rows as u32, k: k as u32, parts })
     }
 }
 

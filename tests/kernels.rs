@@ -1,0 +1,220 @@
+//! Each GPU kernel against the CPU reference, natively (lavapipe on CI): on random inputs and on
+//! real tensors of the SmolLM2 file. Weight repacking + GPU dequantization is bit-exact.
+
+mod common;
+
+use ferrolm::cpu::ops;
+use ferrolm::gguf::{dequantize, GgmlType, Gguf};
+use ferrolm::gpu::kernels::{Count, Kernels, Op, OutCols};
+use ferrolm::gpu::weights::GpuTensor;
+use ferrolm::gpu::{batch_words, Batch, EngineLimits, GpuContext, GpuOptions};
+use wgpu::util::DeviceExt;
+
+const LIMITS: EngineLimits = EngineLimits { max_batch_tokens: 32, context: 64, max_seqs: 1, block_size: 16, n_blocks: 4 };
+
+struct Harness {
+    ctx: GpuContext,
+    batch: wgpu::Buffer,
+    kernels: Kernels,
+}
+
+impl Harness {
+    fn new(opts: GpuOptions) -> Harness {
+        let ctx = pollster::block_on(GpuContext::new(opts)).expect("a WebGPU adapter (lavapipe: apt install mesa-vulkan-drivers)");
+        let batch = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: batch_words(&LIMITS) as u64 * 4,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let kernels = Kernels::new(&ctx.device, &batch, ctx.info.cpu_like);
+        Harness { ctx, batch, kernels }
+    }
+
+    fn buffer(&self, data: &[f32]) -> wgpu::Buffer {
+        self.ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(data),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    /// Runs `ops` for a batch of `tokens` (logit rows: all of them) and reads `out` back.
+    fn run(&self, ops: &[Op], tokens: &[u32], out: &wgpu::Buffer) -> Vec<f32> {
+        let n = tokens.len();
+        let positions: Vec<u32> = (0..n as u32).collect();
+        let table: Vec<u32> = (0..LIMITS.n_blocks).collect();
+        let b = Batch { tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &positions, block_tables: &[&table] };
+        self.ctx.queue.write_buffer(&self.batch, 0, bytemuck::cast_slice(&b.to_words(&LIMITS)));
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for op in ops {
+                op.encode(&mut pass, n as u32, n as u32);
+            }
+        }
+        self.ctx.queue.submit([enc.finish()]);
+        let bytes = pollster::block_on(self.ctx.read_buffer(out, 0, out.size())).unwrap();
+        bytemuck::cast_slice(&bytes).to_vec()
+    }
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Random blocks of `ty` for `rows x k` values, built as valid block bytes.
+fn random_blocks(ty: GgmlType, rows: usize, k: usize, seed: u64) -> Vec<u8> {
+    let n = ty.row_bytes(k as u64).unwrap() as usize * rows;
+    let mut bytes: Vec<u8> = random(n, seed).iter().map(|v| ((v + 1.0) * 127.9) as u8).collect();
+    // Keep every f16 scale field finite and small: exponent bits of the high byte cleared.
+    let bs = ty.type_size() as usize;
+    let scale_bytes: &[usize] = match ty {
+        GgmlType::Q4_0 | GgmlType::Q8_0 => &[1],
+        GgmlType::Q4_1 => &[1, 3],
+        GgmlType::F16 => &[1],
+        _ => &[],
+    };
+    let step = if ty == GgmlType::F16 { 2 } else { bs };
+    for block in bytes.chunks_mut(step) {
+        for &i in scale_bytes {
+            block[i] = (block[i] & 0x83) | 0x20; // |value| in [2^-7, 2^-5)
+        }
+    }
+    if ty == GgmlType::F32 {
+        return random(rows * k, seed).iter().flat_map(|v| v.to_le_bytes()).collect();
+    }
+    bytes
+}
+
+fn cpu_dequant(ty: GgmlType, data: &[u8], n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n];
+    dequantize(ty, data, &mut out).unwrap();
+    out
+}
+
+fn gpu_dequant(h: &Harness, w: &GpuTensor) -> Vec<f32> {
+    let out = h.buffer(&vec![0f32; (w.rows * w.k) as usize]);
+    let ops = h.kernels.embed(w, &out, 1.0, true);
+    h.run(&ops, &[0], &out)
+}
+
+fn assert_bits_eq(gpu: &[f32], cpu: &[f32], what: &str) {
+    assert_eq!(gpu.len(), cpu.len());
+    let bad = gpu.iter().zip(cpu).position(|(a, b)| a.to_bits() != b.to_bits());
+    if let Some(i) = bad {
+        panic!("{what}: value {i} differs: GPU {} vs CPU {}", gpu[i], cpu[i]);
+    }
+}
+
+#[test]
+fn repack_and_gpu_dequant_are_bit_exact_on_random_blocks_and_split_tensors() {
+    let h = Harness::new(GpuOptions::default());
+    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        let (rows, k) = (37, 96);
+        let data = random_blocks(ty, rows, k, ty.id() as u64 + 1);
+        let cpu = cpu_dequant(ty, &data, rows * k);
+        for max_binding in [1 << 20, 1500] {
+            let w = GpuTensor::upload(&h.ctx.device, max_binding, "w", ty, &data, rows, k, true).unwrap();
+            assert_bits_eq(&gpu_dequant(&h, &w), &cpu, &format!("{ty} with {} parts", w.parts.len()));
+        }
+    }
+}
+
+#[test]
+fn gpu_dequant_is_bit_exact_on_real_tensors() {
+    let h = Harness::new(GpuOptions::default());
+    let file = std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap();
+    let gguf = Gguf::read(&file).unwrap();
+    for name in ["blk.0.attn_q.weight", "blk.5.ffn_down.weight", "token_embd.weight"] {
+        let info = gguf.tensor(name).unwrap();
+        let data = gguf.tensor_data(&file, info).unwrap();
+        let (k, rows) = (info.dims[0] as usize, (info.n_elements() / info.dims[0]) as usize);
+        let w = GpuTensor::upload(&h.ctx.device, 128 << 20, name, info.ty, &data, rows, k, true).unwrap();
+        assert_bits_eq(&gpu_dequant(&h, &w), &cpu_dequant(info.ty, &data, rows * k), &format!("{name} ({})", info.ty));
+    }
+}
+
+fn check_close(gpu: &[f32], cpu: &[f32], tol: f32, what: &str) {
+    let worst = gpu.iter().zip(cpu).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
+    assert!(worst <= tol, "{what}: worst relative difference {worst}");
+}
+
+/// Decode (1 token) and prefill (13 tokens) matmuls, plain, accumulating, split and SwiGLU,
+/// against `cpu::ops::matmul` on the dequantized weights; with and without optional features.
+#[test]
+fn matmul_matches_cpu_reference() {
+    for opts in [GpuOptions::default(), GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false }] {
+        let h = Harness::new(opts);
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let (m, k) = (70, 160);
+            let data = random_blocks(ty, m, k, 7 + ty.id() as u64);
+            let wf = cpu_dequant(ty, &data, m * k);
+            for n in [1usize, 13] {
+                let x = random(n * k, n as u64);
+                let y0 = random(n * m, 99);
+                for (split, accumulate) in [(false, false), (true, true)] {
+                    let max_binding = if split { 2000 } else { 1 << 20 };
+                    let w = GpuTensor::upload(&h.ctx.device, max_binding, "w", ty, &data, m, k, true).unwrap();
+                    let (xb, yb) = (h.buffer(&x), h.buffer(&y0));
+                    let ops = h.kernels.matmul(&w, &xb, &yb, OutCols { stride: m as u32, col: 0 }, accumulate, Count::Tokens, false);
+                    let got = h.run(&ops, &vec![0; n], &yb);
+                    let mut want = vec![0f32; n * m];
+                    ops::matmul(&mut want, &x, &wf, n, k, m);
+                    if accumulate {
+                        ops::add_assign(&mut want, &y0);
+                    }
+                    check_close(&got, &want, 1e-5, &format!("{ty} n={n} split={split} accumulate={accumulate}"));
+                }
+                // SwiGLU: rows 0..m/2 gate, m/2..m up.
+                let w = GpuTensor::upload(&h.ctx.device, 1 << 20, "w", ty, &data, m, k, false).unwrap();
+                let (xb, yb) = (h.buffer(&x), h.buffer(&vec![0f32; n * m / 2]));
+                let ops = h.kernels.matmul(&w, &xb, &yb, OutCols { stride: (m / 2) as u32, col: 0 }, false, Count::Tokens, true);
+                let got = h.run(&ops, &vec![0; n], &yb);
+                let mut full = vec![0f32; n * m];
+                ops::matmul(&mut full, &x, &wf, n, k, m);
+                let mut want = Vec::new();
+                for row in full.chunks(m) {
+                    let (mut g, u) = (row[..m / 2].to_vec(), &row[m / 2..]);
+                    ops::silu_mul(&mut g, u);
+                    want.extend(g);
+                }
+                check_close(&got, &want, 1e-5, &format!("{ty} swiglu n={n}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn rmsnorm_and_argmax_match_cpu() {
+    let h = Harness::new(GpuOptions::default());
+    let (n, d) = (5, 200);
+    let x = random(n * d, 3);
+    let w = random(d, 4);
+    let (xb, wb, yb) = (h.buffer(&x), h.buffer(&w), h.buffer(&vec![0f32; n * d]));
+    let got = h.run(&[h.kernels.rmsnorm(&xb, &wb, &yb, d as u32, 1e-5, false)], &vec![0; n], &yb);
+    let mut want = vec![0f32; n * d];
+    ops::rmsnorm(&mut want, &x, &w, 1e-5);
+    check_close(&got, &want, 1e-5, "rmsnorm");
+
+    // argmax with a tie: the first index wins, as on the CPU.
+    let vocab = 1000;
+    let mut logits = random(n * vocab, 5);
+    logits[vocab + 10] = 7.0;
+    logits[vocab + 900] = 7.0;
+    let (lb, rb) = (h.buffer(&logits), h.buffer(&vec![0f32; n]));
+    let got = h.run(&[h.kernels.argmax(&lb, &rb, vocab as u32)], &vec![0; n], &rb);
+    let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+    let want: Vec<u32> = logits.chunks(vocab).map(ferrolm::generate::argmax).collect();
+    assert_eq!(got, want);
+    assert_eq!(got[1], 10);
+}
