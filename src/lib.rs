@@ -7,6 +7,7 @@
 //! - [`cpu`]: the exact f32 reference forward pass, the oracle for every GPU test
 //! - [`generate`]: the greedy decode loop used by the CLI and the wasm API
 
+pub mod bench;
 pub mod chat;
 pub mod cpu;
 pub mod error;

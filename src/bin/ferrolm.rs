@@ -100,6 +100,24 @@ mod cli {
             #[arg(long)]
             special: bool,
         },
+        /// Measure load time, TTFT, prefill and decode speed and MBU on the GPU (greedy, the
+        /// peer benchmark's printing-press prompt), with the adapter's read bandwidth.
+        Bench {
+            #[command(flatten)]
+            model: ModelArgs,
+            /// Benchmark a synthetic model of a real shape with random Q4_1 weights instead:
+            /// `llama-3.2-1b`.
+            #[arg(long)]
+            synthetic: Option<String>,
+            /// Tokens to generate per run.
+            #[arg(long, default_value_t = 128)]
+            gen: usize,
+            #[arg(long, default_value_t = 3)]
+            runs: usize,
+            /// Append the summary as one JSON line to this file.
+            #[arg(long)]
+            json: Option<PathBuf>,
+        },
         /// Print the model's metadata and tensor table.
         Inspect {
             #[command(flatten)]
@@ -206,6 +224,7 @@ mod cli {
                 let ids = tokenizer.encode(&text, special)?;
                 println!("{}", serde_json::to_string(&ids).expect("ids serialize"));
             }
+            Command::Bench { model: args, synthetic, gen, runs, json } => bench(&args, synthetic.as_deref(), gen, runs, json.as_deref())?,
             Command::Inspect { model: args } => {
                 let m = open(&args)?;
                 let g = &m.gguf;
@@ -224,6 +243,58 @@ mod cli {
                     Err(e) => println!("config: not runnable: {e}"),
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn bench(args: &ModelArgs, synthetic: Option<&str>, gen: usize, runs: usize, json: Option<&std::path::Path>) -> Result<()> {
+        use ferrolm::bench::{read_bandwidth, synthetic_llama, time_generation, LLAMA_3_2_1B, PRINTING_PRESS_PROMPT};
+        let gpu = if args.portable { GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false } } else { GpuOptions::default() };
+        let (name, bytes) = match synthetic {
+            Some("llama-3.2-1b") => ("synthetic Llama-3.2-1B (Q4_1)".to_string(), synthetic_llama(LLAMA_3_2_1B)),
+            Some(other) => return Err(Error::InvalidOption { option: "--synthetic", reason: format!("unknown shape '{other}'; use llama-3.2-1b") }),
+            None => {
+                let m = open(args)?;
+                (m.path.display().to_string(), std::fs::read(&m.path)?)
+            }
+        };
+        let t0 = now_ms();
+        let gguf = Gguf::read(&bytes[..])?;
+        let model = pollster::block_on(async {
+            let ctx = ferrolm::gpu::GpuContext::new(gpu).await?;
+            ferrolm::gpu::GpuModel::load(ctx, &gguf, &bytes[..], 1024, 128).await
+        })?;
+        let load_ms = now_ms() - t0;
+        let prompt: Vec<u32> = if synthetic.is_some() {
+            (0..130u32).map(|i| (i * 7919) % model.config.vocab_size as u32).collect()
+        } else {
+            Tokenizer::from_gguf(&gguf.metadata)?.encode_prompt(PRINTING_PRESS_PROMPT, false)?
+        };
+        let bandwidth = pollster::block_on(read_bandwidth(&model))?;
+        let mut timings = Vec::new();
+        for run in 1..=runs {
+            let t = pollster::block_on(time_generation(&model, &prompt, gen))?;
+            eprintln!("run {run}: {}", serde_json::to_string(&t).expect("serializable"));
+            timings.push(t);
+        }
+        let median = |f: fn(&ferrolm::bench::GenerationTiming) -> f64| {
+            let mut v: Vec<f64> = timings.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let decode = median(|t| t.decode_tok_s);
+        let mbu = model.weight_bytes as f64 * decode / bandwidth;
+        let info = &model.ctx.info;
+        let summary = serde_json::json!({
+            "where": "native", "model": name, "adapter": info.name, "backend": info.backend, "driver": info.driver,
+            "load_ms": load_ms, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
+            "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": decode,
+            "weight_bytes_per_token": model.weight_bytes, "read_gb_s": bandwidth / 1e9, "mbu": mbu,
+        });
+        println!("{summary}");
+        if let Some(path) = json {
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            writeln!(f, "{summary}")?;
         }
         Ok(())
     }

@@ -1,0 +1,158 @@
+//! Benchmark building blocks shared by `ferrolm bench` (native) and the browser bench page:
+//! the adapter's streaming-read bandwidth, timed prefill/decode, and synthetic GGUF files of
+//! larger real shapes with random weights (a kernel's speed does not depend on the values).
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::generate::{now_ms, Session};
+use crate::gguf::{GgmlType, GgufWriter, Value};
+use crate::gpu::kernels::Kernels;
+use crate::gpu::{GpuModel, GpuSession};
+
+/// The peer benchmark's prompt (../shared/peer-bench/bench.js), ~130 tokens.
+pub const PRINTING_PRESS_PROMPT: &str = "The printing press was invented around 1440 by Johannes Gutenberg, a goldsmith from Mainz, Germany. \
+By combining movable metal type, oil-based ink, and a wooden screw press adapted from those used to make wine, \
+he made it possible to produce books far faster and more cheaply than scribes copying by hand. \
+His most famous work, the Gutenberg Bible, was completed around 1455. \
+Within fifty years, printing shops had spread to more than two hundred cities across Europe, \
+and millions of books were in circulation. This rapid spread of printed material helped fuel the Renaissance, \
+the Protestant Reformation, and the Scientific Revolution, because";
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GenerationTiming {
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub ttft_ms: f64,
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+}
+
+/// Prefills `prompt` and decodes `gen` tokens greedily (no stop tokens), timing both.
+pub async fn time_generation(model: &GpuModel, prompt: &[u32], gen: usize) -> Result<GenerationTiming> {
+    let mut s = GpuSession::new(model);
+    let t0 = now_ms();
+    let mut next = s.extend_greedy(prompt).await?;
+    let t1 = now_ms();
+    for _ in 1..gen {
+        next = s.extend_greedy(&[next]).await?;
+    }
+    let t2 = now_ms();
+    Ok(GenerationTiming {
+        prompt_tokens: prompt.len(),
+        gen_tokens: gen,
+        ttft_ms: t1 - t0,
+        prefill_tok_s: prompt.len() as f64 / ((t1 - t0) / 1e3),
+        decode_tok_s: (gen - 1) as f64 / ((t2 - t1) / 1e3),
+    })
+}
+
+/// The best streaming-read bandwidth (bytes/s) the read probe reaches on this adapter, over a
+/// few grid sizes, reading a buffer as large as one binding allows (up to 256 MiB).
+pub async fn read_bandwidth(model: &GpuModel) -> Result<f64> {
+    let ctx = &model.ctx;
+    let dev = &ctx.device;
+    let bytes = ctx.info.max_binding_size.min(ctx.info.max_buffer_size).min(256 << 20) / 16 * 16;
+    let mk = |size: u64, usage| dev.create_buffer(&wgpu::BufferDescriptor { label: Some("bench"), size, usage, mapped_at_creation: false });
+    let data = mk(bytes, wgpu::BufferUsages::STORAGE);
+    let sink = mk(1 << 20, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+    let batch = mk(64, wgpu::BufferUsages::STORAGE);
+    let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like);
+    let mut best = 0f64;
+    for workgroups in [64u32, 256, 1024, 4096] {
+        let op = kernels.read_bandwidth(&data, &sink, (bytes / 16) as u32, workgroups);
+        let run = |reps: u32| {
+            let mut enc = dev.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for _ in 0..reps {
+                    op.encode(&mut pass, 1, 1);
+                }
+            }
+            ctx.queue.submit([enc.finish()]);
+        };
+        run(1); // warm-up: pipeline compilation and first touch of the pages
+        ctx.read_buffer(&sink, 0, 4).await?;
+        let reps = 4;
+        let t0 = now_ms();
+        run(reps);
+        ctx.read_buffer(&sink, 0, 4).await?; // waits for the dispatches above
+        let secs = (now_ms() - t0) / 1e3;
+        best = best.max(reps as f64 * bytes as f64 / secs);
+    }
+    Ok(best)
+}
+
+/// Shape of a llama-architecture model.
+#[derive(Clone, Copy, Debug)]
+pub struct LlamaShape {
+    pub n_layers: u32,
+    pub d_model: u32,
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub ffn_dim: u32,
+    pub vocab: u32,
+}
+
+/// Llama-3.2-1B: 16 layers, d_model 2048, 32 query / 8 KV heads (head_dim 64), FFN 8192, vocab 128256.
+pub const LLAMA_3_2_1B: LlamaShape = LlamaShape { n_layers: 16, d_model: 2048, n_heads: 32, n_kv_heads: 8, ffn_dim: 8192, vocab: 128256 };
+
+/// A GGUF of `shape` with random Q4_1 matrices, a Q8_0 tied embedding and unit norms.
+pub fn synthetic_llama(shape: LlamaShape) -> Vec<u8> {
+    let s = shape;
+    let hd = s.d_model / s.n_heads;
+    let mut w = GgufWriter::new();
+    w.meta("general.architecture", Value::String("llama".into()))
+        .meta("general.name", Value::String("synthetic llama".into()))
+        .meta("llama.block_count", Value::U32(s.n_layers))
+        .meta("llama.context_length", Value::U32(8192))
+        .meta("llama.embedding_length", Value::U32(s.d_model))
+        .meta("llama.feed_forward_length", Value::U32(s.ffn_dim))
+        .meta("llama.attention.head_count", Value::U32(s.n_heads))
+        .meta("llama.attention.head_count_kv", Value::U32(s.n_kv_heads))
+        .meta("llama.rope.freq_base", Value::F32(500000.0))
+        .meta("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
+        .meta("llama.vocab_size", Value::U32(s.vocab));
+    let mut seed = 1u64;
+    let mut matrix = |w: &mut GgufWriter, name: &str, k: u32, m: u32, ty: GgmlType| {
+        seed += 1;
+        w.tensor(name, &[k as u64, m as u64], ty, random_blocks(ty, k as u64 * m as u64, seed));
+    };
+    matrix(&mut w, "token_embd.weight", s.d_model, s.vocab, GgmlType::Q8_0);
+    let ones = vec![1f32; s.d_model as usize];
+    w.tensor_f32("output_norm.weight", &[s.d_model as u64], &ones);
+    for l in 0..s.n_layers {
+        let p = |n: &str| format!("blk.{l}.{n}");
+        w.tensor_f32(&p("attn_norm.weight"), &[s.d_model as u64], &ones);
+        w.tensor_f32(&p("ffn_norm.weight"), &[s.d_model as u64], &ones);
+        matrix(&mut w, &p("attn_q.weight"), s.d_model, s.n_heads * hd, GgmlType::Q4_1);
+        matrix(&mut w, &p("attn_k.weight"), s.d_model, s.n_kv_heads * hd, GgmlType::Q4_1);
+        matrix(&mut w, &p("attn_v.weight"), s.d_model, s.n_kv_heads * hd, GgmlType::Q4_1);
+        matrix(&mut w, &p("attn_output.weight"), s.n_heads * hd, s.d_model, GgmlType::Q4_1);
+        matrix(&mut w, &p("ffn_gate.weight"), s.d_model, s.ffn_dim, GgmlType::Q4_1);
+        matrix(&mut w, &p("ffn_up.weight"), s.d_model, s.ffn_dim, GgmlType::Q4_1);
+        matrix(&mut w, &p("ffn_down.weight"), s.ffn_dim, s.d_model, GgmlType::Q4_1);
+    }
+    w.to_bytes()
+}
+
+/// `n` values of random blocks of `ty` with small finite f16 scales.
+fn random_blocks(ty: GgmlType, n: u64, seed: u64) -> Vec<u8> {
+    let bytes = (n / ty.block_size() * ty.type_size()) as usize;
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out: Vec<u8> = Vec::with_capacity(bytes + 8);
+    while out.len() < bytes {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(bytes);
+    let scale_bytes: &[usize] = if ty == GgmlType::Q4_1 { &[1, 3] } else { &[1] };
+    for block in out.chunks_mut(ty.type_size() as usize) {
+        for &i in scale_bytes {
+            block[i] = (block[i] & 0x83) | 0x18; // f16 magnitude around 2^-9 .. 2^-7
+        }
+    }
+    out
+}
