@@ -18,6 +18,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read_write> y: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> batch: array<u32>;
+// Named by the quant helpers' dot32, which this kernel does not call (so it needs no binding).
+@group(0) @binding(7) var<storage, read> x: array<vec4<f32>>;
 
 override DIRECT: bool = false;
 
@@ -37,8 +39,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         row = id - P.row0;
         dst = t;
     }
-    let v = load32(row, g, groups, P.scale_off);
     for (var i = 0u; i < 8u; i++) {
-        y[dst * (P.k / 4u) + g * 8u + i] = select(v[i] * P.scale, v[i], P.scale == 1.0);
+        let v = dequant4(row * groups + g, i, P.scale_off);
+        y[dst * (P.k / 4u) + g * 8u + i] = select(v * P.scale, v, P.scale == 1.0);
     }
 }

@@ -1,9 +1,9 @@
-// Dequantizing matrix multiply: y[t][out_col + r] (+)= sum_k x[t][k] * W[r][k] for the batch's
-// tokens. A workgroup owns ROWS = 64 / TPR weight rows and TN tokens; TPR threads split a row's
-// 32-value groups, each dequantizes a group once and applies it to all TN tokens, then the
-// partial sums are reduced in workgroup memory. TN = 1 is the decode GEMV, TN = 8 prefill.
+// Dequantizing matrix multiply for GPUs: y[t][out_col + r] (+)= sum_k x[t][k] * W[r][k] for the
+// batch's tokens. A workgroup owns 64 / TPR weight rows and TN tokens; TPR threads split a row's
+// 32-value groups (a group's words stay in cache across the TN tokens), then the partial sums
+// are reduced in workgroup memory. TN = 1 is the decode GEMV, TN = 8 prefill.
 // SWIGLU: rows r (gate) and r + m (up) of W give y = silu(gate) * up.
-// `load32` comes from the weight type's quant_*.wgsl, prepended by the launcher.
+// `dot32` comes from the weight type's quant_*.wgsl, prepended by the launcher.
 
 struct Params {
     k: u32,          // input width (multiple of 32)
@@ -42,21 +42,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc2: array<f32, MAX_TN>;
     if (row < P.m) {
         for (var g = lane; g < groups; g += TPR) {
-            let wv = load32(row, g, groups, P.scale_off);
-            var uv: array<vec4<f32>, 8>;
-            if (SWIGLU) { uv = load32(row + P.m, g, groups, P.scale_off); }
+            let b = row * groups + g;
             // Constant trip count (TN is specialized) keeps acc in registers.
             for (var t = 0u; t < TN; t++) {
                 let xb = min(t0 + t, n - 1u) * (P.k / 4u) + g * 8u;
-                var s = 0.0;
-                var s2 = 0.0;
-                for (var i = 0u; i < 8u; i++) {
-                    let xv = x[xb + i];
-                    s += dot(wv[i], xv);
-                    if (SWIGLU) { s2 += dot(uv[i], xv); }
-                }
-                acc[t] += s;
-                acc2[t] += s2;
+                acc[t] += dot32(b, P.scale_off, xb);
+                if (SWIGLU) { acc2[t] += dot32(b + P.m * groups, P.scale_off, xb); }
             }
         }
     }

@@ -83,6 +83,34 @@ pub async fn read_bandwidth(model: &GpuModel) -> Result<f64> {
     Ok(best)
 }
 
+/// Microseconds per dispatch of a trivial kernel, 200 dispatches in one pass: the fixed cost
+/// every kernel launch pays on this adapter.
+pub async fn dispatch_overhead_us(model: &GpuModel) -> Result<f64> {
+    let ctx = &model.ctx;
+    let dev = &ctx.device;
+    let mk = |size: u64, usage| dev.create_buffer(&wgpu::BufferDescriptor { label: Some("bench"), size, usage, mapped_at_creation: false });
+    let data = mk(4096, wgpu::BufferUsages::STORAGE);
+    let sink = mk(4096, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+    let batch = mk(64, wgpu::BufferUsages::STORAGE);
+    let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like);
+    let op = kernels.read_bandwidth(&data, &sink, 256, 1);
+    let mut best = f64::MAX;
+    for reps in [1u32, 200] {
+        let mut enc = dev.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for _ in 0..reps {
+                op.encode(&mut pass, 1, 1);
+            }
+        }
+        let t0 = now_ms();
+        ctx.queue.submit([enc.finish()]);
+        ctx.read_buffer(&sink, 0, 4).await?;
+        best = (now_ms() - t0) * 1e3 / reps as f64;
+    }
+    Ok(best)
+}
+
 /// Shape of a llama-architecture model.
 #[derive(Clone, Copy, Debug)]
 pub struct LlamaShape {

@@ -61,8 +61,8 @@ struct ModelInfo {
 #[wasm_bindgen]
 #[derive(Clone, Copy)]
 pub enum EngineDevice {
-    Gpu = "gpu",
-    Cpu = "cpu",
+    Gpu = 0,
+    Cpu = 1,
 }
 
 #[wasm_bindgen]
@@ -106,6 +106,37 @@ impl Engine {
     /// Token ids of `text` (special tokens parsed when `special`).
     pub fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, JsError> {
         self.tokenizer.encode(text, special).map_err(js_err)
+    }
+
+    /// Benchmarks greedy generation of `gen` tokens from the peer benchmark's prompt, `runs`
+    /// times, plus the adapter's read bandwidth. Returns the same summary as `ferrolm bench`.
+    pub async fn benchmark(&self, gen: u32, runs: u32) -> Result<JsValue, JsError> {
+        use crate::bench::{read_bandwidth, time_generation, PRINTING_PRESS_PROMPT};
+        let Backend::Gpu(model) = &self.backend else {
+            return Err(JsError::new("benchmark needs the GPU engine (load with device \"gpu\")"));
+        };
+        let prompt = self.tokenizer.encode_prompt(PRINTING_PRESS_PROMPT, false).map_err(js_err)?;
+        let bandwidth = read_bandwidth(model).await.map_err(js_err)?;
+        let dispatch_us = crate::bench::dispatch_overhead_us(model).await.map_err(js_err)?;
+        let mut timings = Vec::new();
+        for _ in 0..runs.max(1) {
+            timings.push(time_generation(model, &prompt, gen.max(2) as usize).await.map_err(js_err)?);
+        }
+        let median = |f: fn(&crate::bench::GenerationTiming) -> f64| {
+            let mut v: Vec<f64> = timings.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let decode = median(|t| t.decode_tok_s);
+        let info = &model.ctx.info;
+        let summary = serde_json::json!({
+            "where": "browser", "adapter": info.name, "backend": info.backend, "driver": info.driver,
+            "load_ms": self.load_ms, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
+            "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": decode,
+            "weight_bytes_per_token": model.weight_bytes, "read_gb_s": bandwidth / 1e9, "dispatch_us": dispatch_us,
+            "mbu": model.weight_bytes as f64 * decode / bandwidth, "all_runs": timings,
+        });
+        Ok(JsValue::from_str(&summary.to_string()))
     }
 
     /// Teacher-forced logits of every position of `tokens`, `[n][vocab]` flattened.

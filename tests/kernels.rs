@@ -20,6 +20,11 @@ struct Harness {
 
 impl Harness {
     fn new(opts: GpuOptions) -> Harness {
+        Self::with_shapes(opts, None)
+    }
+
+    /// `cpu_like` forces the kernel shapes for CPU-emulated adapters (Some(true)) or GPUs.
+    fn with_shapes(opts: GpuOptions, cpu_like: Option<bool>) -> Harness {
         let ctx = pollster::block_on(GpuContext::new(opts)).expect("a WebGPU adapter (lavapipe: apt install mesa-vulkan-drivers)");
         let batch = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
@@ -27,7 +32,7 @@ impl Harness {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let kernels = Kernels::new(&ctx.device, &batch, ctx.info.cpu_like);
+        let kernels = Kernels::new(&ctx.device, &batch, cpu_like.unwrap_or(ctx.info.cpu_like));
         Harness { ctx, batch, kernels }
     }
 
@@ -150,11 +155,13 @@ fn check_close(gpu: &[f32], cpu: &[f32], tol: f32, what: &str) {
 }
 
 /// Decode (1 token) and prefill (13 tokens) matmuls, plain, accumulating, split and SwiGLU,
-/// against `cpu::ops::matmul` on the dequantized weights; with and without optional features.
+/// against `cpu::ops::matmul` on the dequantized weights; both kernel shapes (CPU-like adapters'
+/// matvec, GPUs' matmul), with and without optional features.
 #[test]
 fn matmul_matches_cpu_reference() {
-    for opts in [GpuOptions::default(), GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false }] {
-        let h = Harness::new(opts);
+    let portable = GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false };
+    for (opts, cpu_like) in [(GpuOptions::default(), true), (GpuOptions::default(), false), (portable, false)] {
+        let h = Harness::with_shapes(opts, Some(cpu_like));
         for ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
             let (m, k) = (70, 160);
             let data = random_blocks(ty, m, k, 7 + ty.id() as u64);
@@ -173,7 +180,7 @@ fn matmul_matches_cpu_reference() {
                     if accumulate {
                         ops::add_assign(&mut want, &y0);
                     }
-                    check_close(&got, &want, 1e-5, &format!("{ty} n={n} split={split} accumulate={accumulate}"));
+                    check_close(&got, &want, 1e-5, &format!("{ty} n={n} split={split} accumulate={accumulate} cpu_like={cpu_like}"));
                 }
                 // SwiGLU: rows 0..m/2 gate, m/2..m up.
                 let w = GpuTensor::upload(&h.ctx.device, 1 << 20, "w", ty, &data, m, k, false).unwrap();

@@ -78,7 +78,10 @@ impl GpuContext {
             })
             .await
             .map_err(|e| Error::NoGpu(format!("the adapter refused to create a device: {e}")))?;
-        let a = adapter.get_info();
+        let mut a = adapter.get_info();
+        if a.name.is_empty() {
+            a.name = browser_adapter_name().await;
+        }
         let lower = format!("{} {}", a.name, a.driver).to_lowercase();
         let cpu_like = a.device_type == wgpu::DeviceType::Cpu || ["swiftshader", "llvmpipe", "lavapipe"].iter().any(|n| lower.contains(n));
         let info = AdapterInfo {
@@ -128,4 +131,28 @@ impl GpuContext {
         staging.unmap();
         Ok(bytes)
     }
+}
+
+/// wgpu leaves a browser adapter's name empty; read `GPUAdapter.info` through JS instead
+/// ("google swiftshader", "nvidia ampere", ...). Empty when unavailable.
+#[cfg(target_arch = "wasm32")]
+async fn browser_adapter_name() -> String {
+    use wasm_bindgen::JsCast;
+    let get = |v: &wasm_bindgen::JsValue, k: &str| js_sys::Reflect::get(v, &k.into()).unwrap_or(wasm_bindgen::JsValue::UNDEFINED);
+    let gpu = get(&get(&js_sys::global(), "navigator"), "gpu");
+    let Ok(request) = get(&gpu, "requestAdapter").dyn_into::<js_sys::Function>() else { return String::new() };
+    let Ok(promise) = request.call0(&gpu).and_then(|p| p.dyn_into::<js_sys::Promise>()) else { return String::new() };
+    let Ok(adapter) = wasm_bindgen_futures::JsFuture::from(promise).await else { return String::new() };
+    let info = get(&adapter, "info");
+    ["vendor", "architecture", "description"]
+        .iter()
+        .filter_map(|k| get(&info, k).as_string())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+async fn browser_adapter_name() -> String {
+    String::new()
 }

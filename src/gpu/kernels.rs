@@ -223,17 +223,30 @@ impl Kernels {
     #[allow(clippy::too_many_arguments)]
     fn matmul_part(&self, w: &GpuTensor, part: &TensorPart, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, swiglu: bool) -> Op {
         let m = if swiglu { part.rows / 2 } else { part.rows };
-        let groups = w.k / 32;
-        let tpr = if self.cpu_like { 1 } else { (1u32 << groups.max(1).ilog2()).min(16) };
         let access = [Read, Read, ReadWrite, Read];
-        // A decode GEMV (one token) and a prefill GEMM (MATMUL_TN tokens per workgroup).
-        let variants = [(1, 1), (MATMUL_TN, u32::MAX)]
-            .map(|(tn, max_n)| {
-                let constants = [("TN", tn as f64), ("TPR", tpr as f64), ("SWIGLU", swiglu as u32 as f64)];
-                let pipeline = self.pipeline("matmul", include_str!("../../shaders/matmul.wgsl"), Some(w.ty), &constants, &access);
-                Variant { pipeline, grid: Grid::Rows { x: m.div_ceil(64 / tpr), per: tn, of }, max_n }
-            })
-            .into();
+        let swiglu_c = ("SWIGLU", swiglu as u32 as f64);
+        // Each variant: (kernel, source, tokens per workgroup, extra constants, rows per
+        // workgroup, largest batch it serves). A decode GEMV and a prefill GEMM per adapter kind.
+        let variants: Vec<Variant> = if self.cpu_like {
+            let body = include_str!("../../shaders/matvec.wgsl");
+            [(1u32, 1u32), (4, u32::MAX)]
+                .iter()
+                .map(|&(tn, max_n)| {
+                    let pipeline = self.pipeline("matvec", body, Some(w.ty), &[("TN", tn as f64), swiglu_c], &access);
+                    Variant { pipeline, grid: Grid::Rows { x: m.div_ceil(64), per: tn, of }, max_n }
+                })
+                .collect()
+        } else {
+            let body = include_str!("../../shaders/matmul.wgsl");
+            let tpr = (1u32 << (w.k / 32).max(1).ilog2()).min(16);
+            [(1u32, 1u32), (MATMUL_TN, u32::MAX)]
+                .iter()
+                .map(|&(tn, max_n)| {
+                    let pipeline = self.pipeline("matmul", body, Some(w.ty), &[("TN", tn as f64), ("TPR", tpr as f64), swiglu_c], &access);
+                    Variant { pipeline, grid: Grid::Rows { x: m.div_ceil(64 / tpr), per: tn, of }, max_n }
+                })
+                .collect()
+        };
         let params = [w.k, m, out.stride, out.col, part.scale_off, accumulate as u32, matches!(of, Count::LogitRows) as u32, 0];
         self.op("matmul", variants, &params, &[&part.buffer, x, y], &access)
     }

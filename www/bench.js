@@ -1,0 +1,29 @@
+// Browser benchmark page, driven by scripts/bench/run-browser.mjs. Query: model=<file under
+// /models/>, gen=<tokens>, runs=<n>. Publishes the summary as window.__bench.
+import init, { Engine, EngineDevice } from "/pkg/wasm/ferrolm.js";
+
+const q = new URLSearchParams(location.search);
+const model = q.get("model") || "SmolLM2-135M-Instruct.Q4_1.gguf";
+const gen = Number(q.get("gen") || 128);
+const runs = Number(q.get("runs") || 3);
+const status = (s) => { document.getElementById("status").textContent = s; console.log("[bench] " + s); };
+
+async function run() {
+  await init();
+  status("fetching model");
+  const resp = await fetch("/models/" + model);
+  if (!resp.ok) throw new Error(`model fetch failed: HTTP ${resp.status}`);
+  const bytes = new Uint8Array(await resp.arrayBuffer());
+  status("loading");
+  const engine = await Engine.load(bytes, EngineDevice.Gpu, 1024, false);
+  status("benchmarking");
+  const result = JSON.parse(await engine.benchmark(gen, runs));
+  result.model = model;
+  result.user_agent = navigator.userAgent;
+  return result;
+}
+
+window.__bench = run().then(
+  (r) => { status("done"); document.getElementById("out").textContent = JSON.stringify(r, null, 1); return { ok: true, result: r }; },
+  (e) => { status("error"); console.error(e); return { ok: false, error: String(e?.stack || e?.message || e) }; },
+);
