@@ -1,3 +1,269 @@
-//! PLACEHOLDER: being written (helper). API contract:
-//! Tokenizer::from_gguf(&Metadata) / from_json(&[u8]); encode(text, parse_special); decode(ids);
-//! Detokenizer for incremental UTF-8-safe decoding.
+//! Text <-> token ids, built with the `tokenizers` crate from a GGUF's vocabulary (or loaded from
+//! a `tokenizer.json`). Byte-level BPE (`tokenizer.ggml.model = gpt2`) uses the pre-tokenizer
+//! regexes llama.cpp picks for `tokenizer.ggml.pre`; SentencePiece vocabularies
+//! (`tokenizer.ggml.model = llama`) become a BPE with byte fallback whose merges follow the token
+//! scores. Control tokens are parsed as single tokens on request, user-defined ones always.
+
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::replace::Replace;
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::Split;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+use crate::error::{Error, Result};
+use crate::gguf::Metadata;
+
+/// llama.cpp's GPT-2 style word regex (`default`, `gpt2`, and the second stage of `smollm`).
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// GGUF token types.
+const TYPE_CONTROL: i64 = 3;
+const TYPE_USER_DEFINED: i64 = 4;
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+pub struct Tokenizer {
+    /// Parses special tokens in the input.
+    special: tokenizers::Tokenizer,
+    /// Treats special tokens' text as plain text.
+    plain: tokenizers::Tokenizer,
+    tokens: Vec<String>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    add_bos: bool,
+    stop: Vec<u32>,
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer a GGUF describes.
+    pub fn from_gguf(meta: &Metadata) -> Result<Tokenizer> {
+        let model = meta.get_str("tokenizer.ggml.model")?;
+        let tokens: Vec<String> = meta.get_str_array("tokenizer.ggml.tokens")?.into_iter().map(String::from).collect();
+        if tokens.is_empty() {
+            return Err(Error::Tokenizer("tokenizer.ggml.tokens is empty".into()));
+        }
+        let types = if meta.contains("tokenizer.ggml.token_type") { meta.get_i64_array("tokenizer.ggml.token_type")? } else { vec![1; tokens.len()] };
+        if types.len() != tokens.len() {
+            return Err(Error::Tokenizer(format!("{} token types for {} tokens", types.len(), tokens.len())));
+        }
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let mut inner = match model {
+            "gpt2" => {
+                let merges = meta
+                    .get_str_array("tokenizer.ggml.merges")?
+                    .iter()
+                    .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| tok_err(format!("malformed merge '{m}'"))))
+                    .collect::<Result<Vec<_>>>()?;
+                let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
+                let mut t = tokenizers::Tokenizer::new(bpe);
+                t.with_pre_tokenizer(Some(byte_level_pre_tokenizer(meta.opt_str("tokenizer.ggml.pre")?.unwrap_or("default"))?));
+                t.with_decoder(Some(ByteLevelDecoder::default()));
+                t
+            }
+            "llama" => {
+                let scores = meta.get_f32_array("tokenizer.ggml.scores")?;
+                spm_tokenizer(&tokens, &scores, &types, vocab, meta.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true))?
+            }
+            other => {
+                return Err(Error::Tokenizer(format!("unsupported tokenizer model '{other}'; ferrolm reads 'gpt2' (byte-level BPE) and 'llama' (SentencePiece)")))
+            }
+        };
+        let added: Vec<AddedToken> = types
+            .iter()
+            .zip(&tokens)
+            .filter(|(&t, _)| t == TYPE_CONTROL || t == TYPE_USER_DEFINED)
+            .map(|(&t, s)| AddedToken::from(s.clone(), t == TYPE_CONTROL))
+            .collect();
+        inner.add_special_tokens(&added);
+        let id = |k: &str| -> Result<Option<u32>> { meta.opt_u32(k) };
+        let (bos, eos, eot) = (id("tokenizer.ggml.bos_token_id")?, id("tokenizer.ggml.eos_token_id")?, id("tokenizer.ggml.eot_token_id")?);
+        // End-of-turn markers of common chat formats end generation too.
+        let mut stop: Vec<u32> = [eos, eot].into_iter().flatten().collect();
+        for marker in ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>"] {
+            if let Some(&i) = tokens.iter().position(|t| t == marker).as_ref() {
+                if types[i] == TYPE_CONTROL && !stop.contains(&(i as u32)) {
+                    stop.push(i as u32);
+                }
+            }
+        }
+        let add_bos = meta.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(model == "llama");
+        Tokenizer::finish(inner, tokens, bos, eos, add_bos, stop)
+    }
+
+    /// Loads a Hugging Face `tokenizer.json`; BOS/EOS are looked up among its special tokens.
+    pub fn from_json(bytes: &[u8]) -> Result<Tokenizer> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)?;
+        let n = inner.get_vocab_size(true);
+        let tokens: Vec<String> = (0..n as u32).map(|i| inner.id_to_token(i).unwrap_or_default()).collect();
+        let find = |names: &[&str]| names.iter().find_map(|s| inner.token_to_id(s));
+        let bos = find(&["<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>"]);
+        let eos = find(&["<|eot_id|>", "<|im_end|>", "<end_of_turn>", "</s>", "<eos>", "<|endoftext|>"]);
+        let stop = eos.into_iter().collect();
+        Tokenizer::finish(inner, tokens, bos, eos, false, stop)
+    }
+
+    fn finish(special: tokenizers::Tokenizer, tokens: Vec<String>, bos: Option<u32>, eos: Option<u32>, add_bos: bool, stop: Vec<u32>) -> Result<Tokenizer> {
+        let mut plain = special.clone();
+        plain.set_encode_special_tokens(true);
+        Ok(Tokenizer { special, plain, tokens, bos, eos, add_bos, stop })
+    }
+
+    /// Token ids of `text`; never adds BOS. With `parse_special`, control tokens written in the
+    /// text (`<|im_start|>`) become their single ids.
+    pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        let t = if parse_special { &self.special } else { &self.plain };
+        Ok(t.encode(text, false).map_err(tok_err)?.get_ids().to_vec())
+    }
+
+    /// As `encode`, with BOS first when the model wants it.
+    pub fn encode_prompt(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if let (true, Some(bos)) = (self.add_bos, self.bos) {
+            ids.push(bos);
+        }
+        ids.extend(self.encode(text, parse_special)?);
+        Ok(ids)
+    }
+
+    /// Text of `ids`, special tokens included as their text.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.tokens.len()) {
+            return Err(Error::TokenOutOfRange { id: bad, vocab: self.tokens.len() });
+        }
+        self.special.decode(ids, false).map_err(tok_err)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// Tokens that end generation: EOS, EOT and the end-of-turn markers of chat formats.
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop
+    }
+
+    /// The raw vocabulary string of `id`.
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+}
+
+/// llama.cpp's pre-tokenizer for `tokenizer.ggml.pre`: regex splits, then bytes to symbols.
+fn byte_level_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
+    let regexes: &[&str] = match pre {
+        "llama3" | "llama-bpe" | "llama-v3" => &[LLAMA3_REGEX],
+        "qwen2" => &[QWEN2_REGEX],
+        "smollm" | "starcoder" | "refact" | "codeshell" => &[r"\p{N}", GPT2_REGEX],
+        // "gpt2", "default" and names ferrolm does not know use the GPT-2 regex.
+        _ => &[GPT2_REGEX],
+    };
+    let mut stages: Vec<PreTokenizerWrapper> = regexes
+        .iter()
+        .map(|r| Split::new(tokenizers::pre_tokenizers::split::SplitPattern::Regex(r.to_string()), SplitDelimiterBehavior::Isolated, false).map(Into::into).map_err(tok_err))
+        .collect::<Result<_>>()?;
+    stages.push(ByteLevel::new(false, false, false).into());
+    Ok(Sequence::new(stages).into())
+}
+
+/// A SentencePiece vocabulary as a BPE: merges ranked by the merged token's score (how
+/// SentencePiece's BPE chooses), spaces as `▁`, unknown bytes as `<0xNN>` tokens.
+fn spm_tokenizer(tokens: &[String], scores: &[f32], types: &[i64], vocab: Vocab, space_prefix: bool) -> Result<tokenizers::Tokenizer> {
+    if scores.len() != tokens.len() {
+        return Err(Error::Tokenizer(format!("{} scores for {} tokens", scores.len(), tokens.len())));
+    }
+    let mut merges: Vec<(f32, u32, String, String)> = Vec::new();
+    for (id, tok) in tokens.iter().enumerate() {
+        if types[id] != 1 || tok.chars().count() < 2 {
+            continue;
+        }
+        for (i, _) in tok.char_indices().skip(1) {
+            let (a, b) = tok.split_at(i);
+            if let (Some(&ia), Some(&ib)) = (vocab.get(a), vocab.get(b)) {
+                if types[ia as usize] == 1 || types[ia as usize] == 6 {
+                    let _ = ib;
+                    merges.push((scores[id], id as u32, a.to_string(), b.to_string()));
+                }
+            }
+        }
+    }
+    // Higher score merges first; ties by id, as SentencePiece breaks them.
+    merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    let merges = merges.into_iter().map(|(_, _, a, b)| (a, b)).collect();
+    let unk = tokens.iter().position(|t| t == "<unk>").map(|i| tokens[i].clone());
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
+    if let Some(u) = unk {
+        builder = builder.unk_token(u);
+    }
+    let mut t = tokenizers::Tokenizer::new(builder.build().map_err(tok_err)?);
+    let mut norms: Vec<NormalizerWrapper> = Vec::new();
+    if space_prefix {
+        norms.push(tokenizers::normalizers::prepend::Prepend::new("▁".into()).into());
+    }
+    norms.push(Replace::new(" ", "▁").map_err(tok_err)?.into());
+    t.with_normalizer(Some(tokenizers::normalizers::Sequence::new(norms)));
+    let mut decoders: Vec<DecoderWrapper> = vec![Replace::new("▁", " ").map_err(tok_err)?.into(), ByteFallback::default().into(), Fuse::default().into()];
+    if space_prefix {
+        decoders.push(tokenizers::decoders::strip::Strip::new(' ', 1, 0).into());
+    }
+    t.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(t)
+}
+
+/// Incremental detokenizer: push ids one at a time and get back only text that is complete
+/// (never half a UTF-8 character; SentencePiece's leading spaces come out right because the
+/// previous token is decoded along with the new ones).
+pub struct Detokenizer<'a> {
+    tok: &'a Tokenizer,
+    ids: Vec<u32>,
+    prefix: usize,
+    read: usize,
+}
+
+impl<'a> Detokenizer<'a> {
+    pub fn new(tok: &'a Tokenizer) -> Self {
+        Detokenizer { tok, ids: Vec::new(), prefix: 0, read: 0 }
+    }
+
+    /// Adds a token; returns the text that became complete (possibly empty).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let prefix_text = self.tok.decode(&self.ids[self.prefix..self.read])?;
+        let text = self.tok.decode(&self.ids[self.prefix..])?;
+        if text.len() > prefix_text.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&prefix_text) {
+            let new = text[prefix_text.len()..].to_string();
+            self.prefix = self.read;
+            self.read = self.ids.len();
+            return Ok(new);
+        }
+        Ok(String::new())
+    }
+
+    /// Whatever is still held back (an incomplete character at the very end).
+    pub fn finish(&mut self) -> Result<String> {
+        let prefix_text = self.tok.decode(&self.ids[self.prefix..self.read])?;
+        let text = self.tok.decode(&self.ids[self.prefix..])?;
+        self.prefix = self.ids.len();
+        self.read = self.ids.len();
+        Ok(text.get(prefix_text.len()..).unwrap_or_default().to_string())
+    }
+}
