@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export XDG_RUNTIME_DIR ?= /tmp/ferrolm-xdg-$(shell id -u)
 $(shell mkdir -p -m 700 $(XDG_RUNTIME_DIR))
 
-.PHONY: help models tools rust-tools system-packages build test test-native test-browser run demo wasm clean
+.PHONY: help models tools rust-tools system-packages build test test-native test-browser run demo wasm bench clean
 
 help:
 	@echo "make demo   build the wasm package and serve the demo page"
@@ -61,6 +61,28 @@ run: models build
 demo: models wasm
 	@echo "demo: http://127.0.0.1:$(DEMO_PORT)/"
 	python3 scripts/serve.py --port $(DEMO_PORT) --mount /pkg=pkg --mount /models=models www
+
+## ---- benchmark ------------------------------------------------------------------------------
+
+BENCH_PORT ?= 8766
+PEER_DIR := .tools/peer-bench
+
+# Native (this machine's wgpu adapter) and headless Chromium, SmolLM2 and a synthetic
+# Llama-3.2-1B shape; then wllama on the same machine when ../shared/peer-bench exists.
+bench: models build wasm
+	mkdir -p bench-out && rm -f bench-out/results.jsonl bench-out/peer.jsonl
+	target/release/ferrolm bench --runs 3 --json bench-out/results.jsonl
+	target/release/ferrolm bench --synthetic llama-3.2-1b --runs 1 --gen 8 --json bench-out/results.jsonl
+	cd scripts/bench && npm install --silent --no-audit --no-fund
+	@python3 scripts/serve.py --port $(BENCH_PORT) --mount /pkg=pkg --mount /models=models www & pid=$$!; \
+	trap "kill $$pid" EXIT; sleep 1; \
+	node scripts/bench/run-browser.mjs --port $(BENCH_PORT) --runs 3 >> bench-out/results.jsonl
+	@if [ -d ../shared/peer-bench ]; then \
+	  mkdir -p $(PEER_DIR) && cp ../shared/peer-bench/*.mjs ../shared/peer-bench/*.js ../shared/peer-bench/*.html $(PEER_DIR)/ && \
+	  (cd $(PEER_DIR) && npm install --silent --no-audit --no-fund @wllama/wllama@3.8.1 playwright-core@1.65.1) && \
+	  MODEL_DIR=$(CURDIR)/models node $(PEER_DIR)/run.mjs --runs 3 --modes cpu-1thread,cpu-multithread | tee bench-out/peer.jsonl; \
+	fi
+	python3 scripts/bench/report.py bench-out/results.jsonl bench-out/peer.jsonl bench-out/bench.md bench-out/bench.json
 
 ## ---- tests ----------------------------------------------------------------------------------
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""Turns bench-out/results.jsonl (ferrolm, native and browser) and bench-out/peer.jsonl (wllama
+medians from ../shared/peer-bench) into bench-out/bench.md and bench-out/bench.json."""
+import json
+import sys
+
+
+def lines(path):
+    try:
+        with open(path) as f:
+            return [json.loads(l) for l in f if l.strip().startswith("{")]
+    except FileNotFoundError:
+        return []
+
+
+ours = lines(sys.argv[1])
+peer = [p for p in lines(sys.argv[2]) if p.get("summary") == "median"] if len(sys.argv) > 2 else []
+out_md, out_json = sys.argv[3], sys.argv[4]
+
+rows = ["| where | model | adapter | load ms | TTFT ms | prefill tok/s | decode tok/s | read GB/s | MBU |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+for r in ours:
+    model = r.get("model", "").split("/")[-1]
+    rows.append(f"| {r['where']} | {model} | {r['adapter']} | {r['load_ms']:.0f} | {r['ttft_ms']:.0f} | "
+                f"{r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.2f} | {r['read_gb_s']:.2f} | {100 * r['mbu']:.0f}% |")
+md = ["# ferrolm benchmark", "", "Greedy, the peer benchmark's printing-press prompt, medians of the runs.", ""] + rows
+
+if peer:
+    md += ["", "## wllama 3.8.1 in the same Chromium (../shared/peer-bench)", "",
+           "| mode | TTFT ms | prefill tok/s | decode tok/s |", "|---|---:|---:|---:|"]
+    for p in peer:
+        md.append(f"| {p['mode']} | {p.get('ttft_ms')} | {p.get('prefill_tok_s')} | {p.get('decode_tok_s')} |")
+    browser = next((r for r in ours if r["where"] == "browser"), None)
+    mt = next((p for p in peer if p["mode"] == "cpu-multithread"), None)
+    if browser and mt and mt.get("decode_tok_s"):
+        md += ["", "## ferrolm in Chromium / wllama 2 threads", "",
+               f"- decode: {browser['decode_tok_s'] / mt['decode_tok_s']:.2f}x (target >= 1x)",
+               f"- prefill: {browser['prefill_tok_s'] / mt['prefill_tok_s']:.2f}x (target >= 5x)",
+               f"- TTFT: {browser['ttft_ms']:.0f} ms vs {mt['ttft_ms']} ms (target <= 1000 ms)",
+               f"- decode MBU: {100 * browser['mbu']:.0f}% of the read probe's {browser['read_gb_s']:.2f} GB/s (target >= 70%)"]
+
+open(out_md, "w").write("\n".join(md) + "\n")
+json.dump({"ferrolm": ours, "wllama": peer}, open(out_json, "w"), indent=1)
+print("\n".join(md))
