@@ -145,6 +145,11 @@ impl Tokenizer {
         self.special.decode(ids, false).map_err(tok_err)
     }
 
+    /// The tokenizer as a Hugging Face `tokenizer.json`.
+    pub fn to_json(&self) -> Result<String> {
+        self.special.to_string(false).map_err(tok_err)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
     }

@@ -32,7 +32,17 @@ fn reads_the_real_gemma3_file() {
     assert_eq!(g.architecture().unwrap(), "gemma3");
     assert_eq!(g.tensor("token_embd.weight").unwrap().dims, vec![640, 262144]);
     let err = ferrolm::model::Config::from_gguf(&g).unwrap_err().to_string();
-    assert!(err.contains("unsupported model architecture 'gemma3'") || !err.is_empty(), "{err}");
+    assert!(err.contains("unsupported model architecture 'gemma3'") && err.contains("llama"), "{err}");
+}
+
+#[test]
+fn missing_required_metadata_names_the_key() {
+    let mut w = GgufWriter::new();
+    w.meta("general.architecture", Value::String("llama".into())).meta("llama.embedding_length", Value::U32(64));
+    let bytes = w.to_bytes();
+    let g = Gguf::parse(&bytes, bytes.len() as u64).unwrap();
+    let err = ferrolm::model::Config::from_gguf(&g).unwrap_err().to_string();
+    assert!(err.contains("'llama.attention.head_count' is missing"), "{err}");
 }
 
 fn every_type() -> GgufWriter {

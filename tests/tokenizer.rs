@@ -53,6 +53,16 @@ fn gemma3_tokenizer_reproduces_llama_cpp() {
 }
 
 #[test]
+fn tokenizer_json_round_trip_reproduces_the_golden_file() {
+    let (tok, _) = load(common::SMOLLM2);
+    let json = Tokenizer::from_json(tok.to_json().unwrap().as_bytes()).unwrap();
+    let (n, bad) = golden(&json, "smollm2-135m/tokenizer-golden.json");
+    assert!(bad.is_empty(), "{n} rows, mismatches:\n{}", bad.join("\n"));
+    assert_eq!(json.eos_id(), Some(2));
+    assert!(Tokenizer::from_json(b"{not json").is_err());
+}
+
+#[test]
 fn special_tokens_are_text_unless_parsing_is_asked_for() {
     let (tok, _) = load(common::SMOLLM2);
     assert_eq!(tok.encode("<|im_start|>", true).unwrap(), vec![1]);

@@ -1,5 +1,5 @@
 // Demo page: loads the default model (or a picked .gguf) into the wasm engine and streams text.
-import init, { Engine } from "/pkg/wasm/ferrolm.js";
+import init, { Engine, EngineDevice } from "/pkg/wasm/ferrolm.js";
 
 const DEFAULT_MODEL = "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const $ = (id) => document.getElementById(id);
@@ -11,9 +11,9 @@ async function load(bytes, name) {
   await new Promise((r) => setTimeout(r, 0)); // let the status paint before the synchronous load
   try {
     engine?.free();
-    engine = Engine.load(bytes, 2048);
+    engine = await Engine.load(bytes, EngineDevice.Gpu, 2048, false);
     const info = engine.info();
-    $("status").textContent = `${name}: ${info.architecture}, ${info.nLayers} layers, vocab ${info.vocabSize}, loaded in ${info.loadMs.toFixed(0)} ms`;
+    $("status").textContent = `${name}: ${info.architecture}, ${info.nLayers} layers, vocab ${info.vocabSize}, on ${info.backend}, loaded in ${info.loadMs.toFixed(0)} ms`;
     $("go").disabled = false;
   } catch (e) {
     $("status").textContent = `error: ${e.message ?? e}`;
@@ -25,7 +25,7 @@ $("go").onclick = async () => {
   $("out").textContent = "";
   await new Promise((r) => setTimeout(r, 0));
   try {
-    const r = engine.generate($("prompt").value, Number($("max").value), $("chat").checked, undefined,
+    const r = await engine.generate($("prompt").value, Number($("max").value), $("chat").checked, undefined,
       (piece) => { $("out").textContent += piece; });
     $("metrics").textContent = `prompt ${r.promptTokens} tokens · generated ${r.generatedTokens} (${r.finishReason}) · TTFT ${r.ttftMs.toFixed(0)} ms · prefill ${r.prefillTokS.toFixed(1)} tok/s · decode ${r.decodeTokS.toFixed(1)} tok/s`;
   } catch (e) {

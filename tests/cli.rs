@@ -1,0 +1,79 @@
+//! The `ferrolm` binary as users run it: output formats, and one readable error line with a
+//! non-zero exit for bad input.
+
+mod common;
+
+use std::process::Command;
+
+fn ferrolm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrolm")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn model() -> String {
+    common::model_path(common::SMOLLM2).display().to_string()
+}
+
+#[test]
+fn tokenize_prints_json_ids() {
+    let (ok, out, err) = ferrolm(&["tokenize", "--model", &model(), "--text", "Hello world"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[19556,905]");
+    let (_, out, _) = ferrolm(&["tokenize", "--model", &model(), "--text", "<|im_start|>", "--special"]);
+    assert_eq!(out.trim(), "[1]");
+}
+
+#[test]
+fn score_matches_the_reference_on_the_first_case() {
+    let reference = common::read_json(&common::reference_path("smollm2-135m/forced-logits.json"));
+    let case = &reference["cases"][0];
+    let ids: Vec<String> = case["prompt_tokens"].as_array().unwrap().iter().chain(case["continuation_tokens"].as_array().unwrap()).map(|v| v.to_string()).collect();
+    let (ok, out, err) = ferrolm(&["score", "--model", &model(), "--device", "cpu", "--tokens", &ids.join(",")]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), ids.len() + 1);
+    for step in case["steps"].as_array().unwrap() {
+        let pos = step["pos"].as_u64().unwrap() as usize;
+        let line = &lines[pos];
+        assert_eq!(line["pos"].as_u64().unwrap() as usize, pos);
+        let (top, want) = (&line["top"][0], &step["ref_top5"][0]);
+        assert_eq!(top[0], want[0], "top token at {pos}");
+        assert!((top[1].as_f64().unwrap() - want[1].as_f64().unwrap()).abs() < 0.02);
+        assert_eq!(line["top"].as_array().unwrap().len(), 5);
+    }
+    assert!(lines[ids.len() - 1].get("nll").is_none(), "the last position has no next token");
+    // mean over all positions with a next token; the reference averages the continuation only.
+    assert!(lines[ids.len()]["mean_nll"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn generate_streams_text_to_stdout_and_stats_to_stderr() {
+    let (ok, out, err) = ferrolm(&["generate", "--model", &model(), "--device", "cpu", "--prompt", "The capital of France is", "--max-tokens", "2"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, " Paris.\n");
+    assert!(err.contains("prompt tokens 5") && err.contains("TTFT"), "{err}");
+}
+
+#[test]
+fn bad_input_is_one_readable_line_and_exit_1() {
+    let dir = std::env::temp_dir().join(format!("ferrolm-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.gguf");
+    std::fs::write(&bad, b"GGUF\x03\0\0\0\xff\xff").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["inspect".into(), "--model".into(), bad.display().to_string()], "malformed GGUF file"),
+        (vec!["inspect".into(), "--model".into(), dir.join("missing.gguf").display().to_string()], "cannot open"),
+        (vec!["score".into(), "--model".into(), model(), "--device".into(), "cpu".into(), "--tokens".into(), "1,x".into()], "invalid option --tokens"),
+        (
+            vec!["generate".into(), "--model".into(), model(), "--device".into(), "cpu".into(), "--context".into(), "4".into(), "--prompt".into(), "one two three four five six".into()],
+            "shorten the prompt",
+        ),
+    ];
+    for (args, want) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = ferrolm(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
+        assert!(err.starts_with("error: ") && err.contains(want), "{args:?}: {err}");
+    }
+}
