@@ -91,7 +91,7 @@ test: models tools
 	$(MAKE) test-browser
 
 test-native:
-	cargo test --release
+	cargo test --release -- --nocapture
 
 # wasm-bindgen-test in headless Chromium (flags in webdriver.json); the tests fetch model files
 # from a local server started for the run.
