@@ -15,6 +15,8 @@ pub mod generate;
 pub mod gpu;
 pub mod gguf;
 pub mod model;
+pub mod sampler;
+pub mod stop;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;

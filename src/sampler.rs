@@ -1,0 +1,317 @@
+//! Logits processors and sampling, on the CPU. The chain follows llama.cpp's default order where
+//! the two overlap:
+//!
+//! 1. logit bias (added to the raw logits, by token id)
+//! 2. penalties over the last `repeat_last_n` tokens of prompt + output: repetition (llama.cpp:
+//!    positive logits divided, negative multiplied), then frequency and presence (OpenAI:
+//!    `logit -= frequency * count + presence * (count > 0)`)
+//! 3. temperature 0: greedy (the first largest logit); otherwise
+//! 4. top-k, typical-p, top-p, min-p (each on the distribution at temperature 1), then
+//! 5. temperature, and a draw from the seeded RNG.
+//!
+//! The RNG (xoshiro256**) and the exponentials are computed with plain f64 arithmetic of our own,
+//! so a seed gives the same tokens natively and in wasm.
+
+use crate::error::{Error, Result};
+
+/// Generation controls with OpenAI-compatible names and defaults (temperature 1, no filter).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    /// 1 = off.
+    pub top_p: f32,
+    /// 0 = off.
+    pub min_p: f32,
+    /// 1 = off.
+    pub typical_p: f32,
+    /// 1 = off.
+    pub repeat_penalty: f32,
+    pub repeat_last_n: usize,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub logit_bias: Vec<(u32, f32)>,
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            typical_p: 1.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding: temperature 0 and nothing that changes the argmax.
+    pub fn greedy() -> Self {
+        SamplingParams { temperature: 0.0, ..Default::default() }
+    }
+
+    /// True when the choice is the argmax of the raw logits, which the GPU computes itself.
+    pub fn is_plain_greedy(&self) -> bool {
+        (self.temperature == 0.0 || self.top_k == 1) && !self.has_penalties() && self.logit_bias.is_empty()
+    }
+
+    fn has_penalties(&self) -> bool {
+        self.repeat_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+    }
+
+    /// Rejects out-of-range values with the option's OpenAI name.
+    pub fn validate(&self, vocab: usize) -> Result<()> {
+        let bad = |option: &'static str, reason: String| Err(Error::InvalidOption { option, reason });
+        let p = self;
+        if !(p.temperature >= 0.0 && p.temperature.is_finite()) {
+            return bad("temperature", format!("{} must be a finite number >= 0 (0 is greedy)", p.temperature));
+        }
+        if !(p.top_p > 0.0 && p.top_p <= 1.0) {
+            return bad("top_p", format!("{} must be in (0, 1]", p.top_p));
+        }
+        if !(0.0..=1.0).contains(&p.min_p) {
+            return bad("min_p", format!("{} must be in [0, 1]", p.min_p));
+        }
+        if !(p.typical_p > 0.0 && p.typical_p <= 1.0) {
+            return bad("typical_p", format!("{} must be in (0, 1]", p.typical_p));
+        }
+        if !(p.repeat_penalty > 0.0 && p.repeat_penalty.is_finite()) {
+            return bad("repetition_penalty", format!("{} must be > 0 (1 is off)", p.repeat_penalty));
+        }
+        for (name, v) in [("presence_penalty", p.presence_penalty), ("frequency_penalty", p.frequency_penalty)] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(name, format!("{v} must be in [-2, 2]"));
+            }
+        }
+        for &(id, b) in &p.logit_bias {
+            if id as usize >= vocab {
+                return bad("logit_bias", format!("token id {id} is outside the vocabulary (size {vocab})"));
+            }
+            if !b.is_finite() && b != f32::NEG_INFINITY {
+                return bad("logit_bias", format!("bias {b} for token {id} is not a number"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// xoshiro256** seeded through splitmix64.
+#[derive(Clone, Debug)]
+pub struct Rng([u64; 4]);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut z = seed;
+        let mut next = || {
+            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut x = z;
+            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            x ^ (x >> 31)
+        };
+        Rng([next(), next(), next(), next()])
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.0;
+        let out = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        out
+    }
+
+    /// Uniform in [0, 1) with 53 random bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// `e^x` for x <= 0 from basic f64 operations only (no platform libm), identical on every target.
+fn exp_neg(x: f64) -> f64 {
+    if x < -745.0 {
+        return 0.0;
+    }
+    // e^x = 2^k * e^r with r in [-ln2/2, ln2/2]; a degree-13 Taylor series is exact to f64 there.
+    const LN2: f64 = std::f64::consts::LN_2;
+    let k = (x / LN2).round();
+    let r = x - k * LN2;
+    let mut term = 1.0;
+    let mut sum = 1.0;
+    for i in 1..=13 {
+        term *= r / i as f64;
+        sum += term;
+    }
+    let mut scale = 1.0;
+    let mut k = k as i32;
+    while k < 0 {
+        let step = k.max(-1000);
+        scale *= f64::from_bits(((1023 + step) as u64) << 52);
+        k -= step;
+    }
+    sum * scale
+}
+
+/// Token ids with their (processed) logits.
+type Candidates = Vec<(u32, f32)>;
+
+/// Softmax of the candidates' logits at temperature `t`, in f64, summing to 1.
+fn probabilities(c: &[(u32, f32)], t: f64) -> Vec<f64> {
+    let max = c.iter().map(|x| x.1 as f64).fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = c.iter().map(|x| exp_neg((x.1 as f64 - max) / t)).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|v| v / sum).collect()
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+}
+
+impl Sampler {
+    /// A sampler for a vocabulary of `vocab` tokens; validates the parameters. Without a seed
+    /// the RNG is seeded from the clock.
+    pub fn new(params: SamplingParams, vocab: usize) -> Result<Sampler> {
+        params.validate(vocab)?;
+        let seed = params.seed.unwrap_or_else(|| crate::generate::now_ms().to_bits() ^ 0x5DEE_CE66_D1CE_5EED);
+        Ok(Sampler { rng: Rng::new(seed), params })
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Chooses the next token from the model's `logits`; `history` is prompt + output so far.
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let mut l = logits.to_vec();
+        self.apply_bias_and_penalties(&mut l, history);
+        if self.params.temperature == 0.0 {
+            return crate::generate::argmax(&l);
+        }
+        let mut c: Candidates = l.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+        self.filter(&mut c);
+        let p = probabilities(&c, self.params.temperature as f64);
+        let u = self.rng.uniform();
+        let mut acc = 0.0;
+        for (i, pi) in p.iter().enumerate() {
+            acc += pi;
+            if u < acc {
+                return c[i].0;
+            }
+        }
+        c[c.len() - 1].0
+    }
+
+    fn apply_bias_and_penalties(&self, l: &mut [f32], history: &[u32]) {
+        let p = &self.params;
+        for &(id, b) in &p.logit_bias {
+            l[id as usize] += b;
+        }
+        if !p.has_penalties() {
+            return;
+        }
+        let window = &history[history.len().saturating_sub(p.repeat_last_n)..];
+        let mut counts = std::collections::HashMap::<u32, u32>::new();
+        for &t in window {
+            *counts.entry(t).or_default() += 1;
+        }
+        for (&t, &n) in &counts {
+            let Some(v) = l.get_mut(t as usize) else { continue };
+            if p.repeat_penalty != 1.0 {
+                *v = if *v > 0.0 { *v / p.repeat_penalty } else { *v * p.repeat_penalty };
+            }
+            *v -= p.frequency_penalty * n as f32 + p.presence_penalty;
+        }
+    }
+
+    /// top-k, typical-p, top-p, min-p, in that order; leaves candidates sorted by logit.
+    fn filter(&self, c: &mut Candidates) {
+        let p = &self.params;
+        c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if p.top_k > 0 && p.top_k < c.len() {
+            c.truncate(p.top_k);
+        }
+        if p.typical_p < 1.0 {
+            // Keep the tokens whose surprise is closest to the entropy, up to typical_p mass.
+            let probs = probabilities(c, 1.0);
+            let entropy: f64 = probs.iter().filter(|&&q| q > 0.0).map(|q| -q * q.ln()).sum();
+            let mut order: Vec<usize> = (0..c.len()).collect();
+            let dev = |i: usize| if probs[i] > 0.0 { (-probs[i].ln() - entropy).abs() } else { f64::INFINITY };
+            order.sort_by(|&a, &b| dev(a).total_cmp(&dev(b)).then(a.cmp(&b)));
+            let mut mass = 0.0;
+            let mut keep = 0;
+            for &i in &order {
+                mass += probs[i];
+                keep += 1;
+                if mass >= p.typical_p as f64 {
+                    break;
+                }
+            }
+            let mut kept: Vec<usize> = order[..keep].to_vec();
+            kept.sort();
+            *c = kept.into_iter().map(|i| c[i]).collect();
+        }
+        if p.top_p < 1.0 {
+            let probs = probabilities(c, 1.0);
+            let mut mass = 0.0;
+            let mut keep = c.len();
+            for (i, q) in probs.iter().enumerate() {
+                mass += q;
+                if mass >= p.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            c.truncate(keep.max(1));
+        }
+        if p.min_p > 0.0 {
+            let probs = probabilities(c, 1.0);
+            let floor = probs[0] * p.min_p as f64;
+            let keep = probs.iter().take_while(|&&q| q >= floor).count();
+            c.truncate(keep.max(1));
+        }
+    }
+
+    /// The distribution `sample` draws from (tests compare sampled frequencies against it).
+    pub fn distribution(&self, logits: &[f32], history: &[u32]) -> Vec<(u32, f64)> {
+        let mut l = logits.to_vec();
+        self.apply_bias_and_penalties(&mut l, history);
+        if self.params.temperature == 0.0 {
+            return vec![(crate::generate::argmax(&l), 1.0)];
+        }
+        let mut c: Candidates = l.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+        self.filter(&mut c);
+        let p = probabilities(&c, self.params.temperature as f64);
+        c.iter().zip(p).map(|(x, q)| (x.0, q)).collect()
+    }
+}
+
+/// Log-probability of `chosen` and the `n` (<= 20) most likely tokens under the model's raw
+/// distribution (OpenAI's `logprobs`).
+pub fn logprobs(logits: &[f32], chosen: u32, n: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
+    let mut top: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    let n = n.min(20).min(top.len());
+    if n > 0 {
+        top.select_nth_unstable_by(n - 1, |a, b| b.1.total_cmp(&a.1));
+    }
+    top.truncate(n);
+    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let lp = |l: f32| (l as f64 - lse) as f32;
+    (lp(logits[chosen as usize]), top.into_iter().map(|(i, l)| (i, lp(l))).collect())
+}

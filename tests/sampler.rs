@@ -1,0 +1,163 @@
+//! Sampling against analytically filtered distributions, computed here independently of
+//! `src/sampler.rs`: 20,000 seeded draws per setting must lie within a total-variation bound.
+
+use ferrolm::sampler::{logprobs, Sampler, SamplingParams};
+
+const LOGITS: [f32; 12] = [2.0, 1.5, 1.4, 0.9, 0.3, 0.0, -0.2, -0.7, -1.0, -1.6, -2.5, -4.0];
+const DRAWS: usize = 20_000;
+
+fn softmax(l: &[(usize, f64)], t: f64) -> Vec<(usize, f64)> {
+    let max = l.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = l.iter().map(|x| ((x.1 - max) / t).exp()).collect();
+    let s: f64 = e.iter().sum();
+    l.iter().zip(e).map(|(x, v)| (x.0, v / s)).collect()
+}
+
+/// The reference chain: bias/penalties already folded into `l`; top-k, typical, top-p, min-p at
+/// temperature 1; then temperature.
+fn expected(l: &[f32], p: &SamplingParams) -> Vec<f64> {
+    let mut c: Vec<(usize, f64)> = l.iter().enumerate().map(|(i, &v)| (i, v as f64)).collect();
+    c.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if p.top_k > 0 {
+        c.truncate(p.top_k);
+    }
+    if p.typical_p < 1.0 {
+        let q = softmax(&c, 1.0);
+        let h: f64 = q.iter().map(|x| -x.1 * x.1.ln()).sum();
+        let mut idx: Vec<usize> = (0..q.len()).collect();
+        idx.sort_by(|&a, &b| (-q[a].1.ln() - h).abs().total_cmp(&(-q[b].1.ln() - h).abs()));
+        let (mut mass, mut keep) = (0.0, Vec::new());
+        for i in idx {
+            mass += q[i].1;
+            keep.push(c[i]);
+            if mass >= p.typical_p as f64 {
+                break;
+            }
+        }
+        c = keep;
+    }
+    if p.top_p < 1.0 {
+        let q = softmax(&c, 1.0);
+        let (mut mass, mut keep) = (0.0, 0);
+        for x in &q {
+            mass += x.1;
+            keep += 1;
+            if mass >= p.top_p as f64 {
+                break;
+            }
+        }
+        c.truncate(keep);
+    }
+    if p.min_p > 0.0 {
+        let q = softmax(&c, 1.0);
+        let top = q.iter().map(|x| x.1).fold(0.0, f64::max);
+        c.retain(|x| q.iter().find(|y| y.0 == x.0).unwrap().1 >= top * p.min_p as f64);
+    }
+    let mut out = vec![0.0; l.len()];
+    for (i, q) in softmax(&c, p.temperature as f64) {
+        out[i] = q;
+    }
+    out
+}
+
+fn tv(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / 2.0
+}
+
+fn empirical(p: &SamplingParams, history: &[u32]) -> Vec<f64> {
+    let mut s = Sampler::new(SamplingParams { seed: Some(1234), ..p.clone() }, LOGITS.len()).unwrap();
+    let mut counts = vec![0.0; LOGITS.len()];
+    for _ in 0..DRAWS {
+        counts[s.sample(&LOGITS, history) as usize] += 1.0;
+    }
+    counts.iter().map(|c| c / DRAWS as f64).collect()
+}
+
+#[test]
+fn each_processor_and_combinations_match_the_analytic_distribution() {
+    let base = SamplingParams { temperature: 1.0, ..Default::default() };
+    let settings = vec![
+        ("plain", base.clone()),
+        ("temperature 0.6", SamplingParams { temperature: 0.6, ..base.clone() }),
+        ("temperature 1.8", SamplingParams { temperature: 1.8, ..base.clone() }),
+        ("top_k 3", SamplingParams { top_k: 3, ..base.clone() }),
+        ("top_p 0.7", SamplingParams { top_p: 0.7, ..base.clone() }),
+        ("min_p 0.2", SamplingParams { min_p: 0.2, ..base.clone() }),
+        ("typical_p 0.6", SamplingParams { typical_p: 0.6, ..base.clone() }),
+        ("top_k 6 + top_p 0.9 + temperature 0.7", SamplingParams { top_k: 6, top_p: 0.9, temperature: 0.7, ..base.clone() }),
+        ("min_p 0.1 + top_p 0.95 + temperature 1.3", SamplingParams { min_p: 0.1, top_p: 0.95, temperature: 1.3, ..base.clone() }),
+    ];
+    for (name, p) in settings {
+        let want = expected(&LOGITS, &p);
+        let got = empirical(&p, &[]);
+        let d = tv(&got, &want);
+        println!("{name}: total variation {d:.4}");
+        assert!(d < 0.025, "{name}: total variation {d} between samples and the analytic distribution");
+    }
+}
+
+#[test]
+fn bias_and_penalties_match_the_analytic_distribution() {
+    let history = [0u32, 0, 1, 5];
+    let p = SamplingParams { repeat_penalty: 1.3, presence_penalty: 0.4, frequency_penalty: 0.3, logit_bias: vec![(9, 3.0)], ..Default::default() };
+    let mut l = LOGITS;
+    l[9] += 3.0;
+    for (t, n) in [(0usize, 2.0f32), (1, 1.0), (5, 1.0)] {
+        l[t] = if l[t] > 0.0 { l[t] / 1.3 } else { l[t] * 1.3 };
+        l[t] -= 0.3 * n + 0.4;
+    }
+    let d = tv(&empirical(&p, &history), &expected(&l, &p));
+    assert!(d < 0.025, "total variation {d}");
+}
+
+#[test]
+fn greedy_edge_cases() {
+    let argmax = 0;
+    for p in [SamplingParams::greedy(), SamplingParams { top_k: 1, temperature: 0.9, ..Default::default() }] {
+        let mut s = Sampler::new(SamplingParams { seed: Some(7), ..p }, LOGITS.len()).unwrap();
+        assert!((0..200).all(|_| s.sample(&LOGITS, &[]) == argmax));
+    }
+    assert!(SamplingParams::greedy().is_plain_greedy());
+    // top_p = 1 and min_p = 0 change nothing: the same seed draws the same tokens.
+    let plain = SamplingParams { seed: Some(3), ..Default::default() };
+    let noop = SamplingParams { top_p: 1.0, min_p: 0.0, typical_p: 1.0, ..plain.clone() };
+    let (mut a, mut b) = (Sampler::new(plain, 12).unwrap(), Sampler::new(noop, 12).unwrap());
+    assert!((0..500).all(|_| a.sample(&LOGITS, &[]) == b.sample(&LOGITS, &[])));
+}
+
+#[test]
+fn seeds_reproduce_and_differ() {
+    let draw = |seed| {
+        let mut s = Sampler::new(SamplingParams { seed: Some(seed), ..Default::default() }, 12).unwrap();
+        (0..64).map(|_| s.sample(&LOGITS, &[])).collect::<Vec<_>>()
+    };
+    assert_eq!(draw(42), draw(42));
+    assert_ne!(draw(42), draw(43));
+}
+
+#[test]
+fn invalid_options_name_the_option() {
+    let cases = [
+        (SamplingParams { temperature: -0.5, ..Default::default() }, "temperature"),
+        (SamplingParams { top_p: 0.0, ..Default::default() }, "top_p"),
+        (SamplingParams { top_p: 1.5, ..Default::default() }, "top_p"),
+        (SamplingParams { min_p: 1.5, ..Default::default() }, "min_p"),
+        (SamplingParams { typical_p: 0.0, ..Default::default() }, "typical_p"),
+        (SamplingParams { repeat_penalty: 0.0, ..Default::default() }, "repetition_penalty"),
+        (SamplingParams { presence_penalty: 3.0, ..Default::default() }, "presence_penalty"),
+        (SamplingParams { logit_bias: vec![(12, 1.0)], ..Default::default() }, "logit_bias"),
+    ];
+    for (p, option) in cases {
+        let err = Sampler::new(p, 12).err().unwrap().to_string();
+        assert!(err.starts_with(&format!("invalid option {option}:")), "{err}");
+    }
+}
+
+#[test]
+fn logprobs_are_log_softmax() {
+    let (chosen, top) = logprobs(&LOGITS, 1, 3);
+    let lse = LOGITS.iter().map(|&l| (l as f64).exp()).sum::<f64>().ln();
+    assert!((chosen as f64 - (1.5 - lse)).abs() < 1e-5);
+    assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(logprobs(&LOGITS, 0, 50).1.len(), 12);
+}
