@@ -1,12 +1,14 @@
-//! The generation loop: prefill the prompt, then pick a token, stream its text, feed it back,
-//! until a stop token, `max_tokens` or the end of the context. Backends plug in through
-//! [`Session`]; today the CPU reference implements it, the GPU engine will too.
+//! The generation loop: prefill the prompt, then pick a token (GPU argmax, or the sampler over
+//! the logits), stream its text, feed it back, until a stop token or string, `max_tokens` or the
+//! end of the context. Backends plug in through [`Session`]: the CPU reference and the GPU engine.
 
 use crate::cpu::{CpuModel, KvCache, Logits};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf};
 use crate::gpu::{GpuContext, GpuModel, GpuOptions, GpuSession};
 use crate::model::Config;
+use crate::sampler::{Sampler, SamplingParams};
+use crate::stop::StopMatcher;
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
 /// A sequence's state on some backend. Extending it appends tokens at the current position and
@@ -82,6 +84,8 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     pub text: String,
     pub finish_reason: FinishReason,
+    /// One entry per token when `logprobs` was asked for.
+    pub logprobs: Vec<TokenLogprob>,
     pub stats: GenerateStats,
 }
 
@@ -96,13 +100,42 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Greedy generation from `prompt` (token ids, BOS already included when the model wants it).
-/// `on_text` receives each piece of newly completed text as it is produced.
-pub async fn generate_greedy<S: Session>(
+/// What to generate and when to stop.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Strings that end generation; they and what follows are not emitted.
+    pub stop: Vec<String>,
+    /// Keep going past EOS / end-of-turn tokens.
+    pub ignore_eos: bool,
+    /// Log-probabilities of each chosen token and this many alternatives (at most 20).
+    pub logprobs: Option<usize>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_tokens: 128, sampling: SamplingParams::greedy(), stop: Vec::new(), ignore_eos: false, logprobs: None }
+    }
+}
+
+/// One generated token's log-probability and the most likely alternatives.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Generates from `prompt` (token ids, BOS already included when the model wants it).
+/// `on_text` receives each piece of newly completed text; text that could still turn into a stop
+/// string is held back until it cannot. Plain greedy decoding lets the backend pick the token
+/// (the GPU reads back 4 bytes); anything else reads the logits and samples on the CPU.
+pub async fn generate<S: Session>(
     session: &mut S,
     tokenizer: &Tokenizer,
     prompt: &[u32],
-    max_tokens: usize,
+    opts: &GenerateOptions,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     if prompt.is_empty() {
@@ -112,47 +145,75 @@ pub async fn generate_greedy<S: Session>(
     if start_len + prompt.len() > session.capacity() {
         return Err(Error::PromptTooLong { tokens: start_len + prompt.len(), context: session.capacity() });
     }
+    let mut sampler = Sampler::new(opts.sampling.clone(), tokenizer.vocab_size())?;
+    let backend_picks = opts.sampling.is_plain_greedy() && opts.logprobs.is_none();
+    let mut history = prompt.to_vec();
+    let mut logprobs = Vec::new();
+    // Feeds tokens and returns the next one.
+    let mut step = async |session: &mut S, tokens: &[u32], history: &[u32], logprobs: &mut Vec<TokenLogprob>| -> Result<u32> {
+        if backend_picks {
+            return session.extend_greedy(tokens).await;
+        }
+        let logits = session.extend_logits(tokens).await?;
+        let next = sampler.sample(&logits, history);
+        if let Some(n) = opts.logprobs {
+            let (logprob, top) = crate::sampler::logprobs(&logits, next, n);
+            logprobs.push(TokenLogprob { token: next, logprob, top });
+        }
+        Ok(next)
+    };
     let t0 = now_ms();
-    let mut next = session.extend_greedy(prompt).await?;
+    let mut next = step(session, prompt, &history, &mut logprobs).await?;
+    let t_first = now_ms();
     let mut detok = Detokenizer::new(tokenizer);
+    let mut stops = StopMatcher::new(&opts.stop);
     let mut out = Generation {
         tokens: Vec::new(),
         text: String::new(),
         finish_reason: FinishReason::Length,
-        stats: GenerateStats { prompt_tokens: prompt.len(), ..Default::default() },
+        logprobs: Vec::new(),
+        stats: GenerateStats { prompt_tokens: prompt.len(), ttft_ms: t_first - t0, ..Default::default() },
     };
-    let mut t_first = t0;
-    while out.tokens.len() < max_tokens {
-        if out.tokens.is_empty() {
-            t_first = now_ms();
-            out.stats.ttft_ms = t_first - t0;
+    let mut emit = |text: &str, out: &mut Generation| {
+        if !text.is_empty() {
+            on_text(text);
+            out.text.push_str(text);
         }
-        if tokenizer.stop_ids().contains(&next) {
+    };
+    while out.tokens.len() < opts.max_tokens {
+        if !opts.ignore_eos && tokenizer.stop_ids().contains(&next) {
             out.finish_reason = FinishReason::Stop;
             break;
         }
         out.tokens.push(next);
-        let piece = detok.push(next)?;
-        if !piece.is_empty() {
-            on_text(&piece);
-            out.text.push_str(&piece);
-        }
-        if out.tokens.len() == max_tokens || session.len() >= session.capacity() {
+        history.push(next);
+        let (text, stopped) = stops.push(&detok.push(next)?);
+        emit(&text, &mut out);
+        if stopped {
+            out.finish_reason = FinishReason::Stop;
             break;
         }
-        next = session.extend_greedy(&[next]).await?;
+        if out.tokens.len() == opts.max_tokens || session.len() >= session.capacity() {
+            break;
+        }
+        next = step(session, &[next], &history, &mut logprobs).await?;
     }
-    let tail = detok.finish()?;
-    if !tail.is_empty() {
-        on_text(&tail);
-        out.text.push_str(&tail);
+    if out.finish_reason == FinishReason::Length {
+        let (text, stopped) = stops.push(&detok.finish()?);
+        emit(&text, &mut out);
+        if stopped {
+            out.finish_reason = FinishReason::Stop;
+        } else {
+            emit(&stops.finish(), &mut out);
+        }
     }
+    logprobs.truncate(out.tokens.len());
+    out.logprobs = logprobs;
     let s = &mut out.stats;
     s.generated_tokens = out.tokens.len();
     s.prefill_tok_s = prompt.len() as f64 / (s.ttft_ms.max(1e-3) / 1e3);
-    let decode_ms = now_ms() - t_first;
     if s.generated_tokens > 1 {
-        s.decode_tok_s = (s.generated_tokens - 1) as f64 / (decode_ms.max(1e-3) / 1e3);
+        s.decode_tok_s = (s.generated_tokens - 1) as f64 / ((now_ms() - t_first).max(1e-3) / 1e3);
     }
     Ok(out)
 }
@@ -227,11 +288,11 @@ impl Backend {
         }
     }
 
-    /// Greedy generation on a fresh sequence of up to `context` positions.
-    pub async fn generate_greedy(&self, tokenizer: &Tokenizer, prompt: &[u32], max_tokens: usize, context: usize, on_text: impl FnMut(&str)) -> Result<Generation> {
+    /// Generation on a fresh sequence of up to `context` positions.
+    pub async fn generate(&self, tokenizer: &Tokenizer, prompt: &[u32], opts: &GenerateOptions, context: usize, on_text: impl FnMut(&str)) -> Result<Generation> {
         match self {
-            Backend::Cpu(m) => generate_greedy(&mut CpuSession::new(m, context), tokenizer, prompt, max_tokens, on_text).await,
-            Backend::Gpu(m) => generate_greedy(&mut GpuSession::new(m), tokenizer, prompt, max_tokens, on_text).await,
+            Backend::Cpu(m) => generate(&mut CpuSession::new(m, context), tokenizer, prompt, opts, on_text).await,
+            Backend::Gpu(m) => generate(&mut GpuSession::new(m), tokenizer, prompt, opts, on_text).await,
         }
     }
 

@@ -42,6 +42,77 @@ struct GenerateResult {
     ttft_ms: f64,
     prefill_tok_s: f64,
     decode_tok_s: f64,
+    logprobs: Vec<crate::generate::TokenLogprob>,
+}
+
+/// `generate` options, with the OpenAI API's names and defaults (greedy when absent).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct GenerateRequest {
+    max_tokens: usize,
+    temperature: f32,
+    top_p: f32,
+    top_k: usize,
+    min_p: f32,
+    typical_p: f32,
+    presence_penalty: f32,
+    frequency_penalty: f32,
+    repetition_penalty: f32,
+    logit_bias: std::collections::BTreeMap<String, f32>,
+    seed: Option<u64>,
+    stop: Vec<String>,
+    ignore_eos: bool,
+    logprobs: Option<usize>,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        let s = crate::sampler::SamplingParams::greedy();
+        GenerateRequest {
+            max_tokens: 256,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            top_k: s.top_k,
+            min_p: s.min_p,
+            typical_p: s.typical_p,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            logit_bias: Default::default(),
+            seed: None,
+            stop: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
+        }
+    }
+}
+
+impl GenerateRequest {
+    fn into_options(self) -> crate::Result<crate::generate::GenerateOptions> {
+        let logit_bias = self
+            .logit_bias
+            .iter()
+            .map(|(k, &v)| k.parse::<u32>().map(|id| (id, v)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| crate::Error::InvalidOption { option: "logit_bias", reason: "keys must be token ids".into() })?;
+        if self.logprobs.is_some_and(|n| n > 20) {
+            return Err(crate::Error::InvalidOption { option: "logprobs", reason: "at most 20 alternatives".into() });
+        }
+        let sampling = crate::sampler::SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            typical_p: self.typical_p,
+            repeat_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logit_bias,
+            seed: self.seed,
+            ..Default::default()
+        };
+        Ok(crate::generate::GenerateOptions { max_tokens: self.max_tokens, sampling, stop: self.stop, ignore_eos: self.ignore_eos, logprobs: self.logprobs })
+    }
 }
 
 #[derive(Serialize)]
@@ -144,17 +215,26 @@ impl Engine {
         self.backend.score(&tokens).await.map_err(js_err)
     }
 
-    /// Greedy generation. With `chat`, `prompt` is a user message (after an optional `system`
-    /// message) rendered through the model's chat template. `on_text(piece)` is called as text
-    /// completes. Returns `{text, tokens, finishReason, promptTokens, ttftMs, ...}`.
+    /// Generation. With `chat`, `prompt` is a user message (after an optional `system` message)
+    /// rendered through the model's chat template. `options` uses OpenAI names: `{max_tokens,
+    /// temperature, top_p, top_k, min_p, typical_p, presence_penalty, frequency_penalty,
+    /// repetition_penalty, logit_bias: {id: bias}, seed, stop: [..], ignore_eos, logprobs}`;
+    /// unknown fields are an error. `on_text(piece)` is called as text completes. Returns
+    /// `{text, tokens, finishReason, promptTokens, ttftMs, ..., logprobs}`.
     pub async fn generate(
         &self,
         prompt: &str,
-        max_tokens: u32,
         chat: bool,
         system: Option<String>,
+        options: JsValue,
         on_text: &js_sys::Function,
     ) -> Result<JsValue, JsError> {
+        let req: GenerateRequest = if options.is_undefined() || options.is_null() {
+            GenerateRequest::default()
+        } else {
+            serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("invalid generate options: {e}")))?
+        };
+        let opts = req.into_options().map_err(js_err)?;
         let text = if chat {
             let mut messages = Vec::new();
             if let Some(s) = system.filter(|s| !s.is_empty()) {
@@ -168,7 +248,7 @@ impl Engine {
         let ids = self.tokenizer.encode_prompt(&text, chat).map_err(js_err)?;
         let gen = self
             .backend
-            .generate_greedy(&self.tokenizer, &ids, max_tokens as usize, self.context, |piece| {
+            .generate(&self.tokenizer, &ids, &opts, self.context, |piece| {
                 let _ = on_text.call1(&JsValue::NULL, &JsValue::from_str(piece));
             })
             .await
@@ -183,6 +263,7 @@ impl Engine {
             ttft_ms: s.ttft_ms,
             prefill_tok_s: s.prefill_tok_s,
             decode_tok_s: s.decode_tok_s,
+            logprobs: gen.logprobs,
         };
         Ok(serde_wasm_bindgen::to_value(&result)?)
     }

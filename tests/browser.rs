@@ -146,6 +146,21 @@ async fn gpu_greedy_in_browser_equals_native() {
             got.push(next);
         }
         assert_eq!(got, want, "browser greedy differs from native for prompt {prompt:?}");
+        // Same seed, same options: the same sampled tokens as natively.
+        let want: Vec<u32> = rec["sampled"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let params = ferrolm::sampler::SamplingParams { temperature: 0.8, top_p: 0.95, seed: Some(11), ..Default::default() };
+        let mut sampler = ferrolm::sampler::Sampler::new(params, 49152).unwrap();
+        let mut s = GpuSession::new(&model);
+        let mut history = prompt.clone();
+        let mut logits = s.extend_logits(&prompt).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let next = sampler.sample(&logits, &history);
+            history.push(next);
+            got.push(next);
+            logits = s.extend_logits(&[next]).await.unwrap();
+        }
+        assert_eq!(got, want, "browser sampling differs from native for prompt {prompt:?}");
     }
 }
 

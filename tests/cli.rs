@@ -77,3 +77,29 @@ fn bad_input_is_one_readable_line_and_exit_1() {
         assert!(err.starts_with("error: ") && err.contains(want), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn sampling_is_seeded_and_stop_strings_are_not_printed() {
+    let run = |extra: &[&str]| {
+        let mut args = vec!["generate", "--device", "cpu", "--prompt", "Once upon a time", "--max-tokens", "12"];
+        let m = model();
+        args.extend(["--model", m.as_str()]);
+        args.extend(extra);
+        let (ok, out, err) = ferrolm(&args);
+        assert!(ok, "{err}");
+        (out, err)
+    };
+    let sampled = ["--temperature", "0.9", "--top-p", "0.95", "--seed", "7"];
+    let (a, _) = run(&sampled);
+    let (b, _) = run(&sampled);
+    assert_eq!(a, b, "the same seed gives the same text");
+    let (greedy, _) = run(&[]);
+    let word = greedy.split_whitespace().nth(2).unwrap().to_string();
+    let (stopped, err) = run(&["--stop", &word]);
+    assert!(greedy.starts_with(stopped.trim_end_matches('\n')) && !stopped.contains(&word), "{stopped:?} vs {greedy:?}");
+    assert!(err.contains("(stop)"), "{err}");
+    let (_, err) = run(&["--logprobs", "2"]);
+    assert!(err.lines().filter(|l| l.starts_with("{\"token\"")).count() >= 1, "{err}");
+    let (ok, _, err) = ferrolm(&["generate", "--model", &model(), "--device", "cpu", "--prompt", "x", "--top-p", "0"]);
+    assert!(!ok && err.contains("invalid option top_p"), "{err}");
+}

@@ -34,6 +34,25 @@ fn greedy<S: ferrolm::generate::Session>(session: &mut S, prompt: &[u32], n: usi
     })
 }
 
+/// Seeded sampling (temperature 0.8, top-p 0.95, seed 11) from the GPU's logits.
+fn sample<S: ferrolm::generate::Session>(session: &mut S, prompt: &[u32], n: usize) -> Vec<u32> {
+    use ferrolm::sampler::{Sampler, SamplingParams};
+    let params = SamplingParams { temperature: 0.8, top_p: 0.95, seed: Some(11), ..Default::default() };
+    let mut sampler = Sampler::new(params, 49152).unwrap();
+    pollster::block_on(async {
+        let mut history = prompt.to_vec();
+        let mut logits = session.extend_logits(prompt).await.unwrap();
+        let mut out = Vec::new();
+        while out.len() < n {
+            let next = sampler.sample(&logits, &history);
+            history.push(next);
+            out.push(next);
+            logits = session.extend_logits(&[next]).await.unwrap();
+        }
+        out
+    })
+}
+
 /// GPU greedy decoding (one token per step through the KV cache) equals the CPU reference's, and
 /// the tokens are recorded for the browser test to compare against.
 #[test]
@@ -48,7 +67,8 @@ fn gpu_greedy_equals_cpu_greedy_and_is_recorded_for_the_browser() {
         let gpu_tokens = greedy(&mut ferrolm::gpu::GpuSession::new(&model), &prompt, 24);
         let cpu_tokens = greedy(&mut ferrolm::generate::CpuSession::new(&cpu, 512), &prompt, 24);
         assert_eq!(gpu_tokens, cpu_tokens, "GPU and CPU greedy continuations differ for {:?}", case["prompt"]);
-        records.push(serde_json::json!({ "prompt_tokens": prompt, "tokens": gpu_tokens }));
+        let sampled = sample(&mut ferrolm::gpu::GpuSession::new(&model), &prompt, 16);
+        records.push(serde_json::json!({ "prompt_tokens": prompt, "tokens": gpu_tokens, "sampled": sampled }));
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();

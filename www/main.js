@@ -25,7 +25,7 @@ $("go").onclick = async () => {
   $("out").textContent = "";
   await new Promise((r) => setTimeout(r, 0));
   try {
-    const r = await engine.generate($("prompt").value, Number($("max").value), $("chat").checked, undefined,
+    const r = await engine.generate($("prompt").value, $("chat").checked, undefined, { max_tokens: Number($("max").value) },
       (piece) => { $("out").textContent += piece; });
     $("metrics").textContent = `prompt ${r.promptTokens} tokens · generated ${r.generatedTokens} (${r.finishReason}) · TTFT ${r.ttftMs.toFixed(0)} ms · prefill ${r.prefillTokS.toFixed(1)} tok/s · decode ${r.decodeTokS.toFixed(1)} tok/s`;
   } catch (e) {

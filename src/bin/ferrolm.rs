@@ -23,7 +23,8 @@ mod cli {
     use clap::{Parser, Subcommand, ValueEnum};
     use ferrolm::chat::{render_chat, ChatMessage, ChatTemplate};
     use ferrolm::cpu::ops::nll;
-    use ferrolm::generate::{now_ms, Backend, Device, LoadOptions};
+    use ferrolm::generate::{now_ms, Backend, Device, GenerateOptions, LoadOptions};
+    use ferrolm::sampler::SamplingParams;
     use ferrolm::gguf::Gguf;
     use ferrolm::gpu::GpuOptions;
     use ferrolm::tokenizer::Tokenizer;
@@ -63,6 +64,74 @@ mod cli {
         Gpu,
     }
 
+    /// Sampling and stopping (OpenAI semantics; the default is greedy).
+    #[derive(clap::Args)]
+    struct SamplingArgs {
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// 0 is off.
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0.0)]
+        min_p: f32,
+        #[arg(long, default_value_t = 1.0)]
+        typical_p: f32,
+        /// llama.cpp repetition penalty over the last 64 tokens; 1 is off.
+        #[arg(long, default_value_t = 1.0)]
+        repeat_penalty: f32,
+        #[arg(long, default_value_t = 0.0)]
+        presence_penalty: f32,
+        #[arg(long, default_value_t = 0.0)]
+        frequency_penalty: f32,
+        /// ID=BIAS, repeatable.
+        #[arg(long = "logit-bias")]
+        logit_bias: Vec<String>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// A string that ends generation (not printed); repeatable.
+        #[arg(long)]
+        stop: Vec<String>,
+        #[arg(long)]
+        ignore_eos: bool,
+        /// Print the chosen token's logprob and N alternatives per token to stderr (N <= 20).
+        #[arg(long)]
+        logprobs: Option<usize>,
+    }
+
+    impl SamplingArgs {
+        fn options(&self, max_tokens: usize) -> Result<GenerateOptions> {
+            let logit_bias = self
+                .logit_bias
+                .iter()
+                .map(|kv| {
+                    let (id, b) = kv.split_once('=').ok_or(())?;
+                    Ok((id.trim().parse().map_err(|_| ())?, b.trim().parse().map_err(|_| ())?))
+                })
+                .collect::<std::result::Result<Vec<(u32, f32)>, ()>>()
+                .map_err(|_| Error::InvalidOption { option: "--logit-bias", reason: "expected ID=BIAS, e.g. 42=-100".into() })?;
+            if self.logprobs.is_some_and(|n| n > 20) {
+                return Err(Error::InvalidOption { option: "--logprobs", reason: "at most 20 alternatives".into() });
+            }
+            let sampling = SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                typical_p: self.typical_p,
+                repeat_penalty: self.repeat_penalty,
+                presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
+                logit_bias,
+                seed: self.seed,
+                ..Default::default()
+            };
+            Ok(GenerateOptions { max_tokens, sampling, stop: self.stop.clone(), ignore_eos: self.ignore_eos, logprobs: self.logprobs })
+        }
+    }
+
     #[derive(Subcommand)]
     enum Command {
         /// Generate text from a prompt (greedy).
@@ -79,6 +148,8 @@ mod cli {
             system: Option<String>,
             #[arg(long, default_value_t = 128)]
             max_tokens: usize,
+            #[command(flatten)]
+            sampling: SamplingArgs,
         },
         /// Teacher-force token ids; print the top logits and NLL of the next token per position.
         Score {
@@ -164,7 +235,8 @@ mod cli {
 
     pub fn run() -> Result<()> {
         match Cli::parse().command {
-            Command::Generate { model: args, prompt, chat, system, max_tokens } => {
+            Command::Generate { model: args, prompt, chat, system, max_tokens, sampling } => {
+                let opts = sampling.options(max_tokens)?;
                 let t0 = now_ms();
                 let m = open(&args)?;
                 let tokenizer = Tokenizer::from_gguf(&m.gguf.metadata)?;
@@ -183,11 +255,14 @@ mod cli {
                 };
                 let ids = tokenizer.encode_prompt(&text, chat)?;
                 let mut stdout = std::io::stdout().lock();
-                let gen = pollster::block_on(backend.generate_greedy(&tokenizer, &ids, max_tokens, context(&args, &m)?, |piece| {
+                let gen = pollster::block_on(backend.generate(&tokenizer, &ids, &opts, context(&args, &m)?, |piece| {
                     let _ = stdout.write_all(piece.as_bytes());
                     let _ = stdout.flush();
                 }))?;
                 let _ = writeln!(stdout);
+                for lp in &gen.logprobs {
+                    eprintln!("{}", serde_json::to_string(lp).expect("serializable"));
+                }
                 let s = &gen.stats;
                 eprintln!(
                     "{} | {} | load {:.0} ms | prompt tokens {} | generated {} ({}) | TTFT {:.0} ms | prefill {:.1} tok/s | decode {:.1} tok/s",
