@@ -284,7 +284,11 @@ impl Backend {
     pub fn describe(&self) -> String {
         match self {
             Backend::Cpu(_) => "CPU f32 reference".into(),
-            Backend::Gpu(g) => format!("GPU {} ({}, {})", g.ctx.info.name, g.ctx.info.backend, g.ctx.info.driver),
+            Backend::Gpu(g) => {
+                let i = &g.ctx.info;
+                let driver = if i.driver.is_empty() { String::new() } else { format!(", {}", i.driver) };
+                format!("GPU {} ({}{driver})", i.name, i.backend)
+            }
         }
     }
 
