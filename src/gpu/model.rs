@@ -72,6 +72,8 @@ pub struct GpuModel {
     logits: wgpu::Buffer,
     argmax: wgpu::Buffer,
     argmax_staging: wgpu::Buffer,
+    /// One row of logits, for sampling steps (larger reads get a buffer of their own).
+    row_staging: wgpu::Buffer,
     ops: Vec<Op>,
     argmax_op: Op,
 }
@@ -118,6 +120,12 @@ impl GpuModel {
         let argmax_staging = dev.create_buffer(&wgpu::BufferDescriptor {
             label: Some("argmax staging"),
             size: max_logit_rows as u64 * 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let row_staging = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("logits row staging"),
+            size: v * 4,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -179,7 +187,7 @@ impl GpuModel {
             return Err(Error::Gpu(format!("building the forward pass failed: {e}")));
         }
         let weight_bytes = c.weight_bytes_per_token(gguf);
-        Ok(GpuModel { ctx, config, limits, weight_bytes, max_logit_rows, batch, logits, argmax, argmax_staging, ops, argmax_op })
+        Ok(GpuModel { ctx, config, limits, weight_bytes, max_logit_rows, batch, logits, argmax, argmax_staging, row_staging, ops, argmax_op })
     }
 
     /// Logit rows one step can return.
@@ -253,9 +261,15 @@ impl GpuModel {
 
     /// Runs a step and returns the logits of each logit row, `[rows][vocab]`.
     pub async fn forward_logits(&self, b: &Batch<'_>) -> Result<Vec<f32>> {
-        let enc = self.encode(b, false)?;
-        self.ctx.queue.submit([enc.finish()]);
+        let mut enc = self.encode(b, false)?;
         let bytes = b.logit_rows.len() as u64 * self.config.vocab_size as u64 * 4;
+        if b.logit_rows.len() == 1 {
+            // The sampling path: one row per decode step into a buffer made once.
+            enc.copy_buffer_to_buffer(&self.logits, 0, &self.row_staging, 0, bytes);
+            self.ctx.queue.submit([enc.finish()]);
+            return Ok(bytemuck::cast_slice(&self.ctx.map_read(&self.row_staging).await?).to_vec());
+        }
+        self.ctx.queue.submit([enc.finish()]);
         let out = self.ctx.read_buffer(&self.logits, 0, bytes).await?;
         Ok(bytemuck::cast_slice(&out).to_vec())
     }
