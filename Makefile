@@ -55,7 +55,7 @@ wasm: rust-tools
 
 ## ---- use ------------------------------------------------------------------------------------
 
-run: models build
+run: models system-packages build
 	target/release/ferrolm generate --prompt "$(PROMPT)" --max-tokens $(MAX_TOKENS)
 
 demo: models wasm
