@@ -1,7 +1,8 @@
 // Dequantizing matrix multiply for GPUs: y[t][out_col + r] (+)= sum_k x[t][k] * W[r][k] for the
 // batch's tokens. A workgroup owns 64 / TPR weight rows and TN tokens; TPR threads split a row's
 // 32-value groups (a group's words stay in cache across the TN tokens), then the partial sums
-// are reduced in workgroup memory. TN = 1 is the decode GEMV, TN = 8 prefill.
+// are summed by `reduce_lanes` (reduce_subgroup.wgsl or reduce_workgroup.wgsl, prepended by the
+// launcher). TN = 1 is the decode GEMV, TN = 8 prefill.
 // SWIGLU: rows r (gate) and r + m (up) of W give y = silu(gate) * up.
 // `dot32` comes from the weight type's quant_*.wgsl, prepended by the launcher.
 
@@ -28,7 +29,9 @@ override SWIGLU: bool = false;
 const WG: u32 = 64u;
 const MAX_TN: u32 = 8u;
 
-var<workgroup> red: array<f32, 1024>; // [WG][MAX_TN][2]
+// Per-thread partial sums for each token (acc2: the SWIGLU up rows), summed across lanes.
+var<private> acc: array<f32, MAX_TN>;
+var<private> acc2: array<f32, MAX_TN>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -38,8 +41,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let lane = lid % TPR;
     let groups = P.k / 32u;
     let nt = min(TN, n - min(n, t0));
-    var acc: array<f32, MAX_TN>;
-    var acc2: array<f32, MAX_TN>;
     if (row < P.m) {
         for (var g = lane; g < groups; g += TPR) {
             let b = row * groups + g;
@@ -51,28 +52,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
     }
-    for (var t = 0u; t < TN; t++) {
-        red[(lid * MAX_TN + t) * 2u] = acc[t];
-        red[(lid * MAX_TN + t) * 2u + 1u] = acc2[t];
-    }
-    workgroupBarrier();
-    for (var s = TPR / 2u; s > 0u; s /= 2u) {
-        if (lane < s) {
-            for (var t = 0u; t < TN; t++) {
-                let a = (lid * MAX_TN + t) * 2u;
-                let b = ((lid + s) * MAX_TN + t) * 2u;
-                red[a] += red[b];
-                red[a + 1u] += red[b + 1u];
-            }
-        }
-        workgroupBarrier();
-    }
+    reduce_lanes(lid, lane);
     if (lane == 0u && row < P.m) {
         for (var t = 0u; t < nt; t++) {
-            let a = (lid * MAX_TN + t) * 2u;
-            var v = red[a];
+            var v = acc[t];
             if (SWIGLU) {
-                v = v / (1.0 + exp(-v)) * red[a + 1u];
+                v = v / (1.0 + exp(-v)) * acc2[t];
             }
             let o = (t0 + t) * P.out_stride + P.out_col + row;
             if (P.accumulate == 1u) { v += y[o]; }

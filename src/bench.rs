@@ -57,7 +57,7 @@ pub async fn read_bandwidth(model: &GpuModel) -> Result<f64> {
     let data = mk(bytes, wgpu::BufferUsages::STORAGE);
     let sink = mk(1 << 20, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
     let batch = mk(64, wgpu::BufferUsages::STORAGE);
-    let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like);
+    let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like, ctx.info.subgroup_rows);
     let mut best = 0f64;
     for workgroups in [64u32, 256, 1024, 4096] {
         let op = kernels.read_bandwidth(&data, &sink, (bytes / 16) as u32, workgroups);
@@ -92,7 +92,7 @@ pub async fn dispatch_overhead_us(model: &GpuModel) -> Result<f64> {
     let data = mk(4096, wgpu::BufferUsages::STORAGE);
     let sink = mk(4096, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
     let batch = mk(64, wgpu::BufferUsages::STORAGE);
-    let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like);
+    let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like, ctx.info.subgroup_rows);
     let op = kernels.read_bandwidth(&data, &sink, 256, 1);
     let mut best = f64::MAX;
     for reps in [1u32, 200] {

@@ -177,47 +177,53 @@ async fn kernels_match_cpu_in_browser() {
 
     let bytes = smollm2().await;
     let gguf = Gguf::read(&bytes[..]).unwrap();
-    let ctx = GpuContext::new(GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false }).await.unwrap();
-    let dev = &ctx.device;
-    let limits = EngineLimits { max_batch_tokens: 8, context: 16, max_seqs: 1, block_size: 16, n_blocks: 1 };
-    let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-    let buf = |data: &[f32]| dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytemuck::cast_slice(data), usage: storage });
-    let batch = dev.create_buffer(&wgpu::BufferDescriptor { label: None, size: batch_words(&limits) as u64 * 4, usage: storage, mapped_at_creation: false });
-    let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like);
-    let run = |ops: &[ferrolm::gpu::kernels::Op], n: usize| {
-        let ids: Vec<u32> = (0..n as u32).collect();
-        let table = [0u32];
-        let b = Batch { tokens: &ids, positions: &ids, seq_ids: &vec![0; n], logit_rows: &ids, block_tables: &[&table] };
-        ctx.queue.write_buffer(&batch, 0, bytemuck::cast_slice(&b.to_words(&limits)));
-        let mut enc = dev.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            for op in ops {
-                op.encode(&mut pass, n as u32, n as u32);
+    // Portable (no optional features, the adapter's own shapes), then the GPU shapes with
+    // subgroups where the adapter has them (`enable subgroups;` in the browser).
+    let portable = GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false };
+    for (opts, cpu_like) in [(portable, None), (GpuOptions::default(), Some(false))] {
+    let ctx = GpuContext::new(opts).await.unwrap();
+        let dev = &ctx.device;
+        let limits = EngineLimits { max_batch_tokens: 8, context: 16, max_seqs: 1, block_size: 16, n_blocks: 1 };
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let buf = |data: &[f32]| dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytemuck::cast_slice(data), usage: storage });
+        let batch = dev.create_buffer(&wgpu::BufferDescriptor { label: None, size: batch_words(&limits) as u64 * 4, usage: storage, mapped_at_creation: false });
+        let kernels = Kernels::new(dev, &batch, cpu_like.unwrap_or(ctx.info.cpu_like), ctx.info.subgroup_rows);
+        web_sys::console::log_1(&format!("kernels: cpu_like={cpu_like:?} subgroups={} subgroup_rows={}", ctx.info.subgroups, ctx.info.subgroup_rows).into());
+        let run = |ops: &[ferrolm::gpu::kernels::Op], n: usize| {
+            let ids: Vec<u32> = (0..n as u32).collect();
+            let table = [0u32];
+            let b = Batch { tokens: &ids, positions: &ids, seq_ids: &vec![0; n], logit_rows: &ids, block_tables: &[&table] };
+            ctx.queue.write_buffer(&batch, 0, bytemuck::cast_slice(&b.to_words(&limits)));
+            let mut enc = dev.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for op in ops {
+                    op.encode(&mut pass, n as u32, n as u32);
+                }
             }
-        }
-        ctx.queue.submit([enc.finish()]);
-    };
-    for name in ["blk.0.attn_q.weight", "blk.3.ffn_down.weight"] {
-        let info = gguf.tensor(name).unwrap();
-        let data = gguf.tensor_data(&bytes[..], info).unwrap();
-        let (k, m) = (info.dims[0] as usize, info.dims[1] as usize);
-        let mut cpu = vec![0f32; k * m];
-        dequantize(info.ty, &data, &mut cpu).unwrap();
-        let w = GpuTensor::upload(dev, 128 << 20, name, info.ty, &data, m, k, true).unwrap();
-        let out = buf(&vec![0f32; k * m]);
-        run(&kernels.embed(&w, &out, 1.0, true), 1);
-        let gpu: Vec<f32> = bytemuck::cast_slice(&ctx.read_buffer(&out, 0, out.size()).await.unwrap()).to_vec();
-        assert!(gpu.iter().zip(&cpu).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: GPU dequantization differs");
-        for n in [1usize, 5] {
-            let x: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-            let (xb, yb) = (buf(&x), buf(&vec![0f32; n * m]));
-            run(&kernels.matmul(&w, &xb, &yb, OutCols { stride: m as u32, col: 0 }, false, Count::Tokens, false), n);
-            let got: Vec<f32> = bytemuck::cast_slice(&ctx.read_buffer(&yb, 0, yb.size()).await.unwrap()).to_vec();
-            let mut want = vec![0f32; n * m];
-            ops::matmul(&mut want, &x, &cpu, n, k, m);
-            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
-            assert!(worst < 1e-4, "{name} n={n}: worst relative difference {worst}");
+            ctx.queue.submit([enc.finish()]);
+        };
+        for name in ["blk.0.attn_q.weight", "blk.3.ffn_down.weight"] {
+            let info = gguf.tensor(name).unwrap();
+            let data = gguf.tensor_data(&bytes[..], info).unwrap();
+            let (k, m) = (info.dims[0] as usize, info.dims[1] as usize);
+            let mut cpu = vec![0f32; k * m];
+            dequantize(info.ty, &data, &mut cpu).unwrap();
+            let w = GpuTensor::upload(dev, 128 << 20, name, info.ty, &data, m, k, true).unwrap();
+            let out = buf(&vec![0f32; k * m]);
+            run(&kernels.embed(&w, &out, 1.0, true), 1);
+            let gpu: Vec<f32> = bytemuck::cast_slice(&ctx.read_buffer(&out, 0, out.size()).await.unwrap()).to_vec();
+            assert!(gpu.iter().zip(&cpu).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: GPU dequantization differs");
+            for n in [1usize, 5] {
+                let x: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+                let (xb, yb) = (buf(&x), buf(&vec![0f32; n * m]));
+                run(&kernels.matmul(&w, &xb, &yb, OutCols { stride: m as u32, col: 0 }, false, Count::Tokens, false), n);
+                let got: Vec<f32> = bytemuck::cast_slice(&ctx.read_buffer(&yb, 0, yb.size()).await.unwrap()).to_vec();
+                let mut want = vec![0f32; n * m];
+                ops::matmul(&mut want, &x, &cpu, n, k, m);
+                let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
+                assert!(worst < 1e-4, "{name} n={n}: worst relative difference {worst}");
+            }
         }
     }
 }

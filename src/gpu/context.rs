@@ -27,6 +27,9 @@ pub struct AdapterInfo {
     /// A CPU implementation (lavapipe, SwiftShader): kernels pick CPU-friendly shapes.
     pub cpu_like: bool,
     pub subgroups: bool,
+    /// Largest lane count per row the matmul may sum with subgroup shuffles; 0: use workgroup
+    /// memory instead (no subgroups, or lanes not laid out as the kernel assumes).
+    pub subgroup_rows: u32,
     pub f16: bool,
     pub timestamps: bool,
     pub max_buffer_size: u64,
@@ -84,12 +87,15 @@ impl GpuContext {
         }
         let lower = format!("{} {}", a.name, a.driver).to_lowercase();
         let cpu_like = a.device_type == wgpu::DeviceType::Cpu || ["swiftshader", "llvmpipe", "lavapipe"].iter().any(|n| lower.contains(n));
+        let subgroups = features.contains(wgpu::Features::SUBGROUP);
+        let subgroup_rows = if subgroups { probe_subgroups(&device, &queue, a.subgroup_min_size).await? } else { 0 };
         let info = AdapterInfo {
             cpu_like,
+            subgroup_rows,
             name: a.name,
             backend: format!("{:?}", a.backend),
             driver: format!("{} {}", a.driver, a.driver_info).trim().to_string(),
-            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroups,
             f16: features.contains(wgpu::Features::SHADER_F16),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             max_buffer_size: limits.max_buffer_size,
@@ -101,36 +107,86 @@ impl GpuContext {
         Ok(GpuContext { device, queue, info })
     }
 
-    /// Copies `size` bytes of `src` (from `offset`) back to the CPU. The same code runs natively
-    /// (poll blocks until the copy is done) and in the browser (the event loop resolves the map).
+    /// Copies `size` bytes of `src` (from `offset`) back to the CPU.
     pub async fn read_buffer(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
-        self.queue.submit([enc.finish()]);
-        self.map_read(&staging).await
+        read_buffer(&self.device, &self.queue, src, offset, size).await
     }
 
     /// Maps a MAP_READ buffer whose copy was already submitted and returns its bytes.
     pub async fn map_read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
-        let (tx, rx) = futures_channel::oneshot::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        // Native backends need a poll to make progress; on the web this is a no-op.
-        let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
-        rx.await
-            .map_err(|_| Error::Gpu("the GPU device was lost during a readback".into()))?
-            .map_err(|e| Error::Gpu(format!("mapping a readback buffer failed: {e}")))?;
-        let bytes = staging.get_mapped_range(..).to_vec();
-        staging.unmap();
-        Ok(bytes)
+        map_read(&self.device, staging).await
     }
+}
+
+/// The same code runs natively (poll blocks until the copy is done) and in the browser (the
+/// event loop resolves the map).
+async fn read_buffer(device: &wgpu::Device, queue: &wgpu::Queue, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
+    queue.submit([enc.finish()]);
+    map_read(device, &staging).await
+}
+
+async fn map_read(device: &wgpu::Device, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+    let (tx, rx) = futures_channel::oneshot::channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        let _ = tx.send(r);
+    });
+    // Native backends need a poll to make progress; on the web this is a no-op.
+    let _ = device.poll(wgpu::PollType::wait_indefinitely());
+    rx.await
+        .map_err(|_| Error::Gpu("the GPU device was lost during a readback".into()))?
+        .map_err(|e| Error::Gpu(format!("mapping a readback buffer failed: {e}")))?;
+    let bytes = staging.get_mapped_range(..).to_vec();
+    staging.unmap();
+    Ok(bytes)
+}
+
+/// Runs shaders/subgroup_probe.wgsl and returns the subgroup size when every lane id equals
+/// `local_invocation_index % size` (what the shuffle reduction assumes), else 0. Natively the
+/// size is capped at the adapter's minimum, since drivers may pick another size per pipeline.
+async fn probe_subgroups(device: &wgpu::Device, queue: &wgpu::Queue, min_size: u32) -> Result<u32> {
+    let source = format!("{}{}", crate::gpu::kernels::SUBGROUP_ENABLE, include_str!("../../shaders/subgroup_probe.wgsl"));
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some("subgroup probe"), source: wgpu::ShaderSource::Wgsl(source.into()) });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("subgroup probe"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let out = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("subgroup probe"),
+        size: 512,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[wgpu::BindGroupEntry { binding: 0, resource: out.as_entire_binding() }],
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+    queue.submit([enc.finish()]);
+    let bytes = read_buffer(device, queue, &out, 0, 512).await?;
+    let words: &[u32] = bytemuck::cast_slice(&bytes);
+    let size = words[1];
+    let linear = size.is_power_of_two() && (0..64).all(|i| words[2 * i + 1] == size && words[2 * i] == i as u32 % size);
+    let cap = if cfg!(target_arch = "wasm32") { size } else { size.min(min_size) };
+    Ok(if linear { cap } else { 0 })
 }
 
 /// wgpu leaves a browser adapter's name empty; read `GPUAdapter.info` through JS instead

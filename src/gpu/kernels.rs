@@ -13,6 +13,9 @@ use crate::gguf::GgmlType;
 
 const BATCH_WGSL: &str = include_str!("../../shaders/batch.wgsl");
 
+/// Browsers want subgroup use declared; naga (native) rejects the directive and needs none.
+pub const SUBGROUP_ENABLE: &str = if cfg!(target_arch = "wasm32") { "enable subgroups;\n" } else { "" };
+
 fn quant_source(ty: GgmlType) -> &'static str {
     match ty {
         GgmlType::F32 => include_str!("../../shaders/quant_f32.wgsl"),
@@ -112,6 +115,8 @@ pub struct Kernels {
     /// CPU-emulated adapters (lavapipe, SwiftShader) run one thread per matmul row best; GPUs want
     /// many threads per row.
     cpu_like: bool,
+    /// Lanes per row the matmul may sum with subgroup shuffles (0: workgroup memory).
+    subgroup_rows: u32,
     pipelines: RefCell<HashMap<String, Rc<wgpu::ComputePipeline>>>,
     layouts: RefCell<HashMap<Vec<bool>, (Rc<wgpu::BindGroupLayout>, Rc<wgpu::PipelineLayout>)>>,
 }
@@ -129,11 +134,12 @@ use Access::{Read, ReadWrite};
 
 impl Kernels {
     /// `batch` is the step's batch description buffer the kernels read (see batch.wgsl).
-    pub fn new(device: &wgpu::Device, batch: &wgpu::Buffer, cpu_like: bool) -> Kernels {
+    pub fn new(device: &wgpu::Device, batch: &wgpu::Buffer, cpu_like: bool, subgroup_rows: u32) -> Kernels {
         Kernels {
             device: device.clone(),
             batch: batch.clone(),
             cpu_like,
+            subgroup_rows,
             pipelines: RefCell::new(HashMap::new()),
             layouts: RefCell::new(HashMap::new()),
         }
@@ -171,7 +177,15 @@ impl Kernels {
         }
         // Kernels that read the batch description get its accessors (batch.wgsl).
         let prelude = if body.contains("var<storage, read> batch") { BATCH_WGSL } else { "" };
-        let source = format!("{}\n{prelude}\n{body}", quant.map(quant_source).unwrap_or(""));
+        // Kernels that sum lanes get the subgroup or the workgroup-memory reduction.
+        let subgroup = body.contains("reduce_lanes(") && constants.iter().any(|&(n, v)| n == "TPR" && v as u32 <= self.subgroup_rows);
+        let reduce = match (body.contains("reduce_lanes("), subgroup) {
+            (true, true) => include_str!("../../shaders/reduce_subgroup.wgsl"),
+            (true, false) => include_str!("../../shaders/reduce_workgroup.wgsl"),
+            _ => "",
+        };
+        let enable = if subgroup { SUBGROUP_ENABLE } else { "" };
+        let source = format!("{enable}{}\n{prelude}\n{body}\n{reduce}", quant.map(quant_source).unwrap_or(""));
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(kernel),
             source: wgpu::ShaderSource::Wgsl(source.into()),

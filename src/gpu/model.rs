@@ -109,7 +109,7 @@ impl GpuModel {
             }))
         };
         let batch = storage("batch", batch_words(&limits) as u64 * 4)?;
-        let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like);
+        let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like, ctx.info.subgroup_rows);
         let x = storage("x", t * d * 4)?;
         let h = storage("h", t * d * 4)?;
         let qkv = storage("qkv", t * (qd + 2 * kvd) * 4)?;
