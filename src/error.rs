@@ -65,6 +65,9 @@ pub enum Error {
     #[error("{what} needs {bytes} bytes but this GPU allows at most {limit} bytes per buffer; use a smaller model or quantization")]
     ModelTooLarge { what: String, bytes: u64, limit: u64 },
 
+    #[error("the KV cache is full: {needed} blocks of {block_size} tokens are needed but {available} can be had while other requests hold the rest; wait for them to finish or load the model with a larger KV budget")]
+    KvCacheFull { needed: usize, available: usize, block_size: usize },
+
     #[error("invalid option {option}: {reason}")]
     InvalidOption { option: &'static str, reason: String },
 }

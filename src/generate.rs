@@ -5,9 +5,10 @@
 use crate::cpu::{CpuModel, KvCache, Logits};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf};
-use crate::gpu::{GpuContext, GpuModel, GpuOptions, GpuSession};
+use crate::engine::{Engine, Event, Request};
+use crate::gpu::{GpuContext, GpuModel, GpuOptions, ModelOptions};
 use crate::model::Config;
-use crate::sampler::{Sampler, SamplingParams};
+use crate::sampler::{Sampler, SamplingParams, TopLogits};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
@@ -17,6 +18,9 @@ use crate::tokenizer::{Detokenizer, Tokenizer};
 pub trait Session {
     /// Appends `tokens` and returns the argmax of the logits after the last one.
     async fn extend_greedy(&mut self, tokens: &[u32]) -> Result<u32>;
+    /// Appends `tokens` and returns the `k` (<= 64) largest logits after the last one, with
+    /// the row's log-sum-exp.
+    async fn extend_top(&mut self, tokens: &[u32], k: usize) -> Result<TopLogits>;
     /// Appends `tokens` and returns the logits after the last one.
     async fn extend_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
     /// Positions filled so far.
@@ -41,6 +45,9 @@ impl Session for CpuSession<'_> {
     async fn extend_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
         Ok(argmax(&self.model.forward(tokens, &mut self.cache, Logits::Last)?))
     }
+    async fn extend_top(&mut self, tokens: &[u32], k: usize) -> Result<TopLogits> {
+        Ok(TopLogits::from_logits(&self.model.forward(tokens, &mut self.cache, Logits::Last)?, k))
+    }
     async fn extend_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.model.forward(tokens, &mut self.cache, Logits::Last)
     }
@@ -58,6 +65,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` were generated or the context is full.
     Length,
+    /// The caller cancelled the request.
+    Cancelled,
 }
 
 impl FinishReason {
@@ -65,6 +74,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
         }
     }
 }
@@ -80,6 +90,7 @@ pub struct GenerateStats {
     pub decode_tok_s: f64,
 }
 
+#[derive(Clone, Debug)]
 pub struct Generation {
     pub tokens: Vec<u32>,
     pub text: String,
@@ -120,17 +131,154 @@ impl Default for GenerateOptions {
 }
 
 /// One generated token's log-probability and the most likely alternatives.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TokenLogprob {
     pub token: u32,
     pub logprob: f32,
     pub top: Vec<(u32, f32)>,
 }
 
+/// What a step must read back for a sequence to choose its next token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// The backend's argmax (plain greedy): 4 bytes.
+    Argmax,
+    /// The `k` (<= 64) largest logits and the row's log-sum-exp (~0.5 KB).
+    Top(usize),
+    /// The whole row of logits (penalties, logit bias, wide top-k).
+    Logits,
+}
+
+/// What a step read back for one sequence.
+pub enum Picked<'a> {
+    Token(u32),
+    Top(&'a TopLogits),
+    Logits(&'a [f32]),
+}
+
+/// One sequence's output side: the sampler, stop conditions, incremental detokenization and
+/// logprobs. [`generate`] drives one over a [`Session`]; the batching engine drives many.
+pub struct Decoder {
+    opts: GenerateOptions,
+    sampler: Sampler,
+    need: Need,
+    history: Vec<u32>,
+    detok: Detokenizer,
+    stops: StopMatcher,
+    pub out: Generation,
+}
+
+impl Decoder {
+    /// Validates the options for `prompt` (token ids, BOS already included when the model wants
+    /// it) on a sequence of `capacity` positions of which `start_len` are filled.
+    pub fn new(tokenizer: &Tokenizer, prompt: &[u32], opts: &GenerateOptions, start_len: usize, capacity: usize) -> Result<Decoder> {
+        if prompt.is_empty() {
+            return Err(Error::InvalidOption { option: "prompt", reason: "the prompt is empty; give at least one token".into() });
+        }
+        if start_len + prompt.len() > capacity {
+            return Err(Error::PromptTooLong { tokens: start_len + prompt.len(), context: capacity });
+        }
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= tokenizer.vocab_size()) {
+            return Err(Error::TokenOutOfRange { id: bad, vocab: tokenizer.vocab_size() });
+        }
+        let sampler = Sampler::new(opts.sampling.clone(), tokenizer.vocab_size())?;
+        let need = if opts.sampling.is_plain_greedy() && opts.logprobs.is_none() {
+            Need::Argmax
+        } else {
+            sampler.top_needed(opts.logprobs).map_or(Need::Logits, Need::Top)
+        };
+        Ok(Decoder {
+            opts: opts.clone(),
+            sampler,
+            need,
+            history: prompt.to_vec(),
+            detok: Detokenizer::new(),
+            stops: StopMatcher::new(&opts.stop),
+            out: Generation {
+                tokens: Vec::new(),
+                text: String::new(),
+                finish_reason: FinishReason::Length,
+                logprobs: Vec::new(),
+                stats: GenerateStats { prompt_tokens: prompt.len(), ..Default::default() },
+            },
+        })
+    }
+
+    pub fn need(&self) -> Need {
+        self.need
+    }
+
+    /// Chooses the next token from what the step read back (and records its logprobs).
+    pub fn pick(&mut self, picked: Picked) -> u32 {
+        let (next, lp) = match picked {
+            Picked::Token(t) => (t, None),
+            Picked::Top(top) => {
+                let next = self.sampler.sample_top(top);
+                (next, self.opts.logprobs.map(|n| top.logprobs(next, n)))
+            }
+            Picked::Logits(logits) => {
+                let next = self.sampler.sample(logits, &self.history);
+                (next, self.opts.logprobs.map(|n| crate::sampler::logprobs(logits, next, n)))
+            }
+        };
+        if let Some((logprob, top)) = lp {
+            self.out.logprobs.push(TokenLogprob { token: next, logprob, top });
+        }
+        next
+    }
+
+    /// Takes the chosen token: returns the text that became final (held back only while it
+    /// could still begin a stop string) and whether generation is over. `room` says whether the
+    /// sequence has a position left for the token to be fed back.
+    pub fn accept(&mut self, tokenizer: &Tokenizer, next: u32, room: bool) -> Result<(String, bool)> {
+        if self.opts.max_tokens == 0 {
+            self.out.logprobs.clear();
+            return Ok((String::new(), true));
+        }
+        if !self.opts.ignore_eos && tokenizer.stop_ids().contains(&next) {
+            self.out.finish_reason = FinishReason::Stop;
+            self.out.logprobs.truncate(self.out.tokens.len());
+            return Ok((String::new(), true));
+        }
+        self.out.tokens.push(next);
+        self.history.push(next);
+        let (mut text, stopped) = self.stops.push(&self.detok.push(tokenizer, next)?);
+        if stopped {
+            self.out.finish_reason = FinishReason::Stop;
+        } else if self.out.tokens.len() >= self.opts.max_tokens || !room {
+            // Length: flush what was held back.
+            let (tail, stopped) = self.stops.push(&self.detok.finish(tokenizer)?);
+            text.push_str(&tail);
+            if stopped {
+                self.out.finish_reason = FinishReason::Stop;
+            } else {
+                text.push_str(&self.stops.finish());
+            }
+        } else {
+            self.out.text.push_str(&text);
+            return Ok((text, false));
+        }
+        self.out.text.push_str(&text);
+        Ok((text, true))
+    }
+
+    /// Ends generation early with `length` (the engine could not give the sequence another
+    /// position); returns the text held back so far.
+    pub fn finish_length(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        self.out.finish_reason = FinishReason::Length;
+        let (mut text, _) = self.stops.push(&self.detok.finish(tokenizer)?);
+        text.push_str(&self.stops.finish());
+        self.out.text.push_str(&text);
+        Ok(text)
+    }
+}
+
 /// Generates from `prompt` (token ids, BOS already included when the model wants it).
 /// `on_text` receives each piece of newly completed text; text that could still turn into a stop
 /// string is held back until it cannot. Plain greedy decoding lets the backend pick the token
-/// (the GPU reads back 4 bytes); anything else reads the logits and samples on the CPU.
+/// (the GPU reads back 4 bytes); settings decided by the top <= 64 logits read those back (~0.5
+/// KB, see [`Sampler::top_needed`]); anything else reads the full logits. The sampler runs on
+/// the CPU in the last two cases.
 pub async fn generate<S: Session>(
     session: &mut S,
     tokenizer: &Tokenizer,
@@ -138,78 +286,36 @@ pub async fn generate<S: Session>(
     opts: &GenerateOptions,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        return Err(Error::InvalidOption { option: "prompt", reason: "the prompt is empty; give at least one token".into() });
-    }
-    let start_len = session.len();
-    if start_len + prompt.len() > session.capacity() {
-        return Err(Error::PromptTooLong { tokens: start_len + prompt.len(), context: session.capacity() });
-    }
-    let mut sampler = Sampler::new(opts.sampling.clone(), tokenizer.vocab_size())?;
-    let backend_picks = opts.sampling.is_plain_greedy() && opts.logprobs.is_none();
-    let mut history = prompt.to_vec();
-    let mut logprobs = Vec::new();
-    // Feeds tokens and returns the next one.
-    let mut step = async |session: &mut S, tokens: &[u32], history: &[u32], logprobs: &mut Vec<TokenLogprob>| -> Result<u32> {
-        if backend_picks {
-            return session.extend_greedy(tokens).await;
-        }
-        let logits = session.extend_logits(tokens).await?;
-        let next = sampler.sample(&logits, history);
-        if let Some(n) = opts.logprobs {
-            let (logprob, top) = crate::sampler::logprobs(&logits, next, n);
-            logprobs.push(TokenLogprob { token: next, logprob, top });
-        }
-        Ok(next)
-    };
+    let mut dec = Decoder::new(tokenizer, prompt, opts, session.len(), session.capacity())?;
     let t0 = now_ms();
-    let mut next = step(session, prompt, &history, &mut logprobs).await?;
-    let t_first = now_ms();
-    let mut detok = Detokenizer::new(tokenizer);
-    let mut stops = StopMatcher::new(&opts.stop);
-    let mut out = Generation {
-        tokens: Vec::new(),
-        text: String::new(),
-        finish_reason: FinishReason::Length,
-        logprobs: Vec::new(),
-        stats: GenerateStats { prompt_tokens: prompt.len(), ttft_ms: t_first - t0, ..Default::default() },
-    };
-    let mut emit = |text: &str, out: &mut Generation| {
+    let mut feed = prompt.to_vec();
+    let mut t_first = None;
+    loop {
+        let next = match dec.need() {
+            Need::Argmax => session.extend_greedy(&feed).await?,
+            Need::Top(k) => {
+                let top = session.extend_top(&feed, k).await?;
+                dec.pick(Picked::Top(&top))
+            }
+            Need::Logits => {
+                let logits = session.extend_logits(&feed).await?;
+                dec.pick(Picked::Logits(&logits))
+            }
+        };
+        t_first.get_or_insert_with(now_ms);
+        let (text, done) = dec.accept(tokenizer, next, session.len() < session.capacity())?;
         if !text.is_empty() {
-            on_text(text);
-            out.text.push_str(text);
+            on_text(&text);
         }
-    };
-    while out.tokens.len() < opts.max_tokens {
-        if !opts.ignore_eos && tokenizer.stop_ids().contains(&next) {
-            out.finish_reason = FinishReason::Stop;
+        if done {
             break;
         }
-        out.tokens.push(next);
-        history.push(next);
-        let (text, stopped) = stops.push(&detok.push(next)?);
-        emit(&text, &mut out);
-        if stopped {
-            out.finish_reason = FinishReason::Stop;
-            break;
-        }
-        if out.tokens.len() == opts.max_tokens || session.len() >= session.capacity() {
-            break;
-        }
-        next = step(session, &[next], &history, &mut logprobs).await?;
+        feed = vec![next];
     }
-    if out.finish_reason == FinishReason::Length {
-        let (text, stopped) = stops.push(&detok.finish()?);
-        emit(&text, &mut out);
-        if stopped {
-            out.finish_reason = FinishReason::Stop;
-        } else {
-            emit(&stops.finish(), &mut out);
-        }
-    }
-    logprobs.truncate(out.tokens.len());
-    out.logprobs = logprobs;
+    let mut out = dec.out;
+    let t_first = t_first.unwrap_or(t0);
     let s = &mut out.stats;
+    s.ttft_ms = t_first - t0;
     s.generated_tokens = out.tokens.len();
     s.prefill_tok_s = prompt.len() as f64 / (s.ttft_ms.max(1e-3) / 1e3);
     if s.generated_tokens > 1 {
@@ -247,11 +353,13 @@ pub struct LoadOptions {
     /// Context length in tokens (capped at the model's trained length).
     pub context: usize,
     pub gpu: GpuOptions,
+    /// Bytes for the GPU's KV pool (None: the default, see [`crate::gpu::DEFAULT_KV_BUDGET`]).
+    pub kv_budget_bytes: Option<u64>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: Device::Gpu, context: 2048, gpu: GpuOptions::default() }
+        LoadOptions { device: Device::Gpu, context: 2048, gpu: GpuOptions::default(), kv_budget_bytes: None }
     }
 }
 
@@ -268,7 +376,8 @@ impl Backend {
             Device::Cpu => Backend::Cpu(CpuModel::load(gguf, source)?),
             Device::Gpu => {
                 let ctx = GpuContext::new(opts.gpu).await?;
-                Backend::Gpu(GpuModel::load(ctx, gguf, source, context as u32, 128).await?)
+                let model_opts = ModelOptions { kv_budget_bytes: opts.kv_budget_bytes, ..ModelOptions::new(context as u32, 128) };
+                Backend::Gpu(GpuModel::load(ctx, gguf, source, &model_opts).await?)
             }
         })
     }
@@ -292,11 +401,24 @@ impl Backend {
         }
     }
 
-    /// Generation on a fresh sequence of up to `context` positions.
-    pub async fn generate(&self, tokenizer: &Tokenizer, prompt: &[u32], opts: &GenerateOptions, context: usize, on_text: impl FnMut(&str)) -> Result<Generation> {
+    /// Generation on a fresh sequence of up to `context` positions. On the GPU it runs through
+    /// the batching engine, so the model's prefix cache serves repeated prompt beginnings.
+    pub async fn generate(&self, tokenizer: &Tokenizer, prompt: &[u32], opts: &GenerateOptions, context: usize, mut on_text: impl FnMut(&str)) -> Result<Generation> {
         match self {
             Backend::Cpu(m) => generate(&mut CpuSession::new(m, context), tokenizer, prompt, opts, on_text).await,
-            Backend::Gpu(m) => generate(&mut GpuSession::new(m), tokenizer, prompt, opts, on_text).await,
+            Backend::Gpu(m) => {
+                let mut engine = Engine::new();
+                engine.submit(m, tokenizer, Request { prompt: prompt.to_vec(), opts: opts.clone() })?;
+                let mut result = None;
+                engine
+                    .run(m, tokenizer, |e| match e {
+                        Event::Token { text, .. } if !text.is_empty() => on_text(&text),
+                        Event::Token { .. } => {}
+                        Event::Done { generation, .. } => result = Some(*generation),
+                    })
+                    .await?;
+                Ok(result.expect("the engine finishes every request it runs"))
+            }
         }
     }
 

@@ -5,15 +5,18 @@
 //! - [`model`]: model configuration read from GGUF metadata, one file per architecture
 //! - [`tokenizer`], [`chat`]: text <-> token ids, chat templates
 //! - [`cpu`]: the exact f32 reference forward pass, the oracle for every GPU test
-//! - [`generate`]: the greedy decode loop used by the CLI and the wasm API
+//! - [`generate`]: one sequence's decode loop and output side (sampler, stops, detokenizer)
+//! - [`kv_cache`], [`engine`]: the paged KV pool with prefix caching, and continuous batching
 
 pub mod bench;
 pub mod chat;
 pub mod cpu;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod gpu;
 pub mod gguf;
+pub mod kv_cache;
 pub mod model;
 pub mod sampler;
 pub mod stop;

@@ -177,6 +177,46 @@ fn probabilities(c: &[(u32, f32)], t: f64) -> Vec<f64> {
     e.iter().map(|v| v / sum).collect()
 }
 
+/// The `k` largest logits of a row (logit descending, token id ascending) and the log-sum-exp of
+/// the whole row: all a sampling step needs when nothing changes logits outside the top `k`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopLogits {
+    pub top: Vec<(u32, f32)>,
+    pub lse: f32,
+}
+
+/// Largest candidate count a backend can be asked for (the GPU top-k kernel's limit).
+pub const MAX_TOP: usize = 64;
+
+impl TopLogits {
+    /// From a full row of logits (CPU backends, and the exactness tests).
+    pub fn from_logits(logits: &[f32], k: usize) -> TopLogits {
+        let mut c: Candidates = logits.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let k = k.clamp(1, c.len());
+        c.select_nth_unstable_by(k - 1, order);
+        c.truncate(k);
+        c.sort_by(order);
+        let max = c[0].1 as f64;
+        let lse = (logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max) as f32;
+        TopLogits { top: c, lse }
+    }
+
+    /// From the GPU top-k kernel's output row (shaders/topk.wgsl), keeping the first `k`.
+    pub fn from_words(words: &[u32], k: usize) -> TopLogits {
+        let n = (words[words.len() - 1] as usize).min(k);
+        let top = (0..n).map(|i| (words[2 * i], f32::from_bits(words[2 * i + 1]))).collect();
+        TopLogits { top, lse: f32::from_bits(words[words.len() - 2]) }
+    }
+
+    /// `logprobs` for a token among the candidates: its log-probability and the first `n`.
+    pub fn logprobs(&self, chosen: u32, n: usize) -> (f32, Vec<(u32, f32)>) {
+        let lp = |l: f32| (l as f64 - self.lse as f64) as f32;
+        let chosen_logit = self.top.iter().find(|c| c.0 == chosen).map_or(f32::NEG_INFINITY, |c| c.1);
+        (lp(chosen_logit), self.top.iter().take(n.min(20)).map(|&(i, l)| (i, lp(l))).collect())
+    }
+}
+
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
@@ -195,6 +235,30 @@ impl Sampler {
         &self.params
     }
 
+    /// How many of the largest raw logits decide this sampler's choice (and `logprobs` top-n
+    /// alternatives) exactly, when that is at most [`MAX_TOP`]: no bias or penalty can lift a
+    /// token from outside them, and top-k (or greedy) cuts the rest before any other filter.
+    pub fn top_needed(&self, logprobs: Option<usize>) -> Option<usize> {
+        let p = &self.params;
+        if p.has_penalties() || !p.logit_bias.is_empty() {
+            return None;
+        }
+        let k = if p.temperature == 0.0 { 1 } else { p.top_k };
+        let k = k.max(logprobs.unwrap_or(0).min(20));
+        (k >= 1 && k <= MAX_TOP && (p.temperature == 0.0 || p.top_k >= 1)).then_some(k)
+    }
+
+    /// Chooses the next token from the row's top candidates (see [`Sampler::top_needed`]); the
+    /// same choice, RNG draw included, as [`Sampler::sample`] on the full logits.
+    pub fn sample_top(&mut self, top: &TopLogits) -> u32 {
+        if self.params.temperature == 0.0 {
+            return top.top[0].0;
+        }
+        let mut c: Candidates = top.top.clone();
+        self.filter(&mut c);
+        self.draw(&c)
+    }
+
     /// Chooses the next token from the model's `logits`; `history` is prompt + output so far.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let mut l = logits.to_vec();
@@ -204,7 +268,12 @@ impl Sampler {
         }
         let mut c: Candidates = l.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
         self.filter(&mut c);
-        let p = probabilities(&c, self.params.temperature as f64);
+        self.draw(&c)
+    }
+
+    /// A draw from the candidates' distribution at the sampling temperature.
+    fn draw(&mut self, c: &[(u32, f32)]) -> u32 {
+        let p = probabilities(c, self.params.temperature as f64);
         let u = self.rng.uniform();
         let mut acc = 0.0;
         for (i, pi) in p.iter().enumerate() {
@@ -307,11 +376,13 @@ pub fn logprobs(logits: &[f32], chosen: u32, n: usize) -> (f32, Vec<(u32, f32)>)
     let lse = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
     let mut top: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
     let n = n.min(20).min(top.len());
+    // Ties go to the lower id, as in every other selection here.
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if n > 0 {
-        top.select_nth_unstable_by(n - 1, |a, b| b.1.total_cmp(&a.1));
+        top.select_nth_unstable_by(n - 1, order);
     }
     top.truncate(n);
-    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    top.sort_by(order);
     let lp = |l: f32| (l as f64 - lse) as f32;
     (lp(logits[chosen as usize]), top.into_iter().map(|(i, l)| (i, lp(l))).collect())
 }

@@ -237,23 +237,23 @@ fn spm_tokenizer(tokens: &[String], scores: &[f32], types: &[i64], vocab: Vocab,
 /// Incremental detokenizer: push ids one at a time and get back only text that is complete
 /// (never half a UTF-8 character; SentencePiece's leading spaces come out right because the
 /// previous token is decoded along with the new ones).
-pub struct Detokenizer<'a> {
-    tok: &'a Tokenizer,
+#[derive(Default)]
+pub struct Detokenizer {
     ids: Vec<u32>,
     prefix: usize,
     read: usize,
 }
 
-impl<'a> Detokenizer<'a> {
-    pub fn new(tok: &'a Tokenizer) -> Self {
-        Detokenizer { tok, ids: Vec::new(), prefix: 0, read: 0 }
+impl Detokenizer {
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Adds a token; returns the text that became complete (possibly empty).
-    pub fn push(&mut self, id: u32) -> Result<String> {
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
-        let prefix_text = self.tok.decode(&self.ids[self.prefix..self.read])?;
-        let text = self.tok.decode(&self.ids[self.prefix..])?;
+        let prefix_text = tok.decode(&self.ids[self.prefix..self.read])?;
+        let text = tok.decode(&self.ids[self.prefix..])?;
         if text.len() > prefix_text.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&prefix_text) {
             let new = text[prefix_text.len()..].to_string();
             self.prefix = self.read;
@@ -264,9 +264,9 @@ impl<'a> Detokenizer<'a> {
     }
 
     /// Whatever is still held back (an incomplete character at the very end).
-    pub fn finish(&mut self) -> Result<String> {
-        let prefix_text = self.tok.decode(&self.ids[self.prefix..self.read])?;
-        let text = self.tok.decode(&self.ids[self.prefix..])?;
+    pub fn finish(&mut self, tok: &Tokenizer) -> Result<String> {
+        let prefix_text = tok.decode(&self.ids[self.prefix..self.read])?;
+        let text = tok.decode(&self.ids[self.prefix..])?;
         self.prefix = self.ids.len();
         self.read = self.ids.len();
         Ok(text.get(prefix_text.len()..).unwrap_or_default().to_string())

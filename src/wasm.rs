@@ -155,7 +155,7 @@ impl Engine {
             EngineDevice::Gpu => Device::Gpu,
             _ => Device::Cpu,
         };
-        let backend = Backend::load(&gguf, &bytes[..], LoadOptions { device, context, gpu }).await.map_err(js_err)?;
+        let backend = Backend::load(&gguf, &bytes[..], LoadOptions { device, context, gpu, kv_budget_bytes: None }).await.map_err(js_err)?;
         Ok(Engine { config, tokenizer, template, backend, context, load_ms: now_ms() - t0 })
     }
 

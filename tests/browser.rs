@@ -7,12 +7,15 @@ use std::rc::Rc;
 use ferrolm::cpu::ops::nll;
 use ferrolm::cpu::{CpuModel, Logits};
 use ferrolm::generate::Session;
-use ferrolm::gpu::{GpuContext, GpuModel, GpuOptions, GpuSession};
+use ferrolm::gpu::{GpuContext, GpuModel, GpuOptions, GpuSession, ModelOptions};
 use ferrolm::gguf::{Gguf, GgufWriter, Value};
 use ferrolm::tokenizer::Tokenizer;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
+
+#[path = "engine_cases.rs"]
+mod engine_cases;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -98,7 +101,7 @@ async fn gpu_model(bytes: &[u8]) -> GpuModel {
     let opts = GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false };
     let ctx = GpuContext::new(opts).await.unwrap();
     web_sys::console::log_1(&format!("adapter: {:?}", ctx.info).into());
-    GpuModel::load(ctx, &gguf, bytes, 512, 64).await.unwrap()
+    GpuModel::load(ctx, &gguf, bytes, &ModelOptions::new(512, 64)).await.unwrap()
 }
 
 #[wasm_bindgen_test]
@@ -161,6 +164,19 @@ async fn gpu_greedy_in_browser_equals_native() {
             logits = s.extend_logits(&[next]).await.unwrap();
         }
         assert_eq!(got, want, "browser sampling differs from native for prompt {prompt:?}");
+        // Top-k sampling from the GPU top-k kernel's candidates.
+        let want: Vec<u32> = rec["sampled_top"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let params = ferrolm::sampler::SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, seed: Some(12), ..Default::default() };
+        let mut sampler = ferrolm::sampler::Sampler::new(params, 49152).unwrap();
+        let mut s = GpuSession::new(&model);
+        let mut feed = prompt.clone();
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let next = sampler.sample_top(&s.extend_top(&feed, 40).await.unwrap());
+            got.push(next);
+            feed = vec![next];
+        }
+        assert_eq!(got, want, "browser top-k sampling differs from native for prompt {prompt:?}");
     }
 }
 
@@ -183,7 +199,7 @@ async fn kernels_match_cpu_in_browser() {
     for (opts, cpu_like) in [(portable, None), (GpuOptions::default(), Some(false))] {
     let ctx = GpuContext::new(opts).await.unwrap();
         let dev = &ctx.device;
-        let limits = EngineLimits { max_batch_tokens: 8, context: 16, max_seqs: 1, block_size: 16, n_blocks: 1 };
+        let limits = EngineLimits { max_batch_tokens: 8, context: 16, max_seqs: 1, block_size: 16, n_blocks: 1, kv_bytes_per_token: 0 };
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let buf = |data: &[f32]| dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytemuck::cast_slice(data), usage: storage });
         let batch = dev.create_buffer(&wgpu::BufferDescriptor { label: None, size: batch_words(&limits) as u64 * 4, usage: storage, mapped_at_creation: false });
@@ -243,4 +259,40 @@ fn malformed_gguf_is_an_error_not_a_panic_in_browser() {
     assert_eq!(g.tensors[0].dims, vec![4]);
     let err = ferrolm::model::Config::from_gguf(&g).unwrap_err().to_string();
     assert!(err.contains("missing"), "{err}");
+}
+
+async fn gpu_model_with(bytes: &[u8], opts: ModelOptions) -> (GpuModel, Tokenizer) {
+    let gguf = Gguf::read(bytes).unwrap();
+    let tok = Tokenizer::from_gguf(&gguf.metadata).unwrap();
+    let ctx = GpuContext::new(GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false }).await.unwrap();
+    (GpuModel::load(ctx, &gguf, bytes, &opts).await.unwrap(), tok)
+}
+
+/// The batching engine in Chromium: 4 requests on a pool too small for them (waiting and
+/// preemption) get exactly the native engine's single-request tokens; cancelling frees blocks.
+#[wasm_bindgen_test]
+async fn engine_batches_preempts_and_cancels_in_browser() {
+    let native = fetch_json("target/test-artifacts/engine-small-pool.json").await;
+    let alone: Vec<Vec<u32>> = serde_json::from_value(native["alone"].clone()).unwrap();
+    let bytes = smollm2().await;
+    let small = ModelOptions { context: 64, max_batch_tokens: 64, max_seqs: 4, kv_budget_bytes: Some(0) };
+    let (model, tok) = gpu_model_with(&bytes, small).await;
+    let engine = engine_cases::together_equals(&model, &tok, 24, &alone).await;
+    assert!(engine.stats(&model).preemptions > 0);
+    drop(model);
+    let (model, tok) = gpu_model_with(&bytes, ModelOptions::new(512, 64)).await;
+    engine_cases::cancel_frees_blocks(&model, &tok).await;
+}
+
+/// A 300-token shared prefix in Chromium: >= 288 tokens from the prefix cache, and the same
+/// tokens and top-5 logprobs as the native engine's cold run.
+#[wasm_bindgen_test]
+async fn prefix_hit_in_browser_equals_native_cold_run() {
+    let native = fetch_json("target/test-artifacts/engine-prefix-cold.json").await;
+    let cold: Vec<ferrolm::generate::TokenLogprob> = serde_json::from_value(native["logprobs"].clone()).unwrap();
+    let bytes = smollm2().await;
+    let (model, tok) = gpu_model_with(&bytes, ModelOptions::new(512, 64)).await;
+    let (hot, prompt) = engine_cases::prefix_hit(&model, &tok).await;
+    assert_eq!(serde_json::to_value(&prompt).unwrap(), native["prompt"]);
+    engine_cases::assert_logprobs_close(&hot.generation.logprobs, &cold, 2e-3);
 }

@@ -10,7 +10,7 @@ use ferrolm::gpu::weights::GpuTensor;
 use ferrolm::gpu::{batch_words, Batch, EngineLimits, GpuContext, GpuOptions};
 use wgpu::util::DeviceExt;
 
-const LIMITS: EngineLimits = EngineLimits { max_batch_tokens: 32, context: 64, max_seqs: 1, block_size: 16, n_blocks: 4 };
+const LIMITS: EngineLimits = EngineLimits { max_batch_tokens: 32, context: 64, max_seqs: 1, block_size: 16, n_blocks: 4, kv_bytes_per_token: 0 };
 
 struct Harness {
     ctx: GpuContext,
@@ -229,4 +229,39 @@ fn rmsnorm_and_argmax_match_cpu() {
     let want: Vec<u32> = logits.chunks(vocab).map(ferrolm::generate::argmax).collect();
     assert_eq!(got, want);
     assert_eq!(got[1], 10);
+}
+
+/// GPU top-64 with its log-sum-exp against the CPU's sorted selection: rows with ties across the
+/// threshold (lowest ids must win), -inf, repeated maxima, and vocabularies that are not a
+/// multiple of the workgroup or smaller than k.
+#[test]
+fn topk_matches_cpu_selection_exactly() {
+    use ferrolm::gpu::kernels::{TOPK_MAX, TOPK_WORDS};
+    use ferrolm::sampler::TopLogits;
+    let h = Harness::new(GpuOptions::default());
+    for vocab in [1000usize, 49_152 + 7, 40] {
+        let n = 4;
+        let mut logits = random(n * vocab, vocab as u64);
+        // Row 1: many exact ties at the boundary value, row 2: coarse values (ties everywhere)
+        // and -inf, row 3: all equal.
+        for i in 0..vocab {
+            if i % 3 == 0 {
+                logits[vocab + i] = 0.5;
+            }
+            logits[2 * vocab + i] = (logits[2 * vocab + i] * 4.0).round();
+            logits[3 * vocab + i] = -1.25;
+        }
+        logits[2 * vocab + 5] = f32::NEG_INFINITY;
+        logits[10] = 9.0;
+        logits[vocab - 1] = 9.0;
+        let (lb, rb) = (h.buffer(&logits), h.buffer(&vec![0f32; n * TOPK_WORDS]));
+        let got = h.run(&[h.kernels.topk(&lb, &rb, vocab as u32)], &vec![0; n], &rb);
+        let words: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+        for (r, row) in logits.chunks(vocab).enumerate() {
+            let gpu = TopLogits::from_words(&words[r * TOPK_WORDS..][..TOPK_WORDS], TOPK_MAX);
+            let cpu = TopLogits::from_logits(row, TOPK_MAX);
+            assert_eq!(gpu.top, cpu.top, "vocab {vocab} row {r}");
+            assert!((gpu.lse - cpu.lse).abs() <= 1e-5 * (1.0 + cpu.lse.abs()), "vocab {vocab} row {r}: lse {} vs {}", gpu.lse, cpu.lse);
+        }
+    }
 }

@@ -3,7 +3,8 @@
 mod common;
 
 use ferrolm::gguf::Gguf;
-use ferrolm::gpu::{GpuContext, GpuModel, GpuOptions};
+use ferrolm::gpu::{GpuContext, GpuModel, GpuOptions, ModelOptions};
+use ferrolm::sampler::{Sampler, SamplingParams};
 
 fn load_smollm2() -> GpuModel {
     let file = std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap();
@@ -11,7 +12,7 @@ fn load_smollm2() -> GpuModel {
     pollster::block_on(async {
         let ctx = GpuContext::new(GpuOptions::default()).await.unwrap();
         eprintln!("adapter: {:?}", ctx.info);
-        GpuModel::load(ctx, &gguf, &file, 512, 64).await.unwrap()
+        GpuModel::load(ctx, &gguf, &file, &ModelOptions::new(512, 64)).await.unwrap()
     })
 }
 
@@ -34,27 +35,40 @@ fn greedy<S: ferrolm::generate::Session>(session: &mut S, prompt: &[u32], n: usi
     })
 }
 
-/// Seeded sampling (temperature 0.8, top-p 0.95, seed 11) from the GPU's logits.
+/// Seeded sampling (temperature 0.8, top-p 0.95, seed 11) from the full logits.
 fn sample<S: ferrolm::generate::Session>(session: &mut S, prompt: &[u32], n: usize) -> Vec<u32> {
-    use ferrolm::sampler::{Sampler, SamplingParams};
-    let params = SamplingParams { temperature: 0.8, top_p: 0.95, seed: Some(11), ..Default::default() };
+    sample_with(session, prompt, n, SamplingParams { temperature: 0.8, top_p: 0.95, seed: Some(11), ..Default::default() }, false)
+}
+
+/// Seeded sampling with top-k 40, from the full logits or from the top candidates alone.
+fn sample_top_k<S: ferrolm::generate::Session>(session: &mut S, prompt: &[u32], n: usize, from_top: bool) -> Vec<u32> {
+    sample_with(session, prompt, n, SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, seed: Some(12), ..Default::default() }, from_top)
+}
+
+fn sample_with<S: ferrolm::generate::Session>(session: &mut S, prompt: &[u32], n: usize, params: SamplingParams, from_top: bool) -> Vec<u32> {
     let mut sampler = Sampler::new(params, 49152).unwrap();
+    let k = sampler.top_needed(None).unwrap_or(0);
     pollster::block_on(async {
         let mut history = prompt.to_vec();
-        let mut logits = session.extend_logits(prompt).await.unwrap();
         let mut out = Vec::new();
+        let mut feed = prompt.to_vec();
         while out.len() < n {
-            let next = sampler.sample(&logits, &history);
+            let next = if from_top {
+                sampler.sample_top(&session.extend_top(&feed, k).await.unwrap())
+            } else {
+                sampler.sample(&session.extend_logits(&feed).await.unwrap(), &history)
+            };
             history.push(next);
             out.push(next);
-            logits = session.extend_logits(&[next]).await.unwrap();
+            feed = vec![next];
         }
         out
     })
 }
 
-/// GPU greedy decoding (one token per step through the KV cache) equals the CPU reference's, and
-/// the tokens are recorded for the browser test to compare against.
+/// GPU greedy decoding (one token per step through the KV cache) equals the CPU reference's,
+/// sampling from GPU top-k candidates equals sampling from the full logits, and the tokens are
+/// recorded for the browser test to compare against.
 #[test]
 fn gpu_greedy_equals_cpu_greedy_and_is_recorded_for_the_browser() {
     let model = load_smollm2();
@@ -68,7 +82,10 @@ fn gpu_greedy_equals_cpu_greedy_and_is_recorded_for_the_browser() {
         let cpu_tokens = greedy(&mut ferrolm::generate::CpuSession::new(&cpu, 512), &prompt, 24);
         assert_eq!(gpu_tokens, cpu_tokens, "GPU and CPU greedy continuations differ for {:?}", case["prompt"]);
         let sampled = sample(&mut ferrolm::gpu::GpuSession::new(&model), &prompt, 16);
-        records.push(serde_json::json!({ "prompt_tokens": prompt, "tokens": gpu_tokens, "sampled": sampled }));
+        // The GPU top-k kernel's candidates give the same draws as the full logits.
+        let sampled_top = sample_top_k(&mut ferrolm::gpu::GpuSession::new(&model), &prompt, 16, true);
+        assert_eq!(sampled_top, sample_top_k(&mut ferrolm::gpu::GpuSession::new(&model), &prompt, 16, false), "top-k path differs");
+        records.push(serde_json::json!({ "prompt_tokens": prompt, "tokens": gpu_tokens, "sampled": sampled, "sampled_top": sampled_top }));
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();

@@ -161,3 +161,43 @@ fn logprobs_are_log_softmax() {
     assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![0, 1, 2]);
     assert_eq!(logprobs(&LOGITS, 0, 50).1.len(), 12);
 }
+
+/// Sampling from the top <= 64 candidates (what the GPU reads back) makes the same choices, RNG
+/// draws included, as sampling from the full logits, whenever `top_needed` allows it.
+#[test]
+fn sampling_from_top_candidates_equals_full_logits() {
+    use ferrolm::sampler::TopLogits;
+    let vocab = 5000;
+    let logits: Vec<f32> = (0..vocab).map(|i| ((i * 7919 % 1000) as f32 / 150.0) - 3.0 + if i % 97 == 0 { 2.0 } else { 0.0 }).collect();
+    let cases = [
+        SamplingParams { temperature: 0.8, top_k: 40, seed: Some(1), ..Default::default() },
+        SamplingParams { temperature: 1.3, top_k: 64, top_p: 0.9, min_p: 0.05, seed: Some(2), ..Default::default() },
+        SamplingParams { temperature: 0.7, top_k: 20, typical_p: 0.8, seed: Some(3), ..Default::default() },
+        SamplingParams { temperature: 0.0, seed: Some(4), ..Default::default() },
+    ];
+    for params in cases {
+        let mut full = Sampler::new(params.clone(), vocab).unwrap();
+        let mut top = Sampler::new(params.clone(), vocab).unwrap();
+        let k = top.top_needed(Some(5)).expect("these settings need only the top candidates");
+        let cand = TopLogits::from_logits(&logits, k);
+        for _ in 0..2000 {
+            assert_eq!(top.sample_top(&cand), full.sample(&logits, &[]), "{params:?}");
+        }
+    }
+    // Settings that need the whole vocabulary say so.
+    let needs_all = [
+        SamplingParams { temperature: 1.0, ..Default::default() },
+        SamplingParams { top_k: 65, ..Default::default() },
+        SamplingParams { top_k: 10, repeat_penalty: 1.1, ..Default::default() },
+        SamplingParams { top_k: 10, logit_bias: vec![(3, 1.0)], ..Default::default() },
+    ];
+    for params in needs_all {
+        assert_eq!(Sampler::new(params.clone(), vocab).unwrap().top_needed(None), None, "{params:?}");
+    }
+    // logprobs from the candidates equal the full-logits ones.
+    let cand = TopLogits::from_logits(&logits, 20);
+    let (lp, alts) = cand.logprobs(cand.top[3].0, 20);
+    let (lp_full, alts_full) = ferrolm::sampler::logprobs(&logits, cand.top[3].0, 20);
+    assert!((lp - lp_full).abs() < 1e-5);
+    assert_eq!(alts.iter().map(|a| a.0).collect::<Vec<_>>(), alts_full.iter().map(|a| a.0).collect::<Vec<_>>());
+}

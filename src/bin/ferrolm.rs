@@ -23,6 +23,7 @@ mod cli {
     use clap::{Parser, Subcommand, ValueEnum};
     use ferrolm::chat::{render_chat, ChatMessage, ChatTemplate};
     use ferrolm::cpu::ops::nll;
+    use ferrolm::engine::{Engine, Event, Request};
     use ferrolm::generate::{now_ms, Backend, Device, GenerateOptions, LoadOptions};
     use ferrolm::sampler::SamplingParams;
     use ferrolm::gguf::Gguf;
@@ -54,6 +55,9 @@ mod cli {
         /// Context length in tokens [default: the model's, capped at 2048].
         #[arg(long)]
         context: Option<usize>,
+        /// Megabytes for the GPU's paged KV cache [default: 256; at least one full context].
+        #[arg(long)]
+        kv_budget_mb: Option<u64>,
     }
 
     #[derive(Clone, Copy, ValueEnum)]
@@ -134,12 +138,16 @@ mod cli {
 
     #[derive(Subcommand)]
     enum Command {
-        /// Generate text from a prompt (greedy).
+        /// Generate text from a prompt (greedy unless sampling options are given).
         Generate {
             #[command(flatten)]
             model: ModelArgs,
-            #[arg(long)]
-            prompt: String,
+            #[arg(long, required_unless_present = "prompts_file")]
+            prompt: Option<String>,
+            /// A JSON array of prompts, run concurrently through the batching engine (GPU); prints
+            /// one JSON line per request, then one with the engine's stats.
+            #[arg(long, conflicts_with = "prompt")]
+            prompts_file: Option<PathBuf>,
             /// Treat the prompt as a user message and apply the model's chat template.
             #[arg(long)]
             chat: bool,
@@ -230,30 +238,49 @@ mod cli {
             DeviceArg::Cpu => Device::Cpu,
             DeviceArg::Gpu => Device::Gpu,
         };
-        pollster::block_on(Backend::load(&m.gguf, &m.file, LoadOptions { device, context: context(args, m)?, gpu }))
+        pollster::block_on(Backend::load(&m.gguf, &m.file, LoadOptions { device, context: context(args, m)?, gpu, kv_budget_bytes: args.kv_budget_mb.map(|mb| mb << 20) }))
     }
 
     pub fn run() -> Result<()> {
         match Cli::parse().command {
-            Command::Generate { model: args, prompt, chat, system, max_tokens, sampling } => {
+            Command::Generate { model: args, prompt, prompts_file, chat, system, max_tokens, sampling } => {
                 let opts = sampling.options(max_tokens)?;
+                let prompts: Option<Vec<String>> = match &prompts_file {
+                    Some(path) => {
+                        let text = std::fs::read_to_string(path).map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))))?;
+                        let list = serde_json::from_str(&text).map_err(|e| Error::InvalidOption { option: "--prompts-file", reason: format!("expected a JSON array of strings ({e})") })?;
+                        Some(list)
+                    }
+                    None => None,
+                };
                 let t0 = now_ms();
                 let m = open(&args)?;
                 let tokenizer = Tokenizer::from_gguf(&m.gguf.metadata)?;
+                let render = |prompt: String| -> Result<Vec<u32>> {
+                    let text = if chat {
+                        let template = ChatTemplate::from_gguf(&m.gguf.metadata, &tokenizer)?;
+                        let mut messages = Vec::new();
+                        if let Some(s) = &system {
+                            messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+                        }
+                        messages.push(ChatMessage { role: "user".into(), content: prompt });
+                        render_chat(template.as_ref(), &messages, true)?
+                    } else {
+                        prompt
+                    };
+                    tokenizer.encode_prompt(&text, chat)
+                };
+                if let Some(prompts) = prompts {
+                    let requests = prompts.into_iter().map(|p| Ok(Request { prompt: render(p)?, opts: opts.clone() })).collect::<Result<Vec<_>>>()?;
+                    let backend = load(&args, &m)?;
+                    let Backend::Gpu(model) = &backend else {
+                        return Err(Error::InvalidOption { option: "--prompts-file", reason: "concurrent requests run on the GPU engine; drop --device cpu".into() });
+                    };
+                    return run_batch(model, &tokenizer, requests);
+                }
+                let ids = render(prompt.expect("clap requires --prompt without --prompts-file"))?;
                 let backend = load(&args, &m)?;
                 let load_ms = now_ms() - t0;
-                let text = if chat {
-                    let template = ChatTemplate::from_gguf(&m.gguf.metadata, &tokenizer)?;
-                    let mut messages = Vec::new();
-                    if let Some(s) = system {
-                        messages.push(ChatMessage { role: "system".into(), content: s });
-                    }
-                    messages.push(ChatMessage { role: "user".into(), content: prompt });
-                    render_chat(template.as_ref(), &messages, true)?
-                } else {
-                    prompt
-                };
-                let ids = tokenizer.encode_prompt(&text, chat)?;
                 let mut stdout = std::io::stdout().lock();
                 let gen = pollster::block_on(backend.generate(&tokenizer, &ids, &opts, context(&args, &m)?, |piece| {
                     let _ = stdout.write_all(piece.as_bytes());
@@ -337,7 +364,7 @@ mod cli {
         let gguf = Gguf::read(&bytes[..])?;
         let model = pollster::block_on(async {
             let ctx = ferrolm::gpu::GpuContext::new(gpu).await?;
-            ferrolm::gpu::GpuModel::load(ctx, &gguf, &bytes[..], 1024, 128).await
+            ferrolm::gpu::GpuModel::load(ctx, &gguf, &bytes[..], &ferrolm::gpu::ModelOptions::new(1024, 128)).await
         })?;
         let load_ms = now_ms() - t0;
         let prompt: Vec<u32> = if synthetic.is_some() {
@@ -371,6 +398,34 @@ mod cli {
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
             writeln!(f, "{summary}")?;
         }
+        Ok(())
+    }
+
+    /// Runs every request through the batching engine at once; one JSON line per request (in
+    /// submission order) and one with the engine's stats.
+    fn run_batch(model: &ferrolm::gpu::GpuModel, tokenizer: &Tokenizer, requests: Vec<Request>) -> Result<()> {
+        let mut engine = Engine::new();
+        let ids = requests.into_iter().map(|r| engine.submit(model, tokenizer, r)).collect::<Result<Vec<_>>>()?;
+        let t0 = now_ms();
+        let mut lines = std::collections::BTreeMap::new();
+        pollster::block_on(engine.run(model, tokenizer, |event| {
+            if let Event::Done { id, generation: g, stats } = event {
+                let index = ids.iter().position(|&i| i == id).expect("submitted here");
+                let line = serde_json::json!({
+                    "index": index, "text": g.text, "tokens": g.tokens, "finish_reason": g.finish_reason.as_str(),
+                    "prompt_tokens": stats.prompt_tokens, "cached_tokens": stats.cached_tokens,
+                    "ttft_ms": stats.ttft_ms, "tpot_ms": stats.tpot_ms, "preemptions": stats.preemptions,
+                });
+                lines.insert(index, line);
+            }
+        }))?;
+        let secs = (now_ms() - t0) / 1e3;
+        let generated: u64 = lines.values().map(|l| l["tokens"].as_array().map_or(0, |t| t.len() as u64)).sum();
+        for line in lines.values() {
+            println!("{line}");
+        }
+        let stats = engine.stats(model);
+        println!("{}", serde_json::json!({ "engine": stats, "requests": lines.len(), "generated_tokens": generated, "seconds": secs, "tok_s": generated as f64 / secs }));
         Ok(())
     }
 

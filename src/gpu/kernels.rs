@@ -121,6 +121,11 @@ pub struct Kernels {
     layouts: RefCell<HashMap<Vec<bool>, (Rc<wgpu::BindGroupLayout>, Rc<wgpu::PipelineLayout>)>>,
 }
 
+/// Candidates the top-k kernel returns per row (shaders/topk.wgsl MAX_K).
+pub const TOPK_MAX: usize = 64;
+/// Words of top-k output per row.
+pub const TOPK_WORDS: usize = 2 * TOPK_MAX + 2;
+
 /// Tokens per prefill matmul workgroup: each dequantized weight group is reused this many times.
 const MATMUL_TN: u32 = 8;
 
@@ -314,6 +319,15 @@ impl Kernels {
         let grid = Grid::PerItem { of: Count::LogitRows };
         let variants = self.single("argmax", include_str!("../../shaders/argmax.wgsl"), None, &[], &access, grid);
         self.op("argmax", variants, &[vocab, 0, 0, 0], &[logits, result], &access)
+    }
+
+    /// The [`TOPK_MAX`] largest logits of each logit row, sorted, and the row's log-sum-exp
+    /// ([`TOPK_WORDS`] words per row: id/logit pairs, lse, count).
+    pub fn topk(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, vocab: u32) -> Op {
+        let access = [Read, ReadWrite, Read];
+        let grid = Grid::PerItem { of: Count::LogitRows };
+        let variants = self.single("topk", include_str!("../../shaders/topk.wgsl"), None, &[], &access, grid);
+        self.op("topk", variants, &[vocab, TOPK_MAX as u32, 0, 0], &[logits, result], &access)
     }
 
     /// Streaming read of `n_vec4` 16-byte words of `data` by `workgroups` x 64 threads.

@@ -8,5 +8,5 @@ mod session;
 pub mod weights;
 
 pub use context::{AdapterInfo, GpuContext, GpuOptions};
-pub use model::{batch_words, Batch, EngineLimits, GpuModel};
+pub use model::{batch_words, Batch, EngineLimits, GpuModel, ModelOptions, Readback, DEFAULT_KV_BUDGET};
 pub use session::GpuSession;

@@ -6,11 +6,36 @@
 use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
-use super::kernels::{AttnDims, Count, Kernels, Op, OutCols};
+use super::kernels::{AttnDims, Count, Kernels, Op, OutCols, TOPK_WORDS};
 use super::weights::{concat_rows, upload_f32, GpuTensor};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf};
+use crate::kv_cache::BlockPool;
 use crate::model::{names, Config, RopeStyle};
+use crate::sampler::TopLogits;
+
+/// What to size when loading a model.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelOptions {
+    /// Positions per sequence (capped at the model's trained context).
+    pub context: u32,
+    /// Tokens one forward can take.
+    pub max_batch_tokens: u32,
+    /// Sequences one forward can serve.
+    pub max_seqs: u32,
+    /// Bytes for the KV pool; None: [`DEFAULT_KV_BUDGET`]. The pool always holds at least one
+    /// full-context sequence and at most what one storage binding per layer allows.
+    pub kv_budget_bytes: Option<u64>,
+}
+
+/// The KV pool's default size.
+pub const DEFAULT_KV_BUDGET: u64 = 256 << 20;
+
+impl ModelOptions {
+    pub fn new(context: u32, max_batch_tokens: u32) -> Self {
+        ModelOptions { context, max_batch_tokens, max_seqs: 16, kv_budget_bytes: None }
+    }
+}
 
 /// Sizes fixed when the model is loaded.
 #[derive(Clone, Copy, Debug)]
@@ -25,6 +50,15 @@ pub struct EngineLimits {
     pub block_size: u32,
     /// KV blocks in the pool.
     pub n_blocks: u32,
+    /// KV bytes one token takes over all layers.
+    pub kv_bytes_per_token: u64,
+}
+
+impl EngineLimits {
+    /// Blocks one full-context sequence needs.
+    pub fn blocks_per_seq(&self) -> u32 {
+        self.context.div_ceil(self.block_size)
+    }
 }
 
 /// One step's work: tokens of one or more sequences, and which of them need logits.
@@ -67,6 +101,9 @@ pub struct GpuModel {
     pub limits: EngineLimits,
     /// Weight bytes a decode step streams (for MBU).
     pub weight_bytes: u64,
+    /// Who holds which block of the KV pool buffers (sessions, the batching engine, scoring)
+    /// and the prefix cache. Borrowed briefly, never across an await.
+    pub pool: std::cell::RefCell<BlockPool>,
     max_logit_rows: u32,
     batch: wgpu::Buffer,
     logits: wgpu::Buffer,
@@ -74,27 +111,45 @@ pub struct GpuModel {
     argmax_staging: wgpu::Buffer,
     /// One row of logits, for sampling steps (larger reads get a buffer of their own).
     row_staging: wgpu::Buffer,
+    topk: wgpu::Buffer,
+    topk_staging: wgpu::Buffer,
     ops: Vec<Op>,
     argmax_op: Op,
+    topk_op: Op,
+}
+
+/// What a step reads back after the forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readback {
+    Nothing,
+    Argmax,
+    Top,
+    Logits,
 }
 
 const HEADER: usize = 8;
 
 impl GpuModel {
     /// Uploads a supported model, tensor by tensor, and records its forward pass.
-    pub async fn load<S: ByteSource + ?Sized>(ctx: GpuContext, gguf: &Gguf, source: &S, context: u32, max_batch_tokens: u32) -> Result<GpuModel> {
+    pub async fn load<S: ByteSource + ?Sized>(ctx: GpuContext, gguf: &Gguf, source: &S, opts: &ModelOptions) -> Result<GpuModel> {
         let config = Config::from_gguf(gguf)?;
         let c = &config;
         let dev = &ctx.device;
         let max_binding = ctx.info.max_binding_size.min(ctx.info.max_buffer_size);
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
 
-        let context = context.clamp(1, c.context_len as u32);
+        let context = opts.context.clamp(1, c.context_len as u32);
+        let max_batch_tokens = opts.max_batch_tokens.max(1);
+        let (d, qd, kvd, f, v) = (c.d_model as u64, c.q_dim() as u64, c.kv_dim() as u64, c.ffn_dim as u64, c.vocab_size as u64);
         let block_size = 16u32;
         let max_blocks = context.div_ceil(block_size);
-        let limits = EngineLimits { max_batch_tokens, context, max_seqs: 1, block_size, n_blocks: max_blocks };
+        let kv_bytes_per_token = 2 * c.n_layers as u64 * kvd * 4;
+        let budget_blocks = opts.kv_budget_bytes.unwrap_or(DEFAULT_KV_BUDGET) / (kv_bytes_per_token * block_size as u64);
+        let binding_blocks = max_binding / (kvd * 4 * block_size as u64);
+        let n_blocks = budget_blocks.min(binding_blocks).max(max_blocks as u64) as u32;
+        let max_seqs = opts.max_seqs.clamp(1, max_batch_tokens);
+        let limits = EngineLimits { max_batch_tokens, context, max_seqs, block_size, n_blocks, kv_bytes_per_token };
         let t = max_batch_tokens as u64;
-        let (d, qd, kvd, f, v) = (c.d_model as u64, c.q_dim() as u64, c.kv_dim() as u64, c.ffn_dim as u64, c.vocab_size as u64);
         let max_logit_rows = (max_binding / (v * 4)).min(t).max(1) as u32;
 
         let storage = |label: &str, bytes: u64| -> Result<wgpu::Buffer> {
@@ -120,6 +175,13 @@ impl GpuModel {
         let argmax_staging = dev.create_buffer(&wgpu::BufferDescriptor {
             label: Some("argmax staging"),
             size: max_logit_rows as u64 * 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let topk = storage("top-k", max_logit_rows as u64 * TOPK_WORDS as u64 * 4)?;
+        let topk_staging = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("top-k staging"),
+            size: max_logit_rows as u64 * TOPK_WORDS as u64 * 4,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -157,7 +219,7 @@ impl GpuModel {
         let dims = AttnDims { n_heads: c.n_heads as u32, n_kv_heads: c.n_kv_heads as u32, head_dim: c.head_dim as u32, qkv_stride: (qd + 2 * kvd) as u32 };
         let token_embd = matrix(names::TOKEN_EMBD, &[names::TOKEN_EMBD], true)?;
         let mut ops = kernels.embed(&token_embd, &x, 1.0, false);
-        let kv_bytes = (max_blocks * block_size) as u64 * kvd * 4;
+        let kv_bytes = (n_blocks * block_size) as u64 * kvd * 4;
         for l in 0..c.n_layers {
             let p = |n: &str| names::layer(l, n);
             let k_cache = storage("k cache", kv_bytes)?;
@@ -182,12 +244,14 @@ impl GpuModel {
         let head = if c.tied_embeddings { token_embd } else { matrix(names::OUTPUT, &[names::OUTPUT], true)? };
         ops.extend(kernels.matmul(&head, &h, &logits, OutCols { stride: v as u32, col: 0 }, false, Count::LogitRows, false));
         let argmax_op = kernels.argmax(&logits, &argmax, v as u32);
+        let topk_op = kernels.topk(&logits, &topk, v as u32);
 
         if let Some(e) = scope.pop().await {
             return Err(Error::Gpu(format!("building the forward pass failed: {e}")));
         }
         let weight_bytes = c.weight_bytes_per_token(gguf);
-        Ok(GpuModel { ctx, config, limits, weight_bytes, max_logit_rows, batch, logits, argmax, argmax_staging, row_staging, ops, argmax_op })
+        let pool = std::cell::RefCell::new(BlockPool::new(n_blocks as usize, block_size as usize));
+        Ok(GpuModel { ctx, config, limits, weight_bytes, pool, max_logit_rows, batch, logits, argmax, argmax_staging, row_staging, topk, topk_staging, ops, argmax_op, topk_op })
     }
 
     /// Logit rows one step can return.
@@ -223,8 +287,9 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Writes the batch description and encodes the forward pass (plus argmax when asked).
-    fn encode(&self, b: &Batch, with_argmax: bool) -> Result<wgpu::CommandEncoder> {
+    /// Writes the batch description and encodes the forward pass (plus the argmax or top-k
+    /// kernel when that is what the step reads back).
+    pub(crate) fn encode(&self, b: &Batch, readback: Readback) -> Result<wgpu::CommandEncoder> {
         self.check(b)?;
         let words = b.to_words(&self.limits);
         self.ctx.queue.write_buffer(&self.batch, 0, bytemuck::cast_slice(&words));
@@ -235,8 +300,10 @@ impl GpuModel {
             for op in &self.ops {
                 op.encode(&mut pass, n, rows);
             }
-            if with_argmax {
-                self.argmax_op.encode(&mut pass, n, rows);
+            match readback {
+                Readback::Argmax => self.argmax_op.encode(&mut pass, n, rows),
+                Readback::Top => self.topk_op.encode(&mut pass, n, rows),
+                Readback::Nothing | Readback::Logits => {}
             }
         }
         Ok(enc)
@@ -244,14 +311,14 @@ impl GpuModel {
 
     /// Runs a step without reading anything back (prefill chunks before the last).
     pub fn submit(&self, b: &Batch<'_>) -> Result<()> {
-        let enc = self.encode(b, false)?;
+        let enc = self.encode(b, Readback::Nothing)?;
         self.ctx.queue.submit([enc.finish()]);
         Ok(())
     }
 
     /// Runs a step and returns the argmax token of each logit row: 4 bytes read back per row.
     pub async fn forward_argmax(&self, b: &Batch<'_>) -> Result<Vec<u32>> {
-        let mut enc = self.encode(b, true)?;
+        let mut enc = self.encode(b, Readback::Argmax)?;
         let bytes = b.logit_rows.len() as u64 * 4;
         enc.copy_buffer_to_buffer(&self.argmax, 0, &self.argmax_staging, 0, bytes);
         self.ctx.queue.submit([enc.finish()]);
@@ -259,9 +326,21 @@ impl GpuModel {
         Ok(bytemuck::cast_slice(&out[..bytes as usize]).to_vec())
     }
 
+    /// Runs a step and returns, per logit row, its `k` (at most 64) largest logits in the
+    /// sampler's order and the row's log-sum-exp: ~0.5 KB read back per row.
+    pub async fn forward_top(&self, b: &Batch<'_>, k: usize) -> Result<Vec<TopLogits>> {
+        let mut enc = self.encode(b, Readback::Top)?;
+        let bytes = (b.logit_rows.len() * TOPK_WORDS * 4) as u64;
+        enc.copy_buffer_to_buffer(&self.topk, 0, &self.topk_staging, 0, bytes);
+        self.ctx.queue.submit([enc.finish()]);
+        let out = self.ctx.map_read(&self.topk_staging).await?;
+        let words: &[u32] = bytemuck::cast_slice(&out[..bytes as usize]);
+        Ok(words.chunks(TOPK_WORDS).map(|w| TopLogits::from_words(w, k)).collect())
+    }
+
     /// Runs a step and returns the logits of each logit row, `[rows][vocab]`.
     pub async fn forward_logits(&self, b: &Batch<'_>) -> Result<Vec<f32>> {
-        let mut enc = self.encode(b, false)?;
+        let mut enc = self.encode(b, Readback::Logits)?;
         let bytes = b.logit_rows.len() as u64 * self.config.vocab_size as u64 * 4;
         if b.logit_rows.len() == 1 {
             // The sampling path: one row per decode step into a buffer made once.
@@ -296,13 +375,29 @@ impl GpuModel {
         if tokens.len() > self.limits.context as usize {
             return Err(Error::PromptTooLong { tokens: tokens.len(), context: self.limits.context as usize });
         }
-        let table: Vec<u32> = (0..self.limits.n_blocks).collect();
+        let table = self.allocate_blocks(tokens.len())?;
+        let out = self.score_with(tokens, &table).await;
+        self.pool.borrow_mut().release_all(&table);
+        out
+    }
+
+    /// `n` positions' worth of fresh KV blocks from the pool (evicting cached ones if needed).
+    pub fn allocate_blocks(&self, n: usize) -> Result<Vec<u32>> {
+        let mut pool = self.pool.borrow_mut();
+        let want = n.div_ceil(self.limits.block_size as usize);
+        if pool.available() < want {
+            return Err(Error::KvCacheFull { needed: want, available: pool.available(), block_size: self.limits.block_size as usize });
+        }
+        Ok((0..want).map(|_| pool.allocate().expect("counted as available")).collect())
+    }
+
+    async fn score_with(&self, tokens: &[u32], table: &[u32]) -> Result<Vec<f32>> {
         let chunk = self.max_logit_rows.min(self.limits.max_batch_tokens) as usize;
         let mut out = Vec::with_capacity(tokens.len() * self.config.vocab_size);
         for (c, part) in tokens.chunks(chunk).enumerate() {
             let positions: Vec<u32> = (0..part.len()).map(|i| (c * chunk + i) as u32).collect();
             let rows: Vec<u32> = (0..part.len() as u32).collect();
-            let batch = Batch { tokens: part, positions: &positions, seq_ids: &vec![0; part.len()], logit_rows: &rows, block_tables: &[&table] };
+            let batch = Batch { tokens: part, positions: &positions, seq_ids: &vec![0; part.len()], logit_rows: &rows, block_tables: &[table] };
             out.extend(self.forward_logits(&batch).await?);
         }
         Ok(out)

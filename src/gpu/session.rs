@@ -1,60 +1,95 @@
 //! One sequence on the GPU model, behind the backend-neutral [`Session`] trait. Prompts longer
 //! than a step's token budget are prefilled in chunks; only the last chunk reads anything back.
+//! Its KV blocks come from the model's pool as positions fill and go back when it is dropped.
 
-use super::model::{Batch, GpuModel};
+use super::model::{Batch, GpuModel, Readback};
 use crate::error::{Error, Result};
 use crate::generate::Session;
+use crate::sampler::TopLogits;
 
 pub struct GpuSession<'m> {
     model: &'m GpuModel,
     len: usize,
-    /// Physical KV block of each logical block (one sequence owns the whole pool for now).
+    /// Physical KV block of each logical block.
     table: Vec<u32>,
 }
 
 impl<'m> GpuSession<'m> {
     pub fn new(model: &'m GpuModel) -> Self {
-        GpuSession { model, len: 0, table: (0..model.limits.n_blocks).collect() }
+        GpuSession { model, len: 0, table: Vec::new() }
     }
 
-    /// Runs `tokens` in chunks; the last chunk asks for the logits of its last token.
-    async fn run(&mut self, tokens: &[u32], greedy: bool) -> Result<Vec<u8>> {
+    /// Runs `tokens` in chunks; the last chunk reads back `readback` for its last token.
+    async fn run(&mut self, tokens: &[u32], readback: Readback, k: usize) -> Result<Step> {
         if tokens.is_empty() {
             return Err(Error::InvalidOption { option: "tokens", reason: "nothing to run".into() });
         }
         if self.len + tokens.len() > self.capacity() {
             return Err(Error::PromptTooLong { tokens: self.len + tokens.len(), context: self.capacity() });
         }
+        let want = (self.len + tokens.len()).div_ceil(self.model.limits.block_size as usize);
+        if want > self.table.len() {
+            let more = self.model.allocate_blocks((want - self.table.len()) * self.model.limits.block_size as usize)?;
+            self.table.extend(more);
+        }
         let step = self.model.limits.max_batch_tokens as usize;
         let n_chunks = tokens.len().div_ceil(step);
-        let mut out = Vec::new();
+        let mut out = Step::Nothing;
         for (i, chunk) in tokens.chunks(step).enumerate() {
             let positions: Vec<u32> = (self.len..self.len + chunk.len()).map(|p| p as u32).collect();
             let last = [chunk.len() as u32 - 1];
             let rows: &[u32] = if i + 1 == n_chunks { &last } else { &[] };
             let seq_ids = vec![0u32; chunk.len()];
             let batch = Batch { tokens: chunk, positions: &positions, seq_ids: &seq_ids, logit_rows: rows, block_tables: &[&self.table] };
-            if rows.is_empty() {
-                self.model.submit(&batch)?;
-            } else if greedy {
-                out = bytemuck::cast_slice(&self.model.forward_argmax(&batch).await?).to_vec();
-            } else {
-                out = bytemuck::cast_slice(&self.model.forward_logits(&batch).await?).to_vec();
-            }
+            out = match (rows.is_empty(), readback) {
+                (true, _) | (_, Readback::Nothing) => {
+                    self.model.submit(&batch)?;
+                    Step::Nothing
+                }
+                (false, Readback::Argmax) => Step::Token(self.model.forward_argmax(&batch).await?[0]),
+                (false, Readback::Top) => Step::Top(self.model.forward_top(&batch, k).await?.remove(0)),
+                (false, Readback::Logits) => Step::Logits(self.model.forward_logits(&batch).await?),
+            };
             self.len += chunk.len();
         }
         Ok(out)
     }
 }
 
+impl Drop for GpuSession<'_> {
+    fn drop(&mut self) {
+        self.model.pool.borrow_mut().release_all(&self.table);
+    }
+}
+
+/// What the last chunk of a run read back.
+enum Step {
+    Nothing,
+    Token(u32),
+    Top(TopLogits),
+    Logits(Vec<f32>),
+}
+
 impl Session for GpuSession<'_> {
     async fn extend_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
-        let bytes = self.run(tokens, true).await?;
-        Ok(u32::from_le_bytes(bytes[..4].try_into().expect("one argmax id")))
+        match self.run(tokens, Readback::Argmax, 1).await? {
+            Step::Token(t) => Ok(t),
+            _ => unreachable!("an argmax run returns a token"),
+        }
+    }
+
+    async fn extend_top(&mut self, tokens: &[u32], k: usize) -> Result<TopLogits> {
+        match self.run(tokens, Readback::Top, k).await? {
+            Step::Top(t) => Ok(t),
+            _ => unreachable!("a top-k run returns candidates"),
+        }
     }
 
     async fn extend_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        Ok(bytemuck::cast_slice(&self.run(tokens, false).await?).to_vec())
+        match self.run(tokens, Readback::Logits, 0).await? {
+            Step::Logits(l) => Ok(l),
+            _ => unreachable!("a logits run returns logits"),
+        }
     }
 
     fn len(&self) -> usize {

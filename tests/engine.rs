@@ -1,0 +1,198 @@
+//! The paged KV pool, prefix cache and batching engine: allocator and hash-table unit tests, then
+//! the engine on the GPU (lavapipe on CI) against single-request runs.
+
+mod common;
+#[path = "engine_cases.rs"]
+mod engine_cases;
+
+use engine_cases::*;
+use ferrolm::engine::Request;
+use ferrolm::generate::GenerateOptions;
+use ferrolm::gguf::Gguf;
+use ferrolm::gpu::{GpuContext, GpuModel, GpuOptions, ModelOptions};
+use ferrolm::kv_cache::BlockPool;
+use ferrolm::tokenizer::Tokenizer;
+
+fn load(opts: ModelOptions) -> (GpuModel, Tokenizer) {
+    let file = std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap();
+    let gguf = Gguf::read(&file).unwrap();
+    let tok = Tokenizer::from_gguf(&gguf.metadata).unwrap();
+    let model = pollster::block_on(async { GpuModel::load(GpuContext::new(GpuOptions::default()).await.unwrap(), &gguf, &file, &opts).await.unwrap() });
+    (model, tok)
+}
+
+fn write_artifact(name: &str, value: serde_json::Value) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), value.to_string()).unwrap();
+}
+
+/// The pool of the small-pool cases: 64 positions, 4 blocks of 16 (one full context).
+pub fn small_pool() -> ModelOptions {
+    ModelOptions { context: 64, max_batch_tokens: 64, max_seqs: 4, kv_budget_bytes: Some(0) }
+}
+
+#[test]
+fn allocator_counts_references_and_frees() {
+    let mut pool = BlockPool::new(3, 4);
+    let a = pool.allocate().unwrap();
+    let b = pool.allocate().unwrap();
+    let c = pool.allocate().unwrap();
+    assert_eq!((a, b, c), (0, 1, 2));
+    assert!(pool.allocate().is_none(), "a full pool of referenced blocks allocates nothing");
+    pool.retain(b);
+    pool.release(b);
+    assert_eq!(pool.refs(b), 1);
+    pool.release(b);
+    assert_eq!(pool.stats().free, 1);
+    assert_eq!(pool.allocate(), Some(b), "a released uncached block is reused");
+    pool.release_all(&[a, b, c]);
+    assert_eq!(pool.stats().used, 0);
+    assert_eq!(pool.available(), 3);
+}
+
+#[test]
+fn prefix_cache_finds_chains_evicts_lru_and_forgets_stale_children() {
+    let mut pool = BlockPool::new(4, 2);
+    let seq = [1u32, 2, 3, 4, 5, 6];
+    // A sequence of three full blocks, registered as it fills.
+    let blocks: Vec<u32> = (0..3).map(|_| pool.allocate().unwrap()).collect();
+    let mut key = 0;
+    for i in 0..3 {
+        key = pool.register(blocks[i], i.checked_sub(1).map(|p| blocks[p]), key, &seq[2 * i..2 * i + 2]);
+    }
+    pool.release_all(&blocks);
+    assert_eq!(pool.stats().cached_free, 3);
+    // Same start: all three found (and retained); a different second block stops the walk.
+    let hit = pool.lookup(&seq, 3);
+    assert_eq!(hit.blocks, blocks);
+    pool.release_all(&hit.blocks);
+    let hit = pool.lookup(&[1, 2, 9, 9, 5, 6], 3);
+    assert_eq!(hit.blocks, vec![blocks[0]]);
+    pool.release_all(&hit.blocks);
+    // The caller's limit holds.
+    let hit = pool.lookup(&seq, 1);
+    assert_eq!(hit.blocks.len(), 1);
+    pool.release_all(&hit.blocks);
+    // Allocation takes the free block first, then evicts the least recently used cached one.
+    let free = pool.allocate().unwrap();
+    assert_eq!(free, 3);
+    let evicted = pool.allocate().unwrap();
+    assert_eq!(pool.stats().evictions, 1);
+    assert!(blocks.contains(&evicted));
+    // Every chain through the evicted block is gone; a block reused for other content is never
+    // mistaken for the old parent.
+    let hit = pool.lookup(&seq, 3);
+    let first_missing = blocks.iter().position(|&b| b == evicted).unwrap();
+    assert_eq!(hit.blocks.len(), first_missing, "lookup walked past an evicted block");
+    pool.release_all(&hit.blocks);
+    pool.release(free);
+    pool.release(evicted);
+    pool.clear_cache();
+    assert_eq!(pool.stats().free, 4);
+    assert!(pool.lookup(&seq, 3).blocks.is_empty(), "clear_cache left entries behind");
+}
+
+#[test]
+fn hash_collisions_are_resolved_by_comparing_tokens() {
+    // Every key collides: only the token and parent comparison tells blocks apart.
+    let mut pool = BlockPool::with_hasher(4, 2, |_, _| 7);
+    let x = pool.allocate().unwrap();
+    let y = pool.allocate().unwrap();
+    pool.register(x, None, 0, &[1, 2]);
+    pool.register(y, None, 0, &[3, 4]);
+    pool.release_all(&[x, y]);
+    assert_eq!(pool.lookup(&[3, 4], 1).blocks, vec![y]);
+    assert_eq!(pool.lookup(&[1, 2], 1).blocks, vec![x]);
+    assert!(pool.lookup(&[5, 6], 1).blocks.is_empty());
+    // Same tokens under another parent are another block.
+    let z = pool.allocate().unwrap();
+    pool.register(z, Some(x), 7, &[3, 4]);
+    pool.release(z);
+    assert_eq!(pool.lookup(&[1, 2, 3, 4], 2).blocks, vec![x, z]);
+    assert_eq!(pool.lookup(&[3, 4, 3, 4], 2).blocks, vec![y], "a block was matched under the wrong parent");
+}
+
+/// 4 prompts together produce exactly the greedy tokens each produces alone; the alone tokens
+/// are recorded for the browser test.
+#[test]
+fn batched_requests_equal_each_request_alone() {
+    let (model, tok) = load(ModelOptions::new(512, 64));
+    pollster::block_on(async {
+        let mut alone = Vec::new();
+        for r in requests(&tok, 16) {
+            alone.push(run_alone(&model, &tok, r).await.generation.tokens);
+        }
+        let engine = together_equals(&model, &tok, 16, &alone).await;
+        println!("4 requests together: {:?}", engine.stats(&model));
+    });
+}
+
+/// A pool of 4 blocks for 4 requests that need 8: admission waits, sequences are preempted and
+/// recomputed, and every request still gets exactly its tokens.
+#[test]
+fn small_pool_waits_preempts_and_stays_exact() {
+    let (model, tok) = load(small_pool());
+    assert_eq!(model.limits.n_blocks, 4);
+    pollster::block_on(async {
+        let mut alone = Vec::new();
+        for r in requests(&tok, 24) {
+            alone.push(run_alone(&model, &tok, r).await.generation.tokens);
+        }
+        let engine = together_equals(&model, &tok, 24, &alone).await;
+        let stats = engine.stats(&model);
+        println!("small pool: {stats:?}");
+        assert!(stats.preemptions > 0, "the small pool never preempted: the case tests nothing");
+        write_artifact("engine-small-pool.json", serde_json::json!({ "alone": alone }));
+    });
+}
+
+/// A request sharing a 300-token prefix with an earlier one reuses >= 288 tokens and gets the
+/// same tokens and top-5 logprobs as a cold run; the cold run is recorded for the browser test.
+#[test]
+fn prefix_hit_equals_cold_run() {
+    let (model, tok) = load(ModelOptions::new(512, 64));
+    pollster::block_on(async {
+        let (hot, prompt) = prefix_hit(&model, &tok).await;
+        let cold = run_alone(&model, &tok, Request { prompt: prompt.clone(), opts: GenerateOptions { logprobs: Some(5), ..greedy(4) } }).await;
+        assert_eq!(cold.stats.cached_tokens, 0);
+        println!(
+            "prefix hit: {} of {} prompt tokens cached, TTFT {:.0} ms hot vs {:.0} ms cold",
+            hot.stats.cached_tokens, hot.stats.prompt_tokens, hot.stats.ttft_ms, cold.stats.ttft_ms
+        );
+        assert_logprobs_close(&hot.generation.logprobs, &cold.generation.logprobs, 1e-3);
+        write_artifact("engine-prefix-cold.json", serde_json::json!({ "prompt": prompt, "logprobs": cold.generation.logprobs }));
+    });
+}
+
+#[test]
+fn cancel_mid_stream_frees_blocks() {
+    let (model, tok) = load(ModelOptions::new(512, 64));
+    pollster::block_on(cancel_frees_blocks(&model, &tok));
+}
+
+/// Bad requests are refused at submission with the option named.
+#[test]
+fn bad_requests_are_clear_errors() {
+    let (model, tok) = load(small_pool());
+    let mut engine = ferrolm::engine::Engine::new();
+    let long = Request { prompt: vec![1; 65], opts: greedy(4) };
+    let err = engine.submit(&model, &tok, long).unwrap_err().to_string();
+    assert!(err.contains("65 tokens") && err.contains("64"), "{err}");
+    let empty = Request { prompt: vec![], opts: greedy(4) };
+    assert!(engine.submit(&model, &tok, empty).unwrap_err().to_string().contains("empty"));
+    let bad_token = Request { prompt: vec![1, 999_999], opts: greedy(4) };
+    assert!(engine.submit(&model, &tok, bad_token).unwrap_err().to_string().contains("999999"));
+    assert!(engine.is_idle());
+}
+
+/// A sequence that reaches the context length stops with `length`: 60 prompt tokens in a
+/// 64-position context leave room for 5 generated tokens (the last one needs no KV slot).
+#[test]
+fn context_full_stops_with_length() {
+    let (model, tok) = load(small_pool());
+    let prompt: Vec<u32> = tok.encode_prompt(&long_text(), false).unwrap()[..60].to_vec();
+    let out = pollster::block_on(run_alone(&model, &tok, Request { prompt, opts: greedy(100) }));
+    assert_eq!(out.generation.finish_reason, ferrolm::generate::FinishReason::Length);
+    assert_eq!(out.generation.tokens.len(), 5);
+}
