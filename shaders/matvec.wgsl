@@ -1,5 +1,5 @@
 // Dequantizing matrix multiply for CPU-emulated adapters (lavapipe, SwiftShader): one thread per
-// output row and TN (1 or 4) tokens, no workgroup memory and no barriers, which such adapters
+// output row and TN (1, 2 or 4) tokens, no workgroup memory and no barriers, which such adapters
 // run as coroutines at great cost. Same contract as matmul.wgsl:
 // y[t][out_col + r] (+)= sum_k x[t][k] * W[r][k]; SWIGLU gives silu(gate) * up.
 
@@ -52,20 +52,22 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let xo = g * 8u;
         a.x += dot32(b, P.scale_off, x0 + xo);
         if (SWIGLU) { u.x += dot32(b + up_off, P.scale_off, x0 + xo); }
-        if (TN == 4u) {
+        if (TN >= 2u) {
             a.y += dot32(b, P.scale_off, x1 + xo);
+            if (SWIGLU) { u.y += dot32(b + up_off, P.scale_off, x1 + xo); }
+        }
+        if (TN == 4u) {
             a.z += dot32(b, P.scale_off, x2 + xo);
             a.w += dot32(b, P.scale_off, x3 + xo);
             if (SWIGLU) {
-                u.y += dot32(b + up_off, P.scale_off, x1 + xo);
                 u.z += dot32(b + up_off, P.scale_off, x2 + xo);
                 u.w += dot32(b + up_off, P.scale_off, x3 + xo);
             }
         }
     }
     finish(a.x, u.x, t0, row);
+    if (TN >= 2u && t0 + 1u < n) { finish(a.y, u.y, t0 + 1u, row); }
     if (TN == 4u) {
-        if (t0 + 1u < n) { finish(a.y, u.y, t0 + 1u, row); }
         if (t0 + 2u < n) { finish(a.z, u.z, t0 + 2u, row); }
         if (t0 + 3u < n) { finish(a.w, u.w, t0 + 3u, row); }
     }

@@ -4,11 +4,13 @@
 
 use serde::Serialize;
 
-use crate::error::Result;
-use crate::generate::{now_ms, Session};
+use crate::engine::{Engine, Event, Request};
+use crate::error::{Error, Result};
+use crate::generate::{now_ms, GenerateOptions, Session};
 use crate::gguf::{GgmlType, GgufWriter, Value};
 use crate::gpu::kernels::Kernels;
 use crate::gpu::{GpuModel, GpuSession};
+use crate::tokenizer::Tokenizer;
 
 /// The peer benchmark's prompt (../shared/peer-bench/bench.js), ~130 tokens.
 pub const PRINTING_PRESS_PROMPT: &str = "The printing press was invented around 1440 by Johannes Gutenberg, a goldsmith from Mainz, Germany. \
@@ -45,6 +47,55 @@ pub async fn time_generation(model: &GpuModel, prompt: &[u32], gen: usize) -> Re
         prefill_tok_s: prompt.len() as f64 / ((t1 - t0) / 1e3),
         decode_tok_s: (gen - 1) as f64 / ((t2 - t1) / 1e3),
     })
+}
+
+/// The batching engine under load: aggregate throughput of concurrent streams, and TTFT of a
+/// request whose 300-token prefix is cold vs already in the prefix cache.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ServingTiming {
+    /// `(streams, generated tokens per second over all streams)`; 8-token prompts, `gen`
+    /// tokens each, EOS ignored, timed from submission to the last token.
+    pub streams: Vec<(usize, f64)>,
+    pub gen_tokens: usize,
+    pub prefix_tokens: usize,
+    pub ttft_cold_ms: f64,
+    pub ttft_hit_ms: f64,
+    pub cached_tokens: usize,
+}
+
+/// Measures [`ServingTiming`] with prompts cut from `ids` (at least 316 tokens of real text).
+pub async fn time_serving(model: &GpuModel, tok: &Tokenizer, ids: &[u32], gen: usize) -> Result<ServingTiming> {
+    if ids.len() < 316 {
+        return Err(Error::InvalidOption { option: "ids", reason: format!("the serving benchmark needs 316 tokens of text, got {}", ids.len()) });
+    }
+    let opts = |max_tokens| GenerateOptions { max_tokens, ignore_eos: true, ..Default::default() };
+    let mut out = ServingTiming { gen_tokens: gen, prefix_tokens: 300, ..Default::default() };
+    for n in [1usize, 2, 4, 8] {
+        model.pool.borrow_mut().clear_cache();
+        let mut engine = Engine::new();
+        let t0 = now_ms();
+        for i in 0..n {
+            engine.submit(model, tok, Request { prompt: ids[i * 8..i * 8 + 8].to_vec(), opts: opts(gen) })?;
+        }
+        let mut tokens = 0usize;
+        engine.run(model, tok, |e| tokens += matches!(e, Event::Token { .. }) as usize).await?;
+        out.streams.push((n, tokens as f64 / ((now_ms() - t0) / 1e3)));
+    }
+    model.pool.borrow_mut().clear_cache();
+    let mut engine = Engine::new();
+    let mut ttft = async |suffix: &[u32]| -> Result<crate::engine::RequestStats> {
+        let prompt: Vec<u32> = ids[..300].iter().chain(suffix).copied().collect();
+        engine.submit(model, tok, Request { prompt, opts: opts(1) })?;
+        let mut stats = None;
+        engine.run(model, tok, |e| if let Event::Done { stats: s, .. } = e { stats = Some(s) }).await?;
+        Ok(stats.expect("the request finishes"))
+    };
+    let cold = ttft(&ids[300..308]).await?;
+    let hit = ttft(&ids[308..316]).await?;
+    out.ttft_cold_ms = cold.ttft_ms;
+    out.ttft_hit_ms = hit.ttft_ms;
+    out.cached_tokens = hit.cached_tokens;
+    Ok(out)
 }
 
 /// The best streaming-read bandwidth (bytes/s) the read probe reaches on this adapter, over a

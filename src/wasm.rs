@@ -180,8 +180,9 @@ impl Engine {
     }
 
     /// Benchmarks greedy generation of `gen` tokens from the peer benchmark's prompt, `runs`
-    /// times, plus the adapter's read bandwidth. Returns the same summary as `ferrolm bench`.
-    pub async fn benchmark(&self, gen: u32, runs: u32) -> Result<JsValue, JsError> {
+    /// times, plus the adapter's read bandwidth, and (when `stream_gen` > 0) the batching engine:
+    /// 1-8 concurrent streams and prefix-cache TTFT. Returns the same summary as `ferrolm bench`.
+    pub async fn benchmark(&self, gen: u32, runs: u32, stream_gen: u32) -> Result<JsValue, JsError> {
         use crate::bench::{read_bandwidth, time_generation, PRINTING_PRESS_PROMPT};
         let Backend::Gpu(model) = &self.backend else {
             return Err(JsError::new("benchmark needs the GPU engine (load with device \"gpu\")"));
@@ -199,8 +200,15 @@ impl Engine {
             v[v.len() / 2]
         };
         let decode = median(|t| t.decode_tok_s);
+        let serving = if stream_gen > 0 {
+            let ids = self.tokenizer.encode_prompt(&PRINTING_PRESS_PROMPT.repeat(3), false).map_err(js_err)?;
+            Some(crate::bench::time_serving(model, &self.tokenizer, &ids, stream_gen as usize).await.map_err(js_err)?)
+        } else {
+            None
+        };
         let info = &model.ctx.info;
         let summary = serde_json::json!({
+            "serving": serving,
             "where": "browser", "adapter": info.name, "backend": info.backend, "driver": info.driver,
             "load_ms": self.load_ms, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
             "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": decode,

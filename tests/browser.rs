@@ -14,7 +14,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 
-#[path = "engine_cases.rs"]
+#[path = "engine_cases/mod.rs"]
 mod engine_cases;
 
 wasm_bindgen_test_configure!(run_in_browser);

@@ -2,7 +2,7 @@
 //! the engine on the GPU (lavapipe on CI) against single-request runs.
 
 mod common;
-#[path = "engine_cases.rs"]
+#[path = "engine_cases/mod.rs"]
 mod engine_cases;
 
 use engine_cases::*;

@@ -171,7 +171,7 @@ fn matmul_matches_cpu_reference() {
             let tol = if k > 160 { 2e-4 } else { 1e-5 };
             let data = random_blocks(ty, m, k, 7 + ty.id() as u64);
             let wf = cpu_dequant(ty, &data, m * k);
-            for n in [1usize, 13] {
+            for n in [1usize, 2, 6, 13] {
                 let x = random(n * k, n as u64);
                 let y0 = random(n * m, 99);
                 for (split, accumulate) in [(false, false), (true, true)] {

@@ -1,11 +1,12 @@
 // Browser benchmark page, driven by scripts/bench/run-browser.mjs. Query: model=<file under
-// /models/>, gen=<tokens>, runs=<n>. Publishes the summary as window.__bench.
+// /models/>, gen=<tokens>, runs=<n>, stream_gen=<tokens per concurrent stream, 0: skip>. Publishes the summary as window.__bench.
 import init, { Engine, EngineDevice } from "/pkg/wasm/ferrolm.js";
 
 const q = new URLSearchParams(location.search);
 const model = q.get("model") || "SmolLM2-135M-Instruct.Q4_1.gguf";
 const gen = Number(q.get("gen") || 128);
 const runs = Number(q.get("runs") || 3);
+const streamGen = Number(q.get("stream_gen") || 32);
 const status = (s) => { document.getElementById("status").textContent = s; console.log("[bench] " + s); };
 
 async function run() {
@@ -17,7 +18,7 @@ async function run() {
   status("loading");
   const engine = await Engine.load(bytes, EngineDevice.Gpu, 1024, false);
   status("benchmarking");
-  const result = JSON.parse(await engine.benchmark(gen, runs));
+  const result = JSON.parse(await engine.benchmark(gen, runs, streamGen));
   result.model = model;
   result.user_agent = navigator.userAgent;
   return result;

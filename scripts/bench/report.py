@@ -25,6 +25,19 @@ for r in ours:
                 f"{r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.2f} | {r['read_gb_s']:.2f} | {100 * r['mbu']:.0f}% |")
 md = ["# ferrolm benchmark", "", "Greedy, the peer benchmark's printing-press prompt, medians of the runs.", ""] + rows
 
+serving = [r for r in ours if r.get("serving")]
+if serving:
+    md += ["", "## Batching engine: concurrent streams and prefix cache", "",
+           "Aggregate generated tok/s of N greedy streams (8-token prompts), and TTFT of a request whose",
+           "300-token prefix is cold vs cached.", "",
+           "| where | model | 1 | 2 | 4 | 8 streams | 8 / 1 | TTFT cold ms | TTFT hit ms | hit / cold |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in serving:
+        s = r["serving"]
+        tps = dict((n, t) for n, t in s["streams"])
+        md.append(f"| {r['where']} | {r.get('model', '').split('/')[-1]} | " + " | ".join(f"{tps[n]:.1f}" for n in (1, 2, 4, 8)) +
+                  f" | {tps[8] / tps[1]:.2f}x | {s['ttft_cold_ms']:.0f} | {s['ttft_hit_ms']:.0f} | {100 * s['ttft_hit_ms'] / s['ttft_cold_ms']:.0f}% |")
+
 if peer:
     md += ["", "## wllama 3.8.1 in the same Chromium (../shared/peer-bench)", "",
            "| mode | TTFT ms | prefill tok/s | decode tok/s |", "|---|---:|---:|---:|"]

@@ -191,6 +191,10 @@ mod cli {
             /// Tokens to generate per run.
             #[arg(long, default_value_t = 128)]
             gen: usize,
+            /// Tokens per stream in the concurrent-streams benchmark (0 skips it and the
+            /// prefix-cache TTFT; synthetic models have no tokenizer and skip both).
+            #[arg(long, default_value_t = 64)]
+            stream_gen: usize,
             #[arg(long, default_value_t = 3)]
             runs: usize,
             /// Append the summary as one JSON line to this file.
@@ -326,7 +330,7 @@ mod cli {
                 let ids = tokenizer.encode(&text, special)?;
                 println!("{}", serde_json::to_string(&ids).expect("ids serialize"));
             }
-            Command::Bench { model: args, synthetic, gen, runs, json } => bench(&args, synthetic.as_deref(), gen, runs, json.as_deref())?,
+            Command::Bench { model: args, synthetic, gen, stream_gen, runs, json } => bench(&args, synthetic.as_deref(), gen, stream_gen, runs, json.as_deref())?,
             Command::Inspect { model: args } => {
                 let m = open(&args)?;
                 let g = &m.gguf;
@@ -349,7 +353,7 @@ mod cli {
         Ok(())
     }
 
-    fn bench(args: &ModelArgs, synthetic: Option<&str>, gen: usize, runs: usize, json: Option<&std::path::Path>) -> Result<()> {
+    fn bench(args: &ModelArgs, synthetic: Option<&str>, gen: usize, stream_gen: usize, runs: usize, json: Option<&std::path::Path>) -> Result<()> {
         use ferrolm::bench::{read_bandwidth, synthetic_llama, time_generation, LLAMA_3_2_1B, PRINTING_PRESS_PROMPT};
         let gpu = if args.portable { GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false } } else { GpuOptions::default() };
         let (name, bytes) = match synthetic {
@@ -367,10 +371,10 @@ mod cli {
             ferrolm::gpu::GpuModel::load(ctx, &gguf, &bytes[..], &ferrolm::gpu::ModelOptions::new(1024, 128)).await
         })?;
         let load_ms = now_ms() - t0;
-        let prompt: Vec<u32> = if synthetic.is_some() {
-            (0..130u32).map(|i| (i * 7919) % model.config.vocab_size as u32).collect()
-        } else {
-            Tokenizer::from_gguf(&gguf.metadata)?.encode_prompt(PRINTING_PRESS_PROMPT, false)?
+        let tokenizer = if synthetic.is_some() { None } else { Some(Tokenizer::from_gguf(&gguf.metadata)?) };
+        let prompt: Vec<u32> = match &tokenizer {
+            None => (0..130u32).map(|i| (i * 7919) % model.config.vocab_size as u32).collect(),
+            Some(t) => t.encode_prompt(PRINTING_PRESS_PROMPT, false)?,
         };
         let bandwidth = pollster::block_on(read_bandwidth(&model))?;
         let mut timings = Vec::new();
@@ -386,8 +390,18 @@ mod cli {
         };
         let decode = median(|t| t.decode_tok_s);
         let mbu = model.weight_bytes as f64 * decode / bandwidth;
+        let serving = match &tokenizer {
+            Some(t) if stream_gen > 0 => {
+                let ids = t.encode_prompt(&PRINTING_PRESS_PROMPT.repeat(3), false)?;
+                let s = pollster::block_on(ferrolm::bench::time_serving(&model, t, &ids, stream_gen))?;
+                eprintln!("serving: {}", serde_json::to_string(&s).expect("serializable"));
+                Some(s)
+            }
+            _ => None,
+        };
         let info = &model.ctx.info;
         let summary = serde_json::json!({
+            "serving": serving,
             "where": "native", "model": name, "adapter": info.name, "backend": info.backend, "driver": info.driver,
             "load_ms": load_ms, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
             "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": decode,

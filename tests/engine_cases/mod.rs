@@ -1,5 +1,5 @@
 //! Batching-engine scenarios shared by the native tests (tests/engine.rs) and the browser tests
-//! (tests/browser.rs): the same code on lavapipe and on SwiftShader.
+//! (tests/browser.rs), kept in a folder so it is no test crate of its own: the same code on lavapipe and on SwiftShader.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
