@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export XDG_RUNTIME_DIR ?= /tmp/ferrolm-xdg-$(shell id -u)
 $(shell mkdir -p -m 700 $(XDG_RUNTIME_DIR))
 
-.PHONY: help models tools rust-tools system-packages build test test-native test-browser run demo wasm bench clean
+.PHONY: help models tools rust-tools system-packages build test test-native test-browser test-npm run demo wasm package bench clean
 
 help:
 	@echo "make demo   build the wasm package and serve the demo page"
@@ -53,12 +53,18 @@ wasm: rust-tools
 	cargo build --release --lib --target $(WASM_TARGET)
 	wasm-bindgen --target web --out-dir pkg/wasm target/$(WASM_TARGET)/release/ferrolm.wasm
 
+# The npm package: the TypeScript wrapper compiled into pkg/dist, then `npm pack` into dist/.
+package: wasm
+	cd pkg && npm install --silent --no-audit --no-fund && npx tsc -p .
+	mkdir -p dist && cd pkg && npm pack --silent --pack-destination ../dist >/dev/null
+	@ls dist/ferrolm-*.tgz
+
 ## ---- use ------------------------------------------------------------------------------------
 
 run: models system-packages build
 	target/release/ferrolm generate --prompt "$(PROMPT)" --max-tokens $(MAX_TOKENS)
 
-demo: models wasm
+demo: models package
 	@echo "demo: http://127.0.0.1:$(DEMO_PORT)/"
 	python3 scripts/serve.py --port $(DEMO_PORT) --mount /pkg=pkg --mount /models=models www
 
@@ -89,6 +95,7 @@ bench: models build wasm
 test: models tools
 	$(MAKE) test-native
 	$(MAKE) test-browser
+	$(MAKE) test-npm
 
 test-native:
 	cargo test --release -- --nocapture
@@ -100,6 +107,13 @@ test-browser:
 	trap "kill $$pid" EXIT; \
 	FERROLM_TEST_SERVER=http://127.0.0.1:$(TEST_PORT) cargo test --release --target $(WASM_TARGET) --test browser
 
+# The npm package as a user gets it: a test app installs the packed tarball, plain ES modules
+# and a Vite build, driven in headless Chromium by playwright-core (node's test runner).
+test-npm: package build
+	cd tests/npm/app && rm -rf node_modules/ferrolm && npm install --silent --no-audit --no-fund
+	cd tests/npm/app && npx vite build --logLevel warn
+	node --test --test-concurrency=1 tests/npm/
+
 clean:
 	cargo clean
-	rm -rf pkg/wasm dist
+	rm -rf pkg/wasm pkg/dist dist tests/npm/app/node_modules tests/npm/app/dist

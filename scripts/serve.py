@@ -15,6 +15,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--mount", action="append", default=[], help="URLPREFIX=DIR, e.g. /models=models")
+    ap.add_argument("--log", help="append each request's path to this file (tests count fetches)")
     ap.add_argument("root", nargs="?", default=".")
     args = ap.parse_args()
     mounts = sorted((p.split("=", 1) for p in args.mount), key=lambda m: -len(m[0]))
@@ -39,7 +40,9 @@ def main():
             super().end_headers()
 
         def log_message(self, fmt, *a):
-            pass
+            if args.log:
+                with open(args.log, "a") as f:
+                    f.write(f"{self.command} {self.path}\n")
 
     socketserver.ThreadingTCPServer.allow_reuse_address = True
     with socketserver.ThreadingTCPServer(("127.0.0.1", args.port), Handler) as httpd:

@@ -98,6 +98,50 @@ pub async fn time_serving(model: &GpuModel, tok: &Tokenizer, ids: &[u32], gen: u
     Ok(out)
 }
 
+/// A code-editing request whose answer repeats most of its input (speculation's best case).
+pub const CODE_EDIT_PROMPT: &str = "Add type hints to this Python code and return the whole file:\n\ndef add(a, b):\n    return a + b\n\n\
+def sub(a, b):\n    return a - b\n\ndef mul(a, b):\n    return a * b\n\ndef div(a, b):\n    if b == 0:\n        \
+raise ValueError(\"division by zero\")\n    return a / b\n";
+
+/// Decode speed with and without n-gram speculation on one prompt.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SpeculativeTiming {
+    pub name: String,
+    pub generated_tokens: usize,
+    pub plain_decode_tok_s: f64,
+    pub speculative_decode_tok_s: f64,
+    pub speedup: f64,
+    pub drafted: usize,
+    pub accepted: usize,
+    pub tokens_per_forward: f64,
+}
+
+/// Greedy decoding of `prompt` (up to `gen` tokens), plain and with n-gram speculation (k <= 4),
+/// cold prefix cache each time; both runs produce the same tokens.
+pub async fn time_speculative(model: &GpuModel, tok: &Tokenizer, name: &str, prompt: &[u32], gen: usize) -> Result<SpeculativeTiming> {
+    let run = async |speculative| -> Result<crate::generate::Generation> {
+        model.pool.borrow_mut().clear_cache();
+        let mut engine = Engine::new();
+        engine.submit(model, tok, Request { prompt: prompt.to_vec(), opts: GenerateOptions { max_tokens: gen, speculative, ..Default::default() } })?;
+        let mut out = None;
+        engine.run(model, tok, |e| if let Event::Done { generation, .. } = e { out = Some(*generation) }).await?;
+        Ok(out.expect("the request finishes"))
+    };
+    let plain = run(None).await?;
+    let spec = run(Some(crate::engine::Speculative { method: crate::engine::SpecMethod::Ngram, k: 4 })).await?;
+    let s = &spec.stats;
+    Ok(SpeculativeTiming {
+        name: name.into(),
+        generated_tokens: s.generated_tokens,
+        plain_decode_tok_s: plain.stats.decode_tok_s,
+        speculative_decode_tok_s: s.decode_tok_s,
+        speedup: s.decode_tok_s / plain.stats.decode_tok_s.max(1e-9),
+        drafted: s.drafted,
+        accepted: s.accepted,
+        tokens_per_forward: s.generated_tokens as f64 / s.forwards.max(1) as f64,
+    })
+}
+
 /// The best streaming-read bandwidth (bytes/s) the read probe reaches on this adapter, over a
 /// few grid sizes, reading a buffer as large as one binding allows (up to 256 MiB).
 pub async fn read_bandwidth(model: &GpuModel) -> Result<f64> {

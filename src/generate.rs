@@ -88,6 +88,10 @@ pub struct GenerateStats {
     pub prefill_tok_s: f64,
     /// Tokens after the first, per second of decoding.
     pub decode_tok_s: f64,
+    /// Steps that produced tokens, and with speculation the tokens drafted and kept.
+    pub forwards: usize,
+    pub drafted: usize,
+    pub accepted: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -122,11 +126,13 @@ pub struct GenerateOptions {
     pub ignore_eos: bool,
     /// Log-probabilities of each chosen token and this many alternatives (at most 20).
     pub logprobs: Option<usize>,
+    /// Speculative decoding (GPU engine only): same output distribution, fewer forwards.
+    pub speculative: Option<crate::engine::Speculative>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 128, sampling: SamplingParams::greedy(), stop: Vec::new(), ignore_eos: false, logprobs: None }
+        GenerateOptions { max_tokens: 128, sampling: SamplingParams::greedy(), stop: Vec::new(), ignore_eos: false, logprobs: None, speculative: None }
     }
 }
 
@@ -150,6 +156,7 @@ pub enum Need {
 }
 
 /// What a step read back for one sequence.
+#[derive(Clone, Copy)]
 pub enum Picked<'a> {
     Token(u32),
     Top(&'a TopLogits),
@@ -225,6 +232,37 @@ impl Decoder {
             self.out.logprobs.push(TokenLogprob { token: next, logprob, top });
         }
         next
+    }
+
+    /// The readback a speculative verification row needs: the argmax for plain greedy, else
+    /// the whole row (the rejection rule needs the target's full distribution).
+    pub fn need_speculative(&self) -> Need {
+        if self.need == Need::Argmax { Need::Argmax } else { Need::Logits }
+    }
+
+    pub fn options(&self) -> &GenerateOptions {
+        &self.opts
+    }
+
+    /// Speculative verification of one position: the target's token here and whether it is the
+    /// drafted one (`draft`: the token and, for sampled drafts, the draft's distribution).
+    /// Without a draft, the bonus token after the drafts, chosen as [`Decoder::pick`] would.
+    /// Distributed exactly as the target's own choice (Leviathan et al.'s rejection rule).
+    pub fn verify(&mut self, picked: Picked, draft: Option<(u32, Option<&[(u32, f64)]>)>) -> (u32, bool) {
+        let Some((d, q)) = draft else { return (self.pick(picked), false) };
+        let (next, kept) = match picked {
+            Picked::Token(t) => (t, t == d),
+            Picked::Logits(logits) => {
+                let p = self.sampler.distribution(logits, &self.history);
+                self.sampler.verify_draft(&p, d, q)
+            }
+            Picked::Top(_) => unreachable!("speculative steps read back argmax ids or logits"),
+        };
+        if let (Some(n), Picked::Logits(logits)) = (self.opts.logprobs, picked) {
+            let (logprob, top) = crate::sampler::logprobs(logits, next, n);
+            self.out.logprobs.push(TokenLogprob { token: next, logprob, top });
+        }
+        (next, kept)
     }
 
     /// Takes the chosen token: returns the text that became final (held back only while it
@@ -402,12 +440,27 @@ impl Backend {
     }
 
     /// Generation on a fresh sequence of up to `context` positions. On the GPU it runs through
-    /// the batching engine, so the model's prefix cache serves repeated prompt beginnings.
-    pub async fn generate(&self, tokenizer: &Tokenizer, prompt: &[u32], opts: &GenerateOptions, context: usize, mut on_text: impl FnMut(&str)) -> Result<Generation> {
+    /// the batching engine, so the model's prefix cache serves repeated prompt beginnings;
+    /// `draft` is the model for draft-model speculation.
+    pub async fn generate(
+        &self,
+        tokenizer: &Tokenizer,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        context: usize,
+        draft: Option<&std::rc::Rc<GpuModel>>,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
         match self {
+            Backend::Cpu(_) if opts.speculative.is_some() => {
+                Err(Error::InvalidOption { option: "speculative", reason: "speculative decoding runs on the GPU engine; drop --device cpu".into() })
+            }
             Backend::Cpu(m) => generate(&mut CpuSession::new(m, context), tokenizer, prompt, opts, on_text).await,
             Backend::Gpu(m) => {
                 let mut engine = Engine::new();
+                if let Some(d) = draft {
+                    engine.set_draft_model(m, d.clone())?;
+                }
                 engine.submit(m, tokenizer, Request { prompt: prompt.to_vec(), opts: opts.clone() })?;
                 let mut result = None;
                 engine

@@ -355,6 +355,43 @@ impl Sampler {
         }
     }
 
+    /// A draw from an explicit distribution (`(token, probability)` pairs summing to 1).
+    pub fn draw_from(&mut self, p: &[(u32, f64)]) -> u32 {
+        if p.len() == 1 {
+            return p[0].0;
+        }
+        let u = self.rng.uniform();
+        let mut acc = 0.0;
+        for &(t, q) in p {
+            acc += q;
+            if u < acc {
+                return t;
+            }
+        }
+        p[p.len() - 1].0
+    }
+
+    /// Speculative sampling (Leviathan et al. 2023): given the target distribution `p` at a
+    /// position and a drafted token with the draft's distribution `q` (None: the draft was
+    /// deterministic, q = 1 on it), keeps the draft with probability min(1, p/q), else draws
+    /// from max(0, p - q) renormalized. The result is distributed exactly as `p`. Returns the
+    /// token and whether it is the draft.
+    pub fn verify_draft(&mut self, p: &[(u32, f64)], draft: u32, q: Option<&[(u32, f64)]>) -> (u32, bool) {
+        let prob = |d: &[(u32, f64)], t: u32| d.iter().find(|x| x.0 == t).map_or(0.0, |x| x.1);
+        let (pd, qd) = (prob(p, draft), q.map_or(1.0, |q| prob(q, draft)));
+        if pd >= qd || (pd > 0.0 && self.rng.uniform() * qd < pd) {
+            return (draft, true);
+        }
+        let residual: Vec<(u32, f64)> = p.iter().map(|&(t, pt)| (t, (pt - q.map_or(if t == draft { 1.0 } else { 0.0 }, |q| prob(q, t))).max(0.0))).filter(|x| x.1 > 0.0).collect();
+        let total: f64 = residual.iter().map(|x| x.1).sum();
+        if total <= 0.0 {
+            // p == q up to rounding: any draw from p is exact.
+            return (self.draw_from(p), false);
+        }
+        let residual: Vec<(u32, f64)> = residual.into_iter().map(|(t, r)| (t, r / total)).collect();
+        (self.draw_from(&residual), false)
+    }
+
     /// The distribution `sample` draws from (tests compare sampled frequencies against it).
     pub fn distribution(&self, logits: &[f32], history: &[u32]) -> Vec<(u32, f64)> {
         let mut l = logits.to_vec();

@@ -27,6 +27,10 @@ pub struct Engine {
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     backend: Backend,
+    /// The model drafting for `speculative: "draft"` requests.
+    draft: Option<std::rc::Rc<crate::gpu::GpuModel>>,
+    /// The batching scheduler behind `submit` / `step` / `cancel`.
+    scheduler: crate::engine::Engine,
     context: usize,
     load_ms: f64,
 }
@@ -43,6 +47,10 @@ struct GenerateResult {
     prefill_tok_s: f64,
     decode_tok_s: f64,
     logprobs: Vec<crate::generate::TokenLogprob>,
+    /// Speculation: tokens drafted and kept, and forward passes that produced tokens.
+    drafted: usize,
+    accepted: usize,
+    forwards: usize,
 }
 
 /// `generate` options, with the OpenAI API's names and defaults (greedy when absent).
@@ -63,6 +71,9 @@ struct GenerateRequest {
     stop: Vec<String>,
     ignore_eos: bool,
     logprobs: Option<usize>,
+    /// "ngram" or "draft" (after `loadDraft`); absent: no speculation.
+    speculative: Option<crate::engine::SpecMethod>,
+    draft_k: usize,
 }
 
 impl Default for GenerateRequest {
@@ -83,6 +94,8 @@ impl Default for GenerateRequest {
             stop: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            speculative: None,
+            draft_k: 4,
         }
     }
 }
@@ -98,6 +111,10 @@ impl GenerateRequest {
         if self.logprobs.is_some_and(|n| n > 20) {
             return Err(crate::Error::InvalidOption { option: "logprobs", reason: "at most 20 alternatives".into() });
         }
+        let speculative = self.speculative.map(|method| crate::engine::Speculative { method, k: self.draft_k });
+        if let Some(sp) = &speculative {
+            sp.validate()?;
+        }
         let sampling = crate::sampler::SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k,
@@ -111,7 +128,7 @@ impl GenerateRequest {
             seed: self.seed,
             ..Default::default()
         };
-        Ok(crate::generate::GenerateOptions { max_tokens: self.max_tokens, sampling, stop: self.stop, ignore_eos: self.ignore_eos, logprobs: self.logprobs })
+        Ok(crate::generate::GenerateOptions { max_tokens: self.max_tokens, sampling, stop: self.stop, ignore_eos: self.ignore_eos, logprobs: self.logprobs, speculative })
     }
 }
 
@@ -141,6 +158,12 @@ impl Engine {
     /// Parses and loads a GGUF model from its bytes onto `device`. `context` caps the context
     /// length (0: the model's own, at most 2048). `portable` ignores optional GPU features.
     pub async fn load(bytes: Vec<u8>, device: EngineDevice, context: u32, portable: bool) -> Result<Engine, JsError> {
+        Engine::load_with(bytes, device, context, portable, None).await
+    }
+}
+
+impl Engine {
+    async fn load_with(bytes: Vec<u8>, device: EngineDevice, context: u32, portable: bool, kv_budget_bytes: Option<f64>) -> Result<Engine, JsError> {
         let t0 = now_ms();
         let gguf = Gguf::read(&bytes[..]).map_err(js_err)?;
         let tokenizer = Tokenizer::from_gguf(&gguf.metadata).map_err(js_err)?;
@@ -155,9 +178,51 @@ impl Engine {
             EngineDevice::Gpu => Device::Gpu,
             _ => Device::Cpu,
         };
-        let backend = Backend::load(&gguf, &bytes[..], LoadOptions { device, context, gpu, kv_budget_bytes: None }).await.map_err(js_err)?;
-        Ok(Engine { config, tokenizer, template, backend, context, load_ms: now_ms() - t0 })
+        let kv_budget_bytes = kv_budget_bytes.map(|b| b.max(0.0) as u64);
+        let backend = Backend::load(&gguf, &bytes[..], LoadOptions { device, context, gpu, kv_budget_bytes }).await.map_err(js_err)?;
+        Ok(Engine { config, tokenizer, template, backend, draft: None, scheduler: crate::engine::Engine::new(), context, load_ms: now_ms() - t0 })
     }
+
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// Loads a model gathered in a [`ModelBytes`] (the npm package streams downloads and cache
+    /// reads into one, so the page never holds the file twice). `options`: `{device: "gpu" |
+    /// "cpu", context, portable, kvBudgetBytes}`, all optional.
+    #[wasm_bindgen(js_name = fromBytes)]
+    pub async fn from_bytes(bytes: ModelBytes, options: JsValue) -> Result<Engine, JsError> {
+        let o: LoadRequest = if options.is_undefined() || options.is_null() {
+            LoadRequest::default()
+        } else {
+            serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("invalid load options: {e}")))?
+        };
+        let device = if o.device == "cpu" { EngineDevice::Cpu } else { EngineDevice::Gpu };
+        let mut engine = Engine::load_with(bytes.buf, device, o.context, o.portable, o.kv_budget_bytes).await?;
+        engine.load_ms = o.started_ms.map_or(engine.load_ms, |t| now_ms() - t);
+        Ok(engine)
+    }
+
+    /// Loads a draft model for `speculative: "draft"` (a smaller model with the same tokenizer,
+    /// or the same file) on the GPU, sized like the main model.
+    #[wasm_bindgen(js_name = loadDraft)]
+    pub async fn load_draft(&mut self, bytes: ModelBytes, portable: bool) -> Result<(), JsError> {
+        let bytes = bytes.buf;
+        let Backend::Gpu(model) = &self.backend else {
+            return Err(JsError::new("speculative decoding runs on the GPU engine; load with device \"gpu\""));
+        };
+        let gguf = Gguf::read(&bytes[..]).map_err(js_err)?;
+        let gpu = if portable { GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false } } else { GpuOptions::default() };
+        let ctx = crate::gpu::GpuContext::new(gpu).await.map_err(js_err)?;
+        let opts = crate::gpu::ModelOptions::new(self.context as u32, 128);
+        let draft = crate::gpu::GpuModel::load(ctx, &gguf, &bytes[..], &opts).await.map_err(js_err)?;
+        if draft.config.vocab_size != model.config.vocab_size {
+            return Err(JsError::new(&format!("the draft model's vocabulary has {} tokens but the model's has {}; use a draft model with the same tokenizer", draft.config.vocab_size, model.config.vocab_size)));
+        }
+        self.draft = Some(std::rc::Rc::new(draft));
+        Ok(())
+    }
+
 
     /// Model facts for display.
     pub fn info(&self) -> Result<JsValue, JsError> {
@@ -206,9 +271,20 @@ impl Engine {
         } else {
             None
         };
+        let speculative = if stream_gen > 0 {
+            let code = render_chat(self.template.as_ref(), &[ChatMessage { role: "user".into(), content: crate::bench::CODE_EDIT_PROMPT.into() }], true).map_err(js_err)?;
+            let mut out = Vec::new();
+            for (name, ids) in [("code edit", self.tokenizer.encode_prompt(&code, true).map_err(js_err)?), ("free text", prompt.clone())] {
+                out.push(crate::bench::time_speculative(model, &self.tokenizer, name, &ids, gen as usize).await.map_err(js_err)?);
+            }
+            Some(out)
+        } else {
+            None
+        };
         let info = &model.ctx.info;
         let summary = serde_json::json!({
             "serving": serving,
+            "speculative": speculative,
             "where": "browser", "adapter": info.name, "backend": info.backend, "driver": info.driver,
             "load_ms": self.load_ms, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
             "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": decode,
@@ -256,7 +332,7 @@ impl Engine {
         let ids = self.tokenizer.encode_prompt(&text, chat).map_err(js_err)?;
         let gen = self
             .backend
-            .generate(&self.tokenizer, &ids, &opts, self.context, |piece| {
+            .generate(&self.tokenizer, &ids, &opts, self.context, self.draft.as_ref(), |piece| {
                 let _ = on_text.call1(&JsValue::NULL, &JsValue::from_str(piece));
             })
             .await
@@ -272,7 +348,153 @@ impl Engine {
             prefill_tok_s: s.prefill_tok_s,
             decode_tok_s: s.decode_tok_s,
             logprobs: gen.logprobs,
+            drafted: s.drafted,
+            accepted: s.accepted,
+            forwards: s.forwards,
         };
         Ok(serde_wasm_bindgen::to_value(&result)?)
+    }
+}
+
+/// Model file bytes gathered chunk by chunk. The capacity is reserved up front from the
+/// expected size, which is bounded: a wasm32 memory holds at most 4 GiB.
+#[wasm_bindgen]
+pub struct ModelBytes {
+    buf: Vec<u8>,
+}
+
+#[wasm_bindgen]
+impl ModelBytes {
+    #[wasm_bindgen(constructor)]
+    pub fn new(expected_len: f64) -> Result<ModelBytes, JsError> {
+        const MAX: f64 = 3.5 * (1u64 << 30) as f64;
+        if !(0.0..=MAX).contains(&expected_len) {
+            return Err(JsError::new(&format!("the model file has {expected_len} bytes; a browser tab can hold at most {MAX} (use a smaller model or quantization)")));
+        }
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(expected_len as usize).map_err(|_| JsError::new(&format!("cannot allocate {expected_len} bytes for the model in this tab; close other tabs or use a smaller model")))?;
+        Ok(ModelBytes { buf })
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsError> {
+        self.buf.try_reserve(chunk.len()).map_err(|_| JsError::new("out of memory while receiving the model file; use a smaller model"))?;
+        self.buf.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn length(&self) -> f64 {
+        self.buf.len() as f64
+    }
+}
+
+/// `Engine.fromBytes` options.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+struct LoadRequest {
+    device: String,
+    context: u32,
+    portable: bool,
+    kv_budget_bytes: Option<f64>,
+    /// `Date.now()` when the download started, so loadMs covers it.
+    started_ms: Option<f64>,
+}
+
+/// What `submit` takes besides options: a raw prompt or chat messages.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitInput {
+    prompt: Option<String>,
+    messages: Option<Vec<ChatMessage>>,
+}
+
+/// A step's event for JS.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+enum JsEvent {
+    #[serde(rename_all = "camelCase")]
+    Token { id: u32, token: u32, text: String },
+    #[serde(rename_all = "camelCase")]
+    Done {
+        id: u32,
+        finish_reason: &'static str,
+        text: String,
+        tokens: Vec<u32>,
+        logprobs: Vec<crate::generate::TokenLogprob>,
+        stats: crate::engine::RequestStats,
+    },
+}
+
+fn js_event(e: crate::engine::Event) -> JsEvent {
+    match e {
+        crate::engine::Event::Token { id, token, text } => JsEvent::Token { id: id as u32, token, text },
+        crate::engine::Event::Done { id, generation: g, stats } => {
+            JsEvent::Done { id: id as u32, finish_reason: g.finish_reason.as_str(), text: g.text, tokens: g.tokens, logprobs: g.logprobs, stats }
+        }
+    }
+}
+
+/// The serving API the npm package's worker drives: requests are queued with `submit`, every
+/// `step` runs one batched forward for all of them (continuous batching) and returns their
+/// events, `cancel` ends one at once. Calls must not overlap: await each `step` before the next
+/// call on the engine.
+#[wasm_bindgen]
+impl Engine {
+    /// Queues a request: `input` is `{prompt}` (raw text) or `{messages: [{role, content}]}`
+    /// (rendered with the model's chat template); `options` as for `generate`. Returns its id.
+    pub fn submit(&mut self, input: JsValue, options: JsValue) -> Result<u32, JsError> {
+        let Backend::Gpu(model) = &self.backend else {
+            return Err(JsError::new("the serving API runs on the GPU engine; load with device \"gpu\""));
+        };
+        let input: SubmitInput = serde_wasm_bindgen::from_value(input).map_err(|e| JsError::new(&format!("invalid request: {e}")))?;
+        let req: GenerateRequest = if options.is_undefined() || options.is_null() {
+            GenerateRequest::default()
+        } else {
+            serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("invalid request options: {e}")))?
+        };
+        let opts = req.into_options().map_err(js_err)?;
+        let ids = match (input.prompt, input.messages) {
+            (Some(p), None) => self.tokenizer.encode_prompt(&p, false),
+            (None, Some(m)) => render_chat(self.template.as_ref(), &m, true).and_then(|t| self.tokenizer.encode_prompt(&t, true)),
+            _ => return Err(JsError::new("invalid request: give either prompt or messages")),
+        }
+        .map_err(js_err)?;
+        if let Some(d) = &self.draft {
+            self.scheduler.set_draft_model(model, d.clone()).map_err(js_err)?;
+        }
+        let id = self.scheduler.submit(model, &self.tokenizer, crate::engine::Request { prompt: ids, opts }).map_err(js_err)?;
+        Ok(id as u32)
+    }
+
+    /// Whether any request is queued or running.
+    #[wasm_bindgen(js_name = hasWork)]
+    pub fn has_work(&self) -> bool {
+        !self.scheduler.is_idle()
+    }
+
+    /// One batched forward for every running request; returns `[{type: "token", id, token,
+    /// text} | {type: "done", id, finishReason, text, tokens, logprobs, stats}]`.
+    pub async fn step(&mut self) -> Result<JsValue, JsError> {
+        let Backend::Gpu(model) = &self.backend else { return Ok(JsValue::from(js_sys::Array::new())) };
+        let events: Vec<JsEvent> = self.scheduler.step(model, &self.tokenizer).await.map_err(js_err)?.into_iter().map(js_event).collect();
+        Ok(serde_wasm_bindgen::to_value(&events)?)
+    }
+
+    /// Ends a request now (its KV blocks are freed); returns its `done` event (finishReason
+    /// "cancelled"), or null if it already finished.
+    pub fn cancel(&mut self, id: u32) -> Result<JsValue, JsError> {
+        let Backend::Gpu(model) = &self.backend else { return Ok(JsValue::NULL) };
+        match self.scheduler.cancel(model, &self.tokenizer, id as u64) {
+            Some(e) => Ok(serde_wasm_bindgen::to_value(&js_event(e))?),
+            None => Ok(JsValue::NULL),
+        }
+    }
+
+    /// Engine figures: running and waiting requests, KV blocks used / free / cached, bytes per
+    /// token, prefix hit rate, steps, preemptions (null on the CPU backend).
+    #[wasm_bindgen(js_name = engineStats)]
+    pub fn engine_stats(&self) -> Result<JsValue, JsError> {
+        let Backend::Gpu(model) = &self.backend else { return Ok(JsValue::NULL) };
+        Ok(serde_wasm_bindgen::to_value(&self.scheduler.stats(model))?)
     }
 }

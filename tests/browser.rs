@@ -296,3 +296,18 @@ async fn prefix_hit_in_browser_equals_native_cold_run() {
     assert_eq!(serde_json::to_value(&prompt).unwrap(), native["prompt"]);
     engine_cases::assert_logprobs_close(&hot.generation.logprobs, &cold, 2e-3);
 }
+
+/// Speculative decoding in Chromium: with n-gram and with draft-model drafting (the same file
+/// loaded twice), greedy output equals the native engine's plain greedy tokens, for the
+/// reference prompts and the repetitive-code prompt (the first 12 tokens of each).
+#[wasm_bindgen_test]
+async fn speculative_greedy_in_browser_equals_native_plain() {
+    let native = fetch_json("target/test-artifacts/speculative-plain.json").await;
+    let prompts: Vec<Vec<u32>> = serde_json::from_value(native["prompts"].clone()).unwrap();
+    let want: Vec<Vec<u32>> = serde_json::from_value::<Vec<Vec<u32>>>(native["tokens"].clone()).unwrap().into_iter().map(|t| t[..12].to_vec()).collect();
+    let bytes = smollm2().await;
+    let (model, tok) = gpu_model_with(&bytes, ModelOptions::new(512, 64)).await;
+    let (draft, _) = gpu_model_with(&bytes, ModelOptions::new(512, 64)).await;
+    let totals = engine_cases::speculative_greedy_identity(&model, Rc::new(draft), &tok, &prompts, &want).await;
+    web_sys::console::log_1(&format!("browser speculation (drafted, accepted): ngram {:?}, draft {:?}", totals[0], totals[1]).into());
+}

@@ -201,3 +201,40 @@ fn sampling_from_top_candidates_equals_full_logits() {
     assert!((lp - lp_full).abs() < 1e-5);
     assert_eq!(alts.iter().map(|a| a.0).collect::<Vec<_>>(), alts_full.iter().map(|a| a.0).collect::<Vec<_>>());
 }
+
+/// Speculative sampling keeps the target distribution exactly: drafts drawn from a different
+/// (draft) distribution, or fixed as prompt lookup proposes them, then accepted or resampled by
+/// `verify_draft`, give tokens distributed as the target's own sampling (many seeds, total
+/// variation bound).
+#[test]
+fn speculative_verification_keeps_the_target_distribution() {
+    let target = SamplingParams { temperature: 0.9, top_k: 8, seed: Some(5), ..Default::default() };
+    let want = expected(&LOGITS, &target);
+    let draft_logits: Vec<f32> = LOGITS.iter().rev().map(|l| l * 0.5).collect();
+    let draft_params = SamplingParams { temperature: 1.2, seed: Some(6), ..Default::default() };
+    let p_dist = Sampler::new(target.clone(), LOGITS.len()).unwrap().distribution(&LOGITS, &[]);
+    let q_dist = Sampler::new(draft_params.clone(), LOGITS.len()).unwrap().distribution(&draft_logits, &[]);
+    // Sampled drafts (draft model), and a fixed draft of a likely and of an unlikely token (n-gram).
+    for case in ["sampled", "fixed likely", "fixed unlikely"] {
+        let mut counts = vec![0usize; LOGITS.len()];
+        let mut kept = 0;
+        for seed in 0..DRAWS as u64 {
+            let mut verifier = Sampler::new(SamplingParams { seed: Some(seed), ..target.clone() }, LOGITS.len()).unwrap();
+            let mut drafter = Sampler::new(SamplingParams { seed: Some(seed ^ 0xABCD), ..draft_params.clone() }, LOGITS.len()).unwrap();
+            let (tok, was_draft) = match case {
+                "sampled" => {
+                    let d = drafter.draw_from(&q_dist);
+                    verifier.verify_draft(&p_dist, d, Some(&q_dist))
+                }
+                "fixed likely" => verifier.verify_draft(&p_dist, 1, None),
+                _ => verifier.verify_draft(&p_dist, 7, None),
+            };
+            counts[tok as usize] += 1;
+            kept += was_draft as usize;
+        }
+        let tv: f64 = counts.iter().zip(&want).map(|(&c, &w)| (c as f64 / DRAWS as f64 - w).abs()).sum::<f64>() / 2.0;
+        println!("speculative {case}: total variation {tv:.4}, drafts kept {kept}/{DRAWS}");
+        assert!(tv < 0.025, "{case}: total variation {tv}");
+        assert!(kept > 0 || case == "fixed unlikely", "{case}: no draft was ever kept");
+    }
+}

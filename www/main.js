@@ -1,48 +1,85 @@
-// Demo page: loads the default model (or a picked .gguf) into the wasm engine and streams text.
-import init, { Engine, EngineDevice } from "/pkg/wasm/ferrolm.js";
+// Demo page: the npm package (pkg/dist, built by `make package`) imported the way an app would,
+// running the engine in its Web Worker. Streams chat replies; Stop aborts one.
+import { createEngine } from "/pkg/dist/index.js";
 
 const DEFAULT_MODEL = "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const $ = (id) => document.getElementById(id);
 let engine = null;
+let history = [];
+let controller = null;
 
-async function load(bytes, name) {
-  $("go").disabled = true;
-  $("status").textContent = `loading ${name} (${(bytes.length / 1e6).toFixed(1)} MB)…`;
-  await new Promise((r) => setTimeout(r, 0)); // let the status paint before the synchronous load
+const phases = { download: "downloading", cache: "reading from the browser cache", read: "reading the file", upload: "uploading to the GPU" };
+
+async function load(model, name) {
+  $("send").disabled = true;
   try {
-    engine?.free();
-    engine = await Engine.load(bytes, EngineDevice.Gpu, 2048, false);
-    const info = engine.info();
-    $("status").textContent = `${name}: ${info.architecture}, ${info.nLayers} layers, vocab ${info.vocabSize}, on ${info.backend}, loaded in ${info.loadMs.toFixed(0)} ms`;
-    $("go").disabled = false;
+    await engine?.unload();
+    engine = await createEngine(model, {
+      onProgress: (p) => {
+        $("status").textContent = `${name}: ${phases[p.phase]} ${(p.loaded / 1e6).toFixed(1)}${p.total ? ` / ${(p.total / 1e6).toFixed(1)}` : ""} MB`;
+        $("progress").value = p.total ? p.loaded / p.total : 0;
+      },
+    });
+    const i = engine.info;
+    $("status").textContent = `${name}: ${i.architecture}, ${i.nLayers} layers, vocab ${i.vocabSize}, on ${i.backend}, ready in ${i.loadMs.toFixed(0)} ms`;
+    $("progress").value = 1;
+    history = [];
+    $("chat").textContent = "";
+    $("send").disabled = false;
   } catch (e) {
-    $("status").textContent = `error: ${e.message ?? e}`;
+    $("status").textContent = `error (${e.code ?? "unknown"}): ${e.message ?? e}`;
   }
 }
 
-$("go").onclick = async () => {
-  $("go").disabled = true;
-  $("out").textContent = "";
-  await new Promise((r) => setTimeout(r, 0));
-  try {
-    const r = await engine.generate($("prompt").value, $("chat").checked, undefined, { max_tokens: Number($("max").value) },
-      (piece) => { $("out").textContent += piece; });
-    $("metrics").textContent = `prompt ${r.promptTokens} tokens · generated ${r.generatedTokens} (${r.finishReason}) · TTFT ${r.ttftMs.toFixed(0)} ms · prefill ${r.prefillTokS.toFixed(1)} tok/s · decode ${r.decodeTokS.toFixed(1)} tok/s`;
-  } catch (e) {
-    $("metrics").textContent = `error: ${e.message ?? e}`;
-  }
-  $("go").disabled = false;
-};
+function bubble(role, text) {
+  const div = document.createElement("div");
+  div.className = `msg ${role}`;
+  div.textContent = text;
+  $("chat").append(div);
+  return div;
+}
 
-$("file").onchange = async (ev) => {
+async function send() {
+  const content = $("prompt").value.trim();
+  if (!content) return;
+  $("send").disabled = true;
+  $("stop").disabled = false;
+  bubble("user", content);
+  const out = bubble("assistant", "");
+  const system = $("system").value.trim();
+  const messages = [...(system ? [{ role: "system", content: system }] : []), ...history, { role: "user", content }];
+  controller = new AbortController();
+  try {
+    const stream = await engine.chat.completions.create({
+      messages,
+      stream: true,
+      temperature: Number($("temperature").value),
+      top_p: Number($("top_p").value),
+      top_k: Number($("top_k").value),
+      max_tokens: Number($("max_tokens").value),
+      signal: controller.signal,
+    });
+    for await (const chunk of stream) {
+      out.textContent += chunk.choices[0].delta.content ?? "";
+      $("chat").scrollTop = $("chat").scrollHeight;
+      if (chunk.ferrolm) {
+        const t = chunk.ferrolm;
+        const s = await engine.stats();
+        $("metrics").textContent = `TTFT ${t.ttft_ms.toFixed(0)} ms · TPOT ${t.tpot_ms.toFixed(0)} ms · ${t.tokens_per_s.toFixed(1)} tok/s · ${chunk.usage.completion_tokens} tokens (${chunk.choices[0].finish_reason}) · prompt ${chunk.usage.prompt_tokens} tokens, ${t.cached_tokens} from the prefix cache · KV blocks ${s.kv.kv.used} in use, ${s.kv.kv.cached_free} cached, of ${s.kv.kv.n_blocks}`;
+      }
+    }
+    history.push({ role: "user", content }, { role: "assistant", content: out.textContent });
+  } catch (e) {
+    out.textContent += e.code === "aborted" ? " [stopped]" : ` [error: ${e.message}]`;
+  }
+  $("send").disabled = false;
+  $("stop").disabled = true;
+}
+
+$("send").onclick = send;
+$("stop").onclick = () => controller?.abort();
+$("file").onchange = (ev) => {
   const f = ev.target.files[0];
-  if (f) await load(new Uint8Array(await f.arrayBuffer()), f.name);
+  if (f) load(f, f.name);
 };
-
-await init();
-const resp = await fetch(DEFAULT_MODEL);
-if (resp.ok) {
-  await load(new Uint8Array(await resp.arrayBuffer()), DEFAULT_MODEL.split("/").pop());
-} else {
-  $("status").textContent = `no default model at ${DEFAULT_MODEL} (HTTP ${resp.status}); run 'make models' or pick a file`;
-}
+load(DEFAULT_MODEL, DEFAULT_MODEL.split("/").pop());

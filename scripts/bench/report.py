@@ -38,6 +38,17 @@ if serving:
         md.append(f"| {r['where']} | {r.get('model', '').split('/')[-1]} | " + " | ".join(f"{tps[n]:.1f}" for n in (1, 2, 4, 8)) +
                   f" | {tps[8] / tps[1]:.2f}x | {s['ttft_cold_ms']:.0f} | {s['ttft_hit_ms']:.0f} | {100 * s['ttft_hit_ms'] / s['ttft_cold_ms']:.0f}% |")
 
+spec = [r for r in ours if r.get("speculative")]
+if spec:
+    md += ["", "## Speculative decoding (n-gram prompt lookup, k <= 4; <= 2 on CPU-emulated adapters)", "",
+           "| where | prompt | tokens | plain decode tok/s | speculative tok/s | speedup | acceptance | tokens / forward |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in spec:
+        for s in r["speculative"]:
+            rate = 100 * s["accepted"] / max(s["drafted"], 1)
+            md.append(f"| {r['where']} | {s['name']} | {s['generated_tokens']} | {s['plain_decode_tok_s']:.1f} | "
+                      f"{s['speculative_decode_tok_s']:.1f} | {s['speedup']:.2f}x | {rate:.0f}% | {s['tokens_per_forward']:.2f} |")
+
 if peer:
     md += ["", "## wllama 3.8.1 in the same Chromium (../shared/peer-bench)", "",
            "| mode | TTFT ms | prefill tok/s | decode tok/s |", "|---|---:|---:|---:|"]

@@ -40,7 +40,7 @@ mod cli {
         command: Command,
     }
 
-    #[derive(clap::Args)]
+    #[derive(clap::Args, Clone)]
     struct ModelArgs {
         /// GGUF model file [default: models/SmolLM2-135M-Instruct.Q4_1.gguf]
         #[arg(long)]
@@ -132,8 +132,29 @@ mod cli {
                 seed: self.seed,
                 ..Default::default()
             };
-            Ok(GenerateOptions { max_tokens, sampling, stop: self.stop.clone(), ignore_eos: self.ignore_eos, logprobs: self.logprobs })
+            Ok(GenerateOptions { max_tokens, sampling, stop: self.stop.clone(), ignore_eos: self.ignore_eos, logprobs: self.logprobs, speculative: None })
         }
+    }
+
+    #[derive(Clone, Copy, ValueEnum)]
+    enum SpecArg {
+        /// Prompt lookup: drafts continue an earlier occurrence of the last tokens.
+        Ngram,
+        /// A draft model (--draft-model) sharing the tokenizer.
+        Draft,
+    }
+
+    /// Speculative decoding: the same output, fewer forward passes.
+    #[derive(clap::Args)]
+    struct SpecArgs {
+        #[arg(long, value_enum)]
+        speculative: Option<SpecArg>,
+        /// GGUF of the draft model [default: the model itself].
+        #[arg(long)]
+        draft_model: Option<PathBuf>,
+        /// Longest draft (adaptive below it).
+        #[arg(long, default_value_t = 4)]
+        draft_k: usize,
     }
 
     #[derive(Subcommand)]
@@ -158,6 +179,8 @@ mod cli {
             max_tokens: usize,
             #[command(flatten)]
             sampling: SamplingArgs,
+            #[command(flatten)]
+            spec: SpecArgs,
         },
         /// Teacher-force token ids; print the top logits and NLL of the next token per position.
         Score {
@@ -247,8 +270,15 @@ mod cli {
 
     pub fn run() -> Result<()> {
         match Cli::parse().command {
-            Command::Generate { model: args, prompt, prompts_file, chat, system, max_tokens, sampling } => {
-                let opts = sampling.options(max_tokens)?;
+            Command::Generate { model: args, prompt, prompts_file, chat, system, max_tokens, sampling, spec } => {
+                let mut opts = sampling.options(max_tokens)?;
+                opts.speculative = spec.speculative.map(|m| ferrolm::engine::Speculative {
+                    method: match m {
+                        SpecArg::Ngram => ferrolm::engine::SpecMethod::Ngram,
+                        SpecArg::Draft => ferrolm::engine::SpecMethod::Draft,
+                    },
+                    k: spec.draft_k,
+                });
                 let prompts: Option<Vec<String>> = match &prompts_file {
                     Some(path) => {
                         let text = std::fs::read_to_string(path).map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))))?;
@@ -284,9 +314,19 @@ mod cli {
                 }
                 let ids = render(prompt.expect("clap requires --prompt without --prompts-file"))?;
                 let backend = load(&args, &m)?;
+                let draft = match (spec.speculative, &backend) {
+                    (Some(SpecArg::Draft), Backend::Gpu(_)) => {
+                        let draft_args = ModelArgs { model: spec.draft_model.clone().or(args.model.clone()), ..args.clone() };
+                        match load(&draft_args, &open(&draft_args)?)? {
+                            Backend::Gpu(d) => Some(std::rc::Rc::new(d)),
+                            Backend::Cpu(_) => unreachable!("the draft loads on the target's device"),
+                        }
+                    }
+                    _ => None,
+                };
                 let load_ms = now_ms() - t0;
                 let mut stdout = std::io::stdout().lock();
-                let gen = pollster::block_on(backend.generate(&tokenizer, &ids, &opts, context(&args, &m)?, |piece| {
+                let gen = pollster::block_on(backend.generate(&tokenizer, &ids, &opts, context(&args, &m)?, draft.as_ref(), |piece| {
                     let _ = stdout.write_all(piece.as_bytes());
                     let _ = stdout.flush();
                 }))?;
@@ -299,6 +339,13 @@ mod cli {
                     "{} | {} | load {:.0} ms | prompt tokens {} | generated {} ({}) | TTFT {:.0} ms | prefill {:.1} tok/s | decode {:.1} tok/s",
                     m.path.display(), backend.describe(), load_ms, s.prompt_tokens, s.generated_tokens, gen.finish_reason.as_str(), s.ttft_ms, s.prefill_tok_s, s.decode_tok_s
                 );
+                if let Some(sp) = opts.speculative {
+                    eprintln!(
+                        "speculative {:?} (k <= {}): drafted {} | accepted {} | acceptance rate {:.1}% | {:.2} tokens per forward | {:.1} tok/s",
+                        sp.method, sp.k, s.drafted, s.accepted, 100.0 * s.accepted as f64 / s.drafted.max(1) as f64,
+                        s.generated_tokens as f64 / s.forwards.max(1) as f64, s.decode_tok_s
+                    );
+                }
             }
             Command::Score { model: args, tokens, top } => {
                 let ids = parse_ids(&tokens)?;
@@ -399,9 +446,24 @@ mod cli {
             }
             _ => None,
         };
+        let speculative = match &tokenizer {
+            Some(t) if stream_gen > 0 => {
+                let template = ChatTemplate::from_gguf(&gguf.metadata, t)?;
+                let code = render_chat(template.as_ref(), &[ChatMessage { role: "user".into(), content: ferrolm::bench::CODE_EDIT_PROMPT.into() }], true)?;
+                let mut out = Vec::new();
+                for (name, ids) in [("code edit", t.encode_prompt(&code, true)?), ("free text", prompt.clone())] {
+                    let s = pollster::block_on(ferrolm::bench::time_speculative(&model, t, name, &ids, gen))?;
+                    eprintln!("speculative: {}", serde_json::to_string(&s).expect("serializable"));
+                    out.push(s);
+                }
+                Some(out)
+            }
+            _ => None,
+        };
         let info = &model.ctx.info;
         let summary = serde_json::json!({
             "serving": serving,
+            "speculative": speculative,
             "where": "native", "model": name, "adapter": info.name, "backend": info.backend, "driver": info.driver,
             "load_ms": load_ms, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
             "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": decode,

@@ -12,8 +12,10 @@
 //! reaches the context length stops with finish reason `length`.
 
 mod sequence;
+mod speculative;
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use serde::Serialize;
 
@@ -24,6 +26,8 @@ use crate::kv_cache::PoolStats;
 use crate::sampler::TopLogits;
 use crate::tokenizer::Tokenizer;
 use sequence::Sequence;
+pub use speculative::{Drafter, ModelDrafter, NgramDrafter, Proposal, SpecMethod, Speculative, MAX_DRAFT};
+use speculative::SpecState;
 
 pub type RequestId = u64;
 
@@ -47,6 +51,12 @@ pub struct RequestStats {
     pub tpot_ms: f64,
     /// Times the sequence was preempted and recomputed.
     pub preemptions: usize,
+    /// Steps that produced tokens for this request (with speculation, one step can produce
+    /// several: generated / forwards is the effective tokens per forward).
+    pub forwards: usize,
+    /// Speculation: tokens drafted and drafts the target kept.
+    pub drafted: usize,
+    pub accepted: usize,
 }
 
 /// What a step reports for one request.
@@ -75,6 +85,8 @@ pub struct EngineStats {
 /// The scheduler. It holds no reference to the model: each [`Engine::step`] is given the model
 /// (always the same one) and the tokenizer.
 pub struct Engine {
+    /// The model drafting for requests with `SpecMethod::Draft`.
+    draft_model: Option<Rc<GpuModel>>,
     next_id: RequestId,
     waiting: VecDeque<Sequence>,
     /// In admission order, oldest first.
@@ -93,16 +105,33 @@ impl Default for Engine {
 
 impl Engine {
     pub fn new() -> Engine {
-        Engine { next_id: 0, waiting: VecDeque::new(), running: Vec::new(), steps: 0, preemptions: 0, prompt_tokens: 0, cached_tokens: 0 }
+        Engine { draft_model: None, next_id: 0, waiting: VecDeque::new(), running: Vec::new(), steps: 0, preemptions: 0, prompt_tokens: 0, cached_tokens: 0 }
+    }
+
+    /// Sets the model that drafts for draft-model speculation; it must share `target`'s
+    /// vocabulary (the same tokenizer).
+    pub fn set_draft_model(&mut self, target: &GpuModel, draft: Rc<GpuModel>) -> Result<()> {
+        if draft.config.vocab_size != target.config.vocab_size {
+            return Err(Error::InvalidOption {
+                option: "draft model",
+                reason: format!("its vocabulary has {} tokens but the model's has {}; use a draft model with the same tokenizer", draft.config.vocab_size, target.config.vocab_size),
+            });
+        }
+        self.draft_model = Some(draft);
+        Ok(())
     }
 
     /// Queues a request; it joins the batch at a coming step. Options and prompt length are
     /// checked here.
     pub fn submit(&mut self, model: &GpuModel, tokenizer: &Tokenizer, req: Request) -> Result<RequestId> {
         let decoder = Decoder::new(tokenizer, &req.prompt, &req.opts, 0, model.limits.context as usize)?;
+        // On CPU-emulated adapters each extra token in a forward costs ~40% of a step (measured
+        // on lavapipe), so longer drafts lose more than they win there: cap them at 2.
+        let cap = if model.ctx.info.cpu_like { 2 } else { MAX_DRAFT };
+        let spec = req.opts.speculative.map(|s| SpecState::new(s, cap, self.draft_model.as_ref(), &req.opts.sampling)).transpose()?;
         let id = self.next_id;
         self.next_id += 1;
-        self.waiting.push_back(Sequence::new(id, req.prompt, decoder));
+        self.waiting.push_back(Sequence::new(id, req.prompt, decoder, spec));
         Ok(id)
     }
 
@@ -191,6 +220,7 @@ impl Engine {
                 let scheduled: Vec<RequestId> = plan.iter().map(|p| p.0).collect();
                 let Some(seq) = self.running.iter_mut().find(|s| s.id == id) else { break }; // preempted
                 let n = seq.pending().min(budget);
+                seq.fit_drafts(n);
                 if seq.reserve(&mut model.pool.borrow_mut(), n) {
                     plan.push((id, n));
                     budget -= n;
@@ -207,6 +237,15 @@ impl Engine {
     /// One batched forward over every running sequence; returns what happened to each request.
     pub async fn step(&mut self, model: &GpuModel, tokenizer: &Tokenizer) -> Result<Vec<Event>> {
         self.admit(model);
+        let context = model.limits.context as usize;
+        for seq in self.running.iter_mut().filter(|s| s.is_decoding()) {
+            if let Some(spec) = &mut seq.spec {
+                // Drafts take positions tokens.len() .. inside the context, and d kept drafts
+                // yield d + 1 tokens: no more than the request still wants.
+                let wanted = seq.decoder.options().max_tokens.saturating_sub(seq.decoder.out.tokens.len() + 1);
+                seq.draft = spec.propose(&seq.tokens, context.saturating_sub(seq.tokens.len()).min(wanted)).await?;
+            }
+        }
         let plan = self.schedule(model);
         if plan.is_empty() {
             if self.running.is_empty() && !self.waiting.is_empty() {
@@ -223,20 +262,23 @@ impl Engine {
         // The batch: each planned sequence's next tokens, logits for those that finish their feed.
         let (mut tokens, mut positions, mut seq_ids, mut logit_rows) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut tables: Vec<&[u32]> = Vec::new();
-        let mut needs: Vec<(RequestId, Need)> = Vec::new();
+        // (sequence, readback, first logit row, rows): one row per draft plus one.
+        let mut needs: Vec<(RequestId, Need, usize, usize)> = Vec::new();
         for (slot, &(id, n)) in plan.iter().enumerate() {
             let seq = self.running.iter().find(|s| s.id == id).expect("planned sequences run");
-            tokens.extend_from_slice(&seq.tokens[seq.computed..seq.computed + n]);
+            tokens.extend(seq.feed(n));
             positions.extend((seq.computed..seq.computed + n).map(|p| p as u32));
             seq_ids.extend(std::iter::repeat_n(slot as u32, n));
             tables.push(&seq.blocks);
-            if seq.computed + n == seq.tokens.len() {
-                logit_rows.push(tokens.len() as u32 - 1);
-                needs.push((id, seq.decoder.need()));
+            if n == seq.pending() {
+                let rows = 1 + seq.draft.tokens.len();
+                let need = if seq.spec.is_some() { seq.decoder.need_speculative() } else { seq.decoder.need() };
+                needs.push((id, need, logit_rows.len(), rows));
+                logit_rows.extend((tokens.len() - rows..tokens.len()).map(|r| r as u32));
             }
         }
         let batch = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &logit_rows, block_tables: &tables };
-        let readback = needs.iter().fold(Need::Argmax, |acc, (_, n)| match (acc, *n) {
+        let readback = needs.iter().fold(Need::Argmax, |acc, n| match (acc, n.1) {
             (Need::Logits, _) | (_, Need::Logits) => Need::Logits,
             (Need::Top(a), Need::Top(b)) => Need::Top(a.max(b)),
             (Need::Top(k), Need::Argmax) | (Need::Argmax, Need::Top(k)) => Need::Top(k),
@@ -252,37 +294,59 @@ impl Engine {
             (false, Need::Logits) => Picks::Logits(model.forward_logits(&batch).await?),
         };
 
-        // Account for the fed tokens, then choose and take each new token.
+        // Account for the fed tokens (drafts count once kept), then verify and take new tokens.
         let now = now_ms();
         let vocab = model.config.vocab_size;
-        let context = model.limits.context as usize;
         let mut events = Vec::new();
         for &(id, n) in &plan {
             let seq = self.running.iter_mut().find(|s| s.id == id).expect("planned sequences run");
-            seq.computed += n;
+            seq.computed += n - seq.draft.tokens.len();
             seq.register_full_blocks(&mut model.pool.borrow_mut());
         }
-        for (row, (id, _)) in needs.iter().enumerate() {
-            let i = self.running.iter().position(|s| s.id == *id).expect("planned sequences run");
+        for &(id, _, first_row, rows) in &needs {
+            let i = self.running.iter().position(|s| s.id == id).expect("planned sequences run");
             let seq = &mut self.running[i];
-            let next = match &picked {
-                Picks::None => unreachable!("rows were asked for"),
-                Picks::Tokens(t) => seq.decoder.pick(Picked::Token(t[row])),
-                Picks::Top(t) => seq.decoder.pick(Picked::Top(&t[row])),
-                Picks::Logits(l) => seq.decoder.pick(Picked::Logits(&l[row * vocab..(row + 1) * vocab])),
-            };
-            seq.record_token_time(now);
-            let before = seq.decoder.out.tokens.len();
-            let (text, done) = seq.decoder.accept(tokenizer, next, seq.tokens.len() < context)?;
-            if seq.decoder.out.tokens.len() > before {
-                events.push(Event::Token { id: *id, token: next, text });
+            seq.forwards += 1;
+            let draft = std::mem::take(&mut seq.draft);
+            let mut kept = 0;
+            let mut done = false;
+            for r in first_row..first_row + rows {
+                let picked = match &picked {
+                    Picks::None => unreachable!("rows were asked for"),
+                    Picks::Tokens(t) => Picked::Token(t[r]),
+                    Picks::Top(t) => Picked::Top(&t[r]),
+                    Picks::Logits(l) => Picked::Logits(&l[r * vocab..(r + 1) * vocab]),
+                };
+                let j = r - first_row;
+                let (next, is_draft) = seq.decoder.verify(picked, draft.tokens.get(j).map(|&d| (d, draft.q.get(j).map(|q| &q[..]))));
+                seq.record_token_time(now);
+                let before = seq.decoder.out.tokens.len();
+                let (text, finished) = seq.decoder.accept(tokenizer, next, seq.tokens.len() < context)?;
+                if seq.decoder.out.tokens.len() > before {
+                    events.push(Event::Token { id, token: next, text });
+                }
+                if finished {
+                    done = true;
+                    break;
+                }
+                seq.tokens.push(next);
+                if !is_draft {
+                    break;
+                }
+                // A kept draft: its K/V, written at this position, is now the sequence's own.
+                seq.computed += 1;
+                kept += 1;
+            }
+            if let Some(spec) = &mut seq.spec {
+                spec.record(draft.tokens.len(), kept);
+                spec.rollback(seq.computed);
             }
             if done {
                 let mut seq = self.running.remove(i);
                 seq.free(&mut model.pool.borrow_mut());
                 events.push(seq.done());
             } else {
-                seq.tokens.push(next);
+                seq.register_full_blocks(&mut model.pool.borrow_mut());
             }
         }
         Ok(events)

@@ -1,6 +1,7 @@
 //! One request's sequence inside the engine: its tokens, how many are in the KV cache, its
 //! block table, and its output side (the [`Decoder`]).
 
+use super::speculative::{Proposal, SpecState};
 use super::{Event, RequestId, RequestStats};
 use crate::generate::{now_ms, Decoder};
 use crate::kv_cache::BlockPool;
@@ -18,6 +19,11 @@ pub(super) struct Sequence {
     registered: usize,
     last_key: u64,
     pub decoder: Decoder,
+    /// Speculation, when the request asked for it, and this step's drafts.
+    pub spec: Option<SpecState>,
+    pub draft: Proposal,
+    /// Steps that returned logits for this sequence.
+    pub forwards: usize,
     pub stats: RequestStats,
     submitted: f64,
     first_token: Option<f64>,
@@ -25,7 +31,7 @@ pub(super) struct Sequence {
 }
 
 impl Sequence {
-    pub fn new(id: RequestId, prompt: Vec<u32>, decoder: Decoder) -> Self {
+    pub fn new(id: RequestId, prompt: Vec<u32>, decoder: Decoder, spec: Option<SpecState>) -> Self {
         let prompt_len = prompt.len();
         Sequence {
             id,
@@ -36,6 +42,9 @@ impl Sequence {
             registered: 0,
             last_key: 0,
             decoder,
+            spec,
+            draft: Proposal::default(),
+            forwards: 0,
             stats: RequestStats { prompt_tokens: prompt_len, ..Default::default() },
             submitted: now_ms(),
             first_token: None,
@@ -43,13 +52,25 @@ impl Sequence {
         }
     }
 
-    /// Tokens still to feed before the next token can be chosen.
+    /// Tokens still to feed before the next token can be chosen (drafts included).
     pub fn pending(&self) -> usize {
-        self.tokens.len() - self.computed
+        self.tokens.len() - self.computed + self.draft.tokens.len()
     }
 
     pub fn is_decoding(&self) -> bool {
-        self.pending() == 1 && self.computed > 0
+        self.tokens.len() - self.computed == 1 && self.computed > 0
+    }
+
+    /// The next `n` tokens to feed: the uncomputed ones, then the drafts.
+    pub fn feed(&self, n: usize) -> Vec<u32> {
+        self.tokens[self.computed..].iter().chain(&self.draft.tokens).take(n).copied().collect()
+    }
+
+    /// Keeps only the drafts that fit in a feed of `n` tokens.
+    pub fn fit_drafts(&mut self, n: usize) {
+        let keep = n.saturating_sub(self.tokens.len() - self.computed);
+        self.draft.tokens.truncate(keep);
+        self.draft.q.truncate(keep);
     }
 
     pub fn blocks_needed(&self, block_size: usize) -> usize {
@@ -101,6 +122,10 @@ impl Sequence {
 
     /// Gives every block back (cached ones stay findable) and forgets what was computed.
     pub fn free(&mut self, pool: &mut BlockPool) {
+        self.draft = Proposal::default();
+        if let Some(spec) = &mut self.spec {
+            spec.rollback(0);
+        }
         pool.release_all(&self.blocks);
         self.blocks.clear();
         self.computed = 0;
@@ -119,6 +144,11 @@ impl Sequence {
         let mut gen = self.decoder.out;
         let n = gen.tokens.len();
         stats.generated_tokens = n;
+        stats.forwards = self.forwards;
+        if let Some(spec) = &self.spec {
+            stats.drafted = spec.drafted;
+            stats.accepted = spec.accepted;
+        }
         if let Some(first) = self.first_token {
             stats.ttft_ms = first - self.submitted;
             if n > 1 {
@@ -127,6 +157,9 @@ impl Sequence {
         }
         let g = &mut gen.stats;
         g.generated_tokens = n;
+        g.forwards = stats.forwards;
+        g.drafted = stats.drafted;
+        g.accepted = stats.accepted;
         g.ttft_ms = stats.ttft_ms;
         g.prefill_tok_s = self.prompt_len as f64 / (stats.ttft_ms.max(1e-3) / 1e3);
         g.decode_tok_s = if n > 1 { 1e3 / stats.tpot_ms.max(1e-6) } else { 0.0 };

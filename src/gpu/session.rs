@@ -2,21 +2,34 @@
 //! than a step's token budget are prefilled in chunks; only the last chunk reads anything back.
 //! Its KV blocks come from the model's pool as positions fill and go back when it is dropped.
 
+use std::ops::Deref;
+
 use super::model::{Batch, GpuModel, Readback};
 use crate::error::{Error, Result};
 use crate::generate::Session;
 use crate::sampler::TopLogits;
 
-pub struct GpuSession<'m> {
-    model: &'m GpuModel,
+/// `M` is how the session holds its model: `&GpuModel`, or `Rc<GpuModel>` where the session
+/// must own its model (a speculative drafter inside the engine).
+pub struct GpuSession<M: Deref<Target = GpuModel>> {
+    model: M,
     len: usize,
     /// Physical KV block of each logical block.
     table: Vec<u32>,
 }
 
-impl<'m> GpuSession<'m> {
-    pub fn new(model: &'m GpuModel) -> Self {
+impl<M: Deref<Target = GpuModel>> GpuSession<M> {
+    pub fn new(model: M) -> Self {
         GpuSession { model, len: 0, table: Vec::new() }
+    }
+
+    pub fn model(&self) -> &GpuModel {
+        &self.model
+    }
+
+    /// Forgets every position from `len` on (their blocks stay with the session for reuse).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
     }
 
     /// Runs `tokens` in chunks; the last chunk reads back `readback` for its last token.
@@ -56,7 +69,7 @@ impl<'m> GpuSession<'m> {
     }
 }
 
-impl Drop for GpuSession<'_> {
+impl<M: Deref<Target = GpuModel>> Drop for GpuSession<M> {
     fn drop(&mut self) {
         self.model.pool.borrow_mut().release_all(&self.table);
     }
@@ -70,7 +83,7 @@ enum Step {
     Logits(Vec<f32>),
 }
 
-impl Session for GpuSession<'_> {
+impl<M: Deref<Target = GpuModel>> Session for GpuSession<M> {
     async fn extend_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
         match self.run(tokens, Readback::Argmax, 1).await? {
             Step::Token(t) => Ok(t),

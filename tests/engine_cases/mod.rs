@@ -136,3 +136,35 @@ pub async fn cancel_frees_blocks(model: &GpuModel, tok: &Tokenizer) {
     assert!(finished);
     assert_eq!(model.pool.borrow().stats().used, baseline, "block count not back to the baseline");
 }
+
+/// A prompt whose continuation repeats its own text: where prompt lookup shines.
+pub const CODE_PROMPT: &str = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n    return a * b\n\ndef div(a, b):\n";
+
+pub fn speculative(method: ferrolm::engine::SpecMethod, k: usize) -> Option<ferrolm::engine::Speculative> {
+    Some(ferrolm::engine::Speculative { method, k })
+}
+
+/// Greedy decoding with n-gram and with draft-model speculation gives exactly `want` (the
+/// plain greedy tokens) for every prompt; returns the total (drafted, accepted) per method.
+pub async fn speculative_greedy_identity(model: &GpuModel, draft: std::rc::Rc<GpuModel>, tok: &Tokenizer, prompts: &[Vec<u32>], want: &[Vec<u32>]) -> Vec<(usize, usize)> {
+    use ferrolm::engine::SpecMethod;
+    let mut totals = Vec::new();
+    for method in [SpecMethod::Ngram, SpecMethod::Draft] {
+        let (mut drafted, mut accepted) = (0, 0);
+        for (prompt, want) in prompts.iter().zip(want) {
+            model.pool.borrow_mut().clear_cache();
+            let mut engine = Engine::new();
+            engine.set_draft_model(model, draft.clone()).unwrap();
+            let opts = GenerateOptions { speculative: speculative(method, 4), ..greedy(want.len()) };
+            let out = run_together(&mut engine, model, tok, vec![Request { prompt: prompt.clone(), opts }]).await.remove(0);
+            assert_eq!(&out.generation.tokens, want, "{method:?} speculation changed the greedy output for prompt {prompt:?}");
+            assert!(out.stats.accepted <= out.stats.drafted);
+            drafted += out.stats.drafted;
+            accepted += out.stats.accepted;
+        }
+        assert!(accepted > 0, "{method:?}: no draft was ever kept, the speculative path went unexercised");
+        totals.push((drafted, accepted));
+    }
+    assert_eq!(draft.pool.borrow().stats().used, 0, "the draft model's blocks were not released");
+    totals
+}

@@ -1,0 +1,307 @@
+// ferrolm: quantized LLMs (GGUF) in the browser on WebGPU, behind an OpenAI-style API.
+//
+//   import { createEngine } from "ferrolm";
+//   const engine = await createEngine("/models/SmolLM2-135M-Instruct.Q4_1.gguf", { onProgress: console.log });
+//   for await (const chunk of await engine.chat.completions.create({ messages, stream: true }))
+//     out.textContent += chunk.choices[0].delta.content ?? "";
+import { FerroError, fromWire } from "./errors.js";
+import { InlineTransport, WorkerTransport } from "./protocol.js";
+import type { GenerateOptions, Input, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, RequestStats, Transport, WireEvent } from "./types.js";
+
+export { FerroError } from "./errors.js";
+export type { FerroErrorCode } from "./errors.js";
+export type { KvStats, LoadOptions, ModelInfo, ModelSource, Progress, ProgressPhase, RequestStats } from "./types.js";
+
+export interface EngineOptions extends LoadOptions {
+  /** Called as the model downloads, is read from the cache or a file, and goes onto the GPU. */
+  onProgress?: (p: Progress) => void;
+  /** Run the engine in a dedicated Web Worker (default true); false runs it in the page. */
+  worker?: boolean;
+  /** The worker script, when a bundler moved it (default: dist/worker.js beside this file). */
+  workerUrl?: string | URL;
+  /** A draft model sharing the tokenizer, for `speculative: "draft"` requests. */
+  draftModel?: ModelSource;
+}
+
+/** Sampling and stopping, with the OpenAI API's names. The default is greedy (temperature 0). */
+export interface SamplingRequest {
+  max_tokens?: number;
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  min_p?: number;
+  typical_p?: number;
+  presence_penalty?: number;
+  frequency_penalty?: number;
+  repetition_penalty?: number;
+  logit_bias?: Record<string, number>;
+  seed?: number;
+  stop?: string | string[];
+  /** Chat: `logprobs: true` with `top_logprobs: n`; completions: `logprobs: n`. */
+  logprobs?: boolean | number;
+  top_logprobs?: number;
+  ignore_eos?: boolean;
+  /** Speculative decoding: "ngram" (prompt lookup) or "draft"; same output, fewer forwards. */
+  speculative?: "ngram" | "draft";
+  draft_k?: number;
+  /** Cancels the request; the engine stays usable. */
+  signal?: AbortSignal;
+}
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant" | string;
+  content: string;
+}
+
+export interface ChatRequest extends SamplingRequest {
+  messages: ChatMessage[];
+  stream?: boolean;
+}
+
+export interface CompletionRequest extends SamplingRequest {
+  prompt: string;
+  stream?: boolean;
+}
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+/** ferrolm's own figures, on the last chunk and on every completion. */
+export interface Timings {
+  ttft_ms: number;
+  tpot_ms: number;
+  tokens_per_s: number;
+  cached_tokens: number;
+  preemptions: number;
+  drafted: number;
+  accepted: number;
+}
+
+export type FinishReason = "stop" | "length";
+
+export interface TokenLogprob {
+  token: string;
+  logprob: number;
+  top_logprobs: { token: string; logprob: number }[];
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: "chat.completion.chunk";
+  created: number;
+  model: string;
+  choices: { index: 0; delta: { role?: "assistant"; content?: string }; finish_reason: FinishReason | null; logprobs?: { content: TokenLogprob[] } | null }[];
+  usage?: Usage;
+  ferrolm?: Timings;
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: "chat.completion";
+  created: number;
+  model: string;
+  choices: { index: 0; message: { role: "assistant"; content: string }; finish_reason: FinishReason; logprobs: { content: TokenLogprob[] } | null }[];
+  usage: Usage;
+  ferrolm: Timings;
+}
+
+export interface CompletionChunk {
+  id: string;
+  object: "text_completion";
+  created: number;
+  model: string;
+  choices: { index: 0; text: string; finish_reason: FinishReason | null }[];
+  usage?: Usage;
+  ferrolm?: Timings;
+}
+
+export type Completion = CompletionChunk & { usage: Usage; ferrolm: Timings };
+
+export interface EngineStats {
+  model: ModelInfo;
+  /** Paged KV cache and scheduler: running / waiting requests, blocks used / free / cached. */
+  kv: KvStats | null;
+  /** The last finished request. */
+  last: (Timings & { prompt_tokens: number; completion_tokens: number }) | null;
+}
+
+/** Loads a model and returns an engine; `model` is a URL, a File/Blob or the bytes. */
+export async function createEngine(model: ModelSource, options: EngineOptions = {}): Promise<Engine> {
+  const transport = options.worker === false || typeof Worker === "undefined" ? await InlineTransport.create() : new WorkerTransport(options.workerUrl);
+  const { onProgress, worker: _w, workerUrl: _u, draftModel, ...load } = options;
+  try {
+    const info = await transport.load(model, load, onProgress ?? (() => {}));
+    if (draftModel !== undefined) await transport.loadDraft(draftModel, load, onProgress ?? (() => {}));
+    const name = typeof model === "string" ? model.split("/").pop()! : model instanceof URL ? model.pathname.split("/").pop()! : typeof File !== "undefined" && model instanceof File ? model.name : "model.gguf";
+    return new Engine(transport, info, name);
+  } catch (e) {
+    await transport.unload().catch(() => {});
+    throw e;
+  }
+}
+
+/** Items pushed by a producer, pulled by an async iterator. */
+class Queue<T> {
+  private items: T[] = [];
+  private wake: (() => void) | null = null;
+  push(x: T) {
+    this.items.push(x);
+    this.wake?.();
+  }
+  async next(): Promise<T> {
+    while (!this.items.length) await new Promise<void>((r) => (this.wake = r));
+    this.wake = null;
+    return this.items.shift()!;
+  }
+}
+
+let nextId = 0;
+
+export class Engine {
+  private lastStats: EngineStats["last"] = null;
+
+  readonly chat = {
+    completions: {
+      create: ((req: ChatRequest) => (req.stream ? Promise.resolve(this.chatStream(req)) : this.chatOnce(req))) as {
+        (req: ChatRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
+        (req: ChatRequest & { stream?: false }): Promise<ChatCompletion>;
+        (req: ChatRequest): Promise<AsyncIterable<ChatCompletionChunk> | ChatCompletion>;
+      },
+    },
+  };
+
+  readonly completions = {
+    create: ((req: CompletionRequest) => (req.stream ? Promise.resolve(this.completionStream(req)) : this.completionOnce(req))) as {
+      (req: CompletionRequest & { stream: true }): Promise<AsyncIterable<CompletionChunk>>;
+      (req: CompletionRequest & { stream?: false }): Promise<Completion>;
+      (req: CompletionRequest): Promise<AsyncIterable<CompletionChunk> | Completion>;
+    },
+  };
+
+  constructor(private transport: Transport, readonly info: ModelInfo, readonly model: string) {}
+
+  /** Model and adapter, KV cache use, and the last request's timings. */
+  async stats(): Promise<EngineStats> {
+    return { model: this.info, kv: await this.transport.engineStats(), last: this.lastStats };
+  }
+
+  /** Releases the model and its GPU memory; the engine cannot be used afterwards. */
+  async unload(): Promise<void> {
+    await this.transport.unload();
+  }
+
+  /** Submits a request and yields its events until done; cancels on abort or early exit. */
+  private async *events(input: Input, req: SamplingRequest): AsyncGenerator<WireEvent & { type: "token" | "done" }> {
+    if (req.signal?.aborted) throw new FerroError("aborted", "the request was aborted before it started");
+    const q = new Queue<WireEvent>();
+    const id = await this.transport.submit(input, toOptions(req, "messages" in input), (e) => q.push(e));
+    let finished = false;
+    const onAbort = () => void this.transport.cancel(id).catch(() => {});
+    req.signal?.addEventListener("abort", onAbort);
+    try {
+      for (;;) {
+        const e = await q.next();
+        if (e.type === "error") throw fromWire(e.error);
+        if (e.type === "done") {
+          finished = true;
+          if (e.finishReason === "cancelled") throw new FerroError("aborted", "the request was aborted");
+          this.lastStats = { ...timings(e.stats), prompt_tokens: e.stats.prompt_tokens, completion_tokens: e.stats.generated_tokens };
+        }
+        yield e;
+        if (finished) return;
+      }
+    } finally {
+      req.signal?.removeEventListener("abort", onAbort);
+      if (!finished) onAbort();
+    }
+  }
+
+  private async *chatStream(req: ChatRequest): AsyncGenerator<ChatCompletionChunk> {
+    const id = `chatcmpl-${Date.now().toString(36)}-${nextId++}`;
+    const base = { id, object: "chat.completion.chunk" as const, created: Math.floor(Date.now() / 1000), model: this.model };
+    yield { ...base, choices: [{ index: 0, delta: { role: "assistant" }, finish_reason: null }] };
+    for await (const e of this.events({ messages: req.messages }, req)) {
+      if (e.type === "token") {
+        if (e.text) yield { ...base, choices: [{ index: 0, delta: { content: e.text }, finish_reason: null }] };
+      } else {
+        yield { ...base, choices: [{ index: 0, delta: {}, finish_reason: e.finishReason as FinishReason, logprobs: this.logprobs(e, req) }], usage: usage(e.stats), ferrolm: timings(e.stats) };
+      }
+    }
+  }
+
+  private async chatOnce(req: ChatRequest): Promise<ChatCompletion> {
+    let content = "";
+    let last: ChatCompletionChunk | undefined;
+    for await (const c of this.chatStream(req)) {
+      content += c.choices[0].delta.content ?? "";
+      last = c;
+    }
+    const choice = last!.choices[0];
+    return {
+      id: last!.id,
+      object: "chat.completion",
+      created: last!.created,
+      model: this.model,
+      choices: [{ index: 0, message: { role: "assistant", content }, finish_reason: choice.finish_reason!, logprobs: choice.logprobs ?? null }],
+      usage: last!.usage!,
+      ferrolm: last!.ferrolm!,
+    };
+  }
+
+  private async *completionStream(req: CompletionRequest): AsyncGenerator<CompletionChunk> {
+    const id = `cmpl-${Date.now().toString(36)}-${nextId++}`;
+    const base = { id, object: "text_completion" as const, created: Math.floor(Date.now() / 1000), model: this.model };
+    for await (const e of this.events({ prompt: req.prompt }, req)) {
+      if (e.type === "token") {
+        if (e.text) yield { ...base, choices: [{ index: 0, text: e.text, finish_reason: null }] };
+      } else {
+        yield { ...base, choices: [{ index: 0, text: "", finish_reason: e.finishReason as FinishReason }], usage: usage(e.stats), ferrolm: timings(e.stats) };
+      }
+    }
+  }
+
+  private async completionOnce(req: CompletionRequest): Promise<Completion> {
+    let text = "";
+    let last: CompletionChunk | undefined;
+    for await (const c of this.completionStream(req)) {
+      text += c.choices[0].text;
+      last = c;
+    }
+    return { ...last!, choices: [{ index: 0, text, finish_reason: last!.choices[0].finish_reason }], usage: last!.usage!, ferrolm: last!.ferrolm! };
+  }
+
+  private logprobs(e: WireEvent & { type: "done" }, req: SamplingRequest): { content: TokenLogprob[] } | null {
+    if (!req.logprobs) return null;
+    // Token strings are not known on this side: ids are given as strings, as "token_id:<n>".
+    const name = (id: number) => `token_id:${id}`;
+    return { content: e.logprobs.map((l) => ({ token: name(l.token), logprob: l.logprob, top_logprobs: l.top.map(([t, p]) => ({ token: name(t), logprob: p })) })) };
+  }
+}
+
+function toOptions(req: SamplingRequest, chat: boolean): GenerateOptions {
+  const o: GenerateOptions = {};
+  const keys = ["max_tokens", "temperature", "top_p", "top_k", "min_p", "typical_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "seed", "ignore_eos", "speculative", "draft_k"] as const;
+  for (const k of keys) if (req[k] !== undefined) (o as Record<string, unknown>)[k] = req[k];
+  if (req.stop !== undefined) o.stop = typeof req.stop === "string" ? [req.stop] : req.stop;
+  if (req.logprobs) o.logprobs = chat ? (req.top_logprobs ?? 0) : typeof req.logprobs === "number" ? req.logprobs : 0;
+  return o;
+}
+
+function usage(s: RequestStats): Usage {
+  return { prompt_tokens: s.prompt_tokens, completion_tokens: s.generated_tokens, total_tokens: s.prompt_tokens + s.generated_tokens };
+}
+
+function timings(s: RequestStats): Timings {
+  return {
+    ttft_ms: s.ttft_ms,
+    tpot_ms: s.tpot_ms,
+    tokens_per_s: s.tpot_ms > 0 ? 1000 / s.tpot_ms : 0,
+    cached_tokens: s.cached_tokens,
+    preemptions: s.preemptions,
+    drafted: s.drafted,
+    accepted: s.accepted,
+  };
+}

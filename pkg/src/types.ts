@@ -1,0 +1,108 @@
+// Shapes shared by the page side (index.ts), the engine host (host.ts) and the worker.
+import type { WireError } from "./errors.js";
+
+/** A model: a URL (fetched, and cached in the browser), a File/Blob, or the bytes. */
+export type ModelSource = string | URL | Blob | ArrayBuffer | Uint8Array;
+
+export type ProgressPhase = "download" | "cache" | "read" | "upload";
+
+/** Load progress; `total` is 0 when unknown. "cache" is a read from the browser's weight cache,
+ * "read" a read of a File/Blob, "upload" the model going onto the GPU. */
+export interface Progress {
+  phase: ProgressPhase;
+  loaded: number;
+  total: number;
+}
+
+export interface LoadOptions {
+  /** Context length in tokens (default: the model's, at most 2048). */
+  context?: number;
+  /** Use no optional GPU feature. */
+  portable?: boolean;
+  /** Bytes for the paged KV cache (default 256 MiB; never less than one full context). */
+  kvBudgetBytes?: number;
+  /** Keep downloaded models in the browser's Cache Storage (default true). */
+  cache?: boolean;
+  /** Where ferrolm_bg.wasm is served from (default: beside the package's wasm glue). */
+  wasmUrl?: string;
+}
+
+export interface ModelInfo {
+  architecture: string;
+  nLayers: number;
+  dModel: number;
+  vocabSize: number;
+  context: number;
+  loadMs: number;
+  hasChatTemplate: boolean;
+  backend: string;
+}
+
+/** Options the wasm engine takes (OpenAI names). */
+export interface GenerateOptions {
+  max_tokens?: number;
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  min_p?: number;
+  typical_p?: number;
+  presence_penalty?: number;
+  frequency_penalty?: number;
+  repetition_penalty?: number;
+  logit_bias?: Record<string, number>;
+  seed?: number;
+  stop?: string[];
+  ignore_eos?: boolean;
+  logprobs?: number;
+  speculative?: "ngram" | "draft";
+  draft_k?: number;
+}
+
+export type Input = { prompt: string } | { messages: { role: string; content: string }[] };
+
+/** Per-request figures from the engine (src/engine/mod.rs `RequestStats`). */
+export interface RequestStats {
+  prompt_tokens: number;
+  cached_tokens: number;
+  generated_tokens: number;
+  ttft_ms: number;
+  tpot_ms: number;
+  preemptions: number;
+  forwards: number;
+  drafted: number;
+  accepted: number;
+}
+
+export type WireEvent =
+  | { type: "token"; id: number; token: number; text: string }
+  | {
+      type: "done";
+      id: number;
+      finishReason: "stop" | "length" | "cancelled";
+      text: string;
+      tokens: number[];
+      logprobs: { token: number; logprob: number; top: [number, number][] }[];
+      stats: RequestStats;
+    }
+  | { type: "error"; id: number; error: WireError };
+
+export interface KvStats {
+  running: number;
+  waiting: number;
+  kv: { n_blocks: number; used: number; cached_free: number; free: number; lookups: number; hits: number; evictions: number };
+  block_size: number;
+  kv_bytes_per_token: number;
+  prefix_hit_rate: number;
+  steps: number;
+  preemptions: number;
+}
+
+/** What a transport (worker or in-page) offers the page-side engine. */
+export interface Transport {
+  load(source: ModelSource, opts: LoadOptions, onProgress: (p: Progress) => void): Promise<ModelInfo>;
+  loadDraft(source: ModelSource, opts: LoadOptions, onProgress: (p: Progress) => void): Promise<void>;
+  submit(input: Input, options: GenerateOptions, onEvent: (e: WireEvent) => void): Promise<number>;
+  cancel(id: number): Promise<void>;
+  engineStats(): Promise<KvStats | null>;
+  unload(): Promise<void>;
+}

@@ -1,0 +1,31 @@
+// The Web Worker entry: one EngineHost, driven by messages from the page (index.ts). Calls are
+// answered with {call, ok, value | error}; request events are posted as {event, rid}.
+import { toWire } from "./errors.js";
+import { EngineHost } from "./host.js";
+import type { Call } from "./protocol.js";
+
+const host = new EngineHost();
+const scope = self as unknown as { postMessage(m: unknown): void; onmessage: ((ev: MessageEvent<Call>) => void) | null };
+
+scope.onmessage = async (ev) => {
+  const msg = ev.data;
+  const reply = (value: unknown) => scope.postMessage({ call: msg.call, ok: true, value });
+  try {
+    switch (msg.op) {
+      case "load":
+        return reply(await host.load(msg.source, msg.opts, (progress) => scope.postMessage({ call: msg.call, progress })));
+      case "loadDraft":
+        return reply(await host.loadDraft(msg.source, msg.opts, (progress) => scope.postMessage({ call: msg.call, progress })));
+      case "submit":
+        return reply(await host.submit(msg.input, msg.options, (event) => scope.postMessage({ rid: msg.rid, event })));
+      case "cancel":
+        return reply(await host.cancel(msg.id));
+      case "engineStats":
+        return reply(await host.engineStats());
+      case "unload":
+        return reply(await host.unload());
+    }
+  } catch (e) {
+    scope.postMessage({ call: msg.call, ok: false, error: toWire(e) });
+  }
+};

@@ -1,0 +1,188 @@
+// The npm package as a web app uses it: tests/npm/app installs the packed tarball (`make
+// test-npm`), served as plain ES modules and as a Vite build, driven in headless Chromium
+// (SwiftShader WebGPU) by playwright-core. Greedy text must equal the native engine's.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, writeFileSync, readFileSync, openSync, readSync, closeSync, mkdirSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { chromium } from "./app/node_modules/playwright-core/index.mjs";
+
+const ROOT = resolve(import.meta.dirname, "../..");
+const APP = join(ROOT, "tests/npm/app");
+const MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const PROMPTS = ["What is the capital of France?", "Name three primary colors."];
+const ARTIFACTS = join(ROOT, "target/test-artifacts");
+const TIMEOUT = 600_000;
+
+const servers = [];
+let browser;
+let native;
+const bad = mkdtempSync(join(tmpdir(), "ferrolm-bad-"));
+const log = join(bad, "requests.log");
+
+function serve(port, root, ...mounts) {
+  const args = [join(ROOT, "scripts/serve.py"), "--port", String(port), "--log", log, ...mounts.flatMap((m) => ["--mount", m]), root];
+  const p = spawn("python3", args, { stdio: "ignore" });
+  servers.push(p);
+  return `http://127.0.0.1:${port}`;
+}
+
+/** The native engine's greedy chat reply (the CLI prints it and a newline). */
+function nativeReply(prompt, maxTokens) {
+  const out = execFileSync(join(ROOT, "target/release/ferrolm"), ["generate", "--chat", "--prompt", prompt, "--max-tokens", String(maxTokens)], { cwd: ROOT, env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? "/tmp" } });
+  return out.toString().replace(/\n$/, "");
+}
+
+const modelFetches = () => (existsSync(log) ? readFileSync(log, "utf8").split("\n").filter((l) => l.startsWith(`GET /models/${MODEL}`)).length : 0);
+
+let esm, vite, demo;
+before(async () => {
+  // A corrupt model: the real file cut after its first 2 MB (header intact, tensors missing).
+  const buf = Buffer.alloc(2 << 20);
+  const fd = openSync(join(ROOT, "models", MODEL), "r");
+  readSync(fd, buf, 0, buf.length, 0);
+  closeSync(fd);
+  writeFileSync(join(bad, "corrupt.gguf"), buf);
+  esm = serve(8770, APP, `/models=${join(ROOT, "models")}`, `/bad=${bad}`);
+  vite = serve(8771, join(APP, "dist"), `/models=${join(ROOT, "models")}`);
+  demo = serve(8772, join(ROOT, "www"), `/pkg=${join(ROOT, "pkg")}`, `/models=${join(ROOT, "models")}`);
+  native = PROMPTS.map((p) => nativeReply(p, 16));
+  browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+  });
+  await new Promise((r) => setTimeout(r, 500));
+});
+
+after(async () => {
+  await browser?.close();
+  for (const s of servers) s.kill();
+});
+
+async function open(context, url) {
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error("[pageerror]", e.message));
+  await page.goto(url);
+  await page.waitForFunction(() => window.ferrolm !== undefined, null, { timeout: 60_000 });
+  return page;
+}
+
+/** Loads the model in the page (window.engine) and streams a greedy chat reply. */
+function loadAndStream(page, prompt) {
+  return page.evaluate(async ({ model, prompt }) => {
+    const phases = [];
+    window.engine = await window.ferrolm.createEngine(model, { onProgress: (p) => phases.includes(p.phase) || phases.push(p.phase) });
+    let text = "";
+    let last;
+    const stream = await window.engine.chat.completions.create({ messages: [{ role: "user", content: prompt }], stream: true, max_tokens: 16 });
+    for await (const chunk of stream) {
+      text += chunk.choices[0].delta.content ?? "";
+      last = chunk;
+    }
+    return { text, phases, last };
+  }, { model: `/models/${"SmolLM2-135M-Instruct.Q4_1.gguf"}`, prompt });
+}
+
+test("plain ES modules: streamed chat equals the native engine; abort; concurrency; reload from the cache; typed errors", { timeout: TIMEOUT }, async () => {
+  const context = await browser.newContext();
+  const page = await open(context, `${esm}/index.html`);
+  const first = await loadAndStream(page, PROMPTS[0]);
+  assert.equal(first.text, native[0], "streamed text differs from the native engine's greedy reply");
+  assert.equal(first.last.object, "chat.completion.chunk");
+  assert.equal(first.last.choices[0].finish_reason, "length");
+  assert.equal(first.last.usage.completion_tokens, 16);
+  assert.ok(first.last.ferrolm.ttft_ms > 0 && first.last.ferrolm.tokens_per_s > 0, JSON.stringify(first.last.ferrolm));
+  assert.ok(first.phases.includes("download") && first.phases.includes("upload"), `progress phases ${first.phases}`);
+
+  // Abort mid-stream, then a second request succeeds and no KV block stays held.
+  const aborted = await page.evaluate(async (prompt) => {
+    const ac = new AbortController();
+    let pieces = 0;
+    let code = null;
+    try {
+      for await (const c of await window.engine.chat.completions.create({ messages: [{ role: "user", content: prompt }], stream: true, max_tokens: 64, signal: ac.signal })) {
+        if (c.choices[0].delta.content && ++pieces === 2) ac.abort();
+      }
+    } catch (e) {
+      code = e.code;
+    }
+    const after = await window.engine.chat.completions.create({ messages: [{ role: "user", content: prompt }], max_tokens: 4 });
+    const stats = await window.engine.stats();
+    return { code, pieces, after: after.usage.completion_tokens, object: after.object, used: stats.kv.kv.used, last: stats.last };
+  }, PROMPTS[1]);
+  assert.equal(aborted.code, "aborted");
+  assert.equal(aborted.after, 4);
+  assert.equal(aborted.object, "chat.completion");
+  assert.equal(aborted.used, 0, "blocks still held after the abort");
+  assert.equal(aborted.last.completion_tokens, 4);
+
+  // Two concurrent requests, batched by the engine, each equal to its native reply.
+  const both = await page.evaluate(async (prompts) => {
+    const rs = await Promise.all(prompts.map((p) => window.engine.chat.completions.create({ messages: [{ role: "user", content: p }], max_tokens: 16 })));
+    return rs.map((r) => r.choices[0].message.content);
+  }, PROMPTS);
+  assert.deepEqual(both, native);
+
+  // Typed errors; the page and its engine stay usable.
+  const errors = await page.evaluate(async () => {
+    const out = {};
+    for (const [name, url] of [["missing", "/models/missing.gguf"], ["corrupt", "/bad/corrupt.gguf"]]) {
+      try {
+        await window.ferrolm.createEngine(url);
+        out[name] = "loaded";
+      } catch (e) {
+        out[name] = { code: e.code, message: e.message, typed: e instanceof window.ferrolm.FerroError };
+      }
+    }
+    const r = await window.engine.completions.create({ prompt: "The capital of France is", max_tokens: 3 });
+    out.after = r.usage.completion_tokens;
+    return out;
+  });
+  assert.equal(errors.missing.code, "network", JSON.stringify(errors.missing));
+  assert.ok(errors.missing.typed && /404/.test(errors.missing.message), errors.missing.message);
+  assert.equal(errors.corrupt.code, "invalid_model", JSON.stringify(errors.corrupt));
+  assert.equal(errors.after, 3);
+
+  // Reload: the model comes from the browser's cache, not the network.
+  const fetchesBefore = modelFetches();
+  await page.reload();
+  await page.waitForFunction(() => window.ferrolm !== undefined);
+  const again = await loadAndStream(page, PROMPTS[0]);
+  assert.equal(modelFetches(), fetchesBefore, "the reload fetched the model again");
+  assert.ok(again.phases.includes("cache") && !again.phases.includes("download"), `progress phases ${again.phases}`);
+  assert.equal(again.text, native[0]);
+  await context.close();
+});
+
+test("Vite build: the worker and the .wasm load from the bundle", { timeout: TIMEOUT }, async () => {
+  const context = await browser.newContext();
+  const page = await open(context, `${vite}/index.html`);
+  const r = await loadAndStream(page, PROMPTS[0]);
+  assert.equal(r.text, native[0]);
+  await context.close();
+});
+
+test("demo page: load, generate, metrics, screenshot", { timeout: TIMEOUT }, async () => {
+  const context = await browser.newContext({ viewport: { width: 1000, height: 900 } });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error("[pageerror]", e.message));
+  await page.goto(`${demo}/index.html`);
+  await page.waitForFunction(() => !document.getElementById("send").disabled, null, { timeout: 300_000 });
+  await page.fill("#max_tokens", "12");
+  await page.click("#send");
+  await page.waitForFunction(() => document.getElementById("metrics").textContent.includes("TTFT"), null, { timeout: 300_000 });
+  await page.waitForFunction(() => !document.getElementById("send").disabled);
+  const metrics = await page.textContent("#metrics");
+  const reply = await page.textContent(".msg.assistant");
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: join(ARTIFACTS, "demo.png") });
+  console.log(`demo metrics: ${metrics}`);
+  assert.ok(reply.length > 0, "no reply shown");
+  const ttft = Number(/TTFT (\d+)/.exec(metrics)?.[1]);
+  const toks = Number(/([\d.]+) tok\/s/.exec(metrics)?.[1]);
+  assert.ok(ttft > 0 && toks > 0, `metrics not filled: ${metrics}`);
+  await context.close();
+});
