@@ -110,7 +110,7 @@ test-browser:
 # The npm package as a user gets it: a test app installs the packed tarball, plain ES modules
 # and a Vite build, driven in headless Chromium by playwright-core (node's test runner).
 test-npm: package build
-	cd tests/npm/app && rm -rf node_modules/ferrolm && npm install --silent --no-audit --no-fund
+	cd tests/npm/app && rm -rf node_modules/ferrolm package-lock.json && npm install --silent --no-audit --no-fund
 	cd tests/npm/app && npx vite build --logLevel warn
 	node --test --test-concurrency=1 tests/npm/
 

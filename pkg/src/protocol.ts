@@ -29,7 +29,8 @@ export class WorkerTransport implements Transport {
   private streams = new Map<number, (e: WireEvent) => void>();
 
   constructor(url?: string | URL) {
-    this.worker = new Worker(url ?? new URL("./worker.js", import.meta.url), { type: "module" });
+    // Written out in full so bundlers (Vite, webpack) see the worker and emit it.
+    this.worker = url ? new Worker(url, { type: "module" }) : new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
     this.worker.onmessage = (ev: MessageEvent<Reply>) => {
       const m = ev.data;
       if ("rid" in m) return this.streams.get(m.rid)?.(m.event);

@@ -92,8 +92,8 @@ test("plain ES modules: streamed chat equals the native engine; abort; concurren
   const first = await loadAndStream(page, PROMPTS[0]);
   assert.equal(first.text, native[0], "streamed text differs from the native engine's greedy reply");
   assert.equal(first.last.object, "chat.completion.chunk");
-  assert.equal(first.last.choices[0].finish_reason, "length");
-  assert.equal(first.last.usage.completion_tokens, 16);
+  assert.ok(["stop", "length"].includes(first.last.choices[0].finish_reason));
+  assert.ok(first.last.usage.completion_tokens > 0 && first.last.usage.completion_tokens <= 16);
   assert.ok(first.last.ferrolm.ttft_ms > 0 && first.last.ferrolm.tokens_per_s > 0, JSON.stringify(first.last.ferrolm));
   assert.ok(first.phases.includes("download") && first.phases.includes("upload"), `progress phases ${first.phases}`);
 
@@ -103,13 +103,13 @@ test("plain ES modules: streamed chat equals the native engine; abort; concurren
     let pieces = 0;
     let code = null;
     try {
-      for await (const c of await window.engine.chat.completions.create({ messages: [{ role: "user", content: prompt }], stream: true, max_tokens: 64, signal: ac.signal })) {
+      for await (const c of await window.engine.chat.completions.create({ messages: [{ role: "user", content: prompt }], stream: true, max_tokens: 64, ignore_eos: true, signal: ac.signal })) {
         if (c.choices[0].delta.content && ++pieces === 2) ac.abort();
       }
     } catch (e) {
       code = e.code;
     }
-    const after = await window.engine.chat.completions.create({ messages: [{ role: "user", content: prompt }], max_tokens: 4 });
+    const after = await window.engine.chat.completions.create({ messages: [{ role: "user", content: prompt }], max_tokens: 4, ignore_eos: true });
     const stats = await window.engine.stats();
     return { code, pieces, after: after.usage.completion_tokens, object: after.object, used: stats.kv.kv.used, last: stats.last };
   }, PROMPTS[1]);
@@ -137,7 +137,7 @@ test("plain ES modules: streamed chat equals the native engine; abort; concurren
         out[name] = { code: e.code, message: e.message, typed: e instanceof window.ferrolm.FerroError };
       }
     }
-    const r = await window.engine.completions.create({ prompt: "The capital of France is", max_tokens: 3 });
+    const r = await window.engine.completions.create({ prompt: "The capital of France is", max_tokens: 3, ignore_eos: true });
     out.after = r.usage.completion_tokens;
     return out;
   });
