@@ -31,8 +31,14 @@ fn reads_the_real_gemma3_file() {
     let g = Gguf::read(&file).unwrap();
     assert_eq!(g.architecture().unwrap(), "gemma3");
     assert_eq!(g.tensor("token_embd.weight").unwrap().dims, vec![640, 262144]);
-    let err = ferrolm::model::Config::from_gguf(&g).unwrap_err().to_string();
-    assert!(err.contains("unsupported model architecture 'gemma3'") && err.contains("llama"), "{err}");
+    let c = ferrolm::model::Config::from_gguf(&g).unwrap();
+    assert_eq!((c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim), (18, 640, 4, 1, 256, 2048));
+    assert!(c.tied_embeddings && c.qk_norm && c.post_norms && c.final_logit_softcap.is_none());
+    // Five sliding-window layers (RoPE base 10000) to every global one (the freq_base key's 1e6).
+    let global: Vec<usize> = (0..c.n_layers).filter(|&l| c.layer_attention(l).window.is_none()).collect();
+    assert_eq!(global, [5, 11, 17]);
+    assert_eq!(c.layer_attention(0).window, Some(512));
+    assert_eq!((c.layer_attention(0).rope_base, c.layer_attention(5).rope_base), (10000.0, 1_000_000.0));
 }
 
 #[test]

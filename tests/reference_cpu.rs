@@ -21,17 +21,7 @@ fn incremental_decode_equals_batched_prefill() {
     let gguf = Gguf::read(&file).unwrap();
     let model = CpuModel::load(&gguf, &file).unwrap();
     let tokens = [504u32, 3575, 282, 4649, 314, 7042, 30];
-    let mut batched = model.new_cache(16);
-    let all = model.forward(&tokens, &mut batched, Logits::All).unwrap();
-    let mut inc = model.new_cache(16);
-    model.forward(&tokens[..3], &mut inc, Logits::Last).unwrap();
-    let mut last = Vec::new();
-    for &t in &tokens[3..] {
-        last = model.forward(&[t], &mut inc, Logits::Last).unwrap();
-    }
-    let v = model.config.vocab_size;
-    let want = &all[(tokens.len() - 1) * v..];
-    let diff = want.iter().zip(&last).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let (diff, mut inc, last) = common::incremental_vs_batched(&model, &tokens);
     assert!(diff < 1e-3, "incremental decode differs from batched prefill by {diff}");
 
     // Rolling the cache back and re-running gives the same logits again.

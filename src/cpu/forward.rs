@@ -1,10 +1,10 @@
 //! The exact f32 reference forward pass: dequantized weights, f32 activations, f32 KV cache,
 //! plain softmax attention. Slow on purpose-free clarity; the GPU engine is tested against it.
 
-use super::ops::{add_assign, matmul, rmsnorm, rope, silu_mul, softmax};
+use super::ops::{add_assign, gelu_mul, matmul, rmsnorm, rmsnorm_in_place, rope, silu_mul, softmax};
 use crate::error::{Error, Result};
 use crate::gguf::{dequantize, ByteSource, Gguf};
-use crate::model::{names, Config};
+use crate::model::{names, Activation, Config};
 
 /// One transformer block's weights, dequantized. Matrices are `[out][in]`.
 struct Layer {
@@ -17,6 +17,11 @@ struct Layer {
     w_gate: Vec<f32>,    // [ffn][d]
     w_up: Vec<f32>,      // [ffn][d]
     w_down: Vec<f32>,    // [d][ffn]
+    // Present when the config asks for them (Gemma 3).
+    q_norm: Option<Vec<f32>>,         // [head_dim]
+    k_norm: Option<Vec<f32>>,         // [head_dim]
+    attn_post_norm: Option<Vec<f32>>, // [d]
+    ffn_post_norm: Option<Vec<f32>>,  // [d]
 }
 
 pub struct CpuModel {
@@ -82,6 +87,7 @@ impl CpuModel {
         let layers = (0..config.n_layers)
             .map(|l| {
                 let r = |n: &str| read(&names::layer(l, n));
+                let opt = |wanted: bool, n: &str| if wanted { r(n).map(Some) } else { Ok(None) };
                 Ok(Layer {
                     attn_norm: r(names::ATTN_NORM)?,
                     wq: r(names::ATTN_Q)?,
@@ -92,6 +98,10 @@ impl CpuModel {
                     w_gate: r(names::FFN_GATE)?,
                     w_up: r(names::FFN_UP)?,
                     w_down: r(names::FFN_DOWN)?,
+                    q_norm: opt(config.qk_norm, names::ATTN_Q_NORM)?,
+                    k_norm: opt(config.qk_norm, names::ATTN_K_NORM)?,
+                    attn_post_norm: opt(config.post_norms, names::ATTN_POST_NORM)?,
+                    ffn_post_norm: opt(config.post_norms, names::FFN_POST_NORM)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -131,7 +141,7 @@ impl CpuModel {
             if t as usize >= c.vocab_size {
                 return Err(Error::TokenOutOfRange { id: t, vocab: c.vocab_size });
             }
-            x.extend_from_slice(&self.token_embd[t as usize * d..(t as usize + 1) * d]);
+            x.extend(self.token_embd[t as usize * d..(t as usize + 1) * d].iter().map(|e| e * c.embed_scale));
         }
         let mut h = vec![0f32; n * d];
         let (mut q, mut k, mut v) = (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
@@ -140,25 +150,40 @@ impl CpuModel {
         let (mut gate, mut up) = (vec![0f32; n * f], vec![0f32; n * f]);
 
         for (l, w) in self.layers.iter().enumerate() {
+            let la = c.layer_attention(l);
             rmsnorm(&mut h, &x, &w.attn_norm, c.norm_eps);
             matmul(&mut q, &h, &w.wq, n, d, qd);
             matmul(&mut k, &h, &w.wk, n, d, kvd);
             matmul(&mut v, &h, &w.wv, n, d, kvd);
+            if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+                rmsnorm_in_place(&mut q, qn, c.norm_eps);
+                rmsnorm_in_place(&mut k, kn, c.norm_eps);
+            }
             for t in 0..n {
-                rope(&mut q[t * qd..(t + 1) * qd], hd, pos0 + t, c.rope_base, c.rope_style);
-                rope(&mut k[t * kvd..(t + 1) * kvd], hd, pos0 + t, c.rope_base, c.rope_style);
+                let pos = (pos0 + t) as f64 * la.rope_freq_scale as f64;
+                rope(&mut q[t * qd..(t + 1) * qd], hd, pos, la.rope_base, c.rope_style);
+                rope(&mut k[t * kvd..(t + 1) * kvd], hd, pos, la.rope_base, c.rope_style);
             }
             cache.k[l].extend_from_slice(&k);
             cache.v[l].extend_from_slice(&v);
-            attention(&mut attn, &q, &cache.k[l], &cache.v[l], c, pos0);
+            attention(&mut attn, &q, &cache.k[l], &cache.v[l], c, pos0, la.window);
             matmul(&mut proj, &attn, &w.wo, n, qd, d);
+            if let Some(pn) = &w.attn_post_norm {
+                rmsnorm_in_place(&mut proj, pn, c.norm_eps);
+            }
             add_assign(&mut x, &proj);
 
             rmsnorm(&mut h, &x, &w.ffn_norm, c.norm_eps);
             matmul(&mut gate, &h, &w.w_gate, n, d, f);
             matmul(&mut up, &h, &w.w_up, n, d, f);
-            silu_mul(&mut gate, &up);
+            match c.activation {
+                Activation::Silu => silu_mul(&mut gate, &up),
+                Activation::GeluTanh => gelu_mul(&mut gate, &up),
+            }
             matmul(&mut proj, &gate, &w.w_down, n, f, d);
+            if let Some(pn) = &w.ffn_post_norm {
+                rmsnorm_in_place(&mut proj, pn, c.norm_eps);
+            }
             add_assign(&mut x, &proj);
         }
         cache.len += n;
@@ -173,30 +198,80 @@ impl CpuModel {
         let head = self.output.as_deref().unwrap_or(&self.token_embd);
         let mut logits = vec![0f32; m * c.vocab_size];
         matmul(&mut logits, &normed, head, m, d, c.vocab_size);
+        if let Some(cap) = c.final_logit_softcap {
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
         Ok(logits)
     }
 }
 
 /// Causal grouped-query attention of `q: [n][n_heads][hd]` (positions `pos0..pos0+n`) over the
-/// cached `k, v: [pos0+n][n_kv_heads][hd]`.
-fn attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], c: &Config, pos0: usize) {
+/// cached `k, v: [pos0+n][n_kv_heads][hd]`, limited to the last `window` positions when given.
+fn attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], c: &Config, pos0: usize, window: Option<usize>) {
     let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
     let group = c.n_heads / c.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
     let mut scores = Vec::new();
     for (t, (qt, ot)) in q.chunks_exact(qd).zip(out.chunks_exact_mut(qd)).enumerate() {
         let len = pos0 + t + 1;
+        let first = window.map_or(0, |w| len.saturating_sub(w));
         for (h, (qh, oh)) in qt.chunks_exact(hd).zip(ot.chunks_exact_mut(hd)).enumerate() {
             let kv_off = (h / group) * hd;
             scores.clear();
-            scores.extend((0..len).map(|p| super::ops::dot(qh, &k[p * kvd + kv_off..][..hd]) * scale));
+            scores.extend((first..len).map(|p| super::ops::dot(qh, &k[p * kvd + kv_off..][..hd]) * c.attn_scale));
             softmax(&mut scores);
             oh.fill(0.0);
-            for (p, &a) in scores.iter().enumerate() {
+            for (p, &a) in (first..len).zip(&scores) {
                 for (o, vv) in oh.iter_mut().zip(&v[p * kvd + kv_off..][..hd]) {
                     *o += a * vv;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attention;
+    use crate::model::{Activation, Arch, Config, RopeStyle};
+
+    /// A query under a window of w attends exactly as it would with only the last w keys cached.
+    #[test]
+    fn sliding_window_sees_only_the_last_positions() {
+        let c = Config {
+            arch: Arch::Gemma3,
+            n_layers: 1,
+            d_model: 8,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 4,
+            ffn_dim: 8,
+            vocab_size: 4,
+            context_len: 16,
+            rope_base: 10000.0,
+            rope_style: RopeStyle::Neox,
+            norm_eps: 1e-6,
+            tied_embeddings: true,
+            rope_freq_scale: 1.0,
+            embed_scale: 1.0,
+            attn_scale: 0.5,
+            activation: Activation::GeluTanh,
+            qk_norm: false,
+            post_norms: false,
+            sliding_window: None,
+            final_logit_softcap: None,
+        };
+        let (len, w) = (10, 3);
+        let val = |i: usize| ((i * 37 % 17) as f32 - 8.0) / 4.0;
+        let k: Vec<f32> = (0..len * 4).map(val).collect();
+        let v: Vec<f32> = (0..len * 4).map(|i| val(i + 5)).collect();
+        let q: Vec<f32> = (0..8).map(|i| val(i + 11)).collect();
+        let mut windowed = vec![0f32; 8];
+        attention(&mut windowed, &q, &k, &v, &c, len - 1, Some(w));
+        let mut recent = vec![0f32; 8];
+        attention(&mut recent, &q, &k[(len - w) * 4..], &v[(len - w) * 4..], &c, w - 1, None);
+        assert_eq!(windowed, recent);
+        let mut full = vec![0f32; 8];
+        attention(&mut full, &q, &k, &v, &c, len - 1, None);
+        assert_ne!(windowed, full);
     }
 }

@@ -70,23 +70,37 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `out = x / rms(x) * w` for each row of `x: [n][w.len()]`.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    let d = w.len();
-    for (o, xr) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
-        let scale = 1.0 / (ms + eps).sqrt();
+    for (o, xr) in out.chunks_exact_mut(w.len()).zip(x.chunks_exact(w.len())) {
+        let scale = inv_rms(xr, eps);
         for ((o, x), w) in o.iter_mut().zip(xr).zip(w) {
             *o = x * scale * w;
         }
     }
 }
 
-/// Rotates each head of `x: [n_heads][head_dim]` to position `pos`.
-pub fn rope(x: &mut [f32], head_dim: usize, pos: usize, base: f32, style: crate::model::RopeStyle) {
+/// `rmsnorm` in place, e.g. per head of `[n][n_heads][head_dim]` with a `[head_dim]` weight.
+pub fn rmsnorm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    for xr in x.chunks_exact_mut(w.len()) {
+        let scale = inv_rms(xr, eps);
+        for (x, w) in xr.iter_mut().zip(w) {
+            *x = *x * scale * w;
+        }
+    }
+}
+
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+/// Rotates each head of `x: [n_heads][head_dim]` to position `pos` (already multiplied by a linear
+/// RoPE scaling factor, if any).
+pub fn rope(x: &mut [f32], head_dim: usize, pos: f64, base: f32, style: crate::model::RopeStyle) {
     let half = head_dim / 2;
     for head in x.chunks_exact_mut(head_dim) {
         for i in 0..half {
             let freq = (base as f64).powf(-2.0 * i as f64 / head_dim as f64);
-            let (sin, cos) = (pos as f64 * freq).sin_cos();
+            let (sin, cos) = (pos * freq).sin_cos();
             let (sin, cos) = (sin as f32, cos as f32);
             let (a, b) = match style {
                 crate::model::RopeStyle::Normal => (2 * i, 2 * i + 1),
@@ -116,6 +130,16 @@ pub fn softmax(x: &mut [f32]) {
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {
         *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `gate = gelu(gate) * up`, GELU in its tanh approximation (ggml's `gelu`, Gemma's
+/// `gelu_pytorch_tanh`).
+pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (g, u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh()) * u;
     }
 }
 

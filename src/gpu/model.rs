@@ -11,7 +11,7 @@ use super::weights::{concat_rows, upload_f32, GpuTensor};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf};
 use crate::kv_cache::BlockPool;
-use crate::model::{names, Config, RopeStyle};
+use crate::model::{names, Arch, Config, RopeStyle};
 use crate::sampler::TopLogits;
 
 /// What to size when loading a model.
@@ -134,6 +134,10 @@ impl GpuModel {
     pub async fn load<S: ByteSource + ?Sized>(ctx: GpuContext, gguf: &Gguf, source: &S, opts: &ModelOptions) -> Result<GpuModel> {
         let config = Config::from_gguf(gguf)?;
         let c = &config;
+        // The recorded ops below are llama's; Gemma 3's norms, GeGLU and sliding window are not.
+        if c.arch != Arch::Llama {
+            return Err(Error::UnsupportedOnGpu(c.arch.name()));
+        }
         let dev = &ctx.device;
         let max_binding = ctx.info.max_binding_size.min(ctx.info.max_buffer_size);
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);

@@ -1,17 +1,29 @@
 //! Model configuration from GGUF metadata. One file per architecture maps its metadata keys and
 //! tensor names onto the shared [`Config`]; the CPU reference and the GPU engine read only this.
 
+mod gemma3;
 mod llama;
 
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, TensorInfo};
 
 /// Architectures ferrolm can run (`general.architecture`).
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
     Llama,
+    Gemma3,
+}
+
+impl Arch {
+    /// The `general.architecture` value, also the prefix of its metadata keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
 }
 
 /// How RoPE pairs dimensions inside a head.
@@ -21,6 +33,34 @@ pub enum RopeStyle {
     Normal,
     /// Halves (x[i], x[i + d/2]): GPT-NeoX style.
     Neox,
+}
+
+/// The nonlinearity of the gated FFN, applied to the gate before it multiplies the up projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU (llama).
+    Silu,
+    /// GeGLU with GELU's tanh approximation (Gemma; ggml's `gelu`).
+    GeluTanh,
+}
+
+/// Interleaved local attention (Gemma 3): in every run of `period` layers all but the last see only
+/// the `size` most recent positions (their own included) and use their own RoPE base.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SlidingWindow {
+    pub size: usize,
+    pub period: usize,
+    pub rope_base: f32,
+}
+
+/// How one layer attends: its key span and its RoPE.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerAttention {
+    /// `Some(w)`: a query at position p sees keys at p - w + 1 ..= p; `None`: every earlier key.
+    pub window: Option<usize>,
+    pub rope_base: f32,
+    /// Linear RoPE scaling: angles use position * this.
+    pub rope_freq_scale: f32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +80,22 @@ pub struct Config {
     pub norm_eps: f32,
     /// No `output.weight`: the LM head is the token embedding.
     pub tied_embeddings: bool,
+    // The fields below are where architectures differ; llama's values leave its math unchanged.
+    /// Linear RoPE scaling of the full-attention layers (1 = none).
+    pub rope_freq_scale: f32,
+    /// Token embeddings are multiplied by this (Gemma: sqrt(d_model)).
+    pub embed_scale: f32,
+    /// Attention logits are q.k times this.
+    pub attn_scale: f32,
+    pub activation: Activation,
+    /// RMSNorm of every query and key head before RoPE (`attn_q_norm`, `attn_k_norm`).
+    pub qk_norm: bool,
+    /// RMSNorm of the attention and FFN outputs before their residual adds (`post_attention_norm`,
+    /// `post_ffw_norm`).
+    pub post_norms: bool,
+    pub sliding_window: Option<SlidingWindow>,
+    /// Logits become `cap * tanh(logits / cap)`.
+    pub final_logit_softcap: Option<f32>,
 }
 
 impl Config {
@@ -49,6 +105,7 @@ impl Config {
         let arch = gguf.architecture()?;
         let config = match arch {
             "llama" => llama::config(gguf)?,
+            "gemma3" => gemma3::config(gguf)?,
             other => return Err(Error::UnsupportedArchitecture(other.to_string())),
         };
         for (name, dims) in config.expected_tensors() {
@@ -66,6 +123,16 @@ impl Config {
 
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+
+    /// Key span and RoPE of layer `l`.
+    pub fn layer_attention(&self, l: usize) -> LayerAttention {
+        match self.sliding_window {
+            Some(sw) if l % sw.period != sw.period - 1 => {
+                LayerAttention { window: Some(sw.size), rope_base: sw.rope_base, rope_freq_scale: 1.0 }
+            }
+            _ => LayerAttention { window: None, rope_base: self.rope_base, rope_freq_scale: self.rope_freq_scale },
+        }
     }
 
     /// Every tensor the forward pass reads, with its GGUF dims (`[in, out]` for matrices).
@@ -88,6 +155,13 @@ impl Config {
                 (p(names::FFN_UP), vec![d, f]),
                 (p(names::FFN_DOWN), vec![f, d]),
             ]);
+            if self.qk_norm {
+                let hd = self.head_dim as u64;
+                out.extend([(p(names::ATTN_Q_NORM), vec![hd]), (p(names::ATTN_K_NORM), vec![hd])]);
+            }
+            if self.post_norms {
+                out.extend([(p(names::ATTN_POST_NORM), vec![d]), (p(names::FFN_POST_NORM), vec![d])]);
+            }
         }
         out
     }
@@ -116,6 +190,53 @@ impl Config {
     }
 }
 
+/// The metadata every architecture shares, under `<arch>.`, with that architecture's defaults for
+/// the optional keys; the architecture-specific fields take llama's values.
+fn read_common(gguf: &Gguf, arch: Arch, default_eps: f32, default_rope_base: f32) -> Result<Config> {
+    let m = &gguf.metadata;
+    let key = |k: &str| format!("{}.{k}", arch.name());
+    let d_model = m.get_u32(&key("embedding_length"))? as usize;
+    let n_heads = m.get_u32(&key("attention.head_count"))? as usize;
+    let n_kv_heads = m.opt_u32(&key("attention.head_count_kv"))?.unwrap_or(n_heads as u32) as usize;
+    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || d_model % n_heads != 0 {
+        return Err(Error::InvalidModel(format!(
+            "{n_heads} query heads, {n_kv_heads} KV heads and width {d_model} do not divide evenly"
+        )));
+    }
+    let head_dim = m.opt_u32(&key("attention.key_length"))?.map(|v| v as usize).unwrap_or(d_model / n_heads);
+    let vocab_size = match m.opt_u32(&key("vocab_size"))? {
+        Some(v) => v as usize,
+        None => m.get_array("tokenizer.ggml.tokens")?.len(),
+    };
+    let cfg = Config {
+        arch,
+        n_layers: m.get_u32(&key("block_count"))? as usize,
+        d_model,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        ffn_dim: m.get_u32(&key("feed_forward_length"))? as usize,
+        vocab_size,
+        context_len: m.get_u32(&key("context_length"))? as usize,
+        rope_base: m.opt_f32(&key("rope.freq_base"))?.unwrap_or(default_rope_base),
+        rope_style: RopeStyle::Normal,
+        norm_eps: m.opt_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(default_eps),
+        tied_embeddings: gguf.tensor(names::OUTPUT).is_none(),
+        rope_freq_scale: 1.0,
+        embed_scale: 1.0,
+        attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        activation: Activation::Silu,
+        qk_norm: false,
+        post_norms: false,
+        sliding_window: None,
+        final_logit_softcap: None,
+    };
+    if head_dim == 0 || head_dim % 2 != 0 || cfg.n_layers == 0 || cfg.n_layers > 1024 || vocab_size == 0 {
+        return Err(Error::InvalidModel(format!("implausible {} configuration: {cfg:?}", arch.name())));
+    }
+    Ok(cfg)
+}
+
 /// GGUF tensor names shared by the llama family.
 pub mod names {
     pub const TOKEN_EMBD: &str = "token_embd.weight";
@@ -130,6 +251,10 @@ pub mod names {
     pub const FFN_GATE: &str = "ffn_gate.weight";
     pub const FFN_UP: &str = "ffn_up.weight";
     pub const FFN_DOWN: &str = "ffn_down.weight";
+    pub const ATTN_Q_NORM: &str = "attn_q_norm.weight";
+    pub const ATTN_K_NORM: &str = "attn_k_norm.weight";
+    pub const ATTN_POST_NORM: &str = "post_attention_norm.weight";
+    pub const FFN_POST_NORM: &str = "post_ffw_norm.weight";
 
     pub fn layer(l: usize, name: &str) -> String {
         format!("blk.{l}.{name}")

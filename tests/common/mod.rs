@@ -60,3 +60,18 @@ pub fn check_smollm2_forced_logits(what: &str, vocab: usize, mut score: impl FnM
     println!("{what}: worst top-5 logit difference over all cases: {worst:.5}");
     worst
 }
+
+/// Runs `tokens` batched, then incrementally (three tokens, then one at a time); returns the largest
+/// difference between the two runs' last logits, the incremental cache and its last logits.
+pub fn incremental_vs_batched(model: &ferrolm::cpu::CpuModel, tokens: &[u32]) -> (f32, ferrolm::cpu::KvCache, Vec<f32>) {
+    use ferrolm::cpu::Logits;
+    let all = model.forward(tokens, &mut model.new_cache(16), Logits::All).unwrap();
+    let mut inc = model.new_cache(16);
+    let mut last = model.forward(&tokens[..3], &mut inc, Logits::Last).unwrap();
+    for &t in &tokens[3..] {
+        last = model.forward(&[t], &mut inc, Logits::Last).unwrap();
+    }
+    let want = &all[(tokens.len() - 1) * model.config.vocab_size..];
+    let diff = want.iter().zip(&last).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    (diff, inc, last)
+}
