@@ -219,13 +219,32 @@ async fn kernels_match_cpu_in_browser() {
             }
             ctx.queue.submit([enc.finish()]);
         };
-        for name in ["blk.0.attn_q.weight", "blk.3.ffn_down.weight"] {
-            let info = gguf.tensor(name).unwrap();
-            let data = gguf.tensor_data(&bytes[..], info).unwrap();
-            let (k, m) = (info.dims[0] as usize, info.dims[1] as usize);
+        // Real Q4_1 / Q8_0 tensors, and synthetic blocks of the 5-bit and K-quant types.
+        let mut cases: Vec<(String, ferrolm::gguf::GgmlType, Vec<u8>, usize, usize)> = ["blk.0.attn_q.weight", "blk.3.ffn_down.weight"]
+            .iter()
+            .map(|&name| {
+                let info = gguf.tensor(name).unwrap();
+                (name.to_string(), info.ty, gguf.tensor_data(&bytes[..], info).unwrap(), info.dims[0] as usize, info.dims[1] as usize)
+            })
+            .collect();
+        for ty in [ferrolm::gguf::GgmlType::Q5_0, ferrolm::gguf::GgmlType::Q4_K, ferrolm::gguf::GgmlType::Q6_K] {
+            let (k, m) = (512usize, 24usize);
+            let n_bytes = ty.row_bytes(k as u64).unwrap() as usize * m;
+            let mut data: Vec<u8> = (0..n_bytes).map(|i| ((i * 2654435761) >> 13) as u8).collect();
+            // Small finite f16 super-scales: the high byte of each f16 scale field.
+            let highs: &[usize] = match ty { ferrolm::gguf::GgmlType::Q5_0 => &[1], ferrolm::gguf::GgmlType::Q4_K => &[1, 3], _ => &[209] };
+            for block in data.chunks_mut(ty.type_size() as usize) {
+                for &i in highs {
+                    block[i] = (block[i] & 0x83) | 0x14;
+                }
+            }
+            cases.push((format!("random {ty}"), ty, data, k, m));
+        }
+        for (name, ty, data, k, m) in cases {
+            let name = name.as_str();
             let mut cpu = vec![0f32; k * m];
-            dequantize(info.ty, &data, &mut cpu).unwrap();
-            let w = GpuTensor::upload(dev, 128 << 20, name, info.ty, &data, m, k, true).unwrap();
+            dequantize(ty, &data, &mut cpu).unwrap();
+            let w = GpuTensor::upload(dev, 128 << 20, name, ty, &data, m, k, true).unwrap();
             let out = buf(&vec![0f32; k * m]);
             run(&kernels.embed(&w, &out, 1.0, true), 1);
             let gpu: Vec<f32> = bytemuck::cast_slice(&ctx.read_buffer(&out, 0, out.size()).await.unwrap()).to_vec();

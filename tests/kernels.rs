@@ -84,15 +84,18 @@ fn random_blocks(ty: GgmlType, rows: usize, k: usize, seed: u64) -> Vec<u8> {
     // Keep every f16 scale field finite and small: exponent bits of the high byte cleared.
     let bs = ty.type_size() as usize;
     let scale_bytes: &[usize] = match ty {
-        GgmlType::Q4_0 | GgmlType::Q8_0 => &[1],
-        GgmlType::Q4_1 => &[1, 3],
+        GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q5_0 => &[1],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K => &[1, 3],
+        GgmlType::Q6_K => &[209],
         GgmlType::F16 => &[1],
         _ => &[],
     };
     let step = if ty == GgmlType::F16 { 2 } else { bs };
+    // K-quant super-scales multiply 6-8 bit sub-scales: keep their values at realistic sizes.
+    let exponent = if ty.block_size() == 256 { 0x14 } else { 0x20 };
     for block in bytes.chunks_mut(step) {
         for &i in scale_bytes {
-            block[i] = (block[i] & 0x83) | 0x20; // |value| in [2^-7, 2^-5)
+            block[i] = (block[i] & 0x83) | exponent; // |value| in [2^-7, 2^-5), K-quants [2^-10, 2^-8)
         }
     }
     if ty == GgmlType::F32 {
@@ -124,8 +127,9 @@ fn assert_bits_eq(gpu: &[f32], cpu: &[f32], what: &str) {
 #[test]
 fn repack_and_gpu_dequant_are_bit_exact_on_random_blocks_and_split_tensors() {
     let h = Harness::new(GpuOptions::default());
-    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-        let (rows, k) = (37, 96);
+    for ty in ferrolm::gpu::weights::GPU_MATRIX_TYPES.iter().copied() {
+        // K-quant rows are whole 256-value super-blocks.
+        let (rows, k) = (37, if ty.block_size() == 256 { 512 } else { 96 });
         let data = random_blocks(ty, rows, k, ty.id() as u64 + 1);
         let cpu = cpu_dequant(ty, &data, rows * k);
         for max_binding in [1 << 20, 1500] {
@@ -140,9 +144,14 @@ fn gpu_dequant_is_bit_exact_on_real_tensors() {
     let h = Harness::new(GpuOptions::default());
     let file = std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap();
     let gguf = Gguf::read(&file).unwrap();
-    for name in ["blk.0.attn_q.weight", "blk.5.ffn_down.weight", "token_embd.weight"] {
+    let gemma_file = std::fs::File::open(common::model_path(common::GEMMA3)).unwrap();
+    let gemma = Gguf::read(&gemma_file).unwrap();
+    // SmolLM2: Q4_1 and Q8_0; Gemma 3's Q4_K_M mix: Q5_0, Q4_K, Q8_0, Q6_K.
+    let smol = ["blk.0.attn_q.weight", "blk.5.ffn_down.weight", "token_embd.weight"].map(|n| (&gguf, &file, n));
+    let gem = ["blk.0.attn_q.weight", "blk.0.attn_output.weight", "blk.0.attn_v.weight", "blk.0.ffn_down.weight"].map(|n| (&gemma, &gemma_file, n));
+    for (gguf, file, name) in smol.into_iter().chain(gem) {
         let info = gguf.tensor(name).unwrap();
-        let data = gguf.tensor_data(&file, info).unwrap();
+        let data = gguf.tensor_data(file, info).unwrap();
         let (k, rows) = (info.dims[0] as usize, (info.n_elements() / info.dims[0]) as usize);
         let w = GpuTensor::upload(&h.ctx.device, 128 << 20, name, info.ty, &data, rows, k, true).unwrap();
         assert_bits_eq(&gpu_dequant(&h, &w), &cpu_dequant(info.ty, &data, rows * k), &format!("{name} ({})", info.ty));
@@ -164,7 +173,7 @@ fn matmul_matches_cpu_reference() {
     for (opts, cpu_like) in [(GpuOptions::default(), true), (GpuOptions::default(), false), (portable, false)] {
         let h = Harness::with_shapes(opts, Some(cpu_like));
         println!("cpu_like={cpu_like} subgroups={} subgroup_rows={}", h.ctx.info.subgroups, h.ctx.info.subgroup_rows);
-        for (ty, k) in [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0].into_iter().flat_map(|t| [(t, 160), (t, 640)]) {
+        for (ty, k) in ferrolm::gpu::weights::GPU_MATRIX_TYPES.iter().flat_map(|&t| if t.block_size() == 256 { [(t, 256), (t, 768)] } else { [(t, 160), (t, 640)] }) {
             let m = 70;
             // f32 summation order differs from the CPU's; wide Q8_0 rows reach sums of ~100 where
             // that shows at 1e-4 (SwiGLU multiplies two such sums).

@@ -8,7 +8,7 @@ mod types;
 mod writer;
 
 pub use metadata::{Metadata, Value};
-pub use quant::dequantize;
+pub use quant::{dequantize, q4k_scale_min};
 pub use reader::{ByteSource, Gguf, TensorInfo};
 pub use types::{GgmlType, SUPPORTED_TYPES};
 pub use writer::GgufWriter;

@@ -22,7 +22,11 @@ fn quant_source(ty: GgmlType) -> &'static str {
         GgmlType::F16 => include_str!("../../shaders/quant_f16.wgsl"),
         GgmlType::Q4_0 => include_str!("../../shaders/quant_q4_0.wgsl"),
         GgmlType::Q4_1 => include_str!("../../shaders/quant_q4_1.wgsl"),
+        GgmlType::Q5_0 => include_str!("../../shaders/quant_q5_0.wgsl"),
+        GgmlType::Q5_1 => include_str!("../../shaders/quant_q5_1.wgsl"),
         GgmlType::Q8_0 => include_str!("../../shaders/quant_q8_0.wgsl"),
+        GgmlType::Q4_K => include_str!("../../shaders/quant_q4_k.wgsl"),
+        GgmlType::Q6_K => include_str!("../../shaders/quant_q6_k.wgsl"),
         other => unreachable!("{other} is refused at upload (GPU_MATRIX_TYPES)"),
     }
 }

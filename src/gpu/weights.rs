@@ -8,7 +8,19 @@ use crate::error::{Error, Result};
 use crate::gguf::{dequantize, GgmlType, SUPPORTED_TYPES};
 
 /// Types the GPU kernels read directly.
-pub const GPU_MATRIX_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+pub const GPU_MATRIX_TYPES: &[GgmlType] =
+    &[GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K];
+
+/// Upper bound of the repacked bytes of one 32-value group: its quant words plus scale words.
+fn packed_group_bytes(ty: GgmlType) -> u64 {
+    match ty {
+        GgmlType::F32 => 128,
+        GgmlType::F16 => 64,
+        GgmlType::Q5_0 | GgmlType::Q5_1 => 20 + 4,
+        GgmlType::Q8_0 | GgmlType::Q6_K => 32 + 4,
+        _ => 16 + 4,
+    }
+}
 
 /// A weight matrix `[rows][k]` in the repacked layout, split by rows into parts that each fit
 /// one storage binding (a 262k-token embedding is larger than many adapters allow).
@@ -66,15 +78,78 @@ pub fn repack(ty: GgmlType, data: &[u8], rows: usize, k: usize) -> Result<(Vec<u
                 out.extend(pack_halves(&d));
             }
         }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            // Per block: the 4 nibble words, then the word of fifth bits.
+            let (bs, head) = (ty.type_size() as usize, if ty == GgmlType::Q5_0 { 2 } else { 4 });
+            out = Vec::with_capacity(data.len() / bs * 6);
+            for b in data.chunks_exact(bs) {
+                out.extend(b[head + 4..head + 20].chunks_exact(4).map(word));
+                out.push(word(&b[head..head + 4]));
+            }
+            scale_off = out.len() as u32;
+            if ty == GgmlType::Q5_1 {
+                out.extend(data.chunks_exact(bs).map(|b| word(&b[0..4]))); // d | m << 16
+            } else {
+                let d: Vec<u16> = data.chunks_exact(bs).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+                out.extend(pack_halves(&d));
+            }
+        }
+        GgmlType::Q4_K | GgmlType::Q6_K => {
+            let bs = ty.type_size() as usize;
+            out = Vec::with_capacity(data.len() / bs * (8 * 8 + 5));
+            let mut scales = Vec::with_capacity(data.len() / bs * 5);
+            for b in data.chunks_exact(bs) {
+                let (quants, words) = if ty == GgmlType::Q4_K { q4k_groups(b) } else { q6k_groups(b) };
+                out.extend(quants.chunks_exact(4).map(word));
+                scales.extend(words);
+            }
+            scale_off = out.len() as u32;
+            out.extend(scales);
+        }
         other => {
             return Err(Error::UnsupportedTensorType {
                 name: String::new(),
                 ty: format!("{other} (on the GPU)"),
-                supported: "F32, F16, Q4_0, Q4_1, Q8_0 on the GPU",
+                supported: "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K on the GPU",
             })
         }
     }
     Ok((out, scale_off))
+}
+
+/// A Q4_K super-block as 8 groups of 32 nibbles (16 bytes each) in the Q4_0 order (value j in the low nibble of
+/// byte j, value j + 16 in the high nibble), and its 5 scale words: (d, dmin), the 8 scales, the
+/// 8 mins (shaders/quant_q4_k.wgsl).
+fn q4k_groups(b: &[u8]) -> (Vec<u8>, [u32; 5]) {
+    let scales: &[u8; 12] = b[4..16].try_into().expect("Q4_K scales are 12 bytes");
+    let qs = &b[16..144];
+    let mut groups = Vec::with_capacity(128);
+    let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
+    for g in 0..8 {
+        let nib = |l: usize| (qs[32 * (g / 2) + l] >> (4 * (g % 2))) & 15;
+        groups.extend((0..16).map(|j| nib(j) | nib(j + 16) << 4));
+        (sc[g], mn[g]) = crate::gguf::q4k_scale_min(g, scales);
+    }
+    let w = |x: &[u8]| u32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+    (groups, [w(&b[0..4]), w(&sc[0..4]), w(&sc[4..8]), w(&mn[0..4]), w(&mn[4..8])])
+}
+
+/// A Q6_K super-block as 8 groups of 32 values q - 32 in int8 (32 bytes each), and its 5 scale words: d, then
+/// the 16 int8 sub-block scales (shaders/quant_q6_k.wgsl).
+fn q6k_groups(b: &[u8]) -> (Vec<u8>, [u32; 5]) {
+    let (ql, qh) = (&b[0..128], &b[128..192]);
+    let mut groups = Vec::with_capacity(256);
+    for g in 0..8 {
+        let (h, quarter) = (g / 4, g % 4);
+        groups.extend((0..32).map(|l| {
+            let low = ql[64 * h + l + 32 * (quarter % 2)] >> (4 * (quarter / 2)) & 15;
+            let high = (qh[32 * h + l] >> (2 * quarter)) & 3;
+            ((low | high << 4) as i32 - 32) as i8 as u8
+        }));
+    }
+    let w = |x: &[u8]| u32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+    let d = u16::from_le_bytes([b[208], b[209]]) as u32;
+    (groups, [d, w(&b[192..196]), w(&b[196..200]), w(&b[200..204]), w(&b[204..208])])
 }
 
 impl GpuTensor {
@@ -82,8 +157,7 @@ impl GpuTensor {
     /// (`splittable`), or refuses one that does not fit in one binding.
     pub fn upload(device: &wgpu::Device, max_binding: u64, name: &str, ty: GgmlType, data: &[u8], rows: usize, k: usize, splittable: bool) -> Result<GpuTensor> {
         let row_bytes = ty.row_bytes(k as u64)? as usize;
-        // Repacked rows take their block bytes plus at most one scale word per block.
-        let packed_row = row_bytes as u64 + 4 * (k as u64 / 32);
+        let packed_row = packed_group_bytes(ty) * (k as u64 / 32);
         let per_part = ((max_binding / packed_row) as usize).max(1);
         if rows > per_part && !splittable {
             return Err(Error::ModelTooLarge { what: format!("tensor '{name}'"), bytes: packed_row * rows as u64, limit: max_binding });
