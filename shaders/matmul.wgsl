@@ -26,6 +26,13 @@ struct Params {
 override TN: u32 = 1u;
 override TPR: u32 = 16u;
 override SWIGLU: bool = false;
+// With SWIGLU: GELU (tanh approximation, ggml's) instead of SiLU on the gate: Gemma's GeGLU.
+override GELU: bool = false;
+
+fn gate_act(v: f32) -> f32 {
+    if (GELU) { return 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))); }
+    return v / (1.0 + exp(-v));
+}
 const WG: u32 = 64u;
 const MAX_TN: u32 = 8u;
 
@@ -57,7 +64,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var t = 0u; t < nt; t++) {
             var v = acc[t];
             if (SWIGLU) {
-                v = v / (1.0 + exp(-v)) * acc2[t];
+                v = gate_act(v) * acc2[t];
             }
             let o = (t0 + t) * P.out_stride + P.out_col + row;
             if (P.accumulate == 1u) { v += y[o]; }

@@ -22,10 +22,17 @@ struct Params {
 
 override TN: u32 = 1u;
 override SWIGLU: bool = false;
+// With SWIGLU: GELU (tanh approximation, ggml's) instead of SiLU on the gate: Gemma's GeGLU.
+override GELU: bool = false;
+
+fn gate_act(v: f32) -> f32 {
+    if (GELU) { return 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))); }
+    return v / (1.0 + exp(-v));
+}
 
 fn finish(acc: f32, up: f32, t: u32, row: u32) {
     var v = acc;
-    if (SWIGLU) { v = v / (1.0 + exp(-v)) * up; }
+    if (SWIGLU) { v = gate_act(v) * up; }
     let o = t * P.out_stride + P.out_col + row;
     if (P.accumulate == 1u) { v += y[o]; }
     y[o] = v;

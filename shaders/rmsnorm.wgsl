@@ -1,5 +1,6 @@
 // RMSNorm: y[i] = x[src(i)] / sqrt(mean(x^2) + eps) * weight, one workgroup per row. With
 // GATHER the rows are the batch's logit rows (the final norm computes only rows that need logits).
+// ADD: y[i] += ... instead (Gemma's post-norms feed the residual stream directly).
 
 struct Params {
     d: u32,
@@ -13,6 +14,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> batch: array<u32>;
+
+override ADD: bool = false;
 
 var<workgroup> partial: array<f32, 64>;
 
@@ -39,6 +42,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (!live) { return; }
     let scale = 1.0 / sqrt(partial[0] / f32(P.d) + P.eps);
     for (var j = lid; j < P.d; j += 64u) {
-        y[i * P.d + j] = x[src * P.d + j] * scale * weight[j];
+        let v = x[src * P.d + j] * scale * weight[j];
+        y[i * P.d + j] = select(v, y[i * P.d + j] + v, ADD);
     }
 }

@@ -35,7 +35,7 @@ pub enum Error {
     #[error("unsupported model architecture '{0}': ferrolm runs {supported}", supported = crate::model::SUPPORTED_ARCHITECTURES.join(", "))]
     UnsupportedArchitecture(String),
 
-    #[error("the GPU engine does not run the '{0}' architecture yet; use the CPU reference (--device cpu)")]
+    #[error("the GPU engine does not support {0} yet; use the CPU reference (--device cpu)")]
     UnsupportedOnGpu(&'static str),
 
     #[error("tensor '{0}' is missing from the model file")]

@@ -330,3 +330,34 @@ async fn speculative_greedy_in_browser_equals_native_plain() {
     let totals = engine_cases::speculative_greedy_identity(&model, Rc::new(draft), &tok, &prompts, &want).await;
     web_sys::console::log_1(&format!("browser speculation (drafted, accepted): ngram {:?}, draft {:?}", totals[0], totals[1]).into());
 }
+
+/// Gemma 3 270M (K-quants, 262k vocabulary, split embedding) on SwiftShader: the top-5 logits of
+/// every reference position equal the native GPU engine's within 0.02, argmax included.
+#[wasm_bindgen_test]
+async fn gemma3_in_browser_matches_native() {
+    let native = fetch_json("target/test-artifacts/gemma3-gpu-native.json").await;
+    let url = format!("{SERVER}/models/gemma-3-270m-q4_k_m.gguf");
+    let resp: web_sys::Response = JsFuture::from(web_sys::window().unwrap().fetch_with_str(&url)).await.unwrap().dyn_into().unwrap();
+    assert!(resp.ok(), "GET {url}: HTTP {} (run `make models`)", resp.status());
+    let bytes = js_sys::Uint8Array::new(&JsFuture::from(resp.array_buffer().unwrap()).await.unwrap()).to_vec();
+    let (model, _) = gpu_model_with(&bytes, ModelOptions::new(256, 64)).await;
+    drop(bytes);
+    let vocab = model.config.vocab_size;
+    let mut worst = 0f32;
+    for case in native.as_array().unwrap() {
+        let tokens: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
+        let positions: Vec<usize> = serde_json::from_value(case["positions"].clone()).unwrap();
+        let want: Vec<Vec<(u32, f32)>> = serde_json::from_value(case["top5"].clone()).unwrap();
+        let logits = model.score(&tokens).await.unwrap();
+        for (&pos, want) in positions.iter().zip(&want) {
+            let row = &logits[pos * vocab..(pos + 1) * vocab];
+            let got = ferrolm::sampler::TopLogits::from_logits(row, 5).top;
+            assert_eq!(got[0].0, want[0].0, "argmax differs from native at position {pos}");
+            for &(id, l) in want {
+                worst = worst.max((row[id as usize] - l).abs());
+            }
+        }
+    }
+    web_sys::console::log_1(&format!("gemma3 browser vs native: worst top-5 logit difference {worst:.5}").into());
+    assert!(worst <= 0.02, "browser logits differ from native by {worst}");
+}

@@ -22,18 +22,6 @@ fn smollm2_gpu_forced_logits_match_f32_reference() {
     common::check_smollm2_forced_logits("GPU", model.config.vocab_size, |tokens| pollster::block_on(model.score(tokens)).unwrap());
 }
 
-#[test]
-fn gemma3_on_the_gpu_is_a_clear_error() {
-    let file = std::fs::File::open(common::model_path(common::GEMMA3)).unwrap();
-    let gguf = Gguf::read(&file).unwrap();
-    let err = pollster::block_on(async {
-        let ctx = GpuContext::new(GpuOptions::default()).await.unwrap();
-        GpuModel::load(ctx, &gguf, &file, &ModelOptions::new(512, 64)).await.err().unwrap()
-    });
-    assert!(matches!(err, ferrolm::Error::UnsupportedOnGpu("gemma3")), "{err}");
-    assert!(err.to_string().contains("--device cpu"), "{err}");
-}
-
 /// Greedy continuation of `prompt` by repeated `extend_greedy` (no tokenizer involved).
 fn greedy<S: ferrolm::generate::Session>(session: &mut S, prompt: &[u32], n: usize) -> Vec<u32> {
     pollster::block_on(async {

@@ -10,6 +10,7 @@ use wgpu::util::DeviceExt;
 
 use super::weights::{GpuTensor, TensorPart};
 use crate::gguf::GgmlType;
+use crate::model::Activation;
 
 const BATCH_WGSL: &str = include_str!("../../shaders/batch.wgsl");
 
@@ -239,15 +240,24 @@ impl Kernels {
     /// of `w`. With `swiglu`, `w` (one part) holds gate rows then up rows and
     /// `y = silu(gate) * up`.
     pub fn matmul(&self, w: &GpuTensor, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, swiglu: bool) -> Vec<Op> {
-        assert!(!swiglu || w.parts.len() == 1, "fused gate/up weights are uploaded unsplit");
-        w.parts.iter().map(|p| self.matmul_part(w, p, x, y, OutCols { stride: out.stride, col: out.col + p.row0 }, accumulate, of, swiglu)).collect()
+        let glu = swiglu.then_some(Activation::Silu);
+        w.parts.iter().map(|p| self.matmul_part(w, p, x, y, OutCols { stride: out.stride, col: out.col + p.row0 }, accumulate, of, glu)).collect()
+    }
+
+    /// The gated FFN's first matmul: `w` (one part) holds gate rows then up rows and
+    /// `y = act(gate) * up` (SiLU: SwiGLU, GELU with tanh: GeGLU).
+    pub fn matmul_gated(&self, w: &GpuTensor, x: &wgpu::Buffer, y: &wgpu::Buffer, stride: u32, act: Activation) -> Op {
+        assert!(w.parts.len() == 1, "fused gate/up weights are uploaded unsplit");
+        self.matmul_part(w, &w.parts[0], x, y, OutCols { stride, col: 0 }, false, Count::Tokens, Some(act))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn matmul_part(&self, w: &GpuTensor, part: &TensorPart, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, swiglu: bool) -> Op {
+    fn matmul_part(&self, w: &GpuTensor, part: &TensorPart, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, glu: Option<Activation>) -> Op {
+        let swiglu = glu.is_some();
         let m = if swiglu { part.rows / 2 } else { part.rows };
         let access = [Read, Read, ReadWrite, Read];
         let swiglu_c = ("SWIGLU", swiglu as u32 as f64);
+        let gelu_c = ("GELU", (glu == Some(Activation::GeluTanh)) as u32 as f64);
         // Each variant: (kernel, source, tokens per workgroup, extra constants, rows per
         // workgroup, largest batch it serves). A decode GEMV and a prefill GEMM per adapter kind.
         let variants: Vec<Variant> = if self.cpu_like {
@@ -255,7 +265,7 @@ impl Kernels {
             [(1u32, 1u32), (2, 2), (4, u32::MAX)]
                 .iter()
                 .map(|&(tn, max_n)| {
-                    let pipeline = self.pipeline("matvec", body, Some(w.ty), &[("TN", tn as f64), swiglu_c], &access);
+                    let pipeline = self.pipeline("matvec", body, Some(w.ty), &[("TN", tn as f64), swiglu_c, gelu_c], &access);
                     Variant { pipeline, grid: Grid::Rows { x: m.div_ceil(64), per: tn, of }, max_n }
                 })
                 .collect()
@@ -266,7 +276,7 @@ impl Kernels {
             [(1u32, 1u32), (4, 8), (MATMUL_TN, u32::MAX)]
                 .iter()
                 .map(|&(tn, max_n)| {
-                    let pipeline = self.pipeline("matmul", body, Some(w.ty), &[("TN", tn as f64), ("TPR", tpr as f64), swiglu_c], &access);
+                    let pipeline = self.pipeline("matmul", body, Some(w.ty), &[("TN", tn as f64), ("TPR", tpr as f64), swiglu_c, gelu_c], &access);
                     Variant { pipeline, grid: Grid::Rows { x: m.div_ceil(64 / tpr), per: tn, of }, max_n }
                 })
                 .collect()
@@ -294,10 +304,30 @@ impl Kernels {
 
     /// RMSNorm of each token's row of width `d`; `gather` reads the batch's logit rows instead.
     pub fn rmsnorm(&self, x: &wgpu::Buffer, weight: &wgpu::Buffer, y: &wgpu::Buffer, d: u32, eps: f32, gather: bool) -> Op {
+        self.rmsnorm_into(x, weight, y, d, eps, gather, false)
+    }
+
+    /// `y[t] += rmsnorm(x[t]) * weight`: a post-norm added to the residual stream.
+    pub fn rmsnorm_add(&self, x: &wgpu::Buffer, weight: &wgpu::Buffer, y: &wgpu::Buffer, d: u32, eps: f32) -> Op {
+        self.rmsnorm_into(x, weight, y, d, eps, false, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_into(&self, x: &wgpu::Buffer, weight: &wgpu::Buffer, y: &wgpu::Buffer, d: u32, eps: f32, gather: bool, add: bool) -> Op {
         let of = if gather { Count::LogitRows } else { Count::Tokens };
         let access = [Read, Read, ReadWrite, Read];
-        let variants = self.single("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl"), None, &[], &access, Grid::PerItem { of });
+        let variants = self.single("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl"), None, &[("ADD", add as u32 as f64)], &access, Grid::PerItem { of });
         self.op("rmsnorm", variants, &[d, eps.to_bits(), gather as u32, 0], &[x, weight, y], &access)
+    }
+
+    /// RMSNorm of each query and key head in place in `qkv`; `weight` holds the query norm's
+    /// head_dim weights, then the key norm's.
+    pub fn head_norm(&self, qkv: &wgpu::Buffer, weight: &wgpu::Buffer, dims: AttnDims, eps: f32) -> Op {
+        let access = [ReadWrite, Read, Read];
+        let grid = Grid::Heads { heads: dims.n_heads + dims.n_kv_heads };
+        let variants = self.single("head_norm", include_str!("../../shaders/head_norm.wgsl"), None, &[], &access, grid);
+        let params = [dims.n_heads, dims.n_kv_heads, dims.head_dim, dims.qkv_stride, eps.to_bits(), 0, 0, 0];
+        self.op("head_norm", variants, &params, &[qkv, weight], &access)
     }
 
     /// RoPE on q (in place in `qkv`) and k, and K/V into the layer's cache.

@@ -11,7 +11,7 @@ use super::weights::{concat_rows, upload_f32, GpuTensor};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf};
 use crate::kv_cache::BlockPool;
-use crate::model::{names, Arch, Config, RopeStyle};
+use crate::model::{names, Config, RopeStyle};
 use crate::sampler::TopLogits;
 
 /// What to size when loading a model.
@@ -134,9 +134,8 @@ impl GpuModel {
     pub async fn load<S: ByteSource + ?Sized>(ctx: GpuContext, gguf: &Gguf, source: &S, opts: &ModelOptions) -> Result<GpuModel> {
         let config = Config::from_gguf(gguf)?;
         let c = &config;
-        // The recorded ops below are llama's; Gemma 3's norms, GeGLU and sliding window are not.
-        if c.arch != Arch::Llama {
-            return Err(Error::UnsupportedOnGpu(c.arch.name()));
+        if c.final_logit_softcap.is_some() {
+            return Err(Error::UnsupportedOnGpu("final logit softcapping (`final_logit_softcapping` in the metadata)"));
         }
         let dev = &ctx.device;
         let max_binding = ctx.info.max_binding_size.min(ctx.info.max_buffer_size);
@@ -195,11 +194,17 @@ impl GpuModel {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let rope = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("rope table"),
-            contents: bytemuck::cast_slice(&rope_table(context as usize, c.head_dim, c.rope_base)),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+        // One cos/sin table per distinct (RoPE base, scale) among the layers (Gemma 3: local, global).
+        let mut ropes: Vec<((u32, u32), wgpu::Buffer)> = Vec::new();
+        for l in 0..c.n_layers {
+            let la = c.layer_attention(l);
+            let key = (la.rope_base.to_bits(), la.rope_freq_scale.to_bits());
+            if !ropes.iter().any(|r| r.0 == key) {
+                let table = rope_table(context as usize, c.head_dim, la.rope_base, la.rope_freq_scale);
+                let buffer = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("rope table"), contents: bytemuck::cast_slice(&table), usage: wgpu::BufferUsages::STORAGE });
+                ropes.push((key, buffer));
+            }
+        }
 
         let read = |name: &str| -> Result<(crate::gguf::GgmlType, usize, usize, Vec<u8>)> {
             let info = c.tensor(gguf, name)?;
@@ -215,6 +220,22 @@ impl GpuModel {
             })?;
             GpuTensor::upload(dev, max_binding, label, ty, &data, rows, k, splittable)
         };
+        // Rows of several matrices side by side in one output row: one fused matrix when they share
+        // a type, else one per type run (Q4_K_M files mix Q5_0 q/k with a Q8_0 v). `(matrix, column)`.
+        let side_by_side = |label: &str, parts: &[&str]| -> Result<Vec<(GpuTensor, u32)>> {
+            if let Ok(m) = matrix(label, parts, true) {
+                return Ok(vec![(m, 0)]);
+            }
+            let mut out = Vec::new();
+            let mut col = 0;
+            for part in parts {
+                let m = matrix(label, &[part], true)?;
+                let rows = m.rows;
+                out.push((m, col));
+                col += rows;
+            }
+            Ok(out)
+        };
         let vector = |name: &str| -> Result<wgpu::Buffer> {
             let (ty, rows, k, data) = read(name)?;
             upload_f32(dev, name, ty, &data, rows * k)
@@ -222,26 +243,52 @@ impl GpuModel {
 
         let dims = AttnDims { n_heads: c.n_heads as u32, n_kv_heads: c.n_kv_heads as u32, head_dim: c.head_dim as u32, qkv_stride: (qd + 2 * kvd) as u32 };
         let token_embd = matrix(names::TOKEN_EMBD, &[names::TOKEN_EMBD], true)?;
-        let mut ops = kernels.embed(&token_embd, &x, 1.0, false);
+        let mut ops = kernels.embed(&token_embd, &x, c.embed_scale, false);
+        // Gemma's post-norms need the attention and FFN outputs apart from the residual stream.
+        let h2 = if c.post_norms { Some(storage("h2", t * d * 4)?) } else { None };
         let kv_bytes = (n_blocks * block_size) as u64 * kvd * 4;
         for l in 0..c.n_layers {
             let p = |n: &str| names::layer(l, n);
             let k_cache = storage("k cache", kv_bytes)?;
             let v_cache = storage("v cache", kv_bytes)?;
-            let wqkv = matrix("attn_qkv", &[&p(names::ATTN_Q), &p(names::ATTN_K), &p(names::ATTN_V)], true)?;
+            let wqkv = side_by_side("attn_qkv", &[&p(names::ATTN_Q), &p(names::ATTN_K), &p(names::ATTN_V)])?;
             let wo = matrix("attn_output", &[&p(names::ATTN_OUT)], true)?;
             let w_gate_up = matrix("ffn_gate_up", &[&p(names::FFN_GATE), &p(names::FFN_UP)], false)?;
             let w_down = matrix("ffn_down", &[&p(names::FFN_DOWN)], true)?;
             let (attn_norm, ffn_norm) = (vector(&p(names::ATTN_NORM))?, vector(&p(names::FFN_NORM))?);
+            let la = c.layer_attention(l);
+            let rope = &ropes.iter().find(|r| r.0 == (la.rope_base.to_bits(), la.rope_freq_scale.to_bits())).expect("a table per base").1;
 
             ops.push(kernels.rmsnorm(&x, &attn_norm, &h, d as u32, c.norm_eps, false));
-            ops.extend(kernels.matmul(&wqkv, &h, &qkv, OutCols { stride: dims.qkv_stride, col: 0 }, false, Count::Tokens, false));
-            ops.push(kernels.rope_kv(&qkv, &rope, &k_cache, &v_cache, dims, c.rope_style == RopeStyle::Neox));
-            ops.push(kernels.attention(&qkv, &k_cache, &v_cache, &attn, dims, 1.0 / (c.head_dim as f32).sqrt(), 0));
-            ops.extend(kernels.matmul(&wo, &attn, &x, OutCols { stride: d as u32, col: 0 }, true, Count::Tokens, false));
+            for (w, col) in &wqkv {
+                ops.extend(kernels.matmul(w, &h, &qkv, OutCols { stride: dims.qkv_stride, col: *col }, false, Count::Tokens, false));
+            }
+            if c.qk_norm {
+                let (_, _, _, qn) = read(&p(names::ATTN_Q_NORM))?;
+                let (_, _, _, kn) = read(&p(names::ATTN_K_NORM))?;
+                let (ty, n) = (c.tensor(gguf, &p(names::ATTN_Q_NORM))?.ty, c.head_dim);
+                let qk_norm = upload_f32(dev, "qk norm", ty, &[qn, kn].concat(), 2 * n)?;
+                ops.push(kernels.head_norm(&qkv, &qk_norm, dims, c.norm_eps));
+            }
+            ops.push(kernels.rope_kv(&qkv, rope, &k_cache, &v_cache, dims, c.rope_style == RopeStyle::Neox));
+            ops.push(kernels.attention(&qkv, &k_cache, &v_cache, &attn, dims, c.attn_scale, la.window.unwrap_or(0) as u32));
+            // Attention output and FFN: straight into the residual stream, or (post-norms) through
+            // h2 and a norm that adds to it.
+            let residual = |ops: &mut Vec<Op>, w: &GpuTensor, input: &wgpu::Buffer, post: &str| -> Result<()> {
+                let out = OutCols { stride: d as u32, col: 0 };
+                match &h2 {
+                    None => ops.extend(kernels.matmul(w, input, &x, out, true, Count::Tokens, false)),
+                    Some(h2) => {
+                        ops.extend(kernels.matmul(w, input, h2, out, false, Count::Tokens, false));
+                        ops.push(kernels.rmsnorm_add(h2, &vector(&p(post))?, &x, d as u32, c.norm_eps));
+                    }
+                }
+                Ok(())
+            };
+            residual(&mut ops, &wo, &attn, names::ATTN_POST_NORM)?;
             ops.push(kernels.rmsnorm(&x, &ffn_norm, &h, d as u32, c.norm_eps, false));
-            ops.extend(kernels.matmul(&w_gate_up, &h, &ffn, OutCols { stride: f as u32, col: 0 }, false, Count::Tokens, true));
-            ops.extend(kernels.matmul(&w_down, &ffn, &x, OutCols { stride: d as u32, col: 0 }, true, Count::Tokens, false));
+            ops.push(kernels.matmul_gated(&w_gate_up, &h, &ffn, f as u32, c.activation));
+            residual(&mut ops, &w_down, &ffn, names::FFN_POST_NORM)?;
         }
         let output_norm = vector(names::OUTPUT_NORM)?;
         ops.push(kernels.rmsnorm(&x, &output_norm, &h, d as u32, c.norm_eps, true));
@@ -359,13 +406,14 @@ impl GpuModel {
 }
 
 /// `(cos, sin)` of every position and frequency, computed in f64 like the CPU reference.
-fn rope_table(context: usize, head_dim: usize, base: f32) -> Vec<f32> {
+fn rope_table(context: usize, head_dim: usize, base: f32, freq_scale: f32) -> Vec<f32> {
     let half = head_dim / 2;
     let mut out = Vec::with_capacity(context * half * 2);
     for pos in 0..context {
+        let pos = pos as f64 * freq_scale as f64;
         for i in 0..half {
             let freq = (base as f64).powf(-2.0 * i as f64 / head_dim as f64);
-            let (s, c) = (pos as f64 * freq).sin_cos();
+            let (s, c) = (pos * freq).sin_cos();
             out.extend([c as f32, s as f32]);
         }
     }

@@ -11,6 +11,10 @@ use crate::gguf::{dequantize, GgmlType, SUPPORTED_TYPES};
 pub const GPU_MATRIX_TYPES: &[GgmlType] =
     &[GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K];
 
+/// Rows one part may hold: a GPU matmul workgroup covers as few as 4 rows, and a dispatch has
+/// at most 65535 workgroups per dimension (a 262k-token LM head needs two parts).
+pub const MAX_ROWS_PER_PART: usize = 4 * 65535;
+
 /// Upper bound of the repacked bytes of one 32-value group: its quant words plus scale words.
 fn packed_group_bytes(ty: GgmlType) -> u64 {
     match ty {
@@ -158,7 +162,7 @@ impl GpuTensor {
     pub fn upload(device: &wgpu::Device, max_binding: u64, name: &str, ty: GgmlType, data: &[u8], rows: usize, k: usize, splittable: bool) -> Result<GpuTensor> {
         let row_bytes = ty.row_bytes(k as u64)? as usize;
         let packed_row = packed_group_bytes(ty) * (k as u64 / 32);
-        let per_part = ((max_binding / packed_row) as usize).max(1);
+        let per_part = ((max_binding / packed_row) as usize).clamp(1, MAX_ROWS_PER_PART);
         if rows > per_part && !splittable {
             return Err(Error::ModelTooLarge { what: format!("tensor '{name}'"), bytes: packed_row * rows as u64, limit: max_binding });
         }
