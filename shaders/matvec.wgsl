@@ -26,7 +26,8 @@ override SWIGLU: bool = false;
 override GELU: bool = false;
 
 fn gate_act(v: f32) -> f32 {
-    if (GELU) { return 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))); }
+    // tanh saturates at 1.0 in f32 by 15; clamping keeps exp-based tanh (SwiftShader) from inf / inf.
+    if (GELU) { return 0.5 * v * (1.0 + tanh(clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0))); }
     return v / (1.0 + exp(-v));
 }
 
