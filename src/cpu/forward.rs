@@ -22,6 +22,7 @@ struct Layer {
     k_norm: Option<Vec<f32>>,         // [head_dim]
     attn_post_norm: Option<Vec<f32>>, // [d]
     ffn_post_norm: Option<Vec<f32>>,  // [d]
+    qkv_bias: Option<[Vec<f32>; 3]>,  // [q_dim], [kv_dim], [kv_dim] (Qwen2)
 }
 
 pub struct CpuModel {
@@ -102,6 +103,7 @@ impl CpuModel {
                     k_norm: opt(config.qk_norm, names::ATTN_K_NORM)?,
                     attn_post_norm: opt(config.post_norms, names::ATTN_POST_NORM)?,
                     ffn_post_norm: opt(config.post_norms, names::FFN_POST_NORM)?,
+                    qkv_bias: if config.qkv_bias { Some([r(names::ATTN_Q_BIAS)?, r(names::ATTN_K_BIAS)?, r(names::ATTN_V_BIAS)?]) } else { None },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -155,6 +157,13 @@ impl CpuModel {
             matmul(&mut q, &h, &w.wq, n, d, qd);
             matmul(&mut k, &h, &w.wk, n, d, kvd);
             matmul(&mut v, &h, &w.wv, n, d, kvd);
+            if let Some([bq, bk, bv]) = &w.qkv_bias {
+                for (y, b) in [(&mut q, bq), (&mut k, bk), (&mut v, bv)] {
+                    for row in y.chunks_exact_mut(b.len()) {
+                        add_assign(row, b);
+                    }
+                }
+            }
             if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
                 rmsnorm_in_place(&mut q, qn, c.norm_eps);
                 rmsnorm_in_place(&mut k, kn, c.norm_eps);

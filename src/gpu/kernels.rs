@@ -320,6 +320,13 @@ impl Kernels {
         self.op("rmsnorm", variants, &[d, eps.to_bits(), gather as u32, 0], &[x, weight, y], &access)
     }
 
+    /// `y[t][i] += bias[i]` for `i < width` in every token's row of `stride` values.
+    pub fn bias_add(&self, y: &wgpu::Buffer, bias: &wgpu::Buffer, width: u32, stride: u32) -> Op {
+        let access = [ReadWrite, Read, Read];
+        let variants = self.single("bias_add", include_str!("../../shaders/bias_add.wgsl"), None, &[], &access, Grid::PerItem { of: Count::Tokens });
+        self.op("bias_add", variants, &[width, stride, 0, 0], &[y, bias], &access)
+    }
+
     /// RMSNorm of each query and key head in place in `qkv`; `weight` holds the query norm's
     /// head_dim weights, then the key norm's.
     pub fn head_norm(&self, qkv: &wgpu::Buffer, weight: &wgpu::Buffer, dims: AttnDims, eps: f32) -> Op {

@@ -263,6 +263,18 @@ impl GpuModel {
             for (w, col) in &wqkv {
                 ops.extend(kernels.matmul(w, &h, &qkv, OutCols { stride: dims.qkv_stride, col: *col }, false, Count::Tokens, false));
             }
+            if c.qkv_bias {
+                let parts = [names::ATTN_Q_BIAS, names::ATTN_K_BIAS, names::ATTN_V_BIAS].map(|n| read(&p(n)));
+                let mut bias = Vec::new();
+                for part in parts {
+                    let (ty, rows, k, data) = part?;
+                    let mut v = vec![0f32; rows * k];
+                    crate::gguf::dequantize(ty, &data, &mut v)?;
+                    bias.extend(v);
+                }
+                let bias = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("qkv bias"), contents: bytemuck::cast_slice(&bias), usage: wgpu::BufferUsages::STORAGE });
+                ops.push(kernels.bias_add(&qkv, &bias, dims.qkv_stride, dims.qkv_stride));
+            }
             if c.qk_norm {
                 let (_, _, _, qn) = read(&p(names::ATTN_Q_NORM))?;
                 let (_, _, _, kn) = read(&p(names::ATTN_K_NORM))?;

@@ -3,6 +3,7 @@
 
 mod gemma3;
 mod llama;
+mod qwen2;
 
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, TensorInfo};
@@ -14,6 +15,7 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
 pub enum Arch {
     Llama,
     Gemma3,
+    Qwen2,
 }
 
 impl Arch {
@@ -22,6 +24,7 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Gemma3 => "gemma3",
+            Arch::Qwen2 => "qwen2",
         }
     }
 }
@@ -96,6 +99,8 @@ pub struct Config {
     pub sliding_window: Option<SlidingWindow>,
     /// Logits become `cap * tanh(logits / cap)`.
     pub final_logit_softcap: Option<f32>,
+    /// Biases on the q, k and v projections (`attn_q.bias`, ...: Qwen2).
+    pub qkv_bias: bool,
 }
 
 impl Config {
@@ -106,6 +111,7 @@ impl Config {
         let config = match arch {
             "llama" => llama::config(gguf)?,
             "gemma3" => gemma3::config(gguf)?,
+            "qwen2" => qwen2::config(gguf)?,
             other => return Err(Error::UnsupportedArchitecture(other.to_string())),
         };
         for (name, dims) in config.expected_tensors() {
@@ -158,6 +164,9 @@ impl Config {
             if self.qk_norm {
                 let hd = self.head_dim as u64;
                 out.extend([(p(names::ATTN_Q_NORM), vec![hd]), (p(names::ATTN_K_NORM), vec![hd])]);
+            }
+            if self.qkv_bias {
+                out.extend([(p(names::ATTN_Q_BIAS), vec![q]), (p(names::ATTN_K_BIAS), vec![kv]), (p(names::ATTN_V_BIAS), vec![kv])]);
             }
             if self.post_norms {
                 out.extend([(p(names::ATTN_POST_NORM), vec![d]), (p(names::FFN_POST_NORM), vec![d])]);
@@ -230,6 +239,7 @@ fn read_common(gguf: &Gguf, arch: Arch, default_eps: f32, default_rope_base: f32
         post_norms: false,
         sliding_window: None,
         final_logit_softcap: None,
+        qkv_bias: false,
     };
     if head_dim == 0 || head_dim % 2 != 0 || cfg.n_layers == 0 || cfg.n_layers > 1024 || vocab_size == 0 {
         return Err(Error::InvalidModel(format!("implausible {} configuration: {cfg:?}", arch.name())));
@@ -255,6 +265,9 @@ pub mod names {
     pub const ATTN_K_NORM: &str = "attn_k_norm.weight";
     pub const ATTN_POST_NORM: &str = "post_attention_norm.weight";
     pub const FFN_POST_NORM: &str = "post_ffw_norm.weight";
+    pub const ATTN_Q_BIAS: &str = "attn_q.bias";
+    pub const ATTN_K_BIAS: &str = "attn_k.bias";
+    pub const ATTN_V_BIAS: &str = "attn_v.bias";
 
     pub fn layer(l: usize, name: &str) -> String {
         format!("blk.{l}.{name}")
