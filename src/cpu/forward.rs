@@ -268,6 +268,7 @@ mod tests {
             post_norms: false,
             sliding_window: None,
             final_logit_softcap: None,
+            qkv_bias: false,
         };
         let (len, w) = (10, 3);
         let val = |i: usize| ((i * 37 % 17) as f32 - 8.0) / 4.0;
