@@ -101,10 +101,6 @@ impl BlockPool {
         self.block_size
     }
 
-    pub fn n_blocks(&self) -> usize {
-        self.refs.len()
-    }
-
     /// Blocks that an allocation could get now (free plus evictable).
     pub fn available(&self) -> usize {
         self.free.len() + self.lru.len()

@@ -377,12 +377,14 @@ impl Sampler {
     /// from max(0, p - q) renormalized. The result is distributed exactly as `p`. Returns the
     /// token and whether it is the draft.
     pub fn verify_draft(&mut self, p: &[(u32, f64)], draft: u32, q: Option<&[(u32, f64)]>) -> (u32, bool) {
-        let prob = |d: &[(u32, f64)], t: u32| d.iter().find(|x| x.0 == t).map_or(0.0, |x| x.1);
-        let (pd, qd) = (prob(p, draft), q.map_or(1.0, |q| prob(q, draft)));
+        // q by token (a deterministic draft: 1 on it); p and q can span the whole vocabulary.
+        let q_of: std::collections::HashMap<u32, f64> = q.map_or_else(|| [(draft, 1.0)].into(), |q| q.iter().copied().collect());
+        let qd = q_of.get(&draft).copied().unwrap_or(0.0);
+        let pd = p.iter().find(|x| x.0 == draft).map_or(0.0, |x| x.1);
         if pd >= qd || (pd > 0.0 && self.rng.uniform() * qd < pd) {
             return (draft, true);
         }
-        let residual: Vec<(u32, f64)> = p.iter().map(|&(t, pt)| (t, (pt - q.map_or(if t == draft { 1.0 } else { 0.0 }, |q| prob(q, t))).max(0.0))).filter(|x| x.1 > 0.0).collect();
+        let residual: Vec<(u32, f64)> = p.iter().map(|&(t, pt)| (t, (pt - q_of.get(&t).copied().unwrap_or(0.0)).max(0.0))).filter(|x| x.1 > 0.0).collect();
         let total: f64 = residual.iter().map(|x| x.1).sum();
         if total <= 0.0 {
             // p == q up to rounding: any draw from p is exact.

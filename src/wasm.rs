@@ -173,7 +173,7 @@ impl Engine {
             0 => config.context_len.min(2048),
             n => n.min(config.context_len),
         };
-        let gpu = if portable { GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false } } else { GpuOptions::default() };
+        let gpu = if portable { GpuOptions::portable() } else { GpuOptions::default() };
         let device = match device {
             EngineDevice::Gpu => Device::Gpu,
             _ => Device::Cpu,
@@ -212,17 +212,15 @@ impl Engine {
             return Err(JsError::new("speculative decoding runs on the GPU engine; load with device \"gpu\""));
         };
         let gguf = Gguf::read(&bytes[..]).map_err(js_err)?;
-        let gpu = if portable { GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false } } else { GpuOptions::default() };
+        let gpu = if portable { GpuOptions::portable() } else { GpuOptions::default() };
         let ctx = crate::gpu::GpuContext::new(gpu).await.map_err(js_err)?;
         let opts = crate::gpu::ModelOptions::new(self.context as u32, 128);
         let draft = crate::gpu::GpuModel::load(ctx, &gguf, &bytes[..], &opts).await.map_err(js_err)?;
-        if draft.config.vocab_size != model.config.vocab_size {
-            return Err(JsError::new(&format!("the draft model's vocabulary has {} tokens but the model's has {}; use a draft model with the same tokenizer", draft.config.vocab_size, model.config.vocab_size)));
-        }
-        self.draft = Some(std::rc::Rc::new(draft));
+        let draft = std::rc::Rc::new(draft);
+        self.scheduler.set_draft_model(model, draft.clone()).map_err(js_err)?;
+        self.draft = Some(draft);
         Ok(())
     }
-
 
     /// Model facts for display.
     pub fn info(&self) -> Result<JsValue, JsError> {
@@ -459,9 +457,6 @@ impl Engine {
             _ => return Err(JsError::new("invalid request: give either prompt or messages")),
         }
         .map_err(js_err)?;
-        if let Some(d) = &self.draft {
-            self.scheduler.set_draft_model(model, d.clone()).map_err(js_err)?;
-        }
         let id = self.scheduler.submit(model, &self.tokenizer, crate::engine::Request { prompt: ids, opts }).map_err(js_err)?;
         Ok(id as u32)
     }

@@ -98,7 +98,7 @@ async fn fetch_json(path: &str) -> serde_json::Value {
 async fn gpu_model(bytes: &[u8]) -> GpuModel {
     let gguf = Gguf::read(bytes).unwrap();
     // No optional features: the engine must work without them (SwiftShader has no shader-f16).
-    let opts = GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false };
+    let opts = GpuOptions::portable();
     let ctx = GpuContext::new(opts).await.unwrap();
     web_sys::console::log_1(&format!("adapter: {:?}", ctx.info).into());
     GpuModel::load(ctx, &gguf, bytes, &ModelOptions::new(512, 64)).await.unwrap()
@@ -195,7 +195,7 @@ async fn kernels_match_cpu_in_browser() {
     let gguf = Gguf::read(&bytes[..]).unwrap();
     // Portable (no optional features, the adapter's own shapes), then the GPU shapes with
     // subgroups where the adapter has them (`enable subgroups;` in the browser).
-    let portable = GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false };
+    let portable = GpuOptions::portable();
     for (opts, cpu_like) in [(portable, None), (GpuOptions::default(), Some(false))] {
     let ctx = GpuContext::new(opts).await.unwrap();
         let dev = &ctx.device;
@@ -283,7 +283,7 @@ fn malformed_gguf_is_an_error_not_a_panic_in_browser() {
 async fn gpu_model_with(bytes: &[u8], opts: ModelOptions) -> (GpuModel, Tokenizer) {
     let gguf = Gguf::read(bytes).unwrap();
     let tok = Tokenizer::from_gguf(&gguf.metadata).unwrap();
-    let ctx = GpuContext::new(GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false }).await.unwrap();
+    let ctx = GpuContext::new(GpuOptions::portable()).await.unwrap();
     (GpuModel::load(ctx, &gguf, bytes, &opts).await.unwrap(), tok)
 }
 

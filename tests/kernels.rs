@@ -169,7 +169,7 @@ fn check_close(gpu: &[f32], cpu: &[f32], tol: f32, what: &str) {
 /// adapter has them and widths whose lanes per row fit a subgroup; workgroup memory otherwise).
 #[test]
 fn matmul_matches_cpu_reference() {
-    let portable = GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false };
+    let portable = GpuOptions::portable();
     for (opts, cpu_like) in [(GpuOptions::default(), true), (GpuOptions::default(), false), (portable, false)] {
         let h = Harness::with_shapes(opts, Some(cpu_like));
         println!("cpu_like={cpu_like} subgroups={} subgroup_rows={}", h.ctx.info.subgroups, h.ctx.info.subgroup_rows);

@@ -23,27 +23,13 @@ export interface EngineOptions extends LoadOptions {
   draftModel?: ModelSource;
 }
 
-/** Sampling and stopping, with the OpenAI API's names. The default is greedy (temperature 0). */
-export interface SamplingRequest {
-  max_tokens?: number;
-  temperature?: number;
-  top_p?: number;
-  top_k?: number;
-  min_p?: number;
-  typical_p?: number;
-  presence_penalty?: number;
-  frequency_penalty?: number;
-  repetition_penalty?: number;
-  logit_bias?: Record<string, number>;
-  seed?: number;
+/** Sampling and stopping, with the OpenAI API's names (the engine's options, see types.ts);
+ * the default is greedy (temperature 0). */
+export interface SamplingRequest extends Omit<GenerateOptions, "stop" | "logprobs"> {
   stop?: string | string[];
   /** Chat: `logprobs: true` with `top_logprobs: n`; completions: `logprobs: n`. */
   logprobs?: boolean | number;
   top_logprobs?: number;
-  ignore_eos?: boolean;
-  /** Speculative decoding: "ngram" (prompt lookup) or "draft"; same output, fewer forwards. */
-  speculative?: "ngram" | "draft";
-  draft_k?: number;
   /** Cancels the request; the engine stays usable. */
   signal?: AbortSignal;
 }

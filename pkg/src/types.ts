@@ -54,6 +54,7 @@ export interface GenerateOptions {
   stop?: string[];
   ignore_eos?: boolean;
   logprobs?: number;
+  /** Speculative decoding: "ngram" (prompt lookup) or "draft"; same output, fewer forwards. */
   speculative?: "ngram" | "draft";
   draft_k?: number;
 }

@@ -257,7 +257,7 @@ mod cli {
 
     fn load(args: &ModelArgs, m: &Loaded) -> Result<Backend> {
         let gpu = if args.portable {
-            GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false }
+            GpuOptions::portable()
         } else {
             GpuOptions::default()
         };
@@ -290,9 +290,9 @@ mod cli {
                 let t0 = now_ms();
                 let m = open(&args)?;
                 let tokenizer = Tokenizer::from_gguf(&m.gguf.metadata)?;
+                let template = if chat { ChatTemplate::from_gguf(&m.gguf.metadata, &tokenizer)? } else { None };
                 let render = |prompt: String| -> Result<Vec<u32>> {
                     let text = if chat {
-                        let template = ChatTemplate::from_gguf(&m.gguf.metadata, &tokenizer)?;
                         let mut messages = Vec::new();
                         if let Some(s) = &system {
                             messages.push(ChatMessage { role: "system".into(), content: s.clone() });
@@ -402,7 +402,7 @@ mod cli {
 
     fn bench(args: &ModelArgs, synthetic: Option<&str>, gen: usize, stream_gen: usize, runs: usize, json: Option<&std::path::Path>) -> Result<()> {
         use ferrolm::bench::{read_bandwidth, synthetic_llama, time_generation, LLAMA_3_2_1B, PRINTING_PRESS_PROMPT};
-        let gpu = if args.portable { GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false } } else { GpuOptions::default() };
+        let gpu = if args.portable { GpuOptions::portable() } else { GpuOptions::default() };
         let (name, bytes) = match synthetic {
             Some("llama-3.2-1b") => ("synthetic Llama-3.2-1B (Q4_1)".to_string(), synthetic_llama(LLAMA_3_2_1B)),
             Some(other) => return Err(Error::InvalidOption { option: "--synthetic", reason: format!("unknown shape '{other}'; use llama-3.2-1b") }),

@@ -217,7 +217,6 @@ impl Engine {
                 break;
             }
             loop {
-                let scheduled: Vec<RequestId> = plan.iter().map(|p| p.0).collect();
                 let Some(seq) = self.running.iter_mut().find(|s| s.id == id) else { break }; // preempted
                 let n = seq.pending().min(budget);
                 seq.fit_drafts(n);
@@ -226,6 +225,7 @@ impl Engine {
                     budget -= n;
                     break;
                 }
+                let scheduled: Vec<RequestId> = plan.iter().map(|p| p.0).collect();
                 if !self.preempt_one(model, &scheduled) {
                     break;
                 }
@@ -249,8 +249,9 @@ impl Engine {
         let plan = self.schedule(model);
         if plan.is_empty() {
             if self.running.is_empty() && !self.waiting.is_empty() {
-                // Nothing runs and the head request still does not fit: the pool is smaller
-                // than the prompt (cannot happen with the one-context minimum; kept as a guard).
+                // Nothing of ours runs and the head request still does not fit: other users of
+                // the pool (a GpuSession, scoring) hold the blocks. The request is dropped with
+                // this error rather than retried forever.
                 let seq = self.waiting.pop_front().expect("waiting is not empty");
                 let pool = model.pool.borrow();
                 return Err(Error::KvCacheFull { needed: seq.blocks_needed(pool.block_size()), available: pool.available(), block_size: pool.block_size() });

@@ -18,6 +18,13 @@ impl Default for GpuOptions {
     }
 }
 
+impl GpuOptions {
+    /// No optional feature, as on the most limited adapters (and SwiftShader, which lacks f16).
+    pub fn portable() -> Self {
+        GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false }
+    }
+}
+
 /// What the engine reads off the adapter it got.
 #[derive(Clone, Debug)]
 pub struct AdapterInfo {
@@ -112,9 +119,10 @@ impl GpuContext {
         read_buffer(&self.device, &self.queue, src, offset, size).await
     }
 
-    /// Maps a MAP_READ buffer whose copy was already submitted and returns its bytes.
-    pub async fn map_read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
-        map_read(&self.device, staging).await
+    /// Maps the first `size` bytes of a MAP_READ buffer whose copy was already submitted and
+    /// returns them.
+    pub async fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        map_read(&self.device, staging, size).await
     }
 }
 
@@ -130,12 +138,12 @@ async fn read_buffer(device: &wgpu::Device, queue: &wgpu::Queue, src: &wgpu::Buf
     let mut enc = device.create_command_encoder(&Default::default());
     enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
     queue.submit([enc.finish()]);
-    map_read(device, &staging).await
+    map_read(device, &staging, size).await
 }
 
-async fn map_read(device: &wgpu::Device, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+async fn map_read(device: &wgpu::Device, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
     let (tx, rx) = futures_channel::oneshot::channel();
-    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+    staging.map_async(wgpu::MapMode::Read, ..size, move |r| {
         let _ = tx.send(r);
     });
     // Native backends need a poll to make progress; on the web this is a no-op.
@@ -143,7 +151,7 @@ async fn map_read(device: &wgpu::Device, staging: &wgpu::Buffer) -> Result<Vec<u
     rx.await
         .map_err(|_| Error::Gpu("the GPU device was lost during a readback".into()))?
         .map_err(|e| Error::Gpu(format!("mapping a readback buffer failed: {e}")))?;
-    let bytes = staging.get_mapped_range(..).to_vec();
+    let bytes = staging.get_mapped_range(..size).to_vec();
     staging.unmap();
     Ok(bytes)
 }

@@ -54,12 +54,6 @@ pub struct EngineLimits {
     pub kv_bytes_per_token: u64,
 }
 
-impl EngineLimits {
-    /// Blocks one full-context sequence needs.
-    pub fn blocks_per_seq(&self) -> u32 {
-        self.context.div_ceil(self.block_size)
-    }
-}
 
 /// One step's work: tokens of one or more sequences, and which of them need logits.
 pub struct Batch<'a> {
@@ -109,8 +103,8 @@ pub struct GpuModel {
     logits: wgpu::Buffer,
     argmax: wgpu::Buffer,
     argmax_staging: wgpu::Buffer,
-    /// One row of logits, for sampling steps (larger reads get a buffer of their own).
-    row_staging: wgpu::Buffer,
+    /// Logit rows read back by a step: made for one row, grown to the most rows a step asked for.
+    logits_staging: std::cell::RefCell<wgpu::Buffer>,
     topk: wgpu::Buffer,
     topk_staging: wgpu::Buffer,
     ops: Vec<Op>,
@@ -175,25 +169,10 @@ impl GpuModel {
         let ffn = storage("ffn", t * f * 4)?;
         let logits = storage("logits", max_logit_rows as u64 * v * 4)?;
         let argmax = storage("argmax", max_logit_rows as u64 * 4)?;
-        let argmax_staging = dev.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("argmax staging"),
-            size: max_logit_rows as u64 * 4,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let argmax_staging = staging_buffer(dev, "argmax staging", max_logit_rows as u64 * 4);
         let topk = storage("top-k", max_logit_rows as u64 * TOPK_WORDS as u64 * 4)?;
-        let topk_staging = dev.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("top-k staging"),
-            size: max_logit_rows as u64 * TOPK_WORDS as u64 * 4,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let row_staging = dev.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("logits row staging"),
-            size: v * 4,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let topk_staging = staging_buffer(dev, "top-k staging", max_logit_rows as u64 * TOPK_WORDS as u64 * 4);
+        let logits_staging = std::cell::RefCell::new(staging_buffer(dev, "logits staging", v * 4));
         // One cos/sin table per distinct (RoPE base, scale) among the layers (Gemma 3: local, global).
         let mut ropes: Vec<((u32, u32), wgpu::Buffer)> = Vec::new();
         for l in 0..c.n_layers {
@@ -223,8 +202,9 @@ impl GpuModel {
         // Rows of several matrices side by side in one output row: one fused matrix when they share
         // a type, else one per type run (Q4_K_M files mix Q5_0 q/k with a Q8_0 v). `(matrix, column)`.
         let side_by_side = |label: &str, parts: &[&str]| -> Result<Vec<(GpuTensor, u32)>> {
-            if let Ok(m) = matrix(label, parts, true) {
-                return Ok(vec![(m, 0)]);
+            let infos = parts.iter().map(|p| c.tensor(gguf, p)).collect::<Result<Vec<_>>>()?;
+            if infos.iter().all(|i| i.ty == infos[0].ty && i.dims[0] == infos[0].dims[0]) {
+                return Ok(vec![(matrix(label, parts, true)?, 0)]);
             }
             let mut out = Vec::new();
             let mut col = 0;
@@ -236,10 +216,13 @@ impl GpuModel {
             }
             Ok(out)
         };
-        let vector = |name: &str| -> Result<wgpu::Buffer> {
-            let (ty, rows, k, data) = read(name)?;
-            upload_f32(dev, name, ty, &data, rows * k)
+        // Vectors (norms, biases) back to back in one f32 buffer.
+        let vectors = |label: &str, names: &[&str]| -> Result<wgpu::Buffer> {
+            let loaded = names.iter().map(|n| read(n)).collect::<Result<Vec<_>>>()?;
+            let parts: Vec<_> = loaded.iter().map(|(ty, rows, k, data)| (*ty, &data[..], rows * k)).collect();
+            upload_f32(dev, label, &parts)
         };
+        let vector = |name: &str| vectors(name, &[name]);
 
         let dims = AttnDims { n_heads: c.n_heads as u32, n_kv_heads: c.n_kv_heads as u32, head_dim: c.head_dim as u32, qkv_stride: (qd + 2 * kvd) as u32 };
         let token_embd = matrix(names::TOKEN_EMBD, &[names::TOKEN_EMBD], true)?;
@@ -264,22 +247,11 @@ impl GpuModel {
                 ops.extend(kernels.matmul(w, &h, &qkv, OutCols { stride: dims.qkv_stride, col: *col }, false, Count::Tokens, false));
             }
             if c.qkv_bias {
-                let parts = [names::ATTN_Q_BIAS, names::ATTN_K_BIAS, names::ATTN_V_BIAS].map(|n| read(&p(n)));
-                let mut bias = Vec::new();
-                for part in parts {
-                    let (ty, rows, k, data) = part?;
-                    let mut v = vec![0f32; rows * k];
-                    crate::gguf::dequantize(ty, &data, &mut v)?;
-                    bias.extend(v);
-                }
-                let bias = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("qkv bias"), contents: bytemuck::cast_slice(&bias), usage: wgpu::BufferUsages::STORAGE });
+                let bias = vectors("qkv bias", &[&p(names::ATTN_Q_BIAS), &p(names::ATTN_K_BIAS), &p(names::ATTN_V_BIAS)])?;
                 ops.push(kernels.bias_add(&qkv, &bias, dims.qkv_stride, dims.qkv_stride));
             }
             if c.qk_norm {
-                let (_, _, _, qn) = read(&p(names::ATTN_Q_NORM))?;
-                let (_, _, _, kn) = read(&p(names::ATTN_K_NORM))?;
-                let (ty, n) = (c.tensor(gguf, &p(names::ATTN_Q_NORM))?.ty, c.head_dim);
-                let qk_norm = upload_f32(dev, "qk norm", ty, &[qn, kn].concat(), 2 * n)?;
+                let qk_norm = vectors("qk norm", &[&p(names::ATTN_Q_NORM), &p(names::ATTN_K_NORM)])?;
                 ops.push(kernels.head_norm(&qkv, &qk_norm, dims, c.norm_eps));
             }
             ops.push(kernels.rope_kv(&qkv, rope, &k_cache, &v_cache, dims, c.rope_style == RopeStyle::Neox));
@@ -314,7 +286,7 @@ impl GpuModel {
         }
         let weight_bytes = c.weight_bytes_per_token(gguf);
         let pool = std::cell::RefCell::new(BlockPool::new(n_blocks as usize, block_size as usize));
-        Ok(GpuModel { ctx, config, limits, weight_bytes, pool, max_logit_rows, batch, logits, argmax, argmax_staging, row_staging, topk, topk_staging, ops, argmax_op, topk_op })
+        Ok(GpuModel { ctx, config, limits, weight_bytes, pool, max_logit_rows, batch, logits, argmax, argmax_staging, logits_staging, topk, topk_staging, ops, argmax_op, topk_op })
     }
 
     /// Logit rows one step can return.
@@ -385,7 +357,7 @@ impl GpuModel {
         let bytes = b.logit_rows.len() as u64 * 4;
         enc.copy_buffer_to_buffer(&self.argmax, 0, &self.argmax_staging, 0, bytes);
         self.ctx.queue.submit([enc.finish()]);
-        let out = self.ctx.map_read(&self.argmax_staging).await?;
+        let out = self.ctx.map_read(&self.argmax_staging, bytes).await?;
         Ok(bytemuck::cast_slice(&out[..bytes as usize]).to_vec())
     }
 
@@ -396,7 +368,7 @@ impl GpuModel {
         let bytes = (b.logit_rows.len() * TOPK_WORDS * 4) as u64;
         enc.copy_buffer_to_buffer(&self.topk, 0, &self.topk_staging, 0, bytes);
         self.ctx.queue.submit([enc.finish()]);
-        let out = self.ctx.map_read(&self.topk_staging).await?;
+        let out = self.ctx.map_read(&self.topk_staging, bytes).await?;
         let words: &[u32] = bytemuck::cast_slice(&out[..bytes as usize]);
         Ok(words.chunks(TOPK_WORDS).map(|w| TopLogits::from_words(w, k)).collect())
     }
@@ -405,16 +377,18 @@ impl GpuModel {
     pub async fn forward_logits(&self, b: &Batch<'_>) -> Result<Vec<f32>> {
         let mut enc = self.encode(b, Readback::Logits)?;
         let bytes = b.logit_rows.len() as u64 * self.config.vocab_size as u64 * 4;
-        if b.logit_rows.len() == 1 {
-            // The sampling path: one row per decode step into a buffer made once.
-            enc.copy_buffer_to_buffer(&self.logits, 0, &self.row_staging, 0, bytes);
-            self.ctx.queue.submit([enc.finish()]);
-            return Ok(bytemuck::cast_slice(&self.ctx.map_read(&self.row_staging).await?).to_vec());
+        if self.logits_staging.borrow().size() < bytes {
+            *self.logits_staging.borrow_mut() = staging_buffer(&self.ctx.device, "logits staging", bytes);
         }
+        let staging = self.logits_staging.borrow().clone();
+        enc.copy_buffer_to_buffer(&self.logits, 0, &staging, 0, bytes);
         self.ctx.queue.submit([enc.finish()]);
-        let out = self.ctx.read_buffer(&self.logits, 0, bytes).await?;
-        Ok(bytemuck::cast_slice(&out).to_vec())
+        Ok(bytemuck::cast_slice(&self.ctx.map_read(&staging, bytes).await?).to_vec())
     }
+}
+
+fn staging_buffer(dev: &wgpu::Device, label: &str, size: u64) -> wgpu::Buffer {
+    dev.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
 }
 
 /// `(cos, sin)` of every position and frequency, computed in f64 like the CPU reference.

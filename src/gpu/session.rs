@@ -23,10 +23,6 @@ impl<M: Deref<Target = GpuModel>> GpuSession<M> {
         GpuSession { model, len: 0, table: Vec::new() }
     }
 
-    pub fn model(&self) -> &GpuModel {
-        &self.model
-    }
-
     /// Forgets every position from `len` on (their blocks stay with the session for reuse).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);

@@ -184,10 +184,15 @@ impl GpuTensor {
     }
 }
 
-/// A small f32 vector (norm weights) on the GPU, dequantized if stored quantized.
-pub fn upload_f32(device: &wgpu::Device, name: &str, ty: GgmlType, data: &[u8], n: usize) -> Result<wgpu::Buffer> {
-    let mut v = vec![0f32; n];
-    dequantize(ty, data, &mut v)?;
+/// Small f32 vectors (norm weights, biases) on the GPU, one after the other in one buffer, each
+/// dequantized if stored quantized: `(type, bytes, values)` per part.
+pub fn upload_f32(device: &wgpu::Device, name: &str, parts: &[(GgmlType, &[u8], usize)]) -> Result<wgpu::Buffer> {
+    let mut v = vec![0f32; parts.iter().map(|p| p.2).sum()];
+    let mut start = 0;
+    for &(ty, data, n) in parts {
+        dequantize(ty, data, &mut v[start..start + n])?;
+        start += n;
+    }
     Ok(device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some(name),
         contents: bytemuck::cast_slice(&v),
