@@ -1,7 +1,10 @@
-// Dequantizing matrix multiply for CPU-emulated adapters (lavapipe, SwiftShader): one thread per
-// output row and TN (1, 2 or 4) tokens, no workgroup memory and no barriers, which such adapters
-// run as coroutines at great cost. Same contract as matmul.wgsl:
-// y[t][out_col + r] (+)= sum_k x[t][k] * W[r][k]; SWIGLU gives silu(gate) * up.
+// Dequantizing matrix multiply for CPU-emulated adapters (lavapipe, SwiftShader): no workgroup
+// memory and no barriers (such adapters run those as coroutines at great cost). There every
+// storage load is a per-lane gather and costs ten times an arithmetic instruction, so a thread
+// owns RW weight rows and TN tokens: each 32-value slice of x is loaded once for RW rows, and
+// each weight block once for TN tokens. Same contract as matmul.wgsl:
+// y[t][out_col + r] (+)= sum_k x[t][k] * W[r][k]; SWIGLU gives act(gate) * up (the thread's
+// rows are then RW / 2 gate rows and the matching up rows).
 
 struct Params {
     k: u32,
@@ -20,7 +23,11 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> batch: array<u32>;
 
+// Tokens per thread: 1 (decode) or 4 (prefill, batched decode).
 override TN: u32 = 1u;
+// Weight rows per thread: 8 or 4.
+override RW: u32 = 8u;
+override WG: u32 = 64u;
 override SWIGLU: bool = false;
 // With SWIGLU: GELU (tanh approximation, ggml's) instead of SiLU on the gate: Gemma's GeGLU.
 override GELU: bool = false;
@@ -31,52 +38,79 @@ fn gate_act(v: f32) -> f32 {
     return v / (1.0 + exp(-v));
 }
 
-fn finish(acc: f32, up: f32, t: u32, row: u32) {
-    var v = acc;
-    if (SWIGLU) { v = gate_act(v) * up; }
-    let o = t * P.out_stride + P.out_col + row;
-    if (P.accumulate == 1u) { v += y[o]; }
-    y[o] = v;
+// Output rows per thread.
+fn outs() -> u32 { return select(RW, RW / 2u, SWIGLU); }
+
+// First block of the thread's weight row i: gate rows, then (SWIGLU) the up rows m further on.
+fn row_block(r0: u32, i: u32, groups: u32) -> u32 {
+    let o = outs();
+    if (SWIGLU && i >= o) { return (min(r0 + i - o, P.m - 1u) + P.m) * groups; }
+    return min(r0 + i, P.m - 1u) * groups;
 }
 
-@compute @workgroup_size(64)
+// One weight block against the thread's tokens.
+fn dot_tokens(k: WB, x0: X32, x1: X32, x2: X32, x3: X32) -> vec4<f32> {
+    if (TN == 1u) { return vec4<f32>(dotw(k, x0), 0.0, 0.0, 0.0); }
+    return vec4<f32>(dotw(k, x0), dotw(k, x1), dotw(k, x2), dotw(k, x3));
+}
+
+// Writes output row r0 + i for the thread's tokens from t0 (up: the SWIGLU up sums).
+fn store(r0: u32, i: u32, t0: u32, n: u32, acc: vec4<f32>, up: vec4<f32>) {
+    let row = r0 + i;
+    if (row >= P.m) { return; }
+    for (var t = 0u; t < TN; t++) {
+        if (t0 + t >= n) { return; }
+        var v = acc[t];
+        if (SWIGLU) { v = gate_act(v) * up[t]; }
+        let o = (t0 + t) * P.out_stride + P.out_col + row;
+        if (P.accumulate == 1u) { v += y[o]; }
+        y[o] = v;
+    }
+}
+
+@compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n = select(n_tokens(), n_logit_rows(), P.use_logit_rows == 1u);
-    let row = gid.x;
+    let r0 = gid.x * outs();
     let t0 = gid.y * TN;
-    if (row >= P.m || t0 >= n) { return; }
+    if (r0 >= P.m || t0 >= n) { return; }
     let groups = P.k / 32u;
     let kv4 = P.k / 4u;
     // Token rows past the batch clamp to its last token; their results are not written.
-    let x0 = t0 * kv4;
-    let x1 = min(t0 + 1u, n - 1u) * kv4;
-    let x2 = min(t0 + 2u, n - 1u) * kv4;
-    let x3 = min(t0 + 3u, n - 1u) * kv4;
-    let up_off = P.m * groups;
-    var a = vec4<f32>(0.0);
-    var u = vec4<f32>(0.0);
+    let xr0 = t0 * kv4;
+    let xr1 = min(t0 + 1u, n - 1u) * kv4;
+    let xr2 = min(t0 + 2u, n - 1u) * kv4;
+    let xr3 = min(t0 + 3u, n - 1u) * kv4;
+    let b0 = row_block(r0, 0u, groups); let b1 = row_block(r0, 1u, groups);
+    let b2 = row_block(r0, 2u, groups); let b3 = row_block(r0, 3u, groups);
+    let b4 = row_block(r0, 4u, groups); let b5 = row_block(r0, 5u, groups);
+    let b6 = row_block(r0, 6u, groups); let b7 = row_block(r0, 7u, groups);
+    var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0); var a5 = vec4<f32>(0.0); var a6 = vec4<f32>(0.0); var a7 = vec4<f32>(0.0);
     for (var g = 0u; g < groups; g++) {
-        let b = row * groups + g;
-        let xo = g * 8u;
-        a.x += dot32(b, P.scale_off, x0 + xo);
-        if (SWIGLU) { u.x += dot32(b + up_off, P.scale_off, x0 + xo); }
-        if (TN >= 2u) {
-            a.y += dot32(b, P.scale_off, x1 + xo);
-            if (SWIGLU) { u.y += dot32(b + up_off, P.scale_off, x1 + xo); }
-        }
-        if (TN == 4u) {
-            a.z += dot32(b, P.scale_off, x2 + xo);
-            a.w += dot32(b, P.scale_off, x3 + xo);
-            if (SWIGLU) {
-                u.z += dot32(b + up_off, P.scale_off, x2 + xo);
-                u.w += dot32(b + up_off, P.scale_off, x3 + xo);
-            }
+        let x0 = load_x32(xr0 + g * 8u);
+        var x1 = x0; var x2 = x0; var x3 = x0;
+        if (TN > 1u) { x1 = load_x32(xr1 + g * 8u); x2 = load_x32(xr2 + g * 8u); x3 = load_x32(xr3 + g * 8u); }
+        let so = P.scale_off;
+        a0 += dot_tokens(load_wb(b0 + g, so), x0, x1, x2, x3);
+        a1 += dot_tokens(load_wb(b1 + g, so), x0, x1, x2, x3);
+        a2 += dot_tokens(load_wb(b2 + g, so), x0, x1, x2, x3);
+        a3 += dot_tokens(load_wb(b3 + g, so), x0, x1, x2, x3);
+        if (RW == 8u) {
+            a4 += dot_tokens(load_wb(b4 + g, so), x0, x1, x2, x3);
+            a5 += dot_tokens(load_wb(b5 + g, so), x0, x1, x2, x3);
+            a6 += dot_tokens(load_wb(b6 + g, so), x0, x1, x2, x3);
+            a7 += dot_tokens(load_wb(b7 + g, so), x0, x1, x2, x3);
         }
     }
-    finish(a.x, u.x, t0, row);
-    if (TN >= 2u && t0 + 1u < n) { finish(a.y, u.y, t0 + 1u, row); }
-    if (TN == 4u) {
-        if (t0 + 2u < n) { finish(a.z, u.z, t0 + 2u, row); }
-        if (t0 + 3u < n) { finish(a.w, u.w, t0 + 3u, row); }
+    if (SWIGLU && RW == 8u) {
+        store(r0, 0u, t0, n, a0, a4); store(r0, 1u, t0, n, a1, a5);
+        store(r0, 2u, t0, n, a2, a6); store(r0, 3u, t0, n, a3, a7);
+    } else if (SWIGLU) {
+        store(r0, 0u, t0, n, a0, a2); store(r0, 1u, t0, n, a1, a3);
+    } else {
+        store(r0, 0u, t0, n, a0, a0); store(r0, 1u, t0, n, a1, a1);
+        store(r0, 2u, t0, n, a2, a2); store(r0, 3u, t0, n, a3, a3);
+        if (RW == 8u) { store(r0, 4u, t0, n, a4, a4); store(r0, 5u, t0, n, a5, a5); store(r0, 6u, t0, n, a6, a6); store(r0, 7u, t0, n, a7, a7); }
     }
 }

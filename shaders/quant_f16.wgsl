@@ -3,8 +3,13 @@ fn h4(o: u32) -> vec4<f32> { return vec4<f32>(unpack2x16float(w[o]), unpack2x16f
 
 fn dequant4(b: u32, i: u32, scale_off: u32) -> vec4<f32> { return h4(b * 16u + 2u * i); }
 
-fn dot32(b: u32, scale_off: u32, xb: u32) -> f32 {
-    let o = b * 16u;
-    return dot(x[xb], h4(o)) + dot(x[xb + 1u], h4(o + 2u)) + dot(x[xb + 2u], h4(o + 4u)) + dot(x[xb + 3u], h4(o + 6u))
-         + dot(x[xb + 4u], h4(o + 8u)) + dot(x[xb + 5u], h4(o + 10u)) + dot(x[xb + 6u], h4(o + 12u)) + dot(x[xb + 7u], h4(o + 14u));
+// Sixteen words per block: dotw reads them itself rather than carrying them.
+struct WB { o: u32 }
+fn load_wb(b: u32, scale_off: u32) -> WB { return WB(b * 16u); }
+fn prep_x(v: X32) -> X32 { return v; }
+
+fn dotw(k: WB, v: X32) -> f32 {
+    let o = k.o;
+    return dot(v.v0, h4(o)) + dot(v.v1, h4(o + 2u)) + dot(v.v2, h4(o + 4u)) + dot(v.v3, h4(o + 6u))
+         + dot(v.v4, h4(o + 8u)) + dot(v.v5, h4(o + 10u)) + dot(v.v6, h4(o + 12u)) + dot(v.v7, h4(o + 14u));
 }

@@ -3,8 +3,13 @@ fn f4(o: u32) -> vec4<f32> { return bitcast<vec4<f32>>(vec4<u32>(w[o], w[o + 1u]
 
 fn dequant4(b: u32, i: u32, scale_off: u32) -> vec4<f32> { return f4(b * 32u + 4u * i); }
 
-fn dot32(b: u32, scale_off: u32, xb: u32) -> f32 {
-    let o = b * 32u;
-    return dot(x[xb], f4(o)) + dot(x[xb + 1u], f4(o + 4u)) + dot(x[xb + 2u], f4(o + 8u)) + dot(x[xb + 3u], f4(o + 12u))
-         + dot(x[xb + 4u], f4(o + 16u)) + dot(x[xb + 5u], f4(o + 20u)) + dot(x[xb + 6u], f4(o + 24u)) + dot(x[xb + 7u], f4(o + 28u));
+// Thirty-two words per block: dotw reads them itself rather than carrying them.
+struct WB { o: u32 }
+fn load_wb(b: u32, scale_off: u32) -> WB { return WB(b * 32u); }
+fn prep_x(v: X32) -> X32 { return v; }
+
+fn dotw(k: WB, v: X32) -> f32 {
+    let o = k.o;
+    return dot(v.v0, f4(o)) + dot(v.v1, f4(o + 4u)) + dot(v.v2, f4(o + 8u)) + dot(v.v3, f4(o + 12u))
+         + dot(v.v4, f4(o + 16u)) + dot(v.v5, f4(o + 20u)) + dot(v.v6, f4(o + 24u)) + dot(v.v7, f4(o + 28u));
 }

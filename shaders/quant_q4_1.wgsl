@@ -2,27 +2,18 @@
 // the high nibble), then at `scale_off` one u32 per block holding (d, m) as two f16.
 // Straight-line code without private arrays: CPU-emulated adapters (SwiftShader's Subzero) keep
 // everything in registers only then. q*d is exact in f32, so q*d + m rounds once: GPU == CPU.
-fn nib_lo(q: u32) -> vec4<f32> { return vec4<f32>(vec4<u32>(q, q >> 8u, q >> 16u, q >> 24u) & vec4<u32>(15u)); }
-fn nib_hi(q: u32) -> vec4<f32> { return vec4<f32>(vec4<u32>(q >> 4u, q >> 12u, q >> 20u, q >> 28u) & vec4<u32>(15u)); }
-
-// Values 4i .. 4i+3 of block b.
 fn dequant4(b: u32, i: u32, scale_off: u32) -> vec4<f32> {
     let dm = unpack2x16float(w[scale_off + b]);
     let q = w[b * 4u + i % 4u];
-    return select(nib_lo(q), nib_hi(q), i >= 4u) * dm.x + dm.y;
+    return select(nib_lo(q), nib_hi(q), i >= 4u) * NIB_XS * dm.x + dm.y;
 }
 
-// Dot product of block b with the 32 values x[xb .. xb + 8] (vec4s).
-fn dot32(b: u32, scale_off: u32, xb: u32) -> f32 {
-    let dm = unpack2x16float(w[scale_off + b]);
-    let q0 = w[b * 4u];
-    let q1 = w[b * 4u + 1u];
-    let q2 = w[b * 4u + 2u];
-    let q3 = w[b * 4u + 3u];
-    let x0 = x[xb]; let x1 = x[xb + 1u]; let x2 = x[xb + 2u]; let x3 = x[xb + 3u];
-    let x4 = x[xb + 4u]; let x5 = x[xb + 5u]; let x6 = x[xb + 6u]; let x7 = x[xb + 7u];
-    let s = dot(x0, nib_lo(q0)) + dot(x1, nib_lo(q1)) + dot(x2, nib_lo(q2)) + dot(x3, nib_lo(q3))
-          + dot(x4, nib_hi(q0)) + dot(x5, nib_hi(q1)) + dot(x6, nib_hi(q2)) + dot(x7, nib_hi(q3));
-    let sx = dot((x0 + x1) + (x2 + x3) + (x4 + x5) + (x6 + x7), vec4<f32>(1.0));
-    return dm.x * s + dm.y * sx;
+struct WB { q0: u32, q1: u32, q2: u32, q3: u32, dm: vec2<f32> }
+fn load_wb(b: u32, scale_off: u32) -> WB { return WB(w[b * 4u], w[b * 4u + 1u], w[b * 4u + 2u], w[b * 4u + 3u], unpack2x16float(w[scale_off + b])); }
+fn prep_x(v: X32) -> X32 { return prep_nib(v); }
+
+fn dotw(k: WB, v: X32) -> f32 {
+    let s = dot(v.v0, nib_lo(k.q0)) + dot(v.v1, nib_lo(k.q1)) + dot(v.v2, nib_lo(k.q2)) + dot(v.v3, nib_lo(k.q3))
+          + dot(v.v4, nib_hi(k.q0)) + dot(v.v5, nib_hi(k.q1)) + dot(v.v6, nib_hi(k.q2)) + dot(v.v7, nib_hi(k.q3));
+    return k.dm.x * s + k.dm.y * v.sum;
 }

@@ -3,10 +3,6 @@
 // scales as bytes (2 words), the 8 6-bit mins as bytes (2 words). value = d*sc * q - dmin*m:
 // d*sc and dmin*m (f16 times 6 bits) and their products with q are exact in f32, so the one
 // rounding of the subtraction is the CPU's.
-fn nib_lo(q: u32) -> vec4<f32> { return vec4<f32>(vec4<u32>(q, q >> 8u, q >> 16u, q >> 24u) & vec4<u32>(15u)); }
-fn nib_hi(q: u32) -> vec4<f32> { return vec4<f32>(vec4<u32>(q >> 4u, q >> 12u, q >> 20u, q >> 28u) & vec4<u32>(15u)); }
-
-// (d * scale, dmin * min) of group b.
 fn scale_min(b: u32, scale_off: u32) -> vec2<f32> {
     let base = scale_off + (b / 8u) * 5u;
     let g = b % 8u;
@@ -20,16 +16,15 @@ fn scale_min(b: u32, scale_off: u32) -> vec2<f32> {
 fn dequant4(b: u32, i: u32, scale_off: u32) -> vec4<f32> {
     let k = scale_min(b, scale_off);
     let q = w[b * 4u + i % 4u];
-    return select(nib_lo(q), nib_hi(q), i >= 4u) * k.x - k.y;
+    return select(nib_lo(q), nib_hi(q), i >= 4u) * NIB_XS * k.x - k.y;
 }
 
-fn dot32(b: u32, scale_off: u32, xb: u32) -> f32 {
-    let k = scale_min(b, scale_off);
-    let q0 = w[b * 4u]; let q1 = w[b * 4u + 1u]; let q2 = w[b * 4u + 2u]; let q3 = w[b * 4u + 3u];
-    let x0 = x[xb]; let x1 = x[xb + 1u]; let x2 = x[xb + 2u]; let x3 = x[xb + 3u];
-    let x4 = x[xb + 4u]; let x5 = x[xb + 5u]; let x6 = x[xb + 6u]; let x7 = x[xb + 7u];
-    let s = dot(x0, nib_lo(q0)) + dot(x1, nib_lo(q1)) + dot(x2, nib_lo(q2)) + dot(x3, nib_lo(q3))
-          + dot(x4, nib_hi(q0)) + dot(x5, nib_hi(q1)) + dot(x6, nib_hi(q2)) + dot(x7, nib_hi(q3));
-    let sx = dot((x0 + x1) + (x2 + x3) + (x4 + x5) + (x6 + x7), vec4<f32>(1.0));
-    return k.x * s - k.y * sx;
+struct WB { q0: u32, q1: u32, q2: u32, q3: u32, k: vec2<f32> }
+fn load_wb(b: u32, scale_off: u32) -> WB { return WB(w[b * 4u], w[b * 4u + 1u], w[b * 4u + 2u], w[b * 4u + 3u], scale_min(b, scale_off)); }
+fn prep_x(v: X32) -> X32 { return prep_nib(v); }
+
+fn dotw(k: WB, v: X32) -> f32 {
+    let s = dot(v.v0, nib_lo(k.q0)) + dot(v.v1, nib_lo(k.q1)) + dot(v.v2, nib_lo(k.q2)) + dot(v.v3, nib_lo(k.q3))
+          + dot(v.v4, nib_hi(k.q0)) + dot(v.v5, nib_hi(k.q1)) + dot(v.v6, nib_hi(k.q2)) + dot(v.v7, nib_hi(k.q3));
+    return k.k.x * s - k.k.y * v.sum;
 }

@@ -1,24 +1,22 @@
 // Q5_1 repacked: per block 4 u32 of low nibbles and 1 u32 of fifth bits (as Q5_0), then at
 // `scale_off` one u32 per block holding (d, m) as two f16. value = q * d + m, q * d exact.
-fn nib_lo(q: u32) -> vec4<f32> { return vec4<f32>(vec4<u32>(q, q >> 8u, q >> 16u, q >> 24u) & vec4<u32>(15u)); }
-fn nib_hi(q: u32) -> vec4<f32> { return vec4<f32>(vec4<u32>(q >> 4u, q >> 12u, q >> 20u, q >> 28u) & vec4<u32>(15u)); }
-fn hi4(qh: u32, j: u32) -> vec4<f32> { return vec4<f32>((vec4<u32>(qh) >> vec4<u32>(j, j + 1u, j + 2u, j + 3u)) & vec4<u32>(1u)) * 16.0; }
+// Fifth bits j .. j+3 as 16 << 8c, matching nib_lo's in-place nibbles.
+fn hi4(qh: u32, j: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>((vec4<u32>(qh) >> vec4<u32>(j, j + 1u, j + 2u, j + 3u)) & vec4<u32>(1u))) * (16.0 / NIB_XS);
+}
 
 fn dequant4(b: u32, i: u32, scale_off: u32) -> vec4<f32> {
     let dm = unpack2x16float(w[scale_off + b]);
     let q = w[b * 5u + i % 4u];
-    return (select(nib_lo(q), nib_hi(q), i >= 4u) + hi4(w[b * 5u + 4u], 4u * i)) * dm.x + dm.y;
+    return (select(nib_lo(q), nib_hi(q), i >= 4u) + hi4(w[b * 5u + 4u], 4u * i)) * NIB_XS * dm.x + dm.y;
 }
 
-fn dot32(b: u32, scale_off: u32, xb: u32) -> f32 {
-    let dm = unpack2x16float(w[scale_off + b]);
-    let o = b * 5u;
-    let qh = w[o + 4u];
-    let q0 = w[o]; let q1 = w[o + 1u]; let q2 = w[o + 2u]; let q3 = w[o + 3u];
-    let x0 = x[xb]; let x1 = x[xb + 1u]; let x2 = x[xb + 2u]; let x3 = x[xb + 3u];
-    let x4 = x[xb + 4u]; let x5 = x[xb + 5u]; let x6 = x[xb + 6u]; let x7 = x[xb + 7u];
-    let s = dot(x0, nib_lo(q0) + hi4(qh, 0u)) + dot(x1, nib_lo(q1) + hi4(qh, 4u)) + dot(x2, nib_lo(q2) + hi4(qh, 8u)) + dot(x3, nib_lo(q3) + hi4(qh, 12u))
-          + dot(x4, nib_hi(q0) + hi4(qh, 16u)) + dot(x5, nib_hi(q1) + hi4(qh, 20u)) + dot(x6, nib_hi(q2) + hi4(qh, 24u)) + dot(x7, nib_hi(q3) + hi4(qh, 28u));
-    let sx = dot((x0 + x1) + (x2 + x3) + (x4 + x5) + (x6 + x7), vec4<f32>(1.0));
-    return dm.x * s + dm.y * sx;
+struct WB { q0: u32, q1: u32, q2: u32, q3: u32, qh: u32, dm: vec2<f32> }
+fn load_wb(b: u32, scale_off: u32) -> WB { return WB(w[b * 5u], w[b * 5u + 1u], w[b * 5u + 2u], w[b * 5u + 3u], w[b * 5u + 4u], unpack2x16float(w[scale_off + b])); }
+fn prep_x(v: X32) -> X32 { return prep_nib(v); }
+
+fn dotw(k: WB, v: X32) -> f32 {
+    let s = dot(v.v0, nib_lo(k.q0) + hi4(k.qh, 0u)) + dot(v.v1, nib_lo(k.q1) + hi4(k.qh, 4u)) + dot(v.v2, nib_lo(k.q2) + hi4(k.qh, 8u)) + dot(v.v3, nib_lo(k.q3) + hi4(k.qh, 12u))
+          + dot(v.v4, nib_hi(k.q0) + hi4(k.qh, 16u)) + dot(v.v5, nib_hi(k.q1) + hi4(k.qh, 20u)) + dot(v.v6, nib_hi(k.q2) + hi4(k.qh, 24u)) + dot(v.v7, nib_hi(k.q3) + hi4(k.qh, 28u));
+    return k.dm.x * s + k.dm.y * v.sum;
 }

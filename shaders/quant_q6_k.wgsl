@@ -16,9 +16,14 @@ fn dequant4(b: u32, i: u32, scale_off: u32) -> vec4<f32> {
     return i8x4(w[b * 8u + i]) * sub_scale(b, scale_off, i / 4u);
 }
 
-fn dot32(b: u32, scale_off: u32, xb: u32) -> f32 {
+struct WB { q0: u32, q1: u32, q2: u32, q3: u32, q4: u32, q5: u32, q6: u32, q7: u32, s0: f32, s1: f32 }
+fn load_wb(b: u32, scale_off: u32) -> WB {
     let o = b * 8u;
-    let s0 = dot(x[xb], i8x4(w[o])) + dot(x[xb + 1u], i8x4(w[o + 1u])) + dot(x[xb + 2u], i8x4(w[o + 2u])) + dot(x[xb + 3u], i8x4(w[o + 3u]));
-    let s1 = dot(x[xb + 4u], i8x4(w[o + 4u])) + dot(x[xb + 5u], i8x4(w[o + 5u])) + dot(x[xb + 6u], i8x4(w[o + 6u])) + dot(x[xb + 7u], i8x4(w[o + 7u]));
-    return sub_scale(b, scale_off, 0u) * s0 + sub_scale(b, scale_off, 1u) * s1;
+    return WB(w[o + 0u], w[o + 1u], w[o + 2u], w[o + 3u], w[o + 4u], w[o + 5u], w[o + 6u], w[o + 7u], sub_scale(b, scale_off, 0u), sub_scale(b, scale_off, 1u));
+}
+fn prep_x(v: X32) -> X32 { return v; }
+
+fn dotw(k: WB, v: X32) -> f32 {
+    return k.s0 * (dot(v.v0, i8x4(k.q0)) + dot(v.v1, i8x4(k.q1)) + dot(v.v2, i8x4(k.q2)) + dot(v.v3, i8x4(k.q3)))
+         + k.s1 * (dot(v.v4, i8x4(k.q4)) + dot(v.v5, i8x4(k.q5)) + dot(v.v6, i8x4(k.q6)) + dot(v.v7, i8x4(k.q7)));
 }

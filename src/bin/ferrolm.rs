@@ -223,6 +223,9 @@ mod cli {
             /// Append the summary as one JSON line to this file.
             #[arg(long)]
             json: Option<PathBuf>,
+            /// Also print milliseconds per kernel for the prompt's prefill and one decode step.
+            #[arg(long)]
+            profile: bool,
         },
         /// Print the model's metadata and tensor table.
         Inspect {
@@ -377,7 +380,7 @@ mod cli {
                 let ids = tokenizer.encode(&text, special)?;
                 println!("{}", serde_json::to_string(&ids).expect("ids serialize"));
             }
-            Command::Bench { model: args, synthetic, gen, stream_gen, runs, json } => bench(&args, synthetic.as_deref(), gen, stream_gen, runs, json.as_deref())?,
+            Command::Bench { model: args, synthetic, gen, stream_gen, runs, json, profile } => bench(&args, synthetic.as_deref(), gen, stream_gen, runs, json.as_deref(), profile)?,
             Command::Inspect { model: args } => {
                 let m = open(&args)?;
                 let g = &m.gguf;
@@ -400,7 +403,7 @@ mod cli {
         Ok(())
     }
 
-    fn bench(args: &ModelArgs, synthetic: Option<&str>, gen: usize, stream_gen: usize, runs: usize, json: Option<&std::path::Path>) -> Result<()> {
+    fn bench(args: &ModelArgs, synthetic: Option<&str>, gen: usize, stream_gen: usize, runs: usize, json: Option<&std::path::Path>, profile: bool) -> Result<()> {
         use ferrolm::bench::{read_bandwidth, synthetic_llama, time_generation, LLAMA_3_2_1B, PRINTING_PRESS_PROMPT};
         let gpu = if args.portable { GpuOptions::portable() } else { GpuOptions::default() };
         let (name, bytes) = match synthetic {
@@ -424,6 +427,12 @@ mod cli {
             Some(t) => t.encode_prompt(PRINTING_PRESS_PROMPT, false)?,
         };
         let bandwidth = pollster::block_on(read_bandwidth(&model))?;
+        if profile {
+            for (step, kernels) in ["prefill", "decode"].iter().zip(model.profile_prompt(&prompt[..prompt.len().min(128)])?) {
+                let list: Vec<String> = kernels.iter().map(|(l, ms)| format!("{l} {ms:.1}")).collect();
+                eprintln!("{step} ms per kernel: {}", list.join(", "));
+            }
+        }
         let mut timings = Vec::new();
         for run in 1..=runs {
             let t = pollster::block_on(time_generation(&model, &prompt, gen))?;

@@ -43,14 +43,17 @@ pub enum Count {
 enum Grid {
     /// `(x, ceil(n / per), 1)`.
     Rows { x: u32, per: u32, of: Count },
-    /// `(ceil(n * threads / 64), 1, 1)`: one thread per item part.
-    Flat { threads: u32, of: Count },
+    /// `(ceil(n * threads / wg), 1, 1)`: one thread per item part, `wg` per workgroup.
+    Flat { threads: u32, wg: u32, of: Count },
     /// `(n, 1, 1)`: one workgroup per token or logit row.
     PerItem { of: Count },
     /// `(heads, n, 1)`.
     Heads { heads: u32 },
     /// `(x, 1, 1)` whatever the batch.
     Fixed { x: u32 },
+    /// `(ceil(span / (per * 64)), heads, n)`: `per` cached positions per thread up to the
+    /// step's KV span (largest position + 1, at most `max`).
+    Span { heads: u32, per: u32, max: u32 },
 }
 
 /// A pipeline and the grid it runs with, used for batches of at most `max_n` items.
@@ -70,29 +73,35 @@ pub struct Op {
 
 impl Op {
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32, n_logit_rows: u32) {
+        self.encode_span(pass, n_tokens, n_logit_rows, u32::MAX)
+    }
+
+    /// As [`Op::encode`], with the step's KV span (largest position + 1) for span grids.
+    pub fn encode_span(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32, n_logit_rows: u32, span: u32) {
         let count = |c: Count| match c {
             Count::Tokens => n_tokens,
             Count::LogitRows => n_logit_rows,
         };
         let n_of = |g: Grid| match g {
             Grid::Rows { of, .. } | Grid::Flat { of, .. } | Grid::PerItem { of } => count(of),
-            Grid::Heads { .. } => n_tokens,
+            Grid::Heads { .. } | Grid::Span { .. } => n_tokens,
             Grid::Fixed { .. } => 1,
         };
         let Some(v) = self.variants.iter().find(|v| n_of(v.grid) <= v.max_n) else { return };
-        let (x, y) = match v.grid {
-            Grid::Rows { x, per, of } => (x, count(of).div_ceil(per)),
-            Grid::Flat { threads, of } => ((count(of) * threads).div_ceil(64), 1),
-            Grid::PerItem { of } => (count(of), 1),
-            Grid::Heads { heads } => (heads, n_tokens),
-            Grid::Fixed { x } => (x, 1),
+        let (x, y, z) = match v.grid {
+            Grid::Rows { x, per, of } => (x, count(of).div_ceil(per), 1),
+            Grid::Flat { threads, wg, of } => ((count(of) * threads).div_ceil(wg), 1, 1),
+            Grid::PerItem { of } => (count(of), 1, 1),
+            Grid::Heads { heads } => (heads, n_tokens, 1),
+            Grid::Fixed { x } => (x, 1, 1),
+            Grid::Span { heads, per, max } => (span.min(max).div_ceil(per * 64), heads, n_tokens),
         };
-        if x == 0 || y == 0 {
+        if x == 0 || y == 0 || z == 0 {
             return;
         }
         pass.set_pipeline(&v.pipeline);
         pass.set_bind_group(0, &self.bind, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        pass.dispatch_workgroups(x, y, z);
     }
 }
 
@@ -195,7 +204,9 @@ impl Kernels {
             _ => "",
         };
         let enable = if subgroup { SUBGROUP_ENABLE } else { "" };
-        let source = format!("{enable}{}\n{prelude}\n{body}\n{reduce}", quant.map(quant_source).unwrap_or(""));
+        // Weight-reading kernels get their quant type's helpers and the shared x-slice helpers.
+        let quant = quant.map(|q| format!("{}\n{}", include_str!("../../shaders/x32.wgsl"), quant_source(q))).unwrap_or_default();
+        let source = format!("{enable}{quant}\n{prelude}\n{body}\n{reduce}");
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(kernel),
             source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -262,11 +273,18 @@ impl Kernels {
         // workgroup, largest batch it serves). A decode GEMV and a prefill GEMM per adapter kind.
         let variants: Vec<Variant> = if self.cpu_like {
             let body = include_str!("../../shaders/matvec.wgsl");
-            [(1u32, 1u32), (2, 2), (4, u32::MAX)]
+            // (tokens, weight rows per thread, largest batch): decode shares each x slice across 8
+            // rows; larger batches share each weight block across 4 tokens.
+            [(1u32, 8u32, 1u32), (4, 4, u32::MAX)]
                 .iter()
-                .map(|&(tn, max_n)| {
-                    let pipeline = self.pipeline("matvec", body, Some(w.ty), &[("TN", tn as f64), swiglu_c, gelu_c], &access);
-                    Variant { pipeline, grid: Grid::Rows { x: m.div_ceil(64), per: tn, of }, max_n }
+                .map(|&(tn, rw, max_n)| {
+                    let outs = if swiglu { rw / 2 } else { rw };
+                    let threads = m.div_ceil(outs);
+                    // Small matrices get small workgroups, so both cores (or all) get work.
+                    let wg = if threads >= 8 * 64 { 64 } else { 16 };
+                    let c = [("TN", tn as f64), ("RW", rw as f64), ("WG", wg as f64), swiglu_c, gelu_c];
+                    let pipeline = self.pipeline("matvec", body, Some(w.ty), &c, &access);
+                    Variant { pipeline, grid: Grid::Rows { x: threads.div_ceil(wg), per: tn, of }, max_n }
                 })
                 .collect()
         } else {
@@ -294,7 +312,7 @@ impl Kernels {
         w.parts
             .iter()
             .map(|p| {
-                let grid = if direct { Grid::Fixed { x: (p.rows * threads).div_ceil(64) } } else { Grid::Flat { threads, of: Count::Tokens } };
+                let grid = if direct { Grid::Fixed { x: (p.rows * threads).div_ceil(64) } } else { Grid::Flat { threads, wg: 64, of: Count::Tokens } };
                 let variants = self.single("embed", body, Some(w.ty), &[("DIRECT", direct as u32 as f64)], &access, grid);
                 let params = [w.k, p.scale_off, p.rows, scale.to_bits(), p.row0, 0, 0, 0];
                 self.op("embed", variants, &params, &[&p.buffer, y], &access)
@@ -346,13 +364,36 @@ impl Kernels {
         self.op("rope_kv", variants, &params, &[qkv, rope, k_cache, v_cache], &access)
     }
 
-    /// Causal attention of every token's query heads over its sequence's cached K/V.
-    pub fn attention(&self, qkv: &wgpu::Buffer, k_cache: &wgpu::Buffer, v_cache: &wgpu::Buffer, out: &wgpu::Buffer, dims: AttnDims, scale: f32, window: u32) -> Op {
-        let access = [Read, Read, Read, ReadWrite, Read];
-        let grid = Grid::Heads { heads: dims.n_heads };
-        let variants = self.single("attention", include_str!("../../shaders/attention.wgsl"), None, &[], &access, grid);
-        let params = [dims.n_heads, dims.n_kv_heads, dims.head_dim, dims.qkv_stride, scale.to_bits(), window, 0, 0];
-        self.op("attention", variants, &params, &[qkv, k_cache, v_cache, out], &access)
+    /// Causal attention of every token's query heads over its sequence's cached K/V. GPUs get
+    /// one fused kernel; CPU-emulated adapters get three barrier-free passes through `scores`
+    /// (`span_stride` floats per head and token), when [`Kernels::attention_scores_len`] gave one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(&self, qkv: &wgpu::Buffer, k_cache: &wgpu::Buffer, v_cache: &wgpu::Buffer, out: &wgpu::Buffer, dims: AttnDims, scale: f32, window: u32, scores: Option<(&wgpu::Buffer, u32)>) -> Vec<Op> {
+        let Some((s, span_stride)) = scores else {
+            let access = [Read, Read, Read, ReadWrite, Read];
+            let grid = Grid::Heads { heads: dims.n_heads };
+            let variants = self.single("attention", include_str!("../../shaders/attention.wgsl"), None, &[], &access, grid);
+            let params = [dims.n_heads, dims.n_kv_heads, dims.head_dim, dims.qkv_stride, scale.to_bits(), window, 0, 0];
+            return vec![self.op("attention", variants, &params, &[qkv, k_cache, v_cache, out], &access)];
+        };
+        let params = [dims.n_heads, dims.n_kv_heads, dims.head_dim, dims.qkv_stride, scale.to_bits(), window, span_stride, 0];
+        let grid = Grid::Span { heads: dims.n_heads, per: 4, max: span_stride };
+        let access = [Read, Read, ReadWrite, Read];
+        let scores_op = self.op("attention", self.single("attn_scores", include_str!("../../shaders/attn_scores.wgsl"), None, &[], &access, grid), &params, &[qkv, k_cache, s], &access);
+        let grid = Grid::Flat { threads: dims.n_heads, wg: 16, of: Count::Tokens };
+        let access = [ReadWrite, Read];
+        let softmax_op = self.op("attention", self.single("attn_softmax", include_str!("../../shaders/attn_softmax.wgsl"), None, &[], &access, grid), &params, &[s], &access);
+        let grid = Grid::Flat { threads: dims.n_heads * dims.head_dim / 4, wg: 16, of: Count::Tokens };
+        let access = [Read, Read, ReadWrite, Read];
+        let pv_op = self.op("attention", self.single("attn_pv", include_str!("../../shaders/attn_pv.wgsl"), None, &[], &access, grid), &params, &[s, v_cache, out], &access);
+        vec![scores_op, softmax_op, pv_op]
+    }
+
+    /// Floats of the scores buffer the CPU-adapter attention needs for `tokens` tokens of up to
+    /// `context` positions, or None where the fused kernel runs (GPUs, or a buffer too large).
+    pub fn attention_scores_len(&self, tokens: u32, n_heads: u32, context: u32, head_dim: u32, max_binding: u64) -> Option<u64> {
+        let len = tokens as u64 * n_heads as u64 * context as u64;
+        (self.cpu_like && head_dim % 4 == 0 && len * 4 <= max_binding).then_some(len)
     }
 
     /// Index of the largest logit of each logit row.

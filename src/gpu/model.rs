@@ -67,6 +67,11 @@ pub struct Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// KV positions the step's attention reads: its largest position + 1.
+    pub fn span(&self) -> u32 {
+        self.positions.iter().max().map_or(0, |p| p + 1)
+    }
+
     /// The batch description as `shaders/batch.wgsl` reads it.
     pub fn to_words(&self, limits: &EngineLimits) -> Vec<u32> {
         let t = limits.max_batch_tokens as usize;
@@ -230,6 +235,12 @@ impl GpuModel {
         // Gemma's post-norms need the attention and FFN outputs apart from the residual stream.
         let h2 = if c.post_norms { Some(storage("h2", t * d * 4)?) } else { None };
         let kv_bytes = (n_blocks * block_size) as u64 * kvd * 4;
+        // CPU-emulated adapters: attention scores of every head, token and position.
+        let span_stride = limits.context;
+        let scores = match kernels.attention_scores_len(t as u32, dims.n_heads, span_stride, dims.head_dim, ctx.info.max_binding_size) {
+            Some(len) => Some(storage("attention scores", len * 4)?),
+            None => None,
+        };
         for l in 0..c.n_layers {
             let p = |n: &str| names::layer(l, n);
             let k_cache = storage("k cache", kv_bytes)?;
@@ -255,7 +266,8 @@ impl GpuModel {
                 ops.push(kernels.head_norm(&qkv, &qk_norm, dims, c.norm_eps));
             }
             ops.push(kernels.rope_kv(&qkv, rope, &k_cache, &v_cache, dims, c.rope_style == RopeStyle::Neox));
-            ops.push(kernels.attention(&qkv, &k_cache, &v_cache, &attn, dims, c.attn_scale, la.window.unwrap_or(0) as u32));
+            let window = la.window.unwrap_or(0) as u32;
+            ops.extend(kernels.attention(&qkv, &k_cache, &v_cache, &attn, dims, c.attn_scale, window, scores.as_ref().map(|s| (s, span_stride))));
             // Attention output and FFN: straight into the residual stream, or (post-norms) through
             // h2 and a norm that adds to it.
             let residual = |ops: &mut Vec<Op>, w: &GpuTensor, input: &wgpu::Buffer, post: &str| -> Result<()> {
@@ -331,9 +343,9 @@ impl GpuModel {
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            let (n, rows) = (b.tokens.len() as u32, b.logit_rows.len() as u32);
+            let (n, rows, span) = (b.tokens.len() as u32, b.logit_rows.len() as u32, b.span());
             for op in &self.ops {
-                op.encode(&mut pass, n, rows);
+                op.encode_span(&mut pass, n, rows, span);
             }
             match readback {
                 Readback::Argmax => self.argmax_op.encode(&mut pass, n, rows),
@@ -342,6 +354,31 @@ impl GpuModel {
             }
         }
         Ok(enc)
+    }
+
+    /// Milliseconds per kernel label for one step, each dispatch submitted and waited for on
+    /// its own (native only: the totals include a submission per dispatch, so compare labels,
+    /// not the sum with a real step).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(&self, b: &Batch) -> Result<Vec<(&'static str, f64)>> {
+        self.check(b)?;
+        let words = b.to_words(&self.limits);
+        self.ctx.queue.write_buffer(&self.batch, 0, bytemuck::cast_slice(&words));
+        let (n, rows, span) = (b.tokens.len() as u32, b.logit_rows.len() as u32, b.span());
+        let mut out: Vec<(&'static str, f64)> = Vec::new();
+        for op in self.ops.iter().chain([&self.argmax_op]) {
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            op.encode_span(&mut enc.begin_compute_pass(&Default::default()), n, rows, span);
+            let t0 = std::time::Instant::now();
+            self.ctx.queue.submit([enc.finish()]);
+            let _ = self.ctx.device.poll(wgpu::PollType::wait_indefinitely());
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            match out.iter_mut().find(|(l, _)| *l == op.label) {
+                Some(e) => e.1 += ms,
+                None => out.push((op.label, ms)),
+            }
+        }
+        Ok(out)
     }
 
     /// Runs a step without reading anything back (prefill chunks before the last).
@@ -415,6 +452,20 @@ impl GpuModel {
         }
         let table = self.allocate_blocks(tokens.len())?;
         let out = self.score_with(tokens, &table).await;
+        self.pool.borrow_mut().release_all(&table);
+        out
+    }
+
+    /// Per-kernel milliseconds of prefilling `tokens` in one step, then of decoding one more
+    /// token (see [`GpuModel::profile`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile_prompt(&self, tokens: &[u32]) -> Result<[Vec<(&'static str, f64)>; 2]> {
+        let n = tokens.len();
+        let table = self.allocate_blocks(n + 1)?;
+        let positions: Vec<u32> = (0..=n as u32).collect();
+        let prefill = Batch { tokens, positions: &positions[..n], seq_ids: &vec![0; n], logit_rows: &[n as u32 - 1], block_tables: &[&table] };
+        let decode = Batch { tokens: &tokens[..1], positions: &positions[n..], seq_ids: &[0], logit_rows: &[0], block_tables: &[&table] };
+        let out = self.profile(&prefill).and_then(|p| Ok([p, self.profile(&decode)?]));
         self.pool.borrow_mut().release_all(&table);
         out
     }
