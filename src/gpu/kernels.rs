@@ -275,7 +275,7 @@ impl Kernels {
             let body = include_str!("../../shaders/matvec.wgsl");
             // (tokens, weight rows per thread, largest batch): decode shares each x slice across 8
             // rows; larger batches share each weight block across 4 tokens.
-            [(1u32, 8u32, 1u32), (4, 4, u32::MAX)]
+            [(1u32, 8u32, 1u32), (4, 8, u32::MAX)]
                 .iter()
                 .map(|&(tn, rw, max_n)| {
                     let outs = if swiglu { rw / 2 } else { rw };
