@@ -1,10 +1,10 @@
 // Dequantizing matrix multiply for CPU-emulated adapters (lavapipe, SwiftShader): no workgroup
 // memory and no barriers (such adapters run those as coroutines at great cost). There every
 // storage load is a per-lane gather and costs ten times an arithmetic instruction, so a thread
-// owns RW weight rows and TN tokens: each 32-value slice of x is loaded once for RW rows, and
+// owns 8 weight rows and TN tokens: each 32-value slice of x is loaded once for 8 rows, and
 // each weight block once for TN tokens. Same contract as matmul.wgsl:
 // y[t][out_col + r] (+)= sum_k x[t][k] * W[r][k]; SWIGLU gives act(gate) * up (the thread's
-// rows are then RW / 2 gate rows and the matching up rows).
+// rows are then 4 gate rows and the matching up rows).
 
 struct Params {
     k: u32,
@@ -25,8 +25,8 @@ struct Params {
 
 // Tokens per thread: 1 (decode) or 4 (prefill, batched decode).
 override TN: u32 = 1u;
-// Weight rows per thread: 8 or 4.
-override RW: u32 = 8u;
+// Weight rows per thread.
+const RW: u32 = 8u;
 override WG: u32 = 64u;
 override SWIGLU: bool = false;
 // With SWIGLU: GELU (tanh approximation, ggml's) instead of SiLU on the gate: Gemma's GeGLU.
@@ -68,6 +68,35 @@ fn store(r0: u32, i: u32, t0: u32, n: u32, acc: vec4<f32>, up: vec4<f32>) {
     }
 }
 
+// TN = 1: scalar sums, which keep CPU JITs' registers for the 8 rows.
+fn decode(r0: u32, t: u32, n: u32, groups: u32) {
+    let xr = t * (P.k / 4u);
+    let b0 = row_block(r0, 0u, groups); let b1 = row_block(r0, 1u, groups);
+    let b2 = row_block(r0, 2u, groups); let b3 = row_block(r0, 3u, groups);
+    let b4 = row_block(r0, 4u, groups); let b5 = row_block(r0, 5u, groups);
+    let b6 = row_block(r0, 6u, groups); let b7 = row_block(r0, 7u, groups);
+    var a0 = 0.0; var a1 = 0.0; var a2 = 0.0; var a3 = 0.0;
+    var a4 = 0.0; var a5 = 0.0; var a6 = 0.0; var a7 = 0.0;
+    for (var g = 0u; g < groups; g++) {
+        let v = load_x32(xr + g * 8u);
+        let so = P.scale_off;
+        a0 += dotw(load_wb(b0 + g, so), v); a1 += dotw(load_wb(b1 + g, so), v);
+        a2 += dotw(load_wb(b2 + g, so), v); a3 += dotw(load_wb(b3 + g, so), v);
+        a4 += dotw(load_wb(b4 + g, so), v); a5 += dotw(load_wb(b5 + g, so), v);
+        a6 += dotw(load_wb(b6 + g, so), v); a7 += dotw(load_wb(b7 + g, so), v);
+    }
+    let z = vec4<f32>(0.0);
+    if (SWIGLU) {
+        store(r0, 0u, t, n, vec4<f32>(a0), vec4<f32>(a4)); store(r0, 1u, t, n, vec4<f32>(a1), vec4<f32>(a5));
+        store(r0, 2u, t, n, vec4<f32>(a2), vec4<f32>(a6)); store(r0, 3u, t, n, vec4<f32>(a3), vec4<f32>(a7));
+    } else {
+        store(r0, 0u, t, n, vec4<f32>(a0), z); store(r0, 1u, t, n, vec4<f32>(a1), z);
+        store(r0, 2u, t, n, vec4<f32>(a2), z); store(r0, 3u, t, n, vec4<f32>(a3), z);
+        store(r0, 4u, t, n, vec4<f32>(a4), z); store(r0, 5u, t, n, vec4<f32>(a5), z);
+        store(r0, 6u, t, n, vec4<f32>(a6), z); store(r0, 7u, t, n, vec4<f32>(a7), z);
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n = select(n_tokens(), n_logit_rows(), P.use_logit_rows == 1u);
@@ -81,6 +110,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let xr1 = min(t0 + 1u, n - 1u) * kv4;
     let xr2 = min(t0 + 2u, n - 1u) * kv4;
     let xr3 = min(t0 + 3u, n - 1u) * kv4;
+    if (TN == 1u) {
+        decode(r0, t0, n, groups);
+        return;
+    }
     let b0 = row_block(r0, 0u, groups); let b1 = row_block(r0, 1u, groups);
     let b2 = row_block(r0, 2u, groups); let b3 = row_block(r0, 3u, groups);
     let b4 = row_block(r0, 4u, groups); let b5 = row_block(r0, 5u, groups);
@@ -96,21 +129,17 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         a1 += dot_tokens(load_wb(b1 + g, so), x0, x1, x2, x3);
         a2 += dot_tokens(load_wb(b2 + g, so), x0, x1, x2, x3);
         a3 += dot_tokens(load_wb(b3 + g, so), x0, x1, x2, x3);
-        if (RW == 8u) {
-            a4 += dot_tokens(load_wb(b4 + g, so), x0, x1, x2, x3);
-            a5 += dot_tokens(load_wb(b5 + g, so), x0, x1, x2, x3);
-            a6 += dot_tokens(load_wb(b6 + g, so), x0, x1, x2, x3);
-            a7 += dot_tokens(load_wb(b7 + g, so), x0, x1, x2, x3);
-        }
+        a4 += dot_tokens(load_wb(b4 + g, so), x0, x1, x2, x3);
+        a5 += dot_tokens(load_wb(b5 + g, so), x0, x1, x2, x3);
+        a6 += dot_tokens(load_wb(b6 + g, so), x0, x1, x2, x3);
+        a7 += dot_tokens(load_wb(b7 + g, so), x0, x1, x2, x3);
     }
-    if (SWIGLU && RW == 8u) {
+    if (SWIGLU) {
         store(r0, 0u, t0, n, a0, a4); store(r0, 1u, t0, n, a1, a5);
         store(r0, 2u, t0, n, a2, a6); store(r0, 3u, t0, n, a3, a7);
-    } else if (SWIGLU) {
-        store(r0, 0u, t0, n, a0, a2); store(r0, 1u, t0, n, a1, a3);
     } else {
         store(r0, 0u, t0, n, a0, a0); store(r0, 1u, t0, n, a1, a1);
         store(r0, 2u, t0, n, a2, a2); store(r0, 3u, t0, n, a3, a3);
-        if (RW == 8u) { store(r0, 4u, t0, n, a4, a4); store(r0, 5u, t0, n, a5, a5); store(r0, 6u, t0, n, a6, a6); store(r0, 7u, t0, n, a7, a7); }
+        store(r0, 4u, t0, n, a4, a4); store(r0, 5u, t0, n, a5, a5); store(r0, 6u, t0, n, a6, a6); store(r0, 7u, t0, n, a7, a7);
     }
 }

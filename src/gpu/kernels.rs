@@ -273,16 +273,16 @@ impl Kernels {
         // workgroup, largest batch it serves). A decode GEMV and a prefill GEMM per adapter kind.
         let variants: Vec<Variant> = if self.cpu_like {
             let body = include_str!("../../shaders/matvec.wgsl");
-            // (tokens, weight rows per thread, largest batch): decode shares each x slice across 8
-            // rows; larger batches share each weight block across 4 tokens.
-            [(1u32, 8u32, 1u32), (4, 8, u32::MAX)]
+            // (tokens per thread, largest batch): 8 weight rows share each x slice; batches
+            // share each weight block across 4 tokens.
+            [(1u32, 1u32), (4, u32::MAX)]
                 .iter()
-                .map(|&(tn, rw, max_n)| {
-                    let outs = if swiglu { rw / 2 } else { rw };
+                .map(|&(tn, max_n)| {
+                    let outs = if swiglu { 4 } else { 8 };
                     let threads = m.div_ceil(outs);
                     // Small matrices get small workgroups, so both cores (or all) get work.
                     let wg = if threads >= 8 * 64 { 64 } else { 16 };
-                    let c = [("TN", tn as f64), ("RW", rw as f64), ("WG", wg as f64), swiglu_c, gelu_c];
+                    let c = [("TN", tn as f64), ("WG", wg as f64), swiglu_c, gelu_c];
                     let pipeline = self.pipeline("matvec", body, Some(w.ty), &c, &access);
                     Variant { pipeline, grid: Grid::Rows { x: threads.div_ceil(wg), per: tn, of }, max_n }
                 })
