@@ -48,9 +48,8 @@ fn row_block(r0: u32, i: u32, groups: u32) -> u32 {
     return min(r0 + i, P.m - 1u) * groups;
 }
 
-// One weight block against the thread's tokens.
+// One weight block against the thread's 4 tokens (batches).
 fn dot_tokens(k: WB, x0: X32, x1: X32, x2: X32, x3: X32) -> vec4<f32> {
-    if (TN == 1u) { return vec4<f32>(dotw(k, x0), 0.0, 0.0, 0.0); }
     return vec4<f32>(dotw(k, x0), dotw(k, x1), dotw(k, x2), dotw(k, x3));
 }
 
@@ -121,9 +120,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);
     var a4 = vec4<f32>(0.0); var a5 = vec4<f32>(0.0); var a6 = vec4<f32>(0.0); var a7 = vec4<f32>(0.0);
     for (var g = 0u; g < groups; g++) {
-        let x0 = load_x32(xr0 + g * 8u);
-        var x1 = x0; var x2 = x0; var x3 = x0;
-        if (TN > 1u) { x1 = load_x32(xr1 + g * 8u); x2 = load_x32(xr2 + g * 8u); x3 = load_x32(xr3 + g * 8u); }
+        let x0 = load_x32(xr0 + g * 8u); let x1 = load_x32(xr1 + g * 8u);
+        let x2 = load_x32(xr2 + g * 8u); let x3 = load_x32(xr3 + g * 8u);
         let so = P.scale_off;
         a0 += dot_tokens(load_wb(b0 + g, so), x0, x1, x2, x3);
         a1 += dot_tokens(load_wb(b1 + g, so), x0, x1, x2, x3);
