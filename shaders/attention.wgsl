@@ -1,25 +1,18 @@
-// Causal grouped-query attention over the paged KV cache, one workgroup per (head, token).
-// Positions are visited in chunks of 64 (one per thread for the scores) with an online softmax:
-// the running max and sum are rescaled per chunk, so any context length takes one pass.
+// Decode attention, split over the sequence (flash-decoding): one workgroup per (chunk of
+// CHUNK cached positions, head, token), so a long context spreads over many workgroups instead
+// of one per head. Each writes its chunk's softmax state (running max m, sum l, unnormalized
+// P.V) to `part`; attn_combine.wgsl merges the chunks. Within a chunk, positions go 64 at a
+// time (one per thread for the scores) with an online softmax.
 
-struct Params {
-    n_heads: u32,
-    n_kv_heads: u32,
-    head_dim: u32,
-    qkv_stride: u32,
-    scale: f32,
-    window: u32, // sliding window in positions; 0 = full causal
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(0) var<uniform> P: AttnParams; // attn_params.wgsl
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
 @group(0) @binding(2) var<storage, read> k_cache: array<f32>;
 @group(0) @binding(3) var<storage, read> v_cache: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(5) var<storage, read> batch: array<u32>;
+// [(t * n_heads + h) * scratch_stride + chunk] records of head_dim + 2 floats: m, l, P.V.
+@group(0) @binding(5) var<storage, read_write> part: array<f32>;
+@group(0) @binding(6) var<storage, read> batch: array<u32>;
 
+const CHUNK: u32 = 256u;
 const MAX_HEAD_DIM: u32 = 256u;
 var<workgroup> q: array<f32, MAX_HEAD_DIM>;
 var<workgroup> weights: array<f32, 64>;
@@ -28,8 +21,9 @@ var<workgroup> scratch: array<f32, 64>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let h = wid.x;
-    let t = wid.y;
+    let chunk = wid.x;
+    let h = wid.y;
+    let t = wid.z;
     let live = t < n_tokens();
     let hd = P.head_dim;
     let kv_dim = P.n_kv_heads * hd;
@@ -41,9 +35,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         seq = seq_id(t);
         for (var d = lid; d < hd; d += 64u) { q[d] = qkv[t * P.qkv_stride + h * hd + d]; }
     }
-    let end = pos + 1u;
-    var start = 0u;
-    if (P.window > 0u && end > P.window) { start = end - P.window; }
+    // This chunk's share of the token's causal (and sliding) window; empty past its position.
+    let end = min(pos + 1u, (chunk + 1u) * CHUNK);
+    var start = chunk * CHUNK;
+    if (P.window > 0u && pos + 1u > P.window) { start = max(start, pos + 1u - P.window); }
     if (!live) { start = end; }
     workgroupBarrier();
 
@@ -93,9 +88,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
-    if (!live) { return; }
+    if (!live || chunk >= P.scratch_stride) { return; }
+    let o = ((t * P.n_heads + h) * P.scratch_stride + chunk) * (hd + 2u);
+    if (lid == 0u) {
+        part[o] = m;
+        part[o + 1u] = l;
+    }
     for (var j = 0u; j < 4u; j++) {
         let d = lid + 64u * j;
-        if (d < hd) { out[t * P.n_heads * hd + h * hd + d] = acc[j] / l; }
+        if (d < hd) { part[o + 2u + d] = acc[j]; }
     }
 }

@@ -1,18 +1,7 @@
 // Attention for CPU-emulated adapters, pass 3 of 3: one thread per (4 output dims, head,
 // token) sums probability-weighted V rows over the window.
 
-struct Params {
-    n_heads: u32,
-    n_kv_heads: u32,
-    head_dim: u32,
-    qkv_stride: u32,
-    scale: f32,
-    window: u32,
-    span_stride: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(0) var<uniform> P: AttnParams; // attn_params.wgsl
 @group(0) @binding(1) var<storage, read> s: array<f32>;
 @group(0) @binding(2) var<storage, read> v_cache: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
@@ -32,7 +21,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let seq = seq_id(t);
     let row4 = P.n_kv_heads * hd4;
     let v_off = (h / (P.n_heads / P.n_kv_heads)) * hd4 + d;
-    let o = th * P.span_stride;
+    let o = th * P.scratch_stride;
     var acc = vec4<f32>(0.0);
     for (var p = start; p < end; p++) {
         acc += s[o + p] * v_cache[kv_slot(seq, p) * row4 + v_off];

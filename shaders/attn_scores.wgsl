@@ -1,21 +1,10 @@
 // Attention for CPU-emulated adapters, pass 1 of 3 (no barriers, which such adapters run as
 // coroutines): each thread scores 4 cached positions of one (head, token) against its query,
 // so the query is loaded once per 4 keys. Grid: (position groups, heads, tokens); the scores,
-// pre-scaled, go to s[(t * n_heads + h) * span_stride + p]; positions outside the causal (and
+// pre-scaled, go to s[(t * n_heads + h) * scratch_stride + p]; positions outside the causal (and
 // sliding) window are not written and the later passes skip them.
 
-struct Params {
-    n_heads: u32,
-    n_kv_heads: u32,
-    head_dim: u32,
-    qkv_stride: u32,
-    scale: f32,
-    window: u32, // sliding window in positions; 0 = full causal
-    span_stride: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(0) var<uniform> P: AttnParams; // attn_params.wgsl
 @group(0) @binding(1) var<storage, read> qkv: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> s: array<f32>;
@@ -47,7 +36,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let q = qkv[q0 + d];
         a += vec4<f32>(dot(q, k_cache[k0 + d]), dot(q, k_cache[k1 + d]), dot(q, k_cache[k2 + d]), dot(q, k_cache[k3 + d]));
     }
-    let o = (t * P.n_heads + h) * P.span_stride;
+    let o = (t * P.n_heads + h) * P.scratch_stride;
     for (var i = 0u; i < 4u; i++) {
         let p = p0 + i;
         if (p >= start && p <= pos) { s[o + p] = a[i] * P.scale; }

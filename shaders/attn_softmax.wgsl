@@ -1,18 +1,7 @@
 // Attention for CPU-emulated adapters, pass 2 of 3: one thread per (head, token) turns its
 // window of scores into probabilities in place (max, then exp and sum, then 1 / sum).
 
-struct Params {
-    n_heads: u32,
-    n_kv_heads: u32,
-    head_dim: u32,
-    qkv_stride: u32,
-    scale: f32,
-    window: u32,
-    span_stride: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(0) var<uniform> P: AttnParams; // attn_params.wgsl
 @group(0) @binding(1) var<storage, read_write> s: array<f32>;
 @group(0) @binding(2) var<storage, read> batch: array<u32>;
 
@@ -23,7 +12,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let end = position(t) + 1u;
     var start = 0u;
     if (P.window > 0u && end > P.window) { start = end - P.window; }
-    let o = gid.x * P.span_stride;
+    let o = gid.x * P.scratch_stride;
     var m = -3.0e38;
     for (var p = start; p < end; p++) { m = max(m, s[o + p]); }
     var l = 0.0;

@@ -16,6 +16,8 @@ use wasm_bindgen_test::*;
 
 #[path = "engine_cases/mod.rs"]
 mod engine_cases;
+#[path = "kernel_cases/mod.rs"]
+mod kernel_cases;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -259,6 +261,55 @@ async fn kernels_match_cpu_in_browser() {
                 let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
                 assert!(worst < 1e-4, "{name} n={n}: worst relative difference {worst}");
             }
+        }
+    }
+}
+
+/// Attention on SwiftShader against the exact f64 value (tests/kernel_cases): the GPU shapes
+/// (split decode over three chunks, tiled prefill with mixed-sequence tiles) and the CPU-adapter
+/// passes, for one grouped-query shape.
+#[wasm_bindgen_test]
+async fn attention_matches_cpu_in_browser() {
+    use ferrolm::gpu::kernels::Kernels;
+    use ferrolm::gpu::{batch_words, Batch};
+    use kernel_cases::{block_tables, decode_batch, prefill_batch, random, reference, shapes, worst_difference, LIMITS};
+    use wgpu::util::DeviceExt;
+
+    let tables = block_tables();
+    let table_refs: Vec<&[u32]> = tables.iter().map(|t| &t[..]).collect();
+    let ctx = GpuContext::new(GpuOptions::default()).await.unwrap();
+    let dev = &ctx.device;
+    let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let buf = |data: &[f32]| dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytemuck::cast_slice(data), usage: storage });
+    let batch = dev.create_buffer(&wgpu::BufferDescriptor { label: None, size: batch_words(&LIMITS) as u64 * 4, usage: storage, mapped_at_creation: false });
+    let dims = shapes()[0];
+    let slots = (LIMITS.n_blocks * LIMITS.block_size * dims.n_kv_heads * dims.head_dim) as usize;
+    let (k, v) = (random(slots, 60), random(slots, 61));
+    let (kb, vb) = (buf(&k), buf(&v));
+    let scale = 1.0 / (dims.head_dim as f32).sqrt();
+    for cpu_like in [false, true] {
+        let kernels = Kernels::new(dev, &batch, cpu_like, ctx.info.subgroup_rows);
+        let plan = kernels.attention_plan(LIMITS.max_batch_tokens, dims, LIMITS.context, ctx.info.max_binding_size);
+        assert_eq!(plan.passes, cpu_like);
+        let scratch = buf(&vec![0f32; plan.scratch_floats as usize]);
+        for (name, items, window) in [("decode", decode_batch(), 0u32), ("prefill", prefill_batch(), 100)] {
+            let n = items.len();
+            let qkv = random(n * dims.qkv_stride as usize, 62 + n as u64);
+            let (qb, ob) = (buf(&qkv), buf(&vec![0f32; n * (dims.n_heads * dims.head_dim) as usize]));
+            let (tokens, positions, seq_ids) = (vec![0u32; n], items.iter().map(|i| i.1).collect::<Vec<_>>(), items.iter().map(|i| i.0).collect::<Vec<_>>());
+            let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &table_refs };
+            ctx.queue.write_buffer(&batch, 0, bytemuck::cast_slice(&b.to_words(&LIMITS)));
+            let mut enc = dev.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for op in kernels.attention(&qb, &kb, &vb, &ob, dims, scale, window, &plan, &scratch) {
+                    op.encode_span(&mut pass, n as u32, 0, b.span());
+                }
+            }
+            ctx.queue.submit([enc.finish()]);
+            let got: Vec<f32> = bytemuck::cast_slice(&ctx.read_buffer(&ob, 0, ob.size()).await.unwrap()).to_vec();
+            let worst = worst_difference(&got, &reference(dims, &items, &qkv, &k, &v, &tables, scale, window));
+            assert!(worst <= 2e-5, "{name} window={window} cpu_like={cpu_like}: worst relative difference {worst}");
         }
     }
 }

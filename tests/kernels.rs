@@ -2,12 +2,14 @@
 //! real tensors of the SmolLM2 file. Weight repacking + GPU dequantization is bit-exact.
 
 mod common;
+mod kernel_cases;
 
 use ferrolm::cpu::ops;
 use ferrolm::gguf::{dequantize, GgmlType, Gguf};
 use ferrolm::gpu::kernels::{Count, Kernels, Op, OutCols};
 use ferrolm::gpu::weights::GpuTensor;
 use ferrolm::gpu::{batch_words, Batch, EngineLimits, GpuContext, GpuOptions};
+use kernel_cases::random;
 use wgpu::util::DeviceExt;
 
 const LIMITS: EngineLimits = EngineLimits { max_batch_tokens: 32, context: 64, max_seqs: 1, block_size: 16, n_blocks: 4, kv_bytes_per_token: 0 };
@@ -16,6 +18,7 @@ struct Harness {
     ctx: GpuContext,
     batch: wgpu::Buffer,
     kernels: Kernels,
+    limits: EngineLimits,
 }
 
 impl Harness {
@@ -25,15 +28,19 @@ impl Harness {
 
     /// `cpu_like` forces the kernel shapes for CPU-emulated adapters (Some(true)) or GPUs.
     fn with_shapes(opts: GpuOptions, cpu_like: Option<bool>) -> Harness {
+        Self::with_limits(opts, cpu_like, LIMITS)
+    }
+
+    fn with_limits(opts: GpuOptions, cpu_like: Option<bool>, limits: EngineLimits) -> Harness {
         let ctx = pollster::block_on(GpuContext::new(opts)).expect("a WebGPU adapter (lavapipe: apt install mesa-vulkan-drivers)");
         let batch = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
-            size: batch_words(&LIMITS) as u64 * 4,
+            size: batch_words(&limits) as u64 * 4,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         let kernels = Kernels::new(&ctx.device, &batch, cpu_like.unwrap_or(ctx.info.cpu_like), ctx.info.subgroup_rows);
-        Harness { ctx, batch, kernels }
+        Harness { ctx, batch, kernels, limits }
     }
 
     fn buffer(&self, data: &[f32]) -> wgpu::Buffer {
@@ -48,14 +55,19 @@ impl Harness {
     fn run(&self, ops: &[Op], tokens: &[u32], out: &wgpu::Buffer) -> Vec<f32> {
         let n = tokens.len();
         let positions: Vec<u32> = (0..n as u32).collect();
-        let table: Vec<u32> = (0..LIMITS.n_blocks).collect();
+        let table: Vec<u32> = (0..self.limits.n_blocks).collect();
         let b = Batch { tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &positions, block_tables: &[&table] };
-        self.ctx.queue.write_buffer(&self.batch, 0, bytemuck::cast_slice(&b.to_words(&LIMITS)));
+        self.run_batch(ops, &b, out)
+    }
+
+    fn run_batch(&self, ops: &[Op], b: &Batch, out: &wgpu::Buffer) -> Vec<f32> {
+        let n = b.tokens.len() as u32;
+        self.ctx.queue.write_buffer(&self.batch, 0, bytemuck::cast_slice(&b.to_words(&self.limits)));
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for op in ops {
-                op.encode(&mut pass, n as u32, n as u32);
+                op.encode_span(&mut pass, n, b.logit_rows.len() as u32, b.span());
             }
         }
         self.ctx.queue.submit([enc.finish()]);
@@ -64,20 +76,6 @@ impl Harness {
     }
 }
 
-/// Deterministic pseudo-random values in [-1, 1).
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
-/// Random blocks of `ty` for `rows x k` values, built as valid block bytes.
 fn random_blocks(ty: GgmlType, rows: usize, k: usize, seed: u64) -> Vec<u8> {
     let n = ty.row_bytes(k as u64).unwrap() as usize * rows;
     let mut bytes: Vec<u8> = random(n, seed).iter().map(|v| ((v + 1.0) * 127.9) as u8).collect();
@@ -159,7 +157,7 @@ fn gpu_dequant_is_bit_exact_on_real_tensors() {
 }
 
 fn check_close(gpu: &[f32], cpu: &[f32], tol: f32, what: &str) {
-    let worst = gpu.iter().zip(cpu).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
+    let worst = kernel_cases::worst_difference(gpu, cpu);
     assert!(worst <= tol, "{what}: worst relative difference {worst}");
 }
 
@@ -271,6 +269,48 @@ fn topk_matches_cpu_selection_exactly() {
             let cpu = TopLogits::from_logits(row, TOPK_MAX);
             assert_eq!(gpu.top, cpu.top, "vocab {vocab} row {r}");
             assert!((gpu.lse - cpu.lse).abs() <= 1e-5 * (1.0 + cpu.lse.abs()), "vocab {vocab} row {r}: lse {} vs {}", gpu.lse, cpu.lse);
+        }
+    }
+}
+
+/// Attention over a paged KV cache against a direct f64 computation (tests/kernel_cases):
+/// GQA, head sizes 64, 256 and 72, full and sliding windows, three sequences with scattered
+/// blocks. A decode batch (the GPU's split-and-merge path over three 256-position chunks) and a
+/// prefill batch whose 8-token tiles mix sequences (the GPU's tiled path), each with GPU shapes
+/// and with the CPU-adapter passes.
+#[test]
+fn attention_matches_cpu_over_paged_cache() {
+    use kernel_cases::{block_tables, decode_batch, prefill_batch, reference, shapes, worst_difference, LIMITS as ATTN_LIMITS};
+    use ferrolm::gpu::kernels::ATTN_SPLIT_MAX_TOKENS;
+    let tables = block_tables();
+    let table_refs: Vec<&[u32]> = tables.iter().map(|t| &t[..]).collect();
+    let (decode, prefill) = (decode_batch(), prefill_batch());
+    assert!(decode.len() as u32 <= ATTN_SPLIT_MAX_TOKENS && prefill.len() as u32 > ATTN_SPLIT_MAX_TOKENS);
+    for cpu_like in [false, true] {
+        let h = Harness::with_limits(GpuOptions::default(), Some(cpu_like), ATTN_LIMITS);
+        for dims in shapes() {
+            let slots = (ATTN_LIMITS.n_blocks * ATTN_LIMITS.block_size * dims.n_kv_heads * dims.head_dim) as usize;
+            let (k, v) = (random(slots, 40 + dims.head_dim as u64), random(slots, 41 + dims.head_dim as u64));
+            let plan = h.kernels.attention_plan(ATTN_LIMITS.max_batch_tokens, dims, ATTN_LIMITS.context, h.ctx.info.max_binding_size);
+            assert_eq!(plan.passes, cpu_like);
+            let scratch = h.buffer(&vec![0f32; plan.scratch_floats as usize]);
+            let (kb, vb) = (h.buffer(&k), h.buffer(&v));
+            for (name, items) in [("decode", &decode), ("prefill", &prefill)] {
+                let n = items.len();
+                let qkv = random(n * dims.qkv_stride as usize, 50 + n as u64);
+                let (qb, ob) = (h.buffer(&qkv), h.buffer(&vec![0f32; n * (dims.n_heads * dims.head_dim) as usize]));
+                let tokens = vec![0u32; n];
+                let positions: Vec<u32> = items.iter().map(|i| i.1).collect();
+                let seq_ids: Vec<u32> = items.iter().map(|i| i.0).collect();
+                let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &table_refs };
+                for window in [0u32, 100] {
+                    let scale = 1.0 / (dims.head_dim as f32).sqrt();
+                    let ops = h.kernels.attention(&qb, &kb, &vb, &ob, dims, scale, window, &plan, &scratch);
+                    let got = h.run_batch(&ops, &b, &ob);
+                    let worst = worst_difference(&got, &reference(dims, items, &qkv, &k, &v, &tables, scale, window));
+                    assert!(worst <= 2e-5, "{name} {dims:?} window={window} cpu_like={cpu_like}: worst relative difference {worst}");
+                }
+            }
         }
     }
 }

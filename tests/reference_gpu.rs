@@ -7,10 +7,14 @@ use ferrolm::gpu::{GpuContext, GpuModel, GpuOptions, ModelOptions};
 use ferrolm::sampler::{Sampler, SamplingParams};
 
 fn load_smollm2() -> GpuModel {
+    load_smollm2_with(GpuOptions::default())
+}
+
+fn load_smollm2_with(opts: GpuOptions) -> GpuModel {
     let file = std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap();
     let gguf = Gguf::read(&file).unwrap();
     pollster::block_on(async {
-        let ctx = GpuContext::new(GpuOptions::default()).await.unwrap();
+        let ctx = GpuContext::new(opts).await.unwrap();
         eprintln!("adapter: {:?}", ctx.info);
         GpuModel::load(ctx, &gguf, &file, &ModelOptions::new(512, 64)).await.unwrap()
     })
@@ -20,6 +24,25 @@ fn load_smollm2() -> GpuModel {
 fn smollm2_gpu_forced_logits_match_f32_reference() {
     let model = load_smollm2();
     common::check_smollm2_forced_logits("GPU", model.config.vocab_size, |tokens| pollster::block_on(model.score(tokens)).unwrap());
+}
+
+/// The kernel shapes for real GPUs (workgroup-per-row matmul, tiled prefill and split decode
+/// attention) on this CPU adapter: the forward a discrete or integrated GPU runs. Prefill logits
+/// against the reference, greedy decoding against the CPU engine's.
+#[test]
+fn smollm2_gpu_shapes_match_f32_reference_and_cpu_greedy() {
+    let model = load_smollm2_with(GpuOptions { gpu_shapes: true, ..GpuOptions::default() });
+    assert!(!model.ctx.info.cpu_like);
+    common::check_smollm2_forced_logits("GPU shapes", model.config.vocab_size, |tokens| pollster::block_on(model.score(tokens)).unwrap());
+    let file = std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap();
+    let cpu = ferrolm::cpu::CpuModel::load(&Gguf::read(&file).unwrap(), &file).unwrap();
+    let reference = common::read_json(&common::reference_path("smollm2-135m/forced-logits.json"));
+    for case in reference["cases"].as_array().unwrap() {
+        let prompt: Vec<u32> = case["prompt_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let gpu_tokens = greedy(&mut ferrolm::gpu::GpuSession::new(&model), &prompt, 24);
+        let cpu_tokens = greedy(&mut ferrolm::generate::CpuSession::new(&cpu, 512), &prompt, 24);
+        assert_eq!(gpu_tokens, cpu_tokens, "GPU-shape and CPU greedy continuations differ for {:?}", case["prompt"]);
+    }
 }
 
 /// Greedy continuation of `prompt` by repeated `extend_greedy` (no tokenizer involved).

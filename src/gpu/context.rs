@@ -10,18 +10,21 @@ pub struct GpuOptions {
     pub allow_subgroups: bool,
     pub allow_f16: bool,
     pub allow_timestamps: bool,
+    /// Run the kernel shapes meant for real GPUs even on a CPU adapter (tests cover them on
+    /// lavapipe this way).
+    pub gpu_shapes: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { allow_subgroups: true, allow_f16: true, allow_timestamps: true }
+        GpuOptions { allow_subgroups: true, allow_f16: true, allow_timestamps: true, gpu_shapes: false }
     }
 }
 
 impl GpuOptions {
     /// No optional feature, as on the most limited adapters (and SwiftShader, which lacks f16).
     pub fn portable() -> Self {
-        GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false }
+        GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false, gpu_shapes: false }
     }
 }
 
@@ -93,7 +96,7 @@ impl GpuContext {
             a.name = browser_adapter_name().await;
         }
         let lower = format!("{} {}", a.name, a.driver).to_lowercase();
-        let cpu_like = a.device_type == wgpu::DeviceType::Cpu || ["swiftshader", "llvmpipe", "lavapipe"].iter().any(|n| lower.contains(n));
+        let cpu_like = !opts.gpu_shapes && (a.device_type == wgpu::DeviceType::Cpu || ["swiftshader", "llvmpipe", "lavapipe"].iter().any(|n| lower.contains(n)));
         let subgroups = features.contains(wgpu::Features::SUBGROUP);
         let subgroup_rows = if subgroups { probe_subgroups(&device, &queue, a.subgroup_min_size).await? } else { 0 };
         let info = AdapterInfo {

@@ -121,6 +121,24 @@ pub struct AttnDims {
     pub qkv_stride: u32,
 }
 
+/// Cached positions per workgroup of the split decode attention (shaders/attention.wgsl CHUNK).
+const ATTN_CHUNK: u32 = 256;
+/// Batches up to this many tokens run the split decode attention; larger ones the tiled kernel.
+pub const ATTN_SPLIT_MAX_TOKENS: u32 = 16;
+
+/// How a model's attention runs ([`Kernels::attention_plan`]).
+#[derive(Clone, Copy, Debug)]
+pub struct AttnPlan {
+    /// Three barrier-free passes through a scores buffer (CPU-emulated adapters).
+    pub passes: bool,
+    /// Positions per sequence.
+    pub context: u32,
+    /// Split decode: context chunks per (token, head).
+    pub n_chunks: u32,
+    /// Floats of the scratch buffer: scores (passes) or per-chunk softmax states (split).
+    pub scratch_floats: u64,
+}
+
 /// Pipeline cache and launchers. Pipelines are created once per (shader, quant type, overrides)
 /// with explicit layouts, so specializations of one kernel share a bind group.
 pub struct Kernels {
@@ -196,6 +214,7 @@ impl Kernels {
         }
         // Kernels that read the batch description get its accessors (batch.wgsl).
         let prelude = if body.contains("var<storage, read> batch") { BATCH_WGSL } else { "" };
+        let attn = if body.contains("AttnParams") { include_str!("../../shaders/attn_params.wgsl") } else { "" };
         // Kernels that sum lanes get the subgroup or the workgroup-memory reduction.
         let subgroup = body.contains("reduce_lanes(") && constants.iter().any(|&(n, v)| n == "TPR" && v as u32 <= self.subgroup_rows);
         let reduce = match (body.contains("reduce_lanes("), subgroup) {
@@ -206,7 +225,7 @@ impl Kernels {
         let enable = if subgroup { SUBGROUP_ENABLE } else { "" };
         // Weight-reading kernels get their quant type's helpers and the shared x-slice helpers.
         let quant = quant.map(|q| format!("{}\n{}", include_str!("../../shaders/x32.wgsl"), quant_source(q))).unwrap_or_default();
-        let source = format!("{enable}{quant}\n{prelude}\n{body}\n{reduce}");
+        let source = format!("{enable}{quant}\n{attn}\n{prelude}\n{body}\n{reduce}");
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(kernel),
             source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -364,20 +383,48 @@ impl Kernels {
         self.op("rope_kv", variants, &params, &[qkv, rope, k_cache, v_cache], &access)
     }
 
-    /// Causal attention of every token's query heads over its sequence's cached K/V. GPUs get
-    /// one fused kernel; CPU-emulated adapters get three barrier-free passes through `scores`
-    /// (`span_stride` floats per head and token), when [`Kernels::attention_scores_len`] gave one.
+    /// How attention runs for a model of `context` positions and batches of up to `tokens`,
+    /// and the scratch buffer it needs.
+    pub fn attention_plan(&self, tokens: u32, dims: AttnDims, context: u32, max_binding: u64) -> AttnPlan {
+        let scores = tokens as u64 * dims.n_heads as u64 * context as u64;
+        if self.cpu_like && dims.head_dim % 4 == 0 && scores * 4 <= max_binding {
+            return AttnPlan { passes: true, context, n_chunks: 0, scratch_floats: scores };
+        }
+        let n_chunks = context.div_ceil(ATTN_CHUNK);
+        let records = tokens.min(ATTN_SPLIT_MAX_TOKENS) as u64 * dims.n_heads as u64 * n_chunks as u64;
+        AttnPlan { passes: false, context, n_chunks, scratch_floats: records * (dims.head_dim as u64 + 2) }
+    }
+
+    /// Causal attention of every token's query heads over its sequence's cached K/V, through
+    /// `scratch` ([`AttnPlan::scratch_floats`] floats). GPUs: decode batches split the context
+    /// into chunks and merge them (flash-decoding), larger batches run tiled. CPU-emulated
+    /// adapters: three barrier-free passes through a scores buffer.
     #[allow(clippy::too_many_arguments)]
-    pub fn attention(&self, qkv: &wgpu::Buffer, k_cache: &wgpu::Buffer, v_cache: &wgpu::Buffer, out: &wgpu::Buffer, dims: AttnDims, scale: f32, window: u32, scores: Option<(&wgpu::Buffer, u32)>) -> Vec<Op> {
-        let Some((s, span_stride)) = scores else {
-            let access = [Read, Read, Read, ReadWrite, Read];
-            let grid = Grid::Heads { heads: dims.n_heads };
-            let variants = self.single("attention", include_str!("../../shaders/attention.wgsl"), None, &[], &access, grid);
-            let params = [dims.n_heads, dims.n_kv_heads, dims.head_dim, dims.qkv_stride, scale.to_bits(), window, 0, 0];
-            return vec![self.op("attention", variants, &params, &[qkv, k_cache, v_cache, out], &access)];
-        };
-        let params = [dims.n_heads, dims.n_kv_heads, dims.head_dim, dims.qkv_stride, scale.to_bits(), window, span_stride, 0];
-        let grid = Grid::Span { heads: dims.n_heads, per: 4, max: span_stride };
+    pub fn attention(&self, qkv: &wgpu::Buffer, k_cache: &wgpu::Buffer, v_cache: &wgpu::Buffer, out: &wgpu::Buffer, dims: AttnDims, scale: f32, window: u32, plan: &AttnPlan, scratch: &wgpu::Buffer) -> Vec<Op> {
+        let params = [dims.n_heads, dims.n_kv_heads, dims.head_dim, dims.qkv_stride, scale.to_bits(), window, if plan.passes { plan.context } else { plan.n_chunks }, 0];
+        if !plan.passes {
+            let access = [Read, Read, Read, ReadWrite, ReadWrite, Read];
+            let split = Variant {
+                pipeline: self.pipeline("attention", include_str!("../../shaders/attention.wgsl"), None, &[], &access),
+                grid: Grid::Span { heads: dims.n_heads, per: ATTN_CHUNK / 64, max: plan.context },
+                max_n: ATTN_SPLIT_MAX_TOKENS,
+            };
+            let tiled = Variant {
+                pipeline: self.pipeline("attn_tiled", include_str!("../../shaders/attn_tiled.wgsl"), None, &[], &access),
+                grid: Grid::Rows { x: dims.n_heads, per: 8, of: Count::Tokens },
+                max_n: u32::MAX,
+            };
+            let attend = self.op("attention", vec![split, tiled], &params, &[qkv, k_cache, v_cache, out, scratch], &access);
+            let access = [Read, ReadWrite, Read];
+            let combine = Variant {
+                pipeline: self.pipeline("attn_combine", include_str!("../../shaders/attn_combine.wgsl"), None, &[], &access),
+                grid: Grid::Heads { heads: dims.n_heads },
+                max_n: ATTN_SPLIT_MAX_TOKENS,
+            };
+            return vec![attend, self.op("attention", vec![combine], &params, &[scratch, out], &access)];
+        }
+        let s = scratch;
+        let grid = Grid::Span { heads: dims.n_heads, per: 4, max: plan.context };
         let access = [Read, Read, ReadWrite, Read];
         let scores_op = self.op("attention", self.single("attn_scores", include_str!("../../shaders/attn_scores.wgsl"), None, &[], &access, grid), &params, &[qkv, k_cache, s], &access);
         let grid = Grid::Flat { threads: dims.n_heads, wg: 16, of: Count::Tokens };
@@ -387,13 +434,6 @@ impl Kernels {
         let access = [Read, Read, ReadWrite, Read];
         let pv_op = self.op("attention", self.single("attn_pv", include_str!("../../shaders/attn_pv.wgsl"), None, &[], &access, grid), &params, &[s, v_cache, out], &access);
         vec![scores_op, softmax_op, pv_op]
-    }
-
-    /// Floats of the scores buffer the CPU-adapter attention needs for `tokens` tokens of up to
-    /// `context` positions, or None where the fused kernel runs (GPUs, or a buffer too large).
-    pub fn attention_scores_len(&self, tokens: u32, n_heads: u32, context: u32, head_dim: u32, max_binding: u64) -> Option<u64> {
-        let len = tokens as u64 * n_heads as u64 * context as u64;
-        (self.cpu_like && head_dim % 4 == 0 && len * 4 <= max_binding).then_some(len)
     }
 
     /// Index of the largest logit of each logit row.

@@ -235,12 +235,8 @@ impl GpuModel {
         // Gemma's post-norms need the attention and FFN outputs apart from the residual stream.
         let h2 = if c.post_norms { Some(storage("h2", t * d * 4)?) } else { None };
         let kv_bytes = (n_blocks * block_size) as u64 * kvd * 4;
-        // CPU-emulated adapters: attention scores of every head, token and position.
-        let span_stride = limits.context;
-        let scores = match kernels.attention_scores_len(t as u32, dims.n_heads, span_stride, dims.head_dim, ctx.info.max_binding_size) {
-            Some(len) => Some(storage("attention scores", len * 4)?),
-            None => None,
-        };
+        let attn_plan = kernels.attention_plan(t as u32, dims, limits.context, ctx.info.max_binding_size);
+        let attn_scratch = storage("attention scratch", attn_plan.scratch_floats * 4)?;
         for l in 0..c.n_layers {
             let p = |n: &str| names::layer(l, n);
             let k_cache = storage("k cache", kv_bytes)?;
@@ -267,7 +263,7 @@ impl GpuModel {
             }
             ops.push(kernels.rope_kv(&qkv, rope, &k_cache, &v_cache, dims, c.rope_style == RopeStyle::Neox));
             let window = la.window.unwrap_or(0) as u32;
-            ops.extend(kernels.attention(&qkv, &k_cache, &v_cache, &attn, dims, c.attn_scale, window, scores.as_ref().map(|s| (s, span_stride))));
+            ops.extend(kernels.attention(&qkv, &k_cache, &v_cache, &attn, dims, c.attn_scale, window, &attn_plan, &attn_scratch));
             // Attention output and FFN: straight into the residual stream, or (post-norms) through
             // h2 and a norm that adds to it.
             let residual = |ops: &mut Vec<Op>, w: &GpuTensor, input: &wgpu::Buffer, post: &str| -> Result<()> {
