@@ -1,6 +1,7 @@
 // RMSNorm: y[i] = x[src(i)] / sqrt(mean(x^2) + eps) * weight, one workgroup per row. With
 // GATHER the rows are the batch's logit rows (the final norm computes only rows that need logits).
-// ADD: y[i] += ... instead (Gemma's post-norms feed the residual stream directly).
+// ADD: y[i] += ... instead (Gemma's post-norms feed the residual stream directly). SERIAL (CPU
+// adapters, which run barriers as coroutine switches): one thread per row, no barriers.
 
 struct Params {
     d: u32,
@@ -16,13 +17,33 @@ struct Params {
 @group(0) @binding(4) var<storage, read> batch: array<u32>;
 
 override ADD: bool = false;
+override SERIAL: bool = false;
+override WG: u32 = 64u;
 
 var<workgroup> partial: array<f32, 64>;
 
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = wid.x;
+fn serial_row(i: u32, src: u32) {
+    var ss = 0.0;
+    for (var j = 0u; j < P.d; j++) {
+        let v = x[src * P.d + j];
+        ss += v * v;
+    }
+    let scale = 1.0 / sqrt(ss / f32(P.d) + P.eps);
+    for (var j = 0u; j < P.d; j++) {
+        let v = x[src * P.d + j] * scale * weight[j];
+        y[i * P.d + j] = select(v, y[i * P.d + j] + v, ADD);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let n = select(n_tokens(), n_logit_rows(), P.gather == 1u);
+    if (SERIAL) {
+        let i = gid.x;
+        if (i < n) { serial_row(i, select(i, logit_row(i), P.gather == 1u)); }
+        return;
+    }
+    let i = wid.x;
     let live = i < n;
     var src = i;
     if (P.gather == 1u && live) { src = logit_row(i); }

@@ -274,8 +274,8 @@ fn topk_matches_cpu_selection_exactly() {
 }
 
 /// Attention over a paged KV cache against a direct f64 computation (tests/kernel_cases):
-/// GQA, head sizes 64, 256 and 72, full and sliding windows, three sequences with scattered
-/// blocks. A decode batch (the GPU's split-and-merge path over three 256-position chunks) and a
+/// GQA groups of 1-4 heads, head sizes 32-256, full and sliding windows, three sequences with
+/// scattered blocks. A decode batch (the GPU's split-and-merge path over three 256-position chunks) and a
 /// prefill batch whose 8-token tiles mix sequences (the GPU's tiled path), each with GPU shapes
 /// and with the CPU-adapter passes.
 #[test]

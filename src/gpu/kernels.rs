@@ -353,7 +353,10 @@ impl Kernels {
     fn rmsnorm_into(&self, x: &wgpu::Buffer, weight: &wgpu::Buffer, y: &wgpu::Buffer, d: u32, eps: f32, gather: bool, add: bool) -> Op {
         let of = if gather { Count::LogitRows } else { Count::Tokens };
         let access = [Read, Read, ReadWrite, Read];
-        let variants = self.single("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl"), None, &[("ADD", add as u32 as f64)], &access, Grid::PerItem { of });
+        let serial = self.cpu_like;
+        let (wg, grid) = if serial { (4, Grid::Flat { threads: 1, wg: 4, of }) } else { (64, Grid::PerItem { of }) };
+        let c = [("ADD", add as u32 as f64), ("SERIAL", serial as u32 as f64), ("WG", wg as f64)];
+        let variants = self.single("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl"), None, &c, &access, grid);
         self.op("rmsnorm", variants, &[d, eps.to_bits(), gather as u32, 0], &[x, weight, y], &access)
     }
 
@@ -424,15 +427,20 @@ impl Kernels {
             return vec![attend, self.op("attention", vec![combine], &params, &[scratch, out], &access)];
         }
         let s = scratch;
-        let grid = Grid::Span { heads: dims.n_heads, per: 4, max: plan.context };
+        // Query heads per thread: the most (up to 4) that share one KV head, so K and V rows
+        // are loaded once for all of them.
+        let group = dims.n_heads / dims.n_kv_heads;
+        let qh = (1..=4u32).rev().find(|q| group % q == 0).unwrap_or(1);
+        let c = [("QH", qh as f64)];
+        let grid = Grid::Span { heads: dims.n_heads / qh, per: 4, max: plan.context };
         let access = [Read, Read, ReadWrite, Read];
-        let scores_op = self.op("attention", self.single("attn_scores", include_str!("../../shaders/attn_scores.wgsl"), None, &[], &access, grid), &params, &[qkv, k_cache, s], &access);
+        let scores_op = self.op("attention", self.single("attn_scores", include_str!("../../shaders/attn_scores.wgsl"), None, &c, &access, grid), &params, &[qkv, k_cache, s], &access);
         let grid = Grid::Flat { threads: dims.n_heads, wg: 16, of: Count::Tokens };
         let access = [ReadWrite, Read];
         let softmax_op = self.op("attention", self.single("attn_softmax", include_str!("../../shaders/attn_softmax.wgsl"), None, &[], &access, grid), &params, &[s], &access);
-        let grid = Grid::Flat { threads: dims.n_heads * dims.head_dim / 4, wg: 16, of: Count::Tokens };
+        let grid = Grid::Flat { threads: dims.n_heads / qh * dims.head_dim / 4, wg: 16, of: Count::Tokens };
         let access = [Read, Read, ReadWrite, Read];
-        let pv_op = self.op("attention", self.single("attn_pv", include_str!("../../shaders/attn_pv.wgsl"), None, &[], &access, grid), &params, &[s, v_cache, out], &access);
+        let pv_op = self.op("attention", self.single("attn_pv", include_str!("../../shaders/attn_pv.wgsl"), None, &c, &access, grid), &params, &[s, v_cache, out], &access);
         vec![scores_op, softmax_op, pv_op]
     }
 
