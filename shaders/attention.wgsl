@@ -12,7 +12,7 @@
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
 @group(0) @binding(6) var<storage, read> batch: array<u32>;
 
-const CHUNK: u32 = 256u;
+override CHUNK: u32 = 256u; // positions per chunk (Kernels::attention)
 const MAX_HEAD_DIM: u32 = 256u;
 var<workgroup> q: array<f32, MAX_HEAD_DIM>;
 var<workgroup> weights: array<f32, 64>;

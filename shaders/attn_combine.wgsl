@@ -7,7 +7,7 @@
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<storage, read> batch: array<u32>;
 
-const CHUNK: u32 = 256u; // as in attention.wgsl
+override CHUNK: u32 = 256u; // positions per chunk (Kernels::attention)
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -22,47 +22,35 @@ override WG: u32 = 64u;
 
 var<workgroup> partial: array<f32, 64>;
 
-fn serial_row(i: u32, src: u32) {
-    var ss = 0.0;
-    for (var j = 0u; j < P.d; j++) {
-        let v = x[src * P.d + j];
-        ss += v * v;
-    }
-    let scale = 1.0 / sqrt(ss / f32(P.d) + P.eps);
-    for (var j = 0u; j < P.d; j++) {
-        let v = x[src * P.d + j] * scale * weight[j];
-        y[i * P.d + j] = select(v, y[i * P.d + j] + v, ADD);
-    }
-}
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let n = select(n_tokens(), n_logit_rows(), P.gather == 1u);
-    if (SERIAL) {
-        let i = gid.x;
-        if (i < n) { serial_row(i, select(i, logit_row(i), P.gather == 1u)); }
-        return;
-    }
-    let i = wid.x;
+    // A row per workgroup of 64 lanes, or (SERIAL) per thread.
+    let i = select(wid.x, gid.x, SERIAL);
+    let lane = select(lid, 0u, SERIAL);
+    let lanes = select(64u, 1u, SERIAL);
     let live = i < n;
     var src = i;
     if (P.gather == 1u && live) { src = logit_row(i); }
     var ss = 0.0;
     if (live) {
-        for (var j = lid; j < P.d; j += 64u) {
+        for (var j = lane; j < P.d; j += lanes) {
             let v = x[src * P.d + j];
             ss += v * v;
         }
     }
-    partial[lid] = ss;
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s /= 2u) {
-        if (lid < s) { partial[lid] += partial[lid + s]; }
+    if (!SERIAL) {
+        partial[lid] = ss;
         workgroupBarrier();
+        for (var s = 32u; s > 0u; s /= 2u) {
+            if (lid < s) { partial[lid] += partial[lid + s]; }
+            workgroupBarrier();
+        }
+        ss = partial[0];
     }
     if (!live) { return; }
-    let scale = 1.0 / sqrt(partial[0] / f32(P.d) + P.eps);
-    for (var j = lid; j < P.d; j += 64u) {
+    let scale = 1.0 / sqrt(ss / f32(P.d) + P.eps);
+    for (var j = lane; j < P.d; j += lanes) {
         let v = x[src * P.d + j] * scale * weight[j];
         y[i * P.d + j] = select(v, y[i * P.d + j] + v, ADD);
     }

@@ -121,7 +121,8 @@ pub struct AttnDims {
     pub qkv_stride: u32,
 }
 
-/// Cached positions per workgroup of the split decode attention (shaders/attention.wgsl CHUNK).
+/// Cached positions per workgroup of the split decode attention (CHUNK of attention.wgsl and
+/// attn_combine.wgsl).
 const ATTN_CHUNK: u32 = 256;
 /// Batches up to this many tokens run the split decode attention; larger ones the tiled kernel.
 pub const ATTN_SPLIT_MAX_TOKENS: u32 = 16;
@@ -133,9 +134,10 @@ pub struct AttnPlan {
     pub passes: bool,
     /// Positions per sequence.
     pub context: u32,
-    /// Split decode: context chunks per (token, head).
-    pub n_chunks: u32,
-    /// Floats of the scratch buffer: scores (passes) or per-chunk softmax states (split).
+    /// Scratch entries per (token, head): scores (passes, `context`) or per-chunk softmax states
+    /// (split decode, one per chunk of the context).
+    pub scratch_stride: u32,
+    /// Floats of the scratch buffer.
     pub scratch_floats: u64,
 }
 
@@ -391,11 +393,11 @@ impl Kernels {
     pub fn attention_plan(&self, tokens: u32, dims: AttnDims, context: u32, max_binding: u64) -> AttnPlan {
         let scores = tokens as u64 * dims.n_heads as u64 * context as u64;
         if self.cpu_like && dims.head_dim % 4 == 0 && scores * 4 <= max_binding {
-            return AttnPlan { passes: true, context, n_chunks: 0, scratch_floats: scores };
+            return AttnPlan { passes: true, context, scratch_stride: context, scratch_floats: scores };
         }
         let n_chunks = context.div_ceil(ATTN_CHUNK);
         let records = tokens.min(ATTN_SPLIT_MAX_TOKENS) as u64 * dims.n_heads as u64 * n_chunks as u64;
-        AttnPlan { passes: false, context, n_chunks, scratch_floats: records * (dims.head_dim as u64 + 2) }
+        AttnPlan { passes: false, context, scratch_stride: n_chunks, scratch_floats: records * (dims.head_dim as u64 + 2) }
     }
 
     /// Causal attention of every token's query heads over its sequence's cached K/V, through
@@ -404,11 +406,12 @@ impl Kernels {
     /// adapters: three barrier-free passes through a scores buffer.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(&self, qkv: &wgpu::Buffer, k_cache: &wgpu::Buffer, v_cache: &wgpu::Buffer, out: &wgpu::Buffer, dims: AttnDims, scale: f32, window: u32, plan: &AttnPlan, scratch: &wgpu::Buffer) -> Vec<Op> {
-        let params = [dims.n_heads, dims.n_kv_heads, dims.head_dim, dims.qkv_stride, scale.to_bits(), window, if plan.passes { plan.context } else { plan.n_chunks }, 0];
+        let params = [dims.n_heads, dims.n_kv_heads, dims.head_dim, dims.qkv_stride, scale.to_bits(), window, plan.scratch_stride, 0];
         if !plan.passes {
+            let chunk = [("CHUNK", ATTN_CHUNK as f64)];
             let access = [Read, Read, Read, ReadWrite, ReadWrite, Read];
             let split = Variant {
-                pipeline: self.pipeline("attention", include_str!("../../shaders/attention.wgsl"), None, &[], &access),
+                pipeline: self.pipeline("attention", include_str!("../../shaders/attention.wgsl"), None, &chunk, &access),
                 grid: Grid::Span { heads: dims.n_heads, per: ATTN_CHUNK / 64, max: plan.context },
                 max_n: ATTN_SPLIT_MAX_TOKENS,
             };
@@ -420,7 +423,7 @@ impl Kernels {
             let attend = self.op("attention", vec![split, tiled], &params, &[qkv, k_cache, v_cache, out, scratch], &access);
             let access = [Read, ReadWrite, Read];
             let combine = Variant {
-                pipeline: self.pipeline("attn_combine", include_str!("../../shaders/attn_combine.wgsl"), None, &[], &access),
+                pipeline: self.pipeline("attn_combine", include_str!("../../shaders/attn_combine.wgsl"), None, &chunk, &access),
                 grid: Grid::Heads { heads: dims.n_heads },
                 max_n: ATTN_SPLIT_MAX_TOKENS,
             };
