@@ -14,7 +14,8 @@ struct Params {
     scale_off: u32,
     accumulate: u32,
     use_logit_rows: u32,
-    _pad: u32,
+    // Gated output: 0 none, 1 SiLU(gate) * up, 2 GELU(gate) * up (Gemma's GeGLU).
+    glu: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -28,23 +29,24 @@ override TN: u32 = 1u;
 // Weight rows per thread.
 const RW: u32 = 8u;
 override WG: u32 = 64u;
-override SWIGLU: bool = false;
-// With SWIGLU: GELU (tanh approximation, ggml's) instead of SiLU on the gate: Gemma's GeGLU.
-override GELU: bool = false;
 
 fn gate_act(v: f32) -> f32 {
     // tanh saturates at 1.0 in f32 by 15; clamping keeps exp-based tanh (SwiftShader) from inf / inf.
-    if (GELU) { return 0.5 * v * (1.0 + tanh(clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0))); }
+    if (P.glu == 2u) { return 0.5 * v * (1.0 + tanh(clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0))); }
     return v / (1.0 + exp(-v));
 }
 
+// The gate/up form; a uniform, not an override, so one compiled pipeline serves both forms
+// (CPU JITs take up to a second per pipeline).
+fn gated() -> bool { return P.glu != 0u; }
+
 // Output rows per thread.
-fn outs() -> u32 { return select(RW, RW / 2u, SWIGLU); }
+fn outs() -> u32 { return select(RW, RW / 2u, gated()); }
 
 // First block of the thread's weight row i: gate rows, then (SWIGLU) the up rows m further on.
 fn row_block(r0: u32, i: u32, groups: u32) -> u32 {
     let o = outs();
-    if (SWIGLU && i >= o) { return (min(r0 + i - o, P.m - 1u) + P.m) * groups; }
+    if (gated() && i >= o) { return (min(r0 + i - o, P.m - 1u) + P.m) * groups; }
     return min(r0 + i, P.m - 1u) * groups;
 }
 
@@ -60,7 +62,7 @@ fn store(r0: u32, i: u32, t0: u32, n: u32, acc: vec4<f32>, up: vec4<f32>) {
     for (var t = 0u; t < TN; t++) {
         if (t0 + t >= n) { return; }
         var v = acc[t];
-        if (SWIGLU) { v = gate_act(v) * up[t]; }
+        if (gated()) { v = gate_act(v) * up[t]; }
         let o = (t0 + t) * P.out_stride + P.out_col + row;
         if (P.accumulate == 1u) { v += y[o]; }
         y[o] = v;
@@ -85,7 +87,7 @@ fn decode(r0: u32, t: u32, n: u32, groups: u32) {
         a6 += dotw(load_wb(b6 + g, so), v); a7 += dotw(load_wb(b7 + g, so), v);
     }
     let z = vec4<f32>(0.0);
-    if (SWIGLU) {
+    if (gated()) {
         store(r0, 0u, t, n, vec4<f32>(a0), vec4<f32>(a4)); store(r0, 1u, t, n, vec4<f32>(a1), vec4<f32>(a5));
         store(r0, 2u, t, n, vec4<f32>(a2), vec4<f32>(a6)); store(r0, 3u, t, n, vec4<f32>(a3), vec4<f32>(a7));
     } else {
@@ -132,7 +134,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         a6 += dot_tokens(load_wb(b6 + g, so), x0, x1, x2, x3);
         a7 += dot_tokens(load_wb(b7 + g, so), x0, x1, x2, x3);
     }
-    if (SWIGLU) {
+    if (gated()) {
         store(r0, 0u, t0, n, a0, a4); store(r0, 1u, t0, n, a1, a5);
         store(r0, 2u, t0, n, a2, a6); store(r0, 3u, t0, n, a3, a7);
     } else {

@@ -56,9 +56,37 @@ enum Grid {
     Span { heads: u32, per: u32, max: u32 },
 }
 
+/// A pipeline compiled on first use. CPU JITs (SwiftShader) take up to a second per pipeline,
+/// and some variants (the LM head over several logit rows) serve only batching and speculation;
+/// [`Op::prepare`] compiles at load the ones a single sequence needs.
+struct LazyPipeline {
+    device: wgpu::Device,
+    label: String,
+    module: wgpu::ShaderModule,
+    layout: Rc<wgpu::PipelineLayout>,
+    constants: Vec<(String, f64)>,
+    pipeline: std::cell::OnceCell<wgpu::ComputePipeline>,
+}
+
+impl LazyPipeline {
+    fn get(&self) -> &wgpu::ComputePipeline {
+        self.pipeline.get_or_init(|| {
+            let constants: Vec<(&str, f64)> = self.constants.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+            self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&self.label),
+                layout: Some(&self.layout),
+                module: &self.module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, zero_initialize_workgroup_memory: false },
+                cache: None,
+            })
+        })
+    }
+}
+
 /// A pipeline and the grid it runs with, used for batches of at most `max_n` items.
 struct Variant {
-    pipeline: Rc<wgpu::ComputePipeline>,
+    pipeline: Rc<LazyPipeline>,
     grid: Grid,
     max_n: u32,
 }
@@ -76,18 +104,26 @@ impl Op {
         self.encode_span(pass, n_tokens, n_logit_rows, u32::MAX)
     }
 
-    /// As [`Op::encode`], with the step's KV span (largest position + 1) for span grids.
-    pub fn encode_span(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32, n_logit_rows: u32, span: u32) {
-        let count = |c: Count| match c {
-            Count::Tokens => n_tokens,
-            Count::LogitRows => n_logit_rows,
-        };
+    /// Compiles the pipeline a batch of `n_tokens` tokens and `n_logit_rows` logit rows runs.
+    pub fn prepare(&self, n_tokens: u32, n_logit_rows: u32) {
+        if let Some(v) = self.variant(n_tokens, n_logit_rows) {
+            v.pipeline.get();
+        }
+    }
+
+    fn variant(&self, n_tokens: u32, n_logit_rows: u32) -> Option<&Variant> {
         let n_of = |g: Grid| match g {
-            Grid::Rows { of, .. } | Grid::Flat { of, .. } | Grid::PerItem { of } => count(of),
+            Grid::Rows { of, .. } | Grid::Flat { of, .. } | Grid::PerItem { of } => count(of, n_tokens, n_logit_rows),
             Grid::Heads { .. } | Grid::Span { .. } => n_tokens,
             Grid::Fixed { .. } => 1,
         };
-        let Some(v) = self.variants.iter().find(|v| n_of(v.grid) <= v.max_n) else { return };
+        self.variants.iter().find(|v| n_of(v.grid) <= v.max_n)
+    }
+
+    /// As [`Op::encode`], with the step's KV span (largest position + 1) for span grids.
+    pub fn encode_span(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32, n_logit_rows: u32, span: u32) {
+        let Some(v) = self.variant(n_tokens, n_logit_rows) else { return };
+        let count = |c: Count| count(c, n_tokens, n_logit_rows);
         let (x, y, z) = match v.grid {
             Grid::Rows { x, per, of } => (x, count(of).div_ceil(per), 1),
             Grid::Flat { threads, wg, of } => ((count(of) * threads).div_ceil(wg), 1, 1),
@@ -99,9 +135,16 @@ impl Op {
         if x == 0 || y == 0 || z == 0 {
             return;
         }
-        pass.set_pipeline(&v.pipeline);
+        pass.set_pipeline(v.pipeline.get());
         pass.set_bind_group(0, &self.bind, &[]);
         pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+fn count(c: Count, n_tokens: u32, n_logit_rows: u32) -> u32 {
+    match c {
+        Count::Tokens => n_tokens,
+        Count::LogitRows => n_logit_rows,
     }
 }
 
@@ -151,7 +194,7 @@ pub struct Kernels {
     cpu_like: bool,
     /// Lanes per row the matmul may sum with subgroup shuffles (0: workgroup memory).
     subgroup_rows: u32,
-    pipelines: RefCell<HashMap<String, Rc<wgpu::ComputePipeline>>>,
+    pipelines: RefCell<HashMap<String, Rc<LazyPipeline>>>,
     layouts: RefCell<HashMap<Vec<bool>, (Rc<wgpu::BindGroupLayout>, Rc<wgpu::PipelineLayout>)>>,
 }
 
@@ -209,7 +252,7 @@ impl Kernels {
         (bgl, pl)
     }
 
-    fn pipeline(&self, kernel: &str, body: &str, quant: Option<GgmlType>, constants: &[(&str, f64)], access: &[Access]) -> Rc<wgpu::ComputePipeline> {
+    fn pipeline(&self, kernel: &str, body: &str, quant: Option<GgmlType>, constants: &[(&str, f64)], access: &[Access]) -> Rc<LazyPipeline> {
         let key = format!("{kernel}/{quant:?}/{constants:?}");
         if let Some(p) = self.pipelines.borrow().get(&key) {
             return p.clone();
@@ -233,14 +276,14 @@ impl Kernels {
             source: wgpu::ShaderSource::Wgsl(source.into()),
         });
         let (_, layout) = self.layout(access);
-        let pipeline = Rc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel),
-            layout: Some(&layout),
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
-            cache: None,
-        }));
+        let pipeline = Rc::new(LazyPipeline {
+            device: self.device.clone(),
+            label: kernel.to_string(),
+            module,
+            layout,
+            constants: constants.iter().map(|&(n, v)| (n.to_string(), v)).collect(),
+            pipeline: Default::default(),
+        });
         self.pipelines.borrow_mut().insert(key, pipeline.clone());
         pipeline
     }
@@ -301,9 +344,11 @@ impl Kernels {
                 .map(|&(tn, max_n)| {
                     let outs = if swiglu { 4 } else { 8 };
                     let threads = m.div_ceil(outs);
-                    // Small matrices get small workgroups, so both cores (or all) get work.
-                    let wg = if threads >= 8 * 64 { 64 } else { 16 };
-                    let c = [("TN", tn as f64), ("WG", wg as f64), swiglu_c, gelu_c];
+                    // Small workgroups, so both cores (or all) get work on small matrices; one
+                    // size for all, so a quant type's matrices share a pipeline (CPU JITs take
+                    // up to a second per pipeline; 64 was no faster on the large ones).
+                    let wg = 16;
+                    let c = [("TN", tn as f64), ("WG", wg as f64)];
                     let pipeline = self.pipeline("matvec", body, Some(w.ty), &c, &access);
                     Variant { pipeline, grid: Grid::Rows { x: threads.div_ceil(wg), per: tn, of }, max_n }
                 })
@@ -320,7 +365,13 @@ impl Kernels {
                 })
                 .collect()
         };
-        let params = [w.k, m, out.stride, out.col, part.scale_off, accumulate as u32, matches!(of, Count::LogitRows) as u32, 0];
+        // matvec.wgsl takes the gate form as a uniform (one pipeline for both forms).
+        let glu_p = match glu {
+            None => 0,
+            Some(Activation::Silu) => 1,
+            Some(Activation::GeluTanh) => 2,
+        };
+        let params = [w.k, m, out.stride, out.col, part.scale_off, accumulate as u32, matches!(of, Count::LogitRows) as u32, glu_p];
         self.op("matmul", variants, &params, &[&part.buffer, x, y], &access)
     }
 

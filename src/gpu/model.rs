@@ -288,6 +288,12 @@ impl GpuModel {
         ops.extend(kernels.matmul(&head, &h, &logits, OutCols { stride: v as u32, col: 0 }, false, Count::LogitRows, false));
         let argmax_op = kernels.argmax(&logits, &argmax, v as u32);
         let topk_op = kernels.topk(&logits, &topk, v as u32);
+        // Compile now what one sequence's prefill and decode run; batching and speculation
+        // variants (several logit rows) compile on first use.
+        for op in ops.iter().chain([&argmax_op, &topk_op]) {
+            op.prepare(1, 1);
+            op.prepare(max_batch_tokens, 1);
+        }
 
         if let Some(e) = scope.pop().await {
             return Err(Error::Gpu(format!("building the forward pass failed: {e}")));
