@@ -246,7 +246,7 @@ async fn kernels_match_cpu_in_browser() {
             let name = name.as_str();
             let mut cpu = vec![0f32; k * m];
             dequantize(ty, &data, &mut cpu).unwrap();
-            let w = GpuTensor::upload(dev, 128 << 20, name, ty, &data, m, k, true).unwrap();
+            let w = GpuTensor::upload(dev, &ctx.queue, 128 << 20, name, ty, &data, m, k, true).unwrap();
             let out = buf(&vec![0f32; k * m]);
             run(&kernels.embed(&w, &out, 1.0, true), 1);
             let gpu: Vec<f32> = bytemuck::cast_slice(&ctx.read_buffer(&out, 0, out.size()).await.unwrap()).to_vec();

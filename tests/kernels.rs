@@ -131,7 +131,7 @@ fn repack_and_gpu_dequant_are_bit_exact_on_random_blocks_and_split_tensors() {
         let data = random_blocks(ty, rows, k, ty.id() as u64 + 1);
         let cpu = cpu_dequant(ty, &data, rows * k);
         for max_binding in [1 << 20, 1500] {
-            let w = GpuTensor::upload(&h.ctx.device, max_binding, "w", ty, &data, rows, k, true).unwrap();
+            let w = GpuTensor::upload(&h.ctx.device, &h.ctx.queue, max_binding, "w", ty, &data, rows, k, true).unwrap();
             assert_bits_eq(&gpu_dequant(&h, &w), &cpu, &format!("{ty} with {} parts", w.parts.len()));
         }
     }
@@ -151,7 +151,7 @@ fn gpu_dequant_is_bit_exact_on_real_tensors() {
         let info = gguf.tensor(name).unwrap();
         let data = gguf.tensor_data(file, info).unwrap();
         let (k, rows) = (info.dims[0] as usize, (info.n_elements() / info.dims[0]) as usize);
-        let w = GpuTensor::upload(&h.ctx.device, 128 << 20, name, info.ty, &data, rows, k, true).unwrap();
+        let w = GpuTensor::upload(&h.ctx.device, &h.ctx.queue, 128 << 20, name, info.ty, &data, rows, k, true).unwrap();
         assert_bits_eq(&gpu_dequant(&h, &w), &cpu_dequant(info.ty, &data, rows * k), &format!("{name} ({})", info.ty));
     }
 }
@@ -183,7 +183,7 @@ fn matmul_matches_cpu_reference() {
                 let y0 = random(n * m, 99);
                 for (split, accumulate) in [(false, false), (true, true)] {
                     let max_binding = if split { 2000 } else { 1 << 20 };
-                    let w = GpuTensor::upload(&h.ctx.device, max_binding, "w", ty, &data, m, k, true).unwrap();
+                    let w = GpuTensor::upload(&h.ctx.device, &h.ctx.queue, max_binding, "w", ty, &data, m, k, true).unwrap();
                     let (xb, yb) = (h.buffer(&x), h.buffer(&y0));
                     let ops = h.kernels.matmul(&w, &xb, &yb, OutCols { stride: m as u32, col: 0 }, accumulate, Count::Tokens, false);
                     let got = h.run(&ops, &vec![0; n], &yb);
@@ -195,7 +195,7 @@ fn matmul_matches_cpu_reference() {
                     check_close(&got, &want, tol, &format!("{ty} k={k} n={n} split={split} accumulate={accumulate} cpu_like={cpu_like}"));
                 }
                 // SwiGLU: rows 0..m/2 gate, m/2..m up.
-                let w = GpuTensor::upload(&h.ctx.device, 1 << 20, "w", ty, &data, m, k, false).unwrap();
+                let w = GpuTensor::upload(&h.ctx.device, &h.ctx.queue, 1 << 20, "w", ty, &data, m, k, false).unwrap();
                 let (xb, yb) = (h.buffer(&x), h.buffer(&vec![0f32; n * m / 2]));
                 let ops = h.kernels.matmul(&w, &xb, &yb, OutCols { stride: (m / 2) as u32, col: 0 }, false, Count::Tokens, true);
                 let got = h.run(&ops, &vec![0; n], &yb);

@@ -111,6 +111,13 @@ impl Op {
         }
     }
 
+    /// Compiles what one sequence runs: decode (1 token) and prefill (up to `max_tokens`), with
+    /// one logit row.
+    pub fn prepare_single_sequence(&self, max_tokens: u32) {
+        self.prepare(1, 1);
+        self.prepare(max_tokens, 1);
+    }
+
     fn variant(&self, n_tokens: u32, n_logit_rows: u32) -> Option<&Variant> {
         let n_of = |g: Grid| match g {
             Grid::Rows { of, .. } | Grid::Flat { of, .. } | Grid::PerItem { of } => count(of, n_tokens, n_logit_rows),

@@ -202,7 +202,7 @@ impl GpuModel {
             let (ty, k, data) = concat_rows(&refs).ok_or_else(|| {
                 Error::InvalidModel(format!("{} have different types or widths; the GPU engine fuses them", parts.join(", ")))
             })?;
-            GpuTensor::upload(dev, max_binding, label, ty, &data, rows, k, splittable)
+            GpuTensor::upload(dev, &ctx.queue, max_binding, label, ty, &data, rows, k, splittable)
         };
         // Rows of several matrices side by side in one output row: one fused matrix when they share
         // a type, else one per type run (Q4_K_M files mix Q5_0 q/k with a Q8_0 v). `(matrix, column)`.
@@ -225,7 +225,7 @@ impl GpuModel {
         let vectors = |label: &str, names: &[&str]| -> Result<wgpu::Buffer> {
             let loaded = names.iter().map(|n| read(n)).collect::<Result<Vec<_>>>()?;
             let parts: Vec<_> = loaded.iter().map(|(ty, rows, k, data)| (*ty, &data[..], rows * k)).collect();
-            upload_f32(dev, label, &parts)
+            upload_f32(dev, &ctx.queue, label, &parts)
         };
         let vector = |name: &str| vectors(name, &[name]);
 
@@ -237,7 +237,12 @@ impl GpuModel {
         let kv_bytes = (n_blocks * block_size) as u64 * kvd * 4;
         let attn_plan = kernels.attention_plan(t as u32, dims, limits.context, ctx.info.max_binding_size);
         let attn_scratch = storage("attention scratch", attn_plan.scratch_floats * 4)?;
+        // Compile what one sequence's prefill and decode run as soon as each layer is recorded:
+        // in a browser the GPU process compiles while the page goes on repacking weights.
+        // Batching and speculation variants (several logit rows) compile on first use.
+        let prepare = |ops: &[Op]| ops.iter().for_each(|op| op.prepare_single_sequence(max_batch_tokens));
         for l in 0..c.n_layers {
+            let layer_start = ops.len();
             let p = |n: &str| names::layer(l, n);
             let k_cache = storage("k cache", kv_bytes)?;
             let v_cache = storage("v cache", kv_bytes)?;
@@ -281,6 +286,7 @@ impl GpuModel {
             ops.push(kernels.rmsnorm(&x, &ffn_norm, &h, d as u32, c.norm_eps, false));
             ops.push(kernels.matmul_gated(&w_gate_up, &h, &ffn, f as u32, c.activation));
             residual(&mut ops, &w_down, &ffn, names::FFN_POST_NORM)?;
+            prepare(&ops[layer_start..]);
         }
         let output_norm = vector(names::OUTPUT_NORM)?;
         ops.push(kernels.rmsnorm(&x, &output_norm, &h, d as u32, c.norm_eps, true));
@@ -288,12 +294,9 @@ impl GpuModel {
         ops.extend(kernels.matmul(&head, &h, &logits, OutCols { stride: v as u32, col: 0 }, false, Count::LogitRows, false));
         let argmax_op = kernels.argmax(&logits, &argmax, v as u32);
         let topk_op = kernels.topk(&logits, &topk, v as u32);
-        // Compile now what one sequence's prefill and decode run; batching and speculation
-        // variants (several logit rows) compile on first use.
-        for op in ops.iter().chain([&argmax_op, &topk_op]) {
-            op.prepare(1, 1);
-            op.prepare(max_batch_tokens, 1);
-        }
+        prepare(&ops);
+        argmax_op.prepare_single_sequence(max_batch_tokens);
+        topk_op.prepare_single_sequence(max_batch_tokens);
 
         if let Some(e) = scope.pop().await {
             return Err(Error::Gpu(format!("building the forward pass failed: {e}")));
