@@ -409,13 +409,21 @@ pub enum Backend {
 
 impl Backend {
     pub async fn load<S: ByteSource + ?Sized>(gguf: &Gguf, source: &S, opts: LoadOptions) -> Result<Backend> {
+        Ok(Self::load_alongside(gguf, source, opts, async {}).await?.0)
+    }
+
+    /// As [`Backend::load`], running `work` (the caller's own CPU work) while the GPU finishes
+    /// the uploads and pipeline compiles the load queued.
+    pub async fn load_alongside<S: ByteSource + ?Sized, R>(gguf: &Gguf, source: &S, opts: LoadOptions, work: impl std::future::Future<Output = R>) -> Result<(Backend, R)> {
         let context = opts.context.min(Config::from_gguf(gguf)?.context_len).max(1);
         Ok(match opts.device {
-            Device::Cpu => Backend::Cpu(CpuModel::load(gguf, source)?),
+            Device::Cpu => (Backend::Cpu(CpuModel::load(gguf, source)?), work.await),
             Device::Gpu => {
                 let ctx = GpuContext::new(opts.gpu).await?;
                 let model_opts = ModelOptions { kv_budget_bytes: opts.kv_budget_bytes, ..ModelOptions::new(context as u32, 128) };
-                Backend::Gpu(GpuModel::load(ctx, gguf, source, &model_opts).await?)
+                let pending = GpuModel::record(ctx, gguf, source, &model_opts)?;
+                let r = work.await;
+                (Backend::Gpu(pending.ready().await?), r)
             }
         })
     }

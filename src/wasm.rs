@@ -166,8 +166,6 @@ impl Engine {
     async fn load_with(bytes: Vec<u8>, device: EngineDevice, context: u32, portable: bool, kv_budget_bytes: Option<f64>) -> Result<Engine, JsError> {
         let t0 = now_ms();
         let gguf = Gguf::read(&bytes[..]).map_err(js_err)?;
-        let tokenizer = Tokenizer::from_gguf(&gguf.metadata).map_err(js_err)?;
-        let template = ChatTemplate::from_gguf(&gguf.metadata, &tokenizer).map_err(js_err)?;
         let config = Config::from_gguf(&gguf).map_err(js_err)?;
         let context = match context as usize {
             0 => config.context_len.min(2048),
@@ -179,7 +177,17 @@ impl Engine {
             _ => Device::Cpu,
         };
         let kv_budget_bytes = kv_budget_bytes.map(|b| b.max(0.0) as u64);
-        let backend = Backend::load(&gguf, &bytes[..], LoadOptions { device, context, gpu, kv_budget_bytes }).await.map_err(js_err)?;
+        // The tokenizer (a second for Gemma's 262k-token vocabulary) is built while the GPU
+        // process uploads and compiles what the load queued; awaiting a resolved promise first
+        // lets the page send those commands (a microtask) before this thread gets busy.
+        let text = async {
+            let _ = wasm_bindgen_futures::JsFuture::from(js_sys::Promise::resolve(&JsValue::NULL)).await;
+            let tokenizer = Tokenizer::from_gguf(&gguf.metadata)?;
+            let template = ChatTemplate::from_gguf(&gguf.metadata, &tokenizer)?;
+            Ok::<_, crate::Error>((tokenizer, template))
+        };
+        let (backend, text) = Backend::load_alongside(&gguf, &bytes[..], LoadOptions { device, context, gpu, kv_budget_bytes }, text).await.map_err(js_err)?;
+        let (tokenizer, template) = text.map_err(js_err)?;
         Ok(Engine { config, tokenizer, template, backend, draft: None, scheduler: crate::engine::Engine::new(), context, load_ms: now_ms() - t0 })
     }
 

@@ -117,6 +117,22 @@ pub struct GpuModel {
     topk_op: Op,
 }
 
+/// A recorded model whose uploads and pipeline compiles the GPU may still be running.
+pub struct PendingModel {
+    model: GpuModel,
+    scope: wgpu::ErrorScopeGuard,
+}
+
+impl PendingModel {
+    /// Waits for the GPU to finish loading; any validation or allocation error it reports fails the load.
+    pub async fn ready(self) -> Result<GpuModel> {
+        if let Some(e) = self.scope.pop().await {
+            return Err(Error::Gpu(format!("building the forward pass failed: {e}")));
+        }
+        Ok(self.model)
+    }
+}
+
 /// What a step reads back after the forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Readback {
@@ -131,6 +147,12 @@ const HEADER: usize = 8;
 impl GpuModel {
     /// Uploads a supported model, tensor by tensor, and records its forward pass.
     pub async fn load<S: ByteSource + ?Sized>(ctx: GpuContext, gguf: &Gguf, source: &S, opts: &ModelOptions) -> Result<GpuModel> {
+        Self::record(ctx, gguf, source, opts)?.ready().await
+    }
+
+    /// As [`GpuModel::load`], without waiting for the GPU to finish the uploads and pipeline
+    /// compiles it queued (in a browser the GPU process does them while the page goes on).
+    pub fn record<S: ByteSource + ?Sized>(ctx: GpuContext, gguf: &Gguf, source: &S, opts: &ModelOptions) -> Result<PendingModel> {
         let config = Config::from_gguf(gguf)?;
         let c = &config;
         if c.final_logit_softcap.is_some() {
@@ -298,12 +320,10 @@ impl GpuModel {
         argmax_op.prepare_single_sequence(max_batch_tokens);
         topk_op.prepare_single_sequence(max_batch_tokens);
 
-        if let Some(e) = scope.pop().await {
-            return Err(Error::Gpu(format!("building the forward pass failed: {e}")));
-        }
         let weight_bytes = c.weight_bytes_per_token(gguf);
         let pool = std::cell::RefCell::new(BlockPool::new(n_blocks as usize, block_size as usize));
-        Ok(GpuModel { ctx, config, limits, weight_bytes, pool, max_logit_rows, batch, logits, argmax, argmax_staging, logits_staging, topk, topk_staging, ops, argmax_op, topk_op })
+        let model = GpuModel { ctx, config, limits, weight_bytes, pool, max_logit_rows, batch, logits, argmax, argmax_staging, logits_staging, topk, topk_staging, ops, argmax_op, topk_op };
+        Ok(PendingModel { model, scope })
     }
 
     /// Logit rows one step can return.
