@@ -14,7 +14,9 @@ struct Params {
     scale_off: u32,  // u32 offset of the scales in w
     accumulate: u32, // 1: y += result (residual add)
     use_logit_rows: u32, // 1: the token count is n_logit_rows (LM head)
-    _pad: u32,
+    // The gate form for matvec.wgsl, which shares these parameters; here SWIGLU and GELU are
+    // overrides, specialized out of the inner loop.
+    glu: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;

@@ -3,7 +3,7 @@
 // storage load is a per-lane gather and costs ten times an arithmetic instruction, so a thread
 // owns 8 weight rows and TN tokens: each 32-value slice of x is loaded once for 8 rows, and
 // each weight block once for TN tokens. Same contract as matmul.wgsl:
-// y[t][out_col + r] (+)= sum_k x[t][k] * W[r][k]; SWIGLU gives act(gate) * up (the thread's
+// y[t][out_col + r] (+)= sum_k x[t][k] * W[r][k]; gated (P.glu) gives act(gate) * up (the thread's
 // rows are then 4 gate rows and the matching up rows).
 
 struct Params {
@@ -28,7 +28,7 @@ struct Params {
 override TN: u32 = 1u;
 // Weight rows per thread.
 const RW: u32 = 8u;
-override WG: u32 = 64u;
+override WG: u32 = 16u;
 
 fn gate_act(v: f32) -> f32 {
     // tanh saturates at 1.0 in f32 by 15; clamping keeps exp-based tanh (SwiftShader) from inf / inf.
@@ -43,7 +43,7 @@ fn gated() -> bool { return P.glu != 0u; }
 // Output rows per thread.
 fn outs() -> u32 { return select(RW, RW / 2u, gated()); }
 
-// First block of the thread's weight row i: gate rows, then (SWIGLU) the up rows m further on.
+// First block of the thread's weight row i: gate rows, then (gated) the up rows m further on.
 fn row_block(r0: u32, i: u32, groups: u32) -> u32 {
     let o = outs();
     if (gated() && i >= o) { return (min(r0 + i - o, P.m - 1u) + P.m) * groups; }
@@ -55,7 +55,7 @@ fn dot_tokens(k: WB, x0: X32, x1: X32, x2: X32, x3: X32) -> vec4<f32> {
     return vec4<f32>(dotw(k, x0), dotw(k, x1), dotw(k, x2), dotw(k, x3));
 }
 
-// Writes output row r0 + i for the thread's tokens from t0 (up: the SWIGLU up sums).
+// Writes output row r0 + i for the thread's tokens from t0 (up: the gated form's up sums).
 fn store(r0: u32, i: u32, t0: u32, n: u32, acc: vec4<f32>, up: vec4<f32>) {
     let row = r0 + i;
     if (row >= P.m) { return; }

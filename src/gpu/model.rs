@@ -254,15 +254,13 @@ impl GpuModel {
         let dims = AttnDims { n_heads: c.n_heads as u32, n_kv_heads: c.n_kv_heads as u32, head_dim: c.head_dim as u32, qkv_stride: (qd + 2 * kvd) as u32 };
         let token_embd = matrix(names::TOKEN_EMBD, &[names::TOKEN_EMBD], true)?;
         let mut ops = kernels.embed(&token_embd, &x, c.embed_scale, false);
+        let prepare = |ops: &[Op]| ops.iter().for_each(|op| op.prepare_single_sequence(max_batch_tokens));
+        prepare(&ops);
         // Gemma's post-norms need the attention and FFN outputs apart from the residual stream.
         let h2 = if c.post_norms { Some(storage("h2", t * d * 4)?) } else { None };
         let kv_bytes = (n_blocks * block_size) as u64 * kvd * 4;
         let attn_plan = kernels.attention_plan(t as u32, dims, limits.context, ctx.info.max_binding_size);
         let attn_scratch = storage("attention scratch", attn_plan.scratch_floats * 4)?;
-        // Compile what one sequence's prefill and decode run as soon as each layer is recorded:
-        // in a browser the GPU process compiles while the page goes on repacking weights.
-        // Batching and speculation variants (several logit rows) compile on first use.
-        let prepare = |ops: &[Op]| ops.iter().for_each(|op| op.prepare_single_sequence(max_batch_tokens));
         for l in 0..c.n_layers {
             let layer_start = ops.len();
             let p = |n: &str| names::layer(l, n);
@@ -308,15 +306,19 @@ impl GpuModel {
             ops.push(kernels.rmsnorm(&x, &ffn_norm, &h, d as u32, c.norm_eps, false));
             ops.push(kernels.matmul_gated(&w_gate_up, &h, &ffn, f as u32, c.activation));
             residual(&mut ops, &w_down, &ffn, names::FFN_POST_NORM)?;
+            // Compile what one sequence's prefill and decode run as each layer is recorded: in a
+            // browser the GPU process compiles while the page goes on repacking weights. Variants
+            // for several logit rows (batching, speculation) compile on first use.
             prepare(&ops[layer_start..]);
         }
+        let head_start = ops.len();
         let output_norm = vector(names::OUTPUT_NORM)?;
         ops.push(kernels.rmsnorm(&x, &output_norm, &h, d as u32, c.norm_eps, true));
         let head = if c.tied_embeddings { token_embd } else { matrix(names::OUTPUT, &[names::OUTPUT], true)? };
         ops.extend(kernels.matmul(&head, &h, &logits, OutCols { stride: v as u32, col: 0 }, false, Count::LogitRows, false));
         let argmax_op = kernels.argmax(&logits, &argmax, v as u32);
         let topk_op = kernels.topk(&logits, &topk, v as u32);
-        prepare(&ops);
+        prepare(&ops[head_start..]);
         argmax_op.prepare_single_sequence(max_batch_tokens);
         topk_op.prepare_single_sequence(max_batch_tokens);
 
