@@ -11,8 +11,10 @@ struct X32 {
 
 // x[xb .. xb + 8] (vec4s), their sum, prepared for the weight type by its `prep_x`.
 fn load_x32(xb: u32) -> X32 {
-    let a = x[xb]; let b = x[xb + 1u]; let c = x[xb + 2u]; let d = x[xb + 3u];
-    let e = x[xb + 4u]; let f = x[xb + 5u]; let g = x[xb + 6u]; let h = x[xb + 7u];
+    return x32_of(x[xb], x[xb + 1u], x[xb + 2u], x[xb + 3u], x[xb + 4u], x[xb + 5u], x[xb + 6u], x[xb + 7u]);
+}
+
+fn x32_of(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>, e: vec4<f32>, f: vec4<f32>, g: vec4<f32>, h: vec4<f32>) -> X32 {
     let s = dot((a + b) + (c + d) + (e + f) + (g + h), vec4<f32>(1.0));
     return prep_x(X32(a, b, c, d, e, f, g, h, s));
 }

@@ -145,49 +145,83 @@ pub async fn time_speculative(model: &GpuModel, tok: &Tokenizer, name: &str, pro
 /// The best streaming-read bandwidth (bytes/s) the read probe reaches on this adapter, over a
 /// few grid sizes, reading a buffer as large as one binding allows (up to 256 MiB).
 pub async fn read_bandwidth(model: &GpuModel) -> Result<f64> {
-    let ctx = &model.ctx;
-    let dev = &ctx.device;
-    let bytes = ctx.info.max_binding_size.min(ctx.info.max_buffer_size).min(256 << 20) / 16 * 16;
-    let mk = |size: u64, usage| dev.create_buffer(&wgpu::BufferDescriptor { label: Some("bench"), size, usage, mapped_at_creation: false });
-    let data = mk(bytes, wgpu::BufferUsages::STORAGE);
-    let sink = mk(1 << 20, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
-    let batch = mk(64, wgpu::BufferUsages::STORAGE);
-    let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like, ctx.info.subgroup_rows);
+    let info = &model.ctx.info;
+    let bytes = info.max_binding_size.min(info.max_buffer_size).min(256 << 20) / 16 * 16;
+    let data = probe_buffer(model, bytes, wgpu::BufferUsages::STORAGE);
+    let sink = probe_buffer(model, 1 << 20, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+    let kernels = probe_kernels(model);
     let mut best = 0f64;
     for workgroups in [64u32, 256, 1024, 4096] {
         let op = kernels.read_bandwidth(&data, &sink, (bytes / 16) as u32, workgroups);
-        let run = |reps: u32| {
-            let mut enc = dev.create_command_encoder(&Default::default());
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                for _ in 0..reps {
-                    op.encode(&mut pass, 1, 1);
-                }
-            }
-            ctx.queue.submit([enc.finish()]);
-        };
-        run(1); // warm-up: pipeline compilation and first touch of the pages
-        ctx.read_buffer(&sink, 0, 4).await?;
-        let reps = 4;
-        let t0 = now_ms();
-        run(reps);
-        ctx.read_buffer(&sink, 0, 4).await?; // waits for the dispatches above
-        let secs = (now_ms() - t0) / 1e3;
-        best = best.max(reps as f64 * bytes as f64 / secs);
+        best = best.max(bytes as f64 / time_probe(model, &op, &sink).await?);
     }
     Ok(best)
+}
+
+/// Multiply-adds per second the adapter's arithmetic allows the decode GEMV with no memory reads
+/// (shaders/dequant_probe.wgsl, Q4_1), best over a few grid sizes: with [`read_bandwidth`], the
+/// second roofline of decode on CPU-emulated adapters.
+pub async fn dequant_rate(model: &GpuModel) -> Result<f64> {
+    let unread = probe_buffer(model, 256, wgpu::BufferUsages::STORAGE);
+    let sink = probe_buffer(model, 4 << 20, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+    let kernels = probe_kernels(model);
+    let k = 1024u32;
+    let mut best = 0f64;
+    for workgroups in [64u32, 256, 1024] {
+        let op = kernels.dequant_probe(&unread, &sink, k, workgroups);
+        best = best.max((workgroups * 16 * 8 * k) as f64 / time_probe(model, &op, &sink).await?);
+    }
+    Ok(best)
+}
+
+fn probe_buffer(model: &GpuModel, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    model.ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("bench"), size, usage, mapped_at_creation: false })
+}
+
+fn probe_kernels(model: &GpuModel) -> Kernels {
+    let batch = probe_buffer(model, 64, wgpu::BufferUsages::STORAGE);
+    Kernels::new(&model.ctx.device, &batch, model.ctx.info.cpu_like, model.ctx.info.subgroup_rows)
+}
+
+/// Seconds per run of a probe `op` (which writes `sink`): a warm-up run (pipeline compilation,
+/// first touch of the pages), then 4 runs in one pass, waited for by reading `sink` back.
+async fn time_probe(model: &GpuModel, op: &crate::gpu::kernels::Op, sink: &wgpu::Buffer) -> Result<f64> {
+    let ctx = &model.ctx;
+    let run = |reps: u32| {
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for _ in 0..reps {
+                op.encode(&mut pass, 1, 1);
+            }
+        }
+        ctx.queue.submit([enc.finish()]);
+    };
+    run(1);
+    ctx.read_buffer(sink, 0, 4).await?;
+    let reps = 4;
+    let t0 = now_ms();
+    run(reps);
+    ctx.read_buffer(sink, 0, 4).await?;
+    Ok((now_ms() - t0) / 1e3 / reps as f64)
+}
+
+/// Decode tok/s the two probes allow: reading the weights at `bandwidth` bytes/s and multiplying
+/// them at `alu` multiply-adds/s. A GPU overlaps the two (the slower one bounds); on CPU-emulated
+/// adapters both are bound by the same cores' instruction issue (the read probe is as slow from
+/// cache as from DRAM: every load is a per-lane gather), so their times add.
+pub fn decode_ceiling(model: &GpuModel, bandwidth: f64, alu: f64) -> f64 {
+    let (read_s, alu_s) = (model.weight_bytes as f64 / bandwidth, model.weight_values as f64 / alu);
+    1.0 / if model.ctx.info.cpu_like { read_s + alu_s } else { read_s.max(alu_s) }
 }
 
 /// Microseconds per dispatch of a trivial kernel, 200 dispatches in one pass: the fixed cost
 /// every kernel launch pays on this adapter.
 pub async fn dispatch_overhead_us(model: &GpuModel) -> Result<f64> {
-    let ctx = &model.ctx;
-    let dev = &ctx.device;
-    let mk = |size: u64, usage| dev.create_buffer(&wgpu::BufferDescriptor { label: Some("bench"), size, usage, mapped_at_creation: false });
-    let data = mk(4096, wgpu::BufferUsages::STORAGE);
-    let sink = mk(4096, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
-    let batch = mk(64, wgpu::BufferUsages::STORAGE);
-    let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like, ctx.info.subgroup_rows);
+    let (ctx, dev) = (&model.ctx, &model.ctx.device);
+    let data = probe_buffer(model, 4096, wgpu::BufferUsages::STORAGE);
+    let sink = probe_buffer(model, 4096, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+    let kernels = probe_kernels(model);
     let op = kernels.read_bandwidth(&data, &sink, 256, 1);
     let mut best = f64::MAX;
     for reps in [1u32, 200] {

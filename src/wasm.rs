@@ -261,6 +261,7 @@ impl Engine {
         let prompt = self.tokenizer.encode_prompt(PRINTING_PRESS_PROMPT, false).map_err(js_err)?;
         let bandwidth = read_bandwidth(model).await.map_err(js_err)?;
         let dispatch_us = crate::bench::dispatch_overhead_us(model).await.map_err(js_err)?;
+        let alu = crate::bench::dequant_rate(model).await.map_err(js_err)?;
         let mut timings = Vec::new();
         for _ in 0..runs.max(1) {
             timings.push(time_generation(model, &prompt, gen.max(2) as usize).await.map_err(js_err)?);
@@ -296,6 +297,8 @@ impl Engine {
             "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": decode,
             "weight_bytes_per_token": model.weight_bytes, "read_gb_s": bandwidth / 1e9, "dispatch_us": dispatch_us,
             "mbu": model.weight_bytes as f64 * decode / bandwidth, "all_runs": timings,
+            "weight_values_per_token": model.weight_values, "alu_gmac_s": alu / 1e9,
+            "decode_ceiling_tok_s": crate::bench::decode_ceiling(model, bandwidth, alu),
         });
         Ok(JsValue::from_str(&summary.to_string()))
     }

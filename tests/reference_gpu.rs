@@ -114,3 +114,20 @@ fn gpu_greedy_equals_cpu_greedy_and_is_recorded_for_the_browser() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("greedy-native.json"), serde_json::to_string(&records).unwrap()).unwrap();
 }
+
+/// The benchmark's rooflines: both probes run on the adapter, and the multiply-adds per token
+/// are SmolLM2's matrices (30 layers of q, k, v, o and the three FFN matrices, plus the tied
+/// 49152 x 576 LM head).
+#[test]
+fn bench_probes_run_and_count_smollm2_multiply_adds() {
+    let model = load_smollm2();
+    let layer = 576 * (576 + 192 + 192 + 576) + 3 * 576 * 1536;
+    assert_eq!(model.weight_values, 30 * layer + 49152 * 576);
+    let (bandwidth, alu) = pollster::block_on(async {
+        (ferrolm::bench::read_bandwidth(&model).await.unwrap(), ferrolm::bench::dequant_rate(&model).await.unwrap())
+    });
+    assert!(bandwidth.is_finite() && bandwidth > 0.0 && alu.is_finite() && alu > 0.0, "{bandwidth} B/s, {alu} MAC/s");
+    let ceiling = ferrolm::bench::decode_ceiling(&model, bandwidth, alu);
+    let slower = (model.weight_bytes as f64 / bandwidth).max(model.weight_values as f64 / alu);
+    assert!(ceiling <= 1.0 / slower * 1.000001, "the ceiling cannot beat the slower probe");
+}

@@ -17,13 +17,17 @@ ours = lines(sys.argv[1])
 peer = [p for p in lines(sys.argv[2]) if p.get("summary") == "median"] if len(sys.argv) > 2 else []
 out_md, out_json = sys.argv[3], sys.argv[4]
 
-rows = ["| where | model | adapter | load ms | TTFT ms | prefill tok/s | decode tok/s | read GB/s | MBU |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+rows = ["| where | model | adapter | load ms | TTFT ms | prefill tok/s | decode tok/s | read GB/s | MBU | GEMV GMAC/s | decode ceiling tok/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 for r in ours:
     model = r.get("model", "").split("/")[-1]
     rows.append(f"| {r['where']} | {model} | {r['adapter']} | {r['load_ms']:.0f} | {r['ttft_ms']:.0f} | "
-                f"{r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.2f} | {r['read_gb_s']:.2f} | {100 * r['mbu']:.0f}% |")
-md = ["# ferrolm benchmark", "", "Greedy, the peer benchmark's printing-press prompt, medians of the runs.", ""] + rows
+                f"{r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.2f} | {r['read_gb_s']:.2f} | {100 * r['mbu']:.0f}% | "
+                f"{r.get('alu_gmac_s', 0):.2f} | {r.get('decode_ceiling_tok_s', 0):.1f} |")
+md = ["# ferrolm benchmark", "", "Greedy, the peer benchmark's printing-press prompt, medians of the runs.",
+      "GEMV GMAC/s: the decode GEMV's Q4_1 arithmetic with no memory reads (shaders/dequant_probe.wgsl);",
+      "decode ceiling: what reading the weights at read GB/s and multiplying them at GEMV GMAC/s allow",
+      "(times add on CPU-emulated adapters, where both are bound by the same cores; the slower bounds on GPUs).", ""] + rows
 
 serving = [r for r in ours if r.get("serving")]
 if serving:
@@ -62,6 +66,9 @@ if peer:
                f"- prefill: {browser['prefill_tok_s'] / mt['prefill_tok_s']:.2f}x (target >= 5x)",
                f"- TTFT: {browser['ttft_ms']:.0f} ms vs {mt['ttft_ms']} ms (target <= 1000 ms)",
                f"- decode MBU: {100 * browser['mbu']:.0f}% of the read probe's {browser['read_gb_s']:.2f} GB/s (target >= 70%)"]
+        if browser.get("decode_ceiling_tok_s"):
+            md.append(f"- decode ceiling on this adapter (bandwidth and arithmetic probes): {browser['decode_ceiling_tok_s']:.1f} tok/s "
+                      f"= {browser['decode_ceiling_tok_s'] / mt['decode_tok_s']:.2f}x wllama")
 
 open(out_md, "w").write("\n".join(md) + "\n")
 json.dump({"ferrolm": ours, "wllama": peer}, open(out_json, "w"), indent=1)

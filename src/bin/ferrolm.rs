@@ -427,6 +427,7 @@ mod cli {
             Some(t) => t.encode_prompt(PRINTING_PRESS_PROMPT, false)?,
         };
         let bandwidth = pollster::block_on(read_bandwidth(&model))?;
+        let alu = pollster::block_on(ferrolm::bench::dequant_rate(&model))?;
         if profile {
             for (step, kernels) in ["prefill", "decode"].iter().zip(model.profile_prompt(&prompt[..prompt.len().min(128)])?) {
                 let list: Vec<String> = kernels.iter().map(|(l, ms)| format!("{l} {ms:.1}")).collect();
@@ -477,6 +478,8 @@ mod cli {
             "load_ms": load_ms, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
             "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": decode,
             "weight_bytes_per_token": model.weight_bytes, "read_gb_s": bandwidth / 1e9, "mbu": mbu,
+            "weight_values_per_token": model.weight_values, "alu_gmac_s": alu / 1e9,
+            "decode_ceiling_tok_s": ferrolm::bench::decode_ceiling(&model, bandwidth, alu),
         });
         println!("{summary}");
         if let Some(path) = json {

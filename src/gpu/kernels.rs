@@ -528,4 +528,13 @@ impl Kernels {
         let variants = self.single("read_bandwidth", include_str!("../../shaders/read_bandwidth.wgsl"), None, &[], &access, Grid::Fixed { x: workgroups });
         self.op("read_bandwidth", variants, &[n_vec4, 0, 0, 0], &[data, sink], &access)
     }
+
+    /// The arithmetic probe: `workgroups` x 16 threads each run the decode GEMV's Q4_1 inner loop
+    /// over 8 rows of `k` values with no storage reads; `unread` only fills the unread bindings.
+    pub fn dequant_probe(&self, unread: &wgpu::Buffer, sink: &wgpu::Buffer, k: u32, workgroups: u32) -> Op {
+        let access = [Read, Read, ReadWrite];
+        let body = include_str!("../../shaders/dequant_probe.wgsl");
+        let variants = self.single("dequant_probe", body, Some(GgmlType::Q4_1), &[], &access, Grid::Fixed { x: workgroups });
+        self.op("dequant_probe", variants, &[k, 0, 0, 0], &[unread, unread, sink], &access)
+    }
 }

@@ -100,6 +100,8 @@ pub struct GpuModel {
     pub limits: EngineLimits,
     /// Weight bytes a decode step streams (for MBU).
     pub weight_bytes: u64,
+    /// Weight values (multiply-adds) one decode step reads.
+    pub weight_values: u64,
     /// Who holds which block of the KV pool buffers (sessions, the batching engine, scoring)
     /// and the prefix cache. Borrowed briefly, never across an await.
     pub pool: std::cell::RefCell<BlockPool>,
@@ -323,8 +325,9 @@ impl GpuModel {
         topk_op.prepare_single_sequence(max_batch_tokens);
 
         let weight_bytes = c.weight_bytes_per_token(gguf);
+        let weight_values = c.weight_values_per_token(gguf);
         let pool = std::cell::RefCell::new(BlockPool::new(n_blocks as usize, block_size as usize));
-        let model = GpuModel { ctx, config, limits, weight_bytes, pool, max_logit_rows, batch, logits, argmax, argmax_staging, logits_staging, topk, topk_staging, ops, argmax_op, topk_op };
+        let model = GpuModel { ctx, config, limits, weight_bytes, weight_values, pool, max_logit_rows, batch, logits, argmax, argmax_staging, logits_staging, topk, topk_staging, ops, argmax_op, topk_op };
         Ok(PendingModel { model, scope })
     }
 

@@ -197,6 +197,12 @@ impl Config {
             .map(|t| t.n_bytes)
             .sum()
     }
+
+    /// Weight values one decode step multiplies (every matrix once): its multiply-adds.
+    pub fn weight_values_per_token(&self, gguf: &Gguf) -> u64 {
+        let head = if self.tied_embeddings { names::TOKEN_EMBD } else { names::OUTPUT };
+        gguf.tensors.iter().filter(|t| t.dims.len() == 2 && (t.name.starts_with("blk.") || t.name == head)).map(|t| t.n_elements()).sum()
+    }
 }
 
 /// The metadata every architecture shares, under `<arch>.`, with that architecture's defaults for
