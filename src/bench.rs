@@ -163,13 +163,12 @@ pub async fn read_bandwidth(model: &GpuModel) -> Result<f64> {
 /// second roofline of decode on CPU-emulated adapters.
 pub async fn dequant_rate(model: &GpuModel) -> Result<f64> {
     let unread = probe_buffer(model, 256, wgpu::BufferUsages::STORAGE);
-    let sink = probe_buffer(model, 4 << 20, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+    let sink = probe_buffer(model, 1 << 20, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
     let kernels = probe_kernels(model);
-    let k = 1024u32;
     let mut best = 0f64;
     for workgroups in [64u32, 256, 1024] {
-        let op = kernels.dequant_probe(&unread, &sink, k, workgroups);
-        best = best.max((workgroups * 16 * 8 * k) as f64 / time_probe(model, &op, &sink).await?);
+        let (op, multiply_adds) = kernels.dequant_probe(&unread, &sink, 1024, workgroups);
+        best = best.max(multiply_adds as f64 / time_probe(model, &op, &sink).await?);
     }
     Ok(best)
 }

@@ -254,14 +254,14 @@ impl Engine {
     /// times, plus the adapter's read bandwidth, and (when `stream_gen` > 0) the batching engine:
     /// 1-8 concurrent streams and prefix-cache TTFT. Returns the same summary as `ferrolm bench`.
     pub async fn benchmark(&self, gen: u32, runs: u32, stream_gen: u32) -> Result<JsValue, JsError> {
-        use crate::bench::{read_bandwidth, time_generation, PRINTING_PRESS_PROMPT};
+        use crate::bench::{decode_ceiling, dequant_rate, dispatch_overhead_us, read_bandwidth, time_generation, PRINTING_PRESS_PROMPT};
         let Backend::Gpu(model) = &self.backend else {
             return Err(JsError::new("benchmark needs the GPU engine (load with device \"gpu\")"));
         };
         let prompt = self.tokenizer.encode_prompt(PRINTING_PRESS_PROMPT, false).map_err(js_err)?;
         let bandwidth = read_bandwidth(model).await.map_err(js_err)?;
-        let dispatch_us = crate::bench::dispatch_overhead_us(model).await.map_err(js_err)?;
-        let alu = crate::bench::dequant_rate(model).await.map_err(js_err)?;
+        let dispatch_us = dispatch_overhead_us(model).await.map_err(js_err)?;
+        let alu = dequant_rate(model).await.map_err(js_err)?;
         let mut timings = Vec::new();
         for _ in 0..runs.max(1) {
             timings.push(time_generation(model, &prompt, gen.max(2) as usize).await.map_err(js_err)?);
@@ -298,7 +298,7 @@ impl Engine {
             "weight_bytes_per_token": model.weight_bytes, "read_gb_s": bandwidth / 1e9, "dispatch_us": dispatch_us,
             "mbu": model.weight_bytes as f64 * decode / bandwidth, "all_runs": timings,
             "weight_values_per_token": model.weight_values, "alu_gmac_s": alu / 1e9,
-            "decode_ceiling_tok_s": crate::bench::decode_ceiling(model, bandwidth, alu),
+            "decode_ceiling_tok_s": decode_ceiling(model, bandwidth, alu),
         });
         Ok(JsValue::from_str(&summary.to_string()))
     }

@@ -404,7 +404,7 @@ mod cli {
     }
 
     fn bench(args: &ModelArgs, synthetic: Option<&str>, gen: usize, stream_gen: usize, runs: usize, json: Option<&std::path::Path>, profile: bool) -> Result<()> {
-        use ferrolm::bench::{read_bandwidth, synthetic_llama, time_generation, LLAMA_3_2_1B, PRINTING_PRESS_PROMPT};
+        use ferrolm::bench::{decode_ceiling, dequant_rate, read_bandwidth, synthetic_llama, time_generation, LLAMA_3_2_1B, PRINTING_PRESS_PROMPT};
         let gpu = if args.portable { GpuOptions::portable() } else { GpuOptions::default() };
         let (name, bytes) = match synthetic {
             Some("llama-3.2-1b") => ("synthetic Llama-3.2-1B (Q4_1)".to_string(), synthetic_llama(LLAMA_3_2_1B)),
@@ -427,7 +427,7 @@ mod cli {
             Some(t) => t.encode_prompt(PRINTING_PRESS_PROMPT, false)?,
         };
         let bandwidth = pollster::block_on(read_bandwidth(&model))?;
-        let alu = pollster::block_on(ferrolm::bench::dequant_rate(&model))?;
+        let alu = pollster::block_on(dequant_rate(&model))?;
         if profile {
             for (step, kernels) in ["prefill", "decode"].iter().zip(model.profile_prompt(&prompt[..prompt.len().min(128)])?) {
                 let list: Vec<String> = kernels.iter().map(|(l, ms)| format!("{l} {ms:.1}")).collect();
@@ -479,7 +479,7 @@ mod cli {
             "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": decode,
             "weight_bytes_per_token": model.weight_bytes, "read_gb_s": bandwidth / 1e9, "mbu": mbu,
             "weight_values_per_token": model.weight_values, "alu_gmac_s": alu / 1e9,
-            "decode_ceiling_tok_s": ferrolm::bench::decode_ceiling(&model, bandwidth, alu),
+            "decode_ceiling_tok_s": decode_ceiling(&model, bandwidth, alu),
         });
         println!("{summary}");
         if let Some(path) = json {

@@ -531,10 +531,12 @@ impl Kernels {
 
     /// The arithmetic probe: `workgroups` x 16 threads each run the decode GEMV's Q4_1 inner loop
     /// over 8 rows of `k` values with no storage reads; `unread` only fills the unread bindings.
-    pub fn dequant_probe(&self, unread: &wgpu::Buffer, sink: &wgpu::Buffer, k: u32, workgroups: u32) -> Op {
+    /// Returns the Op and the multiply-adds one run does.
+    pub fn dequant_probe(&self, unread: &wgpu::Buffer, sink: &wgpu::Buffer, k: u32, workgroups: u32) -> (Op, u64) {
         let access = [Read, Read, ReadWrite];
         let body = include_str!("../../shaders/dequant_probe.wgsl");
         let variants = self.single("dequant_probe", body, Some(GgmlType::Q4_1), &[], &access, Grid::Fixed { x: workgroups });
-        self.op("dequant_probe", variants, &[k, 0, 0, 0], &[unread, unread, sink], &access)
+        let op = self.op("dequant_probe", variants, &[k, 0, 0, 0], &[unread, unread, sink], &access);
+        (op, workgroups as u64 * 16 * 8 * k as u64)
     }
 }

@@ -190,18 +190,18 @@ impl Config {
 
     /// Bytes of weights one decode step reads (every matrix once, the embedding row aside).
     pub fn weight_bytes_per_token(&self, gguf: &Gguf) -> u64 {
-        let head = if self.tied_embeddings { names::TOKEN_EMBD } else { names::OUTPUT };
-        gguf.tensors
-            .iter()
-            .filter(|t| t.name.starts_with("blk.") || t.name == head || t.name == names::OUTPUT_NORM)
-            .map(|t| t.n_bytes)
-            .sum()
+        self.decode_tensors(gguf).map(|t| t.n_bytes).sum()
     }
 
     /// Weight values one decode step multiplies (every matrix once): its multiply-adds.
     pub fn weight_values_per_token(&self, gguf: &Gguf) -> u64 {
+        self.decode_tensors(gguf).filter(|t| t.dims.len() == 2).map(|t| t.n_elements()).sum()
+    }
+
+    /// The tensors a decode step reads whole: every layer's, the final norm and the LM head.
+    fn decode_tensors<'a>(&self, gguf: &'a Gguf) -> impl Iterator<Item = &'a crate::gguf::TensorInfo> {
         let head = if self.tied_embeddings { names::TOKEN_EMBD } else { names::OUTPUT };
-        gguf.tensors.iter().filter(|t| t.dims.len() == 2 && (t.name.starts_with("blk.") || t.name == head)).map(|t| t.n_elements()).sum()
+        gguf.tensors.iter().filter(move |t| t.name.starts_with("blk.") || t.name == head || t.name == names::OUTPUT_NORM)
     }
 }
 
