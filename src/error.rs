@@ -32,10 +32,10 @@ pub enum Error {
     #[error("GGUF metadata key '{key}' has type {found}, expected {expected}")]
     MetadataType { key: String, expected: &'static str, found: String },
 
-    #[error("unsupported model architecture '{0}': ferrolm runs {supported}", supported = crate::model::SUPPORTED_ARCHITECTURES.join(", "))]
-    UnsupportedArchitecture(String),
+    #[error("unsupported model architecture '{name}': ferrolm runs {supported}")]
+    UnsupportedArchitecture { name: String, supported: String },
 
-    #[error("the GPU engine does not support {0} yet; use the CPU reference (--device cpu)")]
+    #[error("the GPU engine does not support {0} yet; use the CPU reference (--device reference)")]
     UnsupportedOnGpu(&'static str),
 
     #[error("tensor '{0}' is missing from the model file")]

@@ -21,13 +21,15 @@ mod cli {
     use std::path::PathBuf;
 
     use clap::{Parser, Subcommand, ValueEnum};
+    use ferrolm::api::bench::{decode_ceiling, dequant_rate, read_bandwidth, synthetic_llama, time_generation, time_serving, time_speculative, GenerationTiming, CODE_EDIT_PROMPT, PRINTING_PRESS_PROMPT, SYNTHETIC_SHAPES};
+    use ferrolm::api::{Device, LoadOptions, Runtime};
+    use ferrolm::backend::reference::ops::nll;
+    use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
     use ferrolm::chat::{render_chat, ChatMessage, ChatTemplate};
-    use ferrolm::cpu::ops::nll;
-    use ferrolm::engine::{Engine, Event, Request};
-    use ferrolm::generate::{now_ms, Backend, Device, GenerateOptions, LoadOptions};
-    use ferrolm::sampler::SamplingParams;
+    use ferrolm::clock::now_ms;
+    use ferrolm::engine::{Engine, Event, ModelOptions, Request};
     use ferrolm::gguf::Gguf;
-    use ferrolm::gpu::GpuOptions;
+    use ferrolm::sample::{GenerateOptions, SamplingParams, SpecMethod, Speculative};
     use ferrolm::tokenizer::Tokenizer;
     use ferrolm::{Error, Result};
 
@@ -62,8 +64,10 @@ mod cli {
 
     #[derive(Clone, Copy, ValueEnum)]
     enum DeviceArg {
-        /// The exact f32 reference on the CPU.
+        /// The CPU: for now the exact f32 reference (the quantized CPU backend will take this name).
         Cpu,
+        /// The exact f32 reference on the CPU.
+        Reference,
         /// The WebGPU engine.
         Gpu,
     }
@@ -165,7 +169,7 @@ mod cli {
             model: ModelArgs,
             #[arg(long, required_unless_present = "prompts_file")]
             prompt: Option<String>,
-            /// A JSON array of prompts, run concurrently through the batching engine (GPU); prints
+            /// A JSON array of prompts, run concurrently through the batching engine; prints
             /// one JSON line per request, then one with the engine's stats.
             #[arg(long, conflicts_with = "prompt")]
             prompts_file: Option<PathBuf>,
@@ -208,7 +212,7 @@ mod cli {
             #[command(flatten)]
             model: ModelArgs,
             /// Benchmark a synthetic model of a real shape with random Q4_1 weights instead:
-            /// `llama-3.2-1b`.
+            /// `llama-3.2-1b` or `smollm2-135m`.
             #[arg(long)]
             synthetic: Option<String>,
             /// Tokens to generate per run.
@@ -258,27 +262,27 @@ mod cli {
         Ok(args.context.unwrap_or(2048).min(trained))
     }
 
-    fn load(args: &ModelArgs, m: &Loaded) -> Result<Backend> {
-        let gpu = if args.portable {
-            GpuOptions::portable()
-        } else {
-            GpuOptions::default()
-        };
+    fn load_options(args: &ModelArgs, m: &Loaded) -> Result<LoadOptions> {
+        let gpu = if args.portable { GpuOptions::portable() } else { GpuOptions::default() };
         let device = match args.device {
-            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cpu | DeviceArg::Reference => Device::Reference,
             DeviceArg::Gpu => Device::Gpu,
         };
-        pollster::block_on(Backend::load(&m.gguf, &m.file, LoadOptions { device, context: context(args, m)?, gpu, kv_budget_bytes: args.kv_budget_mb.map(|mb| mb << 20) }))
+        Ok(LoadOptions { device, context: context(args, m)?, gpu, kv_budget_bytes: args.kv_budget_mb.map(|mb| mb << 20) })
+    }
+
+    fn load(args: &ModelArgs, m: &Loaded) -> Result<Runtime> {
+        pollster::block_on(Runtime::load(&m.gguf, &m.file, load_options(args, m)?))
     }
 
     pub fn run() -> Result<()> {
         match Cli::parse().command {
             Command::Generate { model: args, prompt, prompts_file, chat, system, max_tokens, sampling, spec } => {
                 let mut opts = sampling.options(max_tokens)?;
-                opts.speculative = spec.speculative.map(|m| ferrolm::engine::Speculative {
+                opts.speculative = spec.speculative.map(|m| Speculative {
                     method: match m {
-                        SpecArg::Ngram => ferrolm::engine::SpecMethod::Ngram,
-                        SpecArg::Draft => ferrolm::engine::SpecMethod::Draft,
+                        SpecArg::Ngram => SpecMethod::Ngram,
+                        SpecArg::Draft => SpecMethod::Draft,
                     },
                     k: spec.draft_k,
                 });
@@ -309,27 +313,19 @@ mod cli {
                 };
                 if let Some(prompts) = prompts {
                     let requests = prompts.into_iter().map(|p| Ok(Request { prompt: render(p)?, opts: opts.clone() })).collect::<Result<Vec<_>>>()?;
-                    let backend = load(&args, &m)?;
-                    let Backend::Gpu(model) = &backend else {
-                        return Err(Error::InvalidOption { option: "--prompts-file", reason: "concurrent requests run on the GPU engine; drop --device cpu".into() });
-                    };
-                    return run_batch(model, &tokenizer, requests);
+                    let mut runtime = load(&args, &m)?;
+                    return run_batch(&mut runtime, &tokenizer, requests);
                 }
                 let ids = render(prompt.expect("clap requires --prompt without --prompts-file"))?;
-                let backend = load(&args, &m)?;
-                let draft = match (spec.speculative, &backend) {
-                    (Some(SpecArg::Draft), Backend::Gpu(_)) => {
-                        let draft_args = ModelArgs { model: spec.draft_model.clone().or(args.model.clone()), ..args.clone() };
-                        match load(&draft_args, &open(&draft_args)?)? {
-                            Backend::Gpu(d) => Some(std::rc::Rc::new(d)),
-                            Backend::Cpu(_) => unreachable!("the draft loads on the target's device"),
-                        }
-                    }
-                    _ => None,
-                };
+                let mut runtime = load(&args, &m)?;
+                if let Some(SpecArg::Draft) = spec.speculative {
+                    let draft_args = ModelArgs { model: spec.draft_model.clone().or(args.model.clone()), ..args.clone() };
+                    let d = open(&draft_args)?;
+                    pollster::block_on(runtime.load_draft(&d.gguf, &d.file, load_options(&draft_args, &d)?))?;
+                }
                 let load_ms = now_ms() - t0;
                 let mut stdout = std::io::stdout().lock();
-                let gen = pollster::block_on(backend.generate(&tokenizer, &ids, &opts, context(&args, &m)?, draft.as_ref(), |piece| {
+                let gen = pollster::block_on(runtime.generate(&tokenizer, Request { prompt: ids, opts: opts.clone() }, |piece| {
                     let _ = stdout.write_all(piece.as_bytes());
                     let _ = stdout.flush();
                 }))?;
@@ -340,7 +336,7 @@ mod cli {
                 let s = &gen.stats;
                 eprintln!(
                     "{} | {} | load {:.0} ms | prompt tokens {} | generated {} ({}) | TTFT {:.0} ms | prefill {:.1} tok/s | decode {:.1} tok/s",
-                    m.path.display(), backend.describe(), load_ms, s.prompt_tokens, s.generated_tokens, gen.finish_reason.as_str(), s.ttft_ms, s.prefill_tok_s, s.decode_tok_s
+                    m.path.display(), runtime.describe(), load_ms, s.prompt_tokens, s.generated_tokens, gen.finish_reason.as_str(), s.ttft_ms, s.prefill_tok_s, s.decode_tok_s
                 );
                 if let Some(sp) = opts.speculative {
                     eprintln!(
@@ -353,9 +349,9 @@ mod cli {
             Command::Score { model: args, tokens, top } => {
                 let ids = parse_ids(&tokens)?;
                 let m = open(&args)?;
-                let backend = load(&args, &m)?;
-                let logits = pollster::block_on(backend.score(&ids))?;
-                let vocab = backend.config().vocab_size;
+                let mut runtime = load(&args, &m)?;
+                let logits = pollster::block_on(runtime.score(&ids))?;
+                let vocab = runtime.config().vocab_size;
                 let mut total = 0.0;
                 for (i, row) in logits.chunks_exact(vocab).enumerate() {
                     let mut order: Vec<usize> = (0..vocab).collect();
@@ -404,11 +400,15 @@ mod cli {
     }
 
     fn bench(args: &ModelArgs, synthetic: Option<&str>, gen: usize, stream_gen: usize, runs: usize, json: Option<&std::path::Path>, profile: bool) -> Result<()> {
-        use ferrolm::bench::{decode_ceiling, dequant_rate, read_bandwidth, synthetic_llama, time_generation, LLAMA_3_2_1B, PRINTING_PRESS_PROMPT};
         let gpu = if args.portable { GpuOptions::portable() } else { GpuOptions::default() };
         let (name, bytes) = match synthetic {
-            Some("llama-3.2-1b") => ("synthetic Llama-3.2-1B (Q4_1)".to_string(), synthetic_llama(LLAMA_3_2_1B)),
-            Some(other) => return Err(Error::InvalidOption { option: "--synthetic", reason: format!("unknown shape '{other}'; use llama-3.2-1b") }),
+            Some(s) => match SYNTHETIC_SHAPES.iter().find(|(n, _)| *n == s) {
+                Some(&(n, shape)) => (format!("synthetic {n} (Q4_1)"), synthetic_llama(shape)),
+                None => {
+                    let names: Vec<&str> = SYNTHETIC_SHAPES.iter().map(|(n, _)| *n).collect();
+                    return Err(Error::InvalidOption { option: "--synthetic", reason: format!("unknown shape '{s}'; use one of {}", names.join(", ")) });
+                }
+            },
             None => {
                 let m = open(args)?;
                 (m.path.display().to_string(), std::fs::read(&m.path)?)
@@ -416,15 +416,12 @@ mod cli {
         };
         let t0 = now_ms();
         let gguf = Gguf::read(&bytes[..])?;
-        let model = pollster::block_on(async {
-            let ctx = ferrolm::gpu::GpuContext::new(gpu).await?;
-            ferrolm::gpu::GpuModel::load(ctx, &gguf, &bytes[..], &ferrolm::gpu::ModelOptions::new(1024, 128)).await
-        })?;
+        let model = pollster::block_on(async { GpuModel::load(GpuContext::new(gpu).await?, &gguf, &bytes[..], &ModelOptions::new(1024, 128)).await })?;
         let load_ms = now_ms() - t0;
-        let tokenizer = if synthetic.is_some() { None } else { Some(Tokenizer::from_gguf(&gguf.metadata)?) };
-        let prompt: Vec<u32> = match &tokenizer {
-            None => (0..130u32).map(|i| (i * 7919) % model.config.vocab_size as u32).collect(),
-            Some(t) => t.encode_prompt(PRINTING_PRESS_PROMPT, false)?,
+        let tokenizer = Tokenizer::from_gguf(&gguf.metadata)?;
+        let prompt: Vec<u32> = match synthetic {
+            Some(_) => (0..130u32).map(|i| (i * 7919) % model.config.vocab_size as u32).collect(),
+            None => tokenizer.encode_prompt(PRINTING_PRESS_PROMPT, false)?,
         };
         let bandwidth = pollster::block_on(read_bandwidth(&model))?;
         let alu = pollster::block_on(dequant_rate(&model))?;
@@ -434,52 +431,53 @@ mod cli {
                 eprintln!("{step} ms per kernel: {}", list.join(", "));
             }
         }
+        let (weight_bytes, weight_values, ceiling, info) = (model.weight_bytes, model.weight_values, decode_ceiling(&model, bandwidth, alu), model.ctx.info.clone());
+        let mut engine = Engine::new(model);
         let mut timings = Vec::new();
         for run in 1..=runs {
-            let t = pollster::block_on(time_generation(&model, &prompt, gen))?;
+            let t = pollster::block_on(time_generation(&mut engine, &tokenizer, &prompt, gen))?;
             eprintln!("run {run}: {}", serde_json::to_string(&t).expect("serializable"));
             timings.push(t);
         }
-        let median = |f: fn(&ferrolm::bench::GenerationTiming) -> f64| {
+        let median = |f: fn(&GenerationTiming) -> f64| {
             let mut v: Vec<f64> = timings.iter().map(f).collect();
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
         let decode = median(|t| t.decode_tok_s);
-        let mbu = model.weight_bytes as f64 * decode / bandwidth;
-        let serving = match &tokenizer {
-            Some(t) if stream_gen > 0 => {
-                let ids = t.encode_prompt(&PRINTING_PRESS_PROMPT.repeat(3), false)?;
-                let s = pollster::block_on(ferrolm::bench::time_serving(&model, t, &ids, stream_gen))?;
-                eprintln!("serving: {}", serde_json::to_string(&s).expect("serializable"));
-                Some(s)
-            }
-            _ => None,
+        let mbu = weight_bytes as f64 * decode / bandwidth;
+        // Synthetic models have no real text to serve or to draft from.
+        let real_text = synthetic.is_none() && stream_gen > 0;
+        let serving = if real_text {
+            let ids = tokenizer.encode_prompt(&PRINTING_PRESS_PROMPT.repeat(3), false)?;
+            let s = pollster::block_on(time_serving(&mut engine, &tokenizer, &ids, stream_gen))?;
+            eprintln!("serving: {}", serde_json::to_string(&s).expect("serializable"));
+            Some(s)
+        } else {
+            None
         };
-        let speculative = match &tokenizer {
-            Some(t) if stream_gen > 0 => {
-                let template = ChatTemplate::from_gguf(&gguf.metadata, t)?;
-                let code = render_chat(template.as_ref(), &[ChatMessage { role: "user".into(), content: ferrolm::bench::CODE_EDIT_PROMPT.into() }], true)?;
-                let mut out = Vec::new();
-                for (name, ids) in [("code edit", t.encode_prompt(&code, true)?), ("free text", prompt.clone())] {
-                    let s = pollster::block_on(ferrolm::bench::time_speculative(&model, t, name, &ids, gen))?;
-                    eprintln!("speculative: {}", serde_json::to_string(&s).expect("serializable"));
-                    out.push(s);
-                }
-                Some(out)
+        let speculative = if real_text {
+            let template = ChatTemplate::from_gguf(&gguf.metadata, &tokenizer)?;
+            let code = render_chat(template.as_ref(), &[ChatMessage { role: "user".into(), content: CODE_EDIT_PROMPT.into() }], true)?;
+            let mut out = Vec::new();
+            for (name, ids) in [("code edit", tokenizer.encode_prompt(&code, true)?), ("free text", prompt.clone())] {
+                let s = pollster::block_on(time_speculative(&mut engine, &tokenizer, name, &ids, gen))?;
+                eprintln!("speculative: {}", serde_json::to_string(&s).expect("serializable"));
+                out.push(s);
             }
-            _ => None,
+            Some(out)
+        } else {
+            None
         };
-        let info = &model.ctx.info;
         let summary = serde_json::json!({
             "serving": serving,
             "speculative": speculative,
             "where": "native", "model": name, "adapter": info.name, "backend": info.backend, "driver": info.driver,
             "load_ms": load_ms, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
             "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": decode,
-            "weight_bytes_per_token": model.weight_bytes, "read_gb_s": bandwidth / 1e9, "mbu": mbu,
-            "weight_values_per_token": model.weight_values, "alu_gmac_s": alu / 1e9,
-            "decode_ceiling_tok_s": decode_ceiling(&model, bandwidth, alu),
+            "weight_bytes_per_token": weight_bytes, "read_gb_s": bandwidth / 1e9, "mbu": mbu,
+            "weight_values_per_token": weight_values, "alu_gmac_s": alu / 1e9,
+            "decode_ceiling_tok_s": ceiling,
         });
         println!("{summary}");
         if let Some(path) = json {
@@ -491,12 +489,11 @@ mod cli {
 
     /// Runs every request through the batching engine at once; one JSON line per request (in
     /// submission order) and one with the engine's stats.
-    fn run_batch(model: &ferrolm::gpu::GpuModel, tokenizer: &Tokenizer, requests: Vec<Request>) -> Result<()> {
-        let mut engine = Engine::new();
-        let ids = requests.into_iter().map(|r| engine.submit(model, tokenizer, r)).collect::<Result<Vec<_>>>()?;
+    fn run_batch(runtime: &mut Runtime, tokenizer: &Tokenizer, requests: Vec<Request>) -> Result<()> {
+        let ids = requests.into_iter().map(|r| runtime.submit(tokenizer, r)).collect::<Result<Vec<_>>>()?;
         let t0 = now_ms();
         let mut lines = std::collections::BTreeMap::new();
-        pollster::block_on(engine.run(model, tokenizer, |event| {
+        pollster::block_on(runtime.run(tokenizer, |event| {
             if let Event::Done { id, generation: g, stats } = event {
                 let index = ids.iter().position(|&i| i == id).expect("submitted here");
                 let line = serde_json::json!({
@@ -512,8 +509,7 @@ mod cli {
         for line in lines.values() {
             println!("{line}");
         }
-        let stats = engine.stats(model);
-        println!("{}", serde_json::json!({ "engine": stats, "requests": lines.len(), "generated_tokens": generated, "seconds": secs, "tok_s": generated as f64 / secs }));
+        println!("{}", serde_json::json!({ "engine": runtime.stats(), "requests": lines.len(), "generated_tokens": generated, "seconds": secs, "tok_s": generated as f64 / secs }));
         Ok(())
     }
 

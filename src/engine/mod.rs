@@ -1,8 +1,9 @@
-//! The serving engine: requests share one GPU model through continuous batching. Every step
-//! runs the next token of every decoding sequence plus chunks of pending prompts (chunked
-//! prefill within the step's token budget) in one batched forward. KV blocks come from the
-//! model's pool (`src/kv_cache.rs`); full blocks enter the prefix cache, so a request that
-//! starts like an earlier one (system prompt, chat history, document) prefills only the rest.
+//! The serving engine: requests share one model, on any backend behind [`ForwardModel`],
+//! through continuous batching. Every step runs the next token of every decoding sequence plus
+//! chunks of pending prompts (chunked prefill within the step's token budget) in one batched
+//! forward. KV blocks come from the engine's pool ([`BlockPool`]); full blocks enter the prefix
+//! cache, so a request that starts like an earlier one (system prompt, chat history, document)
+//! prefills only the rest.
 //!
 //! Admission is first come, first served, once the pool can hold the whole prompt. When a
 //! running sequence needs a block and none is free or evictable, the youngest sequence not yet
@@ -11,23 +12,27 @@
 //! holds one full-context sequence, so the oldest request always finishes. A sequence that
 //! reaches the context length stops with finish reason `length`.
 
+mod backend;
+mod kv_cache;
 mod sequence;
+mod session;
 mod speculative;
 
 use std::collections::VecDeque;
-use std::rc::Rc;
 
 use serde::Serialize;
 
+pub use backend::{picks_from_logits, Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, Ready, BLOCK_SIZE, DEFAULT_KV_BUDGET};
+pub use kv_cache::{chained_hash, BlockHasher, BlockPool, PoolStats, PrefixHit};
+pub use speculative::{NgramDrafter, Proposal};
+
+use crate::clock::now_ms;
 use crate::error::{Error, Result};
-use crate::generate::{now_ms, Decoder, FinishReason, GenerateOptions, Generation, Need, Picked};
-use crate::gpu::{Batch, GpuModel};
-use crate::kv_cache::PoolStats;
-use crate::sampler::TopLogits;
+use crate::sample::{Decoder, FinishReason, GenerateOptions, Generation, Need, Picked};
 use crate::tokenizer::Tokenizer;
 use sequence::Sequence;
-pub use speculative::{Drafter, ModelDrafter, NgramDrafter, Proposal, SpecMethod, Speculative, MAX_DRAFT};
-use speculative::SpecState;
+use session::Session;
+use speculative::{DraftModel, SpecState};
 
 pub type RequestId = u64;
 
@@ -82,11 +87,14 @@ pub struct EngineStats {
     pub preemptions: u64,
 }
 
-/// The scheduler. It holds no reference to the model: each [`Engine::step`] is given the model
-/// (always the same one) and the tokenizer.
-pub struct Engine {
+/// The scheduler over one model on any backend. It owns the model, the bookkeeping of the
+/// model's KV blocks (the pool and prefix cache) and, for draft-model speculation, the draft
+/// model with its own pool. Each call is given the tokenizer.
+pub struct Engine<M: ForwardModel> {
+    model: M,
+    pool: BlockPool,
     /// The model drafting for requests with `SpecMethod::Draft`.
-    draft_model: Option<Rc<GpuModel>>,
+    draft: Option<DraftModel<M>>,
     next_id: RequestId,
     waiting: VecDeque<Sequence>,
     /// In admission order, oldest first.
@@ -97,38 +105,57 @@ pub struct Engine {
     cached_tokens: u64,
 }
 
-impl Default for Engine {
-    fn default() -> Self {
-        Self::new()
-    }
+fn pool_for<M: ForwardModel>(model: &M) -> BlockPool {
+    let l = model.limits();
+    BlockPool::new(l.n_blocks as usize, l.block_size as usize)
 }
 
-impl Engine {
-    pub fn new() -> Engine {
-        Engine { draft_model: None, next_id: 0, waiting: VecDeque::new(), running: Vec::new(), steps: 0, preemptions: 0, prompt_tokens: 0, cached_tokens: 0 }
+impl<M: ForwardModel> Engine<M> {
+    pub fn new(model: M) -> Self {
+        let pool = pool_for(&model);
+        Engine { model, pool, draft: None, next_id: 0, waiting: VecDeque::new(), running: Vec::new(), steps: 0, preemptions: 0, prompt_tokens: 0, cached_tokens: 0 }
     }
 
-    /// Sets the model that drafts for draft-model speculation; it must share `target`'s
-    /// vocabulary (the same tokenizer).
-    pub fn set_draft_model(&mut self, target: &GpuModel, draft: Rc<GpuModel>) -> Result<()> {
-        if draft.config.vocab_size != target.config.vocab_size {
-            return Err(Error::InvalidOption {
-                option: "draft model",
-                reason: format!("its vocabulary has {} tokens but the model's has {}; use a draft model with the same tokenizer", draft.config.vocab_size, target.config.vocab_size),
-            });
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// The KV block pool (its stats; tests clear its prefix cache).
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+
+    /// Forgets every cached prefix nobody uses (the next requests run cold).
+    pub fn clear_prefix_cache(&mut self) {
+        self.pool.clear_cache();
+    }
+
+    /// Sets the model that drafts for draft-model speculation; it must share the model's
+    /// vocabulary (the same tokenizer). Only while no request runs.
+    pub fn set_draft_model(&mut self, draft: M) -> Result<()> {
+        let (want, got) = (self.model.config().vocab_size, draft.config().vocab_size);
+        if want != got {
+            return Err(Error::InvalidOption { option: "draft model", reason: format!("its vocabulary has {got} tokens but the model's has {want}; use a draft model with the same tokenizer") });
         }
-        self.draft_model = Some(draft);
+        if !self.is_idle() {
+            return Err(Error::InvalidOption { option: "draft model", reason: "requests are running; set the draft model before submitting".into() });
+        }
+        self.draft = Some(DraftModel { pool: pool_for(&draft), model: draft });
         Ok(())
+    }
+
+    /// The draft model's KV block pool, if there is a draft model.
+    pub fn draft_pool(&self) -> Option<&BlockPool> {
+        self.draft.as_ref().map(|d| &d.pool)
     }
 
     /// Queues a request; it joins the batch at a coming step. Options and prompt length are
     /// checked here.
-    pub fn submit(&mut self, model: &GpuModel, tokenizer: &Tokenizer, req: Request) -> Result<RequestId> {
-        let decoder = Decoder::new(tokenizer, &req.prompt, &req.opts, 0, model.limits.context as usize)?;
-        // On CPU-emulated adapters each extra token in a forward costs ~40% of a step (measured
-        // on lavapipe), so longer drafts lose more than they win there: cap them at 2.
-        let cap = if model.ctx.info.cpu_like { 2 } else { MAX_DRAFT };
-        let spec = req.opts.speculative.map(|s| SpecState::new(s, cap, self.draft_model.as_ref(), &req.opts.sampling)).transpose()?;
+    pub fn submit(&mut self, tokenizer: &Tokenizer, req: Request) -> Result<RequestId> {
+        let limits = self.model.limits();
+        let decoder = Decoder::new(tokenizer, &req.prompt, &req.opts, 0, limits.context as usize)?;
+        let draft_vocab = self.draft.as_ref().map(|d| d.model.config().vocab_size);
+        let spec = req.opts.speculative.map(|s| SpecState::new(s, limits.max_draft, draft_vocab, &req.opts.sampling)).transpose()?;
         let id = self.next_id;
         self.next_id += 1;
         self.waiting.push_back(Sequence::new(id, req.prompt, decoder, spec));
@@ -137,30 +164,39 @@ impl Engine {
 
     /// Stops a request now and frees its blocks; returns its `Done` event (finish reason
     /// `cancelled`), or None if no such request is queued or running.
-    pub fn cancel(&mut self, model: &GpuModel, tokenizer: &Tokenizer, id: RequestId) -> Option<Event> {
+    pub fn cancel(&mut self, tokenizer: &Tokenizer, id: RequestId) -> Option<Event> {
         let mut seq = if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
             self.waiting.remove(i)?
         } else {
             let i = self.running.iter().position(|s| s.id == id)?;
             self.running.remove(i)
         };
-        seq.free(&mut model.pool.borrow_mut());
         let _ = seq.decoder.finish_length(tokenizer);
         seq.decoder.out.finish_reason = FinishReason::Cancelled;
-        Some(seq.done())
+        Some(self.finish(seq))
     }
 
     pub fn is_idle(&self) -> bool {
         self.running.is_empty() && self.waiting.is_empty()
     }
 
-    pub fn stats(&self, model: &GpuModel) -> EngineStats {
+    /// Frees a finished sequence's blocks (its drafter's too) and returns its `Done` event.
+    fn finish(&mut self, mut seq: Sequence) -> Event {
+        seq.free(&mut self.pool);
+        if let Some(spec) = &mut seq.spec {
+            spec.release(self.draft.as_mut());
+        }
+        seq.done()
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let limits = self.model.limits();
         EngineStats {
             running: self.running.len(),
             waiting: self.waiting.len(),
-            kv: model.pool.borrow().stats(),
-            block_size: model.limits.block_size as usize,
-            kv_bytes_per_token: model.limits.kv_bytes_per_token,
+            kv: self.pool.stats(),
+            block_size: limits.block_size as usize,
+            kv_bytes_per_token: limits.kv_bytes_per_token,
             prefix_hit_rate: self.cached_tokens as f64 / self.prompt_tokens.max(1) as f64,
             steps: self.steps,
             preemptions: self.preemptions,
@@ -168,9 +204,9 @@ impl Engine {
     }
 
     /// Runs steps until every request has finished, passing each event to `on_event`.
-    pub async fn run(&mut self, model: &GpuModel, tokenizer: &Tokenizer, mut on_event: impl FnMut(Event)) -> Result<()> {
+    pub async fn run(&mut self, tokenizer: &Tokenizer, mut on_event: impl FnMut(Event)) -> Result<()> {
         while !self.is_idle() {
-            for e in self.step(model, tokenizer).await? {
+            for e in self.step(tokenizer).await? {
                 on_event(e);
             }
         }
@@ -178,11 +214,10 @@ impl Engine {
     }
 
     /// Moves waiting requests into the running set while the pool can hold their prompts.
-    fn admit(&mut self, model: &GpuModel) {
-        let mut pool = model.pool.borrow_mut();
-        while self.running.len() < model.limits.max_seqs as usize {
+    fn admit(&mut self) {
+        while self.running.len() < self.model.limits().max_seqs as usize {
             let Some(seq) = self.waiting.front_mut() else { break };
-            if !seq.admit(&mut pool) {
+            if !seq.admit(&mut self.pool) {
                 break;
             }
             let seq = self.waiting.pop_front().expect("front exists");
@@ -195,10 +230,10 @@ impl Engine {
     }
 
     /// Preempts the youngest running sequence not in `scheduled`; false if there is none.
-    fn preempt_one(&mut self, model: &GpuModel, scheduled: &[RequestId]) -> bool {
+    fn preempt_one(&mut self, scheduled: &[RequestId]) -> bool {
         let Some(i) = self.running.iter().rposition(|s| !scheduled.contains(&s.id)) else { return false };
         let mut seq = self.running.remove(i);
-        seq.free(&mut model.pool.borrow_mut());
+        seq.free(&mut self.pool);
         seq.stats.preemptions += 1;
         self.preemptions += 1;
         self.waiting.push_front(seq);
@@ -207,8 +242,8 @@ impl Engine {
 
     /// Chooses this step's work: decoding sequences first (one token each), then prompt
     /// chunks, within the token budget; gives each the blocks its tokens need.
-    fn schedule(&mut self, model: &GpuModel) -> Vec<(RequestId, usize)> {
-        let mut budget = model.limits.max_batch_tokens as usize;
+    fn schedule(&mut self) -> Vec<(RequestId, usize)> {
+        let mut budget = self.model.limits().max_batch_tokens as usize;
         let mut order: Vec<RequestId> = self.running.iter().filter(|s| s.is_decoding()).map(|s| s.id).collect();
         order.extend(self.running.iter().filter(|s| !s.is_decoding()).map(|s| s.id));
         let mut plan: Vec<(RequestId, usize)> = Vec::new();
@@ -220,13 +255,13 @@ impl Engine {
                 let Some(seq) = self.running.iter_mut().find(|s| s.id == id) else { break }; // preempted
                 let n = seq.pending().min(budget);
                 seq.fit_drafts(n);
-                if seq.reserve(&mut model.pool.borrow_mut(), n) {
+                if seq.reserve(&mut self.pool, n) {
                     plan.push((id, n));
                     budget -= n;
                     break;
                 }
                 let scheduled: Vec<RequestId> = plan.iter().map(|p| p.0).collect();
-                if !self.preempt_one(model, &scheduled) {
+                if !self.preempt_one(&scheduled) {
                     break;
                 }
             }
@@ -235,25 +270,25 @@ impl Engine {
     }
 
     /// One batched forward over every running sequence; returns what happened to each request.
-    pub async fn step(&mut self, model: &GpuModel, tokenizer: &Tokenizer) -> Result<Vec<Event>> {
-        self.admit(model);
-        let context = model.limits.context as usize;
+    pub async fn step(&mut self, tokenizer: &Tokenizer) -> Result<Vec<Event>> {
+        self.admit();
+        let context = self.model.limits().context as usize;
         for seq in self.running.iter_mut().filter(|s| s.is_decoding()) {
             if let Some(spec) = &mut seq.spec {
                 // Drafts take positions tokens.len() .. inside the context, and d kept drafts
                 // yield d + 1 tokens: no more than the request still wants.
                 let wanted = seq.decoder.options().max_tokens.saturating_sub(seq.decoder.out.tokens.len() + 1);
-                seq.draft = spec.propose(&seq.tokens, context.saturating_sub(seq.tokens.len()).min(wanted)).await?;
+                seq.draft = spec.propose(self.draft.as_mut(), &seq.tokens, context.saturating_sub(seq.tokens.len()).min(wanted)).await?;
             }
         }
-        let plan = self.schedule(model);
+        let plan = self.schedule();
         if plan.is_empty() {
             if self.running.is_empty() && !self.waiting.is_empty() {
-                // Nothing of ours runs and the head request still does not fit: other users of
-                // the pool (a GpuSession, scoring) hold the blocks. The request is dropped with
-                // this error rather than retried forever.
+                // Nothing runs and the head request still does not fit: the pool holds one
+                // full context, so only a request longer than the context can get here. It is
+                // dropped with this error rather than retried forever.
                 let seq = self.waiting.pop_front().expect("waiting is not empty");
-                let pool = model.pool.borrow();
+                let pool = &self.pool;
                 return Err(Error::KvCacheFull { needed: seq.blocks_needed(pool.block_size()), available: pool.available(), block_size: pool.block_size() });
             }
             return Ok(Vec::new());
@@ -279,30 +314,23 @@ impl Engine {
             }
         }
         let batch = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &logit_rows, block_tables: &tables };
-        let readback = needs.iter().fold(Need::Argmax, |acc, n| match (acc, n.1) {
-            (Need::Logits, _) | (_, Need::Logits) => Need::Logits,
-            (Need::Top(a), Need::Top(b)) => Need::Top(a.max(b)),
-            (Need::Top(k), Need::Argmax) | (Need::Argmax, Need::Top(k)) => Need::Top(k),
-            (Need::Argmax, Need::Argmax) => Need::Argmax,
-        });
-        let picked = match (logit_rows.is_empty(), readback) {
-            (true, _) => {
-                model.submit(&batch)?;
-                Picks::None
-            }
-            (false, Need::Argmax) => Picks::Tokens(model.forward_argmax(&batch).await?),
-            (false, Need::Top(_)) => Picks::Top(model.forward_top(&batch, crate::sampler::MAX_TOP).await?),
-            (false, Need::Logits) => Picks::Logits(model.forward_logits(&batch).await?),
+        // One readback serves every row: the widest any sequence needs.
+        let readback = match needs.iter().fold(None, |acc: Option<Need>, n| Some(acc.map_or(n.1, |a| a.widest(n.1)))) {
+            None => Readback::Nothing,
+            Some(Need::Argmax) => Readback::Argmax,
+            Some(Need::Top(_)) => Readback::Top(crate::sample::MAX_TOP),
+            Some(Need::Logits) => Readback::Logits,
         };
+        let picked = self.model.submit(&batch, readback)?.read().await?;
 
         // Account for the fed tokens (drafts count once kept), then verify and take new tokens.
         let now = now_ms();
-        let vocab = model.config.vocab_size;
+        let vocab = self.model.config().vocab_size;
         let mut events = Vec::new();
         for &(id, n) in &plan {
             let seq = self.running.iter_mut().find(|s| s.id == id).expect("planned sequences run");
             seq.computed += n - seq.draft.tokens.len();
-            seq.register_full_blocks(&mut model.pool.borrow_mut());
+            seq.register_full_blocks(&mut self.pool);
         }
         for &(id, _, first_row, rows) in &needs {
             let i = self.running.iter().position(|s| s.id == id).expect("planned sequences run");
@@ -313,7 +341,7 @@ impl Engine {
             let mut done = false;
             for r in first_row..first_row + rows {
                 let picked = match &picked {
-                    Picks::None => unreachable!("rows were asked for"),
+                    Picks::Nothing => unreachable!("rows were asked for"),
                     Picks::Tokens(t) => Picked::Token(t[r]),
                     Picks::Top(t) => Picked::Top(&t[r]),
                     Picks::Logits(l) => Picked::Logits(&l[r * vocab..(r + 1) * vocab]),
@@ -343,21 +371,38 @@ impl Engine {
                 spec.rollback(seq.computed);
             }
             if done {
-                let mut seq = self.running.remove(i);
-                seq.free(&mut model.pool.borrow_mut());
-                events.push(seq.done());
+                let seq = self.running.remove(i);
+                events.push(self.finish(seq));
             } else {
-                seq.register_full_blocks(&mut model.pool.borrow_mut());
+                seq.register_full_blocks(&mut self.pool);
             }
         }
         Ok(events)
     }
-}
 
-/// What a step read back, one entry per logit row.
-enum Picks {
-    None,
-    Tokens(Vec<u32>),
-    Top(Vec<TopLogits>),
-    Logits(Vec<f32>),
+    /// Generates for one request and returns its result; `on_text` receives each piece of
+    /// text as it becomes final. Other requests already submitted run alongside.
+    pub async fn generate(&mut self, tokenizer: &Tokenizer, req: Request, mut on_text: impl FnMut(&str)) -> Result<Generation> {
+        let id = self.submit(tokenizer, req)?;
+        let mut result = None;
+        self.run(tokenizer, |e| match e {
+            Event::Token { id: i, text, .. } if i == id && !text.is_empty() => on_text(&text),
+            Event::Done { id: i, generation, .. } if i == id => result = Some(*generation),
+            _ => {}
+        })
+        .await?;
+        Ok(result.expect("the engine finishes every request it runs"))
+    }
+
+    /// Teacher-forced logits of every position of `tokens` as one fresh sequence, `[n][vocab]`.
+    /// Its blocks come from the pool and go back after.
+    pub async fn score(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let mut session = Session::default();
+        let out = session.extend(&self.model, &mut self.pool, tokens, Readback::Logits, true).await;
+        session.release(&mut self.pool);
+        match out? {
+            Picks::Logits(l) => Ok(l),
+            _ => unreachable!("a logits run returns logits"),
+        }
+    }
 }

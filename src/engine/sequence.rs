@@ -3,8 +3,9 @@
 
 use super::speculative::{Proposal, SpecState};
 use super::{Event, RequestId, RequestStats};
-use crate::generate::{now_ms, Decoder};
-use crate::kv_cache::BlockPool;
+use super::kv_cache::BlockPool;
+use crate::clock::now_ms;
+use crate::sample::Decoder;
 
 pub(super) struct Sequence {
     pub id: RequestId,

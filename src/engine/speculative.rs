@@ -5,44 +5,11 @@
 //! KV cache back past the first rejection by lowering the sequence's computed length (the
 //! rejected positions' slots are simply written again later).
 
-use std::ops::Deref;
-use std::rc::Rc;
-
-use serde::{Deserialize, Serialize};
-
+use super::backend::{ForwardModel, Picks, Readback};
+use super::kv_cache::BlockPool;
+use super::session::Session;
 use crate::error::{Error, Result};
-use crate::generate::Session;
-use crate::gpu::{GpuModel, GpuSession};
-use crate::sampler::{Sampler, SamplingParams};
-
-/// Where drafts come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SpecMethod {
-    /// Prompt lookup: continue the latest earlier occurrence of the sequence's last 1-3 tokens.
-    Ngram,
-    /// A smaller (or the same) model sharing the tokenizer, loaded with `Engine::set_draft_model`.
-    Draft,
-}
-
-/// Per-request speculation: the method and the largest draft length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Speculative {
-    pub method: SpecMethod,
-    pub k: usize,
-}
-
-/// Longest draft a request may ask for.
-pub const MAX_DRAFT: usize = 16;
-
-impl Speculative {
-    pub fn validate(&self) -> Result<()> {
-        if self.k == 0 || self.k > MAX_DRAFT {
-            return Err(Error::InvalidOption { option: "draft_k", reason: format!("{} is outside 1..={MAX_DRAFT}", self.k) });
-        }
-        Ok(())
-    }
-}
+use crate::sample::{Sampler, SamplingParams, SpecMethod, Speculative};
 
 /// Drafted tokens and, for sampled drafts, the draft's distribution at each (empty when the
 /// drafts are deterministic).
@@ -50,16 +17,6 @@ impl Speculative {
 pub struct Proposal {
     pub tokens: Vec<u32>,
     pub q: Vec<Vec<(u32, f64)>>,
-}
-
-/// A source of drafts.
-#[allow(async_fn_in_trait)] // Futures stay on one thread, as everywhere in the engine.
-pub trait Drafter {
-    /// Up to `k` tokens to follow `tokens` (the sequence so far; its last token is not in the
-    /// target's KV cache yet).
-    async fn propose(&mut self, tokens: &[u32], k: usize) -> Result<Proposal>;
-    /// The first `valid` tokens of the sequence are final; state past them is stale.
-    fn rollback(&mut self, valid: usize);
 }
 
 /// Prompt-lookup drafting: find the most recent earlier place where the sequence's last n
@@ -70,54 +27,67 @@ pub struct NgramDrafter {
     pub min_n: usize,
 }
 
-impl Drafter for NgramDrafter {
-    async fn propose(&mut self, tokens: &[u32], k: usize) -> Result<Proposal> {
+impl NgramDrafter {
+    /// Up to `k` tokens to follow `tokens`.
+    pub fn propose(&self, tokens: &[u32], k: usize) -> Proposal {
         for n in (self.min_n.max(1)..=self.max_n.min(tokens.len().saturating_sub(1))).rev() {
             let pattern = &tokens[tokens.len() - n..];
             // Latest earlier start j with tokens[j..j + n] == pattern and something after it.
             if let Some(j) = (0..tokens.len() - n).rev().find(|&j| &tokens[j..j + n] == pattern) {
                 let follow = &tokens[j + n..];
-                return Ok(Proposal { tokens: follow[..follow.len().min(k)].to_vec(), q: Vec::new() });
+                return Proposal { tokens: follow[..follow.len().min(k)].to_vec(), q: Vec::new() };
             }
         }
-        Ok(Proposal::default())
+        Proposal::default()
     }
+}
 
-    fn rollback(&mut self, _valid: usize) {}
+/// The engine's draft model and the pool of its KV blocks, shared by every request's drafter.
+pub(super) struct DraftModel<M> {
+    pub model: M,
+    pub pool: BlockPool,
 }
 
 /// Drafting with a second model: greedy drafts when the request is greedy, else drafts sampled
-/// from the draft model's own distribution (recorded for the rejection rule).
-pub struct ModelDrafter<M: Deref<Target = GpuModel>> {
-    session: GpuSession<M>,
+/// from the draft model's own distribution (recorded for the rejection rule). Its sequence
+/// lives in the draft model's pool.
+pub(super) struct ModelDrafter {
+    session: Session,
     sampler: Option<Sampler>,
 }
 
-impl<M: Deref<Target = GpuModel>> ModelDrafter<M> {
-    /// `params`: the request's sampling (None or plain greedy: greedy drafts).
-    pub fn new(model: M, params: Option<&SamplingParams>) -> Result<Self> {
-        let sampler = match params {
-            Some(p) if !p.is_plain_greedy() => {
-                // Its own RNG stream, reproducible from the request's seed.
-                let p = SamplingParams { seed: p.seed.map(|s| s ^ 0xD5AF_7E11_0B5E_55ED), ..p.clone() };
-                Some(Sampler::new(p, model.config.vocab_size)?)
-            }
-            _ => None,
+impl ModelDrafter {
+    /// `params`: the request's sampling (plain greedy: greedy drafts).
+    fn new(vocab: usize, params: &SamplingParams) -> Result<Self> {
+        let sampler = if params.is_plain_greedy() {
+            None
+        } else {
+            // Its own RNG stream, reproducible from the request's seed.
+            let p = SamplingParams { seed: params.seed.map(|s| s ^ 0xD5AF_7E11_0B5E_55ED), ..params.clone() };
+            Some(Sampler::new(p, vocab)?)
         };
-        Ok(ModelDrafter { session: GpuSession::new(model), sampler })
+        Ok(ModelDrafter { session: Session::default(), sampler })
     }
-}
 
-impl<M: Deref<Target = GpuModel>> Drafter for ModelDrafter<M> {
-    async fn propose(&mut self, tokens: &[u32], k: usize) -> Result<Proposal> {
+    /// Up to `k` tokens to follow `tokens` (the sequence so far; its last token is not in the
+    /// target's KV cache yet).
+    async fn propose<M: ForwardModel>(&mut self, draft: &mut DraftModel<M>, tokens: &[u32], k: usize) -> Result<Proposal> {
         let mut out = Proposal::default();
         let mut history = tokens.to_vec();
         let mut feed = tokens[self.session.len().min(tokens.len())..].to_vec();
-        while out.tokens.len() < k && self.session.len() + feed.len() <= self.session.capacity() {
+        let context = draft.model.limits().context as usize;
+        while out.tokens.len() < k && self.session.len() + feed.len() <= context {
+            let (model, pool) = (&draft.model, &mut draft.pool);
             let next = match &mut self.sampler {
-                None => self.session.extend_greedy(&feed).await?,
+                None => match self.session.extend(model, pool, &feed, Readback::Argmax, false).await? {
+                    Picks::Tokens(t) => t[0],
+                    _ => unreachable!("an argmax step returns tokens"),
+                },
                 Some(sampler) => {
-                    let q = sampler.distribution(&self.session.extend_logits(&feed).await?, &history);
+                    let Picks::Logits(logits) = self.session.extend(model, pool, &feed, Readback::Logits, false).await? else {
+                        unreachable!("a logits step returns logits")
+                    };
+                    let q = sampler.distribution(&logits, &history);
                     let t = sampler.draw_from(&q);
                     out.q.push(q);
                     t
@@ -129,15 +99,11 @@ impl<M: Deref<Target = GpuModel>> Drafter for ModelDrafter<M> {
         }
         Ok(out)
     }
-
-    fn rollback(&mut self, valid: usize) {
-        self.session.truncate(valid);
-    }
 }
 
-pub(super) enum AnyDrafter {
+enum AnyDrafter {
     Ngram(NgramDrafter),
-    Model(ModelDrafter<Rc<GpuModel>>),
+    Model(ModelDrafter),
 }
 
 /// One sequence's speculation: its drafter, the adaptive draft length and the counters.
@@ -153,12 +119,13 @@ pub(super) struct SpecState {
 }
 
 impl SpecState {
-    /// `cap`: the adapter's useful draft length (the request's k is lowered to it).
-    pub fn new(spec: Speculative, cap: usize, draft_model: Option<&Rc<GpuModel>>, params: &SamplingParams) -> Result<Self> {
+    /// `cap`: the device's useful draft length (the request's k is lowered to it); `draft_vocab`:
+    /// the draft model's vocabulary, when the engine has one.
+    pub fn new(spec: Speculative, cap: usize, draft_vocab: Option<usize>, params: &SamplingParams) -> Result<Self> {
         spec.validate()?;
-        let drafter = match (spec.method, draft_model) {
+        let drafter = match (spec.method, draft_vocab) {
             (SpecMethod::Ngram, _) => AnyDrafter::Ngram(NgramDrafter { max_n: 3, min_n: 2 }),
-            (SpecMethod::Draft, Some(m)) => AnyDrafter::Model(ModelDrafter::new(m.clone(), Some(params))?),
+            (SpecMethod::Draft, Some(vocab)) => AnyDrafter::Model(ModelDrafter::new(vocab, params)?),
             (SpecMethod::Draft, None) => {
                 return Err(Error::InvalidOption { option: "speculative", reason: "draft-model speculation needs a draft model; load one (--draft-model) or use ngram".into() })
             }
@@ -168,7 +135,7 @@ impl SpecState {
     }
 
     /// Drafts for the next step, at most `room` (positions left in the context).
-    pub async fn propose(&mut self, tokens: &[u32], room: usize) -> Result<Proposal> {
+    pub async fn propose<M: ForwardModel>(&mut self, draft: Option<&mut DraftModel<M>>, tokens: &[u32], room: usize) -> Result<Proposal> {
         if self.pause > 0 {
             self.pause -= 1;
             return Ok(Proposal::default());
@@ -177,9 +144,10 @@ impl SpecState {
         if k == 0 {
             return Ok(Proposal::default());
         }
-        let proposal = match &mut self.drafter {
-            AnyDrafter::Ngram(d) => d.propose(tokens, k).await,
-            AnyDrafter::Model(d) => d.propose(tokens, k).await,
+        let proposal = match (&mut self.drafter, draft) {
+            (AnyDrafter::Ngram(d), _) => Ok(d.propose(tokens, k)),
+            (AnyDrafter::Model(d), Some(draft)) => d.propose(draft, tokens, k).await,
+            (AnyDrafter::Model(_), None) => unreachable!("draft-model speculation is admitted only with a draft model"),
         };
         match proposal {
             // The draft model's pool is busy with other requests' drafts: decode plainly.
@@ -206,10 +174,17 @@ impl SpecState {
         }
     }
 
+    /// The first `valid` tokens of the sequence are final; draft state past them is stale.
     pub fn rollback(&mut self, valid: usize) {
-        match &mut self.drafter {
-            AnyDrafter::Ngram(d) => d.rollback(valid),
-            AnyDrafter::Model(d) => d.rollback(valid),
+        if let AnyDrafter::Model(d) = &mut self.drafter {
+            d.session.truncate(valid);
+        }
+    }
+
+    /// Gives the drafter's KV blocks back to the draft model's pool.
+    pub fn release<M>(&mut self, draft: Option<&mut DraftModel<M>>) {
+        if let (AnyDrafter::Model(d), Some(draft)) = (&mut self.drafter, draft) {
+            d.session.release(&mut draft.pool);
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gguf::{Gguf, TensorInfo};
 
 /// Architectures ferrolm can run (`general.architecture`).
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -112,7 +112,7 @@ impl Config {
             "llama" => llama::config(gguf)?,
             "gemma3" => gemma3::config(gguf)?,
             "qwen2" => qwen2::config(gguf)?,
-            other => return Err(Error::UnsupportedArchitecture(other.to_string())),
+            other => return Err(Error::UnsupportedArchitecture { name: other.to_string(), supported: SUPPORTED_ARCHITECTURES.join(", ") }),
         };
         for (name, dims) in config.expected_tensors() {
             let t = config.tensor(gguf, &name)?;

@@ -12,22 +12,22 @@ use super::weights::{GpuTensor, TensorPart};
 use crate::gguf::GgmlType;
 use crate::model::Activation;
 
-const BATCH_WGSL: &str = include_str!("../../shaders/batch.wgsl");
+const BATCH_WGSL: &str = include_str!("../../../shaders/batch.wgsl");
 
 /// Browsers want subgroup use declared; naga (native) rejects the directive and needs none.
 pub const SUBGROUP_ENABLE: &str = if cfg!(target_arch = "wasm32") { "enable subgroups;\n" } else { "" };
 
 fn quant_source(ty: GgmlType) -> &'static str {
     match ty {
-        GgmlType::F32 => include_str!("../../shaders/quant_f32.wgsl"),
-        GgmlType::F16 => include_str!("../../shaders/quant_f16.wgsl"),
-        GgmlType::Q4_0 => include_str!("../../shaders/quant_q4_0.wgsl"),
-        GgmlType::Q4_1 => include_str!("../../shaders/quant_q4_1.wgsl"),
-        GgmlType::Q5_0 => include_str!("../../shaders/quant_q5_0.wgsl"),
-        GgmlType::Q5_1 => include_str!("../../shaders/quant_q5_1.wgsl"),
-        GgmlType::Q8_0 => include_str!("../../shaders/quant_q8_0.wgsl"),
-        GgmlType::Q4_K => include_str!("../../shaders/quant_q4_k.wgsl"),
-        GgmlType::Q6_K => include_str!("../../shaders/quant_q6_k.wgsl"),
+        GgmlType::F32 => include_str!("../../../shaders/quant_f32.wgsl"),
+        GgmlType::F16 => include_str!("../../../shaders/quant_f16.wgsl"),
+        GgmlType::Q4_0 => include_str!("../../../shaders/quant_q4_0.wgsl"),
+        GgmlType::Q4_1 => include_str!("../../../shaders/quant_q4_1.wgsl"),
+        GgmlType::Q5_0 => include_str!("../../../shaders/quant_q5_0.wgsl"),
+        GgmlType::Q5_1 => include_str!("../../../shaders/quant_q5_1.wgsl"),
+        GgmlType::Q8_0 => include_str!("../../../shaders/quant_q8_0.wgsl"),
+        GgmlType::Q4_K => include_str!("../../../shaders/quant_q4_k.wgsl"),
+        GgmlType::Q6_K => include_str!("../../../shaders/quant_q6_k.wgsl"),
         other => unreachable!("{other} is refused at upload (GPU_MATRIX_TYPES)"),
     }
 }
@@ -266,17 +266,17 @@ impl Kernels {
         }
         // Kernels that read the batch description get its accessors (batch.wgsl).
         let prelude = if body.contains("var<storage, read> batch") { BATCH_WGSL } else { "" };
-        let attn = if body.contains("AttnParams") { include_str!("../../shaders/attn_params.wgsl") } else { "" };
+        let attn = if body.contains("AttnParams") { include_str!("../../../shaders/attn_params.wgsl") } else { "" };
         // Kernels that sum lanes get the subgroup or the workgroup-memory reduction.
         let subgroup = body.contains("reduce_lanes(") && constants.iter().any(|&(n, v)| n == "TPR" && v as u32 <= self.subgroup_rows);
         let reduce = match (body.contains("reduce_lanes("), subgroup) {
-            (true, true) => include_str!("../../shaders/reduce_subgroup.wgsl"),
-            (true, false) => include_str!("../../shaders/reduce_workgroup.wgsl"),
+            (true, true) => include_str!("../../../shaders/reduce_subgroup.wgsl"),
+            (true, false) => include_str!("../../../shaders/reduce_workgroup.wgsl"),
             _ => "",
         };
         let enable = if subgroup { SUBGROUP_ENABLE } else { "" };
         // Weight-reading kernels get their quant type's helpers and the shared x-slice helpers.
-        let quant = quant.map(|q| format!("{}\n{}", include_str!("../../shaders/x32.wgsl"), quant_source(q))).unwrap_or_default();
+        let quant = quant.map(|q| format!("{}\n{}", include_str!("../../../shaders/x32.wgsl"), quant_source(q))).unwrap_or_default();
         let source = format!("{enable}{quant}\n{attn}\n{prelude}\n{body}\n{reduce}");
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(kernel),
@@ -343,7 +343,7 @@ impl Kernels {
         // Each variant: (kernel, source, tokens per workgroup, extra constants, rows per
         // workgroup, largest batch it serves). A decode GEMV and a prefill GEMM per adapter kind.
         let variants: Vec<Variant> = if self.cpu_like {
-            let body = include_str!("../../shaders/matvec.wgsl");
+            let body = include_str!("../../../shaders/matvec.wgsl");
             // (tokens per thread, largest batch): 8 weight rows share each x slice; batches
             // share each weight block across 4 tokens.
             [(1u32, 1u32), (4, u32::MAX)]
@@ -361,7 +361,7 @@ impl Kernels {
                 })
                 .collect()
         } else {
-            let body = include_str!("../../shaders/matmul.wgsl");
+            let body = include_str!("../../../shaders/matmul.wgsl");
             let tpr = (1u32 << (w.k / 32).max(1).ilog2()).min(16);
             // Decode batches of up to 8 sequences get TN = 4 (measured faster than TN = 8 there).
             [(1u32, 1u32), (4, 8), (MATMUL_TN, u32::MAX)]
@@ -387,7 +387,7 @@ impl Kernels {
     pub fn embed(&self, w: &GpuTensor, y: &wgpu::Buffer, scale: f32, direct: bool) -> Vec<Op> {
         let threads = w.k / 32;
         let access = [Read, ReadWrite, Read];
-        let body = include_str!("../../shaders/embed.wgsl");
+        let body = include_str!("../../../shaders/embed.wgsl");
         w.parts
             .iter()
             .map(|p| {
@@ -416,14 +416,14 @@ impl Kernels {
         let serial = self.cpu_like;
         let (wg, grid) = if serial { (4, Grid::Flat { threads: 1, wg: 4, of }) } else { (64, Grid::PerItem { of }) };
         let c = [("ADD", add as u32 as f64), ("SERIAL", serial as u32 as f64), ("WG", wg as f64)];
-        let variants = self.single("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl"), None, &c, &access, grid);
+        let variants = self.single("rmsnorm", include_str!("../../../shaders/rmsnorm.wgsl"), None, &c, &access, grid);
         self.op("rmsnorm", variants, &[d, eps.to_bits(), gather as u32, 0], &[x, weight, y], &access)
     }
 
     /// `y[t][i] += bias[i]` for `i < width` in every token's row of `stride` values.
     pub fn bias_add(&self, y: &wgpu::Buffer, bias: &wgpu::Buffer, width: u32, stride: u32) -> Op {
         let access = [ReadWrite, Read, Read];
-        let variants = self.single("bias_add", include_str!("../../shaders/bias_add.wgsl"), None, &[], &access, Grid::PerItem { of: Count::Tokens });
+        let variants = self.single("bias_add", include_str!("../../../shaders/bias_add.wgsl"), None, &[], &access, Grid::PerItem { of: Count::Tokens });
         self.op("bias_add", variants, &[width, stride, 0, 0], &[y, bias], &access)
     }
 
@@ -432,7 +432,7 @@ impl Kernels {
     pub fn head_norm(&self, qkv: &wgpu::Buffer, weight: &wgpu::Buffer, dims: AttnDims, eps: f32) -> Op {
         let access = [ReadWrite, Read, Read];
         let grid = Grid::Heads { heads: dims.n_heads + dims.n_kv_heads };
-        let variants = self.single("head_norm", include_str!("../../shaders/head_norm.wgsl"), None, &[], &access, grid);
+        let variants = self.single("head_norm", include_str!("../../../shaders/head_norm.wgsl"), None, &[], &access, grid);
         let params = [dims.n_heads, dims.n_kv_heads, dims.head_dim, dims.qkv_stride, eps.to_bits(), 0, 0, 0];
         self.op("head_norm", variants, &params, &[qkv, weight], &access)
     }
@@ -441,7 +441,7 @@ impl Kernels {
     pub fn rope_kv(&self, qkv: &wgpu::Buffer, rope: &wgpu::Buffer, k_cache: &wgpu::Buffer, v_cache: &wgpu::Buffer, dims: AttnDims, neox: bool) -> Op {
         let access = [ReadWrite, Read, ReadWrite, ReadWrite, Read];
         let grid = Grid::PerItem { of: Count::Tokens };
-        let variants = self.single("rope_kv", include_str!("../../shaders/rope_kv.wgsl"), None, &[("NEOX", neox as u32 as f64)], &access, grid);
+        let variants = self.single("rope_kv", include_str!("../../../shaders/rope_kv.wgsl"), None, &[("NEOX", neox as u32 as f64)], &access, grid);
         let params = [dims.n_heads, dims.n_kv_heads, dims.head_dim, dims.qkv_stride];
         self.op("rope_kv", variants, &params, &[qkv, rope, k_cache, v_cache], &access)
     }
@@ -469,19 +469,19 @@ impl Kernels {
             let chunk = [("CHUNK", ATTN_CHUNK as f64)];
             let access = [Read, Read, Read, ReadWrite, ReadWrite, Read];
             let split = Variant {
-                pipeline: self.pipeline("attention", include_str!("../../shaders/attention.wgsl"), None, &chunk, &access),
+                pipeline: self.pipeline("attention", include_str!("../../../shaders/attention.wgsl"), None, &chunk, &access),
                 grid: Grid::Span { heads: dims.n_heads, per: ATTN_CHUNK / 64, max: plan.context },
                 max_n: ATTN_SPLIT_MAX_TOKENS,
             };
             let tiled = Variant {
-                pipeline: self.pipeline("attn_tiled", include_str!("../../shaders/attn_tiled.wgsl"), None, &[], &access),
+                pipeline: self.pipeline("attn_tiled", include_str!("../../../shaders/attn_tiled.wgsl"), None, &[], &access),
                 grid: Grid::Rows { x: dims.n_heads, per: 8, of: Count::Tokens },
                 max_n: u32::MAX,
             };
             let attend = self.op("attention", vec![split, tiled], &params, &[qkv, k_cache, v_cache, out, scratch], &access);
             let access = [Read, ReadWrite, Read];
             let combine = Variant {
-                pipeline: self.pipeline("attn_combine", include_str!("../../shaders/attn_combine.wgsl"), None, &chunk, &access),
+                pipeline: self.pipeline("attn_combine", include_str!("../../../shaders/attn_combine.wgsl"), None, &chunk, &access),
                 grid: Grid::Heads { heads: dims.n_heads },
                 max_n: ATTN_SPLIT_MAX_TOKENS,
             };
@@ -495,13 +495,13 @@ impl Kernels {
         let c = [("QH", qh as f64)];
         let grid = Grid::Span { heads: dims.n_heads / qh, per: 4, max: plan.context };
         let access = [Read, Read, ReadWrite, Read];
-        let scores_op = self.op("attention", self.single("attn_scores", include_str!("../../shaders/attn_scores.wgsl"), None, &c, &access, grid), &params, &[qkv, k_cache, s], &access);
+        let scores_op = self.op("attention", self.single("attn_scores", include_str!("../../../shaders/attn_scores.wgsl"), None, &c, &access, grid), &params, &[qkv, k_cache, s], &access);
         let grid = Grid::Flat { threads: dims.n_heads, wg: 16, of: Count::Tokens };
         let access = [ReadWrite, Read];
-        let softmax_op = self.op("attention", self.single("attn_softmax", include_str!("../../shaders/attn_softmax.wgsl"), None, &[], &access, grid), &params, &[s], &access);
+        let softmax_op = self.op("attention", self.single("attn_softmax", include_str!("../../../shaders/attn_softmax.wgsl"), None, &[], &access, grid), &params, &[s], &access);
         let grid = Grid::Flat { threads: dims.n_heads / qh * dims.head_dim / 4, wg: 16, of: Count::Tokens };
         let access = [Read, Read, ReadWrite, Read];
-        let pv_op = self.op("attention", self.single("attn_pv", include_str!("../../shaders/attn_pv.wgsl"), None, &c, &access, grid), &params, &[s, v_cache, out], &access);
+        let pv_op = self.op("attention", self.single("attn_pv", include_str!("../../../shaders/attn_pv.wgsl"), None, &c, &access, grid), &params, &[s, v_cache, out], &access);
         vec![scores_op, softmax_op, pv_op]
     }
 
@@ -509,7 +509,7 @@ impl Kernels {
     pub fn argmax(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, vocab: u32) -> Op {
         let access = [Read, ReadWrite, Read];
         let grid = Grid::PerItem { of: Count::LogitRows };
-        let variants = self.single("argmax", include_str!("../../shaders/argmax.wgsl"), None, &[], &access, grid);
+        let variants = self.single("argmax", include_str!("../../../shaders/argmax.wgsl"), None, &[], &access, grid);
         self.op("argmax", variants, &[vocab, 0, 0, 0], &[logits, result], &access)
     }
 
@@ -518,14 +518,14 @@ impl Kernels {
     pub fn topk(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, vocab: u32) -> Op {
         let access = [Read, ReadWrite, Read];
         let grid = Grid::PerItem { of: Count::LogitRows };
-        let variants = self.single("topk", include_str!("../../shaders/topk.wgsl"), None, &[], &access, grid);
+        let variants = self.single("topk", include_str!("../../../shaders/topk.wgsl"), None, &[], &access, grid);
         self.op("topk", variants, &[vocab, TOPK_MAX as u32, 0, 0], &[logits, result], &access)
     }
 
     /// Streaming read of `n_vec4` 16-byte words of `data` by `workgroups` x 64 threads.
     pub fn read_bandwidth(&self, data: &wgpu::Buffer, sink: &wgpu::Buffer, n_vec4: u32, workgroups: u32) -> Op {
         let access = [Read, ReadWrite];
-        let variants = self.single("read_bandwidth", include_str!("../../shaders/read_bandwidth.wgsl"), None, &[], &access, Grid::Fixed { x: workgroups });
+        let variants = self.single("read_bandwidth", include_str!("../../../shaders/read_bandwidth.wgsl"), None, &[], &access, Grid::Fixed { x: workgroups });
         self.op("read_bandwidth", variants, &[n_vec4, 0, 0, 0], &[data, sink], &access)
     }
 
@@ -534,7 +534,7 @@ impl Kernels {
     /// Returns the Op and the multiply-adds one run does.
     pub fn dequant_probe(&self, unread: &wgpu::Buffer, sink: &wgpu::Buffer, k: u32, workgroups: u32) -> (Op, u64) {
         let access = [Read, Read, ReadWrite];
-        let body = include_str!("../../shaders/dequant_probe.wgsl");
+        let body = include_str!("../../../shaders/dequant_probe.wgsl");
         let variants = self.single("dequant_probe", body, Some(GgmlType::Q4_1), &[], &access, Grid::Fixed { x: workgroups });
         let op = self.op("dequant_probe", variants, &[k, 0, 0, 0], &[unread, unread, sink], &access);
         (op, workgroups as u64 * 16 * 8 * k as u64)

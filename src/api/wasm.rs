@@ -4,11 +4,15 @@
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
+use super::bench::{decode_ceiling, dequant_rate, dispatch_overhead_us, read_bandwidth, time_generation, time_serving, time_speculative, GenerationTiming, CODE_EDIT_PROMPT, PRINTING_PRESS_PROMPT};
+use super::{Device, LoadOptions, Runtime};
+use crate::backend::webgpu::GpuOptions;
 use crate::chat::{render_chat, ChatMessage, ChatTemplate};
-use crate::generate::{now_ms, Backend, Device, LoadOptions};
+use crate::clock::now_ms;
+use crate::engine::{Event, Request, RequestStats};
 use crate::gguf::Gguf;
-use crate::gpu::GpuOptions;
 use crate::model::Config;
+use crate::sample::{GenerateOptions, SamplingParams, SpecMethod, Speculative, TokenLogprob};
 use crate::tokenizer::Tokenizer;
 
 #[wasm_bindgen(start)]
@@ -20,40 +24,18 @@ fn js_err(e: crate::Error) -> JsError {
     JsError::new(&e.to_string())
 }
 
-/// A loaded model, ready to generate.
+/// A loaded model served by the batching engine, on the GPU or the CPU reference.
 #[wasm_bindgen]
 pub struct Engine {
     config: Config,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
-    backend: Backend,
-    /// The model drafting for `speculative: "draft"` requests.
-    draft: Option<std::rc::Rc<crate::gpu::GpuModel>>,
-    /// The batching scheduler behind `submit` / `step` / `cancel`.
-    scheduler: crate::engine::Engine,
-    context: usize,
+    runtime: Runtime,
+    load: LoadOptions,
     load_ms: f64,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct GenerateResult {
-    text: String,
-    tokens: Vec<u32>,
-    finish_reason: &'static str,
-    prompt_tokens: usize,
-    generated_tokens: usize,
-    ttft_ms: f64,
-    prefill_tok_s: f64,
-    decode_tok_s: f64,
-    logprobs: Vec<crate::generate::TokenLogprob>,
-    /// Speculation: tokens drafted and kept, and forward passes that produced tokens.
-    drafted: usize,
-    accepted: usize,
-    forwards: usize,
-}
-
-/// `generate` options, with the OpenAI API's names and defaults (greedy when absent).
+/// Request options, with the OpenAI API's names and defaults (greedy when absent).
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct GenerateRequest {
@@ -72,13 +54,13 @@ struct GenerateRequest {
     ignore_eos: bool,
     logprobs: Option<usize>,
     /// "ngram" or "draft" (after `loadDraft`); absent: no speculation.
-    speculative: Option<crate::engine::SpecMethod>,
+    speculative: Option<SpecMethod>,
     draft_k: usize,
 }
 
 impl Default for GenerateRequest {
     fn default() -> Self {
-        let s = crate::sampler::SamplingParams::greedy();
+        let s = SamplingParams::greedy();
         GenerateRequest {
             max_tokens: 256,
             temperature: s.temperature,
@@ -101,7 +83,7 @@ impl Default for GenerateRequest {
 }
 
 impl GenerateRequest {
-    fn into_options(self) -> crate::Result<crate::generate::GenerateOptions> {
+    fn into_options(self) -> crate::Result<GenerateOptions> {
         let logit_bias = self
             .logit_bias
             .iter()
@@ -111,11 +93,11 @@ impl GenerateRequest {
         if self.logprobs.is_some_and(|n| n > 20) {
             return Err(crate::Error::InvalidOption { option: "logprobs", reason: "at most 20 alternatives".into() });
         }
-        let speculative = self.speculative.map(|method| crate::engine::Speculative { method, k: self.draft_k });
+        let speculative = self.speculative.map(|method| Speculative { method, k: self.draft_k });
         if let Some(sp) = &speculative {
             sp.validate()?;
         }
-        let sampling = crate::sampler::SamplingParams {
+        let sampling = SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
@@ -128,7 +110,7 @@ impl GenerateRequest {
             seed: self.seed,
             ..Default::default()
         };
-        Ok(crate::generate::GenerateOptions { max_tokens: self.max_tokens, sampling, stop: self.stop, ignore_eos: self.ignore_eos, logprobs: self.logprobs, speculative })
+        Ok(GenerateOptions { max_tokens: self.max_tokens, sampling, stop: self.stop, ignore_eos: self.ignore_eos, logprobs: self.logprobs, speculative })
     }
 }
 
@@ -145,38 +127,34 @@ struct ModelInfo {
     backend: String,
 }
 
-/// Where the engine runs.
-#[wasm_bindgen]
-#[derive(Clone, Copy)]
-pub enum EngineDevice {
-    Gpu = 0,
-    Cpu = 1,
-}
-
 #[wasm_bindgen]
 impl Engine {
-    /// Parses and loads a GGUF model from its bytes onto `device`. `context` caps the context
-    /// length (0: the model's own, at most 2048). `portable` ignores optional GPU features.
-    pub async fn load(bytes: Vec<u8>, device: EngineDevice, context: u32, portable: bool) -> Result<Engine, JsError> {
-        Engine::load_with(bytes, device, context, portable, None).await
-    }
-}
-
-impl Engine {
-    async fn load_with(bytes: Vec<u8>, device: EngineDevice, context: u32, portable: bool, kv_budget_bytes: Option<f64>) -> Result<Engine, JsError> {
-        let t0 = now_ms();
+    /// Loads a model gathered in a [`ModelBytes`] (the npm package streams downloads and cache
+    /// reads into one, so the page never holds the file twice). `options`: `{device: "gpu" |
+    /// "cpu", context, portable, kvBudgetBytes, startedMs}`, all optional; "cpu" is the f32
+    /// reference until the quantized CPU backend lands.
+    #[wasm_bindgen(js_name = fromBytes)]
+    pub async fn from_bytes(bytes: ModelBytes, options: JsValue) -> Result<Engine, JsError> {
+        let o: LoadRequest = if options.is_undefined() || options.is_null() {
+            LoadRequest::default()
+        } else {
+            serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("invalid load options: {e}")))?
+        };
+        let device = match o.device.as_str() {
+            "" | "gpu" => Device::Gpu,
+            "cpu" | "reference" => Device::Reference,
+            other => return Err(JsError::new(&format!("invalid load options: device \"{other}\"; use \"gpu\" or \"cpu\""))),
+        };
+        let t0 = o.started_ms.unwrap_or_else(now_ms);
+        let bytes = bytes.buf;
         let gguf = Gguf::read(&bytes[..]).map_err(js_err)?;
         let config = Config::from_gguf(&gguf).map_err(js_err)?;
-        let context = match context as usize {
+        let context = match o.context as usize {
             0 => config.context_len.min(2048),
             n => n.min(config.context_len),
         };
-        let gpu = if portable { GpuOptions::portable() } else { GpuOptions::default() };
-        let device = match device {
-            EngineDevice::Gpu => Device::Gpu,
-            _ => Device::Cpu,
-        };
-        let kv_budget_bytes = kv_budget_bytes.map(|b| b.max(0.0) as u64);
+        let gpu = if o.portable { GpuOptions::portable() } else { GpuOptions::default() };
+        let load = LoadOptions { device, context, gpu, kv_budget_bytes: o.kv_budget_bytes.map(|b| b.max(0.0) as u64) };
         // The tokenizer (a second for Gemma's 262k-token vocabulary) is built while the GPU
         // process uploads and compiles what the load queued; awaiting a resolved promise first
         // lets the page send those commands (a microtask) before this thread gets busy.
@@ -186,48 +164,19 @@ impl Engine {
             let template = ChatTemplate::from_gguf(&gguf.metadata, &tokenizer)?;
             Ok::<_, crate::Error>((tokenizer, template))
         };
-        let (backend, text) = Backend::load_alongside(&gguf, &bytes[..], LoadOptions { device, context, gpu, kv_budget_bytes }, text).await.map_err(js_err)?;
+        let (runtime, text) = Runtime::load_alongside(&gguf, &bytes[..], load, text).await.map_err(js_err)?;
         let (tokenizer, template) = text.map_err(js_err)?;
-        Ok(Engine { config, tokenizer, template, backend, draft: None, scheduler: crate::engine::Engine::new(), context, load_ms: now_ms() - t0 })
-    }
-
-}
-
-#[wasm_bindgen]
-impl Engine {
-    /// Loads a model gathered in a [`ModelBytes`] (the npm package streams downloads and cache
-    /// reads into one, so the page never holds the file twice). `options`: `{device: "gpu" |
-    /// "cpu", context, portable, kvBudgetBytes}`, all optional.
-    #[wasm_bindgen(js_name = fromBytes)]
-    pub async fn from_bytes(bytes: ModelBytes, options: JsValue) -> Result<Engine, JsError> {
-        let o: LoadRequest = if options.is_undefined() || options.is_null() {
-            LoadRequest::default()
-        } else {
-            serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("invalid load options: {e}")))?
-        };
-        let device = if o.device == "cpu" { EngineDevice::Cpu } else { EngineDevice::Gpu };
-        let mut engine = Engine::load_with(bytes.buf, device, o.context, o.portable, o.kv_budget_bytes).await?;
-        engine.load_ms = o.started_ms.map_or(engine.load_ms, |t| now_ms() - t);
-        Ok(engine)
+        Ok(Engine { config, tokenizer, template, runtime, load, load_ms: now_ms() - t0 })
     }
 
     /// Loads a draft model for `speculative: "draft"` (a smaller model with the same tokenizer,
-    /// or the same file) on the GPU, sized like the main model.
+    /// or the same file) on the main model's backend, sized like the main model.
     #[wasm_bindgen(js_name = loadDraft)]
     pub async fn load_draft(&mut self, bytes: ModelBytes, portable: bool) -> Result<(), JsError> {
         let bytes = bytes.buf;
-        let Backend::Gpu(model) = &self.backend else {
-            return Err(JsError::new("speculative decoding runs on the GPU engine; load with device \"gpu\""));
-        };
         let gguf = Gguf::read(&bytes[..]).map_err(js_err)?;
         let gpu = if portable { GpuOptions::portable() } else { GpuOptions::default() };
-        let ctx = crate::gpu::GpuContext::new(gpu).await.map_err(js_err)?;
-        let opts = crate::gpu::ModelOptions::new(self.context as u32, 128);
-        let draft = crate::gpu::GpuModel::load(ctx, &gguf, &bytes[..], &opts).await.map_err(js_err)?;
-        let draft = std::rc::Rc::new(draft);
-        self.scheduler.set_draft_model(model, draft.clone()).map_err(js_err)?;
-        self.draft = Some(draft);
-        Ok(())
+        self.runtime.load_draft(&gguf, &bytes[..], LoadOptions { gpu, ..self.load }).await.map_err(js_err)
     }
 
     /// Model facts for display.
@@ -237,10 +186,10 @@ impl Engine {
             n_layers: self.config.n_layers,
             d_model: self.config.d_model,
             vocab_size: self.config.vocab_size,
-            context: self.context,
+            context: self.load.context,
             load_ms: self.load_ms,
             has_chat_template: self.template.is_some(),
-            backend: self.backend.describe(),
+            backend: self.runtime.describe(),
         };
         Ok(serde_wasm_bindgen::to_value(&info)?)
     }
@@ -253,115 +202,61 @@ impl Engine {
     /// Benchmarks greedy generation of `gen` tokens from the peer benchmark's prompt, `runs`
     /// times, plus the adapter's read bandwidth, and (when `stream_gen` > 0) the batching engine:
     /// 1-8 concurrent streams and prefix-cache TTFT. Returns the same summary as `ferrolm bench`.
-    pub async fn benchmark(&self, gen: u32, runs: u32, stream_gen: u32) -> Result<JsValue, JsError> {
-        use crate::bench::{decode_ceiling, dequant_rate, dispatch_overhead_us, read_bandwidth, time_generation, PRINTING_PRESS_PROMPT};
-        let Backend::Gpu(model) = &self.backend else {
-            return Err(JsError::new("benchmark needs the GPU engine (load with device \"gpu\")"));
+    pub async fn benchmark(&mut self, gen: u32, runs: u32, stream_gen: u32) -> Result<JsValue, JsError> {
+        let Runtime::Gpu(engine) = &mut self.runtime else {
+            return Err(JsError::new("benchmark measures the GPU backend; load with device \"gpu\""));
         };
-        let prompt = self.tokenizer.encode_prompt(PRINTING_PRESS_PROMPT, false).map_err(js_err)?;
+        let tok = &self.tokenizer;
+        let prompt = tok.encode_prompt(PRINTING_PRESS_PROMPT, false).map_err(js_err)?;
+        let model = engine.model();
         let bandwidth = read_bandwidth(model).await.map_err(js_err)?;
         let dispatch_us = dispatch_overhead_us(model).await.map_err(js_err)?;
         let alu = dequant_rate(model).await.map_err(js_err)?;
+        let ceiling = decode_ceiling(model, bandwidth, alu);
+        let (weight_bytes, weight_values, info) = (model.weight_bytes, model.weight_values, model.ctx.info.clone());
         let mut timings = Vec::new();
         for _ in 0..runs.max(1) {
-            timings.push(time_generation(model, &prompt, gen.max(2) as usize).await.map_err(js_err)?);
+            timings.push(time_generation(engine, tok, &prompt, gen.max(2) as usize).await.map_err(js_err)?);
         }
-        let median = |f: fn(&crate::bench::GenerationTiming) -> f64| {
+        let median = |f: fn(&GenerationTiming) -> f64| {
             let mut v: Vec<f64> = timings.iter().map(f).collect();
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
         let decode = median(|t| t.decode_tok_s);
         let serving = if stream_gen > 0 {
-            let ids = self.tokenizer.encode_prompt(&PRINTING_PRESS_PROMPT.repeat(3), false).map_err(js_err)?;
-            Some(crate::bench::time_serving(model, &self.tokenizer, &ids, stream_gen as usize).await.map_err(js_err)?)
+            let ids = tok.encode_prompt(&PRINTING_PRESS_PROMPT.repeat(3), false).map_err(js_err)?;
+            Some(time_serving(engine, tok, &ids, stream_gen as usize).await.map_err(js_err)?)
         } else {
             None
         };
         let speculative = if stream_gen > 0 {
-            let code = render_chat(self.template.as_ref(), &[ChatMessage { role: "user".into(), content: crate::bench::CODE_EDIT_PROMPT.into() }], true).map_err(js_err)?;
+            let code = render_chat(self.template.as_ref(), &[ChatMessage { role: "user".into(), content: CODE_EDIT_PROMPT.into() }], true).map_err(js_err)?;
             let mut out = Vec::new();
-            for (name, ids) in [("code edit", self.tokenizer.encode_prompt(&code, true).map_err(js_err)?), ("free text", prompt.clone())] {
-                out.push(crate::bench::time_speculative(model, &self.tokenizer, name, &ids, gen as usize).await.map_err(js_err)?);
+            for (name, ids) in [("code edit", tok.encode_prompt(&code, true).map_err(js_err)?), ("free text", prompt.clone())] {
+                out.push(time_speculative(engine, tok, name, &ids, gen as usize).await.map_err(js_err)?);
             }
             Some(out)
         } else {
             None
         };
-        let info = &model.ctx.info;
         let summary = serde_json::json!({
             "serving": serving,
             "speculative": speculative,
             "where": "browser", "adapter": info.name, "backend": info.backend, "driver": info.driver,
             "load_ms": self.load_ms, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
             "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": decode,
-            "weight_bytes_per_token": model.weight_bytes, "read_gb_s": bandwidth / 1e9, "dispatch_us": dispatch_us,
-            "mbu": model.weight_bytes as f64 * decode / bandwidth, "all_runs": timings,
-            "weight_values_per_token": model.weight_values, "alu_gmac_s": alu / 1e9,
-            "decode_ceiling_tok_s": decode_ceiling(model, bandwidth, alu),
+            "weight_bytes_per_token": weight_bytes, "read_gb_s": bandwidth / 1e9, "dispatch_us": dispatch_us,
+            "mbu": weight_bytes as f64 * decode / bandwidth, "all_runs": timings,
+            "weight_values_per_token": weight_values, "alu_gmac_s": alu / 1e9,
+            "decode_ceiling_tok_s": ceiling,
         });
         Ok(JsValue::from_str(&summary.to_string()))
     }
 
     /// Teacher-forced logits of every position of `tokens`, `[n][vocab]` flattened.
-    pub async fn score(&self, tokens: Vec<u32>) -> Result<Vec<f32>, JsError> {
-        self.backend.score(&tokens).await.map_err(js_err)
-    }
-
-    /// Generation. With `chat`, `prompt` is a user message (after an optional `system` message)
-    /// rendered through the model's chat template. `options` uses OpenAI names: `{max_tokens,
-    /// temperature, top_p, top_k, min_p, typical_p, presence_penalty, frequency_penalty,
-    /// repetition_penalty, logit_bias: {id: bias}, seed, stop: [..], ignore_eos, logprobs}`;
-    /// unknown fields are an error. `on_text(piece)` is called as text completes. Returns
-    /// `{text, tokens, finishReason, promptTokens, ttftMs, ..., logprobs}`.
-    pub async fn generate(
-        &self,
-        prompt: &str,
-        chat: bool,
-        system: Option<String>,
-        options: JsValue,
-        on_text: &js_sys::Function,
-    ) -> Result<JsValue, JsError> {
-        let req: GenerateRequest = if options.is_undefined() || options.is_null() {
-            GenerateRequest::default()
-        } else {
-            serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("invalid generate options: {e}")))?
-        };
-        let opts = req.into_options().map_err(js_err)?;
-        let text = if chat {
-            let mut messages = Vec::new();
-            if let Some(s) = system.filter(|s| !s.is_empty()) {
-                messages.push(ChatMessage { role: "system".into(), content: s });
-            }
-            messages.push(ChatMessage { role: "user".into(), content: prompt.to_string() });
-            render_chat(self.template.as_ref(), &messages, true).map_err(js_err)?
-        } else {
-            prompt.to_string()
-        };
-        let ids = self.tokenizer.encode_prompt(&text, chat).map_err(js_err)?;
-        let gen = self
-            .backend
-            .generate(&self.tokenizer, &ids, &opts, self.context, self.draft.as_ref(), |piece| {
-                let _ = on_text.call1(&JsValue::NULL, &JsValue::from_str(piece));
-            })
-            .await
-            .map_err(js_err)?;
-        let s = gen.stats;
-        let result = GenerateResult {
-            text: gen.text,
-            tokens: gen.tokens,
-            finish_reason: gen.finish_reason.as_str(),
-            prompt_tokens: s.prompt_tokens,
-            generated_tokens: s.generated_tokens,
-            ttft_ms: s.ttft_ms,
-            prefill_tok_s: s.prefill_tok_s,
-            decode_tok_s: s.decode_tok_s,
-            logprobs: gen.logprobs,
-            drafted: s.drafted,
-            accepted: s.accepted,
-            forwards: s.forwards,
-        };
-        Ok(serde_wasm_bindgen::to_value(&result)?)
+    pub async fn score(&mut self, tokens: Vec<u32>) -> Result<Vec<f32>, JsError> {
+        self.runtime.score(&tokens).await.map_err(js_err)
     }
 }
 
@@ -429,15 +324,15 @@ enum JsEvent {
         finish_reason: &'static str,
         text: String,
         tokens: Vec<u32>,
-        logprobs: Vec<crate::generate::TokenLogprob>,
-        stats: crate::engine::RequestStats,
+        logprobs: Vec<TokenLogprob>,
+        stats: RequestStats,
     },
 }
 
-fn js_event(e: crate::engine::Event) -> JsEvent {
+fn js_event(e: Event) -> JsEvent {
     match e {
-        crate::engine::Event::Token { id, token, text } => JsEvent::Token { id: id as u32, token, text },
-        crate::engine::Event::Done { id, generation: g, stats } => {
+        Event::Token { id, token, text } => JsEvent::Token { id: id as u32, token, text },
+        Event::Done { id, generation: g, stats } => {
             JsEvent::Done { id: id as u32, finish_reason: g.finish_reason.as_str(), text: g.text, tokens: g.tokens, logprobs: g.logprobs, stats }
         }
     }
@@ -452,9 +347,6 @@ impl Engine {
     /// Queues a request: `input` is `{prompt}` (raw text) or `{messages: [{role, content}]}`
     /// (rendered with the model's chat template); `options` as for `generate`. Returns its id.
     pub fn submit(&mut self, input: JsValue, options: JsValue) -> Result<u32, JsError> {
-        let Backend::Gpu(model) = &self.backend else {
-            return Err(JsError::new("the serving API runs on the GPU engine; load with device \"gpu\""));
-        };
         let input: SubmitInput = serde_wasm_bindgen::from_value(input).map_err(|e| JsError::new(&format!("invalid request: {e}")))?;
         let req: GenerateRequest = if options.is_undefined() || options.is_null() {
             GenerateRequest::default()
@@ -468,39 +360,36 @@ impl Engine {
             _ => return Err(JsError::new("invalid request: give either prompt or messages")),
         }
         .map_err(js_err)?;
-        let id = self.scheduler.submit(model, &self.tokenizer, crate::engine::Request { prompt: ids, opts }).map_err(js_err)?;
+        let id = self.runtime.submit(&self.tokenizer, Request { prompt: ids, opts }).map_err(js_err)?;
         Ok(id as u32)
     }
 
     /// Whether any request is queued or running.
     #[wasm_bindgen(js_name = hasWork)]
     pub fn has_work(&self) -> bool {
-        !self.scheduler.is_idle()
+        !self.runtime.is_idle()
     }
 
     /// One batched forward for every running request; returns `[{type: "token", id, token,
     /// text} | {type: "done", id, finishReason, text, tokens, logprobs, stats}]`.
     pub async fn step(&mut self) -> Result<JsValue, JsError> {
-        let Backend::Gpu(model) = &self.backend else { return Ok(JsValue::from(js_sys::Array::new())) };
-        let events: Vec<JsEvent> = self.scheduler.step(model, &self.tokenizer).await.map_err(js_err)?.into_iter().map(js_event).collect();
+        let events: Vec<JsEvent> = self.runtime.step(&self.tokenizer).await.map_err(js_err)?.into_iter().map(js_event).collect();
         Ok(serde_wasm_bindgen::to_value(&events)?)
     }
 
     /// Ends a request now (its KV blocks are freed); returns its `done` event (finishReason
     /// "cancelled"), or null if it already finished.
     pub fn cancel(&mut self, id: u32) -> Result<JsValue, JsError> {
-        let Backend::Gpu(model) = &self.backend else { return Ok(JsValue::NULL) };
-        match self.scheduler.cancel(model, &self.tokenizer, id as u64) {
+        match self.runtime.cancel(&self.tokenizer, id as u64) {
             Some(e) => Ok(serde_wasm_bindgen::to_value(&js_event(e))?),
             None => Ok(JsValue::NULL),
         }
     }
 
     /// Engine figures: running and waiting requests, KV blocks used / free / cached, bytes per
-    /// token, prefix hit rate, steps, preemptions (null on the CPU backend).
+    /// token, prefix hit rate, steps, preemptions.
     #[wasm_bindgen(js_name = engineStats)]
     pub fn engine_stats(&self) -> Result<JsValue, JsError> {
-        let Backend::Gpu(model) = &self.backend else { return Ok(JsValue::NULL) };
-        Ok(serde_wasm_bindgen::to_value(&self.scheduler.stats(model))?)
+        Ok(serde_wasm_bindgen::to_value(&self.runtime.stats())?)
     }
 }

@@ -4,12 +4,13 @@
 
 use serde::Serialize;
 
-use crate::engine::{Engine, Event, Request};
+use crate::backend::webgpu::kernels::{Kernels, Op};
+use crate::backend::webgpu::GpuModel;
+use crate::clock::now_ms;
+use crate::engine::{Engine, Event, ForwardModel, Request, RequestStats};
 use crate::error::{Error, Result};
-use crate::generate::{now_ms, GenerateOptions, Session};
 use crate::gguf::{GgmlType, GgufWriter, Value};
-use crate::gpu::kernels::Kernels;
-use crate::gpu::{GpuModel, GpuSession};
+use crate::sample::{GenerateOptions, Generation, SpecMethod, Speculative};
 use crate::tokenizer::Tokenizer;
 
 /// The peer benchmark's prompt (../shared/peer-bench/bench.js), ~130 tokens.
@@ -30,23 +31,17 @@ pub struct GenerationTiming {
     pub decode_tok_s: f64,
 }
 
-/// Prefills `prompt` and decodes `gen` tokens greedily (no stop tokens), timing both.
-pub async fn time_generation(model: &GpuModel, prompt: &[u32], gen: usize) -> Result<GenerationTiming> {
-    let mut s = GpuSession::new(model);
-    let t0 = now_ms();
-    let mut next = s.extend_greedy(prompt).await?;
-    let t1 = now_ms();
-    for _ in 1..gen {
-        next = s.extend_greedy(&[next]).await?;
-    }
-    let t2 = now_ms();
-    Ok(GenerationTiming {
-        prompt_tokens: prompt.len(),
-        gen_tokens: gen,
-        ttft_ms: t1 - t0,
-        prefill_tok_s: prompt.len() as f64 / ((t1 - t0) / 1e3),
-        decode_tok_s: (gen - 1) as f64 / ((t2 - t1) / 1e3),
-    })
+fn greedy(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions { max_tokens, ignore_eos: true, ..Default::default() }
+}
+
+/// Prefills `prompt` on a cold prefix cache and decodes `gen` tokens greedily through the
+/// engine (no stop tokens), timing both.
+pub async fn time_generation<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, prompt: &[u32], gen: usize) -> Result<GenerationTiming> {
+    engine.clear_prefix_cache();
+    let g = engine.generate(tok, Request { prompt: prompt.to_vec(), opts: greedy(gen.max(2)) }, |_| {}).await?;
+    let s = &g.stats;
+    Ok(GenerationTiming { prompt_tokens: prompt.len(), gen_tokens: s.generated_tokens, ttft_ms: s.ttft_ms, prefill_tok_s: s.prefill_tok_s, decode_tok_s: s.decode_tok_s })
 }
 
 /// The batching engine under load: aggregate throughput of concurrent streams, and TTFT of a
@@ -64,30 +59,27 @@ pub struct ServingTiming {
 }
 
 /// Measures [`ServingTiming`] with prompts cut from `ids` (at least 316 tokens of real text).
-pub async fn time_serving(model: &GpuModel, tok: &Tokenizer, ids: &[u32], gen: usize) -> Result<ServingTiming> {
+pub async fn time_serving<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, ids: &[u32], gen: usize) -> Result<ServingTiming> {
     if ids.len() < 316 {
         return Err(Error::InvalidOption { option: "ids", reason: format!("the serving benchmark needs 316 tokens of text, got {}", ids.len()) });
     }
-    let opts = |max_tokens| GenerateOptions { max_tokens, ignore_eos: true, ..Default::default() };
     let mut out = ServingTiming { gen_tokens: gen, prefix_tokens: 300, ..Default::default() };
     for n in [1usize, 2, 4, 8] {
-        model.pool.borrow_mut().clear_cache();
-        let mut engine = Engine::new();
+        engine.clear_prefix_cache();
         let t0 = now_ms();
         for i in 0..n {
-            engine.submit(model, tok, Request { prompt: ids[i * 8..i * 8 + 8].to_vec(), opts: opts(gen) })?;
+            engine.submit(tok, Request { prompt: ids[i * 8..i * 8 + 8].to_vec(), opts: greedy(gen) })?;
         }
         let mut tokens = 0usize;
-        engine.run(model, tok, |e| tokens += matches!(e, Event::Token { .. }) as usize).await?;
+        engine.run(tok, |e| tokens += matches!(e, Event::Token { .. }) as usize).await?;
         out.streams.push((n, tokens as f64 / ((now_ms() - t0) / 1e3)));
     }
-    model.pool.borrow_mut().clear_cache();
-    let mut engine = Engine::new();
-    let mut ttft = async |suffix: &[u32]| -> Result<crate::engine::RequestStats> {
+    engine.clear_prefix_cache();
+    let mut ttft = async |suffix: &[u32]| -> Result<RequestStats> {
         let prompt: Vec<u32> = ids[..300].iter().chain(suffix).copied().collect();
-        engine.submit(model, tok, Request { prompt, opts: opts(1) })?;
+        engine.submit(tok, Request { prompt, opts: greedy(1) })?;
         let mut stats = None;
-        engine.run(model, tok, |e| if let Event::Done { stats: s, .. } = e { stats = Some(s) }).await?;
+        engine.run(tok, |e| if let Event::Done { stats: s, .. } = e { stats = Some(s) }).await?;
         Ok(stats.expect("the request finishes"))
     };
     let cold = ttft(&ids[300..308]).await?;
@@ -118,17 +110,13 @@ pub struct SpeculativeTiming {
 
 /// Greedy decoding of `prompt` (up to `gen` tokens), plain and with n-gram speculation (k <= 4),
 /// cold prefix cache each time; both runs produce the same tokens.
-pub async fn time_speculative(model: &GpuModel, tok: &Tokenizer, name: &str, prompt: &[u32], gen: usize) -> Result<SpeculativeTiming> {
-    let run = async |speculative| -> Result<crate::generate::Generation> {
-        model.pool.borrow_mut().clear_cache();
-        let mut engine = Engine::new();
-        engine.submit(model, tok, Request { prompt: prompt.to_vec(), opts: GenerateOptions { max_tokens: gen, speculative, ..Default::default() } })?;
-        let mut out = None;
-        engine.run(model, tok, |e| if let Event::Done { generation, .. } = e { out = Some(*generation) }).await?;
-        Ok(out.expect("the request finishes"))
+pub async fn time_speculative<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, name: &str, prompt: &[u32], gen: usize) -> Result<SpeculativeTiming> {
+    let mut run = async |speculative| -> Result<Generation> {
+        engine.clear_prefix_cache();
+        engine.generate(tok, Request { prompt: prompt.to_vec(), opts: GenerateOptions { max_tokens: gen, speculative, ..Default::default() } }, |_| {}).await
     };
     let plain = run(None).await?;
-    let spec = run(Some(crate::engine::Speculative { method: crate::engine::SpecMethod::Ngram, k: 4 })).await?;
+    let spec = run(Some(Speculative { method: SpecMethod::Ngram, k: 4 })).await?;
     let s = &spec.stats;
     Ok(SpeculativeTiming {
         name: name.into(),
@@ -184,7 +172,7 @@ fn probe_kernels(model: &GpuModel) -> Kernels {
 
 /// Seconds per run of a probe `op` (which writes `sink`): a warm-up run (pipeline compilation,
 /// first touch of the pages), then 4 runs in one pass, waited for by reading `sink` back.
-async fn time_probe(model: &GpuModel, op: &crate::gpu::kernels::Op, sink: &wgpu::Buffer) -> Result<f64> {
+async fn time_probe(model: &GpuModel, op: &Op, sink: &wgpu::Buffer) -> Result<f64> {
     let ctx = &model.ctx;
     let run = |reps: u32| {
         let mut enc = ctx.device.create_command_encoder(&Default::default());
@@ -253,7 +241,15 @@ pub struct LlamaShape {
 /// Llama-3.2-1B: 16 layers, d_model 2048, 32 query / 8 KV heads (head_dim 64), FFN 8192, vocab 128256.
 pub const LLAMA_3_2_1B: LlamaShape = LlamaShape { n_layers: 16, d_model: 2048, n_heads: 32, n_kv_heads: 8, ffn_dim: 8192, vocab: 128256 };
 
-/// A GGUF of `shape` with random Q4_1 matrices, a Q8_0 tied embedding and unit norms.
+/// SmolLM2-135M: 30 layers, d_model 576, 9 query / 3 KV heads (head_dim 64), FFN 1536, vocab
+/// 49152 (the real file's shapes and quant types, random values: for machines without the file).
+pub const SMOLLM2_135M: LlamaShape = LlamaShape { n_layers: 30, d_model: 576, n_heads: 9, n_kv_heads: 3, ffn_dim: 1536, vocab: 49152 };
+
+/// The synthetic shapes by CLI name.
+pub const SYNTHETIC_SHAPES: [(&str, LlamaShape); 2] = [("llama-3.2-1b", LLAMA_3_2_1B), ("smollm2-135m", SMOLLM2_135M)];
+
+/// A GGUF of `shape` with random Q4_1 matrices, a Q8_0 tied embedding, unit norms and a
+/// tokenizer whose tokens are `t0`, `t1`, ... (no merges, no stop token), so the engine can serve it.
 pub fn synthetic_llama(shape: LlamaShape) -> Vec<u8> {
     let s = shape;
     let hd = s.d_model / s.n_heads;
@@ -268,7 +264,10 @@ pub fn synthetic_llama(shape: LlamaShape) -> Vec<u8> {
         .meta("llama.attention.head_count_kv", Value::U32(s.n_kv_heads))
         .meta("llama.rope.freq_base", Value::F32(500000.0))
         .meta("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
-        .meta("llama.vocab_size", Value::U32(s.vocab));
+        .meta("llama.vocab_size", Value::U32(s.vocab))
+        .meta("tokenizer.ggml.model", Value::String("gpt2".into()))
+        .meta("tokenizer.ggml.tokens", Value::Array((0..s.vocab).map(|i| Value::String(format!("t{i}"))).collect()))
+        .meta("tokenizer.ggml.merges", Value::Array(Vec::new()));
     let mut seed = 1u64;
     let mut matrix = |w: &mut GgufWriter, name: &str, k: u32, m: u32, ty: GgmlType| {
         seed += 1;

@@ -5,115 +5,55 @@
 
 use wgpu::util::DeviceExt;
 
-use super::context::GpuContext;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use super::context::{map_read, GpuContext};
 use super::kernels::{AttnDims, Count, Kernels, Op, OutCols, TOPK_WORDS};
 use super::weights::{concat_rows, upload_f32, GpuTensor};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf};
-use crate::kv_cache::BlockPool;
+use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, BLOCK_SIZE};
 use crate::model::{names, Config, RopeStyle};
-use crate::sampler::TopLogits;
+use crate::sample::TopLogits;
 
-/// What to size when loading a model.
-#[derive(Clone, Copy, Debug)]
-pub struct ModelOptions {
-    /// Positions per sequence (capped at the model's trained context).
-    pub context: u32,
-    /// Tokens one forward can take.
-    pub max_batch_tokens: u32,
-    /// Sequences one forward can serve.
-    pub max_seqs: u32,
-    /// Bytes for the KV pool; None: [`DEFAULT_KV_BUDGET`]. The pool always holds at least one
-    /// full-context sequence and at most what one storage binding per layer allows.
-    pub kv_budget_bytes: Option<u64>,
-}
-
-/// The KV pool's default size.
-pub const DEFAULT_KV_BUDGET: u64 = 256 << 20;
-
-impl ModelOptions {
-    pub fn new(context: u32, max_batch_tokens: u32) -> Self {
-        ModelOptions { context, max_batch_tokens, max_seqs: 16, kv_budget_bytes: None }
+/// The batch description as `shaders/batch.wgsl` reads it: a header, then tokens, positions,
+/// sequence ids and logit rows in slots of `max_batch_tokens`, then the block tables.
+pub fn batch_to_words(b: &Batch, limits: &Limits) -> Vec<u32> {
+    let t = limits.max_batch_tokens as usize;
+    let max_blocks = limits.context.div_ceil(limits.block_size) as usize;
+    let mut words = vec![0u32; batch_words(limits)];
+    words[..5].copy_from_slice(&[b.tokens.len() as u32, b.logit_rows.len() as u32, t as u32, max_blocks as u32, limits.block_size]);
+    for (i, part) in [b.tokens, b.positions, b.seq_ids, b.logit_rows].iter().enumerate() {
+        words[HEADER + i * t..][..part.len()].copy_from_slice(part);
     }
-}
-
-/// Sizes fixed when the model is loaded.
-#[derive(Clone, Copy, Debug)]
-pub struct EngineLimits {
-    /// Tokens one forward can take (longer prompts are prefilled in chunks).
-    pub max_batch_tokens: u32,
-    /// Positions per sequence.
-    pub context: u32,
-    /// Sequences whose block tables fit in the batch description.
-    pub max_seqs: u32,
-    /// Tokens per KV block.
-    pub block_size: u32,
-    /// KV blocks in the pool.
-    pub n_blocks: u32,
-    /// KV bytes one token takes over all layers.
-    pub kv_bytes_per_token: u64,
-}
-
-
-/// One step's work: tokens of one or more sequences, and which of them need logits.
-pub struct Batch<'a> {
-    pub tokens: &'a [u32],
-    pub positions: &'a [u32],
-    pub seq_ids: &'a [u32],
-    /// Indices into `tokens` whose logits (or argmax) the step returns.
-    pub logit_rows: &'a [u32],
-    /// Physical KV block of each logical block, per sequence id.
-    pub block_tables: &'a [&'a [u32]],
-}
-
-impl Batch<'_> {
-    /// KV positions the step's attention reads: its largest position + 1.
-    pub fn span(&self) -> u32 {
-        self.positions.iter().max().map_or(0, |p| p + 1)
+    for (s, table) in b.block_tables.iter().enumerate() {
+        let n = table.len().min(max_blocks);
+        words[HEADER + 4 * t + s * max_blocks..][..n].copy_from_slice(&table[..n]);
     }
-
-    /// The batch description as `shaders/batch.wgsl` reads it.
-    pub fn to_words(&self, limits: &EngineLimits) -> Vec<u32> {
-        let t = limits.max_batch_tokens as usize;
-        let max_blocks = limits.context.div_ceil(limits.block_size) as usize;
-        let mut words = vec![0u32; batch_words(limits)];
-        words[..5].copy_from_slice(&[self.tokens.len() as u32, self.logit_rows.len() as u32, t as u32, max_blocks as u32, limits.block_size]);
-        for (i, part) in [self.tokens, self.positions, self.seq_ids, self.logit_rows].iter().enumerate() {
-            words[HEADER + i * t..][..part.len()].copy_from_slice(part);
-        }
-        for (s, table) in self.block_tables.iter().enumerate() {
-            let n = table.len().min(max_blocks);
-            words[HEADER + 4 * t + s * max_blocks..][..n].copy_from_slice(&table[..n]);
-        }
-        words
-    }
+    words
 }
 
 /// Words in the batch description buffer.
-pub fn batch_words(limits: &EngineLimits) -> usize {
+pub fn batch_words(limits: &Limits) -> usize {
     HEADER + 4 * limits.max_batch_tokens as usize + (limits.max_seqs * limits.context.div_ceil(limits.block_size)) as usize
 }
 
 pub struct GpuModel {
     pub ctx: GpuContext,
     pub config: Config,
-    pub limits: EngineLimits,
+    pub limits: Limits,
     /// Weight bytes a decode step streams (for MBU).
     pub weight_bytes: u64,
     /// Weight values (multiply-adds) one decode step reads.
     pub weight_values: u64,
-    /// Who holds which block of the KV pool buffers (sessions, the batching engine, scoring)
-    /// and the prefix cache. Borrowed briefly, never across an await.
-    pub pool: std::cell::RefCell<BlockPool>,
-    max_logit_rows: u32,
     batch: wgpu::Buffer,
     logits: wgpu::Buffer,
     argmax: wgpu::Buffer,
-    argmax_staging: wgpu::Buffer,
-    /// Logit rows read back by a step: made for one row, grown to the most rows a step asked for.
-    logits_staging: std::cell::RefCell<wgpu::Buffer>,
     topk: wgpu::Buffer,
-    topk_staging: wgpu::Buffer,
+    /// Readback buffers not held by a pending step; a step takes one big enough and its
+    /// [`GpuPending`] puts it back once read.
+    staging: Rc<RefCell<Vec<wgpu::Buffer>>>,
     ops: Vec<Op>,
     argmax_op: Op,
     topk_op: Op,
@@ -133,15 +73,6 @@ impl PendingModel {
         }
         Ok(self.model)
     }
-}
-
-/// What a step reads back after the forward pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Readback {
-    Nothing,
-    Argmax,
-    Top,
-    Logits,
 }
 
 const HEADER: usize = 8;
@@ -167,16 +98,17 @@ impl GpuModel {
         let context = opts.context.clamp(1, c.context_len as u32);
         let max_batch_tokens = opts.max_batch_tokens.max(1);
         let (d, qd, kvd, f, v) = (c.d_model as u64, c.q_dim() as u64, c.kv_dim() as u64, c.ffn_dim as u64, c.vocab_size as u64);
-        let block_size = 16u32;
-        let max_blocks = context.div_ceil(block_size);
+        let block_size = BLOCK_SIZE;
         let kv_bytes_per_token = 2 * c.n_layers as u64 * kvd * 4;
-        let budget_blocks = opts.kv_budget_bytes.unwrap_or(DEFAULT_KV_BUDGET) / (kv_bytes_per_token * block_size as u64);
-        let binding_blocks = max_binding / (kvd * 4 * block_size as u64);
-        let n_blocks = budget_blocks.min(binding_blocks).max(max_blocks as u64) as u32;
+        // One layer's K (or V) pool is one binding.
+        let n_blocks = opts.kv_blocks(context, kv_bytes_per_token, max_binding / (kvd * 4 * block_size as u64));
         let max_seqs = opts.max_seqs.clamp(1, max_batch_tokens);
-        let limits = EngineLimits { max_batch_tokens, context, max_seqs, block_size, n_blocks, kv_bytes_per_token };
         let t = max_batch_tokens as u64;
         let max_logit_rows = (max_binding / (v * 4)).min(t).max(1) as u32;
+        // On CPU-emulated adapters each extra token in a forward costs ~40% of a step (measured
+        // on lavapipe), so longer drafts lose more than they win there.
+        let max_draft = if ctx.info.cpu_like { 2 } else { crate::sample::MAX_DRAFT };
+        let limits = Limits { max_batch_tokens, context, max_seqs, block_size, n_blocks, kv_bytes_per_token, max_logit_rows, max_draft };
 
         let storage = |label: &str, bytes: u64| -> Result<wgpu::Buffer> {
             if bytes > max_binding {
@@ -198,10 +130,7 @@ impl GpuModel {
         let ffn = storage("ffn", t * f * 4)?;
         let logits = storage("logits", max_logit_rows as u64 * v * 4)?;
         let argmax = storage("argmax", max_logit_rows as u64 * 4)?;
-        let argmax_staging = staging_buffer(dev, "argmax staging", max_logit_rows as u64 * 4);
         let topk = storage("top-k", max_logit_rows as u64 * TOPK_WORDS as u64 * 4)?;
-        let topk_staging = staging_buffer(dev, "top-k staging", max_logit_rows as u64 * TOPK_WORDS as u64 * 4);
-        let logits_staging = std::cell::RefCell::new(staging_buffer(dev, "logits staging", v * 4));
         // One cos/sin table per distinct (RoPE base, scale) among the layers (Gemma 3: local, global).
         let mut ropes: Vec<((u32, u32), wgpu::Buffer)> = Vec::new();
         for l in 0..c.n_layers {
@@ -326,49 +255,16 @@ impl GpuModel {
 
         let weight_bytes = c.weight_bytes_per_token(gguf);
         let weight_values = c.weight_values_per_token(gguf);
-        let pool = std::cell::RefCell::new(BlockPool::new(n_blocks as usize, block_size as usize));
-        let model = GpuModel { ctx, config, limits, weight_bytes, weight_values, pool, max_logit_rows, batch, logits, argmax, argmax_staging, logits_staging, topk, topk_staging, ops, argmax_op, topk_op };
+        let staging = Rc::new(RefCell::new(Vec::new()));
+        let model = GpuModel { ctx, config, limits, weight_bytes, weight_values, batch, logits, argmax, topk, staging, ops, argmax_op, topk_op };
         Ok(PendingModel { model, scope })
-    }
-
-    /// Logit rows one step can return.
-    pub fn max_logit_rows(&self) -> u32 {
-        self.max_logit_rows
-    }
-
-    fn check(&self, b: &Batch) -> Result<()> {
-        let n = b.tokens.len();
-        let bad = |reason: String| Err(Error::InvalidOption { option: "batch", reason });
-        if n == 0 || n > self.limits.max_batch_tokens as usize {
-            return bad(format!("{n} tokens; a step takes 1 to {}", self.limits.max_batch_tokens));
-        }
-        if b.positions.len() != n || b.seq_ids.len() != n {
-            return bad("positions and sequence ids must match the tokens".into());
-        }
-        if b.logit_rows.len() > self.max_logit_rows as usize || b.logit_rows.iter().any(|&r| r as usize >= n) {
-            return bad(format!("logit rows must be token indices, at most {}", self.max_logit_rows));
-        }
-        if b.block_tables.len() > self.limits.max_seqs as usize {
-            return bad(format!("{} sequences; at most {}", b.block_tables.len(), self.limits.max_seqs));
-        }
-        let vocab = self.config.vocab_size;
-        for (i, (&tok, (&pos, &seq))) in b.tokens.iter().zip(b.positions.iter().zip(b.seq_ids)).enumerate() {
-            if tok as usize >= vocab {
-                return Err(Error::TokenOutOfRange { id: tok, vocab });
-            }
-            let table = b.block_tables.get(seq as usize).ok_or_else(|| Error::InvalidOption { option: "batch", reason: format!("token {i} names sequence {seq} which has no block table") })?;
-            if pos >= self.limits.context || (pos / self.limits.block_size) as usize >= table.len() {
-                return Err(Error::PromptTooLong { tokens: pos as usize + 1, context: self.limits.context as usize });
-            }
-        }
-        Ok(())
     }
 
     /// Writes the batch description and encodes the forward pass (plus the argmax or top-k
     /// kernel when that is what the step reads back).
-    pub(crate) fn encode(&self, b: &Batch, readback: Readback) -> Result<wgpu::CommandEncoder> {
-        self.check(b)?;
-        let words = b.to_words(&self.limits);
+    fn encode(&self, b: &Batch, readback: Readback) -> Result<wgpu::CommandEncoder> {
+        b.validate(&self.limits, self.config.vocab_size)?;
+        let words = batch_to_words(b, &self.limits);
         self.ctx.queue.write_buffer(&self.batch, 0, bytemuck::cast_slice(&words));
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         {
@@ -379,7 +275,7 @@ impl GpuModel {
             }
             match readback {
                 Readback::Argmax => self.argmax_op.encode(&mut pass, n, rows),
-                Readback::Top => self.topk_op.encode(&mut pass, n, rows),
+                Readback::Top(_) => self.topk_op.encode(&mut pass, n, rows),
                 Readback::Nothing | Readback::Logits => {}
             }
         }
@@ -391,8 +287,8 @@ impl GpuModel {
     /// not the sum with a real step).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn profile(&self, b: &Batch) -> Result<Vec<(&'static str, f64)>> {
-        self.check(b)?;
-        let words = b.to_words(&self.limits);
+        b.validate(&self.limits, self.config.vocab_size)?;
+        let words = batch_to_words(b, &self.limits);
         self.ctx.queue.write_buffer(&self.batch, 0, bytemuck::cast_slice(&words));
         let (n, rows, span) = (b.tokens.len() as u32, b.logit_rows.len() as u32, b.span());
         let mut out: Vec<(&'static str, f64)> = Vec::new();
@@ -411,46 +307,85 @@ impl GpuModel {
         Ok(out)
     }
 
-    /// Runs a step without reading anything back (prefill chunks before the last).
-    pub fn submit(&self, b: &Batch<'_>) -> Result<()> {
-        let enc = self.encode(b, Readback::Nothing)?;
-        self.ctx.queue.submit([enc.finish()]);
-        Ok(())
-    }
-
-    /// Runs a step and returns the argmax token of each logit row: 4 bytes read back per row.
-    pub async fn forward_argmax(&self, b: &Batch<'_>) -> Result<Vec<u32>> {
-        let mut enc = self.encode(b, Readback::Argmax)?;
-        let bytes = b.logit_rows.len() as u64 * 4;
-        enc.copy_buffer_to_buffer(&self.argmax, 0, &self.argmax_staging, 0, bytes);
-        self.ctx.queue.submit([enc.finish()]);
-        let out = self.ctx.map_read(&self.argmax_staging, bytes).await?;
-        Ok(bytemuck::cast_slice(&out[..bytes as usize]).to_vec())
-    }
-
-    /// Runs a step and returns, per logit row, its `k` (at most 64) largest logits in the
-    /// sampler's order and the row's log-sum-exp: ~0.5 KB read back per row.
-    pub async fn forward_top(&self, b: &Batch<'_>, k: usize) -> Result<Vec<TopLogits>> {
-        let mut enc = self.encode(b, Readback::Top)?;
-        let bytes = (b.logit_rows.len() * TOPK_WORDS * 4) as u64;
-        enc.copy_buffer_to_buffer(&self.topk, 0, &self.topk_staging, 0, bytes);
-        self.ctx.queue.submit([enc.finish()]);
-        let out = self.ctx.map_read(&self.topk_staging, bytes).await?;
-        let words: &[u32] = bytemuck::cast_slice(&out[..bytes as usize]);
-        Ok(words.chunks(TOPK_WORDS).map(|w| TopLogits::from_words(w, k)).collect())
-    }
-
-    /// Runs a step and returns the logits of each logit row, `[rows][vocab]`.
-    pub async fn forward_logits(&self, b: &Batch<'_>) -> Result<Vec<f32>> {
-        let mut enc = self.encode(b, Readback::Logits)?;
-        let bytes = b.logit_rows.len() as u64 * self.config.vocab_size as u64 * 4;
-        if self.logits_staging.borrow().size() < bytes {
-            *self.logits_staging.borrow_mut() = staging_buffer(&self.ctx.device, "logits staging", bytes);
+    /// A readback buffer of at least `bytes` from the free list, or a new one.
+    fn take_staging(&self, bytes: u64) -> wgpu::Buffer {
+        let mut free = self.staging.borrow_mut();
+        match free.iter().position(|b| b.size() >= bytes) {
+            Some(i) => free.swap_remove(i),
+            None => staging_buffer(&self.ctx.device, "readback", bytes.max(4096)),
         }
-        let staging = self.logits_staging.borrow().clone();
-        enc.copy_buffer_to_buffer(&self.logits, 0, &staging, 0, bytes);
+    }
+}
+
+impl ForwardModel for GpuModel {
+    type Pending = GpuPending;
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn describe(&self) -> String {
+        let i = &self.ctx.info;
+        let driver = if i.driver.is_empty() { String::new() } else { format!(", {}", i.driver) };
+        format!("GPU {} ({}{driver})", i.name, i.backend)
+    }
+
+    /// Encodes the step, copies what `read` asks for into a readback buffer and submits, all
+    /// in one submission.
+    fn submit(&self, b: &Batch, read: Readback) -> Result<GpuPending> {
+        let read = if b.logit_rows.is_empty() { Readback::Nothing } else { read };
+        let mut enc = self.encode(b, read)?;
+        let rows = b.logit_rows.len() as u64;
+        let (src, bytes) = match read {
+            Readback::Nothing => (None, 0),
+            Readback::Argmax => (Some(&self.argmax), rows * 4),
+            Readback::Top(_) => (Some(&self.topk), rows * TOPK_WORDS as u64 * 4),
+            Readback::Logits => (Some(&self.logits), rows * self.config.vocab_size as u64 * 4),
+        };
+        let staging = src.map(|src| {
+            let staging = self.take_staging(bytes);
+            enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
+            staging
+        });
         self.ctx.queue.submit([enc.finish()]);
-        Ok(bytemuck::cast_slice(&self.ctx.map_read(&staging, bytes).await?).to_vec())
+        Ok(GpuPending { device: self.ctx.device.clone(), staging, free: self.staging.clone(), bytes, read })
+    }
+}
+
+/// A submitted GPU step; reading it maps its readback buffer.
+pub struct GpuPending {
+    device: wgpu::Device,
+    staging: Option<wgpu::Buffer>,
+    free: Rc<RefCell<Vec<wgpu::Buffer>>>,
+    bytes: u64,
+    read: Readback,
+}
+
+impl PendingStep for GpuPending {
+    async fn read(mut self) -> Result<Picks> {
+        let Some(staging) = self.staging.take() else { return Ok(Picks::Nothing) };
+        let out = map_read(&self.device, &staging, self.bytes).await;
+        self.free.borrow_mut().push(staging);
+        let out = out?;
+        Ok(match self.read {
+            Readback::Nothing => Picks::Nothing,
+            Readback::Argmax => Picks::Tokens(bytemuck::cast_slice(&out).to_vec()),
+            Readback::Top(k) => Picks::Top(bytemuck::cast_slice::<u8, u32>(&out).chunks(TOPK_WORDS).map(|w| TopLogits::from_words(w, k)).collect()),
+            Readback::Logits => Picks::Logits(bytemuck::cast_slice(&out).to_vec()),
+        })
+    }
+}
+
+impl Drop for GpuPending {
+    /// A step dropped unread gives its buffer back (it was never mapped).
+    fn drop(&mut self) {
+        if let Some(b) = self.staging.take() {
+            self.free.borrow_mut().push(b);
+        }
     }
 }
 
@@ -474,51 +409,16 @@ fn rope_table(context: usize, head_dim: usize, base: f32, freq_scale: f32) -> Ve
 }
 
 impl GpuModel {
-    /// Teacher-forces `tokens` as one sequence from position 0 and returns the logits of every
-    /// position, `[n][vocab]`, in chunks the step limits allow.
-    pub async fn score(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        if tokens.len() > self.limits.context as usize {
-            return Err(Error::PromptTooLong { tokens: tokens.len(), context: self.limits.context as usize });
-        }
-        let table = self.allocate_blocks(tokens.len())?;
-        let out = self.score_with(tokens, &table).await;
-        self.pool.borrow_mut().release_all(&table);
-        out
-    }
-
     /// Per-kernel milliseconds of prefilling `tokens` in one step, then of decoding one more
-    /// token (see [`GpuModel::profile`]).
+    /// token (see [`GpuModel::profile`]). It writes K/V into the pool's first blocks: run it
+    /// before an engine owns the model.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn profile_prompt(&self, tokens: &[u32]) -> Result<[Vec<(&'static str, f64)>; 2]> {
         let n = tokens.len();
-        let table = self.allocate_blocks(n + 1)?;
+        let table: Vec<u32> = (0..(n as u32 + 1).div_ceil(self.limits.block_size)).collect();
         let positions: Vec<u32> = (0..=n as u32).collect();
         let prefill = Batch { tokens, positions: &positions[..n], seq_ids: &vec![0; n], logit_rows: &[n as u32 - 1], block_tables: &[&table] };
         let decode = Batch { tokens: &tokens[..1], positions: &positions[n..], seq_ids: &[0], logit_rows: &[0], block_tables: &[&table] };
-        let out = self.profile(&prefill).and_then(|p| Ok([p, self.profile(&decode)?]));
-        self.pool.borrow_mut().release_all(&table);
-        out
-    }
-
-    /// `n` positions' worth of fresh KV blocks from the pool (evicting cached ones if needed).
-    pub fn allocate_blocks(&self, n: usize) -> Result<Vec<u32>> {
-        let mut pool = self.pool.borrow_mut();
-        let want = n.div_ceil(self.limits.block_size as usize);
-        if pool.available() < want {
-            return Err(Error::KvCacheFull { needed: want, available: pool.available(), block_size: self.limits.block_size as usize });
-        }
-        Ok((0..want).map(|_| pool.allocate().expect("counted as available")).collect())
-    }
-
-    async fn score_with(&self, tokens: &[u32], table: &[u32]) -> Result<Vec<f32>> {
-        let chunk = self.max_logit_rows.min(self.limits.max_batch_tokens) as usize;
-        let mut out = Vec::with_capacity(tokens.len() * self.config.vocab_size);
-        for (c, part) in tokens.chunks(chunk).enumerate() {
-            let positions: Vec<u32> = (0..part.len()).map(|i| (c * chunk + i) as u32).collect();
-            let rows: Vec<u32> = (0..part.len() as u32).collect();
-            let batch = Batch { tokens: part, positions: &positions, seq_ids: &vec![0; part.len()], logit_rows: &rows, block_tables: &[table] };
-            out.extend(self.forward_logits(&batch).await?);
-        }
-        Ok(out)
+        self.profile(&prefill).and_then(|p| Ok([p, self.profile(&decode)?]))
     }
 }

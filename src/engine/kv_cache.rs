@@ -1,5 +1,5 @@
-//! The paged KV cache's bookkeeping (the K/V data itself lives in the GPU model's per-layer pool
-//! buffers): fixed-size blocks with reference counts, a free list, and the prefix cache.
+//! The paged KV cache's bookkeeping (the K/V data itself lives in the backend's per-layer
+//! pool buffers): fixed-size blocks with reference counts, a free list, and the prefix cache.
 //!
 //! Prefix caching: a full block is keyed by a hash chained over its parent's key and its own
 //! tokens. A lookup walks a prompt block by block and reuses every block whose key matches;

@@ -1,5 +1,7 @@
 //! The exact f32 reference forward pass: dequantized weights, f32 activations, f32 KV cache,
-//! plain softmax attention. Slow on purpose-free clarity; the GPU engine is tested against it.
+//! plain softmax attention. Written for clarity, not speed; every other backend is tested
+//! against it. One forward serves both caches: a contiguous [`KvCache`] (one sequence, position
+//! = slot) and the engine's paged pool (slot = block table lookup).
 
 use super::ops::{add_assign, gelu_mul, matmul, rmsnorm, rmsnorm_in_place, rope, silu_mul, softmax};
 use crate::error::{Error, Result};
@@ -33,10 +35,38 @@ pub struct CpuModel {
     layers: Vec<Layer>,
 }
 
-/// Per-layer keys and values of every position so far, `[pos][kv_dim]`.
+/// One layer's keys and values by KV slot, `[slot][kv_dim]`; grown as slots are written.
+#[derive(Clone, Default)]
+pub struct LayerKv {
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl LayerKv {
+    fn write(&mut self, slot: usize, k: &[f32], v: &[f32]) {
+        let (kvd, end) = (k.len(), (slot + 1) * k.len());
+        if self.k.len() < end {
+            self.k.resize(end, 0.0);
+            self.v.resize(end, 0.0);
+        }
+        self.k[slot * kvd..end].copy_from_slice(k);
+        self.v[slot * kvd..end].copy_from_slice(v);
+    }
+}
+
+/// The tokens of one forward: ids, positions, and where each position's K/V lives.
+pub struct Rows<'a> {
+    pub tokens: &'a [u32],
+    pub positions: &'a [u32],
+    /// KV slot of (token index in this forward, earlier position of the same sequence).
+    pub slot: &'a dyn Fn(usize, usize) -> usize,
+    /// Token indices whose logits are returned.
+    pub logit_rows: &'a [u32],
+}
+
+/// One sequence's keys and values, position = slot.
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    layers: Vec<LayerKv>,
     len: usize,
     capacity: usize,
     kv_dim: usize,
@@ -59,9 +89,9 @@ impl KvCache {
     /// Forgets every position from `len` on (speculative rollback, or reuse of a prefix).
     pub fn truncate(&mut self, len: usize) {
         let len = len.min(self.len);
-        for (k, v) in self.k.iter_mut().zip(&mut self.v) {
-            k.truncate(len * self.kv_dim);
-            v.truncate(len * self.kv_dim);
+        for l in &mut self.layers {
+            l.k.truncate(len * self.kv_dim);
+            l.v.truncate(len * self.kv_dim);
         }
         self.len = len;
     }
@@ -119,27 +149,45 @@ impl CpuModel {
     /// An empty cache for up to `capacity` positions (at most the trained context length).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let capacity = capacity.min(self.config.context_len);
-        let n = self.config.n_layers;
-        KvCache { k: vec![Vec::new(); n], v: vec![Vec::new(); n], len: 0, capacity, kv_dim: self.config.kv_dim() }
+        KvCache { layers: vec![LayerKv::default(); self.config.n_layers], len: 0, capacity, kv_dim: self.config.kv_dim() }
+    }
+
+    /// Empty per-layer K/V for a paged pool (grown as blocks are written).
+    pub fn new_pool(&self) -> Vec<LayerKv> {
+        vec![LayerKv::default(); self.config.n_layers]
     }
 
     /// Runs `tokens` at positions `cache.len()..`, appends their K/V to the cache and returns
     /// logits, `[n][vocab]` for `Logits::All` or `[vocab]` for `Logits::Last`.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
-        let c = &self.config;
-        let (n, d, hd) = (tokens.len(), c.d_model, c.head_dim);
-        let (qd, kvd, f) = (c.q_dim(), c.kv_dim(), c.ffn_dim);
-        let pos0 = cache.len;
+        let (n, pos0) = (tokens.len(), cache.len);
         if pos0 + n > cache.capacity {
             return Err(Error::PromptTooLong { tokens: pos0 + n, context: cache.capacity });
         }
+        let positions: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
+        let logit_rows: Vec<u32> = match which {
+            Logits::All => (0..n as u32).collect(),
+            Logits::Last => vec![n.saturating_sub(1) as u32],
+        };
+        let logits = self.forward_rows(&Rows { tokens, positions: &positions, slot: &|_, pos| pos, logit_rows: &logit_rows }, &mut cache.layers)?;
+        cache.len += n;
+        Ok(logits)
+    }
+
+    /// Runs `rows.tokens` at their positions, writes their K/V into their slots of `kv` and
+    /// returns the logits of `rows.logit_rows`, `[rows][vocab]`. A token attends to the slots of
+    /// its own sequence's positions up to its own (earlier tokens of the same forward included).
+    pub fn forward_rows(&self, rows: &Rows, kv: &mut [LayerKv]) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let (n, d, hd) = (rows.tokens.len(), c.d_model, c.head_dim);
+        let (qd, kvd, f) = (c.q_dim(), c.kv_dim(), c.ffn_dim);
         if n == 0 {
             return Err(Error::InvalidOption { option: "tokens", reason: "forward needs at least one token".into() });
         }
 
         // x: [n][d], the residual stream.
         let mut x = Vec::with_capacity(n * d);
-        for &t in tokens {
+        for &t in rows.tokens {
             if t as usize >= c.vocab_size {
                 return Err(Error::TokenOutOfRange { id: t, vocab: c.vocab_size });
             }
@@ -168,14 +216,13 @@ impl CpuModel {
                 rmsnorm_in_place(&mut q, qn, c.norm_eps);
                 rmsnorm_in_place(&mut k, kn, c.norm_eps);
             }
-            for t in 0..n {
-                let pos = (pos0 + t) as f64 * la.rope_freq_scale as f64;
+            for (t, &p) in rows.positions.iter().enumerate() {
+                let pos = p as f64 * la.rope_freq_scale as f64;
                 rope(&mut q[t * qd..(t + 1) * qd], hd, pos, la.rope_base, c.rope_style);
                 rope(&mut k[t * kvd..(t + 1) * kvd], hd, pos, la.rope_base, c.rope_style);
+                kv[l].write((rows.slot)(t, p as usize), &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
             }
-            cache.k[l].extend_from_slice(&k);
-            cache.v[l].extend_from_slice(&v);
-            attention(&mut attn, &q, &cache.k[l], &cache.v[l], c, pos0, la.window);
+            attention(&mut attn, &q, &kv[l], c, rows, la.window);
             matmul(&mut proj, &attn, &w.wo, n, qd, d);
             if let Some(pn) = &w.attn_post_norm {
                 rmsnorm_in_place(&mut proj, pn, c.norm_eps);
@@ -195,15 +242,11 @@ impl CpuModel {
             }
             add_assign(&mut x, &proj);
         }
-        cache.len += n;
 
-        let rows = match which {
-            Logits::All => &x[..],
-            Logits::Last => &x[(n - 1) * d..],
-        };
-        let m = rows.len() / d;
+        let picked: Vec<f32> = rows.logit_rows.iter().flat_map(|&r| &x[r as usize * d..(r as usize + 1) * d]).copied().collect();
+        let m = rows.logit_rows.len();
         let mut normed = vec![0f32; m * d];
-        rmsnorm(&mut normed, rows, &self.output_norm, c.norm_eps);
+        rmsnorm(&mut normed, &picked, &self.output_norm, c.norm_eps);
         let head = self.output.as_deref().unwrap_or(&self.token_embd);
         let mut logits = vec![0f32; m * c.vocab_size];
         matmul(&mut logits, &normed, head, m, d, c.vocab_size);
@@ -214,23 +257,24 @@ impl CpuModel {
     }
 }
 
-/// Causal grouped-query attention of `q: [n][n_heads][hd]` (positions `pos0..pos0+n`) over the
-/// cached `k, v: [pos0+n][n_kv_heads][hd]`, limited to the last `window` positions when given.
-fn attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], c: &Config, pos0: usize, window: Option<usize>) {
+/// Causal grouped-query attention of `q: [n][n_heads][hd]` over the cached K/V of each token's
+/// sequence, positions `0..=pos` (the last `window` of them when given).
+fn attention(out: &mut [f32], q: &[f32], kv: &LayerKv, c: &Config, rows: &Rows, window: Option<usize>) {
     let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
     let group = c.n_heads / c.n_kv_heads;
     let mut scores = Vec::new();
     for (t, (qt, ot)) in q.chunks_exact(qd).zip(out.chunks_exact_mut(qd)).enumerate() {
-        let len = pos0 + t + 1;
+        let len = rows.positions[t] as usize + 1;
         let first = window.map_or(0, |w| len.saturating_sub(w));
+        let slots: Vec<usize> = (first..len).map(|p| (rows.slot)(t, p) * kvd).collect();
         for (h, (qh, oh)) in qt.chunks_exact(hd).zip(ot.chunks_exact_mut(hd)).enumerate() {
             let kv_off = (h / group) * hd;
             scores.clear();
-            scores.extend((first..len).map(|p| super::ops::dot(qh, &k[p * kvd + kv_off..][..hd]) * c.attn_scale));
+            scores.extend(slots.iter().map(|&s| super::ops::dot(qh, &kv.k[s + kv_off..][..hd]) * c.attn_scale));
             softmax(&mut scores);
             oh.fill(0.0);
-            for (p, &a) in (first..len).zip(&scores) {
-                for (o, vv) in oh.iter_mut().zip(&v[p * kvd + kv_off..][..hd]) {
+            for (&s, &a) in slots.iter().zip(&scores) {
+                for (o, vv) in oh.iter_mut().zip(&kv.v[s + kv_off..][..hd]) {
                     *o += a * vv;
                 }
             }
@@ -240,7 +284,7 @@ fn attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], c: &Config, pos0:
 
 #[cfg(test)]
 mod tests {
-    use super::attention;
+    use super::{attention, LayerKv, Rows};
     use crate::model::{Activation, Arch, Config, RopeStyle};
 
     /// A query under a window of w attends exactly as it would with only the last w keys cached.
@@ -275,13 +319,16 @@ mod tests {
         let k: Vec<f32> = (0..len * 4).map(val).collect();
         let v: Vec<f32> = (0..len * 4).map(|i| val(i + 5)).collect();
         let q: Vec<f32> = (0..8).map(|i| val(i + 11)).collect();
-        let mut windowed = vec![0f32; 8];
-        attention(&mut windowed, &q, &k, &v, &c, len - 1, Some(w));
-        let mut recent = vec![0f32; 8];
-        attention(&mut recent, &q, &k[(len - w) * 4..], &v[(len - w) * 4..], &c, w - 1, None);
+        let run = |k: &[f32], v: &[f32], pos: u32, window: Option<usize>| {
+            let kv = LayerKv { k: k.to_vec(), v: v.to_vec() };
+            let rows = Rows { tokens: &[0], positions: &[pos], slot: &|_, p| p, logit_rows: &[] };
+            let mut out = vec![0f32; 8];
+            attention(&mut out, &q, &kv, &c, &rows, window);
+            out
+        };
+        let windowed = run(&k, &v, len as u32 - 1, Some(w));
+        let recent = run(&k[(len - w) * 4..], &v[(len - w) * 4..], w as u32 - 1, None);
         assert_eq!(windowed, recent);
-        let mut full = vec![0f32; 8];
-        attention(&mut full, &q, &k, &v, &c, len - 1, None);
-        assert_ne!(windowed, full);
+        assert_ne!(windowed, run(&k, &v, len as u32 - 1, None));
     }
 }

@@ -12,6 +12,12 @@
 //! The RNG (xoshiro256**) and the exponentials are computed with plain f64 arithmetic of our own,
 //! so a seed gives the same tokens natively and in wasm.
 
+mod decoder;
+mod stop;
+
+pub use decoder::{Decoder, FinishReason, GenerateOptions, GenerateStats, Generation, Need, Picked, SpecMethod, Speculative, TokenLogprob, MAX_DRAFT};
+pub use stop::StopMatcher;
+
 use crate::error::{Error, Result};
 
 /// Generation controls with OpenAI-compatible names and defaults (temperature 1, no filter).
@@ -227,7 +233,7 @@ impl Sampler {
     /// the RNG is seeded from the clock.
     pub fn new(params: SamplingParams, vocab: usize) -> Result<Sampler> {
         params.validate(vocab)?;
-        let seed = params.seed.unwrap_or_else(|| crate::generate::now_ms().to_bits() ^ 0x5DEE_CE66_D1CE_5EED);
+        let seed = params.seed.unwrap_or_else(|| crate::clock::now_ms().to_bits() ^ 0x5DEE_CE66_D1CE_5EED);
         Ok(Sampler { rng: Rng::new(seed), params })
     }
 
@@ -264,7 +270,7 @@ impl Sampler {
         let mut l = logits.to_vec();
         self.apply_bias_and_penalties(&mut l, history);
         if self.params.temperature == 0.0 {
-            return crate::generate::argmax(&l);
+            return argmax(&l);
         }
         let mut c: Candidates = l.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
         self.filter(&mut c);
@@ -399,7 +405,7 @@ impl Sampler {
         let mut l = logits.to_vec();
         self.apply_bias_and_penalties(&mut l, history);
         if self.params.temperature == 0.0 {
-            return vec![(crate::generate::argmax(&l), 1.0)];
+            return vec![(argmax(&l), 1.0)];
         }
         let mut c: Candidates = l.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
         self.filter(&mut c);
@@ -424,4 +430,15 @@ pub fn logprobs(logits: &[f32], chosen: u32, n: usize) -> (f32, Vec<(u32, f32)>)
     top.sort_by(order);
     let lp = |l: f32| (l as f64 - lse) as f32;
     (lp(logits[chosen as usize]), top.into_iter().map(|(i, l)| (i, lp(l))).collect())
+}
+
+/// Index of the largest logit (the first one on ties).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
 }

@@ -144,7 +144,7 @@ async fn read_buffer(device: &wgpu::Device, queue: &wgpu::Queue, src: &wgpu::Buf
     map_read(device, &staging, size).await
 }
 
-async fn map_read(device: &wgpu::Device, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+pub(super) async fn map_read(device: &wgpu::Device, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
     let (tx, rx) = futures_channel::oneshot::channel();
     staging.map_async(wgpu::MapMode::Read, ..size, move |r| {
         let _ = tx.send(r);
@@ -163,7 +163,7 @@ async fn map_read(device: &wgpu::Device, staging: &wgpu::Buffer, size: u64) -> R
 /// `local_invocation_index % size` (what the shuffle reduction assumes), else 0. Natively the
 /// size is capped at the adapter's minimum, since drivers may pick another size per pipeline.
 async fn probe_subgroups(device: &wgpu::Device, queue: &wgpu::Queue, min_size: u32) -> Result<u32> {
-    let source = format!("{}{}", crate::gpu::kernels::SUBGROUP_ENABLE, include_str!("../../shaders/subgroup_probe.wgsl"));
+    let source = format!("{}{}", super::kernels::SUBGROUP_ENABLE, include_str!("../../../shaders/subgroup_probe.wgsl"));
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some("subgroup probe"), source: wgpu::ShaderSource::Wgsl(source.into()) });
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some("subgroup probe"),

@@ -1,0 +1,147 @@
+//! The API layer: the only place that chooses a backend. The CLI and the wasm boundary load a
+//! model onto the device asked for and drive it through one engine, whatever the backend.
+
+pub mod bench;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
+
+use crate::backend::reference::ReferenceModel;
+use crate::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
+use crate::engine::{Engine, EngineStats, Event, ModelOptions, Request, RequestId};
+use crate::error::Result;
+use crate::gguf::{ByteSource, Gguf};
+use crate::model::Config;
+use crate::sample::Generation;
+use crate::tokenizer::Tokenizer;
+
+/// Where a model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The exact f32 reference on the CPU (the CLI's `--device cpu` until the quantized CPU
+    /// backend lands, then `--device reference`).
+    Reference,
+    /// The WebGPU backend.
+    Gpu,
+}
+
+/// How to load a model.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Context length in tokens (capped at the model's trained length).
+    pub context: usize,
+    pub gpu: GpuOptions,
+    /// Bytes for the KV pool (None: [`crate::engine::DEFAULT_KV_BUDGET`]).
+    pub kv_budget_bytes: Option<u64>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { device: Device::Gpu, context: 2048, gpu: GpuOptions::default(), kv_budget_bytes: None }
+    }
+}
+
+impl LoadOptions {
+    fn model_options(&self, gguf: &Gguf) -> Result<ModelOptions> {
+        let context = self.context.min(Config::from_gguf(gguf)?.context_len).max(1);
+        Ok(ModelOptions { kv_budget_bytes: self.kv_budget_bytes, ..ModelOptions::new(context as u32, 128) })
+    }
+}
+
+/// A model loaded on one backend and served by the engine.
+pub enum Runtime {
+    Reference(Engine<ReferenceModel>),
+    Gpu(Engine<GpuModel>),
+}
+
+/// Runs `$body` with `$e` bound to the engine, whichever backend it runs on.
+macro_rules! with_engine {
+    ($runtime:expr, $e:ident => $body:expr) => {
+        match $runtime {
+            Runtime::Reference($e) => $body,
+            Runtime::Gpu($e) => $body,
+        }
+    };
+}
+
+impl Runtime {
+    pub async fn load<S: ByteSource + ?Sized>(gguf: &Gguf, source: &S, opts: LoadOptions) -> Result<Runtime> {
+        Ok(Self::load_alongside(gguf, source, opts, async {}).await?.0)
+    }
+
+    /// As [`Runtime::load`], running `work` (the caller's own CPU work) while the GPU finishes
+    /// the uploads and pipeline compiles the load queued.
+    pub async fn load_alongside<S: ByteSource + ?Sized, R>(gguf: &Gguf, source: &S, opts: LoadOptions, work: impl std::future::Future<Output = R>) -> Result<(Runtime, R)> {
+        let model_opts = opts.model_options(gguf)?;
+        Ok(match opts.device {
+            Device::Reference => (Runtime::Reference(Engine::new(ReferenceModel::load(gguf, source, &model_opts)?)), work.await),
+            Device::Gpu => {
+                let pending = GpuModel::record(GpuContext::new(opts.gpu).await?, gguf, source, &model_opts)?;
+                let r = work.await;
+                (Runtime::Gpu(Engine::new(pending.ready().await?)), r)
+            }
+        })
+    }
+
+    /// Loads the model that drafts for `speculative: draft` requests on this runtime's backend,
+    /// sized like the main model.
+    pub async fn load_draft<S: ByteSource + ?Sized>(&mut self, gguf: &Gguf, source: &S, opts: LoadOptions) -> Result<()> {
+        let model_opts = opts.model_options(gguf)?;
+        match self {
+            Runtime::Reference(e) => e.set_draft_model(ReferenceModel::load(gguf, source, &model_opts)?),
+            Runtime::Gpu(e) => e.set_draft_model(GpuModel::load(GpuContext::new(opts.gpu).await?, gguf, source, &model_opts).await?),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        with_engine!(self, e => crate::engine::ForwardModel::config(e.model()))
+    }
+
+    /// One line naming the backend and device.
+    pub fn describe(&self) -> String {
+        with_engine!(self, e => crate::engine::ForwardModel::describe(e.model()))
+    }
+
+    /// The GPU model, when the runtime is on the GPU (benchmark probes).
+    pub fn gpu(&self) -> Option<&GpuModel> {
+        match self {
+            Runtime::Gpu(e) => Some(e.model()),
+            Runtime::Reference(_) => None,
+        }
+    }
+
+    pub fn submit(&mut self, tokenizer: &Tokenizer, req: Request) -> Result<RequestId> {
+        with_engine!(self, e => e.submit(tokenizer, req))
+    }
+
+    pub async fn step(&mut self, tokenizer: &Tokenizer) -> Result<Vec<Event>> {
+        with_engine!(self, e => e.step(tokenizer).await)
+    }
+
+    pub fn cancel(&mut self, tokenizer: &Tokenizer, id: RequestId) -> Option<Event> {
+        with_engine!(self, e => e.cancel(tokenizer, id))
+    }
+
+    pub fn is_idle(&self) -> bool {
+        with_engine!(self, e => e.is_idle())
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        with_engine!(self, e => e.stats())
+    }
+
+    /// Runs steps until every request has finished, passing each event to `on_event`.
+    pub async fn run(&mut self, tokenizer: &Tokenizer, on_event: impl FnMut(Event)) -> Result<()> {
+        with_engine!(self, e => e.run(tokenizer, on_event).await)
+    }
+
+    /// One request through the engine (see [`Engine::generate`]).
+    pub async fn generate(&mut self, tokenizer: &Tokenizer, req: Request, on_text: impl FnMut(&str)) -> Result<Generation> {
+        with_engine!(self, e => e.generate(tokenizer, req, on_text).await)
+    }
+
+    /// Teacher-forced logits of every position, `[n][vocab]`.
+    pub async fn score(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        with_engine!(self, e => e.score(tokens).await)
+    }
+}

@@ -1,0 +1,4 @@
+//! Implementations of the engine's [`crate::engine::ForwardModel`], each unaware of the others.
+
+pub mod reference;
+pub mod webgpu;

@@ -1,0 +1,80 @@
+//! The exact f32 reference: the oracle every other backend is tested against, and a backend of
+//! the engine in its own right (paged KV, batches of many sequences), so every engine test also
+//! runs without an adapter.
+
+mod forward;
+pub mod ops;
+
+use std::cell::RefCell;
+
+pub use forward::{CpuModel, KvCache, LayerKv, Logits, Rows};
+
+use crate::engine::{picks_from_logits, Batch, ForwardModel, Limits, ModelOptions, Readback, Ready, BLOCK_SIZE};
+use crate::error::Result;
+use crate::gguf::{ByteSource, Gguf};
+use crate::model::Config;
+
+/// The reference model behind the engine's trait: f32 weights and a paged f32 KV pool.
+pub struct ReferenceModel {
+    weights: CpuModel,
+    /// Per layer, K/V by slot (block * block_size + offset).
+    kv: RefCell<Vec<LayerKv>>,
+    limits: Limits,
+}
+
+impl ReferenceModel {
+    pub fn load<S: ByteSource + ?Sized>(gguf: &Gguf, source: &S, opts: &ModelOptions) -> Result<ReferenceModel> {
+        Ok(Self::new(CpuModel::load(gguf, source)?, opts))
+    }
+
+    /// Sizes the pool for `weights` as `opts` asks (its memory grows as blocks are used).
+    pub fn new(weights: CpuModel, opts: &ModelOptions) -> ReferenceModel {
+        let c = &weights.config;
+        let context = opts.context.clamp(1, c.context_len as u32);
+        let max_batch_tokens = opts.max_batch_tokens.max(1);
+        let kv_bytes_per_token = 2 * c.n_layers as u64 * c.kv_dim() as u64 * 4;
+        let limits = Limits {
+            max_batch_tokens,
+            context,
+            max_seqs: opts.max_seqs.clamp(1, max_batch_tokens),
+            block_size: BLOCK_SIZE,
+            n_blocks: opts.kv_blocks(context, kv_bytes_per_token, u32::MAX as u64 / BLOCK_SIZE as u64),
+            kv_bytes_per_token,
+            max_logit_rows: max_batch_tokens,
+            // On the CPU a forward's cost grows with its rows almost linearly.
+            max_draft: 4,
+        };
+        ReferenceModel { kv: RefCell::new(weights.new_pool()), weights, limits }
+    }
+
+    /// The f32 weights (teacher-forced runs without the engine).
+    pub fn weights(&self) -> &CpuModel {
+        &self.weights
+    }
+}
+
+impl ForwardModel for ReferenceModel {
+    type Pending = Ready;
+
+    fn config(&self) -> &Config {
+        &self.weights.config
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn describe(&self) -> String {
+        "CPU f32 reference".into()
+    }
+
+    /// Computes the whole step now.
+    fn submit(&self, b: &Batch, read: Readback) -> Result<Ready> {
+        b.validate(&self.limits, self.weights.config.vocab_size)?;
+        let bs = self.limits.block_size as usize;
+        let slot = |t: usize, pos: usize| b.block_tables[b.seq_ids[t] as usize][pos / bs] as usize * bs + pos % bs;
+        let rows = Rows { tokens: b.tokens, positions: b.positions, slot: &slot, logit_rows: b.logit_rows };
+        let logits = self.weights.forward_rows(&rows, &mut self.kv.borrow_mut())?;
+        Ok(Ready(picks_from_logits(logits, self.weights.config.vocab_size, read)))
+    }
+}

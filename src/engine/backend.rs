@@ -1,0 +1,182 @@
+//! The one interface between the engine and a compute backend. The engine decides what runs
+//! (which tokens of which sequences, at which positions, in which KV blocks, and what to read
+//! back); a backend runs it. Submitting and reading back are separate calls, so a backend can
+//! keep a step in flight while the engine prepares the next one.
+
+use crate::error::{Error, Result};
+use crate::model::Config;
+use crate::sample::TopLogits;
+
+/// One step's work: tokens of one or more sequences, and which of them need logits.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    pub tokens: &'a [u32],
+    pub positions: &'a [u32],
+    /// Index into `block_tables` of each token's sequence.
+    pub seq_ids: &'a [u32],
+    /// Indices into `tokens` whose logits (or argmax, or top-k) the step returns.
+    pub logit_rows: &'a [u32],
+    /// Physical KV block of each logical block, per sequence id.
+    pub block_tables: &'a [&'a [u32]],
+}
+
+impl Batch<'_> {
+    /// KV positions the step's attention reads: its largest position + 1.
+    pub fn span(&self) -> u32 {
+        self.positions.iter().max().map_or(0, |p| p + 1)
+    }
+
+    /// Checks the batch against a model's limits and vocabulary: every backend refuses the same
+    /// malformed batches with the same errors.
+    pub fn validate(&self, limits: &Limits, vocab: usize) -> Result<()> {
+        let n = self.tokens.len();
+        let bad = |reason: String| Err(Error::InvalidOption { option: "batch", reason });
+        if n == 0 || n > limits.max_batch_tokens as usize {
+            return bad(format!("{n} tokens; a step takes 1 to {}", limits.max_batch_tokens));
+        }
+        if self.positions.len() != n || self.seq_ids.len() != n {
+            return bad("positions and sequence ids must match the tokens".into());
+        }
+        if self.logit_rows.len() > limits.max_logit_rows as usize || self.logit_rows.iter().any(|&r| r as usize >= n) {
+            return bad(format!("logit rows must be token indices, at most {}", limits.max_logit_rows));
+        }
+        if self.block_tables.len() > limits.max_seqs as usize {
+            return bad(format!("{} sequences; at most {}", self.block_tables.len(), limits.max_seqs));
+        }
+        let max_blocks = limits.context.div_ceil(limits.block_size) as usize;
+        for (s, table) in self.block_tables.iter().enumerate() {
+            if table.len() > max_blocks || table.iter().any(|&b| b >= limits.n_blocks) {
+                return bad(format!("sequence {s}'s block table names blocks outside the pool or more blocks than a context holds"));
+            }
+        }
+        for (i, (&tok, (&pos, &seq))) in self.tokens.iter().zip(self.positions.iter().zip(self.seq_ids)).enumerate() {
+            if tok as usize >= vocab {
+                return Err(Error::TokenOutOfRange { id: tok, vocab });
+            }
+            let table = self.block_tables.get(seq as usize).ok_or_else(|| Error::InvalidOption { option: "batch", reason: format!("token {i} names sequence {seq} which has no block table") })?;
+            if pos >= limits.context || (pos / limits.block_size) as usize >= table.len() {
+                return Err(Error::PromptTooLong { tokens: pos as usize + 1, context: limits.context as usize });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a step reads back for its logit rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readback {
+    /// Nothing (prefill chunks before the last).
+    Nothing,
+    /// The index of each row's largest logit: 4 bytes a row.
+    Argmax,
+    /// Each row's `k` (at most [`crate::sample::MAX_TOP`]) largest logits and log-sum-exp.
+    Top(usize),
+    /// Each row's whole logits.
+    Logits,
+}
+
+/// What a step read back, one entry per logit row.
+#[derive(Clone, Debug)]
+pub enum Picks {
+    Nothing,
+    Tokens(Vec<u32>),
+    Top(Vec<TopLogits>),
+    /// `[rows][vocab]`.
+    Logits(Vec<f32>),
+}
+
+/// What the engine asks a backend to size when it loads a model.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelOptions {
+    /// Positions per sequence (capped at the model's trained context).
+    pub context: u32,
+    /// Tokens one forward can take.
+    pub max_batch_tokens: u32,
+    /// Sequences one forward can serve.
+    pub max_seqs: u32,
+    /// Bytes for the KV pool; None: [`DEFAULT_KV_BUDGET`]. The pool always holds at least one
+    /// full-context sequence.
+    pub kv_budget_bytes: Option<u64>,
+}
+
+/// The KV pool's default size.
+pub const DEFAULT_KV_BUDGET: u64 = 256 << 20;
+
+/// Tokens per KV block.
+pub const BLOCK_SIZE: u32 = 16;
+
+impl ModelOptions {
+    pub fn new(context: u32, max_batch_tokens: u32) -> Self {
+        ModelOptions { context, max_batch_tokens, max_seqs: 16, kv_budget_bytes: None }
+    }
+
+    /// KV blocks for a pool of `bytes_per_token` per position: the budget, but at least one
+    /// full context and at most `cap` (what the backend can address).
+    pub fn kv_blocks(&self, context: u32, bytes_per_token: u64, cap: u64) -> u32 {
+        let budget = self.kv_budget_bytes.unwrap_or(DEFAULT_KV_BUDGET) / (bytes_per_token * BLOCK_SIZE as u64);
+        budget.min(cap).max(context.div_ceil(BLOCK_SIZE) as u64) as u32
+    }
+}
+
+/// Sizes a backend fixed when it loaded the model; the engine schedules within them.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Tokens one forward can take (longer prompts are prefilled in chunks).
+    pub max_batch_tokens: u32,
+    /// Positions per sequence.
+    pub context: u32,
+    /// Sequences one forward can serve.
+    pub max_seqs: u32,
+    /// Tokens per KV block.
+    pub block_size: u32,
+    /// KV blocks in the pool.
+    pub n_blocks: u32,
+    /// KV bytes one token takes over all layers.
+    pub kv_bytes_per_token: u64,
+    /// Logit rows one step can return.
+    pub max_logit_rows: u32,
+    /// The longest draft worth verifying on this device: an extra row costs ~40% of a step on
+    /// CPU-emulated adapters (measured on lavapipe), little on a GPU.
+    pub max_draft: usize,
+}
+
+/// A loaded model the engine can run steps on. Each backend implements it and knows nothing of
+/// the others; the engine knows nothing of any backend's types.
+pub trait ForwardModel {
+    /// A submitted step whose results are not read yet.
+    type Pending: PendingStep;
+
+    fn config(&self) -> &Config;
+    fn limits(&self) -> &Limits;
+    /// One line naming the backend and device.
+    fn describe(&self) -> String;
+    /// Starts a step: writes the tokens' K/V into their blocks and computes what `read` asks
+    /// for at the batch's logit rows. Does not wait for the device.
+    fn submit(&self, batch: &Batch, read: Readback) -> Result<Self::Pending>;
+}
+
+/// A step in flight.
+#[allow(async_fn_in_trait)] // Futures stay on one thread: wasm has one, natively we block on them.
+pub trait PendingStep {
+    /// Waits for the step and returns what it was asked to read back.
+    async fn read(self) -> Result<Picks>;
+}
+
+/// A step computed at submission (CPU backends).
+pub struct Ready(pub Picks);
+
+impl PendingStep for Ready {
+    async fn read(self) -> Result<Picks> {
+        Ok(self.0)
+    }
+}
+
+/// The picks of `logits: [rows][vocab]` that `read` asks for (CPU backends).
+pub fn picks_from_logits(logits: Vec<f32>, vocab: usize, read: Readback) -> Picks {
+    match read {
+        Readback::Nothing => Picks::Nothing,
+        Readback::Argmax => Picks::Tokens(logits.chunks_exact(vocab).map(crate::sample::argmax).collect()),
+        Readback::Top(k) => Picks::Top(logits.chunks_exact(vocab).map(|row| TopLogits::from_logits(row, k)).collect()),
+        Readback::Logits => Picks::Logits(logits),
+    }
+}

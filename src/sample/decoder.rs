@@ -1,0 +1,292 @@
+//! One request's output side: what to generate ([`GenerateOptions`]), the [`Decoder`] that turns
+//! what a step read back into tokens and text (sampler, stop tokens and strings, incremental
+//! detokenization, logprobs), and what comes out ([`Generation`]).
+
+use serde::{Deserialize, Serialize};
+
+use super::stop::StopMatcher;
+use super::{Sampler, SamplingParams, TopLogits};
+use crate::error::{Error, Result};
+use crate::tokenizer::{Detokenizer, Tokenizer};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token (EOS or end of turn) was generated.
+    Stop,
+    /// `max_tokens` were generated or the context is full.
+    Length,
+    /// The caller cancelled the request.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct GenerateStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Time to first token: prefill plus choosing the first token.
+    pub ttft_ms: f64,
+    pub prefill_tok_s: f64,
+    /// Tokens after the first, per second of decoding.
+    pub decode_tok_s: f64,
+    /// Steps that produced tokens, and with speculation the tokens drafted and kept.
+    pub forwards: usize,
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    /// One entry per token when `logprobs` was asked for.
+    pub logprobs: Vec<TokenLogprob>,
+    pub stats: GenerateStats,
+}
+
+/// What to generate and when to stop.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Strings that end generation; they and what follows are not emitted.
+    pub stop: Vec<String>,
+    /// Keep going past EOS / end-of-turn tokens.
+    pub ignore_eos: bool,
+    /// Log-probabilities of each chosen token and this many alternatives (at most 20).
+    pub logprobs: Option<usize>,
+    /// Speculative decoding (GPU engine only): same output distribution, fewer forwards.
+    pub speculative: Option<Speculative>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_tokens: 128, sampling: SamplingParams::greedy(), stop: Vec::new(), ignore_eos: false, logprobs: None, speculative: None }
+    }
+}
+
+/// One generated token's log-probability and the most likely alternatives.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What a step must read back for a sequence to choose its next token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// The backend's argmax (plain greedy): 4 bytes.
+    Argmax,
+    /// The `k` (<= 64) largest logits and the row's log-sum-exp (~0.5 KB).
+    Top(usize),
+    /// The whole row of logits (penalties, logit bias, wide top-k).
+    Logits,
+}
+
+impl Need {
+    /// The readback that serves both needs.
+    pub fn widest(self, other: Need) -> Need {
+        match (self, other) {
+            (Need::Logits, _) | (_, Need::Logits) => Need::Logits,
+            (Need::Top(a), Need::Top(b)) => Need::Top(a.max(b)),
+            (Need::Top(k), Need::Argmax) | (Need::Argmax, Need::Top(k)) => Need::Top(k),
+            (Need::Argmax, Need::Argmax) => Need::Argmax,
+        }
+    }
+}
+
+/// What a step read back for one sequence.
+#[derive(Clone, Copy)]
+pub enum Picked<'a> {
+    Token(u32),
+    Top(&'a TopLogits),
+    Logits(&'a [f32]),
+}
+
+/// One sequence's output side: the sampler, stop conditions, incremental detokenization and
+/// logprobs. The engine drives one per request.
+pub struct Decoder {
+    opts: GenerateOptions,
+    sampler: Sampler,
+    need: Need,
+    history: Vec<u32>,
+    detok: Detokenizer,
+    stops: StopMatcher,
+    pub out: Generation,
+}
+
+impl Decoder {
+    /// Validates the options for `prompt` (token ids, BOS already included when the model wants
+    /// it) on a sequence of `capacity` positions of which `start_len` are filled.
+    pub fn new(tokenizer: &Tokenizer, prompt: &[u32], opts: &GenerateOptions, start_len: usize, capacity: usize) -> Result<Decoder> {
+        if prompt.is_empty() {
+            return Err(Error::InvalidOption { option: "prompt", reason: "the prompt is empty; give at least one token".into() });
+        }
+        if start_len + prompt.len() > capacity {
+            return Err(Error::PromptTooLong { tokens: start_len + prompt.len(), context: capacity });
+        }
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= tokenizer.vocab_size()) {
+            return Err(Error::TokenOutOfRange { id: bad, vocab: tokenizer.vocab_size() });
+        }
+        let sampler = Sampler::new(opts.sampling.clone(), tokenizer.vocab_size())?;
+        let need = if opts.sampling.is_plain_greedy() && opts.logprobs.is_none() {
+            Need::Argmax
+        } else {
+            sampler.top_needed(opts.logprobs).map_or(Need::Logits, Need::Top)
+        };
+        Ok(Decoder {
+            opts: opts.clone(),
+            sampler,
+            need,
+            history: prompt.to_vec(),
+            detok: Detokenizer::new(),
+            stops: StopMatcher::new(&opts.stop),
+            out: Generation {
+                tokens: Vec::new(),
+                text: String::new(),
+                finish_reason: FinishReason::Length,
+                logprobs: Vec::new(),
+                stats: GenerateStats { prompt_tokens: prompt.len(), ..Default::default() },
+            },
+        })
+    }
+
+    pub fn need(&self) -> Need {
+        self.need
+    }
+
+    /// Chooses the next token from what the step read back (and records its logprobs).
+    pub fn pick(&mut self, picked: Picked) -> u32 {
+        let (next, lp) = match picked {
+            Picked::Token(t) => (t, None),
+            Picked::Top(top) => {
+                let next = self.sampler.sample_top(top);
+                (next, self.opts.logprobs.map(|n| top.logprobs(next, n)))
+            }
+            Picked::Logits(logits) => {
+                let next = self.sampler.sample(logits, &self.history);
+                (next, self.opts.logprobs.map(|n| super::logprobs(logits, next, n)))
+            }
+        };
+        if let Some((logprob, top)) = lp {
+            self.out.logprobs.push(TokenLogprob { token: next, logprob, top });
+        }
+        next
+    }
+
+    /// The readback a speculative verification row needs: the argmax for plain greedy, else
+    /// the whole row (the rejection rule needs the target's full distribution).
+    pub fn need_speculative(&self) -> Need {
+        if self.need == Need::Argmax { Need::Argmax } else { Need::Logits }
+    }
+
+    pub fn options(&self) -> &GenerateOptions {
+        &self.opts
+    }
+
+    /// Speculative verification of one position: the target's token here and whether it is the
+    /// drafted one (`draft`: the token and, for sampled drafts, the draft's distribution).
+    /// Without a draft, the bonus token after the drafts, chosen as [`Decoder::pick`] would.
+    /// Distributed exactly as the target's own choice (Leviathan et al.'s rejection rule).
+    pub fn verify(&mut self, picked: Picked, draft: Option<(u32, Option<&[(u32, f64)]>)>) -> (u32, bool) {
+        let Some((d, q)) = draft else { return (self.pick(picked), false) };
+        let (next, kept) = match picked {
+            Picked::Token(t) => (t, t == d),
+            Picked::Logits(logits) => {
+                let p = self.sampler.distribution(logits, &self.history);
+                self.sampler.verify_draft(&p, d, q)
+            }
+            Picked::Top(_) => unreachable!("speculative steps read back argmax ids or logits"),
+        };
+        if let (Some(n), Picked::Logits(logits)) = (self.opts.logprobs, picked) {
+            let (logprob, top) = super::logprobs(logits, next, n);
+            self.out.logprobs.push(TokenLogprob { token: next, logprob, top });
+        }
+        (next, kept)
+    }
+
+    /// Takes the chosen token: returns the text that became final (held back only while it
+    /// could still begin a stop string) and whether generation is over. `room` says whether the
+    /// sequence has a position left for the token to be fed back.
+    pub fn accept(&mut self, tokenizer: &Tokenizer, next: u32, room: bool) -> Result<(String, bool)> {
+        if self.opts.max_tokens == 0 {
+            self.out.logprobs.clear();
+            return Ok((String::new(), true));
+        }
+        if !self.opts.ignore_eos && tokenizer.stop_ids().contains(&next) {
+            self.out.finish_reason = FinishReason::Stop;
+            self.out.logprobs.truncate(self.out.tokens.len());
+            return Ok((String::new(), true));
+        }
+        self.out.tokens.push(next);
+        self.history.push(next);
+        let (mut text, stopped) = self.stops.push(&self.detok.push(tokenizer, next)?);
+        if stopped {
+            self.out.finish_reason = FinishReason::Stop;
+        } else if self.out.tokens.len() >= self.opts.max_tokens || !room {
+            // Length: flush what was held back.
+            let (tail, stopped) = self.stops.push(&self.detok.finish(tokenizer)?);
+            text.push_str(&tail);
+            if stopped {
+                self.out.finish_reason = FinishReason::Stop;
+            } else {
+                text.push_str(&self.stops.finish());
+            }
+        } else {
+            self.out.text.push_str(&text);
+            return Ok((text, false));
+        }
+        self.out.text.push_str(&text);
+        Ok((text, true))
+    }
+
+    /// Ends generation early with `length` (the engine could not give the sequence another
+    /// position); returns the text held back so far.
+    pub fn finish_length(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        self.out.finish_reason = FinishReason::Length;
+        let (mut text, _) = self.stops.push(&self.detok.finish(tokenizer)?);
+        text.push_str(&self.stops.finish());
+        self.out.text.push_str(&text);
+        Ok(text)
+    }
+}
+
+/// Where speculative drafts come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpecMethod {
+    /// Prompt lookup: continue the latest earlier occurrence of the sequence's last 1-3 tokens.
+    Ngram,
+    /// A smaller (or the same) model sharing the tokenizer, loaded as the engine's draft model.
+    Draft,
+}
+
+/// Per-request speculation: the method and the largest draft length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Speculative {
+    pub method: SpecMethod,
+    pub k: usize,
+}
+
+/// Longest draft a request may ask for.
+pub const MAX_DRAFT: usize = 16;
+
+impl Speculative {
+    pub fn validate(&self) -> Result<()> {
+        if self.k == 0 || self.k > MAX_DRAFT {
+            return Err(Error::InvalidOption { option: "draft_k", reason: format!("{} is outside 1..={MAX_DRAFT}", self.k) });
+        }
+        Ok(())
+    }
+}
