@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export XDG_RUNTIME_DIR ?= /tmp/ferrolm-xdg-$(shell id -u)
 $(shell mkdir -p -m 700 $(XDG_RUNTIME_DIR))
 
-.PHONY: help models tools rust-tools system-packages build test test-native test-browser test-npm run demo wasm package bench clean
+.PHONY: help models tools rust-tools system-packages build test lint test-native test-browser test-npm run demo wasm package bench clean
 
 help:
 	@echo "make demo   build the wasm package and serve the demo page"
@@ -36,6 +36,8 @@ system-packages:
 
 rust-tools:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 	@if [ "$$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $(WASM_BINDGEN_VERSION)" ]; then \
 	  echo "installing wasm-bindgen-cli $(WASM_BINDGEN_VERSION) (matches Cargo.lock)"; \
 	  cargo install --quiet wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); \
@@ -95,9 +97,16 @@ bench: models build wasm
 ## ---- tests ----------------------------------------------------------------------------------
 
 test: models tools
+	$(MAKE) lint
 	$(MAKE) test-native
 	$(MAKE) test-browser
 	$(MAKE) test-npm
+
+# Formatting (rustfmt.toml) and clippy on the native and the wasm targets, warnings as errors.
+lint:
+	cargo fmt --check
+	cargo clippy --release --all-targets -- -D warnings
+	cargo clippy --release --lib --test browser --target $(WASM_TARGET) -- -D warnings
 
 test-native:
 	cargo test --release -- --nocapture

@@ -4,12 +4,14 @@
 
 use std::rc::Rc;
 
-use ferrolm::cpu::ops::nll;
-use ferrolm::cpu::{CpuModel, Logits};
-use ferrolm::generate::Session;
-use ferrolm::gpu::{GpuContext, GpuModel, GpuOptions, GpuSession, ModelOptions};
+use ferrolm::backend::reference::ops::nll;
+use ferrolm::backend::reference::{CpuModel, Logits, ReferenceModel};
+use ferrolm::backend::webgpu::{batch_to_words, batch_words, GpuContext, GpuModel, GpuOptions};
+use ferrolm::engine::{Batch, Engine, ForwardModel, Limits, ModelOptions, Picks, Readback};
 use ferrolm::gguf::{Gguf, GgufWriter, Value};
+use ferrolm::sample::{Sampler, SamplingParams, TokenLogprob, TopLogits};
 use ferrolm::tokenizer::Tokenizer;
+use engine_cases::RawSequence;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
@@ -109,15 +111,15 @@ async fn gpu_model(bytes: &[u8]) -> GpuModel {
 #[wasm_bindgen_test]
 async fn gpu_forced_logits_match_reference_in_browser() {
     let bytes = smollm2().await;
-    let model = gpu_model(&bytes).await;
-    let vocab = model.config.vocab_size;
+    let mut engine = Engine::new(gpu_model(&bytes).await);
+    let vocab = engine.model().config.vocab_size;
     let reference: serde_json::Value = serde_json::from_str(FORCED_LOGITS).unwrap();
     let mut worst = 0f64;
     for case in reference["cases"].as_array().unwrap() {
         let ids = |k: &str| -> Vec<u32> { case[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect() };
         let (prompt, cont) = (ids("prompt_tokens"), ids("continuation_tokens"));
         let tokens: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
-        let logits = model.score(&tokens).await.unwrap();
+        let logits = engine.score(&tokens).await.unwrap();
         for step in case["steps"].as_array().unwrap() {
             let pos = step["pos"].as_u64().unwrap() as usize;
             let row = &logits[pos * vocab..(pos + 1) * vocab];
@@ -143,38 +145,34 @@ async fn gpu_greedy_in_browser_equals_native() {
     for rec in native.as_array().unwrap() {
         let prompt: Vec<u32> = rec["prompt_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let want: Vec<u32> = rec["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let mut s = GpuSession::new(&model);
-        let mut next = s.extend_greedy(&prompt).await.unwrap();
-        let mut got = vec![next];
-        while got.len() < want.len() {
-            next = s.extend_greedy(&[next]).await.unwrap();
-            got.push(next);
-        }
+        let got = engine_cases::raw_greedy(&model, &prompt, want.len()).await;
         assert_eq!(got, want, "browser greedy differs from native for prompt {prompt:?}");
         // Same seed, same options: the same sampled tokens as natively.
         let want: Vec<u32> = rec["sampled"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let params = ferrolm::sampler::SamplingParams { temperature: 0.8, top_p: 0.95, seed: Some(11), ..Default::default() };
-        let mut sampler = ferrolm::sampler::Sampler::new(params, 49152).unwrap();
-        let mut s = GpuSession::new(&model);
+        let params = SamplingParams { temperature: 0.8, top_p: 0.95, seed: Some(11), ..Default::default() };
+        let mut sampler = Sampler::new(params, 49152).unwrap();
+        let mut s = RawSequence::new(&model);
         let mut history = prompt.clone();
-        let mut logits = s.extend_logits(&prompt).await.unwrap();
+        let mut feed = prompt.clone();
         let mut got = Vec::new();
         while got.len() < want.len() {
+            let Picks::Logits(logits) = s.extend(&feed, Readback::Logits).await else { panic!("logits asked for") };
             let next = sampler.sample(&logits, &history);
             history.push(next);
             got.push(next);
-            logits = s.extend_logits(&[next]).await.unwrap();
+            feed = vec![next];
         }
         assert_eq!(got, want, "browser sampling differs from native for prompt {prompt:?}");
         // Top-k sampling from the GPU top-k kernel's candidates.
         let want: Vec<u32> = rec["sampled_top"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let params = ferrolm::sampler::SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, seed: Some(12), ..Default::default() };
-        let mut sampler = ferrolm::sampler::Sampler::new(params, 49152).unwrap();
-        let mut s = GpuSession::new(&model);
+        let params = SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, seed: Some(12), ..Default::default() };
+        let mut sampler = Sampler::new(params, 49152).unwrap();
+        let mut s = RawSequence::new(&model);
         let mut feed = prompt.clone();
         let mut got = Vec::new();
         while got.len() < want.len() {
-            let next = sampler.sample_top(&s.extend_top(&feed, 40).await.unwrap());
+            let Picks::Top(top) = s.extend(&feed, Readback::Top(40)).await else { panic!("top-k asked for") };
+            let next = sampler.sample_top(&top[0]);
             got.push(next);
             feed = vec![next];
         }
@@ -186,11 +184,10 @@ async fn gpu_greedy_in_browser_equals_native() {
 /// and the decode/prefill matmuls match the CPU matmul on them.
 #[wasm_bindgen_test]
 async fn kernels_match_cpu_in_browser() {
-    use ferrolm::cpu::ops;
+    use ferrolm::backend::reference::ops;
+    use ferrolm::backend::webgpu::kernels::{Count, Kernels, Op, OutCols};
+    use ferrolm::backend::webgpu::weights::GpuTensor;
     use ferrolm::gguf::dequantize;
-    use ferrolm::gpu::kernels::{Count, Kernels, OutCols};
-    use ferrolm::gpu::weights::GpuTensor;
-    use ferrolm::gpu::{batch_words, Batch, EngineLimits};
     use wgpu::util::DeviceExt;
 
     let bytes = smollm2().await;
@@ -201,17 +198,17 @@ async fn kernels_match_cpu_in_browser() {
     for (opts, cpu_like) in [(portable, None), (GpuOptions::default(), Some(false))] {
     let ctx = GpuContext::new(opts).await.unwrap();
         let dev = &ctx.device;
-        let limits = EngineLimits { max_batch_tokens: 8, context: 16, max_seqs: 1, block_size: 16, n_blocks: 1, kv_bytes_per_token: 0 };
+        let limits = Limits { max_batch_tokens: 8, context: 16, max_seqs: 1, block_size: 16, n_blocks: 1, kv_bytes_per_token: 0, max_logit_rows: 8, max_draft: 0 };
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let buf = |data: &[f32]| dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytemuck::cast_slice(data), usage: storage });
         let batch = dev.create_buffer(&wgpu::BufferDescriptor { label: None, size: batch_words(&limits) as u64 * 4, usage: storage, mapped_at_creation: false });
         let kernels = Kernels::new(dev, &batch, cpu_like.unwrap_or(ctx.info.cpu_like), ctx.info.subgroup_rows);
         web_sys::console::log_1(&format!("kernels: cpu_like={cpu_like:?} subgroups={} subgroup_rows={}", ctx.info.subgroups, ctx.info.subgroup_rows).into());
-        let run = |ops: &[ferrolm::gpu::kernels::Op], n: usize| {
+        let run = |ops: &[Op], n: usize| {
             let ids: Vec<u32> = (0..n as u32).collect();
             let table = [0u32];
             let b = Batch { tokens: &ids, positions: &ids, seq_ids: &vec![0; n], logit_rows: &ids, block_tables: &[&table] };
-            ctx.queue.write_buffer(&batch, 0, bytemuck::cast_slice(&b.to_words(&limits)));
+            ctx.queue.write_buffer(&batch, 0, bytemuck::cast_slice(&batch_to_words(&b, &limits)));
             let mut enc = dev.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
@@ -270,8 +267,7 @@ async fn kernels_match_cpu_in_browser() {
 /// passes, for one grouped-query shape.
 #[wasm_bindgen_test]
 async fn attention_matches_cpu_in_browser() {
-    use ferrolm::gpu::kernels::Kernels;
-    use ferrolm::gpu::{batch_words, Batch};
+    use ferrolm::backend::webgpu::kernels::Kernels;
     use kernel_cases::{block_tables, decode_batch, prefill_batch, random, reference, shapes, worst_difference, LIMITS};
     use wgpu::util::DeviceExt;
 
@@ -298,7 +294,7 @@ async fn attention_matches_cpu_in_browser() {
             let (qb, ob) = (buf(&qkv), buf(&vec![0f32; n * (dims.n_heads * dims.head_dim) as usize]));
             let (tokens, positions, seq_ids) = (vec![0u32; n], items.iter().map(|i| i.1).collect::<Vec<_>>(), items.iter().map(|i| i.0).collect::<Vec<_>>());
             let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &table_refs };
-            ctx.queue.write_buffer(&batch, 0, bytemuck::cast_slice(&b.to_words(&LIMITS)));
+            ctx.queue.write_buffer(&batch, 0, bytemuck::cast_slice(&batch_to_words(&b, &LIMITS)));
             let mut enc = dev.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
@@ -338,48 +334,70 @@ async fn gpu_model_with(bytes: &[u8], opts: ModelOptions) -> (GpuModel, Tokenize
     (GpuModel::load(ctx, &gguf, bytes, &opts).await.unwrap(), tok)
 }
 
-/// The batching engine in Chromium: 4 requests on a pool too small for them (waiting and
-/// preemption) get exactly the native engine's single-request tokens; cancelling frees blocks.
-#[wasm_bindgen_test]
-async fn engine_batches_preempts_and_cancels_in_browser() {
-    let native = fetch_json("target/test-artifacts/engine-small-pool.json").await;
-    let alone: Vec<Vec<u32>> = serde_json::from_value(native["alone"].clone()).unwrap();
-    let bytes = smollm2().await;
-    let small = ModelOptions { context: 64, max_batch_tokens: 64, max_seqs: 4, kv_budget_bytes: Some(0) };
-    let (model, tok) = gpu_model_with(&bytes, small).await;
-    let engine = engine_cases::together_equals(&model, &tok, 24, &alone).await;
-    assert!(engine.stats(&model).preemptions > 0);
-    drop(model);
-    let (model, tok) = gpu_model_with(&bytes, ModelOptions::new(512, 64)).await;
-    engine_cases::cancel_frees_blocks(&model, &tok).await;
+fn small_pool() -> ModelOptions {
+    ModelOptions { context: 64, max_batch_tokens: 64, max_seqs: 4, kv_budget_bytes: Some(0) }
 }
 
-/// A 300-token shared prefix in Chromium: >= 288 tokens from the prefix cache, and the same
-/// tokens and top-5 logprobs as the native engine's cold run.
-#[wasm_bindgen_test]
-async fn prefix_hit_in_browser_equals_native_cold_run() {
-    let native = fetch_json("target/test-artifacts/engine-prefix-cold.json").await;
-    let cold: Vec<ferrolm::generate::TokenLogprob> = serde_json::from_value(native["logprobs"].clone()).unwrap();
-    let bytes = smollm2().await;
-    let (model, tok) = gpu_model_with(&bytes, ModelOptions::new(512, 64)).await;
-    let (hot, prompt) = engine_cases::prefix_hit(&model, &tok).await;
+/// 512 positions, 32 MB of KV (~700 SmolLM2 tokens).
+fn browser_pool() -> ModelOptions {
+    ModelOptions { kv_budget_bytes: Some(32 << 20), ..ModelOptions::new(512, 64) }
+}
+
+/// The engine scenarios on one backend in Chromium, against the native runs' records for
+/// that backend (`engine-*-{backend}.json`): 4 requests on a pool too small for them (waiting
+/// and preemption) get exactly the single-request tokens; cancelling frees blocks; a sequence
+/// at the context end stops with `length`; a 300-token shared prefix comes from the prefix
+/// cache with the cold run's tokens and top-5 logprobs; n-gram and draft-model speculation
+/// keep greedy output (the first 12 tokens of each prompt).
+async fn engine_scenarios<M: ForwardModel>(backend: &str, mut load: impl FnMut(ModelOptions) -> M, tok: &Tokenizer) {
+    let native = fetch_json(&format!("target/test-artifacts/engine-small-pool-{backend}.json")).await;
+    let alone: Vec<Vec<u32>> = serde_json::from_value(native["alone"].clone()).unwrap();
+    let mut engine = Engine::new(load(small_pool()));
+    engine_cases::together_equals(&mut engine, tok, 24, &alone).await;
+    assert!(engine.stats().preemptions > 0);
+    let prompt: Vec<u32> = tok.encode_prompt(&engine_cases::long_text(), false).unwrap()[..60].to_vec();
+    let out = engine_cases::run_alone(&mut engine, tok, ferrolm::engine::Request { prompt, opts: engine_cases::greedy(100) }).await;
+    assert_eq!((out.generation.finish_reason, out.generation.tokens.len()), (ferrolm::sample::FinishReason::Length, 5));
+    drop(engine);
+
+    let mut engine = Engine::new(load(browser_pool()));
+    engine_cases::cancel_frees_blocks(&mut engine, tok).await;
+    let native = fetch_json(&format!("target/test-artifacts/engine-prefix-cold-{backend}.json")).await;
+    let cold: Vec<TokenLogprob> = serde_json::from_value(native["logprobs"].clone()).unwrap();
+    let (hot, prompt) = engine_cases::prefix_hit(&mut engine, tok).await;
     assert_eq!(serde_json::to_value(&prompt).unwrap(), native["prompt"]);
     engine_cases::assert_logprobs_close(&hot.generation.logprobs, &cold, 2e-3);
-}
 
-/// Speculative decoding in Chromium: with n-gram and with draft-model drafting (the same file
-/// loaded twice), greedy output equals the native engine's plain greedy tokens, for the
-/// reference prompts and the repetitive-code prompt (the first 12 tokens of each).
-#[wasm_bindgen_test]
-async fn speculative_greedy_in_browser_equals_native_plain() {
-    let native = fetch_json("target/test-artifacts/speculative-plain.json").await;
+    let native = fetch_json(&format!("target/test-artifacts/speculative-plain-{backend}.json")).await;
     let prompts: Vec<Vec<u32>> = serde_json::from_value(native["prompts"].clone()).unwrap();
     let want: Vec<Vec<u32>> = serde_json::from_value::<Vec<Vec<u32>>>(native["tokens"].clone()).unwrap().into_iter().map(|t| t[..12].to_vec()).collect();
+    engine.set_draft_model(load(browser_pool())).unwrap();
+    let totals = engine_cases::speculative_greedy_identity(&mut engine, tok, &prompts, &want).await;
+    web_sys::console::log_1(&format!("{backend}: browser speculation (drafted, accepted): ngram {:?}, draft {:?}", totals[0], totals[1]).into());
+}
+
+#[wasm_bindgen_test]
+async fn engine_scenarios_on_gpu_in_browser() {
     let bytes = smollm2().await;
-    let (model, tok) = gpu_model_with(&bytes, ModelOptions::new(512, 64)).await;
-    let (draft, _) = gpu_model_with(&bytes, ModelOptions::new(512, 64)).await;
-    let totals = engine_cases::speculative_greedy_identity(&model, Rc::new(draft), &tok, &prompts, &want).await;
-    web_sys::console::log_1(&format!("browser speculation (drafted, accepted): ngram {:?}, draft {:?}", totals[0], totals[1]).into());
+    let gguf = Gguf::read(&bytes[..]).unwrap();
+    let tok = Tokenizer::from_gguf(&gguf.metadata).unwrap();
+    // Loading is async on the GPU: load the three models the scenarios ask for (in their
+    // order) up front. Small KV pools: SwiftShader's memory is the tab's.
+    let mut models = Vec::new();
+    for opts in [small_pool(), browser_pool(), browser_pool()] {
+        models.push(gpu_model_with(&bytes, opts).await.0);
+    }
+    models.reverse();
+    engine_scenarios("gpu", |_| models.pop().expect("three models"), &tok).await;
+}
+
+#[wasm_bindgen_test]
+async fn engine_scenarios_on_reference_in_browser() {
+    let bytes = smollm2().await;
+    let gguf = Gguf::read(&bytes[..]).unwrap();
+    let tok = Tokenizer::from_gguf(&gguf.metadata).unwrap();
+    let weights = std::sync::Arc::new(CpuModel::load(&gguf, &bytes[..]).unwrap());
+    engine_scenarios("reference", |opts| ReferenceModel::new(weights.clone(), &opts), &tok).await;
 }
 
 /// Gemma 3 270M (K-quants, 262k vocabulary, split embedding) on SwiftShader: the top-5 logits of
@@ -391,18 +409,18 @@ async fn gemma3_in_browser_matches_native() {
     let resp: web_sys::Response = JsFuture::from(web_sys::window().unwrap().fetch_with_str(&url)).await.unwrap().dyn_into().unwrap();
     assert!(resp.ok(), "GET {url}: HTTP {} (run `make models`)", resp.status());
     let bytes = js_sys::Uint8Array::new(&JsFuture::from(resp.array_buffer().unwrap()).await.unwrap()).to_vec();
-    let (model, _) = gpu_model_with(&bytes, ModelOptions::new(256, 64)).await;
+    let mut engine = Engine::new(gpu_model_with(&bytes, ModelOptions::new(256, 64)).await.0);
     drop(bytes);
-    let vocab = model.config.vocab_size;
+    let vocab = engine.model().config.vocab_size;
     let mut worst = 0f32;
     for case in native.as_array().unwrap() {
         let tokens: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
         let positions: Vec<usize> = serde_json::from_value(case["positions"].clone()).unwrap();
         let want: Vec<Vec<(u32, f32)>> = serde_json::from_value(case["top5"].clone()).unwrap();
-        let logits = model.score(&tokens).await.unwrap();
+        let logits = engine.score(&tokens).await.unwrap();
         for (&pos, want) in positions.iter().zip(&want) {
             let row = &logits[pos * vocab..(pos + 1) * vocab];
-            let got = ferrolm::sampler::TopLogits::from_logits(row, 5).top;
+            let got = TopLogits::from_logits(row, 5).top;
             assert_eq!(got[0].0, want[0].0, "argmax differs from native at position {pos}");
             for &(id, l) in want {
                 worst = worst.max((row[id as usize] - l).abs());

@@ -1,25 +1,14 @@
 //! The paged KV pool, prefix cache and batching engine: allocator and hash-table unit tests, then
-//! the engine on the GPU (lavapipe on CI) against single-request runs.
+//! the engine's scenarios on both backends: the f32 reference and WebGPU (lavapipe on CI).
 
 mod common;
 #[path = "engine_cases/mod.rs"]
 mod engine_cases;
 
 use engine_cases::*;
-use ferrolm::engine::Request;
-use ferrolm::generate::GenerateOptions;
-use ferrolm::gguf::Gguf;
-use ferrolm::gpu::{GpuContext, GpuModel, GpuOptions, ModelOptions};
-use ferrolm::kv_cache::BlockPool;
+use ferrolm::engine::{BlockPool, Engine, ForwardModel, ModelOptions, Request};
+use ferrolm::sample::{FinishReason, GenerateOptions};
 use ferrolm::tokenizer::Tokenizer;
-
-fn load(opts: ModelOptions) -> (GpuModel, Tokenizer) {
-    let file = std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap();
-    let gguf = Gguf::read(&file).unwrap();
-    let tok = Tokenizer::from_gguf(&gguf.metadata).unwrap();
-    let model = pollster::block_on(async { GpuModel::load(GpuContext::new(GpuOptions::default()).await.unwrap(), &gguf, &file, &opts).await.unwrap() });
-    (model, tok)
-}
 
 fn write_artifact(name: &str, value: serde_json::Value) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
@@ -30,6 +19,27 @@ fn write_artifact(name: &str, value: serde_json::Value) {
 /// The pool of the small-pool cases: 64 positions, 4 blocks of 16 (one full context).
 pub fn small_pool() -> ModelOptions {
     ModelOptions { context: 64, max_batch_tokens: 64, max_seqs: 4, kv_budget_bytes: Some(0) }
+}
+
+/// Defines `$name::reference` and `$name::gpu`: the same engine scenario on the f32 reference
+/// and on the WebGPU backend, each with an engine sized by `$opts`.
+macro_rules! on_each_backend {
+    ($(#[$doc:meta])* $name:ident($opts:expr) => $case:ident) => {
+        $(#[$doc])*
+        mod $name {
+            use super::*;
+            #[test]
+            fn reference() {
+                let (mut engine, tok) = common::reference_engine($opts);
+                pollster::block_on($case(&mut engine, &tok));
+            }
+            #[test]
+            fn gpu() {
+                let (mut engine, tok) = common::gpu_engine($opts);
+                pollster::block_on($case(&mut engine, &tok));
+            }
+        }
+    };
 }
 
 #[test]
@@ -113,86 +123,101 @@ fn hash_collisions_are_resolved_by_comparing_tokens() {
     assert_eq!(pool.lookup(&[3, 4, 3, 4], 2).blocks, vec![y], "a block was matched under the wrong parent");
 }
 
-/// 4 prompts together produce exactly the greedy tokens each produces alone; the alone tokens
-/// are recorded for the browser test.
-#[test]
-fn batched_requests_equal_each_request_alone() {
-    let (model, tok) = load(ModelOptions::new(512, 64));
-    pollster::block_on(async {
-        let mut alone = Vec::new();
-        for r in requests(&tok, 16) {
-            alone.push(run_alone(&model, &tok, r).await.generation.tokens);
-        }
-        let engine = together_equals(&model, &tok, 16, &alone).await;
-        println!("4 requests together: {:?}", engine.stats(&model));
-    });
+on_each_backend! {
+    /// 4 prompts together produce exactly the greedy tokens each produces alone.
+    batched_requests_equal_each_request_alone(ModelOptions::new(512, 64)) => batched_equals_alone
 }
 
-/// A pool of 4 blocks for 4 requests that need 8: admission waits, sequences are preempted and
-/// recomputed, and every request still gets exactly its tokens.
-#[test]
-fn small_pool_waits_preempts_and_stays_exact() {
-    let (model, tok) = load(small_pool());
-    assert_eq!(model.limits.n_blocks, 4);
-    pollster::block_on(async {
-        let mut alone = Vec::new();
-        for r in requests(&tok, 24) {
-            alone.push(run_alone(&model, &tok, r).await.generation.tokens);
-        }
-        let engine = together_equals(&model, &tok, 24, &alone).await;
-        let stats = engine.stats(&model);
-        println!("small pool: {stats:?}");
-        assert!(stats.preemptions > 0, "the small pool never preempted: the case tests nothing");
-        write_artifact("engine-small-pool.json", serde_json::json!({ "alone": alone }));
-    });
+async fn batched_equals_alone<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) {
+    let alone = each_alone(engine, tok, 16).await;
+    together_equals(engine, tok, 16, &alone).await;
+    println!("{}: 4 requests together: {:?}", engine.model().describe(), engine.stats());
 }
 
-/// A request sharing a 300-token prefix with an earlier one reuses >= 288 tokens and gets the
-/// same tokens and top-5 logprobs as a cold run; the cold run is recorded for the browser test.
-#[test]
-fn prefix_hit_equals_cold_run() {
-    let (model, tok) = load(ModelOptions::new(512, 64));
-    pollster::block_on(async {
-        let (hot, prompt) = prefix_hit(&model, &tok).await;
-        let cold = run_alone(&model, &tok, Request { prompt: prompt.clone(), opts: GenerateOptions { logprobs: Some(5), ..greedy(4) } }).await;
-        assert_eq!(cold.stats.cached_tokens, 0);
-        println!(
-            "prefix hit: {} of {} prompt tokens cached, TTFT {:.0} ms hot vs {:.0} ms cold",
-            hot.stats.cached_tokens, hot.stats.prompt_tokens, hot.stats.ttft_ms, cold.stats.ttft_ms
-        );
-        assert_logprobs_close(&hot.generation.logprobs, &cold.generation.logprobs, 1e-3);
-        write_artifact("engine-prefix-cold.json", serde_json::json!({ "prompt": prompt, "logprobs": cold.generation.logprobs }));
-    });
+on_each_backend! {
+    /// A pool of 4 blocks for 4 requests that need 8: admission waits, sequences are preempted
+    /// and recomputed, and every request still gets exactly its tokens (recorded for the
+    /// browser test).
+    small_pool_waits_preempts_and_stays_exact(small_pool()) => small_pool_case
 }
 
-#[test]
-fn cancel_mid_stream_frees_blocks() {
-    let (model, tok) = load(ModelOptions::new(512, 64));
-    pollster::block_on(cancel_frees_blocks(&model, &tok));
+async fn small_pool_case<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) {
+    assert_eq!(engine.model().limits().n_blocks, 4);
+    let alone = each_alone(engine, tok, 24).await;
+    let preemptions = engine.stats().preemptions;
+    together_equals(engine, tok, 24, &alone).await;
+    let stats = engine.stats();
+    println!("{}: small pool: {stats:?}", engine.model().describe());
+    assert!(stats.preemptions > preemptions, "the small pool never preempted: the case tests nothing");
+    write_artifact(&format!("engine-small-pool-{}.json", backend_name(engine)), serde_json::json!({ "alone": alone }));
 }
 
-/// Bad requests are refused at submission with the option named.
-#[test]
-fn bad_requests_are_clear_errors() {
-    let (model, tok) = load(small_pool());
-    let mut engine = ferrolm::engine::Engine::new();
+/// "reference" or "gpu", for artifact names.
+fn backend_name<M: ForwardModel>(engine: &Engine<M>) -> &'static str {
+    if engine.model().describe().starts_with("GPU") {
+        "gpu"
+    } else {
+        "reference"
+    }
+}
+
+on_each_backend! {
+    /// A request sharing a 300-token prefix with an earlier one reuses >= 288 tokens and gets
+    /// the same tokens and top-5 logprobs as a cold run (recorded for the browser test).
+    prefix_hit_equals_cold_run(ModelOptions::new(512, 64)) => prefix_hit_case
+}
+
+async fn prefix_hit_case<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) {
+    let (hot, prompt) = prefix_hit(engine, tok).await;
+    let cold = run_alone(engine, tok, Request { prompt: prompt.clone(), opts: GenerateOptions { logprobs: Some(5), ..greedy(4) } }).await;
+    assert_eq!(cold.stats.cached_tokens, 0);
+    let (h, c) = (&hot.stats, &cold.stats);
+    println!("{}: prefix hit: {} of {} prompt tokens cached, TTFT {:.0} ms hot vs {:.0} ms cold", engine.model().describe(), h.cached_tokens, h.prompt_tokens, h.ttft_ms, c.ttft_ms);
+    assert_eq!(hot.generation.tokens, cold.generation.tokens);
+    assert_logprobs_close(&hot.generation.logprobs, &cold.generation.logprobs, 1e-3);
+    write_artifact(&format!("engine-prefix-cold-{}.json", backend_name(engine)), serde_json::json!({ "prompt": prompt, "logprobs": cold.generation.logprobs }));
+}
+
+on_each_backend! {
+    /// Cancelling a running request frees its blocks at once; the other still finishes.
+    cancel_mid_stream_frees_blocks(ModelOptions::new(512, 64)) => cancel_frees_blocks
+}
+
+on_each_backend! {
+    /// Bad requests are refused at submission with the option named.
+    bad_requests_are_clear_errors(small_pool()) => bad_requests
+}
+
+async fn bad_requests<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) {
     let long = Request { prompt: vec![1; 65], opts: greedy(4) };
-    let err = engine.submit(&model, &tok, long).unwrap_err().to_string();
+    let err = engine.submit(tok, long).unwrap_err().to_string();
     assert!(err.contains("65 tokens") && err.contains("64"), "{err}");
     let empty = Request { prompt: vec![], opts: greedy(4) };
-    assert!(engine.submit(&model, &tok, empty).unwrap_err().to_string().contains("empty"));
+    assert!(engine.submit(tok, empty).unwrap_err().to_string().contains("empty"));
     let bad_token = Request { prompt: vec![1, 999_999], opts: greedy(4) };
-    assert!(engine.submit(&model, &tok, bad_token).unwrap_err().to_string().contains("999999"));
+    assert!(engine.submit(tok, bad_token).unwrap_err().to_string().contains("999999"));
     assert!(engine.is_idle());
 }
 
-/// A sequence that reaches the context length stops with `length`: 60 prompt tokens in a
-/// 64-position context leave room for 5 generated tokens (the last one needs no KV slot).
-#[test]
-fn context_full_stops_with_length() {
-    let (model, tok) = load(small_pool());
+on_each_backend! {
+    /// A sequence that reaches the context length stops with `length`: 60 prompt tokens in a
+    /// 64-position context leave room for 5 generated tokens (the last one needs no KV slot).
+    context_full_stops_with_length(small_pool()) => context_full
+}
+
+async fn context_full<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) {
     let prompt: Vec<u32> = tok.encode_prompt(&long_text(), false).unwrap()[..60].to_vec();
-    let out = pollster::block_on(run_alone(&model, &tok, Request { prompt, opts: greedy(100) }));
-    assert_eq!(out.generation.finish_reason, ferrolm::generate::FinishReason::Length);
+    let out = run_alone(engine, tok, Request { prompt, opts: greedy(100) }).await;
+    assert_eq!(out.generation.finish_reason, FinishReason::Length);
     assert_eq!(out.generation.tokens.len(), 5);
+}
+
+/// The reference and the GPU agree token for token on the 4 prompts (greedy, 16 tokens).
+#[test]
+fn reference_and_gpu_agree_on_greedy_tokens() {
+    let (mut reference, tok) = common::reference_engine(ModelOptions::new(512, 64));
+    let (mut gpu, _) = common::gpu_engine(ModelOptions::new(512, 64));
+    pollster::block_on(async {
+        assert_eq!(each_alone(&mut reference, &tok, 16).await, each_alone(&mut gpu, &tok, 16).await);
+    });
 }

@@ -10,7 +10,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use ferrolm::cpu::{ops, CpuModel, Logits};
+use ferrolm::backend::reference::{ops, CpuModel, Logits};
 use ferrolm::gguf::Gguf;
 
 /// Loaded once: dequantized to f32 the model takes about 1 GiB.

@@ -4,9 +4,10 @@
 
 mod common;
 
-use ferrolm::cpu::{CpuModel, Logits};
+use ferrolm::backend::reference::{CpuModel, Logits};
 use ferrolm::gguf::Gguf;
-use ferrolm::gpu::{GpuContext, GpuModel, GpuOptions, ModelOptions};
+use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
+use ferrolm::engine::{Engine, ModelOptions};
 
 #[test]
 fn gemma3_gpu_logits_match_the_cpu_reference_and_llamacpp() {
@@ -15,6 +16,7 @@ fn gemma3_gpu_logits_match_the_cpu_reference_and_llamacpp() {
     let cpu = CpuModel::load(&gguf, &file).unwrap();
     // The 178 MB embedding is split across bindings of at most 128 MiB here, as on most adapters.
     let gpu = pollster::block_on(async { GpuModel::load(GpuContext::new(GpuOptions::default()).await.unwrap(), &gguf, &file, &ModelOptions::new(256, 64)).await.unwrap() });
+    let mut gpu = Engine::new(gpu);
     let vocab = cpu.config.vocab_size;
     let reference = common::read_json(&common::reference_path("gemma3-270m/forced-logits.json"));
     let mut worst = 0f64;
@@ -32,15 +34,15 @@ fn gemma3_gpu_logits_match_the_cpu_reference_and_llamacpp() {
         for step in steps {
             let pos = step["pos"].as_u64().unwrap() as usize;
             let (g, w) = (&got[pos * vocab..(pos + 1) * vocab], &want[pos * vocab..(pos + 1) * vocab]);
-            let t5 = ferrolm::sampler::TopLogits::from_logits(w, 5).top;
+            let t5 = ferrolm::sample::TopLogits::from_logits(w, 5).top;
             for &(id, l) in &t5 {
                 worst = worst.max((g[id as usize] - l).abs() as f64);
             }
-            let g5 = ferrolm::sampler::TopLogits::from_logits(g, 5).top;
+            let g5 = ferrolm::sample::TopLogits::from_logits(g, 5).top;
             agree += usize::from(g5[0].0 as u64 == step["llamacpp_top5"][0][0].as_u64().unwrap());
             top.push(g5);
         }
-        let case_nll: f64 = (0..cont.len()).map(|i| ferrolm::cpu::ops::nll(&got[(prompt.len() - 1 + i) * vocab..][..vocab], cont[i] as usize)).sum();
+        let case_nll: f64 = (0..cont.len()).map(|i| ferrolm::backend::reference::ops::nll(&got[(prompt.len() - 1 + i) * vocab..][..vocab], cont[i] as usize)).sum();
         nll += case_nll;
         nll_ref += case["mean_nll_llamacpp"].as_f64().unwrap() * cont.len() as f64;
         println!("GPU case {:?}: argmax = llama.cpp's on {agree}/{} positions, NLL ratio {:.4}", case["prompt"], steps.len(), case_nll / (case["mean_nll_llamacpp"].as_f64().unwrap() * cont.len() as f64));

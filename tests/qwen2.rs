@@ -1,10 +1,15 @@
 //! The qwen2 architecture (q/k/v biases, NeoX RoPE) on a small synthetic GGUF written here: the
 //! GPU engine against the exact CPU reference, logits of every position and greedy decoding.
 
-use ferrolm::cpu::{CpuModel, Logits};
-use ferrolm::generate::{CpuSession, Session};
+mod common;
+#[path = "engine_cases/mod.rs"]
+mod engine_cases;
+
+use ferrolm::backend::reference::{CpuModel, Logits};
 use ferrolm::gguf::{Gguf, GgufWriter, Value};
-use ferrolm::gpu::{GpuContext, GpuModel, GpuOptions, GpuSession, ModelOptions};
+use ferrolm::backend::reference::ReferenceModel;
+use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
+use ferrolm::engine::{Engine, ModelOptions};
 use ferrolm::model::RopeStyle;
 
 /// Deterministic values in [-scale, scale).
@@ -70,20 +75,14 @@ fn qwen2_gpu_matches_the_cpu_reference() {
     let gpu = pollster::block_on(async { GpuModel::load(GpuContext::new(GpuOptions::default()).await.unwrap(), &gguf, &bytes[..], &ModelOptions::new(128, 32)).await.unwrap() });
     let tokens: Vec<u32> = (0..40).map(|i| (i * 37 + 5) % 512).collect();
     let want = cpu.forward(&tokens, &mut cpu.new_cache(tokens.len()), Logits::All).unwrap();
-    let got = pollster::block_on(gpu.score(&tokens)).unwrap();
+    let mut engine = Engine::new(gpu);
+    let got = pollster::block_on(engine.score(&tokens)).unwrap();
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
     println!("qwen2 GPU vs CPU: worst relative logit difference {worst:.2e} over {} positions", tokens.len());
     assert!(worst < 1e-3, "GPU logits differ from the CPU reference by {worst}");
-    // Greedy decoding through the KV cache (chunked prefill, then one token per step).
-    pollster::block_on(async {
-        let (mut c, mut g) = (CpuSession::new(&cpu, 128), GpuSession::new(&gpu));
-        let (mut tc, mut tg) = (c.extend_greedy(&tokens[..9]).await.unwrap(), g.extend_greedy(&tokens[..9]).await.unwrap());
-        for _ in 0..12 {
-            assert_eq!(tc, tg, "greedy decoding diverged");
-            tc = c.extend_greedy(&[tc]).await.unwrap();
-            tg = g.extend_greedy(&[tg]).await.unwrap();
-        }
-    });
+    // Greedy decoding through the paged KV caches (chunked prefill, then one token per step).
+    let reference = ReferenceModel::new(std::sync::Arc::new(cpu), &ModelOptions::new(128, 32));
+    assert_eq!(pollster::block_on(engine_cases::raw_greedy(&reference, &tokens[..9], 12)), pollster::block_on(engine_cases::raw_greedy(engine.model(), &tokens[..9], 12)), "greedy decoding diverged");
 }
 
 /// Qwen2's pre-tokenizer splits digits one at a time (Llama 3's keeps runs of three): with a

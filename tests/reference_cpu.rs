@@ -2,7 +2,7 @@
 
 mod common;
 
-use ferrolm::cpu::{CpuModel, Logits};
+use ferrolm::backend::reference::{CpuModel, Logits};
 use ferrolm::gguf::Gguf;
 
 #[test]

@@ -1,10 +1,15 @@
 //! The GPU forward (native wgpu; lavapipe on CI) against the exact f32 reference logits.
 
 mod common;
+#[path = "engine_cases/mod.rs"]
+mod engine_cases;
 
+use engine_cases::RawSequence;
+use ferrolm::backend::reference::ReferenceModel;
+use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
+use ferrolm::engine::{Engine, ModelOptions, Picks, Readback};
 use ferrolm::gguf::Gguf;
-use ferrolm::gpu::{GpuContext, GpuModel, GpuOptions, ModelOptions};
-use ferrolm::sampler::{Sampler, SamplingParams};
+use ferrolm::sample::{Sampler, SamplingParams};
 
 fn load_smollm2() -> GpuModel {
     load_smollm2_with(GpuOptions::default())
@@ -20,10 +25,27 @@ fn load_smollm2_with(opts: GpuOptions) -> GpuModel {
     })
 }
 
+/// Teacher-forced logits through the engine's `score`.
+fn check_forced_logits(what: &str, model: GpuModel) {
+    let vocab = model.config.vocab_size;
+    let mut engine = Engine::new(model);
+    common::check_smollm2_forced_logits(what, vocab, |tokens| pollster::block_on(engine.score(tokens)).unwrap());
+}
+
+fn reference() -> ReferenceModel {
+    ReferenceModel::new(common::smollm2_weights(), &ModelOptions::new(512, 64))
+}
+
 #[test]
 fn smollm2_gpu_forced_logits_match_f32_reference() {
-    let model = load_smollm2();
-    common::check_smollm2_forced_logits("GPU", model.config.vocab_size, |tokens| pollster::block_on(model.score(tokens)).unwrap());
+    check_forced_logits("GPU", load_smollm2());
+}
+
+/// The reference behind the engine (paged KV, chunked scoring) against llama.cpp's logits.
+#[test]
+fn smollm2_reference_engine_forced_logits_match_f32_reference() {
+    let mut engine = Engine::new(reference());
+    common::check_smollm2_forced_logits("reference engine", 49152, |tokens| pollster::block_on(engine.score(tokens)).unwrap());
 }
 
 /// The kernel shapes for real GPUs (workgroup-per-row matmul, tiled prefill and split decode
@@ -33,60 +55,45 @@ fn smollm2_gpu_forced_logits_match_f32_reference() {
 fn smollm2_gpu_shapes_match_f32_reference_and_cpu_greedy() {
     let model = load_smollm2_with(GpuOptions { gpu_shapes: true, ..GpuOptions::default() });
     assert!(!model.ctx.info.cpu_like);
-    common::check_smollm2_forced_logits("GPU shapes", model.config.vocab_size, |tokens| pollster::block_on(model.score(tokens)).unwrap());
-    let file = std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap();
-    let cpu = ferrolm::cpu::CpuModel::load(&Gguf::read(&file).unwrap(), &file).unwrap();
+    let cpu = reference();
     let reference = common::read_json(&common::reference_path("smollm2-135m/forced-logits.json"));
     for case in reference["cases"].as_array().unwrap() {
         let prompt: Vec<u32> = case["prompt_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let gpu_tokens = greedy(&mut ferrolm::gpu::GpuSession::new(&model), &prompt, 24);
-        let cpu_tokens = greedy(&mut ferrolm::generate::CpuSession::new(&cpu, 512), &prompt, 24);
+        let gpu_tokens = pollster::block_on(engine_cases::raw_greedy(&model, &prompt, 24));
+        let cpu_tokens = pollster::block_on(engine_cases::raw_greedy(&cpu, &prompt, 24));
         assert_eq!(gpu_tokens, cpu_tokens, "GPU-shape and CPU greedy continuations differ for {:?}", case["prompt"]);
     }
-}
-
-/// Greedy continuation of `prompt` by repeated `extend_greedy` (no tokenizer involved).
-fn greedy<S: ferrolm::generate::Session>(session: &mut S, prompt: &[u32], n: usize) -> Vec<u32> {
-    pollster::block_on(async {
-        let mut next = session.extend_greedy(prompt).await.unwrap();
-        let mut out = vec![next];
-        while out.len() < n {
-            next = session.extend_greedy(&[next]).await.unwrap();
-            out.push(next);
-        }
-        out
-    })
+    check_forced_logits("GPU shapes", model);
 }
 
 /// Seeded sampling (temperature 0.8, top-p 0.95, seed 11) from the full logits.
-fn sample<S: ferrolm::generate::Session>(session: &mut S, prompt: &[u32], n: usize) -> Vec<u32> {
-    sample_with(session, prompt, n, SamplingParams { temperature: 0.8, top_p: 0.95, seed: Some(11), ..Default::default() }, false)
+fn sample(model: &GpuModel, prompt: &[u32], n: usize) -> Vec<u32> {
+    sample_with(model, prompt, n, SamplingParams { temperature: 0.8, top_p: 0.95, seed: Some(11), ..Default::default() }, false)
 }
 
 /// Seeded sampling with top-k 40, from the full logits or from the top candidates alone.
-fn sample_top_k<S: ferrolm::generate::Session>(session: &mut S, prompt: &[u32], n: usize, from_top: bool) -> Vec<u32> {
-    sample_with(session, prompt, n, SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, seed: Some(12), ..Default::default() }, from_top)
+fn sample_top_k(model: &GpuModel, prompt: &[u32], n: usize, from_top: bool) -> Vec<u32> {
+    sample_with(model, prompt, n, SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, seed: Some(12), ..Default::default() }, from_top)
 }
 
-fn sample_with<S: ferrolm::generate::Session>(session: &mut S, prompt: &[u32], n: usize, params: SamplingParams, from_top: bool) -> Vec<u32> {
+fn sample_with(model: &GpuModel, prompt: &[u32], n: usize, params: SamplingParams, from_top: bool) -> Vec<u32> {
     let mut sampler = Sampler::new(params, 49152).unwrap();
     let k = sampler.top_needed(None).unwrap_or(0);
-    pollster::block_on(async {
-        let mut history = prompt.to_vec();
-        let mut out = Vec::new();
-        let mut feed = prompt.to_vec();
-        while out.len() < n {
-            let next = if from_top {
-                sampler.sample_top(&session.extend_top(&feed, k).await.unwrap())
-            } else {
-                sampler.sample(&session.extend_logits(&feed).await.unwrap(), &history)
-            };
-            history.push(next);
-            out.push(next);
-            feed = vec![next];
-        }
-        out
-    })
+    let mut seq = RawSequence::new(model);
+    let mut history = prompt.to_vec();
+    let mut out = Vec::new();
+    let mut feed = prompt.to_vec();
+    while out.len() < n {
+        let next = match pollster::block_on(seq.extend(&feed, if from_top { Readback::Top(k) } else { Readback::Logits })) {
+            Picks::Top(t) => sampler.sample_top(&t[0]),
+            Picks::Logits(l) => sampler.sample(&l, &history),
+            other => panic!("unexpected {other:?}"),
+        };
+        history.push(next);
+        out.push(next);
+        feed = vec![next];
+    }
+    out
 }
 
 /// GPU greedy decoding (one token per step through the KV cache) equals the CPU reference's,
@@ -95,19 +102,18 @@ fn sample_with<S: ferrolm::generate::Session>(session: &mut S, prompt: &[u32], n
 #[test]
 fn gpu_greedy_equals_cpu_greedy_and_is_recorded_for_the_browser() {
     let model = load_smollm2();
-    let file = std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap();
-    let cpu = ferrolm::cpu::CpuModel::load(&Gguf::read(&file).unwrap(), &file).unwrap();
+    let cpu = reference();
     let reference = common::read_json(&common::reference_path("smollm2-135m/forced-logits.json"));
     let mut records = Vec::new();
     for case in reference["cases"].as_array().unwrap() {
         let prompt: Vec<u32> = case["prompt_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let gpu_tokens = greedy(&mut ferrolm::gpu::GpuSession::new(&model), &prompt, 24);
-        let cpu_tokens = greedy(&mut ferrolm::generate::CpuSession::new(&cpu, 512), &prompt, 24);
+        let gpu_tokens = pollster::block_on(engine_cases::raw_greedy(&model, &prompt, 24));
+        let cpu_tokens = pollster::block_on(engine_cases::raw_greedy(&cpu, &prompt, 24));
         assert_eq!(gpu_tokens, cpu_tokens, "GPU and CPU greedy continuations differ for {:?}", case["prompt"]);
-        let sampled = sample(&mut ferrolm::gpu::GpuSession::new(&model), &prompt, 16);
+        let sampled = sample(&model, &prompt, 16);
         // The GPU top-k kernel's candidates give the same draws as the full logits.
-        let sampled_top = sample_top_k(&mut ferrolm::gpu::GpuSession::new(&model), &prompt, 16, true);
-        assert_eq!(sampled_top, sample_top_k(&mut ferrolm::gpu::GpuSession::new(&model), &prompt, 16, false), "top-k path differs");
+        let sampled_top = sample_top_k(&model, &prompt, 16, true);
+        assert_eq!(sampled_top, sample_top_k(&model, &prompt, 16, false), "top-k path differs");
         records.push(serde_json::json!({ "prompt_tokens": prompt, "tokens": gpu_tokens, "sampled": sampled, "sampled_top": sampled_top }));
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
@@ -124,10 +130,10 @@ fn bench_probes_run_and_count_smollm2_multiply_adds() {
     let layer = 576 * (576 + 192 + 192 + 576) + 3 * 576 * 1536;
     assert_eq!(model.weight_values, 30 * layer + 49152 * 576);
     let (bandwidth, alu) = pollster::block_on(async {
-        (ferrolm::bench::read_bandwidth(&model).await.unwrap(), ferrolm::bench::dequant_rate(&model).await.unwrap())
+        (ferrolm::api::bench::read_bandwidth(&model).await.unwrap(), ferrolm::api::bench::dequant_rate(&model).await.unwrap())
     });
     assert!(bandwidth.is_finite() && bandwidth > 0.0 && alu.is_finite() && alu > 0.0, "{bandwidth} B/s, {alu} MAC/s");
-    let ceiling = ferrolm::bench::decode_ceiling(&model, bandwidth, alu);
+    let ceiling = ferrolm::api::bench::decode_ceiling(&model, bandwidth, alu);
     let slower = (model.weight_bytes as f64 / bandwidth).max(model.weight_values as f64 / alu);
     assert!(ceiling <= 1.0 / slower * 1.000001, "the ceiling cannot beat the slower probe");
 }

@@ -1,7 +1,7 @@
 //! Sampling against analytically filtered distributions, computed here independently of
 //! `src/sampler.rs`: 20,000 seeded draws per setting must lie within a total-variation bound.
 
-use ferrolm::sampler::{logprobs, Sampler, SamplingParams};
+use ferrolm::sample::{logprobs, Sampler, SamplingParams};
 
 const LOGITS: [f32; 12] = [2.0, 1.5, 1.4, 0.9, 0.3, 0.0, -0.2, -0.7, -1.0, -1.6, -2.5, -4.0];
 const DRAWS: usize = 20_000;
@@ -166,7 +166,7 @@ fn logprobs_are_log_softmax() {
 /// draws included, as sampling from the full logits, whenever `top_needed` allows it.
 #[test]
 fn sampling_from_top_candidates_equals_full_logits() {
-    use ferrolm::sampler::TopLogits;
+    use ferrolm::sample::TopLogits;
     let vocab = 5000;
     let logits: Vec<f32> = (0..vocab).map(|i| ((i * 7919 % 1000) as f32 / 150.0) - 3.0 + if i % 97 == 0 { 2.0 } else { 0.0 }).collect();
     let cases = [
@@ -197,7 +197,7 @@ fn sampling_from_top_candidates_equals_full_logits() {
     // logprobs from the candidates equal the full-logits ones.
     let cand = TopLogits::from_logits(&logits, 20);
     let (lp, alts) = cand.logprobs(cand.top[3].0, 20);
-    let (lp_full, alts_full) = ferrolm::sampler::logprobs(&logits, cand.top[3].0, 20);
+    let (lp_full, alts_full) = ferrolm::sample::logprobs(&logits, cand.top[3].0, 20);
     assert!((lp - lp_full).abs() < 1e-5);
     assert_eq!(alts.iter().map(|a| a.0).collect::<Vec<_>>(), alts_full.iter().map(|a| a.0).collect::<Vec<_>>());
 }

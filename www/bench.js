@@ -1,6 +1,6 @@
 // Browser benchmark page, driven by scripts/bench/run-browser.mjs. Query: model=<file under
 // /models/>, gen=<tokens>, runs=<n>, stream_gen=<tokens per concurrent stream, 0: skip>. Publishes the summary as window.__bench.
-import init, { Engine, EngineDevice } from "/pkg/wasm/ferrolm.js";
+import init, { Engine, ModelBytes } from "/pkg/wasm/ferrolm.js";
 
 const q = new URLSearchParams(location.search);
 const model = q.get("model") || "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -15,8 +15,10 @@ async function run() {
   const resp = await fetch("/models/" + model);
   if (!resp.ok) throw new Error(`model fetch failed: HTTP ${resp.status}`);
   const bytes = new Uint8Array(await resp.arrayBuffer());
+  const buf = new ModelBytes(bytes.length);
+  buf.push(bytes);
   status("loading");
-  const engine = await Engine.load(bytes, EngineDevice.Gpu, 1024, false);
+  const engine = await Engine.fromBytes(buf, { device: "gpu", context: 1024 });
   status("benchmarking");
   const result = JSON.parse(await engine.benchmark(gen, runs, streamGen));
   result.model = model;

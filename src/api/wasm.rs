@@ -345,7 +345,7 @@ fn js_event(e: Event) -> JsEvent {
 #[wasm_bindgen]
 impl Engine {
     /// Queues a request: `input` is `{prompt}` (raw text) or `{messages: [{role, content}]}`
-    /// (rendered with the model's chat template); `options` as for `generate`. Returns its id.
+    /// (rendered with the model's chat template); `options` with OpenAI names (`GenerateRequest`). Returns its id.
     pub fn submit(&mut self, input: JsValue, options: JsValue) -> Result<u32, JsError> {
         let input: SubmitInput = serde_wasm_bindgen::from_value(input).map_err(|e| JsError::new(&format!("invalid request: {e}")))?;
         let req: GenerateRequest = if options.is_undefined() || options.is_null() {

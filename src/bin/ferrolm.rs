@@ -2,7 +2,7 @@
 //! can be piped and compared; timings and stats go to stderr. Errors print one line, exit 1.
 
 #[cfg(target_arch = "wasm32")]
-fn main() {} // The browser API lives in `wasm.rs`; the CLI is native only.
+fn main() {} // The browser API lives in `api/wasm.rs`; the CLI is native only.
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() -> std::process::ExitCode {
@@ -275,6 +275,13 @@ mod cli {
         pollster::block_on(Runtime::load(&m.gguf, &m.file, load_options(args, m)?))
     }
 
+    /// The draft model (`--draft-model`, default the model itself) on the runtime's backend.
+    fn load_draft(runtime: &mut Runtime, args: &ModelArgs, spec: &SpecArgs) -> Result<()> {
+        let draft_args = ModelArgs { model: spec.draft_model.clone().or(args.model.clone()), ..args.clone() };
+        let d = open(&draft_args)?;
+        pollster::block_on(runtime.load_draft(&d.gguf, &d.file, load_options(&draft_args, &d)?))
+    }
+
     pub fn run() -> Result<()> {
         match Cli::parse().command {
             Command::Generate { model: args, prompt, prompts_file, chat, system, max_tokens, sampling, spec } => {
@@ -314,14 +321,15 @@ mod cli {
                 if let Some(prompts) = prompts {
                     let requests = prompts.into_iter().map(|p| Ok(Request { prompt: render(p)?, opts: opts.clone() })).collect::<Result<Vec<_>>>()?;
                     let mut runtime = load(&args, &m)?;
+                    if let Some(SpecArg::Draft) = spec.speculative {
+                        load_draft(&mut runtime, &args, &spec)?;
+                    }
                     return run_batch(&mut runtime, &tokenizer, requests);
                 }
                 let ids = render(prompt.expect("clap requires --prompt without --prompts-file"))?;
                 let mut runtime = load(&args, &m)?;
                 if let Some(SpecArg::Draft) = spec.speculative {
-                    let draft_args = ModelArgs { model: spec.draft_model.clone().or(args.model.clone()), ..args.clone() };
-                    let d = open(&draft_args)?;
-                    pollster::block_on(runtime.load_draft(&d.gguf, &d.file, load_options(&draft_args, &d)?))?;
+                    load_draft(&mut runtime, &args, &spec)?;
                 }
                 let load_ms = now_ms() - t0;
                 let mut stdout = std::io::stdout().lock();

@@ -3,6 +3,13 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use ferrolm::backend::reference::{CpuModel, ReferenceModel};
+use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
+use ferrolm::engine::{Engine, ModelOptions};
+use ferrolm::gguf::Gguf;
+use ferrolm::tokenizer::Tokenizer;
 
 pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
@@ -51,7 +58,7 @@ pub fn check_smollm2_forced_logits(what: &str, vocab: usize, mut score: impl FnM
             let argmax = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
             assert_eq!(argmax as u64, top5[0][0].as_u64().unwrap(), "{what}: argmax differs at pos {pos}");
         }
-        let mean_nll: f64 = (0..cont.len()).map(|i| ferrolm::cpu::ops::nll(&logits[(prompt.len() - 1 + i) * vocab..][..vocab], cont[i] as usize)).sum::<f64>() / cont.len() as f64;
+        let mean_nll: f64 = (0..cont.len()).map(|i| ferrolm::backend::reference::ops::nll(&logits[(prompt.len() - 1 + i) * vocab..][..vocab], cont[i] as usize)).sum::<f64>() / cont.len() as f64;
         let ratio = mean_nll / case["mean_nll_ref"].as_f64().unwrap();
         println!("{what} case {:?}: worst top-5 logit diff {case_worst:.5}, mean NLL {mean_nll:.5} (ratio to reference {ratio:.5})", case["prompt"]);
         assert!((ratio - 1.0).abs() <= 0.01, "{what}: mean NLL ratio {ratio} outside 1%");
@@ -63,8 +70,8 @@ pub fn check_smollm2_forced_logits(what: &str, vocab: usize, mut score: impl FnM
 
 /// Runs `tokens` batched, then incrementally (three tokens, then one at a time); returns the largest
 /// difference between the two runs' last logits, the incremental cache and its last logits.
-pub fn incremental_vs_batched(model: &ferrolm::cpu::CpuModel, tokens: &[u32]) -> (f32, ferrolm::cpu::KvCache, Vec<f32>) {
-    use ferrolm::cpu::Logits;
+pub fn incremental_vs_batched(model: &CpuModel, tokens: &[u32]) -> (f32, ferrolm::backend::reference::KvCache, Vec<f32>) {
+    use ferrolm::backend::reference::Logits;
     let all = model.forward(tokens, &mut model.new_cache(16), Logits::All).unwrap();
     let mut inc = model.new_cache(16);
     let mut last = model.forward(&tokens[..3], &mut inc, Logits::Last).unwrap();
@@ -74,4 +81,38 @@ pub fn incremental_vs_batched(model: &ferrolm::cpu::CpuModel, tokens: &[u32]) ->
     let want = &all[(tokens.len() - 1) * model.config.vocab_size..];
     let diff = want.iter().zip(&last).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     (diff, inc, last)
+}
+
+/// SmolLM2's tokenizer.
+pub fn smollm2_tokenizer() -> Tokenizer {
+    let gguf = Gguf::read(&std::fs::File::open(model_path(SMOLLM2)).unwrap()).unwrap();
+    Tokenizer::from_gguf(&gguf.metadata).unwrap()
+}
+
+/// SmolLM2's f32 weights, dequantized once per test binary.
+pub fn smollm2_weights() -> Arc<CpuModel> {
+    static WEIGHTS: OnceLock<Arc<CpuModel>> = OnceLock::new();
+    WEIGHTS
+        .get_or_init(|| {
+            let file = std::fs::File::open(model_path(SMOLLM2)).unwrap();
+            Arc::new(CpuModel::load(&Gguf::read(&file).unwrap(), &file).unwrap())
+        })
+        .clone()
+}
+
+/// An engine over SmolLM2 on the f32 reference.
+pub fn reference_engine(opts: ModelOptions) -> (Engine<ReferenceModel>, Tokenizer) {
+    (Engine::new(ReferenceModel::new(smollm2_weights(), &opts)), smollm2_tokenizer())
+}
+
+/// SmolLM2 on this machine's WebGPU adapter.
+pub fn gpu_model(opts: ModelOptions) -> GpuModel {
+    let file = std::fs::File::open(model_path(SMOLLM2)).unwrap();
+    let gguf = Gguf::read(&file).unwrap();
+    pollster::block_on(async { GpuModel::load(GpuContext::new(GpuOptions::default()).await.unwrap(), &gguf, &file, &opts).await.unwrap() })
+}
+
+/// An engine over SmolLM2 on this machine's WebGPU adapter.
+pub fn gpu_engine(opts: ModelOptions) -> (Engine<GpuModel>, Tokenizer) {
+    (Engine::new(gpu_model(opts)), smollm2_tokenizer())
 }

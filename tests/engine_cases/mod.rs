@@ -1,12 +1,12 @@
-//! Batching-engine scenarios shared by the native tests (tests/engine.rs) and the browser tests
-//! (tests/browser.rs), kept in a folder so it is no test crate of its own: the same code on lavapipe and on SwiftShader.
+//! Batching-engine scenarios shared by the native tests (tests/engine.rs, tests/speculative.rs)
+//! and the browser tests (tests/browser.rs), kept in a folder so it is no test crate of its own:
+//! the same code on every backend (the f32 reference, and WebGPU on lavapipe and SwiftShader).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 
-use ferrolm::engine::{Engine, Event, Request, RequestId, RequestStats};
-use ferrolm::generate::{FinishReason, GenerateOptions, Generation, TokenLogprob};
-use ferrolm::gpu::GpuModel;
+use ferrolm::engine::{Batch, Engine, Event, ForwardModel, PendingStep, Picks, Readback, Request, RequestId, RequestStats};
+use ferrolm::sample::{FinishReason, GenerateOptions, Generation, SpecMethod, Speculative, TokenLogprob};
 use ferrolm::tokenizer::Tokenizer;
 
 /// Prompts of different lengths and topics.
@@ -28,12 +28,12 @@ pub struct Outcome {
     pub stats: RequestStats,
 }
 
-/// Runs `requests` together through one engine; results by submission order.
-pub async fn run_together(engine: &mut Engine, model: &GpuModel, tok: &Tokenizer, requests: Vec<Request>) -> Vec<Outcome> {
-    let ids: Vec<RequestId> = requests.into_iter().map(|r| engine.submit(model, tok, r).unwrap()).collect();
+/// Runs `requests` together through the engine; results by submission order.
+pub async fn run_together<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, requests: Vec<Request>) -> Vec<Outcome> {
+    let ids: Vec<RequestId> = requests.into_iter().map(|r| engine.submit(tok, r).unwrap()).collect();
     let mut done = BTreeMap::new();
     engine
-        .run(model, tok, |e| {
+        .run(tok, |e| {
             if let Event::Done { id, generation, stats } = e {
                 done.insert(id, Outcome { generation: *generation, stats });
             }
@@ -44,31 +44,39 @@ pub async fn run_together(engine: &mut Engine, model: &GpuModel, tok: &Tokenizer
 }
 
 /// One request alone on a cold cache.
-pub async fn run_alone(model: &GpuModel, tok: &Tokenizer, req: Request) -> Outcome {
-    model.pool.borrow_mut().clear_cache();
-    run_together(&mut Engine::new(), model, tok, vec![req]).await.remove(0)
+pub async fn run_alone<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, req: Request) -> Outcome {
+    engine.clear_prefix_cache();
+    run_together(engine, tok, vec![req]).await.remove(0)
 }
 
 pub fn requests(tok: &Tokenizer, max_tokens: usize) -> Vec<Request> {
     PROMPTS.iter().map(|p| Request { prompt: tok.encode_prompt(p, false).unwrap(), opts: greedy(max_tokens) }).collect()
 }
 
-/// Submits the prompts together and checks each gets exactly the tokens `alone` lists; returns
-/// the engine for its stats. The pool must be back to no block in use afterwards.
-pub async fn together_equals(model: &GpuModel, tok: &Tokenizer, max_tokens: usize, alone: &[Vec<u32>]) -> Engine {
-    model.pool.borrow_mut().clear_cache();
-    let mut engine = Engine::new();
-    let together = run_together(&mut engine, model, tok, requests(tok, max_tokens)).await;
+/// Each prompt's tokens alone on a cold cache.
+pub async fn each_alone<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, max_tokens: usize) -> Vec<Vec<u32>> {
+    let mut alone = Vec::new();
+    for r in requests(tok, max_tokens) {
+        alone.push(run_alone(engine, tok, r).await.generation.tokens);
+    }
+    alone
+}
+
+/// Submits the prompts together and checks each gets exactly the tokens `alone` lists. The
+/// pool must be back to no block in use afterwards.
+pub async fn together_equals<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, max_tokens: usize, alone: &[Vec<u32>]) {
+    engine.clear_prefix_cache();
+    let together = run_together(engine, tok, requests(tok, max_tokens)).await;
     for (i, (t, a)) in together.iter().zip(alone).enumerate() {
         assert_eq!(&t.generation.tokens, a, "prompt {:?}: batched tokens differ from the request alone", PROMPTS[i]);
+        assert_eq!(t.generation.tokens.len(), max_tokens, "prompt {:?}: ended early", PROMPTS[i]);
     }
-    assert_eq!(model.pool.borrow().stats().used, 0, "blocks still held after every request finished");
-    engine
+    assert_eq!(engine.pool().stats().used, 0, "blocks still held after every request finished");
 }
 
 /// The shared-prefix case: `first` runs, then `second` shares its first 300 tokens. Returns
 /// the second request's outcome (greedy, 4 tokens, top-5 logprobs per token).
-pub async fn prefix_hit(model: &GpuModel, tok: &Tokenizer) -> (Outcome, Vec<u32>) {
+pub async fn prefix_hit<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) -> (Outcome, Vec<u32>) {
     let ids = tok.encode_prompt(&long_text(), false).unwrap();
     assert!(ids.len() > 300, "the long text has only {} tokens", ids.len());
     let prefix = &ids[..300];
@@ -76,12 +84,10 @@ pub async fn prefix_hit(model: &GpuModel, tok: &Tokenizer) -> (Outcome, Vec<u32>
     let first = Request { prompt: with(" The first question is why"), opts: greedy(1) };
     let second_prompt = with(" In short, the press");
     let second = Request { prompt: second_prompt.clone(), opts: GenerateOptions { logprobs: Some(5), ..greedy(4) } };
-    model.pool.borrow_mut().clear_cache();
-    let mut engine = Engine::new();
-    run_together(&mut engine, model, tok, vec![first]).await;
-    let hot = run_together(&mut engine, model, tok, vec![second]).await.remove(0);
+    engine.clear_prefix_cache();
+    run_together(engine, tok, vec![first]).await;
+    let hot = run_together(engine, tok, vec![second]).await.remove(0);
     assert!(hot.stats.cached_tokens >= 288, "only {} of the 300 shared tokens came from the prefix cache", hot.stats.cached_tokens);
-    assert!(engine.stats(model).prefix_hit_rate > 0.4, "prefix hit rate {}", engine.stats(model).prefix_hit_rate);
     (hot, second_prompt)
 }
 
@@ -100,31 +106,30 @@ pub fn assert_logprobs_close(a: &[TokenLogprob], b: &[TokenLogprob], tol: f32) {
 
 /// Cancelling a running request frees its blocks at once; the other request still finishes
 /// and the pool ends with no block in use.
-pub async fn cancel_frees_blocks(model: &GpuModel, tok: &Tokenizer) {
-    model.pool.borrow_mut().clear_cache();
-    let baseline = model.pool.borrow().stats().used;
-    let mut engine = Engine::new();
+pub async fn cancel_frees_blocks<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) {
+    engine.clear_prefix_cache();
+    let baseline = engine.pool().stats().used;
     let reqs = requests(tok, 40);
-    let keep = engine.submit(model, tok, reqs[0].clone()).unwrap();
-    let gone = engine.submit(model, tok, reqs[2].clone()).unwrap();
+    let keep = engine.submit(tok, reqs[0].clone()).unwrap();
+    let gone = engine.submit(tok, reqs[2].clone()).unwrap();
     let mut tokens_seen = 0;
     while tokens_seen < 6 {
-        for e in engine.step(model, tok).await.unwrap() {
+        for e in engine.step(tok).await.unwrap() {
             if matches!(e, Event::Token { id, .. } if id == gone) {
                 tokens_seen += 1;
             }
         }
     }
-    let used_before = model.pool.borrow().stats().used;
-    let Some(Event::Done { generation, .. }) = engine.cancel(model, tok, gone) else { panic!("cancel found no request") };
+    let used_before = engine.pool().stats().used;
+    let Some(Event::Done { generation, .. }) = engine.cancel(tok, gone) else { panic!("cancel found no request") };
     assert_eq!(generation.finish_reason, FinishReason::Cancelled);
     assert!(generation.tokens.len() >= 6);
-    let used_after = model.pool.borrow().stats().used;
+    let used_after = engine.pool().stats().used;
     assert!(used_after < used_before, "cancel freed no block ({used_before} -> {used_after})");
-    assert!(engine.cancel(model, tok, gone).is_none(), "a cancelled request is gone");
+    assert!(engine.cancel(tok, gone).is_none(), "a cancelled request is gone");
     let mut finished = false;
     engine
-        .run(model, tok, |e| {
+        .run(tok, |e| {
             if let Event::Done { id, generation, .. } = e {
                 assert_eq!(id, keep);
                 assert_eq!(generation.tokens.len(), 40);
@@ -134,29 +139,27 @@ pub async fn cancel_frees_blocks(model: &GpuModel, tok: &Tokenizer) {
         .await
         .unwrap();
     assert!(finished);
-    assert_eq!(model.pool.borrow().stats().used, baseline, "block count not back to the baseline");
+    assert_eq!(engine.pool().stats().used, baseline, "block count not back to the baseline");
 }
 
 /// A prompt whose continuation repeats its own text: where prompt lookup shines.
 pub const CODE_PROMPT: &str = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n    return a * b\n\ndef div(a, b):\n";
 
-pub fn speculative(method: ferrolm::engine::SpecMethod, k: usize) -> Option<ferrolm::engine::Speculative> {
-    Some(ferrolm::engine::Speculative { method, k })
+pub fn speculative(method: SpecMethod, k: usize) -> Option<Speculative> {
+    Some(Speculative { method, k })
 }
 
 /// Greedy decoding with n-gram and with draft-model speculation gives exactly `want` (the
 /// plain greedy tokens) for every prompt; returns the total (drafted, accepted) per method.
-pub async fn speculative_greedy_identity(model: &GpuModel, draft: std::rc::Rc<GpuModel>, tok: &Tokenizer, prompts: &[Vec<u32>], want: &[Vec<u32>]) -> Vec<(usize, usize)> {
-    use ferrolm::engine::SpecMethod;
+/// The engine must have a draft model.
+pub async fn speculative_greedy_identity<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, prompts: &[Vec<u32>], want: &[Vec<u32>]) -> Vec<(usize, usize)> {
     let mut totals = Vec::new();
     for method in [SpecMethod::Ngram, SpecMethod::Draft] {
         let (mut drafted, mut accepted) = (0, 0);
         for (prompt, want) in prompts.iter().zip(want) {
-            model.pool.borrow_mut().clear_cache();
-            let mut engine = Engine::new();
-            engine.set_draft_model(model, draft.clone()).unwrap();
+            engine.clear_prefix_cache();
             let opts = GenerateOptions { speculative: speculative(method, 4), ..greedy(want.len()) };
-            let out = run_together(&mut engine, model, tok, vec![Request { prompt: prompt.clone(), opts }]).await.remove(0);
+            let out = run_together(engine, tok, vec![Request { prompt: prompt.clone(), opts }]).await.remove(0);
             assert_eq!(&out.generation.tokens, want, "{method:?} speculation changed the greedy output for prompt {prompt:?}");
             assert!(out.stats.accepted <= out.stats.drafted);
             drafted += out.stats.drafted;
@@ -165,6 +168,55 @@ pub async fn speculative_greedy_identity(model: &GpuModel, draft: std::rc::Rc<Gp
         assert!(accepted > 0, "{method:?}: no draft was ever kept, the speculative path went unexercised");
         totals.push((drafted, accepted));
     }
-    assert_eq!(draft.pool.borrow().stats().used, 0, "the draft model's blocks were not released");
+    assert_eq!(engine.draft_pool().expect("a draft model").stats().used, 0, "the draft model's blocks were not released");
     totals
+}
+
+/// One sequence driven straight through the backend trait, without the engine: its KV goes to
+/// the pool's blocks in order (0, 1, ...), so nothing else may use the model meanwhile.
+pub struct RawSequence<'m, M: ForwardModel> {
+    model: &'m M,
+    len: usize,
+}
+
+impl<'m, M: ForwardModel> RawSequence<'m, M> {
+    pub fn new(model: &'m M) -> Self {
+        RawSequence { model, len: 0 }
+    }
+
+    /// Appends `tokens` (in chunks a step takes) and returns `read` for the last one.
+    pub async fn extend(&mut self, tokens: &[u32], read: Readback) -> Picks {
+        let limits = *self.model.limits();
+        let table: Vec<u32> = (0..limits.context.div_ceil(limits.block_size)).collect();
+        let mut out = Picks::Nothing;
+        let n_chunks = tokens.len().div_ceil(limits.max_batch_tokens as usize);
+        for (i, chunk) in tokens.chunks(limits.max_batch_tokens as usize).enumerate() {
+            let last = i + 1 == n_chunks;
+            let positions: Vec<u32> = (self.len..self.len + chunk.len()).map(|p| p as u32).collect();
+            let rows = if last { vec![chunk.len() as u32 - 1] } else { Vec::new() };
+            let batch = Batch { tokens: chunk, positions: &positions, seq_ids: &vec![0; chunk.len()], logit_rows: &rows, block_tables: &[&table] };
+            out = self.model.submit(&batch, if last { read } else { Readback::Nothing }).unwrap().read().await.unwrap();
+            self.len += chunk.len();
+        }
+        out
+    }
+
+    /// The argmax after `tokens`.
+    pub async fn greedy(&mut self, tokens: &[u32]) -> u32 {
+        match self.extend(tokens, Readback::Argmax).await {
+            Picks::Tokens(t) => t[0],
+            other => panic!("an argmax step returned {other:?}"),
+        }
+    }
+}
+
+/// Greedy continuation of `prompt`, `n` tokens (no tokenizer involved).
+pub async fn raw_greedy<M: ForwardModel>(model: &M, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut seq = RawSequence::new(model);
+    let mut out = vec![seq.greedy(prompt).await];
+    while out.len() < n {
+        let next = seq.greedy(&[*out.last().unwrap()]).await;
+        out.push(next);
+    }
+    out
 }

@@ -6,6 +6,7 @@ mod forward;
 pub mod ops;
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 pub use forward::{CpuModel, KvCache, LayerKv, Logits, Rows};
 
@@ -16,7 +17,8 @@ use crate::model::Config;
 
 /// The reference model behind the engine's trait: f32 weights and a paged f32 KV pool.
 pub struct ReferenceModel {
-    weights: CpuModel,
+    /// Shared, so tests and a draft model of the same file load the weights once.
+    weights: Arc<CpuModel>,
     /// Per layer, K/V by slot (block * block_size + offset).
     kv: RefCell<Vec<LayerKv>>,
     limits: Limits,
@@ -24,11 +26,11 @@ pub struct ReferenceModel {
 
 impl ReferenceModel {
     pub fn load<S: ByteSource + ?Sized>(gguf: &Gguf, source: &S, opts: &ModelOptions) -> Result<ReferenceModel> {
-        Ok(Self::new(CpuModel::load(gguf, source)?, opts))
+        Ok(Self::new(Arc::new(CpuModel::load(gguf, source)?), opts))
     }
 
     /// Sizes the pool for `weights` as `opts` asks (its memory grows as blocks are used).
-    pub fn new(weights: CpuModel, opts: &ModelOptions) -> ReferenceModel {
+    pub fn new(weights: Arc<CpuModel>, opts: &ModelOptions) -> ReferenceModel {
         let c = &weights.config;
         let context = opts.context.clamp(1, c.context_len as u32);
         let max_batch_tokens = opts.max_batch_tokens.max(1);

@@ -4,6 +4,9 @@
 /// `y[t][o] = sum_i x[t][i] * w[o][i]` for `x: [n][k]`, `w: [m][k]` (GGUF row-major), `y: [n][m]`.
 pub fn matmul(y: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize, m: usize) {
     assert!(x.len() == n * k && w.len() == m * k && y.len() == n * m, "matmul shape mismatch");
+    if n == 0 {
+        return;
+    }
     let threads = thread_count().min(m.div_ceil(64)).max(1);
     if threads == 1 {
         matmul_rows(y, x, w, k, m, 0..m);
