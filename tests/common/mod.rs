@@ -51,7 +51,7 @@ pub fn check_smollm2_forced_logits(what: &str, vocab: usize, mut score: impl FnM
             let argmax = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
             assert_eq!(argmax as u64, top5[0][0].as_u64().unwrap(), "{what}: argmax differs at pos {pos}");
         }
-        let mean_nll: f64 = (0..cont.len()).map(|i| ferrolm::cpu::ops::nll(&logits[(prompt.len() - 1 + i) * vocab..][..vocab], cont[i] as usize)).sum::<f64>() / cont.len() as f64;
+        let mean_nll: f64 = (0..cont.len()).map(|i| ferrolm::backend::reference::ops::nll(&logits[(prompt.len() - 1 + i) * vocab..][..vocab], cont[i] as usize)).sum::<f64>() / cont.len() as f64;
         let ratio = mean_nll / case["mean_nll_ref"].as_f64().unwrap();
         println!("{what} case {:?}: worst top-5 logit diff {case_worst:.5}, mean NLL {mean_nll:.5} (ratio to reference {ratio:.5})", case["prompt"]);
         assert!((ratio - 1.0).abs() <= 0.01, "{what}: mean NLL ratio {ratio} outside 1%");
@@ -63,8 +63,8 @@ pub fn check_smollm2_forced_logits(what: &str, vocab: usize, mut score: impl FnM
 
 /// Runs `tokens` batched, then incrementally (three tokens, then one at a time); returns the largest
 /// difference between the two runs' last logits, the incremental cache and its last logits.
-pub fn incremental_vs_batched(model: &ferrolm::cpu::CpuModel, tokens: &[u32]) -> (f32, ferrolm::cpu::KvCache, Vec<f32>) {
-    use ferrolm::cpu::Logits;
+pub fn incremental_vs_batched(model: &ferrolm::backend::reference::CpuModel, tokens: &[u32]) -> (f32, ferrolm::backend::reference::KvCache, Vec<f32>) {
+    use ferrolm::backend::reference::Logits;
     let all = model.forward(tokens, &mut model.new_cache(16), Logits::All).unwrap();
     let mut inc = model.new_cache(16);
     let mut last = model.forward(&tokens[..3], &mut inc, Logits::Last).unwrap();

@@ -2,11 +2,11 @@
 //! (tests/browser.rs): random inputs, attention over a paged K/V cache and its exact value in f64.
 #![allow(dead_code)]
 
-use ferrolm::gpu::kernels::AttnDims;
-use ferrolm::gpu::EngineLimits;
+use ferrolm::backend::webgpu::kernels::AttnDims;
+use ferrolm::engine::Limits;
 
 /// Three sequences of up to 1024 positions over a shuffled pool of 16-position blocks.
-pub const LIMITS: EngineLimits = EngineLimits { max_batch_tokens: 32, context: 1024, max_seqs: 3, block_size: 16, n_blocks: 192, kv_bytes_per_token: 0 };
+pub const LIMITS: Limits = Limits { max_batch_tokens: 32, context: 1024, max_seqs: 3, block_size: 16, n_blocks: 192, kv_bytes_per_token: 0, max_logit_rows: 32, max_draft: 0 };
 
 /// Deterministic pseudo-random values in [-1, 1).
 pub fn random(n: usize, seed: u64) -> Vec<f32> {
