@@ -1,4 +1,5 @@
-// The step's batch description, written by the engine before each forward (src/gpu/batch.rs).
+// The step's batch description, written before each forward by `batch_to_words`
+// (src/backend/webgpu/model.rs).
 // Header: [n_tokens, n_logit_rows, max_tokens, max_blocks_per_seq, block_size, 0, 0, 0], then
 // tokens[max_tokens], positions[max_tokens], seq_ids[max_tokens], logit_rows[max_tokens],
 // block_tables[max_seqs][max_blocks_per_seq] (physical KV block of each logical block).

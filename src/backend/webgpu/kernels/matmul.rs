@@ -1,0 +1,190 @@
+//! The weight matmuls: a decode GEMV and a prefill GEMM per adapter kind (matvec.wgsl on
+//! CPU-emulated adapters, matmul.wgsl on GPUs), optionally with the gated FFN's activation.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::shader::Shader;
+use super::{Count, Grid, Kernels, Op, Variant};
+use crate::backend::webgpu::weights::{GpuTensor, TensorPart};
+use crate::model::Activation;
+
+/// Where a matmul writes: row stride and first column of `y`.
+#[derive(Clone, Copy, Debug)]
+pub struct OutCols {
+    pub stride: u32,
+    pub col: u32,
+}
+
+/// `struct Params` of matmul.wgsl and matvec.wgsl (the two share their bindings and uniform).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MatmulParams {
+    /// Input width (multiple of 32).
+    k: u32,
+    /// Output rows (with a gate: gate rows, the up rows follow).
+    m: u32,
+    out_stride: u32,
+    out_col: u32,
+    /// u32 offset of the scales in the weight part.
+    scale_off: u32,
+    /// 1: `y += result`.
+    accumulate: u32,
+    /// 1: the row count is the batch's logit rows (LM head).
+    use_logit_rows: u32,
+    /// Gate form, read by matvec.wgsl only (matmul.wgsl specializes it as overrides):
+    /// 0 none, 1 SiLU, 2 GELU-tanh.
+    glu: u32,
+}
+const _: () = assert!(std::mem::size_of::<MatmulParams>() == 32);
+
+/// Tokens per prefill matmul workgroup: each dequantized weight group is reused this many times.
+const MATMUL_TN: u32 = 8;
+
+impl Kernels {
+    /// `y[t][out.col + r] (+)= x[t] . W[r]` for every token (or logit row) `t`; one Op per part
+    /// of `w`. With `swiglu`, `w` (one part) holds gate rows then up rows and
+    /// `y = silu(gate) * up`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        &self,
+        w: &GpuTensor,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        out: OutCols,
+        accumulate: bool,
+        of: Count,
+        swiglu: bool,
+    ) -> Vec<Op> {
+        let glu = swiglu.then_some(Activation::Silu);
+        w.parts
+            .iter()
+            .map(|p| {
+                self.matmul_part(
+                    w,
+                    p,
+                    x,
+                    y,
+                    OutCols {
+                        stride: out.stride,
+                        col: out.col + p.row0,
+                    },
+                    accumulate,
+                    of,
+                    glu,
+                )
+            })
+            .collect()
+    }
+
+    /// The gated FFN's first matmul: `w` (one part) holds gate rows then up rows and
+    /// `y = act(gate) * up` (SiLU: SwiGLU, GELU with tanh: GeGLU).
+    pub fn matmul_gated(
+        &self,
+        w: &GpuTensor,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        stride: u32,
+        act: Activation,
+    ) -> Op {
+        assert!(
+            w.parts.len() == 1,
+            "fused gate/up weights are uploaded unsplit"
+        );
+        self.matmul_part(
+            w,
+            &w.parts[0],
+            x,
+            y,
+            OutCols { stride, col: 0 },
+            false,
+            Count::Tokens,
+            Some(act),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_part(
+        &self,
+        w: &GpuTensor,
+        part: &TensorPart,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        out: OutCols,
+        accumulate: bool,
+        of: Count,
+        glu: Option<Activation>,
+    ) -> Op {
+        let gated = glu.is_some();
+        let m = if gated { part.rows / 2 } else { part.rows };
+        // A decode GEMV and a prefill GEMM per adapter kind: (tokens per workgroup, largest batch
+        // it serves) each.
+        let variants: Vec<Variant> = if self.cpu_like {
+            // (tokens per thread, largest batch): 8 weight rows share each x slice; batches
+            // share each weight block across 4 tokens.
+            [(1u32, 1u32), (4, u32::MAX)]
+                .iter()
+                .map(|&(tn, max_n)| {
+                    let outs = if gated { 4 } else { 8 };
+                    let threads = m.div_ceil(outs);
+                    // Small workgroups, so both cores (or all) get work on small matrices; one
+                    // size for all, so a quant type's matrices share a pipeline (CPU JITs take
+                    // up to a second per pipeline; 64 was no faster on the large ones).
+                    let wg = 16;
+                    let pipeline =
+                        self.pipeline(Shader::Matvec, Some(w.ty), &[("TN", tn), ("WG", wg)]);
+                    Variant {
+                        pipeline,
+                        grid: Grid::Rows {
+                            x: threads.div_ceil(wg),
+                            per: tn,
+                            of,
+                        },
+                        max_n,
+                    }
+                })
+                .collect()
+        } else {
+            let tpr = (1u32 << (w.k / 32).max(1).ilog2()).min(16);
+            let gelu = glu == Some(Activation::GeluTanh);
+            // Decode batches of up to 8 sequences get TN = 4 (measured faster than TN = 8 there).
+            [(1u32, 1u32), (4, 8), (MATMUL_TN, u32::MAX)]
+                .iter()
+                .map(|&(tn, max_n)| {
+                    let overrides = [
+                        ("TN", tn),
+                        ("TPR", tpr),
+                        ("SWIGLU", gated as u32),
+                        ("GELU", gelu as u32),
+                    ];
+                    let pipeline = self.pipeline(Shader::Matmul, Some(w.ty), &overrides);
+                    Variant {
+                        pipeline,
+                        grid: Grid::Rows {
+                            x: m.div_ceil(64 / tpr),
+                            per: tn,
+                            of,
+                        },
+                        max_n,
+                    }
+                })
+                .collect()
+        };
+        // matvec.wgsl takes the gate form as a uniform (one pipeline for both forms).
+        let glu = match glu {
+            None => 0,
+            Some(Activation::Silu) => 1,
+            Some(Activation::GeluTanh) => 2,
+        };
+        let params = MatmulParams {
+            k: w.k,
+            m,
+            out_stride: out.stride,
+            out_col: out.col,
+            scale_off: part.scale_off,
+            accumulate: accumulate as u32,
+            use_logit_rows: matches!(of, Count::LogitRows) as u32,
+            glu,
+        };
+        self.op("matmul", variants, &params, &[&part.buffer, x, y])
+    }
+}
