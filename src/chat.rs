@@ -45,9 +45,7 @@ impl ChatTemplate {
         env.set_syntax(syntax);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> { Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg)) });
         env.add_template_owned("chat", source.to_string()).map_err(chat_err)?;
         Ok(ChatTemplate { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
     }
@@ -69,9 +67,7 @@ impl ChatTemplate {
 
 /// Renders a chat with the model's template; a clear error when the model has none.
 pub fn render_chat(template: Option<&ChatTemplate>, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-    let t = template.ok_or_else(|| {
-        Error::ChatTemplate("this model has no chat template (tokenizer.chat_template); send a raw prompt instead of chat messages".into())
-    })?;
+    let t = template.ok_or_else(|| Error::ChatTemplate("this model has no chat template (tokenizer.chat_template); send a raw prompt instead of chat messages".into()))?;
     if messages.is_empty() {
         return Err(Error::InvalidOption { option: "messages", reason: "a chat needs at least one message".into() });
     }

@@ -76,16 +76,9 @@ impl Tokenizer {
                 let scores = meta.get_f32_array("tokenizer.ggml.scores")?;
                 spm_tokenizer(&tokens, &scores, &types, vocab, meta.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true))?
             }
-            other => {
-                return Err(Error::Tokenizer(format!("unsupported tokenizer model '{other}'; ferrolm reads 'gpt2' (byte-level BPE) and 'llama' (SentencePiece)")))
-            }
+            other => return Err(Error::Tokenizer(format!("unsupported tokenizer model '{other}'; ferrolm reads 'gpt2' (byte-level BPE) and 'llama' (SentencePiece)"))),
         };
-        let added: Vec<AddedToken> = types
-            .iter()
-            .zip(&tokens)
-            .filter(|(&t, _)| t == TYPE_CONTROL || t == TYPE_USER_DEFINED)
-            .map(|(&t, s)| AddedToken::from(s.clone(), t == TYPE_CONTROL))
-            .collect();
+        let added: Vec<AddedToken> = types.iter().zip(&tokens).filter(|(&t, _)| t == TYPE_CONTROL || t == TYPE_USER_DEFINED).map(|(&t, s)| AddedToken::from(s.clone(), t == TYPE_CONTROL)).collect();
         inner.add_special_tokens(&added);
         let id = |k: &str| -> Result<Option<u32>> { meta.opt_u32(k) };
         let (bos, eos, eot) = (id("tokenizer.ggml.bos_token_id")?, id("tokenizer.ggml.eos_token_id")?, id("tokenizer.ggml.eot_token_id")?);

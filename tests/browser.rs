@@ -4,6 +4,7 @@
 
 use std::rc::Rc;
 
+use engine_cases::RawSequence;
 use ferrolm::backend::reference::ops::nll;
 use ferrolm::backend::reference::{CpuModel, Logits, ReferenceModel};
 use ferrolm::backend::webgpu::{batch_to_words, batch_words, GpuContext, GpuModel, GpuOptions};
@@ -11,7 +12,6 @@ use ferrolm::engine::{Batch, Engine, ForwardModel, Limits, ModelOptions, Picks, 
 use ferrolm::gguf::{Gguf, GgufWriter, Value};
 use ferrolm::sample::{Sampler, SamplingParams, TokenLogprob, TopLogits};
 use ferrolm::tokenizer::Tokenizer;
-use engine_cases::RawSequence;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
@@ -42,11 +42,8 @@ async fn smollm2() -> Rc<Vec<u8>> {
     }
     let url = format!("{SERVER}/models/{SMOLLM2}");
     let window = web_sys::window().expect("tests run in a window");
-    let resp: web_sys::Response = JsFuture::from(window.fetch_with_str(&url))
-        .await
-        .unwrap_or_else(|e| panic!("fetching {url} failed ({e:?}): is `make test-browser` serving models/?"))
-        .dyn_into()
-        .unwrap();
+    let resp: web_sys::Response =
+        JsFuture::from(window.fetch_with_str(&url)).await.unwrap_or_else(|e| panic!("fetching {url} failed ({e:?}): is `make test-browser` serving models/?")).dyn_into().unwrap();
     assert!(resp.ok(), "GET {url}: HTTP {} (run `make models`)", resp.status());
     let buf = JsFuture::from(resp.array_buffer().unwrap()).await.unwrap();
     let bytes = Rc::new(js_sys::Uint8Array::new(&buf).to_vec());
@@ -196,7 +193,7 @@ async fn kernels_match_cpu_in_browser() {
     // subgroups where the adapter has them (`enable subgroups;` in the browser).
     let portable = GpuOptions::portable();
     for (opts, cpu_like) in [(portable, None), (GpuOptions::default(), Some(false))] {
-    let ctx = GpuContext::new(opts).await.unwrap();
+        let ctx = GpuContext::new(opts).await.unwrap();
         let dev = &ctx.device;
         let limits = Limits { max_batch_tokens: 8, context: 16, max_seqs: 1, block_size: 16, n_blocks: 1, kv_bytes_per_token: 0, max_logit_rows: 8, max_draft: 0 };
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
@@ -231,7 +228,11 @@ async fn kernels_match_cpu_in_browser() {
             let n_bytes = ty.row_bytes(k as u64).unwrap() as usize * m;
             let mut data: Vec<u8> = (0..n_bytes).map(|i| ((i * 2654435761) >> 13) as u8).collect();
             // Small finite f16 super-scales: the high byte of each f16 scale field.
-            let highs: &[usize] = match ty { ferrolm::gguf::GgmlType::Q5_0 => &[1], ferrolm::gguf::GgmlType::Q4_K => &[1, 3], _ => &[209] };
+            let highs: &[usize] = match ty {
+                ferrolm::gguf::GgmlType::Q5_0 => &[1],
+                ferrolm::gguf::GgmlType::Q4_K => &[1, 3],
+                _ => &[209],
+            };
             for block in data.chunks_mut(ty.type_size() as usize) {
                 for &i in highs {
                     block[i] = (block[i] & 0x83) | 0x14;

@@ -45,7 +45,7 @@ fn wrong_sizes_and_unsupported_types_are_errors() {
     let mut out = vec![0f32; 32];
     let err = dequantize(GgmlType::Q4_0, &[0u8; 17], &mut out).unwrap_err().to_string();
     assert!(err.contains("does not hold 32 values"), "{err}");
-    let err = dequantize(GgmlType::Q4_0, &[0u8; 18], &mut vec![0f32; 31]).unwrap_err().to_string();
+    let err = dequantize(GgmlType::Q4_0, &[0u8; 18], &mut [0f32; 31]).unwrap_err().to_string();
     assert!(err.contains("not a multiple"), "{err}");
     let err = dequantize(GgmlType::Q5_K, &[0u8; 176], &mut vec![0f32; 256]).unwrap_err().to_string();
     assert!(err.contains("Q5_K"), "{err}");

@@ -5,9 +5,9 @@
 mod common;
 
 use ferrolm::backend::reference::{CpuModel, Logits};
-use ferrolm::gguf::Gguf;
 use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
 use ferrolm::engine::{Engine, ModelOptions};
+use ferrolm::gguf::Gguf;
 
 #[test]
 fn gemma3_gpu_logits_match_the_cpu_reference_and_llamacpp() {
@@ -45,7 +45,12 @@ fn gemma3_gpu_logits_match_the_cpu_reference_and_llamacpp() {
         let case_nll: f64 = (0..cont.len()).map(|i| ferrolm::backend::reference::ops::nll(&got[(prompt.len() - 1 + i) * vocab..][..vocab], cont[i] as usize)).sum();
         nll += case_nll;
         nll_ref += case["mean_nll_llamacpp"].as_f64().unwrap() * cont.len() as f64;
-        println!("GPU case {:?}: argmax = llama.cpp's on {agree}/{} positions, NLL ratio {:.4}", case["prompt"], steps.len(), case_nll / (case["mean_nll_llamacpp"].as_f64().unwrap() * cont.len() as f64));
+        println!(
+            "GPU case {:?}: argmax = llama.cpp's on {agree}/{} positions, NLL ratio {:.4}",
+            case["prompt"],
+            steps.len(),
+            case_nll / (case["mean_nll_llamacpp"].as_f64().unwrap() * cont.len() as f64)
+        );
         assert!(agree as f64 >= 0.9 * steps.len() as f64, "argmax agreement {agree}/{} below 90%", steps.len());
         records.push(serde_json::json!({ "tokens": tokens, "positions": steps.iter().map(|s| s["pos"].clone()).collect::<Vec<_>>(), "top5": top }));
     }

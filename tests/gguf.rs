@@ -174,7 +174,8 @@ fn hostile_tensor_tables_are_clear_errors() {
     let dims = at + 8 + 1 + 4; // name length, name, n_dims
     let ty = dims + 8;
     let off = ty + 4;
-    let cases: Vec<(Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+    type Corrupt<'a> = Box<dyn Fn(&mut Vec<u8>) + 'a>;
+    let cases: Vec<(Corrupt, &str)> = vec![
         (Box::new(|b| b[at + 9..at + 13].copy_from_slice(&0u32.to_le_bytes())), "0 dimensions"),
         (Box::new(|b| b[at + 9..at + 13].copy_from_slice(&5u32.to_le_bytes())), "5 dimensions"),
         (Box::new(|b| b[dims..dims + 8].copy_from_slice(&0u64.to_le_bytes())), "invalid dimensions"),
@@ -184,7 +185,13 @@ fn hostile_tensor_tables_are_clear_errors() {
         (Box::new(|b| b[off..off + 8].copy_from_slice(&(1u64 << 40).to_le_bytes())), "runs past the end"),
         (Box::new(|b| b[off..off + 8].copy_from_slice(&4u64.to_le_bytes())), "not aligned"),
         (Box::new(|b| b[off..off + 8].copy_from_slice(&32u64.to_le_bytes())), "overlap"),
-        (Box::new(|b| { let at = tensor_info_at(b, "a"); b[at + 8] = b'b'; }), "appears twice"),
+        (
+            Box::new(|b| {
+                let at = tensor_info_at(b, "a");
+                b[at + 8] = b'b';
+            }),
+            "appears twice",
+        ),
     ];
     for (patch, want) in cases {
         let e = parse_err(&patched(patch));

@@ -14,16 +14,7 @@ use ferrolm::model::{Activation, RopeStyle};
 use kernel_cases::random;
 use wgpu::util::DeviceExt;
 
-const LIMITS: Limits = Limits {
-    max_batch_tokens: 32,
-    context: 64,
-    max_seqs: 1,
-    block_size: 16,
-    n_blocks: 4,
-    kv_bytes_per_token: 0,
-    max_logit_rows: 32,
-    max_draft: 0,
-};
+const LIMITS: Limits = Limits { max_batch_tokens: 32, context: 64, max_seqs: 1, block_size: 16, n_blocks: 4, kv_bytes_per_token: 0, max_logit_rows: 32, max_draft: 0 };
 
 struct Harness {
     ctx: GpuContext,
@@ -43,38 +34,23 @@ impl Harness {
     }
 
     fn with_limits(opts: GpuOptions, cpu_like: Option<bool>, limits: Limits) -> Harness {
-        let ctx = pollster::block_on(GpuContext::new(opts))
-            .expect("a WebGPU adapter (lavapipe: apt install mesa-vulkan-drivers)");
+        let ctx = pollster::block_on(GpuContext::new(opts)).expect("a WebGPU adapter (lavapipe: apt install mesa-vulkan-drivers)");
         let batch = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: batch_words(&limits) as u64 * 4,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let kernels = Kernels::new(
-            &ctx.device,
-            &batch,
-            cpu_like.unwrap_or(ctx.info.cpu_like),
-            ctx.info.subgroup_rows,
-        );
-        Harness {
-            ctx,
-            batch,
-            kernels,
-            limits,
-        }
+        let kernels = Kernels::new(&ctx.device, &batch, cpu_like.unwrap_or(ctx.info.cpu_like), ctx.info.subgroup_rows);
+        Harness { ctx, batch, kernels, limits }
     }
 
     fn buffer(&self, data: &[f32]) -> wgpu::Buffer {
-        self.ctx
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: None,
-                contents: bytemuck::cast_slice(data),
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-            })
+        self.ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(data),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        })
     }
 
     /// Runs `ops` for a batch of `tokens` (logit rows: all of them) and reads `out` back.
@@ -82,23 +58,13 @@ impl Harness {
         let n = tokens.len();
         let positions: Vec<u32> = (0..n as u32).collect();
         let table: Vec<u32> = (0..self.limits.n_blocks).collect();
-        let b = Batch {
-            tokens,
-            positions: &positions,
-            seq_ids: &vec![0; n],
-            logit_rows: &positions,
-            block_tables: &[&table],
-        };
+        let b = Batch { tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &positions, block_tables: &[&table] };
         self.run_batch(ops, &b, out)
     }
 
     fn run_batch(&self, ops: &[Op], b: &Batch, out: &wgpu::Buffer) -> Vec<f32> {
         let n = b.tokens.len() as u32;
-        self.ctx.queue.write_buffer(
-            &self.batch,
-            0,
-            bytemuck::cast_slice(&batch_to_words(b, &self.limits)),
-        );
+        self.ctx.queue.write_buffer(&self.batch, 0, bytemuck::cast_slice(&batch_to_words(b, &self.limits)));
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
@@ -112,28 +78,8 @@ impl Harness {
 
     /// Repacks and uploads `rows` rows of `k` values of type `ty`.
     #[allow(clippy::too_many_arguments)]
-    fn upload(
-        &self,
-        max_binding: u64,
-        name: &str,
-        ty: GgmlType,
-        data: &[u8],
-        rows: usize,
-        k: usize,
-        splittable: bool,
-    ) -> GpuTensor {
-        GpuTensor::upload(
-            &self.ctx.device,
-            &self.ctx.queue,
-            max_binding,
-            name,
-            ty,
-            data,
-            rows,
-            k,
-            splittable,
-        )
-        .unwrap()
+    fn upload(&self, max_binding: u64, name: &str, ty: GgmlType, data: &[u8], rows: usize, k: usize, splittable: bool) -> GpuTensor {
+        GpuTensor::upload(&self.ctx.device, &self.ctx.queue, max_binding, name, ty, data, rows, k, splittable).unwrap()
     }
 
     fn read(&self, b: &wgpu::Buffer) -> Vec<f32> {
@@ -144,10 +90,7 @@ impl Harness {
 
 fn random_blocks(ty: GgmlType, rows: usize, k: usize, seed: u64) -> Vec<u8> {
     let n = ty.row_bytes(k as u64).unwrap() as usize * rows;
-    let mut bytes: Vec<u8> = random(n, seed)
-        .iter()
-        .map(|v| ((v + 1.0) * 127.9) as u8)
-        .collect();
+    let mut bytes: Vec<u8> = random(n, seed).iter().map(|v| ((v + 1.0) * 127.9) as u8).collect();
     // Keep every f16 scale field finite and small: exponent bits of the high byte cleared.
     let bs = ty.type_size() as usize;
     let scale_bytes: &[usize] = match ty {
@@ -166,10 +109,7 @@ fn random_blocks(ty: GgmlType, rows: usize, k: usize, seed: u64) -> Vec<u8> {
         }
     }
     if ty == GgmlType::F32 {
-        return random(rows * k, seed)
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        return random(rows * k, seed).iter().flat_map(|v| v.to_le_bytes()).collect();
     }
     bytes
 }
@@ -188,15 +128,9 @@ fn gpu_dequant(h: &Harness, w: &GpuTensor) -> Vec<f32> {
 
 fn assert_bits_eq(gpu: &[f32], cpu: &[f32], what: &str) {
     assert_eq!(gpu.len(), cpu.len());
-    let bad = gpu
-        .iter()
-        .zip(cpu)
-        .position(|(a, b)| a.to_bits() != b.to_bits());
+    let bad = gpu.iter().zip(cpu).position(|(a, b)| a.to_bits() != b.to_bits());
     if let Some(i) = bad {
-        panic!(
-            "{what}: value {i} differs: GPU {} vs CPU {}",
-            gpu[i], cpu[i]
-        );
+        panic!("{what}: value {i} differs: GPU {} vs CPU {}", gpu[i], cpu[i]);
     }
 }
 
@@ -210,11 +144,7 @@ fn repack_and_gpu_dequant_are_bit_exact_on_random_blocks_and_split_tensors() {
         let cpu = cpu_dequant(ty, &data, rows * k);
         for max_binding in [1 << 20, 1500] {
             let w = h.upload(max_binding, "w", ty, &data, rows, k, true);
-            assert_bits_eq(
-                &gpu_dequant(&h, &w),
-                &cpu,
-                &format!("{ty} with {} parts", w.parts.len()),
-            );
+            assert_bits_eq(&gpu_dequant(&h, &w), &cpu, &format!("{ty} with {} parts", w.parts.len()));
         }
     }
 }
@@ -227,44 +157,19 @@ fn gpu_dequant_is_bit_exact_on_real_tensors() {
     let gemma_file = std::fs::File::open(common::model_path(common::GEMMA3)).unwrap();
     let gemma = Gguf::read(&gemma_file).unwrap();
     // SmolLM2: Q4_1 and Q8_0; Gemma 3's Q4_K_M mix: Q5_0, Q4_K, Q8_0, Q6_K.
-    let smol = [
-        "blk.0.attn_q.weight",
-        "blk.5.ffn_down.weight",
-        "token_embd.weight",
-    ]
-    .map(|n| (&gguf, &file, n));
-    let gem = [
-        "blk.0.attn_q.weight",
-        "blk.0.attn_output.weight",
-        "blk.0.attn_v.weight",
-        "blk.0.ffn_down.weight",
-    ]
-    .map(|n| (&gemma, &gemma_file, n));
+    let smol = ["blk.0.attn_q.weight", "blk.5.ffn_down.weight", "token_embd.weight"].map(|n| (&gguf, &file, n));
+    let gem = ["blk.0.attn_q.weight", "blk.0.attn_output.weight", "blk.0.attn_v.weight", "blk.0.ffn_down.weight"].map(|n| (&gemma, &gemma_file, n));
     for (gguf, file, name) in smol.into_iter().chain(gem) {
         let info = gguf.tensor(name).unwrap();
         let data = gguf.tensor_data(file, info).unwrap();
-        let (k, rows) = (
-            info.dims[0] as usize,
-            (info.n_elements() / info.dims[0]) as usize,
-        );
+        let (k, rows) = (info.dims[0] as usize, (info.n_elements() / info.dims[0]) as usize);
         let w = h.upload(128 << 20, name, info.ty, &data, rows, k, true);
-        assert_bits_eq(
-            &gpu_dequant(&h, &w),
-            &cpu_dequant(info.ty, &data, rows * k),
-            &format!("{name} ({})", info.ty),
-        );
+        assert_bits_eq(&gpu_dequant(&h, &w), &cpu_dequant(info.ty, &data, rows * k), &format!("{name} ({})", info.ty));
     }
 }
 
 /// `act(gate) * up` of `x . W` for `n` tokens, W's `m` rows holding m/2 gate rows, then m/2 up rows.
-fn gated_reference(
-    x: &[f32],
-    w: &[f32],
-    n: usize,
-    k: usize,
-    m: usize,
-    act: Activation,
-) -> Vec<f32> {
+fn gated_reference(x: &[f32], w: &[f32], n: usize, k: usize, m: usize, act: Activation) -> Vec<f32> {
     let mut full = vec![0f32; n * m];
     ops::matmul(&mut full, x, w, n, k, m);
     let mut out = Vec::new();
@@ -291,23 +196,10 @@ fn check_close(gpu: &[f32], cpu: &[f32], tol: f32, what: &str) {
 #[test]
 fn matmul_matches_cpu_reference() {
     let portable = GpuOptions::portable();
-    for (opts, cpu_like) in [
-        (GpuOptions::default(), true),
-        (GpuOptions::default(), false),
-        (portable, false),
-    ] {
+    for (opts, cpu_like) in [(GpuOptions::default(), true), (GpuOptions::default(), false), (portable, false)] {
         let h = Harness::with_shapes(opts, Some(cpu_like));
-        println!(
-            "cpu_like={cpu_like} subgroups={} subgroup_rows={}",
-            h.ctx.info.subgroups, h.ctx.info.subgroup_rows
-        );
-        for (ty, k) in GPU_MATRIX_TYPES.iter().flat_map(|&t| {
-            if t.block_size() == 256 {
-                [(t, 256), (t, 768)]
-            } else {
-                [(t, 160), (t, 640)]
-            }
-        }) {
+        println!("cpu_like={cpu_like} subgroups={} subgroup_rows={}", h.ctx.info.subgroups, h.ctx.info.subgroup_rows);
+        for (ty, k) in GPU_MATRIX_TYPES.iter().flat_map(|&t| if t.block_size() == 256 { [(t, 256), (t, 768)] } else { [(t, 160), (t, 640)] }) {
             let m = 70;
             // f32 summation order differs from the CPU's; wide Q8_0 rows reach sums of ~100 where
             // that shows at 1e-4 (SwiGLU multiplies two such sums).
@@ -321,18 +213,7 @@ fn matmul_matches_cpu_reference() {
                     let max_binding = if split { 2000 } else { 1 << 20 };
                     let w = h.upload(max_binding, "w", ty, &data, m, k, true);
                     let (xb, yb) = (h.buffer(&x), h.buffer(&y0));
-                    let ops = h.kernels.matmul(
-                        &w,
-                        &xb,
-                        &yb,
-                        OutCols {
-                            stride: m as u32,
-                            col: 0,
-                        },
-                        accumulate,
-                        Count::Tokens,
-                        false,
-                    );
+                    let ops = h.kernels.matmul(&w, &xb, &yb, OutCols { stride: m as u32, col: 0 }, accumulate, Count::Tokens, false);
                     let got = h.run(&ops, &vec![0; n], &yb);
                     let mut want = vec![0f32; n * m];
                     ops::matmul(&mut want, &x, &wf, n, k, m);
@@ -344,26 +225,10 @@ fn matmul_matches_cpu_reference() {
                 // SwiGLU: rows 0..m/2 gate, m/2..m up.
                 let w = h.upload(1 << 20, "w", ty, &data, m, k, false);
                 let (xb, yb) = (h.buffer(&x), h.buffer(&vec![0f32; n * m / 2]));
-                let ops = h.kernels.matmul(
-                    &w,
-                    &xb,
-                    &yb,
-                    OutCols {
-                        stride: (m / 2) as u32,
-                        col: 0,
-                    },
-                    false,
-                    Count::Tokens,
-                    true,
-                );
+                let ops = h.kernels.matmul(&w, &xb, &yb, OutCols { stride: (m / 2) as u32, col: 0 }, false, Count::Tokens, true);
                 let got = h.run(&ops, &vec![0; n], &yb);
                 let want = gated_reference(&x, &wf, n, k, m, Activation::Silu);
-                check_close(
-                    &got,
-                    &want,
-                    tol,
-                    &format!("{ty} k={k} swiglu n={n} cpu_like={cpu_like}"),
-                );
+                check_close(&got, &want, tol, &format!("{ty} k={k} swiglu n={n} cpu_like={cpu_like}"));
             }
         }
     }
@@ -376,11 +241,7 @@ fn rmsnorm_and_argmax_match_cpu() {
     let x = random(n * d, 3);
     let w = random(d, 4);
     let (xb, wb, yb) = (h.buffer(&x), h.buffer(&w), h.buffer(&vec![0f32; n * d]));
-    let got = h.run(
-        &[h.kernels.rmsnorm(&xb, &wb, &yb, d as u32, 1e-5, false)],
-        &vec![0; n],
-        &yb,
-    );
+    let got = h.run(&[h.kernels.rmsnorm(&xb, &wb, &yb, d as u32, 1e-5, false)], &vec![0; n], &yb);
     let mut want = vec![0f32; n * d];
     ops::rmsnorm(&mut want, &x, &w, 1e-5);
     check_close(&got, &want, 1e-5, "rmsnorm");
@@ -391,11 +252,7 @@ fn rmsnorm_and_argmax_match_cpu() {
     logits[vocab + 10] = 7.0;
     logits[vocab + 900] = 7.0;
     let (lb, rb) = (h.buffer(&logits), h.buffer(&vec![0f32; n]));
-    let got = h.run(
-        &[h.kernels.argmax(&lb, &rb, vocab as u32)],
-        &vec![0; n],
-        &rb,
-    );
+    let got = h.run(&[h.kernels.argmax(&lb, &rb, vocab as u32)], &vec![0; n], &rb);
     let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
     let want: Vec<u32> = logits.chunks(vocab).map(ferrolm::sample::argmax).collect();
     assert_eq!(got, want);
@@ -432,12 +289,7 @@ fn topk_matches_cpu_selection_exactly() {
             let gpu = TopLogits::from_words(&words[r * TOPK_WORDS..][..TOPK_WORDS], TOPK_MAX);
             let cpu = TopLogits::from_logits(row, TOPK_MAX);
             assert_eq!(gpu.top, cpu.top, "vocab {vocab} row {r}");
-            assert!(
-                (gpu.lse - cpu.lse).abs() <= 1e-5 * (1.0 + cpu.lse.abs()),
-                "vocab {vocab} row {r}: lse {} vs {}",
-                gpu.lse,
-                cpu.lse
-            );
+            assert!((gpu.lse - cpu.lse).abs() <= 1e-5 * (1.0 + cpu.lse.abs()), "vocab {vocab} row {r}: lse {} vs {}", gpu.lse, cpu.lse);
         }
     }
 }
@@ -450,63 +302,33 @@ fn topk_matches_cpu_selection_exactly() {
 #[test]
 fn attention_matches_cpu_over_paged_cache() {
     use ferrolm::backend::webgpu::kernels::ATTN_SPLIT_MAX_TOKENS;
-    use kernel_cases::{
-        block_tables, decode_batch, prefill_batch, reference, shapes, worst_difference,
-        LIMITS as ATTN_LIMITS,
-    };
+    use kernel_cases::{block_tables, decode_batch, prefill_batch, reference, shapes, worst_difference, LIMITS as ATTN_LIMITS};
     let tables = block_tables();
     let table_refs: Vec<&[u32]> = tables.iter().map(|t| &t[..]).collect();
     let (decode, prefill) = (decode_batch(), prefill_batch());
-    assert!(
-        decode.len() as u32 <= ATTN_SPLIT_MAX_TOKENS
-            && prefill.len() as u32 > ATTN_SPLIT_MAX_TOKENS
-    );
+    assert!(decode.len() as u32 <= ATTN_SPLIT_MAX_TOKENS && prefill.len() as u32 > ATTN_SPLIT_MAX_TOKENS);
     for cpu_like in [false, true] {
         let h = Harness::with_limits(GpuOptions::default(), Some(cpu_like), ATTN_LIMITS);
         for dims in shapes() {
-            let slots =
-                (ATTN_LIMITS.n_blocks * ATTN_LIMITS.block_size * dims.n_kv_heads * dims.head_dim)
-                    as usize;
-            let (k, v) = (
-                random(slots, 40 + dims.head_dim as u64),
-                random(slots, 41 + dims.head_dim as u64),
-            );
-            let plan = h.kernels.attention_plan(
-                ATTN_LIMITS.max_batch_tokens,
-                dims,
-                ATTN_LIMITS.context,
-                h.ctx.info.max_binding_size,
-            );
+            let slots = (ATTN_LIMITS.n_blocks * ATTN_LIMITS.block_size * dims.n_kv_heads * dims.head_dim) as usize;
+            let (k, v) = (random(slots, 40 + dims.head_dim as u64), random(slots, 41 + dims.head_dim as u64));
+            let plan = h.kernels.attention_plan(ATTN_LIMITS.max_batch_tokens, dims, ATTN_LIMITS.context, h.ctx.info.max_binding_size);
             assert_eq!(plan.passes, cpu_like);
             let scratch = h.buffer(&vec![0f32; plan.scratch_floats as usize]);
             let (kb, vb) = (h.buffer(&k), h.buffer(&v));
             for (name, items) in [("decode", &decode), ("prefill", &prefill)] {
                 let n = items.len();
                 let qkv = random(n * dims.qkv_stride as usize, 50 + n as u64);
-                let (qb, ob) = (
-                    h.buffer(&qkv),
-                    h.buffer(&vec![0f32; n * (dims.n_heads * dims.head_dim) as usize]),
-                );
+                let (qb, ob) = (h.buffer(&qkv), h.buffer(&vec![0f32; n * (dims.n_heads * dims.head_dim) as usize]));
                 let tokens = vec![0u32; n];
                 let positions: Vec<u32> = items.iter().map(|i| i.1).collect();
                 let seq_ids: Vec<u32> = items.iter().map(|i| i.0).collect();
-                let b = Batch {
-                    tokens: &tokens,
-                    positions: &positions,
-                    seq_ids: &seq_ids,
-                    logit_rows: &[],
-                    block_tables: &table_refs,
-                };
+                let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &table_refs };
                 for window in [0u32, 100] {
                     let scale = 1.0 / (dims.head_dim as f32).sqrt();
-                    let ops = h
-                        .kernels
-                        .attention(&qb, &kb, &vb, &ob, dims, scale, window, &plan, &scratch);
+                    let ops = h.kernels.attention(&qb, &kb, &vb, &ob, dims, scale, window, &plan, &scratch);
                     let got = h.run_batch(&ops, &b, &ob);
-                    let worst = worst_difference(
-                        &got,
-                        &reference(dims, items, &qkv, &k, &v, &tables, scale, window),
-                    );
+                    let worst = worst_difference(&got, &reference(dims, items, &qkv, &k, &v, &tables, scale, window));
                     assert!(worst <= 2e-5, "{name} {dims:?} window={window} cpu_like={cpu_like}: worst relative difference {worst}");
                 }
             }
@@ -521,12 +343,7 @@ fn attention_matches_cpu_over_paged_cache() {
 fn matmul_gated_matches_cpu_for_silu_and_gelu() {
     for cpu_like in [true, false] {
         let h = Harness::with_shapes(GpuOptions::default(), Some(cpu_like));
-        for (ty, k) in [
-            (GgmlType::Q4_1, 160),
-            (GgmlType::Q8_0, 640),
-            (GgmlType::Q4_K, 256),
-            (GgmlType::F32, 96),
-        ] {
+        for (ty, k) in [(GgmlType::Q4_1, 160), (GgmlType::Q8_0, 640), (GgmlType::Q4_K, 256), (GgmlType::F32, 96)] {
             // Rows 0..m/2 gate, m/2..m up.
             let m = 70;
             let tol = if k > 160 { 2e-4 } else { 1e-5 };
@@ -537,18 +354,9 @@ fn matmul_gated_matches_cpu_for_silu_and_gelu() {
                 let x = random(n * k, 20 + n as u64);
                 for act in [Activation::Silu, Activation::GeluTanh] {
                     let (xb, yb) = (h.buffer(&x), h.buffer(&vec![f32::NAN; n * m / 2]));
-                    let got = h.run(
-                        &[h.kernels.matmul_gated(&w, &xb, &yb, (m / 2) as u32, act)],
-                        &vec![0; n],
-                        &yb,
-                    );
+                    let got = h.run(&[h.kernels.matmul_gated(&w, &xb, &yb, (m / 2) as u32, act)], &vec![0; n], &yb);
                     let want = gated_reference(&x, &wf, n, k, m, act);
-                    check_close(
-                        &got,
-                        &want,
-                        tol,
-                        &format!("{ty} k={k} n={n} {act:?} cpu_like={cpu_like}"),
-                    );
+                    check_close(&got, &want, tol, &format!("{ty} k={k} n={n} {act:?} cpu_like={cpu_like}"));
                 }
             }
         }
@@ -565,49 +373,22 @@ fn rmsnorm_add_and_gather_match_cpu() {
     for cpu_like in [true, false] {
         let h = Harness::with_shapes(GpuOptions::default(), Some(cpu_like));
         let (xb, wb, yb) = (h.buffer(&x), h.buffer(&w), h.buffer(&y0));
-        let got = h.run(
-            &[h.kernels.rmsnorm_add(&xb, &wb, &yb, d as u32, eps)],
-            &vec![0; n],
-            &yb,
-        );
+        let got = h.run(&[h.kernels.rmsnorm_add(&xb, &wb, &yb, d as u32, eps)], &vec![0; n], &yb);
         let mut want = vec![0f32; n * d];
         ops::rmsnorm(&mut want, &x, &w, eps);
         ops::add_assign(&mut want, &y0);
-        check_close(
-            &got,
-            &want,
-            1e-5,
-            &format!("rmsnorm_add cpu_like={cpu_like}"),
-        );
+        check_close(&got, &want, 1e-5, &format!("rmsnorm_add cpu_like={cpu_like}"));
 
         // Output row i normalizes input row logit_rows[i].
         let rows = [5u32, 0, 3];
         let yb = h.buffer(&vec![f32::NAN; rows.len() * d]);
         let (tokens, positions) = (vec![0u32; n], (0..n as u32).collect::<Vec<_>>());
-        let b = Batch {
-            tokens: &tokens,
-            positions: &positions,
-            seq_ids: &vec![0; n],
-            logit_rows: &rows,
-            block_tables: &[],
-        };
-        let got = h.run_batch(
-            &[h.kernels.rmsnorm(&xb, &wb, &yb, d as u32, eps, true)],
-            &b,
-            &yb,
-        );
-        let gathered: Vec<f32> = rows
-            .iter()
-            .flat_map(|&r| x[r as usize * d..][..d].to_vec())
-            .collect();
+        let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &rows, block_tables: &[] };
+        let got = h.run_batch(&[h.kernels.rmsnorm(&xb, &wb, &yb, d as u32, eps, true)], &b, &yb);
+        let gathered: Vec<f32> = rows.iter().flat_map(|&r| x[r as usize * d..][..d].to_vec()).collect();
         let mut want = vec![0f32; rows.len() * d];
         ops::rmsnorm(&mut want, &gathered, &w, eps);
-        check_close(
-            &got,
-            &want,
-            1e-5,
-            &format!("rmsnorm gather cpu_like={cpu_like}"),
-        );
+        check_close(&got, &want, 1e-5, &format!("rmsnorm gather cpu_like={cpu_like}"));
     }
 }
 
@@ -619,11 +400,7 @@ fn bias_add_matches_cpu() {
     let (rows, n, width, stride) = (6, 4, 70, 96);
     let (y0, bias) = (random(rows * stride, 60), random(width, 61));
     let (yb, bb) = (h.buffer(&y0), h.buffer(&bias));
-    let got = h.run(
-        &[h.kernels.bias_add(&yb, &bb, width as u32, stride as u32)],
-        &vec![0; n],
-        &yb,
-    );
+    let got = h.run(&[h.kernels.bias_add(&yb, &bb, width as u32, stride as u32)], &vec![0; n], &yb);
     let mut want = y0.clone();
     for row in want.chunks_mut(stride).take(n) {
         ops::add_assign(&mut row[..width], &bias);
@@ -640,16 +417,9 @@ fn head_norm_matches_cpu() {
     for dims in kernel_cases::shapes() {
         let (hd, stride) = (dims.head_dim as usize, dims.qkv_stride as usize);
         let (q_dim, kv_dim) = (dims.n_heads as usize * hd, dims.n_kv_heads as usize * hd);
-        let (qkv, w) = (
-            random(n * stride, 70 + hd as u64),
-            random(2 * hd, 71 + hd as u64),
-        );
+        let (qkv, w) = (random(n * stride, 70 + hd as u64), random(2 * hd, 71 + hd as u64));
         let (qb, wb) = (h.buffer(&qkv), h.buffer(&w));
-        let got = h.run(
-            &[h.kernels.head_norm(&qb, &wb, dims, eps)],
-            &vec![0; n],
-            &qb,
-        );
+        let got = h.run(&[h.kernels.head_norm(&qb, &wb, dims, eps)], &vec![0; n], &qb);
         let mut want = qkv.clone();
         for row in want.chunks_mut(stride) {
             let (q, rest) = row.split_at_mut(q_dim);
@@ -666,33 +436,15 @@ fn head_norm_matches_cpu() {
 /// crossing a block boundary within the batch.
 #[test]
 fn rope_kv_matches_cpu_and_fills_paged_cache_slots() {
-    const ROPE_LIMITS: Limits = Limits {
-        max_batch_tokens: 32,
-        context: 64,
-        max_seqs: 2,
-        block_size: 16,
-        n_blocks: 8,
-        kv_bytes_per_token: 0,
-        max_logit_rows: 32,
-        max_draft: 0,
-    };
+    const ROPE_LIMITS: Limits = Limits { max_batch_tokens: 32, context: 64, max_seqs: 2, block_size: 16, n_blocks: 8, kv_bytes_per_token: 0, max_logit_rows: 32, max_draft: 0 };
     let h = Harness::with_limits(GpuOptions::default(), None, ROPE_LIMITS);
     let tables: [&[u32]; 2] = [&[5, 2, 7, 0], &[1, 6, 3, 4]];
-    let items: Vec<(u32, u32)> = (13..19)
-        .map(|p| (0, p))
-        .chain([(1, 0), (1, 50), (1, 63)])
-        .collect();
+    let items: Vec<(u32, u32)> = (13..19).map(|p| (0, p)).chain([(1, 0), (1, 50), (1, 63)]).collect();
     let (n, bs, base) = (items.len(), ROPE_LIMITS.block_size, 10000.0);
     let tokens = vec![0u32; n];
     let seq_ids: Vec<u32> = items.iter().map(|i| i.0).collect();
     let positions: Vec<u32> = items.iter().map(|i| i.1).collect();
-    let b = Batch {
-        tokens: &tokens,
-        positions: &positions,
-        seq_ids: &seq_ids,
-        logit_rows: &[],
-        block_tables: &tables,
-    };
+    let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &tables };
     for dims in kernel_cases::shapes() {
         let (hd, stride) = (dims.head_dim as usize, dims.qkv_stride as usize);
         let (q_dim, kv_dim) = (dims.n_heads as usize * hd, dims.n_kv_heads as usize * hd);
@@ -700,9 +452,7 @@ fn rope_kv_matches_cpu_and_fills_paged_cache_slots() {
         // exactly that, so both sides rotate by the same f32 values.
         let mut table = Vec::new();
         for pos in 0..ROPE_LIMITS.context {
-            let mut unit: Vec<f32> = (0..hd)
-                .map(|i| if i % 2 == 0 { 1.0 } else { 0.0 })
-                .collect();
+            let mut unit: Vec<f32> = (0..hd).map(|i| if i % 2 == 0 { 1.0 } else { 0.0 }).collect();
             ops::rope(&mut unit, hd, pos as f64, base, RopeStyle::Normal);
             table.extend(unit);
         }
@@ -710,18 +460,8 @@ fn rope_kv_matches_cpu_and_fills_paged_cache_slots() {
         let qkv = random(n * stride, 80 + hd as u64);
         let (k0, v0) = (random(slots * kv_dim, 81), random(slots * kv_dim, 82));
         for style in [RopeStyle::Normal, RopeStyle::Neox] {
-            let (qb, rb, kb, vb) = (
-                h.buffer(&qkv),
-                h.buffer(&table),
-                h.buffer(&k0),
-                h.buffer(&v0),
-            );
-            let got = h.run_batch(
-                &[h.kernels
-                    .rope_kv(&qb, &rb, &kb, &vb, dims, style == RopeStyle::Neox)],
-                &b,
-                &qb,
-            );
+            let (qb, rb, kb, vb) = (h.buffer(&qkv), h.buffer(&table), h.buffer(&k0), h.buffer(&v0));
+            let got = h.run_batch(&[h.kernels.rope_kv(&qb, &rb, &kb, &vb, dims, style == RopeStyle::Neox)], &b, &qb);
             let (mut want, mut want_k, mut want_v) = (qkv.clone(), k0.clone(), v0.clone());
             for (row, &(seq, pos)) in want.chunks_mut(stride).zip(&items) {
                 ops::rope(&mut row[..q_dim], hd, pos as f64, base, style);

@@ -5,11 +5,11 @@ mod common;
 #[path = "engine_cases/mod.rs"]
 mod engine_cases;
 
-use ferrolm::backend::reference::{CpuModel, Logits};
-use ferrolm::gguf::{Gguf, GgufWriter, Value};
 use ferrolm::backend::reference::ReferenceModel;
+use ferrolm::backend::reference::{CpuModel, Logits};
 use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
 use ferrolm::engine::{Engine, ModelOptions};
+use ferrolm::gguf::{Gguf, GgufWriter, Value};
 use ferrolm::model::RopeStyle;
 
 /// Deterministic values in [-scale, scale).

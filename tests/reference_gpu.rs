@@ -129,9 +129,7 @@ fn bench_probes_run_and_count_smollm2_multiply_adds() {
     let model = load_smollm2();
     let layer = 576 * (576 + 192 + 192 + 576) + 3 * 576 * 1536;
     assert_eq!(model.weight_values, 30 * layer + 49152 * 576);
-    let (bandwidth, alu) = pollster::block_on(async {
-        (ferrolm::api::bench::read_bandwidth(&model).await.unwrap(), ferrolm::api::bench::dequant_rate(&model).await.unwrap())
-    });
+    let (bandwidth, alu) = pollster::block_on(async { (ferrolm::api::bench::read_bandwidth(&model).await.unwrap(), ferrolm::api::bench::dequant_rate(&model).await.unwrap()) });
     assert!(bandwidth.is_finite() && bandwidth > 0.0 && alu.is_finite() && alu > 0.0, "{bandwidth} B/s, {alu} MAC/s");
     let ceiling = ferrolm::api::bench::decode_ceiling(&model, bandwidth, alu);
     let slower = (model.weight_bytes as f64 / bandwidth).max(model.weight_values as f64 / alu);

@@ -79,7 +79,13 @@ pub async fn time_serving<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokeniz
         let prompt: Vec<u32> = ids[..300].iter().chain(suffix).copied().collect();
         engine.submit(tok, Request { prompt, opts: greedy(1) })?;
         let mut stats = None;
-        engine.run(tok, |e| if let Event::Done { stats: s, .. } = e { stats = Some(s) }).await?;
+        engine
+            .run(tok, |e| {
+                if let Event::Done { stats: s, .. } = e {
+                    stats = Some(s)
+                }
+            })
+            .await?;
         Ok(stats.expect("the request finishes"))
     };
     let cold = ttft(&ids[300..308]).await?;

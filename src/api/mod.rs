@@ -50,8 +50,8 @@ impl LoadOptions {
 
 /// A model loaded on one backend and served by the engine.
 pub enum Runtime {
-    Reference(Engine<ReferenceModel>),
-    Gpu(Engine<GpuModel>),
+    Reference(Box<Engine<ReferenceModel>>),
+    Gpu(Box<Engine<GpuModel>>),
 }
 
 /// Runs `$body` with `$e` bound to the engine, whichever backend it runs on.
@@ -74,11 +74,11 @@ impl Runtime {
     pub async fn load_alongside<S: ByteSource + ?Sized, R>(gguf: &Gguf, source: &S, opts: LoadOptions, work: impl std::future::Future<Output = R>) -> Result<(Runtime, R)> {
         let model_opts = opts.model_options(gguf)?;
         Ok(match opts.device {
-            Device::Reference => (Runtime::Reference(Engine::new(ReferenceModel::load(gguf, source, &model_opts)?)), work.await),
+            Device::Reference => (Runtime::Reference(Box::new(Engine::new(ReferenceModel::load(gguf, source, &model_opts)?))), work.await),
             Device::Gpu => {
                 let pending = GpuModel::record(GpuContext::new(opts.gpu).await?, gguf, source, &model_opts)?;
                 let r = work.await;
-                (Runtime::Gpu(Engine::new(pending.ready().await?)), r)
+                (Runtime::Gpu(Box::new(Engine::new(pending.ready().await?))), r)
             }
         })
     }

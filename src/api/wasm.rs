@@ -319,22 +319,13 @@ enum JsEvent {
     #[serde(rename_all = "camelCase")]
     Token { id: u32, token: u32, text: String },
     #[serde(rename_all = "camelCase")]
-    Done {
-        id: u32,
-        finish_reason: &'static str,
-        text: String,
-        tokens: Vec<u32>,
-        logprobs: Vec<TokenLogprob>,
-        stats: RequestStats,
-    },
+    Done { id: u32, finish_reason: &'static str, text: String, tokens: Vec<u32>, logprobs: Vec<TokenLogprob>, stats: RequestStats },
 }
 
 fn js_event(e: Event) -> JsEvent {
     match e {
         Event::Token { id, token, text } => JsEvent::Token { id: id as u32, token, text },
-        Event::Done { id, generation: g, stats } => {
-            JsEvent::Done { id: id as u32, finish_reason: g.finish_reason.as_str(), text: g.text, tokens: g.tokens, logprobs: g.logprobs, stats }
-        }
+        Event::Done { id, generation: g, stats } => JsEvent::Done { id: id as u32, finish_reason: g.finish_reason.as_str(), text: g.text, tokens: g.tokens, logprobs: g.logprobs, stats },
     }
 }
 

@@ -21,7 +21,9 @@ mod cli {
     use std::path::PathBuf;
 
     use clap::{Parser, Subcommand, ValueEnum};
-    use ferrolm::api::bench::{decode_ceiling, dequant_rate, read_bandwidth, synthetic_llama, time_generation, time_serving, time_speculative, GenerationTiming, CODE_EDIT_PROMPT, PRINTING_PRESS_PROMPT, SYNTHETIC_SHAPES};
+    use ferrolm::api::bench::{
+        decode_ceiling, dequant_rate, read_bandwidth, synthetic_llama, time_generation, time_serving, time_speculative, GenerationTiming, CODE_EDIT_PROMPT, PRINTING_PRESS_PROMPT, SYNTHETIC_SHAPES,
+    };
     use ferrolm::api::{Device, LoadOptions, Runtime};
     use ferrolm::backend::reference::ops::nll;
     use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
@@ -247,7 +249,11 @@ mod cli {
     fn open(args: &ModelArgs) -> Result<Loaded> {
         let path = args.model.clone().unwrap_or_else(|| {
             let local = PathBuf::from(DEFAULT_MODEL);
-            if local.exists() { local } else { PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL) }
+            if local.exists() {
+                local
+            } else {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL)
+            }
         });
         let file = std::fs::File::open(&path).map_err(|e| {
             let hint = if args.model.is_none() { "; run `make models` to fetch the default model" } else { "" };
@@ -344,13 +350,26 @@ mod cli {
                 let s = &gen.stats;
                 eprintln!(
                     "{} | {} | load {:.0} ms | prompt tokens {} | generated {} ({}) | TTFT {:.0} ms | prefill {:.1} tok/s | decode {:.1} tok/s",
-                    m.path.display(), runtime.describe(), load_ms, s.prompt_tokens, s.generated_tokens, gen.finish_reason.as_str(), s.ttft_ms, s.prefill_tok_s, s.decode_tok_s
+                    m.path.display(),
+                    runtime.describe(),
+                    load_ms,
+                    s.prompt_tokens,
+                    s.generated_tokens,
+                    gen.finish_reason.as_str(),
+                    s.ttft_ms,
+                    s.prefill_tok_s,
+                    s.decode_tok_s
                 );
                 if let Some(sp) = opts.speculative {
                     eprintln!(
                         "speculative {:?} (k <= {}): drafted {} | accepted {} | acceptance rate {:.1}% | {:.2} tokens per forward | {:.1} tok/s",
-                        sp.method, sp.k, s.drafted, s.accepted, 100.0 * s.accepted as f64 / s.drafted.max(1) as f64,
-                        s.generated_tokens as f64 / s.forwards.max(1) as f64, s.decode_tok_s
+                        sp.method,
+                        sp.k,
+                        s.drafted,
+                        s.accepted,
+                        100.0 * s.accepted as f64 / s.drafted.max(1) as f64,
+                        s.generated_tokens as f64 / s.forwards.max(1) as f64,
+                        s.decode_tok_s
                     );
                 }
             }

@@ -251,8 +251,8 @@ impl<M: ForwardModel> Engine<M> {
             if budget == 0 {
                 break;
             }
-            loop {
-                let Some(seq) = self.running.iter_mut().find(|s| s.id == id) else { break }; // preempted
+            // Until the sequence is scheduled, preempted itself, or nothing is left to preempt.
+            while let Some(seq) = self.running.iter_mut().find(|s| s.id == id) {
                 let n = seq.pending().min(budget);
                 seq.fit_drafts(n);
                 if seq.reserve(&mut self.pool, n) {

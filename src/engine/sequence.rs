@@ -1,9 +1,9 @@
 //! One request's sequence inside the engine: its tokens, how many are in the KV cache, its
 //! block table, and its output side (the [`Decoder`]).
 
+use super::kv_cache::BlockPool;
 use super::speculative::{Proposal, SpecState};
 use super::{Event, RequestId, RequestStats};
-use super::kv_cache::BlockPool;
 use crate::clock::now_ms;
 use crate::sample::Decoder;
 

@@ -1,7 +1,7 @@
 //! One sequence run outside the scheduler: a draft model's drafts and teacher-forced scoring.
 //! Its blocks come from the pool it is given as positions fill; `release` gives them back.
 
-use super::backend::{Batch, ForwardModel, Picks, PendingStep, Readback};
+use super::backend::{Batch, ForwardModel, PendingStep, Picks, Readback};
 use super::kv_cache::BlockPool;
 use crate::error::{Error, Result};
 

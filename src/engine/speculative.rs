@@ -84,9 +84,7 @@ impl ModelDrafter {
                     _ => unreachable!("an argmax step returns tokens"),
                 },
                 Some(sampler) => {
-                    let Picks::Logits(logits) = self.session.extend(model, pool, &feed, Readback::Logits, false).await? else {
-                        unreachable!("a logits step returns logits")
-                    };
+                    let Picks::Logits(logits) = self.session.extend(model, pool, &feed, Readback::Logits, false).await? else { unreachable!("a logits step returns logits") };
                     let q = sampler.distribution(&logits, &history);
                     let t = sampler.draw_from(&q);
                     out.q.push(q);

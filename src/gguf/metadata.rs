@@ -176,40 +176,47 @@ impl Metadata {
     }
 
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
-        self.get_array(key)?
-            .iter()
-            .map(|v| v.as_str().ok_or_else(|| type_err(key, "array of strings", v)))
-            .collect()
+        self.get_array(key)?.iter().map(|v| v.as_str().ok_or_else(|| type_err(key, "array of strings", v))).collect()
     }
 
     pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>> {
-        self.get_array(key)?
-            .iter()
-            .map(|v| v.as_f64().map(|x| x as f32).ok_or_else(|| type_err(key, "array of numbers", v)))
-            .collect()
+        self.get_array(key)?.iter().map(|v| v.as_f64().map(|x| x as f32).ok_or_else(|| type_err(key, "array of numbers", v))).collect()
     }
 
     pub fn get_i64_array(&self, key: &str) -> Result<Vec<i64>> {
-        self.get_array(key)?
-            .iter()
-            .map(|v| v.as_i64().ok_or_else(|| type_err(key, "array of integers", v)))
-            .collect()
+        self.get_array(key)?.iter().map(|v| v.as_i64().ok_or_else(|| type_err(key, "array of integers", v))).collect()
     }
 
     /// `Ok(None)` when the key is absent, an error when present with the wrong type.
     pub fn opt_u32(&self, key: &str) -> Result<Option<u32>> {
-        if self.contains(key) { self.get_u32(key).map(Some) } else { Ok(None) }
+        if self.contains(key) {
+            self.get_u32(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
-        if self.contains(key) { self.get_f32(key).map(Some) } else { Ok(None) }
+        if self.contains(key) {
+            self.get_f32(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        if self.contains(key) { self.get_bool(key).map(Some) } else { Ok(None) }
+        if self.contains(key) {
+            self.get_bool(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
-        if self.contains(key) { self.get_str(key).map(Some) } else { Ok(None) }
+        if self.contains(key) {
+            self.get_str(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 }

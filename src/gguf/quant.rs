@@ -80,11 +80,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
     let expected = ty.row_bytes(out.len() as u64)?;
     if data.len() as u64 != expected {
-        return Err(Error::malformed(format!(
-            "{ty} data of {} bytes does not hold {} values ({expected} bytes expected)",
-            data.len(),
-            out.len()
-        )));
+        return Err(Error::malformed(format!("{ty} data of {} bytes does not hold {} values ({expected} bytes expected)", data.len(), out.len())));
     }
     match ty {
         GgmlType::F32 => {
@@ -138,8 +134,8 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
         }),
         GgmlType::Q8_0 => blocks(data, out, |b: BlockQ8_0, y| {
             let d = b.d.to_f32();
-            for j in 0..32 {
-                y[j] = b.qs[j] as f32 * d;
+            for (yj, &q) in y.iter_mut().zip(&b.qs) {
+                *yj = q as f32 * d;
             }
         }),
         GgmlType::Q4_K => blocks(data, out, |b: BlockQ4K, y| {
@@ -174,9 +170,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
                 }
             }
         }),
-        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q5_K => {
-            return Err(Error::UnsupportedTensorType { name: String::new(), ty: ty.name(), supported: SUPPORTED_TYPES })
-        }
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q5_K => return Err(Error::UnsupportedTensorType { name: String::new(), ty: ty.name(), supported: SUPPORTED_TYPES }),
     }
     Ok(())
 }

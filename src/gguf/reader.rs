@@ -52,6 +52,9 @@ pub struct Gguf {
 /// Random-access bytes: a file natively, a buffer in the browser.
 pub trait ByteSource {
     fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
 }
 
@@ -61,10 +64,7 @@ impl ByteSource for [u8] {
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let start = usize::try_from(offset).map_err(|_| Error::malformed("offset out of range"))?;
-        let src = start
-            .checked_add(buf.len())
-            .and_then(|end| self.get(start..end))
-            .ok_or_else(|| Error::malformed(format!("read of {} bytes at {offset} runs past the end", buf.len())))?;
+        let src = start.checked_add(buf.len()).and_then(|end| self.get(start..end)).ok_or_else(|| Error::malformed(format!("read of {} bytes at {offset} runs past the end", buf.len())))?;
         buf.copy_from_slice(src);
         Ok(())
     }
@@ -155,24 +155,18 @@ impl Gguf {
             }
             let ty_id = c.u32()?;
             let offset = c.u64()?;
-            let ty = GgmlType::from_id(ty_id).ok_or_else(|| Error::UnsupportedTensorType {
-                name: name.clone(),
-                ty: format!("ggml type id {ty_id} (unknown)"),
-                supported: super::types::SUPPORTED_TYPES,
-            })?;
+            let ty =
+                GgmlType::from_id(ty_id).ok_or_else(|| Error::UnsupportedTensorType { name: name.clone(), ty: format!("ggml type id {ty_id} (unknown)"), supported: super::types::SUPPORTED_TYPES })?;
             if !names.insert(name.clone()) {
                 return Err(Error::malformed(format!("tensor '{name}' appears twice")));
             }
             raw.push((name, dims, ty, offset));
         }
 
-        let data_offset = align_up(c.pos as u64, alignment)
-            .ok_or_else(|| Error::malformed("data offset overflows"))?;
+        let data_offset = align_up(c.pos as u64, alignment).ok_or_else(|| Error::malformed("data offset overflows"))?;
         let mut tensors = Vec::with_capacity(raw.len());
         for (name, dims, ty, rel) in raw {
-            let n_elements = dims.iter().try_fold(1u64, |acc, &d| {
-                if d == 0 { None } else { acc.checked_mul(d) }
-            });
+            let n_elements = dims.iter().try_fold(1u64, |acc, &d| if d == 0 { None } else { acc.checked_mul(d) });
             let n_elements = match n_elements {
                 Some(n) if n <= MAX_ELEMENTS => n,
                 _ => return Err(Error::malformed(format!("tensor '{name}' has invalid dimensions {dims:?}"))),
@@ -188,11 +182,7 @@ impl Gguf {
             let offset = data_offset
                 .checked_add(rel)
                 .filter(|o| o.checked_add(n_bytes).is_some_and(|end| end <= file_len))
-                .ok_or_else(|| {
-                    Error::malformed(format!(
-                        "tensor '{name}' ({n_bytes} bytes at data offset {rel}) runs past the end of the {file_len}-byte file"
-                    ))
-                })?;
+                .ok_or_else(|| Error::malformed(format!("tensor '{name}' ({n_bytes} bytes at data offset {rel}) runs past the end of the {file_len}-byte file")))?;
             tensors.push(TensorInfo { name, dims, ty, offset, n_bytes });
         }
 
@@ -242,10 +232,7 @@ impl<'a> Cursor<'a> {
 
     fn take(&mut self, n: u64) -> Result<&'a [u8]> {
         if n > self.remaining_in_file() {
-            return Err(Error::malformed(format!(
-                "truncated: {n} bytes needed at offset {} but the file has {} bytes",
-                self.pos, self.file_len
-            )));
+            return Err(Error::malformed(format!("truncated: {n} bytes needed at offset {} but the file has {} bytes", self.pos, self.file_len)));
         }
         let end = self.pos + n as usize;
         if end > self.buf.len() {
@@ -271,10 +258,7 @@ impl<'a> Cursor<'a> {
     /// Rejects a count that is over `cap` or that could not fit in the rest of the file.
     fn check_count(&self, what: &str, n: u64, cap: u64, min_item_bytes: u64) -> Result<()> {
         if n > cap || n > self.remaining_in_file() / min_item_bytes {
-            return Err(Error::malformed(format!(
-                "{what} {n} is impossible (limit {cap}, and {} bytes remain in the file)",
-                self.remaining_in_file()
-            )));
+            return Err(Error::malformed(format!("{what} {n} is impossible (limit {cap}, and {} bytes remain in the file)", self.remaining_in_file())));
         }
         Ok(())
     }
@@ -312,7 +296,7 @@ impl<'a> Cursor<'a> {
                 let min_size = match elem {
                     0 | 1 | 7 => 1,
                     2 | 3 => 2,
-                    4 | 5 | 6 => 4,
+                    4..=6 => 4,
                     8 | 10 | 11 | 12 => 8,
                     9 => 12,
                     _ => return Err(Error::malformed(format!("unknown metadata value type {elem} in array"))),

@@ -101,15 +101,10 @@ impl GgmlType {
 
     /// Bytes taken by a row of `n` values; errors if `n` is not a whole number of blocks.
     pub fn row_bytes(self, n: u64) -> Result<u64> {
-        if n % self.block_size() != 0 {
-            return Err(Error::malformed(format!(
-                "a row of {n} values is not a multiple of the {self:?} block size {}",
-                self.block_size()
-            )));
+        if !n.is_multiple_of(self.block_size()) {
+            return Err(Error::malformed(format!("a row of {n} values is not a multiple of the {self:?} block size {}", self.block_size())));
         }
-        (n / self.block_size())
-            .checked_mul(self.type_size())
-            .ok_or_else(|| Error::malformed("tensor size overflows"))
+        (n / self.block_size()).checked_mul(self.type_size()).ok_or_else(|| Error::malformed("tensor size overflows"))
     }
 
     pub fn name(self) -> String {

@@ -68,7 +68,7 @@ impl GgufWriter {
 }
 
 fn pad(out: &mut Vec<u8>) {
-    while out.len() as u64 % ALIGNMENT != 0 {
+    while !(out.len() as u64).is_multiple_of(ALIGNMENT) {
         out.push(0);
     }
 }

@@ -44,17 +44,14 @@ fn linear_rope_factor(gguf: &Gguf) -> Result<f32> {
     let m = &gguf.metadata;
     match m.opt_str("gemma3.rope.scaling.type")? {
         None | Some("none") | Some("linear") => {}
-        Some(other) => {
-            return Err(Error::InvalidModel(format!("RoPE scaling '{other}' is not supported; ferrolm implements linear scaling only")))
-        }
+        Some(other) => return Err(Error::InvalidModel(format!("RoPE scaling '{other}' is not supported; ferrolm implements linear scaling only"))),
     }
     let factor = match m.opt_f32("gemma3.rope.scaling.factor")? {
         Some(f) => Some(f),
         None => m.opt_f32("gemma3.rope.scale_linear")?,
     };
     match factor {
-        None => Ok(1.0),
-        Some(f) if f == 0.0 => Ok(1.0),
+        None | Some(0.0) => Ok(1.0),
         Some(f) if f.is_finite() && f > 0.0 => Ok(f),
         Some(f) => Err(Error::InvalidModel(format!("RoPE scaling factor {f} is not a positive number"))),
     }

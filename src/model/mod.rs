@@ -134,9 +134,7 @@ impl Config {
     /// Key span and RoPE of layer `l`.
     pub fn layer_attention(&self, l: usize) -> LayerAttention {
         match self.sliding_window {
-            Some(sw) if l % sw.period != sw.period - 1 => {
-                LayerAttention { window: Some(sw.size), rope_base: sw.rope_base, rope_freq_scale: 1.0 }
-            }
+            Some(sw) if l % sw.period != sw.period - 1 => LayerAttention { window: Some(sw.size), rope_base: sw.rope_base, rope_freq_scale: 1.0 },
             _ => LayerAttention { window: None, rope_base: self.rope_base, rope_freq_scale: self.rope_freq_scale },
         }
     }
@@ -179,11 +177,7 @@ impl Config {
     pub fn tensor<'g>(&self, gguf: &'g Gguf, name: &str) -> Result<&'g TensorInfo> {
         let t = gguf.tensor(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         if !t.ty.is_supported() {
-            return Err(Error::UnsupportedTensorType {
-                name: name.to_string(),
-                ty: t.ty.name(),
-                supported: crate::gguf::SUPPORTED_TYPES,
-            });
+            return Err(Error::UnsupportedTensorType { name: name.to_string(), ty: t.ty.name(), supported: crate::gguf::SUPPORTED_TYPES });
         }
         Ok(t)
     }
@@ -213,10 +207,8 @@ fn read_common(gguf: &Gguf, arch: Arch, default_eps: f32, default_rope_base: f32
     let d_model = m.get_u32(&key("embedding_length"))? as usize;
     let n_heads = m.get_u32(&key("attention.head_count"))? as usize;
     let n_kv_heads = m.opt_u32(&key("attention.head_count_kv"))?.unwrap_or(n_heads as u32) as usize;
-    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || d_model % n_heads != 0 {
-        return Err(Error::InvalidModel(format!(
-            "{n_heads} query heads, {n_kv_heads} KV heads and width {d_model} do not divide evenly"
-        )));
+    if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) || !d_model.is_multiple_of(n_heads) {
+        return Err(Error::InvalidModel(format!("{n_heads} query heads, {n_kv_heads} KV heads and width {d_model} do not divide evenly")));
     }
     let head_dim = m.opt_u32(&key("attention.key_length"))?.map(|v| v as usize).unwrap_or(d_model / n_heads);
     let vocab_size = match m.opt_u32(&key("vocab_size"))? {

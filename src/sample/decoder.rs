@@ -94,6 +94,9 @@ pub enum Need {
     Logits,
 }
 
+/// A draft's distribution over tokens: `(token, probability)`.
+pub type Distribution<'a> = &'a [(u32, f64)];
+
 impl Need {
     /// The readback that serves both needs.
     pub fn widest(self, other: Need) -> Need {
@@ -140,11 +143,7 @@ impl Decoder {
             return Err(Error::TokenOutOfRange { id: bad, vocab: tokenizer.vocab_size() });
         }
         let sampler = Sampler::new(opts.sampling.clone(), tokenizer.vocab_size())?;
-        let need = if opts.sampling.is_plain_greedy() && opts.logprobs.is_none() {
-            Need::Argmax
-        } else {
-            sampler.top_needed(opts.logprobs).map_or(Need::Logits, Need::Top)
-        };
+        let need = if opts.sampling.is_plain_greedy() && opts.logprobs.is_none() { Need::Argmax } else { sampler.top_needed(opts.logprobs).map_or(Need::Logits, Need::Top) };
         Ok(Decoder {
             opts: opts.clone(),
             sampler,
@@ -188,7 +187,11 @@ impl Decoder {
     /// The readback a speculative verification row needs: the argmax for plain greedy, else
     /// the whole row (the rejection rule needs the target's full distribution).
     pub fn need_speculative(&self) -> Need {
-        if self.need == Need::Argmax { Need::Argmax } else { Need::Logits }
+        if self.need == Need::Argmax {
+            Need::Argmax
+        } else {
+            Need::Logits
+        }
     }
 
     pub fn options(&self) -> &GenerateOptions {
@@ -199,7 +202,7 @@ impl Decoder {
     /// drafted one (`draft`: the token and, for sampled drafts, the draft's distribution).
     /// Without a draft, the bonus token after the drafts, chosen as [`Decoder::pick`] would.
     /// Distributed exactly as the target's own choice (Leviathan et al.'s rejection rule).
-    pub fn verify(&mut self, picked: Picked, draft: Option<(u32, Option<&[(u32, f64)]>)>) -> (u32, bool) {
+    pub fn verify(&mut self, picked: Picked, draft: Option<(u32, Option<Distribution>)>) -> (u32, bool) {
         let Some((d, q)) = draft else { return (self.pick(picked), false) };
         let (next, kept) = match picked {
             Picked::Token(t) => (t, t == d),

@@ -251,7 +251,7 @@ impl Sampler {
         }
         let k = if p.temperature == 0.0 { 1 } else { p.top_k };
         let k = k.max(logprobs.unwrap_or(0).min(20));
-        (k >= 1 && k <= MAX_TOP && (p.temperature == 0.0 || p.top_k >= 1)).then_some(k)
+        ((1..=MAX_TOP).contains(&k) && (p.temperature == 0.0 || p.top_k >= 1)).then_some(k)
     }
 
     /// Chooses the next token from the row's top candidates (see [`Sampler::top_needed`]); the

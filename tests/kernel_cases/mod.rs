@@ -43,7 +43,10 @@ pub fn prefill_batch() -> Vec<(u32, u32)> {
 /// (heads, KV heads, head size): 2, 4, 3 and 1 query heads per KV head; head sizes 64, 256
 /// (Gemma 3), 72 (not a power of two) and 32.
 pub fn shapes() -> Vec<AttnDims> {
-    [(4u32, 2u32, 64u32), (4, 1, 256), (3, 1, 72), (2, 2, 32)].iter().map(|&(n_heads, n_kv_heads, head_dim)| AttnDims { n_heads, n_kv_heads, head_dim, qkv_stride: (n_heads + 2 * n_kv_heads) * head_dim }).collect()
+    [(4u32, 2u32, 64u32), (4, 1, 256), (3, 1, 72), (2, 2, 32)]
+        .iter()
+        .map(|&(n_heads, n_kv_heads, head_dim)| AttnDims { n_heads, n_kv_heads, head_dim, qkv_stride: (n_heads + 2 * n_kv_heads) * head_dim })
+        .collect()
 }
 
 /// `out[t][h][d]` of softmax(q.k * scale) . v over each token's causal (and sliding) window.

@@ -137,13 +137,7 @@ impl CpuModel {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(CpuModel {
-            token_embd: read(names::TOKEN_EMBD)?,
-            output_norm: read(names::OUTPUT_NORM)?,
-            output: if config.tied_embeddings { None } else { Some(read(names::OUTPUT)?) },
-            layers,
-            config,
-        })
+        Ok(CpuModel { token_embd: read(names::TOKEN_EMBD)?, output_norm: read(names::OUTPUT_NORM)?, output: if config.tied_embeddings { None } else { Some(read(names::OUTPUT)?) }, layers, config })
     }
 
     /// An empty cache for up to `capacity` positions (at most the trained context length).

@@ -7,7 +7,9 @@ pub fn matmul(y: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize, m: usize)
     if n == 0 {
         return;
     }
-    let threads = thread_count().min(m.div_ceil(64)).max(1);
+    // Spawning threads costs ~20 us each: small products (a decode step's layer matrices) run
+    // on the calling thread.
+    let threads = if n * m * k < 4 << 20 { 1 } else { thread_count().min(m.div_ceil(64)).max(1) };
     if threads == 1 {
         matmul_rows(y, x, w, k, m, 0..m);
         return;

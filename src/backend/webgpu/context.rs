@@ -62,11 +62,7 @@ impl GpuContext {
         desc.backends = wgpu::Backends::PRIMARY | wgpu::Backends::BROWSER_WEBGPU;
         let instance = wgpu::Instance::new(desc);
         let adapter = instance
-            .request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::HighPerformance,
-                force_fallback_adapter: false,
-                compatible_surface: None,
-            })
+            .request_adapter(&wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, force_fallback_adapter: false, compatible_surface: None })
             .await
             .map_err(|e| Error::NoGpu(e.to_string()))?;
         let available = adapter.features();
@@ -132,12 +128,7 @@ impl GpuContext {
 /// The same code runs natively (poll blocks until the copy is done) and in the browser (the
 /// event loop resolves the map).
 async fn read_buffer(device: &wgpu::Device, queue: &wgpu::Queue, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("readback"),
-        size,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+    let staging = device.create_buffer(&wgpu::BufferDescriptor { label: Some("readback"), size, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
     let mut enc = device.create_command_encoder(&Default::default());
     enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
     queue.submit([enc.finish()]);
@@ -151,9 +142,7 @@ pub(super) async fn map_read(device: &wgpu::Device, staging: &wgpu::Buffer, size
     });
     // Native backends need a poll to make progress; on the web this is a no-op.
     let _ = device.poll(wgpu::PollType::wait_indefinitely());
-    rx.await
-        .map_err(|_| Error::Gpu("the GPU device was lost during a readback".into()))?
-        .map_err(|e| Error::Gpu(format!("mapping a readback buffer failed: {e}")))?;
+    rx.await.map_err(|_| Error::Gpu("the GPU device was lost during a readback".into()))?.map_err(|e| Error::Gpu(format!("mapping a readback buffer failed: {e}")))?;
     let bytes = staging.get_mapped_range(..size).to_vec();
     staging.unmap();
     Ok(bytes)
@@ -173,12 +162,7 @@ async fn probe_subgroups(device: &wgpu::Device, queue: &wgpu::Queue, min_size: u
         compilation_options: Default::default(),
         cache: None,
     });
-    let out = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("subgroup probe"),
-        size: 512,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
+    let out = device.create_buffer(&wgpu::BufferDescriptor { label: Some("subgroup probe"), size: 512, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC, mapped_at_creation: false });
     let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: None,
         layout: &pipeline.get_bind_group_layout(0),
@@ -211,12 +195,7 @@ async fn browser_adapter_name() -> String {
     let Ok(promise) = request.call0(&gpu).and_then(|p| p.dyn_into::<js_sys::Promise>()) else { return String::new() };
     let Ok(adapter) = wasm_bindgen_futures::JsFuture::from(promise).await else { return String::new() };
     let info = get(&adapter, "info");
-    ["vendor", "architecture", "description"]
-        .iter()
-        .filter_map(|k| get(&info, k).as_string())
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    ["vendor", "architecture", "description"].iter().filter_map(|k| get(&info, k).as_string()).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(not(target_arch = "wasm32"))]

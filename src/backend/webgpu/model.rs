@@ -11,9 +11,9 @@ use std::rc::Rc;
 use super::context::{map_read, GpuContext};
 use super::kernels::{AttnDims, Count, Kernels, Op, OutCols, TOPK_WORDS};
 use super::weights::{concat_rows, upload_f32, GpuTensor};
+use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, BLOCK_SIZE};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf};
-use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, BLOCK_SIZE};
 use crate::model::{names, Config, RopeStyle};
 use crate::sample::TopLogits;
 
@@ -152,9 +152,7 @@ impl GpuModel {
             let loaded = parts.iter().map(|p| read(p)).collect::<Result<Vec<_>>>()?;
             let rows: usize = loaded.iter().map(|l| l.1).sum();
             let refs: Vec<_> = loaded.iter().map(|l| (l.0, l.2, &l.3[..])).collect();
-            let (ty, k, data) = concat_rows(&refs).ok_or_else(|| {
-                Error::InvalidModel(format!("{} have different types or widths; the GPU engine fuses them", parts.join(", ")))
-            })?;
+            let (ty, k, data) = concat_rows(&refs).ok_or_else(|| Error::InvalidModel(format!("{} have different types or widths; the GPU engine fuses them", parts.join(", "))))?;
             GpuTensor::upload(dev, &ctx.queue, max_binding, label, ty, &data, rows, k, splittable)
         };
         // Rows of several matrices side by side in one output row: one fused matrix when they share

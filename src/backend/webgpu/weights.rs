@@ -6,8 +6,7 @@ use crate::error::{Error, Result};
 use crate::gguf::{dequantize, GgmlType, SUPPORTED_TYPES};
 
 /// Types the GPU kernels read directly.
-pub const GPU_MATRIX_TYPES: &[GgmlType] =
-    &[GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K];
+pub const GPU_MATRIX_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K];
 
 /// Rows one part may hold: a GPU matmul workgroup covers as few as 4 rows, and a dispatch has
 /// at most 65535 workgroups per dimension (a 262k-token LM head needs two parts).
@@ -46,13 +45,11 @@ pub struct TensorPart {
 /// Returns the words and the offset of the scale section.
 pub fn repack(ty: GgmlType, data: &[u8], rows: usize, k: usize) -> Result<(Vec<u32>, u32)> {
     let expected = ty.row_bytes(k as u64)? as usize * rows;
-    if data.len() != expected || k % 32 != 0 {
+    if data.len() != expected || !k.is_multiple_of(32) {
         return Err(Error::InvalidModel(format!("{ty} matrix of {rows}x{k} has {} bytes, expected {expected} (rows a multiple of 32)", data.len())));
     }
     let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let pack_halves = |halves: &[u16]| -> Vec<u32> {
-        halves.chunks(2).map(|p| p[0] as u32 | (*p.get(1).unwrap_or(&0) as u32) << 16).collect()
-    };
+    let pack_halves = |halves: &[u16]| -> Vec<u32> { halves.chunks(2).map(|p| p[0] as u32 | (*p.get(1).unwrap_or(&0) as u32) << 16).collect() };
     let mut out: Vec<u32>;
     let scale_off;
     match ty {
@@ -108,13 +105,7 @@ pub fn repack(ty: GgmlType, data: &[u8], rows: usize, k: usize) -> Result<(Vec<u
             scale_off = out.len() as u32;
             out.extend(scales);
         }
-        other => {
-            return Err(Error::UnsupportedTensorType {
-                name: String::new(),
-                ty: format!("{other} (on the GPU)"),
-                supported: "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K on the GPU",
-            })
-        }
+        other => return Err(Error::UnsupportedTensorType { name: String::new(), ty: format!("{other} (on the GPU)"), supported: "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K on the GPU" }),
     }
     Ok((out, scale_off))
 }

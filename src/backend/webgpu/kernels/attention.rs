@@ -56,31 +56,14 @@ pub struct AttnPlan {
 impl Kernels {
     /// How attention runs for a model of `context` positions and batches of up to `tokens`,
     /// and the scratch buffer it needs.
-    pub fn attention_plan(
-        &self,
-        tokens: u32,
-        dims: AttnDims,
-        context: u32,
-        max_binding: u64,
-    ) -> AttnPlan {
+    pub fn attention_plan(&self, tokens: u32, dims: AttnDims, context: u32, max_binding: u64) -> AttnPlan {
         let scores = tokens as u64 * dims.n_heads as u64 * context as u64;
         if self.cpu_like && dims.head_dim.is_multiple_of(4) && scores * 4 <= max_binding {
-            return AttnPlan {
-                passes: true,
-                context,
-                scratch_stride: context,
-                scratch_floats: scores,
-            };
+            return AttnPlan { passes: true, context, scratch_stride: context, scratch_floats: scores };
         }
         let n_chunks = context.div_ceil(ATTN_CHUNK);
-        let records =
-            tokens.min(ATTN_SPLIT_MAX_TOKENS) as u64 * dims.n_heads as u64 * n_chunks as u64;
-        AttnPlan {
-            passes: false,
-            context,
-            scratch_stride: n_chunks,
-            scratch_floats: records * (dims.head_dim as u64 + 2),
-        }
+        let records = tokens.min(ATTN_SPLIT_MAX_TOKENS) as u64 * dims.n_heads as u64 * n_chunks as u64;
+        AttnPlan { passes: false, context, scratch_stride: n_chunks, scratch_floats: records * (dims.head_dim as u64 + 2) }
     }
 
     /// Causal attention of every token's query heads over its sequence's cached K/V, through
@@ -100,96 +83,29 @@ impl Kernels {
         plan: &AttnPlan,
         scratch: &wgpu::Buffer,
     ) -> Vec<Op> {
-        let params = AttnParams {
-            n_heads: dims.n_heads,
-            n_kv_heads: dims.n_kv_heads,
-            head_dim: dims.head_dim,
-            qkv_stride: dims.qkv_stride,
-            scale,
-            window,
-            scratch_stride: plan.scratch_stride,
-            _pad: 0,
-        };
+        let params =
+            AttnParams { n_heads: dims.n_heads, n_kv_heads: dims.n_kv_heads, head_dim: dims.head_dim, qkv_stride: dims.qkv_stride, scale, window, scratch_stride: plan.scratch_stride, _pad: 0 };
         if !plan.passes {
             let chunk = [("CHUNK", ATTN_CHUNK)];
-            let split = Variant {
-                pipeline: self.pipeline(Shader::Attention, None, &chunk),
-                grid: Grid::Span {
-                    heads: dims.n_heads,
-                    per: ATTN_CHUNK / 64,
-                    max: plan.context,
-                },
-                max_n: ATTN_SPLIT_MAX_TOKENS,
-            };
-            let tiled = Variant {
-                pipeline: self.pipeline(Shader::AttnTiled, None, &[]),
-                grid: Grid::Rows {
-                    x: dims.n_heads,
-                    per: 8,
-                    of: Count::Tokens,
-                },
-                max_n: u32::MAX,
-            };
-            let attend = self.op(
-                "attention",
-                vec![split, tiled],
-                &params,
-                &[qkv, k_cache, v_cache, out, scratch],
-            );
-            let combine = Variant {
-                pipeline: self.pipeline(Shader::AttnCombine, None, &chunk),
-                grid: Grid::Heads {
-                    heads: dims.n_heads,
-                },
-                max_n: ATTN_SPLIT_MAX_TOKENS,
-            };
-            return vec![
-                attend,
-                self.op("attention", vec![combine], &params, &[scratch, out]),
-            ];
+            let split =
+                Variant { pipeline: self.pipeline(Shader::Attention, None, &chunk), grid: Grid::Span { heads: dims.n_heads, per: ATTN_CHUNK / 64, max: plan.context }, max_n: ATTN_SPLIT_MAX_TOKENS };
+            let tiled = Variant { pipeline: self.pipeline(Shader::AttnTiled, None, &[]), grid: Grid::Rows { x: dims.n_heads, per: 8, of: Count::Tokens }, max_n: u32::MAX };
+            let attend = self.op("attention", vec![split, tiled], &params, &[qkv, k_cache, v_cache, out, scratch]);
+            let combine = Variant { pipeline: self.pipeline(Shader::AttnCombine, None, &chunk), grid: Grid::Heads { heads: dims.n_heads }, max_n: ATTN_SPLIT_MAX_TOKENS };
+            return vec![attend, self.op("attention", vec![combine], &params, &[scratch, out])];
         }
         let s = scratch;
         // Query heads per thread: the most (up to 4) that share one KV head, so K and V rows
         // are loaded once for all of them.
         let group = dims.n_heads / dims.n_kv_heads;
-        let qh = (1..=4u32)
-            .rev()
-            .find(|q| group.is_multiple_of(*q))
-            .unwrap_or(1);
+        let qh = (1..=4u32).rev().find(|q| group.is_multiple_of(*q)).unwrap_or(1);
         let c = [("QH", qh)];
-        let grid = Grid::Span {
-            heads: dims.n_heads / qh,
-            per: 4,
-            max: plan.context,
-        };
-        let scores_op = self.op(
-            "attention",
-            self.single(Shader::AttnScores, None, &c, grid),
-            &params,
-            &[qkv, k_cache, s],
-        );
-        let grid = Grid::Flat {
-            threads: dims.n_heads,
-            wg: 16,
-            of: Count::Tokens,
-        };
-        let softmax_op = self.op(
-            "attention",
-            self.single(Shader::AttnSoftmax, None, &[], grid),
-            &params,
-            &[s],
-        );
-        let grid = Grid::Flat {
-            threads: dims.n_heads / qh * dims.head_dim / 4,
-            wg: 16,
-            of: Count::Tokens,
-        };
-        let pv_op = self.op(
-            "attention",
-            self.single(Shader::AttnPv, None, &c, grid),
-            &params,
-            &[s, v_cache, out],
-        );
+        let grid = Grid::Span { heads: dims.n_heads / qh, per: 4, max: plan.context };
+        let scores_op = self.op("attention", self.single(Shader::AttnScores, None, &c, grid), &params, &[qkv, k_cache, s]);
+        let grid = Grid::Flat { threads: dims.n_heads, wg: 16, of: Count::Tokens };
+        let softmax_op = self.op("attention", self.single(Shader::AttnSoftmax, None, &[], grid), &params, &[s]);
+        let grid = Grid::Flat { threads: dims.n_heads / qh * dims.head_dim / 4, wg: 16, of: Count::Tokens };
+        let pv_op = self.op("attention", self.single(Shader::AttnPv, None, &c, grid), &params, &[s, v_cache, out]);
         vec![scores_op, softmax_op, pv_op]
     }
 }

@@ -34,33 +34,9 @@ impl Kernels {
         w.parts
             .iter()
             .map(|p| {
-                let grid = if direct {
-                    Grid::Fixed {
-                        x: (p.rows * threads).div_ceil(64),
-                    }
-                } else {
-                    Grid::Flat {
-                        threads,
-                        wg: 64,
-                        of: Count::Tokens,
-                    }
-                };
-                let variants = self.single(
-                    Shader::Embed,
-                    Some(w.ty),
-                    &[("DIRECT", direct as u32)],
-                    grid,
-                );
-                let params = EmbedParams {
-                    k: w.k,
-                    scale_off: p.scale_off,
-                    part_rows: p.rows,
-                    scale,
-                    row0: p.row0,
-                    _pad0: 0,
-                    _pad1: 0,
-                    _pad2: 0,
-                };
+                let grid = if direct { Grid::Fixed { x: (p.rows * threads).div_ceil(64) } } else { Grid::Flat { threads, wg: 64, of: Count::Tokens } };
+                let variants = self.single(Shader::Embed, Some(w.ty), &[("DIRECT", direct as u32)], grid);
+                let params = EmbedParams { k: w.k, scale_off: p.scale_off, part_rows: p.rows, scale, row0: p.row0, _pad0: 0, _pad1: 0, _pad2: 0 };
                 self.op("embed", variants, &params, &[&p.buffer, y])
             })
             .collect()

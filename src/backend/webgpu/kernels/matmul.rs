@@ -45,75 +45,20 @@ impl Kernels {
     /// of `w`. With `swiglu`, `w` (one part) holds gate rows then up rows and
     /// `y = silu(gate) * up`.
     #[allow(clippy::too_many_arguments)]
-    pub fn matmul(
-        &self,
-        w: &GpuTensor,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        out: OutCols,
-        accumulate: bool,
-        of: Count,
-        swiglu: bool,
-    ) -> Vec<Op> {
+    pub fn matmul(&self, w: &GpuTensor, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, swiglu: bool) -> Vec<Op> {
         let glu = swiglu.then_some(Activation::Silu);
-        w.parts
-            .iter()
-            .map(|p| {
-                self.matmul_part(
-                    w,
-                    p,
-                    x,
-                    y,
-                    OutCols {
-                        stride: out.stride,
-                        col: out.col + p.row0,
-                    },
-                    accumulate,
-                    of,
-                    glu,
-                )
-            })
-            .collect()
+        w.parts.iter().map(|p| self.matmul_part(w, p, x, y, OutCols { stride: out.stride, col: out.col + p.row0 }, accumulate, of, glu)).collect()
     }
 
     /// The gated FFN's first matmul: `w` (one part) holds gate rows then up rows and
     /// `y = act(gate) * up` (SiLU: SwiGLU, GELU with tanh: GeGLU).
-    pub fn matmul_gated(
-        &self,
-        w: &GpuTensor,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        stride: u32,
-        act: Activation,
-    ) -> Op {
-        assert!(
-            w.parts.len() == 1,
-            "fused gate/up weights are uploaded unsplit"
-        );
-        self.matmul_part(
-            w,
-            &w.parts[0],
-            x,
-            y,
-            OutCols { stride, col: 0 },
-            false,
-            Count::Tokens,
-            Some(act),
-        )
+    pub fn matmul_gated(&self, w: &GpuTensor, x: &wgpu::Buffer, y: &wgpu::Buffer, stride: u32, act: Activation) -> Op {
+        assert!(w.parts.len() == 1, "fused gate/up weights are uploaded unsplit");
+        self.matmul_part(w, &w.parts[0], x, y, OutCols { stride, col: 0 }, false, Count::Tokens, Some(act))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn matmul_part(
-        &self,
-        w: &GpuTensor,
-        part: &TensorPart,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        out: OutCols,
-        accumulate: bool,
-        of: Count,
-        glu: Option<Activation>,
-    ) -> Op {
+    fn matmul_part(&self, w: &GpuTensor, part: &TensorPart, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, glu: Option<Activation>) -> Op {
         let gated = glu.is_some();
         let m = if gated { part.rows / 2 } else { part.rows };
         // A decode GEMV and a prefill GEMM per adapter kind: (tokens per workgroup, largest batch
@@ -130,17 +75,8 @@ impl Kernels {
                     // size for all, so a quant type's matrices share a pipeline (CPU JITs take
                     // up to a second per pipeline; 64 was no faster on the large ones).
                     let wg = 16;
-                    let pipeline =
-                        self.pipeline(Shader::Matvec, Some(w.ty), &[("TN", tn), ("WG", wg)]);
-                    Variant {
-                        pipeline,
-                        grid: Grid::Rows {
-                            x: threads.div_ceil(wg),
-                            per: tn,
-                            of,
-                        },
-                        max_n,
-                    }
+                    let pipeline = self.pipeline(Shader::Matvec, Some(w.ty), &[("TN", tn), ("WG", wg)]);
+                    Variant { pipeline, grid: Grid::Rows { x: threads.div_ceil(wg), per: tn, of }, max_n }
                 })
                 .collect()
         } else {
@@ -150,22 +86,9 @@ impl Kernels {
             [(1u32, 1u32), (4, 8), (MATMUL_TN, u32::MAX)]
                 .iter()
                 .map(|&(tn, max_n)| {
-                    let overrides = [
-                        ("TN", tn),
-                        ("TPR", tpr),
-                        ("SWIGLU", gated as u32),
-                        ("GELU", gelu as u32),
-                    ];
+                    let overrides = [("TN", tn), ("TPR", tpr), ("SWIGLU", gated as u32), ("GELU", gelu as u32)];
                     let pipeline = self.pipeline(Shader::Matmul, Some(w.ty), &overrides);
-                    Variant {
-                        pipeline,
-                        grid: Grid::Rows {
-                            x: m.div_ceil(64 / tpr),
-                            per: tn,
-                            of,
-                        },
-                        max_n,
-                    }
+                    Variant { pipeline, grid: Grid::Rows { x: m.div_ceil(64 / tpr), per: tn, of }, max_n }
                 })
                 .collect()
         };
@@ -175,16 +98,8 @@ impl Kernels {
             Some(Activation::Silu) => 1,
             Some(Activation::GeluTanh) => 2,
         };
-        let params = MatmulParams {
-            k: w.k,
-            m,
-            out_stride: out.stride,
-            out_col: out.col,
-            scale_off: part.scale_off,
-            accumulate: accumulate as u32,
-            use_logit_rows: matches!(of, Count::LogitRows) as u32,
-            glu,
-        };
+        let params =
+            MatmulParams { k: w.k, m, out_stride: out.stride, out_col: out.col, scale_off: part.scale_off, accumulate: accumulate as u32, use_logit_rows: matches!(of, Count::LogitRows) as u32, glu };
         self.op("matmul", variants, &params, &[&part.buffer, x, y])
     }
 }

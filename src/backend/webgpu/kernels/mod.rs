@@ -29,11 +29,7 @@ pub use matmul::OutCols;
 pub use sampling::{TOPK_MAX, TOPK_WORDS};
 
 /// Browsers want subgroup use declared; naga (native) rejects the directive and needs none.
-pub const SUBGROUP_ENABLE: &str = if cfg!(target_arch = "wasm32") {
-    "enable subgroups;\n"
-} else {
-    ""
-};
+pub const SUBGROUP_ENABLE: &str = if cfg!(target_arch = "wasm32") { "enable subgroups;\n" } else { "" };
 
 /// Which batch count sizes a grid.
 #[derive(Clone, Copy, Debug)]
@@ -85,20 +81,15 @@ struct LazyPipeline {
 impl LazyPipeline {
     fn get(&self) -> &wgpu::ComputePipeline {
         self.pipeline.get_or_init(|| {
-            let constants: Vec<(&str, f64)> =
-                self.overrides.iter().map(|&(n, v)| (n, v as f64)).collect();
-            self.device
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(self.shader.label()),
-                    layout: Some(&self.layout),
-                    module: &self.module,
-                    entry_point: Some("main"),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: &constants,
-                        zero_initialize_workgroup_memory: false,
-                    },
-                    cache: None,
-                })
+            let constants: Vec<(&str, f64)> = self.overrides.iter().map(|&(n, v)| (n, v as f64)).collect();
+            self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(self.shader.label()),
+                layout: Some(&self.layout),
+                module: &self.module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, zero_initialize_workgroup_memory: false },
+                cache: None,
+            })
         })
     }
 }
@@ -139,9 +130,7 @@ impl Op {
 
     fn variant(&self, n_tokens: u32, n_logit_rows: u32) -> Option<&Variant> {
         let n_of = |g: Grid| match g {
-            Grid::Rows { of, .. } | Grid::Flat { of, .. } | Grid::PerItem { of } => {
-                count(of, n_tokens, n_logit_rows)
-            }
+            Grid::Rows { of, .. } | Grid::Flat { of, .. } | Grid::PerItem { of } => count(of, n_tokens, n_logit_rows),
             Grid::Heads { .. } | Grid::Span { .. } => n_tokens,
             Grid::Fixed { .. } => 1,
         };
@@ -149,13 +138,7 @@ impl Op {
     }
 
     /// As [`Op::encode`], with the step's KV span (largest position + 1) for span grids.
-    pub fn encode_span(
-        &self,
-        pass: &mut wgpu::ComputePass<'_>,
-        n_tokens: u32,
-        n_logit_rows: u32,
-        span: u32,
-    ) {
+    pub fn encode_span(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32, n_logit_rows: u32, span: u32) {
         let Some(v) = self.variant(n_tokens, n_logit_rows) else {
             return;
         };
@@ -203,20 +186,8 @@ pub struct Kernels {
 
 impl Kernels {
     /// `batch` is the step's batch description buffer the kernels read (see batch.wgsl).
-    pub fn new(
-        device: &wgpu::Device,
-        batch: &wgpu::Buffer,
-        cpu_like: bool,
-        subgroup_rows: u32,
-    ) -> Kernels {
-        Kernels {
-            device: device.clone(),
-            batch: batch.clone(),
-            cpu_like,
-            subgroup_rows,
-            pipelines: RefCell::new(HashMap::new()),
-            layouts: RefCell::new(HashMap::new()),
-        }
+    pub fn new(device: &wgpu::Device, batch: &wgpu::Buffer, cpu_like: bool, subgroup_rows: u32) -> Kernels {
+        Kernels { device: device.clone(), batch: batch.clone(), cpu_like, subgroup_rows, pipelines: RefCell::new(HashMap::new()), layouts: RefCell::new(HashMap::new()) }
     }
 
     fn layout(&self, access: &'static [Access]) -> Layout {
@@ -226,172 +197,66 @@ impl Kernels {
         let entry = |binding: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty,
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
+            ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
             count: None,
         };
         let mut entries = vec![entry(0, wgpu::BufferBindingType::Uniform)];
         for (i, &a) in access.iter().enumerate() {
-            entries.push(entry(
-                i as u32 + 1,
-                wgpu::BufferBindingType::Storage {
-                    read_only: a == Access::Read,
-                },
-            ));
+            entries.push(entry(i as u32 + 1, wgpu::BufferBindingType::Storage { read_only: a == Access::Read }));
         }
-        let bgl = Rc::new(
-            self.device
-                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                    label: None,
-                    entries: &entries,
-                }),
-        );
-        let pl = Rc::new(
-            self.device
-                .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                    label: None,
-                    bind_group_layouts: &[Some(&bgl)],
-                    immediate_size: 0,
-                }),
-        );
-        self.layouts
-            .borrow_mut()
-            .insert(access, (bgl.clone(), pl.clone()));
+        let bgl = Rc::new(self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries }));
+        let pl = Rc::new(self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: None, bind_group_layouts: &[Some(&bgl)], immediate_size: 0 }));
+        self.layouts.borrow_mut().insert(access, (bgl.clone(), pl.clone()));
         (bgl, pl)
     }
 
     /// The pipeline of `shader` specialized for `quant` (weight-reading shaders) and `overrides`.
-    fn pipeline(
-        &self,
-        shader: Shader,
-        quant: Option<GgmlType>,
-        overrides: &[(&'static str, u32)],
-    ) -> Rc<LazyPipeline> {
+    fn pipeline(&self, shader: Shader, quant: Option<GgmlType>, overrides: &[(&'static str, u32)]) -> Rc<LazyPipeline> {
         let needs = shader.needs();
-        assert_eq!(
-            quant.is_some(),
-            needs.quant,
-            "{shader:?} takes a quant type exactly when it reads weights"
-        );
-        let key = PipelineKey {
-            shader,
-            quant,
-            overrides: overrides.to_vec(),
-        };
+        assert_eq!(quant.is_some(), needs.quant, "{shader:?} takes a quant type exactly when it reads weights");
+        let key = PipelineKey { shader, quant, overrides: overrides.to_vec() };
         if let Some(p) = self.pipelines.borrow().get(&key) {
             return p.clone();
         }
         let prelude = if needs.batch { shader::BATCH_WGSL } else { "" };
-        let attn = if needs.attn_params {
-            shader::ATTN_PARAMS_WGSL
-        } else {
-            ""
-        };
+        let attn = if needs.attn_params { shader::ATTN_PARAMS_WGSL } else { "" };
         // Lane sums use subgroup shuffles when a row's lanes (TPR) fit the adapter's subgroups.
-        let subgroup = needs.reduce_lanes
-            && overrides
-                .iter()
-                .any(|&(n, v)| n == "TPR" && v <= self.subgroup_rows);
+        let subgroup = needs.reduce_lanes && overrides.iter().any(|&(n, v)| n == "TPR" && v <= self.subgroup_rows);
         let reduce = match (needs.reduce_lanes, subgroup) {
             (true, true) => shader::REDUCE_SUBGROUP_WGSL,
             (true, false) => shader::REDUCE_WORKGROUP_WGSL,
             _ => "",
         };
         let enable = if subgroup { SUBGROUP_ENABLE } else { "" };
-        let quant = quant
-            .map(|q| format!("{}\n{}", shader::X32_WGSL, shader::quant_source(q)))
-            .unwrap_or_default();
-        let source = format!(
-            "{enable}{quant}\n{attn}\n{prelude}\n{}\n{reduce}",
-            shader.source()
-        );
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(shader.label()),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
+        let quant = quant.map(|q| format!("{}\n{}", shader::X32_WGSL, shader::quant_source(q))).unwrap_or_default();
+        let source = format!("{enable}{quant}\n{attn}\n{prelude}\n{}\n{reduce}", shader.source());
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(shader.label()), source: wgpu::ShaderSource::Wgsl(source.into()) });
         let (_, layout) = self.layout(shader.access());
-        let pipeline = Rc::new(LazyPipeline {
-            device: self.device.clone(),
-            shader,
-            module,
-            layout,
-            overrides: key.overrides.clone(),
-            pipeline: OnceCell::new(),
-        });
+        let pipeline = Rc::new(LazyPipeline { device: self.device.clone(), shader, module, layout, overrides: key.overrides.clone(), pipeline: OnceCell::new() });
         self.pipelines.borrow_mut().insert(key, pipeline.clone());
         pipeline
     }
 
     /// Builds an Op: a uniform holding `params`, and the bind group over `buffers` (+ the batch
     /// buffer when the variants' shader reads it). All variants share the bindings.
-    fn op<P: bytemuck::Pod>(
-        &self,
-        label: &'static str,
-        variants: Vec<Variant>,
-        params: &P,
-        buffers: &[&wgpu::Buffer],
-    ) -> Op {
+    fn op<P: bytemuck::Pod>(&self, label: &'static str, variants: Vec<Variant>, params: &P, buffers: &[&wgpu::Buffer]) -> Op {
         let shader = variants[0].pipeline.shader;
         let access = shader.access();
-        assert!(
-            variants
-                .iter()
-                .all(|v| v.pipeline.shader.access() == access),
-            "{label}: variants with different bindings"
-        );
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::bytes_of(params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        assert!(variants.iter().all(|v| v.pipeline.shader.access() == access), "{label}: variants with different bindings");
+        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytemuck::bytes_of(params), usage: wgpu::BufferUsages::UNIFORM });
         let batch = Some(&self.batch).filter(|_| shader.needs().batch);
-        assert_eq!(
-            buffers.len() + batch.is_some() as usize,
-            access.len(),
-            "{label}: buffers for {shader:?}"
-        );
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
+        assert_eq!(buffers.len() + batch.is_some() as usize, access.len(), "{label}: buffers for {shader:?}");
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
         for (i, b) in buffers.iter().copied().chain(batch).enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
-                resource: b.as_entire_binding(),
-            });
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
         }
         let (layout, _) = self.layout(access);
-        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(label),
-            layout: &layout,
-            entries: &entries,
-        });
-        Op {
-            label,
-            variants,
-            bind,
-        }
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(label), layout: &layout, entries: &entries });
+        Op { label, variants, bind }
     }
 
     /// One pipeline with one grid, for any batch size.
-    fn single(
-        &self,
-        shader: Shader,
-        quant: Option<GgmlType>,
-        overrides: &[(&'static str, u32)],
-        grid: Grid,
-    ) -> Vec<Variant> {
-        vec![Variant {
-            pipeline: self.pipeline(shader, quant, overrides),
-            grid,
-            max_n: u32::MAX,
-        }]
+    fn single(&self, shader: Shader, quant: Option<GgmlType>, overrides: &[(&'static str, u32)], grid: Grid) -> Vec<Variant> {
+        vec![Variant { pipeline: self.pipeline(shader, quant, overrides), grid, max_n: u32::MAX }]
     }
 }

@@ -36,102 +36,31 @@ const _: () = assert!(std::mem::size_of::<HeadNormParams>() == 32);
 
 impl Kernels {
     /// RMSNorm of each token's row of width `d`; `gather` reads the batch's logit rows instead.
-    pub fn rmsnorm(
-        &self,
-        x: &wgpu::Buffer,
-        weight: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        d: u32,
-        eps: f32,
-        gather: bool,
-    ) -> Op {
+    pub fn rmsnorm(&self, x: &wgpu::Buffer, weight: &wgpu::Buffer, y: &wgpu::Buffer, d: u32, eps: f32, gather: bool) -> Op {
         self.rmsnorm_into(x, weight, y, d, eps, gather, false)
     }
 
     /// `y[t] += rmsnorm(x[t]) * weight`: a post-norm added to the residual stream.
-    pub fn rmsnorm_add(
-        &self,
-        x: &wgpu::Buffer,
-        weight: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        d: u32,
-        eps: f32,
-    ) -> Op {
+    pub fn rmsnorm_add(&self, x: &wgpu::Buffer, weight: &wgpu::Buffer, y: &wgpu::Buffer, d: u32, eps: f32) -> Op {
         self.rmsnorm_into(x, weight, y, d, eps, false, true)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn rmsnorm_into(
-        &self,
-        x: &wgpu::Buffer,
-        weight: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        d: u32,
-        eps: f32,
-        gather: bool,
-        add: bool,
-    ) -> Op {
-        let of = if gather {
-            Count::LogitRows
-        } else {
-            Count::Tokens
-        };
+    fn rmsnorm_into(&self, x: &wgpu::Buffer, weight: &wgpu::Buffer, y: &wgpu::Buffer, d: u32, eps: f32, gather: bool, add: bool) -> Op {
+        let of = if gather { Count::LogitRows } else { Count::Tokens };
         // CPU-emulated adapters run barriers as coroutine switches: one thread per row there.
         let serial = self.cpu_like;
-        let (wg, grid) = if serial {
-            (
-                4,
-                Grid::Flat {
-                    threads: 1,
-                    wg: 4,
-                    of,
-                },
-            )
-        } else {
-            (64, Grid::PerItem { of })
-        };
-        let variants = self.single(
-            Shader::Rmsnorm,
-            None,
-            &[("ADD", add as u32), ("SERIAL", serial as u32), ("WG", wg)],
-            grid,
-        );
-        self.op(
-            "rmsnorm",
-            variants,
-            &RmsnormParams {
-                d,
-                eps,
-                gather: gather as u32,
-                _pad: 0,
-            },
-            &[x, weight, y],
-        )
+        let (wg, grid) = if serial { (4, Grid::Flat { threads: 1, wg: 4, of }) } else { (64, Grid::PerItem { of }) };
+        let variants = self.single(Shader::Rmsnorm, None, &[("ADD", add as u32), ("SERIAL", serial as u32), ("WG", wg)], grid);
+        self.op("rmsnorm", variants, &RmsnormParams { d, eps, gather: gather as u32, _pad: 0 }, &[x, weight, y])
     }
 
     /// RMSNorm of each query and key head in place in `qkv`; `weight` holds the query norm's
     /// head_dim weights, then the key norm's.
-    pub fn head_norm(
-        &self,
-        qkv: &wgpu::Buffer,
-        weight: &wgpu::Buffer,
-        dims: AttnDims,
-        eps: f32,
-    ) -> Op {
-        let grid = Grid::Heads {
-            heads: dims.n_heads + dims.n_kv_heads,
-        };
+    pub fn head_norm(&self, qkv: &wgpu::Buffer, weight: &wgpu::Buffer, dims: AttnDims, eps: f32) -> Op {
+        let grid = Grid::Heads { heads: dims.n_heads + dims.n_kv_heads };
         let variants = self.single(Shader::HeadNorm, None, &[], grid);
-        let params = HeadNormParams {
-            n_heads: dims.n_heads,
-            n_kv_heads: dims.n_kv_heads,
-            head_dim: dims.head_dim,
-            qkv_stride: dims.qkv_stride,
-            eps,
-            _pad0: 0,
-            _pad1: 0,
-            _pad2: 0,
-        };
+        let params = HeadNormParams { n_heads: dims.n_heads, n_kv_heads: dims.n_kv_heads, head_dim: dims.head_dim, qkv_stride: dims.qkv_stride, eps, _pad0: 0, _pad1: 0, _pad2: 0 };
         self.op("head_norm", variants, &params, &[qkv, weight])
     }
 }

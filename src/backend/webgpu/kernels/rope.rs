@@ -20,27 +20,9 @@ const _: () = assert!(std::mem::size_of::<RopeKvParams>() == 16);
 
 impl Kernels {
     /// RoPE on q (in place in `qkv`) and k, and K/V into the layer's cache.
-    pub fn rope_kv(
-        &self,
-        qkv: &wgpu::Buffer,
-        rope: &wgpu::Buffer,
-        k_cache: &wgpu::Buffer,
-        v_cache: &wgpu::Buffer,
-        dims: AttnDims,
-        neox: bool,
-    ) -> Op {
-        let variants = self.single(
-            Shader::RopeKv,
-            None,
-            &[("NEOX", neox as u32)],
-            Grid::PerItem { of: Count::Tokens },
-        );
-        let params = RopeKvParams {
-            n_heads: dims.n_heads,
-            n_kv_heads: dims.n_kv_heads,
-            head_dim: dims.head_dim,
-            qkv_stride: dims.qkv_stride,
-        };
+    pub fn rope_kv(&self, qkv: &wgpu::Buffer, rope: &wgpu::Buffer, k_cache: &wgpu::Buffer, v_cache: &wgpu::Buffer, dims: AttnDims, neox: bool) -> Op {
+        let variants = self.single(Shader::RopeKv, None, &[("NEOX", neox as u32)], Grid::PerItem { of: Count::Tokens });
+        let params = RopeKvParams { n_heads: dims.n_heads, n_kv_heads: dims.n_kv_heads, head_dim: dims.head_dim, qkv_stride: dims.qkv_stride };
         self.op("rope_kv", variants, &params, &[qkv, rope, k_cache, v_cache])
     }
 }

@@ -37,48 +37,14 @@ const _: () = assert!(std::mem::size_of::<TopkParams>() == 16);
 impl Kernels {
     /// Index of the largest logit of each logit row.
     pub fn argmax(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, vocab: u32) -> Op {
-        let variants = self.single(
-            Shader::Argmax,
-            None,
-            &[],
-            Grid::PerItem {
-                of: Count::LogitRows,
-            },
-        );
-        self.op(
-            "argmax",
-            variants,
-            &ArgmaxParams {
-                vocab,
-                _pad0: 0,
-                _pad1: 0,
-                _pad2: 0,
-            },
-            &[logits, result],
-        )
+        let variants = self.single(Shader::Argmax, None, &[], Grid::PerItem { of: Count::LogitRows });
+        self.op("argmax", variants, &ArgmaxParams { vocab, _pad0: 0, _pad1: 0, _pad2: 0 }, &[logits, result])
     }
 
     /// The [`TOPK_MAX`] largest logits of each logit row, sorted, and the row's log-sum-exp
     /// ([`TOPK_WORDS`] words per row: id/logit pairs, lse, count).
     pub fn topk(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, vocab: u32) -> Op {
-        let variants = self.single(
-            Shader::Topk,
-            None,
-            &[],
-            Grid::PerItem {
-                of: Count::LogitRows,
-            },
-        );
-        self.op(
-            "topk",
-            variants,
-            &TopkParams {
-                vocab,
-                k: TOPK_MAX as u32,
-                _pad0: 0,
-                _pad1: 0,
-            },
-            &[logits, result],
-        )
+        let variants = self.single(Shader::Topk, None, &[], Grid::PerItem { of: Count::LogitRows });
+        self.op("topk", variants, &TopkParams { vocab, k: TOPK_MAX as u32, _pad0: 0, _pad1: 0 }, &[logits, result])
     }
 }

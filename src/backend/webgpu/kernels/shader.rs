@@ -46,18 +46,8 @@ pub(super) struct Needs {
     pub quant: bool,
 }
 
-const BATCH: Needs = Needs {
-    batch: true,
-    attn_params: false,
-    reduce_lanes: false,
-    quant: false,
-};
-const ATTN: Needs = Needs {
-    batch: true,
-    attn_params: true,
-    reduce_lanes: false,
-    quant: false,
-};
+const BATCH: Needs = Needs { batch: true, attn_params: false, reduce_lanes: false, quant: false };
+const ATTN: Needs = Needs { batch: true, attn_params: true, reduce_lanes: false, quant: false };
 
 impl Shader {
     /// The file stem: the shader module's and pipeline's label.
@@ -107,36 +97,13 @@ impl Shader {
 
     pub fn needs(self) -> Needs {
         match self {
-            Shader::Matmul => Needs {
-                batch: true,
-                attn_params: false,
-                reduce_lanes: true,
-                quant: true,
-            },
-            Shader::Matvec | Shader::Embed => Needs {
-                batch: true,
-                attn_params: false,
-                reduce_lanes: false,
-                quant: true,
-            },
-            Shader::Rmsnorm
-            | Shader::BiasAdd
-            | Shader::HeadNorm
-            | Shader::RopeKv
-            | Shader::Argmax
-            | Shader::Topk => BATCH,
-            Shader::Attention
-            | Shader::AttnTiled
-            | Shader::AttnCombine
-            | Shader::AttnScores
-            | Shader::AttnSoftmax
-            | Shader::AttnPv => ATTN,
+            Shader::Matmul => Needs { batch: true, attn_params: false, reduce_lanes: true, quant: true },
+            Shader::Matvec | Shader::Embed => Needs { batch: true, attn_params: false, reduce_lanes: false, quant: true },
+            Shader::Rmsnorm | Shader::BiasAdd | Shader::HeadNorm | Shader::RopeKv | Shader::Argmax | Shader::Topk => BATCH,
+            Shader::Attention | Shader::AttnTiled | Shader::AttnCombine | Shader::AttnScores | Shader::AttnSoftmax | Shader::AttnPv => ATTN,
             Shader::ReadBandwidth => Needs::default(),
             // The probe runs the Q4_1 GEMV's arithmetic, so it takes the quant helpers.
-            Shader::DequantProbe => Needs {
-                quant: true,
-                ..Needs::default()
-            },
+            Shader::DequantProbe => Needs { quant: true, ..Needs::default() },
         }
     }
 
@@ -145,19 +112,11 @@ impl Shader {
     /// slot, so shaders that share a bind group share a layout.
     pub fn access(self) -> &'static [Access] {
         match self {
-            Shader::Matmul
-            | Shader::Matvec
-            | Shader::Rmsnorm
-            | Shader::AttnScores
-            | Shader::AttnPv => &[Read, Read, ReadWrite, Read],
-            Shader::Embed | Shader::AttnCombine | Shader::Argmax | Shader::Topk => {
-                &[Read, ReadWrite, Read]
-            }
+            Shader::Matmul | Shader::Matvec | Shader::Rmsnorm | Shader::AttnScores | Shader::AttnPv => &[Read, Read, ReadWrite, Read],
+            Shader::Embed | Shader::AttnCombine | Shader::Argmax | Shader::Topk => &[Read, ReadWrite, Read],
             Shader::BiasAdd | Shader::HeadNorm => &[ReadWrite, Read, Read],
             Shader::RopeKv => &[ReadWrite, Read, ReadWrite, ReadWrite, Read],
-            Shader::Attention | Shader::AttnTiled => {
-                &[Read, Read, Read, ReadWrite, ReadWrite, Read]
-            }
+            Shader::Attention | Shader::AttnTiled => &[Read, Read, Read, ReadWrite, ReadWrite, Read],
             Shader::AttnSoftmax => &[ReadWrite, Read],
             Shader::ReadBandwidth => &[Read, ReadWrite],
             Shader::DequantProbe => &[Read, Read, ReadWrite],
@@ -183,10 +142,8 @@ pub(super) fn quant_source(ty: GgmlType) -> &'static str {
 pub(super) const BATCH_WGSL: &str = include_str!("../../../../shaders/batch.wgsl");
 pub(super) const ATTN_PARAMS_WGSL: &str = include_str!("../../../../shaders/attn_params.wgsl");
 pub(super) const X32_WGSL: &str = include_str!("../../../../shaders/x32.wgsl");
-pub(super) const REDUCE_SUBGROUP_WGSL: &str =
-    include_str!("../../../../shaders/reduce_subgroup.wgsl");
-pub(super) const REDUCE_WORKGROUP_WGSL: &str =
-    include_str!("../../../../shaders/reduce_workgroup.wgsl");
+pub(super) const REDUCE_SUBGROUP_WGSL: &str = include_str!("../../../../shaders/reduce_subgroup.wgsl");
+pub(super) const REDUCE_WORKGROUP_WGSL: &str = include_str!("../../../../shaders/reduce_workgroup.wgsl");
 
 #[cfg(test)]
 mod tests {
@@ -218,28 +175,12 @@ mod tests {
         for s in ALL {
             let src = s.source();
             let n = s.needs();
-            assert_eq!(
-                n.batch,
-                src.contains("var<storage, read> batch"),
-                "{s:?} batch"
-            );
-            assert_eq!(
-                n.attn_params,
-                src.contains("AttnParams"),
-                "{s:?} attn_params"
-            );
-            assert_eq!(
-                n.reduce_lanes,
-                src.contains("reduce_lanes("),
-                "{s:?} reduce_lanes"
-            );
+            assert_eq!(n.batch, src.contains("var<storage, read> batch"), "{s:?} batch");
+            assert_eq!(n.attn_params, src.contains("AttnParams"), "{s:?} attn_params");
+            assert_eq!(n.reduce_lanes, src.contains("reduce_lanes("), "{s:?} reduce_lanes");
             if n.batch {
                 let last = format!("@binding({}) var<storage, read> batch", s.access().len());
-                assert!(
-                    src.contains(&last),
-                    "{s:?}: batch is not binding {}",
-                    s.access().len()
-                );
+                assert!(src.contains(&last), "{s:?}: batch is not binding {}", s.access().len());
             }
         }
     }
