@@ -106,7 +106,7 @@ test: models tools
 lint:
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
-	cargo clippy --release --lib --test browser --target $(WASM_TARGET) -- -D warnings
+	cargo clippy --release --lib --target $(WASM_TARGET) -- -D warnings
 
 test-native:
 	cargo test --release -- --nocapture
