@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::backend::webgpu::kernels::{Kernels, Op};
 use crate::backend::webgpu::GpuModel;
+use crate::chat::{render_chat, ChatMessage, ChatTemplate};
 use crate::clock::now_ms;
 use crate::engine::{Engine, Event, ForwardModel, Request, RequestStats};
 use crate::error::{Error, Result};
@@ -42,6 +43,33 @@ pub async fn time_generation<M: ForwardModel>(engine: &mut Engine<M>, tok: &Toke
     let g = engine.generate(tok, Request { prompt: prompt.to_vec(), opts: greedy(gen.max(2)) }, |_| {}).await?;
     let s = &g.stats;
     Ok(GenerationTiming { prompt_tokens: prompt.len(), gen_tokens: s.generated_tokens, ttft_ms: s.ttft_ms, prefill_tok_s: s.prefill_tok_s, decode_tok_s: s.decode_tok_s })
+}
+
+/// The median of one figure over runs.
+pub fn median(timings: &[GenerationTiming], f: fn(&GenerationTiming) -> f64) -> f64 {
+    let mut v: Vec<f64> = timings.iter().map(f).collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The engine rows of a benchmark summary: [`time_serving`] on the printing-press text, and
+/// [`time_speculative`] on the code edit (rendered with `template`) and on `prompt`.
+pub async fn time_engine<M: ForwardModel>(
+    engine: &mut Engine<M>,
+    tok: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    prompt: &[u32],
+    gen: usize,
+    stream_gen: usize,
+) -> Result<(ServingTiming, Vec<SpeculativeTiming>)> {
+    let ids = tok.encode_prompt(&PRINTING_PRESS_PROMPT.repeat(3), false)?;
+    let serving = time_serving(engine, tok, &ids, stream_gen).await?;
+    let code = render_chat(template, &[ChatMessage { role: "user".into(), content: CODE_EDIT_PROMPT.into() }], true)?;
+    let mut speculative = Vec::new();
+    for (name, ids) in [("code edit", tok.encode_prompt(&code, true)?), ("free text", prompt.to_vec())] {
+        speculative.push(time_speculative(engine, tok, name, &ids, gen).await?);
+    }
+    Ok((serving, speculative))
 }
 
 /// The batching engine under load: aggregate throughput of concurrent streams, and TTFT of a

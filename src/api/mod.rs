@@ -102,14 +102,6 @@ impl Runtime {
         with_engine!(self, e => crate::engine::ForwardModel::describe(e.model()))
     }
 
-    /// The GPU model, when the runtime is on the GPU (benchmark probes).
-    pub fn gpu(&self) -> Option<&GpuModel> {
-        match self {
-            Runtime::Gpu(e) => Some(e.model()),
-            Runtime::Reference(_) => None,
-        }
-    }
-
     pub fn submit(&mut self, tokenizer: &Tokenizer, req: Request) -> Result<RequestId> {
         with_engine!(self, e => e.submit(tokenizer, req))
     }

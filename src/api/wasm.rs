@@ -4,7 +4,7 @@
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
-use super::bench::{decode_ceiling, dequant_rate, dispatch_overhead_us, read_bandwidth, time_generation, time_serving, time_speculative, GenerationTiming, CODE_EDIT_PROMPT, PRINTING_PRESS_PROMPT};
+use super::bench::{decode_ceiling, dequant_rate, dispatch_overhead_us, median, read_bandwidth, time_engine, time_generation, PRINTING_PRESS_PROMPT};
 use super::{Device, LoadOptions, Runtime};
 use crate::backend::webgpu::GpuOptions;
 use crate::chat::{render_chat, ChatMessage, ChatTemplate};
@@ -218,27 +218,14 @@ impl Engine {
         for _ in 0..runs.max(1) {
             timings.push(time_generation(engine, tok, &prompt, gen.max(2) as usize).await.map_err(js_err)?);
         }
-        let median = |f: fn(&GenerationTiming) -> f64| {
-            let mut v: Vec<f64> = timings.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
+        let median = |f| median(&timings, f);
         let decode = median(|t| t.decode_tok_s);
-        let serving = if stream_gen > 0 {
-            let ids = tok.encode_prompt(&PRINTING_PRESS_PROMPT.repeat(3), false).map_err(js_err)?;
-            Some(time_serving(engine, tok, &ids, stream_gen as usize).await.map_err(js_err)?)
-        } else {
-            None
-        };
-        let speculative = if stream_gen > 0 {
-            let code = render_chat(self.template.as_ref(), &[ChatMessage { role: "user".into(), content: CODE_EDIT_PROMPT.into() }], true).map_err(js_err)?;
-            let mut out = Vec::new();
-            for (name, ids) in [("code edit", tok.encode_prompt(&code, true).map_err(js_err)?), ("free text", prompt.clone())] {
-                out.push(time_speculative(engine, tok, name, &ids, gen as usize).await.map_err(js_err)?);
+        let (serving, speculative) = match stream_gen {
+            0 => (None, None),
+            n => {
+                let (s, p) = time_engine(engine, tok, self.template.as_ref(), &prompt, gen as usize, n as usize).await.map_err(js_err)?;
+                (Some(s), Some(p))
             }
-            Some(out)
-        } else {
-            None
         };
         let summary = serde_json::json!({
             "serving": serving,

@@ -21,9 +21,7 @@ mod cli {
     use std::path::PathBuf;
 
     use clap::{Parser, Subcommand, ValueEnum};
-    use ferrolm::api::bench::{
-        decode_ceiling, dequant_rate, read_bandwidth, synthetic_llama, time_generation, time_serving, time_speculative, GenerationTiming, CODE_EDIT_PROMPT, PRINTING_PRESS_PROMPT, SYNTHETIC_SHAPES,
-    };
+    use ferrolm::api::bench::{decode_ceiling, dequant_rate, median, read_bandwidth, synthetic_llama, time_engine, time_generation, PRINTING_PRESS_PROMPT, SYNTHETIC_SHAPES};
     use ferrolm::api::{Device, LoadOptions, Runtime};
     use ferrolm::backend::reference::ops::nll;
     use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
@@ -466,35 +464,18 @@ mod cli {
             eprintln!("run {run}: {}", serde_json::to_string(&t).expect("serializable"));
             timings.push(t);
         }
-        let median = |f: fn(&GenerationTiming) -> f64| {
-            let mut v: Vec<f64> = timings.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
+        let median = |f| median(&timings, f);
         let decode = median(|t| t.decode_tok_s);
         let mbu = weight_bytes as f64 * decode / bandwidth;
         // Synthetic models have no real text to serve or to draft from.
-        let real_text = synthetic.is_none() && stream_gen > 0;
-        let serving = if real_text {
-            let ids = tokenizer.encode_prompt(&PRINTING_PRESS_PROMPT.repeat(3), false)?;
-            let s = pollster::block_on(time_serving(&mut engine, &tokenizer, &ids, stream_gen))?;
-            eprintln!("serving: {}", serde_json::to_string(&s).expect("serializable"));
-            Some(s)
-        } else {
-            None
-        };
-        let speculative = if real_text {
+        let (serving, speculative) = if synthetic.is_none() && stream_gen > 0 {
             let template = ChatTemplate::from_gguf(&gguf.metadata, &tokenizer)?;
-            let code = render_chat(template.as_ref(), &[ChatMessage { role: "user".into(), content: CODE_EDIT_PROMPT.into() }], true)?;
-            let mut out = Vec::new();
-            for (name, ids) in [("code edit", tokenizer.encode_prompt(&code, true)?), ("free text", prompt.clone())] {
-                let s = pollster::block_on(time_speculative(&mut engine, &tokenizer, name, &ids, gen))?;
-                eprintln!("speculative: {}", serde_json::to_string(&s).expect("serializable"));
-                out.push(s);
-            }
-            Some(out)
+            let (s, p) = pollster::block_on(time_engine(&mut engine, &tokenizer, template.as_ref(), &prompt, gen, stream_gen))?;
+            eprintln!("serving: {}", serde_json::to_string(&s).expect("serializable"));
+            eprintln!("speculative: {}", serde_json::to_string(&p).expect("serializable"));
+            (Some(s), Some(p))
         } else {
-            None
+            (None, None)
         };
         let summary = serde_json::json!({
             "serving": serving,

@@ -23,8 +23,7 @@ use std::collections::VecDeque;
 use serde::Serialize;
 
 pub use backend::{picks_from_logits, Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, Ready, BLOCK_SIZE, DEFAULT_KV_BUDGET};
-pub use kv_cache::{chained_hash, BlockHasher, BlockPool, PoolStats, PrefixHit};
-pub use speculative::{NgramDrafter, Proposal};
+pub use kv_cache::{BlockHasher, BlockPool, PoolStats, PrefixHit};
 
 use crate::clock::now_ms;
 use crate::error::{Error, Result};

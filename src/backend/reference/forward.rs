@@ -256,11 +256,12 @@ impl CpuModel {
 fn attention(out: &mut [f32], q: &[f32], kv: &LayerKv, c: &Config, rows: &Rows, window: Option<usize>) {
     let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
     let group = c.n_heads / c.n_kv_heads;
-    let mut scores = Vec::new();
+    let (mut scores, mut slots) = (Vec::new(), Vec::new());
     for (t, (qt, ot)) in q.chunks_exact(qd).zip(out.chunks_exact_mut(qd)).enumerate() {
         let len = rows.positions[t] as usize + 1;
         let first = window.map_or(0, |w| len.saturating_sub(w));
-        let slots: Vec<usize> = (first..len).map(|p| (rows.slot)(t, p) * kvd).collect();
+        slots.clear();
+        slots.extend((first..len).map(|p| (rows.slot)(t, p) * kvd));
         for (h, (qh, oh)) in qt.chunks_exact(hd).zip(ot.chunks_exact_mut(hd)).enumerate() {
             let kv_off = (h / group) * hd;
             scores.clear();

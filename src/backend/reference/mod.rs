@@ -48,11 +48,6 @@ impl ReferenceModel {
         };
         ReferenceModel { kv: RefCell::new(weights.new_pool()), weights, limits }
     }
-
-    /// The f32 weights (teacher-forced runs without the engine).
-    pub fn weights(&self) -> &CpuModel {
-        &self.weights
-    }
 }
 
 impl ForwardModel for ReferenceModel {

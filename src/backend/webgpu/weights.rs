@@ -50,6 +50,15 @@ pub fn repack(ty: GgmlType, data: &[u8], rows: usize, k: usize) -> Result<(Vec<u
     }
     let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     let pack_halves = |halves: &[u16]| -> Vec<u32> { halves.chunks(2).map(|p| p[0] as u32 | (*p.get(1).unwrap_or(&0) as u32) << 16).collect() };
+    // The scale section of 32-value blocks of `bs` bytes: one word `d | m << 16` per block when
+    // the type has a minimum, else the blocks' `d` two to a word.
+    let block_scales = |bs: usize, with_min: bool| -> Vec<u32> {
+        if with_min {
+            data.chunks_exact(bs).map(|b| word(&b[0..4])).collect()
+        } else {
+            pack_halves(&data.chunks_exact(bs).map(|b| u16::from_le_bytes([b[0], b[1]])).collect::<Vec<_>>())
+        }
+    };
     let mut out: Vec<u32>;
     let scale_off;
     match ty {
@@ -70,12 +79,7 @@ pub fn repack(ty: GgmlType, data: &[u8], rows: usize, k: usize) -> Result<(Vec<u
                 out.extend(b[head..head + qs_len].chunks_exact(4).map(word));
             }
             scale_off = out.len() as u32;
-            if ty == GgmlType::Q4_1 {
-                out.extend(data.chunks_exact(bs).map(|b| word(&b[0..4]))); // d | m << 16
-            } else {
-                let d: Vec<u16> = data.chunks_exact(bs).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-                out.extend(pack_halves(&d));
-            }
+            out.extend(block_scales(bs, ty == GgmlType::Q4_1));
         }
         GgmlType::Q5_0 | GgmlType::Q5_1 => {
             // Per block: the 4 nibble words, then the word of fifth bits.
@@ -86,12 +90,7 @@ pub fn repack(ty: GgmlType, data: &[u8], rows: usize, k: usize) -> Result<(Vec<u
                 out.push(word(&b[head..head + 4]));
             }
             scale_off = out.len() as u32;
-            if ty == GgmlType::Q5_1 {
-                out.extend(data.chunks_exact(bs).map(|b| word(&b[0..4]))); // d | m << 16
-            } else {
-                let d: Vec<u16> = data.chunks_exact(bs).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-                out.extend(pack_halves(&d));
-            }
+            out.extend(block_scales(bs, ty == GgmlType::Q5_1));
         }
         GgmlType::Q4_K | GgmlType::Q6_K => {
             let bs = ty.type_size() as usize;
