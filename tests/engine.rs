@@ -1,5 +1,6 @@
 //! The paged KV pool, prefix cache and batching engine: allocator and hash-table unit tests, then
-//! the engine's scenarios on both backends: the f32 reference and WebGPU (lavapipe on CI).
+//! the engine's scenarios on every backend: the f32 reference, the quantized CPU backend and
+//! WebGPU (lavapipe on CI).
 
 mod common;
 #[path = "engine_cases/mod.rs"]
@@ -21,8 +22,8 @@ pub fn small_pool() -> ModelOptions {
     ModelOptions { context: 64, max_batch_tokens: 64, max_seqs: 4, kv_budget_bytes: Some(0) }
 }
 
-/// Defines `$name::reference` and `$name::gpu`: the same engine scenario on the f32 reference
-/// and on the WebGPU backend, each with an engine sized by `$opts`.
+/// Defines `$name::reference`, `$name::cpu` and `$name::gpu`: the same engine scenario on each
+/// backend, each with an engine sized by `$opts`.
 macro_rules! on_each_backend {
     ($(#[$doc:meta])* $name:ident($opts:expr) => $case:ident) => {
         $(#[$doc])*
@@ -31,6 +32,11 @@ macro_rules! on_each_backend {
             #[test]
             fn reference() {
                 let (mut engine, tok) = common::reference_engine($opts);
+                pollster::block_on($case(&mut engine, &tok));
+            }
+            #[test]
+            fn cpu() {
+                let (mut engine, tok) = common::cpu_engine($opts);
                 pollster::block_on($case(&mut engine, &tok));
             }
             #[test]
@@ -152,12 +158,15 @@ async fn small_pool_case<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenize
     write_artifact(&format!("engine-small-pool-{}.json", backend_name(engine)), serde_json::json!({ "alone": alone }));
 }
 
-/// "reference" or "gpu", for artifact names.
+/// "reference", "cpu" or "gpu", for artifact names.
 fn backend_name<M: ForwardModel>(engine: &Engine<M>) -> &'static str {
-    if engine.model().describe().starts_with("GPU") {
+    let describe = engine.model().describe();
+    if describe.starts_with("GPU") {
         "gpu"
-    } else {
+    } else if describe.starts_with("CPU f32") {
         "reference"
+    } else {
+        "cpu"
     }
 }
 

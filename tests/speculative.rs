@@ -1,5 +1,5 @@
-//! Speculative decoding on both backends (the f32 reference, and WebGPU on lavapipe on CI):
-//! greedy identity with both drafters, and KV rollback exactness after rejected drafts.
+//! Speculative decoding on every backend (the f32 reference, the quantized CPU backend, and
+//! WebGPU on lavapipe on CI): greedy identity with both drafters, and KV rollback exactness after rejected drafts.
 
 mod common;
 #[path = "engine_cases/mod.rs"]
@@ -48,6 +48,13 @@ fn speculative_greedy_equals_plain_greedy_on_reference() {
 }
 
 #[test]
+fn speculative_greedy_equals_plain_greedy_on_cpu() {
+    let (mut engine, tok) = common::cpu_engine(opts());
+    engine.set_draft_model(common::cpu_model(opts())).unwrap();
+    pollster::block_on(greedy_identity(&mut engine, &tok, "speculative-plain-cpu.json"));
+}
+
+#[test]
 fn speculative_greedy_equals_plain_greedy_on_gpu() {
     let (mut engine, tok) = common::gpu_engine(opts());
     engine.set_draft_model(common::gpu_model(opts())).unwrap();
@@ -78,6 +85,12 @@ async fn rollback_case<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer)
 #[test]
 fn rollback_after_rejection_matches_plain_logits_on_reference() {
     let (mut engine, tok) = common::reference_engine(opts());
+    pollster::block_on(rollback_case(&mut engine, &tok));
+}
+
+#[test]
+fn rollback_after_rejection_matches_plain_logits_on_cpu() {
+    let (mut engine, tok) = common::cpu_engine(opts());
     pollster::block_on(rollback_case(&mut engine, &tok));
 }
 

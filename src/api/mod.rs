@@ -5,6 +5,7 @@ pub mod bench;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 
+use crate::backend::cpu::SimdModel;
 use crate::backend::reference::ReferenceModel;
 use crate::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
 use crate::engine::{Engine, EngineStats, Event, ModelOptions, Request, RequestId};
@@ -17,8 +18,9 @@ use crate::tokenizer::Tokenizer;
 /// Where a model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
-    /// The exact f32 reference on the CPU (the CLI's `--device cpu` until the quantized CPU
-    /// backend lands, then `--device reference`).
+    /// The quantized SIMD CPU backend.
+    Cpu,
+    /// The exact f32 reference on the CPU (the oracle; slow).
     Reference,
     /// The WebGPU backend.
     Gpu,
@@ -33,11 +35,13 @@ pub struct LoadOptions {
     pub gpu: GpuOptions,
     /// Bytes for the KV pool (None: [`crate::engine::DEFAULT_KV_BUDGET`]).
     pub kv_budget_bytes: Option<u64>,
+    /// CPU backend threads (0: one per core natively, one in the browser).
+    pub threads: usize,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: Device::Gpu, context: 2048, gpu: GpuOptions::default(), kv_budget_bytes: None }
+        LoadOptions { device: Device::Gpu, context: 2048, gpu: GpuOptions::default(), kv_budget_bytes: None, threads: 0 }
     }
 }
 
@@ -50,6 +54,7 @@ impl LoadOptions {
 
 /// A model loaded on one backend and served by the engine.
 pub enum Runtime {
+    Cpu(Box<Engine<SimdModel>>),
     Reference(Box<Engine<ReferenceModel>>),
     Gpu(Box<Engine<GpuModel>>),
 }
@@ -58,6 +63,7 @@ pub enum Runtime {
 macro_rules! with_engine {
     ($runtime:expr, $e:ident => $body:expr) => {
         match $runtime {
+            Runtime::Cpu($e) => $body,
             Runtime::Reference($e) => $body,
             Runtime::Gpu($e) => $body,
         }
@@ -74,6 +80,7 @@ impl Runtime {
     pub async fn load_alongside<S: ByteSource + ?Sized, R>(gguf: &Gguf, source: &S, opts: LoadOptions, work: impl std::future::Future<Output = R>) -> Result<(Runtime, R)> {
         let model_opts = opts.model_options(gguf)?;
         Ok(match opts.device {
+            Device::Cpu => (Runtime::Cpu(Box::new(Engine::new(SimdModel::load(gguf, source, &model_opts, opts.threads)?))), work.await),
             Device::Reference => (Runtime::Reference(Box::new(Engine::new(ReferenceModel::load(gguf, source, &model_opts)?))), work.await),
             Device::Gpu => {
                 let pending = GpuModel::record(GpuContext::new(opts.gpu).await?, gguf, source, &model_opts)?;
@@ -88,6 +95,10 @@ impl Runtime {
     pub async fn load_draft<S: ByteSource + ?Sized>(&mut self, gguf: &Gguf, source: &S, opts: LoadOptions) -> Result<()> {
         let model_opts = opts.model_options(gguf)?;
         match self {
+            Runtime::Cpu(e) => {
+                let threads = e.model().threads();
+                e.set_draft_model(SimdModel::load(gguf, source, &model_opts, threads)?)
+            }
             Runtime::Reference(e) => e.set_draft_model(ReferenceModel::load(gguf, source, &model_opts)?),
             Runtime::Gpu(e) => e.set_draft_model(GpuModel::load(GpuContext::new(opts.gpu).await?, gguf, source, &model_opts).await?),
         }

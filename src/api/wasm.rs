@@ -131,8 +131,7 @@ struct ModelInfo {
 impl Engine {
     /// Loads a model gathered in a [`ModelBytes`] (the npm package streams downloads and cache
     /// reads into one, so the page never holds the file twice). `options`: `{device: "gpu" |
-    /// "cpu", context, portable, kvBudgetBytes, startedMs}`, all optional; "cpu" is the f32
-    /// reference until the quantized CPU backend lands.
+    /// "cpu" | "reference", context, portable, kvBudgetBytes, threads, startedMs}`, all optional.
     #[wasm_bindgen(js_name = fromBytes)]
     pub async fn from_bytes(bytes: ModelBytes, options: JsValue) -> Result<Engine, JsError> {
         let o: LoadRequest = if options.is_undefined() || options.is_null() {
@@ -142,8 +141,9 @@ impl Engine {
         };
         let device = match o.device.as_str() {
             "" | "gpu" => Device::Gpu,
-            "cpu" | "reference" => Device::Reference,
-            other => return Err(JsError::new(&format!("invalid load options: device \"{other}\"; use \"gpu\" or \"cpu\""))),
+            "cpu" => Device::Cpu,
+            "reference" => Device::Reference,
+            other => return Err(JsError::new(&format!("invalid load options: device \"{other}\"; use \"gpu\", \"cpu\" or \"reference\""))),
         };
         let t0 = o.started_ms.unwrap_or_else(now_ms);
         let bytes = bytes.buf;
@@ -154,7 +154,7 @@ impl Engine {
             n => n.min(config.context_len),
         };
         let gpu = if o.portable { GpuOptions::portable() } else { GpuOptions::default() };
-        let load = LoadOptions { device, context, gpu, kv_budget_bytes: o.kv_budget_bytes.map(|b| b.max(0.0) as u64) };
+        let load = LoadOptions { device, context, gpu, kv_budget_bytes: o.kv_budget_bytes.map(|b| b.max(0.0) as u64), threads: o.threads.unwrap_or(1) };
         // The tokenizer (a second for Gemma's 262k-token vocabulary) is built while the GPU
         // process uploads and compiles what the load queued; awaiting a resolved promise first
         // lets the page send those commands (a microtask) before this thread gets busy.
@@ -287,6 +287,8 @@ struct LoadRequest {
     context: u32,
     portable: bool,
     kv_budget_bytes: Option<f64>,
+    /// CPU backend threads (1 unless this is the threaded build in an isolated page).
+    threads: Option<usize>,
     /// `Date.now()` when the download started, so loadMs covers it.
     started_ms: Option<f64>,
 }

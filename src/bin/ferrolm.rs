@@ -57,14 +57,17 @@ mod cli {
         /// Context length in tokens [default: the model's, capped at 2048].
         #[arg(long)]
         context: Option<usize>,
-        /// Megabytes for the GPU's paged KV cache [default: 256; at least one full context].
+        /// Megabytes for the paged KV cache [default: 256; at least one full context].
         #[arg(long)]
         kv_budget_mb: Option<u64>,
+        /// CPU backend threads [default: one per core].
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     }
 
     #[derive(Clone, Copy, ValueEnum)]
     enum DeviceArg {
-        /// The CPU: for now the exact f32 reference (the quantized CPU backend will take this name).
+        /// The quantized SIMD CPU backend (AVX2 where the CPU has it).
         Cpu,
         /// The exact f32 reference on the CPU.
         Reference,
@@ -269,10 +272,11 @@ mod cli {
     fn load_options(args: &ModelArgs, m: &Loaded) -> Result<LoadOptions> {
         let gpu = if args.portable { GpuOptions::portable() } else { GpuOptions::default() };
         let device = match args.device {
-            DeviceArg::Cpu | DeviceArg::Reference => Device::Reference,
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Reference => Device::Reference,
             DeviceArg::Gpu => Device::Gpu,
         };
-        Ok(LoadOptions { device, context: context(args, m)?, gpu, kv_budget_bytes: args.kv_budget_mb.map(|mb| mb << 20) })
+        Ok(LoadOptions { device, context: context(args, m)?, gpu, kv_budget_bytes: args.kv_budget_mb.map(|mb| mb << 20), threads: args.threads })
     }
 
     fn load(args: &ModelArgs, m: &Loaded) -> Result<Runtime> {

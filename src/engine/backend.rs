@@ -140,6 +140,26 @@ pub struct Limits {
     pub max_draft: usize,
 }
 
+impl Limits {
+    /// The limits of a CPU backend with an f32 KV pool grown as blocks are used: no device
+    /// limit, so the options decide.
+    pub fn for_cpu(c: &Config, opts: &ModelOptions, max_draft: usize) -> Limits {
+        let context = opts.context.clamp(1, c.context_len as u32);
+        let max_batch_tokens = opts.max_batch_tokens.max(1);
+        let kv_bytes_per_token = 2 * c.n_layers as u64 * c.kv_dim() as u64 * 4;
+        Limits {
+            max_batch_tokens,
+            context,
+            max_seqs: opts.max_seqs.clamp(1, max_batch_tokens),
+            block_size: BLOCK_SIZE,
+            n_blocks: opts.kv_blocks(context, kv_bytes_per_token, u32::MAX as u64 / BLOCK_SIZE as u64),
+            kv_bytes_per_token,
+            max_logit_rows: max_batch_tokens,
+            max_draft,
+        }
+    }
+}
+
 /// A loaded model the engine can run steps on. Each backend implements it and knows nothing of
 /// the others; the engine knows nothing of any backend's types.
 pub trait ForwardModel {

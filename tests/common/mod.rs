@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+use ferrolm::backend::cpu::SimdModel;
 use ferrolm::backend::reference::{CpuModel, ReferenceModel};
 use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
 use ferrolm::engine::{Engine, ModelOptions};
@@ -115,4 +116,15 @@ pub fn gpu_model(opts: ModelOptions) -> GpuModel {
 /// An engine over SmolLM2 on this machine's WebGPU adapter.
 pub fn gpu_engine(opts: ModelOptions) -> (Engine<GpuModel>, Tokenizer) {
     (Engine::new(gpu_model(opts)), smollm2_tokenizer())
+}
+
+/// SmolLM2 on the quantized CPU backend with two threads (the threaded path on every machine).
+pub fn cpu_model(opts: ModelOptions) -> SimdModel {
+    let file = std::fs::File::open(model_path(SMOLLM2)).unwrap();
+    SimdModel::load(&Gguf::read(&file).unwrap(), &file, &opts, 2).unwrap()
+}
+
+/// An engine over SmolLM2 on the quantized CPU backend.
+pub fn cpu_engine(opts: ModelOptions) -> (Engine<SimdModel>, Tokenizer) {
+    (Engine::new(cpu_model(opts)), smollm2_tokenizer())
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 pub use forward::{CpuModel, KvCache, LayerKv, Logits, Rows};
 
-use crate::engine::{picks_from_logits, Batch, ForwardModel, Limits, ModelOptions, Readback, Ready, BLOCK_SIZE};
+use crate::engine::{picks_from_logits, Batch, ForwardModel, Limits, ModelOptions, Readback, Ready};
 use crate::error::Result;
 use crate::gguf::{ByteSource, Gguf};
 use crate::model::Config;
@@ -31,21 +31,8 @@ impl ReferenceModel {
 
     /// Sizes the pool for `weights` as `opts` asks (its memory grows as blocks are used).
     pub fn new(weights: Arc<CpuModel>, opts: &ModelOptions) -> ReferenceModel {
-        let c = &weights.config;
-        let context = opts.context.clamp(1, c.context_len as u32);
-        let max_batch_tokens = opts.max_batch_tokens.max(1);
-        let kv_bytes_per_token = 2 * c.n_layers as u64 * c.kv_dim() as u64 * 4;
-        let limits = Limits {
-            max_batch_tokens,
-            context,
-            max_seqs: opts.max_seqs.clamp(1, max_batch_tokens),
-            block_size: BLOCK_SIZE,
-            n_blocks: opts.kv_blocks(context, kv_bytes_per_token, u32::MAX as u64 / BLOCK_SIZE as u64),
-            kv_bytes_per_token,
-            max_logit_rows: max_batch_tokens,
-            // On the CPU a forward's cost grows with its rows almost linearly.
-            max_draft: 4,
-        };
+        // On the CPU a forward's cost grows with its rows almost linearly.
+        let limits = Limits::for_cpu(&weights.config, opts, 4);
         ReferenceModel { kv: RefCell::new(weights.new_pool()), weights, limits }
     }
 }

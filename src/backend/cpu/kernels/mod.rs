@@ -1,0 +1,218 @@
+//! Quantized matrix-vector kernels. Weights are repacked at load into groups of four rows
+//! interleaved block by block (one activation load serves four rows); activations are quantized
+//! to 8 bits per block of 32, so the inner loops are integer dot products. Every target
+//! (`scalar`, `simd128`, `avx2`) has the same functions and computes the same integer sums and
+//! the same f32 operations in the same order, so their results are identical bit for bit.
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+pub mod scalar;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub mod simd128;
+
+use bytemuck::{Pod, Zeroable};
+use half::f16;
+
+/// Values per quantization block (weights and activations).
+pub const QK: usize = 32;
+/// Rows interleaved in one weight group.
+pub const ROWS: usize = 4;
+/// Tokens one pass over a weight group serves (prefill reuses each weight load this often).
+pub const TILE: usize = 4;
+
+/// Four rows' 4-bit blocks: row r's value j is `d[r] * q + m[r]`, q the low nibble of `qs[r][j]`
+/// for j < 16 and the high nibble of `qs[r][j - 16]` after (Q4_0, Q4_1, Q4_K).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct Q4x4 {
+    pub d: [u16; ROWS],
+    pub m: [u16; ROWS],
+    pub qs: [[u8; 16]; ROWS],
+}
+
+/// Four rows' 8-bit blocks: value j is `d[r] * qs[r][j]` (Q8_0, Q5_0).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct Q8x4 {
+    pub d: [u16; ROWS],
+    pub qs: [[i8; QK]; ROWS],
+}
+
+/// [`Q8x4`] plus a min: value j is `d[r] * qs[r][j] + m[r]` (Q5_1).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct Q8x4Min {
+    pub d: [u16; ROWS],
+    pub m: [u16; ROWS],
+    pub qs: [[i8; QK]; ROWS],
+}
+
+/// [`Q8x4`] with a scale per half block: values 0..16 of row r use `d[r]`, 16..32 use
+/// `d[ROWS + r]` (Q6_K, whose sub-blocks are 16 values).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct Q8x4Halves {
+    pub d: [u16; 2 * ROWS],
+    pub qs: [[i8; QK]; ROWS],
+}
+
+const _: () = assert!(std::mem::size_of::<Q4x4>() == 80);
+const _: () = assert!(std::mem::size_of::<Q8x4>() == 136);
+const _: () = assert!(std::mem::size_of::<Q8x4Min>() == 144);
+const _: () = assert!(std::mem::size_of::<Q8x4Halves>() == 144);
+
+/// The 8-bit weight groups differ only in their scales; one kernel serves them all.
+pub trait Q8Group: Pod {
+    const HALVES: bool;
+    const MIN: bool;
+    fn qs(&self) -> &[[i8; QK]; ROWS];
+    /// Scales: `ROWS` values, or `2 * ROWS` (low halves, then high halves) when `HALVES`.
+    fn d(&self) -> &[u16];
+    /// Mins when `MIN`.
+    fn m(&self) -> &[u16; ROWS];
+}
+
+impl Q8Group for Q8x4 {
+    const HALVES: bool = false;
+    const MIN: bool = false;
+    fn qs(&self) -> &[[i8; QK]; ROWS] {
+        &self.qs
+    }
+    fn d(&self) -> &[u16] {
+        &self.d
+    }
+    fn m(&self) -> &[u16; ROWS] {
+        &[0; ROWS]
+    }
+}
+
+impl Q8Group for Q8x4Min {
+    const HALVES: bool = false;
+    const MIN: bool = true;
+    fn qs(&self) -> &[[i8; QK]; ROWS] {
+        &self.qs
+    }
+    fn d(&self) -> &[u16] {
+        &self.d
+    }
+    fn m(&self) -> &[u16; ROWS] {
+        &self.m
+    }
+}
+
+impl Q8Group for Q8x4Halves {
+    const HALVES: bool = true;
+    const MIN: bool = false;
+    fn qs(&self) -> &[[i8; QK]; ROWS] {
+        &self.qs
+    }
+    fn d(&self) -> &[u16] {
+        &self.d
+    }
+    fn m(&self) -> &[u16; ROWS] {
+        &[0; ROWS]
+    }
+}
+
+/// One block of a quantized activation row: `x[j] ~ d * qs[j]`, and `dsum = d * sum(qs)` for
+/// the min terms.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct ActBlock {
+    pub qs: [i8; QK],
+    pub d: f32,
+    pub dsum: f32,
+    _pad: [f32; 2],
+}
+
+/// Quantizes `x` (a multiple of [`QK`] values) into `out`, one block per 32 values: the scale
+/// maps the block's largest magnitude to 127 (ggml's Q8_0 rounding).
+pub fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
+    for (xb, ob) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in ob.qs.iter_mut().zip(xb) {
+            *q = (v * id).round() as i8;
+            sum += *q as i32;
+        }
+        ob.d = d;
+        ob.dsum = d * sum as f32;
+    }
+}
+
+/// Exact f16 -> f32 for the scales (finite by construction: the repack refuses others).
+#[inline(always)]
+pub fn h2f(h: u16) -> f32 {
+    f16::from_bits(h).to_f32()
+}
+
+/// The fastest kernels this machine runs, picked once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Scalar,
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    Simd128,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Target {
+    pub fn detect() -> Target {
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return Target::Simd128;
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
+            return Target::Avx2;
+        }
+        #[allow(unreachable_code)]
+        Target::Scalar
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Scalar => "scalar",
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Target::Simd128 => "simd128",
+            #[cfg(target_arch = "x86_64")]
+            Target::Avx2 => "avx2",
+        }
+    }
+
+    /// Every target this machine can run (the kernel tests compare them).
+    pub fn available() -> Vec<Target> {
+        let mut v = vec![Target::Scalar];
+        if Target::detect() != Target::Scalar {
+            v.push(Target::detect());
+        }
+        v
+    }
+
+    /// `out[t][r] = row r of the group . token t`, for each token's blocks in `acts` (at most
+    /// [`TILE`] tokens).
+    pub fn q4(self, w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+        debug_assert!(acts.len() <= TILE && out.len() == acts.len() && acts.iter().all(|a| a.len() == w.len()));
+        match self {
+            Target::Scalar => scalar::q4(w, acts, out),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Target::Simd128 => simd128::q4(w, acts, out),
+            // SAFETY: `detect` chose this target only on a CPU with AVX2 and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Target::Avx2 => unsafe { avx2::q4(w, acts, out) },
+        }
+    }
+
+    /// [`Target::q4`] for the 8-bit groups.
+    pub fn q8<G: Q8Group>(self, w: &[G], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+        debug_assert!(acts.len() <= TILE && out.len() == acts.len() && acts.iter().all(|a| a.len() == w.len()));
+        match self {
+            Target::Scalar => scalar::q8(w, acts, out),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Target::Simd128 => simd128::q8(w, acts, out),
+            // SAFETY: as in `q4`.
+            #[cfg(target_arch = "x86_64")]
+            Target::Avx2 => unsafe { avx2::q8(w, acts, out) },
+        }
+    }
+}

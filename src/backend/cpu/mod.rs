@@ -1,0 +1,92 @@
+//! The quantized SIMD CPU backend: weights repacked once into interleaved 4-bit and 8-bit groups,
+//! 8-bit activations, integer dot products (`kernels`: scalar, wasm simd128, x86_64 AVX2), every
+//! thread of a pool on every step. For machines without a real GPU, natively and in the browser.
+
+pub mod forward;
+pub mod kernels;
+pub mod threads;
+pub mod weights;
+
+use std::cell::RefCell;
+
+use forward::{LayerKv, Step, Weights};
+use kernels::Target;
+use threads::Pool;
+
+use crate::engine::{picks_from_logits, Batch, ForwardModel, Limits, ModelOptions, Readback, Ready};
+use crate::error::Result;
+use crate::gguf::{ByteSource, Gguf};
+use crate::model::Config;
+
+/// A model on the CPU backend behind the engine's trait: repacked weights, a paged f32 KV pool
+/// (grown as blocks are used) and a thread pool.
+pub struct SimdModel {
+    weights: Weights,
+    kv: RefCell<Vec<LayerKv>>,
+    pool: Pool,
+    target: Target,
+    limits: Limits,
+}
+
+impl SimdModel {
+    /// Loads and repacks a model for `threads` threads (natively, 0 means one per core).
+    pub fn load<S: ByteSource + ?Sized>(gguf: &Gguf, source: &S, opts: &ModelOptions, threads: usize) -> Result<SimdModel> {
+        let weights = Weights::load(gguf, source)?;
+        // A verified row costs a fraction of a step (weights are read once for up to four).
+        let limits = Limits::for_cpu(&weights.config, opts, 4);
+        let threads = if threads == 0 { default_threads() } else { threads };
+        Ok(SimdModel { kv: RefCell::new(weights.new_pool()), pool: Pool::new(threads)?, target: Target::detect(), weights, limits })
+    }
+
+    /// Uses `target`'s kernels instead of the fastest (tests compare them).
+    pub fn with_target(mut self, target: Target) -> SimdModel {
+        self.target = target;
+        self
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    pub fn target(&self) -> Target {
+        self.target
+    }
+
+    /// Bytes of packed weights a decode step reads.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        self.weights.bytes_per_token()
+    }
+}
+
+fn default_threads() -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    return std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(16);
+    #[cfg(target_arch = "wasm32")]
+    1
+}
+
+impl ForwardModel for SimdModel {
+    type Pending = Ready;
+
+    fn config(&self) -> &Config {
+        &self.weights.config
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn describe(&self) -> String {
+        format!("CPU ({} kernels, {} thread{}, {:.1} MB of weights)", self.target.name(), self.threads(), if self.threads() == 1 { "" } else { "s" }, self.weights.bytes() as f64 / 1e6)
+    }
+
+    /// Computes the whole step now.
+    fn submit(&self, b: &Batch, read: Readback) -> Result<Ready> {
+        b.validate(&self.limits, self.weights.config.vocab_size)?;
+        let bs = self.limits.block_size as usize;
+        let slot = |t: usize, pos: usize| b.block_tables[b.seq_ids[t] as usize][pos / bs] as usize * bs + pos % bs;
+        let step = Step { tokens: b.tokens, positions: b.positions, slot: &slot, logit_rows: b.logit_rows };
+        let logits = self.weights.forward(&self.pool, self.target, &step, &mut self.kv.borrow_mut())?;
+        Ok(Ready(picks_from_logits(logits, self.weights.config.vocab_size, read)))
+    }
+}

@@ -1,0 +1,315 @@
+//! A weight matrix repacked once at load for the CPU kernels: groups of four rows interleaved
+//! block by block, in one of four block formats chosen by the GGUF type (no f32 copy of
+//! quantized weights). Integer values are kept as they are; scales become f16.
+
+use bytemuck::Zeroable;
+use half::f16;
+
+use super::kernels::{quantize_row, ActBlock, Q4x4, Q8Group, Q8x4, Q8x4Halves, Q8x4Min, Target, QK, ROWS, TILE};
+use super::threads::Shared;
+use crate::error::{Error, Result};
+use crate::gguf::quant::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0};
+use crate::gguf::{q4k_scale_min, ByteSource, GgmlType, TensorInfo};
+
+enum Packed {
+    Q4(Vec<Q4x4>),
+    Q8(Vec<Q8x4>),
+    Q8Min(Vec<Q8x4Min>),
+    Q8Halves(Vec<Q8x4Halves>),
+    /// F32, F16 and BF16 matrices, row-major f32 (rare in quantized files; exact).
+    F32(Vec<f32>),
+}
+
+/// `[rows][cols]` (GGUF `[out][in]`), repacked.
+pub struct QMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    packed: Packed,
+}
+
+/// 32 consecutive values of one row: `d[half] * q + m` (half = which 16 of the 32).
+struct Run {
+    q: [i8; QK],
+    d: [f32; 2],
+    m: f32,
+}
+
+/// Weight groups kept together while tokens stream past them (they stay in cache).
+const GROUP_CHUNK: usize = 16;
+
+impl QMatrix {
+    /// Reads and repacks matrix `info` (`dims = [cols, rows]`), four rows at a time.
+    pub fn load<S: ByteSource + ?Sized>(source: &S, info: &TensorInfo) -> Result<QMatrix> {
+        let (cols, rows) = match info.dims[..] {
+            [c, r] => (c as usize, r as usize),
+            _ => return Err(Error::InvalidModel(format!("{} is not a matrix", info.name))),
+        };
+        let row_bytes = info.ty.row_bytes(cols as u64)? as usize;
+        let base = info.offset;
+        let read_rows = |r0: usize, n: usize| -> Result<Vec<u8>> {
+            let mut buf = vec![0u8; row_bytes * n];
+            source.read_at(base + (r0 * row_bytes) as u64, &mut buf)?;
+            Ok(buf)
+        };
+        let packed = match info.ty {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+                let mut out = vec![0f32; rows * cols];
+                let bytes = read_rows(0, rows)?;
+                crate::gguf::dequantize(info.ty, &bytes, &mut out)?;
+                Packed::F32(out)
+            }
+            ty => {
+                if cols % QK != 0 {
+                    return Err(Error::InvalidModel(format!("{}: rows of {cols} values are not whole blocks of {QK}", info.name)));
+                }
+                let nb = cols / QK;
+                let groups = rows.div_ceil(ROWS);
+                let mut runs: Vec<Vec<Run>> = (0..ROWS).map(|_| Vec::with_capacity(nb)).collect();
+                let mut pack = Packer::new(ty, groups * nb);
+                for g in 0..groups {
+                    let n = ROWS.min(rows - g * ROWS);
+                    let bytes = read_rows(g * ROWS, n)?;
+                    for (r, runs) in runs.iter_mut().enumerate() {
+                        runs.clear();
+                        match bytes.chunks_exact(row_bytes).nth(r) {
+                            Some(row) => decode_row(ty, row, runs),
+                            None => runs.extend((0..nb).map(|_| Run { q: [0; QK], d: [0.0; 2], m: 0.0 })),
+                        }
+                    }
+                    #[allow(clippy::needless_range_loop)] // block b of each of the four rows
+                    for b in 0..nb {
+                        pack.push(std::array::from_fn(|r| &runs[r][b])).map_err(|e| Error::InvalidModel(format!("{}: {e}", info.name)))?;
+                    }
+                }
+                pack.0
+            }
+        };
+        Ok(QMatrix { rows, cols, packed })
+    }
+
+    /// Bytes the packed weights take (what a decode step reads).
+    pub fn bytes(&self) -> usize {
+        match &self.packed {
+            Packed::Q4(v) => std::mem::size_of_val(&v[..]),
+            Packed::Q8(v) => std::mem::size_of_val(&v[..]),
+            Packed::Q8Min(v) => std::mem::size_of_val(&v[..]),
+            Packed::Q8Halves(v) => std::mem::size_of_val(&v[..]),
+            Packed::F32(v) => std::mem::size_of_val(&v[..]),
+        }
+    }
+
+    pub fn groups(&self) -> usize {
+        self.rows.div_ceil(ROWS)
+    }
+
+    /// Row `r` dequantized into `out` (the token embedding lookup).
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        let (g, lane, nb) = (r / ROWS, r % ROWS, self.cols / QK);
+        let f = |h: u16| f16::from_bits(h).to_f32();
+        match &self.packed {
+            Packed::Q4(v) => {
+                for (b, o) in v[g * nb..(g + 1) * nb].iter().zip(out.chunks_exact_mut(QK)) {
+                    let (d, m) = (f(b.d[lane]), f(b.m[lane]));
+                    for j in 0..QK / 2 {
+                        o[j] = (b.qs[lane][j] & 0xF) as f32 * d + m;
+                        o[j + QK / 2] = (b.qs[lane][j] >> 4) as f32 * d + m;
+                    }
+                }
+            }
+            Packed::Q8(v) => q8_row(&v[g * nb..(g + 1) * nb], lane, out),
+            Packed::Q8Min(v) => q8_row(&v[g * nb..(g + 1) * nb], lane, out),
+            Packed::Q8Halves(v) => q8_row(&v[g * nb..(g + 1) * nb], lane, out),
+            Packed::F32(v) => out.copy_from_slice(&v[r * self.cols..(r + 1) * self.cols]),
+        }
+    }
+
+    /// `y = x . rows` for tokens `x: [n][cols]`, on the calling thread (tests, one-off products).
+    pub fn matmul_alone(&self, target: Target, x: &[f32]) -> Vec<f32> {
+        let (n, nb) = (x.len() / self.cols, self.cols / QK);
+        let mut acts = vec![ActBlock::zeroed(); n * nb];
+        if nb > 0 {
+            for (xt, at) in x.chunks_exact(self.cols).zip(acts.chunks_exact_mut(nb)) {
+                quantize_row(xt, at);
+            }
+        }
+        let mut y = vec![0f32; n * self.rows];
+        self.matmul(target, x, &acts, 0..self.groups(), &Shared::new(&mut y));
+        y
+    }
+
+    /// `y[t][o] = x[t] . row o` for the rows of `groups` and every token: `x: [n][cols]` and its
+    /// quantized blocks `acts: [n][cols / 32]`; `y: [n][rows]`, shared with threads that write
+    /// other groups.
+    pub fn matmul(&self, target: Target, x: &[f32], acts: &[ActBlock], groups: std::ops::Range<usize>, y: &Shared<f32>) {
+        let (k, m) = (self.cols, self.rows);
+        let n = x.len() / k;
+        let nb = k / QK;
+        let mut tile = [[0f32; ROWS]; TILE];
+        let write = |t: usize, g: usize, vals: &[f32; ROWS]| {
+            let (r0, r1) = (g * ROWS, (g * ROWS + ROWS).min(m));
+            // SAFETY: this call owns columns of `groups` in every row of y until the caller's next barrier.
+            unsafe { y.slice_mut(t * m + r0..t * m + r1) }.copy_from_slice(&vals[..r1 - r0]);
+        };
+        for chunk in groups.clone().step_by(GROUP_CHUNK) {
+            let chunk = chunk..(chunk + GROUP_CHUNK).min(groups.end);
+            for t0 in (0..n).step_by(TILE) {
+                let tn = TILE.min(n - t0);
+                for g in chunk.clone() {
+                    if let Packed::F32(w) = &self.packed {
+                        for t in t0..t0 + tn {
+                            let xt = &x[t * k..(t + 1) * k];
+                            let vals = std::array::from_fn(|r| if g * ROWS + r < m { crate::backend::reference::ops::dot(xt, &w[(g * ROWS + r) * k..][..k]) } else { 0.0 });
+                            write(t, g, &vals);
+                        }
+                        continue;
+                    }
+                    let a: [&[ActBlock]; TILE] = std::array::from_fn(|i| if i < tn { &acts[(t0 + i) * nb..(t0 + i + 1) * nb] } else { &[][..] });
+                    let out = &mut tile[..tn];
+                    let blocks = g * nb..(g + 1) * nb;
+                    match &self.packed {
+                        Packed::Q4(w) => target.q4(&w[blocks], &a[..tn], out),
+                        Packed::Q8(w) => target.q8(&w[blocks], &a[..tn], out),
+                        Packed::Q8Min(w) => target.q8(&w[blocks], &a[..tn], out),
+                        Packed::Q8Halves(w) => target.q8(&w[blocks], &a[..tn], out),
+                        Packed::F32(_) => unreachable!("handled above"),
+                    }
+                    for (i, vals) in out.iter().enumerate() {
+                        write(t0 + i, g, vals);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn q8_row<G: Q8Group>(v: &[G], lane: usize, out: &mut [f32]) {
+    let f = |h: u16| f16::from_bits(h).to_f32();
+    for (b, o) in v.iter().zip(out.chunks_exact_mut(QK)) {
+        let m = if G::MIN { f(b.m()[lane]) } else { 0.0 };
+        for (j, (o, &q)) in o.iter_mut().zip(&b.qs()[lane]).enumerate() {
+            let d = if G::HALVES && j >= QK / 2 { f(b.d()[ROWS + lane]) } else { f(b.d()[lane]) };
+            *o = if G::MIN { q as f32 * d + m } else { q as f32 * d };
+        }
+    }
+}
+
+/// The packed blocks of one matrix, in the format its GGUF type maps to.
+struct Packer(Packed);
+
+impl Packer {
+    fn new(ty: GgmlType, n: usize) -> Packer {
+        Packer(match ty {
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => Packed::Q4(Vec::with_capacity(n)),
+            GgmlType::Q5_1 => Packed::Q8Min(Vec::with_capacity(n)),
+            GgmlType::Q6_K => Packed::Q8Halves(Vec::with_capacity(n)),
+            _ => Packed::Q8(Vec::with_capacity(n)),
+        })
+    }
+
+    /// Appends the block of four rows' runs.
+    fn push(&mut self, runs: [&Run; ROWS]) -> std::result::Result<(), String> {
+        let h = |v: f32| -> std::result::Result<u16, String> {
+            let x = f16::from_f32(v);
+            if x.is_finite() {
+                Ok(x.to_bits())
+            } else {
+                Err(format!("a block scale of {v} does not fit in f16; the file is corrupt"))
+            }
+        };
+        match &mut self.0 {
+            Packed::Q4(v) => {
+                let mut b = Q4x4::zeroed();
+                for (r, run) in runs.iter().enumerate() {
+                    (b.d[r], b.m[r]) = (h(run.d[0])?, h(run.m)?);
+                    for j in 0..QK / 2 {
+                        b.qs[r][j] = (run.q[j] as u8 & 0xF) | ((run.q[j + QK / 2] as u8) << 4);
+                    }
+                }
+                v.push(b);
+            }
+            Packed::Q8(v) => {
+                let mut b = Q8x4::zeroed();
+                for (r, run) in runs.iter().enumerate() {
+                    (b.d[r], b.qs[r]) = (h(run.d[0])?, run.q);
+                }
+                v.push(b);
+            }
+            Packed::Q8Min(v) => {
+                let mut b = Q8x4Min::zeroed();
+                for (r, run) in runs.iter().enumerate() {
+                    (b.d[r], b.m[r], b.qs[r]) = (h(run.d[0])?, h(run.m)?, run.q);
+                }
+                v.push(b);
+            }
+            Packed::Q8Halves(v) => {
+                let mut b = Q8x4Halves::zeroed();
+                for (r, run) in runs.iter().enumerate() {
+                    (b.d[r], b.d[ROWS + r], b.qs[r]) = (h(run.d[0])?, h(run.d[1])?, run.q);
+                }
+                v.push(b);
+            }
+            Packed::F32(_) => unreachable!("f32 matrices are not packed"),
+        }
+        Ok(())
+    }
+}
+
+/// Splits one row of GGUF blocks into runs of 32 integer values with their scales.
+fn decode_row(ty: GgmlType, row: &[u8], out: &mut Vec<Run>) {
+    fn each<B: bytemuck::Pod>(row: &[u8], mut f: impl FnMut(B)) {
+        row.chunks_exact(std::mem::size_of::<B>()).for_each(|c| f(bytemuck::pod_read_unaligned(c)));
+    }
+    let nib = |qs: &[u8; 16]| -> [i32; QK] { std::array::from_fn(|j| if j < 16 { (qs[j] & 0xF) as i32 } else { (qs[j - 16] >> 4) as i32 }) };
+    let fifth = |qh: [u8; 4]| -> [i32; QK] {
+        let h = u32::from_le_bytes(qh);
+        std::array::from_fn(|j| (((h >> j) & 1) << 4) as i32)
+    };
+    let run = |q: [i32; QK], d: f32, m: f32| Run { q: q.map(|v| v as i8), d: [d; 2], m };
+    match ty {
+        GgmlType::Q4_0 => each(row, |b: BlockQ4_0| out.push(run(nib(&b.qs), b.d.to_f32(), -8.0 * b.d.to_f32()))),
+        GgmlType::Q4_1 => each(row, |b: BlockQ4_1| out.push(run(nib(&b.qs), b.d.to_f32(), b.m.to_f32()))),
+        GgmlType::Q5_0 => each(row, |b: BlockQ5_0| {
+            let (lo, hi) = (nib(&b.qs), fifth(b.qh));
+            out.push(run(std::array::from_fn(|j| (lo[j] | hi[j]) - 16), b.d.to_f32(), 0.0))
+        }),
+        GgmlType::Q5_1 => each(row, |b: BlockQ5_1| {
+            let (lo, hi) = (nib(&b.qs), fifth(b.qh));
+            out.push(run(std::array::from_fn(|j| lo[j] | hi[j]), b.d.to_f32(), b.m.to_f32()))
+        }),
+        GgmlType::Q8_0 => each(row, |b: BlockQ8_0| out.push(run(b.qs.map(|v| v as i32), b.d.to_f32(), 0.0))),
+        GgmlType::Q4_K => each(row, |b: BlockQ4K| {
+            for (q, d, m) in q4k_runs(&b) {
+                out.push(run(q, d, m));
+            }
+        }),
+        GgmlType::Q6_K => each(row, |b: BlockQ6K| {
+            let d = b.d.to_f32();
+            for i in 0..8 {
+                let (half, k) = (i / 4, i % 4);
+                let (ql, qh) = (&b.ql[64 * half..], &b.qh[32 * half..]);
+                let q = std::array::from_fn(|l| {
+                    let (lo, shift) = match k {
+                        0 => (ql[l] & 0xF, 0),
+                        1 => (ql[l + 32] & 0xF, 2),
+                        2 => (ql[l] >> 4, 4),
+                        _ => (ql[l + 32] >> 4, 6),
+                    };
+                    (lo | (((qh[l] >> shift) & 3) << 4)) as i32 - 32
+                });
+                out.push(Run { q: q.map(|v: i32| v as i8), d: [d * b.scales[2 * i] as f32, d * b.scales[2 * i + 1] as f32], m: 0.0 });
+            }
+        }),
+        _ => unreachable!("{ty} rows are not packed"),
+    }
+}
+
+/// Q4_K's eight runs: 4-bit values, scale `d * sc`, min `-dmin * m` (its dequantization).
+fn q4k_runs(b: &BlockQ4K) -> impl Iterator<Item = ([i32; QK], f32, f32)> + '_ {
+    let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+    (0..8).map(move |j| {
+        let (sc, m) = q4k_scale_min(j, &b.scales);
+        let qs = &b.qs[32 * (j / 2)..][..32];
+        let q = std::array::from_fn(|l| if j % 2 == 0 { (qs[l] & 0xF) as i32 } else { (qs[l] >> 4) as i32 });
+        (q, d * sc as f32, -(dmin * m as f32))
+    })
+}
