@@ -5,6 +5,7 @@
 use std::rc::Rc;
 
 use engine_cases::RawSequence;
+use ferrolm::backend::cpu::SimdModel;
 use ferrolm::backend::reference::ops::nll;
 use ferrolm::backend::reference::{CpuModel, Logits, ReferenceModel};
 use ferrolm::backend::webgpu::{batch_to_words, batch_words, GpuContext, GpuModel, GpuOptions};
@@ -16,6 +17,8 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 
+#[path = "cpu_cases/mod.rs"]
+mod cpu_cases;
 #[path = "engine_cases/mod.rs"]
 mod engine_cases;
 #[path = "kernel_cases/mod.rs"]
@@ -399,6 +402,26 @@ async fn engine_scenarios_on_reference_in_browser() {
     let tok = Tokenizer::from_gguf(&gguf.metadata).unwrap();
     let weights = std::sync::Arc::new(CpuModel::load(&gguf, &bytes[..]).unwrap());
     engine_scenarios("reference", |opts| ReferenceModel::new(weights.clone(), &opts), &tok).await;
+}
+
+/// The CPU backend's wasm simd128 kernels equal the scalar ones bit for bit, and the scalar
+/// ones the exact dequantization within the 8-bit bound, for every type.
+#[wasm_bindgen_test]
+fn cpu_kernels_match_scalar_in_browser() {
+    for tokens in [1, 3, 6] {
+        let report = cpu_cases::check_cpu_kernels(tokens);
+        assert!(report.iter().any(|l| l.contains("simd128 == scalar")), "simd128 was not compared: {report:?}");
+    }
+}
+
+/// The engine scenarios on the CPU backend in wasm (one thread): the same tokens as the native
+/// CPU backend (AVX2 there, simd128 here: the kernels agree bit for bit).
+#[wasm_bindgen_test]
+async fn engine_scenarios_on_cpu_in_browser() {
+    let bytes = smollm2().await;
+    let gguf = Gguf::read(&bytes[..]).unwrap();
+    let tok = Tokenizer::from_gguf(&gguf.metadata).unwrap();
+    engine_scenarios("cpu", |opts| SimdModel::load(&gguf, &bytes[..], &opts, 1).unwrap(), &tok).await;
 }
 
 /// Gemma 3 270M (K-quants, 262k vocabulary, split embedding) on SwiftShader: the top-5 logits of

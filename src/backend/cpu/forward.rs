@@ -268,7 +268,7 @@ impl Weights {
         if let Some(cap) = c.final_logit_softcap {
             w.barrier();
             let all = m * c.vocab_size;
-            unsafe { b.logits.slice_mut(w.share(all)) }.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+            unsafe { b.logits.slice_mut(w.share(all)) }.iter_mut().for_each(|l| *l = cap * libm::tanhf(*l / cap));
         }
     }
 }
@@ -303,11 +303,12 @@ unsafe fn s_all<'b, T>(s: &'b Shared<'_, T>) -> &'b [T] {
     s.all()
 }
 
-/// cos and sin of each frequency of a head at `pos` (the reference's f64 formula).
+/// cos and sin of each frequency of a head at `pos` (the reference's f64 formula, with libm's
+/// functions so every target gets the same bits).
 fn rope_angles(table: &mut Vec<(f32, f32)>, head_dim: usize, pos: f64, base: f32) {
     table.clear();
     table.extend((0..head_dim / 2).map(|i| {
-        let (sin, cos) = (pos * (base as f64).powf(-2.0 * i as f64 / head_dim as f64)).sin_cos();
+        let (sin, cos) = libm::sincos(pos * libm::pow(base as f64, -2.0 * i as f64 / head_dim as f64));
         (cos as f32, sin as f32)
     }));
 }

@@ -245,7 +245,7 @@ impl CpuModel {
         let mut logits = vec![0f32; m * c.vocab_size];
         matmul(&mut logits, &normed, head, m, d, c.vocab_size);
         if let Some(cap) = c.final_logit_softcap {
-            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+            logits.iter_mut().for_each(|l| *l = cap * libm::tanhf(*l / cap));
         }
         Ok(logits)
     }

@@ -1,5 +1,7 @@
-//! f32 building blocks of the reference forward pass. Plain loops written so the compiler
-//! vectorizes them; matmul splits output rows across threads natively.
+//! f32 building blocks of the reference forward pass (and the CPU backend's). Plain loops
+//! written so the compiler vectorizes them; matmul splits output rows across threads natively.
+//! Transcendentals come from `libm`, the same code on every target, so a forward gives the same
+//! bits natively and in wasm (8-bit activations turn one-ulp differences into different tokens).
 
 /// `y[t][o] = sum_i x[t][i] * w[o][i]` for `x: [n][k]`, `w: [m][k]` (GGUF row-major), `y: [n][m]`.
 pub fn matmul(y: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize, m: usize) {
@@ -104,8 +106,8 @@ pub fn rope(x: &mut [f32], head_dim: usize, pos: f64, base: f32, style: crate::m
     let half = head_dim / 2;
     for head in x.chunks_exact_mut(head_dim) {
         for i in 0..half {
-            let freq = (base as f64).powf(-2.0 * i as f64 / head_dim as f64);
-            let (sin, cos) = (pos * freq).sin_cos();
+            let freq = libm::pow(base as f64, -2.0 * i as f64 / head_dim as f64);
+            let (sin, cos) = libm::sincos(pos * freq);
             let (sin, cos) = (sin as f32, cos as f32);
             let (a, b) = match style {
                 crate::model::RopeStyle::Normal => (2 * i, 2 * i + 1),
@@ -123,7 +125,7 @@ pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in x.iter_mut() {
-        *v = (*v - max).exp();
+        *v = libm::expf(*v - max);
         sum += *v;
     }
     for v in x.iter_mut() {
@@ -134,7 +136,7 @@ pub fn softmax(x: &mut [f32]) {
 /// `gate = silu(gate) * up`.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+        *g = *g / (1.0 + libm::expf(-*g)) * u;
     }
 }
 
@@ -144,7 +146,7 @@ pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     for (g, u) in gate.iter_mut().zip(up) {
         let x = *g;
-        *g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh()) * u;
+        *g = 0.5 * x * (1.0 + libm::tanhf(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x))) * u;
     }
 }
 
