@@ -8,8 +8,16 @@ pub fn now_ms() -> f64 {
     ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
 }
 
-/// Milliseconds since the epoch.
+/// Milliseconds since the epoch, to a fraction of a millisecond where the page or worker has
+/// `performance` (short probes need better than `Date.now()`'s whole milliseconds).
 #[cfg(target_arch = "wasm32")]
 pub fn now_ms() -> f64 {
-    js_sys::Date::now()
+    use wasm_bindgen::JsCast;
+    match js_sys::Reflect::get(&js_sys::global(), &"performance".into()) {
+        Ok(p) if p.is_object() => {
+            let p: web_sys::Performance = p.unchecked_into();
+            p.time_origin() + p.now()
+        }
+        _ => js_sys::Date::now(),
+    }
 }

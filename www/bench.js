@@ -1,9 +1,11 @@
 // Browser benchmark page, driven by scripts/bench/run-browser.mjs. Query: model=<file under
-// /models/>, gen=<tokens>, runs=<n>, stream_gen=<tokens per concurrent stream, 0: skip>. Publishes the summary as window.__bench.
+// /models/>, device=<gpu|cpu>, gen=<tokens>, runs=<n>, stream_gen=<tokens per concurrent stream,
+// 0: skip>. Publishes the summary as window.__bench.
 import init, { Engine, ModelBytes } from "/pkg/wasm/ferrolm.js";
 
 const q = new URLSearchParams(location.search);
 const model = q.get("model") || "SmolLM2-135M-Instruct.Q4_1.gguf";
+const device = q.get("device") || "gpu";
 const gen = Number(q.get("gen") || 128);
 const runs = Number(q.get("runs") || 3);
 const streamGen = Number(q.get("stream_gen") || 32);
@@ -18,7 +20,7 @@ async function run() {
   const buf = new ModelBytes(bytes.length);
   buf.push(bytes);
   status("loading");
-  const engine = await Engine.fromBytes(buf, { device: "gpu", context: 1024 });
+  const engine = await Engine.fromBytes(buf, { device, context: 1024 });
   status("benchmarking");
   const result = JSON.parse(await engine.benchmark(gen, runs, streamGen));
   result.model = model;

@@ -9,7 +9,7 @@ use super::{Device, LoadOptions, Runtime};
 use crate::backend::webgpu::GpuOptions;
 use crate::chat::{render_chat, ChatMessage, ChatTemplate};
 use crate::clock::now_ms;
-use crate::engine::{Event, Request, RequestStats};
+use crate::engine::{Engine as CoreEngine, Event, ForwardModel, Request, RequestStats};
 use crate::gguf::Gguf;
 use crate::model::Config;
 use crate::sample::{GenerateOptions, SamplingParams, SpecMethod, Speculative, TokenLogprob};
@@ -203,41 +203,37 @@ impl Engine {
     /// times, plus the adapter's read bandwidth, and (when `stream_gen` > 0) the batching engine:
     /// 1-8 concurrent streams and prefix-cache TTFT. Returns the same summary as `ferrolm bench`.
     pub async fn benchmark(&mut self, gen: u32, runs: u32, stream_gen: u32) -> Result<JsValue, JsError> {
-        let Runtime::Gpu(engine) = &mut self.runtime else {
-            return Err(JsError::new("benchmark measures the GPU backend; load with device \"gpu\""));
-        };
         let tok = &self.tokenizer;
         let prompt = tok.encode_prompt(PRINTING_PRESS_PROMPT, false).map_err(js_err)?;
-        let model = engine.model();
-        let bandwidth = read_bandwidth(model).await.map_err(js_err)?;
-        let dispatch_us = dispatch_overhead_us(model).await.map_err(js_err)?;
-        let alu = dequant_rate(model).await.map_err(js_err)?;
-        let ceiling = decode_ceiling(model, bandwidth, alu);
-        let (weight_bytes, weight_values, info) = (model.weight_bytes, model.weight_values, model.ctx.info.clone());
-        let mut timings = Vec::new();
-        for _ in 0..runs.max(1) {
-            timings.push(time_generation(engine, tok, &prompt, gen.max(2) as usize).await.map_err(js_err)?);
-        }
-        let median = |f| median(&timings, f);
-        let decode = median(|t| t.decode_tok_s);
-        let (serving, speculative) = match stream_gen {
-            0 => (None, None),
-            n => {
-                let (s, p) = time_engine(engine, tok, self.template.as_ref(), &prompt, gen as usize, n as usize).await.map_err(js_err)?;
-                (Some(s), Some(p))
+        let (mut summary, weight_bytes, bandwidth) = match &mut self.runtime {
+            Runtime::Gpu(engine) => {
+                let model = engine.model();
+                let bandwidth = read_bandwidth(model).await.map_err(js_err)?;
+                let dispatch_us = dispatch_overhead_us(model).await.map_err(js_err)?;
+                let alu = dequant_rate(model).await.map_err(js_err)?;
+                let info = model.ctx.info.clone();
+                let head = serde_json::json!({
+                    "adapter": info.name, "backend": info.backend, "driver": info.driver, "dispatch_us": dispatch_us,
+                    "weight_values_per_token": model.weight_values, "alu_gmac_s": alu / 1e9,
+                    "decode_ceiling_tok_s": decode_ceiling(model, bandwidth, alu),
+                });
+                let weight_bytes = model.weight_bytes;
+                (merge(head, bench_runs(engine, tok, self.template.as_ref(), &prompt, gen, runs, stream_gen).await?), weight_bytes as f64, bandwidth)
             }
+            Runtime::Cpu(engine) => {
+                let model = engine.model();
+                let bandwidth = model.read_bandwidth();
+                let head = serde_json::json!({ "adapter": format!("CPU, {} threads", model.threads()), "backend": model.describe(), "threads": model.threads() });
+                let weight_bytes = model.weight_bytes_per_token();
+                (merge(head, bench_runs(engine, tok, self.template.as_ref(), &prompt, gen, runs, stream_gen).await?), weight_bytes as f64, bandwidth)
+            }
+            Runtime::Reference(_) => return Err(JsError::new("benchmark measures the gpu and cpu backends; load with device \"gpu\" or \"cpu\"")),
         };
-        let summary = serde_json::json!({
-            "serving": serving,
-            "speculative": speculative,
-            "where": "browser", "adapter": info.name, "backend": info.backend, "driver": info.driver,
-            "load_ms": self.load_ms, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
-            "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": decode,
-            "weight_bytes_per_token": weight_bytes, "read_gb_s": bandwidth / 1e9, "dispatch_us": dispatch_us,
-            "mbu": weight_bytes as f64 * decode / bandwidth, "all_runs": timings,
-            "weight_values_per_token": weight_values, "alu_gmac_s": alu / 1e9,
-            "decode_ceiling_tok_s": ceiling,
-        });
+        summary["where"] = "browser".into();
+        summary["load_ms"] = self.load_ms.into();
+        summary["weight_bytes_per_token"] = weight_bytes.into();
+        summary["read_gb_s"] = (bandwidth / 1e9).into();
+        summary["mbu"] = (weight_bytes * summary["decode_tok_s"].as_f64().unwrap_or(0.0) / bandwidth).into();
         Ok(JsValue::from_str(&summary.to_string()))
     }
 
@@ -277,6 +273,44 @@ impl ModelBytes {
     pub fn length(&self) -> f64 {
         self.buf.len() as f64
     }
+}
+
+/// Greedy generation of `gen` tokens from `prompt`, `runs` times, and (when `stream_gen` > 0)
+/// the batching engine: 1-8 concurrent streams, prefix-cache TTFT and speculation.
+async fn bench_runs<M: ForwardModel>(
+    engine: &mut CoreEngine<M>,
+    tok: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    prompt: &[u32],
+    gen: u32,
+    runs: u32,
+    stream_gen: u32,
+) -> Result<serde_json::Value, JsError> {
+    let mut timings = Vec::new();
+    for _ in 0..runs.max(1) {
+        timings.push(time_generation(engine, tok, prompt, gen.max(2) as usize).await.map_err(js_err)?);
+    }
+    let (serving, speculative) = match stream_gen {
+        0 => (None, None),
+        n => {
+            let (s, p) = time_engine(engine, tok, template, prompt, gen as usize, n as usize).await.map_err(js_err)?;
+            (Some(s), Some(p))
+        }
+    };
+    let median = |f| median(&timings, f);
+    Ok(serde_json::json!({
+        "serving": serving, "speculative": speculative, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
+        "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": median(|t| t.decode_tok_s),
+        "all_runs": timings,
+    }))
+}
+
+/// `head`'s fields and `rest`'s in one object.
+fn merge(mut head: serde_json::Value, rest: serde_json::Value) -> serde_json::Value {
+    for (k, v) in rest.as_object().into_iter().flatten() {
+        head[k] = v.clone();
+    }
+    head
 }
 
 /// `Engine.fromBytes` options.

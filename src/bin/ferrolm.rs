@@ -23,11 +23,12 @@ mod cli {
     use clap::{Parser, Subcommand, ValueEnum};
     use ferrolm::api::bench::{decode_ceiling, dequant_rate, median, read_bandwidth, synthetic_llama, time_engine, time_generation, PRINTING_PRESS_PROMPT, SYNTHETIC_SHAPES};
     use ferrolm::api::{Device, LoadOptions, Runtime};
+    use ferrolm::backend::cpu::SimdModel;
     use ferrolm::backend::reference::ops::nll;
     use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
     use ferrolm::chat::{render_chat, ChatMessage, ChatTemplate};
     use ferrolm::clock::now_ms;
-    use ferrolm::engine::{Engine, Event, ModelOptions, Request};
+    use ferrolm::engine::{Engine, Event, ForwardModel, ModelOptions, Request};
     use ferrolm::gguf::Gguf;
     use ferrolm::sample::{GenerateOptions, SamplingParams, SpecMethod, Speculative};
     use ferrolm::tokenizer::Tokenizer;
@@ -429,7 +430,6 @@ mod cli {
     }
 
     fn bench(args: &ModelArgs, synthetic: Option<&str>, gen: usize, stream_gen: usize, runs: usize, json: Option<&std::path::Path>, profile: bool) -> Result<()> {
-        let gpu = if args.portable { GpuOptions::portable() } else { GpuOptions::default() };
         let (name, bytes) = match synthetic {
             Some(s) => match SYNTHETIC_SHAPES.iter().find(|(n, _)| *n == s) {
                 Some(&(n, shape)) => (format!("synthetic {n} (Q4_1)"), synthetic_llama(shape)),
@@ -445,58 +445,98 @@ mod cli {
         };
         let t0 = now_ms();
         let gguf = Gguf::read(&bytes[..])?;
-        let model = pollster::block_on(async { GpuModel::load(GpuContext::new(gpu).await?, &gguf, &bytes[..], &ModelOptions::new(1024, 128)).await })?;
-        let load_ms = now_ms() - t0;
         let tokenizer = Tokenizer::from_gguf(&gguf.metadata)?;
+        let vocab = ferrolm::model::Config::from_gguf(&gguf)?.vocab_size as u32;
         let prompt: Vec<u32> = match synthetic {
-            Some(_) => (0..130u32).map(|i| (i * 7919) % model.config.vocab_size as u32).collect(),
+            Some(_) => (0..130u32).map(|i| (i * 7919) % vocab).collect(),
             None => tokenizer.encode_prompt(PRINTING_PRESS_PROMPT, false)?,
         };
-        let bandwidth = pollster::block_on(read_bandwidth(&model))?;
-        let alu = pollster::block_on(dequant_rate(&model))?;
-        if profile {
-            for (step, kernels) in ["prefill", "decode"].iter().zip(model.profile_prompt(&prompt[..prompt.len().min(128)])?) {
-                let list: Vec<String> = kernels.iter().map(|(l, ms)| format!("{l} {ms:.1}")).collect();
-                eprintln!("{step} ms per kernel: {}", list.join(", "));
+        let opts = ModelOptions::new(1024, 128);
+        let mut summary = match args.device {
+            DeviceArg::Cpu => {
+                let model = SimdModel::load(&gguf, &bytes[..], &opts, args.threads)?;
+                let load_ms = now_ms() - t0;
+                let bandwidth = model.read_bandwidth();
+                let head = serde_json::json!({
+                    "adapter": format!("CPU, {} threads", model.threads()), "backend": model.describe(), "threads": model.threads(),
+                    "load_ms": load_ms, "weight_bytes_per_token": model.weight_bytes_per_token(), "read_gb_s": bandwidth / 1e9,
+                });
+                let wb = model.weight_bytes_per_token() as f64;
+                let mut engine = Engine::new(model);
+                let out = bench_runs(&mut engine, &tokenizer, &gguf, &prompt, gen, runs, if synthetic.is_some() { 0 } else { stream_gen })?;
+                with_mbu(head, out, wb, bandwidth)
             }
-        }
-        let (weight_bytes, weight_values, ceiling, info) = (model.weight_bytes, model.weight_values, decode_ceiling(&model, bandwidth, alu), model.ctx.info.clone());
-        let mut engine = Engine::new(model);
-        let mut timings = Vec::new();
-        for run in 1..=runs {
-            let t = pollster::block_on(time_generation(&mut engine, &tokenizer, &prompt, gen))?;
-            eprintln!("run {run}: {}", serde_json::to_string(&t).expect("serializable"));
-            timings.push(t);
-        }
-        let median = |f| median(&timings, f);
-        let decode = median(|t| t.decode_tok_s);
-        let mbu = weight_bytes as f64 * decode / bandwidth;
-        // Synthetic models have no real text to serve or to draft from.
-        let (serving, speculative) = if synthetic.is_none() && stream_gen > 0 {
-            let template = ChatTemplate::from_gguf(&gguf.metadata, &tokenizer)?;
-            let (s, p) = pollster::block_on(time_engine(&mut engine, &tokenizer, template.as_ref(), &prompt, gen, stream_gen))?;
-            eprintln!("serving: {}", serde_json::to_string(&s).expect("serializable"));
-            eprintln!("speculative: {}", serde_json::to_string(&p).expect("serializable"));
-            (Some(s), Some(p))
-        } else {
-            (None, None)
+            DeviceArg::Gpu => {
+                let gpu = if args.portable { GpuOptions::portable() } else { GpuOptions::default() };
+                let model = pollster::block_on(async { GpuModel::load(GpuContext::new(gpu).await?, &gguf, &bytes[..], &opts).await })?;
+                let load_ms = now_ms() - t0;
+                let bandwidth = pollster::block_on(read_bandwidth(&model))?;
+                let alu = pollster::block_on(dequant_rate(&model))?;
+                if profile {
+                    for (step, kernels) in ["prefill", "decode"].iter().zip(model.profile_prompt(&prompt[..prompt.len().min(128)])?) {
+                        let list: Vec<String> = kernels.iter().map(|(l, ms)| format!("{l} {ms:.1}")).collect();
+                        eprintln!("{step} ms per kernel: {}", list.join(", "));
+                    }
+                }
+                let info = model.ctx.info.clone();
+                let head = serde_json::json!({
+                    "adapter": info.name, "backend": info.backend, "driver": info.driver, "load_ms": load_ms,
+                    "weight_bytes_per_token": model.weight_bytes, "read_gb_s": bandwidth / 1e9,
+                    "weight_values_per_token": model.weight_values, "alu_gmac_s": alu / 1e9,
+                    "decode_ceiling_tok_s": decode_ceiling(&model, bandwidth, alu),
+                });
+                let wb = model.weight_bytes as f64;
+                let mut engine = Engine::new(model);
+                let out = bench_runs(&mut engine, &tokenizer, &gguf, &prompt, gen, runs, if synthetic.is_some() { 0 } else { stream_gen })?;
+                with_mbu(head, out, wb, bandwidth)
+            }
+            DeviceArg::Reference => return Err(Error::InvalidOption { option: "--device", reason: "bench measures the gpu and cpu backends, not the reference".into() }),
         };
-        let summary = serde_json::json!({
-            "serving": serving,
-            "speculative": speculative,
-            "where": "native", "model": name, "adapter": info.name, "backend": info.backend, "driver": info.driver,
-            "load_ms": load_ms, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
-            "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": decode,
-            "weight_bytes_per_token": weight_bytes, "read_gb_s": bandwidth / 1e9, "mbu": mbu,
-            "weight_values_per_token": weight_values, "alu_gmac_s": alu / 1e9,
-            "decode_ceiling_tok_s": ceiling,
-        });
+        summary["where"] = "native".into();
+        summary["model"] = name.into();
+        summary["runs"] = runs.into();
         println!("{summary}");
         if let Some(path) = json {
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
             writeln!(f, "{summary}")?;
         }
         Ok(())
+    }
+
+    /// The timed runs, concurrent streams and speculation on one engine: the summary's common
+    /// fields (`decode_tok_s`, `ttft_ms`, ...).
+    fn bench_runs<M: ForwardModel>(engine: &mut Engine<M>, tokenizer: &Tokenizer, gguf: &Gguf, prompt: &[u32], gen: usize, runs: usize, stream_gen: usize) -> Result<serde_json::Value> {
+        let mut timings = Vec::new();
+        for run in 1..=runs {
+            let t = pollster::block_on(time_generation(engine, tokenizer, prompt, gen))?;
+            eprintln!("run {run}: {}", serde_json::to_string(&t).expect("serializable"));
+            timings.push(t);
+        }
+        let median = |f| median(&timings, f);
+        // Synthetic models have no real text to serve or to draft from: stream_gen is 0 for them.
+        let (serving, speculative) = if stream_gen > 0 {
+            let template = ChatTemplate::from_gguf(&gguf.metadata, tokenizer)?;
+            let (s, p) = pollster::block_on(time_engine(engine, tokenizer, template.as_ref(), prompt, gen, stream_gen))?;
+            eprintln!("serving: {}", serde_json::to_string(&s).expect("serializable"));
+            eprintln!("speculative: {}", serde_json::to_string(&p).expect("serializable"));
+            (Some(s), Some(p))
+        } else {
+            (None, None)
+        };
+        Ok(serde_json::json!({
+            "serving": serving, "speculative": speculative, "prompt_tokens": prompt.len(), "gen_tokens": gen,
+            "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": median(|t| t.decode_tok_s),
+        }))
+    }
+
+    /// `head` (backend facts) and `out` (timings) in one summary with the decode MBU.
+    fn with_mbu(mut head: serde_json::Value, out: serde_json::Value, weight_bytes: f64, bandwidth: f64) -> serde_json::Value {
+        let mbu = weight_bytes * out["decode_tok_s"].as_f64().unwrap_or(0.0) / bandwidth;
+        for (k, v) in out.as_object().expect("an object").iter() {
+            head[k] = v.clone();
+        }
+        head["mbu"] = mbu.into();
+        head
     }
 
     /// Runs every request through the batching engine at once; one JSON line per request (in

@@ -56,6 +56,31 @@ impl SimdModel {
     pub fn weight_bytes_per_token(&self) -> usize {
         self.weights.bytes_per_token()
     }
+
+    /// The memory read bandwidth this model's threads reach (bytes/s, best of a few passes over
+    /// a buffer larger than the caches): the limit decode speed is measured against.
+    pub fn read_bandwidth(&self) -> f64 {
+        let words = (64usize << 20) / 8;
+        let buf: Vec<u64> = (0..words as u64).collect();
+        let mut best = 0f64;
+        for _ in 0..5 {
+            let t0 = crate::clock::now_ms();
+            self.pool.run(|w| {
+                let part = &buf[w.share(words)];
+                // Four independent sums so the loop is bound by loads, not by one add chain.
+                let mut acc = [0u64; 4];
+                for c in part.chunks_exact(4) {
+                    for j in 0..4 {
+                        acc[j] = acc[j].wrapping_add(c[j]);
+                    }
+                }
+                std::hint::black_box(acc);
+            });
+            let secs = (crate::clock::now_ms() - t0) / 1e3;
+            best = best.max((words * 8) as f64 / secs.max(1e-9));
+        }
+        best
+    }
 }
 
 fn default_threads() -> usize {
