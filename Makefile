@@ -38,6 +38,7 @@ rust-tools:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+	@rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
 	@if [ "$$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $(WASM_BINDGEN_VERSION)" ]; then \
 	  echo "installing wasm-bindgen-cli $(WASM_BINDGEN_VERSION) (matches Cargo.lock)"; \
 	  cargo install --quiet wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); \
@@ -50,10 +51,19 @@ tools: system-packages rust-tools
 build:
 	cargo build --release
 
-# The npm package's wasm half: wasm-bindgen output in pkg/wasm (git-ignored).
+# The npm package's wasm half, two artifacts (wasm-bindgen output, git-ignored): pkg/wasm runs
+# anywhere on one thread; pkg/wasm-threads shares its memory with Web Workers (CPU backend
+# threads in cross-origin isolated pages). Atomics need std rebuilt with them: stable rustc with
+# RUSTC_BOOTSTRAP, and the shared-memory link arguments rustc no longer adds itself.
+THREADS_RUSTFLAGS := --cfg getrandom_backend="wasm_js" -C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 \
+  -C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 \
+  -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base
 wasm: rust-tools
 	cargo build --release --lib --target $(WASM_TARGET)
 	wasm-bindgen --target web --out-dir pkg/wasm target/$(WASM_TARGET)/release/ferrolm.wasm
+	RUSTC_BOOTSTRAP=1 RUSTFLAGS='$(THREADS_RUSTFLAGS)' cargo build --release --lib --target $(WASM_TARGET) \
+	  -Z build-std=std,panic_abort --features threads --target-dir target/threads
+	wasm-bindgen --target web --out-dir pkg/wasm-threads target/threads/$(WASM_TARGET)/release/ferrolm.wasm
 
 # The npm package: the TypeScript wrapper compiled into pkg/dist, then `npm pack` into dist/.
 package: wasm

@@ -2,7 +2,8 @@
 """Static file server for the demo page and the browser tests, on loopback only.
 
 Serves several folders under URL prefixes (`--mount /models=models`), with the wasm MIME type and
-CORS headers so a test page on another local port may fetch model files.
+CORS headers so a test page on another local port may fetch model files. `--isolated` adds the
+COOP/COEP headers that make pages cross-origin isolated (SharedArrayBuffer, so wasm threads).
 """
 import argparse
 import http.server
@@ -16,6 +17,7 @@ def main():
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--mount", action="append", default=[], help="URLPREFIX=DIR, e.g. /models=models")
     ap.add_argument("--log", help="append each request's path to this file (tests count fetches)")
+    ap.add_argument("--isolated", action="store_true", help="send COOP/COEP (pages get wasm threads)")
     ap.add_argument("root", nargs="?", default=".")
     args = ap.parse_args()
     mounts = sorted((p.split("=", 1) for p in args.mount), key=lambda m: -len(m[0]))
@@ -36,6 +38,10 @@ def main():
 
         def end_headers(self):
             self.send_header("Access-Control-Allow-Origin", "*")
+            self.send_header("Cross-Origin-Resource-Policy", "cross-origin")
+            if args.isolated:
+                self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+                self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
             self.send_header("Cache-Control", "no-cache")
             super().end_headers()
 

@@ -1,18 +1,22 @@
 // Browser benchmark page, driven by scripts/bench/run-browser.mjs. Query: model=<file under
-// /models/>, device=<gpu|cpu>, gen=<tokens>, runs=<n>, stream_gen=<tokens per concurrent stream,
+// /models/>, device=<gpu|cpu>, threads=<CPU threads; > 1 needs a cross-origin isolated page>, gen=<tokens>, runs=<n>, stream_gen=<tokens per concurrent stream,
 // 0: skip>. Publishes the summary as window.__bench.
-import init, { Engine, ModelBytes } from "/pkg/wasm/ferrolm.js";
 
 const q = new URLSearchParams(location.search);
 const model = q.get("model") || "SmolLM2-135M-Instruct.Q4_1.gguf";
 const device = q.get("device") || "gpu";
+const threads = Number(q.get("threads") || 1);
 const gen = Number(q.get("gen") || 128);
 const runs = Number(q.get("runs") || 3);
 const streamGen = Number(q.get("stream_gen") || 32);
 const status = (s) => { document.getElementById("status").textContent = s; console.log("[bench] " + s); };
 
 async function run() {
-  await init();
+  // More than one thread: the threaded build, its workers started before the model loads.
+  const wasm = await import(threads > 1 ? "/pkg/wasm-threads/ferrolm.js" : "/pkg/wasm/ferrolm.js");
+  await wasm.default();
+  if (threads > 1) await wasm.initThreads(threads);
+  const { Engine, ModelBytes } = wasm;
   status("fetching model");
   const resp = await fetch("/models/" + model);
   if (!resp.ok) throw new Error(`model fetch failed: HTTP ${resp.status}`);
@@ -20,7 +24,7 @@ async function run() {
   const buf = new ModelBytes(bytes.length);
   buf.push(bytes);
   status("loading");
-  const engine = await Engine.fromBytes(buf, { device, context: 1024 });
+  const engine = await Engine.fromBytes(buf, { device, threads, context: 1024 });
   status("benchmarking");
   const result = JSON.parse(await engine.benchmark(gen, runs, streamGen));
   result.model = model;

@@ -24,7 +24,24 @@ fn js_err(e: crate::Error) -> JsError {
     JsError::new(&e.to_string())
 }
 
-/// A loaded model served by the batching engine, on the GPU or the CPU reference.
+/// A loaded model served by the batching engine, on the GPU, the CPU backend or the reference.
+/// Whether this is the threaded build (shared memory; `initThreads` starts its workers).
+#[wasm_bindgen]
+pub fn threaded() -> bool {
+    cfg!(feature = "threads")
+}
+
+/// Readies `n` CPU backend threads: this one and `n - 1` Web Workers sharing this module's
+/// memory (threaded build only; the page must be cross-origin isolated). Await it before loading
+/// a model with `threads: n`.
+#[cfg(feature = "threads")]
+#[wasm_bindgen(js_name = initThreads)]
+pub fn init_threads(n: usize) -> js_sys::Promise {
+    let workers = n.max(2) - 1;
+    crate::backend::cpu::threads::init_web_threads(workers);
+    wasm_bindgen_rayon::init_thread_pool(workers)
+}
+
 #[wasm_bindgen]
 pub struct Engine {
     config: Config,

@@ -11,31 +11,50 @@ use crate::error::{Error, Result};
 /// The threads one model computes on.
 pub struct Pool {
     threads: usize,
-    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+    #[cfg(not(target_arch = "wasm32"))]
     pool: Option<rayon::ThreadPool>,
+}
+
+/// Workers the page started for the threaded wasm build besides its own thread
+/// ([`init_web_threads`]).
+#[cfg(all(target_arch = "wasm32", feature = "threads"))]
+static WEB_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Records that the page started `workers` Web Workers as rayon's global pool
+/// (wasm-bindgen-rayon's `initThreadPool`), which every model's pool then runs on.
+#[cfg(all(target_arch = "wasm32", feature = "threads"))]
+pub fn init_web_threads(workers: usize) {
+    WEB_THREADS.store(workers, Ordering::Release);
 }
 
 impl Pool {
     /// `threads` workers (1: everything runs on the caller).
     pub fn new(threads: usize) -> Result<Pool> {
         let threads = threads.max(1);
-        #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+        #[cfg(not(target_arch = "wasm32"))]
         {
             let pool = if threads > 1 {
-                let p = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("ferrolm-cpu-{i}")).build();
+                // The caller is thread 0: the pool holds the others.
+                let p = rayon::ThreadPoolBuilder::new().num_threads(threads - 1).thread_name(|i| format!("ferrolm-cpu-{}", i + 1)).build();
                 Some(p.map_err(|e| Error::InvalidOption { option: "threads", reason: format!("could not start {threads} CPU threads ({e}); ask for fewer") })?)
             } else {
                 None
             };
             Ok(Pool { threads, pool })
         }
-        #[cfg(not(any(not(target_arch = "wasm32"), target_feature = "atomics")))]
-        if threads > 1 {
-            Err(Error::InvalidOption {
-                option: "threads",
-                reason: format!("{threads} threads asked for, but this wasm build has no threads; use the threaded build in a cross-origin isolated page, or 1"),
-            })
-        } else {
+        #[cfg(target_arch = "wasm32")]
+        {
+            #[cfg(feature = "threads")]
+            let started = WEB_THREADS.load(Ordering::Acquire) + 1;
+            #[cfg(not(feature = "threads"))]
+            let started = 1;
+            if threads > started.max(1) {
+                let why = if cfg!(feature = "threads") { format!("the page started {started} worker threads (initThreads)") } else { "this is the single-threaded wasm build".into() };
+                return Err(Error::InvalidOption {
+                    option: "threads",
+                    reason: format!("{threads} threads asked for, but {why}; threads need the threaded build in a cross-origin isolated page (COOP/COEP headers), otherwise use 1"),
+                });
+            }
             Ok(Pool { threads })
         }
     }
@@ -56,12 +75,41 @@ impl Pool {
                 std::panic::resume_unwind(panic);
             }
         };
-        #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
-        if let Some(pool) = &self.pool {
-            pool.broadcast(|ctx| task(ctx.index()));
-            return;
+        if self.threads == 1 {
+            task(0)
+        } else {
+            self.broadcast(&task)
         }
-        task(0);
+    }
+
+    /// Thread 0 is the caller (a waiting caller would take a core from the workers); the pool's
+    /// threads are 1.. .
+    #[cfg(not(target_arch = "wasm32"))]
+    fn broadcast(&self, task: &(dyn Fn(usize) + Sync)) {
+        self.pool.as_ref().expect("a pool for more than one thread").in_place_scope(|s| {
+            s.spawn_broadcast(|_, ctx| task(ctx.index() + 1));
+            task(0);
+        });
+    }
+
+    /// As natively, on the page's global pool, which may hold more workers than this model uses
+    /// (the others return at once).
+    #[cfg(all(target_arch = "wasm32", feature = "threads"))]
+    fn broadcast(&self, task: &(dyn Fn(usize) + Sync)) {
+        rayon::in_place_scope(|s| {
+            s.spawn_broadcast(|_, ctx| {
+                if ctx.index() + 1 < self.threads {
+                    task(ctx.index() + 1)
+                }
+            });
+            task(0);
+        });
+    }
+
+    /// `Pool::new` allows one thread only in this build.
+    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
+    fn broadcast(&self, task: &(dyn Fn(usize) + Sync)) {
+        task(0)
     }
 }
 
