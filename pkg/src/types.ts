@@ -7,7 +7,7 @@ export type ModelSource = string | URL | Blob | ArrayBuffer | Uint8Array;
 export type ProgressPhase = "download" | "cache" | "read" | "upload";
 
 /** Load progress; `total` is 0 when unknown. "cache" is a read from the browser's weight cache,
- * "read" a read of a File/Blob, "upload" the model going onto the GPU. */
+ * "read" a read of a File/Blob, "upload" the model going onto its device. */
 export interface Progress {
   phase: ProgressPhase;
   loaded: number;
@@ -15,6 +15,13 @@ export interface Progress {
 }
 
 export interface LoadOptions {
+  /** Where the model runs: "webgpu", "cpu" (wasm SIMD, threads in cross-origin isolated pages),
+   * or "auto" (default): the CPU backend when there is no WebGPU adapter or it is a CPU
+   * emulation (SwiftShader, llvmpipe, a fallback adapter), WebGPU otherwise. */
+  device?: "auto" | "webgpu" | "cpu";
+  /** CPU backend threads (default: one per core, at most 8, when the page is cross-origin
+   * isolated; 1 otherwise). More than 1 needs COOP/COEP headers. */
+  threads?: number;
   /** Context length in tokens (default: the model's, at most 2048). */
   context?: number;
   /** Use no optional GPU feature. */
@@ -25,6 +32,8 @@ export interface LoadOptions {
   cache?: boolean;
   /** Where ferrolm_bg.wasm is served from (default: beside the package's wasm glue). */
   wasmUrl?: string;
+  /** The same for the threaded build (wasm-threads/ferrolm_bg.wasm). */
+  wasmThreadsUrl?: string;
 }
 
 export interface ModelInfo {
@@ -35,7 +44,12 @@ export interface ModelInfo {
   context: number;
   loadMs: number;
   hasChatTemplate: boolean;
+  /** The backend and device in words, e.g. "CPU (simd128 kernels, 2 threads, 96.4 MB of weights)". */
   backend: string;
+  /** "webgpu", "cpu" or "reference". */
+  device: string;
+  /** CPU backend threads (1 on WebGPU). */
+  threads: number;
 }
 
 /** Options the wasm engine takes (OpenAI names). */

@@ -108,6 +108,14 @@ impl Runtime {
         with_engine!(self, e => crate::engine::ForwardModel::config(e.model()))
     }
 
+    /// CPU backend threads (1 on the others).
+    pub fn threads(&self) -> usize {
+        match self {
+            Runtime::Cpu(e) => e.model().threads(),
+            _ => 1,
+        }
+    }
+
     /// One line naming the backend and device.
     pub fn describe(&self) -> String {
         with_engine!(self, e => crate::engine::ForwardModel::describe(e.model()))

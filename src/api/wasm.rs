@@ -142,6 +142,9 @@ struct ModelInfo {
     load_ms: f64,
     has_chat_template: bool,
     backend: String,
+    /// "webgpu", "cpu" or "reference".
+    device: &'static str,
+    threads: usize,
 }
 
 #[wasm_bindgen]
@@ -207,6 +210,12 @@ impl Engine {
             load_ms: self.load_ms,
             has_chat_template: self.template.is_some(),
             backend: self.runtime.describe(),
+            device: match self.runtime {
+                Runtime::Gpu(_) => "webgpu",
+                Runtime::Cpu(_) => "cpu",
+                Runtime::Reference(_) => "reference",
+            },
+            threads: self.runtime.threads(),
         };
         Ok(serde_wasm_bindgen::to_value(&info)?)
     }

@@ -1,6 +1,8 @@
 // The npm package as a web app uses it: tests/npm/app installs the packed tarball (`make
-// test-npm`), served as plain ES modules and as a Vite build, driven in headless Chromium
-// (SwiftShader WebGPU) by playwright-core. Greedy text must equal the native engine's.
+// test-npm`), served as plain ES modules (also cross-origin isolated, for CPU threads) and as a
+// Vite build, driven in headless Chromium (SwiftShader WebGPU) by playwright-core. Greedy text
+// must equal the native engine's on the same backend: `device: "auto"` picks the CPU backend
+// under SwiftShader, `"webgpu"` forces the GPU one.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
@@ -23,21 +25,22 @@ const bad = mkdtempSync(join(tmpdir(), "ferrolm-bad-"));
 const log = join(bad, "requests.log");
 
 function serve(port, root, ...mounts) {
-  const args = [join(ROOT, "scripts/serve.py"), "--port", String(port), "--log", log, ...mounts.flatMap((m) => ["--mount", m]), root];
+  const flags = mounts.filter((m) => m.startsWith("--"));
+  const args = [join(ROOT, "scripts/serve.py"), "--port", String(port), "--log", log, ...flags, ...mounts.filter((m) => !m.startsWith("--")).flatMap((m) => ["--mount", m]), root];
   const p = spawn("python3", args, { stdio: "ignore" });
   servers.push(p);
   return `http://127.0.0.1:${port}`;
 }
 
-/** The native engine's greedy chat reply (the CLI prints it and a newline). */
-function nativeReply(prompt, maxTokens) {
-  const out = execFileSync(join(ROOT, "target/release/ferrolm"), ["generate", "--chat", "--prompt", prompt, "--max-tokens", String(maxTokens)], { cwd: ROOT, env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? "/tmp" } });
+/** The native engine's greedy chat reply on `device` (the CLI prints it and a newline). */
+function nativeReply(prompt, maxTokens, device) {
+  const out = execFileSync(join(ROOT, "target/release/ferrolm"), ["generate", "--chat", "--device", device, "--prompt", prompt, "--max-tokens", String(maxTokens)], { cwd: ROOT, env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? "/tmp" } });
   return out.toString().replace(/\n$/, "");
 }
 
 const modelFetches = () => (existsSync(log) ? readFileSync(log, "utf8").split("\n").filter((l) => l.startsWith(`GET /models/${MODEL}`)).length : 0);
 
-let esm, vite, demo;
+let esm, isolated, vite, demo, nativeGpu;
 before(async () => {
   // A corrupt model: the real file cut after its first 2 MB (header intact, tensors missing).
   const buf = Buffer.alloc(2 << 20);
@@ -46,9 +49,11 @@ before(async () => {
   closeSync(fd);
   writeFileSync(join(bad, "corrupt.gguf"), buf);
   esm = serve(8770, APP, `/models=${join(ROOT, "models")}`, `/bad=${bad}`);
+  isolated = serve(8773, APP, "--isolated", `/models=${join(ROOT, "models")}`);
   vite = serve(8771, join(APP, "dist"), `/models=${join(ROOT, "models")}`);
   demo = serve(8772, join(ROOT, "www"), `/pkg=${join(ROOT, "pkg")}`, `/models=${join(ROOT, "models")}`);
-  native = PROMPTS.map((p) => nativeReply(p, 16));
+  native = PROMPTS.map((p) => nativeReply(p, 16, "cpu"));
+  nativeGpu = nativeReply(PROMPTS[0], 16, "gpu");
   browser = await chromium.launch({
     executablePath: "/usr/bin/chromium",
     headless: true,
@@ -70,11 +75,11 @@ async function open(context, url) {
   return page;
 }
 
-/** Loads the model in the page (window.engine) and streams a greedy chat reply. */
-function loadAndStream(page, prompt) {
-  return page.evaluate(async ({ model, prompt }) => {
+/** Loads the model in the page (window.engine, with `options`) and streams a greedy chat reply. */
+function loadAndStream(page, prompt, options = {}) {
+  return page.evaluate(async ({ model, prompt, options }) => {
     const phases = [];
-    window.engine = await window.ferrolm.createEngine(model, { onProgress: (p) => phases.includes(p.phase) || phases.push(p.phase) });
+    window.engine = await window.ferrolm.createEngine(model, { ...options, onProgress: (p) => phases.includes(p.phase) || phases.push(p.phase) });
     let text = "";
     let last;
     const stream = await window.engine.chat.completions.create({ messages: [{ role: "user", content: prompt }], stream: true, max_tokens: 16 });
@@ -82,14 +87,16 @@ function loadAndStream(page, prompt) {
       text += chunk.choices[0].delta.content ?? "";
       last = chunk;
     }
-    return { text, phases, last };
-  }, { model: `/models/${"SmolLM2-135M-Instruct.Q4_1.gguf"}`, prompt });
+    return { text, phases, last, info: window.engine.info };
+  }, { model: `/models/${"SmolLM2-135M-Instruct.Q4_1.gguf"}`, prompt, options });
 }
 
-test("plain ES modules: streamed chat equals the native engine; abort; concurrency; reload from the cache; typed errors", { timeout: TIMEOUT }, async () => {
+test("plain ES modules: auto picks the CPU backend under SwiftShader; streamed chat equals the native CPU backend; abort; concurrency; reload from the cache; typed errors", { timeout: TIMEOUT }, async () => {
   const context = await browser.newContext();
   const page = await open(context, `${esm}/index.html`);
   const first = await loadAndStream(page, PROMPTS[0]);
+  assert.equal(first.info.device, "cpu", `auto chose ${first.info.backend}`);
+  assert.equal(first.info.threads, 1, "a page that is not cross-origin isolated has one thread");
   assert.equal(first.text, native[0], "streamed text differs from the native engine's greedy reply");
   assert.equal(first.last.object, "chat.completion.chunk");
   assert.ok(["stop", "length"].includes(first.last.choices[0].finish_reason));
@@ -157,11 +164,23 @@ test("plain ES modules: streamed chat equals the native engine; abort; concurren
   await context.close();
 });
 
-test("Vite build: the worker and the .wasm load from the bundle", { timeout: TIMEOUT }, async () => {
+test("cross-origin isolated page: the CPU backend on 2 threads (threaded build) streams the native CPU backend's text", { timeout: TIMEOUT }, async () => {
+  const context = await browser.newContext();
+  const page = await open(context, `${isolated}/index.html`);
+  assert.equal(await page.evaluate(() => crossOriginIsolated), true, "the page is not cross-origin isolated");
+  const r = await loadAndStream(page, PROMPTS[0], { device: "cpu", threads: 2 });
+  assert.equal(r.info.threads, 2, r.info.backend);
+  assert.match(r.info.backend, /2 threads/);
+  assert.equal(r.text, native[0]);
+  await context.close();
+});
+
+test("Vite build: the worker and the .wasm load from the bundle; device webgpu equals the native GPU engine", { timeout: TIMEOUT }, async () => {
   const context = await browser.newContext();
   const page = await open(context, `${vite}/index.html`);
-  const r = await loadAndStream(page, PROMPTS[0]);
-  assert.equal(r.text, native[0]);
+  const r = await loadAndStream(page, PROMPTS[0], { device: "webgpu" });
+  assert.equal(r.info.device, "webgpu");
+  assert.equal(r.text, nativeGpu);
   await context.close();
 });
 
