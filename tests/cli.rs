@@ -28,7 +28,7 @@ fn score_matches_the_reference_on_the_first_case() {
     let reference = common::read_json(&common::reference_path("smollm2-135m/forced-logits.json"));
     let case = &reference["cases"][0];
     let ids: Vec<String> = case["prompt_tokens"].as_array().unwrap().iter().chain(case["continuation_tokens"].as_array().unwrap()).map(|v| v.to_string()).collect();
-    let (ok, out, err) = ferrolm(&["score", "--model", &model(), "--device", "cpu", "--tokens", &ids.join(",")]);
+    let (ok, out, err) = ferrolm(&["score", "--model", &model(), "--device", "reference", "--tokens", &ids.join(",")]);
     assert!(ok, "{err}");
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), ids.len() + 1);

@@ -167,8 +167,7 @@ impl Weights {
             let (x, acts) = unsafe { (&s_all(input)[..n * width], &s_all(&b.acts)[..n * (width / QK)]) };
             mat.matmul(target, x, acts, w.share(mat.groups()), out);
         };
-        let mut scores = Vec::new();
-        let mut rope_table = Vec::new();
+        let (mut scores, mut rows_of_t, mut rope_table) = (Vec::new(), Vec::new(), Vec::new());
 
         for t in mine.clone() {
             let xt = row(&b.x, t, d);
@@ -209,11 +208,21 @@ impl Weights {
             }
             w.barrier();
             let (keys, values, queries) = unsafe { (s_all(&kv[l].0), s_all(&kv[l].1), s_all(&b.q)) };
+            let mut rows_for = usize::MAX;
             for i in w.share(n * c.n_heads) {
                 let (t, head) = (i / c.n_heads, i % c.n_heads);
+                if rows_for != t {
+                    // The K/V rows token t attends to, shared by its heads.
+                    let len = step.positions[t] as usize + 1;
+                    let first = la.window.map_or(0, |w| len.saturating_sub(w));
+                    rows_of_t.clear();
+                    rows_of_t.extend((first..len).map(|p| (step.slot)(t, p) * kvd));
+                    rows_for = t;
+                }
                 let out = unsafe { b.attn.slice_mut(t * qd + head * hd..t * qd + (head + 1) * hd) };
                 let qh = &queries[t * qd + head * hd..][..hd];
-                attend(out, qh, keys, values, c, step, t, head, la.window, &mut scores);
+                let off = head / (c.n_heads / c.n_kv_heads) * hd;
+                attend(out, qh, keys, values, &rows_of_t, off, c.attn_scale, &mut scores);
             }
             w.barrier();
             for t in mine.clone() {
@@ -328,19 +337,16 @@ fn rope(x: &mut [f32], table: &[(f32, f32)], head_dim: usize, style: RopeStyle) 
     }
 }
 
-/// One query head of token `t` over its sequence's cached positions (the last `window`).
+/// One query head over the K/V rows starting at `rows` (+ `off`, its KV head's columns).
 #[allow(clippy::too_many_arguments)]
-fn attend(out: &mut [f32], q: &[f32], keys: &[f32], values: &[f32], c: &Config, step: &Step, t: usize, head: usize, window: Option<usize>, scores: &mut Vec<f32>) {
-    let (hd, kvd) = (c.head_dim, c.kv_dim());
-    let off = head / (c.n_heads / c.n_kv_heads) * hd;
-    let len = step.positions[t] as usize + 1;
-    let first = window.map_or(0, |w| len.saturating_sub(w));
+fn attend(out: &mut [f32], q: &[f32], keys: &[f32], values: &[f32], rows: &[usize], off: usize, scale: f32, scores: &mut Vec<f32>) {
+    let hd = q.len();
     scores.clear();
-    scores.extend((first..len).map(|p| dot(q, &keys[(step.slot)(t, p) * kvd + off..][..hd]) * c.attn_scale));
+    scores.extend(rows.iter().map(|&r| dot(q, &keys[r + off..][..hd]) * scale));
     softmax(scores);
     out.fill(0.0);
-    for (p, &a) in (first..len).zip(scores.iter()) {
-        for (o, v) in out.iter_mut().zip(&values[(step.slot)(t, p) * kvd + off..][..hd]) {
+    for (&r, &a) in rows.iter().zip(scores.iter()) {
+        for (o, v) in out.iter_mut().zip(&values[r + off..][..hd]) {
             *o += a * v;
         }
     }

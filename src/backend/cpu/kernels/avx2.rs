@@ -1,24 +1,16 @@
 //! x86_64 AVX2 (+F16C for the scales): 32 products a block per row with `maddubs`, the four
-//! rows' sums reduced together, the f32 steps of `scalar` four rows at a time.
+//! rows' sums reduced together with `hadd`, the f32 steps of `scalar` four rows at a time.
 
 use std::arch::x86_64::*;
 
 use super::{ActBlock, Q4x4, Q8Group, ROWS, TILE};
 
-/// Four rows' i32x8 partial sums -> their four totals.
-#[inline(always)]
-unsafe fn reduce4(p: [__m256i; ROWS]) -> __m128i {
-    let f = p.map(|v| _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v)));
-    _mm_hadd_epi32(_mm_hadd_epi32(f[0], f[1]), _mm_hadd_epi32(f[2], f[3]))
-}
-
-/// The low 128 bits (values 0..16) and high (16..32) of four rows' sums, each reduced.
+/// Four rows' i32x8 partial sums (values 0..16 in the low half, 16..32 in the high) -> the low
+/// halves' totals and the high halves' totals, each `[r0, r1, r2, r3]`.
 #[inline(always)]
 unsafe fn reduce4_halves(p: [__m256i; ROWS]) -> (__m128i, __m128i) {
-    let lo = p.map(|v| _mm256_castsi256_si128(v));
-    let hi = p.map(|v| _mm256_extracti128_si256::<1>(v));
-    let r = |f: [__m128i; ROWS]| _mm_hadd_epi32(_mm_hadd_epi32(f[0], f[1]), _mm_hadd_epi32(f[2], f[3]));
-    (r(lo), r(hi))
+    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+    (_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
 }
 
 #[inline(always)]
@@ -32,17 +24,23 @@ unsafe fn scales(h: &[u16]) -> __m128 {
 pub unsafe fn q4(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
     let n = acts.len();
     let (mut acc, mut accm) = ([_mm_setzero_ps(); TILE], [_mm_setzero_ps(); TILE]);
-    let (low4, ones) = (_mm_set1_epi8(0xF), _mm256_set1_epi16(1));
+    let (low4, ones) = (_mm256_set1_epi8(0xF), _mm256_set1_epi16(1));
     for (b, g) in w.iter().enumerate() {
-        let wq: [__m256i; ROWS] = std::array::from_fn(|r| {
-            let q = _mm_loadu_si128(g.qs[r].as_ptr() as *const __m128i);
-            _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16::<4>(q), low4), _mm_and_si128(q, low4))
-        });
+        // Two rows per register: rows 0 and 1, rows 2 and 3; low nibbles are values 0..16.
+        let q = [_mm256_loadu_si256(g.qs.as_ptr() as *const __m256i), _mm256_loadu_si256(g.qs[2..].as_ptr() as *const __m256i)];
+        let lo = q.map(|v| _mm256_and_si256(v, low4));
+        let hi = q.map(|v| _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4));
         let (d, m) = (scales(&g.d), scales(&g.m));
         for t in 0..n {
             let ab = &acts[t][b];
-            let a = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
-            let isum = reduce4(wq.map(|wr| _mm256_madd_epi16(_mm256_maddubs_epi16(wr, a), ones)));
+            let a_lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(ab.qs.as_ptr() as *const __m128i));
+            let a_hi = _mm256_broadcastsi128_si256(_mm_loadu_si128(ab.qs[16..].as_ptr() as *const __m128i));
+            // Per row pair: [row 2i partial sums | row 2i + 1 partial sums] (each lane < 2^13).
+            let p = [0, 1].map(|i| _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo[i], a_lo), _mm256_maddubs_epi16(hi[i], a_hi)), ones));
+            // [r0a r0b r2a r2b | r1a r1b r3a r3b] -> [r0 r2 . . | r1 r3 . .] -> [r0 r1 r2 r3].
+            let h = _mm256_hadd_epi32(p[0], p[1]);
+            let h = _mm256_hadd_epi32(h, h);
+            let isum = _mm_unpacklo_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
             acc[t] = _mm_add_ps(acc[t], _mm_mul_ps(_mm_mul_ps(d, _mm_set1_ps(ab.d)), _mm_cvtepi32_ps(isum)));
             accm[t] = _mm_add_ps(accm[t], _mm_mul_ps(m, _mm_set1_ps(ab.dsum)));
         }
@@ -70,12 +68,12 @@ pub unsafe fn q8<G: Q8Group>(w: &[G], acts: &[&[ActBlock]], out: &mut [[f32; ROW
             let a = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
             let p: [__m256i; ROWS] = std::array::from_fn(|r| _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[r], _mm256_sign_epi8(a, wq[r])), ones));
             let ad = _mm_set1_ps(ab.d);
+            let (lo, hi) = reduce4_halves(p);
             if G::HALVES {
-                let (lo, hi) = reduce4_halves(p);
                 acc[t] = _mm_add_ps(acc[t], _mm_mul_ps(_mm_mul_ps(d, ad), _mm_cvtepi32_ps(lo)));
                 acc[t] = _mm_add_ps(acc[t], _mm_mul_ps(_mm_mul_ps(d_hi, ad), _mm_cvtepi32_ps(hi)));
             } else {
-                acc[t] = _mm_add_ps(acc[t], _mm_mul_ps(_mm_mul_ps(d, ad), _mm_cvtepi32_ps(reduce4(p))));
+                acc[t] = _mm_add_ps(acc[t], _mm_mul_ps(_mm_mul_ps(d, ad), _mm_cvtepi32_ps(_mm_add_epi32(lo, hi))));
             }
             if G::MIN {
                 accm[t] = _mm_add_ps(accm[t], _mm_mul_ps(m, _mm_set1_ps(ab.dsum)));

@@ -1,5 +1,6 @@
-//! wasm simd128: values widened to i16 and multiplied with `i32x4.dot_i16x8_s` (exact), the four
-//! rows' sums reduced together, the f32 steps of `scalar` four rows at a time.
+//! wasm simd128: values split into even and odd i16 lanes (shifts and masks of 16-bit lanes, no
+//! byte shuffles) and multiplied with `i32x4.dot_i16x8_s` (exact), the four rows' sums reduced
+//! together, the f32 steps of `scalar` four rows at a time.
 
 use std::arch::wasm32::*;
 
@@ -22,12 +23,19 @@ fn scales(h: &[u16]) -> v128 {
     v128_or(mag, u32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16))
 }
 
-/// An activation block's 32 values as four i16x8.
+/// 16 signed bytes as i16x8 of the even ones and of the odd ones.
 #[inline(always)]
-fn widen_act(b: &ActBlock) -> [v128; 4] {
-    // SAFETY: `qs` is 32 bytes; the loads are unaligned-safe.
-    let (a0, a1) = unsafe { (v128_load(b.qs.as_ptr() as *const v128), v128_load(b.qs.as_ptr().add(16) as *const v128)) };
-    [i16x8_extend_low_i8x16(a0), i16x8_extend_high_i8x16(a0), i16x8_extend_low_i8x16(a1), i16x8_extend_high_i8x16(a1)]
+fn split_i8(v: v128) -> [v128; 2] {
+    [i16x8_shr(i16x8_shl(v, 8), 8), i16x8_shr(v, 8)]
+}
+
+/// 32 signed bytes at `p` as four i16x8: even and odd of 0..16, even and odd of 16..32.
+#[inline(always)]
+fn split_i8x32(p: *const i8) -> [v128; 4] {
+    // SAFETY: callers pass 32 readable bytes; the loads are unaligned-safe.
+    let (v0, v1) = unsafe { (v128_load(p as *const v128), v128_load(p.add(16) as *const v128)) };
+    let ([e0, o0], [e1, o1]) = (split_i8(v0), split_i8(v1));
+    [e0, o0, e1, o1]
 }
 
 #[inline(always)]
@@ -38,18 +46,18 @@ fn dot2(w: &[v128; 4], a: &[v128; 4], i: usize) -> v128 {
 pub fn q4(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
     let n = acts.len();
     let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
-    let low4 = u8x16_splat(0xF);
+    let low4 = u16x8_splat(0xF);
     for (b, g) in w.iter().enumerate() {
         let wq: [[v128; 4]; ROWS] = std::array::from_fn(|r| {
-            // SAFETY: a row's 16 bytes; unaligned-safe load.
+            // SAFETY: a row's 16 bytes; unaligned-safe load. As 16-bit lanes, lane k holds values
+            // 2k and 2k + 1 (low nibbles) and 16 + 2k and 17 + 2k (high nibbles).
             let q = unsafe { v128_load(g.qs[r].as_ptr() as *const v128) };
-            let (lo, hi) = (v128_and(q, low4), u8x16_shr(q, 4));
-            [u16x8_extend_low_u8x16(lo), u16x8_extend_high_u8x16(lo), u16x8_extend_low_u8x16(hi), u16x8_extend_high_u8x16(hi)]
+            [v128_and(q, low4), v128_and(u16x8_shr(q, 8), low4), v128_and(u16x8_shr(q, 4), low4), u16x8_shr(q, 12)]
         });
         let (d, m) = (scales(&g.d), scales(&g.m));
         for t in 0..n {
             let ab = &acts[t][b];
-            let a = widen_act(ab);
+            let a = split_i8x32(ab.qs.as_ptr());
             let isum = reduce4(std::array::from_fn(|r| i32x4_add(dot2(&wq[r], &a, 0), dot2(&wq[r], &a, 1))));
             acc[t] = f32x4_add(acc[t], f32x4_mul(f32x4_mul(d, f32x4_splat(ab.d)), f32x4_convert_i32x4(isum)));
             accm[t] = f32x4_add(accm[t], f32x4_mul(m, f32x4_splat(ab.dsum)));
@@ -65,18 +73,13 @@ pub fn q8<G: Q8Group>(w: &[G], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
     let n = acts.len();
     let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
     for (b, g) in w.iter().enumerate() {
-        let wq: [[v128; 4]; ROWS] = std::array::from_fn(|r| {
-            let p = g.qs()[r].as_ptr();
-            // SAFETY: a row's 32 bytes; unaligned-safe loads.
-            let (w0, w1) = unsafe { (v128_load(p as *const v128), v128_load(p.add(16) as *const v128)) };
-            [i16x8_extend_low_i8x16(w0), i16x8_extend_high_i8x16(w0), i16x8_extend_low_i8x16(w1), i16x8_extend_high_i8x16(w1)]
-        });
+        let wq: [[v128; 4]; ROWS] = std::array::from_fn(|r| split_i8x32(g.qs()[r].as_ptr()));
         let d = scales(g.d());
         let d_hi = if G::HALVES { scales(&g.d()[ROWS..]) } else { d };
         let m = if G::MIN { scales(g.m()) } else { f32x4_splat(0.0) };
         for t in 0..n {
             let ab = &acts[t][b];
-            let a = widen_act(ab);
+            let a = split_i8x32(ab.qs.as_ptr());
             let ad = f32x4_splat(ab.d);
             if G::HALVES {
                 let lo = reduce4(std::array::from_fn(|r| dot2(&wq[r], &a, 0)));
