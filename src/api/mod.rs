@@ -48,7 +48,10 @@ impl Default for LoadOptions {
 impl LoadOptions {
     fn model_options(&self, gguf: &Gguf) -> Result<ModelOptions> {
         let context = self.context.min(Config::from_gguf(gguf)?.context_len).max(1);
-        Ok(ModelOptions { kv_budget_bytes: self.kv_budget_bytes, ..ModelOptions::new(context as u32, 128) })
+        // A CPU forward's cost is linear in its tokens: a longer chunk saves a weight pass per
+        // prompt; on a GPU 128 tokens already fill the device.
+        let chunk = if self.device == Device::Cpu { 256 } else { 128 };
+        Ok(ModelOptions { kv_budget_bytes: self.kv_budget_bytes, ..ModelOptions::new(context as u32, chunk) })
     }
 }
 

@@ -5,9 +5,10 @@
 use bytemuck::Zeroable;
 
 use super::kernels::{quantize_row, ActBlock, Target, QK};
+use super::math::{gelu_mul, silu_mul, softmax};
 use super::threads::{Pool, Shared, Worker};
 use super::weights::QMatrix;
-use crate::backend::reference::ops::{add_assign, dot, gelu_mul, rmsnorm, rmsnorm_in_place, silu_mul, softmax};
+use crate::backend::reference::ops::{add_assign, dot, rmsnorm, rmsnorm_in_place};
 use crate::error::{Error, Result};
 use crate::gguf::{dequantize, ByteSource, Gguf};
 use crate::model::{names, Activation, Config, RopeStyle};

@@ -4,6 +4,7 @@
 
 pub mod forward;
 pub mod kernels;
+mod math;
 pub mod threads;
 pub mod weights;
 

@@ -126,15 +126,21 @@ pub struct ActBlock {
 }
 
 /// Quantizes `x` (a multiple of [`QK`] values) into `out`, one block per 32 values: the scale
-/// maps the block's largest magnitude to 127 (ggml's Q8_0 rounding).
+/// maps the block's largest magnitude to 127 (ggml's Q8_0 scale). Rounds half to even: one
+/// instruction on every target (`f32.nearest`, `roundps`), where ggml's half-away-from-zero is a
+/// libm call in wasm; the two differ only on exact halves.
 pub fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
     for (xb, ob) in x.chunks_exact(QK).zip(out.iter_mut()) {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let mut amax = 0f32;
+        for v in xb {
+            let a = v.abs();
+            amax = if a > amax { a } else { amax };
+        }
         let d = amax / 127.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in ob.qs.iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
+            *q = (v * id).round_ties_even() as i8;
             sum += *q as i32;
         }
         ob.d = d;

@@ -43,17 +43,23 @@ fn dot2(w: &[v128; 4], a: &[v128; 4], i: usize) -> v128 {
     i32x4_add(i32x4_dot_i16x8(w[2 * i], a[2 * i]), i32x4_dot_i16x8(w[2 * i + 1], a[2 * i + 1]))
 }
 
+/// A row's 16 bytes of nibbles as four i16x8: values 2k, 2k + 1, 16 + 2k, 17 + 2k in lane k.
+#[inline(always)]
+fn split_nibbles(qs: &[u8; 16]) -> [v128; 4] {
+    let low4 = u16x8_splat(0xF);
+    // SAFETY: 16 bytes; unaligned-safe load.
+    let q = unsafe { v128_load(qs.as_ptr() as *const v128) };
+    [v128_and(q, low4), v128_and(u16x8_shr(q, 8), low4), v128_and(u16x8_shr(q, 4), low4), u16x8_shr(q, 12)]
+}
+
 pub fn q4(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+    if acts.len() == 1 {
+        return q4_one(w, acts[0], &mut out[0]);
+    }
     let n = acts.len();
     let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
-    let low4 = u16x8_splat(0xF);
     for (b, g) in w.iter().enumerate() {
-        let wq: [[v128; 4]; ROWS] = std::array::from_fn(|r| {
-            // SAFETY: a row's 16 bytes; unaligned-safe load. As 16-bit lanes, lane k holds values
-            // 2k and 2k + 1 (low nibbles) and 16 + 2k and 17 + 2k (high nibbles).
-            let q = unsafe { v128_load(g.qs[r].as_ptr() as *const v128) };
-            [v128_and(q, low4), v128_and(u16x8_shr(q, 8), low4), v128_and(u16x8_shr(q, 4), low4), u16x8_shr(q, 12)]
-        });
+        let wq: [[v128; 4]; ROWS] = std::array::from_fn(|r| split_nibbles(&g.qs[r]));
         let (d, m) = (scales(&g.d), scales(&g.m));
         for t in 0..n {
             let ab = &acts[t][b];
@@ -67,6 +73,24 @@ pub fn q4(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
         // SAFETY: `out[t]` is four f32.
         unsafe { v128_store(out[t].as_mut_ptr() as *mut v128, f32x4_add(acc[t], accm[t])) };
     }
+}
+
+/// [`q4`] for one token (decode): each row's weights are used once, so they are unpacked as the
+/// row is summed and never all held at once.
+fn q4_one(w: &[Q4x4], act: &[ActBlock], out: &mut [f32; ROWS]) {
+    let (mut acc, mut accm) = (f32x4_splat(0.0), f32x4_splat(0.0));
+    for (g, ab) in w.iter().zip(act) {
+        let a = split_i8x32(ab.qs.as_ptr());
+        let isum = reduce4(std::array::from_fn(|r| {
+            let wr = split_nibbles(&g.qs[r]);
+            i32x4_add(dot2(&wr, &a, 0), dot2(&wr, &a, 1))
+        }));
+        let (d, m) = (scales(&g.d), scales(&g.m));
+        acc = f32x4_add(acc, f32x4_mul(f32x4_mul(d, f32x4_splat(ab.d)), f32x4_convert_i32x4(isum)));
+        accm = f32x4_add(accm, f32x4_mul(m, f32x4_splat(ab.dsum)));
+    }
+    // SAFETY: `out` is four f32.
+    unsafe { v128_store(out.as_mut_ptr() as *mut v128, f32x4_add(acc, accm)) };
 }
 
 pub fn q8<G: Q8Group>(w: &[G], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
