@@ -7,7 +7,7 @@ use std::rc::Rc;
 use engine_cases::RawSequence;
 use ferrolm::backend::cpu::SimdModel;
 use ferrolm::backend::reference::ops::nll;
-use ferrolm::backend::reference::{CpuModel, Logits, ReferenceModel};
+use ferrolm::backend::reference::{CpuModel, Logits};
 use ferrolm::backend::webgpu::{batch_to_words, batch_words, GpuContext, GpuModel, GpuOptions};
 use ferrolm::engine::{Batch, Engine, ForwardModel, Limits, ModelOptions, Picks, Readback};
 use ferrolm::gguf::{Gguf, GgufWriter, Value};
@@ -393,15 +393,6 @@ async fn engine_scenarios_on_gpu_in_browser() {
     }
     models.reverse();
     engine_scenarios("gpu", |_| models.pop().expect("three models"), &tok).await;
-}
-
-#[wasm_bindgen_test]
-async fn engine_scenarios_on_reference_in_browser() {
-    let bytes = smollm2().await;
-    let gguf = Gguf::read(&bytes[..]).unwrap();
-    let tok = Tokenizer::from_gguf(&gguf.metadata).unwrap();
-    let weights = std::sync::Arc::new(CpuModel::load(&gguf, &bytes[..]).unwrap());
-    engine_scenarios("reference", |opts| ReferenceModel::new(weights.clone(), &opts), &tok).await;
 }
 
 /// The CPU backend's wasm simd128 kernels equal the scalar ones bit for bit, and the scalar
