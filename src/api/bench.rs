@@ -52,6 +52,44 @@ pub fn median(timings: &[GenerationTiming], f: fn(&GenerationTiming) -> f64) -> 
     v[v.len() / 2]
 }
 
+/// Greedy generation of `gen` tokens from `prompt`, `runs` times, and (when `stream_gen` > 0)
+/// the batching engine: 1-8 concurrent streams, prefix-cache TTFT and speculation.
+pub async fn bench_runs<M: ForwardModel>(
+    engine: &mut Engine<M>,
+    tok: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    prompt: &[u32],
+    gen: usize,
+    runs: usize,
+    stream_gen: usize,
+) -> Result<serde_json::Value> {
+    let mut timings = Vec::new();
+    for _ in 0..runs.max(1) {
+        timings.push(time_generation(engine, tok, prompt, gen.max(2)).await?);
+    }
+    let (serving, speculative) = match stream_gen {
+        0 => (None, None),
+        n => {
+            let (s, p) = time_engine(engine, tok, template, prompt, gen, n).await?;
+            (Some(s), Some(p))
+        }
+    };
+    let median = |f| median(&timings, f);
+    Ok(serde_json::json!({
+        "serving": serving, "speculative": speculative, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
+        "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": median(|t| t.decode_tok_s),
+        "all_runs": timings,
+    }))
+}
+
+/// `head`'s fields and `rest`'s in one object.
+pub fn merge(mut head: serde_json::Value, rest: serde_json::Value) -> serde_json::Value {
+    for (k, v) in rest.as_object().into_iter().flatten() {
+        head[k] = v.clone();
+    }
+    head
+}
+
 /// The engine rows of a benchmark summary: [`time_serving`] on the printing-press text, and
 /// [`time_speculative`] on the code edit (rendered with `template`) and on `prompt`.
 pub async fn time_engine<M: ForwardModel>(

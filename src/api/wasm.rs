@@ -4,12 +4,12 @@
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
-use super::bench::{decode_ceiling, dequant_rate, dispatch_overhead_us, median, read_bandwidth, time_engine, time_generation, PRINTING_PRESS_PROMPT};
+use super::bench::{bench_runs, decode_ceiling, dequant_rate, dispatch_overhead_us, merge, read_bandwidth, PRINTING_PRESS_PROMPT};
 use super::{Device, LoadOptions, Runtime};
 use crate::backend::webgpu::GpuOptions;
 use crate::chat::{render_chat, ChatMessage, ChatTemplate};
 use crate::clock::now_ms;
-use crate::engine::{Engine as CoreEngine, Event, ForwardModel, Request, RequestStats};
+use crate::engine::{Event, ForwardModel, Request, RequestStats};
 use crate::gguf::Gguf;
 use crate::model::Config;
 use crate::sample::{GenerateOptions, SamplingParams, SpecMethod, Speculative, TokenLogprob};
@@ -244,14 +244,14 @@ impl Engine {
                     "decode_ceiling_tok_s": decode_ceiling(model, bandwidth, alu),
                 });
                 let weight_bytes = model.weight_bytes;
-                (merge(head, bench_runs(engine, tok, self.template.as_ref(), &prompt, gen, runs, stream_gen).await?), weight_bytes as f64, bandwidth)
+                (merge(head, bench_runs(engine, tok, self.template.as_ref(), &prompt, gen as usize, runs as usize, stream_gen as usize).await.map_err(js_err)?), weight_bytes as f64, bandwidth)
             }
             Runtime::Cpu(engine) => {
                 let model = engine.model();
                 let bandwidth = model.read_bandwidth();
                 let head = serde_json::json!({ "adapter": format!("CPU, {} threads", model.threads()), "backend": model.describe(), "threads": model.threads() });
                 let weight_bytes = model.weight_bytes_per_token();
-                (merge(head, bench_runs(engine, tok, self.template.as_ref(), &prompt, gen, runs, stream_gen).await?), weight_bytes as f64, bandwidth)
+                (merge(head, bench_runs(engine, tok, self.template.as_ref(), &prompt, gen as usize, runs as usize, stream_gen as usize).await.map_err(js_err)?), weight_bytes as f64, bandwidth)
             }
             Runtime::Reference(_) => return Err(JsError::new("benchmark measures the gpu and cpu backends; load with device \"gpu\" or \"cpu\"")),
         };
@@ -299,44 +299,6 @@ impl ModelBytes {
     pub fn length(&self) -> f64 {
         self.buf.len() as f64
     }
-}
-
-/// Greedy generation of `gen` tokens from `prompt`, `runs` times, and (when `stream_gen` > 0)
-/// the batching engine: 1-8 concurrent streams, prefix-cache TTFT and speculation.
-async fn bench_runs<M: ForwardModel>(
-    engine: &mut CoreEngine<M>,
-    tok: &Tokenizer,
-    template: Option<&ChatTemplate>,
-    prompt: &[u32],
-    gen: u32,
-    runs: u32,
-    stream_gen: u32,
-) -> Result<serde_json::Value, JsError> {
-    let mut timings = Vec::new();
-    for _ in 0..runs.max(1) {
-        timings.push(time_generation(engine, tok, prompt, gen.max(2) as usize).await.map_err(js_err)?);
-    }
-    let (serving, speculative) = match stream_gen {
-        0 => (None, None),
-        n => {
-            let (s, p) = time_engine(engine, tok, template, prompt, gen as usize, n as usize).await.map_err(js_err)?;
-            (Some(s), Some(p))
-        }
-    };
-    let median = |f| median(&timings, f);
-    Ok(serde_json::json!({
-        "serving": serving, "speculative": speculative, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
-        "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": median(|t| t.decode_tok_s),
-        "all_runs": timings,
-    }))
-}
-
-/// `head`'s fields and `rest`'s in one object.
-fn merge(mut head: serde_json::Value, rest: serde_json::Value) -> serde_json::Value {
-    for (k, v) in rest.as_object().into_iter().flatten() {
-        head[k] = v.clone();
-    }
-    head
 }
 
 /// `Engine.fromBytes` options.

@@ -21,7 +21,7 @@ mod cli {
     use std::path::PathBuf;
 
     use clap::{Parser, Subcommand, ValueEnum};
-    use ferrolm::api::bench::{decode_ceiling, dequant_rate, median, read_bandwidth, synthetic_llama, time_engine, time_generation, PRINTING_PRESS_PROMPT, SYNTHETIC_SHAPES};
+    use ferrolm::api::bench::{bench_runs, decode_ceiling, dequant_rate, merge, read_bandwidth, synthetic_llama, PRINTING_PRESS_PROMPT, SYNTHETIC_SHAPES};
     use ferrolm::api::{Device, LoadOptions, Runtime};
     use ferrolm::backend::cpu::SimdModel;
     use ferrolm::backend::reference::ops::nll;
@@ -452,6 +452,9 @@ mod cli {
             None => tokenizer.encode_prompt(PRINTING_PRESS_PROMPT, false)?,
         };
         let opts = ModelOptions::new(1024, 128);
+        // Synthetic models have no real text to serve or to draft from.
+        let stream_gen = if synthetic.is_some() { 0 } else { stream_gen };
+        let template = ChatTemplate::from_gguf(&gguf.metadata, &tokenizer)?;
         let mut summary = match args.device {
             DeviceArg::Cpu => {
                 let model = SimdModel::load(&gguf, &bytes[..], &opts, args.threads)?;
@@ -463,7 +466,7 @@ mod cli {
                 });
                 let wb = model.weight_bytes_per_token() as f64;
                 let mut engine = Engine::new(model);
-                let out = bench_runs(&mut engine, &tokenizer, &gguf, &prompt, gen, runs, if synthetic.is_some() { 0 } else { stream_gen })?;
+                let out = pollster::block_on(bench_runs(&mut engine, &tokenizer, template.as_ref(), &prompt, gen, runs, stream_gen))?;
                 with_mbu(head, out, wb, bandwidth)
             }
             DeviceArg::Gpu => {
@@ -487,14 +490,13 @@ mod cli {
                 });
                 let wb = model.weight_bytes as f64;
                 let mut engine = Engine::new(model);
-                let out = bench_runs(&mut engine, &tokenizer, &gguf, &prompt, gen, runs, if synthetic.is_some() { 0 } else { stream_gen })?;
+                let out = pollster::block_on(bench_runs(&mut engine, &tokenizer, template.as_ref(), &prompt, gen, runs, stream_gen))?;
                 with_mbu(head, out, wb, bandwidth)
             }
             DeviceArg::Reference => return Err(Error::InvalidOption { option: "--device", reason: "bench measures the gpu and cpu backends, not the reference".into() }),
         };
         summary["where"] = "native".into();
         summary["model"] = name.into();
-        summary["runs"] = runs.into();
         println!("{summary}");
         if let Some(path) = json {
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
@@ -503,40 +505,11 @@ mod cli {
         Ok(())
     }
 
-    /// The timed runs, concurrent streams and speculation on one engine: the summary's common
-    /// fields (`decode_tok_s`, `ttft_ms`, ...).
-    fn bench_runs<M: ForwardModel>(engine: &mut Engine<M>, tokenizer: &Tokenizer, gguf: &Gguf, prompt: &[u32], gen: usize, runs: usize, stream_gen: usize) -> Result<serde_json::Value> {
-        let mut timings = Vec::new();
-        for run in 1..=runs {
-            let t = pollster::block_on(time_generation(engine, tokenizer, prompt, gen))?;
-            eprintln!("run {run}: {}", serde_json::to_string(&t).expect("serializable"));
-            timings.push(t);
-        }
-        let median = |f| median(&timings, f);
-        // Synthetic models have no real text to serve or to draft from: stream_gen is 0 for them.
-        let (serving, speculative) = if stream_gen > 0 {
-            let template = ChatTemplate::from_gguf(&gguf.metadata, tokenizer)?;
-            let (s, p) = pollster::block_on(time_engine(engine, tokenizer, template.as_ref(), prompt, gen, stream_gen))?;
-            eprintln!("serving: {}", serde_json::to_string(&s).expect("serializable"));
-            eprintln!("speculative: {}", serde_json::to_string(&p).expect("serializable"));
-            (Some(s), Some(p))
-        } else {
-            (None, None)
-        };
-        Ok(serde_json::json!({
-            "serving": serving, "speculative": speculative, "prompt_tokens": prompt.len(), "gen_tokens": gen,
-            "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": median(|t| t.decode_tok_s),
-        }))
-    }
-
     /// `head` (backend facts) and `out` (timings) in one summary with the decode MBU.
-    fn with_mbu(mut head: serde_json::Value, out: serde_json::Value, weight_bytes: f64, bandwidth: f64) -> serde_json::Value {
-        let mbu = weight_bytes * out["decode_tok_s"].as_f64().unwrap_or(0.0) / bandwidth;
-        for (k, v) in out.as_object().expect("an object").iter() {
-            head[k] = v.clone();
-        }
-        head["mbu"] = mbu.into();
-        head
+    fn with_mbu(head: serde_json::Value, out: serde_json::Value, weight_bytes: f64, bandwidth: f64) -> serde_json::Value {
+        let mut summary = merge(head, out);
+        summary["mbu"] = (weight_bytes * summary["decode_tok_s"].as_f64().unwrap_or(0.0) / bandwidth).into();
+        summary
     }
 
     /// Runs every request through the batching engine at once; one JSON line per request (in
