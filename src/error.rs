@@ -56,6 +56,9 @@ pub enum Error {
     #[error("the prompt has {tokens} tokens but the context holds {context}; shorten the prompt or raise the context length")]
     PromptTooLong { tokens: usize, context: usize },
 
+    #[error("the prompt has {bytes} bytes, more than the context can hold (at most {limit} bytes for this model and context length); shorten the prompt or raise the context length")]
+    PromptTooLarge { bytes: usize, limit: usize },
+
     #[error("token id {id} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange { id: u32, vocab: usize },
 

@@ -44,6 +44,8 @@ pub struct Tokenizer {
     eos: Option<u32>,
     add_bos: bool,
     stop: Vec<u32>,
+    /// Bytes of the longest vocabulary entry.
+    longest: usize,
 }
 
 impl Tokenizer {
@@ -110,7 +112,8 @@ impl Tokenizer {
     fn finish(special: tokenizers::Tokenizer, tokens: Vec<String>, bos: Option<u32>, eos: Option<u32>, add_bos: bool, stop: Vec<u32>) -> Result<Tokenizer> {
         let mut plain = special.clone();
         plain.set_encode_special_tokens(true);
-        Ok(Tokenizer { special, plain, tokens, bos, eos, add_bos, stop })
+        let longest = tokens.iter().map(String::len).max().unwrap_or(1).max(1);
+        Ok(Tokenizer { special, plain, tokens, bos, eos, add_bos, stop, longest })
     }
 
     /// Token ids of `text`; never adds BOS. With `parse_special`, control tokens written in the
@@ -128,6 +131,24 @@ impl Tokenizer {
         }
         ids.extend(self.encode(text, parse_special)?);
         Ok(ids)
+    }
+
+    /// The most bytes a text of `context` tokens can have, so that longer prompts are refused
+    /// before tokenizing: no token stands for more bytes than its vocabulary spelling has
+    /// (byte-level BPE spells a byte in one or two, SentencePiece a space as three, a fallback
+    /// byte as six).
+    pub fn max_prompt_bytes(&self, context: usize) -> usize {
+        context.saturating_mul(self.longest)
+    }
+
+    /// As `encode_prompt` for a request's text, refused at once when it has more bytes than
+    /// `context` tokens can hold.
+    pub fn encode_request(&self, text: &str, parse_special: bool, context: usize) -> Result<Vec<u32>> {
+        let limit = self.max_prompt_bytes(context);
+        if text.len() > limit {
+            return Err(Error::PromptTooLarge { bytes: text.len(), limit });
+        }
+        self.encode_prompt(text, parse_special)
     }
 
     /// Text of `ids`, special tokens included as their text.

@@ -5,9 +5,10 @@ mod common;
 
 use std::process::Command;
 
-fn ferrolm(args: &[&str]) -> (bool, String, String) {
+/// Exit code (None when killed by a signal), stdout, stderr.
+fn ferrolm(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ferrolm")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 fn model() -> String {
@@ -16,8 +17,8 @@ fn model() -> String {
 
 #[test]
 fn tokenize_prints_json_ids() {
-    let (ok, out, err) = ferrolm(&["tokenize", "--model", &model(), "--text", "Hello world"]);
-    assert!(ok, "{err}");
+    let (code, out, err) = ferrolm(&["tokenize", "--model", &model(), "--text", "Hello world"]);
+    assert_eq!(code, Some(0), "{err}");
     assert_eq!(out.trim(), "[19556,905]");
     let (_, out, _) = ferrolm(&["tokenize", "--model", &model(), "--text", "<|im_start|>", "--special"]);
     assert_eq!(out.trim(), "[1]");
@@ -28,8 +29,8 @@ fn score_matches_the_reference_on_the_first_case() {
     let reference = common::read_json(&common::reference_path("smollm2-135m/forced-logits.json"));
     let case = &reference["cases"][0];
     let ids: Vec<String> = case["prompt_tokens"].as_array().unwrap().iter().chain(case["continuation_tokens"].as_array().unwrap()).map(|v| v.to_string()).collect();
-    let (ok, out, err) = ferrolm(&["score", "--model", &model(), "--device", "reference", "--tokens", &ids.join(",")]);
-    assert!(ok, "{err}");
+    let (code, out, err) = ferrolm(&["score", "--model", &model(), "--device", "reference", "--tokens", &ids.join(",")]);
+    assert_eq!(code, Some(0), "{err}");
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), ids.len() + 1);
     for step in case["steps"].as_array().unwrap() {
@@ -48,8 +49,8 @@ fn score_matches_the_reference_on_the_first_case() {
 
 #[test]
 fn generate_streams_text_to_stdout_and_stats_to_stderr() {
-    let (ok, out, err) = ferrolm(&["generate", "--model", &model(), "--device", "cpu", "--prompt", "The capital of France is", "--max-tokens", "2"]);
-    assert!(ok, "{err}");
+    let (code, out, err) = ferrolm(&["generate", "--model", &model(), "--device", "cpu", "--prompt", "The capital of France is", "--max-tokens", "2"]);
+    assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, " Paris.\n");
     assert!(err.contains("prompt tokens 5") && err.contains("TTFT"), "{err}");
 }
@@ -60,6 +61,9 @@ fn bad_input_is_one_readable_line_and_exit_1() {
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.gguf");
     std::fs::write(&bad, b"GGUF\x03\0\0\0\xff\xff").unwrap();
+    // 20 MB of text: refused from its length before it is tokenized.
+    let huge = dir.join("huge.json");
+    std::fs::write(&huge, serde_json::to_string(&["word ".repeat(4_000_000)]).unwrap()).unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["inspect".into(), "--model".into(), bad.display().to_string()], "malformed GGUF file"),
         (vec!["inspect".into(), "--model".into(), dir.join("missing.gguf").display().to_string()], "cannot open"),
@@ -68,11 +72,14 @@ fn bad_input_is_one_readable_line_and_exit_1() {
             vec!["generate".into(), "--model".into(), model(), "--device".into(), "cpu".into(), "--context".into(), "4".into(), "--prompt".into(), "one two three four five six".into()],
             "shorten the prompt",
         ),
+        (vec!["generate".into(), "--model".into(), model(), "--device".into(), "cpu".into(), "--chat".into(), "--prompts-file".into(), huge.display().to_string()], "more than the context can hold"),
     ];
     for (args, want) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (ok, _, err) = ferrolm(&args);
-        assert!(!ok, "{args:?} succeeded");
+        let start = std::time::Instant::now();
+        let (code, _, err) = ferrolm(&args);
+        assert!(start.elapsed().as_secs_f64() < 5.0, "{args:?} took {:?}", start.elapsed());
+        assert_eq!(code, Some(1), "{args:?}: exit code 1 expected (a panic exits 101): {err}");
         assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
         assert!(err.starts_with("error: ") && err.contains(want), "{args:?}: {err}");
     }
@@ -85,8 +92,8 @@ fn sampling_is_seeded_and_stop_strings_are_not_printed() {
         let m = model();
         args.extend(["--model", m.as_str()]);
         args.extend(extra);
-        let (ok, out, err) = ferrolm(&args);
-        assert!(ok, "{err}");
+        let (code, out, err) = ferrolm(&args);
+        assert_eq!(code, Some(0), "{err}");
         (out, err)
     };
     let sampled = ["--temperature", "0.9", "--top-p", "0.95", "--seed", "7"];
@@ -100,6 +107,6 @@ fn sampling_is_seeded_and_stop_strings_are_not_printed() {
     assert!(err.contains("(stop)"), "{err}");
     let (_, err) = run(&["--logprobs", "2"]);
     assert!(err.lines().filter(|l| l.starts_with("{\"token\"")).count() >= 1, "{err}");
-    let (ok, _, err) = ferrolm(&["generate", "--model", &model(), "--device", "cpu", "--prompt", "x", "--top-p", "0"]);
-    assert!(!ok && err.contains("invalid option top_p"), "{err}");
+    let (code, _, err) = ferrolm(&["generate", "--model", &model(), "--device", "cpu", "--prompt", "x", "--top-p", "0"]);
+    assert!(code == Some(1) && err.contains("invalid option top_p"), "{err}");
 }

@@ -41,7 +41,7 @@ export function classify(e: unknown): FerroError {
     /WebGPU is not available/.test(m) ? "no_webgpu"
     : /allows at most|can hold at most|cannot allocate|out of memory|KV cache is full/.test(m) ? "model_too_large"
     : /unsupported (model architecture|GGUF version)|has unsupported type/.test(m) ? "unsupported_model"
-    : /not a GGUF file|malformed GGUF|is missing from the model file|metadata key|invalid model/.test(m) ? "invalid_model"
+    : /not a GGUF file|malformed GGUF|is missing from the model file|metadata key|invalid model|model file.s chat template/.test(m) ? "invalid_model"
     : /invalid (option|request|generate options)|the prompt has|outside the vocabulary|prompt is empty/.test(m) ? "invalid_request"
     : "engine";
   return new FerroError(code, m);

@@ -111,6 +111,11 @@ impl Runtime {
         with_engine!(self, e => crate::engine::ForwardModel::config(e.model()))
     }
 
+    /// The context length requests are served in, in tokens.
+    pub fn context(&self) -> usize {
+        with_engine!(self, e => crate::engine::ForwardModel::limits(e.model()).context as usize)
+    }
+
     /// CPU backend threads (1 on the others).
     pub fn threads(&self) -> usize {
         match self {

@@ -356,9 +356,10 @@ impl Engine {
             serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("invalid request options: {e}")))?
         };
         let opts = req.into_options().map_err(js_err)?;
+        let context = self.runtime.context();
         let ids = match (input.prompt, input.messages) {
-            (Some(p), None) => self.tokenizer.encode_prompt(&p, false),
-            (None, Some(m)) => render_chat(self.template.as_ref(), &m, true).and_then(|t| self.tokenizer.encode_prompt(&t, true)),
+            (Some(p), None) => self.tokenizer.encode_request(&p, false, context),
+            (None, Some(m)) => render_chat(self.template.as_ref(), &m, true, self.tokenizer.max_prompt_bytes(context)).and_then(|t| self.tokenizer.encode_request(&t, true, context)),
             _ => return Err(JsError::new("invalid request: give either prompt or messages")),
         }
         .map_err(js_err)?;

@@ -314,6 +314,7 @@ mod cli {
                 let m = open(&args)?;
                 let tokenizer = Tokenizer::from_gguf(&m.gguf.metadata)?;
                 let template = if chat { ChatTemplate::from_gguf(&m.gguf.metadata, &tokenizer)? } else { None };
+                let context = context(&args, &m)?;
                 let render = |prompt: String| -> Result<Vec<u32>> {
                     let text = if chat {
                         let mut messages = Vec::new();
@@ -321,11 +322,11 @@ mod cli {
                             messages.push(ChatMessage { role: "system".into(), content: s.clone() });
                         }
                         messages.push(ChatMessage { role: "user".into(), content: prompt });
-                        render_chat(template.as_ref(), &messages, true)?
+                        render_chat(template.as_ref(), &messages, true, tokenizer.max_prompt_bytes(context))?
                     } else {
                         prompt
                     };
-                    tokenizer.encode_prompt(&text, chat)
+                    tokenizer.encode_request(&text, chat, context)
                 };
                 if let Some(prompts) = prompts {
                     let requests = prompts.into_iter().map(|p| Ok(Request { prompt: render(p)?, opts: opts.clone() })).collect::<Result<Vec<_>>>()?;

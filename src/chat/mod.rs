@@ -1,7 +1,11 @@
 //! Chat templates: the GGUF's `tokenizer.chat_template` (Jinja) rendered with minijinja, with the
 //! Python string methods templates call (`strip`, `startswith`, ...) from minijinja-contrib and
-//! Hugging Face's whitespace settings (trim_blocks, lstrip_blocks).
+//! Hugging Face's whitespace settings (trim_blocks, lstrip_blocks). The template comes from the
+//! model file, so it runs sandboxed (`sandbox`): bounded in time, size and depth.
 
+mod sandbox;
+
+use minijinja::machinery::TemplateConfig;
 use minijinja::{context, Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +21,8 @@ pub struct ChatMessage {
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    config: TemplateConfig,
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -41,35 +47,46 @@ impl ChatTemplate {
 
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate> {
         let mut env = Environment::new();
-        let syntax = minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().map_err(chat_err)?;
-        env.set_syntax(syntax);
         minijinja_contrib::add_to_environment(&mut env);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> { Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg)) });
-        env.add_template_owned("chat", source.to_string()).map_err(chat_err)?;
-        Ok(ChatTemplate { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+        sandbox::harden(&mut env);
+        let config = sandbox::config().map_err(chat_err)?;
+        sandbox::compile(source, &config).map_err(chat_err)?;
+        Ok(ChatTemplate { env, config, source: source.to_string(), bos_token: bos_token.into(), eos_token: eos_token.into() })
     }
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's
-    /// answer begins.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template("chat").map_err(chat_err)?;
+    /// answer begins. `max_bytes` bounds the rendered text and every value the template makes
+    /// (a prompt the context can hold: `Tokenizer::max_prompt_bytes`).
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool, max_bytes: usize) -> Result<String> {
+        let bytes: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
+        if bytes > max_bytes {
+            return Err(Error::PromptTooLarge { bytes, limit: max_bytes });
+        }
         let messages: Vec<minijinja::Value> = messages.iter().map(|m| context! { role => &m.role, content => &m.content }).collect();
-        tmpl.render(context! {
+        let root = context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
+        };
+        sandbox::render(&self.env, &self.source, &self.config, root, max_bytes).map_err(|(e, limit)| match limit {
+            Some(limit) => Error::ChatTemplate(format!(
+                "the model file's chat template exceeded {} and was stopped{}; the template in the GGUF is at fault: send a raw prompt, or use a model file with a standard template",
+                limit.describe(max_bytes),
+                e.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+            )),
+            None => chat_err(e),
         })
-        .map_err(chat_err)
     }
 }
 
-/// Renders a chat with the model's template; a clear error when the model has none.
-pub fn render_chat(template: Option<&ChatTemplate>, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+/// Renders a chat with the model's template in at most `max_bytes`; a clear error when the
+/// model has none.
+pub fn render_chat(template: Option<&ChatTemplate>, messages: &[ChatMessage], add_generation_prompt: bool, max_bytes: usize) -> Result<String> {
     let t = template.ok_or_else(|| Error::ChatTemplate("this model has no chat template (tokenizer.chat_template); send a raw prompt instead of chat messages".into()))?;
     if messages.is_empty() {
         return Err(Error::InvalidOption { option: "messages", reason: "a chat needs at least one message".into() });
     }
-    t.render(messages, add_generation_prompt)
+    t.render(messages, add_generation_prompt, max_bytes)
 }
