@@ -29,6 +29,17 @@ md = ["# ferrolm benchmark", "", "Greedy, the peer benchmark's printing-press pr
       "decode ceiling: what reading the weights at read GB/s and multiplying them at GEMV GMAC/s allow",
       "(times add on CPU-emulated adapters, where both are bound by the same cores; the slower bounds on GPUs).", ""] + rows
 
+counted = [r for r in ours if "dispatches_per_step" in r]
+if counted:
+    md += ["", "## GPU decode step: what one step of steady greedy decode costs the host", "",
+           "Targets (issue 19): <= 5 dispatches a layer + 3, one submit, <= 512 bytes written, 0 blocking",
+           "waits while a later step is queued.", "",
+           "| where | model | dispatches | passes | submits | bytes written | blocking waits | encode + submit ms |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in counted:
+        md.append(f"| {r['where']} | {r.get('model', '').split('/')[-1]} | {r['dispatches_per_step']:.0f} | {r['passes_per_step']:.0f} | "
+                  f"{r['submits_per_step']:.0f} | {r['bytes_written_per_step']:.0f} | {r['blocking_waits_per_step']:.0f} | {r['encode_ms_per_step']:.3f} |")
+
 serving = [r for r in ours if r.get("serving")]
 if serving:
     md += ["", "## Batching engine: concurrent streams and prefix cache", "",

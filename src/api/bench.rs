@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::backend::webgpu::kernels::{Kernels, Op};
-use crate::backend::webgpu::GpuModel;
+use crate::backend::webgpu::{GpuModel, StepCounters};
 use crate::chat::{render_chat, ChatMessage, ChatTemplate};
 use crate::clock::now_ms;
 use crate::engine::{Engine, Event, ForwardModel, Request, RequestStats};
@@ -80,6 +80,22 @@ pub async fn bench_runs<M: ForwardModel>(
         "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": median(|t| t.decode_tok_s),
         "all_runs": timings,
     }))
+}
+
+/// Counters of one step of steady single-sequence greedy decode on the GPU: two cold runs of
+/// the start of `prompt`, the second `n` tokens longer, differenced so that prefill and the first
+/// token cancel out (after a warm-up run that compiles the pipelines).
+pub async fn decode_counters(engine: &mut Engine<GpuModel>, tok: &Tokenizer, prompt: &[u32], n: usize) -> Result<StepCounters> {
+    let prompt = &prompt[..prompt.len().min(8)];
+    let mut run = async |gen: usize| -> Result<StepCounters> {
+        engine.clear_prefix_cache();
+        let before = engine.model().counters();
+        engine.generate(tok, Request { prompt: prompt.to_vec(), opts: greedy(gen) }, |_| {}).await?;
+        Ok(engine.model().counters().since(&before))
+    };
+    run(2).await?;
+    let short = run(2).await?;
+    Ok(run(2 + n).await?.since(&short))
 }
 
 /// `head`'s fields and `rest`'s in one object.

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
-use super::bench::{bench_runs, decode_ceiling, dequant_rate, dispatch_overhead_us, merge, read_bandwidth, PRINTING_PRESS_PROMPT};
+use super::bench::{bench_runs, decode_ceiling, decode_counters, dequant_rate, dispatch_overhead_us, merge, read_bandwidth, PRINTING_PRESS_PROMPT};
 use super::{Device, LoadOptions, Runtime};
 use crate::backend::webgpu::GpuOptions;
 use crate::chat::{render_chat, ChatMessage, ChatTemplate};
@@ -244,6 +244,7 @@ impl Engine {
                     "decode_ceiling_tok_s": decode_ceiling(model, bandwidth, alu),
                 });
                 let weight_bytes = model.weight_bytes;
+                let head = merge(head, decode_counters(engine, tok, &prompt, 16).await.map_err(js_err)?.per_step());
                 (merge(head, bench_runs(engine, tok, self.template.as_ref(), &prompt, gen as usize, runs as usize, stream_gen as usize).await.map_err(js_err)?), weight_bytes as f64, bandwidth)
             }
             Runtime::Cpu(engine) => {

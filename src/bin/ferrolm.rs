@@ -21,7 +21,7 @@ mod cli {
     use std::path::PathBuf;
 
     use clap::{Parser, Subcommand, ValueEnum};
-    use ferrolm::api::bench::{bench_runs, decode_ceiling, dequant_rate, merge, read_bandwidth, synthetic_llama, PRINTING_PRESS_PROMPT, SYNTHETIC_SHAPES};
+    use ferrolm::api::bench::{bench_runs, decode_ceiling, decode_counters, dequant_rate, merge, read_bandwidth, synthetic_llama, PRINTING_PRESS_PROMPT, SYNTHETIC_SHAPES};
     use ferrolm::api::{Device, LoadOptions, Runtime};
     use ferrolm::backend::cpu::SimdModel;
     use ferrolm::backend::reference::ops::nll;
@@ -491,8 +491,10 @@ mod cli {
                 });
                 let wb = model.weight_bytes as f64;
                 let mut engine = Engine::new(model);
+                let counters = pollster::block_on(decode_counters(&mut engine, &tokenizer, &prompt, 16))?;
+                eprintln!("decode step: {}", counters.per_step());
                 let out = pollster::block_on(bench_runs(&mut engine, &tokenizer, template.as_ref(), &prompt, gen, runs, stream_gen))?;
-                with_mbu(head, out, wb, bandwidth)
+                with_mbu(merge(head, counters.per_step()), out, wb, bandwidth)
             }
             DeviceArg::Reference => return Err(Error::InvalidOption { option: "--device", reason: "bench measures the gpu and cpu backends, not the reference".into() }),
         };

@@ -7,4 +7,4 @@ mod model;
 pub mod weights;
 
 pub use context::{AdapterInfo, GpuContext, GpuOptions};
-pub use model::{batch_to_words, batch_words, GpuModel, GpuPending, PendingModel};
+pub use model::{batch_to_words, batch_words, GpuModel, GpuPending, PendingModel, StepCounters};

@@ -1,12 +1,14 @@
 //! The model on the GPU: weights, activations, the KV pool, and the forward pass as a list of
-//! kernel launches recorded once at load. A step writes the batch description, encodes every Op
-//! into one compute pass, submits once and reads back only what it needs (argmax ids, or logits
-//! when asked).
+//! kernel launches recorded once at load. A step writes what changed in the batch description,
+//! encodes every Op into one compute pass, submits once and reads back only what it needs (argmax
+//! ids, or logits when asked). [`StepCounters`] count what that costs.
 
 use wgpu::util::DeviceExt;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+
+use serde::Serialize;
 
 use super::context::{map_read, GpuContext};
 use super::kernels::{AttnDims, Count, Kernels, Op, OutCols, TOPK_WORDS};
@@ -39,6 +41,47 @@ pub fn batch_words(limits: &Limits) -> usize {
     HEADER + 4 * limits.max_batch_tokens as usize + (limits.max_seqs * limits.context.div_ceil(limits.block_size)) as usize
 }
 
+/// What the steps since load cost the host: launches, passes, submissions, bytes written to the
+/// GPU, waits for a result, and CPU time spent encoding and submitting.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct StepCounters {
+    pub steps: u64,
+    pub dispatches: u64,
+    pub passes: u64,
+    pub submits: u64,
+    pub bytes_written: u64,
+    pub blocking_waits: u64,
+    pub encode_ms: f64,
+}
+
+impl StepCounters {
+    /// What happened between `before` and `self`.
+    pub fn since(&self, before: &StepCounters) -> StepCounters {
+        StepCounters {
+            steps: self.steps.saturating_sub(before.steps),
+            dispatches: self.dispatches.saturating_sub(before.dispatches),
+            passes: self.passes.saturating_sub(before.passes),
+            submits: self.submits.saturating_sub(before.submits),
+            bytes_written: self.bytes_written.saturating_sub(before.bytes_written),
+            blocking_waits: self.blocking_waits.saturating_sub(before.blocking_waits),
+            encode_ms: self.encode_ms - before.encode_ms,
+        }
+    }
+
+    /// Averages per step, under the names `ferrolm bench --json` reports.
+    pub fn per_step(&self) -> serde_json::Value {
+        let n = self.steps.max(1) as f64;
+        serde_json::json!({
+            "dispatches_per_step": self.dispatches as f64 / n,
+            "passes_per_step": self.passes as f64 / n,
+            "submits_per_step": self.submits as f64 / n,
+            "bytes_written_per_step": self.bytes_written as f64 / n,
+            "blocking_waits_per_step": self.blocking_waits as f64 / n,
+            "encode_ms_per_step": self.encode_ms / n,
+        })
+    }
+}
+
 pub struct GpuModel {
     pub ctx: GpuContext,
     pub config: Config,
@@ -57,6 +100,9 @@ pub struct GpuModel {
     ops: Vec<Op>,
     argmax_op: Op,
     topk_op: Op,
+    /// What the batch buffer holds, so a step writes only the words that changed.
+    written: RefCell<Vec<u32>>,
+    counters: Rc<Cell<StepCounters>>,
 }
 
 /// A recorded model whose uploads and pipeline compiles the GPU may still be running.
@@ -254,7 +300,10 @@ impl GpuModel {
         let weight_bytes = c.weight_bytes_per_token(gguf);
         let weight_values = c.weight_values_per_token(gguf);
         let staging = Rc::new(RefCell::new(Vec::new()));
-        let model = GpuModel { ctx, config, limits, weight_bytes, weight_values, batch, logits, argmax, topk, staging, ops, argmax_op, topk_op };
+        // wgpu zero-fills new buffers.
+        let written = RefCell::new(vec![0; batch_words(&limits)]);
+        let counters = Rc::default();
+        let model = GpuModel { ctx, config, limits, weight_bytes, weight_values, batch, logits, argmax, topk, staging, ops, argmax_op, topk_op, written, counters };
         Ok(PendingModel { model, scope })
     }
 
@@ -262,22 +311,68 @@ impl GpuModel {
     /// kernel when that is what the step reads back).
     fn encode(&self, b: &Batch, readback: Readback) -> Result<wgpu::CommandEncoder> {
         b.validate(&self.limits, self.config.vocab_size)?;
-        let words = batch_to_words(b, &self.limits);
-        self.ctx.queue.write_buffer(&self.batch, 0, bytemuck::cast_slice(&words));
+        let bytes = self.write_batch(b);
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        let mut dispatches = 0;
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             let (n, rows, span) = (b.tokens.len() as u32, b.logit_rows.len() as u32, b.span());
             for op in &self.ops {
-                op.encode_span(&mut pass, n, rows, span);
+                dispatches += op.encode_span(&mut pass, n, rows, span) as u64;
             }
-            match readback {
+            dispatches += match readback {
                 Readback::Argmax => self.argmax_op.encode(&mut pass, n, rows),
                 Readback::Top(_) => self.topk_op.encode(&mut pass, n, rows),
-                Readback::Nothing | Readback::Logits => {}
-            }
+                Readback::Nothing | Readback::Logits => false,
+            } as u64;
         }
+        self.count(|c| {
+            c.dispatches += dispatches;
+            c.passes += 1;
+            c.bytes_written += bytes;
+        });
         Ok(enc)
+    }
+
+    /// Writes the words of the batch description that differ from what the buffer holds (in
+    /// decode: the header, the token and its position, a block-table entry every 16 tokens), in
+    /// runs that swallow gaps of a few equal words. Returns the bytes written.
+    fn write_batch(&self, b: &Batch) -> u64 {
+        const GAP: usize = 8;
+        let words = batch_to_words(b, &self.limits);
+        let mut written = self.written.borrow_mut();
+        let mut bytes = 0;
+        let mut i = 0;
+        while i < words.len() {
+            if words[i] == written[i] {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            let mut end = i + 1;
+            while i < words.len() && i < end + GAP {
+                if words[i] != written[i] {
+                    end = i + 1;
+                }
+                i += 1;
+            }
+            self.ctx.queue.write_buffer(&self.batch, start as u64 * 4, bytemuck::cast_slice(&words[start..end]));
+            written[start..end].copy_from_slice(&words[start..end]);
+            bytes += (end - start) as u64 * 4;
+            i = end;
+        }
+        bytes
+    }
+
+    fn count(&self, f: impl FnOnce(&mut StepCounters)) {
+        let mut c = self.counters.get();
+        f(&mut c);
+        self.counters.set(c);
+    }
+
+    /// Totals since load (see [`StepCounters::per_step_since`]).
+    pub fn counters(&self) -> StepCounters {
+        self.counters.get()
     }
 
     /// Milliseconds per kernel label for one step, each dispatch submitted and waited for on
@@ -286,8 +381,7 @@ impl GpuModel {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn profile(&self, b: &Batch) -> Result<Vec<(&'static str, f64)>> {
         b.validate(&self.limits, self.config.vocab_size)?;
-        let words = batch_to_words(b, &self.limits);
-        self.ctx.queue.write_buffer(&self.batch, 0, bytemuck::cast_slice(&words));
+        self.write_batch(b);
         let (n, rows, span) = (b.tokens.len() as u32, b.logit_rows.len() as u32, b.span());
         let mut out: Vec<(&'static str, f64)> = Vec::new();
         for op in self.ops.iter().chain([&self.argmax_op]) {
@@ -335,6 +429,7 @@ impl ForwardModel for GpuModel {
     /// Encodes the step, copies what `read` asks for into a readback buffer and submits, all
     /// in one submission.
     fn submit(&self, b: &Batch, read: Readback) -> Result<GpuPending> {
+        let t0 = crate::clock::now_ms();
         let read = if b.logit_rows.is_empty() { Readback::Nothing } else { read };
         let mut enc = self.encode(b, read)?;
         let rows = b.logit_rows.len() as u64;
@@ -350,7 +445,12 @@ impl ForwardModel for GpuModel {
             staging
         });
         self.ctx.queue.submit([enc.finish()]);
-        Ok(GpuPending { device: self.ctx.device.clone(), staging, free: self.staging.clone(), bytes, read })
+        self.count(|c| {
+            c.steps += 1;
+            c.submits += 1;
+            c.encode_ms += crate::clock::now_ms() - t0;
+        });
+        Ok(GpuPending { device: self.ctx.device.clone(), staging, free: self.staging.clone(), bytes, read, counters: self.counters.clone() })
     }
 }
 
@@ -361,11 +461,15 @@ pub struct GpuPending {
     free: Rc<RefCell<Vec<wgpu::Buffer>>>,
     bytes: u64,
     read: Readback,
+    counters: Rc<Cell<StepCounters>>,
 }
 
 impl PendingStep for GpuPending {
     async fn read(mut self) -> Result<Picks> {
         let Some(staging) = self.staging.take() else { return Ok(Picks::Nothing) };
+        let mut c = self.counters.get();
+        c.blocking_waits += 1;
+        self.counters.set(c);
         let out = map_read(&self.device, &staging, self.bytes).await;
         self.free.borrow_mut().push(staging);
         let out = out?;

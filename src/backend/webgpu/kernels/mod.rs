@@ -110,7 +110,7 @@ pub struct Op {
 }
 
 impl Op {
-    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32, n_logit_rows: u32) {
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32, n_logit_rows: u32) -> bool {
         self.encode_span(pass, n_tokens, n_logit_rows, u32::MAX)
     }
 
@@ -138,9 +138,10 @@ impl Op {
     }
 
     /// As [`Op::encode`], with the step's KV span (largest position + 1) for span grids.
-    pub fn encode_span(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32, n_logit_rows: u32, span: u32) {
+    /// Returns whether it dispatched (an empty grid does not).
+    pub fn encode_span(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32, n_logit_rows: u32, span: u32) -> bool {
         let Some(v) = self.variant(n_tokens, n_logit_rows) else {
-            return;
+            return false;
         };
         let count = |c: Count| count(c, n_tokens, n_logit_rows);
         let (x, y, z) = match v.grid {
@@ -152,11 +153,12 @@ impl Op {
             Grid::Span { heads, per, max } => (span.min(max).div_ceil(per * 64), heads, n_tokens),
         };
         if x == 0 || y == 0 || z == 0 {
-            return;
+            return false;
         }
         pass.set_pipeline(v.pipeline.get());
         pass.set_bind_group(0, &self.bind, &[]);
         pass.dispatch_workgroups(x, y, z);
+        true
     }
 }
 
