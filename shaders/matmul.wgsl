@@ -4,6 +4,10 @@
 // are summed by `reduce_lanes` (reduce_subgroup.wgsl or reduce_workgroup.wgsl, prepended by the
 // launcher). TN = 1 is the decode GEMV, TN = 8 prefill.
 // SWIGLU: rows r (gate) and r + m (up) of W give y = silu(gate) * up.
+// NORM: x is the raw residual stream and the kernel applies RMSNorm on the way in: x * nw as it
+// loads, and 1 / rms(x[t]) to the sums, from the squares of the very values it loads (each row's
+// lanes cover the whole row once), so the norm costs no launch and no extra pass over x. With
+// logit rows (the LM head) row t of x is the batch's logit row t.
 // `dot32` comes from the weight type's quant_*.wgsl, prepended by the launcher.
 
 struct Params {
@@ -17,19 +21,25 @@ struct Params {
     // The gate form for matvec.wgsl, which shares these parameters; here SWIGLU and GELU are
     // overrides, specialized out of the inner loop.
     glu: u32,
+    eps: f32,        // NORM's epsilon
+    norm: u32,       // matvec.wgsl's NORM (here an override)
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<storage, read> batch: array<u32>;
+@group(0) @binding(4) var<storage, read> nw: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> batch: array<u32>;
 
 override TN: u32 = 1u;
 override TPR: u32 = 16u;
 override SWIGLU: bool = false;
 // With SWIGLU: GELU (tanh approximation, ggml's) instead of SiLU on the gate: Gemma's GeGLU.
 override GELU: bool = false;
+override NORM: bool = false;
 
 fn gate_act(v: f32) -> f32 {
     // tanh saturates at 1.0 in f32 by 15; clamping keeps exp-based tanh (SwiftShader) from inf / inf.
@@ -42,6 +52,25 @@ const MAX_TN: u32 = 8u;
 // Per-thread partial sums for each token (acc2: the SWIGLU up rows), summed across lanes.
 var<private> acc: array<f32, MAX_TN>;
 var<private> acc2: array<f32, MAX_TN>;
+// NORM: sums of squares of each token's x row.
+var<private> ssq: array<f32, MAX_TN>;
+// Squares' sum of the slice `load_xn` loaded last.
+var<private> x_sq: f32;
+
+fn x_row(t: u32) -> u32 {
+    if (NORM && P.use_logit_rows == 1u) { return logit_row(t); }
+    return t;
+}
+
+// x[xb .. xb + 8] as load_x32 gives it; with NORM times the norm weights, their squares in x_sq.
+fn load_xn(xb: u32) -> X32 {
+    if (!NORM) { return load_x32(xb); }
+    let c = xb % (P.k / 4u);
+    let a = x[xb]; let b = x[xb + 1u]; let cc = x[xb + 2u]; let d = x[xb + 3u];
+    let e = x[xb + 4u]; let f = x[xb + 5u]; let g = x[xb + 6u]; let h = x[xb + 7u];
+    x_sq = (dot(a, a) + dot(b, b)) + (dot(cc, cc) + dot(d, d)) + (dot(e, e) + dot(f, f)) + (dot(g, g) + dot(h, h));
+    return x32_of(a * nw[c], b * nw[c + 1u], cc * nw[c + 2u], d * nw[c + 3u], e * nw[c + 4u], f * nw[c + 5u], g * nw[c + 6u], h * nw[c + 7u]);
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -56,18 +85,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let b = row * groups + g;
             // Constant trip count (TN is specialized) keeps acc in registers.
             for (var t = 0u; t < TN; t++) {
-                let xb = min(t0 + t, n - 1u) * (P.k / 4u) + g * 8u;
-                acc[t] += dot32(b, P.scale_off, xb);
-                if (SWIGLU) { acc2[t] += dot32(b + P.m * groups, P.scale_off, xb); }
+                let xb = x_row(min(t0 + t, n - 1u)) * (P.k / 4u) + g * 8u;
+                let v = load_xn(xb);
+                acc[t] += dotw(load_wb(b, P.scale_off), v);
+                if (SWIGLU) { acc2[t] += dotw(load_wb(b + P.m * groups, P.scale_off), v); }
+                if (NORM) { ssq[t] += x_sq; }
             }
         }
     }
     reduce_lanes(lid, lane);
     if (lane == 0u && row < P.m) {
         for (var t = 0u; t < nt; t++) {
-            var v = acc[t];
+            var scale = 1.0;
+            if (NORM) { scale = 1.0 / sqrt(ssq[t] / f32(P.k) + P.eps); }
+            var v = acc[t] * scale;
             if (SWIGLU) {
-                v = gate_act(v) * acc2[t];
+                v = gate_act(v) * (acc2[t] * scale);
             }
             let o = (t0 + t) * P.out_stride + P.out_col + row;
             if (P.accumulate == 1u) { v += y[o]; }

@@ -1,4 +1,4 @@
-// Sums each row's TPR lane partials (acc, acc2: [TN]) with subgroup shuffles: no workgroup
+// Sums each row's TPR lane partials (acc, acc2, ssq: [TN]) with subgroup shuffles: no workgroup
 // memory, no barriers. Used only where the context checked that subgroups hold whole rows
 // (TPR <= subgroup size, lanes numbered like local_invocation_index). Prepended to matmul.wgsl.
 fn reduce_lanes(lid: u32, lane: u32) {
@@ -6,6 +6,7 @@ fn reduce_lanes(lid: u32, lane: u32) {
         for (var s = TPR / 2u; s > 0u; s /= 2u) {
             acc[t] += subgroupShuffleXor(acc[t], s);
             if (SWIGLU) { acc2[t] += subgroupShuffleXor(acc2[t], s); }
+            if (NORM) { ssq[t] += subgroupShuffleXor(ssq[t], s); }
         }
     }
 }

@@ -5,7 +5,7 @@ mod common;
 mod kernel_cases;
 
 use ferrolm::backend::reference::ops;
-use ferrolm::backend::webgpu::kernels::{Count, Kernels, Op, OutCols};
+use ferrolm::backend::webgpu::kernels::{Count, Kernels, Norm, Op, OutCols};
 use ferrolm::backend::webgpu::weights::{GpuTensor, GPU_MATRIX_TYPES};
 use ferrolm::backend::webgpu::{batch_to_words, batch_words, GpuContext, GpuOptions};
 use ferrolm::engine::{Batch, Limits};
@@ -354,10 +354,59 @@ fn matmul_gated_matches_cpu_for_silu_and_gelu() {
                 let x = random(n * k, 20 + n as u64);
                 for act in [Activation::Silu, Activation::GeluTanh] {
                     let (xb, yb) = (h.buffer(&x), h.buffer(&vec![f32::NAN; n * m / 2]));
-                    let got = h.run(&[h.kernels.matmul_gated(&w, &xb, &yb, (m / 2) as u32, act)], &vec![0; n], &yb);
+                    let got = h.run(&[h.kernels.matmul_gated(&w, &xb, None, &yb, (m / 2) as u32, act)], &vec![0; n], &yb);
                     let want = gated_reference(&x, &wf, n, k, m, act);
                     check_close(&got, &want, tol, &format!("{ty} k={k} n={n} {act:?} cpu_like={cpu_like}"));
                 }
+            }
+        }
+    }
+}
+
+/// The RMSNorm folded into the matmuls (`matmul_normed`, and `matmul_gated` with a norm) equals
+/// `ops::rmsnorm` then `ops::matmul` on the CPU: decode and prefill, both kernel shapes, and the
+/// LM head's form that reads the batch's logit rows.
+#[test]
+fn matmul_with_folded_rmsnorm_matches_norm_then_matmul() {
+    let eps = 1e-5;
+    for cpu_like in [true, false] {
+        let h = Harness::with_shapes(GpuOptions::default(), Some(cpu_like));
+        for (ty, k) in [(GgmlType::Q4_1, 160), (GgmlType::Q8_0, 640), (GgmlType::Q4_K, 256)] {
+            let m = 70;
+            let tol = if k > 160 { 3e-4 } else { 2e-5 };
+            let data = random_blocks(ty, m, k, 40 + ty.id() as u64);
+            let wf = cpu_dequant(ty, &data, m * k);
+            let nw = random(k, 41);
+            let nwb = h.buffer(&nw);
+            let norm = Norm { weight: &nwb, eps };
+            let w = h.upload(1 << 20, "w", ty, &data, m, k, false);
+            for n in [1usize, 5, 13] {
+                let x: Vec<f32> = random(n * k, 50 + n as u64).iter().map(|v| v * 3.0).collect();
+                let mut normed = vec![0f32; n * k];
+                ops::rmsnorm(&mut normed, &x, &nw, eps);
+                let xb = h.buffer(&x);
+                let what = format!("{ty} k={k} n={n} cpu_like={cpu_like}");
+
+                let yb = h.buffer(&vec![f32::NAN; n * m]);
+                let got = h.run(&h.kernels.matmul_normed(&w, &xb, norm, &yb, OutCols { stride: m as u32, col: 0 }, Count::Tokens), &vec![0; n], &yb);
+                let mut want = vec![0f32; n * m];
+                ops::matmul(&mut want, &normed, &wf, n, k, m);
+                check_close(&got, &want, tol, &format!("normed {what}"));
+
+                let yb = h.buffer(&vec![f32::NAN; n * m / 2]);
+                let got = h.run(&[h.kernels.matmul_gated(&w, &xb, Some(norm), &yb, (m / 2) as u32, Activation::Silu)], &vec![0; n], &yb);
+                check_close(&got, &gated_reference(&normed, &wf, n, k, m, Activation::Silu), tol, &format!("normed gated {what}"));
+
+                // LM head: output row i from input row logit_rows[i].
+                let rows: Vec<u32> = (0..n as u32).rev().step_by(2).collect();
+                let yb = h.buffer(&vec![f32::NAN; rows.len() * m]);
+                let (tokens, positions) = (vec![0u32; n], (0..n as u32).collect::<Vec<_>>());
+                let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &rows, block_tables: &[] };
+                let got = h.run_batch(&h.kernels.matmul_normed(&w, &xb, norm, &yb, OutCols { stride: m as u32, col: 0 }, Count::LogitRows), &b, &yb);
+                let gathered: Vec<f32> = rows.iter().flat_map(|&r| normed[r as usize * k..][..k].to_vec()).collect();
+                let mut want = vec![0f32; rows.len() * m];
+                ops::matmul(&mut want, &gathered, &wf, rows.len(), k, m);
+                check_close(&got, &want, tol, &format!("normed logit rows {what}"));
             }
         }
     }

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use serde::Serialize;
 
 use super::context::{map_read, GpuContext};
-use super::kernels::{AttnDims, Count, Kernels, Op, OutCols, TOPK_WORDS};
+use super::kernels::{AttnDims, Count, Kernels, Norm, Op, OutCols, TOPK_WORDS};
 use super::weights::{concat_rows, upload_f32, GpuTensor};
 use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, BLOCK_SIZE};
 use crate::error::{Error, Result};
@@ -170,7 +170,6 @@ impl GpuModel {
         let batch = storage("batch", batch_words(&limits) as u64 * 4)?;
         let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like, ctx.info.subgroup_rows);
         let x = storage("x", t * d * 4)?;
-        let h = storage("h", t * d * 4)?;
         let qkv = storage("qkv", t * (qd + 2 * kvd) * 4)?;
         let attn = storage("attn", t * qd * 4)?;
         let ffn = storage("ffn", t * f * 4)?;
@@ -249,9 +248,9 @@ impl GpuModel {
             let la = c.layer_attention(l);
             let rope = &ropes.iter().find(|r| r.0 == (la.rope_base.to_bits(), la.rope_freq_scale.to_bits())).expect("a table per base").1;
 
-            ops.push(kernels.rmsnorm(&x, &attn_norm, &h, d as u32, c.norm_eps, false));
+            let eps = c.norm_eps;
             for (w, col) in &wqkv {
-                ops.extend(kernels.matmul(w, &h, &qkv, OutCols { stride: dims.qkv_stride, col: *col }, false, Count::Tokens, false));
+                ops.extend(kernels.matmul_normed(w, &x, Norm { weight: &attn_norm, eps }, &qkv, OutCols { stride: dims.qkv_stride, col: *col }, Count::Tokens));
             }
             if c.qkv_bias {
                 let bias = vectors("qkv bias", &[&p(names::ATTN_Q_BIAS), &p(names::ATTN_K_BIAS), &p(names::ATTN_V_BIAS)])?;
@@ -278,8 +277,7 @@ impl GpuModel {
                 Ok(())
             };
             residual(&mut ops, &wo, &attn, names::ATTN_POST_NORM)?;
-            ops.push(kernels.rmsnorm(&x, &ffn_norm, &h, d as u32, c.norm_eps, false));
-            ops.push(kernels.matmul_gated(&w_gate_up, &h, &ffn, f as u32, c.activation));
+            ops.push(kernels.matmul_gated(&w_gate_up, &x, Some(Norm { weight: &ffn_norm, eps }), &ffn, f as u32, c.activation));
             residual(&mut ops, &w_down, &ffn, names::FFN_POST_NORM)?;
             // Compile what one sequence's prefill and decode run as each layer is recorded: in a
             // browser the GPU process compiles while the page goes on repacking weights. Variants
@@ -288,9 +286,9 @@ impl GpuModel {
         }
         let head_start = ops.len();
         let output_norm = vector(names::OUTPUT_NORM)?;
-        ops.push(kernels.rmsnorm(&x, &output_norm, &h, d as u32, c.norm_eps, true));
         let head = if c.tied_embeddings { token_embd } else { matrix(names::OUTPUT, &[names::OUTPUT], true)? };
-        ops.extend(kernels.matmul(&head, &h, &logits, OutCols { stride: v as u32, col: 0 }, false, Count::LogitRows, false));
+        let norm = Norm { weight: &output_norm, eps: c.norm_eps };
+        ops.extend(kernels.matmul_normed(&head, &x, norm, &logits, OutCols { stride: v as u32, col: 0 }, Count::LogitRows));
         let argmax_op = kernels.argmax(&logits, &argmax, v as u32);
         let topk_op = kernels.topk(&logits, &topk, v as u32);
         prepare(&ops[head_start..]);

@@ -1,5 +1,6 @@
 //! The weight matmuls: a decode GEMV and a prefill GEMM per adapter kind (matvec.wgsl on
-//! CPU-emulated adapters, matmul.wgsl on GPUs), optionally with the gated FFN's activation.
+//! CPU-emulated adapters, matmul.wgsl on GPUs), optionally with the gated FFN's activation and
+//! with the RMSNorm of their input folded in.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -13,6 +14,13 @@ use crate::model::Activation;
 pub struct OutCols {
     pub stride: u32,
     pub col: u32,
+}
+
+/// An RMSNorm applied to a matmul's input rows as it reads them: `x / rms(x) * weight`.
+#[derive(Clone, Copy, Debug)]
+pub struct Norm<'a> {
+    pub weight: &'a wgpu::Buffer,
+    pub eps: f32,
 }
 
 /// `struct Params` of matmul.wgsl and matvec.wgsl (the two share their bindings and uniform).
@@ -34,8 +42,14 @@ struct MatmulParams {
     /// Gate form, read by matvec.wgsl only (matmul.wgsl specializes it as overrides):
     /// 0 none, 1 SiLU, 2 GELU-tanh.
     glu: u32,
+    /// The folded RMSNorm's epsilon.
+    eps: f32,
+    /// 1: RMSNorm folded in (matvec.wgsl; matmul.wgsl specializes it as an override).
+    norm: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
-const _: () = assert!(std::mem::size_of::<MatmulParams>() == 32);
+const _: () = assert!(std::mem::size_of::<MatmulParams>() == 48);
 
 /// Tokens per prefill matmul workgroup: each dequantized weight group is reused this many times.
 const MATMUL_TN: u32 = 8;
@@ -47,18 +61,24 @@ impl Kernels {
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(&self, w: &GpuTensor, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, swiglu: bool) -> Vec<Op> {
         let glu = swiglu.then_some(Activation::Silu);
-        w.parts.iter().map(|p| self.matmul_part(w, p, x, y, OutCols { stride: out.stride, col: out.col + p.row0 }, accumulate, of, glu)).collect()
+        w.parts.iter().map(|p| self.matmul_part(w, p, x, None, y, OutCols { stride: out.stride, col: out.col + p.row0 }, accumulate, of, glu)).collect()
+    }
+
+    /// `y[t][out.col + r] = rmsnorm(x[t]) . W[r]`: the norm folded into the matmul. With
+    /// `Count::LogitRows` row `t` of `x` is the batch's logit row `t` (the LM head).
+    pub fn matmul_normed(&self, w: &GpuTensor, x: &wgpu::Buffer, norm: Norm, y: &wgpu::Buffer, out: OutCols, of: Count) -> Vec<Op> {
+        w.parts.iter().map(|p| self.matmul_part(w, p, x, Some(norm), y, OutCols { stride: out.stride, col: out.col + p.row0 }, false, of, None)).collect()
     }
 
     /// The gated FFN's first matmul: `w` (one part) holds gate rows then up rows and
-    /// `y = act(gate) * up` (SiLU: SwiGLU, GELU with tanh: GeGLU).
-    pub fn matmul_gated(&self, w: &GpuTensor, x: &wgpu::Buffer, y: &wgpu::Buffer, stride: u32, act: Activation) -> Op {
+    /// `y = act(gate) * up` (SiLU: SwiGLU, GELU with tanh: GeGLU), of `x` or its RMSNorm.
+    pub fn matmul_gated(&self, w: &GpuTensor, x: &wgpu::Buffer, norm: Option<Norm>, y: &wgpu::Buffer, stride: u32, act: Activation) -> Op {
         assert!(w.parts.len() == 1, "fused gate/up weights are uploaded unsplit");
-        self.matmul_part(w, &w.parts[0], x, y, OutCols { stride, col: 0 }, false, Count::Tokens, Some(act))
+        self.matmul_part(w, &w.parts[0], x, norm, y, OutCols { stride, col: 0 }, false, Count::Tokens, Some(act))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn matmul_part(&self, w: &GpuTensor, part: &TensorPart, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, glu: Option<Activation>) -> Op {
+    fn matmul_part(&self, w: &GpuTensor, part: &TensorPart, x: &wgpu::Buffer, norm: Option<Norm>, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, glu: Option<Activation>) -> Op {
         let gated = glu.is_some();
         let m = if gated { part.rows / 2 } else { part.rows };
         // A decode GEMV and a prefill GEMM per adapter kind: (tokens per workgroup, largest batch
@@ -86,7 +106,7 @@ impl Kernels {
             [(1u32, 1u32), (4, 8), (MATMUL_TN, u32::MAX)]
                 .iter()
                 .map(|&(tn, max_n)| {
-                    let overrides = [("TN", tn), ("TPR", tpr), ("SWIGLU", gated as u32), ("GELU", gelu as u32)];
+                    let overrides = [("TN", tn), ("TPR", tpr), ("SWIGLU", gated as u32), ("GELU", gelu as u32), ("NORM", norm.is_some() as u32)];
                     let pipeline = self.pipeline(Shader::Matmul, Some(w.ty), &overrides);
                     Variant { pipeline, grid: Grid::Rows { x: m.div_ceil(64 / tpr), per: tn, of }, max_n }
                 })
@@ -98,8 +118,22 @@ impl Kernels {
             Some(Activation::Silu) => 1,
             Some(Activation::GeluTanh) => 2,
         };
-        let params =
-            MatmulParams { k: w.k, m, out_stride: out.stride, out_col: out.col, scale_off: part.scale_off, accumulate: accumulate as u32, use_logit_rows: matches!(of, Count::LogitRows) as u32, glu };
-        self.op("matmul", variants, &params, &[&part.buffer, x, y])
+        let params = MatmulParams {
+            k: w.k,
+            m,
+            out_stride: out.stride,
+            out_col: out.col,
+            scale_off: part.scale_off,
+            accumulate: accumulate as u32,
+            use_logit_rows: matches!(of, Count::LogitRows) as u32,
+            glu,
+            eps: norm.map_or(0.0, |n| n.eps),
+            norm: norm.is_some() as u32,
+            _pad0: 0,
+            _pad1: 0,
+        };
+        // Unnormed, the norm weights' binding is unread: x stands in (two read-only bindings
+        // of one buffer are allowed).
+        self.op("matmul", variants, &params, &[&part.buffer, x, y, norm.map_or(x, |n| n.weight)])
     }
 }

@@ -25,7 +25,7 @@ use crate::gguf::GgmlType;
 use shader::{Access, Shader};
 
 pub use attention::{AttnDims, AttnPlan, ATTN_SPLIT_MAX_TOKENS};
-pub use matmul::OutCols;
+pub use matmul::{Norm, OutCols};
 pub use sampling::{TOPK_MAX, TOPK_WORDS};
 
 /// Browsers want subgroup use declared; naga (native) rejects the directive and needs none.

@@ -112,7 +112,8 @@ impl Shader {
     /// slot, so shaders that share a bind group share a layout.
     pub fn access(self) -> &'static [Access] {
         match self {
-            Shader::Matmul | Shader::Matvec | Shader::Rmsnorm | Shader::AttnScores | Shader::AttnPv => &[Read, Read, ReadWrite, Read],
+            Shader::Matmul | Shader::Matvec => &[Read, Read, ReadWrite, Read, Read],
+            Shader::Rmsnorm | Shader::AttnScores | Shader::AttnPv => &[Read, Read, ReadWrite, Read],
             Shader::Embed | Shader::AttnCombine | Shader::Argmax | Shader::Topk => &[Read, ReadWrite, Read],
             Shader::BiasAdd | Shader::HeadNorm => &[ReadWrite, Read, Read],
             Shader::RopeKv => &[ReadWrite, Read, ReadWrite, ReadWrite, Read],
