@@ -267,9 +267,20 @@ export class Engine {
   }
 }
 
+// Fields a request may carry besides the engine's options: what the request is, how it is
+// delivered, and `model` (OpenAI clients always send it; an engine serves one model).
+const REQUEST_FIELDS = new Set(["messages", "prompt", "stream", "signal", "model", "stop", "logprobs", "top_logprobs"]);
+
 function toOptions(req: SamplingRequest, chat: boolean): GenerateOptions {
   const o: GenerateOptions = {};
   const keys = ["max_tokens", "temperature", "top_p", "top_k", "min_p", "typical_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "seed", "ignore_eos", "speculative", "draft_k"] as const;
+  // An option this version does not implement is refused by name: ignoring it would return
+  // output the caller did not ask for (free text where `response_format` wanted JSON).
+  for (const k of Object.keys(req)) {
+    if (!REQUEST_FIELDS.has(k) && !(keys as readonly string[]).includes(k) && (req as Record<string, unknown>)[k] !== undefined) {
+      throw new FerroError("invalid_request", `invalid request: field "${k}" is not supported by this version of ferrolm; remove it (supported: ${[...keys, ...REQUEST_FIELDS].join(", ")})`);
+    }
+  }
   for (const k of keys) if (req[k] !== undefined) (o as Record<string, unknown>)[k] = req[k];
   if (req.stop !== undefined) o.stop = typeof req.stop === "string" ? [req.stop] : req.stop;
   if (req.logprobs) o.logprobs = chat ? (req.top_logprobs ?? 0) : typeof req.logprobs === "number" ? req.logprobs : 0;

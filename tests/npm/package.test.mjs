@@ -144,10 +144,19 @@ test("plain ES modules: auto picks the CPU backend under SwiftShader; streamed c
         out[name] = { code: e.code, message: e.message, typed: e instanceof window.ferrolm.FerroError };
       }
     }
+    try {
+      await window.engine.chat.completions.create({ messages: [{ role: "user", content: "hi" }], response_format: { type: "json_object" } });
+      out.unsupported = "accepted";
+    } catch (e) {
+      out.unsupported = { code: e.code, message: e.message };
+    }
     const r = await window.engine.completions.create({ prompt: "The capital of France is", max_tokens: 3, ignore_eos: true });
     out.after = r.usage.completion_tokens;
     return out;
   });
+  // A field this version does not implement is refused by name, never ignored.
+  assert.equal(errors.unsupported.code, "invalid_request", JSON.stringify(errors.unsupported));
+  assert.ok(/response_format/.test(errors.unsupported.message), errors.unsupported.message);
   assert.equal(errors.missing.code, "network", JSON.stringify(errors.missing));
   assert.ok(errors.missing.typed && /404/.test(errors.missing.message), errors.missing.message);
   assert.equal(errors.corrupt.code, "invalid_model", JSON.stringify(errors.corrupt));
