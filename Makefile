@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export XDG_RUNTIME_DIR ?= /tmp/ferrolm-xdg-$(shell id -u)
 $(shell mkdir -p -m 700 $(XDG_RUNTIME_DIR))
 
-.PHONY: help models tools rust-tools system-packages build test lint test-native test-browser test-npm run demo wasm package bench clean
+.PHONY: help models tools rust-tools system-packages build test lint test-native test-browser test-npm run demo wasm package bench fuzz soak clean
 
 help:
 	@echo "make demo   build the wasm package and serve the demo page"
@@ -138,6 +138,30 @@ test-npm: package build
 	cd tests/npm/app && rm -rf node_modules/ferrolm package-lock.json && npm install --silent --no-audit --no-fund
 	cd tests/npm/app && npx vite build --logLevel warn
 	node --test --test-concurrency=1 tests/npm/
+
+# The engine soak (tests/soak.rs) at 20x the length `make test` runs it.
+soak:
+	FERROLM_SOAK_REQUESTS=20000 cargo test --release --test soak -- --nocapture
+
+## ---- fuzzing ------------------------------------------------------------------------------
+
+CARGO_FUZZ_VERSION ?= 0.13.2
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := gguf tokenizer chat_template request
+# Coverage-guided fuzzing (libFuzzer, through cargo-fuzz on stable rustc with RUSTC_BOOTSTRAP) of
+# each target in src/api/fuzz.rs for FUZZ_SECONDS, from the seeds in fuzz/corpus/<target>/; new
+# inputs stay there (git-ignored), crashes go to fuzz/artifacts/<target>/. `make test` runs a
+# short smoke of the same targets (tests/fuzz_smoke.rs).
+fuzz: rust-tools
+	@command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz --version $(CARGO_FUZZ_VERSION)
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none --fuzz-dir fuzz $$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 2>&1 \
+	    | grep -E "^(stat::number_of_executed_units|stat::new_units_added|#[0-9]+ *DONE)|ERROR|panicked" || true; \
+	  test ! -d fuzz/artifacts/$$t || test -z "$$(ls fuzz/artifacts/$$t)" || { echo "crashes in fuzz/artifacts/$$t"; exit 1; }; \
+	done
 
 clean:
 	cargo clean

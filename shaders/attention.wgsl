@@ -1,13 +1,16 @@
 // Decode attention, split over the sequence (flash-decoding): one workgroup per (chunk of
 // CHUNK cached positions, head, token), so a long context spreads over many workgroups instead
 // of one per head. Each writes its chunk's softmax state (running max m, sum l, unnormalized
-// P.V) to `part`; attn_combine.wgsl merges the chunks. Within a chunk, positions go 64 at a
-// time (one per thread for the scores) with an online softmax.
+// P.V) to `part`; attn_combine.wgsl merges the chunks. When the step's span fits one chunk
+// (the grid has one chunk), the workgroup writes the normalized output itself and the merge
+// pass does not run. Within a chunk, positions go 64 at a time (one per thread for the scores)
+// with an online softmax.
 
 @group(0) @binding(0) var<uniform> P: AttnParams; // attn_params.wgsl
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
 @group(0) @binding(2) var<storage, read> k_cache: array<f32>;
 @group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
 // [(t * n_heads + h) * scratch_stride + chunk] records of head_dim + 2 floats: m, l, P.V.
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
 @group(0) @binding(6) var<storage, read> batch: array<u32>;
@@ -20,7 +23,7 @@ var<workgroup> slots: array<u32, 64>;
 var<workgroup> scratch: array<f32, 64>;
 
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let chunk = wid.x;
     let h = wid.y;
     let t = wid.z;
@@ -89,6 +92,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
     }
     if (!live || chunk >= P.scratch_stride) { return; }
+    if (groups.x == 1u) {
+        // The whole span in this chunk: l > 0 (the token's own position always counts).
+        for (var j = 0u; j < 4u; j++) {
+            let d = lid + 64u * j;
+            if (d < hd) { out[t * P.n_heads * hd + h * hd + d] = acc[j] / l; }
+        }
+        return;
+    }
     let o = ((t * P.n_heads + h) * P.scratch_stride + chunk) * (hd + 2u);
     if (lid == 0u) {
         part[o] = m;

@@ -22,7 +22,7 @@ struct Params {
     // overrides, specialized out of the inner loop.
     glu: u32,
     eps: f32,        // NORM's epsilon
-    norm: u32,       // matvec.wgsl's NORM (here an override)
+    norm: u32,       // unused: NORM is an override
     _pad0: u32,
     _pad1: u32,
 }

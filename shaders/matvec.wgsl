@@ -4,8 +4,7 @@
 // owns 8 weight rows and TN tokens: each 32-value slice of x is loaded once for 8 rows, and
 // each weight block once for TN tokens. Same contract as matmul.wgsl:
 // y[t][out_col + r] (+)= sum_k x[t][k] * W[r][k]; gated (P.glu) gives act(gate) * up (the thread's
-// rows are then 4 gate rows and the matching up rows). P.norm: RMSNorm applied on the way in, as
-// in matmul.wgsl (a uniform here, so one pipeline serves both forms).
+// rows are then 4 gate rows and the matching up rows).
 
 struct Params {
     k: u32,
@@ -17,6 +16,7 @@ struct Params {
     use_logit_rows: u32,
     // Gated output: 0 none, 1 SiLU(gate) * up, 2 GELU(gate) * up (Gemma's GeGLU).
     glu: u32,
+    // matmul.wgsl's folded norm (never set for this kernel).
     eps: f32,
     norm: u32,
     _pad0: u32,
@@ -27,7 +27,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<storage, read> nw: array<vec4<f32>>;
+// Binding 4 (matmul.wgsl's folded-norm weights) is unused here: on CPU-emulated adapters the
+// extra gathers cost more than the RMSNorm launch they would save (measured on lavapipe).
 @group(0) @binding(5) var<storage, read> batch: array<u32>;
 
 // Tokens per thread: 1 (decode) or 4 (prefill, batched decode).
@@ -46,32 +47,6 @@ fn gate_act(v: f32) -> f32 {
 // (CPU JITs take up to a second per pipeline).
 fn gated() -> bool { return P.glu != 0u; }
 
-fn normed() -> bool { return P.norm != 0u; }
-
-fn x_row(t: u32) -> u32 {
-    if (normed() && P.use_logit_rows == 1u) { return logit_row(t); }
-    return t;
-}
-
-// Squares' sum of the slice `load_xn` loaded last (norm only).
-var<private> x_sq: f32;
-
-// x[xb .. xb + 8] as load_x32 gives it; normed, times the norm weights, their squares in x_sq.
-fn load_xn(xb: u32) -> X32 {
-    if (!normed()) { return load_x32(xb); }
-    let c = xb % (P.k / 4u);
-    let a = x[xb]; let b = x[xb + 1u]; let cc = x[xb + 2u]; let d = x[xb + 3u];
-    let e = x[xb + 4u]; let f = x[xb + 5u]; let g = x[xb + 6u]; let h = x[xb + 7u];
-    x_sq = (dot(a, a) + dot(b, b)) + (dot(cc, cc) + dot(d, d)) + (dot(e, e) + dot(f, f)) + (dot(g, g) + dot(h, h));
-    return x32_of(a * nw[c], b * nw[c + 1u], cc * nw[c + 2u], d * nw[c + 3u], e * nw[c + 4u], f * nw[c + 5u], g * nw[c + 6u], h * nw[c + 7u]);
-}
-
-// 1 / rms of each token's row from its squares' sums (1 when not normed).
-fn norm_scale(ss: vec4<f32>) -> vec4<f32> {
-    if (!normed()) { return vec4<f32>(1.0); }
-    return vec4<f32>(1.0) / sqrt(ss / f32(P.k) + P.eps);
-}
-
 // Output rows per thread.
 fn outs() -> u32 { return select(RW, RW / 2u, gated()); }
 
@@ -87,15 +62,14 @@ fn dot_tokens(k: WB, x0: X32, x1: X32, x2: X32, x3: X32) -> vec4<f32> {
     return vec4<f32>(dotw(k, x0), dotw(k, x1), dotw(k, x2), dotw(k, x3));
 }
 
-// Writes output row r0 + i for the thread's tokens from t0 (up: the gated form's up sums; sc:
-// each token's norm scale).
-fn store(r0: u32, i: u32, t0: u32, n: u32, acc: vec4<f32>, up: vec4<f32>, sc: vec4<f32>) {
+// Writes output row r0 + i for the thread's tokens from t0 (up: the gated form's up sums).
+fn store(r0: u32, i: u32, t0: u32, n: u32, acc: vec4<f32>, up: vec4<f32>) {
     let row = r0 + i;
     if (row >= P.m) { return; }
     for (var t = 0u; t < TN; t++) {
         if (t0 + t >= n) { return; }
-        var v = acc[t] * sc[t];
-        if (gated()) { v = gate_act(v) * (up[t] * sc[t]); }
+        var v = acc[t];
+        if (gated()) { v = gate_act(v) * up[t]; }
         let o = (t0 + t) * P.out_stride + P.out_col + row;
         if (P.accumulate == 1u) { v += y[o]; }
         y[o] = v;
@@ -104,17 +78,15 @@ fn store(r0: u32, i: u32, t0: u32, n: u32, acc: vec4<f32>, up: vec4<f32>, sc: ve
 
 // TN = 1: scalar sums, which keep CPU JITs' registers for the 8 rows.
 fn decode(r0: u32, t: u32, n: u32, groups: u32) {
-    let xr = x_row(t) * (P.k / 4u);
+    let xr = t * (P.k / 4u);
     let b0 = row_block(r0, 0u, groups); let b1 = row_block(r0, 1u, groups);
     let b2 = row_block(r0, 2u, groups); let b3 = row_block(r0, 3u, groups);
     let b4 = row_block(r0, 4u, groups); let b5 = row_block(r0, 5u, groups);
     let b6 = row_block(r0, 6u, groups); let b7 = row_block(r0, 7u, groups);
     var a0 = 0.0; var a1 = 0.0; var a2 = 0.0; var a3 = 0.0;
     var a4 = 0.0; var a5 = 0.0; var a6 = 0.0; var a7 = 0.0;
-    var ss = 0.0;
     for (var g = 0u; g < groups; g++) {
-        let v = load_xn(xr + g * 8u);
-        ss += x_sq;
+        let v = load_x32(xr + g * 8u);
         let so = P.scale_off;
         a0 += dotw(load_wb(b0 + g, so), v); a1 += dotw(load_wb(b1 + g, so), v);
         a2 += dotw(load_wb(b2 + g, so), v); a3 += dotw(load_wb(b3 + g, so), v);
@@ -122,15 +94,14 @@ fn decode(r0: u32, t: u32, n: u32, groups: u32) {
         a6 += dotw(load_wb(b6 + g, so), v); a7 += dotw(load_wb(b7 + g, so), v);
     }
     let z = vec4<f32>(0.0);
-    let sc = norm_scale(vec4<f32>(ss));
     if (gated()) {
-        store(r0, 0u, t, n, vec4<f32>(a0), vec4<f32>(a4), sc); store(r0, 1u, t, n, vec4<f32>(a1), vec4<f32>(a5), sc);
-        store(r0, 2u, t, n, vec4<f32>(a2), vec4<f32>(a6), sc); store(r0, 3u, t, n, vec4<f32>(a3), vec4<f32>(a7), sc);
+        store(r0, 0u, t, n, vec4<f32>(a0), vec4<f32>(a4)); store(r0, 1u, t, n, vec4<f32>(a1), vec4<f32>(a5));
+        store(r0, 2u, t, n, vec4<f32>(a2), vec4<f32>(a6)); store(r0, 3u, t, n, vec4<f32>(a3), vec4<f32>(a7));
     } else {
-        store(r0, 0u, t, n, vec4<f32>(a0), z, sc); store(r0, 1u, t, n, vec4<f32>(a1), z, sc);
-        store(r0, 2u, t, n, vec4<f32>(a2), z, sc); store(r0, 3u, t, n, vec4<f32>(a3), z, sc);
-        store(r0, 4u, t, n, vec4<f32>(a4), z, sc); store(r0, 5u, t, n, vec4<f32>(a5), z, sc);
-        store(r0, 6u, t, n, vec4<f32>(a6), z, sc); store(r0, 7u, t, n, vec4<f32>(a7), z, sc);
+        store(r0, 0u, t, n, vec4<f32>(a0), z); store(r0, 1u, t, n, vec4<f32>(a1), z);
+        store(r0, 2u, t, n, vec4<f32>(a2), z); store(r0, 3u, t, n, vec4<f32>(a3), z);
+        store(r0, 4u, t, n, vec4<f32>(a4), z); store(r0, 5u, t, n, vec4<f32>(a5), z);
+        store(r0, 6u, t, n, vec4<f32>(a6), z); store(r0, 7u, t, n, vec4<f32>(a7), z);
     }
 }
 
@@ -143,10 +114,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let groups = P.k / 32u;
     let kv4 = P.k / 4u;
     // Token rows past the batch clamp to its last token; their results are not written.
-    let xr0 = x_row(t0) * kv4;
-    let xr1 = x_row(min(t0 + 1u, n - 1u)) * kv4;
-    let xr2 = x_row(min(t0 + 2u, n - 1u)) * kv4;
-    let xr3 = x_row(min(t0 + 3u, n - 1u)) * kv4;
+    let xr0 = t0 * kv4;
+    let xr1 = min(t0 + 1u, n - 1u) * kv4;
+    let xr2 = min(t0 + 2u, n - 1u) * kv4;
+    let xr3 = min(t0 + 3u, n - 1u) * kv4;
     if (TN == 1u) {
         decode(r0, t0, n, groups);
         return;
@@ -157,12 +128,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let b6 = row_block(r0, 6u, groups); let b7 = row_block(r0, 7u, groups);
     var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);
     var a4 = vec4<f32>(0.0); var a5 = vec4<f32>(0.0); var a6 = vec4<f32>(0.0); var a7 = vec4<f32>(0.0);
-    var ss = vec4<f32>(0.0);
     for (var g = 0u; g < groups; g++) {
-        let x0 = load_xn(xr0 + g * 8u); ss.x += x_sq;
-        let x1 = load_xn(xr1 + g * 8u); ss.y += x_sq;
-        let x2 = load_xn(xr2 + g * 8u); ss.z += x_sq;
-        let x3 = load_xn(xr3 + g * 8u); ss.w += x_sq;
+        let x0 = load_x32(xr0 + g * 8u); let x1 = load_x32(xr1 + g * 8u);
+        let x2 = load_x32(xr2 + g * 8u); let x3 = load_x32(xr3 + g * 8u);
         let so = P.scale_off;
         a0 += dot_tokens(load_wb(b0 + g, so), x0, x1, x2, x3);
         a1 += dot_tokens(load_wb(b1 + g, so), x0, x1, x2, x3);
@@ -173,13 +141,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         a6 += dot_tokens(load_wb(b6 + g, so), x0, x1, x2, x3);
         a7 += dot_tokens(load_wb(b7 + g, so), x0, x1, x2, x3);
     }
-    let sc = norm_scale(ss);
     if (gated()) {
-        store(r0, 0u, t0, n, a0, a4, sc); store(r0, 1u, t0, n, a1, a5, sc);
-        store(r0, 2u, t0, n, a2, a6, sc); store(r0, 3u, t0, n, a3, a7, sc);
+        store(r0, 0u, t0, n, a0, a4); store(r0, 1u, t0, n, a1, a5);
+        store(r0, 2u, t0, n, a2, a6); store(r0, 3u, t0, n, a3, a7);
     } else {
-        store(r0, 0u, t0, n, a0, a0, sc); store(r0, 1u, t0, n, a1, a1, sc);
-        store(r0, 2u, t0, n, a2, a2, sc); store(r0, 3u, t0, n, a3, a3, sc);
-        store(r0, 4u, t0, n, a4, a4, sc); store(r0, 5u, t0, n, a5, a5, sc); store(r0, 6u, t0, n, a6, a6, sc); store(r0, 7u, t0, n, a7, a7, sc);
+        store(r0, 0u, t0, n, a0, a0); store(r0, 1u, t0, n, a1, a1);
+        store(r0, 2u, t0, n, a2, a2); store(r0, 3u, t0, n, a3, a3);
+        store(r0, 4u, t0, n, a4, a4); store(r0, 5u, t0, n, a5, a5); store(r0, 6u, t0, n, a6, a6); store(r0, 7u, t0, n, a7, a7);
     }
 }

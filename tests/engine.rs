@@ -220,3 +220,28 @@ async fn context_full<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) 
     assert_eq!(out.generation.finish_reason, FinishReason::Length);
     assert_eq!(out.generation.tokens.len(), 5);
 }
+
+/// Two requests submitted together that share a 180-token prefix: the second waits while the
+/// first prefills it, then takes its 11 full blocks from the prefix cache instead of computing
+/// them again; both produce what they produce alone (CPU backend, 64-token steps).
+#[test]
+fn a_prefix_being_prefilled_is_computed_once() {
+    let (mut engine, tok) = common::cpu_engine(ModelOptions::new(1024, 64));
+    let ids = tok.encode_prompt(&long_text(), false).unwrap();
+    let with = |suffix: &str| -> Vec<u32> { ids[..180].iter().copied().chain(tok.encode(suffix, false).unwrap()).collect() };
+    let prompts = [with(" The first question is why"), with(" In short, the press")];
+    let request = |p: &Vec<u32>| Request { prompt: p.clone(), opts: greedy(6) };
+    let mut alone = Vec::new();
+    for p in &prompts {
+        alone.push(pollster::block_on(run_alone(&mut engine, &tok, request(p))).generation.tokens);
+    }
+    engine.clear_prefix_cache();
+    let together = pollster::block_on(run_together(&mut engine, &tok, prompts.iter().map(request).collect()));
+    for (t, a) in together.iter().zip(&alone) {
+        assert_eq!(&t.generation.tokens, a, "shared-prefix request differs from its solo run");
+    }
+    let cached: Vec<usize> = together.iter().map(|t| t.stats.cached_tokens).collect();
+    println!("cached tokens of the two requests: {cached:?}");
+    assert_eq!(cached, vec![0, 176]);
+    assert_eq!(engine.pool().stats().used, 0);
+}

@@ -296,7 +296,8 @@ fn topk_matches_cpu_selection_exactly() {
 
 /// Attention over a paged KV cache against a direct f64 computation (tests/kernel_cases):
 /// GQA groups of 1-4 heads, head sizes 32-256, full and sliding windows, three sequences with
-/// scattered blocks. A decode batch (the GPU's split-and-merge path over three 256-position chunks) and a
+/// scattered blocks. Decode batches (the GPU's split-and-merge path over three 256-position
+/// chunks, and a span of one chunk written without the merge) and a
 /// prefill batch whose 8-token tiles mix sequences (the GPU's tiled path), each with GPU shapes
 /// and with the CPU-adapter passes.
 #[test]
@@ -306,6 +307,8 @@ fn attention_matches_cpu_over_paged_cache() {
     let tables = block_tables();
     let table_refs: Vec<&[u32]> = tables.iter().map(|t| &t[..]).collect();
     let (decode, prefill) = (decode_batch(), prefill_batch());
+    // Spans within one chunk: the split attention writes its output with no merge pass.
+    let short: Vec<(u32, u32)> = vec![(0, 200), (1, 5), (2, 255)];
     assert!(decode.len() as u32 <= ATTN_SPLIT_MAX_TOKENS && prefill.len() as u32 > ATTN_SPLIT_MAX_TOKENS);
     for cpu_like in [false, true] {
         let h = Harness::with_limits(GpuOptions::default(), Some(cpu_like), ATTN_LIMITS);
@@ -316,7 +319,7 @@ fn attention_matches_cpu_over_paged_cache() {
             assert_eq!(plan.passes, cpu_like);
             let scratch = h.buffer(&vec![0f32; plan.scratch_floats as usize]);
             let (kb, vb) = (h.buffer(&k), h.buffer(&v));
-            for (name, items) in [("decode", &decode), ("prefill", &prefill)] {
+            for (name, items) in [("decode", &decode), ("decode in one chunk", &short), ("prefill", &prefill)] {
                 let n = items.len();
                 let qkv = random(n * dims.qkv_stride as usize, 50 + n as u64);
                 let (qb, ob) = (h.buffer(&qkv), h.buffer(&vec![0f32; n * (dims.n_heads * dims.head_dim) as usize]));
@@ -364,13 +367,16 @@ fn matmul_gated_matches_cpu_for_silu_and_gelu() {
 }
 
 /// The RMSNorm folded into the matmuls (`matmul_normed`, and `matmul_gated` with a norm) equals
-/// `ops::rmsnorm` then `ops::matmul` on the CPU: decode and prefill, both kernel shapes, and the
-/// LM head's form that reads the batch's logit rows.
+/// `ops::rmsnorm` then `ops::matmul` on the CPU: decode and prefill, and the LM head's form that
+/// reads the batch's logit rows.
 #[test]
 fn matmul_with_folded_rmsnorm_matches_norm_then_matmul() {
     let eps = 1e-5;
-    for cpu_like in [true, false] {
+    // GPU shapes only: CPU-emulated adapters keep the norm as its own launch.
+    {
+        let cpu_like = false;
         let h = Harness::with_shapes(GpuOptions::default(), Some(cpu_like));
+        assert!(h.kernels.folds_norm());
         for (ty, k) in [(GgmlType::Q4_1, 160), (GgmlType::Q8_0, 640), (GgmlType::Q4_K, 256)] {
             let m = 70;
             let tol = if k > 160 { 3e-4 } else { 2e-5 };
@@ -388,7 +394,7 @@ fn matmul_with_folded_rmsnorm_matches_norm_then_matmul() {
                 let what = format!("{ty} k={k} n={n} cpu_like={cpu_like}");
 
                 let yb = h.buffer(&vec![f32::NAN; n * m]);
-                let got = h.run(&h.kernels.matmul_normed(&w, &xb, norm, &yb, OutCols { stride: m as u32, col: 0 }, Count::Tokens), &vec![0; n], &yb);
+                let got = h.run(&h.kernels.matmul_normed(&w, &xb, Some(norm), &yb, OutCols { stride: m as u32, col: 0 }, Count::Tokens), &vec![0; n], &yb);
                 let mut want = vec![0f32; n * m];
                 ops::matmul(&mut want, &normed, &wf, n, k, m);
                 check_close(&got, &want, tol, &format!("normed {what}"));
@@ -402,7 +408,7 @@ fn matmul_with_folded_rmsnorm_matches_norm_then_matmul() {
                 let yb = h.buffer(&vec![f32::NAN; rows.len() * m]);
                 let (tokens, positions) = (vec![0u32; n], (0..n as u32).collect::<Vec<_>>());
                 let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &rows, block_tables: &[] };
-                let got = h.run_batch(&h.kernels.matmul_normed(&w, &xb, norm, &yb, OutCols { stride: m as u32, col: 0 }, Count::LogitRows), &b, &yb);
+                let got = h.run_batch(&h.kernels.matmul_normed(&w, &xb, Some(norm), &yb, OutCols { stride: m as u32, col: 0 }, Count::LogitRows), &b, &yb);
                 let gathered: Vec<f32> = rows.iter().flat_map(|&r| normed[r as usize * k..][..k].to_vec()).collect();
                 let mut want = vec![0f32; rows.len() * m];
                 ops::matmul(&mut want, &gathered, &wf, rows.len(), k, m);

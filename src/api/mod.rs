@@ -2,6 +2,8 @@
 //! model onto the device asked for and drive it through one engine, whatever the backend.
 
 pub mod bench;
+pub mod fuzz;
+pub mod request;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 

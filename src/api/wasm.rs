@@ -5,14 +5,15 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use super::bench::{bench_runs, decode_ceiling, decode_counters, dequant_rate, dispatch_overhead_us, merge, read_bandwidth, PRINTING_PRESS_PROMPT};
+use super::request::{GenerateRequest, SubmitInput};
 use super::{Device, LoadOptions, Runtime};
 use crate::backend::webgpu::GpuOptions;
-use crate::chat::{render_chat, ChatMessage, ChatTemplate};
+use crate::chat::{render_chat, ChatTemplate};
 use crate::clock::now_ms;
 use crate::engine::{Event, ForwardModel, Request, RequestStats};
 use crate::gguf::Gguf;
 use crate::model::Config;
-use crate::sample::{GenerateOptions, SamplingParams, SpecMethod, Speculative, TokenLogprob};
+use crate::sample::TokenLogprob;
 use crate::tokenizer::Tokenizer;
 
 #[wasm_bindgen(start)]
@@ -50,85 +51,6 @@ pub struct Engine {
     runtime: Runtime,
     load: LoadOptions,
     load_ms: f64,
-}
-
-/// Request options, with the OpenAI API's names and defaults (greedy when absent).
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct GenerateRequest {
-    max_tokens: usize,
-    temperature: f32,
-    top_p: f32,
-    top_k: usize,
-    min_p: f32,
-    typical_p: f32,
-    presence_penalty: f32,
-    frequency_penalty: f32,
-    repetition_penalty: f32,
-    logit_bias: std::collections::BTreeMap<String, f32>,
-    seed: Option<u64>,
-    stop: Vec<String>,
-    ignore_eos: bool,
-    logprobs: Option<usize>,
-    /// "ngram" or "draft" (after `loadDraft`); absent: no speculation.
-    speculative: Option<SpecMethod>,
-    draft_k: usize,
-}
-
-impl Default for GenerateRequest {
-    fn default() -> Self {
-        let s = SamplingParams::greedy();
-        GenerateRequest {
-            max_tokens: 256,
-            temperature: s.temperature,
-            top_p: s.top_p,
-            top_k: s.top_k,
-            min_p: s.min_p,
-            typical_p: s.typical_p,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
-            repetition_penalty: 1.0,
-            logit_bias: Default::default(),
-            seed: None,
-            stop: Vec::new(),
-            ignore_eos: false,
-            logprobs: None,
-            speculative: None,
-            draft_k: 4,
-        }
-    }
-}
-
-impl GenerateRequest {
-    fn into_options(self) -> crate::Result<GenerateOptions> {
-        let logit_bias = self
-            .logit_bias
-            .iter()
-            .map(|(k, &v)| k.parse::<u32>().map(|id| (id, v)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| crate::Error::InvalidOption { option: "logit_bias", reason: "keys must be token ids".into() })?;
-        if self.logprobs.is_some_and(|n| n > 20) {
-            return Err(crate::Error::InvalidOption { option: "logprobs", reason: "at most 20 alternatives".into() });
-        }
-        let speculative = self.speculative.map(|method| Speculative { method, k: self.draft_k });
-        if let Some(sp) = &speculative {
-            sp.validate()?;
-        }
-        let sampling = SamplingParams {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            typical_p: self.typical_p,
-            repeat_penalty: self.repetition_penalty,
-            presence_penalty: self.presence_penalty,
-            frequency_penalty: self.frequency_penalty,
-            logit_bias,
-            seed: self.seed,
-            ..Default::default()
-        };
-        Ok(GenerateOptions { max_tokens: self.max_tokens, sampling, stop: self.stop, ignore_eos: self.ignore_eos, logprobs: self.logprobs, speculative })
-    }
 }
 
 #[derive(Serialize)]
@@ -314,14 +236,6 @@ struct LoadRequest {
     threads: Option<usize>,
     /// `Date.now()` when the download started, so loadMs covers it.
     started_ms: Option<f64>,
-}
-
-/// What `submit` takes besides options: a raw prompt or chat messages.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubmitInput {
-    prompt: Option<String>,
-    messages: Option<Vec<ChatMessage>>,
 }
 
 /// A step's event for JS.

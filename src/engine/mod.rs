@@ -212,10 +212,17 @@ impl<M: ForwardModel> Engine<M> {
         Ok(())
     }
 
-    /// Moves waiting requests into the running set while the pool can hold their prompts.
+    /// Moves waiting requests into the running set while the pool can hold their prompts. A
+    /// request whose prompt starts with full blocks a running sequence is still prefilling
+    /// waits for them (it then takes them from the prefix cache), as does the queue behind it.
     fn admit(&mut self) {
         while self.running.len() < self.model.limits().max_seqs as usize {
             let Some(seq) = self.waiting.front_mut() else { break };
+            let bs = self.pool.block_size();
+            let max_blocks = (seq.tokens.len() - 1) / bs;
+            if self.running.iter().any(|r| r.computing_prefix_of(&seq.tokens, max_blocks, bs)) {
+                break;
+            }
             if !seq.admit(&mut self.pool) {
                 break;
             }

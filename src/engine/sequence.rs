@@ -97,6 +97,14 @@ impl Sequence {
         true
     }
 
+    /// Whether this sequence is computing leading full blocks of `tokens` (at most `max_blocks`)
+    /// that it has not yet entered into the prefix cache: a request with that prefix gets them
+    /// as cache hits if it waits for them instead of computing them a second time.
+    pub fn computing_prefix_of(&self, tokens: &[u32], max_blocks: usize, block_size: usize) -> bool {
+        let common = self.tokens.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        (common / block_size).min(max_blocks) > self.registered
+    }
+
     /// Makes sure the blocks for the next `n` tokens exist; false if the pool is out of blocks
     /// (those already taken stay with the sequence).
     pub fn reserve(&mut self, pool: &mut BlockPool, n: usize) -> bool {

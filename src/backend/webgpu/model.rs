@@ -52,6 +52,8 @@ pub struct StepCounters {
     pub bytes_written: u64,
     pub blocking_waits: u64,
     pub encode_ms: f64,
+    /// Readback buffers created (they are reused: this stops growing after warm-up).
+    pub readback_buffers: u64,
 }
 
 impl StepCounters {
@@ -65,6 +67,7 @@ impl StepCounters {
             bytes_written: self.bytes_written.saturating_sub(before.bytes_written),
             blocking_waits: self.blocking_waits.saturating_sub(before.blocking_waits),
             encode_ms: self.encode_ms - before.encode_ms,
+            readback_buffers: self.readback_buffers.saturating_sub(before.readback_buffers),
         }
     }
 
@@ -170,6 +173,8 @@ impl GpuModel {
         let batch = storage("batch", batch_words(&limits) as u64 * 4)?;
         let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like, ctx.info.subgroup_rows);
         let x = storage("x", t * d * 4)?;
+        // Normalized rows, where the norms are launches of their own (CPU-emulated adapters).
+        let h = if kernels.folds_norm() { None } else { Some(storage("h", t * d * 4)?) };
         let qkv = storage("qkv", t * (qd + 2 * kvd) * 4)?;
         let attn = storage("attn", t * qd * 4)?;
         let ffn = storage("ffn", t * f * 4)?;
@@ -248,9 +253,9 @@ impl GpuModel {
             let la = c.layer_attention(l);
             let rope = &ropes.iter().find(|r| r.0 == (la.rope_base.to_bits(), la.rope_freq_scale.to_bits())).expect("a table per base").1;
 
-            let eps = c.norm_eps;
+            let (input, norm) = norm_input(&kernels, &mut ops, &x, h.as_ref(), &attn_norm, c, false);
             for (w, col) in &wqkv {
-                ops.extend(kernels.matmul_normed(w, &x, Norm { weight: &attn_norm, eps }, &qkv, OutCols { stride: dims.qkv_stride, col: *col }, Count::Tokens));
+                ops.extend(kernels.matmul_normed(w, input, norm, &qkv, OutCols { stride: dims.qkv_stride, col: *col }, Count::Tokens));
             }
             if c.qkv_bias {
                 let bias = vectors("qkv bias", &[&p(names::ATTN_Q_BIAS), &p(names::ATTN_K_BIAS), &p(names::ATTN_V_BIAS)])?;
@@ -277,7 +282,8 @@ impl GpuModel {
                 Ok(())
             };
             residual(&mut ops, &wo, &attn, names::ATTN_POST_NORM)?;
-            ops.push(kernels.matmul_gated(&w_gate_up, &x, Some(Norm { weight: &ffn_norm, eps }), &ffn, f as u32, c.activation));
+            let (input, norm) = norm_input(&kernels, &mut ops, &x, h.as_ref(), &ffn_norm, c, false);
+            ops.push(kernels.matmul_gated(&w_gate_up, input, norm, &ffn, f as u32, c.activation));
             residual(&mut ops, &w_down, &ffn, names::FFN_POST_NORM)?;
             // Compile what one sequence's prefill and decode run as each layer is recorded: in a
             // browser the GPU process compiles while the page goes on repacking weights. Variants
@@ -287,8 +293,8 @@ impl GpuModel {
         let head_start = ops.len();
         let output_norm = vector(names::OUTPUT_NORM)?;
         let head = if c.tied_embeddings { token_embd } else { matrix(names::OUTPUT, &[names::OUTPUT], true)? };
-        let norm = Norm { weight: &output_norm, eps: c.norm_eps };
-        ops.extend(kernels.matmul_normed(&head, &x, norm, &logits, OutCols { stride: v as u32, col: 0 }, Count::LogitRows));
+        let (input, norm) = norm_input(&kernels, &mut ops, &x, h.as_ref(), &output_norm, c, true);
+        ops.extend(kernels.matmul_normed(&head, input, norm, &logits, OutCols { stride: v as u32, col: 0 }, Count::LogitRows));
         let argmax_op = kernels.argmax(&logits, &argmax, v as u32);
         let topk_op = kernels.topk(&logits, &topk, v as u32);
         prepare(&ops[head_start..]);
@@ -402,7 +408,10 @@ impl GpuModel {
         let mut free = self.staging.borrow_mut();
         match free.iter().position(|b| b.size() >= bytes) {
             Some(i) => free.swap_remove(i),
-            None => staging_buffer(&self.ctx.device, "readback", bytes.max(4096)),
+            None => {
+                self.count(|c| c.readback_buffers += 1);
+                staging_buffer(&self.ctx.device, "readback", bytes.max(4096))
+            }
         }
     }
 }
@@ -491,6 +500,20 @@ impl Drop for GpuPending {
 
 fn staging_buffer(dev: &wgpu::Device, label: &str, size: u64) -> wgpu::Buffer {
     dev.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
+}
+
+/// The input of a matmul of `rmsnorm(x) * weight`: `x` with the norm folded into the matmul
+/// (GPUs), or `h` after a norm launch (CPU-emulated adapters, `h` given). `gather`: the LM head's
+/// logit rows.
+#[allow(clippy::too_many_arguments)]
+fn norm_input<'a>(kernels: &Kernels, ops: &mut Vec<Op>, x: &'a wgpu::Buffer, h: Option<&'a wgpu::Buffer>, weight: &'a wgpu::Buffer, c: &Config, gather: bool) -> (&'a wgpu::Buffer, Option<Norm<'a>>) {
+    match h {
+        None => (x, Some(Norm { weight, eps: c.norm_eps })),
+        Some(h) => {
+            ops.push(kernels.rmsnorm(x, weight, h, c.d_model as u32, c.norm_eps, gather));
+            (h, None)
+        }
+    }
 }
 
 /// `(cos, sin)` of every position and frequency, computed in f64 like the CPU reference.

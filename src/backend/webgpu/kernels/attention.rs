@@ -68,7 +68,8 @@ impl Kernels {
 
     /// Causal attention of every token's query heads over its sequence's cached K/V, through
     /// `scratch` ([`AttnPlan::scratch_floats`] floats). GPUs: decode batches split the context
-    /// into chunks and merge them (flash-decoding), larger batches run tiled. CPU-emulated
+    /// into chunks and merge them (flash-decoding; a span of one chunk is written at once, with
+    /// no merge), larger batches run tiled. CPU-emulated
     /// adapters: three barrier-free passes through a scores buffer.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
@@ -91,7 +92,8 @@ impl Kernels {
                 Variant { pipeline: self.pipeline(Shader::Attention, None, &chunk), grid: Grid::Span { heads: dims.n_heads, per: ATTN_CHUNK / 64, max: plan.context }, max_n: ATTN_SPLIT_MAX_TOKENS };
             let tiled = Variant { pipeline: self.pipeline(Shader::AttnTiled, None, &[]), grid: Grid::Rows { x: dims.n_heads, per: 8, of: Count::Tokens }, max_n: u32::MAX };
             let attend = self.op("attention", vec![split, tiled], &params, &[qkv, k_cache, v_cache, out, scratch]);
-            let combine = Variant { pipeline: self.pipeline(Shader::AttnCombine, None, &chunk), grid: Grid::Heads { heads: dims.n_heads }, max_n: ATTN_SPLIT_MAX_TOKENS };
+            let grid = Grid::Merge { heads: dims.n_heads, chunk: ATTN_CHUNK };
+            let combine = Variant { pipeline: self.pipeline(Shader::AttnCombine, None, &chunk), grid, max_n: ATTN_SPLIT_MAX_TOKENS };
             return vec![attend, self.op("attention", vec![combine], &params, &[scratch, out])];
         }
         let s = scratch;

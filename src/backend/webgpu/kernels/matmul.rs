@@ -44,7 +44,7 @@ struct MatmulParams {
     glu: u32,
     /// The folded RMSNorm's epsilon.
     eps: f32,
-    /// 1: RMSNorm folded in (matvec.wgsl; matmul.wgsl specializes it as an override).
+    /// 1: RMSNorm folded in (matmul.wgsl specializes it as an override; unused by matvec.wgsl).
     norm: u32,
     _pad0: u32,
     _pad1: u32,
@@ -64,10 +64,18 @@ impl Kernels {
         w.parts.iter().map(|p| self.matmul_part(w, p, x, None, y, OutCols { stride: out.stride, col: out.col + p.row0 }, accumulate, of, glu)).collect()
     }
 
-    /// `y[t][out.col + r] = rmsnorm(x[t]) . W[r]`: the norm folded into the matmul. With
-    /// `Count::LogitRows` row `t` of `x` is the batch's logit row `t` (the LM head).
-    pub fn matmul_normed(&self, w: &GpuTensor, x: &wgpu::Buffer, norm: Norm, y: &wgpu::Buffer, out: OutCols, of: Count) -> Vec<Op> {
-        w.parts.iter().map(|p| self.matmul_part(w, p, x, Some(norm), y, OutCols { stride: out.stride, col: out.col + p.row0 }, false, of, None)).collect()
+    /// Whether the matmuls take an RMSNorm of their input ([`Kernels::matmul_normed`]): on
+    /// GPUs, where it saves a launch; CPU-emulated adapters pay more for the extra weight
+    /// gathers than for the launch (measured on lavapipe: decode 5.2 -> 3.9 tok/s folded).
+    pub fn folds_norm(&self) -> bool {
+        !self.cpu_like
+    }
+
+    /// `y[t][out.col + r] = rmsnorm(x[t]) . W[r]`: the norm folded into the matmul (GPU shapes
+    /// only, see [`Kernels::folds_norm`]; `None`: plain `x`). With `Count::LogitRows` row `t` of
+    /// `x` is the batch's logit row `t` (the LM head).
+    pub fn matmul_normed(&self, w: &GpuTensor, x: &wgpu::Buffer, norm: Option<Norm>, y: &wgpu::Buffer, out: OutCols, of: Count) -> Vec<Op> {
+        w.parts.iter().map(|p| self.matmul_part(w, p, x, norm, y, OutCols { stride: out.stride, col: out.col + p.row0 }, false, of, None)).collect()
     }
 
     /// The gated FFN's first matmul: `w` (one part) holds gate rows then up rows and
@@ -79,6 +87,7 @@ impl Kernels {
 
     #[allow(clippy::too_many_arguments)]
     fn matmul_part(&self, w: &GpuTensor, part: &TensorPart, x: &wgpu::Buffer, norm: Option<Norm>, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, glu: Option<Activation>) -> Op {
+        assert!(norm.is_none() || self.folds_norm(), "matvec.wgsl takes no folded norm");
         let gated = glu.is_some();
         let m = if gated { part.rows / 2 } else { part.rows };
         // A decode GEMV and a prefill GEMM per adapter kind: (tokens per workgroup, largest batch

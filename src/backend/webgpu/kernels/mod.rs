@@ -48,6 +48,9 @@ enum Grid {
     PerItem { of: Count },
     /// `(heads, n, 1)`.
     Heads { heads: u32 },
+    /// `(heads, n, 1)` when the step's KV span is longer than `chunk`, else no launch (the
+    /// split attention's merge: one chunk needs none).
+    Merge { heads: u32, chunk: u32 },
     /// `(x, 1, 1)` whatever the batch.
     Fixed { x: u32 },
     /// `(ceil(span / (per * 64)), heads, n)`: `per` cached positions per thread up to the
@@ -131,7 +134,7 @@ impl Op {
     fn variant(&self, n_tokens: u32, n_logit_rows: u32) -> Option<&Variant> {
         let n_of = |g: Grid| match g {
             Grid::Rows { of, .. } | Grid::Flat { of, .. } | Grid::PerItem { of } => count(of, n_tokens, n_logit_rows),
-            Grid::Heads { .. } | Grid::Span { .. } => n_tokens,
+            Grid::Heads { .. } | Grid::Merge { .. } | Grid::Span { .. } => n_tokens,
             Grid::Fixed { .. } => 1,
         };
         self.variants.iter().find(|v| n_of(v.grid) <= v.max_n)
@@ -149,6 +152,7 @@ impl Op {
             Grid::Flat { threads, wg, of } => ((count(of) * threads).div_ceil(wg), 1, 1),
             Grid::PerItem { of } => (count(of), 1, 1),
             Grid::Heads { heads } => (heads, n_tokens, 1),
+            Grid::Merge { heads, chunk } => (if span > chunk { heads } else { 0 }, n_tokens, 1),
             Grid::Fixed { x } => (x, 1, 1),
             Grid::Span { heads, per, max } => (span.min(max).div_ceil(per * 64), heads, n_tokens),
         };
