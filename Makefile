@@ -159,7 +159,7 @@ fuzz: rust-tools
 	  echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
 	  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none --fuzz-dir fuzz $$t fuzz/corpus/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 2>&1 \
-	    | grep -E "^(stat::number_of_executed_units|stat::new_units_added|#[0-9]+ *DONE)|ERROR|panicked" || true; \
+	    | grep -E "^(stat::number_of_executed_units|stat::new_units_added|#[0-9]+[[:space:]]+DONE)|ERROR|panicked" || true; \
 	  test ! -d fuzz/artifacts/$$t || test -z "$$(ls fuzz/artifacts/$$t)" || { echo "crashes in fuzz/artifacts/$$t"; exit 1; }; \
 	done
 
