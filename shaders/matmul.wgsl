@@ -22,9 +22,9 @@ struct Params {
     // overrides, specialized out of the inner loop.
     glu: u32,
     eps: f32,        // NORM's epsilon
-    norm: u32,       // unused: NORM is an override
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;

@@ -16,11 +16,11 @@ struct Params {
     use_logit_rows: u32,
     // Gated output: 0 none, 1 SiLU(gate) * up, 2 GELU(gate) * up (Gemma's GeGLU).
     glu: u32,
-    // matmul.wgsl's folded norm (never set for this kernel).
+    // matmul.wgsl's folded norm's epsilon (unused here).
     eps: f32,
-    norm: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;

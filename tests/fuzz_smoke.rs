@@ -118,7 +118,8 @@ fn model_seeds_load_their_config_tokenizer_and_template() {
 /// "llama" with scores and token types) and a chat template.
 fn tiny_model(model: &str) -> Vec<u8> {
     let shape = LlamaShape { n_layers: 1, d_model: 32, n_heads: 1, n_kv_heads: 1, ffn_dim: 32, vocab: 64 };
-    let base = ferrolm::gguf::Gguf::read(&synthetic_llama(shape)[..]).unwrap();
+    let base_bytes = synthetic_llama(shape);
+    let base = ferrolm::gguf::Gguf::read(&base_bytes[..]).unwrap();
     let mut w = GgufWriter::new();
     for (k, v) in base.metadata.iter() {
         if !k.starts_with("tokenizer.") {
@@ -157,7 +158,7 @@ fn tiny_model(model: &str) -> Vec<u8> {
         w.meta("tokenizer.ggml.scores", Value::Array((0..tokens.len()).map(|i| Value::F32(-(i as f32))).collect()));
     }
     for info in &base.tensors {
-        let data = base.tensor_data(&synthetic_llama(shape)[..], info).unwrap();
+        let data = base.tensor_data(&base_bytes[..], info).unwrap();
         w.tensor(&info.name, &info.dims, info.ty, data);
     }
     w.to_bytes()

@@ -42,12 +42,11 @@ struct MatmulParams {
     /// Gate form, read by matvec.wgsl only (matmul.wgsl specializes it as overrides):
     /// 0 none, 1 SiLU, 2 GELU-tanh.
     glu: u32,
-    /// The folded RMSNorm's epsilon.
+    /// The folded RMSNorm's epsilon (whether there is one is matmul.wgsl's NORM override).
     eps: f32,
-    /// 1: RMSNorm folded in (matmul.wgsl specializes it as an override; unused by matvec.wgsl).
-    norm: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 const _: () = assert!(std::mem::size_of::<MatmulParams>() == 48);
 
@@ -137,9 +136,9 @@ impl Kernels {
             use_logit_rows: matches!(of, Count::LogitRows) as u32,
             glu,
             eps: norm.map_or(0.0, |n| n.eps),
-            norm: norm.is_some() as u32,
             _pad0: 0,
             _pad1: 0,
+            _pad2: 0,
         };
         // Unnormed, the norm weights' binding is unread: x stands in (two read-only bindings
         // of one buffer are allowed).
