@@ -74,6 +74,9 @@ pub enum Error {
     #[error("the KV cache is full: {needed} blocks of {block_size} tokens are needed but {available} can be had while other requests hold the rest; wait for them to finish or load the model with a larger KV budget")]
     KvCacheFull { needed: usize, available: usize, block_size: usize },
 
+    #[error("the output constraint failed: {0}")]
+    Constraint(String),
+
     #[error("invalid option {option}: {reason}")]
     InvalidOption { option: &'static str, reason: String },
 }

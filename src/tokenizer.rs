@@ -18,6 +18,8 @@ use tokenizers::pre_tokenizers::split::Split;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::gguf::Metadata;
 
@@ -34,12 +36,26 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
+/// How vocabulary strings spell bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Spelling {
+    /// GPT-2's byte-to-character table.
+    ByteLevel,
+    /// `▁` for a space, `<0xNN>` for a fallback byte; `space_prefix`: a space is put before the text.
+    SentencePiece { space_prefix: bool },
+}
+
+/// Cheap to clone: the big parts are shared.
+#[derive(Clone)]
 pub struct Tokenizer {
     /// Parses special tokens in the input.
-    special: tokenizers::Tokenizer,
+    special: Arc<tokenizers::Tokenizer>,
     /// Treats special tokens' text as plain text.
-    plain: tokenizers::Tokenizer,
-    tokens: Vec<String>,
+    plain: Arc<tokenizers::Tokenizer>,
+    tokens: Arc<[String]>,
+    /// Control tokens (markers like `<|im_end|>`, not text).
+    control: Arc<[bool]>,
+    spelling: Spelling,
     bos: Option<u32>,
     eos: Option<u32>,
     add_bos: bool,
@@ -61,6 +77,8 @@ impl Tokenizer {
             return Err(Error::Tokenizer(format!("{} token types for {} tokens", types.len(), tokens.len())));
         }
         let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let space_prefix = meta.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+        let spelling = if model == "gpt2" { Spelling::ByteLevel } else { Spelling::SentencePiece { space_prefix } };
         let mut inner = match model {
             "gpt2" => {
                 let merges = meta
@@ -76,7 +94,7 @@ impl Tokenizer {
             }
             "llama" => {
                 let scores = meta.get_f32_array("tokenizer.ggml.scores")?;
-                spm_tokenizer(&tokens, &scores, &types, vocab, meta.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true))?
+                spm_tokenizer(&tokens, &scores, &types, vocab, space_prefix)?
             }
             other => return Err(Error::Tokenizer(format!("unsupported tokenizer model '{other}'; ferrolm reads 'gpt2' (byte-level BPE) and 'llama' (SentencePiece)"))),
         };
@@ -94,7 +112,8 @@ impl Tokenizer {
             }
         }
         let add_bos = meta.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(model == "llama");
-        Tokenizer::finish(inner, tokens, bos, eos, add_bos, stop)
+        let control = types.iter().map(|&t| t == TYPE_CONTROL).collect();
+        Tokenizer::finish(inner, tokens, control, spelling, bos, eos, add_bos, stop)
     }
 
     /// Loads a Hugging Face `tokenizer.json`; BOS/EOS are looked up among its special tokens.
@@ -106,14 +125,19 @@ impl Tokenizer {
         let bos = find(&["<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>"]);
         let eos = find(&["<|eot_id|>", "<|im_end|>", "<end_of_turn>", "</s>", "<eos>", "<|endoftext|>"]);
         let stop = eos.into_iter().collect();
-        Tokenizer::finish(inner, tokens, bos, eos, false, stop)
+        let specials = inner.get_added_tokens_decoder();
+        let control = (0..n as u32).map(|i| specials.get(&i).is_some_and(|t| t.special)).collect();
+        // Without the normalizer's details, assume a prepended space: forcing tokens then stays off.
+        let spelling = if matches!(inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_))) { Spelling::ByteLevel } else { Spelling::SentencePiece { space_prefix: true } };
+        Tokenizer::finish(inner, tokens, control, spelling, bos, eos, false, stop)
     }
 
-    fn finish(special: tokenizers::Tokenizer, tokens: Vec<String>, bos: Option<u32>, eos: Option<u32>, add_bos: bool, stop: Vec<u32>) -> Result<Tokenizer> {
+    #[allow(clippy::too_many_arguments)]
+    fn finish(special: tokenizers::Tokenizer, tokens: Vec<String>, control: Vec<bool>, spelling: Spelling, bos: Option<u32>, eos: Option<u32>, add_bos: bool, stop: Vec<u32>) -> Result<Tokenizer> {
         let mut plain = special.clone();
         plain.set_encode_special_tokens(true);
         let longest = tokens.iter().map(String::len).max().unwrap_or(1).max(1);
-        Ok(Tokenizer { special, plain, tokens, bos, eos, add_bos, stop, longest })
+        Ok(Tokenizer { special: Arc::new(special), plain: Arc::new(plain), tokens: tokens.into(), control: control.into(), spelling, bos, eos, add_bos, stop, longest })
     }
 
     /// Token ids of `text`; never adds BOS. With `parse_special`, control tokens written in the
@@ -185,6 +209,56 @@ impl Tokenizer {
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.tokens.get(id as usize).map(String::as_str)
     }
+
+    /// The bytes each token stands for; a control token is 0xFF followed by its text (the
+    /// convention of llguidance's token trie, where 0xFF never starts real text).
+    pub fn token_bytes(&self) -> Vec<Vec<u8>> {
+        let shifted = byte_level_shifted();
+        self.tokens
+            .iter()
+            .zip(self.control.iter())
+            .map(|(t, &control)| {
+                if control {
+                    return [&[0xFF], t.as_bytes()].concat();
+                }
+                match self.spelling {
+                    Spelling::ByteLevel => byte_level_bytes(t, &shifted).unwrap_or_else(|| t.as_bytes().to_vec()),
+                    Spelling::SentencePiece { .. } => match t.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                        Some(b) if t.len() == 6 => vec![b],
+                        _ => t.replace('▁', " ").into_bytes(),
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Whether encoding a piece of text gives the tokens it has inside a longer text: false when
+    /// the tokenizer puts a space before every text it encodes.
+    pub fn encodes_pieces(&self) -> bool {
+        !matches!(self.spelling, Spelling::SentencePiece { space_prefix: true })
+    }
+}
+
+/// Byte-level BPE writes the bytes that are not printable as the characters from U+0100 on, in
+/// byte order; the rest are themselves.
+fn byte_level_printable(b: u8) -> bool {
+    matches!(b, 33..=126 | 161..=172 | 174..=255)
+}
+
+/// The bytes written as U+0100, U+0101, ... in order.
+fn byte_level_shifted() -> Vec<u8> {
+    (0..=255u8).filter(|&b| !byte_level_printable(b)).collect()
+}
+
+/// A byte-level vocabulary string's bytes; None if it is not one.
+fn byte_level_bytes(s: &str, shifted: &[u8]) -> Option<Vec<u8>> {
+    s.chars()
+        .map(|c| match c as u32 {
+            c @ 0..=255 if byte_level_printable(c as u8) => Some(c as u8),
+            c @ 256.. => shifted.get(c as usize - 256).copied(),
+            _ => None,
+        })
+        .collect()
 }
 
 /// llama.cpp's pre-tokenizer for `tokenizer.ggml.pre`: regex splits, then bytes to symbols.

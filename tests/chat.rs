@@ -23,9 +23,9 @@ fn msg(role: &str, content: &str) -> ChatMessage {
 #[test]
 fn smollm2_chatml_template() {
     let t = template(common::SMOLLM2).expect("SmolLM2 ships a chat template");
-    let text = t.render(&[msg("system", "Be brief."), msg("user", "hi")], true, MAX).unwrap();
+    let text = t.render(&[msg("system", "Be brief."), msg("user", "hi")], None, true, MAX).unwrap();
     assert_eq!(text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
-    let text = t.render(&[msg("user", "hi")], false, MAX).unwrap();
+    let text = t.render(&[msg("user", "hi")], None, false, MAX).unwrap();
     assert!(text.ends_with("<|im_start|>user\nhi<|im_end|>\n"), "{text:?}");
 }
 
@@ -34,7 +34,7 @@ fn smollm2_chatml_template() {
 fn gemma3_base_model_has_no_template() {
     let t = template(common::GEMMA3);
     assert!(t.is_none());
-    let err = render_chat(t.as_ref(), &[msg("user", "hi")], true, MAX).unwrap_err().to_string();
+    let err = render_chat(t.as_ref(), &[msg("user", "hi")], None, true, MAX).unwrap_err().to_string();
     assert!(err.contains("no chat template"), "{err}");
 }
 
@@ -43,16 +43,16 @@ fn gemma3_base_model_has_no_template() {
 fn pythonic_template_features() {
     let src = "{{ bos_token }}{% for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}<{{ m.role }}>{{ m.content.strip() }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
     let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
-    let text = t.render(&[msg("system", "x"), msg("user", "  hi  ")], true, MAX).unwrap();
+    let text = t.render(&[msg("system", "x"), msg("user", "  hi  ")], None, true, MAX).unwrap();
     assert_eq!(text, "<s><user>hi<assistant>");
 }
 
 #[test]
 fn missing_template_and_template_errors_are_clear() {
-    let err = render_chat(None, &[msg("user", "hi")], true, MAX).unwrap_err().to_string();
+    let err = render_chat(None, &[msg("user", "hi")], None, true, MAX).unwrap_err().to_string();
     assert!(err.contains("no chat template"), "{err}");
     let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}", "", "").unwrap();
-    let err = t.render(&[msg("user", "hi")], true, MAX).unwrap_err().to_string();
+    let err = t.render(&[msg("user", "hi")], None, true, MAX).unwrap_err().to_string();
     assert!(err.contains("roles must alternate"), "{err}");
     let err = ChatTemplate::new("{% if %}", "", "").err().unwrap().to_string();
     assert!(err.contains("chat template error"), "{err}");

@@ -45,7 +45,7 @@ fn ordinary_templates_render_as_plain_minijinja_does() {
     for (i, source) in ORDINARY.iter().enumerate() {
         let t = ChatTemplate::new(source, "<s>", "</s>").unwrap();
         for agp in [true, false] {
-            let ours = t.render(&chat(), agp, MAX).unwrap_or_else(|e| panic!("template {i}: {e}"));
+            let ours = t.render(&chat(), None, agp, MAX).unwrap_or_else(|e| panic!("template {i}: {e}"));
             assert_eq!(ours, plain_render(source, &chat(), agp), "template {i}");
             assert!(!ours.is_empty());
         }
@@ -81,7 +81,7 @@ fn hostile_templates_end_in_one_clear_error_within_a_second() {
     for (name, source, limit) in HOSTILE {
         let t = ChatTemplate::new(source, "<s>", "</s>").unwrap();
         let start = Instant::now();
-        let err = t.render(&[msg("user", "hi")], true, MAX).expect_err(name).to_string();
+        let err = t.render(&[msg("user", "hi")], None, true, MAX).expect_err(name).to_string();
         let ms = start.elapsed().as_millis();
         println!("{name}: {ms} ms: {err}");
         assert!(ms < 1000, "{name} took {ms} ms");
@@ -94,6 +94,6 @@ fn hostile_templates_end_in_one_clear_error_within_a_second() {
 fn messages_longer_than_the_context_are_refused_before_rendering() {
     let t = ChatTemplate::new(ORDINARY[0], "<s>", "</s>").unwrap();
     let long = "word ".repeat(MAX / 4);
-    let err = t.render(&[msg("user", &long)], true, MAX).unwrap_err().to_string();
+    let err = t.render(&[msg("user", &long)], None, true, MAX).unwrap_err().to_string();
     assert!(err.contains("more than the context can hold"), "{err}");
 }

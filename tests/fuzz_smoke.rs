@@ -109,7 +109,7 @@ fn model_seeds_load_their_config_tokenizer_and_template() {
         let tok = ferrolm::tokenizer::Tokenizer::from_gguf(&gguf.metadata).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(!tok.encode("abc hi", true).unwrap().is_empty(), "{file}");
         let template = ChatTemplate::from_gguf(&gguf.metadata, &tok).unwrap().expect("a template");
-        let text = template.render(&[ChatMessage { role: "user".into(), content: "hi".into() }], true, 4096).unwrap();
+        let text = template.render(&[ChatMessage { role: "user".into(), content: "hi".into() }], None, true, 4096).unwrap();
         assert!(text.ends_with("<|im_start|>assistant\n"), "{file}: {text:?}");
     }
 }

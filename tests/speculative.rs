@@ -68,7 +68,7 @@ async fn rollback_case<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer)
     // and rejected.
     let gguf = Gguf::read(&std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap()).unwrap();
     let template = ChatTemplate::from_gguf(&gguf.metadata, tok).unwrap();
-    let text = render_chat(template.as_ref(), &[ChatMessage { role: "user".into(), content: ferrolm::api::bench::CODE_EDIT_PROMPT.into() }], true, usize::MAX).unwrap();
+    let text = render_chat(template.as_ref(), &[ChatMessage { role: "user".into(), content: ferrolm::api::bench::CODE_EDIT_PROMPT.into() }], None, true, usize::MAX).unwrap();
     let prompt = tok.encode_prompt(&text, true).unwrap();
     let opts = GenerateOptions { logprobs: Some(5), ..greedy(40) };
     let plain = run_alone(engine, tok, Request { prompt: prompt.clone(), opts: opts.clone() }).await;

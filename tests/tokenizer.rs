@@ -100,3 +100,23 @@ fn bad_tokenizer_metadata_is_a_clear_error() {
     let err = tok.decode(&[1_000_000]).unwrap_err().to_string();
     assert!(err.contains("outside the vocabulary"), "{err}");
 }
+
+/// The byte spelling of each token (the constraint engine's trie) concatenates to the UTF-8 of
+/// every golden text llama.cpp tokenized, for byte-level BPE and SentencePiece alike.
+#[test]
+fn token_bytes_spell_the_golden_texts() {
+    for (model, rel) in [(common::SMOLLM2, "smollm2-135m/tokenizer-golden.json"), (common::GEMMA3, "gemma3-270m/tokenizer-golden.json")] {
+        let (tok, _) = load(model);
+        let bytes = tok.token_bytes();
+        assert_eq!(bytes.len(), tok.vocab_size());
+        for row in common::read_json(&common::reference_path(rel)).as_array().unwrap() {
+            let text = row["text"].as_str().unwrap();
+            let ids: Vec<usize> = row["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+            let spelled: Vec<u8> = ids.iter().flat_map(|&i| bytes[i].clone()).collect();
+            let special = ids.iter().any(|&i| bytes[i].first() == Some(&0xFF));
+            if !special {
+                assert_eq!(String::from_utf8_lossy(&spelled), text, "{model}: {ids:?}");
+            }
+        }
+    }
+}

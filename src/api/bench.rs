@@ -119,7 +119,7 @@ pub async fn time_engine<M: ForwardModel>(
     let ids = tok.encode_prompt(&PRINTING_PRESS_PROMPT.repeat(3), false)?;
     let serving = time_serving(engine, tok, &ids, stream_gen).await?;
     let context = engine.model().limits().context as usize;
-    let code = render_chat(template, &[ChatMessage { role: "user".into(), content: CODE_EDIT_PROMPT.into() }], true, tok.max_prompt_bytes(context))?;
+    let code = render_chat(template, &[ChatMessage { role: "user".into(), content: CODE_EDIT_PROMPT.into() }], None, true, tok.max_prompt_bytes(context))?;
     let mut speculative = Vec::new();
     for (name, ids) in [("code edit", tok.encode_prompt(&code, true)?), ("free text", prompt.to_vec())] {
         speculative.push(time_speculative(engine, tok, name, &ids, gen).await?);

@@ -35,7 +35,7 @@ pub fn tokenizer(data: &[u8]) {
         let _ = tok.decode(&ids);
     }
     if let Ok(Some(template)) = ChatTemplate::from_gguf(&gguf.metadata, &tok) {
-        let _ = template.render(&chat(), true, MAX_PROMPT_BYTES);
+        let _ = template.render(&chat(), None, true, MAX_PROMPT_BYTES);
     }
 }
 
@@ -43,7 +43,7 @@ pub fn tokenizer(data: &[u8]) {
 pub fn chat_template(data: &[u8]) {
     let source = String::from_utf8_lossy(data);
     if let Ok(template) = ChatTemplate::new(&source, "<s>", "</s>") {
-        let _ = template.render(&chat(), true, MAX_PROMPT_BYTES);
+        let _ = template.render(&chat(), None, true, MAX_PROMPT_BYTES);
     }
 }
 

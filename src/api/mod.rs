@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod fuzz;
 pub mod request;
+pub mod tools;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 

@@ -1,8 +1,35 @@
 //! What a request carries across the wasm boundary, with the OpenAI API's names: parsed and
 //! checked the same way natively (the fuzz targets) and in the browser.
 
+use super::tools::{self, Tool, ToolChoice};
 use crate::chat::ChatMessage;
-use crate::sample::{GenerateOptions, SamplingParams, SpecMethod, Speculative};
+use crate::sample::{GenerateOptions, Grammar, SamplingParams, SpecMethod, Speculative};
+
+/// OpenAI's `response_format`.
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+/// OpenAI's `response_format.json_schema`. Output always follows the schema (as with
+/// `strict: true`); `name` and `description` are not used.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSchemaFormat {
+    #[allow(dead_code)]
+    name: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+    #[serde(default)]
+    schema: Option<serde_json::Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    strict: Option<bool>,
+}
 
 /// Request options, with the OpenAI API's names and defaults (greedy when absent).
 #[derive(serde::Deserialize)]
@@ -25,6 +52,13 @@ pub struct GenerateRequest {
     /// "ngram" or "draft" (after `loadDraft`); absent: no speculation.
     speculative: Option<SpecMethod>,
     draft_k: usize,
+    response_format: Option<ResponseFormat>,
+    /// ferrolm: output matching this regular expression.
+    regex: Option<String>,
+    /// ferrolm: output in the language of this Lark grammar (llguidance's dialect).
+    grammar: Option<String>,
+    tools: Vec<Tool>,
+    tool_choice: Option<ToolChoice>,
 }
 
 impl Default for GenerateRequest {
@@ -47,11 +81,21 @@ impl Default for GenerateRequest {
             logprobs: None,
             speculative: None,
             draft_k: 4,
+            response_format: None,
+            regex: None,
+            grammar: None,
+            tools: Vec::new(),
+            tool_choice: None,
         }
     }
 }
 
 impl GenerateRequest {
+    /// The tools the model may call (they go into the chat prompt).
+    pub fn tools(&self) -> &[Tool] {
+        &self.tools
+    }
+
     pub fn into_options(self) -> crate::Result<GenerateOptions> {
         let logit_bias = self
             .logit_bias
@@ -79,7 +123,18 @@ impl GenerateRequest {
             seed: self.seed,
             ..Default::default()
         };
-        Ok(GenerateOptions { max_tokens: self.max_tokens, sampling, stop: self.stop, ignore_eos: self.ignore_eos, logprobs: self.logprobs, speculative })
+        let format = match self.response_format {
+            None | Some(ResponseFormat::Text) => None,
+            Some(ResponseFormat::JsonObject) => Some(Grammar::JsonObject),
+            Some(ResponseFormat::JsonSchema { json_schema }) => Some(json_schema.schema.map_or(Grammar::JsonObject, Grammar::JsonSchema)),
+        };
+        let calls = tools::grammar(&self.tools, self.tool_choice.as_ref())?;
+        let grammars: Vec<Grammar> = [format, self.regex.map(Grammar::Regex), self.grammar.map(Grammar::Lark), calls].into_iter().flatten().collect();
+        if grammars.len() > 1 {
+            return Err(crate::Error::InvalidOption { option: "response_format", reason: "give at most one of a JSON response_format, regex, grammar and tools".into() });
+        }
+        let grammar = grammars.into_iter().next();
+        Ok(GenerateOptions { max_tokens: self.max_tokens, sampling, stop: self.stop, ignore_eos: self.ignore_eos, logprobs: self.logprobs, speculative, grammar })
     }
 }
 

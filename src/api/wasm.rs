@@ -6,9 +6,10 @@ use wasm_bindgen::prelude::*;
 
 use super::bench::{bench_runs, decode_ceiling, decode_counters, dequant_rate, dispatch_overhead_us, merge, read_bandwidth, PRINTING_PRESS_PROMPT};
 use super::request::{GenerateRequest, SubmitInput};
+use super::tools;
 use super::{Device, LoadOptions, Runtime};
 use crate::backend::webgpu::GpuOptions;
-use crate::chat::{render_chat, ChatTemplate};
+use crate::chat::ChatTemplate;
 use crate::clock::now_ms;
 use crate::engine::{Event, ForwardModel, Request, RequestStats};
 use crate::gguf::Gguf;
@@ -270,11 +271,13 @@ impl Engine {
         } else {
             serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("invalid request options: {e}")))?
         };
+        let tools = req.tools().to_vec();
         let opts = req.into_options().map_err(js_err)?;
         let context = self.runtime.context();
         let ids = match (input.prompt, input.messages) {
+            (Some(_), None) if !tools.is_empty() => return Err(JsError::new("invalid request: tools need chat messages, not a raw prompt")),
             (Some(p), None) => self.tokenizer.encode_request(&p, false, context),
-            (None, Some(m)) => render_chat(self.template.as_ref(), &m, true, self.tokenizer.max_prompt_bytes(context)).and_then(|t| self.tokenizer.encode_request(&t, true, context)),
+            (None, Some(m)) => tools::render(self.template.as_ref(), &m, &tools, self.tokenizer.max_prompt_bytes(context)).and_then(|t| self.tokenizer.encode_request(&t, true, context)),
             _ => return Err(JsError::new("invalid request: give either prompt or messages")),
         }
         .map_err(js_err)?;

@@ -30,7 +30,7 @@ mod cli {
     use ferrolm::clock::now_ms;
     use ferrolm::engine::{Engine, Event, ForwardModel, ModelOptions, Request};
     use ferrolm::gguf::Gguf;
-    use ferrolm::sample::{GenerateOptions, SamplingParams, SpecMethod, Speculative};
+    use ferrolm::sample::{GenerateOptions, Grammar, SamplingParams, SpecMethod, Speculative};
     use ferrolm::tokenizer::Tokenizer;
     use ferrolm::{Error, Result};
 
@@ -111,6 +111,18 @@ mod cli {
         /// Print the chosen token's logprob and N alternatives per token to stderr (N <= 20).
         #[arg(long)]
         logprobs: Option<usize>,
+        /// Output any JSON object.
+        #[arg(long, group = "constraint")]
+        json: bool,
+        /// Output JSON valid against the JSON Schema in FILE.
+        #[arg(long, value_name = "FILE", group = "constraint")]
+        json_schema: Option<PathBuf>,
+        /// Output text in the language of the Lark grammar in FILE (llguidance's dialect).
+        #[arg(long, value_name = "FILE", group = "constraint")]
+        grammar: Option<PathBuf>,
+        /// Output text matching this regular expression.
+        #[arg(long, value_name = "RE", group = "constraint")]
+        regex: Option<String>,
     }
 
     impl SamplingArgs {
@@ -140,7 +152,22 @@ mod cli {
                 seed: self.seed,
                 ..Default::default()
             };
-            Ok(GenerateOptions { max_tokens, sampling, stop: self.stop.clone(), ignore_eos: self.ignore_eos, logprobs: self.logprobs, speculative: None })
+            Ok(GenerateOptions { max_tokens, sampling, stop: self.stop.clone(), ignore_eos: self.ignore_eos, logprobs: self.logprobs, speculative: None, grammar: self.grammar()? })
+        }
+
+        fn grammar(&self) -> Result<Option<Grammar>> {
+            let read = |option: &'static str, path: &PathBuf| std::fs::read_to_string(path).map_err(|e| Error::InvalidOption { option, reason: format!("cannot read {}: {e}", path.display()) });
+            Ok(if self.json {
+                Some(Grammar::JsonObject)
+            } else if let Some(path) = &self.json_schema {
+                let schema =
+                    serde_json::from_str(&read("--json-schema", path)?).map_err(|e| Error::InvalidOption { option: "--json-schema", reason: format!("{} is not JSON: {e}", path.display()) })?;
+                Some(Grammar::JsonSchema(schema))
+            } else if let Some(path) = &self.grammar {
+                Some(Grammar::Lark(read("--grammar", path)?))
+            } else {
+                self.regex.clone().map(Grammar::Regex)
+            })
         }
     }
 
@@ -165,6 +192,8 @@ mod cli {
         draft_k: usize,
     }
 
+    // Parsed once per run: the size of its largest variant does not matter.
+    #[allow(clippy::large_enum_variant)]
     #[derive(Subcommand)]
     enum Command {
         /// Generate text from a prompt (greedy unless sampling options are given).
@@ -322,7 +351,7 @@ mod cli {
                             messages.push(ChatMessage { role: "system".into(), content: s.clone() });
                         }
                         messages.push(ChatMessage { role: "user".into(), content: prompt });
-                        render_chat(template.as_ref(), &messages, true, tokenizer.max_prompt_bytes(context))?
+                        render_chat(template.as_ref(), &messages, None, true, tokenizer.max_prompt_bytes(context))?
                     } else {
                         prompt
                     };

@@ -55,17 +55,25 @@ impl ChatTemplate {
         Ok(ChatTemplate { env, config, source: source.to_string(), bos_token: bos_token.into(), eos_token: eos_token.into() })
     }
 
-    /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's
-    /// answer begins. `max_bytes` bounds the rendered text and every value the template makes
-    /// (a prompt the context can hold: `Tokenizer::max_prompt_bytes`).
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool, max_bytes: usize) -> Result<String> {
-        let bytes: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
+    /// Whether the template lays out tool definitions itself (it reads `tools`).
+    pub fn takes_tools(&self) -> bool {
+        self.source.contains("tools")
+    }
+
+    /// Renders `messages` (and `tools`, OpenAI's tool list, for templates that take them);
+    /// with `add_generation_prompt` the text ends where the assistant's answer begins.
+    /// `max_bytes` bounds the rendered text and every value the template makes (a prompt the
+    /// context can hold: `Tokenizer::max_prompt_bytes`).
+    pub fn render(&self, messages: &[ChatMessage], tools: Option<&serde_json::Value>, add_generation_prompt: bool, max_bytes: usize) -> Result<String> {
+        let tool_bytes = tools.map_or(0, |t| t.to_string().len());
+        let bytes: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum::<usize>() + tool_bytes;
         if bytes > max_bytes {
             return Err(Error::PromptTooLarge { bytes, limit: max_bytes });
         }
         let messages: Vec<minijinja::Value> = messages.iter().map(|m| context! { role => &m.role, content => &m.content }).collect();
         let root = context! {
             messages => messages,
+            tools => tools.map(|t| minijinja::Value::from(minijinja::value::Serde(t))),
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
@@ -83,10 +91,10 @@ impl ChatTemplate {
 
 /// Renders a chat with the model's template in at most `max_bytes`; a clear error when the
 /// model has none.
-pub fn render_chat(template: Option<&ChatTemplate>, messages: &[ChatMessage], add_generation_prompt: bool, max_bytes: usize) -> Result<String> {
+pub fn render_chat(template: Option<&ChatTemplate>, messages: &[ChatMessage], tools: Option<&serde_json::Value>, add_generation_prompt: bool, max_bytes: usize) -> Result<String> {
     let t = template.ok_or_else(|| Error::ChatTemplate("this model has no chat template (tokenizer.chat_template); send a raw prompt instead of chat messages".into()))?;
     if messages.is_empty() {
         return Err(Error::InvalidOption { option: "messages", reason: "a chat needs at least one message".into() });
     }
-    t.render(messages, add_generation_prompt, max_bytes)
+    t.render(messages, tools, add_generation_prompt, max_bytes)
 }

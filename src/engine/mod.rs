@@ -27,7 +27,7 @@ pub use kv_cache::{BlockHasher, BlockPool, PoolStats, PrefixHit};
 
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
-use crate::sample::{Decoder, FinishReason, GenerateOptions, Generation, Need, Picked};
+use crate::sample::{Decoder, FinishReason, GenerateOptions, Generation, Grammars, Need, Picked};
 use crate::tokenizer::Tokenizer;
 use sequence::Sequence;
 use session::Session;
@@ -94,6 +94,8 @@ pub struct Engine<M: ForwardModel> {
     pool: BlockPool,
     /// The model drafting for requests with `SpecMethod::Draft`.
     draft: Option<DraftModel<M>>,
+    /// Grammar compiler over the tokenizer's vocabulary, built at the first constrained request.
+    grammars: Option<Grammars>,
     next_id: RequestId,
     waiting: VecDeque<Sequence>,
     /// In admission order, oldest first.
@@ -112,7 +114,7 @@ fn pool_for<M: ForwardModel>(model: &M) -> BlockPool {
 impl<M: ForwardModel> Engine<M> {
     pub fn new(model: M) -> Self {
         let pool = pool_for(&model);
-        Engine { model, pool, draft: None, next_id: 0, waiting: VecDeque::new(), running: Vec::new(), steps: 0, preemptions: 0, prompt_tokens: 0, cached_tokens: 0 }
+        Engine { model, pool, draft: None, grammars: None, next_id: 0, waiting: VecDeque::new(), running: Vec::new(), steps: 0, preemptions: 0, prompt_tokens: 0, cached_tokens: 0 }
     }
 
     pub fn model(&self) -> &M {
@@ -152,7 +154,14 @@ impl<M: ForwardModel> Engine<M> {
     /// checked here.
     pub fn submit(&mut self, tokenizer: &Tokenizer, req: Request) -> Result<RequestId> {
         let limits = self.model.limits();
-        let decoder = Decoder::new(tokenizer, &req.prompt, &req.opts, 0, limits.context as usize)?;
+        let mut decoder = Decoder::new(tokenizer, &req.prompt, &req.opts, 0, limits.context as usize)?;
+        if let Some(grammar) = &req.opts.grammar {
+            if self.grammars.is_none() {
+                self.grammars = Some(Grammars::new(tokenizer)?);
+            }
+            decoder.constrain(self.grammars.as_ref().expect("built above").compile(grammar)?);
+        }
+        let limits = self.model.limits();
         let draft_vocab = self.draft.as_ref().map(|d| d.model.config().vocab_size);
         let spec = req.opts.speculative.map(|s| SpecState::new(s, limits.max_draft, draft_vocab, &req.opts.sampling)).transpose()?;
         let id = self.next_id;
@@ -353,18 +362,12 @@ impl<M: ForwardModel> Engine<M> {
                     Picks::Logits(l) => Picked::Logits(&l[r * vocab..(r + 1) * vocab]),
                 };
                 let j = r - first_row;
-                let (next, is_draft) = seq.decoder.verify(picked, draft.tokens.get(j).map(|&d| (d, draft.q.get(j).map(|q| &q[..]))));
+                let (next, is_draft) = seq.decoder.verify(picked, draft.tokens.get(j).map(|&d| (d, draft.q.get(j).map(|q| &q[..]))))?;
                 seq.record_token_time(now);
-                let before = seq.decoder.out.tokens.len();
-                let (text, finished) = seq.decoder.accept(tokenizer, next, seq.tokens.len() < context)?;
-                if seq.decoder.out.tokens.len() > before {
-                    events.push(Event::Token { id, token: next, text });
-                }
-                if finished {
+                if seq.take(tokenizer, next, context, &mut events)? {
                     done = true;
                     break;
                 }
-                seq.tokens.push(next);
                 if !is_draft {
                     break;
                 }
@@ -375,6 +378,15 @@ impl<M: ForwardModel> Engine<M> {
             if let Some(spec) = &mut seq.spec {
                 spec.record(draft.tokens.len(), kept);
                 spec.rollback(seq.computed);
+            }
+            // Tokens the grammar forces are taken now and fed together in the next forward.
+            if !done {
+                for next in seq.decoder.forced() {
+                    if seq.take(tokenizer, next, context, &mut events)? {
+                        done = true;
+                        break;
+                    }
+                }
             }
             if done {
                 let seq = self.running.remove(i);

@@ -5,7 +5,9 @@ use super::kv_cache::BlockPool;
 use super::speculative::{Proposal, SpecState};
 use super::{Event, RequestId, RequestStats};
 use crate::clock::now_ms;
+use crate::error::Result;
 use crate::sample::Decoder;
+use crate::tokenizer::Tokenizer;
 
 pub(super) struct Sequence {
     pub id: RequestId,
@@ -142,6 +144,20 @@ impl Sequence {
         self.last_key = 0;
     }
 
+    /// Takes a chosen token: reports its text and, unless generation is over (true), appends
+    /// it to be fed back.
+    pub fn take(&mut self, tokenizer: &Tokenizer, next: u32, context: usize, events: &mut Vec<Event>) -> Result<bool> {
+        let before = self.decoder.out.tokens.len();
+        let (text, finished) = self.decoder.accept(tokenizer, next, self.tokens.len() < context)?;
+        if self.decoder.out.tokens.len() > before {
+            events.push(Event::Token { id: self.id, token: next, text });
+        }
+        if !finished {
+            self.tokens.push(next);
+        }
+        Ok(finished)
+    }
+
     pub fn record_token_time(&mut self, now: f64) {
         self.first_token.get_or_insert(now);
         self.last_token = now;
@@ -171,7 +187,8 @@ impl Sequence {
         g.accepted = stats.accepted;
         g.ttft_ms = stats.ttft_ms;
         g.prefill_tok_s = self.prompt_len as f64 / (stats.ttft_ms.max(1e-3) / 1e3);
-        g.decode_tok_s = if n > 1 { 1e3 / stats.tpot_ms.max(1e-6) } else { 0.0 };
+        // Tokens a grammar forces arrive together: no time between them, no rate.
+        g.decode_tok_s = if stats.tpot_ms > 0.0 { 1e3 / stats.tpot_ms } else { 0.0 };
         Event::Done { id: self.id, generation: Box::new(gen), stats }
     }
 }

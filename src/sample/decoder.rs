@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::constraint::{apply_mask, Constraint, Grammar};
 use super::stop::StopMatcher;
 use super::{Sampler, SamplingParams, TopLogits};
 use crate::error::{Error, Result};
@@ -65,13 +66,15 @@ pub struct GenerateOptions {
     pub ignore_eos: bool,
     /// Log-probabilities of each chosen token and this many alternatives (at most 20).
     pub logprobs: Option<usize>,
-    /// Speculative decoding (GPU engine only): same output distribution, fewer forwards.
+    /// Speculative decoding: same output distribution, fewer forwards.
     pub speculative: Option<Speculative>,
+    /// Structured output: what the text must match.
+    pub grammar: Option<Grammar>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 128, sampling: SamplingParams::greedy(), stop: Vec::new(), ignore_eos: false, logprobs: None, speculative: None }
+        GenerateOptions { max_tokens: 128, sampling: SamplingParams::greedy(), stop: Vec::new(), ignore_eos: false, logprobs: None, speculative: None, grammar: None }
     }
 }
 
@@ -126,6 +129,7 @@ pub struct Decoder {
     history: Vec<u32>,
     detok: Detokenizer,
     stops: StopMatcher,
+    constraint: Option<Constraint>,
     pub out: Generation,
 }
 
@@ -151,6 +155,7 @@ impl Decoder {
             history: prompt.to_vec(),
             detok: Detokenizer::new(),
             stops: StopMatcher::new(&opts.stop),
+            constraint: None,
             out: Generation {
                 tokens: Vec::new(),
                 text: String::new(),
@@ -165,8 +170,25 @@ impl Decoder {
         self.need
     }
 
+    /// Holds the output to `constraint`: every choice is made from the whole logits row with
+    /// the disallowed tokens removed first.
+    pub fn constrain(&mut self, constraint: Constraint) {
+        self.constraint = Some(constraint);
+        self.need = Need::Logits;
+    }
+
+    /// The logits the sampler chooses from: the row itself, or with a constraint, the row with
+    /// the tokens the grammar forbids at -inf.
+    fn allowed<'a>(&mut self, logits: &'a [f32]) -> Result<std::borrow::Cow<'a, [f32]>> {
+        let Some(c) = &mut self.constraint else { return Ok(logits.into()) };
+        let mask = c.mask()?;
+        let mut row = logits.to_vec();
+        apply_mask(&mask, &mut row);
+        Ok(row.into())
+    }
+
     /// Chooses the next token from what the step read back (and records its logprobs).
-    pub fn pick(&mut self, picked: Picked) -> u32 {
+    pub fn pick(&mut self, picked: Picked) -> Result<u32> {
         let (next, lp) = match picked {
             Picked::Token(t) => (t, None),
             Picked::Top(top) => {
@@ -174,14 +196,15 @@ impl Decoder {
                 (next, self.opts.logprobs.map(|n| top.logprobs(next, n)))
             }
             Picked::Logits(logits) => {
-                let next = self.sampler.sample(logits, &self.history);
+                let row = self.allowed(logits)?;
+                let next = self.sampler.sample(&row, &self.history);
                 (next, self.opts.logprobs.map(|n| super::logprobs(logits, next, n)))
             }
         };
         if let Some((logprob, top)) = lp {
             self.out.logprobs.push(TokenLogprob { token: next, logprob, top });
         }
-        next
+        Ok(next)
     }
 
     /// The readback a speculative verification row needs: the argmax for plain greedy, else
@@ -202,12 +225,14 @@ impl Decoder {
     /// drafted one (`draft`: the token and, for sampled drafts, the draft's distribution).
     /// Without a draft, the bonus token after the drafts, chosen as [`Decoder::pick`] would.
     /// Distributed exactly as the target's own choice (Leviathan et al.'s rejection rule).
-    pub fn verify(&mut self, picked: Picked, draft: Option<(u32, Option<Distribution>)>) -> (u32, bool) {
-        let Some((d, q)) = draft else { return (self.pick(picked), false) };
+    pub fn verify(&mut self, picked: Picked, draft: Option<(u32, Option<Distribution>)>) -> Result<(u32, bool)> {
+        let Some((d, q)) = draft else { return Ok((self.pick(picked)?, false)) };
         let (next, kept) = match picked {
             Picked::Token(t) => (t, t == d),
             Picked::Logits(logits) => {
-                let p = self.sampler.distribution(logits, &self.history);
+                // A draft the constraint forbids has probability 0 here: it is rejected.
+                let row = self.allowed(logits)?;
+                let p = self.sampler.distribution(&row, &self.history);
                 self.sampler.verify_draft(&p, d, q)
             }
             Picked::Top(_) => unreachable!("speculative steps read back argmax ids or logits"),
@@ -216,7 +241,7 @@ impl Decoder {
             let (logprob, top) = super::logprobs(logits, next, n);
             self.out.logprobs.push(TokenLogprob { token: next, logprob, top });
         }
-        (next, kept)
+        Ok((next, kept))
     }
 
     /// Takes the chosen token: returns the text that became final (held back only while it
@@ -234,16 +259,24 @@ impl Decoder {
         }
         self.out.tokens.push(next);
         self.history.push(next);
+        let complete = match &mut self.constraint {
+            Some(c) => {
+                c.commit(next)?;
+                c.is_done()
+            }
+            None => false,
+        };
         let (mut text, stopped) = self.stops.push(&self.detok.push(tokenizer, next)?);
         if stopped {
             self.out.finish_reason = FinishReason::Stop;
-        } else if self.out.tokens.len() >= self.opts.max_tokens || !room {
-            // Length: flush what was held back.
+        } else if complete || self.out.tokens.len() >= self.opts.max_tokens || !room {
+            // Grammar complete or length: flush what was held back.
             let (tail, stopped) = self.stops.push(&self.detok.finish(tokenizer)?);
             text.push_str(&tail);
-            if stopped {
+            if stopped || complete {
                 self.out.finish_reason = FinishReason::Stop;
-            } else {
+            }
+            if !stopped {
                 text.push_str(&self.stops.finish());
             }
         } else {
@@ -252,6 +285,15 @@ impl Decoder {
         }
         self.out.text.push_str(&text);
         Ok((text, true))
+    }
+
+    /// Tokens the constraint fixes next, to be taken without a forward of their own; none
+    /// when logprobs are asked for (a forced token has no logits to report).
+    pub fn forced(&mut self) -> Vec<u32> {
+        match &mut self.constraint {
+            Some(c) if self.opts.logprobs.is_none() => c.forced(),
+            _ => Vec::new(),
+        }
     }
 
     /// Ends generation early with `length` (the engine could not give the sequence another

@@ -12,9 +12,11 @@
 //! The RNG (xoshiro256**) and the exponentials are computed with plain f64 arithmetic of our own,
 //! so a seed gives the same tokens natively and in wasm.
 
+mod constraint;
 mod decoder;
 mod stop;
 
+pub use constraint::{apply_mask, Constraint, Grammar, Grammars};
 pub use decoder::{Decoder, FinishReason, GenerateOptions, GenerateStats, Generation, Need, Picked, SpecMethod, Speculative, TokenLogprob, MAX_DRAFT};
 pub use stop::StopMatcher;
 
