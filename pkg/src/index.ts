@@ -6,11 +6,11 @@
 //     out.textContent += chunk.choices[0].delta.content ?? "";
 import { FerroError, fromWire } from "./errors.js";
 import { InlineTransport, WorkerTransport } from "./protocol.js";
-import type { GenerateOptions, Input, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, RequestStats, Transport, WireEvent } from "./types.js";
+import type { GenerateOptions, Input, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, RequestStats, Tool, Transport, WireEvent } from "./types.js";
 
 export { FerroError } from "./errors.js";
 export type { FerroErrorCode } from "./errors.js";
-export type { KvStats, LoadOptions, ModelInfo, ModelSource, Progress, ProgressPhase, RequestStats } from "./types.js";
+export type { KvStats, LoadOptions, ModelInfo, ModelSource, Progress, ProgressPhase, RequestStats, ResponseFormat, Tool } from "./types.js";
 
 export interface EngineOptions extends LoadOptions {
   /** Called as the model downloads, is read from the cache or a file, and goes onto the GPU. */
@@ -66,7 +66,14 @@ export interface Timings {
   accepted: number;
 }
 
-export type FinishReason = "stop" | "length";
+export type FinishReason = "stop" | "length" | "tool_calls";
+
+/** A call the model made (OpenAI's shape): `arguments` is JSON text that follows the function's `parameters`. */
+export interface ToolCall {
+  id: string;
+  type: "function";
+  function: { name: string; arguments: string };
+}
 
 export interface TokenLogprob {
   token: string;
@@ -79,7 +86,12 @@ export interface ChatCompletionChunk {
   object: "chat.completion.chunk";
   created: number;
   model: string;
-  choices: { index: 0; delta: { role?: "assistant"; content?: string }; finish_reason: FinishReason | null; logprobs?: { content: TokenLogprob[] } | null }[];
+  choices: {
+    index: 0;
+    delta: { role?: "assistant"; content?: string; tool_calls?: (ToolCall & { index: number })[] };
+    finish_reason: FinishReason | null;
+    logprobs?: { content: TokenLogprob[] } | null;
+  }[];
   usage?: Usage;
   ferrolm?: Timings;
 }
@@ -89,7 +101,12 @@ export interface ChatCompletion {
   object: "chat.completion";
   created: number;
   model: string;
-  choices: { index: 0; message: { role: "assistant"; content: string }; finish_reason: FinishReason; logprobs: { content: TokenLogprob[] } | null }[];
+  choices: {
+    index: 0;
+    message: { role: "assistant"; content: string | null; tool_calls?: ToolCall[] };
+    finish_reason: FinishReason;
+    logprobs: { content: TokenLogprob[] } | null;
+  }[];
   usage: Usage;
   ferrolm: Timings;
 }
@@ -209,29 +226,41 @@ export class Engine {
     const id = `chatcmpl-${Date.now().toString(36)}-${nextId++}`;
     const base = { id, object: "chat.completion.chunk" as const, created: Math.floor(Date.now() / 1000), model: this.model };
     yield { ...base, choices: [{ index: 0, delta: { role: "assistant" }, finish_reason: null }] };
+    // With tools, a reply that starts with "{" is a call: held back, then sent as tool_calls.
+    const tools = req.tools?.length && req.tool_choice !== "none" ? req.tools : null;
+    let held: string | null = null;
     for await (const e of this.events({ messages: req.messages }, req)) {
       if (e.type === "token") {
-        if (e.text) yield { ...base, choices: [{ index: 0, delta: { content: e.text }, finish_reason: null }] };
+        if (held === null && tools && e.text.trimStart().startsWith("{")) held = "";
+        if (held !== null) held += e.text;
+        else if (e.text) yield { ...base, choices: [{ index: 0, delta: { content: e.text }, finish_reason: null }] };
       } else {
-        yield { ...base, choices: [{ index: 0, delta: {}, finish_reason: e.finishReason as FinishReason, logprobs: this.logprobs(e, req) }], usage: usage(e.stats), ferrolm: timings(e.stats) };
+        const call = held !== null && tools ? parseCall(held, tools, id) : null;
+        if (call) yield { ...base, choices: [{ index: 0, delta: { tool_calls: [{ index: 0, ...call }] }, finish_reason: null }] };
+        else if (held) yield { ...base, choices: [{ index: 0, delta: { content: held }, finish_reason: null }] };
+        const finish = call ? "tool_calls" : (e.finishReason as FinishReason);
+        yield { ...base, choices: [{ index: 0, delta: {}, finish_reason: finish, logprobs: this.logprobs(e, req) }], usage: usage(e.stats), ferrolm: timings(e.stats) };
       }
     }
   }
 
   private async chatOnce(req: ChatRequest): Promise<ChatCompletion> {
     let content = "";
+    const calls: ToolCall[] = [];
     let last: ChatCompletionChunk | undefined;
     for await (const c of this.chatStream(req)) {
       content += c.choices[0].delta.content ?? "";
+      for (const { index: _i, ...call } of c.choices[0].delta.tool_calls ?? []) calls.push(call);
       last = c;
     }
     const choice = last!.choices[0];
+    const message = calls.length ? { role: "assistant" as const, content: null, tool_calls: calls } : { role: "assistant" as const, content };
     return {
       id: last!.id,
       object: "chat.completion",
       created: last!.created,
       model: this.model,
-      choices: [{ index: 0, message: { role: "assistant", content }, finish_reason: choice.finish_reason!, logprobs: choice.logprobs ?? null }],
+      choices: [{ index: 0, message, finish_reason: choice.finish_reason!, logprobs: choice.logprobs ?? null }],
       usage: last!.usage!,
       ferrolm: last!.ferrolm!,
     };
@@ -273,7 +302,10 @@ const REQUEST_FIELDS = new Set(["messages", "prompt", "stream", "signal", "model
 
 function toOptions(req: SamplingRequest, chat: boolean): GenerateOptions {
   const o: GenerateOptions = {};
-  const keys = ["max_tokens", "temperature", "top_p", "top_k", "min_p", "typical_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "seed", "ignore_eos", "speculative", "draft_k"] as const;
+  const keys = [
+    "max_tokens", "temperature", "top_p", "top_k", "min_p", "typical_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "seed", "ignore_eos",
+    "speculative", "draft_k", "response_format", "regex", "grammar", "tools", "tool_choice",
+  ] as const;
   // An option this version does not implement is refused by name: ignoring it would return
   // output the caller did not ask for (free text where `response_format` wanted JSON).
   for (const k of Object.keys(req)) {
@@ -285,6 +317,18 @@ function toOptions(req: SamplingRequest, chat: boolean): GenerateOptions {
   if (req.stop !== undefined) o.stop = typeof req.stop === "string" ? [req.stop] : req.stop;
   if (req.logprobs) o.logprobs = chat ? (req.top_logprobs ?? 0) : typeof req.logprobs === "number" ? req.logprobs : 0;
   return o;
+}
+
+/** The call a reply makes, if it is one: `{"name": <a tool>, "arguments": {...}}` (the grammar
+ * the engine held the reply to). */
+function parseCall(text: string, tools: Tool[], id: string): ToolCall | null {
+  try {
+    const v = JSON.parse(text) as { name?: unknown; arguments?: unknown };
+    if (typeof v.name !== "string" || typeof v.arguments !== "object" || v.arguments === null || !tools.some((t) => t.function.name === v.name)) return null;
+    return { id: `call_${id}`, type: "function", function: { name: v.name, arguments: JSON.stringify(v.arguments) } };
+  } catch {
+    return null;
+  }
 }
 
 function usage(s: RequestStats): Usage {

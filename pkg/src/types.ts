@@ -71,6 +71,26 @@ export interface GenerateOptions {
   /** Speculative decoding: "ngram" (prompt lookup) or "draft"; same output, fewer forwards. */
   speculative?: "ngram" | "draft";
   draft_k?: number;
+  /** Structured output: any JSON object, or JSON valid against a JSON Schema (always strict). */
+  response_format?: ResponseFormat;
+  /** ferrolm: output matching this regular expression. */
+  regex?: string;
+  /** ferrolm: output in the language of this Lark grammar (llguidance's dialect). */
+  grammar?: string;
+  /** Functions the model may call (chat only); the arguments follow each one's `parameters`. */
+  tools?: Tool[];
+  /** Default "auto" when there are tools. */
+  tool_choice?: "none" | "auto" | "required" | { type: "function"; function: { name: string } };
+}
+
+export type ResponseFormat =
+  | { type: "text" }
+  | { type: "json_object" }
+  | { type: "json_schema"; json_schema: { name: string; description?: string; schema?: Record<string, unknown>; strict?: boolean } };
+
+export interface Tool {
+  type: "function";
+  function: { name: string; description?: string; parameters?: Record<string, unknown>; strict?: boolean };
 }
 
 export type Input = { prompt: string } | { messages: { role: string; content: string }[] };

@@ -145,10 +145,16 @@ test("plain ES modules: auto picks the CPU backend under SwiftShader; streamed c
       }
     }
     try {
-      await window.engine.chat.completions.create({ messages: [{ role: "user", content: "hi" }], response_format: { type: "json_object" } });
+      await window.engine.chat.completions.create({ messages: [{ role: "user", content: "hi" }], n: 2 });
       out.unsupported = "accepted";
     } catch (e) {
       out.unsupported = { code: e.code, message: e.message };
+    }
+    try {
+      await window.engine.chat.completions.create({ messages: [{ role: "user", content: "hi" }], response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "integer", minimum: 5, maximum: 3 } } } });
+      out.unsatisfiable = "accepted";
+    } catch (e) {
+      out.unsatisfiable = { code: e.code, message: e.message };
     }
     const r = await window.engine.completions.create({ prompt: "The capital of France is", max_tokens: 3, ignore_eos: true });
     out.after = r.usage.completion_tokens;
@@ -156,7 +162,37 @@ test("plain ES modules: auto picks the CPU backend under SwiftShader; streamed c
   });
   // A field this version does not implement is refused by name, never ignored.
   assert.equal(errors.unsupported.code, "invalid_request", JSON.stringify(errors.unsupported));
-  assert.ok(/response_format/.test(errors.unsupported.message), errors.unsupported.message);
+  assert.ok(/"n"/.test(errors.unsupported.message), errors.unsupported.message);
+  assert.equal(errors.unsatisfiable.code, "invalid_request", JSON.stringify(errors.unsatisfiable));
+  assert.ok(/minimum \(5\) is greater than maximum \(3\)/.test(errors.unsatisfiable.message), errors.unsatisfiable.message);
+
+  // Structured output: a JSON Schema, streamed and not, and a required tool call.
+  const structured = await page.evaluate(async () => {
+    const schema = { type: "object", properties: { name: { type: "string", maxLength: 24 }, age: { type: "integer", minimum: 0, maximum: 120 } }, required: ["name", "age"], additionalProperties: false };
+    const req = { messages: [{ role: "user", content: "Reply in JSON: a person with a name and an age." }], max_tokens: 60, response_format: { type: "json_schema", json_schema: { name: "person", schema } } };
+    let streamed = "";
+    let finish = null;
+    for await (const c of await window.engine.chat.completions.create({ ...req, stream: true })) {
+      streamed += c.choices[0].delta.content ?? "";
+      finish = c.choices[0].finish_reason ?? finish;
+    }
+    const once = await window.engine.chat.completions.create(req);
+    const tools = [{ type: "function", function: { name: "get_weather", parameters: { type: "object", properties: { city: { type: "string", maxLength: 30 } }, required: ["city"], additionalProperties: false } } }];
+    const call = await window.engine.chat.completions.create({ messages: [{ role: "user", content: "What is the weather in Paris?" }], max_tokens: 60, tools, tool_choice: "required" });
+    return { streamed, finish, once: once.choices[0].message.content, call: call.choices[0] };
+  });
+  for (const text of [structured.streamed, structured.once]) {
+    const v = JSON.parse(text);
+    assert.deepEqual(Object.keys(v).sort(), ["age", "name"], text);
+    assert.ok(typeof v.name === "string" && v.name.length <= 24 && Number.isInteger(v.age) && v.age >= 0 && v.age <= 120, text);
+  }
+  assert.equal(structured.streamed, structured.once);
+  assert.equal(structured.finish, "stop");
+  assert.equal(structured.call.finish_reason, "tool_calls", JSON.stringify(structured.call));
+  assert.equal(structured.call.message.content, null);
+  assert.equal(structured.call.message.tool_calls[0].function.name, "get_weather");
+  const args = JSON.parse(structured.call.message.tool_calls[0].function.arguments);
+  assert.ok(Object.keys(args).join() === "city" && typeof args.city === "string", JSON.stringify(args));
   assert.equal(errors.missing.code, "network", JSON.stringify(errors.missing));
   assert.ok(errors.missing.typed && /404/.test(errors.missing.message), errors.missing.message);
   assert.equal(errors.corrupt.code, "invalid_model", JSON.stringify(errors.corrupt));
