@@ -1,9 +1,14 @@
 // Greedy token choice on the GPU: the index of the largest logit of each logits row (the first
-// on ties, like the CPU), so a decode step reads back 4 bytes instead of the vocabulary.
+// on ties, like the CPU), so a decode step reads back 4 bytes instead of the vocabulary. With
+// MASKED, only tokens whose bit is set in the row's allowed-token mask count (structured
+// output: the grammar's mask goes up, not the logits back).
+
+override MASKED: bool = false;
 
 struct Params {
     vocab: u32,
-    _pad0: u32,
+    /// u32 words of one row's mask: vocab / 32 rounded up.
+    mask_words: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -11,7 +16,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> result: array<u32>;
-@group(0) @binding(3) var<storage, read> batch: array<u32>;
+@group(0) @binding(3) var<storage, read> mask: array<u32>;
+@group(0) @binding(4) var<storage, read> batch: array<u32>;
 
 var<workgroup> best_v: array<f32, 256>;
 var<workgroup> best_i: array<u32, 256>;
@@ -23,6 +29,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var bv = -3.4e38;
     var bi = 0xffffffffu;
     for (var i = lid; i < P.vocab; i += 256u) {
+        if (MASKED && ((mask[row * P.mask_words + i / 32u] >> (i % 32u)) & 1u) == 0u) { continue; }
         let v = logits[row * P.vocab + i];
         if (v > bv) { bv = v; bi = i; }
     }

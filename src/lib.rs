@@ -5,7 +5,8 @@
 //! - [`gguf`]: file parsing, quant blocks, CPU dequantization, a writer for synthetic models
 //! - [`model`]: model configuration read from GGUF metadata, one file per architecture
 //! - [`tokenizer`], [`chat`]: text <-> token ids, chat templates
-//! - [`sample`]: sampling, stop strings, and one request's output side ([`sample::Decoder`])
+//! - [`sample`]: sampling, stop strings, structured output (llguidance), and one request's output
+//!   side ([`sample::Decoder`])
 //! - [`engine`]: the backend trait, the paged KV pool with prefix caching, continuous batching,
 //!   speculative decoding
 //! - [`backend`]: the engine's backends: the exact f32 reference and WebGPU

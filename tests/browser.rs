@@ -207,7 +207,7 @@ async fn kernels_match_cpu_in_browser() {
         let run = |ops: &[Op], n: usize| {
             let ids: Vec<u32> = (0..n as u32).collect();
             let table = [0u32];
-            let b = Batch { tokens: &ids, positions: &ids, seq_ids: &vec![0; n], logit_rows: &ids, block_tables: &[&table] };
+            let b = Batch { tokens: &ids, positions: &ids, seq_ids: &vec![0; n], logit_rows: &ids, block_tables: &[&table], masks: None };
             ctx.queue.write_buffer(&batch, 0, bytemuck::cast_slice(&batch_to_words(&b, &limits)));
             let mut enc = dev.create_command_encoder(&Default::default());
             {
@@ -297,7 +297,7 @@ async fn attention_matches_cpu_in_browser() {
             let qkv = random(n * dims.qkv_stride as usize, 62 + n as u64);
             let (qb, ob) = (buf(&qkv), buf(&vec![0f32; n * (dims.n_heads * dims.head_dim) as usize]));
             let (tokens, positions, seq_ids) = (vec![0u32; n], items.iter().map(|i| i.1).collect::<Vec<_>>(), items.iter().map(|i| i.0).collect::<Vec<_>>());
-            let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &table_refs };
+            let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &table_refs, masks: None };
             ctx.queue.write_buffer(&batch, 0, bytemuck::cast_slice(&batch_to_words(&b, &LIMITS)));
             let mut enc = dev.create_command_encoder(&Default::default());
             {
@@ -350,7 +350,7 @@ fn browser_pool() -> ModelOptions {
 /// The engine scenarios on one backend in Chromium, against the native runs' records for
 /// that backend (`engine-*-{backend}.json`): 4 requests on a pool too small for them (waiting
 /// and preemption) get exactly the single-request tokens; cancelling frees blocks; a sequence
-/// at the context end stops with `length`; a 300-token shared prefix comes from the prefix
+/// at the context end stops with `length`; a 160-token shared prefix comes from the prefix
 /// cache with the cold run's tokens and top-5 logprobs; n-gram and draft-model speculation
 /// keep greedy output (the first 12 tokens of each prompt).
 async fn engine_scenarios<M: ForwardModel>(backend: &str, mut load: impl FnMut(ModelOptions) -> M, tok: &Tokenizer) {

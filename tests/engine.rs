@@ -171,7 +171,7 @@ fn backend_name<M: ForwardModel>(engine: &Engine<M>) -> &'static str {
 }
 
 on_each_backend! {
-    /// A request sharing a 300-token prefix with an earlier one reuses >= 288 tokens and gets
+    /// A request sharing a 160-token prefix with an earlier one reuses all 160 tokens and gets
     /// the same tokens and top-5 logprobs as a cold run (recorded for the browser test).
     prefix_hit_equals_cold_run(ModelOptions::new(512, 64)) => prefix_hit_case
 }

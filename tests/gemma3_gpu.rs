@@ -6,8 +6,10 @@ mod common;
 
 use ferrolm::backend::reference::{CpuModel, Logits};
 use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
-use ferrolm::engine::{Engine, ModelOptions};
+use ferrolm::engine::{Engine, ModelOptions, Request};
 use ferrolm::gguf::Gguf;
+use ferrolm::sample::{GenerateOptions, Grammar};
+use ferrolm::tokenizer::Tokenizer;
 
 #[test]
 fn gemma3_gpu_logits_match_the_cpu_reference_and_llamacpp() {
@@ -60,4 +62,18 @@ fn gemma3_gpu_logits_match_the_cpu_reference_and_llamacpp() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("gemma3-gpu-native.json"), serde_json::Value::Array(records).to_string()).unwrap();
+
+    // Structured output over the 262k vocabulary: greedy, so the grammar's mask goes to the
+    // GPU's argmax and 4 bytes come back.
+    let tok = Tokenizer::from_gguf(&gguf.metadata).unwrap();
+    let cities = ["Paris", "London", "Berlin", "Rome"];
+    let schema = serde_json::json!({"type": "object", "properties": {"capital": {"enum": cities}}, "required": ["capital"], "additionalProperties": false});
+    let opts = GenerateOptions { max_tokens: 24, grammar: Some(Grammar::JsonSchema(schema)), ..Default::default() };
+    let before = gpu.model().counters();
+    let out = pollster::block_on(gpu.generate(&tok, Request { prompt: tok.encode_prompt("The capital of France, as JSON:", false).unwrap(), opts }, |_| {})).unwrap();
+    let bytes = gpu.model().counters().since(&before).bytes_written;
+    println!("GPU constrained: {} ({} tokens, {} forwards, {bytes} bytes written)", out.text, out.tokens.len(), out.stats.forwards);
+    let v: serde_json::Value = serde_json::from_str(&out.text).unwrap();
+    assert!(cities.contains(&v["capital"].as_str().unwrap()), "{}", out.text);
+    assert!(bytes >= 262_144 / 8, "the mask was not uploaded ({bytes} bytes written)");
 }

@@ -58,7 +58,7 @@ impl Harness {
         let n = tokens.len();
         let positions: Vec<u32> = (0..n as u32).collect();
         let table: Vec<u32> = (0..self.limits.n_blocks).collect();
-        let b = Batch { tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &positions, block_tables: &[&table] };
+        let b = Batch { tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &positions, block_tables: &[&table], masks: None };
         self.run_batch(ops, &b, out)
     }
 
@@ -252,11 +252,37 @@ fn rmsnorm_and_argmax_match_cpu() {
     logits[vocab + 10] = 7.0;
     logits[vocab + 900] = 7.0;
     let (lb, rb) = (h.buffer(&logits), h.buffer(&vec![0f32; n]));
-    let got = h.run(&[h.kernels.argmax(&lb, &rb, vocab as u32)], &vec![0; n], &rb);
+    let words = vocab.div_ceil(32);
+    let unused = h.buffer(&vec![0f32; n * words]);
+    let got = h.run(&[h.kernels.argmax(&lb, &rb, &unused, vocab as u32, false)], &vec![0; n], &rb);
     let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
     let want: Vec<u32> = logits.chunks(vocab).map(ferrolm::sample::argmax).collect();
     assert_eq!(got, want);
     assert_eq!(got[1], 10);
+
+    // Masked (structured output): random allowed sets of about a tenth of the tokens; row 1
+    // forbids both tied maxima, row 2 allows one token only.
+    let mut allowed: Vec<Vec<bool>> = (0..n).map(|r| random(vocab, 20 + r as u64).iter().map(|v| v.abs() < 0.1).collect()).collect();
+    allowed[1][10] = false;
+    allowed[1][900] = false;
+    allowed[2] = (0..vocab).map(|t| t == 321).collect();
+    let mut bits = vec![0u32; n * words];
+    for (r, row) in allowed.iter().enumerate() {
+        for (t, _) in row.iter().enumerate().filter(|(_, &a)| a) {
+            bits[r * words + t / 32] |= 1 << (t % 32);
+        }
+    }
+    let mb = h.buffer(&bits.iter().map(|&b| f32::from_bits(b)).collect::<Vec<_>>());
+    let got = h.run(&[h.kernels.argmax(&lb, &rb, &mb, vocab as u32, true)], &vec![0; n], &rb);
+    let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+    let want: Vec<u32> = logits
+        .chunks(vocab)
+        .zip(&allowed)
+        .map(|(row, ok)| (0..vocab).filter(|&t| ok[t]).fold(None, |best: Option<usize>, t| if best.is_none_or(|b| row[t] > row[b]) { Some(t) } else { best }).unwrap() as u32)
+        .collect();
+    assert_eq!(got, want, "masked argmax");
+    assert_eq!(got[2], 321);
+    assert!(got[1] != 10 && got[1] != 900);
 }
 
 /// GPU top-64 with its log-sum-exp against the CPU's sorted selection: rows with ties across the
@@ -326,7 +352,7 @@ fn attention_matches_cpu_over_paged_cache() {
                 let tokens = vec![0u32; n];
                 let positions: Vec<u32> = items.iter().map(|i| i.1).collect();
                 let seq_ids: Vec<u32> = items.iter().map(|i| i.0).collect();
-                let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &table_refs };
+                let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &table_refs, masks: None };
                 for window in [0u32, 100] {
                     let scale = 1.0 / (dims.head_dim as f32).sqrt();
                     let ops = h.kernels.attention(&qb, &kb, &vb, &ob, dims, scale, window, &plan, &scratch);
@@ -407,7 +433,7 @@ fn matmul_with_folded_rmsnorm_matches_norm_then_matmul() {
                 let rows: Vec<u32> = (0..n as u32).rev().step_by(2).collect();
                 let yb = h.buffer(&vec![f32::NAN; rows.len() * m]);
                 let (tokens, positions) = (vec![0u32; n], (0..n as u32).collect::<Vec<_>>());
-                let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &rows, block_tables: &[] };
+                let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &rows, block_tables: &[], masks: None };
                 let got = h.run_batch(&h.kernels.matmul_normed(&w, &xb, Some(norm), &yb, OutCols { stride: m as u32, col: 0 }, Count::LogitRows), &b, &yb);
                 let gathered: Vec<f32> = rows.iter().flat_map(|&r| normed[r as usize * k..][..k].to_vec()).collect();
                 let mut want = vec![0f32; rows.len() * m];
@@ -438,7 +464,7 @@ fn rmsnorm_add_and_gather_match_cpu() {
         let rows = [5u32, 0, 3];
         let yb = h.buffer(&vec![f32::NAN; rows.len() * d]);
         let (tokens, positions) = (vec![0u32; n], (0..n as u32).collect::<Vec<_>>());
-        let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &rows, block_tables: &[] };
+        let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &rows, block_tables: &[], masks: None };
         let got = h.run_batch(&[h.kernels.rmsnorm(&xb, &wb, &yb, d as u32, eps, true)], &b, &yb);
         let gathered: Vec<f32> = rows.iter().flat_map(|&r| x[r as usize * d..][..d].to_vec()).collect();
         let mut want = vec![0f32; rows.len() * d];
@@ -499,7 +525,7 @@ fn rope_kv_matches_cpu_and_fills_paged_cache_slots() {
     let tokens = vec![0u32; n];
     let seq_ids: Vec<u32> = items.iter().map(|i| i.0).collect();
     let positions: Vec<u32> = items.iter().map(|i| i.1).collect();
-    let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &tables };
+    let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &tables, masks: None };
     for dims in kernel_cases::shapes() {
         let (hd, stride) = (dims.head_dim as usize, dims.qkv_stride as usize);
         let (q_dim, kv_dim) = (dims.n_heads as usize * hd, dims.n_kv_heads as usize * hd);

@@ -1,5 +1,6 @@
 // Demo page: the npm package (pkg/dist, built by `make package`) imported the way an app would,
-// running the engine in its Web Worker. Streams chat replies; Stop aborts one.
+// running the engine in its Web Worker. Streams chat replies; Stop aborts one. "Output" holds a
+// reply to a JSON Schema or to a tool call (structured output, enforced token by token).
 import { createEngine } from "/pkg/dist/index.js";
 
 const DEFAULT_MODEL = "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -7,6 +8,24 @@ const $ = (id) => document.getElementById(id);
 let engine = null;
 let history = [];
 let controller = null;
+
+// The tool-call example's functions.
+const TOOLS = [
+  { type: "function", function: { name: "get_weather", description: "Current weather in a city", parameters: { type: "object", properties: { city: { type: "string", maxLength: 40 }, unit: { enum: ["celsius", "fahrenheit"] } }, required: ["city", "unit"], additionalProperties: false } } },
+  { type: "function", function: { name: "send_email", description: "Send an email", parameters: { type: "object", properties: { to: { type: "string", maxLength: 60 }, subject: { type: "string", maxLength: 80 } }, required: ["to", "subject"], additionalProperties: false } } },
+];
+
+/** The request fields the "Output" choice adds. */
+function structured() {
+  switch ($("format").value) {
+    case "json":
+      return { response_format: { type: "json_schema", json_schema: { name: "reply", schema: JSON.parse($("schema").value) } } };
+    case "tools":
+      return { tools: TOOLS, tool_choice: "required" };
+    default:
+      return {};
+  }
+}
 
 const phases = { download: "downloading", cache: "reading from the browser cache", read: "reading the file", upload: "uploading to the GPU" };
 
@@ -58,9 +77,14 @@ async function send() {
       top_k: Number($("top_k").value),
       max_tokens: Number($("max_tokens").value),
       signal: controller.signal,
+      ...structured(),
     });
     for await (const chunk of stream) {
       out.textContent += chunk.choices[0].delta.content ?? "";
+      for (const call of chunk.choices[0].delta.tool_calls ?? []) {
+        out.className = "msg assistant call";
+        out.textContent = `${call.function.name}(${call.function.arguments})`;
+      }
       $("chat").scrollTop = $("chat").scrollHeight;
       if (chunk.ferrolm) {
         const t = chunk.ferrolm;
@@ -77,6 +101,7 @@ async function send() {
 }
 
 $("send").onclick = send;
+$("format").onchange = () => ($("schema-box").hidden = $("format").value !== "json");
 $("stop").onclick = () => controller?.abort();
 $("file").onchange = (ev) => {
   const f = ev.target.files[0];

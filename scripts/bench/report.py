@@ -53,16 +53,28 @@ if serving:
         md.append(f"| {r['where']} | {r.get('model', '').split('/')[-1]} | " + " | ".join(f"{tps[n]:.1f}" for n in (1, 2, 4, 8)) +
                   f" | {tps[8] / tps[1]:.2f}x | {s['ttft_cold_ms']:.0f} | {s['ttft_hit_ms']:.0f} | {100 * s['ttft_hit_ms'] / s['ttft_cold_ms']:.0f}% |")
 
-spec = [r for r in ours if r.get("speculative")]
-if spec:
-    md += ["", "## Speculative decoding (n-gram prompt lookup, k <= 4; <= 2 on CPU-emulated adapters)", "",
-           "| where | prompt | tokens | plain decode tok/s | speculative tok/s | speedup | acceptance | tokens / forward |",
-           "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in spec:
-        for s in r["speculative"]:
-            rate = 100 * s["accepted"] / max(s["drafted"], 1)
-            md.append(f"| {r['where']} | {s['name']} | {s['generated_tokens']} | {s['plain_decode_tok_s']:.1f} | "
-                      f"{s['speculative_decode_tok_s']:.1f} | {s['speedup']:.2f}x | {rate:.0f}% | {s['tokens_per_forward']:.2f} |")
+def per_case_table(key, title, columns, cells):
+    """A table with one row per case of every result that has `key` (a list of cases)."""
+    results = [r for r in ours if r.get(key)]
+    if not results:
+        return []
+    out = ["", title, "", "| where | " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 1)]
+    for r in results:
+        out += [f"| {r['where']} | " + " | ".join(cells(c)) + " |" for c in r[key]]
+    return out
+
+
+md += per_case_table(
+    "speculative", "## Speculative decoding (n-gram prompt lookup, k <= 4; <= 2 on CPU-emulated adapters)",
+    ["prompt", "tokens", "plain decode tok/s", "speculative tok/s", "speedup", "acceptance", "tokens / forward"],
+    lambda s: [s["name"], str(s["generated_tokens"]), f"{s['plain_decode_tok_s']:.1f}", f"{s['speculative_decode_tok_s']:.1f}",
+               f"{s['speedup']:.2f}x", f"{100 * s['accepted'] / max(s['drafted'], 1):.0f}%", f"{s['tokens_per_forward']:.2f}"])
+
+md += per_case_table(
+    "constrained", "## Structured output (greedy, JSON Schema, against free decoding of as many tokens)",
+    ["schema", "tokens", "free decode tok/s", "constrained tok/s", "constrained / free", "grammar ms / token", "tokens / forward"],
+    lambda c: [c["name"], str(c["generated_tokens"]), f"{c['free_decode_tok_s']:.1f}", f"{c['constrained_decode_tok_s']:.1f}",
+               f"{c['ratio']:.2f}x", f"{c['constraint_ms_per_token']:.3f}", f"{c['tokens_per_forward']:.2f}"])
 
 if peer:
     md += ["", "## wllama 3.8.1 in the same Chromium (../shared/peer-bench)", "",

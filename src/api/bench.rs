@@ -11,7 +11,7 @@ use crate::clock::now_ms;
 use crate::engine::{Engine, Event, ForwardModel, Request, RequestStats};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufWriter, Value};
-use crate::sample::{GenerateOptions, Generation, SpecMethod, Speculative};
+use crate::sample::{GenerateOptions, Generation, Grammar, SpecMethod, Speculative};
 use crate::tokenizer::Tokenizer;
 
 /// The peer benchmark's prompt (../shared/peer-bench/bench.js), ~130 tokens.
@@ -67,16 +67,16 @@ pub async fn bench_runs<M: ForwardModel>(
     for _ in 0..runs.max(1) {
         timings.push(time_generation(engine, tok, prompt, gen.max(2)).await?);
     }
-    let (serving, speculative) = match stream_gen {
-        0 => (None, None),
+    let (serving, speculative, constrained) = match stream_gen {
+        0 => (None, None, None),
         n => {
             let (s, p) = time_engine(engine, tok, template, prompt, gen, n).await?;
-            (Some(s), Some(p))
+            (Some(s), Some(p), Some(time_constrained(engine, tok, template).await?))
         }
     };
     let median = |f| median(&timings, f);
     Ok(serde_json::json!({
-        "serving": serving, "speculative": speculative, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
+        "serving": serving, "speculative": speculative, "constrained": constrained, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
         "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": median(|t| t.decode_tok_s),
         "all_runs": timings,
     }))
@@ -217,6 +217,69 @@ pub async fn time_speculative<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tok
         accepted: s.accepted,
         tokens_per_forward: s.generated_tokens as f64 / s.forwards.max(1) as f64,
     })
+}
+
+/// Structured output's cost: decode speed held to a grammar against free decoding of the same
+/// number of tokens from the same prompt.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConstrainedTiming {
+    pub name: String,
+    pub generated_tokens: usize,
+    pub free_decode_tok_s: f64,
+    pub constrained_decode_tok_s: f64,
+    /// constrained / free: above 1 when forced tokens save more forwards than masks cost.
+    pub ratio: f64,
+    /// Grammar engine time (masks, forced tokens, commits) per generated token.
+    pub constraint_ms_per_token: f64,
+    pub tokens_per_forward: f64,
+}
+
+/// A nested object of the kind a form-filling app asks for.
+fn nested_schema() -> serde_json::Value {
+    let person = serde_json::json!({"type": "object", "properties": {"name": {"type": "string", "maxLength": 24}, "age": {"type": "integer", "minimum": 0, "maximum": 120}}, "required": ["name", "age"], "additionalProperties": false});
+    serde_json::json!({"type": "object", "properties": {"company": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24}, "employees": {"type": "array", "items": person, "minItems": 3, "maxItems": 3}}, "required": ["name", "employees"], "additionalProperties": false}}, "required": ["company"], "additionalProperties": false})
+}
+
+/// Long fixed keys and short values: most of the text is forced.
+fn long_keys_schema() -> serde_json::Value {
+    let keys = [
+        "customer_account_identifier",
+        "customer_billing_address_postal_code",
+        "customer_preferred_contact_method",
+        "customer_loyalty_programme_membership_tier",
+        "customer_marketing_communication_consent",
+    ];
+    let props: serde_json::Map<String, serde_json::Value> = keys.iter().map(|k| (k.to_string(), serde_json::json!({"type": "integer", "minimum": 0, "maximum": 9}))).collect();
+    serde_json::json!({"type": "object", "properties": props, "required": keys, "additionalProperties": false})
+}
+
+/// [`ConstrainedTiming`] for a nested schema and a long-keys schema, greedy on a chat prompt
+/// (a raw one when the model has no template), cold prefix cache each run.
+pub async fn time_constrained<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, template: Option<&ChatTemplate>) -> Result<Vec<ConstrainedTiming>> {
+    let context = engine.model().limits().context as usize;
+    let mut out = Vec::new();
+    for (name, ask, schema) in [("nested schema", "a company with a name and three employees", nested_schema()), ("long fixed keys", "a customer record", long_keys_schema())] {
+        let ask = format!("Reply in JSON: {ask}.");
+        let prompt = match template {
+            Some(_) => tok.encode_prompt(&render_chat(template, &[ChatMessage { role: "user".into(), content: ask }], None, true, tok.max_prompt_bytes(context))?, true)?,
+            None => tok.encode_prompt(&ask, false)?,
+        };
+        engine.clear_prefix_cache();
+        let opts = GenerateOptions { max_tokens: 256, grammar: Some(Grammar::JsonSchema(schema)), ..Default::default() };
+        let held = engine.generate(tok, Request { prompt: prompt.clone(), opts }, |_| {}).await?.stats;
+        engine.clear_prefix_cache();
+        let free = engine.generate(tok, Request { prompt, opts: greedy(held.generated_tokens) }, |_| {}).await?.stats;
+        out.push(ConstrainedTiming {
+            name: name.into(),
+            generated_tokens: held.generated_tokens,
+            free_decode_tok_s: free.decode_tok_s,
+            constrained_decode_tok_s: held.decode_tok_s,
+            ratio: held.decode_tok_s / free.decode_tok_s.max(1e-9),
+            constraint_ms_per_token: held.constraint_ms / held.generated_tokens.max(1) as f64,
+            tokens_per_forward: held.generated_tokens as f64 / held.forwards.max(1) as f64,
+        });
+    }
+    Ok(out)
 }
 
 /// The best streaming-read bandwidth (bytes/s) the read probe reaches on this adapter, over a

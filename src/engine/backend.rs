@@ -18,6 +18,10 @@ pub struct Batch<'a> {
     pub logit_rows: &'a [u32],
     /// Physical KV block of each logical block, per sequence id.
     pub block_tables: &'a [&'a [u32]],
+    /// With [`Readback::Argmax`]: the tokens each logit row may choose (structured output),
+    /// `[logit rows][vocab.div_ceil(32)]` u32 words, bit `t % 32` of word `t / 32` set when
+    /// token `t` is allowed.
+    pub masks: Option<&'a [u32]>,
 }
 
 impl Batch<'_> {
@@ -39,6 +43,9 @@ impl Batch<'_> {
         }
         if self.logit_rows.len() > limits.max_logit_rows as usize || self.logit_rows.iter().any(|&r| r as usize >= n) {
             return bad(format!("logit rows must be token indices, at most {}", limits.max_logit_rows));
+        }
+        if self.masks.is_some_and(|m| m.len() != self.logit_rows.len() * vocab.div_ceil(32)) {
+            return bad("the masks must hold one row of vocab / 32 words per logit row".into());
         }
         if self.block_tables.len() > limits.max_seqs as usize {
             return bad(format!("{} sequences; at most {}", self.block_tables.len(), limits.max_seqs));
@@ -191,12 +198,27 @@ impl PendingStep for Ready {
     }
 }
 
-/// The picks of `logits: [rows][vocab]` that `read` asks for (CPU backends).
-pub fn picks_from_logits(logits: Vec<f32>, vocab: usize, read: Readback) -> Picks {
+/// The picks of `logits: [rows][vocab]` that `read` asks for, argmax within `masks` when
+/// given (CPU backends).
+pub fn picks_from_logits(logits: Vec<f32>, vocab: usize, read: Readback, masks: Option<&[u32]>) -> Picks {
     match read {
         Readback::Nothing => Picks::Nothing,
-        Readback::Argmax => Picks::Tokens(logits.chunks_exact(vocab).map(crate::sample::argmax).collect()),
+        Readback::Argmax => Picks::Tokens(match masks {
+            None => logits.chunks_exact(vocab).map(crate::sample::argmax).collect(),
+            Some(m) => logits.chunks_exact(vocab).zip(m.chunks_exact(vocab.div_ceil(32))).map(|(row, words)| masked_argmax(row, words)).collect(),
+        }),
         Readback::Top(k) => Picks::Top(logits.chunks_exact(vocab).map(|row| TopLogits::from_logits(row, k)).collect()),
         Readback::Logits => Picks::Logits(logits),
     }
+}
+
+/// The first largest logit among the allowed tokens (u32::MAX if none is).
+fn masked_argmax(row: &[f32], words: &[u32]) -> u32 {
+    let mut best = (f32::NEG_INFINITY, u32::MAX);
+    for (i, &v) in row.iter().enumerate() {
+        if words[i / 32] >> (i % 32) & 1 == 1 && (best.1 == u32::MAX || v > best.0) {
+            best = (v, i as u32);
+        }
+    }
+    best.1
 }

@@ -310,6 +310,16 @@ impl<M: ForwardModel> Engine<M> {
         }
         self.steps += 1;
 
+        // Greedy constrained sequences that choose this step get their masks ahead: the backend
+        // applies them (the mask of step N + 1 depends on token N, so it is computed here).
+        let vocab = self.model.config().vocab_size;
+        for &(id, n) in &plan {
+            let seq = self.running.iter_mut().find(|s| s.id == id).expect("planned sequences run");
+            if n == seq.pending() && seq.draft.tokens.is_empty() {
+                seq.decoder.prepare_mask()?;
+            }
+        }
+
         // The batch: each planned sequence's next tokens, logits for those that finish their feed.
         let (mut tokens, mut positions, mut seq_ids, mut logit_rows) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut tables: Vec<&[u32]> = Vec::new();
@@ -328,19 +338,40 @@ impl<M: ForwardModel> Engine<M> {
                 logit_rows.extend((tokens.len() - rows..tokens.len()).map(|r| r as u32));
             }
         }
-        let batch = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &logit_rows, block_tables: &tables };
         // One readback serves every row: the widest any sequence needs.
-        let readback = match needs.iter().fold(None, |acc: Option<Need>, n| Some(acc.map_or(n.1, |a| a.widest(n.1)))) {
+        let widest = needs.iter().fold(None, |acc: Option<Need>, n| Some(acc.map_or(n.1, |a| a.widest(n.1))));
+        let readback = match widest {
             None => Readback::Nothing,
-            Some(Need::Argmax) => Readback::Argmax,
+            Some(Need::Argmax | Need::MaskedArgmax) => Readback::Argmax,
             Some(Need::Top(_)) => Readback::Top(crate::sample::MAX_TOP),
             Some(Need::Logits) => Readback::Logits,
         };
+        // Masked argmax: each row's mask, all tokens allowed for unconstrained rows.
+        let words = vocab.div_ceil(32);
+        let mut masks = Vec::new();
+        if widest == Some(Need::MaskedArgmax) {
+            for &(id, _, _, rows) in &needs {
+                let seq = self.running.iter().find(|s| s.id == id).expect("planned sequences run");
+                let start = masks.len();
+                masks.resize(start + rows * words, u32::MAX);
+                if let Some(m) = seq.decoder.prepared_mask() {
+                    // Tokens past the tokenizer's vocabulary (padding rows) are never allowed.
+                    let row = &mut masks[start..start + words];
+                    row.fill(0);
+                    let n = m.len().min(words);
+                    row[..n].copy_from_slice(&m[..n]);
+                    for t in tokenizer.vocab_size().min(vocab)..(words * 32).min(n * 32) {
+                        row[t / 32] &= !(1 << (t % 32));
+                    }
+                }
+            }
+        }
+        let masks = (!masks.is_empty()).then_some(&masks[..]);
+        let batch = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &logit_rows, block_tables: &tables, masks };
         let picked = self.model.submit(&batch, readback)?.read().await?;
 
         // Account for the fed tokens (drafts count once kept), then verify and take new tokens.
         let now = now_ms();
-        let vocab = self.model.config().vocab_size;
         let mut events = Vec::new();
         for &(id, n) in &plan {
             let seq = self.running.iter_mut().find(|s| s.id == id).expect("planned sequences run");

@@ -166,6 +166,7 @@ impl Sequence {
     /// The `Done` event of a finished (or cancelled) sequence whose blocks are freed.
     pub fn done(self) -> Event {
         let mut stats = self.stats;
+        let constraint_ms = self.decoder.constraint_ms();
         let mut gen = self.decoder.out;
         let n = gen.tokens.len();
         stats.generated_tokens = n;
@@ -185,6 +186,7 @@ impl Sequence {
         g.forwards = stats.forwards;
         g.drafted = stats.drafted;
         g.accepted = stats.accepted;
+        g.constraint_ms = constraint_ms;
         g.ttft_ms = stats.ttft_ms;
         g.prefill_tok_s = self.prompt_len as f64 / (stats.ttft_ms.max(1e-3) / 1e3);
         // Tokens a grammar forces arrive together: no time between them, no rate.

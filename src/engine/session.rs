@@ -60,7 +60,7 @@ impl Session {
                 (false, false) => Vec::new(),
             };
             let seq_ids = vec![0u32; chunk.len()];
-            let batch = Batch { tokens: chunk, positions: &positions, seq_ids: &seq_ids, logit_rows: &rows, block_tables: &[&self.table] };
+            let batch = Batch { tokens: chunk, positions: &positions, seq_ids: &seq_ids, logit_rows: &rows, block_tables: &[&self.table], masks: None };
             let read = if rows.is_empty() { Readback::Nothing } else { read };
             let picks = model.submit(&batch, read)?.read().await?;
             self.len += chunk.len();

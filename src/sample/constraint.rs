@@ -9,6 +9,7 @@ use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{SimpleVob, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
 
+use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
@@ -99,7 +100,7 @@ impl Grammars {
         if first.is_zero() {
             return Err(bad("no text satisfies it".into()));
         }
-        Ok(Constraint { matcher, first: Some(first) })
+        Ok(Constraint { matcher, ready: Some(first), ms: 0.0 })
     }
 }
 
@@ -125,29 +126,64 @@ fn one_line(s: &str) -> String {
 /// One request's grammar state.
 pub struct Constraint {
     matcher: Matcher,
-    /// The mask computed when the grammar was checked, used for the first choice.
-    first: Option<SimpleVob>,
+    /// The mask of the next choice when already computed (at compile, or ahead of a step
+    /// whose backend applies it).
+    ready: Option<SimpleVob>,
+    /// Milliseconds spent in llguidance after submission (masks, commits, forced tokens).
+    ms: f64,
 }
 
 impl Constraint {
+    /// Runs `f` on the matcher, timed.
+    fn timed<T>(&mut self, f: impl FnOnce(&mut Matcher) -> T) -> T {
+        let t0 = now_ms();
+        let out = f(&mut self.matcher);
+        self.ms += now_ms() - t0;
+        out
+    }
+
     /// The tokens allowed next (the stop tokens alone once the grammar is complete).
     pub fn mask(&mut self) -> Result<SimpleVob> {
-        if let Some(m) = self.first.take() {
+        if let Some(m) = self.ready.take() {
             return Ok(m);
         }
-        self.matcher.compute_mask_or_eos().map_err(|e| Error::Constraint(e.to_string()))
+        self.timed(|m| m.compute_mask_or_eos()).map_err(|e| Error::Constraint(e.to_string()))
+    }
+
+    /// Computes the next mask ahead, for a backend to apply; returns its words (bit `t % 32`
+    /// of word `t / 32`: token `t` allowed).
+    pub fn prepare(&mut self) -> Result<&[u32]> {
+        if self.ready.is_none() {
+            self.ready = Some(self.mask()?);
+        }
+        Ok(self.ready.as_ref().expect("computed above").as_slice())
+    }
+
+    /// The words of the mask computed ahead, if any.
+    pub fn prepared(&self) -> Option<&[u32]> {
+        self.ready.as_ref().map(SimpleVob::as_slice)
+    }
+
+    /// Whether the mask computed ahead allows `token` (true when none was).
+    pub fn allows(&self, token: u32) -> bool {
+        self.ready.as_ref().is_none_or(|m| (token as usize) < m.len() && m.is_allowed(token))
     }
 
     /// Takes a chosen token.
     pub fn commit(&mut self, token: u32) -> Result<()> {
-        self.first = None;
-        self.matcher.consume_token(token).map_err(|e| Error::Constraint(e.to_string()))
+        self.ready = None;
+        self.timed(|m| m.consume_token(token)).map_err(|e| Error::Constraint(e.to_string()))
     }
 
     /// Tokens the grammar fixes from here whatever the model says (e.g. `"name": "` after
     /// `{`), not yet taken.
     pub fn forced(&mut self) -> Vec<u32> {
-        self.matcher.compute_ff_tokens()
+        self.timed(|m| m.compute_ff_tokens())
+    }
+
+    /// Milliseconds spent computing masks and forced tokens and taking tokens.
+    pub fn ms(&self) -> f64 {
+        self.ms
     }
 
     /// Whether the grammar is complete and allows nothing more.

@@ -43,6 +43,8 @@ pub struct GenerateStats {
     pub forwards: usize,
     pub drafted: usize,
     pub accepted: usize,
+    /// Structured output: milliseconds spent in the grammar engine after submission.
+    pub constraint_ms: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -91,6 +93,9 @@ pub struct TokenLogprob {
 pub enum Need {
     /// The backend's argmax (plain greedy): 4 bytes.
     Argmax,
+    /// The argmax among the tokens the grammar allows (greedy structured output): the mask
+    /// goes to the backend, 4 bytes come back.
+    MaskedArgmax,
     /// The `k` (<= 64) largest logits and the row's log-sum-exp (~0.5 KB).
     Top(usize),
     /// The whole row of logits (penalties, logit bias, wide top-k).
@@ -105,6 +110,9 @@ impl Need {
     pub fn widest(self, other: Need) -> Need {
         match (self, other) {
             (Need::Logits, _) | (_, Need::Logits) => Need::Logits,
+            // Top-k candidates chosen before a mask may all be forbidden.
+            (Need::MaskedArgmax, Need::Top(_)) | (Need::Top(_), Need::MaskedArgmax) => Need::Logits,
+            (Need::MaskedArgmax, _) | (_, Need::MaskedArgmax) => Need::MaskedArgmax,
             (Need::Top(a), Need::Top(b)) => Need::Top(a.max(b)),
             (Need::Top(k), Need::Argmax) | (Need::Argmax, Need::Top(k)) => Need::Top(k),
             (Need::Argmax, Need::Argmax) => Need::Argmax,
@@ -174,7 +182,21 @@ impl Decoder {
     /// the disallowed tokens removed first.
     pub fn constrain(&mut self, constraint: Constraint) {
         self.constraint = Some(constraint);
-        self.need = Need::Logits;
+        self.need = if self.need == Need::Argmax { Need::MaskedArgmax } else { Need::Logits };
+    }
+
+    /// The mask [`Decoder::prepare_mask`] computed, until the next token is taken.
+    pub fn prepared_mask(&self) -> Option<&[u32]> {
+        self.constraint.as_ref().and_then(Constraint::prepared)
+    }
+
+    /// For [`Need::MaskedArgmax`]: computes the next choice's mask ahead and returns its words
+    /// for the backend; None without a constraint.
+    pub fn prepare_mask(&mut self) -> Result<Option<&[u32]>> {
+        match &mut self.constraint {
+            Some(c) if self.need == Need::MaskedArgmax => c.prepare().map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// The logits the sampler chooses from: the row itself, or with a constraint, the row with
@@ -190,6 +212,9 @@ impl Decoder {
     /// Chooses the next token from what the step read back (and records its logprobs).
     pub fn pick(&mut self, picked: Picked) -> Result<u32> {
         let (next, lp) = match picked {
+            Picked::Token(t) if self.constraint.as_ref().is_some_and(|c| !c.allows(t)) => {
+                return Err(Error::Constraint(format!("the backend chose token {t}, which the grammar's mask forbids")));
+            }
             Picked::Token(t) => (t, None),
             Picked::Top(top) => {
                 let next = self.sampler.sample_top(top);
@@ -213,6 +238,7 @@ impl Decoder {
         if self.need == Need::Argmax {
             Need::Argmax
         } else {
+            // A draft row's mask depends on the drafts before it being kept.
             Need::Logits
         }
     }
@@ -285,6 +311,11 @@ impl Decoder {
         }
         self.out.text.push_str(&text);
         Ok((text, true))
+    }
+
+    /// Milliseconds the constraint took so far (0 without one).
+    pub fn constraint_ms(&self) -> f64 {
+        self.constraint.as_ref().map_or(0.0, Constraint::ms)
     }
 
     /// Tokens the constraint fixes next, to be taken without a forward of their own; none

@@ -113,6 +113,6 @@ impl ForwardModel for SimdModel {
         let slot = |t: usize, pos: usize| b.block_tables[b.seq_ids[t] as usize][pos / bs] as usize * bs + pos % bs;
         let step = Step { tokens: b.tokens, positions: b.positions, slot: &slot, logit_rows: b.logit_rows };
         let logits = self.weights.forward(&self.pool, self.target, &step, &mut self.kv.borrow_mut())?;
-        Ok(Ready(picks_from_logits(logits, self.weights.config.vocab_size, read)))
+        Ok(Ready(picks_from_logits(logits, self.weights.config.vocab_size, read, b.masks)))
     }
 }

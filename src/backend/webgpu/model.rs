@@ -97,11 +97,14 @@ pub struct GpuModel {
     logits: wgpu::Buffer,
     argmax: wgpu::Buffer,
     topk: wgpu::Buffer,
+    /// Allowed-token masks of the logit rows (structured output), written by masked steps.
+    masks: wgpu::Buffer,
     /// Readback buffers not held by a pending step; a step takes one big enough and its
     /// [`GpuPending`] puts it back once read.
     staging: Rc<RefCell<Vec<wgpu::Buffer>>>,
     ops: Vec<Op>,
     argmax_op: Op,
+    masked_argmax_op: Op,
     topk_op: Op,
     /// What the batch buffer holds, so a step writes only the words that changed.
     written: RefCell<Vec<u32>>,
@@ -181,6 +184,7 @@ impl GpuModel {
         let logits = storage("logits", max_logit_rows as u64 * v * 4)?;
         let argmax = storage("argmax", max_logit_rows as u64 * 4)?;
         let topk = storage("top-k", max_logit_rows as u64 * TOPK_WORDS as u64 * 4)?;
+        let masks = storage("masks", max_logit_rows as u64 * v.div_ceil(32) * 4)?;
         // One cos/sin table per distinct (RoPE base, scale) among the layers (Gemma 3: local, global).
         let mut ropes: Vec<((u32, u32), wgpu::Buffer)> = Vec::new();
         for l in 0..c.n_layers {
@@ -295,7 +299,8 @@ impl GpuModel {
         let head = if c.tied_embeddings { token_embd } else { matrix(names::OUTPUT, &[names::OUTPUT], true)? };
         let (input, norm) = norm_input(&kernels, &mut ops, &x, h.as_ref(), &output_norm, c, true);
         ops.extend(kernels.matmul_normed(&head, input, norm, &logits, OutCols { stride: v as u32, col: 0 }, Count::LogitRows));
-        let argmax_op = kernels.argmax(&logits, &argmax, v as u32);
+        let argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, false);
+        let masked_argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, true);
         let topk_op = kernels.topk(&logits, &topk, v as u32);
         prepare(&ops[head_start..]);
         argmax_op.prepare_single_sequence(max_batch_tokens);
@@ -307,7 +312,7 @@ impl GpuModel {
         // wgpu zero-fills new buffers.
         let written = RefCell::new(vec![0; batch_words(&limits)]);
         let counters = Rc::default();
-        let model = GpuModel { ctx, config, limits, weight_bytes, weight_values, batch, logits, argmax, topk, staging, ops, argmax_op, topk_op, written, counters };
+        let model = GpuModel { ctx, config, limits, weight_bytes, weight_values, batch, logits, argmax, topk, masks, staging, ops, argmax_op, masked_argmax_op, topk_op, written, counters };
         Ok(PendingModel { model, scope })
     }
 
@@ -315,7 +320,12 @@ impl GpuModel {
     /// kernel when that is what the step reads back).
     fn encode(&self, b: &Batch, readback: Readback) -> Result<wgpu::CommandEncoder> {
         b.validate(&self.limits, self.config.vocab_size)?;
-        let bytes = self.write_batch(b);
+        let mut bytes = self.write_batch(b);
+        let masks = b.masks.filter(|_| readback == Readback::Argmax);
+        if let Some(m) = masks {
+            self.ctx.queue.write_buffer(&self.masks, 0, bytemuck::cast_slice(m));
+            bytes += m.len() as u64 * 4;
+        }
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         let mut dispatches = 0;
         {
@@ -325,6 +335,7 @@ impl GpuModel {
                 dispatches += op.encode_span(&mut pass, n, rows, span) as u64;
             }
             dispatches += match readback {
+                Readback::Argmax if masks.is_some() => self.masked_argmax_op.encode(&mut pass, n, rows),
                 Readback::Argmax => self.argmax_op.encode(&mut pass, n, rows),
                 Readback::Top(_) => self.topk_op.encode(&mut pass, n, rows),
                 Readback::Nothing | Readback::Logits => false,
@@ -540,8 +551,8 @@ impl GpuModel {
         let n = tokens.len();
         let table: Vec<u32> = (0..(n as u32 + 1).div_ceil(self.limits.block_size)).collect();
         let positions: Vec<u32> = (0..=n as u32).collect();
-        let prefill = Batch { tokens, positions: &positions[..n], seq_ids: &vec![0; n], logit_rows: &[n as u32 - 1], block_tables: &[&table] };
-        let decode = Batch { tokens: &tokens[..1], positions: &positions[n..], seq_ids: &[0], logit_rows: &[0], block_tables: &[&table] };
+        let prefill = Batch { tokens, positions: &positions[..n], seq_ids: &vec![0; n], logit_rows: &[n as u32 - 1], block_tables: &[&table], masks: None };
+        let decode = Batch { tokens: &tokens[..1], positions: &positions[n..], seq_ids: &[0], logit_rows: &[0], block_tables: &[&table], masks: None };
         self.profile(&prefill).and_then(|p| Ok([p, self.profile(&decode)?]))
     }
 }

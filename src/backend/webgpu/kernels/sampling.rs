@@ -16,7 +16,7 @@ pub const TOPK_WORDS: usize = 2 * TOPK_MAX + 2;
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct ArgmaxParams {
     vocab: u32,
-    _pad0: u32,
+    mask_words: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -35,10 +35,12 @@ struct TopkParams {
 const _: () = assert!(std::mem::size_of::<TopkParams>() == 16);
 
 impl Kernels {
-    /// Index of the largest logit of each logit row.
-    pub fn argmax(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, vocab: u32) -> Op {
-        let variants = self.single(Shader::Argmax, None, &[], Grid::PerItem { of: Count::LogitRows });
-        self.op("argmax", variants, &ArgmaxParams { vocab, _pad0: 0, _pad1: 0, _pad2: 0 }, &[logits, result])
+    /// Index of the largest logit of each logit row; with `masked`, of the largest allowed by
+    /// the row's bits in `masks` (`[rows][vocab.div_ceil(32)]` u32 words, bit set: allowed).
+    pub fn argmax(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, masks: &wgpu::Buffer, vocab: u32, masked: bool) -> Op {
+        let variants = self.single(Shader::Argmax, None, &[("MASKED", masked as u32)], Grid::PerItem { of: Count::LogitRows });
+        let params = ArgmaxParams { vocab, mask_words: vocab.div_ceil(32), _pad1: 0, _pad2: 0 };
+        self.op(if masked { "masked argmax" } else { "argmax" }, variants, &params, &[logits, result, masks])
     }
 
     /// The [`TOPK_MAX`] largest logits of each logit row, sorted, and the row's log-sum-exp
