@@ -136,8 +136,13 @@ on_each_backend! {
 
 async fn batched_equals_alone<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) {
     let alone = each_alone(engine, tok, 16).await;
+    let before = engine.stats().steps;
     together_equals(engine, tok, 16, &alone).await;
-    println!("{}: 4 requests together: {:?}", engine.model().describe(), engine.stats());
+    // They really ran together: 4 x 16 tokens in fewer steps than one request's prefill plus
+    // 16 decode steps each would take alone.
+    let steps = engine.stats().steps - before;
+    println!("{}: 4 requests together in {steps} steps: {:?}", engine.model().describe(), engine.stats());
+    assert!(steps <= 20, "4 x 16 tokens took {steps} steps: the requests did not share steps");
 }
 
 on_each_backend! {

@@ -60,8 +60,14 @@ fn expected(l: &[f32], p: &SamplingParams) -> Vec<f64> {
     out
 }
 
-fn tv(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / 2.0
+/// Total variation between two distributions over the same tokens; a draw of a token the
+/// analytic distribution gives no mass (outside the support) fails at once.
+fn tv(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    if let Some(t) = (0..got.len()).find(|&t| got[t] > 0.0 && want[t] == 0.0) {
+        panic!("token {t} was drawn ({:.4} of draws) but lies outside the support", got[t]);
+    }
+    got.iter().zip(want).map(|(x, y)| (x - y).abs()).sum::<f64>() / 2.0
 }
 
 fn empirical(p: &SamplingParams, history: &[u32]) -> Vec<f64> {

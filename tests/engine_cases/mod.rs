@@ -67,6 +67,7 @@ pub async fn each_alone<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer
 pub async fn together_equals<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, max_tokens: usize, alone: &[Vec<u32>]) {
     engine.clear_prefix_cache();
     let together = run_together(engine, tok, requests(tok, max_tokens)).await;
+    assert_eq!(together.len(), alone.len());
     for (i, (t, a)) in together.iter().zip(alone).enumerate() {
         assert_eq!(&t.generation.tokens, a, "prompt {:?}: batched tokens differ from the request alone", PROMPTS[i]);
         assert_eq!(t.generation.tokens.len(), max_tokens, "prompt {:?}: ended early", PROMPTS[i]);
@@ -97,6 +98,7 @@ pub fn assert_logprobs_close(a: &[TokenLogprob], b: &[TokenLogprob], tol: f32) {
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(b) {
         assert_eq!(x.token, y.token);
+        assert_eq!(x.top.len(), y.top.len(), "different numbers of alternatives");
         assert!((x.logprob - y.logprob).abs() <= tol, "logprob {} vs {}", x.logprob, y.logprob);
         for (p, q) in x.top.iter().zip(&y.top) {
             assert_eq!(p.0, q.0, "top alternatives differ");

@@ -248,5 +248,21 @@ test("demo page: load, generate, metrics, screenshot", { timeout: TIMEOUT }, asy
   const ttft = Number(/TTFT (\d+)/.exec(metrics)?.[1]);
   const toks = Number(/([\d.]+) tok\/s/.exec(metrics)?.[1]);
   assert.ok(ttft > 0 && toks > 0, `metrics not filled: ${metrics}`);
+
+  // "Output: JSON": the reply follows the schema box's schema; "a tool call": a call is shown.
+  await page.selectOption("#format", "json");
+  await page.fill("#max_tokens", "60");
+  await page.fill("#prompt", "Reply in JSON: a person with a name and an age.");
+  await page.click("#send");
+  await page.waitForFunction(() => document.querySelectorAll(".msg.assistant").length === 2 && !document.getElementById("send").disabled, null, { timeout: 300_000 });
+  const json = JSON.parse(await page.textContent(".msg.assistant >> nth=1"));
+  assert.ok(typeof json.name === "string" && Number.isInteger(json.age), JSON.stringify(json));
+  await page.selectOption("#format", "tools");
+  await page.fill("#prompt", "What is the weather in Paris?");
+  await page.click("#send");
+  await page.waitForFunction(() => document.querySelectorAll(".msg.assistant").length === 3 && !document.getElementById("send").disabled, null, { timeout: 300_000 });
+  const call = await page.textContent(".msg.assistant >> nth=2");
+  assert.match(call, /^(get_weather|send_email)\(\{.*\}\)$/, call);
+  await page.screenshot({ path: join(ARTIFACTS, "demo-structured.png") });
   await context.close();
 });
