@@ -101,6 +101,8 @@ fn chat(tok: &Tokenizer, template: &ChatTemplate, ask: &str, tools: &[Tool]) -> 
     tok.encode_prompt(&text, true).unwrap()
 }
 
+/// Greedy, or sampled at temperature 0.8 and top-p 0.95 with `seed` (tests/browser.rs uses the
+/// same settings for the records).
 fn constrained(grammar: Grammar, seed: Option<u64>, spec: bool) -> GenerateOptions {
     let sampling = match seed {
         Some(seed) => SamplingParams { temperature: 0.8, top_p: 0.95, seed: Some(seed), ..Default::default() },
@@ -108,6 +110,20 @@ fn constrained(grammar: Grammar, seed: Option<u64>, spec: bool) -> GenerateOptio
     };
     let speculative = spec.then_some(Speculative { method: SpecMethod::Ngram, k: 4 });
     GenerateOptions { max_tokens: 160, sampling, grammar: Some(grammar), speculative, ..Default::default() }
+}
+
+/// Records requests and their tokens for the browser test (target/test-artifacts/`name`).
+fn record(name: &str, cases: &[(Request, Vec<u32>)]) {
+    let rows: Vec<Value> = cases
+        .iter()
+        .map(|(r, tokens)| {
+            let Some(Grammar::JsonSchema(schema)) = &r.opts.grammar else { unreachable!("schema cases") };
+            json!({ "prompt": r.prompt, "schema": schema, "seed": r.opts.sampling.seed, "tokens": tokens })
+        })
+        .collect();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), Value::Array(rows).to_string()).unwrap();
 }
 
 /// Runs every schema greedy and sampled together in one engine; each output must parse and
@@ -148,6 +164,7 @@ fn json_schemas_hold_greedy_and_sampled_alone_batched_and_speculative() {
     let model = ferrolm::backend::cpu::SimdModel::load(&gguf, &file, &ModelOptions::new(1024, 256), 2).unwrap();
     let mut engine = Engine::new(model);
     let batched = schemas_hold(&mut engine, &tok, &template, "CPU");
+    record("structured-cpu.json", &batched);
 
     // A third of the cases alone: the same tokens. Greedy ones also with n-gram speculation
     // (sampled ones keep the distribution, not the draws).
@@ -272,11 +289,13 @@ fn json_schema_holds_on_the_gpu_with_the_mask_on_either_side() {
     let alone = pollster::block_on(run_alone(&mut engine, &tok, req.clone()));
     let uploaded = engine.model().counters().since(&before).bytes_written;
     let sampled = Request { opts: constrained(Grammar::JsonSchema(schema.clone()), Some(1), false), ..req.clone() };
+    let mixed_request = req.clone();
     let mixed = pollster::block_on(run_together(&mut engine, &tok, vec![req, sampled]));
     let text = &alone.generation.text;
     println!("GPU: {text} ({uploaded} bytes written)");
     validate(&schema, &serde_json::from_str(text).unwrap()).unwrap();
     assert!(uploaded >= 49_152 / 8, "the mask was not uploaded ({uploaded} bytes written)");
+    record("structured-gpu.json", &[(mixed_request.clone(), alone.generation.tokens.clone())]);
     assert_eq!(mixed[0].generation.tokens, alone.generation.tokens, "the mask on the CPU chose differently");
     validate(&schema, &serde_json::from_str(&mixed[1].generation.text).unwrap()).unwrap();
 }
