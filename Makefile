@@ -91,7 +91,7 @@ PEER_DIR := .tools/peer-bench
 bench: models build wasm
 	mkdir -p bench-out && rm -f bench-out/results.jsonl bench-out/peer.jsonl
 	target/release/ferrolm bench --runs 3 --json bench-out/results.jsonl
-	target/release/ferrolm bench --device cpu --runs 3 --stream-gen 0 --json bench-out/results.jsonl
+	target/release/ferrolm bench --device cpu --runs 3 --stream-gen 16 --json bench-out/results.jsonl
 	target/release/ferrolm bench --model models/gemma-3-270m-q4_k_m.gguf --runs 3 --stream-gen 0 --json bench-out/results.jsonl
 	target/release/ferrolm bench --synthetic llama-3.2-1b --runs 1 --gen 8 --json bench-out/results.jsonl
 	cd scripts/bench && npm install --silent --no-audit --no-fund
@@ -99,7 +99,7 @@ bench: models build wasm
 	trap "kill $$pid" EXIT; sleep 1; \
 	node scripts/bench/run-browser.mjs --port $(BENCH_PORT) --runs 3 >> bench-out/results.jsonl; \
 	node scripts/bench/run-browser.mjs --port $(BENCH_PORT) --device cpu --threads 1 --runs 3 --stream-gen 0 >> bench-out/results.jsonl; \
-	node scripts/bench/run-browser.mjs --port $(BENCH_PORT) --device cpu --threads 2 --runs 3 --stream-gen 0 >> bench-out/results.jsonl; \
+	node scripts/bench/run-browser.mjs --port $(BENCH_PORT) --device cpu --threads 2 --runs 3 --stream-gen 16 >> bench-out/results.jsonl; \
 	node scripts/bench/run-browser.mjs --port $(BENCH_PORT) --model gemma-3-270m-q4_k_m.gguf --runs 1 --gen 32 --stream-gen 0 >> bench-out/results.jsonl
 	@if [ -d ../shared/peer-bench ]; then \
 	  mkdir -p $(PEER_DIR) && cp ../shared/peer-bench/*.mjs ../shared/peer-bench/*.js ../shared/peer-bench/*.html $(PEER_DIR)/ && \
