@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export XDG_RUNTIME_DIR ?= /tmp/ferrolm-xdg-$(shell id -u)
 $(shell mkdir -p -m 700 $(XDG_RUNTIME_DIR))
 
-.PHONY: help models tools rust-tools system-packages build test lint test-native test-browser test-npm run demo wasm package bench fuzz soak clean
+.PHONY: help models tools rust-tools system-packages build test-cli test lint test-native test-browser test-npm run demo wasm package bench fuzz soak clean
 
 help:
 	@echo "make demo   build the wasm package and serve the demo page"
@@ -50,6 +50,12 @@ tools: system-packages rust-tools
 
 build:
 	cargo build --release
+
+# The CLI as `cargo test` builds it (for tests/cli.rs): the dev-dependencies widen shared crates'
+# features (syn's among them), so a plain `cargo build` after `make test-native` rebuilds nearly
+# everything (about 3 minutes on 2 cores); this is a no-op then.
+test-cli:
+	cargo test --release --no-run
 
 # The npm package's wasm half, two artifacts (wasm-bindgen output, git-ignored): pkg/wasm runs
 # anywhere on one thread; pkg/wasm-threads shares its memory with Web Workers (CPU backend
@@ -136,7 +142,7 @@ test-browser:
 
 # The npm package as a user gets it: a test app installs the packed tarball, plain ES modules
 # and a Vite build, driven in headless Chromium by playwright-core (node's test runner).
-test-npm: package build
+test-npm: package test-cli
 	cd tests/npm/app && rm -rf node_modules/ferrolm package-lock.json && npm install --silent --no-audit --no-fund
 	cd tests/npm/app && npx vite build --logLevel warn
 	node --test --test-concurrency=1 tests/npm/package.test.mjs

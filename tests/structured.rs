@@ -117,8 +117,13 @@ fn record(name: &str, cases: &[(Request, Vec<u32>)]) {
     let rows: Vec<Value> = cases
         .iter()
         .map(|(r, tokens)| {
-            let Some(Grammar::JsonSchema(schema)) = &r.opts.grammar else { unreachable!("schema cases") };
-            json!({ "prompt": r.prompt, "schema": schema, "seed": r.opts.sampling.seed, "tokens": tokens })
+            let grammar = match r.opts.grammar.as_ref().expect("constrained cases") {
+                Grammar::JsonObject => json!({ "json_object": true }),
+                Grammar::JsonSchema(schema) => json!({ "json_schema": schema }),
+                Grammar::Regex(rx) => json!({ "regex": rx }),
+                Grammar::Lark(lark) => json!({ "lark": lark }),
+            };
+            json!({ "prompt": r.prompt, "grammar": grammar, "seed": r.opts.sampling.seed, "tokens": tokens })
         })
         .collect();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
@@ -195,7 +200,8 @@ fn regex_lark_and_any_json_object() {
         Request { prompt: prompt("Is water wet?"), opts: constrained(Grammar::Lark(lark.into()), Some(5), false) },
         Request { prompt: prompt("A JSON object describing a cat:"), opts: constrained(Grammar::JsonObject, None, false) },
     ];
-    let out = pollster::block_on(run_together(&mut engine, &tok, reqs));
+    let out = pollster::block_on(run_together(&mut engine, &tok, reqs.clone()));
+    record("structured-grammars-cpu.json", &reqs.into_iter().zip(out.iter().map(|o| o.generation.tokens.clone())).collect::<Vec<_>>());
     let full = |re: &str| regex::Regex::new(&format!("^(?:{re})$")).unwrap();
     for o in &out[..2] {
         assert!(full(rx).is_match(&o.generation.text), "regex output {:?}", o.generation.text);
