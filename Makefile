@@ -84,7 +84,7 @@ run: models system-packages build
 
 demo: models package
 	@echo "demo: http://127.0.0.1:$(DEMO_PORT)/"
-	python3 scripts/serve.py --isolated --port $(DEMO_PORT) --mount /pkg=pkg --mount /models=models www
+	python3 scripts/serve.py --isolated --csp --port $(DEMO_PORT) --mount /pkg=pkg --mount /models=models www
 
 ## ---- benchmark ------------------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 
 Serves several folders under URL prefixes (`--mount /models=models`), with the wasm MIME type and
 CORS headers so a test page on another local port may fetch model files. `--isolated` adds the
-COOP/COEP headers that make pages cross-origin isolated (SharedArrayBuffer, so wasm threads).
+COOP/COEP headers that make pages cross-origin isolated (SharedArrayBuffer, so wasm threads);
+`--csp` a strict Content Security Policy (same-origin scripts, workers and fetches; wasm allowed,
+no eval, no inline script or style, no blob: workers).
 """
 import argparse
 import http.server
@@ -18,6 +20,7 @@ def main():
     ap.add_argument("--mount", action="append", default=[], help="URLPREFIX=DIR, e.g. /models=models")
     ap.add_argument("--log", help="append each request's path to this file (tests count fetches)")
     ap.add_argument("--isolated", action="store_true", help="send COOP/COEP (pages get wasm threads)")
+    ap.add_argument("--csp", action="store_true", help="send a strict Content-Security-Policy")
     ap.add_argument("root", nargs="?", default=".")
     args = ap.parse_args()
     mounts = sorted((p.split("=", 1) for p in args.mount), key=lambda m: -len(m[0]))
@@ -42,6 +45,8 @@ def main():
             if args.isolated:
                 self.send_header("Cross-Origin-Opener-Policy", "same-origin")
                 self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+            if args.csp:
+                self.send_header("Content-Security-Policy", "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'")
             self.send_header("Cache-Control", "no-cache")
             super().end_headers()
 

@@ -68,6 +68,9 @@ pub enum Error {
     #[error("GPU error: {0}")]
     Gpu(String),
 
+    #[error("the GPU device was lost ({0}); requests in flight failed and this engine cannot run again: create the engine again to get a new device")]
+    DeviceLost(String),
+
     #[error("{what} needs {bytes} bytes but this GPU allows at most {limit} bytes per buffer; use a smaller model or quantization")]
     ModelTooLarge { what: String, bytes: u64, limit: u64 },
 

@@ -25,6 +25,19 @@ fn reads_the_real_smollm2_file() {
     assert!(matches!(g.metadata.get_u32("no.such.key"), Err(Error::MissingMetadata(_))));
 }
 
+/// The check a browser runs on a download's first bytes: SmolLM2's gate and up (2 x 1536 rows of
+/// 576 Q4_1 values, 20 bytes a packed group of 32) fit a 1.1 MB binding, not one byte less.
+#[test]
+fn the_header_check_refuses_a_gate_and_up_larger_than_a_binding() {
+    let file = std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap();
+    let g = Gguf::read(&file).unwrap();
+    let need = 2 * 1536 * (576 / 32) * 20;
+    ferrolm::backend::webgpu::GpuModel::check_header(&g, need).unwrap();
+    let err = ferrolm::backend::webgpu::GpuModel::check_header(&g, need - 1).unwrap_err();
+    assert!(matches!(err, Error::ModelTooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("layer 0's gate and up matrices needs 1105920 bytes"), "{err}");
+}
+
 #[test]
 fn reads_the_real_gemma3_file() {
     let file = std::fs::File::open(common::model_path(common::GEMMA3)).unwrap();

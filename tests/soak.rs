@@ -3,6 +3,8 @@
 //! synthetic model. Every request ends exactly once, no step loop hangs, the KV pool is back to
 //! no block in use after each burst, and the GPU engine's readback buffers stop growing after
 //! warm-up. `FERROLM_SOAK_REQUESTS` sets the length (default 1,000; `make soak` runs 20,000).
+//! And a fault: a GPU device lost mid-request fails the step with `DeviceLost`, not a panic or
+//! a hang, and a new engine runs.
 
 use std::collections::BTreeSet;
 
@@ -13,6 +15,7 @@ use ferrolm::engine::{Engine, Event, ForwardModel, ModelOptions, Request};
 use ferrolm::gguf::Gguf;
 use ferrolm::sample::{GenerateOptions, SamplingParams, SpecMethod, Speculative};
 use ferrolm::tokenizer::Tokenizer;
+use ferrolm::Error;
 
 const SHAPE: LlamaShape = LlamaShape { n_layers: 2, d_model: 64, n_heads: 2, n_kv_heads: 1, ffn_dim: 128, vocab: 256 };
 
@@ -122,4 +125,34 @@ fn soak_on_the_gpu_backend() {
     });
     println!("GPU soak: {n} requests, {cancelled} cancelled, at most {max_used} KV blocks in use, readback buffers {:?}", warm);
     assert!(warm.is_some(), "too short to warm up");
+}
+
+#[test]
+fn a_lost_gpu_device_fails_the_step_and_a_new_engine_runs() {
+    let (bytes, tok) = model_bytes();
+    let gguf = Gguf::read(&bytes[..]).unwrap();
+    let load = || pollster::block_on(async { GpuModel::load(GpuContext::new(GpuOptions::default()).await.unwrap(), &gguf, &bytes[..], &ModelOptions::new(256, 64)).await.unwrap() });
+    let run = |engine: &mut Engine<GpuModel>, steps: usize| -> Result<usize, Error> {
+        let mut done = 0;
+        for _ in 0..steps {
+            done += pollster::block_on(engine.step(&tok))?.iter().filter(|e| matches!(e, Event::Done { .. })).count();
+        }
+        Ok(done)
+    };
+    let request = || Request { prompt: vec![1, 2, 3], opts: GenerateOptions { max_tokens: 8, ignore_eos: true, ..Default::default() } };
+    let mut engine = Engine::new(load());
+    for _ in 0..3 {
+        engine.submit(&tok, request()).unwrap();
+    }
+    run(&mut engine, 2).unwrap();
+    engine.model().ctx.destroy();
+    match run(&mut engine, 1) {
+        Err(e @ Error::DeviceLost(_)) => println!("after destroy: {e}"),
+        other => panic!("a step on a destroyed device gave {other:?}, not DeviceLost"),
+    }
+    // Later steps keep failing the same way; a new engine (new device) runs.
+    assert!(matches!(run(&mut engine, 1), Err(Error::DeviceLost(_))));
+    let mut fresh = Engine::new(load());
+    fresh.submit(&tok, request()).unwrap();
+    assert_eq!(run(&mut fresh, 12).unwrap(), 1, "the new engine did not finish its request");
 }

@@ -9,6 +9,8 @@ export type FerroErrorCode =
   | "network" // the model URL could not be fetched
   | "aborted" // the request's AbortSignal fired
   | "invalid_request" // bad options or a prompt longer than the context
+  | "device_lost" // the GPU device was lost (driver reset, GPU reclaimed): create the engine again
+  | "worker_died" // the engine's worker failed or could not start: create the engine again
   | "engine"; // anything else (GPU errors)
 
 export class FerroError extends Error {
@@ -39,6 +41,7 @@ export function classify(e: unknown): FerroError {
   const m = String((e as Error)?.message ?? e);
   const code: FerroErrorCode =
     /WebGPU is not available/.test(m) ? "no_webgpu"
+    : /GPU device was lost/.test(m) ? "device_lost"
     : /allows at most|can hold at most|cannot allocate|out of memory|KV cache is full/.test(m) ? "model_too_large"
     : /unsupported (model architecture|GGUF version)|has unsupported type/.test(m) ? "unsupported_model"
     : /not a GGUF file|malformed GGUF|is missing from the model file|metadata key|invalid model|model file.s chat template/.test(m) ? "invalid_model"

@@ -12,6 +12,8 @@ const CACHE_NAME = "ferrolm-models-v1";
 type Wasm = typeof import("../wasm/ferrolm.js") & { initThreads?: (n: number) => Promise<unknown> };
 const modules = new Map<"plain" | "threads", Promise<Wasm>>();
 let threadsStarted = 0;
+/** Each module's wasm memory, for the stats. */
+const memories = new WeakMap<object, WebAssembly.Memory>();
 
 function loadWasm(kind: "plain" | "threads", wasmUrl?: string): Promise<Wasm> {
   let m = modules.get(kind);
@@ -19,7 +21,8 @@ function loadWasm(kind: "plain" | "threads", wasmUrl?: string): Promise<Wasm> {
     m = (async () => {
       // Written out in full so bundlers see both modules.
       const mod = (kind === "threads" ? await import("../wasm-threads/ferrolm.js") : await import("../wasm/ferrolm.js")) as unknown as Wasm;
-      await mod.default(wasmUrl ? { module_or_path: wasmUrl } : undefined);
+      const out = (await mod.default(wasmUrl ? { module_or_path: wasmUrl } : undefined)) as { memory?: WebAssembly.Memory };
+      if (out.memory) memories.set(mod, out.memory);
       return mod;
     })();
     modules.set(kind, m);
@@ -27,7 +30,48 @@ function loadWasm(kind: "plain" | "threads", wasmUrl?: string): Promise<Wasm> {
   return m;
 }
 
-type Gpu = { requestAdapter(): Promise<{ isFallbackAdapter?: boolean; info?: Record<string, unknown> } | null> };
+type Gpu = { requestAdapter(): Promise<{ isFallbackAdapter?: boolean; info?: Record<string, unknown>; limits?: { maxStorageBufferBindingSize: number; maxBufferSize: number } } | null> };
+
+/** The largest buffer the engine may bind on this browser's adapter (what it will get). */
+async function maxBinding(): Promise<number> {
+  const adapter = await (globalThis.navigator as Navigator & { gpu?: Gpu })?.gpu?.requestAdapter().catch(() => null);
+  const l = adapter?.limits;
+  return l ? Math.min(l.maxStorageBufferBindingSize, l.maxBufferSize) : Number.MAX_SAFE_INTEGER;
+}
+
+/** Reads the GGUF header off the first chunks of a model as they arrive, and refuses a model
+ * that cannot load here (not GGUF, unsupported, too large for the tab or the adapter) before
+ * the rest is downloaded. */
+class HeaderCheck {
+  private head: Uint8Array[] = [];
+  private have = 0;
+  private need = 1 << 16;
+  private done: boolean;
+  constructor(private wasm: Wasm, private total: number, private device: "gpu" | "cpu", private binding: number) {
+    this.done = total === 0; // unknown length: the load itself decides
+  }
+  /** Throws the typed error when the header rules the model out. */
+  push(chunk: Uint8Array) {
+    if (this.done) return;
+    this.head.push(chunk);
+    this.have += chunk.length;
+    if (this.have < Math.min(this.need, this.total)) return;
+    const prefix = new Uint8Array(this.have);
+    let at = 0;
+    for (const c of this.head) prefix.set(c, (at += c.length) - c.length);
+    let needed: number;
+    try {
+      needed = this.wasm.checkModelHeader(prefix, this.total, this.device, this.binding);
+    } catch (e) {
+      this.done = true;
+      throw classify(e);
+    }
+    // A header past 64 MB is left to the load (it bounds what it reads).
+    this.done = needed === 0 || needed > 64 << 20;
+    this.need = needed;
+    if (this.done) this.head = [];
+  }
+}
 
 /** "gpu" on a real WebGPU adapter; "cpu" without WebGPU or on a CPU emulation of it (a fallback
  * adapter, SwiftShader, llvmpipe, lavapipe), where the CPU backend is several times faster. */
@@ -66,6 +110,8 @@ export class EngineHost {
   private lock: Promise<unknown> = Promise.resolve();
   private listeners = new Map<number, (e: WireEvent) => void>();
   private pumping = false;
+  /** A lost GPU device: the engine cannot run again, every call fails with this. */
+  private lost: FerroError | null = null;
 
   async load(source: ModelSource, opts: LoadOptions, onProgress: (p: Progress) => void): Promise<ModelInfo> {
     const device = await pickDevice(opts.device);
@@ -80,10 +126,13 @@ export class EngineHost {
       threads = Math.min(threads, threadsStarted);
     }
     const started = Date.now(); // the engine measures load time on the same clock
-    const bytes = await readModel(wasm, source, opts, onProgress);
+    const binding = device === "gpu" ? await maxBinding() : 0;
+    const check = (total: number) => new HeaderCheck(wasm, total, device, binding);
+    const bytes = await readModel(wasm, source, opts, onProgress, check);
     const total = bytes.length;
     onProgress({ phase: "upload", loaded: 0, total });
     await this.unload();
+    this.lost = null;
     try {
       this.engine = await wasm.Engine.fromBytes(bytes, { device, threads, context: opts.context ?? 0, portable: !!opts.portable, kvBudgetBytes: opts.kvBudgetBytes, startedMs: started });
       this.wasm = wasm;
@@ -109,6 +158,7 @@ export class EngineHost {
 
   private run<T>(f: (e: Engine) => T | Promise<T>): Promise<T> {
     const next = this.lock.then(() => {
+      if (this.lost) throw this.lost;
       if (!this.engine) throw new FerroError("engine", "no model is loaded (it was unloaded); create the engine again");
       return f(this.engine);
     });
@@ -138,7 +188,19 @@ export class EngineHost {
   }
 
   engineStats(): Promise<KvStats | null> {
-    return this.run((e) => e.engineStats() as KvStats | null);
+    const memory = this.wasm ? memories.get(this.wasm) : undefined;
+    return this.run((e) => ({ ...(e.engineStats() as KvStats), wasm_memory_bytes: memory?.buffer.byteLength ?? 0 }));
+  }
+
+  /** Fault injection: destroys the GPU device as a driver reset would. */
+  loseDevice(): Promise<void> {
+    return this.run((e) => {
+      try {
+        e.loseDevice();
+      } catch (err) {
+        throw classify(err);
+      }
+    });
   }
 
   async unload(): Promise<void> {
@@ -169,8 +231,9 @@ export class EngineHost {
           await new Promise((r) => setTimeout(r, 0));
         }
       } catch (err) {
-        const error = toWire(err);
-        for (const [id, l] of this.listeners) l({ type: "error", id, error });
+        const f = classify(err);
+        if (f.code === "device_lost") this.lost = f;
+        for (const [id, l] of this.listeners) l({ type: "error", id, error: toWire(f) });
         this.listeners.clear();
       } finally {
         this.pumping = false;
@@ -180,7 +243,7 @@ export class EngineHost {
 }
 
 /** Reads a model into wasm memory chunk by chunk, reporting progress. */
-async function readModel(wasm: Wasm, source: ModelSource, opts: LoadOptions, onProgress: (p: Progress) => void): Promise<ModelBytes> {
+async function readModel(wasm: Wasm, source: ModelSource, opts: LoadOptions, onProgress: (p: Progress) => void, check?: (total: number) => HeaderCheck): Promise<ModelBytes> {
   if (source instanceof Uint8Array || source instanceof ArrayBuffer) {
     const view = source instanceof Uint8Array ? source : new Uint8Array(source);
     const bytes = newBytes(wasm, view.length);
@@ -188,19 +251,19 @@ async function readModel(wasm: Wasm, source: ModelSource, opts: LoadOptions, onP
     return bytes;
   }
   if (typeof Blob !== "undefined" && source instanceof Blob) {
-    return drain(wasm, new Response(source), source.size, "read", onProgress);
+    return drain(newBytes(wasm, source.size), new Response(source), source.size, "read", onProgress, check?.(source.size));
   }
-  return readUrl(wasm, new URL(String(source), globalThis.location?.href).href, opts, onProgress);
+  return readUrl(wasm, new URL(String(source), globalThis.location?.href).href, opts, onProgress, check);
 }
 
-async function readUrl(wasm: Wasm, url: string, opts: LoadOptions, onProgress: (p: Progress) => void): Promise<ModelBytes> {
+async function readUrl(wasm: Wasm, url: string, opts: LoadOptions, onProgress: (p: Progress) => void, check?: (total: number) => HeaderCheck): Promise<ModelBytes> {
   const cache = opts.cache !== false && typeof caches !== "undefined" ? await caches.open(CACHE_NAME).catch(() => null) : null;
   const hit = await cache?.match(url);
   if (hit && cache) {
     const size = Number(hit.headers.get("x-ferrolm-size") ?? 0);
-    const bytes = await drain(wasm, hit, size, "cache", onProgress);
+    const bytes = await drain(newBytes(wasm, size), hit, size, "cache", onProgress);
     if (!size || bytes.length === size) return bytes;
-    bytes.free();
+    release(bytes);
     await cache.delete(url); // a partial entry: fetch again
   }
   let resp: Response;
@@ -213,13 +276,25 @@ async function readUrl(wasm: Wasm, url: string, opts: LoadOptions, onProgress: (
     throw new FerroError("network", `fetching the model from ${url} failed: HTTP ${resp.status} ${resp.statusText}`);
   }
   const total = resp.headers.get("content-encoding") ? 0 : Number(resp.headers.get("content-length") ?? 0);
+  // The memory is taken before the download, so a file the tab cannot hold fails at once.
+  let bytes = newBytes(wasm, total);
+  const header = check?.(total);
   if (cache) {
-    // The download streams to disk through the cache (progress counted on the way), then is
-    // read back from it: the page never holds the file twice.
+    // The download streams to disk through the cache (progress counted on the way, the header
+    // checked on the first chunks), then is read back from it: the page never holds the file
+    // twice.
     let seen = 0;
+    let refused: FerroError | null = null;
     const counter = new TransformStream<Uint8Array, Uint8Array>({
       transform(chunk, ctl) {
         seen += chunk.length;
+        try {
+          header?.push(chunk);
+        } catch (e) {
+          refused = classify(e);
+          ctl.error(refused); // cancels the download
+          return;
+        }
         onProgress({ phase: "download", loaded: seen, total });
         ctl.enqueue(chunk);
       },
@@ -231,21 +306,39 @@ async function readUrl(wasm: Wasm, url: string, opts: LoadOptions, onProgress: (
       await cache.put(url, new Response(resp.body.pipeThrough(counter), { headers }));
       const stored = await cache.match(url);
       if (stored) {
-        const bytes = await drain(wasm, stored, total, "cache", onProgress);
+        await drain(bytes, stored, total, "cache", onProgress);
         if (!total || bytes.length === total) return bytes;
-        bytes.free();
+        release(bytes);
         await cache.delete(url);
         throw new FerroError("network", `the download of ${url} ended after ${seen} of ${total} bytes; try again`);
       }
     } catch (e) {
-      if (e instanceof FerroError) throw e;
-      // Quota or storage errors: fall back to a plain download below.
+      if (refused || e instanceof FerroError) {
+        release(bytes);
+        throw refused ?? e;
+      }
+      // Quota or storage errors: fall back to a plain download below, into fresh memory.
       await cache.delete(url).catch(() => false);
+      if (bytes.length) {
+        release(bytes);
+        bytes = newBytes(wasm, total);
+      }
     }
     resp = await fetch(url);
-    if (!resp.ok || !resp.body) throw new FerroError("network", `fetching the model from ${url} failed: HTTP ${resp.status}`);
+    if (!resp.ok || !resp.body) {
+      release(bytes);
+      throw new FerroError("network", `fetching the model from ${url} failed: HTTP ${resp.status}`);
+    }
   }
-  return drain(wasm, resp, total, "download", onProgress);
+  return drain(bytes, resp, total, "download", onProgress, check?.(total));
+}
+
+const released = new WeakSet<ModelBytes>();
+/** Frees model bytes once, however many error paths reach them. */
+function release(bytes: ModelBytes) {
+  if (released.has(bytes)) return;
+  released.add(bytes);
+  bytes.free();
 }
 
 function newBytes(wasm: Wasm, size: number): ModelBytes {
@@ -260,18 +353,25 @@ function push(bytes: ModelBytes, chunk: Uint8Array) {
   try {
     bytes.push(chunk);
   } catch (e) {
-    bytes.free();
+    release(bytes);
     throw classify(e);
   }
 }
 
-async function drain(wasm: Wasm, resp: Response, total: number, phase: ProgressPhase, onProgress: (p: Progress) => void): Promise<ModelBytes> {
-  const bytes = newBytes(wasm, total);
+/** Reads `resp` into `bytes` (freed on failure), checking the header on the way when `header`. */
+async function drain(bytes: ModelBytes, resp: Response, total: number, phase: ProgressPhase, onProgress: (p: Progress) => void, header?: HeaderCheck): Promise<ModelBytes> {
   const reader = resp.body!.getReader();
   let loaded = 0;
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
+    try {
+      header?.push(value);
+    } catch (e) {
+      release(bytes);
+      await reader.cancel().catch(() => {});
+      throw e;
+    }
     push(bytes, value);
     loaded += value.length;
     onProgress({ phase, loaded, total });

@@ -191,6 +191,15 @@ export class Engine {
     return { model: this.info, kv: await this.transport.engineStats(), last: this.lastStats };
   }
 
+  /** Fault injection, for testing how an app handles failures: `loseDevice` destroys the GPU
+   * device as a driver reset would (requests in flight fail with `device_lost`);
+   * `crashWorker` raises an uncaught error in the engine's worker (everything pending fails
+   * with `worker_died`). Either way the engine is done: create a new one. */
+  readonly faults = {
+    loseDevice: (): Promise<void> => this.transport.fault("lose_device"),
+    crashWorker: (): Promise<void> => this.transport.fault("crash_worker"),
+  };
+
   /** Releases the model and its GPU memory; the engine cannot be used afterwards. */
   async unload(): Promise<void> {
     await this.transport.unload();

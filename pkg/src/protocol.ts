@@ -1,7 +1,7 @@
 // Messages between the page and the worker, and the two transports that carry them: a Web
 // Worker (the default: the page never janks) or the host in the page itself (tests, or where
 // workers are unavailable).
-import { fromWire, type WireError } from "./errors.js";
+import { FerroError, fromWire, type WireError } from "./errors.js";
 import type { EngineHost } from "./host.js";
 import type { GenerateOptions, Input, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, Transport, WireEvent } from "./types.js";
 
@@ -12,6 +12,7 @@ export type Call = { call: number } & (
   | { op: "cancel"; id: number }
   | { op: "engineStats" }
   | { op: "unload" }
+  | { op: "fault"; kind: "lose_device" | "crash_worker" }
 );
 
 type Reply =
@@ -27,6 +28,8 @@ export class WorkerTransport implements Transport {
   private next = 1;
   private pending = new Map<number, { resolve(v: unknown): void; reject(e: unknown): void; progress?: (p: Progress) => void }>();
   private streams = new Map<number, (e: WireEvent) => void>();
+  /** Set once the worker failed: every call after it rejects with this at once. */
+  private dead: FerroError | null = null;
 
   constructor(url?: string | URL) {
     // Written out in full so bundlers (Vite, webpack) see the worker and emit it.
@@ -41,15 +44,29 @@ export class WorkerTransport implements Transport {
       if (m.ok) p.resolve(m.value);
       else p.reject(fromWire(m.error));
     };
+    // An uncaught error in the worker (a script that failed to load, a crash) leaves the engine
+    // in an unknown state: the worker is ended and everything waiting on it fails, streams too.
     this.worker.onerror = (ev) => {
-      const error = fromWire({ code: "engine", message: `the ferrolm worker failed: ${ev.message}` });
-      for (const p of this.pending.values()) p.reject(error);
-      this.pending.clear();
+      ev.preventDefault();
+      this.die(`the ferrolm worker failed (${ev.message || "it could not start or crashed"}); create the engine again`);
     };
+    this.worker.onmessageerror = () => this.die("the ferrolm worker sent a message that could not be read; create the engine again");
+  }
+
+  private die(message: string) {
+    if (this.dead) return;
+    const error = new FerroError("worker_died", message);
+    this.dead = error;
+    this.worker.terminate();
+    for (const p of this.pending.values()) p.reject(error);
+    this.pending.clear();
+    for (const [rid, s] of this.streams) s({ type: "error", id: rid, error: { code: error.code, message } });
+    this.streams.clear();
   }
 
   private call<T>(msg: OmitCall<Call>, progress?: (p: Progress) => void, transfer: Transferable[] = []): Promise<T> {
     const call = this.next++;
+    if (this.dead) return Promise.reject(this.dead);
     return new Promise<T>((resolve, reject) => {
       this.pending.set(call, { resolve: resolve as (v: unknown) => void, reject, progress });
       this.worker.postMessage({ ...msg, call }, transfer);
@@ -91,8 +108,13 @@ export class WorkerTransport implements Transport {
   }
 
   async unload(): Promise<void> {
+    if (this.dead) return;
     await this.call({ op: "unload" });
     this.worker.terminate();
+  }
+
+  fault(kind: "lose_device" | "crash_worker"): Promise<void> {
+    return this.call({ op: "fault", kind });
   }
 }
 
@@ -120,5 +142,9 @@ export class InlineTransport implements Transport {
   }
   unload() {
     return this.host.unload();
+  }
+  fault(kind: "lose_device" | "crash_worker") {
+    if (kind === "crash_worker") return Promise.reject(new FerroError("invalid_request", "this engine runs in the page (worker: false): there is no worker to crash"));
+    return this.host.loseDevice();
   }
 }

@@ -130,6 +130,8 @@ export interface KvStats {
   prefix_hit_rate: number;
   steps: number;
   preemptions: number;
+  /** The engine's wasm memory (it grows, never shrinks): flat once warm. */
+  wasm_memory_bytes: number;
 }
 
 /** What a transport (worker or in-page) offers the page-side engine. */
@@ -140,4 +142,6 @@ export interface Transport {
   cancel(id: number): Promise<void>;
   engineStats(): Promise<KvStats | null>;
   unload(): Promise<void>;
+  /** Fault injection for tests (see `Engine.faults`). */
+  fault(kind: "lose_device" | "crash_worker"): Promise<void>;
 }

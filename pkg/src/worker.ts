@@ -24,6 +24,13 @@ scope.onmessage = async (ev) => {
         return reply(await host.engineStats());
       case "unload":
         return reply(await host.unload());
+      case "fault":
+        if (msg.kind === "lose_device") return reply(await host.loseDevice());
+        // An uncaught error, as a crash in the engine would raise.
+        setTimeout(() => {
+          throw new Error("ferrolm fault injection: the worker crashed");
+        });
+        return reply(undefined);
     }
   } catch (e) {
     scope.postMessage({ call: msg.call, ok: false, error: toWire(e) });

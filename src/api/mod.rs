@@ -12,7 +12,7 @@ use crate::backend::cpu::SimdModel;
 use crate::backend::reference::ReferenceModel;
 use crate::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
 use crate::engine::{Engine, EngineStats, Event, ModelOptions, Request, RequestId};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf};
 use crate::model::Config;
 use crate::sample::Generation;
@@ -124,6 +124,18 @@ impl Runtime {
         match self {
             Runtime::Cpu(e) => e.model().threads(),
             _ => 1,
+        }
+    }
+
+    /// Destroys the GPU device, as a driver reset would (fault tests): every later step fails
+    /// with `DeviceLost`. The CPU backends have no device to lose.
+    pub fn lose_device(&self) -> Result<()> {
+        match self {
+            Runtime::Gpu(e) => {
+                e.model().ctx.destroy();
+                Ok(())
+            }
+            _ => Err(Error::InvalidOption { option: "device", reason: "this engine runs on the CPU: it has no GPU device to lose".into() }),
         }
     }
 

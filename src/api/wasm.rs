@@ -193,6 +193,38 @@ impl Engine {
     }
 }
 
+/// The most wasm memory a tab's engine may plan on (wasm32 addresses 4 GiB; the rest is code,
+/// stacks and the tokenizer).
+const TAB_MAX_BYTES: f64 = 3.5 * (1u64 << 30) as f64;
+
+/// Checks the first bytes of a model file of `file_len` bytes before the rest is downloaded:
+/// returns how many bytes the header needs when `prefix` is too short (0 when it passed), or
+/// fails with the error the full load would end in: not a GGUF file, unsupported architecture
+/// or tensor type, too large for this tab (`device` "cpu": the file and its repacked weights are
+/// both in memory while loading) or for the adapter's `max_binding` bytes per buffer ("gpu").
+#[wasm_bindgen(js_name = checkModelHeader)]
+pub fn check_model_header(prefix: &[u8], file_len: f64, device: &str, max_binding: f64) -> Result<f64, JsError> {
+    let gguf = match Gguf::parse(prefix, file_len as u64) {
+        Err(crate::Error::NeedMoreBytes { needed, .. }) => return Ok(needed as f64),
+        other => other.map_err(js_err)?,
+    };
+    Config::from_gguf(&gguf).map_err(js_err)?;
+    match device {
+        "gpu" => crate::backend::webgpu::GpuModel::check_header(&gguf, max_binding as u64).map_err(js_err)?,
+        _ if 2.0 * file_len > TAB_MAX_BYTES => {
+            let mb = |b: f64| (b / 1e6).round();
+            return Err(JsError::new(&format!(
+                "the model file has {} MB; the CPU backend holds it and its repacked weights (about as large) while loading, {} MB, and a browser tab can hold at most {} MB: use a smaller model or quantization",
+                mb(file_len),
+                mb(2.0 * file_len),
+                mb(TAB_MAX_BYTES)
+            )));
+        }
+        _ => {}
+    }
+    Ok(0.0)
+}
+
 /// Model file bytes gathered chunk by chunk. The capacity is reserved up front from the
 /// expected size, which is bounded: a wasm32 memory holds at most 4 GiB.
 #[wasm_bindgen]
@@ -204,9 +236,8 @@ pub struct ModelBytes {
 impl ModelBytes {
     #[wasm_bindgen(constructor)]
     pub fn new(expected_len: f64) -> Result<ModelBytes, JsError> {
-        const MAX: f64 = 3.5 * (1u64 << 30) as f64;
-        if !(0.0..=MAX).contains(&expected_len) {
-            return Err(JsError::new(&format!("the model file has {expected_len} bytes; a browser tab can hold at most {MAX} (use a smaller model or quantization)")));
+        if !(0.0..=TAB_MAX_BYTES).contains(&expected_len) {
+            return Err(JsError::new(&format!("the model file has {expected_len} bytes; a browser tab can hold at most {TAB_MAX_BYTES} (use a smaller model or quantization)")));
         }
         let mut buf = Vec::new();
         buf.try_reserve_exact(expected_len as usize).map_err(|_| JsError::new(&format!("cannot allocate {expected_len} bytes for the model in this tab; close other tabs or use a smaller model")))?;
@@ -305,6 +336,13 @@ impl Engine {
             Some(e) => Ok(serde_wasm_bindgen::to_value(&js_event(e))?),
             None => Ok(JsValue::NULL),
         }
+    }
+
+    /// Fault injection for tests: destroys the GPU device as a driver reset would; requests in
+    /// flight then fail with a "device was lost" error.
+    #[wasm_bindgen(js_name = loseDevice)]
+    pub fn lose_device(&self) -> Result<(), JsError> {
+        self.runtime.lose_device().map_err(js_err)
     }
 
     /// Engine figures: running and waiting requests, KV blocks used / free / cached, bytes per

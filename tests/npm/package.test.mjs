@@ -2,11 +2,12 @@
 // test-npm`), served as plain ES modules (also cross-origin isolated, for CPU threads) and as a
 // Vite build, driven in headless Chromium (SwiftShader WebGPU) by playwright-core. Greedy text
 // must equal the native engine's on the same backend: `device: "auto"` picks the CPU backend
-// under SwiftShader, `"webgpu"` forces the GPU one.
+// under SwiftShader, `"webgpu"` forces the GPU one. The Vite build and the demo are served under a
+// strict Content Security Policy; fault injection and a soak run through the package's API.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync, readFileSync, openSync, readSync, closeSync, mkdirSync, existsSync } from "node:fs";
+import { mkdtempSync, writeFileSync, readFileSync, openSync, readSync, closeSync, mkdirSync, existsSync, truncateSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "./app/node_modules/playwright-core/index.mjs";
@@ -48,10 +49,13 @@ before(async () => {
   readSync(fd, buf, 0, buf.length, 0);
   closeSync(fd);
   writeFileSync(join(bad, "corrupt.gguf"), buf);
+  // A 2 GB model (the same header, sparse zeros after it): too large for a tab's CPU backend.
+  writeFileSync(join(bad, "huge.gguf"), buf);
+  truncateSync(join(bad, "huge.gguf"), 2e9);
   esm = serve(8770, APP, `/models=${join(ROOT, "models")}`, `/bad=${bad}`);
   isolated = serve(8773, APP, "--isolated", `/models=${join(ROOT, "models")}`);
-  vite = serve(8771, join(APP, "dist"), `/models=${join(ROOT, "models")}`);
-  demo = serve(8772, join(ROOT, "www"), `/pkg=${join(ROOT, "pkg")}`, `/models=${join(ROOT, "models")}`);
+  vite = serve(8771, join(APP, "dist"), "--csp", `/models=${join(ROOT, "models")}`);
+  demo = serve(8772, join(ROOT, "www"), "--csp", `/pkg=${join(ROOT, "pkg")}`, `/models=${join(ROOT, "models")}`);
   native = PROMPTS.map((p) => nativeReply(p, 16, "cpu"));
   nativeGpu = nativeReply(PROMPTS[0], 16, "gpu");
   browser = await chromium.launch({
@@ -66,6 +70,16 @@ after(async () => {
   await browser?.close();
   for (const s of servers) s.kill();
 });
+
+/** Console errors and uncaught exceptions of `page` (a 404 for the favicon aside). */
+function watchErrors(page) {
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(`uncaught: ${e.message}`));
+  page.on("console", (m) => {
+    if (m.type() === "error" && !/favicon/.test(m.location().url)) errors.push(m.text());
+  });
+  return errors;
+}
 
 async function open(context, url) {
   const page = await context.newPage();
@@ -198,6 +212,22 @@ test("plain ES modules: auto picks the CPU backend under SwiftShader; streamed c
   assert.equal(errors.corrupt.code, "invalid_model", JSON.stringify(errors.corrupt));
   assert.equal(errors.after, 3);
 
+  // Too large for this tab: refused from the header, the download cancelled after its start.
+  const huge = await page.evaluate(async () => {
+    let loaded = 0;
+    const t0 = performance.now();
+    try {
+      await window.ferrolm.createEngine("/bad/huge.gguf", { onProgress: (p) => (loaded = Math.max(loaded, p.loaded)) });
+      return { code: "loaded" };
+    } catch (e) {
+      return { code: e.code, message: e.message, loaded, ms: performance.now() - t0 };
+    }
+  });
+  console.log(`huge model: refused after ${huge.loaded} of 2e9 bytes in ${Math.round(huge.ms)} ms`);
+  assert.equal(huge.code, "model_too_large", JSON.stringify(huge));
+  assert.match(huge.message, /2000 MB.*can hold at most/);
+  assert.ok(huge.loaded < 16 << 20, `${huge.loaded} bytes downloaded before the refusal`);
+
   // Reload: the model comes from the browser's cache, not the network.
   const fetchesBefore = modelFetches();
   await page.reload();
@@ -220,19 +250,143 @@ test("cross-origin isolated page: the CPU backend on 2 threads (threaded build) 
   await context.close();
 });
 
-test("Vite build: the worker and the .wasm load from the bundle; device webgpu equals the native GPU engine", { timeout: TIMEOUT }, async () => {
+/** Streams `max_tokens` ignoring EOS and aborts after `after` pieces; the error code. */
+function abortAfter(page, after) {
+  return page.evaluate(async (after) => {
+    const ac = new AbortController();
+    let pieces = 0;
+    try {
+      for await (const c of await window.engine.completions.create({ prompt: "Once upon a time", stream: true, max_tokens: 32, ignore_eos: true, signal: ac.signal })) {
+        if (c.choices[0].text && ++pieces === after) ac.abort();
+      }
+      return "finished";
+    } catch (e) {
+      return e.code;
+    }
+  }, after);
+}
+
+test("Vite build under a strict CSP (no eval, no inline, no blob: workers): the worker and the .wasm load from the bundle; device webgpu equals the native GPU engine; abort", { timeout: TIMEOUT }, async () => {
   const context = await browser.newContext();
-  const page = await open(context, `${vite}/index.html`);
+  const page = await context.newPage();
+  const errors = watchErrors(page);
+  const response = await page.goto(`${vite}/index.html`);
+  assert.match(response.headers()["content-security-policy"], /script-src 'self' 'wasm-unsafe-eval'/);
+  await page.waitForFunction(() => window.ferrolm !== undefined, null, { timeout: 60_000 });
   const r = await loadAndStream(page, PROMPTS[0], { device: "webgpu" });
   assert.equal(r.info.device, "webgpu");
   assert.equal(r.text, nativeGpu);
+  assert.equal(await abortAfter(page, 2), "aborted");
+  assert.equal((await page.evaluate(() => window.engine.stats())).kv.kv.used, 0);
+  assert.deepEqual(errors, [], "console errors under the CSP");
   await context.close();
 });
 
-test("demo page: load, generate, metrics, screenshot", { timeout: TIMEOUT }, async () => {
+test("faults: a crashed worker and a lost GPU device fail every pending request with a typed error, never a hang; a new engine runs; a worker that cannot start is worker_died", { timeout: TIMEOUT }, async () => {
+  const context = await browser.newContext();
+  const page = await open(context, `${esm}/index.html`);
+  const model = `/models/${MODEL}`;
+  const out = await page.evaluate(async (model) => {
+    const code = (p) => p.then(() => "resolved", (e) => e.code);
+    const withTimeout = (p, ms) => Promise.race([p, new Promise((r) => setTimeout(() => r("hung"), ms))]);
+    // The engine ends for good after a fault: a stream in flight, a request waiting on it, and
+    // later calls all fail with the fault's code.
+    async function fault(engine, inject) {
+      const first = Promise.withResolvers();
+      const stream = (async () => {
+        for await (const c of await engine.completions.create({ prompt: "Once upon a time", stream: true, max_tokens: 64, ignore_eos: true })) {
+          if (c.choices[0].text) first.resolve();
+        }
+      })();
+      const waiting = engine.completions.create({ prompt: "The sky is", max_tokens: 64, ignore_eos: true });
+      await withTimeout(first.promise, 60_000);
+      await inject(engine);
+      const codes = await withTimeout(Promise.all([code(stream), code(waiting)]), 30_000);
+      const later = await withTimeout(code(engine.completions.create({ prompt: "Hi", max_tokens: 2 })), 30_000);
+      await engine.unload().catch(() => {});
+      return { codes, later };
+    }
+    const r = {};
+    r.crash = await fault(await window.ferrolm.createEngine(model, { device: "cpu" }), (e) => e.faults.crashWorker());
+    r.lost = await fault(await window.ferrolm.createEngine(model, { device: "webgpu" }), (e) => e.faults.loseDevice());
+    r.badWorker = await withTimeout(code(window.ferrolm.createEngine(model, { workerUrl: "/no-such-worker.js" })), 30_000);
+    window.engine = await window.ferrolm.createEngine(model, { device: "cpu" });
+    const again = await window.engine.chat.completions.create({ messages: [{ role: "user", content: "What is the capital of France?" }], max_tokens: 16 });
+    r.again = again.choices[0].message.content;
+    return r;
+  }, model);
+  assert.deepEqual(out.crash.codes, ["worker_died", "worker_died"], JSON.stringify(out));
+  assert.equal(out.crash.later, "worker_died");
+  assert.deepEqual(out.lost.codes, ["device_lost", "device_lost"], JSON.stringify(out));
+  assert.equal(out.lost.later, "device_lost");
+  assert.equal(out.badWorker, "worker_died");
+  assert.equal(out.again, native[0], "an engine created after the faults differs from the native reply");
+  await context.close();
+});
+
+test("soak through the package: 100 requests, 1-4 at once, a fifth aborted: each ends once, KV blocks back to none after each burst, wasm memory flat after warm-up; createEngine/unload 20 times in one page without growth", { timeout: TIMEOUT }, async () => {
+  const context = await browser.newContext();
+  const page = await open(context, `${esm}/index.html`);
+  const out = await page.evaluate(async (model) => {
+    let seed = 12345;
+    const below = (n) => ((seed = (seed * 1103515245 + 12345) % 2147483648) % n);
+    const engine = await window.ferrolm.createEngine(model, { device: "cpu" });
+    const r = { requests: 0, aborted: 0, finished: 0, maxUsed: 0, memory: [], used: [] };
+    for (let burst = 0; r.requests < 100; burst++) {
+      const n = Math.min(1 + (burst % 4), 100 - r.requests);
+      const runs = [];
+      for (let i = 0; i < n; i++, r.requests++) {
+        const ac = new AbortController();
+        const abortAt = below(5) === 0 ? 1 + below(4) : -1;
+        const opts = { prompt: `Story ${r.requests}: once`, stream: true, max_tokens: 1 + below(12), ignore_eos: below(2) === 0, temperature: below(3) === 0 ? 0.8 : 0, seed: r.requests, signal: ac.signal };
+        runs.push((async () => {
+          let pieces = 0;
+          try {
+            for await (const c of await engine.completions.create(opts)) {
+              if (c.choices[0].text && ++pieces === abortAt) ac.abort();
+            }
+            return "finished";
+          } catch (e) {
+            return e.code;
+          }
+        })());
+      }
+      const ends = await Promise.race([Promise.all(runs), new Promise((res) => setTimeout(() => res(null), 60_000))]);
+      if (ends === null) return { hung: burst };
+      for (const e of ends) {
+        const key = e === "finished" || e === "aborted" ? e : "other";
+        r[key] = (r[key] ?? 0) + 1;
+      }
+      const s = await engine.stats();
+      r.used.push(s.kv.kv.used);
+      r.memory.push(s.kv.wasm_memory_bytes);
+    }
+    await engine.unload();
+    // Load and unload in the page itself (one wasm module, reused): its memory must level off.
+    r.cycles = [];
+    for (let i = 0; i < 20; i++) {
+      const e = await window.ferrolm.createEngine(model, { device: "cpu", worker: false });
+      await e.completions.create({ prompt: "Hello", max_tokens: 2 });
+      r.cycles.push((await e.stats()).kv.wasm_memory_bytes);
+      await e.unload();
+    }
+    return r;
+  }, `/models/${MODEL}`);
+  console.log(`soak: ${out.requests} requests, ${out.finished} finished, ${out.aborted} aborted, wasm memory ${out.memory[0] >> 20} -> ${out.memory.at(-1) >> 20} MiB; 20 loads in the page: ${out.cycles[0] >> 20} -> ${out.cycles.at(-1) >> 20} MiB`);
+  assert.equal(out.hung, undefined, `burst ${out.hung} hung`);
+  assert.equal(out.other, undefined, JSON.stringify(out));
+  assert.equal(out.finished + out.aborted, 100);
+  assert.ok(out.aborted >= 10, `only ${out.aborted} aborted`);
+  assert.ok(out.used.every((u) => u === 0), `KV blocks held after a burst: ${out.used}`);
+  assert.equal(out.memory.at(-1), out.memory[4], `wasm memory grew after warm-up: ${out.memory}`);
+  assert.equal(out.cycles.at(-1), out.cycles[4], `wasm memory grew over 20 loads: ${out.cycles}`);
+  await context.close();
+});
+
+test("demo page under a strict CSP: load, generate, metrics, screenshot, no console errors", { timeout: TIMEOUT }, async () => {
   const context = await browser.newContext({ viewport: { width: 1000, height: 900 } });
   const page = await context.newPage();
-  page.on("pageerror", (e) => console.error("[pageerror]", e.message));
+  const errors = watchErrors(page);
   await page.goto(`${demo}/index.html`);
   await page.waitForFunction(() => !document.getElementById("send").disabled, null, { timeout: 300_000 });
   await page.fill("#max_tokens", "12");
@@ -264,5 +418,6 @@ test("demo page: load, generate, metrics, screenshot", { timeout: TIMEOUT }, asy
   const call = await page.textContent(".msg.assistant >> nth=2");
   assert.match(call, /^(get_weather|send_email)\(\{.*\}\)$/, call);
   await page.screenshot({ path: join(ARTIFACTS, "demo-structured.png") });
+  assert.deepEqual(errors, [], "console errors on the demo page");
   await context.close();
 });

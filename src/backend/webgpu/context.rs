@@ -2,6 +2,8 @@
 //! Requests the adapter's real limits and only the optional features it has (and the caller
 //! allows), so the engine runs on any adapter, including ones without `shader-f16`.
 
+use std::sync::{Arc, Mutex};
+
 use crate::error::{Error, Result};
 
 /// Which optional adapter features the engine may use; all off still works everywhere.
@@ -53,6 +55,48 @@ pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: AdapterInfo,
+    pub faults: Faults,
+}
+
+/// What the device reported on its own: its loss (a driver reset, the browser reclaiming the
+/// GPU, `destroy`) and errors no error scope caught (out of memory). wgpu's default handler
+/// panics on the latter; here they fail the step that meets them instead.
+#[derive(Clone, Default)]
+pub struct Faults {
+    lost: Arc<Mutex<Option<String>>>,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl Faults {
+    fn watch(device: &wgpu::Device) -> Faults {
+        let faults = Faults::default();
+        let lost = faults.lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let why = match reason {
+                wgpu::DeviceLostReason::Destroyed => "it was destroyed",
+                wgpu::DeviceLostReason::Unknown => "the driver or the browser reset it",
+            };
+            let message = if message.is_empty() { String::new() } else { format!(": {message}") };
+            *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{why}{message}"));
+        });
+        let error = faults.error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
+        }));
+        faults
+    }
+
+    /// `DeviceLost` once the device is gone (for good), else the first uncaught error since the
+    /// last check.
+    pub fn check(&self) -> Result<()> {
+        if let Some(why) = self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(Error::DeviceLost(why));
+        }
+        match self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => Err(Error::Gpu(e)),
+            None => Ok(()),
+        }
+    }
 }
 
 impl GpuContext {
@@ -110,7 +154,16 @@ impl GpuContext {
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_invocations: limits.max_compute_invocations_per_workgroup,
         };
-        Ok(GpuContext { device, queue, info })
+        let faults = Faults::watch(&device);
+        Ok(GpuContext { device, queue, info, faults })
+    }
+
+    /// Destroys the device, as a driver reset would: every step after this fails with
+    /// `DeviceLost`. For fault tests (and for releasing GPU memory at once).
+    pub fn destroy(&self) {
+        // Recorded now: the browser reports the loss later, after a failed map at the earliest.
+        self.faults.lost.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| "it was destroyed".into());
+        self.device.destroy();
     }
 
     /// Copies `size` bytes of `src` (from `offset`) back to the CPU.

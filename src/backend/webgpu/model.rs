@@ -10,9 +10,9 @@ use std::rc::Rc;
 
 use serde::Serialize;
 
-use super::context::{map_read, GpuContext};
+use super::context::{map_read, Faults, GpuContext};
 use super::kernels::{AttnDims, Count, Kernels, Norm, Op, OutCols, TOPK_WORDS};
-use super::weights::{concat_rows, upload_f32, GpuTensor};
+use super::weights::{concat_rows, packed_group_bytes, upload_f32, GpuTensor};
 use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, BLOCK_SIZE};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf};
@@ -137,6 +137,25 @@ impl GpuModel {
 
     /// As [`GpuModel::load`], without waiting for the GPU to finish the uploads and pipeline
     /// compiles it queued (in a browser the GPU process does them while the page goes on).
+    /// What can be refused from the header alone, before the tensors arrive (a browser checks
+    /// this on the first bytes of a download): the architecture and tensor types, and the one
+    /// matrix that cannot be split across bindings (each layer's gate and up, side by side) must
+    /// fit a binding of `max_binding` bytes.
+    pub fn check_header(gguf: &Gguf, max_binding: u64) -> Result<()> {
+        let c = Config::from_gguf(gguf)?;
+        for l in 0..c.n_layers {
+            let mut bytes = 0;
+            for name in [names::FFN_GATE, names::FFN_UP] {
+                let t = c.tensor(gguf, &names::layer(l, name))?;
+                bytes += packed_group_bytes(t.ty) * (t.dims[0] / 32) * (t.n_elements() / t.dims[0]);
+            }
+            if bytes > max_binding {
+                return Err(Error::ModelTooLarge { what: format!("layer {l}'s gate and up matrices"), bytes, limit: max_binding });
+            }
+        }
+        Ok(())
+    }
+
     pub fn record<S: ByteSource + ?Sized>(ctx: GpuContext, gguf: &Gguf, source: &S, opts: &ModelOptions) -> Result<PendingModel> {
         let config = Config::from_gguf(gguf)?;
         let c = &config;
@@ -447,6 +466,7 @@ impl ForwardModel for GpuModel {
     /// Encodes the step, copies what `read` asks for into a readback buffer and submits, all
     /// in one submission.
     fn submit(&self, b: &Batch, read: Readback) -> Result<GpuPending> {
+        self.ctx.faults.check()?;
         let t0 = crate::clock::now_ms();
         let read = if b.logit_rows.is_empty() { Readback::Nothing } else { read };
         let mut enc = self.encode(b, read)?;
@@ -468,13 +488,14 @@ impl ForwardModel for GpuModel {
             c.submits += 1;
             c.encode_ms += crate::clock::now_ms() - t0;
         });
-        Ok(GpuPending { device: self.ctx.device.clone(), staging, free: self.staging.clone(), bytes, read, counters: self.counters.clone() })
+        Ok(GpuPending { device: self.ctx.device.clone(), faults: self.ctx.faults.clone(), staging, free: self.staging.clone(), bytes, read, counters: self.counters.clone() })
     }
 }
 
 /// A submitted GPU step; reading it maps its readback buffer.
 pub struct GpuPending {
     device: wgpu::Device,
+    faults: Faults,
     staging: Option<wgpu::Buffer>,
     free: Rc<RefCell<Vec<wgpu::Buffer>>>,
     bytes: u64,
@@ -490,6 +511,8 @@ impl PendingStep for GpuPending {
         self.counters.set(c);
         let out = map_read(&self.device, &staging, self.bytes).await;
         self.free.borrow_mut().push(staging);
+        // A lost device fails the map (or maps garbage): the loss is the error to report.
+        self.faults.check()?;
         let out = out?;
         Ok(match self.read {
             Readback::Nothing => Picks::Nothing,

@@ -13,7 +13,7 @@ pub const GPU_MATRIX_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlTy
 pub const MAX_ROWS_PER_PART: usize = 4 * 65535;
 
 /// Upper bound of the repacked bytes of one 32-value group: its quant words plus scale words.
-fn packed_group_bytes(ty: GgmlType) -> u64 {
+pub(super) fn packed_group_bytes(ty: GgmlType) -> u64 {
     match ty {
         GgmlType::F32 => 128,
         GgmlType::F16 => 64,
