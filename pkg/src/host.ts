@@ -242,7 +242,8 @@ export class EngineHost {
   }
 }
 
-/** Reads a model into wasm memory chunk by chunk, reporting progress. */
+/** Gathers a model chunk by chunk (kept in JavaScript memory until the engine has read it),
+ * reporting progress. */
 async function readModel(wasm: Wasm, source: ModelSource, opts: LoadOptions, onProgress: (p: Progress) => void, check?: (total: number) => HeaderCheck): Promise<ModelBytes> {
   if (source instanceof Uint8Array || source instanceof ArrayBuffer) {
     const view = source instanceof Uint8Array ? source : new Uint8Array(source);
@@ -276,8 +277,14 @@ async function readUrl(wasm: Wasm, url: string, opts: LoadOptions, onProgress: (
     throw new FerroError("network", `fetching the model from ${url} failed: HTTP ${resp.status} ${resp.statusText}`);
   }
   const total = resp.headers.get("content-encoding") ? 0 : Number(resp.headers.get("content-length") ?? 0);
-  // The memory is taken before the download, so a file the tab cannot hold fails at once.
-  let bytes = newBytes(wasm, total);
+  // A file the tab cannot hold fails before the download.
+  let bytes: ModelBytes;
+  try {
+    bytes = newBytes(wasm, total);
+  } catch (e) {
+    await resp.body.cancel().catch(() => {});
+    throw e;
+  }
   const header = check?.(total);
   if (cache) {
     // The download streams to disk through the cache (progress counted on the way, the header

@@ -12,7 +12,7 @@ use crate::backend::webgpu::GpuOptions;
 use crate::chat::ChatTemplate;
 use crate::clock::now_ms;
 use crate::engine::{Event, ForwardModel, Request, RequestStats};
-use crate::gguf::Gguf;
+use crate::gguf::{ByteSource, Gguf};
 use crate::model::Config;
 use crate::sample::TokenLogprob;
 use crate::tokenizer::Tokenizer;
@@ -89,8 +89,7 @@ impl Engine {
             other => return Err(JsError::new(&format!("invalid load options: device \"{other}\"; use \"gpu\", \"cpu\" or \"reference\""))),
         };
         let t0 = o.started_ms.unwrap_or_else(now_ms);
-        let bytes = bytes.buf;
-        let gguf = Gguf::read(&bytes[..]).map_err(js_err)?;
+        let gguf = Gguf::read(&bytes).map_err(js_err)?;
         let config = Config::from_gguf(&gguf).map_err(js_err)?;
         let context = match o.context as usize {
             0 => config.context_len.min(2048),
@@ -107,7 +106,7 @@ impl Engine {
             let template = ChatTemplate::from_gguf(&gguf.metadata, &tokenizer)?;
             Ok::<_, crate::Error>((tokenizer, template))
         };
-        let (runtime, text) = Runtime::load_alongside(&gguf, &bytes[..], load, text).await.map_err(js_err)?;
+        let (runtime, text) = Runtime::load_alongside(&gguf, &bytes, load, text).await.map_err(js_err)?;
         let (tokenizer, template) = text.map_err(js_err)?;
         Ok(Engine { config, tokenizer, template, runtime, load, load_ms: now_ms() - t0 })
     }
@@ -116,10 +115,9 @@ impl Engine {
     /// or the same file) on the main model's backend, sized like the main model.
     #[wasm_bindgen(js_name = loadDraft)]
     pub async fn load_draft(&mut self, bytes: ModelBytes, portable: bool) -> Result<(), JsError> {
-        let bytes = bytes.buf;
-        let gguf = Gguf::read(&bytes[..]).map_err(js_err)?;
+        let gguf = Gguf::read(&bytes).map_err(js_err)?;
         let gpu = if portable { GpuOptions::portable() } else { GpuOptions::default() };
-        self.runtime.load_draft(&gguf, &bytes[..], LoadOptions { gpu, ..self.load }).await.map_err(js_err)
+        self.runtime.load_draft(&gguf, &bytes, LoadOptions { gpu, ..self.load }).await.map_err(js_err)
     }
 
     /// Model facts for display.
@@ -193,15 +191,16 @@ impl Engine {
     }
 }
 
-/// The most wasm memory a tab's engine may plan on (wasm32 addresses 4 GiB; the rest is code,
-/// stacks and the tokenizer).
+/// The largest model file a tab takes: the CPU backend's repacked weights are about as large
+/// and live in wasm memory (wasm32 addresses 4 GiB; the rest is code, stacks, the tokenizer and
+/// the KV cache), and the file itself is in JavaScript memory while it loads.
 const TAB_MAX_BYTES: f64 = 3.5 * (1u64 << 30) as f64;
 
 /// Checks the first bytes of a model file of `file_len` bytes before the rest is downloaded:
 /// returns how many bytes the header needs when `prefix` is too short (0 when it passed), or
 /// fails with the error the full load would end in: not a GGUF file, unsupported architecture
-/// or tensor type, too large for this tab (`device` "cpu": the file and its repacked weights are
-/// both in memory while loading) or for the adapter's `max_binding` bytes per buffer ("gpu").
+/// or tensor type, or (`device` "gpu") a matrix larger than the adapter's `max_binding` bytes
+/// per buffer. (A file larger than the tab can hold is refused by `ModelBytes::new`, sooner.)
 #[wasm_bindgen(js_name = checkModelHeader)]
 pub fn check_model_header(prefix: &[u8], file_len: f64, device: &str, max_binding: f64) -> Result<f64, JsError> {
     let gguf = match Gguf::parse(prefix, file_len as u64) {
@@ -209,50 +208,78 @@ pub fn check_model_header(prefix: &[u8], file_len: f64, device: &str, max_bindin
         other => other.map_err(js_err)?,
     };
     Config::from_gguf(&gguf).map_err(js_err)?;
-    match device {
-        "gpu" => crate::backend::webgpu::GpuModel::check_header(&gguf, max_binding as u64).map_err(js_err)?,
-        _ if 2.0 * file_len > TAB_MAX_BYTES => {
-            let mb = |b: f64| (b / 1e6).round();
-            return Err(JsError::new(&format!(
-                "the model file has {} MB; the CPU backend holds it and its repacked weights (about as large) while loading, {} MB, and a browser tab can hold at most {} MB: use a smaller model or quantization",
-                mb(file_len),
-                mb(2.0 * file_len),
-                mb(TAB_MAX_BYTES)
-            )));
-        }
-        _ => {}
+    if device == "gpu" {
+        crate::backend::webgpu::GpuModel::check_header(&gguf, max_binding as u64).map_err(js_err)?;
     }
     Ok(0.0)
 }
 
-/// Model file bytes gathered chunk by chunk. The capacity is reserved up front from the
-/// expected size, which is bounded: a wasm32 memory holds at most 4 GiB.
+/// Model file bytes gathered chunk by chunk, left in JavaScript memory: the loader copies one
+/// tensor at a time into wasm memory to repack or upload it, so after the load (when the chunks
+/// are garbage) wasm memory holds the model once, repacked, never the file too. Wasm memory
+/// does not shrink, so a file copied into it would stay resident for the tab's life.
 #[wasm_bindgen]
 pub struct ModelBytes {
-    buf: Vec<u8>,
+    chunks: Vec<js_sys::Uint8Array>,
+    /// Offset of each chunk in the file.
+    starts: Vec<u64>,
+    len: u64,
 }
 
 #[wasm_bindgen]
 impl ModelBytes {
+    /// `expected_len`: the file's size, bounded by what a tab can hold.
     #[wasm_bindgen(constructor)]
     pub fn new(expected_len: f64) -> Result<ModelBytes, JsError> {
         if !(0.0..=TAB_MAX_BYTES).contains(&expected_len) {
-            return Err(JsError::new(&format!("the model file has {expected_len} bytes; a browser tab can hold at most {TAB_MAX_BYTES} (use a smaller model or quantization)")));
+            let mb = |b: f64| (b / 1e6).round();
+            return Err(JsError::new(&format!("the model file has {} MB; a browser tab can hold at most {} MB: use a smaller model or quantization", mb(expected_len), mb(TAB_MAX_BYTES))));
         }
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(expected_len as usize).map_err(|_| JsError::new(&format!("cannot allocate {expected_len} bytes for the model in this tab; close other tabs or use a smaller model")))?;
-        Ok(ModelBytes { buf })
+        Ok(ModelBytes { chunks: Vec::new(), starts: Vec::new(), len: 0 })
     }
 
-    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsError> {
-        self.buf.try_reserve(chunk.len()).map_err(|_| JsError::new("out of memory while receiving the model file; use a smaller model"))?;
-        self.buf.extend_from_slice(chunk);
+    /// Appends the next chunk of the file. It is kept, not copied: do not reuse its buffer.
+    pub fn push(&mut self, chunk: js_sys::Uint8Array) -> Result<(), JsError> {
+        let n = chunk.length() as u64;
+        if self.len + n > TAB_MAX_BYTES as u64 {
+            return Err(JsError::new("the model file is larger than a browser tab can hold (3.5 GiB): use a smaller model or quantization"));
+        }
+        if n > 0 {
+            self.starts.push(self.len);
+            self.chunks.push(chunk);
+            self.len += n;
+        }
         Ok(())
     }
 
     #[wasm_bindgen(getter)]
     pub fn length(&self) -> f64 {
-        self.buf.len() as f64
+        self.len as f64
+    }
+}
+
+impl ByteSource for ModelBytes {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {
+        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= self.len).ok_or_else(|| crate::Error::MalformedGguf(format!("read of {} bytes at {offset} runs past the end", buf.len())))?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        // The chunk holding `offset`, then the following ones until `buf` is full.
+        let mut i = self.starts.partition_point(|&s| s <= offset) - 1;
+        let (mut pos, mut out) = (offset, 0);
+        while pos < end {
+            let (chunk, at) = (&self.chunks[i], pos - self.starts[i]);
+            let n = (chunk.length() as u64 - at).min(end - pos) as usize;
+            chunk.subarray(at as u32, at as u32 + n as u32).copy_to(&mut buf[out..out + n]);
+            pos += n as u64;
+            out += n;
+            i += 1;
+        }
+        Ok(())
     }
 }
 
