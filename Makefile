@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export XDG_RUNTIME_DIR ?= /tmp/ferrolm-xdg-$(shell id -u)
 $(shell mkdir -p -m 700 $(XDG_RUNTIME_DIR))
 
-.PHONY: help models tools rust-tools system-packages build test-cli test lint test-native test-browser test-npm run demo wasm package bench fuzz soak clean
+.PHONY: help models tools rust-tools system-packages build test-cli test lint test-native test-browser test-npm run demo wasm package bench fuzz soak test-neon clean
 
 help:
 	@echo "make demo   build the wasm package and serve the demo page"
@@ -170,6 +170,18 @@ fuzz: rust-tools
 	    | grep -E "^(stat::number_of_executed_units|stat::new_units_added|#[0-9]+[[:space:]]+DONE)|ERROR|panicked" || true; \
 	  test ! -d fuzz/artifacts/$$t || test -z "$$(ls fuzz/artifacts/$$t)" || { echo "crashes in fuzz/artifacts/$$t"; exit 1; }; \
 	done
+
+# The CPU backend's NEON kernels against the scalar ones (bit for bit), and its forced logits,
+# on aarch64 under qemu: a cross build of the whole crate, so not in `make test`.
+AARCH64 := aarch64-unknown-linux-gnu
+test-neon:
+	@rustup target list --installed | grep -qx $(AARCH64) || rustup target add $(AARCH64)
+	@if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu qemu-user >/dev/null; \
+	fi
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+	  cargo test --release --target $(AARCH64) --test cpu_backend -- --nocapture
 
 clean:
 	cargo clean

@@ -250,3 +250,35 @@ fn a_prefix_being_prefilled_is_computed_once() {
     assert_eq!(cached, vec![0, 176]);
     assert_eq!(engine.pool().stats().used, 0);
 }
+
+/// The demo's map: two requests on a 180-token shared prefix hold its 11 full blocks together
+/// (two owners at the same positions, full, counted as shared by the stats of the same moment),
+/// and each its own partial blocks.
+#[test]
+fn kv_map_shows_who_holds_each_block() {
+    let (mut engine, tok) = common::cpu_engine(ModelOptions::new(1024, 64));
+    let ids = tok.encode_prompt(&long_text(), false).unwrap();
+    for suffix in [" The first question is why", " In short, the press"] {
+        let prompt = ids[..180].iter().copied().chain(tok.encode(suffix, false).unwrap()).collect();
+        engine.submit(&tok, Request { prompt, opts: greedy(8) }).unwrap();
+    }
+    for step in 0.. {
+        if engine.stats().running == 2 && engine.kv_map().blocks.iter().any(|b| b.refs > 1) {
+            break;
+        }
+        assert!(step < 20, "the two requests never held blocks together");
+        pollster::block_on(engine.step(&tok)).unwrap();
+    }
+    let map = engine.kv_map();
+    let shared: Vec<_> = map.blocks.iter().filter(|b| b.refs > 1).collect();
+    assert_eq!(shared.len(), 180 / 16);
+    assert_eq!(map.stats.kv.shared, shared.len());
+    assert_eq!(map.stats.kv.used, map.blocks.iter().filter(|b| b.refs > 0).count());
+    for b in &shared {
+        assert_eq!(b.owners.len(), 2);
+        assert_eq!(b.owners[0].1, b.owners[1].1, "a shared block sits at the same position in both");
+        assert!(b.cached && b.filled == 16);
+    }
+    let partial = map.blocks.iter().filter(|b| b.refs == 1 && b.filled < 16).count();
+    assert!(partial >= 2, "each request's last block is partly filled ({partial})");
+}

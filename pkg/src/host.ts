@@ -4,7 +4,7 @@
 // engine's step loop. Runs in the Web Worker (worker.ts) or, in main-thread mode, in the page.
 import type { Engine, ModelBytes } from "../wasm/ferrolm.js";
 import { classify, FerroError, toWire } from "./errors.js";
-import type { GenerateOptions, Input, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, ProgressPhase, WireEvent } from "./types.js";
+import type { GenerateOptions, Input, KvMap, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, ProgressPhase, WireEvent } from "./types.js";
 
 const CACHE_NAME = "ferrolm-models-v1";
 
@@ -190,6 +190,10 @@ export class EngineHost {
   engineStats(): Promise<KvStats | null> {
     const memory = this.wasm ? memories.get(this.wasm) : undefined;
     return this.run((e) => ({ ...(e.engineStats() as KvStats), wasm_memory_bytes: memory?.buffer.byteLength ?? 0 }));
+  }
+
+  kvMap(): Promise<KvMap> {
+    return this.run((e) => e.kvMap() as KvMap);
   }
 
   /** Fault injection: destroys the GPU device as a driver reset would. */

@@ -6,11 +6,11 @@
 //     out.textContent += chunk.choices[0].delta.content ?? "";
 import { FerroError, fromWire } from "./errors.js";
 import { InlineTransport, WorkerTransport } from "./protocol.js";
-import type { GenerateOptions, Input, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, RequestStats, Tool, Transport, WireEvent } from "./types.js";
+import type { GenerateOptions, Input, KvMap, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, RequestStats, Tool, Transport, WireEvent } from "./types.js";
 
 export { FerroError } from "./errors.js";
 export type { FerroErrorCode } from "./errors.js";
-export type { KvStats, LoadOptions, ModelInfo, ModelSource, Progress, ProgressPhase, RequestStats, ResponseFormat, Tool } from "./types.js";
+export type { KvBlock, KvMap, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, ProgressPhase, RequestStats, ResponseFormat, Tool } from "./types.js";
 
 export interface EngineOptions extends LoadOptions {
   /** Called as the model downloads, is read from the cache or a file, and goes onto the GPU. */
@@ -94,6 +94,14 @@ export interface ChatCompletionChunk {
   }[];
   usage?: Usage;
   ferrolm?: Timings;
+  /** With `speculative`, on chunks carrying a token: the token was a draft the model confirmed
+   * (`drafted`), or it replaced `rejected` drafts. */
+  speculation?: Speculation;
+}
+
+export interface Speculation {
+  drafted: boolean;
+  rejected: number;
 }
 
 export interface ChatCompletion {
@@ -119,6 +127,7 @@ export interface CompletionChunk {
   choices: { index: 0; text: string; finish_reason: FinishReason | null }[];
   usage?: Usage;
   ferrolm?: Timings;
+  speculation?: Speculation;
 }
 
 export type Completion = CompletionChunk & { usage: Usage; ferrolm: Timings };
@@ -186,6 +195,12 @@ export class Engine {
 
   constructor(private transport: Transport, readonly info: ModelInfo, readonly model: string) {}
 
+  /** The KV block pool block by block (who holds each block, how full, whether cached), with
+   * the KV figures of the same moment: what the demo's map draws. */
+  kvMap(): Promise<KvMap> {
+    return this.transport.kvMap();
+  }
+
   /** Model and adapter, KV cache use, and the last request's timings. */
   async stats(): Promise<EngineStats> {
     return { model: this.info, kv: await this.transport.engineStats(), last: this.lastStats };
@@ -242,7 +257,7 @@ export class Engine {
       if (e.type === "token") {
         if (held === null && tools && e.text.trimStart().startsWith("{")) held = "";
         if (held !== null) held += e.text;
-        else if (e.text) yield { ...base, choices: [{ index: 0, delta: { content: e.text }, finish_reason: null }] };
+        else if (e.text) yield { ...base, choices: [{ index: 0, delta: { content: e.text }, finish_reason: null }], ...speculation(e, req) };
       } else {
         const call = held !== null && tools ? parseCall(held, tools, id) : null;
         if (call) yield { ...base, choices: [{ index: 0, delta: { tool_calls: [{ index: 0, ...call }] }, finish_reason: null }] };
@@ -280,7 +295,7 @@ export class Engine {
     const base = { id, object: "text_completion" as const, created: Math.floor(Date.now() / 1000), model: this.model };
     for await (const e of this.events({ prompt: req.prompt }, req)) {
       if (e.type === "token") {
-        if (e.text) yield { ...base, choices: [{ index: 0, text: e.text, finish_reason: null }] };
+        if (e.text) yield { ...base, choices: [{ index: 0, text: e.text, finish_reason: null }], ...speculation(e, req) };
       } else {
         yield { ...base, choices: [{ index: 0, text: "", finish_reason: e.finishReason as FinishReason }], usage: usage(e.stats), ferrolm: timings(e.stats) };
       }
@@ -338,6 +353,11 @@ function parseCall(text: string, tools: Tool[], id: string): ToolCall | null {
   } catch {
     return null;
   }
+}
+
+/** The `speculation` field of a token's chunk, when the request speculates. */
+function speculation(e: WireEvent & { type: "token" }, req: SamplingRequest): { speculation?: Speculation } {
+  return req.speculative ? { speculation: { drafted: e.drafted, rejected: e.rejected } } : {};
 }
 
 function usage(s: RequestStats): Usage {

@@ -3,7 +3,7 @@
 // workers are unavailable).
 import { FerroError, fromWire, type WireError } from "./errors.js";
 import type { EngineHost } from "./host.js";
-import type { GenerateOptions, Input, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, Transport, WireEvent } from "./types.js";
+import type { GenerateOptions, Input, KvMap, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, Transport, WireEvent } from "./types.js";
 
 export type Call = { call: number } & (
   | { op: "load"; source: ModelSource; opts: LoadOptions }
@@ -11,6 +11,7 @@ export type Call = { call: number } & (
   | { op: "submit"; rid: number; input: Input; options: GenerateOptions }
   | { op: "cancel"; id: number }
   | { op: "engineStats" }
+  | { op: "kvMap" }
   | { op: "unload" }
   | { op: "fault"; kind: "lose_device" | "crash_worker" }
 );
@@ -107,6 +108,10 @@ export class WorkerTransport implements Transport {
     return this.call({ op: "engineStats" });
   }
 
+  kvMap(): Promise<KvMap> {
+    return this.call({ op: "kvMap" });
+  }
+
   async unload(): Promise<void> {
     if (this.dead) return;
     await this.call({ op: "unload" });
@@ -139,6 +144,9 @@ export class InlineTransport implements Transport {
   }
   engineStats() {
     return this.host.engineStats();
+  }
+  kvMap() {
+    return this.host.kvMap();
   }
   unload() {
     return this.host.unload();

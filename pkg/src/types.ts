@@ -109,7 +109,7 @@ export interface RequestStats {
 }
 
 export type WireEvent =
-  | { type: "token"; id: number; token: number; text: string }
+  | { type: "token"; id: number; token: number; text: string; drafted: boolean; rejected: number }
   | {
       type: "done";
       id: number;
@@ -124,7 +124,7 @@ export type WireEvent =
 export interface KvStats {
   running: number;
   waiting: number;
-  kv: { n_blocks: number; used: number; cached_free: number; free: number; lookups: number; hits: number; evictions: number };
+  kv: { n_blocks: number; used: number; shared: number; cached_free: number; free: number; lookups: number; hits: number; evictions: number };
   block_size: number;
   kv_bytes_per_token: number;
   prefix_hit_rate: number;
@@ -134,6 +134,21 @@ export interface KvStats {
   wasm_memory_bytes: number;
 }
 
+/** One KV block: references, whether the prefix cache has it, the running requests holding it
+ * (`[request id, first token position]`), and how many of its token slots hold K/V. */
+export interface KvBlock {
+  refs: number;
+  cached: boolean;
+  owners: [number, number][];
+  filled: number;
+}
+
+/** The block pool block by block, with the engine's figures taken at the same moment. */
+export interface KvMap {
+  blocks: KvBlock[];
+  stats: KvStats;
+}
+
 /** What a transport (worker or in-page) offers the page-side engine. */
 export interface Transport {
   load(source: ModelSource, opts: LoadOptions, onProgress: (p: Progress) => void): Promise<ModelInfo>;
@@ -141,6 +156,7 @@ export interface Transport {
   submit(input: Input, options: GenerateOptions, onEvent: (e: WireEvent) => void): Promise<number>;
   cancel(id: number): Promise<void>;
   engineStats(): Promise<KvStats | null>;
+  kvMap(): Promise<KvMap>;
   unload(): Promise<void>;
   /** Fault injection for tests (see `Engine.faults`). */
   fault(kind: "lose_device" | "crash_worker"): Promise<void>;

@@ -22,6 +22,8 @@ scope.onmessage = async (ev) => {
         return reply(await host.cancel(msg.id));
       case "engineStats":
         return reply(await host.engineStats());
+      case "kvMap":
+        return reply(await host.kvMap());
       case "unload":
         return reply(await host.unload());
       case "fault":

@@ -139,6 +139,10 @@ impl Runtime {
         }
     }
 
+    pub fn kv_map(&self) -> crate::engine::KvMap {
+        with_engine!(self, e => e.kv_map())
+    }
+
     /// One line naming the backend and device.
     pub fn describe(&self) -> String {
         with_engine!(self, e => crate::engine::ForwardModel::describe(e.model()))

@@ -302,14 +302,14 @@ struct LoadRequest {
 #[serde(tag = "type", rename_all = "camelCase")]
 enum JsEvent {
     #[serde(rename_all = "camelCase")]
-    Token { id: u32, token: u32, text: String },
+    Token { id: u32, token: u32, text: String, drafted: bool, rejected: usize },
     #[serde(rename_all = "camelCase")]
     Done { id: u32, finish_reason: &'static str, text: String, tokens: Vec<u32>, logprobs: Vec<TokenLogprob>, stats: RequestStats },
 }
 
 fn js_event(e: Event) -> JsEvent {
     match e {
-        Event::Token { id, token, text } => JsEvent::Token { id: id as u32, token, text },
+        Event::Token { id, token, text, drafted, rejected } => JsEvent::Token { id: id as u32, token, text, drafted, rejected },
         Event::Done { id, generation: g, stats } => JsEvent::Done { id: id as u32, finish_reason: g.finish_reason.as_str(), text: g.text, tokens: g.tokens, logprobs: g.logprobs, stats },
     }
 }
@@ -363,6 +363,14 @@ impl Engine {
             Some(e) => Ok(serde_wasm_bindgen::to_value(&js_event(e))?),
             None => Ok(JsValue::NULL),
         }
+    }
+
+    /// The KV block pool block by block (`{blocks: [{refs, cached, owners: [[request, first
+    /// position]], filled}], stats}`, stats as `engineStats` at the same moment), for the demo's
+    /// map.
+    #[wasm_bindgen(js_name = kvMap)]
+    pub fn kv_map(&self) -> Result<JsValue, JsError> {
+        Ok(serde_wasm_bindgen::to_value(&self.runtime.kv_map())?)
     }
 
     /// Fault injection for tests: destroys the GPU device as a driver reset would; requests in

@@ -39,6 +39,8 @@ pub struct PoolStats {
     pub n_blocks: usize,
     /// Blocks referenced by at least one sequence.
     pub used: usize,
+    /// Blocks referenced by more than one sequence (a shared prefix).
+    pub shared: usize,
     /// Blocks held only by the prefix cache (evictable).
     pub cached_free: usize,
     /// Blocks holding nothing.
@@ -108,11 +110,17 @@ impl BlockPool {
 
     pub fn stats(&self) -> PoolStats {
         let used = self.refs.iter().filter(|&&r| r > 0).count();
-        PoolStats { used, cached_free: self.lru.len(), free: self.free.len(), ..self.stats }
+        let shared = self.refs.iter().filter(|&&r| r > 1).count();
+        PoolStats { used, shared, cached_free: self.lru.len(), free: self.free.len(), ..self.stats }
     }
 
     pub fn refs(&self, block: u32) -> u32 {
         self.refs[block as usize]
+    }
+
+    /// Whether the prefix cache holds the block (findable by later requests).
+    pub fn is_cached(&self, block: u32) -> bool {
+        self.cached[block as usize].is_some()
     }
 
     /// A block for new contents, with one reference: a free one, else the least recently used

@@ -67,9 +67,31 @@ pub struct RequestStats {
 #[derive(Debug)]
 pub enum Event {
     /// A generated token and the text it completed (empty while text is held back).
-    Token { id: RequestId, token: u32, text: String },
+    /// `drafted`: a speculative draft the model confirmed; `rejected`: drafts thrown away at
+    /// this position (this token replaced them).
+    Token { id: RequestId, token: u32, text: String, drafted: bool, rejected: usize },
     /// The request ended (its blocks are back in the pool).
     Done { id: RequestId, generation: Box<Generation>, stats: RequestStats },
+}
+
+/// One KV block as the demo's map draws it.
+#[derive(Clone, Debug, Serialize)]
+pub struct KvBlockView {
+    /// Sequences referencing it.
+    pub refs: u32,
+    /// In the prefix cache (a later request with the same prefix reuses it).
+    pub cached: bool,
+    /// `(request, first token position)` of each running request whose table holds it.
+    pub owners: Vec<(RequestId, usize)>,
+    /// Tokens whose K/V it holds for its first owner (up to the block size).
+    pub filled: usize,
+}
+
+/// Every block of the pool, with the engine's figures taken at the same moment.
+#[derive(Clone, Debug, Serialize)]
+pub struct KvMap {
+    pub blocks: Vec<KvBlockView>,
+    pub stats: EngineStats,
 }
 
 /// Engine-wide figures.
@@ -195,6 +217,25 @@ impl<M: ForwardModel> Engine<M> {
             spec.release(self.draft.as_mut());
         }
         seq.done()
+    }
+
+    /// The block pool block by block: who holds each block, how full it is, whether the prefix
+    /// cache has it.
+    pub fn kv_map(&self) -> KvMap {
+        let bs = self.pool.block_size();
+        let mut blocks: Vec<KvBlockView> = (0..self.pool.stats().n_blocks as u32)
+            .map(|b| KvBlockView { refs: self.pool.refs(b), cached: self.pool.is_cached(b), owners: Vec::new(), filled: if self.pool.is_cached(b) { bs } else { 0 } })
+            .collect();
+        for seq in &self.running {
+            for (i, &b) in seq.blocks.iter().enumerate() {
+                let v = &mut blocks[b as usize];
+                if v.owners.is_empty() {
+                    v.filled = v.filled.max(seq.computed.saturating_sub(i * bs).min(bs));
+                }
+                v.owners.push((seq.id, i * bs));
+            }
+        }
+        KvMap { blocks, stats: self.stats() }
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -395,7 +436,8 @@ impl<M: ForwardModel> Engine<M> {
                 let j = r - first_row;
                 let (next, is_draft) = seq.decoder.verify(picked, draft.tokens.get(j).map(|&d| (d, draft.q.get(j).map(|q| &q[..]))))?;
                 seq.record_token_time(now);
-                if seq.take(tokenizer, next, context, &mut events)? {
+                let rejected = if is_draft { 0 } else { draft.tokens.len().saturating_sub(j) };
+                if seq.take(tokenizer, next, context, &mut events, (is_draft, rejected))? {
                     done = true;
                     break;
                 }
@@ -413,7 +455,7 @@ impl<M: ForwardModel> Engine<M> {
             // Tokens the grammar forces are taken now and fed together in the next forward.
             if !done {
                 for next in seq.decoder.forced() {
-                    if seq.take(tokenizer, next, context, &mut events)? {
+                    if seq.take(tokenizer, next, context, &mut events, (false, 0))? {
                         done = true;
                         break;
                     }

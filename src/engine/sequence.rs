@@ -145,12 +145,12 @@ impl Sequence {
     }
 
     /// Takes a chosen token: reports its text and, unless generation is over (true), appends
-    /// it to be fed back.
-    pub fn take(&mut self, tokenizer: &Tokenizer, next: u32, context: usize, events: &mut Vec<Event>) -> Result<bool> {
+    /// it to be fed back. `(drafted, rejected)`: how speculation produced it (see `Event`).
+    pub fn take(&mut self, tokenizer: &Tokenizer, next: u32, context: usize, events: &mut Vec<Event>, (drafted, rejected): (bool, usize)) -> Result<bool> {
         let before = self.decoder.out.tokens.len();
         let (text, finished) = self.decoder.accept(tokenizer, next, self.tokens.len() < context)?;
         if self.decoder.out.tokens.len() > before {
-            events.push(Event::Token { id: self.id, token: next, text });
+            events.push(Event::Token { id: self.id, token: next, text, drafted, rejected });
         }
         if !finished {
             self.tokens.push(next);

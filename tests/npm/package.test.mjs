@@ -399,41 +399,65 @@ test("soak through the package: 100 requests, 1-4 at once, a fifth aborted: each
   await context.close();
 });
 
-test("demo page under a strict CSP: load, generate, metrics, screenshot, no console errors", { timeout: TIMEOUT }, async () => {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 900 } });
+test("demo page under a strict CSP: two conversations at once share the system prompt's KV blocks (the map draws what engine stats count), speculation marks in the text, JSON and tool output, screenshots at 1280 and 390 px, no console errors", { timeout: TIMEOUT }, async () => {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
   const page = await context.newPage();
   const errors = watchErrors(page);
   await page.goto(`${demo}/index.html`);
-  await page.waitForFunction(() => !document.getElementById("send").disabled, null, { timeout: 300_000 });
-  await page.fill("#max_tokens", "12");
-  await page.click("#send");
-  await page.waitForFunction(() => document.getElementById("metrics").textContent.includes("TTFT"), null, { timeout: 300_000 });
-  await page.waitForFunction(() => !document.getElementById("send").disabled);
-  const metrics = await page.textContent("#metrics");
-  const reply = await page.textContent(".msg.assistant");
+  await page.waitForFunction(() => !document.getElementById("send-all").disabled, null, { timeout: 300_000 });
+  // Two conversations behind one system prompt of several KV blocks, with n-gram speculation;
+  // each asks for a sentence back, which the drafts (looked up in the prompt) can predict.
+  await page.fill("#system", "You are a careful assistant for a demo of a language model running in a web page. When asked to repeat a sentence, repeat it exactly, word for word, and add nothing else.");
+  await page.check("#speculative");
+  await page.fill("#max_tokens", "32");
+  const pane = (i) => page.locator(".pane").nth(i);
+  await pane(0).locator(".prompt").fill("Repeat this sentence: the quick brown fox jumps over the lazy dog.");
+  await pane(1).locator(".prompt").fill("Repeat this sentence: a journey of a thousand miles begins with a single step.");
+  await page.click("#send-all");
+  // While both run, a map refresh that shows shared blocks; what it drew equals the engine's
+  // figures of the same snapshot.
+  await page.waitForFunction(() => window.demo.lastMap?.drawn.shared > 0, null, { timeout: 120_000 });
+  const live = await page.evaluate(() => window.demo.lastMap);
+  assert.deepEqual([live.drawn.used, live.drawn.shared, live.drawn.cached, live.drawn.free], [live.stats.used, live.stats.shared, live.stats.cached_free, live.stats.free], JSON.stringify(live));
+  assert.ok(live.drawn.requests >= 2, `blocks of ${live.drawn.requests} requests drawn`);
+  const done = () => [...document.querySelectorAll(".pane .metrics")].every((m) => m.textContent.includes("TTFT"));
+  await page.waitForFunction(done, null, { timeout: 300_000 });
+  // Idle: the map, refreshed, against engine.stats() read on its own.
+  const idle = await page.evaluate(async () => {
+    await window.demo.refreshMap();
+    return { drawn: window.demo.lastMap.drawn, stats: (await window.demo.engine.stats()).kv.kv };
+  });
+  assert.deepEqual([idle.drawn.used, idle.drawn.shared, idle.drawn.cached, idle.drawn.free], [idle.stats.used, idle.stats.shared, idle.stats.cached_free, idle.stats.free], JSON.stringify(idle));
+  assert.ok(idle.drawn.cached > 0, "no block left in the prefix cache");
+  const metrics = await page.locator(".pane .metrics").allTextContents();
+  console.log(`demo: ${metrics.join(" | ")}`);
+  assert.ok(metrics.some((m) => !/ 0 from the prefix cache/.test(m)), `no conversation reused the shared prompt: ${metrics}`);
+  const marks = await page.locator(".pane .drafted, .pane .rejected").count();
+  assert.ok(marks > 0, "no speculation marks in the text");
   mkdirSync(ARTIFACTS, { recursive: true });
-  await page.screenshot({ path: join(ARTIFACTS, "demo.png") });
-  console.log(`demo metrics: ${metrics}`);
-  assert.ok(reply.length > 0, "no reply shown");
-  const ttft = Number(/TTFT (\d+)/.exec(metrics)?.[1]);
-  const toks = Number(/([\d.]+) tok\/s/.exec(metrics)?.[1]);
-  assert.ok(ttft > 0 && toks > 0, `metrics not filled: ${metrics}`);
+  await page.screenshot({ path: join(ARTIFACTS, "demo-1280.png"), fullPage: true });
 
-  // "Output: JSON": the reply follows the schema box's schema; "a tool call": a call is shown.
+  // "Output: JSON" in the first conversation follows the schema box; "a tool call" shows a call.
+  await page.uncheck("#speculative");
   await page.selectOption("#format", "json");
   await page.fill("#max_tokens", "60");
-  await page.fill("#prompt", "Reply in JSON: a person with a name and an age.");
-  await page.click("#send");
-  await page.waitForFunction(() => document.querySelectorAll(".msg.assistant").length === 2 && !document.getElementById("send").disabled, null, { timeout: 300_000 });
-  const json = JSON.parse(await page.textContent(".msg.assistant >> nth=1"));
+  await pane(0).locator(".prompt").fill("Reply in JSON: a person with a name and an age.");
+  await pane(0).locator(".send").click();
+  const replies = (n) => page.waitForFunction((n) => document.querySelectorAll(".pane")[0].querySelectorAll(".msg.assistant").length === n && !document.querySelector(".pane .send").disabled, n, { timeout: 300_000 });
+  await replies(2);
+  const json = JSON.parse(await pane(0).locator(".msg.assistant").nth(1).textContent());
   assert.ok(typeof json.name === "string" && Number.isInteger(json.age), JSON.stringify(json));
   await page.selectOption("#format", "tools");
-  await page.fill("#prompt", "What is the weather in Paris?");
-  await page.click("#send");
-  await page.waitForFunction(() => document.querySelectorAll(".msg.assistant").length === 3 && !document.getElementById("send").disabled, null, { timeout: 300_000 });
-  const call = await page.textContent(".msg.assistant >> nth=2");
+  await pane(0).locator(".prompt").fill("What is the weather in Paris?");
+  await pane(0).locator(".send").click();
+  await replies(3);
+  const call = await pane(0).locator(".msg.assistant").nth(2).textContent();
   assert.match(call, /^(get_weather|send_email)\(\{.*\}\)$/, call);
-  await page.screenshot({ path: join(ARTIFACTS, "demo-structured.png") });
+
+  // A phone's width: one column, nothing wider than the screen.
+  await page.setViewportSize({ width: 390, height: 844 });
+  assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= 390), "the page is wider than 390 px");
+  await page.screenshot({ path: join(ARTIFACTS, "demo-390.png"), fullPage: true });
   assert.deepEqual(errors, [], "console errors on the demo page");
   await context.close();
 });

@@ -1,11 +1,13 @@
 //! Quantized matrix-vector kernels. Weights are repacked at load into groups of four rows
 //! interleaved block by block (one activation load serves four rows); activations are quantized
 //! to 8 bits per block of 32, so the inner loops are integer dot products. Every target
-//! (`scalar`, `simd128`, `avx2`) has the same functions and computes the same integer sums and
+//! (`scalar`, `simd128`, `avx2`, `neon`) has the same functions and computes the same integer sums and
 //! the same f32 operations in the same order, so their results are identical bit for bit.
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod scalar;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub mod simd128;
@@ -162,6 +164,8 @@ pub enum Target {
     Simd128,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 impl Target {
@@ -172,6 +176,8 @@ impl Target {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
             return Target::Avx2;
         }
+        #[cfg(target_arch = "aarch64")]
+        return Target::Neon;
         #[allow(unreachable_code)]
         Target::Scalar
     }
@@ -183,6 +189,8 @@ impl Target {
             Target::Simd128 => "simd128",
             #[cfg(target_arch = "x86_64")]
             Target::Avx2 => "avx2",
+            #[cfg(target_arch = "aarch64")]
+            Target::Neon => "neon",
         }
     }
 
@@ -206,6 +214,9 @@ impl Target {
             // SAFETY: `detect` chose this target only on a CPU with AVX2 and F16C.
             #[cfg(target_arch = "x86_64")]
             Target::Avx2 => unsafe { avx2::q4(w, acts, out) },
+            // SAFETY: NEON is baseline on aarch64.
+            #[cfg(target_arch = "aarch64")]
+            Target::Neon => unsafe { neon::q4(w, acts, out) },
         }
     }
 
@@ -219,6 +230,9 @@ impl Target {
             // SAFETY: as in `q4`.
             #[cfg(target_arch = "x86_64")]
             Target::Avx2 => unsafe { avx2::q8(w, acts, out) },
+            // SAFETY: as in `q4`.
+            #[cfg(target_arch = "aarch64")]
+            Target::Neon => unsafe { neon::q8(w, acts, out) },
         }
     }
 }
