@@ -12,6 +12,8 @@ let engine = null;
 let panes = [];
 let map = null;
 let polling = false;
+/** When each block last left the prefix cache (evicted for new contents), by block index. */
+const evictedAt = new Map();
 
 // The tool-call example's functions.
 const TOOLS = [
@@ -205,18 +207,21 @@ function layout(canvas, n) {
 
 async function refreshMap() {
   if (!engine) return;
+  const before = map;
   try {
     map = await engine.kvMap();
   } catch {
     return;
   }
+  const now = performance.now();
+  before?.blocks.forEach((b, i) => b.cached && !map.blocks[i]?.cached && evictedAt.set(i, now));
   const canvas = $("kvmap");
   const ctx = canvas.getContext("2d");
   const { blocks, stats } = map;
   const { cols, cell } = layout(canvas, blocks.length);
   const bs = stats.block_size;
   ctx.clearRect(0, 0, canvas.width, canvas.height);
-  const counts = { used: 0, shared: 0, cached: 0, free: 0, requests: new Set(blocks.flatMap((b) => b.owners.map((o) => o[0]))).size };
+  const counts = { used: 0, shared: 0, cached: 0, free: 0, evicted: 0, requests: new Set(blocks.flatMap((b) => b.owners.map((o) => o[0]))).size };
   blocks.forEach((b, i) => {
     const x = (i % cols) * cell;
     const y = Math.floor(i / cols) * cell;
@@ -242,6 +247,15 @@ async function refreshMap() {
     } else {
       counts.free++;
     }
+    if (now - (evictedAt.get(i) ?? -1e9) < 2000) {
+      counts.evicted++;
+      ctx.strokeStyle = "#a00";
+      ctx.lineWidth = 2;
+      ctx.beginPath();
+      ctx.moveTo(x + 2, y + 2);
+      ctx.lineTo(x + cell - 2, y + cell - 2);
+      ctx.stroke();
+    }
   });
   const legend = $("kv-legend");
   legend.textContent = "";
@@ -255,7 +269,8 @@ async function refreshMap() {
   item("#0b57d0", `in use ${counts.used} (colour per request, height = tokens filled)`);
   item("#000", `shared ${counts.shared}`, true);
   item("#0b57d0", `cached, free ${counts.cached}`, true);
-  item("#ececf0", `free ${counts.free} of ${blocks.length} · ${bs} tokens a block · ${stats.kv.evictions} evicted · prefix hits ${stats.kv.hits}/${stats.kv.lookups}`);
+  item("#a00", `evicted from the cache in the last 2 s ${counts.evicted}`, true);
+  item("#ececf0", `free ${counts.free} of ${blocks.length} · ${bs} tokens a block · ${stats.kv.evictions} evictions in all · prefix hits ${stats.kv.hits}/${stats.kv.lookups}`);
   // For tests: what the map drew, and the engine's figures of the same moment.
   window.demo.lastMap = { drawn: counts, stats: stats.kv };
 }

@@ -252,6 +252,64 @@ test("plain ES modules: auto picks the CPU backend under SwiftShader; streamed c
   await context.close();
 });
 
+test("the API as the README promises it: Blob and ArrayBuffer sources, draftModel speculation equal to plain greedy, stop strings, logprobs and seeded sampling in OpenAI format, no_webgpu without WebGPU", { timeout: TIMEOUT }, async () => {
+  const context = await browser.newContext();
+  // A page whose browser has no WebGPU (the in-page engine sees this navigator).
+  await context.addInitScript(() => {
+    if (location.search.includes("nogpu")) delete Navigator.prototype.gpu;
+  });
+  const page = await open(context, `${esm}/index.html`);
+  const words = native[0].split(" ");
+  const stop = ` ${words[Math.floor(words.length / 2)]}`;
+  const r = await page.evaluate(async ({ model, prompt, stop }) => {
+    const chat = (e, extra = {}) => e.chat.completions.create({ messages: [{ role: "user", content: prompt }], max_tokens: 16, ...extra });
+    const out = {};
+    const fromBlob = await window.ferrolm.createEngine(await (await fetch(model)).blob(), { device: "cpu" });
+    out.blob = (await chat(fromBlob)).choices[0].message.content;
+    await fromBlob.unload();
+    const e = await window.ferrolm.createEngine(await (await fetch(model)).arrayBuffer(), { device: "cpu", draftModel: model });
+    out.buffer = (await chat(e)).choices[0].message.content;
+    const d = await chat(e, { speculative: "draft", draft_k: 4 });
+    out.draft = { text: d.choices[0].message.content, drafted: d.ferrolm.drafted, accepted: d.ferrolm.accepted };
+    const s = await chat(e, { stop });
+    out.stop = { text: s.choices[0].message.content, finish: s.choices[0].finish_reason };
+    const l = await chat(e, { max_tokens: 4, ignore_eos: true, logprobs: true, top_logprobs: 3 });
+    out.logprobs = l.choices[0].logprobs.content;
+    const sampled = async (seed) => (await chat(e, { temperature: 0.9, top_p: 0.95, seed })).choices[0].message.content;
+    out.seeded = [await sampled(42), await sampled(42)];
+    await e.unload();
+    return out;
+  }, { model: `/models/${MODEL}`, prompt: PROMPTS[0], stop });
+  assert.equal(r.blob, native[0], "a Blob source");
+  assert.equal(r.buffer, native[0], "an ArrayBuffer source");
+  assert.equal(r.draft.text, native[0], "draft-model speculation changed greedy output");
+  assert.ok(r.draft.drafted > 0 && r.draft.accepted === r.draft.drafted, `the same model as its own draft: ${JSON.stringify(r.draft)}`);
+  assert.equal(r.stop.text, native[0].slice(0, native[0].indexOf(stop)), `stop ${JSON.stringify(stop)}`);
+  assert.equal(r.stop.finish, "stop");
+  assert.equal(r.logprobs.length, 4, JSON.stringify(r.logprobs));
+  for (const p of r.logprobs) {
+    assert.equal(p.top_logprobs.length, 3, JSON.stringify(p));
+    assert.ok(p.logprob <= 0 && p.top_logprobs.every((t, i, a) => t.logprob <= 0 && (i === 0 || a[i - 1].logprob >= t.logprob)), JSON.stringify(p));
+    assert.ok(p.logprob <= p.top_logprobs[0].logprob + 1e-6, JSON.stringify(p));
+  }
+  assert.equal(r.seeded[0], r.seeded[1], "the same seed gave different samples");
+  assert.ok(r.seeded[0].length > 0);
+
+  await page.goto(`${esm}/index.html?nogpu`);
+  await page.waitForFunction(() => window.ferrolm !== undefined);
+  const noGpu = await page.evaluate(async (model) => {
+    try {
+      await window.ferrolm.createEngine(model, { device: "webgpu", worker: false });
+      return { code: "loaded" };
+    } catch (e) {
+      return { code: e.code, message: e.message };
+    }
+  }, `/models/${MODEL}`);
+  assert.equal(noGpu.code, "no_webgpu", JSON.stringify(noGpu));
+  assert.match(noGpu.message, /device "cpu"/);
+  await context.close();
+});
+
 test("cross-origin isolated page: the CPU backend on 2 threads (threaded build) streams the native CPU backend's text", { timeout: TIMEOUT }, async () => {
   const context = await browser.newContext();
   const page = await open(context, `${isolated}/index.html`);
