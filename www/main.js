@@ -12,6 +12,8 @@ let engine = null;
 let panes = [];
 let map = null;
 let polling = false;
+/** The backend's read bandwidth and weight bytes a token, for MBU (measured after each load). */
+let bandwidth = null;
 /** When each block last left the prefix cache (evicted for new contents), by block index. */
 const evictedAt = new Map();
 
@@ -66,6 +68,10 @@ async function load(source, name) {
     });
     const i = engine.info;
     setStatus(`${name}: ${i.architecture}, ${i.nLayers} layers, vocab ${i.vocabSize}, context ${i.context}, on ${i.backend}, ready in ${i.loadMs.toFixed(0)} ms`);
+    bandwidth = null;
+    setStatus(`${$("status").textContent} · measuring read bandwidth…`);
+    bandwidth = await engine.measureBandwidth();
+    setStatus(`${$("status").textContent.replace(" · measuring read bandwidth…", "")} · read bandwidth ${(bandwidth.readBytesPerS / 1e9).toFixed(1)} GB/s, ${(bandwidth.weightBytesPerToken / 1e6).toFixed(1)} MB of weights a token`);
     $("progress").value = 1;
     makePanes();
     await refreshMap();
@@ -167,7 +173,7 @@ async function send(pane) {
       if (chunk.ferrolm) {
         const t = chunk.ferrolm;
         const spec = t.drafted ? ` · drafts ${t.accepted}/${t.drafted} accepted, ${(chunk.usage.completion_tokens / Math.max(1, chunk.usage.completion_tokens - t.accepted)).toFixed(2)} tokens a forward` : "";
-        pane.metrics.textContent = `TTFT ${t.ttft_ms.toFixed(0)} ms · TPOT ${t.tpot_ms.toFixed(0)} ms · ${t.tokens_per_s.toFixed(1)} tok/s · ${chunk.usage.completion_tokens} tokens (${chunk.choices[0].finish_reason}) · prompt ${chunk.usage.prompt_tokens}, ${t.cached_tokens} from the prefix cache${spec}`;
+        pane.metrics.textContent = `TTFT ${t.ttft_ms.toFixed(0)} ms · TPOT ${t.tpot_ms.toFixed(0)} ms · ${t.tokens_per_s.toFixed(1)} tok/s${mbu(t.tokens_per_s * (1 - t.accepted / Math.max(1, chunk.usage.completion_tokens)))} · ${chunk.usage.completion_tokens} tokens (${chunk.choices[0].finish_reason}) · prompt ${chunk.usage.prompt_tokens}, ${t.cached_tokens} from the prefix cache${spec}`;
       }
     }
     pane.history.push({ role: "user", content }, { role: "assistant", content: text });
@@ -178,6 +184,12 @@ async function send(pane) {
   pane.busy = false;
   pane.send.disabled = false;
   pane.stop.disabled = true;
+}
+
+/** " · MBU n%": weight bytes a forward x forwards per second / the measured read bandwidth
+ * (tokens per second, less confirmed drafts, which come with no weight read of their own). */
+function mbu(tokensPerS) {
+  return bandwidth ? ` · MBU ${((100 * bandwidth.weightBytesPerToken * tokensPerS) / bandwidth.readBytesPerS).toFixed(0)}%` : "";
 }
 
 // ---- the KV map ------------------------------------------------------------------------------
@@ -300,14 +312,16 @@ $("kvmap").onmouseleave = () => ($("kv-tip").hidden = true);
 
 // ---- the tokens-per-second chart -------------------------------------------------------------
 
-function drawLegend() {
+/** The chart's legend, with each conversation's tokens per second and MBU over the last second. */
+function drawLegend(rates = []) {
   const legend = $("chart-legend");
   legend.textContent = "";
   for (const p of panes) {
     const sw = document.createElement("span");
     sw.className = "swatch";
     sw.style.background = p.color;
-    legend.append(sw, `conversation ${p.i + 1}`);
+    const r = rates[p.i];
+    legend.append(sw, `conversation ${p.i + 1}${r ? ` ${r} tok/s${mbu(r)}` : ""}`);
   }
   legend.append(" · shaded: prefill (waiting for the first token)");
 }
@@ -339,6 +353,7 @@ function drawChart() {
   ctx.font = "11px system-ui";
   ctx.fillText(`${top.toFixed(0)} tok/s`, 4, 12);
   ctx.fillText(`last ${Math.round(span / 1000)} s`, canvas.width - 56, canvas.height - 2);
+  drawLegend(series.map((s) => s.pts.at(-1)?.[1] ?? 0));
   for (const s of series) {
     ctx.strokeStyle = s.color;
     ctx.lineWidth = 2;

@@ -4,7 +4,7 @@
 // engine's step loop. Runs in the Web Worker (worker.ts) or, in main-thread mode, in the page.
 import type { Engine, ModelBytes } from "../wasm/ferrolm.js";
 import { classify, FerroError, toWire } from "./errors.js";
-import type { GenerateOptions, Input, KvMap, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, ProgressPhase, WireEvent } from "./types.js";
+import type { Bandwidth, GenerateOptions, Input, KvMap, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, ProgressPhase, WireEvent } from "./types.js";
 
 const CACHE_NAME = "ferrolm-models-v1";
 
@@ -194,6 +194,16 @@ export class EngineHost {
 
   kvMap(): Promise<KvMap> {
     return this.run((e) => e.kvMap() as KvMap);
+  }
+
+  measureBandwidth(): Promise<Bandwidth> {
+    return this.run(async (e) => {
+      try {
+        return (await e.measureBandwidth()) as Bandwidth;
+      } catch (err) {
+        throw classify(err);
+      }
+    });
   }
 
   /** Fault injection: destroys the GPU device as a driver reset would. */

@@ -6,11 +6,11 @@
 //     out.textContent += chunk.choices[0].delta.content ?? "";
 import { FerroError, fromWire } from "./errors.js";
 import { InlineTransport, WorkerTransport } from "./protocol.js";
-import type { GenerateOptions, Input, KvMap, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, RequestStats, Tool, Transport, WireEvent } from "./types.js";
+import type { Bandwidth, GenerateOptions, Input, KvMap, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, RequestStats, Tool, Transport, WireEvent } from "./types.js";
 
 export { FerroError } from "./errors.js";
 export type { FerroErrorCode } from "./errors.js";
-export type { KvBlock, KvMap, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, ProgressPhase, RequestStats, ResponseFormat, Tool } from "./types.js";
+export type { Bandwidth, KvBlock, KvMap, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, ProgressPhase, RequestStats, ResponseFormat, Tool } from "./types.js";
 
 export interface EngineOptions extends LoadOptions {
   /** Called as the model downloads, is read from the cache or a file, and goes onto the GPU. */
@@ -199,6 +199,12 @@ export class Engine {
    * the KV figures of the same moment: what the demo's map draws. */
   kvMap(): Promise<KvMap> {
     return this.transport.kvMap();
+  }
+
+  /** The backend's read bandwidth and the weight bytes a decode step reads, for MBU. Takes a
+   * moment; on the CPU backend it leaves a 64 MiB probe buffer in the engine's wasm memory. */
+  measureBandwidth(): Promise<Bandwidth> {
+    return this.transport.measureBandwidth();
   }
 
   /** Model and adapter, KV cache use, and the last request's timings. */

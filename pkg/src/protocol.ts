@@ -3,7 +3,7 @@
 // workers are unavailable).
 import { FerroError, fromWire, type WireError } from "./errors.js";
 import type { EngineHost } from "./host.js";
-import type { GenerateOptions, Input, KvMap, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, Transport, WireEvent } from "./types.js";
+import type { Bandwidth, GenerateOptions, Input, KvMap, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, Transport, WireEvent } from "./types.js";
 
 export type Call = { call: number } & (
   | { op: "load"; source: ModelSource; opts: LoadOptions }
@@ -12,6 +12,7 @@ export type Call = { call: number } & (
   | { op: "cancel"; id: number }
   | { op: "engineStats" }
   | { op: "kvMap" }
+  | { op: "measureBandwidth" }
   | { op: "unload" }
   | { op: "fault"; kind: "lose_device" | "crash_worker" }
 );
@@ -112,6 +113,10 @@ export class WorkerTransport implements Transport {
     return this.call({ op: "kvMap" });
   }
 
+  measureBandwidth(): Promise<Bandwidth> {
+    return this.call({ op: "measureBandwidth" });
+  }
+
   async unload(): Promise<void> {
     if (this.dead) return;
     await this.call({ op: "unload" });
@@ -147,6 +152,9 @@ export class InlineTransport implements Transport {
   }
   kvMap() {
     return this.host.kvMap();
+  }
+  measureBandwidth() {
+    return this.host.measureBandwidth();
   }
   unload() {
     return this.host.unload();

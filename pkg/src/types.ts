@@ -149,6 +149,13 @@ export interface KvMap {
   stats: KvStats;
 }
 
+/** What MBU is measured against: the backend's read bandwidth and the weight bytes a decode
+ * step reads (MBU = weightBytesPerToken x tokens per second / readBytesPerS). */
+export interface Bandwidth {
+  readBytesPerS: number;
+  weightBytesPerToken: number;
+}
+
 /** What a transport (worker or in-page) offers the page-side engine. */
 export interface Transport {
   load(source: ModelSource, opts: LoadOptions, onProgress: (p: Progress) => void): Promise<ModelInfo>;
@@ -157,6 +164,7 @@ export interface Transport {
   cancel(id: number): Promise<void>;
   engineStats(): Promise<KvStats | null>;
   kvMap(): Promise<KvMap>;
+  measureBandwidth(): Promise<Bandwidth>;
   unload(): Promise<void>;
   /** Fault injection for tests (see `Engine.faults`). */
   fault(kind: "lose_device" | "crash_worker"): Promise<void>;

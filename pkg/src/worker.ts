@@ -24,6 +24,8 @@ scope.onmessage = async (ev) => {
         return reply(await host.engineStats());
       case "kvMap":
         return reply(await host.kvMap());
+      case "measureBandwidth":
+        return reply(await host.measureBandwidth());
       case "unload":
         return reply(await host.unload());
       case "fault":

@@ -185,6 +185,19 @@ impl Engine {
         Ok(JsValue::from_str(&summary.to_string()))
     }
 
+    /// What MBU is measured against: the read bandwidth the backend reaches (bytes/s: the GPU
+    /// read probe, or on the CPU backend a pass over a 64 MiB buffer, which stays in wasm
+    /// memory) and the weight bytes a decode step reads: `{readBytesPerS, weightBytesPerToken}`.
+    #[wasm_bindgen(js_name = measureBandwidth)]
+    pub async fn measure_bandwidth(&self) -> Result<JsValue, JsError> {
+        let (read_bytes_per_s, weight_bytes_per_token) = match &self.runtime {
+            Runtime::Gpu(e) => (read_bandwidth(e.model()).await.map_err(js_err)?, e.model().weight_bytes as f64),
+            Runtime::Cpu(e) => (e.model().read_bandwidth(), e.model().weight_bytes_per_token() as f64),
+            Runtime::Reference(_) => return Err(JsError::new("invalid request: the f32 reference has no bandwidth figure; load with device \"gpu\" or \"cpu\"")),
+        };
+        Ok(serde_wasm_bindgen::to_value(&Bandwidth { read_bytes_per_s, weight_bytes_per_token })?)
+    }
+
     /// Teacher-forced logits of every position of `tokens`, `[n][vocab]` flattened.
     pub async fn score(&mut self, tokens: Vec<u32>) -> Result<Vec<f32>, JsError> {
         self.runtime.score(&tokens).await.map_err(js_err)
@@ -281,6 +294,13 @@ impl ByteSource for ModelBytes {
         }
         Ok(())
     }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Bandwidth {
+    read_bytes_per_s: f64,
+    weight_bytes_per_token: f64,
 }
 
 /// `Engine.fromBytes` options.

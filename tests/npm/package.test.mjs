@@ -490,6 +490,8 @@ test("demo page under a strict CSP: two conversations at once share the system p
   const metrics = await page.locator(".pane .metrics").allTextContents();
   console.log(`demo: ${metrics.join(" | ")}`);
   assert.ok(metrics.some((m) => !/ 0 from the prefix cache/.test(m)), `no conversation reused the shared prompt: ${metrics}`);
+  assert.ok(metrics.every((m) => /tok\/s · MBU \d+%/.test(m)), `no MBU against the measured bandwidth: ${metrics}`);
+  assert.match(await page.textContent("#status"), /read bandwidth [\d.]+ GB\/s/);
   const marks = await page.locator(".pane .drafted, .pane .rejected").count();
   assert.ok(marks > 0, "no speculation marks in the text");
   mkdirSync(ARTIFACTS, { recursive: true });
