@@ -152,10 +152,10 @@ impl Engine {
     pub async fn benchmark(&mut self, gen: u32, runs: u32, stream_gen: u32) -> Result<JsValue, JsError> {
         let tok = &self.tokenizer;
         let prompt = tok.encode_prompt(PRINTING_PRESS_PROMPT, false).map_err(js_err)?;
-        let (mut summary, weight_bytes, bandwidth) = match &mut self.runtime {
+        let (bandwidth, weight_bytes) = backend_bandwidth(&self.runtime).await?;
+        let mut summary = match &mut self.runtime {
             Runtime::Gpu(engine) => {
                 let model = engine.model();
-                let bandwidth = read_bandwidth(model).await.map_err(js_err)?;
                 let dispatch_us = dispatch_overhead_us(model).await.map_err(js_err)?;
                 let alu = dequant_rate(model).await.map_err(js_err)?;
                 let info = model.ctx.info.clone();
@@ -164,18 +164,15 @@ impl Engine {
                     "weight_values_per_token": model.weight_values, "alu_gmac_s": alu / 1e9,
                     "decode_ceiling_tok_s": decode_ceiling(model, bandwidth, alu),
                 });
-                let weight_bytes = model.weight_bytes;
                 let head = merge(head, decode_counters(engine, tok, &prompt, 16).await.map_err(js_err)?.per_step());
-                (merge(head, bench_runs(engine, tok, self.template.as_ref(), &prompt, gen as usize, runs as usize, stream_gen as usize).await.map_err(js_err)?), weight_bytes as f64, bandwidth)
+                merge(head, bench_runs(engine, tok, self.template.as_ref(), &prompt, gen as usize, runs as usize, stream_gen as usize).await.map_err(js_err)?)
             }
             Runtime::Cpu(engine) => {
                 let model = engine.model();
-                let bandwidth = model.read_bandwidth();
                 let head = serde_json::json!({ "adapter": format!("CPU, {} threads", model.threads()), "backend": model.describe(), "threads": model.threads() });
-                let weight_bytes = model.weight_bytes_per_token();
-                (merge(head, bench_runs(engine, tok, self.template.as_ref(), &prompt, gen as usize, runs as usize, stream_gen as usize).await.map_err(js_err)?), weight_bytes as f64, bandwidth)
+                merge(head, bench_runs(engine, tok, self.template.as_ref(), &prompt, gen as usize, runs as usize, stream_gen as usize).await.map_err(js_err)?)
             }
-            Runtime::Reference(_) => return Err(JsError::new("benchmark measures the gpu and cpu backends; load with device \"gpu\" or \"cpu\"")),
+            Runtime::Reference(_) => unreachable!("backend_bandwidth refuses the reference"),
         };
         summary["where"] = "browser".into();
         summary["load_ms"] = self.load_ms.into();
@@ -190,11 +187,7 @@ impl Engine {
     /// memory) and the weight bytes a decode step reads: `{readBytesPerS, weightBytesPerToken}`.
     #[wasm_bindgen(js_name = measureBandwidth)]
     pub async fn measure_bandwidth(&self) -> Result<JsValue, JsError> {
-        let (read_bytes_per_s, weight_bytes_per_token) = match &self.runtime {
-            Runtime::Gpu(e) => (read_bandwidth(e.model()).await.map_err(js_err)?, e.model().weight_bytes as f64),
-            Runtime::Cpu(e) => (e.model().read_bandwidth(), e.model().weight_bytes_per_token() as f64),
-            Runtime::Reference(_) => return Err(JsError::new("invalid request: the f32 reference has no bandwidth figure; load with device \"gpu\" or \"cpu\"")),
-        };
+        let (read_bytes_per_s, weight_bytes_per_token) = backend_bandwidth(&self.runtime).await?;
         Ok(serde_wasm_bindgen::to_value(&Bandwidth { read_bytes_per_s, weight_bytes_per_token })?)
     }
 
@@ -211,18 +204,20 @@ const TAB_MAX_BYTES: f64 = 3.5 * (1u64 << 30) as f64;
 
 /// Checks the first bytes of a model file of `file_len` bytes before the rest is downloaded:
 /// returns how many bytes the header needs when `prefix` is too short (0 when it passed), or
-/// fails with the error the full load would end in: not a GGUF file, unsupported architecture
-/// or tensor type, or (`device` "gpu") a matrix larger than the adapter's `max_binding` bytes
-/// per buffer. (A file larger than the tab can hold is refused by `ModelBytes::new`, sooner.)
+/// fails with the error the full load would end in: not a GGUF file, an unsupported
+/// architecture, or (`device` "gpu") an unsupported FFN tensor type or a gate/up matrix larger
+/// than the adapter's `max_binding` bytes per buffer. (A file larger than the tab can hold is refused by `ModelBytes::new`, sooner.)
 #[wasm_bindgen(js_name = checkModelHeader)]
 pub fn check_model_header(prefix: &[u8], file_len: f64, device: &str, max_binding: f64) -> Result<f64, JsError> {
     let gguf = match Gguf::parse(prefix, file_len as u64) {
         Err(crate::Error::NeedMoreBytes { needed, .. }) => return Ok(needed as f64),
         other => other.map_err(js_err)?,
     };
-    Config::from_gguf(&gguf).map_err(js_err)?;
-    if device == "gpu" {
-        crate::backend::webgpu::GpuModel::check_header(&gguf, max_binding as u64).map_err(js_err)?;
+    match device {
+        "gpu" => crate::backend::webgpu::GpuModel::check_header(&gguf, max_binding as u64).map_err(js_err)?,
+        _ => {
+            Config::from_gguf(&gguf).map_err(js_err)?;
+        }
     }
     Ok(0.0)
 }
@@ -293,6 +288,16 @@ impl ByteSource for ModelBytes {
             i += 1;
         }
         Ok(())
+    }
+}
+
+/// The backend's read bandwidth (bytes/s: the GPU read probe, or the CPU backend's pass over a
+/// 64 MiB buffer) and the weight bytes a decode step reads: what MBU is measured against.
+async fn backend_bandwidth(runtime: &Runtime) -> Result<(f64, f64), JsError> {
+    match runtime {
+        Runtime::Gpu(e) => Ok((read_bandwidth(e.model()).await.map_err(js_err)?, e.model().weight_bytes as f64)),
+        Runtime::Cpu(e) => Ok((e.model().read_bandwidth(), e.model().weight_bytes_per_token() as f64)),
+        Runtime::Reference(_) => Err(JsError::new("invalid request: bandwidth and benchmarks measure the gpu and cpu backends, not the f32 reference; load with device \"gpu\" or \"cpu\"")),
     }
 }
 

@@ -109,8 +109,7 @@ impl BlockPool {
     }
 
     pub fn stats(&self) -> PoolStats {
-        let used = self.refs.iter().filter(|&&r| r > 0).count();
-        let shared = self.refs.iter().filter(|&&r| r > 1).count();
+        let (used, shared) = self.refs.iter().fold((0, 0), |(u, s), &r| (u + (r > 0) as usize, s + (r > 1) as usize));
         PoolStats { used, shared, cached_free: self.lru.len(), free: self.free.len(), ..self.stats }
     }
 

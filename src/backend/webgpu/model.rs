@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::context::{map_read, Faults, GpuContext};
 use super::kernels::{AttnDims, Count, Kernels, Norm, Op, OutCols, TOPK_WORDS};
-use super::weights::{concat_rows, packed_group_bytes, upload_f32, GpuTensor};
+use super::weights::{concat_rows, packed_row_bytes, upload_f32, GpuTensor};
 use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, BLOCK_SIZE};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf};
@@ -147,7 +147,7 @@ impl GpuModel {
             let mut bytes = 0;
             for name in [names::FFN_GATE, names::FFN_UP] {
                 let t = c.tensor(gguf, &names::layer(l, name))?;
-                bytes += packed_group_bytes(t.ty) * (t.dims[0] / 32) * (t.n_elements() / t.dims[0]);
+                bytes += packed_row_bytes(t.ty, t.dims[0]) * (t.n_elements() / t.dims[0]);
             }
             if bytes > max_binding {
                 return Err(Error::ModelTooLarge { what: format!("layer {l}'s gate and up matrices"), bytes, limit: max_binding });

@@ -13,7 +13,7 @@ pub const GPU_MATRIX_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlTy
 pub const MAX_ROWS_PER_PART: usize = 4 * 65535;
 
 /// Upper bound of the repacked bytes of one 32-value group: its quant words plus scale words.
-pub(super) fn packed_group_bytes(ty: GgmlType) -> u64 {
+fn packed_group_bytes(ty: GgmlType) -> u64 {
     match ty {
         GgmlType::F32 => 128,
         GgmlType::F16 => 64,
@@ -21,6 +21,12 @@ pub(super) fn packed_group_bytes(ty: GgmlType) -> u64 {
         GgmlType::Q8_0 | GgmlType::Q6_K => 32 + 4,
         _ => 16 + 4,
     }
+}
+
+/// Upper bound of the repacked bytes of a row of `k` values (the loader's binding sizes, and the
+/// header check before a download).
+pub(super) fn packed_row_bytes(ty: GgmlType, k: u64) -> u64 {
+    packed_group_bytes(ty) * (k / 32)
 }
 
 /// A weight matrix `[rows][k]` in the repacked layout, split by rows into parts that each fit
@@ -150,7 +156,7 @@ impl GpuTensor {
     #[allow(clippy::too_many_arguments)]
     pub fn upload(device: &wgpu::Device, queue: &wgpu::Queue, max_binding: u64, name: &str, ty: GgmlType, data: &[u8], rows: usize, k: usize, splittable: bool) -> Result<GpuTensor> {
         let row_bytes = ty.row_bytes(k as u64)? as usize;
-        let packed_row = packed_group_bytes(ty) * (k as u64 / 32);
+        let packed_row = packed_row_bytes(ty, k as u64);
         let per_part = ((max_binding / packed_row) as usize).clamp(1, MAX_ROWS_PER_PART);
         if rows > per_part && !splittable {
             return Err(Error::ModelTooLarge { what: format!("tensor '{name}'"), bytes: packed_row * rows as u64, limit: max_binding });
