@@ -28,10 +28,10 @@ models:
 	scripts/fetch-models.sh all
 
 system-packages:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! command -v curl >/dev/null \
 	    || ! ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1; then \
-	  echo "installing chromium, chromium-driver, mesa-vulkan-drivers"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver mesa-vulkan-drivers >/dev/null; \
+	  echo "installing chromium, chromium-driver, mesa-vulkan-drivers, curl"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver mesa-vulkan-drivers curl >/dev/null; \
 	fi
 
 rust-tools:

@@ -4,6 +4,8 @@
 pub mod bench;
 pub mod fuzz;
 pub mod request;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod serve;
 pub mod tools;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;

@@ -2,8 +2,9 @@
 //! checked the same way natively (the fuzz targets) and in the browser.
 
 use super::tools::{self, Tool, ToolChoice};
-use crate::chat::ChatMessage;
+use crate::chat::{ChatMessage, ChatTemplate};
 use crate::sample::{GenerateOptions, Grammar, SamplingParams, SpecMethod, Speculative};
+use crate::tokenizer::Tokenizer;
 
 /// OpenAI's `response_format`.
 #[derive(serde::Deserialize)]
@@ -144,6 +145,35 @@ impl GenerateRequest {
 pub struct SubmitInput {
     pub prompt: Option<String>,
     pub messages: Option<Vec<ChatMessage>>,
+}
+
+impl SubmitInput {
+    pub fn into_input(self) -> crate::Result<Input> {
+        match (self.prompt, self.messages) {
+            (Some(p), None) => Ok(Input::Prompt(p)),
+            (None, Some(m)) => Ok(Input::Messages(m)),
+            _ => Err(crate::Error::InvalidOption { option: "request", reason: "give either prompt or messages".into() }),
+        }
+    }
+}
+
+/// What a request generates from.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Raw text, tokenized as is (completions).
+    Prompt(String),
+    /// A chat, rendered with the model's template (and the tools, when there are any).
+    Messages(Vec<ChatMessage>),
+}
+
+/// The prompt's token ids as the engine takes them, refused at once when its text is longer
+/// than `context` tokens can hold.
+pub fn encode_input(tokenizer: &Tokenizer, template: Option<&ChatTemplate>, input: &Input, tools: &[Tool], context: usize) -> crate::Result<Vec<u32>> {
+    match input {
+        Input::Prompt(_) if !tools.is_empty() => Err(crate::Error::InvalidOption { option: "tools", reason: "tools need chat messages, not a raw prompt".into() }),
+        Input::Prompt(p) => tokenizer.encode_request(p, false, context),
+        Input::Messages(m) => tokenizer.encode_request(&tools::render(template, m, tools, tokenizer.max_prompt_bytes(context))?, true, context),
+    }
 }
 
 /// Request options from JSON text, checked as the wasm boundary checks them.

@@ -5,8 +5,7 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use super::bench::{bench_runs, decode_ceiling, decode_counters, dequant_rate, dispatch_overhead_us, merge, read_bandwidth, PRINTING_PRESS_PROMPT};
-use super::request::{GenerateRequest, SubmitInput};
-use super::tools;
+use super::request::{encode_input, GenerateRequest, SubmitInput};
 use super::{Device, LoadOptions, Runtime};
 use crate::backend::webgpu::GpuOptions;
 use crate::chat::ChatTemplate;
@@ -354,16 +353,10 @@ impl Engine {
         } else {
             serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("invalid request options: {e}")))?
         };
+        let input = input.into_input().map_err(js_err)?;
         let tools = req.tools().to_vec();
         let opts = req.into_options().map_err(js_err)?;
-        let context = self.runtime.context();
-        let ids = match (input.prompt, input.messages) {
-            (Some(_), None) if !tools.is_empty() => return Err(JsError::new("invalid request: tools need chat messages, not a raw prompt")),
-            (Some(p), None) => self.tokenizer.encode_request(&p, false, context),
-            (None, Some(m)) => tools::render(self.template.as_ref(), &m, &tools, self.tokenizer.max_prompt_bytes(context)).and_then(|t| self.tokenizer.encode_request(&t, true, context)),
-            _ => return Err(JsError::new("invalid request: give either prompt or messages")),
-        }
-        .map_err(js_err)?;
+        let ids = encode_input(&self.tokenizer, self.template.as_ref(), &input, &tools, self.runtime.context()).map_err(js_err)?;
         let id = self.runtime.submit(&self.tokenizer, Request { prompt: ids, opts }).map_err(js_err)?;
         Ok(id as u32)
     }

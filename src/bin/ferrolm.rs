@@ -1,4 +1,4 @@
-//! The native CLI: `generate`, `score`, `tokenize`, `inspect`. Generated text goes to stdout so it
+//! The native CLI: `generate`, `score`, `tokenize`, `bench`, `serve`, `inspect`. Generated text goes to stdout so it
 //! can be piped and compared; timings and stats go to stderr. Errors print one line, exit 1.
 
 #[cfg(target_arch = "wasm32")]
@@ -22,6 +22,8 @@ mod cli {
 
     use clap::{Parser, Subcommand, ValueEnum};
     use ferrolm::api::bench::{bench_runs, decode_ceiling, decode_counters, dequant_rate, merge, read_bandwidth, synthetic_llama, PRINTING_PRESS_PROMPT, SYNTHETIC_SHAPES};
+    use ferrolm::api::serve::worker::EngineHandle;
+    use ferrolm::api::serve::{serve, ServeOptions};
     use ferrolm::api::{Device, LoadOptions, Runtime};
     use ferrolm::backend::cpu::SimdModel;
     use ferrolm::backend::reference::ops::nll;
@@ -264,6 +266,41 @@ mod cli {
             #[arg(long)]
             profile: bool,
         },
+        /// Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions,
+        /// /v1/completions, /v1/models, /health, /stats), with continuous batching.
+        Serve {
+            #[command(flatten)]
+            model: ModelArgs,
+            #[arg(long, default_value = "127.0.0.1")]
+            host: String,
+            /// 0 picks a free port (the address is printed).
+            #[arg(long, default_value_t = 8080)]
+            port: u16,
+            /// The model's id in the API [default: the file name without .gguf].
+            #[arg(long)]
+            model_name: Option<String>,
+            /// Require `Authorization: Bearer KEY` on /v1 requests.
+            #[arg(long)]
+            api_key: Option<String>,
+            /// Requests in flight at once; more get 429 with Retry-After.
+            #[arg(long, default_value_t = 64)]
+            max_requests: usize,
+            /// Open connections at once; more wait.
+            #[arg(long, default_value_t = 256)]
+            max_connections: usize,
+            /// Largest request body, in KiB.
+            #[arg(long, default_value_t = 4096)]
+            max_body_kb: usize,
+            /// Seconds requests in flight may run on after SIGINT/SIGTERM.
+            #[arg(long, default_value_t = 10.0)]
+            shutdown_grace: f64,
+            /// A GGUF sharing the model's tokenizer that drafts for `speculative: "draft"`.
+            #[arg(long)]
+            draft_model: Option<PathBuf>,
+            /// Expose POST /ferrolm/faults/lose-device (for testing clients).
+            #[arg(long)]
+            faults: bool,
+        },
         /// Print the model's metadata and tensor table.
         Inspect {
             #[command(flatten)]
@@ -435,6 +472,38 @@ mod cli {
                 let tokenizer = Tokenizer::from_gguf(&m.gguf.metadata)?;
                 let ids = tokenizer.encode(&text, special)?;
                 println!("{}", serde_json::to_string(&ids).expect("ids serialize"));
+            }
+            Command::Serve { model: args, host, port, model_name, api_key, max_requests, max_connections, max_body_kb, shutdown_grace, draft_model, faults } => {
+                if !(0.0..=3600.0).contains(&shutdown_grace) {
+                    return Err(Error::InvalidOption { option: "--shutdown-grace", reason: "give 0 to 3600 seconds".into() });
+                }
+                let path = open(&args)?.path;
+                let name = model_name.unwrap_or_else(|| path.file_name().map_or("model".into(), |f| f.to_string_lossy().trim_end_matches(".gguf").to_string()));
+                let (engine, thread, describe) = EngineHandle::start(move || {
+                    let m = open(&args)?;
+                    let tokenizer = Tokenizer::from_gguf(&m.gguf.metadata)?;
+                    let template = ChatTemplate::from_gguf(&m.gguf.metadata, &tokenizer)?;
+                    let mut runtime = load(&args, &m)?;
+                    if let Some(path) = draft_model {
+                        let spec = SpecArgs { speculative: Some(SpecArg::Draft), draft_model: Some(path), draft_k: 4 };
+                        load_draft(&mut runtime, &args, &spec)?;
+                    }
+                    Ok((runtime, tokenizer, template))
+                })?;
+                let describe = format!("{} | {describe}", path.display());
+                let opts = ServeOptions {
+                    host,
+                    port,
+                    model_name: name.clone(),
+                    api_key,
+                    max_requests,
+                    max_connections,
+                    max_body_bytes: max_body_kb << 10,
+                    shutdown_grace: std::time::Duration::from_secs_f64(shutdown_grace),
+                    faults,
+                };
+                serve(engine, opts, |addr| eprintln!("{describe}\nferrolm serve: '{name}' on http://{addr}/v1 (Ctrl-C stops)"))?;
+                let _ = thread.join();
             }
             Command::Bench { model: args, synthetic, gen, stream_gen, runs, json, profile } => bench(&args, synthetic.as_deref(), gen, stream_gen, runs, json.as_deref(), profile)?,
             Command::Inspect { model: args } => {
