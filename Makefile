@@ -145,7 +145,7 @@ test-browser:
 test-npm: package test-cli
 	cd tests/npm/app && rm -rf node_modules/ferrolm package-lock.json && npm install --silent --no-audit --no-fund
 	cd tests/npm/app && npx vite build --logLevel warn
-	node --test --test-concurrency=1 tests/npm/package.test.mjs
+	node --test --test-concurrency=1 tests/npm/package.test.mjs tests/npm/remote.test.mjs
 
 # The engine soak (tests/soak.rs) at 20x the length `make test` runs it.
 soak:

@@ -11,10 +11,16 @@ export type FerroErrorCode =
   | "invalid_request" // bad options or a prompt longer than the context
   | "device_lost" // the GPU device was lost (driver reset, GPU reclaimed): create the engine again
   | "worker_died" // the engine's worker failed or could not start: create the engine again
+  | "unauthorized" // a served engine refused the API key (HTTP 401/403)
+  | "not_found" // a served engine has no such model or endpoint (HTTP 404)
+  | "rate_limited" // a served engine is busy (HTTP 429) and stayed so through the retries
+  | "server" // a served engine failed (HTTP 5xx)
+  | "timeout" // a served engine did not answer within the timeout
   | "engine"; // anything else (GPU errors)
 
 export class FerroError extends Error {
-  constructor(readonly code: FerroErrorCode, message: string) {
+  /** `status`: the HTTP status, for errors from a served engine. */
+  constructor(readonly code: FerroErrorCode, message: string, readonly status?: number) {
     super(message);
     this.name = "FerroError";
   }

@@ -187,6 +187,16 @@ export class EngineHost {
     if (done) this.deliver([done]);
   }
 
+  countTokens(input: Input, options: GenerateOptions): Promise<number> {
+    return this.run((e) => {
+      try {
+        return e.countTokens(input, options);
+      } catch (err) {
+        throw classify(err);
+      }
+    });
+  }
+
   engineStats(): Promise<KvStats | null> {
     const memory = this.wasm ? memories.get(this.wasm) : undefined;
     return this.run((e) => ({ ...(e.engineStats() as KvStats), wasm_memory_bytes: memory?.buffer.byteLength ?? 0 }));

@@ -5,12 +5,24 @@
 //   for await (const chunk of await engine.chat.completions.create({ messages, stream: true }))
 //     out.textContent += chunk.choices[0].delta.content ?? "";
 import { FerroError, fromWire } from "./errors.js";
+import { endpoints, OPTION_FIELDS, REQUEST_FIELDS, unsupportedField } from "./openai.js";
+import type { ChatCompletionChunk, ChatEngine, ChatRequest, CompletionChunk, CompletionRequest, FinishReason, SamplingRequest, Speculation, Timings, TokenLogprob, ToolCall, Usage } from "./openai.js";
 import { InlineTransport, WorkerTransport } from "./protocol.js";
+import { RemoteEngine, type RemoteOptions } from "./remote.js";
 import type { Bandwidth, GenerateOptions, Input, KvMap, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, RequestStats, Tool, Transport, WireEvent } from "./types.js";
 
 export { FerroError } from "./errors.js";
 export type { FerroErrorCode } from "./errors.js";
 export type { Bandwidth, KvBlock, KvMap, KvStats, LoadOptions, ModelInfo, ModelSource, Progress, ProgressPhase, RequestStats, ResponseFormat, Tool } from "./types.js";
+export type {
+  ChatCompletion, ChatCompletionChunk, ChatEngine, ChatMessage, ChatRequest, Completion, CompletionChunk, CompletionRequest, FinishReason, Placement, SamplingRequest, Speculation, Timings, TokenLogprob, ToolCall, Usage,
+} from "./openai.js";
+export { RemoteEngine } from "./remote.js";
+export type { RemoteOptions } from "./remote.js";
+export { createRouter, Router } from "./router.js";
+export type { RouterOptions, RouteStats } from "./router.js";
+export { ResponseCache } from "./cache.js";
+export type { CacheOptions } from "./cache.js";
 
 export interface EngineOptions extends LoadOptions {
   /** Called as the model downloads, is read from the cache or a file, and goes onto the GPU. */
@@ -23,115 +35,6 @@ export interface EngineOptions extends LoadOptions {
   draftModel?: ModelSource;
 }
 
-/** Sampling and stopping, with the OpenAI API's names (the engine's options, see types.ts);
- * the default is greedy (temperature 0). */
-export interface SamplingRequest extends Omit<GenerateOptions, "stop" | "logprobs"> {
-  stop?: string | string[];
-  /** Chat: `logprobs: true` with `top_logprobs: n`; completions: `logprobs: n`. */
-  logprobs?: boolean | number;
-  top_logprobs?: number;
-  /** Cancels the request; the engine stays usable. */
-  signal?: AbortSignal;
-}
-
-export interface ChatMessage {
-  role: "system" | "user" | "assistant" | string;
-  content: string;
-}
-
-export interface ChatRequest extends SamplingRequest {
-  messages: ChatMessage[];
-  stream?: boolean;
-}
-
-export interface CompletionRequest extends SamplingRequest {
-  prompt: string;
-  stream?: boolean;
-}
-
-export interface Usage {
-  prompt_tokens: number;
-  completion_tokens: number;
-  total_tokens: number;
-}
-
-/** ferrolm's own figures, on the last chunk and on every completion. */
-export interface Timings {
-  ttft_ms: number;
-  tpot_ms: number;
-  tokens_per_s: number;
-  cached_tokens: number;
-  preemptions: number;
-  drafted: number;
-  accepted: number;
-}
-
-export type FinishReason = "stop" | "length" | "tool_calls";
-
-/** A call the model made (OpenAI's shape): `arguments` is JSON text that follows the function's `parameters`. */
-export interface ToolCall {
-  id: string;
-  type: "function";
-  function: { name: string; arguments: string };
-}
-
-export interface TokenLogprob {
-  token: string;
-  logprob: number;
-  top_logprobs: { token: string; logprob: number }[];
-}
-
-export interface ChatCompletionChunk {
-  id: string;
-  object: "chat.completion.chunk";
-  created: number;
-  model: string;
-  choices: {
-    index: 0;
-    delta: { role?: "assistant"; content?: string; tool_calls?: (ToolCall & { index: number })[] };
-    finish_reason: FinishReason | null;
-    logprobs?: { content: TokenLogprob[] } | null;
-  }[];
-  usage?: Usage;
-  ferrolm?: Timings;
-  /** With `speculative`, on chunks carrying a token: the token was a draft the model confirmed
-   * (`drafted`), or it replaced `rejected` drafts. */
-  speculation?: Speculation;
-}
-
-export interface Speculation {
-  drafted: boolean;
-  rejected: number;
-}
-
-export interface ChatCompletion {
-  id: string;
-  object: "chat.completion";
-  created: number;
-  model: string;
-  choices: {
-    index: 0;
-    message: { role: "assistant"; content: string | null; tool_calls?: ToolCall[] };
-    finish_reason: FinishReason;
-    logprobs: { content: TokenLogprob[] } | null;
-  }[];
-  usage: Usage;
-  ferrolm: Timings;
-}
-
-export interface CompletionChunk {
-  id: string;
-  object: "text_completion";
-  created: number;
-  model: string;
-  choices: { index: 0; text: string; finish_reason: FinishReason | null }[];
-  usage?: Usage;
-  ferrolm?: Timings;
-  speculation?: Speculation;
-}
-
-export type Completion = CompletionChunk & { usage: Usage; ferrolm: Timings };
-
 export interface EngineStats {
   model: ModelInfo;
   /** Paged KV cache and scheduler: running / waiting requests, blocks used / free / cached. */
@@ -140,8 +43,13 @@ export interface EngineStats {
   last: (Timings & { prompt_tokens: number; completion_tokens: number }) | null;
 }
 
-/** Loads a model and returns an engine; `model` is a URL, a File/Blob or the bytes. */
-export async function createEngine(model: ModelSource, options: EngineOptions = {}): Promise<Engine> {
+/** Loads a model and returns an engine; `model` is a URL, a File/Blob or the bytes. Or, given
+ * `{ remote: { baseURL, apiKey, model, headers } }`, returns an engine with the same interface
+ * on a served one (vLLM, TGI, llama.cpp's server, `ferrolm serve`). */
+export async function createEngine(remote: { remote: RemoteOptions }): Promise<RemoteEngine>;
+export async function createEngine(model: ModelSource, options?: EngineOptions): Promise<Engine>;
+export async function createEngine(model: ModelSource | { remote: RemoteOptions }, options: EngineOptions = {}): Promise<Engine | RemoteEngine> {
+  if (typeof model === "object" && model !== null && "remote" in model) return new RemoteEngine(model.remote);
   const transport = options.worker === false || typeof Worker === "undefined" ? await InlineTransport.create() : new WorkerTransport(options.workerUrl);
   const { onProgress, worker: _w, workerUrl: _u, draftModel, ...load } = options;
   try {
@@ -172,26 +80,14 @@ class Queue<T> {
 
 let nextId = 0;
 
-export class Engine {
+export class Engine implements ChatEngine {
   private lastStats: EngineStats["last"] = null;
-
-  readonly chat = {
-    completions: {
-      create: ((req: ChatRequest) => (req.stream ? Promise.resolve(this.chatStream(req)) : this.chatOnce(req))) as {
-        (req: ChatRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
-        (req: ChatRequest & { stream?: false }): Promise<ChatCompletion>;
-        (req: ChatRequest): Promise<AsyncIterable<ChatCompletionChunk> | ChatCompletion>;
-      },
-    },
-  };
-
-  readonly completions = {
-    create: ((req: CompletionRequest) => (req.stream ? Promise.resolve(this.completionStream(req)) : this.completionOnce(req))) as {
-      (req: CompletionRequest & { stream: true }): Promise<AsyncIterable<CompletionChunk>>;
-      (req: CompletionRequest & { stream?: false }): Promise<Completion>;
-      (req: CompletionRequest): Promise<AsyncIterable<CompletionChunk> | Completion>;
-    },
-  };
+  private readonly api = endpoints(
+    (req) => this.chatStream(req),
+    (req) => this.completionStream(req),
+  );
+  readonly chat = this.api.chat;
+  readonly completions = this.api.completions;
 
   constructor(private transport: Transport, readonly info: ModelInfo, readonly model: string) {}
 
@@ -205,6 +101,13 @@ export class Engine {
    * moment; on the CPU backend it leaves a 64 MiB probe buffer in the engine's wasm memory. */
   measureBandwidth(): Promise<Bandwidth> {
     return this.transport.measureBandwidth();
+  }
+
+  /** The prompt's length in tokens as the engine would see it (the chat rendered with the
+   * model's template and the tools), without running it. */
+  countTokens(req: ChatRequest | CompletionRequest): Promise<number> {
+    const input: Input = "messages" in req ? { messages: req.messages } : { prompt: req.prompt };
+    return this.transport.countTokens(input, toOptions(req, "messages" in req));
   }
 
   /** Model and adapter, KV cache use, and the last request's timings. */
@@ -274,28 +177,6 @@ export class Engine {
     }
   }
 
-  private async chatOnce(req: ChatRequest): Promise<ChatCompletion> {
-    let content = "";
-    const calls: ToolCall[] = [];
-    let last: ChatCompletionChunk | undefined;
-    for await (const c of this.chatStream(req)) {
-      content += c.choices[0].delta.content ?? "";
-      for (const { index: _i, ...call } of c.choices[0].delta.tool_calls ?? []) calls.push(call);
-      last = c;
-    }
-    const choice = last!.choices[0];
-    const message = calls.length ? { role: "assistant" as const, content: null, tool_calls: calls } : { role: "assistant" as const, content };
-    return {
-      id: last!.id,
-      object: "chat.completion",
-      created: last!.created,
-      model: this.model,
-      choices: [{ index: 0, message, finish_reason: choice.finish_reason!, logprobs: choice.logprobs ?? null }],
-      usage: last!.usage!,
-      ferrolm: last!.ferrolm!,
-    };
-  }
-
   private async *completionStream(req: CompletionRequest): AsyncGenerator<CompletionChunk> {
     const id = `cmpl-${Date.now().toString(36)}-${nextId++}`;
     const base = { id, object: "text_completion" as const, created: Math.floor(Date.now() / 1000), model: this.model };
@@ -308,16 +189,6 @@ export class Engine {
     }
   }
 
-  private async completionOnce(req: CompletionRequest): Promise<Completion> {
-    let text = "";
-    let last: CompletionChunk | undefined;
-    for await (const c of this.completionStream(req)) {
-      text += c.choices[0].text;
-      last = c;
-    }
-    return { ...last!, choices: [{ index: 0, text, finish_reason: last!.choices[0].finish_reason }], usage: last!.usage!, ferrolm: last!.ferrolm! };
-  }
-
   private logprobs(e: WireEvent & { type: "done" }, req: SamplingRequest): { content: TokenLogprob[] } | null {
     if (!req.logprobs) return null;
     // Token strings are not known on this side: ids are given as strings, as "token_id:<n>".
@@ -326,24 +197,15 @@ export class Engine {
   }
 }
 
-// Fields a request may carry besides the engine's options: what the request is, how it is
-// delivered, and `model` (OpenAI clients always send it; an engine serves one model).
-const REQUEST_FIELDS = new Set(["messages", "prompt", "stream", "signal", "model", "stop", "logprobs", "top_logprobs"]);
-
 function toOptions(req: SamplingRequest, chat: boolean): GenerateOptions {
   const o: GenerateOptions = {};
-  const keys = [
-    "max_tokens", "temperature", "top_p", "top_k", "min_p", "typical_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "seed", "ignore_eos",
-    "speculative", "draft_k", "response_format", "regex", "grammar", "tools", "tool_choice",
-  ] as const;
   // An option this version does not implement is refused by name: ignoring it would return
   // output the caller did not ask for (free text where `response_format` wanted JSON).
-  for (const k of Object.keys(req)) {
-    if (!REQUEST_FIELDS.has(k) && !(keys as readonly string[]).includes(k) && (req as Record<string, unknown>)[k] !== undefined) {
-      throw new FerroError("invalid_request", `invalid request: field "${k}" is not supported by this version of ferrolm; remove it (supported: ${[...keys, ...REQUEST_FIELDS].join(", ")})`);
-    }
+  const bad = unsupportedField(req);
+  if (bad !== undefined) {
+    throw new FerroError("invalid_request", `invalid request: field "${bad}" is not supported by this version of ferrolm; remove it (supported: ${[...OPTION_FIELDS, ...REQUEST_FIELDS].join(", ")})`);
   }
-  for (const k of keys) if (req[k] !== undefined) (o as Record<string, unknown>)[k] = req[k];
+  for (const k of OPTION_FIELDS) if (req[k] !== undefined) (o as Record<string, unknown>)[k] = req[k];
   if (req.stop !== undefined) o.stop = typeof req.stop === "string" ? [req.stop] : req.stop;
   if (req.logprobs) o.logprobs = chat ? (req.top_logprobs ?? 0) : typeof req.logprobs === "number" ? req.logprobs : 0;
   return o;

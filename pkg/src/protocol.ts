@@ -10,6 +10,7 @@ export type Call = { call: number } & (
   | { op: "loadDraft"; source: ModelSource; opts: LoadOptions }
   | { op: "submit"; rid: number; input: Input; options: GenerateOptions }
   | { op: "cancel"; id: number }
+  | { op: "countTokens"; input: Input; options: GenerateOptions }
   | { op: "engineStats" }
   | { op: "kvMap" }
   | { op: "measureBandwidth" }
@@ -105,6 +106,10 @@ export class WorkerTransport implements Transport {
     return this.call({ op: "cancel", id });
   }
 
+  countTokens(input: Input, options: GenerateOptions): Promise<number> {
+    return this.call({ op: "countTokens", input, options });
+  }
+
   engineStats(): Promise<KvStats | null> {
     return this.call({ op: "engineStats" });
   }
@@ -146,6 +151,9 @@ export class InlineTransport implements Transport {
   }
   cancel(id: number) {
     return this.host.cancel(id);
+  }
+  countTokens(input: Input, options: GenerateOptions) {
+    return this.host.countTokens(input, options);
   }
   engineStats() {
     return this.host.engineStats();

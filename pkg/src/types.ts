@@ -162,6 +162,7 @@ export interface Transport {
   loadDraft(source: ModelSource, opts: LoadOptions, onProgress: (p: Progress) => void): Promise<void>;
   submit(input: Input, options: GenerateOptions, onEvent: (e: WireEvent) => void): Promise<number>;
   cancel(id: number): Promise<void>;
+  countTokens(input: Input, options: GenerateOptions): Promise<number>;
   engineStats(): Promise<KvStats | null>;
   kvMap(): Promise<KvMap>;
   measureBandwidth(): Promise<Bandwidth>;

@@ -20,6 +20,8 @@ scope.onmessage = async (ev) => {
         return reply(await host.submit(msg.input, msg.options, (event) => scope.postMessage({ rid: msg.rid, event })));
       case "cancel":
         return reply(await host.cancel(msg.id));
+      case "countTokens":
+        return reply(await host.countTokens(msg.input, msg.options));
       case "engineStats":
         return reply(await host.engineStats());
       case "kvMap":

@@ -5,7 +5,7 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use super::bench::{bench_runs, decode_ceiling, decode_counters, dequant_rate, dispatch_overhead_us, merge, read_bandwidth, PRINTING_PRESS_PROMPT};
-use super::request::{encode_input, GenerateRequest, SubmitInput};
+use super::request::{encode_input, GenerateRequest, Input, SubmitInput};
 use super::{Device, LoadOptions, Runtime};
 use crate::backend::webgpu::GpuOptions;
 use crate::chat::ChatTemplate;
@@ -331,6 +331,17 @@ enum JsEvent {
     Done { id: u32, finish_reason: &'static str, text: String, tokens: Vec<u32>, logprobs: Vec<TokenLogprob>, stats: RequestStats },
 }
 
+/// A request's input and options from JS, checked.
+fn parse_request(input: JsValue, options: JsValue) -> Result<(Input, GenerateRequest), JsError> {
+    let input: SubmitInput = serde_wasm_bindgen::from_value(input).map_err(|e| JsError::new(&format!("invalid request: {e}")))?;
+    let req: GenerateRequest = if options.is_undefined() || options.is_null() {
+        GenerateRequest::default()
+    } else {
+        serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("invalid request options: {e}")))?
+    };
+    Ok((input.into_input().map_err(js_err)?, req))
+}
+
 fn js_event(e: Event) -> JsEvent {
     match e {
         Event::Token { id, token, text, drafted, rejected } => JsEvent::Token { id: id as u32, token, text, drafted, rejected },
@@ -347,18 +358,21 @@ impl Engine {
     /// Queues a request: `input` is `{prompt}` (raw text) or `{messages: [{role, content}]}`
     /// (rendered with the model's chat template); `options` with OpenAI names (`GenerateRequest`). Returns its id.
     pub fn submit(&mut self, input: JsValue, options: JsValue) -> Result<u32, JsError> {
-        let input: SubmitInput = serde_wasm_bindgen::from_value(input).map_err(|e| JsError::new(&format!("invalid request: {e}")))?;
-        let req: GenerateRequest = if options.is_undefined() || options.is_null() {
-            GenerateRequest::default()
-        } else {
-            serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("invalid request options: {e}")))?
-        };
-        let input = input.into_input().map_err(js_err)?;
+        let (input, req) = parse_request(input, options)?;
         let tools = req.tools().to_vec();
         let opts = req.into_options().map_err(js_err)?;
         let ids = encode_input(&self.tokenizer, self.template.as_ref(), &input, &tools, self.runtime.context()).map_err(js_err)?;
         let id = self.runtime.submit(&self.tokenizer, Request { prompt: ids, opts }).map_err(js_err)?;
         Ok(id as u32)
+    }
+
+    /// The prompt's length in tokens as `submit` would queue it (not limited to the context:
+    /// callers compare it with the context to route a long prompt elsewhere).
+    #[wasm_bindgen(js_name = countTokens)]
+    pub fn count_tokens(&self, input: JsValue, options: JsValue) -> Result<usize, JsError> {
+        let (input, req) = parse_request(input, options)?;
+        let ids = encode_input(&self.tokenizer, self.template.as_ref(), &input, req.tools(), usize::MAX).map_err(js_err)?;
+        Ok(ids.len())
     }
 
     /// Whether any request is queued or running.

@@ -223,7 +223,17 @@ async fn generate(State(app): State<Arc<App>>, headers: HeaderMap, body: Result<
     let mut guard = Guard { engine: app.engine.clone(), id: submitted.id, done: false, _slot: slot };
     let envelope = Envelope::new(endpoint, &app.opts.model_name);
     if parsed.stream {
-        return Ok(stream(submitted.updates, guard, Chunks::new(envelope, endpoint, parsed.tools), parsed.logprobs));
+        // The headers wait for the first update, so a request that fails before its first
+        // token (a lost device) gets its HTTP status rather than an error event.
+        let first = match submitted.updates.recv().await {
+            Some(Update::Failed(e)) => {
+                guard.done = true;
+                return Err(e);
+            }
+            Some(u) => u,
+            None => return Err(ApiError::unavailable("the engine stopped before the request started")),
+        };
+        return Ok(stream(first, submitted.updates, guard, Chunks::new(envelope, endpoint, parsed.tools), parsed.logprobs));
     }
     loop {
         match submitted.updates.recv().await {
@@ -251,6 +261,8 @@ fn event(v: &Value) -> Bytes {
 }
 
 struct Streaming {
+    /// The update that came before the response started.
+    first: Option<Update>,
     updates: tokio::sync::mpsc::UnboundedReceiver<Update>,
     guard: Guard,
     chunks: Chunks,
@@ -261,9 +273,9 @@ struct Streaming {
 
 /// Server-sent events: one `data:` line per chunk, `data: [DONE]` at the end; a failure after
 /// the response started is sent as `data: {"error": ...}`.
-fn stream(updates: tokio::sync::mpsc::UnboundedReceiver<Update>, guard: Guard, chunks: Chunks, logprobs: bool) -> Response {
+fn stream(first: Update, updates: tokio::sync::mpsc::UnboundedReceiver<Update>, guard: Guard, chunks: Chunks, logprobs: bool) -> Response {
     let pending = chunks.start().iter().map(event).collect();
-    let state = Streaming { updates, guard, chunks, logprobs, pending, ended: false };
+    let state = Streaming { first: Some(first), updates, guard, chunks, logprobs, pending, ended: false };
     let body = futures_util::stream::unfold(state, |mut s| async move {
         loop {
             if let Some(b) = s.pending.pop_front() {
@@ -272,7 +284,11 @@ fn stream(updates: tokio::sync::mpsc::UnboundedReceiver<Update>, guard: Guard, c
             if s.ended {
                 return None;
             }
-            match s.updates.recv().await {
+            let update = match s.first.take() {
+                Some(u) => Some(u),
+                None => s.updates.recv().await,
+            };
+            match update {
                 Some(Update::Token { text }) => {
                     if let Some(c) = s.chunks.token(&text) {
                         s.pending.push_back(event(&c));

@@ -1,5 +1,5 @@
-// The test app: exposes the package to the Playwright driver (tests/npm/package.test.mjs).
-import { createEngine, FerroError } from "ferrolm";
+// The test app: exposes the package to the Playwright driver (tests/npm/*.test.mjs).
+import { createEngine, createRouter, FerroError, ResponseCache } from "ferrolm";
 
-window.ferrolm = { createEngine, FerroError };
+window.ferrolm = { createEngine, createRouter, FerroError, ResponseCache };
 document.getElementById("status").textContent = "ready";
