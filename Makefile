@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export XDG_RUNTIME_DIR ?= /tmp/ferrolm-xdg-$(shell id -u)
 $(shell mkdir -p -m 700 $(XDG_RUNTIME_DIR))
 
-.PHONY: help models tools rust-tools system-packages build test-cli test lint test-native test-browser test-npm run demo wasm package bench fuzz soak test-neon clean
+.PHONY: help models tools rust-tools system-packages build test-cli test lint test-native test-browser test-npm test-remote run demo wasm package bench fuzz soak test-neon clean
 
 help:
 	@echo "make demo   build the wasm package and serve the demo page"
@@ -182,6 +182,29 @@ test-neon:
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
 	  cargo test --release --target $(AARCH64) --test cpu_backend -- --nocapture
+
+# The npm package's remote engine, router and response cache (tests/npm/remote.test.mjs) against
+# llama.cpp's OpenAI server instead of `ferrolm serve`: compatibility with a server we did not
+# write. llama-cpp-python's [server] extra, built from source into .tools/ the first time (about
+# 10 minutes on 2 cores), serves the default model. Not in `make test`.
+LLAMA_CPP_PYTHON_VERSION ?= 0.3.36
+LLAMA_VENV := .tools/llama-cpp-python
+REMOTE_PORT ?= 8790
+test-remote: models system-packages package
+	@if ! $(LLAMA_VENV)/bin/python -c "import llama_cpp.server" 2>/dev/null; then \
+	  if ! command -v g++ >/dev/null || ! python3 -m venv --help >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential python3-venv >/dev/null; \
+	  fi; \
+	  python3 -m venv $(LLAMA_VENV); \
+	  echo "building llama-cpp-python $(LLAMA_CPP_PYTHON_VERSION) from source"; \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	    $(LLAMA_VENV)/bin/pip install --quiet --no-binary llama-cpp-python "llama-cpp-python[server]==$(LLAMA_CPP_PYTHON_VERSION)"; \
+	fi
+	cd tests/npm/app && rm -rf node_modules/ferrolm package-lock.json && npm install --silent --no-audit --no-fund
+	@$(LLAMA_VENV)/bin/python -m llama_cpp.server --model models/SmolLM2-135M-Instruct.Q4_1.gguf --host 127.0.0.1 --port $(REMOTE_PORT) --n_ctx 2048 >/tmp/ferrolm-llama-server.log 2>&1 & pid=$$!; \
+	trap "kill $$pid" EXIT; \
+	for i in $$(seq 120); do curl -sf http://127.0.0.1:$(REMOTE_PORT)/v1/models >/dev/null && break; sleep 1; done; \
+	FERROLM_REMOTE_URL=http://127.0.0.1:$(REMOTE_PORT)/v1 node --test --test-concurrency=1 tests/npm/remote.test.mjs
 
 clean:
 	cargo clean

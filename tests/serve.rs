@@ -251,3 +251,44 @@ fn terminate_while_streaming(server: Server, body: &str) -> Vec<String> {
     client.wait().unwrap();
     events(&(first + &rest))
 }
+
+#[test]
+fn speculation_structured_output_and_tool_calls_over_http() {
+    let server = Server::start(&[]);
+    let reply = |body: Value| -> Value {
+        let (status, _, text) = server.post("/v1/chat/completions", &body);
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    let plain = reply(chat(false, 32));
+    let mut spec = chat(false, 32);
+    spec["speculative"] = json!("ngram");
+    let spec = reply(spec);
+    assert_eq!(spec["choices"][0]["message"]["content"], plain["choices"][0]["message"]["content"], "speculation changed greedy output");
+    assert!(spec["ferrolm"]["drafted"].as_u64().unwrap() > 0, "nothing was drafted: {}", spec["ferrolm"]);
+
+    let json_reply = reply(json!({ "messages": [{ "role": "user", "content": "Reply in JSON: a person." }], "max_tokens": 48, "response_format": { "type": "json_object" } }));
+    let content = json_reply["choices"][0]["message"]["content"].as_str().unwrap();
+    if json_reply["choices"][0]["finish_reason"] == "stop" {
+        assert!(serde_json::from_str::<Value>(content).unwrap().is_object(), "{content}");
+    } else {
+        assert!(content.trim_start().starts_with('{'), "{content}");
+    }
+
+    let tools = json!([{ "type": "function", "function": { "name": "get_weather", "parameters": { "type": "object", "properties": { "city": { "type": "string", "maxLength": 20 } }, "required": ["city"] } } }]);
+    let body = json!({ "messages": [{ "role": "user", "content": "What is the weather in Paris?" }], "max_tokens": 40, "tools": tools, "tool_choice": "required" });
+    let call = reply(body.clone());
+    assert_eq!(call["choices"][0]["finish_reason"], "tool_calls", "{call}");
+    let f = &call["choices"][0]["message"]["tool_calls"][0]["function"];
+    assert_eq!(f["name"], "get_weather");
+    assert!(serde_json::from_str::<Value>(f["arguments"].as_str().unwrap()).unwrap()["city"].is_string(), "{f}");
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let (_, _, text) = server.post("/v1/chat/completions", &streamed);
+    let data = events(&text);
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let calls: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"][0]["delta"].get("tool_calls")).collect();
+    assert_eq!(calls.len(), 1, "{text}");
+    assert_eq!(calls[0][0]["function"], *f, "the streamed call differs from the plain one");
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+}

@@ -2,8 +2,7 @@
 // OpenAI HTTP API (vLLM, TGI, SGLang, llama.cpp's server, `ferrolm serve`), over
 // /v1/chat/completions and /v1/completions, streamed with server-sent events.
 import { FerroError, type FerroErrorCode } from "./errors.js";
-import { endpoints } from "./openai.js";
-import type { ChatCompletionChunk, ChatEngine, ChatRequest, CompletionChunk, CompletionRequest, SamplingRequest } from "./openai.js";
+import type { ChatCompletion, ChatCompletionChunk, ChatEngine, ChatRequest, Completion, CompletionChunk, CompletionRequest, SamplingRequest } from "./openai.js";
 
 export interface RemoteOptions {
   /** The API's base, e.g. "http://127.0.0.1:8080/v1". */
@@ -80,12 +79,14 @@ async function* events(body: ReadableStream<Uint8Array>): AsyncGenerator<unknown
 
 export class RemoteEngine implements ChatEngine {
   private readonly base: string;
-  private readonly api = endpoints(
-    (req) => this.stream<ChatCompletionChunk>("/chat/completions", req),
-    (req) => this.stream<CompletionChunk>("/completions", req),
-  );
-  readonly chat = this.api.chat;
-  readonly completions = this.api.completions;
+  readonly chat = {
+    completions: {
+      create: ((req: ChatRequest) => (req.stream ? Promise.resolve(this.stream<ChatCompletionChunk>("/chat/completions", req)) : this.once<ChatCompletion>("/chat/completions", req))) as ChatEngine["chat"]["completions"]["create"],
+    },
+  };
+  readonly completions = {
+    create: ((req: CompletionRequest) => (req.stream ? Promise.resolve(this.stream<CompletionChunk>("/completions", req)) : this.once<Completion>("/completions", req))) as ChatEngine["completions"]["create"],
+  };
   readonly model: string;
 
   constructor(private readonly opts: RemoteOptions) {
@@ -97,13 +98,39 @@ export class RemoteEngine implements ChatEngine {
   /** Nothing to release: the served engine stays up. */
   async unload(): Promise<void> {}
 
+  /** A plain request: the server's own completion object (with its usage). */
+  private async once<T>(path: string, req: ChatRequest | CompletionRequest): Promise<T> {
+    const call = await this.post(path, req, false);
+    try {
+      return (await call.resp.json()) as T;
+    } catch (e) {
+      throw call.failed(e);
+    } finally {
+      call.close();
+    }
+  }
+
   /** Streams a request's chunks; aborting (`signal`), the timeout, or leaving the loop early
    * closes the HTTP request, which a served engine takes as a cancel. */
   private async *stream<T>(path: string, req: ChatRequest | CompletionRequest): AsyncGenerator<T> {
+    const call = await this.post(path, req, true);
+    try {
+      for await (const chunk of events(call.resp.body!)) yield chunk as T;
+    } catch (e) {
+      throw call.failed(e);
+    } finally {
+      call.close();
+    }
+  }
+
+  /** Sends a request, retrying 429s after their `Retry-After`; resolves with the successful
+   * response, `failed` (an error as its typed FerroError) and `close` (ends the request). */
+  private async post(path: string, req: ChatRequest | CompletionRequest, stream: boolean): Promise<{ resp: Response; failed: (e: unknown) => FerroError; close: () => void }> {
     const url = this.base + path;
     const { signal, ...fields } = req as unknown as SamplingRequest & Record<string, unknown>;
-    // Always streamed (a plain request is assembled from the chunks), with the usage at the end.
-    const body = JSON.stringify({ ...(this.opts.model ? { model: this.opts.model } : {}), ...fields, stream: true, stream_options: { include_usage: true } });
+    // Greedy unless a temperature is given, as in the page: servers default to sampling.
+    const body = JSON.stringify({ ...(this.opts.model ? { model: this.opts.model } : {}), temperature: 0, ...fields, stream, ...(stream ? { stream_options: { include_usage: true } } : {}) });
+    if (signal?.aborted) throw new FerroError("aborted", "the request was aborted before it started");
     const ctl = new AbortController();
     const timeout = this.opts.timeout ?? 600_000;
     let timedOut = false;
@@ -112,22 +139,26 @@ export class RemoteEngine implements ChatEngine {
       ctl.abort();
     }, timeout);
     const onAbort = () => ctl.abort();
-    if (signal?.aborted) throw new FerroError("aborted", "the request was aborted before it started");
     signal?.addEventListener("abort", onAbort);
+    const close = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      ctl.abort(); // a stream left early: the server sees the connection close
+    };
     const failed = (e: unknown): FerroError =>
       e instanceof FerroError ? e
       : timedOut ? new FerroError("timeout", `${url} did not finish within ${timeout} ms (the timeout option)`, 408)
       : signal?.aborted ? new FerroError("aborted", "the request was aborted")
       : new FerroError("network", `could not reach ${url} (${(e as Error)?.message ?? e}); check the URL, that the server runs, and that it allows this origin (CORS)`);
     try {
-      let resp: Response;
       for (let attempt = 0; ; attempt++) {
+        let resp: Response;
         try {
-          resp = await fetch(url, { method: "POST", headers: this.headers(), body, signal: ctl.signal });
+          resp = await fetch(url, { method: "POST", headers: this.headers(stream), body, signal: ctl.signal });
         } catch (e) {
           throw failed(e);
         }
-        if (resp.ok && resp.body) break;
+        if (resp.ok && resp.body) return { resp, failed, close };
         if (resp.status === 429 && attempt < (this.opts.maxRetries ?? 2)) {
           const wait = retryDelay(resp);
           await resp.body?.cancel().catch(() => {});
@@ -139,19 +170,13 @@ export class RemoteEngine implements ChatEngine {
         }
         throw await httpError(resp, url);
       }
-      try {
-        for await (const chunk of events(resp.body!)) yield chunk as T;
-      } catch (e) {
-        throw failed(e);
-      }
-    } finally {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-      ctl.abort(); // an early exit from the loop closes the request
+    } catch (e) {
+      close();
+      throw e;
     }
   }
 
-  private headers(): Record<string, string> {
-    return { "content-type": "application/json", accept: "text/event-stream", ...(this.opts.apiKey ? { authorization: `Bearer ${this.opts.apiKey}` } : {}), ...this.opts.headers };
+  private headers(stream: boolean): Record<string, string> {
+    return { "content-type": "application/json", accept: stream ? "text/event-stream" : "application/json", ...(this.opts.apiKey ? { authorization: `Bearer ${this.opts.apiKey}` } : {}), ...this.opts.headers };
   }
 }

@@ -488,11 +488,18 @@ impl<M: ForwardModel> Engine<M> {
     /// Teacher-forced logits of every position of `tokens` as one fresh sequence, `[n][vocab]`.
     /// Its blocks come from the pool and go back after.
     pub async fn score(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.score_from(tokens, 0).await
+    }
+
+    /// As [`Engine::score`], reading back only the positions from `from` on (a long prompt's
+    /// last positions without `n x vocab` logits): `[n - from][vocab]`.
+    pub async fn score_from(&mut self, tokens: &[u32], from: usize) -> Result<Vec<f32>> {
         let mut session = Session::default();
-        let out = session.extend(&self.model, &mut self.pool, tokens, Readback::Logits, true).await;
+        let out = session.extend(&self.model, &mut self.pool, tokens, Readback::Logits, Some(from)).await;
         session.release(&mut self.pool);
         match out? {
             Picks::Logits(l) => Ok(l),
+            Picks::Nothing if from >= tokens.len() => Ok(Vec::new()),
             _ => unreachable!("a logits run returns logits"),
         }
     }

@@ -30,9 +30,10 @@ impl Session {
         self.len = 0;
     }
 
-    /// Appends `tokens` in chunks a step can take. With `every_row`, returns `read` for every
-    /// token (chunks then also fit the logit rows a step returns); else for the last token only.
-    pub async fn extend<M: ForwardModel>(&mut self, model: &M, pool: &mut BlockPool, tokens: &[u32], read: Readback, every_row: bool) -> Result<Picks> {
+    /// Appends `tokens` in chunks a step can take. With `rows_from: Some(p)`, returns `read`
+    /// for every token at position `p` or later (the chunks that have such rows also fit the
+    /// logit rows a step returns); with None, for the last token only.
+    pub async fn extend<M: ForwardModel>(&mut self, model: &M, pool: &mut BlockPool, tokens: &[u32], read: Readback, rows_from: Option<usize>) -> Result<Picks> {
         let limits = model.limits();
         if tokens.is_empty() {
             return Err(Error::InvalidOption { option: "tokens", reason: "nothing to run; give at least one token".into() });
@@ -49,17 +50,27 @@ impl Session {
             }
             self.table.extend((0..more).map(|_| pool.allocate().expect("counted as available")));
         }
-        let step = if every_row { limits.max_batch_tokens.min(limits.max_logit_rows) } else { limits.max_batch_tokens } as usize;
-        let n_chunks = tokens.len().div_ceil(step);
+        let (max_batch, max_rows) = (limits.max_batch_tokens as usize, limits.max_batch_tokens.min(limits.max_logit_rows) as usize);
+        let end = self.len + tokens.len();
         let mut out = Picks::Nothing;
-        for (i, chunk) in tokens.chunks(step).enumerate() {
-            let positions: Vec<u32> = (self.len..self.len + chunk.len()).map(|p| p as u32).collect();
-            let rows: Vec<u32> = match (every_row, i + 1 == n_chunks) {
-                (true, _) => (0..chunk.len() as u32).collect(),
-                (false, true) => vec![chunk.len() as u32 - 1],
-                (false, false) => Vec::new(),
+        let mut fed = 0;
+        while fed < tokens.len() {
+            let start = self.len;
+            // Chunks before the first row to read take a whole step's tokens.
+            let n = match rows_from {
+                Some(from) if start + max_batch > from => max_rows,
+                _ => max_batch,
+            }
+            .min(tokens.len() - fed);
+            let chunk = &tokens[fed..fed + n];
+            fed += n;
+            let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
+            let rows: Vec<u32> = match rows_from {
+                Some(from) => (0..n as u32).filter(|&r| start + r as usize >= from).collect(),
+                None if start + n == end => vec![n as u32 - 1],
+                None => Vec::new(),
             };
-            let seq_ids = vec![0u32; chunk.len()];
+            let seq_ids = vec![0u32; n];
             let batch = Batch { tokens: chunk, positions: &positions, seq_ids: &seq_ids, logit_rows: &rows, block_tables: &[&self.table], masks: None };
             let read = if rows.is_empty() { Readback::Nothing } else { read };
             let picks = model.submit(&batch, read)?.read().await?;

@@ -79,12 +79,12 @@ impl ModelDrafter {
         while out.tokens.len() < k && self.session.len() + feed.len() <= context {
             let (model, pool) = (&draft.model, &mut draft.pool);
             let next = match &mut self.sampler {
-                None => match self.session.extend(model, pool, &feed, Readback::Argmax, false).await? {
+                None => match self.session.extend(model, pool, &feed, Readback::Argmax, None).await? {
                     Picks::Tokens(t) => t[0],
                     _ => unreachable!("an argmax step returns tokens"),
                 },
                 Some(sampler) => {
-                    let Picks::Logits(logits) = self.session.extend(model, pool, &feed, Readback::Logits, false).await? else { unreachable!("a logits step returns logits") };
+                    let Picks::Logits(logits) = self.session.extend(model, pool, &feed, Readback::Logits, None).await? else { unreachable!("a logits step returns logits") };
                     let q = sampler.distribution(&logits, &history);
                     let t = sampler.draw_from(&q);
                     out.q.push(q);

@@ -34,22 +34,26 @@ pub fn read_json(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
-/// Teacher-forces the first `cases` SmolLM2 reference cases (all: `usize::MAX`) through
-/// `score` (token ids -> `[n][vocab]` logits) and checks the reference top-5 logits within 0.02, the argmax, and the mean NLL of
-/// the continuation within 1%. Prints and returns the worst logit difference.
-pub fn check_smollm2_forced_logits(what: &str, vocab: usize, cases: usize, mut score: impl FnMut(&[u32]) -> Vec<f32>) -> f64 {
-    let reference = read_json(&reference_path("smollm2-135m/forced-logits.json"));
+/// Teacher-forces the first `cases` SmolLM2 reference cases (all: `usize::MAX`) of `file` through
+/// `score` (token ids and the first position to read -> `[n - from][vocab]` logits) and checks
+/// the reference top-5 logits within 0.02, the argmax, and the mean NLL of the continuation
+/// within 1%. Prints and returns the worst logit difference.
+pub fn check_smollm2_forced_logits_in(file: &str, what: &str, vocab: usize, cases: usize, mut score: impl FnMut(&[u32], usize) -> Vec<f32>) -> f64 {
+    let reference = read_json(&reference_path(file));
     let mut worst = 0f64;
     for case in reference["cases"].as_array().unwrap().iter().take(cases) {
         let ids = |k: &str| -> Vec<u32> { case[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect() };
         let (prompt, cont) = (ids("prompt_tokens"), ids("continuation_tokens"));
         let tokens: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
-        let logits = score(&tokens);
+        let from = prompt.len() - 1;
+        let logits = score(&tokens, from);
+        assert_eq!(logits.len(), (tokens.len() - from) * vocab, "{what}: one row of logits per position from {from}");
         let mut case_worst = 0f64;
         for step in case["steps"].as_array().unwrap() {
             let pos = step["pos"].as_u64().unwrap() as usize;
-            let row = &logits[pos * vocab..(pos + 1) * vocab];
+            let row = &logits[(pos - from) * vocab..(pos - from + 1) * vocab];
             let top5 = step["ref_top5"].as_array().unwrap();
+            assert_eq!(top5.len(), 5);
             for pair in top5 {
                 let (id, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap());
                 let diff = (row[id] as f64 - want).abs();
@@ -59,14 +63,19 @@ pub fn check_smollm2_forced_logits(what: &str, vocab: usize, cases: usize, mut s
             let argmax = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
             assert_eq!(argmax as u64, top5[0][0].as_u64().unwrap(), "{what}: argmax differs at pos {pos}");
         }
-        let mean_nll: f64 = (0..cont.len()).map(|i| ferrolm::backend::reference::ops::nll(&logits[(prompt.len() - 1 + i) * vocab..][..vocab], cont[i] as usize)).sum::<f64>() / cont.len() as f64;
+        let mean_nll: f64 = (0..cont.len()).map(|i| ferrolm::backend::reference::ops::nll(&logits[i * vocab..][..vocab], cont[i] as usize)).sum::<f64>() / cont.len() as f64;
         let ratio = mean_nll / case["mean_nll_ref"].as_f64().unwrap();
-        println!("{what} case {:?}: worst top-5 logit diff {case_worst:.5}, mean NLL {mean_nll:.5} (ratio to reference {ratio:.5})", case["prompt"]);
+        println!("{what} case {:.40?}: worst top-5 logit diff {case_worst:.5}, mean NLL {mean_nll:.5} (ratio to reference {ratio:.5})", case["prompt"].as_str().unwrap());
         assert!((ratio - 1.0).abs() <= 0.01, "{what}: mean NLL ratio {ratio} outside 1%");
         worst = worst.max(case_worst);
     }
     println!("{what}: worst top-5 logit difference over all cases: {worst:.5}");
     worst
+}
+
+/// [`check_smollm2_forced_logits_in`] on the short cases, with `score` giving every position.
+pub fn check_smollm2_forced_logits(what: &str, vocab: usize, cases: usize, mut score: impl FnMut(&[u32]) -> Vec<f32>) -> f64 {
+    check_smollm2_forced_logits_in("smollm2-135m/forced-logits.json", what, vocab, cases, |tokens, from| score(tokens).split_off(from * vocab))
 }
 
 /// Runs `tokens` batched, then incrementally (three tokens, then one at a time); returns the largest
