@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export XDG_RUNTIME_DIR ?= /tmp/ferrolm-xdg-$(shell id -u)
 $(shell mkdir -p -m 700 $(XDG_RUNTIME_DIR))
 
-.PHONY: help models tools rust-tools system-packages build test-cli test lint test-native test-browser test-npm test-remote run demo wasm package bench fuzz soak test-neon clean
+.PHONY: help models tools rust-tools system-packages build test-cli test lint test-native test-browser test-npm test-remote test-long run demo wasm package bench fuzz soak test-neon clean
 
 help:
 	@echo "make demo   build the wasm package and serve the demo page"
@@ -146,6 +146,15 @@ test-npm: package test-cli
 	cd tests/npm/app && rm -rf node_modules/ferrolm package-lock.json && npm install --silent --no-audit --no-fund
 	cd tests/npm/app && npx vite build --logLevel warn
 	node --test --test-concurrency=1 tests/npm/package.test.mjs tests/npm/remote.test.mjs
+
+# The long-context cases (tests/long_context.rs) on the GPU backend too: natively on lavapipe
+# (about 2 minutes a model) and on SwiftShader in Chromium (about 4 minutes); `make test` runs
+# them on the reference and the CPU backend, natively and in Chromium.
+test-long: models tools
+	cargo test --release --test long_context -- --include-ignored --nocapture
+	@python3 scripts/serve.py --port $(TEST_PORT) --mount /models=models . & pid=$$!; \
+	trap "kill $$pid" EXIT; \
+	FERROLM_TEST_SERVER=http://127.0.0.1:$(TEST_PORT) cargo test --release --target $(WASM_TARGET) --test browser -- long_context --include-ignored
 
 # The engine soak (tests/soak.rs) at 20x the length `make test` runs it.
 soak:

@@ -58,6 +58,13 @@ fn speculative_greedy_equals_plain_greedy_on_gpu() {
 /// After rejected drafts the KV cache is rolled back exactly: every later position's top-5
 /// logprobs equal a non-speculative run's, and the tokens are the same.
 async fn rollback_case<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) {
+    let s = rollback_with(engine, tok, SpecMethod::Ngram).await;
+    assert!(s.forwards < s.generated_tokens, "speculation saved no forward");
+}
+
+/// The code-edit chat request plain and with `method` drafting (6 at most): the same tokens and
+/// top-5 logprobs, with at least 2 drafts rejected. Returns the speculative run's stats.
+async fn rollback_with<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, method: SpecMethod) -> ferrolm::engine::RequestStats {
     // A chat request to edit code: the answer copies much of the prompt, so drafts are both kept
     // and rejected.
     let gguf = Gguf::read(&std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap()).unwrap();
@@ -66,14 +73,15 @@ async fn rollback_case<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer)
     let prompt = tok.encode_prompt(&text, true).unwrap();
     let opts = GenerateOptions { logprobs: Some(5), ..greedy(40) };
     let plain = run_alone(engine, tok, Request { prompt: prompt.clone(), opts: opts.clone() }).await;
-    let spec_opts = GenerateOptions { speculative: speculative(SpecMethod::Ngram, 6), ..opts };
+    let spec_opts = GenerateOptions { speculative: speculative(method, 6), ..opts };
     let spec = run_alone(engine, tok, Request { prompt, opts: spec_opts }).await;
-    let s = &spec.stats;
-    println!("{}: ngram on the code-edit prompt: drafted {}, accepted {}, {} forwards for {} tokens", engine.model().describe(), s.drafted, s.accepted, s.forwards, s.generated_tokens);
+    let s = spec.stats.clone();
+    println!("{}: {method:?} on the code-edit prompt: drafted {}, accepted {}, {} forwards for {} tokens", engine.model().describe(), s.drafted, s.accepted, s.forwards, s.generated_tokens);
     assert!(s.drafted >= s.accepted + 2, "fewer than 2 rejected drafts: the rollback went unexercised");
-    assert!(s.forwards < s.generated_tokens, "speculation saved no forward");
     assert_eq!(spec.generation.tokens, plain.generation.tokens);
+    assert!(!plain.generation.tokens.is_empty());
     assert_logprobs_close(&spec.generation.logprobs, &plain.generation.logprobs, 1e-3);
+    s
 }
 
 #[test]
@@ -86,6 +94,20 @@ fn rollback_after_rejection_matches_plain_logits_on_cpu() {
 fn rollback_after_rejection_matches_plain_logits_on_gpu() {
     let (mut engine, tok) = common::gpu_engine(opts());
     pollster::block_on(rollback_case(&mut engine, &tok));
+}
+
+/// A draft model that disagrees with the target (random weights, SmolLM2's vocabulary size):
+/// nearly every draft is rejected, so the draft-model drafter's rejection and the rollback of
+/// both KV caches really run, and the output is still token for token the plain output.
+#[test]
+fn a_disagreeing_draft_model_is_rejected_and_rolled_back_exactly() {
+    let (mut engine, tok) = common::cpu_engine(opts());
+    let shape = ferrolm::api::bench::LlamaShape { n_layers: 2, d_model: 128, n_heads: 2, n_kv_heads: 1, ffn_dim: 256, vocab: 49152 };
+    let bytes = ferrolm::api::bench::synthetic_llama(shape);
+    let gguf = Gguf::read(&bytes[..]).unwrap();
+    engine.set_draft_model(ferrolm::backend::cpu::SimdModel::load(&gguf, &bytes[..], &opts(), 2).unwrap()).unwrap();
+    let s = pollster::block_on(rollback_with(&mut engine, &tok, SpecMethod::Draft));
+    assert!(s.drafted >= 5 * s.accepted.max(1), "a random draft model had {} of {} drafts accepted", s.accepted, s.drafted);
 }
 
 /// Bad speculative options are refused at submission with the option named.

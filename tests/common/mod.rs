@@ -12,6 +12,9 @@ use ferrolm::engine::{Engine, ModelOptions};
 use ferrolm::gguf::Gguf;
 use ferrolm::tokenizer::Tokenizer;
 
+#[path = "../forced_cases/mod.rs"]
+pub mod forced_cases;
+
 pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
 
@@ -36,37 +39,14 @@ pub fn read_json(path: &std::path::Path) -> serde_json::Value {
 
 /// Teacher-forces the first `cases` SmolLM2 reference cases (all: `usize::MAX`) of `file` through
 /// `score` (token ids and the first position to read -> `[n - from][vocab]` logits) and checks
-/// the reference top-5 logits within 0.02, the argmax, and the mean NLL of the continuation
-/// within 1%. Prints and returns the worst logit difference.
+/// each as [`forced_cases::check_exact`] does. Prints and returns the worst logit difference.
 pub fn check_smollm2_forced_logits_in(file: &str, what: &str, vocab: usize, cases: usize, mut score: impl FnMut(&[u32], usize) -> Vec<f32>) -> f64 {
     let reference = read_json(&reference_path(file));
     let mut worst = 0f64;
     for case in reference["cases"].as_array().unwrap().iter().take(cases) {
-        let ids = |k: &str| -> Vec<u32> { case[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect() };
-        let (prompt, cont) = (ids("prompt_tokens"), ids("continuation_tokens"));
-        let tokens: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
-        let from = prompt.len() - 1;
-        let logits = score(&tokens, from);
-        assert_eq!(logits.len(), (tokens.len() - from) * vocab, "{what}: one row of logits per position from {from}");
-        let mut case_worst = 0f64;
-        for step in case["steps"].as_array().unwrap() {
-            let pos = step["pos"].as_u64().unwrap() as usize;
-            let row = &logits[(pos - from) * vocab..(pos - from + 1) * vocab];
-            let top5 = step["ref_top5"].as_array().unwrap();
-            assert_eq!(top5.len(), 5);
-            for pair in top5 {
-                let (id, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap());
-                let diff = (row[id] as f64 - want).abs();
-                case_worst = case_worst.max(diff);
-                assert!(diff <= 0.02, "{what}: case {:?} pos {pos} token {id}: logit {} vs reference {want}", case["prompt"], row[id]);
-            }
-            let argmax = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
-            assert_eq!(argmax as u64, top5[0][0].as_u64().unwrap(), "{what}: argmax differs at pos {pos}");
-        }
-        let mean_nll: f64 = (0..cont.len()).map(|i| ferrolm::backend::reference::ops::nll(&logits[i * vocab..][..vocab], cont[i] as usize)).sum::<f64>() / cont.len() as f64;
-        let ratio = mean_nll / case["mean_nll_ref"].as_f64().unwrap();
-        println!("{what} case {:.40?}: worst top-5 logit diff {case_worst:.5}, mean NLL {mean_nll:.5} (ratio to reference {ratio:.5})", case["prompt"].as_str().unwrap());
-        assert!((ratio - 1.0).abs() <= 0.01, "{what}: mean NLL ratio {ratio} outside 1%");
+        let logits = score(&forced_cases::tokens(case).2, forced_cases::first_position(case));
+        let (case_worst, ratio) = forced_cases::check_exact(what, case, vocab, &logits);
+        println!("{what} case {:.40?}: worst top-5 logit diff {case_worst:.5}, mean NLL ratio to reference {ratio:.5}", case["prompt"].as_str().unwrap());
         worst = worst.max(case_worst);
     }
     println!("{what}: worst top-5 logit difference over all cases: {worst:.5}");

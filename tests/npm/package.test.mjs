@@ -36,8 +36,13 @@ function serve(port, root, ...mounts) {
 /** The native engine's greedy chat reply on `device` (the CLI prints it and a newline). */
 function nativeReply(prompt, maxTokens, device) {
   const out = execFileSync(join(ROOT, "target/release/ferrolm"), ["generate", "--chat", "--device", device, "--prompt", prompt, "--max-tokens", String(maxTokens)], { cwd: ROOT, env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? "/tmp" } });
-  return out.toString().replace(/\n$/, "");
+  const reply = out.toString().replace(/\n$/, "");
+  assert.ok(reply.length > 0, `the native reply to ${JSON.stringify(prompt)} is empty`);
+  return reply;
 }
+
+/** The SmolLM2 reference's chat case (llama.cpp's greedy continuation of the rendered chat). */
+const REFERENCE_CHAT = JSON.parse(readFileSync(join(ROOT, "../shared/reference/smollm2-135m/forced-logits.json"), "utf8")).cases.find((c) => c.prompt.startsWith("<|im_start|>"));
 
 const modelFetches = () => (existsSync(log) ? readFileSync(log, "utf8").split("\n").filter((l) => l.startsWith(`GET /models/${MODEL}`)).length : 0);
 
@@ -119,6 +124,17 @@ test("plain ES modules: auto picks the CPU backend under SwiftShader; streamed c
   assert.equal(first.info.device, "cpu", `auto chose ${first.info.backend}`);
   assert.equal(first.info.threads, 1, "a page that is not cross-origin isolated has one thread");
   assert.equal(first.text, native[0], "streamed text differs from the native engine's greedy reply");
+
+  // Independent truth: the reference's chat case, rendered by the package as llama.cpp's prompt
+  // (same token count), continues as llama.cpp's greedy run does for its first 16 tokens (up
+  // to the first position where llama.cpp's argmax differs from the exact f32 one).
+  const question = REFERENCE_CHAT.prompt.match(/<\|im_start\|>user\n([^<]*)<\|im_end\|>/)[1];
+  const refChat = await page.evaluate(async (content) => {
+    const req = { messages: [{ role: "user", content }], max_tokens: 16 };
+    return { tokens: await window.engine.countTokens(req), reply: (await window.engine.chat.completions.create(req)).choices[0].message.content };
+  }, question);
+  assert.equal(refChat.tokens, REFERENCE_CHAT.prompt_tokens.length, "the package renders the chat to a different prompt than the reference's");
+  assert.ok(refChat.reply.length >= 40 && REFERENCE_CHAT.continuation_text.startsWith(refChat.reply), `reply ${JSON.stringify(refChat.reply)} is not the start of the reference continuation ${JSON.stringify(REFERENCE_CHAT.continuation_text)}`);
   assert.equal(first.last.object, "chat.completion.chunk");
   assert.ok(["stop", "length"].includes(first.last.choices[0].finish_reason));
   assert.ok(first.last.usage.completion_tokens > 0 && first.last.usage.completion_tokens <= 16);
