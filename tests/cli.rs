@@ -121,3 +121,68 @@ fn sampling_is_seeded_and_stop_strings_are_not_printed() {
     let (code, _, err) = ferrolm(&["generate", "--model", &model(), "--device", "cpu", "--prompt", "x", "--top-p", "0"]);
     assert!(code == Some(1) && err.contains("invalid option top_p"), "{err}");
 }
+
+/// What the README promises of the CLI beyond one `generate`: a batch from `--prompts-file` (one
+/// JSON line per request in order, then the engine's stats), `--speculative` (the same greedy
+/// text, and its stats line), `inspect`, `--portable` on the GPU, and `bench`'s JSON summary.
+#[test]
+fn batch_speculation_inspect_portable_and_bench() {
+    let m = model();
+    let dir = std::env::temp_dir().join(format!("ferrolm-cli-promise-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plain = |prompt: &str, n: &str, extra: &[&str]| {
+        let mut args = vec!["generate", "--model", &m, "--device", "cpu", "--prompt", prompt, "--max-tokens", n];
+        args.extend(extra);
+        let (code, out, err) = ferrolm(&args);
+        assert_eq!(code, Some(0), "{err}");
+        (out.trim_end_matches('\n').to_string(), err)
+    };
+
+    let prompts = ["The capital of France is", "Water boils at"];
+    let file = dir.join("prompts.json");
+    std::fs::write(&file, serde_json::to_string(&prompts).unwrap()).unwrap();
+    let (code, out, err) = ferrolm(&["generate", "--model", &m, "--device", "cpu", "--prompts-file", file.to_str().unwrap(), "--max-tokens", "6"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), prompts.len() + 1, "{out}");
+    for (i, p) in prompts.iter().enumerate() {
+        assert_eq!(lines[i]["index"], i);
+        assert_eq!(lines[i]["text"].as_str().unwrap(), plain(p, "6", &[]).0, "batched text of {p:?} differs from the request alone");
+        assert!(lines[i]["tokens"].as_array().unwrap().len() <= 6 && lines[i]["ttft_ms"].as_f64().unwrap() > 0.0);
+    }
+    let stats = &lines[prompts.len()];
+    assert_eq!(stats["requests"], prompts.len());
+    assert_eq!(stats["generated_tokens"].as_u64().unwrap() as usize, lines[..prompts.len()].iter().map(|l| l["tokens"].as_array().unwrap().len()).sum::<usize>());
+    assert!(stats["engine"]["steps"].as_u64().unwrap() > 0 && stats["tok_s"].as_f64().unwrap() > 0.0, "{stats}");
+
+    let code_prompt = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n";
+    let (want, _) = plain(code_prompt, "24", &[]);
+    let (got, err) = plain(code_prompt, "24", &["--speculative", "ngram"]);
+    assert!(!want.is_empty());
+    assert_eq!(got, want, "speculation changed the greedy text");
+    assert!(err.contains("speculative Ngram") && err.contains("acceptance rate"), "{err}");
+
+    let (code, out, err) = ferrolm(&["inspect", "--model", &m]);
+    assert_eq!(code, Some(0), "{err}");
+    for want in ["general.architecture", "blk.0.attn_q.weight", "Q4_1", "config: Config"] {
+        assert!(out.contains(want), "inspect printed no {want:?}");
+    }
+
+    let gpu = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", &m, "--device", "gpu", "--prompt", prompts[0], "--max-tokens", "4"];
+        args.extend(extra);
+        let (code, out, err) = ferrolm(&args);
+        assert_eq!(code, Some(0), "{err}");
+        out
+    };
+    assert_eq!(gpu(&["--portable"]), gpu(&[]), "--portable changed the greedy text");
+
+    let json = dir.join("bench.jsonl");
+    let (code, out, err) = ferrolm(&["bench", "--model", &m, "--device", "cpu", "--runs", "1", "--gen", "4", "--stream-gen", "0", "--json", json.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(std::fs::read_to_string(&json).unwrap().trim(), out.trim(), "--json appends the summary line");
+    for key in ["decode_tok_s", "prefill_tok_s", "ttft_ms", "mbu", "read_gb_s"] {
+        assert!(summary[key].as_f64().is_some_and(|v| v > 0.0), "bench summary {key}: {summary}");
+    }
+}
