@@ -292,3 +292,19 @@ fn speculation_structured_output_and_tool_calls_over_http() {
     assert_eq!(calls[0][0]["function"], *f, "the streamed call differs from the plain one");
     assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
 }
+
+/// `--max-connections 1`: while one client holds the only connection, the next waits (it is not
+/// accepted, so it gets no answer), and it is served once the first closes.
+#[test]
+fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let server = Server::start(&["--max-connections", "1"]);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let holder = std::net::TcpStream::connect(&addr).unwrap();
+    // Accepted and idle: the one slot is taken.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (status, _, _) = server.curl("/health", &["--max-time", "1"]);
+    assert_eq!(status, 0, "a second connection was served while the only slot was held");
+    drop(holder);
+    let (status, _, body) = server.curl("/health", &["--max-time", "5"]);
+    assert_eq!(status, 200, "{body}");
+}
