@@ -26,12 +26,7 @@ fn argmax(row: &[f32]) -> usize {
 /// The mean NLL of the continuation under `logits` (rows from the first position on).
 fn mean_nll(case: &Value, vocab: usize, logits: &[f32]) -> f64 {
     let (_, cont, _) = tokens(case);
-    let nll = |row: &[f32], t: usize| {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-        let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-        max + sum.ln() - row[t] as f64
-    };
-    (0..cont.len()).map(|i| nll(&logits[i * vocab..(i + 1) * vocab], cont[i] as usize)).sum::<f64>() / cont.len() as f64
+    (0..cont.len()).map(|i| ferrolm::backend::reference::ops::nll(&logits[i * vocab..(i + 1) * vocab], cont[i] as usize)).sum::<f64>() / cont.len() as f64
 }
 
 /// An f32-exact backend against the exact reference (`ref_top5`): every top-5 logit within
