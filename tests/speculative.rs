@@ -1,15 +1,19 @@
 //! Speculative decoding on the quantized CPU backend and WebGPU (lavapipe on CI; the f32
-//! reference runs the engine scenarios elsewhere): greedy identity with both drafters, and KV rollback exactness after rejected drafts.
+//! reference runs the engine scenarios elsewhere): greedy identity with both drafters, KV rollback
+//! exactness after rejected drafts, and the sampled distribution with drafting on.
 
 mod common;
 #[path = "engine_cases/mod.rs"]
 mod engine_cases;
 
+use std::collections::BTreeMap;
+
 use engine_cases::*;
 use ferrolm::chat::{render_chat, ChatMessage, ChatTemplate};
 use ferrolm::engine::{Engine, ForwardModel, ModelOptions, Request};
 use ferrolm::gguf::Gguf;
-use ferrolm::sample::{GenerateOptions, SpecMethod};
+use ferrolm::gguf::GgufWriter;
+use ferrolm::sample::{GenerateOptions, Sampler, SamplingParams, SpecMethod};
 use ferrolm::tokenizer::Tokenizer;
 
 fn opts() -> ModelOptions {
@@ -108,6 +112,94 @@ fn a_disagreeing_draft_model_is_rejected_and_rolled_back_exactly() {
     engine.set_draft_model(ferrolm::backend::cpu::SimdModel::load(&gguf, &bytes[..], &opts(), 2).unwrap()).unwrap();
     let s = pollster::block_on(rollback_with(&mut engine, &tok, SpecMethod::Draft));
     assert!(s.drafted >= 5 * s.accepted.max(1), "a random draft model had {} of {} drafts accepted", s.accepted, s.drafted);
+}
+
+/// SmolLM2 with its final norm's weights halved: every logit is halved, so this draft's
+/// distribution is the target's at twice the temperature (the same top-k tokens, flatter).
+fn flattened_smollm2() -> Vec<u8> {
+    let file = std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap();
+    let gguf = Gguf::read(&file).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in gguf.metadata.iter().filter(|(k, _)| *k != "general.alignment") {
+        w.meta(k, v.clone());
+    }
+    for t in &gguf.tensors {
+        let mut data = gguf.tensor_data(&file, t).unwrap();
+        if t.name == "output_norm.weight" {
+            let halved: Vec<f32> = bytemuck::pod_collect_to_vec::<u8, f32>(&data).iter().map(|x| x * 0.25).collect();
+            data = bytemuck::cast_slice(&halved).to_vec();
+        }
+        w.tensor(&t.name, &t.dims, t.ty, data);
+    }
+    w.to_bytes()
+}
+
+/// The chi-square value a statistic with `dof` degrees of freedom exceeds with probability
+/// 1e-4 (Wilson-Hilferty).
+fn chi_square_critical(dof: usize) -> f64 {
+    let (d, z) = (dof as f64, 3.719);
+    d * (1.0 - 2.0 / (9.0 * d) + z * (2.0 / (9.0 * d)).sqrt()).powi(3)
+}
+
+/// Sampled speculation through the engine keeps the target's distribution: many seeded
+/// requests (temperature 1, top-k 8) draft their second token from a flatter copy of the model
+/// and verify it with the rejection rule; grouped by the first token, the second tokens' counts
+/// must fit the target's own distribution there (from `score`), with drafts both kept and
+/// rejected. Always keeping the draft would give the draft's distribution instead.
+#[test]
+fn sampled_speculation_keeps_the_target_distribution() {
+    const DRAWS: u64 = 768;
+    let opts = ModelOptions { max_seqs: 64, ..ModelOptions::new(64, 256) };
+    let (mut engine, tok) = common::cpu_engine(opts);
+    let bytes = flattened_smollm2();
+    engine.set_draft_model(ferrolm::backend::cpu::SimdModel::load(&Gguf::read(&bytes[..]).unwrap(), &bytes[..], &opts, 2).unwrap()).unwrap();
+    let prompt = tok.encode_prompt("The capital of France is", false).unwrap();
+    let sampling = |seed| SamplingParams { top_k: 8, seed: Some(seed), ..Default::default() };
+    let request = |seed| Request {
+        prompt: prompt.clone(),
+        opts: GenerateOptions { max_tokens: 3, sampling: sampling(seed), speculative: speculative(SpecMethod::Draft, 1), ignore_eos: true, ..Default::default() },
+    };
+    let outcomes = pollster::block_on(run_together(&mut engine, &tok, (0..DRAWS).map(request).collect()));
+
+    let (drafted, accepted) = outcomes.iter().fold((0, 0), |(d, a), o| (d + o.stats.drafted, a + o.stats.accepted));
+    println!("{DRAWS} draws: {drafted} drafted, {accepted} kept");
+    assert!(drafted as u64 >= DRAWS * 9 / 10, "only {drafted} of {DRAWS} second tokens were drafted");
+    assert!(accepted * 10 >= drafted * 2 && accepted * 20 <= drafted * 19, "{accepted} of {drafted} drafts kept: the test needs both outcomes");
+    let mut groups: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for o in &outcomes {
+        assert_eq!(o.generation.tokens.len(), 3, "a request stopped early: {:?}", o.generation.tokens);
+        groups.entry(o.generation.tokens[0]).or_default().push(o.generation.tokens[1]);
+    }
+    let vocab = engine.model().config().vocab_size;
+    let (mut stat, mut dof, mut tested) = (0.0, 0, 0);
+    for (first, seconds) in groups.iter().filter(|(_, s)| s.len() >= 40) {
+        let context: Vec<u32> = prompt.iter().copied().chain([*first]).collect();
+        let logits = pollster::block_on(engine.score(&context)).unwrap();
+        let p = Sampler::new(sampling(0), vocab).unwrap().distribution(&logits[logits.len() - vocab..], &context);
+        let n = seconds.len() as f64;
+        let count = |t: u32| seconds.iter().filter(|&&s| s == t).count() as f64;
+        assert!(seconds.iter().all(|s| p.iter().any(|&(t, _)| t == *s)), "a second token outside the target's top 8");
+        // Tokens expected fewer than 5 times share one bin.
+        let (mut rest_o, mut rest_e) = (0.0, 0.0);
+        for &(t, prob) in &p {
+            let (o, e) = (count(t), n * prob);
+            if e < 5.0 {
+                (rest_o, rest_e) = (rest_o + o, rest_e + e);
+            } else {
+                stat += (o - e).powi(2) / e;
+                dof += 1;
+            }
+        }
+        if rest_e > 0.0 {
+            stat += (rest_o - rest_e).powi(2) / rest_e;
+            dof += 1;
+        }
+        dof -= 1;
+        tested += seconds.len();
+    }
+    println!("chi-square {stat:.1} on {dof} degrees of freedom ({tested} draws in groups of 40 or more)");
+    assert!(tested as u64 >= DRAWS / 2, "only {tested} draws in groups large enough to test");
+    assert!(stat < chi_square_critical(dof), "chi-square {stat:.1} on {dof} degrees of freedom: the second tokens do not follow the target's distribution");
 }
 
 /// Bad speculative options are refused at submission with the option named.

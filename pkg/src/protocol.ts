@@ -57,13 +57,17 @@ export class WorkerTransport implements Transport {
   }
 
   private die(message: string) {
+    this.end(new FerroError("worker_died", message));
+  }
+
+  /** Ends the worker: what waits on it fails with `error`, and so does every later call. */
+  private end(error: FerroError) {
     if (this.dead) return;
-    const error = new FerroError("worker_died", message);
     this.dead = error;
     this.worker.terminate();
     for (const p of this.pending.values()) p.reject(error);
     this.pending.clear();
-    for (const [rid, s] of this.streams) s({ type: "error", id: rid, error: { code: error.code, message } });
+    for (const [rid, s] of this.streams) s({ type: "error", id: rid, error: { code: error.code, message: error.message } });
     this.streams.clear();
   }
 
@@ -125,7 +129,8 @@ export class WorkerTransport implements Transport {
   async unload(): Promise<void> {
     if (this.dead) return;
     await this.call({ op: "unload" });
-    this.worker.terminate();
+    // A terminated worker never answers: later calls must fail, not wait forever.
+    this.end(new FerroError("engine", "no model is loaded (it was unloaded); create the engine again"));
   }
 
   fault(kind: "lose_device" | "crash_worker"): Promise<void> {

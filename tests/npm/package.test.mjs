@@ -268,7 +268,7 @@ test("plain ES modules: auto picks the CPU backend under SwiftShader; streamed c
   await context.close();
 });
 
-test("the API as the README promises it: Blob and ArrayBuffer sources, draftModel speculation equal to plain greedy, stop strings, logprobs and seeded sampling in OpenAI format, no_webgpu without WebGPU", { timeout: TIMEOUT }, async () => {
+test("the API as the README promises it: Blob and ArrayBuffer sources, draftModel speculation equal to plain greedy, stop strings, logprobs and seeded sampling in OpenAI format, the engine error after unload, no_webgpu without WebGPU", { timeout: TIMEOUT }, async () => {
   const context = await browser.newContext();
   // A page whose browser has no WebGPU (the in-page engine sees this navigator).
   await context.addInitScript(() => {
@@ -294,6 +294,11 @@ test("the API as the README promises it: Blob and ArrayBuffer sources, draftMode
     const sampled = async (seed) => (await chat(e, { temperature: 0.9, top_p: 0.95, seed })).choices[0].message.content;
     out.seeded = [await sampled(42), await sampled(42)];
     await e.unload();
+    // After unload, in a worker and in the page: a clear "engine" error, never a wait.
+    const inPage = await window.ferrolm.createEngine(await (await fetch(model)).arrayBuffer(), { device: "cpu", worker: false });
+    await inPage.unload();
+    const failure = (p) => Promise.race([p.then(() => ({ code: "answered" }), (err) => ({ code: err.code, message: err.message })), new Promise((res) => setTimeout(() => res({ code: "hung" }), 10_000))]);
+    out.unloaded = [await failure(chat(e)), await failure(chat(inPage))];
     return out;
   }, { model: `/models/${MODEL}`, prompt: PROMPTS[0], stop });
   assert.equal(r.blob, native[0], "a Blob source");
@@ -310,6 +315,10 @@ test("the API as the README promises it: Blob and ArrayBuffer sources, draftMode
   }
   assert.equal(r.seeded[0], r.seeded[1], "the same seed gave different samples");
   assert.ok(r.seeded[0].length > 0);
+  for (const u of r.unloaded) {
+    assert.equal(u.code, "engine", JSON.stringify(r.unloaded));
+    assert.match(u.message, /unloaded\); create the engine again/);
+  }
 
   await page.goto(`${esm}/index.html?nogpu`);
   await page.waitForFunction(() => window.ferrolm !== undefined);
