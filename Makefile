@@ -95,10 +95,11 @@ PEER_DIR := .tools/peer-bench
 # CPU backend on 1 and 2 threads), SmolLM2, Gemma 3 270M and a synthetic Llama-3.2-1B shape; then
 # wllama on the same machine when ../shared/peer-bench exists.
 bench: models build wasm
-	mkdir -p bench-out && rm -f bench-out/results.jsonl bench-out/peer.jsonl
+	mkdir -p bench-out && rm -f bench-out/results.jsonl bench-out/peer.jsonl bench-out/llamacpp.jsonl
 	target/release/ferrolm bench --runs 3 --json bench-out/results.jsonl
 	target/release/ferrolm bench --device cpu --runs 3 --stream-gen 16 --json bench-out/results.jsonl
 	target/release/ferrolm bench --model models/gemma-3-270m-q4_k_m.gguf --runs 3 --stream-gen 0 --json bench-out/results.jsonl
+	target/release/ferrolm bench --model models/gemma-3-270m-q4_k_m.gguf --device cpu --runs 3 --stream-gen 0 --json bench-out/results.jsonl
 	target/release/ferrolm bench --synthetic llama-3.2-1b --runs 1 --gen 8 --json bench-out/results.jsonl
 	cd scripts/bench && npm install --silent --no-audit --no-fund
 	@python3 scripts/serve.py --isolated --port $(BENCH_PORT) --mount /pkg=pkg --mount /models=models www & pid=$$!; \
@@ -112,7 +113,13 @@ bench: models build wasm
 	  (cd $(PEER_DIR) && npm install --silent --no-audit --no-fund @wllama/wllama@3.8.1 playwright-core@1.65.1) && \
 	  MODEL_DIR=$(CURDIR)/models node $(PEER_DIR)/run.mjs --runs 3 --modes cpu-1thread,cpu-multithread | tee bench-out/peer.jsonl; \
 	fi
-	python3 scripts/bench/report.py bench-out/results.jsonl bench-out/peer.jsonl bench-out/bench.md bench-out/bench.json
+	@# llama.cpp's own CPU backend on the same cores, where `make test-remote` built it.
+	@if [ -x $(LLAMA_VENV)/bin/python ]; then \
+	  for m in SmolLM2-135M-Instruct.Q4_1.gguf gemma-3-270m-q4_k_m.gguf; do \
+	    $(LLAMA_VENV)/bin/python scripts/bench/llamacpp.py --model models/$$m --threads $$(nproc) --runs 3 | tee -a bench-out/llamacpp.jsonl; \
+	  done; \
+	fi
+	python3 scripts/bench/report.py bench-out/results.jsonl bench-out/peer.jsonl bench-out/bench.md bench-out/bench.json bench-out/llamacpp.jsonl
 
 ## ---- tests ----------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ use tokenizers::pre_tokenizers::split::Split;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::gguf::Metadata;
@@ -45,14 +45,43 @@ enum Spelling {
     SentencePiece { space_prefix: bool },
 }
 
+/// Every token's vocabulary string in one buffer: 262k separate `String`s (Gemma 3) would cost
+/// a pointer, two lengths and an allocation each.
+struct TokenTexts {
+    text: String,
+    /// End of token i's text in `text`.
+    ends: Vec<u32>,
+}
+
+impl TokenTexts {
+    fn new(tokens: &[String]) -> Result<TokenTexts> {
+        let mut t = TokenTexts { text: String::with_capacity(tokens.iter().map(String::len).sum()), ends: Vec::with_capacity(tokens.len()) };
+        for tok in tokens {
+            t.text.push_str(tok);
+            t.ends.push(u32::try_from(t.text.len()).map_err(|_| Error::Tokenizer("the vocabulary's strings exceed 4 GiB".into()))?);
+        }
+        Ok(t)
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)? as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        Some(&self.text[start..end])
+    }
+}
+
 /// Cheap to clone: the big parts are shared.
 #[derive(Clone)]
 pub struct Tokenizer {
-    /// Parses special tokens in the input.
-    special: Arc<tokenizers::Tokenizer>,
-    /// Treats special tokens' text as plain text.
-    plain: Arc<tokenizers::Tokenizer>,
-    tokens: Arc<[String]>,
+    /// One `tokenizers` instance for both kinds of encoding: whether special tokens' text is
+    /// parsed is a setting of the instance, set under the lock for each call (a second instance
+    /// would double the largest part of the tokenizer: 55 MiB for Gemma 3's 262k tokens).
+    inner: Arc<Mutex<tokenizers::Tokenizer>>,
+    tokens: Arc<TokenTexts>,
     /// Control tokens (markers like `<|im_end|>`, not text).
     control: Arc<[bool]>,
     spelling: Spelling,
@@ -133,17 +162,21 @@ impl Tokenizer {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn finish(special: tokenizers::Tokenizer, tokens: Vec<String>, control: Vec<bool>, spelling: Spelling, bos: Option<u32>, eos: Option<u32>, add_bos: bool, stop: Vec<u32>) -> Result<Tokenizer> {
-        let mut plain = special.clone();
-        plain.set_encode_special_tokens(true);
+    fn finish(inner: tokenizers::Tokenizer, tokens: Vec<String>, control: Vec<bool>, spelling: Spelling, bos: Option<u32>, eos: Option<u32>, add_bos: bool, stop: Vec<u32>) -> Result<Tokenizer> {
         let longest = tokens.iter().map(String::len).max().unwrap_or(1).max(1);
-        Ok(Tokenizer { special: Arc::new(special), plain: Arc::new(plain), tokens: tokens.into(), control: control.into(), spelling, bos, eos, add_bos, stop, longest })
+        Ok(Tokenizer { inner: Arc::new(Mutex::new(inner)), tokens: Arc::new(TokenTexts::new(&tokens)?), control: control.into(), spelling, bos, eos, add_bos, stop, longest })
+    }
+
+    fn inner(&self) -> MutexGuard<'_, tokenizers::Tokenizer> {
+        // A panic while encoding leaves nothing half-written that a later call could see.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Token ids of `text`; never adds BOS. With `parse_special`, control tokens written in the
     /// text (`<|im_start|>`) become their single ids.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
-        let t = if parse_special { &self.special } else { &self.plain };
+        let mut t = self.inner();
+        t.set_encode_special_tokens(!parse_special);
         Ok(t.encode(text, false).map_err(tok_err)?.get_ids().to_vec())
     }
 
@@ -180,12 +213,14 @@ impl Tokenizer {
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.tokens.len()) {
             return Err(Error::TokenOutOfRange { id: bad, vocab: self.tokens.len() });
         }
-        self.special.decode(ids, false).map_err(tok_err)
+        self.inner().decode(ids, false).map_err(tok_err)
     }
 
     /// The tokenizer as a Hugging Face `tokenizer.json`.
     pub fn to_json(&self) -> Result<String> {
-        self.special.to_string(false).map_err(tok_err)
+        let mut t = self.inner();
+        t.set_encode_special_tokens(false);
+        t.to_string(false).map_err(tok_err)
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -207,15 +242,15 @@ impl Tokenizer {
 
     /// The raw vocabulary string of `id`.
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(String::as_str)
+        self.tokens.get(id as usize)
     }
 
     /// The bytes each token stands for; a control token is 0xFF followed by its text (the
     /// convention of llguidance's token trie, where 0xFF never starts real text).
     pub fn token_bytes(&self) -> Vec<Vec<u8>> {
         let shifted = byte_level_shifted();
-        self.tokens
-            .iter()
+        (0..self.tokens.len())
+            .map(|i| self.tokens.get(i).expect("ids below len() have texts"))
             .zip(self.control.iter())
             .map(|(t, &control)| {
                 if control {

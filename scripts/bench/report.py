@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Turns bench-out/results.jsonl (ferrolm, native and browser) and bench-out/peer.jsonl (wllama
-medians from ../shared/peer-bench) into bench-out/bench.md and bench-out/bench.json."""
+"""Turns bench-out/results.jsonl (ferrolm, native and browser), bench-out/peer.jsonl (wllama
+medians from ../shared/peer-bench) and, when given, bench-out/llamacpp.jsonl (llama.cpp's native
+CPU backend, scripts/bench/llamacpp.py) into bench-out/bench.md and bench-out/bench.json."""
 import json
 import sys
 
@@ -16,6 +17,7 @@ def lines(path):
 ours = lines(sys.argv[1])
 peer = [p for p in lines(sys.argv[2]) if p.get("summary") == "median"] if len(sys.argv) > 2 else []
 out_md, out_json = sys.argv[3], sys.argv[4]
+llamacpp = [p for p in lines(sys.argv[5]) if p.get("summary") == "median"] if len(sys.argv) > 5 else []
 
 rows = ["| where | model | adapter | load ms | TTFT ms | prefill tok/s | decode tok/s | read GB/s | MBU | GEMV GMAC/s | decode ceiling tok/s |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -105,6 +107,18 @@ if peer:
             md.append(f"- decode ceiling on this adapter (bandwidth and arithmetic probes): {browser['decode_ceiling_tok_s']:.1f} tok/s "
                       f"= {browser['decode_ceiling_tok_s'] / mt['decode_tok_s']:.2f}x wllama")
 
+if llamacpp:
+    md += ["", "## ferrolm's CPU backend / llama.cpp's, natively on the same cores", "",
+           "Target (issue 18): decode on par. llama.cpp's figures are its own perf counters.", "",
+           "| model | threads | llama.cpp decode tok/s | ferrolm decode tok/s | decode ratio | llama.cpp prefill tok/s | ferrolm prefill tok/s | prefill ratio | TTFT ms (llama.cpp / ferrolm) | load ms (llama.cpp / ferrolm) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for p in llamacpp:
+        r = next((r for r in ours if r["where"] == "native" and r.get("threads") == p["threads"] and r.get("model", "").endswith(p["model"])), None)
+        if r:
+            md.append(f"| {p['model']} | {p['threads']} | {p['decode_tok_s']:.1f} | {r['decode_tok_s']:.1f} | {r['decode_tok_s'] / p['decode_tok_s']:.2f}x | "
+                      f"{p['prefill_tok_s']:.1f} | {r['prefill_tok_s']:.1f} | {r['prefill_tok_s'] / p['prefill_tok_s']:.2f}x | "
+                      f"{p['ttft_ms']:.0f} / {r['ttft_ms']:.0f} | {p['load_ms']:.0f} / {r['load_ms']:.0f} |")
+
 open(out_md, "w").write("\n".join(md) + "\n")
-json.dump({"ferrolm": ours, "wllama": peer}, open(out_json, "w"), indent=1)
+json.dump({"ferrolm": ours, "wllama": peer, "llamacpp": llamacpp}, open(out_json, "w"), indent=1)
 print("\n".join(md))

@@ -88,7 +88,7 @@ impl Engine {
             other => return Err(JsError::new(&format!("invalid load options: device \"{other}\"; use \"gpu\", \"cpu\" or \"reference\""))),
         };
         let t0 = o.started_ms.unwrap_or_else(now_ms);
-        let gguf = Gguf::read(&bytes).map_err(js_err)?;
+        let mut gguf = Gguf::read(&bytes).map_err(js_err)?;
         let config = Config::from_gguf(&gguf).map_err(js_err)?;
         let context = match o.context as usize {
             0 => config.context_len.min(2048),
@@ -105,7 +105,15 @@ impl Engine {
             let template = ChatTemplate::from_gguf(&gguf.metadata, &tokenizer)?;
             Ok::<_, crate::Error>((tokenizer, template))
         };
-        let (runtime, text) = Runtime::load_alongside(&gguf, &bytes, load, text).await.map_err(js_err)?;
+        let (runtime, text) = if device == Device::Gpu {
+            Runtime::load_alongside(&gguf, &bytes, load, text).await.map_err(js_err)?
+        } else {
+            // On the CPU the tokenizer comes first and the vocabulary arrays go before the
+            // weights load: wasm memory never shrinks, so what the load frees must come first.
+            let text = text.await;
+            gguf.release_vocabulary().map_err(js_err)?;
+            (Runtime::load(&gguf, &bytes, load).await.map_err(js_err)?, text)
+        };
         let (tokenizer, template) = text.map_err(js_err)?;
         Ok(Engine { config, tokenizer, template, runtime, load, load_ms: now_ms() - t0 })
     }

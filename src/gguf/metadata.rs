@@ -116,6 +116,10 @@ impl Metadata {
         self.map.insert(key.into(), value)
     }
 
+    pub fn remove(&mut self, key: &str) -> Option<Value> {
+        self.map.remove(key)
+    }
+
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.map.get(key)
     }

@@ -213,6 +213,23 @@ impl Gguf {
     pub fn architecture(&self) -> Result<&str> {
         self.metadata.get_str("general.architecture")
     }
+
+    /// Drops the vocabulary arrays once the tokenizer is built from them (Gemma 3's 262k tokens,
+    /// scores and types take 26 MiB as metadata values); their length stays as
+    /// `{arch}.vocab_size`, which the model's config reads.
+    pub fn release_vocabulary(&mut self) -> Result<()> {
+        let key = format!("{}.vocab_size", self.architecture()?);
+        if !self.metadata.contains(&key) {
+            if let Ok(tokens) = self.metadata.get_array("tokenizer.ggml.tokens") {
+                let n = u32::try_from(tokens.len()).map_err(|_| Error::malformed("more than 2^32 tokens"))?;
+                self.metadata.insert(key, Value::U32(n));
+            }
+        }
+        for k in ["tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"] {
+            self.metadata.remove(k);
+        }
+        Ok(())
+    }
 }
 
 fn align_up(x: u64, a: u64) -> Option<u64> {
