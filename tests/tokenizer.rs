@@ -62,6 +62,73 @@ fn tokenizer_json_round_trip_reproduces_the_golden_file() {
     assert!(Tokenizer::from_json(b"{not json").is_err());
 }
 
+/// Gemma 3's SentencePiece tokenizer merges by score without a merge table; written out as
+/// `tokenizer.json` it is the crate's BPE with all 513k merges. Both tokenize the golden texts
+/// and 400 random texts built from vocabulary pieces, runs of one character, spaces, digits,
+/// emoji and bytes without a token the same way (so the merge order, ties included, is the
+/// table's).
+#[test]
+fn gemma3_scored_merges_equal_the_merge_table() {
+    let (tok, _) = load(common::GEMMA3);
+    let table = Tokenizer::from_json(tok.to_json().unwrap().as_bytes()).unwrap();
+    let mut texts: Vec<String> = common::read_json(&common::reference_path("gemma3-270m/tokenizer-golden.json")).as_array().unwrap().iter().map(|r| r["text"].as_str().unwrap().to_string()).collect();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let extras = [" ", "  ", "\n", "1", "42", "🙂", "日本", "\u{1F9EC}", "\u{0378}", "é", "\t"];
+    for _ in 0..400 {
+        let mut text = String::new();
+        for _ in 0..1 + next(24) {
+            if next(4) == 0 {
+                text.push_str(extras[next(extras.len() as u64) as usize]);
+            } else if next(3) == 0 {
+                // Runs of one character: equal merges side by side, where the order matters.
+                let c = b"a-=. 0!xe*_~"[next(12) as usize] as char;
+                text.extend(std::iter::repeat_n(c, 2 + next(9) as usize));
+            } else {
+                let id = next(tok.vocab_size() as u64) as u32;
+                text.push_str(&tok.token_text(id).unwrap().replace('▁', " "));
+            }
+        }
+        texts.push(text);
+    }
+    let mut differ = Vec::new();
+    for text in &texts {
+        let (a, b) = (tok.encode(text, false).unwrap(), table.encode(text, false).unwrap());
+        if a != b {
+            differ.push(format!("{text:?}: {a:?} vs the table's {b:?}"));
+        }
+    }
+    assert!(differ.is_empty(), "{} of {} texts differ:\n{}", differ.len(), texts.len(), differ[..differ.len().min(5)].join("\n"));
+}
+
+/// A SentencePiece vocabulary whose scores tie (all 0) and one with a repeated text: the merge
+/// order falls back to the merged token's id, as in the merge table, and a repeated text (where
+/// a table keeps only the last) tokenizes as the table does.
+#[test]
+fn spm_ties_and_repeated_texts_follow_the_merge_table() {
+    for tokens in [vec!["<unk>", "a", "b", "c", "ab", "bc", "▁"], vec!["<unk>", "a", "b", "c", "bc", "ab", "▁"], vec!["<unk>", "a", "b", "c", "ab", "ab", "▁"]] {
+        let n = tokens.len();
+        let mut m = ferrolm::gguf::Metadata::default();
+        m.insert("tokenizer.ggml.model", Value::String("llama".into()));
+        m.insert("tokenizer.ggml.tokens", Value::Array(tokens.iter().map(|t| Value::String(t.to_string())).collect()));
+        m.insert("tokenizer.ggml.scores", Value::Array(vec![Value::F32(0.0); n]));
+        m.insert("tokenizer.ggml.token_type", Value::Array((0..n).map(|i| Value::I32(if i == 0 { 2 } else { 1 })).collect()));
+        let tok = Tokenizer::from_gguf(&m).unwrap();
+        let table = Tokenizer::from_json(tok.to_json().unwrap().as_bytes()).unwrap();
+        if tokens[4] != tokens[5] {
+            assert!(tok.encode("abc", false).unwrap().contains(&4), "{tokens:?}: the lower id merges first");
+        }
+        for text in ["abc", "abcabc", "a b c", "cab", "bcab", "aabbcc", "ab ab"] {
+            assert_eq!(tok.encode(text, false).unwrap(), table.encode(text, false).unwrap(), "{tokens:?}: {text:?}");
+        }
+    }
+}
+
 #[test]
 fn special_tokens_are_text_unless_parsing_is_asked_for() {
     let (tok, _) = load(common::SMOLLM2);

@@ -420,7 +420,7 @@ test("faults: a crashed worker and a lost GPU device fail every pending request 
   await context.close();
 });
 
-test("soak through the package: 100 requests, 1-4 at once, a fifth aborted: each ends once, KV blocks back to none after each burst, wasm memory flat after warm-up and under 1.3x the file; createEngine/unload 20 times in one page without growth", { timeout: TIMEOUT }, async () => {
+test("soak through the package: 100 requests, 1-4 at once, a fifth aborted: each ends once, KV blocks back to none after each burst, wasm memory flat after warm-up and under 1.3x the file (SmolLM2 and Gemma 3); createEngine/unload 20 times in one page without growth", { timeout: TIMEOUT }, async () => {
   const context = await browser.newContext();
   const page = await open(context, `${esm}/index.html`);
   const out = await page.evaluate(async (model) => {
@@ -466,6 +466,11 @@ test("soak through the package: 100 requests, 1-4 at once, a fifth aborted: each
       r.cycles.push((await e.stats()).kv.wasm_memory_bytes);
       await e.unload();
     }
+    // Gemma 3 (262k-token vocabulary, 8-bit embedding) in a worker of its own.
+    const gemma = await window.ferrolm.createEngine("/models/gemma-3-270m-q4_k_m.gguf", { device: "cpu" });
+    r.gemmaText = (await gemma.completions.create({ prompt: "Once upon a time", max_tokens: 8, ignore_eos: true })).choices[0].text;
+    r.gemmaMemory = (await gemma.stats()).kv.wasm_memory_bytes;
+    await gemma.unload();
     return r;
   }, `/models/${MODEL}`);
   console.log(`soak: ${out.requests} requests, ${out.finished} finished, ${out.aborted} aborted, wasm memory ${out.memory[0] >> 20} -> ${out.memory.at(-1) >> 20} MiB; 20 loads in the page: ${out.cycles[0] >> 20} -> ${out.cycles.at(-1) >> 20} MiB`);
@@ -479,6 +484,10 @@ test("soak through the package: 100 requests, 1-4 at once, a fifth aborted: each
   const file = statSync(join(ROOT, "models", MODEL)).size;
   assert.ok(out.memory.at(-1) <= 1.3 * file, `wasm memory ${out.memory.at(-1)} bytes, over 1.3x the ${file}-byte file`);
   assert.equal(out.cycles.at(-1), out.cycles[4], `wasm memory grew over 20 loads: ${out.cycles}`);
+  const gemmaFile = statSync(join(ROOT, "models", "gemma-3-270m-q4_k_m.gguf")).size;
+  console.log(`Gemma 3 on the CPU backend: wasm memory ${(out.gemmaMemory / 2 ** 20).toFixed(1)} MiB, ${(out.gemmaMemory / gemmaFile).toFixed(3)}x the file`);
+  assert.ok(out.gemmaText.length > 0);
+  assert.ok(out.gemmaMemory <= 1.3 * gemmaFile, `Gemma 3: wasm memory ${out.gemmaMemory} bytes, over 1.3x the ${gemmaFile}-byte file`);
   await context.close();
 });
 

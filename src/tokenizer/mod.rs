@@ -1,8 +1,10 @@
 //! Text <-> token ids, built with the `tokenizers` crate from a GGUF's vocabulary (or loaded from
 //! a `tokenizer.json`). Byte-level BPE (`tokenizer.ggml.model = gpt2`) uses the pre-tokenizer
 //! regexes llama.cpp picks for `tokenizer.ggml.pre`; SentencePiece vocabularies
-//! (`tokenizer.ggml.model = llama`) become a BPE with byte fallback whose merges follow the token
-//! scores. Control tokens are parsed as single tokens on request, user-defined ones always.
+//! (`tokenizer.ggml.model = llama`) merge pieces by the merged token's score ([`spm`]), with byte
+//! fallback. Control tokens are parsed as single tokens on request, user-defined ones always.
+
+mod spm;
 
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -16,12 +18,14 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::Split;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{AddedToken, SplitDelimiterBehavior};
+use tokenizers::processors::PostProcessorWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior, TokenizerImpl};
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::gguf::Metadata;
+use spm::SpmModel;
 
 /// llama.cpp's GPT-2 style word regex (`default`, `gpt2`, and the second stage of `smollm`).
 const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
@@ -54,9 +58,9 @@ struct TokenTexts {
 }
 
 impl TokenTexts {
-    fn new(tokens: &[String]) -> Result<TokenTexts> {
-        let mut t = TokenTexts { text: String::with_capacity(tokens.iter().map(String::len).sum()), ends: Vec::with_capacity(tokens.len()) };
-        for tok in tokens {
+    fn new<S: AsRef<str>>(tokens: &[S]) -> Result<TokenTexts> {
+        let mut t = TokenTexts { text: String::with_capacity(tokens.iter().map(|s| s.as_ref().len()).sum()), ends: Vec::with_capacity(tokens.len()) };
+        for tok in tokens.iter().map(AsRef::as_ref) {
             t.text.push_str(tok);
             t.ends.push(u32::try_from(t.text.len()).map_err(|_| Error::Tokenizer("the vocabulary's strings exceed 4 GiB".into()))?);
         }
@@ -74,13 +78,53 @@ impl TokenTexts {
     }
 }
 
+/// The `tokenizers` pipeline around SentencePiece's scored merges ([`spm::SpmModel`]).
+type SpmTokenizer = TokenizerImpl<SpmModel, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>;
+
+/// The `tokenizers` instance: the crate's own models (byte-level BPE, `tokenizer.json` files),
+/// or a SentencePiece vocabulary's.
+enum Inner {
+    Hf(Box<tokenizers::Tokenizer>),
+    Spm(Box<SpmTokenizer>),
+}
+
+impl Inner {
+    fn add_special_tokens(&mut self, tokens: &[AddedToken]) {
+        match self {
+            Inner::Hf(t) => t.add_special_tokens(tokens),
+            Inner::Spm(t) => t.add_special_tokens(tokens),
+        };
+    }
+
+    /// Whether special tokens' text is parsed is a setting of the instance: set per call.
+    fn encode(&mut self, text: &str, parse_special: bool) -> tokenizers::Result<Vec<u32>> {
+        let ids = match self {
+            Inner::Hf(t) => {
+                t.set_encode_special_tokens(!parse_special);
+                t.encode(text, false)?.get_ids().to_vec()
+            }
+            Inner::Spm(t) => {
+                t.set_encode_special_tokens(!parse_special);
+                t.encode(text, false)?.get_ids().to_vec()
+            }
+        };
+        Ok(ids)
+    }
+
+    fn decode(&self, ids: &[u32]) -> tokenizers::Result<String> {
+        match self {
+            Inner::Hf(t) => t.decode(ids, false),
+            Inner::Spm(t) => t.decode(ids, false),
+        }
+    }
+}
+
 /// Cheap to clone: the big parts are shared.
 #[derive(Clone)]
 pub struct Tokenizer {
-    /// One `tokenizers` instance for both kinds of encoding: whether special tokens' text is
-    /// parsed is a setting of the instance, set under the lock for each call (a second instance
-    /// would double the largest part of the tokenizer: 55 MiB for Gemma 3's 262k tokens).
-    inner: Arc<Mutex<tokenizers::Tokenizer>>,
+    /// One `tokenizers` instance for both kinds of encoding, under a lock (a second instance
+    /// would double the largest part of the tokenizer).
+    inner: Arc<Mutex<Inner>>,
     tokens: Arc<TokenTexts>,
     /// Control tokens (markers like `<|im_end|>`, not text).
     control: Arc<[bool]>,
@@ -97,7 +141,7 @@ impl Tokenizer {
     /// Builds the tokenizer a GGUF describes.
     pub fn from_gguf(meta: &Metadata) -> Result<Tokenizer> {
         let model = meta.get_str("tokenizer.ggml.model")?;
-        let tokens: Vec<String> = meta.get_str_array("tokenizer.ggml.tokens")?.into_iter().map(String::from).collect();
+        let tokens = meta.get_str_array("tokenizer.ggml.tokens")?;
         if tokens.is_empty() {
             return Err(Error::Tokenizer("tokenizer.ggml.tokens is empty".into()));
         }
@@ -105,7 +149,7 @@ impl Tokenizer {
         if types.len() != tokens.len() {
             return Err(Error::Tokenizer(format!("{} token types for {} tokens", types.len(), tokens.len())));
         }
-        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let texts = Arc::new(TokenTexts::new(&tokens)?);
         let space_prefix = meta.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
         let spelling = if model == "gpt2" { Spelling::ByteLevel } else { Spelling::SentencePiece { space_prefix } };
         let mut inner = match model {
@@ -115,26 +159,35 @@ impl Tokenizer {
                     .iter()
                     .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| tok_err(format!("malformed merge '{m}'"))))
                     .collect::<Result<Vec<_>>>()?;
-                let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
+                let bpe = BPE::builder().vocab_and_merges(vocab_of(&tokens), merges).build().map_err(tok_err)?;
                 let mut t = tokenizers::Tokenizer::new(bpe);
                 t.with_pre_tokenizer(Some(byte_level_pre_tokenizer(meta.opt_str("tokenizer.ggml.pre")?.unwrap_or("default"))?));
                 t.with_decoder(Some(ByteLevelDecoder::default()));
-                t
+                Inner::Hf(Box::new(t))
             }
             "llama" => {
                 let scores = meta.get_f32_array("tokenizer.ggml.scores")?;
-                spm_tokenizer(&tokens, &scores, &types, vocab, space_prefix)?
+                if scores.len() != tokens.len() {
+                    return Err(Error::Tokenizer(format!("{} scores for {} tokens", scores.len(), tokens.len())));
+                }
+                match SpmModel::new(texts.clone(), &scores, &types) {
+                    Some(m) => {
+                        let mut t = SpmTokenizer::new(m);
+                        spm_pipeline(&mut t, space_prefix)?;
+                        Inner::Spm(Box::new(t))
+                    }
+                    None => Inner::Hf(Box::new(spm_as_bpe(&tokens, &scores, &types, space_prefix)?)),
+                }
             }
             other => return Err(Error::Tokenizer(format!("unsupported tokenizer model '{other}'; ferrolm reads 'gpt2' (byte-level BPE) and 'llama' (SentencePiece)"))),
         };
-        let added: Vec<AddedToken> = types.iter().zip(&tokens).filter(|(&t, _)| t == TYPE_CONTROL || t == TYPE_USER_DEFINED).map(|(&t, s)| AddedToken::from(s.clone(), t == TYPE_CONTROL)).collect();
-        inner.add_special_tokens(&added);
+        inner.add_special_tokens(&added_tokens(&tokens, &types));
         let id = |k: &str| -> Result<Option<u32>> { meta.opt_u32(k) };
         let (bos, eos, eot) = (id("tokenizer.ggml.bos_token_id")?, id("tokenizer.ggml.eos_token_id")?, id("tokenizer.ggml.eot_token_id")?);
         // End-of-turn markers of common chat formats end generation too.
         let mut stop: Vec<u32> = [eos, eot].into_iter().flatten().collect();
         for marker in ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>"] {
-            if let Some(&i) = tokens.iter().position(|t| t == marker).as_ref() {
+            if let Some(&i) = tokens.iter().position(|t| *t == marker).as_ref() {
                 if types[i] == TYPE_CONTROL && !stop.contains(&(i as u32)) {
                     stop.push(i as u32);
                 }
@@ -142,7 +195,7 @@ impl Tokenizer {
         }
         let add_bos = meta.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(model == "llama");
         let control = types.iter().map(|&t| t == TYPE_CONTROL).collect();
-        Tokenizer::finish(inner, tokens, control, spelling, bos, eos, add_bos, stop)
+        Ok(Tokenizer::finish(inner, texts, control, spelling, bos, eos, add_bos, stop))
     }
 
     /// Loads a Hugging Face `tokenizer.json`; BOS/EOS are looked up among its special tokens.
@@ -158,16 +211,16 @@ impl Tokenizer {
         let control = (0..n as u32).map(|i| specials.get(&i).is_some_and(|t| t.special)).collect();
         // Without the normalizer's details, assume a prepended space: forcing tokens then stays off.
         let spelling = if matches!(inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_))) { Spelling::ByteLevel } else { Spelling::SentencePiece { space_prefix: true } };
-        Tokenizer::finish(inner, tokens, control, spelling, bos, eos, false, stop)
+        Ok(Tokenizer::finish(Inner::Hf(Box::new(inner)), Arc::new(TokenTexts::new(&tokens)?), control, spelling, bos, eos, false, stop))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn finish(inner: tokenizers::Tokenizer, tokens: Vec<String>, control: Vec<bool>, spelling: Spelling, bos: Option<u32>, eos: Option<u32>, add_bos: bool, stop: Vec<u32>) -> Result<Tokenizer> {
-        let longest = tokens.iter().map(String::len).max().unwrap_or(1).max(1);
-        Ok(Tokenizer { inner: Arc::new(Mutex::new(inner)), tokens: Arc::new(TokenTexts::new(&tokens)?), control: control.into(), spelling, bos, eos, add_bos, stop, longest })
+    fn finish(inner: Inner, tokens: Arc<TokenTexts>, control: Vec<bool>, spelling: Spelling, bos: Option<u32>, eos: Option<u32>, add_bos: bool, stop: Vec<u32>) -> Tokenizer {
+        let longest = (0..tokens.len()).filter_map(|i| tokens.get(i)).map(str::len).max().unwrap_or(1).max(1);
+        Tokenizer { inner: Arc::new(Mutex::new(inner)), tokens, control: control.into(), spelling, bos, eos, add_bos, stop, longest }
     }
 
-    fn inner(&self) -> MutexGuard<'_, tokenizers::Tokenizer> {
+    fn inner(&self) -> MutexGuard<'_, Inner> {
         // A panic while encoding leaves nothing half-written that a later call could see.
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -175,9 +228,7 @@ impl Tokenizer {
     /// Token ids of `text`; never adds BOS. With `parse_special`, control tokens written in the
     /// text (`<|im_start|>`) become their single ids.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
-        let mut t = self.inner();
-        t.set_encode_special_tokens(!parse_special);
-        Ok(t.encode(text, false).map_err(tok_err)?.get_ids().to_vec())
+        self.inner().encode(text, parse_special).map_err(tok_err)
     }
 
     /// As `encode`, with BOS first when the model wants it.
@@ -213,12 +264,24 @@ impl Tokenizer {
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.tokens.len()) {
             return Err(Error::TokenOutOfRange { id: bad, vocab: self.tokens.len() });
         }
-        self.inner().decode(ids, false).map_err(tok_err)
+        self.inner().decode(ids).map_err(tok_err)
     }
 
-    /// The tokenizer as a Hugging Face `tokenizer.json`.
+    /// The tokenizer as a Hugging Face `tokenizer.json` (a SentencePiece vocabulary as the
+    /// equivalent BPE with its merge table).
     pub fn to_json(&self) -> Result<String> {
-        let mut t = self.inner();
+        let mut inner = self.inner();
+        let mut spm;
+        let t = match &mut *inner {
+            Inner::Hf(t) => t,
+            Inner::Spm(t) => {
+                let (tokens, scores, types) = t.get_model().parts();
+                let Spelling::SentencePiece { space_prefix } = self.spelling else { unreachable!("SentencePiece vocabularies are spelled so") };
+                spm = spm_as_bpe(&tokens, scores, &types, space_prefix)?;
+                spm.add_special_tokens(&added_tokens(&tokens, &types));
+                &mut spm
+            }
+        };
         t.set_encode_special_tokens(false);
         t.to_string(false).map_err(tok_err)
     }
@@ -313,36 +376,19 @@ fn byte_level_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
     Ok(Sequence::new(stages).into())
 }
 
-/// A SentencePiece vocabulary as a BPE: merges ranked by the merged token's score (how
-/// SentencePiece's BPE chooses), spaces as `▁`, unknown bytes as `<0xNN>` tokens.
-fn spm_tokenizer(tokens: &[String], scores: &[f32], types: &[i64], vocab: Vocab, space_prefix: bool) -> Result<tokenizers::Tokenizer> {
-    if scores.len() != tokens.len() {
-        return Err(Error::Tokenizer(format!("{} scores for {} tokens", scores.len(), tokens.len())));
-    }
-    let mut merges: Vec<(f32, u32, String, String)> = Vec::new();
-    for (id, tok) in tokens.iter().enumerate() {
-        if types[id] != 1 || tok.chars().count() < 2 {
-            continue;
-        }
-        for (i, _) in tok.char_indices().skip(1) {
-            let (a, b) = tok.split_at(i);
-            if let (Some(&ia), Some(&ib)) = (vocab.get(a), vocab.get(b)) {
-                if types[ia as usize] == 1 || types[ia as usize] == 6 {
-                    let _ = ib;
-                    merges.push((scores[id], id as u32, a.to_string(), b.to_string()));
-                }
-            }
-        }
-    }
-    // Higher score merges first; ties by id, as SentencePiece breaks them.
-    merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
-    let merges = merges.into_iter().map(|(_, _, a, b)| (a, b)).collect();
-    let unk = tokens.iter().position(|t| t == "<unk>").map(|i| tokens[i].clone());
-    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
-    if let Some(u) = unk {
-        builder = builder.unk_token(u);
-    }
-    let mut t = tokenizers::Tokenizer::new(builder.build().map_err(tok_err)?);
+/// Token text -> id (the last of equal texts, as a merge table would see them).
+fn vocab_of(tokens: &[&str]) -> Vocab {
+    tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect()
+}
+
+/// Control and user-defined tokens: matched in the text before the model runs.
+fn added_tokens(tokens: &[&str], types: &[i64]) -> Vec<AddedToken> {
+    types.iter().zip(tokens).filter(|(&t, _)| t == TYPE_CONTROL || t == TYPE_USER_DEFINED).map(|(&t, s)| AddedToken::from(s.to_string(), t == TYPE_CONTROL)).collect()
+}
+
+/// SentencePiece's text handling around its model: spaces as `▁` (one put first with
+/// `space_prefix`), unknown bytes decoded from `<0xNN>` tokens.
+fn spm_pipeline<M: tokenizers::Model>(t: &mut TokenizerImpl<M, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>, space_prefix: bool) -> Result<()> {
     let mut norms: Vec<NormalizerWrapper> = Vec::new();
     if space_prefix {
         norms.push(tokenizers::normalizers::prepend::Prepend::new("▁".into()).into());
@@ -354,6 +400,37 @@ fn spm_tokenizer(tokens: &[String], scores: &[f32], types: &[i64], vocab: Vocab,
         decoders.push(tokenizers::decoders::strip::Strip::new(' ', 1, 0).into());
     }
     t.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(())
+}
+
+/// A SentencePiece vocabulary as the crate's BPE: every split of a normal token into two
+/// tokens is a merge, ranked by the merged token's score (ties by id), unknown bytes as `<0xNN>`
+/// tokens. Used for `tokenizer.json` export and when two tokens share a text.
+fn spm_as_bpe(tokens: &[&str], scores: &[f32], types: &[i64], space_prefix: bool) -> Result<tokenizers::Tokenizer> {
+    let vocab = vocab_of(tokens);
+    let mut merges: Vec<(f32, u32, String, String)> = Vec::new();
+    for (id, tok) in tokens.iter().enumerate() {
+        if types[id] != 1 || tok.chars().count() < 2 {
+            continue;
+        }
+        for (i, _) in tok.char_indices().skip(1) {
+            let (a, b) = tok.split_at(i);
+            if let (Some(&ia), true) = (vocab.get(a), vocab.contains_key(b)) {
+                if types[ia as usize] == 1 || types[ia as usize] == 6 {
+                    merges.push((scores[id], id as u32, a.to_string(), b.to_string()));
+                }
+            }
+        }
+    }
+    // Higher score merges first; ties by id, as SentencePiece breaks them.
+    merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    let merges = merges.into_iter().map(|(_, _, a, b)| (a, b)).collect();
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
+    if tokens.contains(&"<unk>") {
+        builder = builder.unk_token("<unk>".into());
+    }
+    let mut t = tokenizers::Tokenizer::new(builder.build().map_err(tok_err)?);
+    spm_pipeline(&mut t, space_prefix)?;
     Ok(t)
 }
 
