@@ -127,7 +127,9 @@ fn tiny_model(model: &str) -> Vec<u8> {
         }
     }
     let mut tokens: Vec<String> = vec!["<s>".into(), "</s>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
-    tokens.extend(["a", "b", "c", " ", "ab", "bc", "abc", "h", "i", "hi", "\u{0120}", "\u{0120}a"].map(String::from));
+    // A space as each tokenizer model spells it: GPT-2's byte table, SentencePiece's `▁`.
+    let space = if model == "gpt2" { "\u{0120}" } else { "▁" };
+    tokens.extend(["a", "b", "c", " ", "ab", "bc", "abc", "h", "i", "hi", space, &format!("{space}a")].map(String::from));
     while tokens.len() < 64 {
         tokens.push(format!("<0x{:02X}>", tokens.len()));
     }

@@ -3,7 +3,8 @@
 //! goes first (SentencePiece's rule, and llama.cpp's). This is the same tokenization as the
 //! crate's BPE given every such pair as a merge ranked by score, which for Gemma 3's 262k tokens
 //! is 513k merges and, with the two vocabulary maps, 45 MiB of wasm memory; here the pieces are
-//! found by binary search in the sorted vocabulary (5 MiB in all).
+//! found by binary search in the sorted vocabulary (5 MiB in all). One difference: a character
+//! with no token, no byte tokens and no `<unk>` is an error here, where the table drops it.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
