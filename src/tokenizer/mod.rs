@@ -76,6 +76,15 @@ impl TokenTexts {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         Some(&self.text[start..end])
     }
+
+    /// Every token's text, by id.
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        self.ends.iter().scan(0, |start, &end| {
+            let t = &self.text[*start..end as usize];
+            *start = end as usize;
+            Some(t)
+        })
+    }
 }
 
 /// The `tokenizers` pipeline around SentencePiece's scored merges ([`spm::SpmModel`]).
@@ -216,7 +225,7 @@ impl Tokenizer {
 
     #[allow(clippy::too_many_arguments)]
     fn finish(inner: Inner, tokens: Arc<TokenTexts>, control: Vec<bool>, spelling: Spelling, bos: Option<u32>, eos: Option<u32>, add_bos: bool, stop: Vec<u32>) -> Tokenizer {
-        let longest = (0..tokens.len()).filter_map(|i| tokens.get(i)).map(str::len).max().unwrap_or(1).max(1);
+        let longest = tokens.iter().map(str::len).max().unwrap_or(1).max(1);
         Tokenizer { inner: Arc::new(Mutex::new(inner)), tokens, control: control.into(), spelling, bos, eos, add_bos, stop, longest }
     }
 
@@ -312,8 +321,8 @@ impl Tokenizer {
     /// convention of llguidance's token trie, where 0xFF never starts real text).
     pub fn token_bytes(&self) -> Vec<Vec<u8>> {
         let shifted = byte_level_shifted();
-        (0..self.tokens.len())
-            .map(|i| self.tokens.get(i).expect("ids below len() have texts"))
+        self.tokens
+            .iter()
             .zip(self.control.iter())
             .map(|(t, &control)| {
                 if control {

@@ -26,6 +26,8 @@ pub struct SpmModel {
     types: Vec<u8>,
     /// Token ids sorted by their text.
     sorted: Vec<u32>,
+    /// The `<0xNN>` token of each byte, for characters without a token of their own.
+    bytes: [Option<u32>; 256],
     unk: Option<u32>,
 }
 
@@ -74,14 +76,15 @@ impl SpmModel {
             return None;
         }
         let types = types.iter().map(|&t| u8::try_from(t).unwrap_or(0)).collect();
-        let mut m = SpmModel { texts, scores: scores.to_vec(), types, sorted, unk: None };
+        let mut m = SpmModel { texts, scores: scores.to_vec(), types, sorted, bytes: [None; 256], unk: None };
         m.unk = m.find("<unk>", "");
+        m.bytes = std::array::from_fn(|b| m.find(&format!("<{b:#04X}>"), ""));
         Some(m)
     }
 
     /// The vocabulary's texts, scores and GGUF types (to write it out as a merge table).
     pub fn parts(&self) -> (Vec<&str>, &[f32], Vec<i64>) {
-        ((0..self.texts.len() as u32).map(|i| self.text(i)).collect(), &self.scores, self.types.iter().map(|&t| t as i64).collect())
+        (self.texts.iter().collect(), &self.scores, self.types.iter().map(|&t| t as i64).collect())
     }
 
     fn text(&self, id: u32) -> &str {
@@ -121,7 +124,7 @@ impl SpmModel {
                 add(id, start, s.len());
                 continue;
             }
-            let bytes: Option<Vec<u32>> = s.bytes().map(|b| self.find(&format!("<{b:#04X}>"), "")).collect();
+            let bytes: Option<Vec<u32>> = s.bytes().map(|b| self.bytes[b as usize]).collect();
             match (bytes, self.unk) {
                 (Some(ids), _) => ids.into_iter().enumerate().for_each(|(k, id)| add(id, start + k, 1)),
                 (None, Some(unk)) => add(unk, start, s.len()),
@@ -173,7 +176,7 @@ impl Model for SpmModel {
     }
 
     fn get_vocab(&self) -> HashMap<String, u32> {
-        (0..self.texts.len() as u32).map(|i| (self.text(i).to_string(), i)).collect()
+        self.texts.iter().zip(0..).map(|(t, i)| (t.to_string(), i)).collect()
     }
 
     fn get_vocab_size(&self) -> usize {
