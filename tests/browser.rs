@@ -319,7 +319,8 @@ fn browser_pool() -> ModelOptions {
 /// and preemption) get exactly the single-request tokens; cancelling frees blocks; a sequence
 /// at the context end stops with `length`; a 160-token shared prefix comes from the prefix
 /// cache with the cold run's tokens and top-5 logprobs; n-gram and draft-model speculation
-/// keep greedy output (the first 12 tokens of each prompt).
+/// keep greedy output (the first 12 tokens of each prompt); pipelined decoding reports what
+/// step-by-step decoding reported natively.
 async fn engine_scenarios<M: ForwardModel>(backend: &str, mut load: impl FnMut(ModelOptions) -> M, tok: &Tokenizer) {
     let native = fetch_json(&format!("target/test-artifacts/engine-small-pool-{backend}.json")).await;
     let alone: Vec<Vec<u32>> = serde_json::from_value(native["alone"].clone()).unwrap();
@@ -345,6 +346,15 @@ async fn engine_scenarios<M: ForwardModel>(backend: &str, mut load: impl FnMut(M
     engine.set_draft_model(load(browser_pool())).unwrap();
     let totals = engine_cases::speculative_greedy_identity(&mut engine, tok, &prompts, &want).await;
     web_sys::console::log_1(&format!("{backend}: browser speculation (drafted, accepted): ngram {:?}, draft {:?}", totals[0], totals[1]).into());
+
+    // Pipelined (the GPU's default): the native step-by-step reports of four requests ending
+    // on max_tokens, EOS and stop strings.
+    let native = fetch_json(&format!("target/test-artifacts/engine-endings-{backend}.json")).await;
+    engine.set_pipelined(true);
+    let chained = engine.stats().chained_steps;
+    let got = engine_cases::reports(&mut engine, tok, engine_cases::ending_requests(tok).into_iter().take(4).collect()).await;
+    assert_eq!(engine_cases::reports_json(&got), native, "{backend}: pipelined in the browser differs from step by step natively");
+    assert!(engine.stats().chained_steps > chained, "{backend}: no step was chained");
 }
 
 #[wasm_bindgen_test]

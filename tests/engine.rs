@@ -301,3 +301,26 @@ fn kv_map_shows_who_holds_each_block() {
     let partial = map.blocks.iter().filter(|b| b.refs == 1 && b.filled < 16).count();
     assert!(partial >= 2, "each request's last block is partly filled ({partial})");
 }
+
+/// Pipelining on the CPU backend, forced on (its steps compute at submission, so this checks
+/// the engine's side: chaining, rollback of a row whose sequence ended, blocks given back):
+/// batches of 1, 4 and 8 requests ending on max_tokens, EOS and stop strings report exactly
+/// what step-by-step decoding reports; a cancel while a chained step is in flight frees the
+/// request's blocks.
+#[test]
+fn pipelined_equals_step_by_step_cpu() {
+    let (mut engine, tok) = common::cpu_engine(ModelOptions::new(512, 64));
+    let reports = pollster::block_on(pipelined_equals_sync(&mut engine, &tok, &[1, 8, 4]));
+    write_artifact("engine-endings-cpu.json", reports);
+    engine.set_pipelined(true);
+    pollster::block_on(cancel_frees_blocks(&mut engine, &tok));
+}
+
+/// Pipelining on WebGPU (lavapipe), where it is the default: the next step's tokens are the
+/// argmax the GPU left, copied on the GPU. A batch of 4 (recorded for the browser test).
+#[test]
+fn pipelined_equals_step_by_step_gpu() {
+    let (mut engine, tok) = common::gpu_engine(ModelOptions::new(512, 64));
+    let reports = pollster::block_on(pipelined_equals_sync(&mut engine, &tok, &[4]));
+    write_artifact("engine-endings-gpu.json", reports);
+}

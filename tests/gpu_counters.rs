@@ -1,6 +1,6 @@
 //! What one step of steady greedy decode costs the host on the GPU engine, counted on small
-//! synthetic models: launches per layer, one pass, one submission, one wait, and only the batch
-//! words that changed written.
+//! synthetic models: launches per layer, one pass, one submission, no wait with the GPU idle
+//! (pipelined; one a step without), and only the batch words that changed written.
 
 use ferrolm::api::bench::{decode_counters, synthetic_llama, LlamaShape};
 use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions, StepCounters};
@@ -8,7 +8,7 @@ use ferrolm::engine::{Engine, ModelOptions};
 use ferrolm::gguf::Gguf;
 use ferrolm::tokenizer::Tokenizer;
 
-fn decode_step(n_layers: u32, gpu_shapes: bool) -> StepCounters {
+fn decode_step(n_layers: u32, gpu_shapes: bool, pipelined: bool) -> StepCounters {
     let shape = LlamaShape { n_layers, d_model: 64, n_heads: 2, n_kv_heads: 1, ffn_dim: 128, vocab: 256 };
     let bytes = synthetic_llama(shape);
     let gguf = Gguf::read(&bytes[..]).unwrap();
@@ -16,6 +16,7 @@ fn decode_step(n_layers: u32, gpu_shapes: bool) -> StepCounters {
     let model =
         pollster::block_on(async { GpuModel::load(GpuContext::new(GpuOptions { gpu_shapes, ..GpuOptions::default() }).await.unwrap(), &gguf, &bytes[..], &ModelOptions::new(256, 64)).await.unwrap() });
     let mut engine = Engine::new(model);
+    engine.set_pipelined(pipelined);
     let prompt: Vec<u32> = (0..40).map(|i| (i * 37) % 256).collect();
     let n = 32;
     let c = pollster::block_on(decode_counters(&mut engine, &tok, &prompt, n)).unwrap();
@@ -24,15 +25,16 @@ fn decode_step(n_layers: u32, gpu_shapes: bool) -> StepCounters {
 }
 
 #[test]
-fn a_decode_step_is_one_pass_one_submit_one_wait_and_a_few_bytes() {
+fn a_decode_step_is_one_pass_one_submit_no_idle_wait_and_a_few_bytes() {
     // GPU shapes: normed q/k/v, RoPE + KV write, attention (one pass: the span fits one chunk),
     // output, normed gate/up, down; then embedding, normed LM head, argmax. CPU-like adapters
     // add the two norms and run attention in three passes; their LM head has its own norm.
     for (gpu_shapes, max_per_layer, max_fixed) in [(true, 6, 3), (false, 10, 4)] {
-        let (small, large) = (decode_step(2, gpu_shapes), decode_step(6, gpu_shapes));
+        let (small, large) = (decode_step(2, gpu_shapes, true), decode_step(6, gpu_shapes, true));
         for c in [&small, &large] {
             println!("gpu_shapes={gpu_shapes}: {}", c.per_step());
-            assert_eq!((c.passes, c.submits, c.blocking_waits), (c.steps, c.steps, c.steps), "{c:?}");
+            // Each step is read while the next is queued: the GPU never waits for the host.
+            assert_eq!((c.passes, c.submits, c.blocking_waits), (c.steps, c.steps, 0), "{c:?}");
             // The header, the token, its position; a block-table entry every 16 tokens.
             let per_step = c.bytes_written as f64 / c.steps as f64;
             assert!(per_step <= 64.0, "{per_step} bytes written per step");
@@ -43,4 +45,7 @@ fn a_decode_step_is_one_pass_one_submit_one_wait_and_a_few_bytes() {
         println!("gpu_shapes={gpu_shapes}: {per_layer} dispatches per layer + {fixed}");
         assert!(per_layer <= max_per_layer && fixed <= max_fixed, "gpu_shapes={gpu_shapes}: {per_layer} per layer + {fixed}");
     }
+    // Step by step (`--sync`), every read waits with nothing queued.
+    let sync = decode_step(2, true, false);
+    assert_eq!(sync.blocking_waits, sync.steps, "{sync:?}");
 }

@@ -26,6 +26,10 @@ export interface LoadOptions {
   context?: number;
   /** Use no optional GPU feature. */
   portable?: boolean;
+  /** WebGPU: read each step's result before submitting the next (default false: while every
+   * request decodes greedily, the next step runs on the GPU while this one streams). Same
+   * output either way; for comparison. */
+  sync?: boolean;
   /** Bytes for the paged KV cache (default 256 MiB; never less than one full context). */
   kvBudgetBytes?: number;
   /** Keep downloaded models in the browser's Cache Storage (default true). */
@@ -129,6 +133,8 @@ export interface KvStats {
   kv_bytes_per_token: number;
   prefix_hit_rate: number;
   steps: number;
+  /** Steps submitted before the one they follow was read (GPU pipelining). */
+  chained_steps: number;
   preemptions: number;
   /** The engine's wasm memory (it grows, never shrinks): flat once warm. */
   wasm_memory_bytes: number;

@@ -42,11 +42,13 @@ pub struct LoadOptions {
     pub kv_budget_bytes: Option<u64>,
     /// CPU backend threads (0: one per core natively, one in the browser).
     pub threads: usize,
+    /// GPU: read each step before submitting the next (see [`Engine::set_pipelined`]).
+    pub sync: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: Device::Gpu, context: 2048, gpu: GpuOptions::default(), kv_budget_bytes: None, threads: 0 }
+        LoadOptions { device: Device::Gpu, context: 2048, gpu: GpuOptions::default(), kv_budget_bytes: None, threads: 0, sync: false }
     }
 }
 
@@ -93,7 +95,9 @@ impl Runtime {
             Device::Gpu => {
                 let pending = GpuModel::record(GpuContext::new(opts.gpu).await?, gguf, source, &model_opts)?;
                 let r = work.await;
-                (Runtime::Gpu(Box::new(Engine::new(pending.ready().await?))), r)
+                let mut engine = Engine::new(pending.ready().await?);
+                engine.set_pipelined(!opts.sync);
+                (Runtime::Gpu(Box::new(engine)), r)
             }
         })
     }

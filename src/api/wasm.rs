@@ -95,7 +95,7 @@ impl Engine {
             n => n.min(config.context_len),
         };
         let gpu = if o.portable { GpuOptions::portable() } else { GpuOptions::default() };
-        let load = LoadOptions { device, context, gpu, kv_budget_bytes: o.kv_budget_bytes.map(|b| b.max(0.0) as u64), threads: o.threads.unwrap_or(1) };
+        let load = LoadOptions { device, context, gpu, kv_budget_bytes: o.kv_budget_bytes.map(|b| b.max(0.0) as u64), threads: o.threads.unwrap_or(1), sync: o.sync };
         // The tokenizer (a second for Gemma's 262k-token vocabulary) is built while the GPU
         // process uploads and compiles what the load queued; awaiting a resolved promise first
         // lets the page send those commands (a microtask) before this thread gets busy.
@@ -327,6 +327,8 @@ struct LoadRequest {
     threads: Option<usize>,
     /// `Date.now()` when the download started, so loadMs covers it.
     started_ms: Option<f64>,
+    /// WebGPU: read each step before submitting the next (no pipelining).
+    sync: bool,
 }
 
 /// A step's event for JS.

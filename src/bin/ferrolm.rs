@@ -66,6 +66,10 @@ mod cli {
         /// CPU backend threads [default: one per core].
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// GPU: read each step before submitting the next (no pipelining; for tests and
+        /// comparison).
+        #[arg(long)]
+        sync: bool,
     }
 
     #[derive(Clone, Copy, ValueEnum)]
@@ -343,7 +347,7 @@ mod cli {
             DeviceArg::Reference => Device::Reference,
             DeviceArg::Gpu => Device::Gpu,
         };
-        Ok(LoadOptions { device, context: context(args, m)?, gpu, kv_budget_bytes: args.kv_budget_mb.map(|mb| mb << 20), threads: args.threads })
+        Ok(LoadOptions { device, context: context(args, m)?, gpu, kv_budget_bytes: args.kv_budget_mb.map(|mb| mb << 20), threads: args.threads, sync: args.sync })
     }
 
     fn load(args: &ModelArgs, m: &Loaded) -> Result<Runtime> {
@@ -589,6 +593,7 @@ mod cli {
                 });
                 let wb = model.weight_bytes as f64;
                 let mut engine = Engine::new(model);
+                engine.set_pipelined(!args.sync);
                 let counters = pollster::block_on(decode_counters(&mut engine, &tokenizer, &prompt, 16))?;
                 eprintln!("decode step: {}", counters.per_step());
                 let out = pollster::block_on(bench_runs(&mut engine, &tokenizer, template.as_ref(), &prompt, gen, runs, stream_gen))?;

@@ -7,9 +7,15 @@ use crate::error::{Error, Result};
 use crate::model::Config;
 use crate::sample::TopLogits;
 
+/// A token the step submitted just before chose: `CHAINED | r` stands for the argmax of that
+/// step's logit row `r`, read where that step left it. The engine submits the next decode step
+/// before reading this one's result; a GPU then never sends the token to the host and back.
+pub const CHAINED: u32 = 1 << 31;
+
 /// One step's work: tokens of one or more sequences, and which of them need logits.
 #[derive(Clone, Copy, Debug)]
 pub struct Batch<'a> {
+    /// Token ids, or [`CHAINED`] picks of the previous step.
     pub tokens: &'a [u32],
     pub positions: &'a [u32],
     /// Index into `block_tables` of each token's sequence.
@@ -57,7 +63,11 @@ impl Batch<'_> {
             }
         }
         for (i, (&tok, (&pos, &seq))) in self.tokens.iter().zip(self.positions.iter().zip(self.seq_ids)).enumerate() {
-            if tok as usize >= vocab {
+            if tok & CHAINED != 0 {
+                if tok & !CHAINED >= limits.max_logit_rows {
+                    return bad(format!("token {i} chains logit row {} of the previous step, which has at most {}", tok & !CHAINED, limits.max_logit_rows));
+                }
+            } else if tok as usize >= vocab {
                 return Err(Error::TokenOutOfRange { id: tok, vocab });
             }
             let table = self.block_tables.get(seq as usize).ok_or_else(|| Error::InvalidOption { option: "batch", reason: format!("token {i} names sequence {seq} which has no block table") })?;
@@ -180,6 +190,43 @@ pub trait ForwardModel {
     /// Starts a step: writes the tokens' K/V into their blocks and computes what `read` asks
     /// for at the batch's logit rows. Does not wait for the device.
     fn submit(&self, batch: &Batch, read: Readback) -> Result<Self::Pending>;
+    /// Whether submitting a step before reading the one in flight overlaps work (a GPU runs one
+    /// step while the host reads, detokenizes and streams the one before). Backends that
+    /// compute at submission gain nothing; they still take [`CHAINED`] tokens.
+    fn overlaps_steps(&self) -> bool {
+        false
+    }
+}
+
+/// The argmax picks of the last step, for backends that compute at submission and resolve
+/// [`CHAINED`] tokens themselves.
+#[derive(Default)]
+pub struct LastPicks(std::cell::RefCell<Vec<u32>>);
+
+impl LastPicks {
+    /// `tokens` with every chained pick replaced by the token it stands for.
+    pub fn resolve(&self, tokens: &[u32]) -> Result<Vec<u32>> {
+        let last = self.0.borrow();
+        tokens
+            .iter()
+            .map(|&t| match t & CHAINED {
+                0 => Ok(t),
+                _ => last
+                    .get((t & !CHAINED) as usize)
+                    .copied()
+                    .ok_or_else(|| Error::InvalidOption { option: "batch", reason: format!("a token chains row {} of the previous step, which chose {} tokens by argmax", t & !CHAINED, last.len()) }),
+            })
+            .collect()
+    }
+
+    /// Keeps what a step chose by argmax (anything else leaves nothing to chain).
+    pub fn remember(&self, picks: &Picks) {
+        let mut last = self.0.borrow_mut();
+        last.clear();
+        if let Picks::Tokens(t) = picks {
+            last.extend(t);
+        }
+    }
 }
 
 /// A step in flight.

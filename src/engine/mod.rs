@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
-pub use backend::{picks_from_logits, Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, Ready, BLOCK_SIZE, DEFAULT_KV_BUDGET};
+pub use backend::{picks_from_logits, Batch, ForwardModel, LastPicks, Limits, ModelOptions, PendingStep, Picks, Readback, Ready, BLOCK_SIZE, CHAINED, DEFAULT_KV_BUDGET};
 pub use kv_cache::{BlockHasher, BlockPool, PoolStats, PrefixHit};
 
 use crate::clock::now_ms;
@@ -105,7 +105,22 @@ pub struct EngineStats {
     /// Prompt tokens served from the prefix cache / prompt tokens admitted.
     pub prefix_hit_rate: f64,
     pub steps: u64,
+    /// Steps submitted before the step they follow was read (pipelining; see
+    /// [`Engine::set_pipelined`]).
+    pub chained_steps: u64,
     pub preemptions: u64,
+}
+
+/// A submitted step and what the engine needs to take its results.
+struct InFlight<P> {
+    /// `(sequence, tokens fed)`.
+    plan: Vec<(RequestId, usize)>,
+    /// `(sequence, readback, first logit row, rows)`: one row per draft plus one.
+    needs: Vec<(RequestId, Need, usize, usize)>,
+    readback: Readback,
+    /// The step until it is read ([`Engine::score`] reads it early and keeps its picks).
+    pending: Option<P>,
+    picks: Option<Picks>,
 }
 
 /// The scheduler over one model on any backend. It owns the model, the bookkeeping of the
@@ -122,7 +137,12 @@ pub struct Engine<M: ForwardModel> {
     waiting: VecDeque<Sequence>,
     /// In admission order, oldest first.
     running: Vec<Sequence>,
+    /// The step submitted and not yet taken.
+    in_flight: Option<InFlight<M::Pending>>,
+    /// Submit the next greedy decode step before reading the one in flight.
+    pipelined: bool,
     steps: u64,
+    chained_steps: u64,
     preemptions: u64,
     prompt_tokens: u64,
     cached_tokens: u64,
@@ -136,7 +156,31 @@ fn pool_for<M: ForwardModel>(model: &M) -> BlockPool {
 impl<M: ForwardModel> Engine<M> {
     pub fn new(model: M) -> Self {
         let pool = pool_for(&model);
-        Engine { model, pool, draft: None, grammars: None, next_id: 0, waiting: VecDeque::new(), running: Vec::new(), steps: 0, preemptions: 0, prompt_tokens: 0, cached_tokens: 0 }
+        let pipelined = model.overlaps_steps();
+        Engine {
+            model,
+            pool,
+            draft: None,
+            grammars: None,
+            next_id: 0,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            in_flight: None,
+            pipelined,
+            steps: 0,
+            chained_steps: 0,
+            preemptions: 0,
+            prompt_tokens: 0,
+            cached_tokens: 0,
+        }
+    }
+
+    /// Pipelining: while every running sequence decodes greedily, the next step is submitted
+    /// before the one in flight is read, its tokens chained from that step's picks on the
+    /// device. On by default where the backend overlaps steps (a GPU); off, every step is
+    /// read before the next is submitted. The output is the same either way.
+    pub fn set_pipelined(&mut self, on: bool) {
+        self.pipelined = on;
     }
 
     pub fn model(&self) -> &M {
@@ -203,7 +247,16 @@ impl<M: ForwardModel> Engine<M> {
         };
         let _ = seq.decoder.finish_length(tokenizer);
         seq.decoder.out.finish_reason = FinishReason::Cancelled;
-        Some(self.finish(seq))
+        let done = self.finish(seq);
+        self.drop_stale_in_flight();
+        Some(done)
+    }
+
+    /// Forgets the step in flight once none of its sequences runs (it is never read).
+    fn drop_stale_in_flight(&mut self) {
+        if self.in_flight.as_ref().is_some_and(|f| !f.plan.iter().any(|(id, _)| self.running.iter().any(|s| s.id == *id))) {
+            self.in_flight = None;
+        }
     }
 
     pub fn is_idle(&self) -> bool {
@@ -248,6 +301,7 @@ impl<M: ForwardModel> Engine<M> {
             kv_bytes_per_token: limits.kv_bytes_per_token,
             prefix_hit_rate: self.cached_tokens as f64 / self.prompt_tokens.max(1) as f64,
             steps: self.steps,
+            chained_steps: self.chained_steps,
             preemptions: self.preemptions,
         }
     }
@@ -326,7 +380,36 @@ impl<M: ForwardModel> Engine<M> {
     }
 
     /// One batched forward over every running sequence; returns what happened to each request.
+    /// Pipelined, it returns the step submitted at the previous call and leaves the next in
+    /// flight.
     pub async fn step(&mut self, tokenizer: &Tokenizer) -> Result<Vec<Event>> {
+        let current = match self.in_flight.take() {
+            Some(f) => f,
+            None => match self.start_step(tokenizer).await? {
+                Some(f) => f,
+                None => return Ok(Vec::new()),
+            },
+        };
+        // The next step goes in before this one is read (see `chain`).
+        self.in_flight = if self.pipelined { self.chain(&current)? } else { None };
+        let picks = match (current.picks, current.pending) {
+            (Some(picks), _) => picks,
+            (None, Some(pending)) => match pending.read().await {
+                Ok(picks) => picks,
+                Err(e) => {
+                    self.in_flight = None;
+                    return Err(e);
+                }
+            },
+            (None, None) => unreachable!("a step in flight is pending or read"),
+        };
+        let events = self.take_results(tokenizer, &current.plan, &current.needs, picks)?;
+        self.drop_stale_in_flight();
+        Ok(events)
+    }
+
+    /// Schedules and submits a step over the running sequences; None when nothing can run.
+    async fn start_step(&mut self, tokenizer: &Tokenizer) -> Result<Option<InFlight<M::Pending>>> {
         self.admit();
         let context = self.model.limits().context as usize;
         for seq in self.running.iter_mut().filter(|s| s.is_decoding()) {
@@ -347,7 +430,7 @@ impl<M: ForwardModel> Engine<M> {
                 let pool = &self.pool;
                 return Err(Error::KvCacheFull { needed: seq.blocks_needed(pool.block_size()), available: pool.available(), block_size: pool.block_size() });
             }
-            return Ok(Vec::new());
+            return Ok(None);
         }
         self.steps += 1;
 
@@ -409,18 +492,77 @@ impl<M: ForwardModel> Engine<M> {
         }
         let masks = (!masks.is_empty()).then_some(&masks[..]);
         let batch = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &logit_rows, block_tables: &tables, masks };
-        let picked = self.model.submit(&batch, readback)?.read().await?;
+        let pending = self.model.submit(&batch, readback)?;
+        Ok(Some(InFlight { plan, needs, readback, pending: Some(pending), picks: None }))
+    }
 
+    /// Submits the step after `current` before `current` is read, when nothing that step could
+    /// report changes what the next one runs: every running sequence decodes greedily (argmax,
+    /// no drafts), each is in `current` with its logit row, and none is waiting to join. The
+    /// next step takes each sequence that still wants a token after the one `current` picks
+    /// (max_tokens and the context are known ahead; EOS and stop strings are not: a sequence
+    /// that ends at `current` wasted its row of the next step and gives its blocks back).
+    /// Returns None where it does not apply.
+    fn chain(&mut self, current: &InFlight<M::Pending>) -> Result<Option<InFlight<M::Pending>>> {
+        if current.pending.is_none() || current.readback != Readback::Argmax || !self.waiting.is_empty() {
+            return Ok(None);
+        }
+        if current.plan.len() != current.needs.len() || current.needs.len() != self.running.len() {
+            return Ok(None);
+        }
+        let context = self.model.limits().context as usize;
+        // (sequence, position of the token `current` picks, its row there).
+        let mut next = Vec::with_capacity(current.needs.len());
+        for (&(id, n), &(need_id, need, current_row, rows)) in current.plan.iter().zip(&current.needs) {
+            let Some(seq) = self.running.iter().find(|s| s.id == id) else { return Ok(None) };
+            if id != need_id || need != Need::Argmax || rows != 1 || seq.spec.is_some() {
+                return Ok(None);
+            }
+            // A sequence whose token at `current` is its last (max_tokens, or the context is
+            // full) ends when `current` is read: the next step leaves it out.
+            let pos = seq.computed + n;
+            if seq.decoder.out.tokens.len() + 2 <= seq.decoder.options().max_tokens && pos < context {
+                next.push((id, pos, current_row));
+            }
+        }
+        if next.is_empty() {
+            return Ok(None);
+        }
+        for &(id, pos, _) in &next {
+            let seq = self.running.iter_mut().find(|s| s.id == id).expect("checked above");
+            if !seq.reserve(&mut self.pool, pos + 1 - seq.computed) {
+                return Ok(None);
+            }
+        }
+        let k = next.len() as u32;
+        let tokens: Vec<u32> = next.iter().map(|&(_, _, row)| CHAINED | row as u32).collect();
+        let positions: Vec<u32> = next.iter().map(|&(_, p, _)| p as u32).collect();
+        let seq_ids: Vec<u32> = (0..k).collect();
+        let tables: Vec<&[u32]> = next.iter().map(|&(id, _, _)| &self.running.iter().find(|s| s.id == id).expect("checked above").blocks[..]).collect();
+        let batch = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &seq_ids, block_tables: &tables, masks: None };
+        let pending = self.model.submit(&batch, Readback::Argmax)?;
+        self.steps += 1;
+        self.chained_steps += 1;
+        let plan = next.iter().map(|&(id, _, _)| (id, 1)).collect();
+        let needs = next.iter().enumerate().map(|(r, &(id, _, _))| (id, Need::Argmax, r, 1)).collect();
+        Ok(Some(InFlight { plan, needs, readback: Readback::Argmax, pending: Some(pending), picks: None }))
+    }
+
+    /// Takes a step's picks: accounts for the fed tokens, verifies drafts, emits tokens and
+    /// finishes sequences. Sequences cancelled since the step was submitted are skipped.
+    fn take_results(&mut self, tokenizer: &Tokenizer, plan: &[(RequestId, usize)], needs: &[(RequestId, Need, usize, usize)], picked: Picks) -> Result<Vec<Event>> {
+        let context = self.model.limits().context as usize;
+        let vocab = self.model.config().vocab_size;
         // Account for the fed tokens (drafts count once kept), then verify and take new tokens.
         let now = now_ms();
         let mut events = Vec::new();
-        for &(id, n) in &plan {
-            let seq = self.running.iter_mut().find(|s| s.id == id).expect("planned sequences run");
+        for &(id, n) in plan {
+            let Some(seq) = self.running.iter_mut().find(|s| s.id == id) else { continue };
             seq.computed += n - seq.draft.tokens.len();
             seq.register_full_blocks(&mut self.pool);
         }
-        for &(id, _, first_row, rows) in &needs {
-            let i = self.running.iter().position(|s| s.id == id).expect("planned sequences run");
+        for &(id, _, first_row, rows) in needs {
+            let Some(i) = self.running.iter().position(|s| s.id == id) else { continue };
             let seq = &mut self.running[i];
             seq.forwards += 1;
             let draft = std::mem::take(&mut seq.draft);
@@ -494,6 +636,12 @@ impl<M: ForwardModel> Engine<M> {
     /// As [`Engine::score`], reading back only the positions from `from` on (a long prompt's
     /// last positions without `n x vocab` logits): `[n - from][vocab]`.
     pub async fn score_from(&mut self, tokens: &[u32], from: usize) -> Result<Vec<f32>> {
+        // The model's next step must follow the one in flight: read that one now.
+        if let Some(f) = &mut self.in_flight {
+            if let Some(pending) = f.pending.take() {
+                f.picks = Some(pending.read().await?);
+            }
+        }
         let mut session = Session::default();
         let out = session.extend(&self.model, &mut self.pool, tokens, Readback::Logits, Some(from)).await;
         session.release(&mut self.pool);

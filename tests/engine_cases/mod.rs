@@ -223,3 +223,88 @@ pub async fn raw_greedy<M: ForwardModel>(model: &M, prompt: &[u32], n: usize) ->
     }
     out
 }
+
+/// Eight requests that end in different ways: max_tokens (1, 2, 9, 12 tokens), EOS (a chat
+/// turn the model closes itself) and stop strings. Batches take the first `n`.
+pub fn ending_requests(tok: &Tokenizer) -> Vec<Request> {
+    let prompt = |p: &str| tok.encode_prompt(p, false).unwrap();
+    let turn =
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nReply with one word: is water wet?<|im_end|>\n<|im_start|>assistant\n";
+    let turn = tok.encode_prompt(turn, true).unwrap();
+    let stop = |s: &str, max_tokens| GenerateOptions { stop: vec![s.to_string()], ..greedy(max_tokens) };
+    vec![
+        Request { prompt: prompt(PROMPTS[0]), opts: greedy(12) },
+        Request { prompt: turn, opts: GenerateOptions { ignore_eos: false, ..greedy(40) } },
+        Request { prompt: prompt(PROMPTS[1]), opts: stop(" return", 40) },
+        Request { prompt: prompt(PROMPTS[2]), opts: greedy(1) },
+        Request { prompt: prompt(PROMPTS[3]), opts: greedy(2) },
+        Request { prompt: prompt(PROMPTS[0]), opts: stop(".", 40) },
+        Request { prompt: tok.encode_prompt(&long_text(), false).unwrap()[..100].to_vec(), opts: greedy(5) },
+        Request { prompt: prompt(PROMPTS[2]), opts: greedy(9) },
+    ]
+}
+
+/// What a request reported: each token event `(token, text)`, then its tokens, text and
+/// finish reason.
+pub type Report = (Vec<(u32, String)>, Vec<u32>, String, FinishReason);
+
+/// Runs `requests` together and collects every request's report, by submission order.
+pub async fn reports<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, requests: Vec<Request>) -> Vec<Report> {
+    engine.clear_prefix_cache();
+    let ids: Vec<RequestId> = requests.into_iter().map(|r| engine.submit(tok, r).unwrap()).collect();
+    let mut events: BTreeMap<RequestId, Vec<(u32, String)>> = BTreeMap::new();
+    let mut done = BTreeMap::new();
+    engine
+        .run(tok, |e| match e {
+            Event::Token { id, token, text, .. } => events.entry(id).or_default().push((token, text)),
+            Event::Done { id, generation, .. } => {
+                done.insert(id, (generation.tokens, generation.text, generation.finish_reason));
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(engine.pool().stats().used, 0, "blocks still held after every request finished");
+    ids.iter()
+        .map(|id| {
+            let (tokens, text, reason) = done.remove(id).expect("every request finishes");
+            (events.remove(id).unwrap_or_default(), tokens, text, reason)
+        })
+        .collect()
+}
+
+/// Pipelined decoding (the next step submitted before the one in flight is read) reports
+/// exactly what step-by-step decoding reports, token event for token event, for batches of
+/// each size in `sizes` over [`ending_requests`]; the pipelined runs really chained steps.
+/// Returns the reports of the last batch as JSON (recorded for the browser test).
+pub async fn pipelined_equals_sync<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, sizes: &[usize]) -> serde_json::Value {
+    let mut last = Vec::new();
+    for &n in sizes {
+        let requests: Vec<Request> = ending_requests(tok).into_iter().take(n).collect();
+        engine.set_pipelined(false);
+        let sync = reports(engine, tok, requests.clone()).await;
+        engine.set_pipelined(true);
+        let chained = engine.stats().chained_steps;
+        let piped = reports(engine, tok, requests).await;
+        let chained = engine.stats().chained_steps - chained;
+        println!("{}: batch of {n}: {chained} chained steps; endings {:?}", engine.model().describe(), sync.iter().map(|r| (r.1.len(), r.3)).collect::<Vec<_>>());
+        assert!(chained > 0, "batch of {n}: no step was chained, pipelining went unexercised");
+        for (i, (s, p)) in sync.iter().zip(&piped).enumerate() {
+            assert_eq!(s, p, "batch of {n}, request {i}: pipelined output differs from step-by-step");
+        }
+        if n == 8 {
+            // Every ending occurred: max_tokens, EOS before max_tokens, and the stop strings.
+            assert_eq!(sync[0].1.len(), 12);
+            assert!(sync[1].3 == FinishReason::Stop && sync[1].1.len() < 40, "the chat turn did not end with EOS: {:?}", sync[1]);
+            for i in [2, 5] {
+                assert!(sync[i].3 == FinishReason::Stop && sync[i].1.len() < 40, "request {i} did not end on its stop string: {:?}", sync[i]);
+            }
+        }
+        last = sync;
+    }
+    reports_json(&last)
+}
+
+/// Reports as JSON: each request's tokens, text and finish reason.
+pub fn reports_json(reports: &[Report]) -> serde_json::Value {
+    reports.iter().map(|r| serde_json::json!({ "tokens": r.1, "text": r.2, "finish_reason": r.3.as_str() })).collect()
+}

@@ -14,7 +14,7 @@ use forward::{LayerKv, Step, Weights};
 use kernels::Target;
 use threads::Pool;
 
-use crate::engine::{picks_from_logits, Batch, ForwardModel, Limits, ModelOptions, Readback, Ready};
+use crate::engine::{picks_from_logits, Batch, ForwardModel, LastPicks, Limits, ModelOptions, Readback, Ready};
 use crate::error::Result;
 use crate::gguf::{ByteSource, Gguf};
 use crate::model::Config;
@@ -27,6 +27,8 @@ pub struct SimdModel {
     pool: Pool,
     target: Target,
     limits: Limits,
+    /// The last step's argmax picks, for chained tokens.
+    last: LastPicks,
 }
 
 impl SimdModel {
@@ -36,7 +38,7 @@ impl SimdModel {
         // A verified row costs a fraction of a step (weights are read once for up to four).
         let limits = Limits::for_cpu(&weights.config, opts, 4);
         let threads = if threads == 0 { default_threads() } else { threads };
-        Ok(SimdModel { kv: RefCell::new(weights.new_pool()), pool: Pool::new(threads)?, target: Target::detect(), weights, limits })
+        Ok(SimdModel { kv: RefCell::new(weights.new_pool()), pool: Pool::new(threads)?, target: Target::detect(), weights, limits, last: LastPicks::default() })
     }
 
     /// Uses `target`'s kernels instead of the fastest (tests compare them).
@@ -109,10 +111,14 @@ impl ForwardModel for SimdModel {
     /// Computes the whole step now.
     fn submit(&self, b: &Batch, read: Readback) -> Result<Ready> {
         b.validate(&self.limits, self.weights.config.vocab_size)?;
+        let tokens = self.last.resolve(b.tokens)?;
+        let b = &Batch { tokens: &tokens, ..*b };
         let bs = self.limits.block_size as usize;
         let slot = |t: usize, pos: usize| b.block_tables[b.seq_ids[t] as usize][pos / bs] as usize * bs + pos % bs;
         let step = Step { tokens: b.tokens, positions: b.positions, slot: &slot, logit_rows: b.logit_rows };
         let logits = self.weights.forward(&self.pool, self.target, &step, &mut self.kv.borrow_mut())?;
-        Ok(Ready(picks_from_logits(logits, self.weights.config.vocab_size, read, b.masks)))
+        let picks = picks_from_logits(logits, self.weights.config.vocab_size, read, b.masks);
+        self.last.remember(&picks);
+        Ok(Ready(picks))
     }
 }

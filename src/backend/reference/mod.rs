@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 pub use forward::{CpuModel, KvCache, LayerKv, Logits, Rows};
 
-use crate::engine::{picks_from_logits, Batch, ForwardModel, Limits, ModelOptions, Readback, Ready};
+use crate::engine::{picks_from_logits, Batch, ForwardModel, LastPicks, Limits, ModelOptions, Readback, Ready};
 use crate::error::Result;
 use crate::gguf::{ByteSource, Gguf};
 use crate::model::Config;
@@ -22,6 +22,8 @@ pub struct ReferenceModel {
     /// Per layer, K/V by slot (block * block_size + offset).
     kv: RefCell<Vec<LayerKv>>,
     limits: Limits,
+    /// The last step's argmax picks, for chained tokens.
+    last: LastPicks,
 }
 
 impl ReferenceModel {
@@ -33,7 +35,7 @@ impl ReferenceModel {
     pub fn new(weights: Arc<CpuModel>, opts: &ModelOptions) -> ReferenceModel {
         // On the CPU a forward's cost grows with its rows almost linearly.
         let limits = Limits::for_cpu(&weights.config, opts, 4);
-        ReferenceModel { kv: RefCell::new(weights.new_pool()), weights, limits }
+        ReferenceModel { kv: RefCell::new(weights.new_pool()), weights, limits, last: LastPicks::default() }
     }
 }
 
@@ -55,10 +57,14 @@ impl ForwardModel for ReferenceModel {
     /// Computes the whole step now.
     fn submit(&self, b: &Batch, read: Readback) -> Result<Ready> {
         b.validate(&self.limits, self.weights.config.vocab_size)?;
+        let tokens = self.last.resolve(b.tokens)?;
+        let b = &Batch { tokens: &tokens, ..*b };
         let bs = self.limits.block_size as usize;
         let slot = |t: usize, pos: usize| b.block_tables[b.seq_ids[t] as usize][pos / bs] as usize * bs + pos % bs;
         let rows = Rows { tokens: b.tokens, positions: b.positions, slot: &slot, logit_rows: b.logit_rows };
         let logits = self.weights.forward_rows(&rows, &mut self.kv.borrow_mut())?;
-        Ok(Ready(picks_from_logits(logits, self.weights.config.vocab_size, read, b.masks)))
+        let picks = picks_from_logits(logits, self.weights.config.vocab_size, read, b.masks);
+        self.last.remember(&picks);
+        Ok(Ready(picks))
     }
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::context::{map_read, Faults, GpuContext};
 use super::kernels::{AttnDims, Count, Kernels, Norm, Op, OutCols, TOPK_WORDS};
 use super::weights::{concat_rows, packed_row_bytes, upload_f32, GpuTensor};
-use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, BLOCK_SIZE};
+use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, BLOCK_SIZE, CHAINED};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf};
 use crate::model::{names, Config, RopeStyle};
@@ -108,6 +108,9 @@ pub struct GpuModel {
     topk_op: Op,
     /// What the batch buffer holds, so a step writes only the words that changed.
     written: RefCell<Vec<u32>>,
+    /// Rows the last submitted step left in `argmax` (0 unless it read back argmax): what a
+    /// [`CHAINED`] token of the next step may name.
+    argmax_rows: Cell<u32>,
     counters: Rc<Cell<StepCounters>>,
 }
 
@@ -331,7 +334,26 @@ impl GpuModel {
         // wgpu zero-fills new buffers.
         let written = RefCell::new(vec![0; batch_words(&limits)]);
         let counters = Rc::default();
-        let model = GpuModel { ctx, config, limits, weight_bytes, weight_values, batch, logits, argmax, topk, masks, staging, ops, argmax_op, masked_argmax_op, topk_op, written, counters };
+        let model = GpuModel {
+            ctx,
+            config,
+            limits,
+            weight_bytes,
+            weight_values,
+            batch,
+            logits,
+            argmax,
+            topk,
+            masks,
+            staging,
+            ops,
+            argmax_op,
+            masked_argmax_op,
+            topk_op,
+            written,
+            argmax_rows: Cell::new(0),
+            counters,
+        };
         Ok(PendingModel { model, scope })
     }
 
@@ -346,6 +368,7 @@ impl GpuModel {
             bytes += m.len() as u64 * 4;
         }
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        self.copy_chained(&mut enc, b.tokens)?;
         let mut dispatches = 0;
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
@@ -366,6 +389,30 @@ impl GpuModel {
             c.bytes_written += bytes;
         });
         Ok(enc)
+    }
+
+    /// Copies the previous step's argmax picks over the [`CHAINED`] tokens' words (after the
+    /// queued batch writes, before the pass reads them), in runs of consecutive rows.
+    fn copy_chained(&self, enc: &mut wgpu::CommandEncoder, tokens: &[u32]) -> Result<()> {
+        let rows = self.argmax_rows.get();
+        let mut i = 0;
+        while i < tokens.len() {
+            if tokens[i] & CHAINED == 0 {
+                i += 1;
+                continue;
+            }
+            let row = tokens[i] & !CHAINED;
+            if row >= rows {
+                return Err(Error::InvalidOption { option: "batch", reason: format!("token {i} chains row {row} of the previous step, which chose {rows} tokens by argmax") });
+            }
+            let mut n = 1;
+            while i + n < tokens.len() && tokens[i + n] == CHAINED | (row + n as u32) && row + (n as u32) < rows {
+                n += 1;
+            }
+            enc.copy_buffer_to_buffer(&self.argmax, row as u64 * 4, &self.batch, (HEADER + i) as u64 * 4, n as u64 * 4);
+            i += n;
+        }
+        Ok(())
     }
 
     /// Writes the words of the batch description that differ from what the buffer holds (in
@@ -483,12 +530,19 @@ impl ForwardModel for GpuModel {
             staging
         });
         self.ctx.queue.submit([enc.finish()]);
+        self.argmax_rows.set(if read == Readback::Argmax { rows as u32 } else { 0 });
         self.count(|c| {
             c.steps += 1;
             c.submits += 1;
             c.encode_ms += crate::clock::now_ms() - t0;
         });
-        Ok(GpuPending { device: self.ctx.device.clone(), faults: self.ctx.faults.clone(), staging, free: self.staging.clone(), bytes, read, counters: self.counters.clone() })
+        let step = self.counters.get().steps;
+        Ok(GpuPending { device: self.ctx.device.clone(), faults: self.ctx.faults.clone(), staging, free: self.staging.clone(), bytes, read, step, counters: self.counters.clone() })
+    }
+
+    /// The GPU runs a step while the host reads back and streams the one before.
+    fn overlaps_steps(&self) -> bool {
+        true
     }
 }
 
@@ -500,14 +554,19 @@ pub struct GpuPending {
     free: Rc<RefCell<Vec<wgpu::Buffer>>>,
     bytes: u64,
     read: Readback,
+    /// This step's number: a later one is queued behind it when the count has moved on.
+    step: u64,
     counters: Rc<Cell<StepCounters>>,
 }
 
 impl PendingStep for GpuPending {
     async fn read(mut self) -> Result<Picks> {
         let Some(staging) = self.staging.take() else { return Ok(Picks::Nothing) };
+        // Waiting leaves the GPU idle only when no later step is queued behind this one.
         let mut c = self.counters.get();
-        c.blocking_waits += 1;
+        if c.steps == self.step {
+            c.blocking_waits += 1;
+        }
         self.counters.set(c);
         let out = map_read(&self.device, &staging, self.bytes).await;
         self.free.borrow_mut().push(staging);
