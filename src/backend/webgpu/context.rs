@@ -174,7 +174,7 @@ impl GpuContext {
     /// Maps the first `size` bytes of a MAP_READ buffer whose copy was already submitted and
     /// returns them.
     pub async fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
-        map_read(&self.device, staging, size).await
+        map_read(&self.device, staging, size, None).await
     }
 }
 
@@ -184,17 +184,20 @@ async fn read_buffer(device: &wgpu::Device, queue: &wgpu::Queue, src: &wgpu::Buf
     let staging = device.create_buffer(&wgpu::BufferDescriptor { label: Some("readback"), size, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
     let mut enc = device.create_command_encoder(&Default::default());
     enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
-    queue.submit([enc.finish()]);
-    map_read(device, &staging, size).await
+    let index = queue.submit([enc.finish()]);
+    map_read(device, &staging, size, Some(index)).await
 }
 
-pub(super) async fn map_read(device: &wgpu::Device, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+/// Maps `staging` and copies out its first `size` bytes. Natively the poll waits for
+/// `submission` (the one that fills the buffer; None: everything submitted), not for later
+/// steps queued behind it.
+pub(super) async fn map_read(device: &wgpu::Device, staging: &wgpu::Buffer, size: u64, submission: Option<wgpu::SubmissionIndex>) -> Result<Vec<u8>> {
     let (tx, rx) = futures_channel::oneshot::channel();
     staging.map_async(wgpu::MapMode::Read, ..size, move |r| {
         let _ = tx.send(r);
     });
     // Native backends need a poll to make progress; on the web this is a no-op.
-    let _ = device.poll(wgpu::PollType::wait_indefinitely());
+    let _ = device.poll(wgpu::PollType::Wait { submission_index: submission, timeout: None });
     rx.await.map_err(|_| Error::Gpu("the GPU device was lost during a readback".into()))?.map_err(|e| Error::Gpu(format!("mapping a readback buffer failed: {e}")))?;
     let bytes = staging.get_mapped_range(..size).to_vec();
     staging.unmap();

@@ -51,7 +51,11 @@ pub struct StepCounters {
     pub submits: u64,
     pub bytes_written: u64,
     pub blocking_waits: u64,
+    /// Building the step's commands (writes queued, pass encoded, command buffer finished).
     pub encode_ms: f64,
+    /// `queue.submit` itself: near zero on GPUs; lavapipe blocks in it until the step before
+    /// has run, so there it holds the pipelined step's wait.
+    pub submit_ms: f64,
     /// Readback buffers created (they are reused: this stops growing after warm-up).
     pub readback_buffers: u64,
 }
@@ -67,6 +71,7 @@ impl StepCounters {
             bytes_written: self.bytes_written.saturating_sub(before.bytes_written),
             blocking_waits: self.blocking_waits.saturating_sub(before.blocking_waits),
             encode_ms: self.encode_ms - before.encode_ms,
+            submit_ms: self.submit_ms - before.submit_ms,
             readback_buffers: self.readback_buffers.saturating_sub(before.readback_buffers),
         }
     }
@@ -81,6 +86,7 @@ impl StepCounters {
             "bytes_written_per_step": self.bytes_written as f64 / n,
             "blocking_waits_per_step": self.blocking_waits as f64 / n,
             "encode_ms_per_step": self.encode_ms / n,
+            "submit_ms_per_step": self.submit_ms / n,
         })
     }
 }
@@ -529,15 +535,18 @@ impl ForwardModel for GpuModel {
             enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
             staging
         });
-        self.ctx.queue.submit([enc.finish()]);
+        let commands = enc.finish();
+        let t1 = crate::clock::now_ms();
+        let submission = Some(self.ctx.queue.submit([commands]));
         self.argmax_rows.set(if read == Readback::Argmax { rows as u32 } else { 0 });
         self.count(|c| {
             c.steps += 1;
             c.submits += 1;
-            c.encode_ms += crate::clock::now_ms() - t0;
+            c.encode_ms += t1 - t0;
+            c.submit_ms += crate::clock::now_ms() - t1;
         });
         let step = self.counters.get().steps;
-        Ok(GpuPending { device: self.ctx.device.clone(), faults: self.ctx.faults.clone(), staging, free: self.staging.clone(), bytes, read, step, counters: self.counters.clone() })
+        Ok(GpuPending { device: self.ctx.device.clone(), faults: self.ctx.faults.clone(), staging, free: self.staging.clone(), bytes, read, step, submission, counters: self.counters.clone() })
     }
 
     /// The GPU runs a step while the host reads back and streams the one before.
@@ -556,6 +565,7 @@ pub struct GpuPending {
     read: Readback,
     /// This step's number: a later one is queued behind it when the count has moved on.
     step: u64,
+    submission: Option<wgpu::SubmissionIndex>,
     counters: Rc<Cell<StepCounters>>,
 }
 
@@ -568,7 +578,7 @@ impl PendingStep for GpuPending {
             c.blocking_waits += 1;
         }
         self.counters.set(c);
-        let out = map_read(&self.device, &staging, self.bytes).await;
+        let out = map_read(&self.device, &staging, self.bytes, self.submission.take()).await;
         self.free.borrow_mut().push(staging);
         // A lost device fails the map (or maps garbage): the loss is the error to report.
         self.faults.check()?;
