@@ -70,7 +70,8 @@ async fn rollback_case<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer)
 /// top-5 logprobs, with at least 2 drafts rejected. Returns the speculative run's stats.
 async fn rollback_with<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, method: SpecMethod) -> ferrolm::engine::RequestStats {
     // A chat request to edit code: the answer copies much of the prompt, so drafts are both kept
-    // and rejected.
+    // and rejected. Drafted whether or not drafting pays on this device.
+    engine.set_draft_always(true);
     let gguf = Gguf::read(&std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap()).unwrap();
     let template = ChatTemplate::from_gguf(&gguf.metadata, tok).unwrap();
     let text = render_chat(template.as_ref(), &[ChatMessage { role: "user".into(), content: ferrolm::api::bench::CODE_EDIT_PROMPT.into() }], None, true, usize::MAX).unwrap();
@@ -153,6 +154,7 @@ fn sampled_speculation_keeps_the_target_distribution() {
     const DRAWS: u64 = 512;
     let opts = ModelOptions { max_seqs: 64, ..ModelOptions::new(64, 256) };
     let (mut engine, tok) = common::cpu_engine(opts);
+    engine.set_draft_always(true);
     let bytes = shallow_flat_smollm2();
     engine.set_draft_model(ferrolm::backend::cpu::SimdModel::load(&Gguf::read(&bytes[..]).unwrap(), &bytes[..], &opts, 2).unwrap()).unwrap();
     let prompt = tok.encode_prompt("The capital of France is", false).unwrap();

@@ -172,7 +172,8 @@ fn json_schemas_hold_greedy_and_sampled_alone_batched_and_speculative() {
     record("structured-cpu.json", &batched);
 
     // A third of the cases alone: the same tokens. Greedy ones also with n-gram speculation
-    // (sampled ones keep the distribution, not the draws).
+    // (sampled ones keep the distribution, not the draws), drafted whether or not it pays.
+    engine.set_draft_always(true);
     for (req, want) in batched.iter().step_by(3) {
         let alone = pollster::block_on(run_alone(&mut engine, &tok, req.clone()));
         assert_eq!(&alone.generation.tokens, want, "alone differs from batched");

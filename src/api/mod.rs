@@ -145,6 +145,11 @@ impl Runtime {
         }
     }
 
+    /// See [`Engine::set_draft_always`].
+    pub fn set_draft_always(&mut self, always: bool) {
+        with_engine!(self, e => e.set_draft_always(always))
+    }
+
     pub fn kv_map(&self) -> crate::engine::KvMap {
         with_engine!(self, e => e.kv_map())
     }

@@ -196,6 +196,10 @@ mod cli {
         /// Longest draft (adaptive below it).
         #[arg(long, default_value_t = 4)]
         draft_k: usize,
+        /// Draft at every step the drafter has a proposal, even where the step costs measured
+        /// on this device say a plain step pays more (for comparison).
+        #[arg(long)]
+        draft_always: bool,
     }
 
     // Parsed once per run: the size of its largest variant does not matter.
@@ -404,6 +408,7 @@ mod cli {
                     if let Some(SpecArg::Draft) = spec.speculative {
                         load_draft(&mut runtime, &args, &spec)?;
                     }
+                    runtime.set_draft_always(spec.draft_always);
                     return run_batch(&mut runtime, &tokenizer, requests);
                 }
                 let ids = render(prompt.expect("clap requires --prompt without --prompts-file"))?;
@@ -411,6 +416,7 @@ mod cli {
                 if let Some(SpecArg::Draft) = spec.speculative {
                     load_draft(&mut runtime, &args, &spec)?;
                 }
+                runtime.set_draft_always(spec.draft_always);
                 let load_ms = now_ms() - t0;
                 let mut stdout = std::io::stdout().lock();
                 let gen = pollster::block_on(runtime.generate(&tokenizer, Request { prompt: ids, opts: opts.clone() }, |piece| {
@@ -489,7 +495,7 @@ mod cli {
                     let template = ChatTemplate::from_gguf(&m.gguf.metadata, &tokenizer)?;
                     let mut runtime = load(&args, &m)?;
                     if let Some(path) = draft_model {
-                        let spec = SpecArgs { speculative: Some(SpecArg::Draft), draft_model: Some(path), draft_k: 4 };
+                        let spec = SpecArgs { speculative: Some(SpecArg::Draft), draft_model: Some(path), draft_k: 4, draft_always: false };
                         load_draft(&mut runtime, &args, &spec)?;
                     }
                     Ok((runtime, tokenizer, template))

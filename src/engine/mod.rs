@@ -31,7 +31,7 @@ use crate::sample::{Decoder, FinishReason, GenerateOptions, Generation, Grammars
 use crate::tokenizer::Tokenizer;
 use sequence::Sequence;
 use session::Session;
-use speculative::{DraftModel, SpecState};
+use speculative::{DraftModel, SpecState, StepCosts};
 
 pub type RequestId = u64;
 
@@ -118,6 +118,8 @@ struct InFlight<P> {
     /// `(sequence, readback, first logit row, rows)`: one row per draft plus one.
     needs: Vec<(RequestId, Need, usize, usize)>,
     readback: Readback,
+    /// When it was submitted, if nothing else was in flight then: its cost is measured.
+    submitted_ms: Option<f64>,
     /// The step until it is read ([`Engine::score`] reads it early and keeps its picks).
     pending: Option<P>,
     picks: Option<Picks>,
@@ -141,6 +143,8 @@ pub struct Engine<M: ForwardModel> {
     in_flight: Option<InFlight<M::Pending>>,
     /// Submit the next greedy decode step before reading the one in flight.
     pipelined: bool,
+    /// Step costs by tokens fed, for the speculation rule; None: draft whatever they are.
+    costs: Option<StepCosts>,
     steps: u64,
     chained_steps: u64,
     preemptions: u64,
@@ -167,12 +171,20 @@ impl<M: ForwardModel> Engine<M> {
             running: Vec::new(),
             in_flight: None,
             pipelined,
+            costs: Some(StepCosts::default()),
             steps: 0,
             chained_steps: 0,
             preemptions: 0,
             prompt_tokens: 0,
             cached_tokens: 0,
         }
+    }
+
+    /// Speculation drafts only where it pays by the step costs measured on this device (see
+    /// `SpecState::worth`), the default; `always`: whenever the drafter has a proposal (tests
+    /// of the speculation itself, comparisons).
+    pub fn set_draft_always(&mut self, always: bool) {
+        self.costs = if always { None } else { Some(StepCosts::default()) };
     }
 
     /// Pipelining: while every running sequence decodes greedily, the next step is submitted
@@ -403,7 +415,11 @@ impl<M: ForwardModel> Engine<M> {
             },
             (None, None) => unreachable!("a step in flight is pending or read"),
         };
-        let events = self.take_results(tokenizer, &current.plan, &current.needs, picks)?;
+        let step_ms = current.submitted_ms.map(|t0| now_ms() - t0);
+        if let (Some(ms), Some(costs)) = (step_ms, &mut self.costs) {
+            costs.record(current.plan.iter().map(|p| p.1).sum(), ms);
+        }
+        let events = self.take_results(tokenizer, &current.plan, &current.needs, picks, step_ms)?;
         self.drop_stale_in_flight();
         Ok(events)
     }
@@ -412,12 +428,14 @@ impl<M: ForwardModel> Engine<M> {
     async fn start_step(&mut self, tokenizer: &Tokenizer) -> Result<Option<InFlight<M::Pending>>> {
         self.admit();
         let context = self.model.limits().context as usize;
+        let decoding = self.running.iter().filter(|s| s.is_decoding()).count();
         for seq in self.running.iter_mut().filter(|s| s.is_decoding()) {
             if let Some(spec) = &mut seq.spec {
                 // Drafts take positions tokens.len() .. inside the context, and d kept drafts
                 // yield d + 1 tokens: no more than the request still wants.
                 let wanted = seq.decoder.options().max_tokens.saturating_sub(seq.decoder.out.tokens.len() + 1);
-                seq.draft = spec.propose(self.draft.as_mut(), &seq.tokens, context.saturating_sub(seq.tokens.len()).min(wanted)).await?;
+                let room = context.saturating_sub(seq.tokens.len()).min(wanted);
+                seq.draft = spec.propose(self.draft.as_mut(), &seq.tokens, room, self.costs.as_ref(), decoding - 1).await?;
             }
         }
         let plan = self.schedule();
@@ -492,8 +510,9 @@ impl<M: ForwardModel> Engine<M> {
         }
         let masks = (!masks.is_empty()).then_some(&masks[..]);
         let batch = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &logit_rows, block_tables: &tables, masks };
+        let submitted_ms = Some(now_ms());
         let pending = self.model.submit(&batch, readback)?;
-        Ok(Some(InFlight { plan, needs, readback, pending: Some(pending), picks: None }))
+        Ok(Some(InFlight { plan, needs, readback, submitted_ms, pending: Some(pending), picks: None }))
     }
 
     /// Submits the step after `current` before `current` is read, when nothing that step could
@@ -545,12 +564,12 @@ impl<M: ForwardModel> Engine<M> {
         self.chained_steps += 1;
         let plan = next.iter().map(|&(id, _, _)| (id, 1)).collect();
         let needs = next.iter().enumerate().map(|(r, &(id, _, _))| (id, Need::Argmax, r, 1)).collect();
-        Ok(Some(InFlight { plan, needs, readback: Readback::Argmax, pending: Some(pending), picks: None }))
+        Ok(Some(InFlight { plan, needs, readback: Readback::Argmax, submitted_ms: None, pending: Some(pending), picks: None }))
     }
 
     /// Takes a step's picks: accounts for the fed tokens, verifies drafts, emits tokens and
     /// finishes sequences. Sequences cancelled since the step was submitted are skipped.
-    fn take_results(&mut self, tokenizer: &Tokenizer, plan: &[(RequestId, usize)], needs: &[(RequestId, Need, usize, usize)], picked: Picks) -> Result<Vec<Event>> {
+    fn take_results(&mut self, tokenizer: &Tokenizer, plan: &[(RequestId, usize)], needs: &[(RequestId, Need, usize, usize)], picked: Picks, step_ms: Option<f64>) -> Result<Vec<Event>> {
         let context = self.model.limits().context as usize;
         let vocab = self.model.config().vocab_size;
         // Account for the fed tokens (drafts count once kept), then verify and take new tokens.
@@ -591,7 +610,7 @@ impl<M: ForwardModel> Engine<M> {
                 kept += 1;
             }
             if let Some(spec) = &mut seq.spec {
-                spec.record(draft.tokens.len(), kept);
+                spec.record(draft.tokens.len(), kept, step_ms);
                 spec.rollback(seq.computed);
             }
             // Tokens the grammar forces are taken now and fed together in the next forward.
@@ -640,6 +659,7 @@ impl<M: ForwardModel> Engine<M> {
         if let Some(f) = &mut self.in_flight {
             if let Some(pending) = f.pending.take() {
                 f.picks = Some(pending.read().await?);
+                f.submitted_ms = None;
             }
         }
         let mut session = Session::default();

@@ -104,6 +104,30 @@ enum AnyDrafter {
     Model(ModelDrafter),
 }
 
+/// Measured milliseconds of a step by the tokens it fed (1 to 16), smoothed: what a plain step
+/// costs on this device, whatever the backend, against which drafting must pay.
+#[derive(Default)]
+pub(super) struct StepCosts {
+    ms: [f64; 17],
+}
+
+impl StepCosts {
+    /// Records a step of `tokens` tokens that took `ms` from submission to its result.
+    pub fn record(&mut self, tokens: usize, ms: f64) {
+        if let Some(m) = self.ms.get_mut(tokens).filter(|_| tokens > 0) {
+            *m = if *m == 0.0 { ms } else { 0.75 * *m + 0.25 * ms };
+        }
+    }
+
+    pub fn get(&self, tokens: usize) -> Option<f64> {
+        self.ms.get(tokens).copied().filter(|&m| m > 0.0)
+    }
+}
+
+/// Steps in a row the cost rule may keep a sequence from drafting before it drafts once more
+/// (its acceptance may have changed): at most 1 step in 16 spent on a draft that does not pay.
+const REPROBE: u32 = 16;
+
 /// One sequence's speculation: its drafter, the adaptive draft length and the counters.
 pub(super) struct SpecState {
     drafter: AnyDrafter,
@@ -112,6 +136,12 @@ pub(super) struct SpecState {
     /// Verifications in a row that kept no draft, and steps left without drafting.
     misses: u32,
     pause: u32,
+    /// Steps in a row the cost rule chose not to draft.
+    declined: u32,
+    /// Milliseconds the last proposal took.
+    draft_ms: f64,
+    /// Tokens per millisecond of this sequence's drafting steps (smoothed; 0 until measured).
+    draft_rate: f64,
     pub drafted: usize,
     pub accepted: usize,
 }
@@ -129,11 +159,13 @@ impl SpecState {
             }
         };
         let k = spec.k.min(cap).max(1);
-        Ok(SpecState { drafter, k_max: k, k, misses: 0, pause: 0, drafted: 0, accepted: 0 })
+        Ok(SpecState { drafter, k_max: k, k, misses: 0, pause: 0, declined: 0, draft_ms: 0.0, draft_rate: 0.0, drafted: 0, accepted: 0 })
     }
 
-    /// Drafts for the next step, at most `room` (positions left in the context).
-    pub async fn propose<M: ForwardModel>(&mut self, draft: Option<&mut DraftModel<M>>, tokens: &[u32], room: usize) -> Result<Proposal> {
+    /// Drafts for the next step, at most `room` (positions left in the context). `others`:
+    /// the tokens the other sequences feed in the step; `costs`: the measured step costs
+    /// (None: draft whatever they are).
+    pub async fn propose<M: ForwardModel>(&mut self, draft: Option<&mut DraftModel<M>>, tokens: &[u32], room: usize, costs: Option<&StepCosts>, others: usize) -> Result<Proposal> {
         if self.pause > 0 {
             self.pause -= 1;
             return Ok(Proposal::default());
@@ -142,11 +174,20 @@ impl SpecState {
         if k == 0 {
             return Ok(Proposal::default());
         }
+        if costs.is_some_and(|c| !self.worth(c, others)) {
+            self.declined += 1;
+            if self.declined < REPROBE {
+                return Ok(Proposal::default());
+            }
+        }
+        self.declined = 0;
+        let t0 = crate::clock::now_ms();
         let proposal = match (&mut self.drafter, draft) {
             (AnyDrafter::Ngram(d), _) => Ok(d.propose(tokens, k)),
             (AnyDrafter::Model(d), Some(draft)) => d.propose(draft, tokens, k).await,
             (AnyDrafter::Model(_), None) => unreachable!("draft-model speculation is admitted only with a draft model"),
         };
+        self.draft_ms = crate::clock::now_ms() - t0;
         match proposal {
             // The draft model's pool is busy with other requests' drafts: decode plainly.
             Err(Error::KvCacheFull { .. }) => Ok(Proposal::default()),
@@ -154,12 +195,28 @@ impl SpecState {
         }
     }
 
+    /// Whether drafting pays: the tokens a drafting step of this sequence produced per
+    /// millisecond (its k + 1-row forward plus the drafting, measured; kept drafts come in runs,
+    /// so the yield is measured, not modelled) against a plain step's 1 token in the measured
+    /// cost of a step of `others` + 1 tokens. A plain step is measured first, then a drafting one.
+    pub fn worth(&self, costs: &StepCosts, others: usize) -> bool {
+        match costs.get(others + 1) {
+            None => false,
+            Some(plain) => self.draft_rate == 0.0 || self.draft_rate * plain > 1.0,
+        }
+    }
+
     /// Adapts the draft length to how many of `drafted` were kept: the next draft is one longer
     /// than what was kept; verifications that keep nothing pause drafting for 2, 4, ... 32
     /// steps (doubling while they keep failing), so text the drafter cannot predict costs little.
-    pub fn record(&mut self, drafted: usize, kept: usize) {
+    /// `step_ms`: what the verifying step took, when it was measured.
+    pub fn record(&mut self, drafted: usize, kept: usize, step_ms: Option<f64>) {
         if drafted == 0 {
             return;
+        }
+        if let Some(ms) = step_ms {
+            let rate = (kept + 1) as f64 / (ms + self.draft_ms).max(1e-6);
+            self.draft_rate = if self.draft_rate == 0.0 { rate } else { 0.75 * self.draft_rate + 0.25 * rate };
         }
         self.drafted += drafted;
         self.accepted += kept;
@@ -184,5 +241,61 @@ impl SpecState {
         if let (AnyDrafter::Model(d), Some(draft)) = (&mut self.drafter, draft) {
             d.session.release(&mut draft.pool);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> SpecState {
+        SpecState::new(Speculative { method: SpecMethod::Ngram, k: 4 }, 4, None, &SamplingParams::greedy()).unwrap()
+    }
+
+    fn costs(ms: &[f64]) -> StepCosts {
+        let mut c = StepCosts::default();
+        for (i, &m) in ms.iter().enumerate() {
+            c.record(i + 1, m);
+        }
+        c
+    }
+
+    #[test]
+    fn drafts_only_where_the_measured_yield_pays() {
+        let mut s = state();
+        // Nothing measured: a plain step first, then a drafting one.
+        assert!(!s.worth(&StepCosts::default(), 0));
+        let c = costs(&[10.0, 11.0, 16.0]);
+        assert!(s.worth(&c, 0));
+        // 2 drafts, both kept, in a 16 ms step: 3 tokens in 16 ms beat 1 in 10.
+        s.record(2, 2, Some(16.0));
+        assert!(s.worth(&c, 0));
+        // Drafts that keep failing: 1 token per 16 ms step, the smoothed rate drops below.
+        for _ in 0..6 {
+            s.record(2, 0, Some(16.0));
+        }
+        assert!(!s.worth(&c, 0), "rate {}", s.draft_rate);
+        // Against a 2-token step (another sequence in the batch) that costs 30 ms, it pays.
+        assert!(s.worth(&costs(&[10.0, 30.0]), 1));
+        // Slow drafting counts against it: 3 tokens in 16 ms of step and 20 of drafting.
+        let mut s = state();
+        s.draft_ms = 20.0;
+        s.record(2, 2, Some(16.0));
+        assert!(!s.worth(&c, 0));
+        // Unmeasured steps (pipelined, or read early) leave the rate alone.
+        let mut s = state();
+        s.record(2, 2, None);
+        assert_eq!(s.draft_rate, 0.0);
+    }
+
+    #[test]
+    fn step_costs_are_smoothed_and_bounded() {
+        let mut c = StepCosts::default();
+        c.record(1, 100.0);
+        c.record(1, 200.0);
+        assert_eq!(c.get(1), Some(125.0));
+        c.record(0, 5.0);
+        c.record(17, 5.0);
+        assert_eq!((c.get(0), c.get(2), c.get(17)), (None, None, None));
     }
 }

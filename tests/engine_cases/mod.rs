@@ -156,6 +156,8 @@ pub fn speculative(method: SpecMethod, k: usize) -> Option<Speculative> {
 /// plain greedy tokens) for every prompt; returns the total (drafted, accepted) per method.
 /// The engine must have a draft model.
 pub async fn speculative_greedy_identity<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, prompts: &[Vec<u32>], want: &[Vec<u32>]) -> Vec<(usize, usize)> {
+    // The speculation itself, wherever its cost pays or not.
+    engine.set_draft_always(true);
     let mut totals = Vec::new();
     for method in [SpecMethod::Ngram, SpecMethod::Draft] {
         let (mut drafted, mut accepted) = (0, 0);

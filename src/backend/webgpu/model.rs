@@ -486,10 +486,11 @@ impl GpuModel {
         Ok(out)
     }
 
-    /// A readback buffer of at least `bytes` from the free list, or a new one.
+    /// The smallest readback buffer of at least `bytes` from the free list, or a new one (best
+    /// fit: a pipelined argmax step must not hold the buffer a logits step needs next).
     fn take_staging(&self, bytes: u64) -> wgpu::Buffer {
         let mut free = self.staging.borrow_mut();
-        match free.iter().position(|b| b.size() >= bytes) {
+        match free.iter().enumerate().filter(|(_, b)| b.size() >= bytes).min_by_key(|(_, b)| b.size()).map(|(i, _)| i) {
             Some(i) => free.swap_remove(i),
             None => {
                 self.count(|c| c.readback_buffers += 1);
@@ -530,8 +531,14 @@ impl ForwardModel for GpuModel {
             Readback::Top(_) => (Some(&self.topk), rows * TOPK_WORDS as u64 * 4),
             Readback::Logits => (Some(&self.logits), rows * self.config.vocab_size as u64 * 4),
         };
+        // Readback buffers in few sizes, so the free list stops growing once warm: argmax and
+        // top-k ones hold the most rows a step returns (at most 64 KB), logits ones a power of two.
+        let capacity = match read {
+            Readback::Argmax | Readback::Top(_) => bytes / rows.max(1) * self.limits.max_logit_rows as u64,
+            _ => bytes.next_power_of_two(),
+        };
         let staging = src.map(|src| {
-            let staging = self.take_staging(bytes);
+            let staging = self.take_staging(capacity);
             enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
             staging
         });
