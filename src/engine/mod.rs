@@ -189,10 +189,14 @@ impl<M: ForwardModel> Engine<M> {
 
     /// Pipelining: while every running sequence decodes greedily, the next step is submitted
     /// before the one in flight is read, its tokens chained from that step's picks on the
-    /// device. On by default where the backend overlaps steps (a GPU); off, every step is
+    /// device. On by default where the backend overlaps steps (a real GPU); off, every step is
     /// read before the next is submitted. The output is the same either way.
     pub fn set_pipelined(&mut self, on: bool) {
         self.pipelined = on;
+    }
+
+    pub fn pipelined(&self) -> bool {
+        self.pipelined
     }
 
     pub fn model(&self) -> &M {
