@@ -16,10 +16,9 @@ fn decode_step(n_layers: u32, gpu_shapes: bool, pipelined: bool) -> StepCounters
     let model =
         pollster::block_on(async { GpuModel::load(GpuContext::new(GpuOptions { gpu_shapes, ..GpuOptions::default() }).await.unwrap(), &gguf, &bytes[..], &ModelOptions::new(256, 64)).await.unwrap() });
     let mut engine = Engine::new(model);
-    engine.set_pipelined(pipelined);
     let prompt: Vec<u32> = (0..40).map(|i| (i * 37) % 256).collect();
     let n = 32;
-    let c = pollster::block_on(decode_counters(&mut engine, &tok, &prompt, n)).unwrap();
+    let c = pollster::block_on(decode_counters(&mut engine, &tok, &prompt, n, pipelined)).unwrap();
     assert_eq!(c.steps, n as u64, "{c:?}");
     c
 }

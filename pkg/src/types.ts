@@ -26,9 +26,9 @@ export interface LoadOptions {
   context?: number;
   /** Use no optional GPU feature. */
   portable?: boolean;
-  /** WebGPU: read each step's result before submitting the next (default false: while every
-   * request decodes greedily, the next step runs on the GPU while this one streams). Same
-   * output either way; for comparison. */
+  /** WebGPU: read each step's result before submitting the next (default false: on a real GPU,
+   * while every request decodes greedily, the next step runs while this one streams; CPU
+   * emulations such as SwiftShader never pipeline). Same output either way; for comparison. */
   sync?: boolean;
   /** Bytes for the paged KV cache (default 256 MiB; never less than one full context). */
   kvBudgetBytes?: number;

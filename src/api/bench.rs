@@ -84,8 +84,17 @@ pub async fn bench_runs<M: ForwardModel>(
 
 /// Counters of one step of steady single-sequence greedy decode on the GPU: two cold runs of
 /// the start of `prompt`, the second `n` tokens longer, differenced so that prefill and the first
-/// token cancel out (after a warm-up run that compiles the pipelines).
-pub async fn decode_counters(engine: &mut Engine<GpuModel>, tok: &Tokenizer, prompt: &[u32], n: usize) -> Result<StepCounters> {
+/// token cancel out (after a warm-up run that compiles the pipelines). `pipelined`: of the
+/// pipelined step or the step-by-step one, whatever the engine's setting (restored after).
+pub async fn decode_counters(engine: &mut Engine<GpuModel>, tok: &Tokenizer, prompt: &[u32], n: usize, pipelined: bool) -> Result<StepCounters> {
+    let setting = engine.pipelined();
+    engine.set_pipelined(pipelined);
+    let counters = step_counters(engine, tok, prompt, n).await;
+    engine.set_pipelined(setting);
+    counters
+}
+
+async fn step_counters(engine: &mut Engine<GpuModel>, tok: &Tokenizer, prompt: &[u32], n: usize) -> Result<StepCounters> {
     let prompt = &prompt[..prompt.len().min(8)];
     let mut run = async |gen: usize| -> Result<StepCounters> {
         engine.clear_prefix_cache();

@@ -171,12 +171,9 @@ impl Engine {
                     "weight_values_per_token": model.weight_values, "alu_gmac_s": alu / 1e9,
                     "decode_ceiling_tok_s": decode_ceiling(model, bandwidth, alu),
                 });
-                // The counters describe the pipelined step; the timed runs use the default.
-                let default = engine.pipelined();
-                engine.set_pipelined(!self.load.sync);
-                let counters = decode_counters(engine, tok, &prompt, 16).await;
-                engine.set_pipelined(default && !self.load.sync);
-                let head = merge(head, counters.map_err(js_err)?.per_step());
+                // The counters describe the pipelined step; the timed runs use the engine's setting.
+                let counters = decode_counters(engine, tok, &prompt, 16, !self.load.sync).await.map_err(js_err)?;
+                let head = merge(head, counters.per_step());
                 merge(head, bench_runs(engine, tok, self.template.as_ref(), &prompt, gen as usize, runs as usize, stream_gen as usize).await.map_err(js_err)?)
             }
             Runtime::Cpu(engine) => {

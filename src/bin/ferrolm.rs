@@ -599,12 +599,12 @@ mod cli {
                 });
                 let wb = model.weight_bytes as f64;
                 let mut engine = Engine::new(model);
+                if args.sync {
+                    engine.set_pipelined(false);
+                }
                 // The counters describe the pipelined step (with --sync the step-by-step one);
-                // the timed runs use the engine's default for this adapter.
-                let default = engine.pipelined();
-                engine.set_pipelined(!args.sync);
-                let counters = pollster::block_on(decode_counters(&mut engine, &tokenizer, &prompt, 16))?;
-                engine.set_pipelined(default && !args.sync);
+                // the timed runs use the engine's setting for this adapter.
+                let counters = pollster::block_on(decode_counters(&mut engine, &tokenizer, &prompt, 16, !args.sync))?;
                 eprintln!("decode step: {}", counters.per_step());
                 let out = pollster::block_on(bench_runs(&mut engine, &tokenizer, template.as_ref(), &prompt, gen, runs, stream_gen))?;
                 with_mbu(merge(head, counters.per_step()), out, wb, bandwidth)

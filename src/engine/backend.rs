@@ -204,8 +204,12 @@ pub trait ForwardModel {
 pub struct LastPicks(std::cell::RefCell<Vec<u32>>);
 
 impl LastPicks {
-    /// `tokens` with every chained pick replaced by the token it stands for.
-    pub fn resolve(&self, tokens: &[u32]) -> Result<Vec<u32>> {
+    /// `tokens` with every chained pick replaced by the token it stands for (borrowed when
+    /// there is none).
+    pub fn resolve<'a>(&self, tokens: &'a [u32]) -> Result<std::borrow::Cow<'a, [u32]>> {
+        if tokens.iter().all(|&t| t & CHAINED == 0) {
+            return Ok(tokens.into());
+        }
         let last = self.0.borrow();
         tokens
             .iter()
@@ -216,7 +220,8 @@ impl LastPicks {
                     .copied()
                     .ok_or_else(|| Error::InvalidOption { option: "batch", reason: format!("a token chains row {} of the previous step, which chose {} tokens by argmax", t & !CHAINED, last.len()) }),
             })
-            .collect()
+            .collect::<Result<Vec<u32>>>()
+            .map(Into::into)
     }
 
     /// Keeps what a step chose by argmax (anything else leaves nothing to chain).

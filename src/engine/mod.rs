@@ -120,9 +120,14 @@ struct InFlight<P> {
     readback: Readback,
     /// When it was submitted, if nothing else was in flight then: its cost is measured.
     submitted_ms: Option<f64>,
-    /// The step until it is read ([`Engine::score`] reads it early and keeps its picks).
-    pending: Option<P>,
-    picks: Option<Picks>,
+    result: StepResult<P>,
+}
+
+/// A submitted step's result: still on the device, or read early ([`Engine::score`] must read
+/// it before the model runs anything else).
+enum StepResult<P> {
+    Pending(P),
+    Read(Picks),
 }
 
 /// The scheduler over one model on any backend. It owns the model, the bookkeeping of the
@@ -143,8 +148,10 @@ pub struct Engine<M: ForwardModel> {
     in_flight: Option<InFlight<M::Pending>>,
     /// Submit the next greedy decode step before reading the one in flight.
     pipelined: bool,
-    /// Step costs by tokens fed, for the speculation rule; None: draft whatever they are.
-    costs: Option<StepCosts>,
+    /// Step costs by tokens fed, for the speculation rule.
+    costs: StepCosts,
+    /// Draft whatever the costs say (see [`Engine::set_draft_always`]).
+    draft_always: bool,
     steps: u64,
     chained_steps: u64,
     preemptions: u64,
@@ -171,7 +178,8 @@ impl<M: ForwardModel> Engine<M> {
             running: Vec::new(),
             in_flight: None,
             pipelined,
-            costs: Some(StepCosts::default()),
+            costs: StepCosts::default(),
+            draft_always: false,
             steps: 0,
             chained_steps: 0,
             preemptions: 0,
@@ -184,7 +192,7 @@ impl<M: ForwardModel> Engine<M> {
     /// `SpecState::worth`), the default; `always`: whenever the drafter has a proposal (tests
     /// of the speculation itself, comparisons).
     pub fn set_draft_always(&mut self, always: bool) {
-        self.costs = if always { None } else { Some(StepCosts::default()) };
+        self.draft_always = always;
     }
 
     /// Pipelining: while every running sequence decodes greedily, the next step is submitted
@@ -408,20 +416,19 @@ impl<M: ForwardModel> Engine<M> {
         };
         // The next step goes in before this one is read (see `chain`).
         self.in_flight = if self.pipelined { self.chain(&current)? } else { None };
-        let picks = match (current.picks, current.pending) {
-            (Some(picks), _) => picks,
-            (None, Some(pending)) => match pending.read().await {
+        let picks = match current.result {
+            StepResult::Read(picks) => picks,
+            StepResult::Pending(pending) => match pending.read().await {
                 Ok(picks) => picks,
                 Err(e) => {
                     self.in_flight = None;
                     return Err(e);
                 }
             },
-            (None, None) => unreachable!("a step in flight is pending or read"),
         };
         let step_ms = current.submitted_ms.map(|t0| now_ms() - t0);
-        if let (Some(ms), Some(costs)) = (step_ms, &mut self.costs) {
-            costs.record(current.plan.iter().map(|p| p.1).sum(), ms);
+        if let Some(ms) = step_ms {
+            self.costs.record(current.plan.iter().map(|p| p.1).sum(), ms);
         }
         let events = self.take_results(tokenizer, &current.plan, &current.needs, picks, step_ms)?;
         self.drop_stale_in_flight();
@@ -439,7 +446,8 @@ impl<M: ForwardModel> Engine<M> {
                 // yield d + 1 tokens: no more than the request still wants.
                 let wanted = seq.decoder.options().max_tokens.saturating_sub(seq.decoder.out.tokens.len() + 1);
                 let room = context.saturating_sub(seq.tokens.len()).min(wanted);
-                seq.draft = spec.propose(self.draft.as_mut(), &seq.tokens, room, self.costs.as_ref(), decoding - 1).await?;
+                let costs = (!self.draft_always).then_some(&self.costs);
+                seq.draft = spec.propose(self.draft.as_mut(), &seq.tokens, room, costs, decoding - 1).await?;
             }
         }
         let plan = self.schedule();
@@ -516,7 +524,7 @@ impl<M: ForwardModel> Engine<M> {
         let batch = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &logit_rows, block_tables: &tables, masks };
         let submitted_ms = Some(now_ms());
         let pending = self.model.submit(&batch, readback)?;
-        Ok(Some(InFlight { plan, needs, readback, submitted_ms, pending: Some(pending), picks: None }))
+        Ok(Some(InFlight { plan, needs, readback, submitted_ms, result: StepResult::Pending(pending) }))
     }
 
     /// Submits the step after `current` before `current` is read, when nothing that step could
@@ -527,7 +535,7 @@ impl<M: ForwardModel> Engine<M> {
     /// that ends at `current` wasted its row of the next step and gives its blocks back).
     /// Returns None where it does not apply.
     fn chain(&mut self, current: &InFlight<M::Pending>) -> Result<Option<InFlight<M::Pending>>> {
-        if current.pending.is_none() || current.readback != Readback::Argmax || !self.waiting.is_empty() {
+        if !matches!(current.result, StepResult::Pending(_)) || current.readback != Readback::Argmax || !self.waiting.is_empty() {
             return Ok(None);
         }
         if current.plan.len() != current.needs.len() || current.needs.len() != self.running.len() {
@@ -568,7 +576,7 @@ impl<M: ForwardModel> Engine<M> {
         self.chained_steps += 1;
         let plan = next.iter().map(|&(id, _, _)| (id, 1)).collect();
         let needs = next.iter().enumerate().map(|(r, &(id, _, _))| (id, Need::Argmax, r, 1)).collect();
-        Ok(Some(InFlight { plan, needs, readback: Readback::Argmax, submitted_ms: None, pending: Some(pending), picks: None }))
+        Ok(Some(InFlight { plan, needs, readback: Readback::Argmax, submitted_ms: None, result: StepResult::Pending(pending) }))
     }
 
     /// Takes a step's picks: accounts for the fed tokens, verifies drafts, emits tokens and
@@ -660,11 +668,12 @@ impl<M: ForwardModel> Engine<M> {
     /// last positions without `n x vocab` logits): `[n - from][vocab]`.
     pub async fn score_from(&mut self, tokens: &[u32], from: usize) -> Result<Vec<f32>> {
         // The model's next step must follow the one in flight: read that one now.
-        if let Some(f) = &mut self.in_flight {
-            if let Some(pending) = f.pending.take() {
-                f.picks = Some(pending.read().await?);
-                f.submitted_ms = None;
-            }
+        if let Some(f) = self.in_flight.take() {
+            let result = match f.result {
+                StepResult::Pending(pending) => StepResult::Read(pending.read().await?),
+                read => read,
+            };
+            self.in_flight = Some(InFlight { submitted_ms: None, result, ..f });
         }
         let mut session = Session::default();
         let out = session.extend(&self.model, &mut self.pool, tokens, Readback::Logits, Some(from)).await;
