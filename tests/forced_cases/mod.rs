@@ -69,7 +69,7 @@ pub struct Close {
 }
 
 /// The CPU backend (8-bit activations, like llama.cpp) against the exact reference, with the
-/// short cases' near-tie margin (tests/cpu_backend.rs) and a single case's NLL spread.
+/// short cases' near-tie margin (tests/native/cpu_backend.rs) and a single case's NLL spread.
 pub const EIGHT_BIT_VS_EXACT: Close = Close { key: "ref_top5", nll_key: "mean_nll_ref", near_tie: 0.5, min_agree: 0.9, nll_tol: 0.03 };
 
 /// Any backend against llama.cpp (both sides carry 8-bit noise: the wider margin of the short

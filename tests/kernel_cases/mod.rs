@@ -1,4 +1,4 @@
-//! Kernel test cases shared by the native kernel tests (tests/kernels.rs) and the browser tests
+//! Kernel test cases shared by the native kernel tests (tests/native/kernels.rs) and the browser tests
 //! (tests/browser.rs): random inputs, attention over a paged K/V cache and its exact value in f64.
 #![allow(dead_code)]
 

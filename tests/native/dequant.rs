@@ -1,7 +1,7 @@
 //! CPU dequantization against the `gguf` Python package's values on the real files' blocks
 //! (tests/fixtures/dequant.json, written by scripts/make-dequant-fixtures.py): bit for bit.
 
-mod common;
+use crate::common;
 
 use ferrolm::gguf::{dequantize, GgmlType, Gguf};
 

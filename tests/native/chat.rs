@@ -1,6 +1,6 @@
 //! Chat templates from the real GGUFs, rendered with minijinja.
 
-mod common;
+use crate::common;
 
 use ferrolm::chat::{render_chat, ChatMessage, ChatTemplate};
 use ferrolm::gguf::Gguf;

@@ -1,7 +1,7 @@
 //! The `ferrolm` binary as users run it: output formats, and one readable error line with a
 //! non-zero exit for bad input.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

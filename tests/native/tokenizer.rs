@@ -1,6 +1,6 @@
 //! The tokenizers built from GGUF metadata against llama.cpp's ids in `../shared/reference`.
 
-mod common;
+use crate::common;
 
 use ferrolm::gguf::{Gguf, GgufWriter, Value};
 use ferrolm::tokenizer::{Detokenizer, Tokenizer};

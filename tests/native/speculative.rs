@@ -2,9 +2,8 @@
 //! reference runs the engine scenarios elsewhere): greedy identity with both drafters, KV rollback
 //! exactness after rejected drafts, and the sampled distribution with drafting on.
 
-mod common;
-#[path = "engine_cases/mod.rs"]
-mod engine_cases;
+use crate::common;
+use crate::engine_cases;
 
 use std::collections::BTreeMap;
 

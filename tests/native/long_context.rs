@@ -4,7 +4,7 @@
 //! 512-token sliding window, so a wrong window shows here and nowhere in the short cases. Only
 //! the late rows are read back (`Engine::score_from`): 41 rows of logits, not 1,054.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

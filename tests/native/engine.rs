@@ -2,9 +2,8 @@
 //! the engine's scenarios on every backend: the f32 reference, the quantized CPU backend and
 //! WebGPU (lavapipe on CI).
 
-mod common;
-#[path = "engine_cases/mod.rs"]
-mod engine_cases;
+use crate::common;
+use crate::engine_cases;
 
 use engine_cases::*;
 use ferrolm::engine::{BlockPool, Engine, ForwardModel, ModelOptions, Request};

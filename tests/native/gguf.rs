@@ -1,7 +1,7 @@
 //! The GGUF reader: the real files, a round trip of every value type, and hostile input. Every
 //! bad file must give a clear error, never a panic or an allocation the file cannot back.
 
-mod common;
+use crate::common;
 
 use ferrolm::gguf::{GgmlType, Gguf, GgufWriter, Value};
 use ferrolm::Error;

@@ -1,8 +1,8 @@
 //! A short smoke of the fuzz targets (src/api/fuzz.rs) for `make test`: every seed in
 //! fuzz/corpus/<target>/ and seeded mutations of it (bytes flipped, runs cut, duplicated or
 //! spliced with another seed, integers set to extremes) must return without a panic within a
-//! few seconds. Coverage-guided runs are `make fuzz`. `cargo test --test fuzz_smoke --
-//! --ignored` rewrites the generated seeds.
+//! few seconds. Coverage-guided runs are `make fuzz`. `cargo test --test native --
+//! fuzz_smoke:: --ignored` rewrites the generated seeds.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

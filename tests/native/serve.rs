@@ -3,7 +3,7 @@
 //! limits and auth get OpenAI-shaped errors; a client that disconnects cancels its request; and
 //! SIGTERM shuts the server down cleanly.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -1,9 +1,7 @@
 //! The qwen2 architecture (q/k/v biases, NeoX RoPE) on a small synthetic GGUF written here: the
 //! GPU engine against the exact CPU reference, logits of every position and greedy decoding.
 
-mod common;
-#[path = "engine_cases/mod.rs"]
-mod engine_cases;
+use crate::engine_cases;
 
 use ferrolm::backend::reference::ReferenceModel;
 use ferrolm::backend::reference::{CpuModel, Logits};

@@ -1,8 +1,8 @@
 //! Each GPU kernel against the CPU reference, natively (lavapipe on CI): on random inputs and on
 //! real tensors of the SmolLM2 file. Weight repacking + GPU dequantization is bit-exact.
 
-mod common;
-mod kernel_cases;
+use crate::common;
+use crate::kernel_cases;
 
 use ferrolm::backend::reference::ops;
 use ferrolm::backend::webgpu::kernels::{Count, Kernels, Norm, Op, OutCols};

@@ -1,6 +1,6 @@
 //! The CPU reference forward against the exact f32 logits in `../shared/reference/smollm2-135m`.
 
-mod common;
+use crate::common;
 
 use ferrolm::backend::reference::{CpuModel, Logits};
 use ferrolm::gguf::Gguf;

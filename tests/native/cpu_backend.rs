@@ -1,8 +1,8 @@
 //! The quantized CPU backend: its kernels against each other and the exact dequantization,
 //! and its logits against the f32 reference and llama.cpp.
 
-mod common;
-mod cpu_cases;
+use crate::common;
+use crate::cpu_cases;
 
 use ferrolm::backend::cpu::SimdModel;
 use ferrolm::backend::reference::ops::nll;

@@ -6,7 +6,7 @@
 //! own greedy run chose (ours is). The top-5 spread check catches structural mistakes that the
 //! argmax and NLL can miss.
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 

@@ -1,8 +1,8 @@
 //! Gemma 3 270M (Q5_0 / Q4_K / Q6_K / Q8_0) on the GPU engine (lavapipe on CI): logits against
 //! the exact f32 CPU reference on every reference case, and llama.cpp-level agreement (the
-//! checks of tests/gemma3_cpu.rs). The GPU's top-5 are recorded for the browser test.
+//! checks of tests/native/gemma3_cpu.rs). The GPU's top-5 are recorded for the browser test.
 
-mod common;
+use crate::common;
 
 use ferrolm::backend::reference::{CpuModel, Logits};
 use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};

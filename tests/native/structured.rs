@@ -3,8 +3,8 @@
 //! validator (boon) or regex engine, never with llguidance itself; outputs must not change
 //! with batching or speculation; bad grammars are refused at submission with the reason.
 
-mod common;
-mod engine_cases;
+use crate::common;
+use crate::engine_cases;
 
 use engine_cases::{run_alone, run_together};
 use ferrolm::api::tools::{self, Tool, ToolChoice};
