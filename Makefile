@@ -51,9 +51,9 @@ tools: system-packages rust-tools
 build:
 	cargo build --release
 
-# The CLI as `cargo test` builds it (for tests/native/cli.rs): the dev-dependencies widen shared crates'
-# features (syn's among them), so a plain `cargo build` after `make test-native` rebuilds nearly
-# everything (about 3 minutes on 2 cores); this is a no-op then.
+# The CLI as `cargo test` builds it (for tests/native/cli.rs): the dev-dependencies widen shared
+# crates' features (syn's among them), so a plain `cargo build` after `make test-native` rebuilds
+# nearly everything (about 3 minutes on 2 cores); this is a no-op then.
 test-cli:
 	cargo test --release --no-run
 

@@ -320,9 +320,9 @@ fn browser_pool() -> ModelOptions {
 /// and preemption) get exactly the single-request tokens; cancelling frees blocks; a sequence
 /// at the context end stops with `length`; a 160-token shared prefix comes from the prefix
 /// cache with the cold run's tokens and top-5 logprobs; n-gram and draft-model speculation
-/// keep greedy output (the first 12 tokens of each prompt; on the GPU of the last two);
-/// pipelined decoding reports what step-by-step decoding reported natively.
-async fn engine_scenarios<M: ForwardModel>(backend: &str, mut load: impl FnMut(ModelOptions) -> M, tok: &Tokenizer) {
+/// keep greedy output (the first 12 tokens of the last `spec_prompts` prompts); pipelined
+/// decoding reports what step-by-step decoding reported natively.
+async fn engine_scenarios<M: ForwardModel>(backend: &str, spec_prompts: usize, mut load: impl FnMut(ModelOptions) -> M, tok: &Tokenizer) {
     let native = fetch_json(&format!("target/test-artifacts/engine-small-pool-{backend}.json")).await;
     let alone: Vec<Vec<u32>> = serde_json::from_value(native["alone"].clone()).unwrap();
     let mut engine = Engine::new(load(small_pool()));
@@ -344,9 +344,7 @@ async fn engine_scenarios<M: ForwardModel>(backend: &str, mut load: impl FnMut(M
     let native = fetch_json(&format!("target/test-artifacts/speculative-plain-{backend}.json")).await;
     let prompts: Vec<Vec<u32>> = serde_json::from_value(native["prompts"].clone()).unwrap();
     let want: Vec<Vec<u32>> = serde_json::from_value::<Vec<Vec<u32>>>(native["tokens"].clone()).unwrap().into_iter().map(|t| t[..12].to_vec()).collect();
-    // SwiftShader decodes a few tokens a second: on the GPU, the last two prompts (the code
-    // prompt, whose n-gram drafts are kept, among them); natively all five.
-    let skip = if backend == "gpu" { prompts.len() - 2 } else { 0 };
+    let skip = prompts.len().saturating_sub(spec_prompts);
     let (prompts, want) = (&prompts[skip..], &want[skip..]);
     engine.set_draft_model(load(browser_pool())).unwrap();
     let totals = engine_cases::speculative_greedy_identity(&mut engine, tok, prompts, want).await;
@@ -374,7 +372,9 @@ async fn engine_scenarios_on_gpu_in_browser() {
         models.push(gpu_model_with(&bytes, opts).await.0);
     }
     models.reverse();
-    engine_scenarios("gpu", |_| models.pop().expect("three models"), &tok).await;
+    // Speculation on the last two of the five prompts (the code prompt, whose n-gram drafts are
+    // kept, among them): SwiftShader decodes a few tokens a second; natively all five run.
+    engine_scenarios("gpu", 2, |_| models.pop().expect("three models"), &tok).await;
 }
 
 /// The CPU backend's wasm simd128 kernels equal the scalar ones bit for bit, and the scalar
@@ -394,7 +394,7 @@ async fn engine_scenarios_on_cpu_in_browser() {
     let bytes = smollm2().await;
     let gguf = Gguf::read(&bytes[..]).unwrap();
     let tok = Tokenizer::from_gguf(&gguf.metadata).unwrap();
-    engine_scenarios("cpu", |opts| SimdModel::load(&gguf, &bytes[..], &opts, 1).unwrap(), &tok).await;
+    engine_scenarios("cpu", usize::MAX, |opts| SimdModel::load(&gguf, &bytes[..], &opts, 1).unwrap(), &tok).await;
 }
 
 /// A model file from the test server.
@@ -416,8 +416,8 @@ fn long_opts() -> ModelOptions {
     ModelOptions::new(1280, 128)
 }
 
-/// Long context on the CPU backend (simd128, one thread), as natively (tests/native/long_context.rs):
-/// SmolLM2's ~1,050-token case as close to the exact reference as llama.cpp, Gemma 3's across
+/// Long context on the CPU backend (simd128, one thread), as natively
+/// (tests/native/long_context.rs): SmolLM2's ~1,050-token case as close to the exact reference as llama.cpp, Gemma 3's across
 /// its 512-token sliding window in agreement with llama.cpp.
 #[wasm_bindgen_test]
 async fn long_context_on_cpu_in_browser() {

@@ -1,8 +1,8 @@
 //! Fuzz targets over the untrusted inputs: a model file (through its config, tokenizer and chat
 //! template), a chat template alone, and a request's JSON. Each takes any bytes and must return:
 //! errors are expected, a panic, a hang or unbounded memory is a bug. `fuzz/` runs them under
-//! libFuzzer (`make fuzz`); tests/native/fuzz_smoke.rs runs their seed corpora and seeded mutations of
-//! them in `make test`.
+//! libFuzzer (`make fuzz`); tests/native/fuzz_smoke.rs runs their seed corpora and seeded
+//! mutations of them in `make test`.
 
 use super::request::{options_from_json, SubmitInput};
 use crate::chat::{ChatMessage, ChatTemplate};

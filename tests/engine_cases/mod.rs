@@ -1,6 +1,6 @@
-//! Batching-engine scenarios shared by the native tests (tests/native/engine.rs, tests/native/speculative.rs)
-//! and the browser tests (tests/browser.rs), kept in a folder so it is no test crate of its own:
-//! the same code on every backend (the f32 reference, and WebGPU on lavapipe and SwiftShader).
+//! Batching-engine scenarios shared by the native tests (tests/native/engine.rs,
+//! tests/native/speculative.rs) and the browser tests (tests/browser.rs): the same code on every
+//! backend (the f32 reference, and WebGPU on lavapipe and SwiftShader).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
-//! Kernel test cases shared by the native kernel tests (tests/native/kernels.rs) and the browser tests
-//! (tests/browser.rs): random inputs, attention over a paged K/V cache and its exact value in f64.
+//! Kernel test cases shared by the native kernel tests (tests/native/kernels.rs) and the browser
+//! tests (tests/browser.rs): random inputs, attention over a paged K/V cache and its exact value in f64.
 #![allow(dead_code)]
 
 use ferrolm::backend::webgpu::kernels::AttnDims;

@@ -56,8 +56,8 @@ fn smollm2_gpu_shapes_match_f32_reference_and_cpu_greedy() {
     assert!(!model.ctx.info.cpu_like);
     let cpu = reference();
     let reference = common::read_json(&common::reference_path("smollm2-135m/forced-logits.json"));
-    // Two cases: GPU shapes run slowly on a CPU adapter, and tests/native/kernels.rs checks each GPU
-    // kernel shape against the CPU on its own.
+    // Two cases: GPU shapes run slowly on a CPU adapter, and tests/native/kernels.rs checks each
+    // GPU kernel shape against the CPU on its own.
     for case in reference["cases"].as_array().unwrap().iter().take(2) {
         let prompt: Vec<u32> = case["prompt_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let gpu_tokens = pollster::block_on(engine_cases::raw_greedy(&model, &prompt, 10));
