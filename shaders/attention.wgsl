@@ -4,12 +4,13 @@
 // P.V) to `part`; attn_combine.wgsl merges the chunks. When the step's span fits one chunk
 // (the grid has one chunk), the workgroup writes the normalized output itself and the merge
 // pass does not run. Within a chunk, positions go 64 at a time (one per thread for the scores)
-// with an online softmax.
+// with an online softmax. K and V are read in pairs
+// of elements (kv_f16.wgsl or kv_f32.wgsl).
 
 @group(0) @binding(0) var<uniform> P: AttnParams; // attn_params.wgsl
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<KvPair>;
+@group(0) @binding(3) var<storage, read> v_cache: array<KvPair>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 // [(t * n_heads + h) * scratch_stride + chunk] records of head_dim + 2 floats: m, l, P.V.
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
@@ -29,8 +30,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: 
     let t = wid.z;
     let live = t < n_tokens();
     let hd = P.head_dim;
-    let kv_dim = P.n_kv_heads * hd;
-    let kv_off = (h / (P.n_heads / P.n_kv_heads)) * hd;
+    let hd2 = hd / 2u;
+    let row_pairs = P.n_kv_heads * hd2;
+    let kv_off = (h / (P.n_heads / P.n_kv_heads)) * hd2;
     var pos = 0u;
     var seq = 0u;
     if (live) {
@@ -47,7 +49,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: 
 
     var m = -3.0e38;
     var l = 0.0;
-    var acc: array<f32, 4>; // output dims lid, lid + 64, ... (head_dim <= 256)
+    var acc: array<vec2<f32>, 2>; // output dim pairs lid, lid + 64 (head_dim <= 256)
     for (var c = start; c < end; c += 64u) {
         let p = c + lid;
         var s = -3.0e38;
@@ -55,7 +57,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: 
             let slot = kv_slot(seq, p);
             slots[lid] = slot;
             var dotv = 0.0;
-            for (var d = 0u; d < hd; d++) { dotv += q[d] * k_cache[slot * kv_dim + kv_off + d]; }
+            let k0 = slot * row_pairs + kv_off;
+            for (var d = 0u; d < hd2; d++) {
+                let k = kv_pair(k_cache[k0 + d]);
+                dotv += q[2u * d] * k.x + q[2u * d + 1u] * k.y;
+            }
             s = dotv * P.scale;
         }
         scratch[lid] = s;
@@ -79,12 +85,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: 
         l = l * correction + scratch[0];
         m = m_new;
         let count = min(64u, end - c);
-        for (var j = 0u; j < 4u; j++) {
-            let d = lid + 64u * j;
-            if (d < hd) {
+        for (var j = 0u; j < 2u; j++) {
+            let w = lid + 64u * j;
+            if (w < hd2) {
                 var a = acc[j] * correction;
                 for (var i = 0u; i < count; i++) {
-                    a += weights[i] * v_cache[slots[i] * kv_dim + kv_off + d];
+                    a += weights[i] * kv_pair(v_cache[slots[i] * row_pairs + kv_off + w]);
                 }
                 acc[j] = a;
             }
@@ -94,9 +100,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: 
     if (!live || chunk >= P.scratch_stride) { return; }
     if (groups.x == 1u) {
         // The whole span in this chunk: l > 0 (the token's own position always counts).
-        for (var j = 0u; j < 4u; j++) {
-            let d = lid + 64u * j;
-            if (d < hd) { out[t * P.n_heads * hd + h * hd + d] = acc[j] / l; }
+        for (var j = 0u; j < 2u; j++) {
+            let w = lid + 64u * j;
+            if (w < hd2) {
+                let o = t * P.n_heads * hd + h * hd + 2u * w;
+                out[o] = acc[j].x / l;
+                out[o + 1u] = acc[j].y / l;
+            }
         }
         return;
     }
@@ -105,8 +115,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: 
         part[o] = m;
         part[o + 1u] = l;
     }
-    for (var j = 0u; j < 4u; j++) {
-        let d = lid + 64u * j;
-        if (d < hd) { part[o + 2u + d] = acc[j]; }
+    for (var j = 0u; j < 2u; j++) {
+        let w = lid + 64u * j;
+        if (w < hd2) {
+            part[o + 2u + 2u * w] = acc[j].x;
+            part[o + 3u + 2u * w] = acc[j].y;
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 @group(0) @binding(0) var<uniform> P: AttnParams; // attn_params.wgsl
 @group(0) @binding(1) var<storage, read> s: array<f32>;
-@group(0) @binding(2) var<storage, read> v_cache: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> v_cache: array<KvQuad>; // kv_f16.wgsl or kv_f32.wgsl
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> batch: array<u32>;
 
@@ -36,7 +36,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     var a3 = vec4<f32>(0.0);
     for (var p = start; p < end; p++) {
         if (p % bs == 0u) { slot = kv_slot(seq, p); }
-        let v = v_cache[slot * row4 + v_off];
+        let v = kv_quad(v_cache[slot * row4 + v_off]);
         slot += 1u;
         a0 += s[o + p] * v;
         if (QH > 1u) { a1 += s[o + so + p] * v; }

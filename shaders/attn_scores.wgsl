@@ -7,14 +7,14 @@
 
 @group(0) @binding(0) var<uniform> P: AttnParams; // attn_params.wgsl
 @group(0) @binding(1) var<storage, read> qkv: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k_cache: array<KvQuad>; // kv_f16.wgsl or kv_f32.wgsl
 @group(0) @binding(3) var<storage, read_write> s: array<f32>;
 @group(0) @binding(4) var<storage, read> batch: array<u32>;
 
 // Query heads per thread (1-4), dividing the heads per KV head.
 override QH: u32 = 1u;
 
-// Where row p of one KV head starts in the cache, in vec4s.
+// Where row p of one KV head starts in the cache, in 4-element units.
 fn k_row(seq: u32, p: u32, kv_off4: u32) -> u32 { return kv_slot(seq, p) * (P.n_kv_heads * P.head_dim / 4u) + kv_off4; }
 
 fn store(o: u32, p0: u32, start: u32, pos: u32, a: vec4<f32>) {
@@ -47,10 +47,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     var a2 = vec4<f32>(0.0);
     var a3 = vec4<f32>(0.0);
     for (var d = 0u; d < hd4; d++) {
-        let c0 = k_cache[k0 + d];
-        let c1 = k_cache[k1 + d];
-        let c2 = k_cache[k2 + d];
-        let c3 = k_cache[k3 + d];
+        let c0 = kv_quad(k_cache[k0 + d]);
+        let c1 = kv_quad(k_cache[k1 + d]);
+        let c2 = kv_quad(k_cache[k2 + d]);
+        let c3 = kv_quad(k_cache[k3 + d]);
         let q = qkv[q0 + d];
         a0 += vec4<f32>(dot(q, c0), dot(q, c1), dot(q, c2), dot(q, c3));
         if (QH > 1u) {

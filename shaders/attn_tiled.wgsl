@@ -4,12 +4,13 @@
 // (qi, j) = (lid / PC, lid % PC) scores query qi against position j of the chunk, then sums
 // P.V for query qi over output dims j, j + PC, ... with an online softmax across chunks.
 // A tile may mix sequences (continuous batching): it runs once per distinct sequence in it,
-// over the positions that sequence's queries see.
+// over the positions that sequence's queries see. K and V are read in pairs of
+// elements (kv_f16.wgsl or kv_f32.wgsl) into workgroup memory as f32.
 
 @group(0) @binding(0) var<uniform> P: AttnParams; // attn_params.wgsl
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<KvPair>;
+@group(0) @binding(3) var<storage, read> v_cache: array<KvPair>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read> batch: array<u32>;
 
@@ -33,8 +34,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let j = lid % PC;
     let t = wid.y * TQ + qi;
     let hd = P.head_dim;
-    let kv_dim = P.n_kv_heads * hd;
-    let kv_off = (h / (P.n_heads / P.n_kv_heads)) * hd;
+    let hd2 = hd / 2u;
+    let row_pairs = P.n_kv_heads * hd2;
+    let kv_off = (h / (P.n_heads / P.n_kv_heads)) * hd2;
     let live = t < n_tokens();
     var seq = NONE;
     var pos = 0u;
@@ -80,8 +82,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var c = lo; c < hi; c += PC) {
             if (lid < PC) { slots[lid] = kv_slot(gs, min(c + lid, hi - 1u)); }
             workgroupBarrier();
-            for (var i = lid; i < PC * hd; i += 64u) {
-                kv[i] = k_cache[slots[i / hd] * kv_dim + kv_off + i % hd];
+            for (var i = lid; i < PC * hd2; i += 64u) {
+                let x = kv_pair(k_cache[slots[i / hd2] * row_pairs + kv_off + i % hd2]);
+                kv[2u * i] = x.x;
+                kv[2u * i + 1u] = x.y;
             }
             workgroupBarrier();
             let p = c + j;
@@ -105,8 +109,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
             let correction = exp(m - m_new);
             workgroupBarrier();
-            for (var i = lid; i < PC * hd; i += 64u) {
-                kv[i] = v_cache[slots[i / hd] * kv_dim + kv_off + i % hd];
+            for (var i = lid; i < PC * hd2; i += 64u) {
+                let x = kv_pair(v_cache[slots[i / hd2] * row_pairs + kv_off + i % hd2]);
+                kv[2u * i] = x.x;
+                kv[2u * i + 1u] = x.y;
             }
             workgroupBarrier();
             if (mine) {

@@ -2,6 +2,8 @@
 // q is rotated in place; k is rotated on its way into the cache. The cos/sin table is computed
 // once on the CPU in f64 (`rope[pos][i] = (cos, sin)`), so angles match the reference exactly.
 // NEOX pairs (i, i + d/2); otherwise adjacent pairs (2i, 2i + 1) as GGML's "normal" rope.
+// The cache holds pairs of elements (kv_f16.wgsl or kv_f32.wgsl): pair w of a slot's row is
+// elements (2w, 2w + 1), so each thread writes whole pairs and computes both elements itself.
 
 struct Params {
     n_heads: u32,
@@ -13,8 +15,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read_write> qkv: array<f32>;
 @group(0) @binding(2) var<storage, read> rope: array<vec2<f32>>;
-@group(0) @binding(3) var<storage, read_write> k_cache: array<f32>;
-@group(0) @binding(4) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(3) var<storage, read_write> k_cache: array<KvPair>;
+@group(0) @binding(4) var<storage, read_write> v_cache: array<KvPair>;
 @group(0) @binding(5) var<storage, read> batch: array<u32>;
 
 override NEOX: bool = false;
@@ -28,6 +30,26 @@ fn pair(i: u32) -> vec2<u32> {
     return vec2<u32>(base + 2u * j, base + 2u * j + 1u);
 }
 
+// Element e of the rotated k whose row starts at k0: (a, b) is e's pair, e the first or second.
+fn rotated_k(k0: u32, pos: u32, e: u32) -> f32 {
+    let half = P.head_dim / 2u;
+    let d = e % P.head_dim;
+    var j = d / 2u;
+    var first = d % 2u == 0u;
+    var other = e + 1u;
+    if (NEOX) {
+        j = d % half;
+        first = d < half;
+        other = e + half;
+    }
+    if (!first) { other = select(e - 1u, e - half, NEOX); }
+    let cs = rope[pos * half + j];
+    let x = qkv[k0 + e];
+    let y = qkv[k0 + other];
+    if (first) { return x * cs.x - y * cs.y; }
+    return y * cs.y + x * cs.x;
+}
+
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = wid.x;
@@ -37,7 +59,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let row = t * P.qkv_stride;
     let q_dim = P.n_heads * P.head_dim;
     let kv_dim = P.n_kv_heads * P.head_dim;
-    let slot = kv_slot(seq_id(t), pos);
+    let pairs = kv_dim / 2u;
+    let out = kv_slot(seq_id(t), pos) * pairs;
+    for (var w = lid; w < pairs; w += 64u) {
+        let k0 = row + q_dim;
+        k_cache[out + w] = kv_pack(vec2<f32>(rotated_k(k0, pos, 2u * w), rotated_k(k0, pos, 2u * w + 1u)));
+        let v0 = row + q_dim + kv_dim + 2u * w;
+        v_cache[out + w] = kv_pack(vec2<f32>(qkv[v0], qkv[v0 + 1u]));
+    }
     for (var i = lid; i < P.n_heads * half; i += 64u) {
         let cs = rope[pos * half + i % half];
         let p = pair(i) + row;
@@ -45,16 +74,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let b = qkv[p.y];
         qkv[p.x] = a * cs.x - b * cs.y;
         qkv[p.y] = a * cs.y + b * cs.x;
-    }
-    for (var i = lid; i < P.n_kv_heads * half; i += 64u) {
-        let cs = rope[pos * half + i % half];
-        let p = pair(i);
-        let a = qkv[row + q_dim + p.x];
-        let b = qkv[row + q_dim + p.y];
-        k_cache[slot * kv_dim + p.x] = a * cs.x - b * cs.y;
-        k_cache[slot * kv_dim + p.y] = a * cs.y + b * cs.x;
-    }
-    for (var i = lid; i < kv_dim; i += 64u) {
-        v_cache[slot * kv_dim + i] = qkv[row + q_dim + kv_dim + i];
     }
 }

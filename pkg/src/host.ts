@@ -134,7 +134,7 @@ export class EngineHost {
     await this.unload();
     this.lost = null;
     try {
-      this.engine = await wasm.Engine.fromBytes(bytes, { device, threads, context: opts.context ?? 0, portable: !!opts.portable, sync: !!opts.sync, kvBudgetBytes: opts.kvBudgetBytes, startedMs: started });
+      this.engine = await wasm.Engine.fromBytes(bytes, { device, threads, context: opts.context ?? 0, portable: !!opts.portable, sync: !!opts.sync, kvBudgetBytes: opts.kvBudgetBytes, kvType: opts.kvType, startedMs: started });
       this.wasm = wasm;
     } catch (e) {
       throw classify(e);

@@ -32,6 +32,9 @@ export interface LoadOptions {
   sync?: boolean;
   /** Bytes for the paged KV cache (default 256 MiB; never less than one full context). */
   kvBudgetBytes?: number;
+  /** WebGPU: the KV cache's element type (default "f16", packed in u32, no `shader-f16`
+   * needed; "f32" takes twice the memory a token and is exact against the f32 reference). */
+  kvType?: "f16" | "f32";
   /** Keep downloaded models in the browser's Cache Storage (default true). */
   cache?: boolean;
   /** Where ferrolm_bg.wasm is served from (default: beside the package's wasm glue). */

@@ -328,7 +328,7 @@ fn probe_buffer(model: &GpuModel, size: u64, usage: wgpu::BufferUsages) -> wgpu:
 
 fn probe_kernels(model: &GpuModel) -> Kernels {
     let batch = probe_buffer(model, 64, wgpu::BufferUsages::STORAGE);
-    Kernels::new(&model.ctx.device, &batch, model.ctx.info.cpu_like, model.ctx.info.subgroup_rows)
+    Kernels::new(&model.ctx.device, &batch, model.ctx.info.cpu_like, model.ctx.info.subgroup_rows, model.ctx.kv)
 }
 
 /// Seconds per run of a probe `op` (which writes `sink`): a warm-up run (pipeline compilation,

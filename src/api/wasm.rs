@@ -7,7 +7,7 @@ use wasm_bindgen::prelude::*;
 use super::bench::{bench_runs, decode_ceiling, decode_counters, dequant_rate, dispatch_overhead_us, merge, read_bandwidth, PRINTING_PRESS_PROMPT};
 use super::request::{encode_input, GenerateRequest, Input, SubmitInput};
 use super::{Device, LoadOptions, Runtime};
-use crate::backend::webgpu::GpuOptions;
+use crate::backend::webgpu::{GpuOptions, KvType};
 use crate::chat::ChatTemplate;
 use crate::clock::now_ms;
 use crate::engine::{Event, ForwardModel, Request, RequestStats};
@@ -73,7 +73,8 @@ struct ModelInfo {
 impl Engine {
     /// Loads a model gathered in a [`ModelBytes`] (the npm package streams downloads and cache
     /// reads into one, so the page never holds the file twice). `options`: `{device: "gpu" |
-    /// "cpu" | "reference", context, portable, kvBudgetBytes, threads, startedMs}`, all optional.
+    /// "cpu" | "reference", context, portable, kvBudgetBytes, kvType: "f16" | "f32", threads,
+    /// startedMs}`, all optional.
     #[wasm_bindgen(js_name = fromBytes)]
     pub async fn from_bytes(bytes: ModelBytes, options: JsValue) -> Result<Engine, JsError> {
         let o: LoadRequest = if options.is_undefined() || options.is_null() {
@@ -94,7 +95,12 @@ impl Engine {
             0 => config.context_len.min(2048),
             n => n.min(config.context_len),
         };
-        let gpu = if o.portable { GpuOptions::portable() } else { GpuOptions::default() };
+        let kv = match o.kv_type.as_deref().unwrap_or("f16") {
+            "f16" => KvType::F16,
+            "f32" => KvType::F32,
+            other => return Err(JsError::new(&format!("invalid load options: kvType \"{other}\"; use \"f16\" or \"f32\""))),
+        };
+        let gpu = GpuOptions { kv, ..if o.portable { GpuOptions::portable() } else { GpuOptions::default() } };
         let load = LoadOptions { device, context, gpu, kv_budget_bytes: o.kv_budget_bytes.map(|b| b.max(0.0) as u64), threads: o.threads.unwrap_or(1), sync: o.sync };
         // The tokenizer (a second for Gemma's 262k-token vocabulary) is built while the GPU
         // process uploads and compiles what the load queued; awaiting a resolved promise first
@@ -325,6 +331,8 @@ struct LoadRequest {
     context: u32,
     portable: bool,
     kv_budget_bytes: Option<f64>,
+    /// The GPU KV cache's element type: "f16" (default) or "f32".
+    kv_type: Option<String>,
     /// CPU backend threads (1 unless this is the threaded build in an isolated page).
     threads: Option<usize>,
     /// `Date.now()` when the download started, so loadMs covers it.

@@ -27,7 +27,7 @@ mod cli {
     use ferrolm::api::{Device, LoadOptions, Runtime};
     use ferrolm::backend::cpu::SimdModel;
     use ferrolm::backend::reference::ops::nll;
-    use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
+    use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions, KvType};
     use ferrolm::chat::{render_chat, ChatMessage, ChatTemplate};
     use ferrolm::clock::now_ms;
     use ferrolm::engine::{Engine, Event, ForwardModel, ModelOptions, Request};
@@ -63,6 +63,10 @@ mod cli {
         /// Megabytes for the paged KV cache [default: 256; at least one full context].
         #[arg(long)]
         kv_budget_mb: Option<u64>,
+        /// GPU: the KV cache's element type; f32 takes twice the memory and is exact against
+        /// the f32 reference.
+        #[arg(long, value_enum, default_value_t = KvArg::F16)]
+        kv_type: KvArg,
         /// CPU backend threads [default: one per core].
         #[arg(long, default_value_t = 0)]
         threads: usize,
@@ -70,6 +74,17 @@ mod cli {
         /// comparison).
         #[arg(long)]
         sync: bool,
+    }
+
+    #[derive(Clone, Copy, ValueEnum)]
+    enum KvArg {
+        F16,
+        F32,
+    }
+
+    fn gpu_options(args: &ModelArgs) -> GpuOptions {
+        let base = if args.portable { GpuOptions::portable() } else { GpuOptions::default() };
+        GpuOptions { kv: if matches!(args.kv_type, KvArg::F32) { KvType::F32 } else { KvType::F16 }, ..base }
     }
 
     #[derive(Clone, Copy, ValueEnum)]
@@ -345,7 +360,7 @@ mod cli {
     }
 
     fn load_options(args: &ModelArgs, m: &Loaded) -> Result<LoadOptions> {
-        let gpu = if args.portable { GpuOptions::portable() } else { GpuOptions::default() };
+        let gpu = gpu_options(args);
         let device = match args.device {
             DeviceArg::Cpu => Device::Cpu,
             DeviceArg::Reference => Device::Reference,
@@ -579,7 +594,7 @@ mod cli {
                 with_mbu(head, out, wb, bandwidth)
             }
             DeviceArg::Gpu => {
-                let gpu = if args.portable { GpuOptions::portable() } else { GpuOptions::default() };
+                let gpu = gpu_options(args);
                 let model = pollster::block_on(async { GpuModel::load(GpuContext::new(gpu).await?, &gguf, &bytes[..], &opts).await })?;
                 let load_ms = now_ms() - t0;
                 let bandwidth = pollster::block_on(read_bandwidth(&model))?;

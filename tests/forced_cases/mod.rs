@@ -33,6 +33,17 @@ fn mean_nll(case: &Value, vocab: usize, logits: &[f32]) -> f64 {
 /// 0.02, the same argmax, the mean NLL within 1%, as in the short cases. Returns the worst
 /// logit difference and the NLL ratio.
 pub fn check_exact(what: &str, case: &Value, vocab: usize, logits: &[f32]) -> (f64, f64) {
+    check_exact_within(what, case, vocab, logits, 0.02)
+}
+
+/// How far an f16 KV cache (the GPU's default) may move an otherwise f32-exact forward's top-5
+/// logits from the exact reference. Measured on lavapipe: at most 0.0085 over SmolLM2's short
+/// cases (within `check_exact`'s 0.02) and 0.025 at position ~1,015 of its long case; 8e-5 on
+/// both with an f32 cache.
+pub const F16_KV_TOP5: f64 = 0.05;
+
+/// [`check_exact`] with top-5 logits within `tol` of the reference's.
+pub fn check_exact_within(what: &str, case: &Value, vocab: usize, logits: &[f32], tol: f64) -> (f64, f64) {
     let from = first_position(case);
     let steps = case["steps"].as_array().unwrap();
     assert_eq!(logits.len(), (tokens(case).2.len() - from) * vocab, "{what}: one row per position from {from}");
@@ -46,7 +57,7 @@ pub fn check_exact(what: &str, case: &Value, vocab: usize, logits: &[f32]) -> (f
             let (id, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap());
             let diff = (row[id] as f64 - want).abs();
             worst = worst.max(diff);
-            assert!(diff <= 0.02, "{what}: case {:.40?} pos {pos} token {id}: logit {} vs reference {want}", case["prompt"].as_str().unwrap_or(""), row[id]);
+            assert!(diff <= tol, "{what}: case {:.40?} pos {pos} token {id}: logit {} vs reference {want}", case["prompt"].as_str().unwrap_or(""), row[id]);
         }
         assert_eq!(argmax(row) as u64, top5[0][0].as_u64().unwrap(), "{what}: argmax differs at pos {pos}");
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use ferrolm::backend::webgpu::kernels::AttnDims;
+use ferrolm::backend::webgpu::KvType;
 use ferrolm::engine::Limits;
 
 /// Three sequences of up to 1024 positions over a shuffled pool of 16-position blocks.
@@ -19,6 +20,29 @@ pub fn random(n: usize, seed: u64) -> Vec<f32> {
             (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         })
         .collect()
+}
+
+/// `values` as a GPU KV cache of type `kv` holds them, as u32 words: f32 bits, or f16 (round
+/// to nearest even; below f16's smallest normal, zero) two to a word, the first in the low half.
+pub fn kv_words(kv: KvType, values: &[f32]) -> Vec<u32> {
+    let f16 = |v: f32| if v.abs() < f32::powi(2.0, -14) { half::f16::from_f32(0.0 * v.signum()) } else { half::f16::from_f32(v) }.to_bits() as u32;
+    match kv {
+        KvType::F32 => values.iter().map(|v| v.to_bits()).collect(),
+        KvType::F16 => values.chunks(2).map(|p| f16(p[0]) | f16(p[1]) << 16).collect(),
+    }
+}
+
+/// The values the words of a KV cache of type `kv` hold.
+pub fn kv_values(kv: KvType, words: &[u32]) -> Vec<f32> {
+    match kv {
+        KvType::F32 => words.iter().map(|w| f32::from_bits(*w)).collect(),
+        KvType::F16 => words.iter().flat_map(|w| [half::f16::from_bits(*w as u16).to_f32(), half::f16::from_bits((*w >> 16) as u16).to_f32()]).collect(),
+    }
+}
+
+/// Random KV cache contents that `kv` holds exactly, so the cache adds no rounding.
+pub fn random_kv(kv: KvType, n: usize, seed: u64) -> Vec<f32> {
+    kv_values(kv, &kv_words(kv, &random(n, seed)))
 }
 
 /// Each sequence's block table: a fixed shuffle of the pool, dealt out.

@@ -7,7 +7,7 @@ use crate::kernel_cases;
 use ferrolm::backend::reference::ops;
 use ferrolm::backend::webgpu::kernels::{Count, Kernels, Norm, Op, OutCols};
 use ferrolm::backend::webgpu::weights::{GpuTensor, GPU_MATRIX_TYPES};
-use ferrolm::backend::webgpu::{batch_to_words, batch_words, GpuContext, GpuOptions};
+use ferrolm::backend::webgpu::{batch_to_words, batch_words, GpuContext, GpuOptions, KvType};
 use ferrolm::engine::{Batch, Limits};
 use ferrolm::gguf::{dequantize, GgmlType, Gguf};
 use ferrolm::model::{Activation, RopeStyle};
@@ -41,7 +41,7 @@ impl Harness {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let kernels = Kernels::new(&ctx.device, &batch, cpu_like.unwrap_or(ctx.info.cpu_like), ctx.info.subgroup_rows);
+        let kernels = Kernels::new(&ctx.device, &batch, cpu_like.unwrap_or(ctx.info.cpu_like), ctx.info.subgroup_rows, ctx.kv);
         Harness { ctx, batch, kernels, limits }
     }
 
@@ -80,6 +80,14 @@ impl Harness {
     #[allow(clippy::too_many_arguments)]
     fn upload(&self, max_binding: u64, name: &str, ty: GgmlType, data: &[u8], rows: usize, k: usize, splittable: bool) -> GpuTensor {
         GpuTensor::upload(&self.ctx.device, &self.ctx.queue, max_binding, name, ty, data, rows, k, splittable).unwrap()
+    }
+
+    fn words(&self, data: &[u32]) -> wgpu::Buffer {
+        self.buffer(bytemuck::cast_slice(data))
+    }
+
+    fn read_words(&self, b: &wgpu::Buffer) -> Vec<u32> {
+        bytemuck::cast_slice(&self.read(b)).to_vec()
     }
 
     fn read(&self, b: &wgpu::Buffer) -> Vec<f32> {
@@ -329,22 +337,22 @@ fn topk_matches_cpu_selection_exactly() {
 #[test]
 fn attention_matches_cpu_over_paged_cache() {
     use ferrolm::backend::webgpu::kernels::ATTN_SPLIT_MAX_TOKENS;
-    use kernel_cases::{block_tables, decode_batch, prefill_batch, reference, shapes, worst_difference, LIMITS as ATTN_LIMITS};
+    use kernel_cases::{block_tables, decode_batch, kv_words, prefill_batch, random_kv, reference, shapes, worst_difference, LIMITS as ATTN_LIMITS};
     let tables = block_tables();
     let table_refs: Vec<&[u32]> = tables.iter().map(|t| &t[..]).collect();
     let (decode, prefill) = (decode_batch(), prefill_batch());
     // Spans within one chunk: the split attention writes its output with no merge pass.
     let short: Vec<(u32, u32)> = vec![(0, 200), (1, 5), (2, 255)];
     assert!(decode.len() as u32 <= ATTN_SPLIT_MAX_TOKENS && prefill.len() as u32 > ATTN_SPLIT_MAX_TOKENS);
-    for cpu_like in [false, true] {
-        let h = Harness::with_limits(GpuOptions::default(), Some(cpu_like), ATTN_LIMITS);
+    for (cpu_like, kv) in [(false, KvType::F16), (true, KvType::F16), (false, KvType::F32), (true, KvType::F32)] {
+        let h = Harness::with_limits(GpuOptions { kv, ..GpuOptions::default() }, Some(cpu_like), ATTN_LIMITS);
         for dims in shapes() {
             let slots = (ATTN_LIMITS.n_blocks * ATTN_LIMITS.block_size * dims.n_kv_heads * dims.head_dim) as usize;
-            let (k, v) = (random(slots, 40 + dims.head_dim as u64), random(slots, 41 + dims.head_dim as u64));
+            let (k, v) = (random_kv(kv, slots, 40 + dims.head_dim as u64), random_kv(kv, slots, 41 + dims.head_dim as u64));
             let plan = h.kernels.attention_plan(ATTN_LIMITS.max_batch_tokens, dims, ATTN_LIMITS.context, h.ctx.info.max_binding_size);
             assert_eq!(plan.passes, cpu_like);
             let scratch = h.buffer(&vec![0f32; plan.scratch_floats as usize]);
-            let (kb, vb) = (h.buffer(&k), h.buffer(&v));
+            let (kb, vb) = (h.words(&kv_words(kv, &k)), h.words(&kv_words(kv, &v)));
             for (name, items) in [("decode", &decode), ("decode in one chunk", &short), ("prefill", &prefill)] {
                 let n = items.len();
                 let qkv = random(n * dims.qkv_stride as usize, 50 + n as u64);
@@ -358,7 +366,7 @@ fn attention_matches_cpu_over_paged_cache() {
                     let ops = h.kernels.attention(&qb, &kb, &vb, &ob, dims, scale, window, &plan, &scratch);
                     let got = h.run_batch(&ops, &b, &ob);
                     let worst = worst_difference(&got, &reference(dims, items, &qkv, &k, &v, &tables, scale, window));
-                    assert!(worst <= 2e-5, "{name} {dims:?} window={window} cpu_like={cpu_like}: worst relative difference {worst}");
+                    assert!(worst <= 2e-5, "{name} {dims:?} window={window} cpu_like={cpu_like} {kv:?}: worst relative difference {worst}");
                 }
             }
         }
@@ -512,13 +520,19 @@ fn head_norm_matches_cpu() {
 }
 
 /// `rope_kv` with GGML-normal and NeoX pairs: q rotated in place (k and v stay as they were in
-/// qkv), k rotated and v copied into the cache slot the block table gives each token's
+/// qkv), k rotated and v copied, as f16 or f32, into the cache slot the block table gives each token's
 /// (sequence, position), every other slot untouched. Two sequences over scattered blocks, one
 /// crossing a block boundary within the batch.
 #[test]
 fn rope_kv_matches_cpu_and_fills_paged_cache_slots() {
-    const ROPE_LIMITS: Limits = Limits { max_batch_tokens: 32, context: 64, max_seqs: 2, block_size: 16, n_blocks: 8, kv_bytes_per_token: 0, max_logit_rows: 32, max_draft: 0 };
-    let h = Harness::with_limits(GpuOptions::default(), None, ROPE_LIMITS);
+    for kv in [KvType::F16, KvType::F32] {
+        rope_kv_case(Harness::with_limits(GpuOptions { kv, ..GpuOptions::default() }, None, ROPE_LIMITS), kv);
+    }
+}
+
+const ROPE_LIMITS: Limits = Limits { max_batch_tokens: 32, context: 64, max_seqs: 2, block_size: 16, n_blocks: 8, kv_bytes_per_token: 0, max_logit_rows: 32, max_draft: 0 };
+
+fn rope_kv_case(h: Harness, kv: KvType) {
     let tables: [&[u32]; 2] = [&[5, 2, 7, 0], &[1, 6, 3, 4]];
     let items: Vec<(u32, u32)> = (13..19).map(|p| (0, p)).chain([(1, 0), (1, 50), (1, 63)]).collect();
     let (n, bs, base) = (items.len(), ROPE_LIMITS.block_size, 10000.0);
@@ -538,10 +552,15 @@ fn rope_kv_matches_cpu_and_fills_paged_cache_slots() {
             table.extend(unit);
         }
         let slots = (ROPE_LIMITS.n_blocks * bs) as usize;
-        let qkv = random(n * stride, 80 + hd as u64);
-        let (k0, v0) = (random(slots * kv_dim, 81), random(slots * kv_dim, 82));
+        let mut qkv = random(n * stride, 80 + hd as u64);
+        // f16's edge cases in the first token's v: its largest value, overflow to infinity,
+        // ties to even, values below its smallest normal (flushed to zero), an f32 subnormal.
+        let edges = [65504.0, 65519.0, 65520.0, -1e6, 1e-7, 2.9802322e-8, 4.4703484e-8, 1.000_488_3, 1.001_464_8, -0.0, 6.097555e-5, 1e-45];
+        qkv[q_dim + kv_dim..][..edges.len()].copy_from_slice(&edges);
+        let (k0, v0) = (kernel_cases::random_kv(kv, slots * kv_dim, 81), kernel_cases::random_kv(kv, slots * kv_dim, 82));
         for style in [RopeStyle::Normal, RopeStyle::Neox] {
-            let (qb, rb, kb, vb) = (h.buffer(&qkv), h.buffer(&table), h.buffer(&k0), h.buffer(&v0));
+            let (qb, rb) = (h.buffer(&qkv), h.buffer(&table));
+            let (kb, vb) = (h.words(&kernel_cases::kv_words(kv, &k0)), h.words(&kernel_cases::kv_words(kv, &v0)));
             let got = h.run_batch(&[h.kernels.rope_kv(&qb, &rb, &kb, &vb, dims, style == RopeStyle::Neox)], &b, &qb);
             let (mut want, mut want_k, mut want_v) = (qkv.clone(), k0.clone(), v0.clone());
             for (row, &(seq, pos)) in want.chunks_mut(stride).zip(&items) {
@@ -552,10 +571,14 @@ fn rope_kv_matches_cpu_and_fills_paged_cache_slots() {
                 want_k[slot * kv_dim..][..kv_dim].copy_from_slice(&k);
                 want_v[slot * kv_dim..][..kv_dim].copy_from_slice(&row[q_dim + kv_dim..][..kv_dim]);
             }
-            let what = format!("{dims:?} {style:?}");
+            let what = format!("{dims:?} {style:?} {kv:?}");
             check_close(&got, &want, 1e-6, &format!("qkv {what}"));
-            check_close(&h.read(&kb), &want_k, 1e-6, &format!("k cache {what}"));
-            assert_bits_eq(&h.read(&vb), &want_v, &format!("v cache {what}"));
+            // v is copied: its cached words are exactly the f32 values, or the f16 ones rounded
+            // to nearest even, and slots the batch does not write keep theirs.
+            assert_eq!(h.read_words(&vb), kernel_cases::kv_words(kv, &want_v), "v cache {what}");
+            // k is rotated on the GPU: within f32 rounding, then within half an f16 step.
+            let tol = if kv == KvType::F32 { 1e-6 } else { 5e-4 };
+            check_close(&kernel_cases::kv_values(kv, &h.read_words(&kb)), &want_k, tol, &format!("k cache {what}"));
         }
     }
 }

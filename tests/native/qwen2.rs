@@ -5,7 +5,7 @@ use crate::engine_cases;
 
 use ferrolm::backend::reference::ReferenceModel;
 use ferrolm::backend::reference::{CpuModel, Logits};
-use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
+use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions, KvType};
 use ferrolm::engine::{Engine, ModelOptions};
 use ferrolm::gguf::{Gguf, GgufWriter, Value};
 use ferrolm::model::RopeStyle;
@@ -70,17 +70,22 @@ fn qwen2_gpu_matches_the_cpu_reference() {
     let gguf = Gguf::read(&bytes[..]).unwrap();
     let cpu = CpuModel::load(&gguf, &bytes[..]).unwrap();
     assert!(cpu.config.qkv_bias && cpu.config.rope_style == RopeStyle::Neox, "{:?}", cpu.config);
-    let gpu = pollster::block_on(async { GpuModel::load(GpuContext::new(GpuOptions::default()).await.unwrap(), &gguf, &bytes[..], &ModelOptions::new(128, 32)).await.unwrap() });
     let tokens: Vec<u32> = (0..40).map(|i| (i * 37 + 5) % 512).collect();
     let want = cpu.forward(&tokens, &mut cpu.new_cache(tokens.len()), Logits::All).unwrap();
-    let mut engine = Engine::new(gpu);
-    let got = pollster::block_on(engine.score(&tokens)).unwrap();
-    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
-    println!("qwen2 GPU vs CPU: worst relative logit difference {worst:.2e} over {} positions", tokens.len());
-    assert!(worst < 1e-3, "GPU logits differ from the CPU reference by {worst}");
+    // Measured: 3.9e-6 with an f32 KV cache, 2.5e-3 with the default f16 one; a wiring error
+    // (a bias left out, the wrong RoPE pairs) is off by far more.
+    let load =
+        |kv| pollster::block_on(async { GpuModel::load(GpuContext::new(GpuOptions { kv, ..GpuOptions::default() }).await.unwrap(), &gguf, &bytes[..], &ModelOptions::new(128, 32)).await.unwrap() });
+    for (kv, tol) in [(KvType::F32, 1e-3), (KvType::F16, 5e-3)] {
+        let got = pollster::block_on(Engine::new(load(kv)).score(&tokens)).unwrap();
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
+        println!("qwen2 GPU, {kv:?} KV, vs CPU: worst relative logit difference {worst:.2e} over {} positions", tokens.len());
+        assert!(worst < tol, "GPU logits with an {kv:?} KV cache differ from the CPU reference by {worst}");
+    }
+    let gpu = load(KvType::F16);
     // Greedy decoding through the paged KV caches (chunked prefill, then one token per step).
     let reference = ReferenceModel::new(std::sync::Arc::new(cpu), &ModelOptions::new(128, 32));
-    assert_eq!(pollster::block_on(engine_cases::raw_greedy(&reference, &tokens[..9], 12)), pollster::block_on(engine_cases::raw_greedy(engine.model(), &tokens[..9], 12)), "greedy decoding diverged");
+    assert_eq!(pollster::block_on(engine_cases::raw_greedy(&reference, &tokens[..9], 12)), pollster::block_on(engine_cases::raw_greedy(&gpu, &tokens[..9], 12)), "greedy decoding diverged");
 }
 
 /// Qwen2's pre-tokenizer splits digits one at a time (Llama 3's keeps runs of three): with a

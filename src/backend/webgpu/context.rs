@@ -15,18 +15,41 @@ pub struct GpuOptions {
     /// Run the kernel shapes meant for real GPUs even on a CPU adapter (tests cover them on
     /// lavapipe this way).
     pub gpu_shapes: bool,
+    /// How the KV cache stores K and V.
+    pub kv: KvType,
+}
+
+/// The KV cache's element type (shaders/kv_f16.wgsl, kv_f32.wgsl).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvType {
+    /// f16, two packed in a u32 (no `shader-f16` needed): half the bytes a token takes and
+    /// reads, so twice the context in the same memory. The default, as in llama.cpp.
+    #[default]
+    F16,
+    /// f32: exact against the f32 reference, twice the bytes.
+    F32,
+}
+
+impl KvType {
+    /// Bytes of one element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            KvType::F16 => 2,
+            KvType::F32 => 4,
+        }
+    }
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { allow_subgroups: true, allow_f16: true, allow_timestamps: true, gpu_shapes: false }
+        GpuOptions { allow_subgroups: true, allow_f16: true, allow_timestamps: true, gpu_shapes: false, kv: KvType::F16 }
     }
 }
 
 impl GpuOptions {
     /// No optional feature, as on the most limited adapters (and SwiftShader, which lacks f16).
     pub fn portable() -> Self {
-        GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false, gpu_shapes: false }
+        GpuOptions { allow_subgroups: false, allow_f16: false, allow_timestamps: false, gpu_shapes: false, kv: KvType::F16 }
     }
 }
 
@@ -55,6 +78,8 @@ pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: AdapterInfo,
+    /// The KV cache's element type models on this context use ([`GpuOptions::kv`]).
+    pub kv: KvType,
     pub faults: Faults,
 }
 
@@ -155,7 +180,7 @@ impl GpuContext {
             max_invocations: limits.max_compute_invocations_per_workgroup,
         };
         let faults = Faults::watch(&device);
-        Ok(GpuContext { device, queue, info, faults })
+        Ok(GpuContext { device, queue, info, kv: opts.kv, faults })
     }
 
     /// Destroys the device, as a driver reset would: every step after this fails with

@@ -6,5 +6,5 @@ pub mod kernels;
 mod model;
 pub mod weights;
 
-pub use context::{AdapterInfo, GpuContext, GpuOptions};
+pub use context::{AdapterInfo, GpuContext, GpuOptions, KvType};
 pub use model::{batch_to_words, batch_words, GpuModel, GpuPending, PendingModel, StepCounters};

@@ -179,9 +179,10 @@ impl GpuModel {
         let max_batch_tokens = opts.max_batch_tokens.max(1);
         let (d, qd, kvd, f, v) = (c.d_model as u64, c.q_dim() as u64, c.kv_dim() as u64, c.ffn_dim as u64, c.vocab_size as u64);
         let block_size = BLOCK_SIZE;
-        let kv_bytes_per_token = 2 * c.n_layers as u64 * kvd * 4;
+        let kv_row = kvd * ctx.kv.bytes();
+        let kv_bytes_per_token = 2 * c.n_layers as u64 * kv_row;
         // One layer's K (or V) pool is one binding.
-        let n_blocks = opts.kv_blocks(context, kv_bytes_per_token, max_binding / (kvd * 4 * block_size as u64));
+        let n_blocks = opts.kv_blocks(context, kv_bytes_per_token, max_binding / (kv_row * block_size as u64));
         let max_seqs = opts.max_seqs.clamp(1, max_batch_tokens);
         let t = max_batch_tokens as u64;
         let max_logit_rows = (max_binding / (v * 4)).min(t).max(1) as u32;
@@ -202,7 +203,7 @@ impl GpuModel {
             }))
         };
         let batch = storage("batch", batch_words(&limits) as u64 * 4)?;
-        let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like, ctx.info.subgroup_rows);
+        let kernels = Kernels::new(dev, &batch, ctx.info.cpu_like, ctx.info.subgroup_rows, ctx.kv);
         let x = storage("x", t * d * 4)?;
         // Normalized rows, where the norms are launches of their own (CPU-emulated adapters).
         let h = if kernels.folds_norm() { None } else { Some(storage("h", t * d * 4)?) };
@@ -269,7 +270,7 @@ impl GpuModel {
         prepare(&ops);
         // Gemma's post-norms need the attention and FFN outputs apart from the residual stream.
         let h2 = if c.post_norms { Some(storage("h2", t * d * 4)?) } else { None };
-        let kv_bytes = (n_blocks * block_size) as u64 * kvd * 4;
+        let kv_bytes = (n_blocks * block_size) as u64 * kv_row;
         let attn_plan = kernels.attention_plan(t as u32, dims, limits.context, ctx.info.max_binding_size);
         let attn_scratch = storage("attention scratch", attn_plan.scratch_floats * 4)?;
         for l in 0..c.n_layers {

@@ -21,6 +21,7 @@ use std::rc::Rc;
 
 use wgpu::util::DeviceExt;
 
+use super::context::KvType;
 use crate::gguf::GgmlType;
 use shader::{Access, Shader};
 
@@ -186,14 +187,16 @@ pub struct Kernels {
     cpu_like: bool,
     /// Lanes per row the matmul may sum with subgroup shuffles (0: workgroup memory).
     subgroup_rows: u32,
+    /// The KV cache's element type the cache-reading and -writing kernels are compiled for.
+    kv: KvType,
     pipelines: RefCell<HashMap<PipelineKey, Rc<LazyPipeline>>>,
     layouts: RefCell<HashMap<&'static [Access], Layout>>,
 }
 
 impl Kernels {
     /// `batch` is the step's batch description buffer the kernels read (see batch.wgsl).
-    pub fn new(device: &wgpu::Device, batch: &wgpu::Buffer, cpu_like: bool, subgroup_rows: u32) -> Kernels {
-        Kernels { device: device.clone(), batch: batch.clone(), cpu_like, subgroup_rows, pipelines: RefCell::new(HashMap::new()), layouts: RefCell::new(HashMap::new()) }
+    pub fn new(device: &wgpu::Device, batch: &wgpu::Buffer, cpu_like: bool, subgroup_rows: u32, kv: KvType) -> Kernels {
+        Kernels { device: device.clone(), batch: batch.clone(), cpu_like, subgroup_rows, kv, pipelines: RefCell::new(HashMap::new()), layouts: RefCell::new(HashMap::new()) }
     }
 
     fn layout(&self, access: &'static [Access]) -> Layout {
@@ -226,6 +229,11 @@ impl Kernels {
         }
         let prelude = if needs.batch { shader::BATCH_WGSL } else { "" };
         let attn = if needs.attn_params { shader::ATTN_PARAMS_WGSL } else { "" };
+        let kv = match (needs.kv, self.kv) {
+            (true, KvType::F16) => shader::KV_F16_WGSL,
+            (true, KvType::F32) => shader::KV_F32_WGSL,
+            (false, _) => "",
+        };
         // Lane sums use subgroup shuffles when a row's lanes (TPR) fit the adapter's subgroups.
         let subgroup = needs.reduce_lanes && overrides.iter().any(|&(n, v)| n == "TPR" && v <= self.subgroup_rows);
         let reduce = match (needs.reduce_lanes, subgroup) {
@@ -235,7 +243,7 @@ impl Kernels {
         };
         let enable = if subgroup { SUBGROUP_ENABLE } else { "" };
         let quant = quant.map(|q| format!("{}\n{}", shader::X32_WGSL, shader::quant_source(q))).unwrap_or_default();
-        let source = format!("{enable}{quant}\n{attn}\n{prelude}\n{}\n{reduce}", shader.source());
+        let source = format!("{enable}{quant}\n{attn}\n{kv}\n{prelude}\n{}\n{reduce}", shader.source());
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(shader.label()), source: wgpu::ShaderSource::Wgsl(source.into()) });
         let (_, layout) = self.layout(shader.access());
         let pipeline = Rc::new(LazyPipeline { device: self.device.clone(), shader, module, layout, overrides: key.overrides.clone(), pipeline: OnceCell::new() });

@@ -44,10 +44,13 @@ pub(super) struct Needs {
     pub reduce_lanes: bool,
     /// The weight type's dequantization helpers and the x-slice helpers (x32.wgsl, quant_*.wgsl).
     pub quant: bool,
+    /// The KV cache's element format (kv_f16.wgsl or kv_f32.wgsl, by the model's KvType).
+    pub kv: bool,
 }
 
-const BATCH: Needs = Needs { batch: true, attn_params: false, reduce_lanes: false, quant: false };
-const ATTN: Needs = Needs { batch: true, attn_params: true, reduce_lanes: false, quant: false };
+const BATCH: Needs = Needs { batch: true, attn_params: false, reduce_lanes: false, quant: false, kv: false };
+const ATTN: Needs = Needs { batch: true, attn_params: true, reduce_lanes: false, quant: false, kv: false };
+const ATTN_KV: Needs = Needs { kv: true, ..ATTN };
 
 impl Shader {
     /// The file stem: the shader module's and pipeline's label.
@@ -97,10 +100,12 @@ impl Shader {
 
     pub fn needs(self) -> Needs {
         match self {
-            Shader::Matmul => Needs { batch: true, attn_params: false, reduce_lanes: true, quant: true },
-            Shader::Matvec | Shader::Embed => Needs { batch: true, attn_params: false, reduce_lanes: false, quant: true },
-            Shader::Rmsnorm | Shader::BiasAdd | Shader::HeadNorm | Shader::RopeKv | Shader::Argmax | Shader::Topk => BATCH,
-            Shader::Attention | Shader::AttnTiled | Shader::AttnCombine | Shader::AttnScores | Shader::AttnSoftmax | Shader::AttnPv => ATTN,
+            Shader::Matmul => Needs { reduce_lanes: true, quant: true, ..BATCH },
+            Shader::Matvec | Shader::Embed => Needs { quant: true, ..BATCH },
+            Shader::Rmsnorm | Shader::BiasAdd | Shader::HeadNorm | Shader::Argmax | Shader::Topk => BATCH,
+            Shader::RopeKv => Needs { kv: true, ..BATCH },
+            Shader::Attention | Shader::AttnTiled | Shader::AttnScores | Shader::AttnPv => ATTN_KV,
+            Shader::AttnCombine | Shader::AttnSoftmax => ATTN,
             Shader::ReadBandwidth => Needs::default(),
             // The probe runs the Q4_1 GEMV's arithmetic, so it takes the quant helpers.
             Shader::DequantProbe => Needs { quant: true, ..Needs::default() },
@@ -143,6 +148,8 @@ pub(super) fn quant_source(ty: GgmlType) -> &'static str {
 
 pub(super) const BATCH_WGSL: &str = include_str!("../../../../shaders/batch.wgsl");
 pub(super) const ATTN_PARAMS_WGSL: &str = include_str!("../../../../shaders/attn_params.wgsl");
+pub(super) const KV_F16_WGSL: &str = include_str!("../../../../shaders/kv_f16.wgsl");
+pub(super) const KV_F32_WGSL: &str = include_str!("../../../../shaders/kv_f32.wgsl");
 pub(super) const X32_WGSL: &str = include_str!("../../../../shaders/x32.wgsl");
 pub(super) const REDUCE_SUBGROUP_WGSL: &str = include_str!("../../../../shaders/reduce_subgroup.wgsl");
 pub(super) const REDUCE_WORKGROUP_WGSL: &str = include_str!("../../../../shaders/reduce_workgroup.wgsl");
@@ -180,6 +187,7 @@ mod tests {
             assert_eq!(n.batch, src.contains("var<storage, read> batch"), "{s:?} batch");
             assert_eq!(n.attn_params, src.contains("AttnParams"), "{s:?} attn_params");
             assert_eq!(n.reduce_lanes, src.contains("reduce_lanes("), "{s:?} reduce_lanes");
+            assert_eq!(n.kv, src.contains("array<KvPair>") || src.contains("array<KvQuad>"), "{s:?} kv");
             if n.batch {
                 let last = format!("@binding({}) var<storage, read> batch", s.access().len());
                 assert!(src.contains(&last), "{s:?}: batch is not binding {}", s.access().len());
