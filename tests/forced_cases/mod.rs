@@ -37,9 +37,9 @@ pub fn check_exact(what: &str, case: &Value, vocab: usize, logits: &[f32]) -> (f
 }
 
 /// How far an f16 KV cache (the GPU's default) may move an otherwise f32-exact forward's top-5
-/// logits from the exact reference. Measured on lavapipe: at most 0.0085 over SmolLM2's short
-/// cases (within `check_exact`'s 0.02) and 0.025 at position ~1,015 of its long case; 8e-5 on
-/// both with an f32 cache.
+/// logits from the exact reference. Measured on lavapipe: at most 0.010 over SmolLM2's short
+/// cases (within `check_exact`'s 0.02), 0.011 over its long case (~1,050 positions), 0.014 on
+/// Gemma 3; 8e-5 with an f32 cache. Packing variants moved the long case to 0.025.
 pub const F16_KV_TOP5: f64 = 0.05;
 
 /// [`check_exact`] with top-5 logits within `tol` of the reference's.
