@@ -600,9 +600,11 @@ mod cli {
                 let bandwidth = pollster::block_on(read_bandwidth(&model))?;
                 let alu = pollster::block_on(dequant_rate(&model))?;
                 if profile {
-                    for (step, kernels) in ["prefill", "decode"].iter().zip(model.profile_prompt(&prompt[..prompt.len().min(128)])?) {
-                        let list: Vec<String> = kernels.iter().map(|(l, ms)| format!("{l} {ms:.1}")).collect();
-                        eprintln!("{step} ms per kernel: {}", list.join(", "));
+                    let (steps, gpu) = model.profile_prompt(&prompt[..prompt.len().min(128)])?;
+                    let how = if gpu { "GPU timestamps" } else { "CPU time, a dispatch at a time" };
+                    for (step, kernels) in ["prefill", "decode"].iter().zip(steps) {
+                        let list: Vec<String> = kernels.iter().map(|(l, ms)| format!("{l} {ms:.2}")).collect();
+                        eprintln!("{step} ms per kernel ({how}): {}", list.join(", "));
                     }
                 }
                 let info = model.ctx.info.clone();

@@ -1,10 +1,11 @@
 //! What one step of steady greedy decode costs the host on the GPU engine, counted on small
 //! synthetic models: launches per layer, one pass, one submission, no wait with the GPU idle
-//! (pipelined; one a step without), and only the batch words that changed written.
+//! (pipelined; one a step without), and only the batch words that changed written; and the
+//! GPU time of a step and of each kernel where the adapter has timestamp queries.
 
 use ferrolm::api::bench::{decode_counters, synthetic_llama, LlamaShape};
 use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions, StepCounters};
-use ferrolm::engine::{Engine, ModelOptions};
+use ferrolm::engine::{Batch, Engine, ModelOptions};
 use ferrolm::gguf::Gguf;
 use ferrolm::tokenizer::Tokenizer;
 
@@ -47,4 +48,30 @@ fn a_decode_step_is_one_pass_one_submit_no_idle_wait_and_a_few_bytes() {
     // Step by step (`--sync`), every read waits with nothing queued.
     let sync = decode_step(2, true, false);
     assert_eq!(sync.blocking_waits, sync.steps, "{sync:?}");
+}
+
+/// Timestamp queries (lavapipe has them) time a decode step as the engine encodes it, and each
+/// kernel of a step in a pass of its own: the same kernel labels, in the same order, as the
+/// CPU-timed profile, each with a GPU time.
+#[test]
+fn timestamps_time_the_step_and_each_kernel() {
+    let shape = LlamaShape { n_layers: 2, d_model: 64, n_heads: 2, n_kv_heads: 1, ffn_dim: 128, vocab: 256 };
+    let bytes = synthetic_llama(shape);
+    let gguf = Gguf::read(&bytes[..]).unwrap();
+    let model = pollster::block_on(async { GpuModel::load(GpuContext::new(GpuOptions::default()).await.unwrap(), &gguf, &bytes[..], &ModelOptions::new(256, 64)).await.unwrap() });
+    assert!(model.ctx.info.timestamps, "lavapipe offers timestamp queries: {:?}", model.ctx.info);
+    let table: Vec<u32> = (0..4).collect();
+    let step = Batch { tokens: &[1], positions: &[40], seq_ids: &[0], logit_rows: &[0], block_tables: &[&table], masks: None };
+    let t = pollster::block_on(model.gpu_time(&step)).unwrap().expect("a GPU time");
+    assert!(t.step_ms > 0.0, "{t:?}");
+    let tokens: Vec<u32> = (0..40).map(|i| (i * 37) % 256).collect();
+    let ([prefill, decode], gpu) = model.profile_prompt(&tokens).unwrap();
+    assert!(gpu, "the profile used GPU timestamps");
+    let cpu = model.profile(&step).unwrap();
+    let labels = |k: &[(&'static str, f64)]| k.iter().map(|e| e.0).collect::<Vec<_>>();
+    println!("decode step: {:.3} GPU ms; per kernel: {decode:?}", t.step_ms);
+    for kernels in [&t.kernels, &prefill, &decode] {
+        assert_eq!(labels(kernels), labels(&cpu));
+        assert!(kernels.iter().all(|k| k.1 >= 0.0) && kernels.iter().map(|k| k.1).sum::<f64>() > 0.0, "{kernels:?}");
+    }
 }

@@ -4,7 +4,9 @@
 mod context;
 pub mod kernels;
 mod model;
+mod profile;
 pub mod weights;
 
 pub use context::{AdapterInfo, GpuContext, GpuOptions, KvType};
 pub use model::{batch_to_words, batch_words, GpuModel, GpuPending, PendingModel, StepCounters};
+pub use profile::{GpuTime, KernelTimes};

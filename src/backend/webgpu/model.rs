@@ -108,8 +108,8 @@ pub struct GpuModel {
     /// Readback buffers not held by a pending step; a step takes one big enough and its
     /// [`GpuPending`] puts it back once read.
     staging: Rc<RefCell<Vec<wgpu::Buffer>>>,
-    ops: Vec<Op>,
-    argmax_op: Op,
+    pub(super) ops: Vec<Op>,
+    pub(super) argmax_op: Op,
     masked_argmax_op: Op,
     topk_op: Op,
     /// What the batch buffer holds, so a step writes only the words that changed.
@@ -425,7 +425,7 @@ impl GpuModel {
     /// Writes the words of the batch description that differ from what the buffer holds (in
     /// decode: the header, the token and its position, a block-table entry every 16 tokens), in
     /// runs that swallow gaps of a few equal words. Returns the bytes written.
-    fn write_batch(&self, b: &Batch) -> u64 {
+    pub(super) fn write_batch(&self, b: &Batch) -> u64 {
         const GAP: usize = 8;
         let words = batch_to_words(b, &self.limits);
         let mut written = self.written.borrow_mut();
@@ -461,30 +461,6 @@ impl GpuModel {
     /// Totals since load (see [`StepCounters::per_step_since`]).
     pub fn counters(&self) -> StepCounters {
         self.counters.get()
-    }
-
-    /// Milliseconds per kernel label for one step, each dispatch submitted and waited for on
-    /// its own (native only: the totals include a submission per dispatch, so compare labels,
-    /// not the sum with a real step).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn profile(&self, b: &Batch) -> Result<Vec<(&'static str, f64)>> {
-        b.validate(&self.limits, self.config.vocab_size)?;
-        self.write_batch(b);
-        let (n, rows, span) = (b.tokens.len() as u32, b.logit_rows.len() as u32, b.span());
-        let mut out: Vec<(&'static str, f64)> = Vec::new();
-        for op in self.ops.iter().chain([&self.argmax_op]) {
-            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-            op.encode_span(&mut enc.begin_compute_pass(&Default::default()), n, rows, span);
-            let t0 = std::time::Instant::now();
-            self.ctx.queue.submit([enc.finish()]);
-            let _ = self.ctx.device.poll(wgpu::PollType::wait_indefinitely());
-            let ms = t0.elapsed().as_secs_f64() * 1e3;
-            match out.iter_mut().find(|(l, _)| *l == op.label) {
-                Some(e) => e.1 += ms,
-                None => out.push((op.label, ms)),
-            }
-        }
-        Ok(out)
     }
 
     /// The smallest readback buffer of at least `bytes` from the free list, or a new one (best
@@ -643,19 +619,4 @@ fn rope_table(context: usize, head_dim: usize, base: f32, freq_scale: f32) -> Ve
         }
     }
     out
-}
-
-impl GpuModel {
-    /// Per-kernel milliseconds of prefilling `tokens` in one step, then of decoding one more
-    /// token (see [`GpuModel::profile`]). It writes K/V into the pool's first blocks: run it
-    /// before an engine owns the model.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn profile_prompt(&self, tokens: &[u32]) -> Result<[Vec<(&'static str, f64)>; 2]> {
-        let n = tokens.len();
-        let table: Vec<u32> = (0..(n as u32 + 1).div_ceil(self.limits.block_size)).collect();
-        let positions: Vec<u32> = (0..=n as u32).collect();
-        let prefill = Batch { tokens, positions: &positions[..n], seq_ids: &vec![0; n], logit_rows: &[n as u32 - 1], block_tables: &[&table], masks: None };
-        let decode = Batch { tokens: &tokens[..1], positions: &positions[n..], seq_ids: &[0], logit_rows: &[0], block_tables: &[&table], masks: None };
-        self.profile(&prefill).and_then(|p| Ok([p, self.profile(&decode)?]))
-    }
 }
