@@ -5,9 +5,10 @@ alias KvPair = u32;
 alias KvQuad = vec2<u32>;
 
 // f32 to f16 bits, rounded to nearest even, magnitudes below f16's smallest normal (2^-14)
-// flushed to zero. Not pack2x16float: WGSL lets its conversion round either way and may flush
-// f16 subnormals when unpacking. With subnormals kept, seeded sampling in Chromium (SwiftShader)
-// drifted from the native engine's (lavapipe) after 8 tokens; without them the two agree.
+// flushed to zero. Not pack2x16float: WGSL lets its conversion round either way. With f16
+// subnormals kept (through the builtins, or with an exact integer unpack), seeded sampling in
+// Chromium (SwiftShader) drifted from the native engine's (lavapipe) after 8 tokens; without
+// them the two agree.
 fn f16_bits(x: f32) -> u32 {
     let b = bitcast<u32>(x);
     let sign = (b >> 16u) & 0x8000u;
