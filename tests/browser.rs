@@ -175,7 +175,7 @@ async fn kernels_match_cpu_in_browser() {
         let run = |ops: &[Op], n: usize| {
             let ids: Vec<u32> = (0..n as u32).collect();
             let table = [0u32];
-            let b = Batch { tokens: &ids, positions: &ids, seq_ids: &vec![0; n], logit_rows: &ids, block_tables: &[&table], masks: None };
+            let b = Batch { tokens: &ids, positions: &ids, seq_ids: &vec![0; n], logit_rows: &ids, block_tables: &[&table], masks: None, sampling: None };
             ctx.queue.write_buffer(&batch, 0, bytemuck::cast_slice(&batch_to_words(&b, &limits)));
             let mut enc = dev.create_command_encoder(&Default::default());
             {
@@ -266,7 +266,7 @@ async fn attention_matches_cpu_in_browser() {
             let qkv = random(n * dims.qkv_stride as usize, 62 + n as u64);
             let (qb, ob) = (buf(&qkv), buf(&vec![0f32; n * (dims.n_heads * dims.head_dim) as usize]));
             let (tokens, positions, seq_ids) = (vec![0u32; n], items.iter().map(|i| i.1).collect::<Vec<_>>(), items.iter().map(|i| i.0).collect::<Vec<_>>());
-            let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &table_refs, masks: None };
+            let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &table_refs, masks: None, sampling: None };
             ctx.queue.write_buffer(&batch, 0, bytemuck::cast_slice(&batch_to_words(&b, &LIMITS)));
             let mut enc = dev.create_command_encoder(&Default::default());
             {
@@ -359,6 +359,12 @@ async fn engine_scenarios<M: ForwardModel>(backend: &str, spec_prompts: usize, m
     let got = engine_cases::reports(&mut engine, tok, engine_cases::ending_requests(tok).into_iter().take(4).collect()).await;
     assert_eq!(engine_cases::reports_json(&got), native, "{backend}: pipelined in the browser differs from step by step natively");
     assert!(engine.stats().chained_steps > chained, "{backend}: no step was chained");
+
+    // Seeded sampling drawn by the backend (the GPU's sample kernel), pipelined: the native
+    // step-by-step reports.
+    let native = fetch_json(&format!("target/test-artifacts/engine-sampled-{backend}.json")).await;
+    let got = engine_cases::reports(&mut engine, tok, engine_cases::sampled_requests(tok)).await;
+    assert_eq!(engine_cases::reports_json(&got), native, "{backend}: seeded sampling in the browser differs from native");
 }
 
 #[wasm_bindgen_test]

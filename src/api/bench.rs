@@ -11,7 +11,7 @@ use crate::clock::now_ms;
 use crate::engine::{Engine, Event, ForwardModel, Request, RequestStats};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufWriter, Value};
-use crate::sample::{GenerateOptions, Generation, Grammar, SpecMethod, Speculative};
+use crate::sample::{GenerateOptions, Generation, Grammar, SamplingParams, SpecMethod, Speculative};
 use crate::tokenizer::Tokenizer;
 
 /// The peer benchmark's prompt (../shared/peer-bench/bench.js), ~130 tokens.
@@ -82,29 +82,44 @@ pub async fn bench_runs<M: ForwardModel>(
     }))
 }
 
-/// Counters of one step of steady single-sequence greedy decode on the GPU: two cold runs of
-/// the start of `prompt`, the second `n` tokens longer, differenced so that prefill and the first
-/// token cancel out (after a warm-up run that compiles the pipelines). `pipelined`: of the
-/// pipelined step or the step-by-step one, whatever the engine's setting (restored after).
-pub async fn decode_counters(engine: &mut Engine<GpuModel>, tok: &Tokenizer, prompt: &[u32], n: usize, pipelined: bool) -> Result<StepCounters> {
+/// Counters of one step of steady single-sequence decode on the GPU with `sampling`: two cold
+/// runs of the start of `prompt`, the second `n` tokens longer, differenced so that prefill and
+/// the first token cancel out (after a warm-up run that compiles the pipelines). `pipelined`: of
+/// the pipelined step or the step-by-step one, whatever the engine's setting (restored after).
+pub async fn decode_counters(engine: &mut Engine<GpuModel>, tok: &Tokenizer, prompt: &[u32], n: usize, pipelined: bool, sampling: &SamplingParams) -> Result<StepCounters> {
     let setting = engine.pipelined();
     engine.set_pipelined(pipelined);
-    let counters = step_counters(engine, tok, prompt, n).await;
+    let counters = step_counters(engine, tok, prompt, n, sampling).await;
     engine.set_pipelined(setting);
     counters
 }
 
-async fn step_counters(engine: &mut Engine<GpuModel>, tok: &Tokenizer, prompt: &[u32], n: usize) -> Result<StepCounters> {
+/// The sampling `bench` counts a sampled decode step with (chat apps' usual settings).
+pub fn bench_sampling() -> SamplingParams {
+    SamplingParams { temperature: 0.7, top_p: 0.9, seed: Some(1), ..SamplingParams::default() }
+}
+
+async fn step_counters(engine: &mut Engine<GpuModel>, tok: &Tokenizer, prompt: &[u32], n: usize, sampling: &SamplingParams) -> Result<StepCounters> {
     let prompt = &prompt[..prompt.len().min(8)];
     let mut run = async |gen: usize| -> Result<StepCounters> {
         engine.clear_prefix_cache();
         let before = engine.model().counters();
-        engine.generate(tok, Request { prompt: prompt.to_vec(), opts: greedy(gen) }, |_| {}).await?;
+        let opts = GenerateOptions { sampling: sampling.clone(), ..greedy(gen) };
+        engine.generate(tok, Request { prompt: prompt.to_vec(), opts }, |_| {}).await?;
         Ok(engine.model().counters().since(&before))
     };
     run(2).await?;
     let short = run(2).await?;
     Ok(run(2 + n).await?.since(&short))
+}
+
+/// The greedy decode step's counters, and the sampled one's ([`bench_sampling`]) under
+/// `sampled_` names, as `bench --json` reports them.
+pub async fn step_rows(engine: &mut Engine<GpuModel>, tok: &Tokenizer, prompt: &[u32], pipelined: bool) -> Result<serde_json::Value> {
+    let greedy = decode_counters(engine, tok, prompt, 16, pipelined, &SamplingParams::greedy()).await?.per_step();
+    let sampled = decode_counters(engine, tok, prompt, 16, pipelined, &bench_sampling()).await?.per_step();
+    let sampled: serde_json::Map<String, serde_json::Value> = sampled.as_object().into_iter().flatten().map(|(k, v)| (format!("sampled_{k}"), v.clone())).collect();
+    Ok(merge(greedy, sampled.into()))
 }
 
 /// `head`'s fields and `rest`'s in one object.

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
-use super::bench::{bench_runs, decode_ceiling, decode_counters, dequant_rate, dispatch_overhead_us, merge, read_bandwidth, PRINTING_PRESS_PROMPT};
+use super::bench::{bench_runs, decode_ceiling, dequant_rate, dispatch_overhead_us, merge, read_bandwidth, step_rows, PRINTING_PRESS_PROMPT};
 use super::request::{encode_input, GenerateRequest, Input, SubmitInput};
 use super::{Device, LoadOptions, Runtime};
 use crate::backend::webgpu::{GpuOptions, KvType};
@@ -178,8 +178,7 @@ impl Engine {
                     "decode_ceiling_tok_s": decode_ceiling(model, bandwidth, alu),
                 });
                 // The counters describe the pipelined step; the timed runs use the engine's setting.
-                let counters = decode_counters(engine, tok, &prompt, 16, !self.load.sync).await.map_err(js_err)?;
-                let head = merge(head, counters.per_step());
+                let head = merge(head, step_rows(engine, tok, &prompt, !self.load.sync).await.map_err(js_err)?);
                 merge(head, bench_runs(engine, tok, self.template.as_ref(), &prompt, gen as usize, runs as usize, stream_gen as usize).await.map_err(js_err)?)
             }
             Runtime::Cpu(engine) => {

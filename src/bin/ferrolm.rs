@@ -21,7 +21,7 @@ mod cli {
     use std::path::PathBuf;
 
     use clap::{Parser, Subcommand, ValueEnum};
-    use ferrolm::api::bench::{bench_runs, decode_ceiling, decode_counters, dequant_rate, merge, read_bandwidth, synthetic_llama, PRINTING_PRESS_PROMPT, SYNTHETIC_SHAPES};
+    use ferrolm::api::bench::{bench_runs, decode_ceiling, dequant_rate, merge, read_bandwidth, step_rows, synthetic_llama, PRINTING_PRESS_PROMPT, SYNTHETIC_SHAPES};
     use ferrolm::api::serve::worker::EngineHandle;
     use ferrolm::api::serve::{serve, ServeOptions};
     use ferrolm::api::{Device, LoadOptions, Runtime};
@@ -621,10 +621,10 @@ mod cli {
                 }
                 // The counters describe the pipelined step (with --sync the step-by-step one);
                 // the timed runs use the engine's setting for this adapter.
-                let counters = pollster::block_on(decode_counters(&mut engine, &tokenizer, &prompt, 16, !args.sync))?;
-                eprintln!("decode step: {}", counters.per_step());
+                let steps = pollster::block_on(step_rows(&mut engine, &tokenizer, &prompt, !args.sync))?;
+                eprintln!("decode step (greedy, then temperature 0.7 top-p 0.9 as sampled_): {steps}");
                 let out = pollster::block_on(bench_runs(&mut engine, &tokenizer, template.as_ref(), &prompt, gen, runs, stream_gen))?;
-                with_mbu(merge(head, counters.per_step()), out, wb, bandwidth)
+                with_mbu(merge(head, steps), out, wb, bandwidth)
             }
             DeviceArg::Reference => return Err(Error::InvalidOption { option: "--device", reason: "bench measures the gpu and cpu backends, not the reference".into() }),
         };

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::Config;
-use crate::sample::TopLogits;
+use crate::sample::{RowSampling, TopLogits};
 
 /// A token the step submitted just before chose: `CHAINED | r` stands for the argmax of that
 /// step's logit row `r`, read where that step left it. The engine submits the next decode step
@@ -28,6 +28,8 @@ pub struct Batch<'a> {
     /// `[logit rows][vocab.div_ceil(32)]` u32 words, bit `t % 32` of word `t / 32` set when
     /// token `t` is allowed.
     pub masks: Option<&'a [u32]>,
+    /// With [`Readback::Sample`]: each logit row's sampling (filters and uniform number).
+    pub sampling: Option<&'a [RowSampling]>,
 }
 
 impl Batch<'_> {
@@ -52,6 +54,9 @@ impl Batch<'_> {
         }
         if self.masks.is_some_and(|m| m.len() != self.logit_rows.len() * vocab.div_ceil(32)) {
             return bad("the masks must hold one row of vocab / 32 words per logit row".into());
+        }
+        if self.sampling.is_some_and(|s| s.len() != self.logit_rows.len()) {
+            return bad("the sampling must hold one entry per logit row".into());
         }
         if self.block_tables.len() > limits.max_seqs as usize {
             return bad(format!("{} sequences; at most {}", self.block_tables.len(), limits.max_seqs));
@@ -86,6 +91,9 @@ pub enum Readback {
     Nothing,
     /// The index of each row's largest logit: 4 bytes a row.
     Argmax,
+    /// The token each row draws with its [`Batch::sampling`] entry (greedy rows: temperature
+    /// 0): 4 bytes a row, and the token can chain like an argmax.
+    Sample,
     /// Each row's `k` (at most [`crate::sample::MAX_TOP`]) largest logits and log-sum-exp.
     Top(usize),
     /// Each row's whole logits.
@@ -215,16 +223,16 @@ impl LastPicks {
             .iter()
             .map(|&t| match t & CHAINED {
                 0 => Ok(t),
-                _ => last
-                    .get((t & !CHAINED) as usize)
-                    .copied()
-                    .ok_or_else(|| Error::InvalidOption { option: "batch", reason: format!("a token chains row {} of the previous step, which chose {} tokens by argmax", t & !CHAINED, last.len()) }),
+                _ => last.get((t & !CHAINED) as usize).copied().ok_or_else(|| Error::InvalidOption {
+                    option: "batch",
+                    reason: format!("a token chains row {} of the previous step, which chose {} tokens by argmax or sampling", t & !CHAINED, last.len()),
+                }),
             })
             .collect::<Result<Vec<u32>>>()
             .map(Into::into)
     }
 
-    /// Keeps what a step chose by argmax (anything else leaves nothing to chain).
+    /// Keeps what a step chose by argmax or sampling (anything else leaves nothing to chain).
     pub fn remember(&self, picks: &Picks) {
         let mut last = self.0.borrow_mut();
         last.clear();
@@ -250,18 +258,23 @@ impl PendingStep for Ready {
     }
 }
 
-/// The picks of `logits: [rows][vocab]` that `read` asks for, argmax within `masks` when
-/// given (CPU backends).
-pub fn picks_from_logits(logits: Vec<f32>, vocab: usize, read: Readback, masks: Option<&[u32]>) -> Picks {
-    match read {
+/// The picks of `logits: [rows][vocab]` that `read` asks for, argmax within the batch's masks
+/// when given, sampled with its sampling rows (CPU backends).
+pub fn picks_from_logits(logits: Vec<f32>, vocab: usize, read: Readback, b: &Batch) -> Result<Picks> {
+    let masks = b.masks;
+    Ok(match read {
         Readback::Nothing => Picks::Nothing,
         Readback::Argmax => Picks::Tokens(match masks {
             None => logits.chunks_exact(vocab).map(crate::sample::argmax).collect(),
             Some(m) => logits.chunks_exact(vocab).zip(m.chunks_exact(vocab.div_ceil(32))).map(|(row, words)| masked_argmax(row, words)).collect(),
         }),
+        Readback::Sample => {
+            let rows = b.sampling.ok_or_else(|| Error::InvalidOption { option: "batch", reason: "a sampled readback needs each logit row's sampling".into() })?;
+            Picks::Tokens(logits.chunks_exact(vocab).zip(rows).map(|(row, s)| s.choose(row)).collect())
+        }
         Readback::Top(k) => Picks::Top(logits.chunks_exact(vocab).map(|row| TopLogits::from_logits(row, k)).collect()),
         Readback::Logits => Picks::Logits(logits),
-    }
+    })
 }
 
 /// The first largest logit among the allowed tokens (u32::MAX if none is).

@@ -27,7 +27,7 @@ pub use kv_cache::{BlockHasher, BlockPool, PoolStats, PrefixHit};
 
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
-use crate::sample::{Decoder, FinishReason, GenerateOptions, Generation, Grammars, Need, Picked};
+use crate::sample::{Decoder, FinishReason, GenerateOptions, Generation, Grammars, Need, Picked, RowSampling};
 use crate::tokenizer::Tokenizer;
 use sequence::Sequence;
 use session::Session;
@@ -476,7 +476,6 @@ impl<M: ForwardModel> Engine<M> {
 
         // The batch: each planned sequence's next tokens, logits for those that finish their feed.
         let (mut tokens, mut positions, mut seq_ids, mut logit_rows) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut tables: Vec<&[u32]> = Vec::new();
         // (sequence, readback, first logit row, rows): one row per draft plus one.
         let mut needs: Vec<(RequestId, Need, usize, usize)> = Vec::new();
         for (slot, &(id, n)) in plan.iter().enumerate() {
@@ -484,7 +483,6 @@ impl<M: ForwardModel> Engine<M> {
             tokens.extend(seq.feed(n));
             positions.extend((seq.computed..seq.computed + n).map(|p| p as u32));
             seq_ids.extend(std::iter::repeat_n(slot as u32, n));
-            tables.push(&seq.blocks);
             if n == seq.pending() {
                 let rows = 1 + seq.draft.tokens.len();
                 let need = if seq.spec.is_some() { seq.decoder.need_speculative() } else { seq.decoder.need() };
@@ -497,6 +495,7 @@ impl<M: ForwardModel> Engine<M> {
         let readback = match widest {
             None => Readback::Nothing,
             Some(Need::Argmax | Need::MaskedArgmax) => Readback::Argmax,
+            Some(Need::Sample) => Readback::Sample,
             Some(Need::Top(_)) => Readback::Top(crate::sample::MAX_TOP),
             Some(Need::Logits) => Readback::Logits,
         };
@@ -521,21 +520,35 @@ impl<M: ForwardModel> Engine<M> {
             }
         }
         let masks = (!masks.is_empty()).then_some(&masks[..]);
-        let batch = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &logit_rows, block_tables: &tables, masks };
+        // Sampled rows: each sequence's filters and the uniform number its RNG draws for this
+        // token now (greedy rows ride along at temperature 0).
+        let mut sampling = Vec::new();
+        if readback == Readback::Sample {
+            for &(id, need, _, rows) in &needs {
+                let seq = self.running.iter_mut().find(|s| s.id == id).expect("planned sequences run");
+                let row = if need == Need::Sample { seq.decoder.row() } else { RowSampling::GREEDY };
+                sampling.extend(std::iter::repeat_n(row, rows));
+            }
+        }
+        let sampling = (readback == Readback::Sample).then_some(&sampling[..]);
+        let tables: Vec<&[u32]> = plan.iter().map(|&(id, _)| &self.running.iter().find(|s| s.id == id).expect("planned sequences run").blocks[..]).collect();
+        let batch = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &logit_rows, block_tables: &tables, masks, sampling };
         let submitted_ms = Some(now_ms());
         let pending = self.model.submit(&batch, readback)?;
         Ok(Some(InFlight { plan, needs, readback, submitted_ms, result: StepResult::Pending(pending) }))
     }
 
     /// Submits the step after `current` before `current` is read, when nothing that step could
-    /// report changes what the next one runs: every running sequence decodes greedily (argmax,
-    /// no drafts), each is in `current` with its logit row, and none is waiting to join. The
+    /// report changes what the next one runs: every running sequence decodes by the backend's
+    /// argmax or sampling (no drafts, masks or logits), each is in `current` with its logit
+    /// row, and none is waiting to join. Sampled rows take their next uniform number now, the
+    /// one the synchronous step would take. The
     /// next step takes each sequence that still wants a token after the one `current` picks
     /// (max_tokens and the context are known ahead; EOS and stop strings are not: a sequence
     /// that ends at `current` wasted its row of the next step and gives its blocks back).
     /// Returns None where it does not apply.
     fn chain(&mut self, current: &InFlight<M::Pending>) -> Result<Option<InFlight<M::Pending>>> {
-        if !matches!(current.result, StepResult::Pending(_)) || current.readback != Readback::Argmax || !self.waiting.is_empty() {
+        if !matches!(current.result, StepResult::Pending(_)) || !matches!(current.readback, Readback::Argmax | Readback::Sample) || !self.waiting.is_empty() {
             return Ok(None);
         }
         if current.plan.len() != current.needs.len() || current.needs.len() != self.running.len() {
@@ -546,37 +559,46 @@ impl<M: ForwardModel> Engine<M> {
         let mut next = Vec::with_capacity(current.needs.len());
         for (&(id, n), &(need_id, need, current_row, rows)) in current.plan.iter().zip(&current.needs) {
             let Some(seq) = self.running.iter().find(|s| s.id == id) else { return Ok(None) };
-            if id != need_id || need != Need::Argmax || rows != 1 || seq.spec.is_some() {
+            if id != need_id || !matches!(need, Need::Argmax | Need::Sample) || rows != 1 || seq.spec.is_some() {
                 return Ok(None);
             }
             // A sequence whose token at `current` is its last (max_tokens, or the context is
             // full) ends when `current` is read: the next step leaves it out.
             let pos = seq.computed + n;
             if seq.decoder.out.tokens.len() + 2 <= seq.decoder.options().max_tokens && pos < context {
-                next.push((id, pos, current_row));
+                next.push((id, pos, current_row, need));
             }
         }
         if next.is_empty() {
             return Ok(None);
         }
-        for &(id, pos, _) in &next {
+        for &(id, pos, _, _) in &next {
             let seq = self.running.iter_mut().find(|s| s.id == id).expect("checked above");
             if !seq.reserve(&mut self.pool, pos + 1 - seq.computed) {
                 return Ok(None);
             }
         }
+        let readback = if next.iter().any(|n| n.3 == Need::Sample) { Readback::Sample } else { Readback::Argmax };
+        let mut sampling = Vec::new();
+        if readback == Readback::Sample {
+            for &(id, _, _, need) in &next {
+                let seq = self.running.iter_mut().find(|s| s.id == id).expect("checked above");
+                sampling.push(if need == Need::Sample { seq.decoder.row() } else { RowSampling::GREEDY });
+            }
+        }
         let k = next.len() as u32;
-        let tokens: Vec<u32> = next.iter().map(|&(_, _, row)| CHAINED | row as u32).collect();
-        let positions: Vec<u32> = next.iter().map(|&(_, p, _)| p as u32).collect();
+        let tokens: Vec<u32> = next.iter().map(|&(_, _, row, _)| CHAINED | row as u32).collect();
+        let positions: Vec<u32> = next.iter().map(|&(_, p, _, _)| p as u32).collect();
         let seq_ids: Vec<u32> = (0..k).collect();
-        let tables: Vec<&[u32]> = next.iter().map(|&(id, _, _)| &self.running.iter().find(|s| s.id == id).expect("checked above").blocks[..]).collect();
-        let batch = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &seq_ids, block_tables: &tables, masks: None };
-        let pending = self.model.submit(&batch, Readback::Argmax)?;
+        let tables: Vec<&[u32]> = next.iter().map(|&(id, _, _, _)| &self.running.iter().find(|s| s.id == id).expect("checked above").blocks[..]).collect();
+        let sampling = (readback == Readback::Sample).then_some(&sampling[..]);
+        let batch = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &seq_ids, block_tables: &tables, masks: None, sampling };
+        let pending = self.model.submit(&batch, readback)?;
         self.steps += 1;
         self.chained_steps += 1;
-        let plan = next.iter().map(|&(id, _, _)| (id, 1)).collect();
-        let needs = next.iter().enumerate().map(|(r, &(id, _, _))| (id, Need::Argmax, r, 1)).collect();
-        Ok(Some(InFlight { plan, needs, readback: Readback::Argmax, submitted_ms: None, result: StepResult::Pending(pending) }))
+        let plan = next.iter().map(|&(id, _, _, _)| (id, 1)).collect();
+        let needs = next.iter().enumerate().map(|(r, &(id, _, _, need))| (id, need, r, 1)).collect();
+        Ok(Some(InFlight { plan, needs, readback, submitted_ms: None, result: StepResult::Pending(pending) }))
     }
 
     /// Takes a step's picks: accounts for the fed tokens, verifies drafts, emits tokens and

@@ -71,7 +71,7 @@ impl Session {
                 None => Vec::new(),
             };
             let seq_ids = vec![0u32; n];
-            let batch = Batch { tokens: chunk, positions: &positions, seq_ids: &seq_ids, logit_rows: &rows, block_tables: &[&self.table], masks: None };
+            let batch = Batch { tokens: chunk, positions: &positions, seq_ids: &seq_ids, logit_rows: &rows, block_tables: &[&self.table], masks: None, sampling: None };
             let read = if rows.is_empty() { Readback::Nothing } else { read };
             let picks = model.submit(&batch, read)?.read().await?;
             self.len += chunk.len();

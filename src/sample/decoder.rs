@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::constraint::{apply_mask, Constraint, Grammar};
 use super::stop::StopMatcher;
-use super::{Sampler, SamplingParams, TopLogits};
+use super::{RowSampling, Sampler, SamplingParams, TopLogits};
 use crate::error::{Error, Result};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
@@ -96,6 +96,9 @@ pub enum Need {
     /// The argmax among the tokens the grammar allows (greedy structured output): the mask
     /// goes to the backend, 4 bytes come back.
     MaskedArgmax,
+    /// The token the backend draws with the filters and uniform number of [`Decoder::row`]
+    /// (sampling without logit edits or logprobs): 4 bytes, and the token can stay on the GPU.
+    Sample,
     /// The `k` (<= 64) largest logits and the row's log-sum-exp (~0.5 KB).
     Top(usize),
     /// The whole row of logits (penalties, logit bias, wide top-k).
@@ -112,6 +115,10 @@ impl Need {
             (Need::Logits, _) | (_, Need::Logits) => Need::Logits,
             // Top-k candidates chosen before a mask may all be forbidden.
             (Need::MaskedArgmax, Need::Top(_)) | (Need::Top(_), Need::MaskedArgmax) => Need::Logits,
+            // One readback kind serves a step: sampled rows take greedy ones along (temperature
+            // 0), not masks or candidates.
+            (Need::Sample, Need::Sample | Need::Argmax) | (Need::Argmax, Need::Sample) => Need::Sample,
+            (Need::Sample, _) | (_, Need::Sample) => Need::Logits,
             (Need::MaskedArgmax, _) | (_, Need::MaskedArgmax) => Need::MaskedArgmax,
             (Need::Top(a), Need::Top(b)) => Need::Top(a.max(b)),
             (Need::Top(k), Need::Argmax) | (Need::Argmax, Need::Top(k)) => Need::Top(k),
@@ -155,7 +162,13 @@ impl Decoder {
             return Err(Error::TokenOutOfRange { id: bad, vocab: tokenizer.vocab_size() });
         }
         let sampler = Sampler::new(opts.sampling.clone(), tokenizer.vocab_size())?;
-        let need = if opts.sampling.is_plain_greedy() && opts.logprobs.is_none() { Need::Argmax } else { sampler.top_needed(opts.logprobs).map_or(Need::Logits, Need::Top) };
+        let need = if opts.sampling.is_plain_greedy() && opts.logprobs.is_none() {
+            Need::Argmax
+        } else if sampler.backend_samples(opts.logprobs) {
+            Need::Sample
+        } else {
+            sampler.top_needed(opts.logprobs).map_or(Need::Logits, Need::Top)
+        };
         Ok(Decoder {
             opts: opts.clone(),
             sampler,
@@ -176,6 +189,12 @@ impl Decoder {
 
     pub fn need(&self) -> Need {
         self.need
+    }
+
+    /// For [`Need::Sample`]: the next choice's filters and uniform number, drawn from the
+    /// sampler's RNG now (one draw a token, as [`Decoder::pick`] on logits would make).
+    pub fn row(&mut self) -> RowSampling {
+        self.sampler.row()
     }
 
     /// Holds the output to `constraint`: every choice is made from the whole logits row with

@@ -281,16 +281,22 @@ impl Sampler {
 
     /// A draw from the candidates' distribution at the sampling temperature.
     fn draw(&mut self, c: &[(u32, f32)]) -> u32 {
-        let p = probabilities(c, self.params.temperature as f64);
-        let u = self.rng.uniform();
-        let mut acc = 0.0;
-        for (i, pi) in p.iter().enumerate() {
-            acc += pi;
-            if u < acc {
-                return c[i].0;
-            }
-        }
-        c[c.len() - 1].0
+        draw(c, self.params.temperature as f64, self.rng.uniform())
+    }
+
+    /// Whether a backend can make this sampler's choice itself from [`Sampler::row`]: sampled
+    /// (not greedy) with only the filters that keep a prefix of the logit-sorted row (top-k,
+    /// top-p, min-p), nothing that edits logits, and no logprobs to report.
+    pub fn backend_samples(&self, logprobs: Option<usize>) -> bool {
+        let p = &self.params;
+        p.temperature > 0.0 && p.typical_p >= 1.0 && !p.has_penalties() && p.logit_bias.is_empty() && logprobs.is_none()
+    }
+
+    /// The next choice for a backend to make: the filters and this token's uniform draw (the
+    /// one [`Sampler::sample`] would make), taken from the RNG now.
+    pub fn row(&mut self) -> RowSampling {
+        let p = &self.params;
+        RowSampling { temperature: p.temperature, top_k: p.top_k.min(u32::MAX as usize) as u32, top_p: p.top_p, min_p: p.min_p, u: self.rng.uniform() }
     }
 
     fn apply_bias_and_penalties(&self, l: &mut [f32], history: &[u32]) {
@@ -315,56 +321,8 @@ impl Sampler {
         }
     }
 
-    /// top-k, typical-p, top-p, min-p, in that order; leaves candidates sorted by logit.
     fn filter(&self, c: &mut Candidates) {
-        let p = &self.params;
-        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if p.top_k > 0 && p.top_k < c.len() {
-            // The k best first (a total order, so the same k a full sort keeps), then sort those:
-            // a 49k-token vocabulary's full sort cost milliseconds a token.
-            c.select_nth_unstable_by(p.top_k - 1, order);
-            c.truncate(p.top_k);
-        }
-        c.sort_by(order);
-        if p.typical_p < 1.0 {
-            // Keep the tokens whose surprise is closest to the entropy, up to typical_p mass.
-            let probs = probabilities(c, 1.0);
-            let entropy: f64 = probs.iter().filter(|&&q| q > 0.0).map(|q| -q * q.ln()).sum();
-            let mut order: Vec<usize> = (0..c.len()).collect();
-            let dev = |i: usize| if probs[i] > 0.0 { (-probs[i].ln() - entropy).abs() } else { f64::INFINITY };
-            order.sort_by(|&a, &b| dev(a).total_cmp(&dev(b)).then(a.cmp(&b)));
-            let mut mass = 0.0;
-            let mut keep = 0;
-            for &i in &order {
-                mass += probs[i];
-                keep += 1;
-                if mass >= p.typical_p as f64 {
-                    break;
-                }
-            }
-            let mut kept: Vec<usize> = order[..keep].to_vec();
-            kept.sort();
-            *c = kept.into_iter().map(|i| c[i]).collect();
-        }
-        if p.top_p < 1.0 {
-            let probs = probabilities(c, 1.0);
-            let mut mass = 0.0;
-            let mut keep = c.len();
-            for (i, q) in probs.iter().enumerate() {
-                mass += q;
-                if mass >= p.top_p as f64 {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            c.truncate(keep.max(1));
-        }
-        if p.min_p > 0.0 {
-            let probs = probabilities(c, 1.0);
-            let floor = probs[0] * p.min_p as f64;
-            let keep = probs.iter().take_while(|&&q| q >= floor).count();
-            c.truncate(keep.max(1));
-        }
+        filter(&self.params, c)
     }
 
     /// A draw from an explicit distribution (`(token, probability)` pairs summing to 1).
@@ -417,6 +375,104 @@ impl Sampler {
         self.filter(&mut c);
         let p = probabilities(&c, self.params.temperature as f64);
         c.iter().zip(p).map(|(x, q)| (x.0, q)).collect()
+    }
+}
+
+/// top-k, typical-p, top-p, min-p, in that order; leaves candidates sorted by logit.
+fn filter(p: &SamplingParams, c: &mut Candidates) {
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if p.top_k > 0 && p.top_k < c.len() {
+        // The k best first (a total order, so the same k a full sort keeps), then sort those:
+        // a 49k-token vocabulary's full sort cost milliseconds a token.
+        c.select_nth_unstable_by(p.top_k - 1, order);
+        c.truncate(p.top_k);
+    }
+    c.sort_by(order);
+    if p.typical_p < 1.0 {
+        // Keep the tokens whose surprise is closest to the entropy, up to typical_p mass.
+        let probs = probabilities(c, 1.0);
+        let entropy: f64 = probs.iter().filter(|&&q| q > 0.0).map(|q| -q * q.ln()).sum();
+        let mut order: Vec<usize> = (0..c.len()).collect();
+        let dev = |i: usize| if probs[i] > 0.0 { (-probs[i].ln() - entropy).abs() } else { f64::INFINITY };
+        order.sort_by(|&a, &b| dev(a).total_cmp(&dev(b)).then(a.cmp(&b)));
+        let mut mass = 0.0;
+        let mut keep = 0;
+        for &i in &order {
+            mass += probs[i];
+            keep += 1;
+            if mass >= p.typical_p as f64 {
+                break;
+            }
+        }
+        let mut kept: Vec<usize> = order[..keep].to_vec();
+        kept.sort();
+        *c = kept.into_iter().map(|i| c[i]).collect();
+    }
+    if p.top_p < 1.0 {
+        let probs = probabilities(c, 1.0);
+        let mut mass = 0.0;
+        let mut keep = c.len();
+        for (i, q) in probs.iter().enumerate() {
+            mass += q;
+            if mass >= p.top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+        c.truncate(keep.max(1));
+    }
+    if p.min_p > 0.0 {
+        let probs = probabilities(c, 1.0);
+        let floor = probs[0] * p.min_p as f64;
+        let keep = probs.iter().take_while(|&&q| q >= floor).count();
+        c.truncate(keep.max(1));
+    }
+}
+
+/// The first candidate whose cumulative probability at temperature `t` passes `u` (the last
+/// one if rounding leaves `u` above the total).
+fn draw(c: &[(u32, f32)], t: f64, u: f64) -> u32 {
+    let p = probabilities(c, t);
+    let mut acc = 0.0;
+    for (i, pi) in p.iter().enumerate() {
+        acc += pi;
+        if u < acc {
+            return c[i].0;
+        }
+    }
+    c[c.len() - 1].0
+}
+
+/// One logit row's sampling for a backend that chooses the token itself (the GPU's
+/// shaders/sample.wgsl): the filters that keep a prefix of the row sorted by logit, and the
+/// uniform number the sequence's RNG drew for this token. Greedy when `temperature` is 0.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowSampling {
+    pub temperature: f32,
+    /// 0: off.
+    pub top_k: u32,
+    /// 1: off.
+    pub top_p: f32,
+    /// 0: off.
+    pub min_p: f32,
+    /// In [0, 1).
+    pub u: f64,
+}
+
+impl RowSampling {
+    /// The first largest logit.
+    pub const GREEDY: RowSampling = RowSampling { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, u: 0.0 };
+
+    /// The token a row of logits gives: exactly [`Sampler::sample`]'s choice for the same
+    /// uniform (CPU backends; the GPU kernel's reference).
+    pub fn choose(&self, logits: &[f32]) -> u32 {
+        if self.temperature == 0.0 {
+            return argmax(logits);
+        }
+        let p = SamplingParams { temperature: self.temperature, top_k: self.top_k as usize, top_p: self.top_p, min_p: self.min_p, ..SamplingParams::default() };
+        let mut c: Candidates = logits.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+        filter(&p, &mut c);
+        draw(&c, self.temperature as f64, self.u)
     }
 }
 

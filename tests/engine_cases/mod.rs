@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use ferrolm::engine::{Batch, Engine, Event, ForwardModel, PendingStep, Picks, Readback, Request, RequestId, RequestStats};
-use ferrolm::sample::{FinishReason, GenerateOptions, Generation, SpecMethod, Speculative, TokenLogprob};
+use ferrolm::sample::{FinishReason, GenerateOptions, Generation, SamplingParams, SpecMethod, Speculative, TokenLogprob};
 use ferrolm::tokenizer::Tokenizer;
 
 /// Prompts of different lengths and topics.
@@ -199,7 +199,7 @@ impl<'m, M: ForwardModel> RawSequence<'m, M> {
             let last = i + 1 == n_chunks;
             let positions: Vec<u32> = (self.len..self.len + chunk.len()).map(|p| p as u32).collect();
             let rows = if last { vec![chunk.len() as u32 - 1] } else { Vec::new() };
-            let batch = Batch { tokens: chunk, positions: &positions, seq_ids: &vec![0; chunk.len()], logit_rows: &rows, block_tables: &[&table], masks: None };
+            let batch = Batch { tokens: chunk, positions: &positions, seq_ids: &vec![0; chunk.len()], logit_rows: &rows, block_tables: &[&table], masks: None, sampling: None };
             out = self.model.submit(&batch, if last { read } else { Readback::Nothing }).unwrap().read().await.unwrap();
             self.len += chunk.len();
         }
@@ -272,6 +272,40 @@ pub async fn reports<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, r
             (events.remove(id).unwrap_or_default(), tokens, text, reason)
         })
         .collect()
+}
+
+/// Seeded sampled requests the backend draws itself (temperature alone, top-p, top-k past the
+/// 64 candidates with min-p, one with a stop string) and a greedy one riding along.
+pub fn sampled_requests(tok: &Tokenizer) -> Vec<Request> {
+    let prompt = |p: &str| tok.encode_prompt(p, false).unwrap();
+    let sampled = |seed, temperature, top_k, top_p, min_p, max_tokens| GenerateOptions {
+        max_tokens,
+        sampling: SamplingParams { temperature, top_k, top_p, min_p, seed: Some(seed), ..SamplingParams::default() },
+        ..GenerateOptions::default()
+    };
+    vec![
+        Request { prompt: prompt(PROMPTS[2]), opts: sampled(1, 1.0, 0, 1.0, 0.0, 14) },
+        Request { prompt: prompt(PROMPTS[0]), opts: sampled(2, 0.7, 0, 0.9, 0.0, 12) },
+        Request { prompt: prompt(PROMPTS[1]), opts: sampled(3, 1.2, 200, 0.95, 0.05, 10) },
+        Request { prompt: prompt(PROMPTS[3]), opts: greedy(8) },
+        Request { prompt: prompt(PROMPTS[2]), opts: GenerateOptions { stop: vec![",".into()], ..sampled(4, 0.9, 0, 1.0, 0.0, 16) } },
+    ]
+}
+
+/// [`sampled_requests`] together: pipelined == step by step, token event for token event, with
+/// steps chained (the sampled token stays on the device); returns the reports as JSON.
+pub async fn sampled_pipelined_equals_sync<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) -> serde_json::Value {
+    engine.set_pipelined(false);
+    let sync = reports(engine, tok, sampled_requests(tok)).await;
+    engine.set_pipelined(true);
+    let chained = engine.stats().chained_steps;
+    let piped = reports(engine, tok, sampled_requests(tok)).await;
+    assert!(engine.stats().chained_steps > chained, "no sampled step was chained");
+    for (i, (s, p)) in sync.iter().zip(&piped).enumerate() {
+        assert_eq!(s, p, "sampled request {i}: pipelined output differs from step-by-step");
+    }
+    println!("{}: sampled endings {:?}", engine.model().describe(), sync.iter().map(|r| (r.1.len(), r.3)).collect::<Vec<_>>());
+    reports_json(&sync)
 }
 
 /// Pipelined decoding (the next step submitted before the one in flight is read) reports

@@ -311,6 +311,8 @@ fn pipelined_equals_step_by_step_cpu() {
     let (mut engine, tok) = common::cpu_engine(ModelOptions::new(512, 64));
     let reports = pollster::block_on(pipelined_equals_sync(&mut engine, &tok, &[1, 8, 4]));
     write_artifact("engine-endings-cpu.json", reports);
+    let sampled = pollster::block_on(sampled_pipelined_equals_sync(&mut engine, &tok));
+    write_artifact("engine-sampled-cpu.json", sampled);
     engine.set_pipelined(true);
     pollster::block_on(cancel_frees_blocks(&mut engine, &tok));
 }
@@ -322,4 +324,6 @@ fn pipelined_equals_step_by_step_gpu() {
     let (mut engine, tok) = common::gpu_engine(ModelOptions::new(512, 64));
     let reports = pollster::block_on(pipelined_equals_sync(&mut engine, &tok, &[4]));
     write_artifact("engine-endings-gpu.json", reports);
+    let sampled = pollster::block_on(sampled_pipelined_equals_sync(&mut engine, &tok));
+    write_artifact("engine-sampled-gpu.json", sampled);
 }

@@ -3,13 +3,18 @@
 //! (pipelined; one a step without), and only the batch words that changed written; and the
 //! GPU time of a step and of each kernel where the adapter has timestamp queries.
 
-use ferrolm::api::bench::{decode_counters, synthetic_llama, LlamaShape};
+use ferrolm::api::bench::{bench_sampling, decode_counters, synthetic_llama, LlamaShape};
 use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions, StepCounters};
 use ferrolm::engine::{Batch, Engine, ModelOptions};
 use ferrolm::gguf::Gguf;
+use ferrolm::sample::SamplingParams;
 use ferrolm::tokenizer::Tokenizer;
 
 fn decode_step(n_layers: u32, gpu_shapes: bool, pipelined: bool) -> StepCounters {
+    sampled_step(n_layers, gpu_shapes, pipelined, &SamplingParams::greedy())
+}
+
+fn sampled_step(n_layers: u32, gpu_shapes: bool, pipelined: bool, sampling: &SamplingParams) -> StepCounters {
     let shape = LlamaShape { n_layers, d_model: 64, n_heads: 2, n_kv_heads: 1, ffn_dim: 128, vocab: 256 };
     let bytes = synthetic_llama(shape);
     let gguf = Gguf::read(&bytes[..]).unwrap();
@@ -19,7 +24,7 @@ fn decode_step(n_layers: u32, gpu_shapes: bool, pipelined: bool) -> StepCounters
     let mut engine = Engine::new(model);
     let prompt: Vec<u32> = (0..40).map(|i| (i * 37) % 256).collect();
     let n = 32;
-    let c = pollster::block_on(decode_counters(&mut engine, &tok, &prompt, n, pipelined)).unwrap();
+    let c = pollster::block_on(decode_counters(&mut engine, &tok, &prompt, n, pipelined, sampling)).unwrap();
     assert_eq!(c.steps, n as u64, "{c:?}");
     c
 }
@@ -38,6 +43,7 @@ fn a_decode_step_is_one_pass_one_submit_no_idle_wait_and_a_few_bytes() {
             // The header, the token, its position; a block-table entry every 16 tokens.
             let per_step = c.bytes_written as f64 / c.steps as f64;
             assert!(per_step <= 64.0, "{per_step} bytes written per step");
+            assert_eq!(c.bytes_read, 4 * c.steps, "{c:?}");
         }
         assert_eq!(small.dispatches % small.steps, 0);
         let per_layer = (large.dispatches - small.dispatches) / large.steps / 4;
@@ -48,6 +54,16 @@ fn a_decode_step_is_one_pass_one_submit_no_idle_wait_and_a_few_bytes() {
     // Step by step (`--sync`), every read waits with nothing queued.
     let sync = decode_step(2, true, false);
     assert_eq!(sync.blocking_waits, sync.steps, "{sync:?}");
+
+    // Sampled decode (temperature 0.7, top-p 0.9): the GPU draws the token, so the step is the
+    // greedy one with the sample kernel for the argmax, the 32-byte sampling row written, 4
+    // bytes read back (not the 1 KB logits row), and pipelined the same way.
+    let greedy = decode_step(2, true, true);
+    let sampled = sampled_step(2, true, true, &bench_sampling());
+    println!("sampled: {}", sampled.per_step());
+    assert_eq!((sampled.passes, sampled.submits, sampled.blocking_waits), (sampled.steps, sampled.steps, 0), "{sampled:?}");
+    assert_eq!((sampled.dispatches, sampled.bytes_read), (greedy.dispatches, greedy.bytes_read), "{sampled:?}");
+    assert!(sampled.bytes_written <= greedy.bytes_written + 32 * sampled.steps, "{sampled:?} vs {greedy:?}");
 }
 
 /// Timestamp queries (lavapipe has them) time a decode step as the engine encodes it, and each
@@ -61,7 +77,7 @@ fn timestamps_time_the_step_and_each_kernel() {
     let model = pollster::block_on(async { GpuModel::load(GpuContext::new(GpuOptions::default()).await.unwrap(), &gguf, &bytes[..], &ModelOptions::new(256, 64)).await.unwrap() });
     assert!(model.ctx.info.timestamps, "lavapipe offers timestamp queries: {:?}", model.ctx.info);
     let table: Vec<u32> = (0..4).collect();
-    let step = Batch { tokens: &[1], positions: &[40], seq_ids: &[0], logit_rows: &[0], block_tables: &[&table], masks: None };
+    let step = Batch { tokens: &[1], positions: &[40], seq_ids: &[0], logit_rows: &[0], block_tables: &[&table], masks: None, sampling: None };
     let t = pollster::block_on(model.gpu_time(&step)).unwrap().expect("a GPU time");
     assert!(t.step_ms > 0.0, "{t:?}");
     let tokens: Vec<u32> = (0..40).map(|i| (i * 37) % 256).collect();

@@ -58,7 +58,7 @@ impl Harness {
         let n = tokens.len();
         let positions: Vec<u32> = (0..n as u32).collect();
         let table: Vec<u32> = (0..self.limits.n_blocks).collect();
-        let b = Batch { tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &positions, block_tables: &[&table], masks: None };
+        let b = Batch { tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &positions, block_tables: &[&table], masks: None, sampling: None };
         self.run_batch(ops, &b, out)
     }
 
@@ -328,6 +328,56 @@ fn topk_matches_cpu_selection_exactly() {
     }
 }
 
+/// The GPU's sampled choice (sample.wgsl) against the CPU's (`RowSampling::choose`, f64) for
+/// the same uniform numbers: temperature alone, top-k beyond the 64 candidates, top-p, min-p and
+/// all together, greedy rows, peaked and flat rows, ties at the cuts, -inf, vocabularies that
+/// are not a multiple of the workgroup or smaller than it. The two sum in different precisions,
+/// so a draw within ~1e-6 of a boundary could differ; none of these does.
+#[test]
+fn sampling_matches_cpu_choice() {
+    use ferrolm::backend::webgpu::kernels::SampleRow;
+    use ferrolm::sample::{Rng, RowSampling};
+    let h = Harness::new(GpuOptions::default());
+    let settings = [(1.0, 0, 1.0, 0.0), (0.7, 0, 0.9, 0.0), (1.3, 40, 0.95, 0.05), (0.5, 3000, 1.0, 0.0), (1.0, 0, 1.0, 0.1), (0.8, 100, 0.5, 0.0), (0.0, 0, 1.0, 0.0)];
+    let mut rng = Rng::new(7);
+    let mut draws = 0;
+    for vocab in [1000usize, 49_152 + 7, 40] {
+        // Rows: peaked (scaled), flat, coarse values (ties everywhere) with -inf, ties at the top.
+        let rows = 4;
+        let mut logits = random(rows * vocab, vocab as u64 + 1);
+        for i in 0..vocab {
+            logits[i] *= 12.0;
+            logits[2 * vocab + i] = (logits[2 * vocab + i] * 4.0).round();
+            if i % 5 == 0 {
+                logits[3 * vocab + i] = 0.75;
+            }
+        }
+        logits[2 * vocab + 3] = f32::NEG_INFINITY;
+        for &(temperature, top_k, top_p, min_p) in &settings {
+            // Each row drawn with 6 uniform numbers: 24 logit rows a dispatch.
+            let per = 6;
+            let mut all = Vec::with_capacity(rows * per * vocab);
+            let mut params = Vec::new();
+            for row in logits.chunks(vocab) {
+                for _ in 0..per {
+                    all.extend_from_slice(row);
+                    params.push(RowSampling { temperature, top_k, top_p, min_p, u: rng.uniform() });
+                }
+            }
+            let gpu_rows: Vec<SampleRow> = params.iter().map(SampleRow::from).collect();
+            let (lb, pb, rb) = (h.buffer(&all), h.buffer(bytemuck::cast_slice(&gpu_rows)), h.words(&vec![u32::MAX; params.len()]));
+            let got = h.run(&[h.kernels.sample(&lb, &rb, &pb, vocab as u32)], &vec![0; params.len()], &rb);
+            h.ctx.faults.check().unwrap();
+            for (i, (p, row)) in params.iter().zip(all.chunks(vocab)).enumerate() {
+                let want = p.choose(row);
+                assert_eq!(got[i].to_bits(), want, "vocab {vocab} row {} draw {}: {p:?}", i / per, i % per);
+                draws += 1;
+            }
+        }
+    }
+    assert_eq!(draws, 3 * 7 * 24);
+}
+
 /// Attention over a paged KV cache against a direct f64 computation (tests/kernel_cases):
 /// GQA groups of 1-4 heads, head sizes 32-256, full and sliding windows, three sequences with
 /// scattered blocks. Decode batches (the GPU's split-and-merge path over three 256-position
@@ -360,7 +410,7 @@ fn attention_matches_cpu_over_paged_cache() {
                 let tokens = vec![0u32; n];
                 let positions: Vec<u32> = items.iter().map(|i| i.1).collect();
                 let seq_ids: Vec<u32> = items.iter().map(|i| i.0).collect();
-                let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &table_refs, masks: None };
+                let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &table_refs, masks: None, sampling: None };
                 for window in [0u32, 100] {
                     let scale = 1.0 / (dims.head_dim as f32).sqrt();
                     let ops = h.kernels.attention(&qb, &kb, &vb, &ob, dims, scale, window, &plan, &scratch);
@@ -441,7 +491,7 @@ fn matmul_with_folded_rmsnorm_matches_norm_then_matmul() {
                 let rows: Vec<u32> = (0..n as u32).rev().step_by(2).collect();
                 let yb = h.buffer(&vec![f32::NAN; rows.len() * m]);
                 let (tokens, positions) = (vec![0u32; n], (0..n as u32).collect::<Vec<_>>());
-                let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &rows, block_tables: &[], masks: None };
+                let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &rows, block_tables: &[], masks: None, sampling: None };
                 let got = h.run_batch(&h.kernels.matmul_normed(&w, &xb, Some(norm), &yb, OutCols { stride: m as u32, col: 0 }, Count::LogitRows), &b, &yb);
                 let gathered: Vec<f32> = rows.iter().flat_map(|&r| normed[r as usize * k..][..k].to_vec()).collect();
                 let mut want = vec![0f32; rows.len() * m];
@@ -472,7 +522,7 @@ fn rmsnorm_add_and_gather_match_cpu() {
         let rows = [5u32, 0, 3];
         let yb = h.buffer(&vec![f32::NAN; rows.len() * d]);
         let (tokens, positions) = (vec![0u32; n], (0..n as u32).collect::<Vec<_>>());
-        let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &rows, block_tables: &[], masks: None };
+        let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &rows, block_tables: &[], masks: None, sampling: None };
         let got = h.run_batch(&[h.kernels.rmsnorm(&xb, &wb, &yb, d as u32, eps, true)], &b, &yb);
         let gathered: Vec<f32> = rows.iter().flat_map(|&r| x[r as usize * d..][..d].to_vec()).collect();
         let mut want = vec![0f32; rows.len() * d];
@@ -539,7 +589,7 @@ fn rope_kv_case(h: Harness, kv: KvType) {
     let tokens = vec![0u32; n];
     let seq_ids: Vec<u32> = items.iter().map(|i| i.0).collect();
     let positions: Vec<u32> = items.iter().map(|i| i.1).collect();
-    let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &tables, masks: None };
+    let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &tables, masks: None, sampling: None };
     for dims in kernel_cases::shapes() {
         let (hd, stride) = (dims.head_dim as usize, dims.qkv_stride as usize);
         let (q_dim, kv_dim) = (dims.n_heads as usize * hd, dims.n_kv_heads as usize * hd);

@@ -244,3 +244,37 @@ fn speculative_verification_keeps_the_target_distribution() {
         assert!(kept > 0 || case == "fixed unlikely", "{case}: no draft was ever kept");
     }
 }
+
+/// A backend's choice from [`Sampler::row`] (the filters and the uniform number drawn at
+/// submission; what the GPU's sample kernel and the CPU backends get) is the sampler's own
+/// choice on the full logits, RNG draws included, whenever `backend_samples` allows it; settings
+/// that edit logits, keep a non-prefix (typical) or report logprobs stay with the sampler.
+#[test]
+fn backend_sampling_equals_the_sampler() {
+    let vocab = 5000;
+    let logits: Vec<f32> = (0..vocab).map(|i| ((i * 7919 % 1000) as f32 / 150.0) - 3.0 + if i % 97 == 0 { 2.0 } else { 0.0 }).collect();
+    let cases = [
+        SamplingParams { temperature: 1.0, seed: Some(1), ..Default::default() },
+        SamplingParams { temperature: 0.7, top_p: 0.9, seed: Some(2), ..Default::default() },
+        SamplingParams { temperature: 1.3, top_k: 300, top_p: 0.95, min_p: 0.05, seed: Some(3), ..Default::default() },
+        SamplingParams { temperature: 0.5, min_p: 0.2, seed: Some(4), ..Default::default() },
+    ];
+    for params in cases {
+        let mut sampler = Sampler::new(params.clone(), vocab).unwrap();
+        let mut backend = Sampler::new(params.clone(), vocab).unwrap();
+        assert!(backend.backend_samples(None), "{params:?}");
+        for _ in 0..300 {
+            assert_eq!(backend.row().choose(&logits), sampler.sample(&logits, &[]), "{params:?}");
+        }
+    }
+    let not = [
+        (SamplingParams::greedy(), None),
+        (SamplingParams { typical_p: 0.9, ..Default::default() }, None),
+        (SamplingParams { repeat_penalty: 1.1, ..Default::default() }, None),
+        (SamplingParams { logit_bias: vec![(3, 1.0)], ..Default::default() }, None),
+        (SamplingParams::default(), Some(2)),
+    ];
+    for (params, logprobs) in not {
+        assert!(!Sampler::new(params.clone(), vocab).unwrap().backend_samples(logprobs), "{params:?} {logprobs:?}");
+    }
+}

@@ -117,7 +117,7 @@ impl ForwardModel for SimdModel {
         let slot = |t: usize, pos: usize| b.block_tables[b.seq_ids[t] as usize][pos / bs] as usize * bs + pos % bs;
         let step = Step { tokens: b.tokens, positions: b.positions, slot: &slot, logit_rows: b.logit_rows };
         let logits = self.weights.forward(&self.pool, self.target, &step, &mut self.kv.borrow_mut())?;
-        let picks = picks_from_logits(logits, self.weights.config.vocab_size, read, b.masks);
+        let picks = picks_from_logits(logits, self.weights.config.vocab_size, read, b)?;
         self.last.remember(&picks);
         Ok(Ready(picks))
     }

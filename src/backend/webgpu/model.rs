@@ -11,7 +11,7 @@ use std::rc::Rc;
 use serde::Serialize;
 
 use super::context::{map_read, Faults, GpuContext};
-use super::kernels::{AttnDims, Count, Kernels, Norm, Op, OutCols, TOPK_WORDS};
+use super::kernels::{AttnDims, Count, Kernels, Norm, Op, OutCols, SampleRow, TOPK_WORDS};
 use super::weights::{concat_rows, packed_row_bytes, upload_f32, GpuTensor};
 use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, BLOCK_SIZE, CHAINED};
 use crate::error::{Error, Result};
@@ -50,6 +50,8 @@ pub struct StepCounters {
     pub passes: u64,
     pub submits: u64,
     pub bytes_written: u64,
+    /// Bytes copied back to the host (4 a row for argmax and sampled tokens).
+    pub bytes_read: u64,
     pub blocking_waits: u64,
     /// Building the step's commands (writes queued, pass encoded, command buffer finished).
     pub encode_ms: f64,
@@ -69,6 +71,7 @@ impl StepCounters {
             passes: self.passes.saturating_sub(before.passes),
             submits: self.submits.saturating_sub(before.submits),
             bytes_written: self.bytes_written.saturating_sub(before.bytes_written),
+            bytes_read: self.bytes_read.saturating_sub(before.bytes_read),
             blocking_waits: self.blocking_waits.saturating_sub(before.blocking_waits),
             encode_ms: self.encode_ms - before.encode_ms,
             submit_ms: self.submit_ms - before.submit_ms,
@@ -84,6 +87,7 @@ impl StepCounters {
             "passes_per_step": self.passes as f64 / n,
             "submits_per_step": self.submits as f64 / n,
             "bytes_written_per_step": self.bytes_written as f64 / n,
+            "bytes_read_per_step": self.bytes_read as f64 / n,
             "blocking_waits_per_step": self.blocking_waits as f64 / n,
             "encode_ms_per_step": self.encode_ms / n,
             "submit_ms_per_step": self.submit_ms / n,
@@ -103,6 +107,8 @@ pub struct GpuModel {
     logits: wgpu::Buffer,
     argmax: wgpu::Buffer,
     topk: wgpu::Buffer,
+    /// Each logit row's sampling (`SampleRow`), written by sampled steps.
+    sample_rows: wgpu::Buffer,
     /// Allowed-token masks of the logit rows (structured output), written by masked steps.
     masks: wgpu::Buffer,
     /// Readback buffers not held by a pending step; a step takes one big enough and its
@@ -111,10 +117,12 @@ pub struct GpuModel {
     pub(super) ops: Vec<Op>,
     pub(super) argmax_op: Op,
     masked_argmax_op: Op,
+    sample_op: Op,
     topk_op: Op,
     /// What the batch buffer holds, so a step writes only the words that changed.
     written: RefCell<Vec<u32>>,
-    /// Rows the last submitted step left in `argmax` (0 unless it read back argmax): what a
+    /// Rows the last submitted step left in `argmax` (0 unless it read back argmax or sampled
+    /// tokens): what a
     /// [`CHAINED`] token of the next step may name.
     argmax_rows: Cell<u32>,
     counters: Rc<Cell<StepCounters>>,
@@ -213,6 +221,7 @@ impl GpuModel {
         let logits = storage("logits", max_logit_rows as u64 * v * 4)?;
         let argmax = storage("argmax", max_logit_rows as u64 * 4)?;
         let topk = storage("top-k", max_logit_rows as u64 * TOPK_WORDS as u64 * 4)?;
+        let sample_rows = storage("sampling", max_logit_rows as u64 * std::mem::size_of::<SampleRow>() as u64)?;
         let masks = storage("masks", max_logit_rows as u64 * v.div_ceil(32) * 4)?;
         // One cos/sin table per distinct (RoPE base, scale) among the layers (Gemma 3: local, global).
         let mut ropes: Vec<((u32, u32), wgpu::Buffer)> = Vec::new();
@@ -330,9 +339,11 @@ impl GpuModel {
         ops.extend(kernels.matmul_normed(&head, input, norm, &logits, OutCols { stride: v as u32, col: 0 }, Count::LogitRows));
         let argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, false);
         let masked_argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, true);
+        let sample_op = kernels.sample(&logits, &argmax, &sample_rows, v as u32);
         let topk_op = kernels.topk(&logits, &topk, v as u32);
         prepare(&ops[head_start..]);
         argmax_op.prepare_single_sequence(max_batch_tokens);
+        sample_op.prepare_single_sequence(max_batch_tokens);
         topk_op.prepare_single_sequence(max_batch_tokens);
 
         let weight_bytes = c.weight_bytes_per_token(gguf);
@@ -351,11 +362,13 @@ impl GpuModel {
             logits,
             argmax,
             topk,
+            sample_rows,
             masks,
             staging,
             ops,
             argmax_op,
             masked_argmax_op,
+            sample_op,
             topk_op,
             written,
             argmax_rows: Cell::new(0),
@@ -374,6 +387,12 @@ impl GpuModel {
             self.ctx.queue.write_buffer(&self.masks, 0, bytemuck::cast_slice(m));
             bytes += m.len() as u64 * 4;
         }
+        if readback == Readback::Sample {
+            let rows = b.sampling.ok_or_else(|| Error::InvalidOption { option: "batch", reason: "a sampled readback needs each logit row's sampling".into() })?;
+            let rows: Vec<SampleRow> = rows.iter().map(SampleRow::from).collect();
+            self.ctx.queue.write_buffer(&self.sample_rows, 0, bytemuck::cast_slice(&rows));
+            bytes += std::mem::size_of_val(&rows[..]) as u64;
+        }
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         self.copy_chained(&mut enc, b.tokens)?;
         let mut dispatches = 0;
@@ -386,6 +405,7 @@ impl GpuModel {
             dispatches += match readback {
                 Readback::Argmax if masks.is_some() => self.masked_argmax_op.encode(&mut pass, n, rows),
                 Readback::Argmax => self.argmax_op.encode(&mut pass, n, rows),
+                Readback::Sample => self.sample_op.encode(&mut pass, n, rows),
                 Readback::Top(_) => self.topk_op.encode(&mut pass, n, rows),
                 Readback::Nothing | Readback::Logits => false,
             } as u64;
@@ -504,14 +524,14 @@ impl ForwardModel for GpuModel {
         let rows = b.logit_rows.len() as u64;
         let (src, bytes) = match read {
             Readback::Nothing => (None, 0),
-            Readback::Argmax => (Some(&self.argmax), rows * 4),
+            Readback::Argmax | Readback::Sample => (Some(&self.argmax), rows * 4),
             Readback::Top(_) => (Some(&self.topk), rows * TOPK_WORDS as u64 * 4),
             Readback::Logits => (Some(&self.logits), rows * self.config.vocab_size as u64 * 4),
         };
         // Readback buffers in few sizes, so the free list stops growing once warm: argmax and
         // top-k ones hold the most rows a step returns (at most 64 KB), logits ones a power of two.
         let capacity = match read {
-            Readback::Argmax | Readback::Top(_) => bytes / rows.max(1) * self.limits.max_logit_rows as u64,
+            Readback::Argmax | Readback::Sample | Readback::Top(_) => bytes / rows.max(1) * self.limits.max_logit_rows as u64,
             _ => bytes.next_power_of_two(),
         };
         let staging = src.map(|src| {
@@ -522,10 +542,11 @@ impl ForwardModel for GpuModel {
         let commands = enc.finish();
         let t1 = crate::clock::now_ms();
         let submission = Some(self.ctx.queue.submit([commands]));
-        self.argmax_rows.set(if read == Readback::Argmax { rows as u32 } else { 0 });
+        self.argmax_rows.set(if matches!(read, Readback::Argmax | Readback::Sample) { rows as u32 } else { 0 });
         self.count(|c| {
             c.steps += 1;
             c.submits += 1;
+            c.bytes_read += bytes;
             c.encode_ms += t1 - t0;
             c.submit_ms += crate::clock::now_ms() - t1;
         });
@@ -572,7 +593,7 @@ impl PendingStep for GpuPending {
         let out = out?;
         Ok(match self.read {
             Readback::Nothing => Picks::Nothing,
-            Readback::Argmax => Picks::Tokens(bytemuck::cast_slice(&out).to_vec()),
+            Readback::Argmax | Readback::Sample => Picks::Tokens(bytemuck::cast_slice(&out).to_vec()),
             Readback::Top(k) => Picks::Top(bytemuck::cast_slice::<u8, u32>(&out).chunks(TOPK_WORDS).map(|w| TopLogits::from_words(w, k)).collect()),
             Readback::Logits => Picks::Logits(bytemuck::cast_slice(&out).to_vec()),
         })

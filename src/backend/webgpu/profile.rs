@@ -107,8 +107,8 @@ impl GpuModel {
         let n = tokens.len();
         let table: Vec<u32> = (0..(n as u32 + 1).div_ceil(self.limits.block_size)).collect();
         let positions: Vec<u32> = (0..=n as u32).collect();
-        let prefill = Batch { tokens, positions: &positions[..n], seq_ids: &vec![0; n], logit_rows: &[n as u32 - 1], block_tables: &[&table], masks: None };
-        let decode = Batch { tokens: &tokens[..1], positions: &positions[n..], seq_ids: &[0], logit_rows: &[0], block_tables: &[&table], masks: None };
+        let prefill = Batch { tokens, positions: &positions[..n], seq_ids: &vec![0; n], logit_rows: &[n as u32 - 1], block_tables: &[&table], masks: None, sampling: None };
+        let decode = Batch { tokens: &tokens[..1], positions: &positions[n..], seq_ids: &[0], logit_rows: &[0], block_tables: &[&table], masks: None, sampling: None };
         let timed = |b: &Batch| -> Result<(KernelTimes, bool)> {
             Ok(match pollster::block_on(self.gpu_time(b))? {
                 Some(t) => (t.kernels, true),

@@ -1,7 +1,9 @@
-//! Per-logit-row reductions the sampler reads back: argmax (argmax.wgsl) and the top-k
-//! candidates with the row's log-sum-exp (topk.wgsl).
+//! Per-logit-row reductions the sampler reads back: argmax (argmax.wgsl), the sampled token
+//! (sample.wgsl) and the top-k candidates with the row's log-sum-exp (topk.wgsl).
 
 use bytemuck::{Pod, Zeroable};
+
+use crate::sample::RowSampling;
 
 use super::shader::Shader;
 use super::{Count, Grid, Kernels, Op};
@@ -34,6 +36,37 @@ struct TopkParams {
 }
 const _: () = assert!(std::mem::size_of::<TopkParams>() == 16);
 
+/// `struct Params` of sample.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SampleParams {
+    vocab: u32,
+    _pad: [u32; 3],
+}
+const _: () = assert!(std::mem::size_of::<SampleParams>() == 16);
+
+/// `struct Row` of sample.wgsl: one logit row's sampling, written each sampled step.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq)]
+pub struct SampleRow {
+    temperature: f32,
+    top_k: u32,
+    top_p: f32,
+    min_p: f32,
+    /// The uniform number in f32, rounded down so it stays below 1.
+    u: f32,
+    _pad: [u32; 3],
+}
+const _: () = assert!(std::mem::size_of::<SampleRow>() == 32);
+
+impl From<&RowSampling> for SampleRow {
+    fn from(s: &RowSampling) -> Self {
+        let u = s.u as f32;
+        let u = if u as f64 > s.u { f32::from_bits(u.to_bits() - 1) } else { u };
+        SampleRow { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, min_p: s.min_p, u: u.max(0.0), _pad: [0; 3] }
+    }
+}
+
 impl Kernels {
     /// Index of the largest logit of each logit row; with `masked`, of the largest allowed by
     /// the row's bits in `masks` (`[rows][vocab.div_ceil(32)]` u32 words, bit set: allowed).
@@ -41,6 +74,13 @@ impl Kernels {
         let variants = self.single(Shader::Argmax, None, &[("MASKED", masked as u32)], Grid::PerItem { of: Count::LogitRows });
         let params = ArgmaxParams { vocab, mask_words: vocab.div_ceil(32), _pad1: 0, _pad2: 0 };
         self.op(if masked { "masked argmax" } else { "argmax" }, variants, &params, &[logits, result, masks])
+    }
+
+    /// The token each logit row draws with its [`SampleRow`] in `rows`, into `result` (where
+    /// argmax leaves its picks, so a sampled token chains the same way).
+    pub fn sample(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, rows: &wgpu::Buffer, vocab: u32) -> Op {
+        let variants = self.single(Shader::Sample, None, &[], Grid::PerItem { of: Count::LogitRows });
+        self.op("sample", variants, &SampleParams { vocab, _pad: [0; 3] }, &[logits, result, rows])
     }
 
     /// The [`TOPK_MAX`] largest logits of each logit row, sorted, and the row's log-sum-exp

@@ -28,6 +28,7 @@ pub(super) enum Shader {
     AttnSoftmax,
     AttnPv,
     Argmax,
+    Sample,
     Topk,
     ReadBandwidth,
     DequantProbe,
@@ -70,6 +71,7 @@ impl Shader {
             Shader::AttnSoftmax => "attn_softmax",
             Shader::AttnPv => "attn_pv",
             Shader::Argmax => "argmax",
+            Shader::Sample => "sample",
             Shader::Topk => "topk",
             Shader::ReadBandwidth => "read_bandwidth",
             Shader::DequantProbe => "dequant_probe",
@@ -92,6 +94,7 @@ impl Shader {
             Shader::AttnSoftmax => include_str!("../../../../shaders/attn_softmax.wgsl"),
             Shader::AttnPv => include_str!("../../../../shaders/attn_pv.wgsl"),
             Shader::Argmax => include_str!("../../../../shaders/argmax.wgsl"),
+            Shader::Sample => include_str!("../../../../shaders/sample.wgsl"),
             Shader::Topk => include_str!("../../../../shaders/topk.wgsl"),
             Shader::ReadBandwidth => include_str!("../../../../shaders/read_bandwidth.wgsl"),
             Shader::DequantProbe => include_str!("../../../../shaders/dequant_probe.wgsl"),
@@ -102,7 +105,7 @@ impl Shader {
         match self {
             Shader::Matmul => Needs { reduce_lanes: true, quant: true, ..BATCH },
             Shader::Matvec | Shader::Embed => Needs { quant: true, ..BATCH },
-            Shader::Rmsnorm | Shader::BiasAdd | Shader::HeadNorm | Shader::Argmax | Shader::Topk => BATCH,
+            Shader::Rmsnorm | Shader::BiasAdd | Shader::HeadNorm | Shader::Argmax | Shader::Sample | Shader::Topk => BATCH,
             Shader::RopeKv => Needs { kv: true, ..BATCH },
             Shader::Attention | Shader::AttnTiled | Shader::AttnScores | Shader::AttnPv => ATTN_KV,
             Shader::AttnCombine | Shader::AttnSoftmax => ATTN,
@@ -120,7 +123,7 @@ impl Shader {
             Shader::Matmul | Shader::Matvec => &[Read, Read, ReadWrite, Read, Read],
             Shader::Rmsnorm | Shader::AttnScores | Shader::AttnPv => &[Read, Read, ReadWrite, Read],
             Shader::Embed | Shader::AttnCombine | Shader::Topk => &[Read, ReadWrite, Read],
-            Shader::Argmax => &[Read, ReadWrite, Read, Read],
+            Shader::Argmax | Shader::Sample => &[Read, ReadWrite, Read, Read],
             Shader::BiasAdd | Shader::HeadNorm => &[ReadWrite, Read, Read],
             Shader::RopeKv => &[ReadWrite, Read, ReadWrite, ReadWrite, Read],
             Shader::Attention | Shader::AttnTiled => &[Read, Read, Read, ReadWrite, ReadWrite, Read],
@@ -158,7 +161,7 @@ pub(super) const REDUCE_WORKGROUP_WGSL: &str = include_str!("../../../../shaders
 mod tests {
     use super::*;
 
-    const ALL: [Shader; 17] = [
+    const ALL: [Shader; 18] = [
         Shader::Matmul,
         Shader::Matvec,
         Shader::Embed,
@@ -173,6 +176,7 @@ mod tests {
         Shader::AttnSoftmax,
         Shader::AttnPv,
         Shader::Argmax,
+        Shader::Sample,
         Shader::Topk,
         Shader::ReadBandwidth,
         Shader::DequantProbe,

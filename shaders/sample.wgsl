@@ -1,0 +1,244 @@
+// Sampling on the GPU: the token each logit row draws with the CPU sampler's filters and the
+// uniform number the CPU drew for it, so a sampled decode step reads back 4 bytes and its token
+// can feed the next step without a round trip. The choice of `RowSampling::choose`
+// (src/sample/mod.rs) up to f32 rounding of the sums: candidates in the order logit descending,
+// id ascending; top-k keeps the first k; top-p the shortest prefix whose mass at temperature 1
+// (over what top-k kept) reaches top_p; min-p those with exp(l - max) >= min_p; the draw takes
+// the first kept candidate whose cumulative weight exp((l - max) / T) passes u times the kept
+// total. Each cut is a weighted radix select over order-preserving u32 keys: 8 rounds of 4 bits,
+// per-thread bins summed in thread order, then the ties at the found key ranked by id.
+// Temperature 0 is the first largest logit (greedy rows in a sampled batch).
+
+struct Params {
+    vocab: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// One logit row's sampling (`SampleRow` in src/backend/webgpu/kernels/sampling.rs).
+struct Row {
+    temperature: f32,
+    top_k: u32,
+    top_p: f32,
+    min_p: f32,
+    u: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read_write> result: array<u32>;
+@group(0) @binding(3) var<storage, read> rows: array<Row>;
+@group(0) @binding(4) var<storage, read> batch: array<u32>;
+
+const WG: u32 = 128u;
+const BINS: u32 = 16u;
+const NONE: u32 = 0xffffffffu;
+
+var<workgroup> partial: array<f32, 2048>; // [BINS][WG]
+var<workgroup> bin_sum: array<f32, BINS>;
+var<workgroup> ties: array<u32, WG>;
+var<workgroup> best_k: array<u32, WG>;
+var<workgroup> best_i: array<u32, WG>;
+// The cut being found: key, id, the kept weight before its key, the target, the tie rank.
+var<workgroup> found_key: u32;
+var<workgroup> found_id: u32;
+var<workgroup> found_above: f32;
+var<workgroup> found_target: f32;
+var<workgroup> found_rank: u32;
+
+// This invocation's contiguous slice of the row (ids ascending across invocations).
+var<private> base: u32;
+var<private> lo: u32;
+var<private> hi: u32;
+// The row's largest logit, its temperature, and the min-p floor on exp(l - max).
+var<private> row_max: f32;
+var<private> temperature: f32;
+var<private> floor_w: f32;
+// The kept candidates are those at or before (cut_key, cut_id) in the order.
+var<private> cut_key: u32;
+var<private> cut_id: u32;
+
+// Larger float -> larger key (sign flipped for positives, all bits for negatives).
+fn key(v: f32) -> u32 {
+    let b = bitcast<u32>(v);
+    return select(b | 0x80000000u, ~b, (b >> 31u) == 1u);
+}
+
+fn key_value(k: u32) -> f32 {
+    return bitcast<f32>(select(~k, k & 0x7fffffffu, (k >> 31u) == 1u));
+}
+
+// mode 0: each candidate counts 1 (top-k); 1: exp(l - max) (top-p); 2: at the temperature.
+fn weight(mode: u32, v: f32) -> f32 {
+    if (mode == 0u) { return 1.0; }
+    if (mode == 1u) { return exp(v - row_max); }
+    return exp((v - row_max) / temperature);
+}
+
+fn kept(i: u32, k: u32, v: f32, with_floor: bool) -> bool {
+    if (k < cut_key || (k == cut_key && i > cut_id)) { return false; }
+    return !with_floor || exp(v - row_max) >= floor_w;
+}
+
+fn reaches(acc: f32, goal: f32, strict: bool) -> bool {
+    return select(acc >= goal, acc > goal, strict);
+}
+
+// The first kept candidate whose cumulative weight reaches (`strict`: passes) the target:
+// `amount` times the kept total, or `amount` itself when `absolute`. Leaves it in
+// found_key / found_id. Every invocation calls it.
+fn find_cut(lid: u32, mode: u32, amount: f32, absolute: bool, strict: bool, with_floor: bool) {
+    var prefix = 0u;
+    for (var round = 0u; round < 8u; round++) {
+        let shift = 28u - 4u * round;
+        // Zeroed explicitly: a declaration in a loop need not re-initialize (naga hoists it).
+        var bins: array<f32, 16>;
+        for (var b = 0u; b < BINS; b++) { bins[b] = 0.0; }
+        for (var i = lo; i < hi; i++) {
+            let v = logits[base + i];
+            let k = key(v);
+            // Keys whose bits above this round's digit differ from the prefix are out.
+            if (round > 0u && (k >> (shift + 4u)) != (prefix >> (shift + 4u))) { continue; }
+            if (!kept(i, k, v, with_floor)) { continue; }
+            bins[(k >> shift) & 15u] += weight(mode, v);
+        }
+        for (var b = 0u; b < BINS; b++) { partial[b * WG + lid] = bins[b]; }
+        workgroupBarrier();
+        if (lid < BINS) {
+            var s = 0.0;
+            for (var j = 0u; j < WG; j++) { s += partial[lid * WG + j]; }
+            bin_sum[lid] = s;
+        }
+        workgroupBarrier();
+        if (lid == 0u) {
+            var acc = found_above;
+            if (round == 0u) {
+                // The total in the walk's own order, so a fraction below 1 is always reached.
+                var total = 0.0;
+                for (var b = BINS; b > 0u; b--) { total += bin_sum[b - 1u]; }
+                found_target = select(amount * total, amount, absolute);
+                acc = 0.0;
+            }
+            // Walk the digits from the largest; keep the last non-empty one in case rounding
+            // leaves the target out of reach.
+            var chosen = NONE;
+            var chosen_acc = acc;
+            for (var b = BINS; b > 0u; b--) {
+                let s = bin_sum[b - 1u];
+                if (s > 0.0) {
+                    chosen = b - 1u;
+                    chosen_acc = acc;
+                    if (reaches(acc + s, found_target, strict)) { break; }
+                }
+                acc += s;
+            }
+            if (chosen == NONE) { chosen = 0u; }
+            found_key = prefix | (chosen << shift);
+            found_above = chosen_acc;
+        }
+        workgroupBarrier();
+        prefix = found_key;
+        workgroupBarrier();
+    }
+
+    // Candidates with exactly the found key weigh the same: the rank among them (by id) that
+    // reaches the target, then the id of that rank.
+    var n = 0u;
+    for (var i = lo; i < hi; i++) {
+        let v = logits[base + i];
+        if (key(v) == prefix && kept(i, prefix, v, with_floor)) { n += 1u; }
+    }
+    ties[lid] = n;
+    workgroupBarrier();
+    if (lid == 0u) {
+        var run = 0u;
+        for (var j = 0u; j < WG; j++) {
+            let c = ties[j];
+            ties[j] = run;
+            run += c;
+        }
+        let w = weight(mode, key_value(prefix));
+        let rest = found_target - found_above;
+        var r = run - 1u;
+        if (w > 0.0 && rest > 0.0) {
+            let q = rest / w;
+            r = u32(select(max(ceil(q) - 1.0, 0.0), floor(q), strict));
+        }
+        if (w > 0.0 && rest <= 0.0) { r = 0u; }
+        found_rank = min(r, run - 1u);
+        found_id = NONE;
+    }
+    workgroupBarrier();
+    let want = found_rank;
+    if (want >= ties[lid] && want < ties[lid] + n) {
+        var seen = ties[lid];
+        for (var i = lo; i < hi; i++) {
+            let v = logits[base + i];
+            if (key(v) == prefix && kept(i, prefix, v, with_floor)) {
+                if (seen == want) { found_id = i; break; }
+                seen += 1u;
+            }
+        }
+    }
+    workgroupBarrier();
+    cut_key = prefix;
+    cut_id = found_id;
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(128)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = wid.x;
+    if (r >= n_logit_rows()) { return; }
+    let p = rows[r];
+    base = r * P.vocab;
+    let chunk = (P.vocab + WG - 1u) / WG;
+    lo = min(lid * chunk, P.vocab);
+    hi = min(lo + chunk, P.vocab);
+
+    // The first largest logit: the greedy choice, and the max the weights are taken around.
+    var bk = 0u;
+    var bi = NONE;
+    for (var i = lo; i < hi; i++) {
+        let k = key(logits[base + i]);
+        if (bi == NONE || k > bk) { bk = k; bi = i; }
+    }
+    best_k[lid] = bk;
+    best_i[lid] = bi;
+    workgroupBarrier();
+    if (lid == 0u) {
+        var k = 0u;
+        var id = NONE;
+        for (var j = 0u; j < WG; j++) {
+            if (best_i[j] != NONE && (id == NONE || best_k[j] > k)) { k = best_k[j]; id = best_i[j]; }
+        }
+        found_key = k;
+        found_id = id;
+        found_above = 0.0;
+    }
+    workgroupBarrier();
+    row_max = key_value(found_key);
+    let greedy = found_id;
+    workgroupBarrier();
+    if (p.temperature <= 0.0) {
+        if (lid == 0u) { result[r] = greedy; }
+        return;
+    }
+    temperature = p.temperature;
+    floor_w = p.min_p;
+    cut_key = 0u;
+    cut_id = NONE;
+    if (p.top_k > 0u && p.top_k < P.vocab) {
+        find_cut(lid, 0u, f32(p.top_k), true, false, false);
+    }
+    if (p.top_p < 1.0) {
+        find_cut(lid, 1u, p.top_p, false, false, false);
+    }
+    find_cut(lid, 2u, p.u, false, true, p.min_p > 0.0);
+    // No id only if the sums were not numbers (a NaN logit): fall back to the greedy choice.
+    if (lid == 0u) { result[r] = select(found_id, greedy, found_id == NONE); }
+}
