@@ -7,7 +7,10 @@
 // the first kept candidate whose cumulative weight exp((l - max) / T) passes u times the kept
 // total. Each cut is a weighted radix select over order-preserving u32 keys: 8 rounds of 4 bits,
 // per-thread bins summed in thread order, then the ties at the found key ranked by id.
-// Temperature 0 is the first largest logit (greedy rows in a sampled batch).
+// Temperature 0 is the first largest logit (greedy rows in a sampled batch). Before any of it,
+// the row's logit edits are applied in place, as the CPU sampler applies them: bias entries,
+// then the repetition/frequency/presence penalties of the window's tokens, the token the row is
+// computed at counted once more (it may be a chained token the CPU has not seen yet).
 
 struct Params {
     vocab: u32,
@@ -23,16 +26,29 @@ struct Row {
     top_p: f32,
     min_p: f32,
     u: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    repeat_penalty: f32,
+    frequency_penalty: f32,
+    presence_penalty: f32,
+    edit_start: u32,
+    edit_count: u32,
+    count_input: u32,
+    _pad: u32,
+}
+
+// count 0: add bias; else the token's count in the penalty window (`SampleEdit`).
+struct Edit {
+    token: u32,
+    bias: f32,
+    count: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> result: array<u32>;
 @group(0) @binding(3) var<storage, read> rows: array<Row>;
-@group(0) @binding(4) var<storage, read> batch: array<u32>;
+@group(0) @binding(4) var<storage, read> edits: array<Edit>;
+@group(0) @binding(5) var<storage, read> batch: array<u32>;
 
 const WG: u32 = 128u;
 const BINS: u32 = 16u;
@@ -82,6 +98,35 @@ fn weight(mode: u32, v: f32) -> f32 {
 fn kept(i: u32, k: u32, v: f32, with_floor: bool) -> bool {
     if (k < cut_key || (k == cut_key && i > cut_id)) { return false; }
     return !with_floor || exp(v - row_max) >= floor_w;
+}
+
+fn penalized(v: f32, n: u32, p: Row) -> f32 {
+    var x = v;
+    if (p.repeat_penalty != 1.0) { x = select(x * p.repeat_penalty, x / p.repeat_penalty, x > 0.0); }
+    return x - (p.frequency_penalty * f32(n) + p.presence_penalty);
+}
+
+// One invocation edits the row in place (a few hundred entries at most).
+fn apply_edits(r: u32, p: Row) {
+    let input = token_id(logit_row(r));
+    var input_seen = false;
+    for (var e = p.edit_start; e < p.edit_start + p.edit_count; e++) {
+        let ed = edits[e];
+        if (ed.token >= P.vocab) { continue; }
+        if (ed.count == 0u) {
+            logits[base + ed.token] += ed.bias;
+            continue;
+        }
+        var n = ed.count;
+        if (p.count_input != 0u && ed.token == input) {
+            n += 1u;
+            input_seen = true;
+        }
+        logits[base + ed.token] = penalized(logits[base + ed.token], n, p);
+    }
+    if (p.count_input != 0u && !input_seen && input < P.vocab) {
+        logits[base + input] = penalized(logits[base + input], 1u, p);
+    }
 }
 
 fn reaches(acc: f32, goal: f32, strict: bool) -> bool {
@@ -199,6 +244,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let chunk = (P.vocab + WG - 1u) / WG;
     lo = min(lid * chunk, P.vocab);
     hi = min(lo + chunk, P.vocab);
+    if (p.edit_count > 0u || p.count_input != 0u) {
+        if (lid == 0u) { apply_edits(r, p); }
+        storageBarrier();
+    }
 
     // The first largest logit: the greedy choice, and the max the weights are taken around.
     var bk = 0u;

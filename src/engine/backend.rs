@@ -270,7 +270,9 @@ pub fn picks_from_logits(logits: Vec<f32>, vocab: usize, read: Readback, b: &Bat
         }),
         Readback::Sample => {
             let rows = b.sampling.ok_or_else(|| Error::InvalidOption { option: "batch", reason: "a sampled readback needs each logit row's sampling".into() })?;
-            Picks::Tokens(logits.chunks_exact(vocab).zip(rows).map(|(row, s)| s.choose(row)).collect())
+            // Each row's input token counts in its penalty window.
+            let inputs = b.logit_rows.iter().map(|&r| b.tokens[r as usize]);
+            Picks::Tokens(logits.chunks_exact(vocab).zip(rows).zip(inputs).map(|((row, s), input)| s.choose(row, input)).collect())
         }
         Readback::Top(k) => Picks::Top(logits.chunks_exact(vocab).map(|row| TopLogits::from_logits(row, k)).collect()),
         Readback::Logits => Picks::Logits(logits),

@@ -526,7 +526,7 @@ impl<M: ForwardModel> Engine<M> {
         if readback == Readback::Sample {
             for &(id, need, _, rows) in &needs {
                 let seq = self.running.iter_mut().find(|s| s.id == id).expect("planned sequences run");
-                let row = if need == Need::Sample { seq.decoder.row() } else { RowSampling::GREEDY };
+                let row = if need == Need::Sample { seq.decoder.row(false) } else { RowSampling::GREEDY };
                 sampling.extend(std::iter::repeat_n(row, rows));
             }
         }
@@ -583,7 +583,7 @@ impl<M: ForwardModel> Engine<M> {
         if readback == Readback::Sample {
             for &(id, _, _, need) in &next {
                 let seq = self.running.iter_mut().find(|s| s.id == id).expect("checked above");
-                sampling.push(if need == Need::Sample { seq.decoder.row() } else { RowSampling::GREEDY });
+                sampling.push(if need == Need::Sample { seq.decoder.row(true) } else { RowSampling::GREEDY });
             }
         }
         let k = next.len() as u32;

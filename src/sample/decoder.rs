@@ -191,10 +191,13 @@ impl Decoder {
         self.need
     }
 
-    /// For [`Need::Sample`]: the next choice's filters and uniform number, drawn from the
-    /// sampler's RNG now (one draw a token, as [`Decoder::pick`] on logits would make).
-    pub fn row(&mut self) -> RowSampling {
-        self.sampler.row()
+    /// For [`Need::Sample`]: the next choice's filters, logit edits and uniform number, drawn
+    /// from the sampler's RNG now (one draw a token, as [`Decoder::pick`] on logits would make).
+    /// `chained`: the row is computed at the token the step in flight picks, which the history
+    /// does not hold yet; otherwise at the history's last token.
+    pub fn row(&mut self, chained: bool) -> RowSampling {
+        let before = if chained { &self.history[..] } else { &self.history[..self.history.len() - 1] };
+        self.sampler.row(before)
     }
 
     /// Holds the output to `constraint`: every choice is made from the whole logits row with

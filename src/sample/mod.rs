@@ -284,19 +284,44 @@ impl Sampler {
         draw(c, self.params.temperature as f64, self.rng.uniform())
     }
 
-    /// Whether a backend can make this sampler's choice itself from [`Sampler::row`]: sampled
-    /// (not greedy) with only the filters that keep a prefix of the logit-sorted row (top-k,
-    /// top-p, min-p), nothing that edits logits, and no logprobs to report.
+    /// Whether a backend can make this sampler's choice itself from [`Sampler::row`]: the
+    /// filters that keep a prefix of the logit-sorted row (top-k, top-p, min-p), logit bias and
+    /// penalties as at most [`MAX_EDITS`] per-token edits, and no logprobs to report.
     pub fn backend_samples(&self, logprobs: Option<usize>) -> bool {
         let p = &self.params;
-        p.temperature > 0.0 && p.typical_p >= 1.0 && !p.has_penalties() && p.logit_bias.is_empty() && logprobs.is_none()
+        let window = if p.has_penalties() { p.repeat_last_n } else { 0 };
+        p.typical_p >= 1.0 && logprobs.is_none() && p.logit_bias.len().saturating_add(window) < MAX_EDITS
     }
 
-    /// The next choice for a backend to make: the filters and this token's uniform draw (the
-    /// one [`Sampler::sample`] would make), taken from the RNG now.
-    pub fn row(&mut self) -> RowSampling {
+    /// The next choice for a backend to make: filters, logit edits and this token's uniform
+    /// draw (the one [`Sampler::sample`] would make), taken from the RNG now. `before`: the
+    /// history before the token the row is computed at (that token counts in the penalty
+    /// window too; the backend adds it, so a token still on the GPU can be that input).
+    pub fn row(&mut self, before: &[u32]) -> RowSampling {
         let p = &self.params;
-        RowSampling { temperature: p.temperature, top_k: p.top_k.min(u32::MAX as usize) as u32, top_p: p.top_p, min_p: p.min_p, u: self.rng.uniform() }
+        let mut edits: Vec<LogitEdit> = p.logit_bias.iter().map(|&(token, bias)| LogitEdit { token, bias, count: 0 }).collect();
+        let count_input = p.has_penalties() && p.repeat_last_n > 0;
+        if count_input {
+            let window = &before[before.len().saturating_sub(p.repeat_last_n - 1)..];
+            let mut counts = std::collections::BTreeMap::<u32, u32>::new();
+            for &t in window {
+                *counts.entry(t).or_default() += 1;
+            }
+            edits.extend(counts.into_iter().map(|(token, count)| LogitEdit { token, bias: 0.0, count }));
+        }
+        RowSampling {
+            temperature: p.temperature,
+            top_k: p.top_k.min(u32::MAX as usize) as u32,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repeat_penalty: p.repeat_penalty,
+            frequency_penalty: p.frequency_penalty,
+            presence_penalty: p.presence_penalty,
+            count_input,
+            edits,
+            // Greedy takes no draw, as in `sample`.
+            u: if p.temperature == 0.0 { 0.0 } else { self.rng.uniform() },
+        }
     }
 
     fn apply_bias_and_penalties(&self, l: &mut [f32], history: &[u32]) {
@@ -443,10 +468,24 @@ fn draw(c: &[(u32, f32)], t: f64, u: f64) -> u32 {
     c[c.len() - 1].0
 }
 
-/// One logit row's sampling for a backend that chooses the token itself (the GPU's
-/// shaders/sample.wgsl): the filters that keep a prefix of the row sorted by logit, and the
-/// uniform number the sequence's RNG drew for this token. Greedy when `temperature` is 0.
+/// Largest number of logit edits (bias entries plus tokens in the penalty window) a row a
+/// backend samples may carry.
+pub const MAX_EDITS: usize = 256;
+
+/// One edit of a row's logits before sampling: `count` 0 adds `bias` (logit bias); otherwise
+/// the token occurred `count` times in the penalty window.
 #[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LogitEdit {
+    pub token: u32,
+    pub bias: f32,
+    pub count: u32,
+}
+
+/// One logit row's sampling for a backend that chooses the token itself (the GPU's
+/// shaders/sample.wgsl): logit bias and penalties as edits, the filters that keep a prefix of
+/// the row sorted by logit, and the uniform number the sequence's RNG drew for this token.
+/// Greedy when `temperature` is 0.
+#[derive(Clone, Debug, PartialEq)]
 pub struct RowSampling {
     pub temperature: f32,
     /// 0: off.
@@ -455,24 +494,78 @@ pub struct RowSampling {
     pub top_p: f32,
     /// 0: off.
     pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
+    /// The token the row is computed at counts once more in the penalty window.
+    pub count_input: bool,
+    /// Bias entries first (in the request's order), then the window's tokens with their counts.
+    pub edits: Vec<LogitEdit>,
     /// In [0, 1).
     pub u: f64,
 }
 
 impl RowSampling {
     /// The first largest logit.
-    pub const GREEDY: RowSampling = RowSampling { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, u: 0.0 };
+    pub const GREEDY: RowSampling =
+        RowSampling { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, frequency_penalty: 0.0, presence_penalty: 0.0, count_input: false, edits: Vec::new(), u: 0.0 };
 
-    /// The token a row of logits gives: exactly [`Sampler::sample`]'s choice for the same
-    /// uniform (CPU backends; the GPU kernel's reference).
-    pub fn choose(&self, logits: &[f32]) -> u32 {
+    /// Applies the edits to a row computed at token `input`: exactly what [`Sampler::sample`]
+    /// does with the history (bias, then each window token's penalty).
+    pub fn edit(&self, row: &mut [f32], input: u32) {
+        let (bias, window) = self.edits.split_at(self.edits.iter().position(|e| e.count > 0).unwrap_or(self.edits.len()));
+        for e in bias {
+            row[e.token as usize] += e.bias;
+        }
+        let mut counts: Vec<(u32, u32)> = window.iter().map(|e| (e.token, e.count)).collect();
+        if self.count_input {
+            match counts.iter_mut().find(|c| c.0 == input) {
+                Some(c) => c.1 += 1,
+                None => counts.push((input, 1)),
+            }
+        }
+        for (t, n) in counts {
+            let Some(v) = row.get_mut(t as usize) else { continue };
+            if self.repeat_penalty != 1.0 {
+                *v = if *v > 0.0 { *v / self.repeat_penalty } else { *v * self.repeat_penalty };
+            }
+            *v -= self.frequency_penalty * n as f32 + self.presence_penalty;
+        }
+    }
+
+    /// The token a row of logits computed at token `input` gives: exactly [`Sampler::sample`]'s
+    /// choice for the same uniform (CPU backends; the GPU kernel's reference).
+    pub fn choose(&self, logits: &[f32], input: u32) -> u32 {
+        let edited;
+        let logits = if self.edits.is_empty() && !self.count_input {
+            logits
+        } else {
+            let mut row = logits.to_vec();
+            self.edit(&mut row, input);
+            edited = row;
+            &edited
+        };
         if self.temperature == 0.0 {
             return argmax(logits);
         }
+        let c = self.kept(logits);
+        draw(&c, self.temperature as f64, self.u)
+    }
+
+    /// The candidates the filters keep, in draw order, with their probabilities at the
+    /// temperature: what [`RowSampling::choose`] draws from (not for greedy rows).
+    pub fn distribution(&self, logits: &[f32], input: u32) -> Vec<(u32, f64)> {
+        let mut row = logits.to_vec();
+        self.edit(&mut row, input);
+        let c = self.kept(&row);
+        c.iter().zip(probabilities(&c, self.temperature as f64)).map(|(x, p)| (x.0, p)).collect()
+    }
+
+    fn kept(&self, logits: &[f32]) -> Candidates {
         let p = SamplingParams { temperature: self.temperature, top_k: self.top_k as usize, top_p: self.top_p, min_p: self.min_p, ..SamplingParams::default() };
         let mut c: Candidates = logits.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
         filter(&p, &mut c);
-        draw(&c, self.temperature as f64, self.u)
+        c
     }
 }
 

@@ -275,7 +275,8 @@ pub async fn reports<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, r
 }
 
 /// Seeded sampled requests the backend draws itself (temperature alone, top-p, top-k past the
-/// 64 candidates with min-p, one with a stop string) and a greedy one riding along.
+/// 64 candidates with min-p, one with a stop string, one with penalties and logit bias), greedy
+/// with a repetition penalty, and a plain greedy one riding along.
 pub fn sampled_requests(tok: &Tokenizer) -> Vec<Request> {
     let prompt = |p: &str| tok.encode_prompt(p, false).unwrap();
     let sampled = |seed, temperature, top_k, top_p, min_p, max_tokens| GenerateOptions {
@@ -289,6 +290,22 @@ pub fn sampled_requests(tok: &Tokenizer) -> Vec<Request> {
         Request { prompt: prompt(PROMPTS[1]), opts: sampled(3, 1.2, 200, 0.95, 0.05, 10) },
         Request { prompt: prompt(PROMPTS[3]), opts: greedy(8) },
         Request { prompt: prompt(PROMPTS[2]), opts: GenerateOptions { stop: vec![",".into()], ..sampled(4, 0.9, 0, 1.0, 0.0, 16) } },
+        // Penalties and logit bias, edited on the device: the window counts the chained token.
+        Request {
+            prompt: prompt(PROMPTS[1]),
+            opts: GenerateOptions {
+                sampling: SamplingParams {
+                    repeat_penalty: 1.3,
+                    frequency_penalty: 0.3,
+                    presence_penalty: 0.2,
+                    repeat_last_n: 8,
+                    logit_bias: vec![(198, -3.0)],
+                    ..sampled(5, 0.8, 0, 0.95, 0.0, 14).sampling
+                },
+                ..sampled(5, 0.8, 0, 0.95, 0.0, 14)
+            },
+        },
+        Request { prompt: prompt(PROMPTS[3]), opts: GenerateOptions { sampling: SamplingParams { repeat_penalty: 1.5, repeat_last_n: 6, ..SamplingParams::greedy() }, ..greedy(12) } },
     ]
 }
 

@@ -56,14 +56,14 @@ fn a_decode_step_is_one_pass_one_submit_no_idle_wait_and_a_few_bytes() {
     assert_eq!(sync.blocking_waits, sync.steps, "{sync:?}");
 
     // Sampled decode (temperature 0.7, top-p 0.9): the GPU draws the token, so the step is the
-    // greedy one with the sample kernel for the argmax, the 32-byte sampling row written, 4
+    // greedy one with the sample kernel for the argmax, the 48-byte sampling row written, 4
     // bytes read back (not the 1 KB logits row), and pipelined the same way.
     let greedy = decode_step(2, true, true);
     let sampled = sampled_step(2, true, true, &bench_sampling());
     println!("sampled: {}", sampled.per_step());
     assert_eq!((sampled.passes, sampled.submits, sampled.blocking_waits), (sampled.steps, sampled.steps, 0), "{sampled:?}");
     assert_eq!((sampled.dispatches, sampled.bytes_read), (greedy.dispatches, greedy.bytes_read), "{sampled:?}");
-    assert!(sampled.bytes_written <= greedy.bytes_written + 32 * sampled.steps, "{sampled:?} vs {greedy:?}");
+    assert_eq!(sampled.bytes_written, greedy.bytes_written + 48 * sampled.steps, "{sampled:?} vs {greedy:?}");
 }
 
 /// Timestamp queries (lavapipe has them) time a decode step as the engine encodes it, and each

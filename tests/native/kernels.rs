@@ -329,19 +329,41 @@ fn topk_matches_cpu_selection_exactly() {
 }
 
 /// The GPU's sampled choice (sample.wgsl) against the CPU's (`RowSampling::choose`, f64) for
-/// the same uniform numbers: temperature alone, top-k beyond the 64 candidates, top-p, min-p and
-/// all together, greedy rows, peaked and flat rows, ties at the cuts, -inf, vocabularies that
-/// are not a multiple of the workgroup or smaller than it. The two sum in different precisions,
-/// so a draw within ~1e-6 of a boundary could differ; none of these does.
+/// the same rows from the sampler (uniform numbers, edits): temperature alone, top-k beyond the
+/// 64 candidates, top-p, min-p and all together; logit bias (+5 and -inf) with repetition,
+/// frequency and presence penalties over a window that holds the row's input token or not;
+/// greedy rows with and without penalties; peaked and flat rows, ties at the cuts, -inf, and
+/// vocabularies that are not a multiple of the workgroup or smaller than it. The two sum in
+/// different precisions, so a draw within ~1e-7 of a boundary may differ (among thousands of
+/// tied low logits, one of these does): such a token must still be where f32 sums put u.
 #[test]
 fn sampling_matches_cpu_choice() {
-    use ferrolm::backend::webgpu::kernels::SampleRow;
-    use ferrolm::sample::{Rng, RowSampling};
+    use ferrolm::backend::webgpu::kernels::sample_rows;
+    use ferrolm::sample::{Sampler, SamplingParams};
     let h = Harness::new(GpuOptions::default());
-    let settings = [(1.0, 0, 1.0, 0.0), (0.7, 0, 0.9, 0.0), (1.3, 40, 0.95, 0.05), (0.5, 3000, 1.0, 0.0), (1.0, 0, 1.0, 0.1), (0.8, 100, 0.5, 0.0), (0.0, 0, 1.0, 0.0)];
-    let mut rng = Rng::new(7);
-    let mut draws = 0;
+    let plain = |temperature, top_k, top_p, min_p| SamplingParams { temperature, top_k, top_p, min_p, ..SamplingParams::default() };
+    let penalized = |temperature, bias: Vec<(u32, f32)>| SamplingParams {
+        temperature,
+        repeat_penalty: 1.3,
+        frequency_penalty: 0.5,
+        presence_penalty: 0.3,
+        repeat_last_n: 24,
+        logit_bias: bias,
+        ..SamplingParams::default()
+    };
+    let (mut draws, mut near, mut worst) = (0, 0, 0f64);
     for vocab in [1000usize, 49_152 + 7, 40] {
+        let settings = [
+            plain(1.0, 0, 1.0, 0.0),
+            plain(0.7, 0, 0.9, 0.0),
+            plain(1.3, 40, 0.95, 0.05),
+            plain(0.5, 3000, 1.0, 0.0),
+            plain(1.0, 0, 1.0, 0.1),
+            plain(0.8, 100, 0.5, 0.0),
+            plain(0.0, 0, 1.0, 0.0),
+            penalized(0.0, Vec::new()),
+            penalized(0.9, vec![(7, 5.0), (vocab as u32 - 1, f32::NEG_INFINITY), (7, -1.5)]),
+        ];
         // Rows: peaked (scaled), flat, coarse values (ties everywhere) with -inf, ties at the top.
         let rows = 4;
         let mut logits = random(rows * vocab, vocab as u64 + 1);
@@ -353,29 +375,49 @@ fn sampling_matches_cpu_choice() {
             }
         }
         logits[2 * vocab + 3] = f32::NEG_INFINITY;
-        for &(temperature, top_k, top_p, min_p) in &settings {
-            // Each row drawn with 6 uniform numbers: 24 logit rows a dispatch.
+        for (s, params) in settings.iter().enumerate() {
+            let mut sampler = Sampler::new(SamplingParams { seed: Some(s as u64), ..params.clone() }, vocab).unwrap();
+            // Each row drawn 6 times, each time after a different history: 24 logit rows.
             let per = 6;
-            let mut all = Vec::with_capacity(rows * per * vocab);
-            let mut params = Vec::new();
+            let (mut all, mut rows_sampling, mut inputs) = (Vec::new(), Vec::new(), Vec::new());
             for row in logits.chunks(vocab) {
-                for _ in 0..per {
+                for d in 0..per {
+                    // Multiples of 3 (mod vocab); on odd draws the input token 1 is new to the window.
+                    let mut history: Vec<u32> = (0..30).map(|j| ((j * 13 + d * 7) % 17 * 3 % vocab) as u32).collect();
+                    if d % 2 == 1 {
+                        history[29] = 1;
+                    }
                     all.extend_from_slice(row);
-                    params.push(RowSampling { temperature, top_k, top_p, min_p, u: rng.uniform() });
+                    rows_sampling.push(sampler.row(&history[..29]));
+                    inputs.push(history[29]);
                 }
             }
-            let gpu_rows: Vec<SampleRow> = params.iter().map(SampleRow::from).collect();
-            let (lb, pb, rb) = (h.buffer(&all), h.buffer(bytemuck::cast_slice(&gpu_rows)), h.words(&vec![u32::MAX; params.len()]));
-            let got = h.run(&[h.kernels.sample(&lb, &rb, &pb, vocab as u32)], &vec![0; params.len()], &rb);
+            let (gpu_rows, edits) = sample_rows(&rows_sampling);
+            let (lb, pb, rb) = (h.buffer(&all), h.buffer(bytemuck::cast_slice(&gpu_rows)), h.words(&vec![u32::MAX; gpu_rows.len()]));
+            let eb = h.buffer(&bytemuck::cast_slice(&edits).iter().copied().chain([0.0; 4]).collect::<Vec<f32>>());
+            let got = h.run(&[h.kernels.sample(&lb, &rb, &pb, &eb, vocab as u32)], &inputs, &rb);
             h.ctx.faults.check().unwrap();
-            for (i, (p, row)) in params.iter().zip(all.chunks(vocab)).enumerate() {
-                let want = p.choose(row);
-                assert_eq!(got[i].to_bits(), want, "vocab {vocab} row {} draw {}: {p:?}", i / per, i % per);
+            for (i, ((r, row), &input)) in rows_sampling.iter().zip(all.chunks(vocab)).zip(&inputs).enumerate() {
+                let (gpu, cpu) = (got[i].to_bits(), r.choose(row, input));
                 draws += 1;
+                if gpu == cpu {
+                    continue;
+                }
+                // Otherwise the GPU's token must be the one its f32 sums put u at: u within
+                // 1e-6 of the CPU's (f64) cumulative probability interval of that token.
+                let p = r.distribution(row, input);
+                let at = p.iter().position(|x| x.0 == gpu).unwrap_or_else(|| panic!("vocab {vocab} row {i}: GPU token {gpu} is not kept by the CPU's filters ({r:?})"));
+                let before: f64 = p[..at].iter().map(|x| x.1).sum();
+                let (lo, hi) = (before - 1e-6, before + p[at].1 + 1e-6);
+                assert!(r.temperature > 0.0 && lo <= r.u && r.u < hi, "vocab {vocab} row {i}: GPU {gpu} covers [{lo}, {hi}), u {}; CPU {cpu} ({r:?})", r.u);
+                near += 1;
+                worst = worst.max((before - r.u).max(r.u - before - p[at].1));
             }
         }
     }
-    assert_eq!(draws, 3 * 7 * 24);
+    println!("{draws} draws, {near} not the CPU's token but within 1e-6 of its interval (u outside it by {worst:.1e} at most)");
+    assert_eq!(draws, 3 * 9 * 24);
+    assert!(near * 50 <= draws, "{near} of {draws} draws differ from the CPU's");
 }
 
 /// Attention over a paged KV cache against a direct f64 computation (tests/kernel_cases):

@@ -245,10 +245,11 @@ fn speculative_verification_keeps_the_target_distribution() {
     }
 }
 
-/// A backend's choice from [`Sampler::row`] (the filters and the uniform number drawn at
-/// submission; what the GPU's sample kernel and the CPU backends get) is the sampler's own
-/// choice on the full logits, RNG draws included, whenever `backend_samples` allows it; settings
-/// that edit logits, keep a non-prefix (typical) or report logprobs stay with the sampler.
+/// A backend's choice from [`Sampler::row`] (filters, logit edits and the uniform number drawn
+/// at submission; what the GPU's sample kernel and the CPU backends get) is the sampler's own
+/// choice on the full logits, RNG draws included, over a generation whose penalty window fills
+/// with its own tokens; settings that keep a non-prefix (typical), carry too many edits or
+/// report logprobs stay with the sampler.
 #[test]
 fn backend_sampling_equals_the_sampler() {
     let vocab = 5000;
@@ -258,20 +259,31 @@ fn backend_sampling_equals_the_sampler() {
         SamplingParams { temperature: 0.7, top_p: 0.9, seed: Some(2), ..Default::default() },
         SamplingParams { temperature: 1.3, top_k: 300, top_p: 0.95, min_p: 0.05, seed: Some(3), ..Default::default() },
         SamplingParams { temperature: 0.5, min_p: 0.2, seed: Some(4), ..Default::default() },
+        SamplingParams { temperature: 0.3, repeat_penalty: 1.5, frequency_penalty: 0.4, presence_penalty: 0.6, repeat_last_n: 16, seed: Some(5), ..Default::default() },
+        SamplingParams { temperature: 0.0, repeat_penalty: 2.0, repeat_last_n: 8, logit_bias: vec![(970, 3.0), (3, -10.0)], ..Default::default() },
     ];
     for params in cases {
         let mut sampler = Sampler::new(params.clone(), vocab).unwrap();
         let mut backend = Sampler::new(params.clone(), vocab).unwrap();
         assert!(backend.backend_samples(None), "{params:?}");
+        let mut history = vec![970u32, 5, 970, 12];
+        let mut distinct = std::collections::BTreeSet::new();
         for _ in 0..300 {
-            assert_eq!(backend.row().choose(&logits), sampler.sample(&logits, &[]), "{params:?}");
+            let row = backend.row(&history[..history.len() - 1]);
+            let next = row.choose(&logits, *history.last().unwrap());
+            assert_eq!(next, sampler.sample(&logits, &history), "{params:?} after {history:?}");
+            history.push(next);
+            distinct.insert(next);
+        }
+        // Penalties move the choice around: the window really edits the logits.
+        if params.repeat_penalty != 1.0 {
+            assert!(distinct.len() > 3, "{params:?}: {distinct:?}");
         }
     }
     let not = [
-        (SamplingParams::greedy(), None),
         (SamplingParams { typical_p: 0.9, ..Default::default() }, None),
-        (SamplingParams { repeat_penalty: 1.1, ..Default::default() }, None),
-        (SamplingParams { logit_bias: vec![(3, 1.0)], ..Default::default() }, None),
+        (SamplingParams { repeat_penalty: 1.1, repeat_last_n: 300, ..Default::default() }, None),
+        (SamplingParams { logit_bias: (0..300).map(|t| (t, 1.0)).collect(), ..Default::default() }, None),
         (SamplingParams::default(), Some(2)),
     ];
     for (params, logprobs) in not {

@@ -11,13 +11,14 @@ use std::rc::Rc;
 use serde::Serialize;
 
 use super::context::{map_read, Faults, GpuContext};
-use super::kernels::{AttnDims, Count, Kernels, Norm, Op, OutCols, SampleRow, TOPK_WORDS};
+use super::kernels::{sample_rows, AttnDims, Count, Kernels, Norm, Op, OutCols, SampleEdit, SampleRow, TOPK_WORDS};
 use super::weights::{concat_rows, packed_row_bytes, upload_f32, GpuTensor};
 use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, BLOCK_SIZE, CHAINED};
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf};
 use crate::model::{names, Config, RopeStyle};
 use crate::sample::TopLogits;
+use crate::sample::MAX_EDITS;
 
 /// The batch description as `shaders/batch.wgsl` reads it: a header, then tokens, positions,
 /// sequence ids and logit rows in slots of `max_batch_tokens`, then the block tables.
@@ -107,8 +108,10 @@ pub struct GpuModel {
     logits: wgpu::Buffer,
     argmax: wgpu::Buffer,
     topk: wgpu::Buffer,
-    /// Each logit row's sampling (`SampleRow`), written by sampled steps.
+    /// Each logit row's sampling (`SampleRow`) and the rows' logit edits, written by sampled
+    /// steps.
     sample_rows: wgpu::Buffer,
+    sample_edits: wgpu::Buffer,
     /// Allowed-token masks of the logit rows (structured output), written by masked steps.
     masks: wgpu::Buffer,
     /// Readback buffers not held by a pending step; a step takes one big enough and its
@@ -222,6 +225,8 @@ impl GpuModel {
         let argmax = storage("argmax", max_logit_rows as u64 * 4)?;
         let topk = storage("top-k", max_logit_rows as u64 * TOPK_WORDS as u64 * 4)?;
         let sample_rows = storage("sampling", max_logit_rows as u64 * std::mem::size_of::<SampleRow>() as u64)?;
+        // A sampled step has a row per sequence (drafts read logits), each with at most MAX_EDITS.
+        let sample_edits = storage("logit edits", (max_seqs as usize * MAX_EDITS * std::mem::size_of::<SampleEdit>()) as u64)?;
         let masks = storage("masks", max_logit_rows as u64 * v.div_ceil(32) * 4)?;
         // One cos/sin table per distinct (RoPE base, scale) among the layers (Gemma 3: local, global).
         let mut ropes: Vec<((u32, u32), wgpu::Buffer)> = Vec::new();
@@ -339,7 +344,7 @@ impl GpuModel {
         ops.extend(kernels.matmul_normed(&head, input, norm, &logits, OutCols { stride: v as u32, col: 0 }, Count::LogitRows));
         let argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, false);
         let masked_argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, true);
-        let sample_op = kernels.sample(&logits, &argmax, &sample_rows, v as u32);
+        let sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, v as u32);
         let topk_op = kernels.topk(&logits, &topk, v as u32);
         prepare(&ops[head_start..]);
         argmax_op.prepare_single_sequence(max_batch_tokens);
@@ -363,6 +368,7 @@ impl GpuModel {
             argmax,
             topk,
             sample_rows,
+            sample_edits,
             masks,
             staging,
             ops,
@@ -389,9 +395,15 @@ impl GpuModel {
         }
         if readback == Readback::Sample {
             let rows = b.sampling.ok_or_else(|| Error::InvalidOption { option: "batch", reason: "a sampled readback needs each logit row's sampling".into() })?;
-            let rows: Vec<SampleRow> = rows.iter().map(SampleRow::from).collect();
+            let (rows, edits) = sample_rows(rows);
+            if std::mem::size_of_val(&edits[..]) as u64 > self.sample_edits.size() {
+                return Err(Error::InvalidOption { option: "batch", reason: format!("{} logit edits; a step takes at most {MAX_EDITS} a sequence", edits.len()) });
+            }
             self.ctx.queue.write_buffer(&self.sample_rows, 0, bytemuck::cast_slice(&rows));
-            bytes += std::mem::size_of_val(&rows[..]) as u64;
+            if !edits.is_empty() {
+                self.ctx.queue.write_buffer(&self.sample_edits, 0, bytemuck::cast_slice(&edits));
+            }
+            bytes += (std::mem::size_of_val(&rows[..]) + std::mem::size_of_val(&edits[..])) as u64;
         }
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         self.copy_chained(&mut enc, b.tokens)?;

@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::sample::RowSampling;
+use crate::sample::{LogitEdit, RowSampling};
 
 use super::shader::Shader;
 use super::{Count, Grid, Kernels, Op};
@@ -55,16 +55,55 @@ pub struct SampleRow {
     min_p: f32,
     /// The uniform number in f32, rounded down so it stays below 1.
     u: f32,
-    _pad: [u32; 3],
+    repeat_penalty: f32,
+    frequency_penalty: f32,
+    presence_penalty: f32,
+    /// The row's edits in the edits buffer.
+    edit_start: u32,
+    edit_count: u32,
+    count_input: u32,
+    _pad: u32,
 }
-const _: () = assert!(std::mem::size_of::<SampleRow>() == 32);
+const _: () = assert!(std::mem::size_of::<SampleRow>() == 48);
 
-impl From<&RowSampling> for SampleRow {
-    fn from(s: &RowSampling) -> Self {
-        let u = s.u as f32;
-        let u = if u as f64 > s.u { f32::from_bits(u.to_bits() - 1) } else { u };
-        SampleRow { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, min_p: s.min_p, u: u.max(0.0), _pad: [0; 3] }
-    }
+/// `struct Edit` of sample.wgsl (a [`LogitEdit`]).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq)]
+pub struct SampleEdit {
+    token: u32,
+    bias: f32,
+    count: u32,
+    _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<SampleEdit>() == 16);
+
+/// The rows and their edits, one after the other, as sample.wgsl reads them.
+pub fn sample_rows(rows: &[RowSampling]) -> (Vec<SampleRow>, Vec<SampleEdit>) {
+    let mut edits = Vec::new();
+    let rows = rows
+        .iter()
+        .map(|s| {
+            let u = s.u as f32;
+            let u = if u as f64 > s.u { f32::from_bits(u.to_bits() - 1) } else { u };
+            let edit_start = edits.len() as u32;
+            edits.extend(s.edits.iter().map(|e: &LogitEdit| SampleEdit { token: e.token, bias: e.bias, count: e.count, _pad: 0 }));
+            SampleRow {
+                temperature: s.temperature,
+                top_k: s.top_k,
+                top_p: s.top_p,
+                min_p: s.min_p,
+                u: u.max(0.0),
+                repeat_penalty: s.repeat_penalty,
+                frequency_penalty: s.frequency_penalty,
+                presence_penalty: s.presence_penalty,
+                edit_start,
+                edit_count: s.edits.len() as u32,
+                count_input: s.count_input as u32,
+                _pad: 0,
+            }
+        })
+        .collect();
+    (rows, edits)
 }
 
 impl Kernels {
@@ -76,11 +115,12 @@ impl Kernels {
         self.op(if masked { "masked argmax" } else { "argmax" }, variants, &params, &[logits, result, masks])
     }
 
-    /// The token each logit row draws with its [`SampleRow`] in `rows`, into `result` (where
-    /// argmax leaves its picks, so a sampled token chains the same way).
-    pub fn sample(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, rows: &wgpu::Buffer, vocab: u32) -> Op {
+    /// The token each logit row draws with its [`SampleRow`] in `rows` (after its edits in
+    /// `edits`, applied to `logits` in place), into `result` (where argmax leaves its picks, so
+    /// a sampled token chains the same way).
+    pub fn sample(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, rows: &wgpu::Buffer, edits: &wgpu::Buffer, vocab: u32) -> Op {
         let variants = self.single(Shader::Sample, None, &[], Grid::PerItem { of: Count::LogitRows });
-        self.op("sample", variants, &SampleParams { vocab, _pad: [0; 3] }, &[logits, result, rows])
+        self.op("sample", variants, &SampleParams { vocab, _pad: [0; 3] }, &[logits, result, rows, edits])
     }
 
     /// The [`TOPK_MAX`] largest logits of each logit row, sorted, and the row's log-sum-exp
