@@ -6,7 +6,9 @@
 // (over what top-k kept) reaches top_p; min-p those with exp(l - max) >= min_p; the draw takes
 // the first kept candidate whose cumulative weight exp((l - max) / T) passes u times the kept
 // total. Each cut is a weighted radix select over order-preserving u32 keys: 8 rounds of 4 bits,
-// per-thread bins summed in thread order, then the ties at the found key ranked by id.
+// per-thread bins summed in thread order, then the ties at the found key ranked by id. Once the
+// candidates still in play fit in workgroup memory (CAP), they are copied there in id order
+// and the remaining rounds read only them: a few passes over the row instead of ten.
 // Temperature 0 is the first largest logit (greedy rows in a sampled batch). Before any of it,
 // the row's logit edits are applied in place, as the CPU sampler applies them: bias entries,
 // then the repetition/frequency/presence penalties of the window's tokens, the token the row is
@@ -53,10 +55,16 @@ struct Edit {
 const WG: u32 = 128u;
 const BINS: u32 = 16u;
 const NONE: u32 = 0xffffffffu;
+// Candidates kept in workgroup memory (the total stays within the 16 KB every adapter has).
+const CAP: u32 = 768u;
 
 var<workgroup> partial: array<f32, 2048>; // [BINS][WG]
 var<workgroup> bin_sum: array<f32, BINS>;
+// Per-invocation counts, then their exclusive prefix sums (ranks in id order).
 var<workgroup> ties: array<u32, WG>;
+var<workgroup> n_left: u32;
+var<workgroup> cval: array<f32, CAP>;
+var<workgroup> cid: array<u32, CAP>;
 var<workgroup> best_k: array<u32, WG>;
 var<workgroup> best_i: array<u32, WG>;
 // The cut being found: key, id, the kept weight before its key, the target, the tie rank.
@@ -66,7 +74,9 @@ var<workgroup> found_above: f32;
 var<workgroup> found_target: f32;
 var<workgroup> found_rank: u32;
 
-// This invocation's contiguous slice of the row (ids ascending across invocations).
+// This invocation's index and contiguous slice of the row, or of the compacted candidates
+// (ids ascending across invocations either way).
+var<private> me: u32;
 var<private> base: u32;
 var<private> lo: u32;
 var<private> hi: u32;
@@ -133,33 +143,74 @@ fn reaches(acc: f32, goal: f32, strict: bool) -> bool {
     return select(acc >= goal, acc > goal, strict);
 }
 
-// The first kept candidate whose cumulative weight reaches (`strict`: passes) the target:
-// `amount` times the kept total, or `amount` itself when `absolute`. Leaves it in
-// found_key / found_id. Every invocation calls it.
-fn find_cut(lid: u32, mode: u32, amount: f32, absolute: bool, strict: bool, with_floor: bool) {
+fn slice(n: u32) {
+    let chunk = (n + WG - 1u) / WG;
+    lo = min(me * chunk, n);
+    hi = min(lo + chunk, n);
+}
+
+// Element j of the row (`compact` false) or of the compacted candidates.
+fn value(compact: bool, j: u32) -> f32 {
+    if (compact) { return cval[j]; }
+    return logits[base + j];
+}
+
+fn id(compact: bool, j: u32) -> u32 {
+    if (compact) { return cid[j]; }
+    return j;
+}
+
+// ties[me] <- the exclusive prefix sum of the invocations' `n`; n_left <- the total.
+fn rank_counts(n: u32) {
+    ties[me] = n;
+    workgroupBarrier();
+    if (me == 0u) {
+        var run = 0u;
+        for (var j = 0u; j < WG; j++) {
+            let c = ties[j];
+            ties[j] = run;
+            run += c;
+        }
+        n_left = run;
+    }
+    workgroupBarrier();
+}
+
+// The first kept candidate in sorted order whose cumulative weight reaches (`strict`: passes)
+// the target: `amount` times the kept total, or `amount` itself when `absolute`. Leaves it in
+// cut_key / cut_id. Every invocation calls it.
+fn find_cut(mode: u32, amount: f32, absolute: bool, strict: bool, with_floor: bool) {
+    var compact = false;
+    slice(P.vocab);
     var prefix = 0u;
     for (var round = 0u; round < 8u; round++) {
         let shift = 28u - 4u * round;
         // Zeroed explicitly: a declaration in a loop need not re-initialize (naga hoists it).
         var bins: array<f32, 16>;
-        for (var b = 0u; b < BINS; b++) { bins[b] = 0.0; }
-        for (var i = lo; i < hi; i++) {
-            let v = logits[base + i];
+        var counts: array<u32, 16>;
+        for (var b = 0u; b < BINS; b++) {
+            bins[b] = 0.0;
+            counts[b] = 0u;
+        }
+        for (var j = lo; j < hi; j++) {
+            let v = value(compact, j);
             let k = key(v);
             // Keys whose bits above this round's digit differ from the prefix are out.
             if (round > 0u && (k >> (shift + 4u)) != (prefix >> (shift + 4u))) { continue; }
-            if (!kept(i, k, v, with_floor)) { continue; }
-            bins[(k >> shift) & 15u] += weight(mode, v);
+            if (!kept(id(compact, j), k, v, with_floor)) { continue; }
+            let b = (k >> shift) & 15u;
+            bins[b] += weight(mode, v);
+            counts[b] += 1u;
         }
-        for (var b = 0u; b < BINS; b++) { partial[b * WG + lid] = bins[b]; }
+        for (var b = 0u; b < BINS; b++) { partial[b * WG + me] = bins[b]; }
         workgroupBarrier();
-        if (lid < BINS) {
+        if (me < BINS) {
             var s = 0.0;
-            for (var j = 0u; j < WG; j++) { s += partial[lid * WG + j]; }
-            bin_sum[lid] = s;
+            for (var j = 0u; j < WG; j++) { s += partial[me * WG + j]; }
+            bin_sum[me] = s;
         }
         workgroupBarrier();
-        if (lid == 0u) {
+        if (me == 0u) {
             var acc = found_above;
             if (round == 0u) {
                 // The total in the walk's own order, so a fraction below 1 is always reached.
@@ -187,25 +238,35 @@ fn find_cut(lid: u32, mode: u32, amount: f32, absolute: bool, strict: bool, with
         }
         workgroupBarrier();
         prefix = found_key;
-        workgroupBarrier();
+        if (compact || round == 7u) { continue; }
+        // Copy the candidates still in play to workgroup memory once they fit.
+        rank_counts(counts[(prefix >> shift) & 15u]);
+        if (workgroupUniformLoad(&n_left) <= CAP) {
+            var at = ties[me];
+            for (var j = lo; j < hi; j++) {
+                let v = logits[base + j];
+                let k = key(v);
+                if ((k >> shift) == (prefix >> shift) && kept(j, k, v, with_floor)) {
+                    cval[at] = v;
+                    cid[at] = j;
+                    at += 1u;
+                }
+            }
+            compact = true;
+            slice(workgroupUniformLoad(&n_left));
+        }
     }
 
     // Candidates with exactly the found key weigh the same: the rank among them (by id) that
     // reaches the target, then the id of that rank.
     var n = 0u;
-    for (var i = lo; i < hi; i++) {
-        let v = logits[base + i];
-        if (key(v) == prefix && kept(i, prefix, v, with_floor)) { n += 1u; }
+    for (var j = lo; j < hi; j++) {
+        let v = value(compact, j);
+        if (key(v) == prefix && kept(id(compact, j), prefix, v, with_floor)) { n += 1u; }
     }
-    ties[lid] = n;
-    workgroupBarrier();
-    if (lid == 0u) {
-        var run = 0u;
-        for (var j = 0u; j < WG; j++) {
-            let c = ties[j];
-            ties[j] = run;
-            run += c;
-        }
+    rank_counts(n);
+    if (me == 0u) {
+        let run = n_left;
         let w = weight(mode, key_value(prefix));
         let rest = found_target - found_above;
         var r = run - 1u;
@@ -219,12 +280,12 @@ fn find_cut(lid: u32, mode: u32, amount: f32, absolute: bool, strict: bool, with
     }
     workgroupBarrier();
     let want = found_rank;
-    if (want >= ties[lid] && want < ties[lid] + n) {
-        var seen = ties[lid];
-        for (var i = lo; i < hi; i++) {
-            let v = logits[base + i];
-            if (key(v) == prefix && kept(i, prefix, v, with_floor)) {
-                if (seen == want) { found_id = i; break; }
+    if (want >= ties[me] && want < ties[me] + n) {
+        var seen = ties[me];
+        for (var j = lo; j < hi; j++) {
+            let v = value(compact, j);
+            if (key(v) == prefix && kept(id(compact, j), prefix, v, with_floor)) {
+                if (seen == want) { found_id = id(compact, j); break; }
                 seen += 1u;
             }
         }
@@ -240,10 +301,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let r = wid.x;
     if (r >= n_logit_rows()) { return; }
     let p = rows[r];
+    me = lid;
     base = r * P.vocab;
-    let chunk = (P.vocab + WG - 1u) / WG;
-    lo = min(lid * chunk, P.vocab);
-    hi = min(lo + chunk, P.vocab);
+    slice(P.vocab);
     if (p.edit_count > 0u || p.count_input != 0u) {
         if (lid == 0u) { apply_edits(r, p); }
         storageBarrier();
@@ -282,12 +342,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     cut_key = 0u;
     cut_id = NONE;
     if (p.top_k > 0u && p.top_k < P.vocab) {
-        find_cut(lid, 0u, f32(p.top_k), true, false, false);
+        find_cut(0u, f32(p.top_k), true, false, false);
     }
     if (p.top_p < 1.0) {
-        find_cut(lid, 1u, p.top_p, false, false, false);
+        find_cut(1u, p.top_p, false, false, false);
     }
-    find_cut(lid, 2u, p.u, false, true, p.min_p > 0.0);
+    find_cut(2u, p.u, false, true, p.min_p > 0.0);
     // No id only if the sums were not numbers (a NaN logit): fall back to the greedy choice.
     if (lid == 0u) { result[r] = select(found_id, greedy, found_id == NONE); }
 }
