@@ -290,3 +290,34 @@ fn backend_sampling_equals_the_sampler() {
         assert!(!Sampler::new(params.clone(), vocab).unwrap().backend_samples(logprobs), "{params:?} {logprobs:?}");
     }
 }
+
+/// `RowSampling::choose` sorts only the largest logits when they decide the choice: it makes
+/// the inverse-CDF choice of the fully sorted, filtered distribution (`distribution`) for the
+/// same uniform number, on peaked rows (decided in the head) and flat ones (the fallback to a
+/// full sort), with top-k above the head, top-p, min-p, and temperature alone.
+#[test]
+fn choosing_from_the_head_equals_sorting_every_logit() {
+    use ferrolm::sample::{Rng, RowSampling};
+    let vocab = 20_000;
+    let mut rng = Rng::new(9);
+    let flat: Vec<f32> = (0..vocab).map(|_| rng.uniform() as f32 * 4.0).collect();
+    // Peaked: a few large logits over a long tail, as language models give.
+    let peaked: Vec<f32> = (0..vocab).map(|i| -((i % 977 + 1) as f32).ln() * 2.5 + rng.uniform() as f32).collect();
+    let row = |temperature, top_k, top_p, min_p| RowSampling { temperature, top_k, top_p, min_p, ..RowSampling::GREEDY };
+    let settings = [row(1.0, 0, 1.0, 0.0), row(0.7, 0, 0.9, 0.0), row(1.2, 1000, 0.95, 0.0), row(0.9, 0, 1.0, 0.05), row(1.0, 0, 0.99, 0.01), row(0.5, 300, 1.0, 0.0)];
+    for logits in [&flat, &peaked] {
+        for s in &settings {
+            let dist = s.distribution(logits, 0);
+            for _ in 0..200 {
+                let r = RowSampling { u: rng.uniform(), ..s.clone() };
+                let mut acc = 0.0;
+                let want = dist.iter().find(|x| {
+                    acc += x.1;
+                    r.u < acc
+                });
+                let want = want.unwrap_or(dist.last().unwrap()).0;
+                assert_eq!(r.choose(logits, 0), want, "{r:?}");
+            }
+        }
+    }
+}
