@@ -50,7 +50,9 @@ struct Edit {
 @group(0) @binding(2) var<storage, read_write> result: array<u32>;
 @group(0) @binding(3) var<storage, read> rows: array<Row>;
 @group(0) @binding(4) var<storage, read> edits: array<Edit>;
-@group(0) @binding(5) var<storage, read> batch: array<u32>;
+// The drawn token's logit (after the row's edits), for logprobs.
+@group(0) @binding(5) var<storage, read_write> chosen: array<f32>;
+@group(0) @binding(6) var<storage, read> batch: array<u32>;
 
 const WG: u32 = 128u;
 const BINS: u32 = 16u;
@@ -334,7 +336,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let greedy = found_id;
     workgroupBarrier();
     if (p.temperature <= 0.0) {
-        if (lid == 0u) { result[r] = greedy; }
+        if (lid == 0u) {
+            result[r] = greedy;
+            chosen[r] = row_max;
+        }
         return;
     }
     temperature = p.temperature;
@@ -349,5 +354,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     find_cut(2u, p.u, false, true, p.min_p > 0.0);
     // No id only if the sums were not numbers (a NaN logit): fall back to the greedy choice.
-    if (lid == 0u) { result[r] = select(found_id, greedy, found_id == NONE); }
+    if (lid == 0u) {
+        let token = select(found_id, greedy, found_id == NONE);
+        result[r] = token;
+        chosen[r] = logits[base + token];
+    }
 }

@@ -94,6 +94,10 @@ pub enum Readback {
     /// The token each row draws with its [`Batch::sampling`] entry (greedy rows: temperature
     /// 0): 4 bytes a row, and the token can chain like an argmax.
     Sample,
+    /// [`Readback::Sample`] plus each row's [`crate::sample::MAX_TOP`] largest logits and
+    /// log-sum-exp (before the row's edits) and the drawn token's logit (logprobs; rows that
+    /// sample on the host from candidates).
+    SampleTop,
     /// Each row's `k` (at most [`crate::sample::MAX_TOP`]) largest logits and log-sum-exp.
     Top(usize),
     /// Each row's whole logits.
@@ -106,6 +110,12 @@ pub enum Picks {
     Nothing,
     Tokens(Vec<u32>),
     Top(Vec<TopLogits>),
+    /// [`Readback::SampleTop`]'s: each row's token, its logit and the row's candidates.
+    Sampled {
+        tokens: Vec<u32>,
+        logits: Vec<f32>,
+        top: Vec<TopLogits>,
+    },
     /// `[rows][vocab]`.
     Logits(Vec<f32>),
 }
@@ -236,7 +246,7 @@ impl LastPicks {
     pub fn remember(&self, picks: &Picks) {
         let mut last = self.0.borrow_mut();
         last.clear();
-        if let Picks::Tokens(t) = picks {
+        if let Picks::Tokens(t) | Picks::Sampled { tokens: t, .. } = picks {
             last.extend(t);
         }
     }
@@ -268,11 +278,17 @@ pub fn picks_from_logits(logits: Vec<f32>, vocab: usize, read: Readback, b: &Bat
             None => logits.chunks_exact(vocab).map(crate::sample::argmax).collect(),
             Some(m) => logits.chunks_exact(vocab).zip(m.chunks_exact(vocab.div_ceil(32))).map(|(row, words)| masked_argmax(row, words)).collect(),
         }),
-        Readback::Sample => {
+        Readback::Sample | Readback::SampleTop => {
             let rows = b.sampling.ok_or_else(|| Error::InvalidOption { option: "batch", reason: "a sampled readback needs each logit row's sampling".into() })?;
             // Each row's input token counts in its penalty window.
             let inputs = b.logit_rows.iter().map(|&r| b.tokens[r as usize]);
-            Picks::Tokens(logits.chunks_exact(vocab).zip(rows).zip(inputs).map(|((row, s), input)| s.choose(row, input)).collect())
+            let tokens: Vec<u32> = logits.chunks_exact(vocab).zip(rows).zip(inputs).map(|((row, s), input)| s.choose(row, input)).collect();
+            if read == Readback::Sample {
+                Picks::Tokens(tokens)
+            } else {
+                let chosen = logits.chunks_exact(vocab).zip(&tokens).map(|(row, &t)| row[t as usize]).collect();
+                Picks::Sampled { top: logits.chunks_exact(vocab).map(|row| TopLogits::from_logits(row, crate::sample::MAX_TOP)).collect(), tokens, logits: chosen }
+            }
         }
         Readback::Top(k) => Picks::Top(logits.chunks_exact(vocab).map(|row| TopLogits::from_logits(row, k)).collect()),
         Readback::Logits => Picks::Logits(logits),

@@ -496,6 +496,7 @@ impl<M: ForwardModel> Engine<M> {
             None => Readback::Nothing,
             Some(Need::Argmax | Need::MaskedArgmax) => Readback::Argmax,
             Some(Need::Sample) => Readback::Sample,
+            Some(Need::SampleTop) => Readback::SampleTop,
             Some(Need::Top(_)) => Readback::Top(crate::sample::MAX_TOP),
             Some(Need::Logits) => Readback::Logits,
         };
@@ -523,14 +524,15 @@ impl<M: ForwardModel> Engine<M> {
         // Sampled rows: each sequence's filters and the uniform number its RNG draws for this
         // token now (greedy rows ride along at temperature 0).
         let mut sampling = Vec::new();
-        if readback == Readback::Sample {
+        let sampled = matches!(readback, Readback::Sample | Readback::SampleTop);
+        if sampled {
             for &(id, need, _, rows) in &needs {
                 let seq = self.running.iter_mut().find(|s| s.id == id).expect("planned sequences run");
-                let row = if need == Need::Sample { seq.decoder.row(false) } else { RowSampling::GREEDY };
+                let row = if matches!(need, Need::Sample | Need::SampleTop) { seq.decoder.row(false) } else { RowSampling::GREEDY };
                 sampling.extend(std::iter::repeat_n(row, rows));
             }
         }
-        let sampling = (readback == Readback::Sample).then_some(&sampling[..]);
+        let sampling = sampled.then_some(&sampling[..]);
         let tables: Vec<&[u32]> = plan.iter().map(|&(id, _)| &self.running.iter().find(|s| s.id == id).expect("planned sequences run").blocks[..]).collect();
         let batch = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &logit_rows, block_tables: &tables, masks, sampling };
         let submitted_ms = Some(now_ms());
@@ -548,7 +550,7 @@ impl<M: ForwardModel> Engine<M> {
     /// that ends at `current` wasted its row of the next step and gives its blocks back).
     /// Returns None where it does not apply.
     fn chain(&mut self, current: &InFlight<M::Pending>) -> Result<Option<InFlight<M::Pending>>> {
-        if !matches!(current.result, StepResult::Pending(_)) || !matches!(current.readback, Readback::Argmax | Readback::Sample) || !self.waiting.is_empty() {
+        if !matches!(current.result, StepResult::Pending(_)) || !matches!(current.readback, Readback::Argmax | Readback::Sample | Readback::SampleTop) || !self.waiting.is_empty() {
             return Ok(None);
         }
         if current.plan.len() != current.needs.len() || current.needs.len() != self.running.len() {
@@ -559,7 +561,7 @@ impl<M: ForwardModel> Engine<M> {
         let mut next = Vec::with_capacity(current.needs.len());
         for (&(id, n), &(need_id, need, current_row, rows)) in current.plan.iter().zip(&current.needs) {
             let Some(seq) = self.running.iter().find(|s| s.id == id) else { return Ok(None) };
-            if id != need_id || !matches!(need, Need::Argmax | Need::Sample) || rows != 1 || seq.spec.is_some() {
+            if id != need_id || !matches!(need, Need::Argmax | Need::Sample | Need::SampleTop) || rows != 1 || seq.spec.is_some() {
                 return Ok(None);
             }
             // A sequence whose token at `current` is its last (max_tokens, or the context is
@@ -578,12 +580,16 @@ impl<M: ForwardModel> Engine<M> {
                 return Ok(None);
             }
         }
-        let readback = if next.iter().any(|n| n.3 == Need::Sample) { Readback::Sample } else { Readback::Argmax };
+        let readback = match next.iter().fold(Need::Argmax, |a, n| a.widest(n.3)) {
+            Need::SampleTop => Readback::SampleTop,
+            Need::Sample => Readback::Sample,
+            _ => Readback::Argmax,
+        };
         let mut sampling = Vec::new();
-        if readback == Readback::Sample {
+        if readback != Readback::Argmax {
             for &(id, _, _, need) in &next {
                 let seq = self.running.iter_mut().find(|s| s.id == id).expect("checked above");
-                sampling.push(if need == Need::Sample { seq.decoder.row(true) } else { RowSampling::GREEDY });
+                sampling.push(if need == Need::Argmax { RowSampling::GREEDY } else { seq.decoder.row(true) });
             }
         }
         let k = next.len() as u32;
@@ -591,7 +597,7 @@ impl<M: ForwardModel> Engine<M> {
         let positions: Vec<u32> = next.iter().map(|&(_, p, _, _)| p as u32).collect();
         let seq_ids: Vec<u32> = (0..k).collect();
         let tables: Vec<&[u32]> = next.iter().map(|&(id, _, _, _)| &self.running.iter().find(|s| s.id == id).expect("checked above").blocks[..]).collect();
-        let sampling = (readback == Readback::Sample).then_some(&sampling[..]);
+        let sampling = (readback != Readback::Argmax).then_some(&sampling[..]);
         let batch = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &seq_ids, block_tables: &tables, masks: None, sampling };
         let pending = self.model.submit(&batch, readback)?;
         self.steps += 1;
@@ -614,7 +620,7 @@ impl<M: ForwardModel> Engine<M> {
             seq.computed += n - seq.draft.tokens.len();
             seq.register_full_blocks(&mut self.pool);
         }
-        for &(id, _, first_row, rows) in needs {
+        for &(id, need, first_row, rows) in needs {
             let Some(i) = self.running.iter().position(|s| s.id == id) else { continue };
             let seq = &mut self.running[i];
             seq.forwards += 1;
@@ -626,6 +632,9 @@ impl<M: ForwardModel> Engine<M> {
                     Picks::Nothing => unreachable!("rows were asked for"),
                     Picks::Tokens(t) => Picked::Token(t[r]),
                     Picks::Top(t) => Picked::Top(&t[r]),
+                    // Rows that choose from candidates take those; the others the drawn token.
+                    Picks::Sampled { top, .. } if matches!(need, Need::Top(_)) => Picked::Top(&top[r]),
+                    Picks::Sampled { tokens, logits, top } => Picked::Drawn { token: tokens[r], logit: logits[r], top: &top[r] },
                     Picks::Logits(l) => Picked::Logits(&l[r * vocab..(r + 1) * vocab]),
                 };
                 let j = r - first_row;

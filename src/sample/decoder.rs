@@ -99,6 +99,9 @@ pub enum Need {
     /// The token the backend draws with the filters and uniform number of [`Decoder::row`]
     /// (sampling without logit edits or logprobs): 4 bytes, and the token can stay on the GPU.
     Sample,
+    /// [`Need::Sample`] with logprobs: the drawn token, its logit and the row's candidates and
+    /// log-sum-exp (~0.5 KB), read with the token (which can still stay on the GPU).
+    SampleTop,
     /// The `k` (<= 64) largest logits and the row's log-sum-exp (~0.5 KB).
     Top(usize),
     /// The whole row of logits (penalties, logit bias, wide top-k).
@@ -116,9 +119,10 @@ impl Need {
             // Top-k candidates chosen before a mask may all be forbidden.
             (Need::MaskedArgmax, Need::Top(_)) | (Need::Top(_), Need::MaskedArgmax) => Need::Logits,
             // One readback kind serves a step: sampled rows take greedy ones along (temperature
-            // 0), not masks or candidates.
+            // 0) and rows that choose from candidates (read with the tokens), not masks.
+            (Need::MaskedArgmax, Need::Sample | Need::SampleTop) | (Need::Sample | Need::SampleTop, Need::MaskedArgmax) => Need::Logits,
+            (Need::SampleTop, _) | (_, Need::SampleTop) | (Need::Sample, Need::Top(_)) | (Need::Top(_), Need::Sample) => Need::SampleTop,
             (Need::Sample, Need::Sample | Need::Argmax) | (Need::Argmax, Need::Sample) => Need::Sample,
-            (Need::Sample, _) | (_, Need::Sample) => Need::Logits,
             (Need::MaskedArgmax, _) | (_, Need::MaskedArgmax) => Need::MaskedArgmax,
             (Need::Top(a), Need::Top(b)) => Need::Top(a.max(b)),
             (Need::Top(k), Need::Argmax) | (Need::Argmax, Need::Top(k)) => Need::Top(k),
@@ -131,6 +135,12 @@ impl Need {
 #[derive(Clone, Copy)]
 pub enum Picked<'a> {
     Token(u32),
+    /// A token the backend drew, with its logit and the row's candidates (for logprobs).
+    Drawn {
+        token: u32,
+        logit: f32,
+        top: &'a TopLogits,
+    },
     Top(&'a TopLogits),
     Logits(&'a [f32]),
 }
@@ -165,7 +175,11 @@ impl Decoder {
         let need = if opts.sampling.is_plain_greedy() && opts.logprobs.is_none() {
             Need::Argmax
         } else if sampler.backend_samples(opts.logprobs) {
-            Need::Sample
+            if opts.logprobs.is_some() {
+                Need::SampleTop
+            } else {
+                Need::Sample
+            }
         } else {
             sampler.top_needed(opts.logprobs).map_or(Need::Logits, Need::Top)
         };
@@ -238,6 +252,7 @@ impl Decoder {
                 return Err(Error::Constraint(format!("the backend chose token {t}, which the grammar's mask forbids")));
             }
             Picked::Token(t) => (t, None),
+            Picked::Drawn { token, logit, top } => (token, self.opts.logprobs.map(|n| top.logprobs_of(logit, n))),
             Picked::Top(top) => {
                 let next = self.sampler.sample_top(top);
                 (next, self.opts.logprobs.map(|n| top.logprobs(next, n)))
@@ -276,7 +291,7 @@ impl Decoder {
     pub fn verify(&mut self, picked: Picked, draft: Option<(u32, Option<Distribution>)>) -> Result<(u32, bool)> {
         let Some((d, q)) = draft else { return Ok((self.pick(picked)?, false)) };
         let (next, kept) = match picked {
-            Picked::Token(t) => (t, t == d),
+            Picked::Token(t) | Picked::Drawn { token: t, .. } => (t, t == d),
             Picked::Logits(logits) => {
                 // A draft the constraint forbids has probability 0 here: it is rejected.
                 let row = self.allowed(logits)?;

@@ -219,9 +219,14 @@ impl TopLogits {
 
     /// `logprobs` for a token among the candidates: its log-probability and the first `n`.
     pub fn logprobs(&self, chosen: u32, n: usize) -> (f32, Vec<(u32, f32)>) {
-        let lp = |l: f32| (l as f64 - self.lse as f64) as f32;
         let chosen_logit = self.top.iter().find(|c| c.0 == chosen).map_or(f32::NEG_INFINITY, |c| c.1);
-        (lp(chosen_logit), self.top.iter().take(n.min(20)).map(|&(i, l)| (i, lp(l))).collect())
+        self.logprobs_of(chosen_logit, n)
+    }
+
+    /// `logprobs` for a token whose logit is known (it may lie outside the candidates).
+    pub fn logprobs_of(&self, logit: f32, n: usize) -> (f32, Vec<(u32, f32)>) {
+        let lp = |l: f32| (l as f64 - self.lse as f64) as f32;
+        (lp(logit), self.top.iter().take(n.min(20)).map(|&(i, l)| (i, lp(l))).collect())
     }
 }
 
@@ -284,12 +289,14 @@ impl Sampler {
     }
 
     /// Whether a backend can make this sampler's choice itself from [`Sampler::row`]: the
-    /// filters that keep a prefix of the logit-sorted row (top-k, top-p, min-p), logit bias and
-    /// penalties as at most [`MAX_EDITS`] per-token edits, and no logprobs to report.
+    /// filters that keep a prefix of the logit-sorted row (top-k, top-p, min-p), and logit bias
+    /// and penalties as at most [`MAX_EDITS`] per-token edits, or logprobs (of the unedited
+    /// logits) without them.
     pub fn backend_samples(&self, logprobs: Option<usize>) -> bool {
         let p = &self.params;
         let window = if p.has_penalties() { p.repeat_last_n } else { 0 };
-        p.typical_p >= 1.0 && logprobs.is_none() && p.logit_bias.len().saturating_add(window) < MAX_EDITS
+        let edits = p.logit_bias.len().saturating_add(window);
+        p.typical_p >= 1.0 && edits < MAX_EDITS && (logprobs.is_none() || edits == 0)
     }
 
     /// The next choice for a backend to make: filters, logit edits and this token's uniform

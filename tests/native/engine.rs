@@ -327,3 +327,30 @@ fn pipelined_equals_step_by_step_gpu() {
     let sampled = pollster::block_on(sampled_pipelined_equals_sync(&mut engine, &tok));
     write_artifact("engine-sampled-gpu.json", sampled);
 }
+
+/// Logprobs with sampling (and with greedy) come back with the token the GPU drew: the row's
+/// candidates, read in the same step, give the same log-probabilities as scoring the text
+/// afterwards with whole logit rows; pipelined steps still chain.
+#[test]
+fn sampled_logprobs_come_with_the_drawn_token_gpu() {
+    use ferrolm::sample::SamplingParams;
+    let (mut engine, tok) = common::gpu_engine(ModelOptions::new(512, 64));
+    engine.set_pipelined(true);
+    let prompt = tok.encode_prompt(PROMPTS[2], false).unwrap();
+    for sampling in [SamplingParams { temperature: 0.8, top_p: 0.9, seed: Some(11), ..Default::default() }, SamplingParams::greedy()] {
+        let chained = engine.stats().chained_steps;
+        let opts = GenerateOptions { max_tokens: 10, sampling, logprobs: Some(3), ignore_eos: true, ..Default::default() };
+        let g = pollster::block_on(engine.generate(&tok, Request { prompt: prompt.clone(), opts }, |_| {})).unwrap();
+        assert!(engine.stats().chained_steps > chained, "no step was chained");
+        assert_eq!(g.logprobs.len(), g.tokens.len());
+        let all: Vec<u32> = prompt.iter().chain(&g.tokens).copied().collect();
+        let vocab = engine.model().config().vocab_size;
+        let logits = pollster::block_on(engine.score_from(&all[..all.len() - 1], prompt.len() - 1)).unwrap();
+        for (i, (lp, row)) in g.logprobs.iter().zip(logits.chunks(vocab)).enumerate() {
+            let (want, top) = ferrolm::sample::logprobs(row, g.tokens[i], 3);
+            assert_eq!(lp.token, g.tokens[i]);
+            assert!((lp.logprob - want).abs() < 2e-3, "token {i}: logprob {} vs {want}", lp.logprob);
+            assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), top.iter().map(|t| t.0).collect::<Vec<_>>(), "token {i}");
+        }
+    }
+}

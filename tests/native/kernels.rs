@@ -395,8 +395,16 @@ fn sampling_matches_cpu_choice() {
             let (gpu_rows, edits) = sample_rows(&rows_sampling);
             let (lb, pb, rb) = (h.buffer(&all), h.buffer(bytemuck::cast_slice(&gpu_rows)), h.words(&vec![u32::MAX; gpu_rows.len()]));
             let eb = h.buffer(&bytemuck::cast_slice(&edits).iter().copied().chain([0.0; 4]).collect::<Vec<f32>>());
-            let got = h.run(&[h.kernels.sample(&lb, &rb, &pb, &eb, vocab as u32)], &inputs, &rb);
+            let cb = h.buffer(&vec![f32::NAN; gpu_rows.len()]);
+            let got = h.run(&[h.kernels.sample(&lb, &rb, &pb, &eb, &cb, vocab as u32)], &inputs, &rb);
             h.ctx.faults.check().unwrap();
+            // Each drawn token's logit, after the row's edits.
+            for ((r, (&token, &logit)), (row, &input)) in rows_sampling.iter().zip(got.iter().zip(&h.read(&cb))).zip(all.chunks(vocab).zip(&inputs)) {
+                let mut edited = row.to_vec();
+                r.edit(&mut edited, input);
+                let want = edited[token.to_bits() as usize];
+                assert!(logit == want || (logit - want).abs() <= 1e-6 * want.abs(), "vocab {vocab}: the drawn token's logit {logit} vs {want}");
+            }
             for (i, ((r, row), &input)) in rows_sampling.iter().zip(all.chunks(vocab)).zip(&inputs).enumerate() {
                 let (gpu, cpu) = (got[i].to_bits(), r.choose(row, input));
                 draws += 1;

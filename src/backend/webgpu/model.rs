@@ -112,6 +112,8 @@ pub struct GpuModel {
     /// steps.
     sample_rows: wgpu::Buffer,
     sample_edits: wgpu::Buffer,
+    /// The sampled tokens' logits (read with top-k candidates for logprobs).
+    sample_logits: wgpu::Buffer,
     /// Allowed-token masks of the logit rows (structured output), written by masked steps.
     masks: wgpu::Buffer,
     /// Readback buffers not held by a pending step; a step takes one big enough and its
@@ -227,6 +229,7 @@ impl GpuModel {
         let sample_rows = storage("sampling", max_logit_rows as u64 * std::mem::size_of::<SampleRow>() as u64)?;
         // A sampled step has a row per sequence (drafts read logits), each with at most MAX_EDITS.
         let sample_edits = storage("logit edits", (max_seqs as usize * MAX_EDITS * std::mem::size_of::<SampleEdit>()) as u64)?;
+        let sample_logits = storage("sampled logits", max_logit_rows as u64 * 4)?;
         let masks = storage("masks", max_logit_rows as u64 * v.div_ceil(32) * 4)?;
         // One cos/sin table per distinct (RoPE base, scale) among the layers (Gemma 3: local, global).
         let mut ropes: Vec<((u32, u32), wgpu::Buffer)> = Vec::new();
@@ -344,7 +347,7 @@ impl GpuModel {
         ops.extend(kernels.matmul_normed(&head, input, norm, &logits, OutCols { stride: v as u32, col: 0 }, Count::LogitRows));
         let argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, false);
         let masked_argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, true);
-        let sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, v as u32);
+        let sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, v as u32);
         let topk_op = kernels.topk(&logits, &topk, v as u32);
         prepare(&ops[head_start..]);
         argmax_op.prepare_single_sequence(max_batch_tokens);
@@ -369,6 +372,7 @@ impl GpuModel {
             topk,
             sample_rows,
             sample_edits,
+            sample_logits,
             masks,
             staging,
             ops,
@@ -393,7 +397,7 @@ impl GpuModel {
             self.ctx.queue.write_buffer(&self.masks, 0, bytemuck::cast_slice(m));
             bytes += m.len() as u64 * 4;
         }
-        if readback == Readback::Sample {
+        if matches!(readback, Readback::Sample | Readback::SampleTop) {
             let rows = b.sampling.ok_or_else(|| Error::InvalidOption { option: "batch", reason: "a sampled readback needs each logit row's sampling".into() })?;
             let (rows, edits) = sample_rows(rows);
             if std::mem::size_of_val(&edits[..]) as u64 > self.sample_edits.size() {
@@ -414,13 +418,18 @@ impl GpuModel {
             for op in &self.ops {
                 dispatches += op.encode_span(&mut pass, n, rows, span) as u64;
             }
-            dispatches += match readback {
-                Readback::Argmax if masks.is_some() => self.masked_argmax_op.encode(&mut pass, n, rows),
-                Readback::Argmax => self.argmax_op.encode(&mut pass, n, rows),
-                Readback::Sample => self.sample_op.encode(&mut pass, n, rows),
-                Readback::Top(_) => self.topk_op.encode(&mut pass, n, rows),
-                Readback::Nothing | Readback::Logits => false,
-            } as u64;
+            let readback_ops: &[&Op] = match readback {
+                Readback::Argmax if masks.is_some() => &[&self.masked_argmax_op],
+                Readback::Argmax => &[&self.argmax_op],
+                Readback::Sample => &[&self.sample_op],
+                // Candidates of the logits before the sample kernel edits them in place.
+                Readback::SampleTop => &[&self.topk_op, &self.sample_op],
+                Readback::Top(_) => &[&self.topk_op],
+                Readback::Nothing | Readback::Logits => &[],
+            };
+            for op in readback_ops {
+                dispatches += op.encode(&mut pass, n, rows) as u64;
+            }
         }
         self.count(|c| {
             c.dispatches += dispatches;
@@ -534,27 +543,35 @@ impl ForwardModel for GpuModel {
         let read = if b.logit_rows.is_empty() { Readback::Nothing } else { read };
         let mut enc = self.encode(b, read)?;
         let rows = b.logit_rows.len() as u64;
-        let (src, bytes) = match read {
-            Readback::Nothing => (None, 0),
-            Readback::Argmax | Readback::Sample => (Some(&self.argmax), rows * 4),
-            Readback::Top(_) => (Some(&self.topk), rows * TOPK_WORDS as u64 * 4),
-            Readback::Logits => (Some(&self.logits), rows * self.config.vocab_size as u64 * 4),
+        // What the step copies back, one after the other: (buffer, bytes a row).
+        let topk_row = TOPK_WORDS as u64 * 4;
+        let parts: &[(&wgpu::Buffer, u64)] = match read {
+            Readback::Nothing => &[],
+            Readback::Argmax | Readback::Sample => &[(&self.argmax, 4)],
+            Readback::SampleTop => &[(&self.argmax, 4), (&self.sample_logits, 4), (&self.topk, topk_row)],
+            Readback::Top(_) => &[(&self.topk, topk_row)],
+            Readback::Logits => &[(&self.logits, self.config.vocab_size as u64 * 4)],
         };
+        let bytes: u64 = parts.iter().map(|p| p.1 * rows).sum();
         // Readback buffers in few sizes, so the free list stops growing once warm: argmax and
         // top-k ones hold the most rows a step returns (at most 64 KB), logits ones a power of two.
         let capacity = match read {
-            Readback::Argmax | Readback::Sample | Readback::Top(_) => bytes / rows.max(1) * self.limits.max_logit_rows as u64,
-            _ => bytes.next_power_of_two(),
+            Readback::Logits => bytes.next_power_of_two(),
+            _ => bytes / rows.max(1) * self.limits.max_logit_rows as u64,
         };
-        let staging = src.map(|src| {
+        let staging = (!parts.is_empty()).then(|| {
             let staging = self.take_staging(capacity);
-            enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
+            let mut at = 0;
+            for &(src, row_bytes) in parts {
+                enc.copy_buffer_to_buffer(src, 0, &staging, at, row_bytes * rows);
+                at += row_bytes * rows;
+            }
             staging
         });
         let commands = enc.finish();
         let t1 = crate::clock::now_ms();
         let submission = Some(self.ctx.queue.submit([commands]));
-        self.argmax_rows.set(if matches!(read, Readback::Argmax | Readback::Sample) { rows as u32 } else { 0 });
+        self.argmax_rows.set(if matches!(read, Readback::Argmax | Readback::Sample | Readback::SampleTop) { rows as u32 } else { 0 });
         self.count(|c| {
             c.steps += 1;
             c.submits += 1;
@@ -606,6 +623,14 @@ impl PendingStep for GpuPending {
         Ok(match self.read {
             Readback::Nothing => Picks::Nothing,
             Readback::Argmax | Readback::Sample => Picks::Tokens(bytemuck::cast_slice(&out).to_vec()),
+            Readback::SampleTop => {
+                let words: &[u32] = bytemuck::cast_slice(&out);
+                let rows = words.len() / (2 + TOPK_WORDS);
+                let (tokens, rest) = words.split_at(rows);
+                let (logits, top) = rest.split_at(rows);
+                let top = top.chunks(TOPK_WORDS).map(|w| TopLogits::from_words(w, crate::sample::MAX_TOP)).collect();
+                Picks::Sampled { tokens: tokens.to_vec(), logits: logits.iter().map(|&b| f32::from_bits(b)).collect(), top }
+            }
             Readback::Top(k) => Picks::Top(bytemuck::cast_slice::<u8, u32>(&out).chunks(TOPK_WORDS).map(|w| TopLogits::from_words(w, k)).collect()),
             Readback::Logits => Picks::Logits(bytemuck::cast_slice(&out).to_vec()),
         })

@@ -117,10 +117,10 @@ impl Kernels {
 
     /// The token each logit row draws with its [`SampleRow`] in `rows` (after its edits in
     /// `edits`, applied to `logits` in place), into `result` (where argmax leaves its picks, so
-    /// a sampled token chains the same way).
-    pub fn sample(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, rows: &wgpu::Buffer, edits: &wgpu::Buffer, vocab: u32) -> Op {
+    /// a sampled token chains the same way), and its logit into `chosen`.
+    pub fn sample(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, rows: &wgpu::Buffer, edits: &wgpu::Buffer, chosen: &wgpu::Buffer, vocab: u32) -> Op {
         let variants = self.single(Shader::Sample, None, &[], Grid::PerItem { of: Count::LogitRows });
-        self.op("sample", variants, &SampleParams { vocab, _pad: [0; 3] }, &[logits, result, rows, edits])
+        self.op("sample", variants, &SampleParams { vocab, _pad: [0; 3] }, &[logits, result, rows, edits, chosen])
     }
 
     /// The [`TOPK_MAX`] largest logits of each logit row, sorted, and the row's log-sum-exp
