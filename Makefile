@@ -146,9 +146,15 @@ test-native:
 
 # wasm-bindgen-test in headless Chromium (flags in webdriver.json); the tests fetch model files
 # from a local server started for the run.
+# A server already on the port would answer the tests with its own files: refused up front.
 test-browser:
+	@if curl -s -o /dev/null http://127.0.0.1:$(TEST_PORT)/; then \
+	  echo "test-browser: port $(TEST_PORT) is in use (another server would answer the tests); stop it or set TEST_PORT"; exit 1; \
+	fi
 	@python3 scripts/serve.py --port $(TEST_PORT) --mount /models=models . & pid=$$!; \
-	trap "kill $$pid" EXIT; \
+	trap "kill $$pid 2>/dev/null" EXIT; \
+	for i in $$(seq 50); do curl -sf -o /dev/null http://127.0.0.1:$(TEST_PORT)/Makefile && break; sleep 0.1; done; \
+	kill -0 $$pid 2>/dev/null || { echo "test-browser: the test server did not start on port $(TEST_PORT)"; exit 1; }; \
 	FERROLM_TEST_SERVER=http://127.0.0.1:$(TEST_PORT) cargo test --release --target $(WASM_TARGET) --test browser
 
 # The npm package as a user gets it: a test app installs the packed tarball, plain ES modules

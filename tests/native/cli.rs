@@ -93,6 +93,8 @@ fn bad_input_is_one_readable_line_and_exit_1() {
         assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
         assert!(err.starts_with("error: ") && err.contains(want), "{args:?}: {err}");
     }
+    // The 20 MB file goes with the directory (CI machines run this suite many times).
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -185,4 +187,5 @@ fn batch_speculation_inspect_portable_and_bench() {
     for key in ["decode_tok_s", "prefill_tok_s", "ttft_ms", "mbu", "read_gb_s"] {
         assert!(summary[key].as_f64().is_some_and(|v| v > 0.0), "bench summary {key}: {summary}");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

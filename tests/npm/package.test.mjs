@@ -7,7 +7,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync, readFileSync, openSync, readSync, closeSync, mkdirSync, existsSync, truncateSync, statSync } from "node:fs";
+import { mkdtempSync, writeFileSync, readFileSync, openSync, readSync, closeSync, mkdirSync, existsSync, truncateSync, statSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "./app/node_modules/playwright-core/index.mjs";
@@ -81,6 +81,8 @@ before(async () => {
 after(async () => {
   await browser?.close();
   for (const s of servers) s.kill();
+  // Sparse multi-GB files and the request log: nothing left in the machine's temp dir.
+  rmSync(bad, { recursive: true, force: true });
 });
 
 /** Console errors and uncaught exceptions of `page` (a 404 for the favicon aside). */
