@@ -67,9 +67,10 @@ var<workgroup> ties: array<u32, WG>;
 var<workgroup> n_left: u32;
 var<workgroup> cval: array<f32, CAP>;
 var<workgroup> cid: array<u32, CAP>;
-var<workgroup> best_k: array<u32, WG>;
+var<workgroup> best_v: array<f32, WG>;
 var<workgroup> best_i: array<u32, WG>;
 // The cut being found: key, id, the kept weight before its key, the target, the tie rank.
+var<workgroup> found_max: f32;
 var<workgroup> found_key: u32;
 var<workgroup> found_id: u32;
 var<workgroup> found_above: f32;
@@ -311,28 +312,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         storageBarrier();
     }
 
-    // The first largest logit: the greedy choice, and the max the weights are taken around.
-    var bk = 0u;
+    // The first largest logit: the greedy choice (compared as floats, as the CPU's argmax and
+    // argmax.wgsl do: -0 and +0 tie), and the max the weights are taken around.
+    var bv = 0.0;
     var bi = NONE;
     for (var i = lo; i < hi; i++) {
-        let k = key(logits[base + i]);
-        if (bi == NONE || k > bk) { bk = k; bi = i; }
+        let v = logits[base + i];
+        if (bi == NONE || v > bv) { bv = v; bi = i; }
     }
-    best_k[lid] = bk;
+    best_v[lid] = bv;
     best_i[lid] = bi;
     workgroupBarrier();
     if (lid == 0u) {
-        var k = 0u;
+        var m = 0.0;
         var id = NONE;
         for (var j = 0u; j < WG; j++) {
-            if (best_i[j] != NONE && (id == NONE || best_k[j] > k)) { k = best_k[j]; id = best_i[j]; }
+            if (best_i[j] != NONE && (id == NONE || best_v[j] > m)) { m = best_v[j]; id = best_i[j]; }
         }
-        found_key = k;
+        found_max = m;
         found_id = id;
         found_above = 0.0;
     }
     workgroupBarrier();
-    row_max = key_value(found_key);
+    row_max = found_max;
     let greedy = found_id;
     workgroupBarrier();
     if (p.temperature <= 0.0) {

@@ -96,8 +96,8 @@ pub enum Need {
     /// The argmax among the tokens the grammar allows (greedy structured output): the mask
     /// goes to the backend, 4 bytes come back.
     MaskedArgmax,
-    /// The token the backend draws with the filters and uniform number of [`Decoder::row`]
-    /// (sampling without logit edits or logprobs): 4 bytes, and the token can stay on the GPU.
+    /// The token the backend draws with the filters, logit edits and uniform number of
+    /// [`Decoder::row`] (no logprobs): 4 bytes, and the token can stay on the GPU.
     Sample,
     /// [`Need::Sample`] with logprobs: the drawn token, its logit and the row's candidates and
     /// log-sum-exp (~0.5 KB), read with the token (which can still stay on the GPU).

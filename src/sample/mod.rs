@@ -279,8 +279,8 @@ impl Sampler {
         if self.params.temperature == 0.0 {
             return argmax(&l);
         }
-        let c: Candidates = l.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
-        choose_among(&self.params, c, self.rng.uniform())
+        let u = self.rng.uniform();
+        with_candidates(&l, |c| choose_among(&self.params, c, u))
     }
 
     /// A draw from the candidates' distribution at the sampling temperature.
@@ -479,7 +479,7 @@ fn draw(c: &[(u32, f32)], t: f64, u: f64) -> u32 {
 /// the sorted head, normalized by sums over every candidate. The same choice as sorting all,
 /// up to the order of those f64 sums (a draw within ~1e-16 of a boundary). A 49k-token row's
 /// full sort cost 3.3 ms a token.
-fn choose_among(p: &SamplingParams, mut c: Candidates, u: f64) -> u32 {
+fn choose_among(p: &SamplingParams, c: &mut Candidates, u: f64) -> u32 {
     let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     let t = p.temperature as f64;
     if p.top_k > 0 && p.top_k < c.len() {
@@ -487,8 +487,8 @@ fn choose_among(p: &SamplingParams, mut c: Candidates, u: f64) -> u32 {
         c.truncate(p.top_k);
     }
     if p.typical_p < 1.0 || c.len() <= HEAD {
-        filter(p, &mut c);
-        return draw(&c, t, u);
+        filter(p, c);
+        return draw(c, t, u);
     }
     c.select_nth_unstable_by(HEAD - 1, order);
     c[..HEAD].sort_by(order);
@@ -533,9 +533,25 @@ fn choose_among(p: &SamplingParams, mut c: Candidates, u: f64) -> u32 {
 }
 
 /// Candidates sorted from the [`choose_among`] cut: every one.
-fn slow(p: &SamplingParams, mut c: Candidates, u: f64) -> u32 {
-    filter(p, &mut c);
-    draw(&c, p.temperature as f64, u)
+fn slow(p: &SamplingParams, c: &mut Candidates, u: f64) -> u32 {
+    filter(p, c);
+    draw(c, p.temperature as f64, u)
+}
+
+thread_local! {
+    /// The candidate buffer, reused from choice to choice: a fresh one a token (393 KB for a
+    /// 49k vocabulary) fragmented the wasm heap until it grew (the npm package's soak test).
+    static CANDIDATES: std::cell::RefCell<Candidates> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on the row's `(token, logit)` candidates, in the reused buffer.
+fn with_candidates<R>(logits: &[f32], f: impl FnOnce(&mut Candidates) -> R) -> R {
+    CANDIDATES.with(|c| {
+        let mut c = c.borrow_mut();
+        c.clear();
+        c.extend(logits.iter().enumerate().map(|(i, &v)| (i as u32, v)));
+        f(&mut c)
+    })
 }
 
 /// Largest logits [`choose_among`] sorts before it falls back to sorting every candidate.
@@ -621,8 +637,7 @@ impl RowSampling {
         if self.temperature == 0.0 {
             return argmax(logits);
         }
-        let c: Candidates = logits.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
-        choose_among(&self.params(), c, self.u)
+        with_candidates(logits, |c| choose_among(&self.params(), c, self.u))
     }
 
     /// The candidates the filters keep, in draw order, with their probabilities at the

@@ -364,8 +364,9 @@ fn sampling_matches_cpu_choice() {
             penalized(0.0, Vec::new()),
             penalized(0.9, vec![(7, 5.0), (vocab as u32 - 1, f32::NEG_INFINITY), (7, -1.5)]),
         ];
-        // Rows: peaked (scaled), flat, coarse values (ties everywhere) with -inf, ties at the top.
-        let rows = 4;
+        // Rows: peaked (scaled), flat, coarse values (ties everywhere) with -inf, ties at the top,
+        // and a largest logit of zero with -0 before +0 (the first wins, as float compares say).
+        let rows = 5;
         let mut logits = random(rows * vocab, vocab as u64 + 1);
         for i in 0..vocab {
             logits[i] *= 12.0;
@@ -373,11 +374,13 @@ fn sampling_matches_cpu_choice() {
             if i % 5 == 0 {
                 logits[3 * vocab + i] = 0.75;
             }
+            logits[4 * vocab + i] = -logits[4 * vocab + i].abs() - 0.5;
         }
         logits[2 * vocab + 3] = f32::NEG_INFINITY;
+        (logits[4 * vocab + 2], logits[4 * vocab + 5]) = (-0.0, 0.0);
         for (s, params) in settings.iter().enumerate() {
             let mut sampler = Sampler::new(SamplingParams { seed: Some(s as u64), ..params.clone() }, vocab).unwrap();
-            // Each row drawn 6 times, each time after a different history: 24 logit rows.
+            // Each row drawn 6 times, each time after a different history: 30 logit rows.
             let per = 6;
             let (mut all, mut rows_sampling, mut inputs) = (Vec::new(), Vec::new(), Vec::new());
             for row in logits.chunks(vocab) {
@@ -424,7 +427,7 @@ fn sampling_matches_cpu_choice() {
         }
     }
     println!("{draws} draws, {near} not the CPU's token but within 1e-6 of its interval (u outside it by {worst:.1e} at most)");
-    assert_eq!(draws, 3 * 9 * 24);
+    assert_eq!(draws, 3 * 9 * 30);
     assert!(near * 50 <= draws, "{near} of {draws} draws differ from the CPU's");
 }
 
