@@ -27,7 +27,7 @@ pub use kv_cache::{BlockHasher, BlockPool, PoolStats, PrefixHit};
 
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
-use crate::sample::{Decoder, FinishReason, GenerateOptions, Generation, Grammars, Need, Picked, RowSampling};
+use crate::sample::{Decoder, FinishReason, GenerateOptions, Generation, Grammars, Need, Picked};
 use crate::tokenizer::Tokenizer;
 use sequence::Sequence;
 use session::Session;
@@ -526,10 +526,9 @@ impl<M: ForwardModel> Engine<M> {
         let mut sampling = Vec::new();
         let sampled = matches!(readback, Readback::Sample | Readback::SampleTop);
         if sampled {
-            for &(id, need, _, rows) in &needs {
+            for &(id, _, _, rows) in &needs {
                 let seq = self.running.iter_mut().find(|s| s.id == id).expect("planned sequences run");
-                let row = if matches!(need, Need::Sample | Need::SampleTop) { seq.decoder.row(false) } else { RowSampling::GREEDY };
-                sampling.extend(std::iter::repeat_n(row, rows));
+                sampling.extend(std::iter::repeat_n(seq.decoder.row(false), rows));
             }
         }
         let sampling = sampled.then_some(&sampling[..]);
@@ -587,9 +586,9 @@ impl<M: ForwardModel> Engine<M> {
         };
         let mut sampling = Vec::new();
         if readback != Readback::Argmax {
-            for &(id, _, _, need) in &next {
+            for &(id, _, _, _) in &next {
                 let seq = self.running.iter_mut().find(|s| s.id == id).expect("checked above");
-                sampling.push(if need == Need::Argmax { RowSampling::GREEDY } else { seq.decoder.row(true) });
+                sampling.push(seq.decoder.row(true));
             }
         }
         let k = next.len() as u32;

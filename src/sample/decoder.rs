@@ -205,11 +205,16 @@ impl Decoder {
         self.need
     }
 
-    /// For [`Need::Sample`]: the next choice's filters, logit edits and uniform number, drawn
-    /// from the sampler's RNG now (one draw a token, as [`Decoder::pick`] on logits would make).
-    /// `chained`: the row is computed at the token the step in flight picks, which the history
-    /// does not hold yet; otherwise at the history's last token.
+    /// This sequence's row of a sampled readback: for [`Need::Sample`] and [`Need::SampleTop`]
+    /// the next choice's filters, logit edits and uniform number, drawn from the sampler's RNG
+    /// now (one draw a token, as [`Decoder::pick`] on logits would make); otherwise greedy (the
+    /// row rides along and the decoder picks from what else is read). `chained`: the row is
+    /// computed at the token the step in flight picks, which the history does not hold yet;
+    /// otherwise at the history's last token.
     pub fn row(&mut self, chained: bool) -> RowSampling {
+        if !matches!(self.need, Need::Sample | Need::SampleTop) {
+            return RowSampling::GREEDY;
+        }
         let before = if chained { &self.history[..] } else { &self.history[..self.history.len() - 1] };
         self.sampler.row(before)
     }

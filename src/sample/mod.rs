@@ -304,9 +304,16 @@ impl Sampler {
     /// history before the token the row is computed at (that token counts in the penalty
     /// window too; the backend adds it, so a token still on the GPU can be that input).
     pub fn row(&mut self, before: &[u32]) -> RowSampling {
+        let u = if self.params.temperature == 0.0 { 0.0 } else { self.rng.uniform() };
+        RowSampling { u, ..self.edits(before, true) }
+    }
+
+    /// The row without its draw: bias entries, and with `input` (a token the row is computed at,
+    /// after `before`) the penalty window's counts.
+    fn edits(&self, before: &[u32], input: bool) -> RowSampling {
         let p = &self.params;
         let mut edits: Vec<LogitEdit> = p.logit_bias.iter().map(|&(token, bias)| LogitEdit { token, bias, count: 0 }).collect();
-        let count_input = p.has_penalties() && p.repeat_last_n > 0;
+        let count_input = input && p.has_penalties() && p.repeat_last_n > 0;
         if count_input {
             let window = &before[before.len().saturating_sub(p.repeat_last_n - 1)..];
             let mut counts = std::collections::BTreeMap::<u32, u32>::new();
@@ -325,31 +332,18 @@ impl Sampler {
             presence_penalty: p.presence_penalty,
             count_input,
             edits,
-            // Greedy takes no draw, as in `sample`.
-            u: if p.temperature == 0.0 { 0.0 } else { self.rng.uniform() },
+            u: 0.0,
         }
     }
 
+    /// Logit bias, then the penalties of the last `repeat_last_n` tokens of `history` (the
+    /// same edits a backend applies from [`Sampler::row`]).
     fn apply_bias_and_penalties(&self, l: &mut [f32], history: &[u32]) {
-        let p = &self.params;
-        for &(id, b) in &p.logit_bias {
-            l[id as usize] += b;
-        }
-        if !p.has_penalties() {
-            return;
-        }
-        let window = &history[history.len().saturating_sub(p.repeat_last_n)..];
-        let mut counts = std::collections::HashMap::<u32, u32>::new();
-        for &t in window {
-            *counts.entry(t).or_default() += 1;
-        }
-        for (&t, &n) in &counts {
-            let Some(v) = l.get_mut(t as usize) else { continue };
-            if p.repeat_penalty != 1.0 {
-                *v = if *v > 0.0 { *v / p.repeat_penalty } else { *v * p.repeat_penalty };
-            }
-            *v -= p.frequency_penalty * n as f32 + p.presence_penalty;
-        }
+        let (before, input) = match history.split_last() {
+            Some((&last, before)) => (before, Some(last)),
+            None => (history, None),
+        };
+        self.edits(before, input.is_some()).edit(l, input.unwrap_or(0));
     }
 
     fn filter(&self, c: &mut Candidates) {
