@@ -8,6 +8,8 @@
 // loads, and 1 / rms(x[t]) to the sums, from the squares of the very values it loads (each row's
 // lanes cover the whole row once), so the norm costs no launch and no extra pass over x. With
 // logit rows (the LM head) row t of x is the batch's logit row t.
+// ROPE: the q|k|v matmul, with RoPE and the paged KV write in its epilogue (rope_store.wgsl): a
+// workgroup's rows are whole quads, whose four sums meet in workgroup memory.
 // `dot32` comes from the weight type's quant_*.wgsl, prepended by the launcher.
 
 struct Params {
@@ -22,6 +24,11 @@ struct Params {
     // overrides, specialized out of the inner loop.
     glu: u32,
     eps: f32,        // NORM's epsilon
+    // ROPE (rope_store.wgsl): 1 GGML-normal pairs, 2 NeoX; the q|k|v shape.
+    rope: u32,
+    head_dim: u32,
+    q_rows: u32,
+    kv_rows: u32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -32,7 +39,11 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> nw: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> batch: array<u32>;
+// ROPE only (else stand-ins): the cos/sin table and the layer's KV cache.
+@group(0) @binding(5) var<storage, read> rope: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> k_cache: array<KvPair>;
+@group(0) @binding(7) var<storage, read_write> v_cache: array<KvPair>;
+@group(0) @binding(8) var<storage, read> batch: array<u32>;
 
 override TN: u32 = 1u;
 override TPR: u32 = 16u;
@@ -40,6 +51,7 @@ override SWIGLU: bool = false;
 // With SWIGLU: GELU (tanh approximation, ggml's) instead of SiLU on the gate: Gemma's GeGLU.
 override GELU: bool = false;
 override NORM: bool = false;
+override ROPE: bool = false;
 
 fn gate_act(v: f32) -> f32 {
     // tanh saturates at 1.0 in f32 by 15; clamping keeps exp-based tanh (SwiftShader) from inf / inf.
@@ -56,6 +68,8 @@ var<private> acc2: array<f32, MAX_TN>;
 var<private> ssq: array<f32, MAX_TN>;
 // Squares' sum of the slice `load_xn` loaded last.
 var<private> x_sq: f32;
+// ROPE: each row's sums [WG / TPR][MAX_TN], for its quad's first thread.
+var<workgroup> quad_sums: array<f32, 512>;
 
 fn x_row(t: u32) -> u32 {
     if (NORM && P.use_logit_rows == 1u) { return logit_row(t); }
@@ -72,11 +86,19 @@ fn load_xn(xb: u32) -> X32 {
     return x32_of(a * nw[c], b * nw[c + 1u], cc * nw[c + 2u], d * nw[c + 3u], e * nw[c + 4u], f * nw[c + 5u], g * nw[c + 6u], h * nw[c + 7u]);
 }
 
+// NORM: 1 / rms of token t's x row; else 1.
+fn norm_scale(t: u32) -> f32 {
+    if (NORM) { return 1.0 / sqrt(ssq[t] / f32(P.k) + P.eps); }
+    return 1.0;
+}
+
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let n = select(n_tokens(), n_logit_rows(), P.use_logit_rows == 1u);
     let t0 = wid.y * TN;
-    let row = wid.x * (WG / TPR) + lid / TPR;
+    let slot = wid.x * (WG / TPR) + lid / TPR;
+    // Without ROPE, P.rope is 0 and rows are slots.
+    let row = rope_row(P.out_col + slot) - P.out_col;
     let lane = lid % TPR;
     let groups = P.k / 32u;
     let nt = min(TN, n - min(n, t0));
@@ -94,10 +116,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
     }
     reduce_lanes(lid, lane);
+    if (ROPE) {
+        let r = lid / TPR;
+        if (lane == 0u) {
+            for (var t = 0u; t < TN; t++) { quad_sums[r * MAX_TN + t] = acc[t] * norm_scale(t); }
+        }
+        workgroupBarrier();
+        if (lane == 0u && r % 4u == 0u && slot < P.m) {
+            for (var t = 0u; t < nt; t++) {
+                let a = r * MAX_TN + t;
+                let v = vec4<f32>(quad_sums[a], quad_sums[a + MAX_TN], quad_sums[a + 2u * MAX_TN], quad_sums[a + 3u * MAX_TN]);
+                rope_store(P.out_col + slot, t0 + t, v);
+            }
+        }
+        return;
+    }
     if (lane == 0u && row < P.m) {
         for (var t = 0u; t < nt; t++) {
-            var scale = 1.0;
-            if (NORM) { scale = 1.0 / sqrt(ssq[t] / f32(P.k) + P.eps); }
+            let scale = norm_scale(t);
             var v = acc[t] * scale;
             if (SWIGLU) {
                 v = gate_act(v) * (acc2[t] * scale);

@@ -4,7 +4,8 @@
 // owns 8 weight rows and TN tokens: each 32-value slice of x is loaded once for 8 rows, and
 // each weight block once for TN tokens. Same contract as matmul.wgsl:
 // y[t][out_col + r] (+)= sum_k x[t][k] * W[r][k]; gated (P.glu) gives act(gate) * up (the thread's
-// rows are then 4 gate rows and the matching up rows).
+// rows are then 4 gate rows and the matching up rows). P.rope: the q|k|v matmul, with RoPE and the
+// paged KV write in its epilogue (rope_store.wgsl; a thread's 8 rows are two whole quads).
 
 struct Params {
     k: u32,
@@ -18,6 +19,11 @@ struct Params {
     glu: u32,
     // matmul.wgsl's folded norm's epsilon (unused here).
     eps: f32,
+    // RoPE in the epilogue (rope_store.wgsl): 0 none, 1 GGML-normal pairs, 2 NeoX; the q|k|v shape.
+    rope: u32,
+    head_dim: u32,
+    q_rows: u32,
+    kv_rows: u32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -29,7 +35,11 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 // Binding 4 (matmul.wgsl's folded-norm weights) is unused here: on CPU-emulated adapters the
 // extra gathers cost more than the RMSNorm launch they would save (measured on lavapipe).
-@group(0) @binding(5) var<storage, read> batch: array<u32>;
+// P.rope only (else stand-ins): the cos/sin table and the layer's KV cache.
+@group(0) @binding(5) var<storage, read> rope: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> k_cache: array<KvPair>;
+@group(0) @binding(7) var<storage, read_write> v_cache: array<KvPair>;
+@group(0) @binding(8) var<storage, read> batch: array<u32>;
 
 // Tokens per thread: 1 (decode) or 4 (prefill, batched decode).
 override TN: u32 = 1u;
@@ -51,10 +61,17 @@ fn gated() -> bool { return P.glu != 0u; }
 fn outs() -> u32 { return select(RW, RW / 2u, gated()); }
 
 // First block of the thread's weight row i: gate rows, then (gated) the up rows m further on.
+// With P.rope the rows of slots r0 + i (rope_store.wgsl).
 fn row_block(r0: u32, i: u32, groups: u32) -> u32 {
     let o = outs();
     if (gated() && i >= o) { return (min(r0 + i - o, P.m - 1u) + P.m) * groups; }
-    return min(r0 + i, P.m - 1u) * groups;
+    return (rope_row(P.out_col + min(r0 + i, P.m - 1u)) - P.out_col) * groups;
+}
+
+// P.rope: token t's sums of the thread's two quads (slots r0 .. r0 + 7) through rope_store.
+fn store_quads(r0: u32, t: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    rope_store(P.out_col + r0, t, lo);
+    if (r0 + 4u < P.m) { rope_store(P.out_col + r0 + 4u, t, hi); }
 }
 
 // One weight block against the thread's 4 tokens (batches).
@@ -94,7 +111,9 @@ fn decode(r0: u32, t: u32, n: u32, groups: u32) {
         a6 += dotw(load_wb(b6 + g, so), v); a7 += dotw(load_wb(b7 + g, so), v);
     }
     let z = vec4<f32>(0.0);
-    if (gated()) {
+    if (P.rope != 0u) {
+        store_quads(r0, t, vec4<f32>(a0, a1, a2, a3), vec4<f32>(a4, a5, a6, a7));
+    } else if (gated()) {
         store(r0, 0u, t, n, vec4<f32>(a0), vec4<f32>(a4)); store(r0, 1u, t, n, vec4<f32>(a1), vec4<f32>(a5));
         store(r0, 2u, t, n, vec4<f32>(a2), vec4<f32>(a6)); store(r0, 3u, t, n, vec4<f32>(a3), vec4<f32>(a7));
     } else {
@@ -141,7 +160,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         a6 += dot_tokens(load_wb(b6 + g, so), x0, x1, x2, x3);
         a7 += dot_tokens(load_wb(b7 + g, so), x0, x1, x2, x3);
     }
-    if (gated()) {
+    if (P.rope != 0u) {
+        for (var t = 0u; t < min(TN, n - t0); t++) {
+            store_quads(r0, t0 + t, vec4<f32>(a0[t], a1[t], a2[t], a3[t]), vec4<f32>(a4[t], a5[t], a6[t], a7[t]));
+        }
+    } else if (gated()) {
         store(r0, 0u, t0, n, a0, a4); store(r0, 1u, t0, n, a1, a5);
         store(r0, 2u, t0, n, a2, a6); store(r0, 3u, t0, n, a3, a7);
     } else {

@@ -5,7 +5,7 @@ use crate::common;
 use crate::kernel_cases;
 
 use ferrolm::backend::reference::ops;
-use ferrolm::backend::webgpu::kernels::{Count, Kernels, Norm, Op, OutCols};
+use ferrolm::backend::webgpu::kernels::{Count, Kernels, Norm, Op, OutCols, RopeKv};
 use ferrolm::backend::webgpu::weights::{GpuTensor, GPU_MATRIX_TYPES};
 use ferrolm::backend::webgpu::{batch_to_words, batch_words, GpuContext, GpuOptions, KvType};
 use ferrolm::engine::{Batch, Limits};
@@ -633,6 +633,18 @@ fn rope_kv_matches_cpu_and_fills_paged_cache_slots() {
     }
 }
 
+/// The kernels' table, rope[pos][i] = (cos, sin): ops::rope turns the pairs (1, 0) into exactly
+/// that, so the GPU and the CPU rotate by the same f32 values.
+fn rope_table(hd: usize, base: f32) -> Vec<f32> {
+    let mut table = Vec::new();
+    for pos in 0..ROPE_LIMITS.context {
+        let mut unit: Vec<f32> = (0..hd).map(|i| if i % 2 == 0 { 1.0 } else { 0.0 }).collect();
+        ops::rope(&mut unit, hd, pos as f64, base, RopeStyle::Normal);
+        table.extend(unit);
+    }
+    table
+}
+
 const ROPE_LIMITS: Limits = Limits { max_batch_tokens: 32, context: 64, max_seqs: 2, block_size: 16, n_blocks: 8, kv_bytes_per_token: 0, max_logit_rows: 32, max_draft: 0 };
 
 fn rope_kv_case(h: Harness, kv: KvType) {
@@ -646,14 +658,7 @@ fn rope_kv_case(h: Harness, kv: KvType) {
     for dims in kernel_cases::shapes() {
         let (hd, stride) = (dims.head_dim as usize, dims.qkv_stride as usize);
         let (q_dim, kv_dim) = (dims.n_heads as usize * hd, dims.n_kv_heads as usize * hd);
-        // The kernel's table, rope[pos][i] = (cos, sin): ops::rope turns the pairs (1, 0) into
-        // exactly that, so both sides rotate by the same f32 values.
-        let mut table = Vec::new();
-        for pos in 0..ROPE_LIMITS.context {
-            let mut unit: Vec<f32> = (0..hd).map(|i| if i % 2 == 0 { 1.0 } else { 0.0 }).collect();
-            ops::rope(&mut unit, hd, pos as f64, base, RopeStyle::Normal);
-            table.extend(unit);
-        }
+        let table = rope_table(hd, base);
         let slots = (ROPE_LIMITS.n_blocks * bs) as usize;
         let mut qkv = random(n * stride, 80 + hd as u64);
         // f16's edge cases in the first token's v: its largest value, overflow to infinity,
@@ -664,7 +669,7 @@ fn rope_kv_case(h: Harness, kv: KvType) {
         for style in [RopeStyle::Normal, RopeStyle::Neox] {
             let (qb, rb) = (h.buffer(&qkv), h.buffer(&table));
             let (kb, vb) = (h.words(&kernel_cases::kv_words(kv, &k0)), h.words(&kernel_cases::kv_words(kv, &v0)));
-            let got = h.run_batch(&[h.kernels.rope_kv(&qb, &rb, &kb, &vb, dims, style == RopeStyle::Neox)], &b, &qb);
+            let got = h.run_batch(&[h.kernels.rope_kv(&qb, RopeKv { table: &rb, k_cache: &kb, v_cache: &vb, dims, neox: style == RopeStyle::Neox })], &b, &qb);
             let (mut want, mut want_k, mut want_v) = (qkv.clone(), k0.clone(), v0.clone());
             for (row, &(seq, pos)) in want.chunks_mut(stride).zip(&items) {
                 ops::rope(&mut row[..q_dim], hd, pos as f64, base, style);
@@ -682,6 +687,69 @@ fn rope_kv_case(h: Harness, kv: KvType) {
             // k is rotated on the GPU: within f32 rounding, then within half an f16 step.
             let tol = if kv == KvType::F32 { 1e-6 } else { 5e-4 };
             check_close(&kernel_cases::kv_values(kv, &h.read_words(&kb)), &want_k, tol, &format!("k cache {what}"));
+        }
+    }
+}
+
+/// The q|k|v matmul with RoPE and the KV write in its epilogue equals the matmul followed by
+/// `rope_kv`: q in qkv, k and v in their cache slots, every other slot untouched. Both kernel
+/// shapes (GPUs' with the folded RMSNorm), GGML-normal and NeoX pairs, f16 and f32 caches,
+/// decode and prefill batches over two sequences' scattered blocks, widths giving 4 and 32 rows
+/// a workgroup, and q, k and v as one matrix or three (Q4_K_M files' mixed types).
+#[test]
+fn matmul_with_folded_rope_kv_matches_matmul_then_rope_kv() {
+    for kv in [KvType::F16, KvType::F32] {
+        for cpu_like in [true, false] {
+            folded_rope_case(&Harness::with_limits(GpuOptions { kv, ..GpuOptions::default() }, Some(cpu_like), ROPE_LIMITS), kv, cpu_like);
+        }
+    }
+}
+
+fn folded_rope_case(h: &Harness, kv: KvType, cpu_like: bool) {
+    let tables: [&[u32]; 2] = [&[5, 2, 7, 0], &[1, 6, 3, 4]];
+    let items: Vec<(u32, u32)> = (13..19).map(|p| (0, p)).chain([(1, 0), (1, 50), (1, 63)]).collect();
+    let slots = (ROPE_LIMITS.n_blocks * ROPE_LIMITS.block_size) as usize;
+    let ty = GgmlType::Q4_1;
+    for dims in kernel_cases::shapes() {
+        let (hd, m) = (dims.head_dim as usize, dims.qkv_stride as usize);
+        let (q_dim, kv_dim) = (dims.n_heads as usize * hd, dims.n_kv_heads as usize * hd);
+        let rb = h.buffer(&rope_table(hd, 10000.0));
+        for k in [96usize, 512] {
+            let data = random_blocks(ty, m, k, 90 + k as u64);
+            let row_bytes = ty.row_bytes(k as u64).unwrap() as usize;
+            let matrix = |r0: usize, rows: usize| h.upload(1 << 20, "qkv", ty, &data[r0 * row_bytes..(r0 + rows) * row_bytes], rows, k, false);
+            let whole = vec![(matrix(0, m), 0u32)];
+            let parts: Vec<(GpuTensor, u32)> = [(0, q_dim), (q_dim, kv_dim), (q_dim + kv_dim, kv_dim)].iter().map(|&(r0, rows)| (matrix(r0, rows), r0 as u32)).collect();
+            let nwb = h.buffer(&random(k, 91));
+            let norm = (!cpu_like).then_some(Norm { weight: &nwb, eps: 1e-5 });
+            for (runs, split) in [(&whole, false), (&parts, true)] {
+                assert!(h.kernels.folds_rope(runs, dims));
+                for n in [1usize, 5, 9] {
+                    let (tokens, seq_ids, positions) = (vec![0u32; n], items[..n].iter().map(|i| i.0).collect::<Vec<_>>(), items[..n].iter().map(|i| i.1).collect::<Vec<_>>());
+                    let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &tables, masks: None, sampling: None };
+                    let xb = h.buffer(&random(n * k, 92 + n as u64));
+                    let (k0, v0) = (kernel_cases::random_kv(kv, slots * kv_dim, 93), kernel_cases::random_kv(kv, slots * kv_dim, 94));
+                    for neox in [false, true] {
+                        let what = format!("{dims:?} k={k} n={n} neox={neox} split={split} {kv:?} cpu_like={cpu_like}");
+                        let caches = || (h.words(&kernel_cases::kv_words(kv, &k0)), h.words(&kernel_cases::kv_words(kv, &v0)));
+                        let (qa, (ka, va)) = (h.buffer(&vec![0f32; n * m]), caches());
+                        let mut ops: Vec<Op> = runs.iter().flat_map(|(w, col)| h.kernels.matmul_normed(w, &xb, norm, &qa, OutCols { stride: m as u32, col: *col }, Count::Tokens)).collect();
+                        ops.push(h.kernels.rope_kv(&qa, RopeKv { table: &rb, k_cache: &ka, v_cache: &va, dims, neox }));
+                        let want = h.run_batch(&ops, &b, &qa);
+                        let (qb, (kb, vb)) = (h.buffer(&vec![f32::NAN; n * m]), caches());
+                        let rope = RopeKv { table: &rb, k_cache: &kb, v_cache: &vb, dims, neox };
+                        let ops: Vec<Op> = runs.iter().flat_map(|(w, col)| h.kernels.matmul_rope_kv(w, &xb, norm, &qb, *col, rope)).collect();
+                        let got = h.run_batch(&ops, &b, &qb);
+                        let q = |rows: &[f32]| rows.chunks(m).flat_map(|r| r[..q_dim].to_vec()).collect::<Vec<_>>();
+                        check_close(&q(&got), &q(&want), 1e-6, &format!("q {what}"));
+                        // Rotations may round differently in the last f32 bit: an f16 step at most.
+                        let tol = if kv == KvType::F32 { 1e-6 } else { 1e-3 };
+                        check_close(&kernel_cases::kv_values(kv, &h.read_words(&kb)), &kernel_cases::kv_values(kv, &h.read_words(&ka)), tol, &format!("k cache {what}"));
+                        // v is not rotated: the same sums, so the same words.
+                        assert_eq!(h.read_words(&vb), h.read_words(&va), "v cache {what}");
+                    }
+                }
+            }
         }
     }
 }

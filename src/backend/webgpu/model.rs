@@ -11,7 +11,7 @@ use std::rc::Rc;
 use serde::Serialize;
 
 use super::context::{map_read, Faults, GpuContext};
-use super::kernels::{sample_rows, AttnDims, Count, Kernels, Norm, Op, OutCols, SampleEdit, SampleRow, TOPK_WORDS};
+use super::kernels::{sample_rows, AttnDims, Count, Kernels, Norm, Op, OutCols, RopeKv, SampleEdit, SampleRow, TOPK_WORDS};
 use super::weights::{concat_rows, packed_row_bytes, upload_f32, GpuTensor};
 use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, BLOCK_SIZE, CHAINED};
 use crate::error::{Error, Result};
@@ -304,18 +304,27 @@ impl GpuModel {
             let rope = &ropes.iter().find(|r| r.0 == (la.rope_base.to_bits(), la.rope_freq_scale.to_bits())).expect("a table per base").1;
 
             let (input, norm) = norm_input(&kernels, &mut ops, &x, h.as_ref(), &attn_norm, c, false);
-            for (w, col) in &wqkv {
-                ops.extend(kernels.matmul_normed(w, input, norm, &qkv, OutCols { stride: dims.qkv_stride, col: *col }, Count::Tokens));
+            let rope_kv = RopeKv { table: rope, k_cache: &k_cache, v_cache: &v_cache, dims, neox: c.rope_style == RopeStyle::Neox };
+            // RoPE and the KV write in the q|k|v matmul's epilogue, unless a bias or a per-head
+            // norm (Qwen2, Gemma 3) comes between.
+            if !c.qkv_bias && !c.qk_norm && kernels.folds_rope(&wqkv, dims) {
+                for (w, col) in &wqkv {
+                    ops.extend(kernels.matmul_rope_kv(w, input, norm, &qkv, *col, rope_kv));
+                }
+            } else {
+                for (w, col) in &wqkv {
+                    ops.extend(kernels.matmul_normed(w, input, norm, &qkv, OutCols { stride: dims.qkv_stride, col: *col }, Count::Tokens));
+                }
+                if c.qkv_bias {
+                    let bias = vectors("qkv bias", &[&p(names::ATTN_Q_BIAS), &p(names::ATTN_K_BIAS), &p(names::ATTN_V_BIAS)])?;
+                    ops.push(kernels.bias_add(&qkv, &bias, dims.qkv_stride, dims.qkv_stride));
+                }
+                if c.qk_norm {
+                    let qk_norm = vectors("qk norm", &[&p(names::ATTN_Q_NORM), &p(names::ATTN_K_NORM)])?;
+                    ops.push(kernels.head_norm(&qkv, &qk_norm, dims, c.norm_eps));
+                }
+                ops.push(kernels.rope_kv(&qkv, rope_kv));
             }
-            if c.qkv_bias {
-                let bias = vectors("qkv bias", &[&p(names::ATTN_Q_BIAS), &p(names::ATTN_K_BIAS), &p(names::ATTN_V_BIAS)])?;
-                ops.push(kernels.bias_add(&qkv, &bias, dims.qkv_stride, dims.qkv_stride));
-            }
-            if c.qk_norm {
-                let qk_norm = vectors("qk norm", &[&p(names::ATTN_Q_NORM), &p(names::ATTN_K_NORM)])?;
-                ops.push(kernels.head_norm(&qkv, &qk_norm, dims, c.norm_eps));
-            }
-            ops.push(kernels.rope_kv(&qkv, rope, &k_cache, &v_cache, dims, c.rope_style == RopeStyle::Neox));
             let window = la.window.unwrap_or(0) as u32;
             ops.extend(kernels.attention(&qkv, &k_cache, &v_cache, &attn, dims, c.attn_scale, window, &attn_plan, &attn_scratch));
             // Attention output and FFN: straight into the residual stream, or (post-norms) through

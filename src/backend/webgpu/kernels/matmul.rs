@@ -4,8 +4,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::rope::RopeKv;
 use super::shader::Shader;
-use super::{Count, Grid, Kernels, Op, Variant};
+use super::{AttnDims, Count, Grid, Kernels, Op, Variant};
 use crate::backend::webgpu::weights::{GpuTensor, TensorPart};
 use crate::model::Activation;
 
@@ -44,11 +45,17 @@ struct MatmulParams {
     glu: u32,
     /// The folded RMSNorm's epsilon (whether there is one is matmul.wgsl's NORM override).
     eps: f32,
+    /// RoPE and the KV write in the epilogue (rope_store.wgsl): 0 none, 1 GGML-normal pairs,
+    /// 2 NeoX; then the q|k|v shape.
+    rope: u32,
+    head_dim: u32,
+    q_rows: u32,
+    kv_rows: u32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
 }
-const _: () = assert!(std::mem::size_of::<MatmulParams>() == 48);
+const _: () = assert!(std::mem::size_of::<MatmulParams>() == 64);
 
 /// Tokens per prefill matmul workgroup: each dequantized weight group is reused this many times.
 const MATMUL_TN: u32 = 8;
@@ -60,7 +67,7 @@ impl Kernels {
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(&self, w: &GpuTensor, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, swiglu: bool) -> Vec<Op> {
         let glu = swiglu.then_some(Activation::Silu);
-        w.parts.iter().map(|p| self.matmul_part(w, p, x, None, y, OutCols { stride: out.stride, col: out.col + p.row0 }, accumulate, of, glu)).collect()
+        w.parts.iter().map(|p| self.matmul_part(w, p, x, None, y, OutCols { stride: out.stride, col: out.col + p.row0 }, accumulate, of, glu, None)).collect()
     }
 
     /// Whether the matmuls take an RMSNorm of their input ([`Kernels::matmul_normed`]): on
@@ -74,18 +81,46 @@ impl Kernels {
     /// only, see [`Kernels::folds_norm`]; `None`: plain `x`). With `Count::LogitRows` row `t` of
     /// `x` is the batch's logit row `t` (the LM head).
     pub fn matmul_normed(&self, w: &GpuTensor, x: &wgpu::Buffer, norm: Option<Norm>, y: &wgpu::Buffer, out: OutCols, of: Count) -> Vec<Op> {
-        w.parts.iter().map(|p| self.matmul_part(w, p, x, norm, y, OutCols { stride: out.stride, col: out.col + p.row0 }, false, of, None)).collect()
+        w.parts.iter().map(|p| self.matmul_part(w, p, x, norm, y, OutCols { stride: out.stride, col: out.col + p.row0 }, false, of, None, None)).collect()
+    }
+
+    /// Whether the q|k|v matmuls over these `(matrix, first column)` runs can apply RoPE and
+    /// write K/V in their epilogue ([`Kernels::matmul_rope_kv`]): every part covers whole heads
+    /// (rope_store.wgsl's quads never straddle a part) of a head size divisible by 4.
+    pub fn folds_rope(&self, runs: &[(GpuTensor, u32)], dims: AttnDims) -> bool {
+        let hd = dims.head_dim;
+        hd.is_multiple_of(4) && runs.iter().all(|(w, col)| w.parts.iter().all(|p| (col + p.row0).is_multiple_of(hd) && p.rows.is_multiple_of(hd)))
+    }
+
+    /// `qkv[t][col + r] = rmsnorm(x[t]) . W[r]` (or of plain `x`) with RoPE applied to the q
+    /// and k columns, q written to `qkv` and k and v to the layer's paged cache: the matmul and
+    /// `rope_kv` in one launch. `w`'s rows are fused rows `col ..`; see [`Kernels::folds_rope`].
+    pub fn matmul_rope_kv(&self, w: &GpuTensor, x: &wgpu::Buffer, norm: Option<Norm>, qkv: &wgpu::Buffer, col: u32, rope: RopeKv) -> Vec<Op> {
+        let out = |p: &TensorPart| OutCols { stride: rope.dims.qkv_stride, col: col + p.row0 };
+        w.parts.iter().map(|p| self.matmul_part(w, p, x, norm, qkv, out(p), false, Count::Tokens, None, Some(rope))).collect()
     }
 
     /// The gated FFN's first matmul: `w` (one part) holds gate rows then up rows and
     /// `y = act(gate) * up` (SiLU: SwiGLU, GELU with tanh: GeGLU), of `x` or its RMSNorm.
     pub fn matmul_gated(&self, w: &GpuTensor, x: &wgpu::Buffer, norm: Option<Norm>, y: &wgpu::Buffer, stride: u32, act: Activation) -> Op {
         assert!(w.parts.len() == 1, "fused gate/up weights are uploaded unsplit");
-        self.matmul_part(w, &w.parts[0], x, norm, y, OutCols { stride, col: 0 }, false, Count::Tokens, Some(act))
+        self.matmul_part(w, &w.parts[0], x, norm, y, OutCols { stride, col: 0 }, false, Count::Tokens, Some(act), None)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn matmul_part(&self, w: &GpuTensor, part: &TensorPart, x: &wgpu::Buffer, norm: Option<Norm>, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, glu: Option<Activation>) -> Op {
+    fn matmul_part(
+        &self,
+        w: &GpuTensor,
+        part: &TensorPart,
+        x: &wgpu::Buffer,
+        norm: Option<Norm>,
+        y: &wgpu::Buffer,
+        out: OutCols,
+        accumulate: bool,
+        of: Count,
+        glu: Option<Activation>,
+        rope: Option<RopeKv>,
+    ) -> Op {
         assert!(norm.is_none() || self.folds_norm(), "matvec.wgsl takes no folded norm");
         let gated = glu.is_some();
         let m = if gated { part.rows / 2 } else { part.rows };
@@ -114,7 +149,7 @@ impl Kernels {
             [(1u32, 1u32), (4, 8), (MATMUL_TN, u32::MAX)]
                 .iter()
                 .map(|&(tn, max_n)| {
-                    let overrides = [("TN", tn), ("TPR", tpr), ("SWIGLU", gated as u32), ("GELU", gelu as u32), ("NORM", norm.is_some() as u32)];
+                    let overrides = [("TN", tn), ("TPR", tpr), ("SWIGLU", gated as u32), ("GELU", gelu as u32), ("NORM", norm.is_some() as u32), ("ROPE", rope.is_some() as u32)];
                     let pipeline = self.pipeline(Shader::Matmul, Some(w.ty), &overrides);
                     Variant { pipeline, grid: Grid::Rows { x: m.div_ceil(64 / tpr), per: tn, of }, max_n }
                 })
@@ -136,12 +171,18 @@ impl Kernels {
             use_logit_rows: matches!(of, Count::LogitRows) as u32,
             glu,
             eps: norm.map_or(0.0, |n| n.eps),
+            rope: rope.map_or(0, |r| 1 + r.neox as u32),
+            head_dim: rope.map_or(0, |r| r.dims.head_dim),
+            q_rows: rope.map_or(0, |r| r.dims.n_heads * r.dims.head_dim),
+            kv_rows: rope.map_or(0, |r| r.dims.n_kv_heads * r.dims.head_dim),
             _pad0: 0,
             _pad1: 0,
             _pad2: 0,
         };
-        // Unnormed, the norm weights' binding is unread: x stands in (two read-only bindings
-        // of one buffer are allowed).
-        self.op("matmul", variants, &params, &[&part.buffer, x, y, norm.map_or(x, |n| n.weight)])
+        // Unread bindings get stand-ins: x for the read-only ones (two read-only bindings of one
+        // buffer are allowed), the spare buffers for the cache.
+        let nw = norm.map_or(x, |n| n.weight);
+        let (table, k_cache, v_cache) = rope.map_or((x, &self.spare[0], &self.spare[1]), |r| (r.table, r.k_cache, r.v_cache));
+        self.op("matmul", variants, &params, &[&part.buffer, x, y, nw, table, k_cache, v_cache])
     }
 }

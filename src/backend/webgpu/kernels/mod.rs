@@ -27,6 +27,7 @@ use shader::{Access, Shader};
 
 pub use attention::{AttnDims, AttnPlan, ATTN_SPLIT_MAX_TOKENS};
 pub use matmul::{Norm, OutCols};
+pub use rope::RopeKv;
 pub use sampling::{sample_rows, SampleEdit, SampleRow, TOPK_MAX, TOPK_WORDS};
 
 /// Browsers want subgroup use declared; naga (native) rejects the directive and needs none.
@@ -191,12 +192,16 @@ pub struct Kernels {
     kv: KvType,
     pipelines: RefCell<HashMap<PipelineKey, Rc<LazyPipeline>>>,
     layouts: RefCell<HashMap<&'static [Access], Layout>>,
+    /// Stand-ins for writable bindings a kernel's variant leaves unused (the KV cache of a matmul
+    /// without RoPE): two, since browsers refuse one buffer in two writable bindings.
+    spare: [wgpu::Buffer; 2],
 }
 
 impl Kernels {
     /// `batch` is the step's batch description buffer the kernels read (see batch.wgsl).
     pub fn new(device: &wgpu::Device, batch: &wgpu::Buffer, cpu_like: bool, subgroup_rows: u32, kv: KvType) -> Kernels {
-        Kernels { device: device.clone(), batch: batch.clone(), cpu_like, subgroup_rows, kv, pipelines: RefCell::new(HashMap::new()), layouts: RefCell::new(HashMap::new()) }
+        let spare = || device.create_buffer(&wgpu::BufferDescriptor { label: Some("unused binding"), size: 16, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
+        Kernels { device: device.clone(), batch: batch.clone(), cpu_like, subgroup_rows, kv, pipelines: RefCell::new(HashMap::new()), layouts: RefCell::new(HashMap::new()), spare: [spare(), spare()] }
     }
 
     fn layout(&self, access: &'static [Access]) -> Layout {
@@ -242,8 +247,9 @@ impl Kernels {
             _ => "",
         };
         let enable = if subgroup { SUBGROUP_ENABLE } else { "" };
+        let rope_store = if needs.rope_store { shader::ROPE_STORE_WGSL } else { "" };
         let quant = quant.map(|q| format!("{}\n{}", shader::X32_WGSL, shader::quant_source(q))).unwrap_or_default();
-        let source = format!("{enable}{quant}\n{attn}\n{kv}\n{prelude}\n{}\n{reduce}", shader.source());
+        let source = format!("{enable}{quant}\n{attn}\n{kv}\n{prelude}\n{}\n{reduce}\n{rope_store}", shader.source());
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(shader.label()), source: wgpu::ShaderSource::Wgsl(source.into()) });
         let (_, layout) = self.layout(shader.access());
         let pipeline = Rc::new(LazyPipeline { device: self.device.clone(), shader, module, layout, overrides: key.overrides.clone(), pipeline: OnceCell::new() });

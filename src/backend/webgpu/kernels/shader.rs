@@ -47,10 +47,12 @@ pub(super) struct Needs {
     pub quant: bool,
     /// The KV cache's element format (kv_f16.wgsl or kv_f32.wgsl, by the model's KvType).
     pub kv: bool,
+    /// `rope_store`: RoPE and the KV write as a matmul's epilogue (rope_store.wgsl).
+    pub rope_store: bool,
 }
 
-const BATCH: Needs = Needs { batch: true, attn_params: false, reduce_lanes: false, quant: false, kv: false };
-const ATTN: Needs = Needs { batch: true, attn_params: true, reduce_lanes: false, quant: false, kv: false };
+const BATCH: Needs = Needs { batch: true, attn_params: false, reduce_lanes: false, quant: false, kv: false, rope_store: false };
+const ATTN: Needs = Needs { attn_params: true, ..BATCH };
 const ATTN_KV: Needs = Needs { kv: true, ..ATTN };
 
 impl Shader {
@@ -103,8 +105,9 @@ impl Shader {
 
     pub fn needs(self) -> Needs {
         match self {
-            Shader::Matmul => Needs { reduce_lanes: true, quant: true, ..BATCH },
-            Shader::Matvec | Shader::Embed => Needs { quant: true, ..BATCH },
+            Shader::Matmul => Needs { reduce_lanes: true, quant: true, kv: true, rope_store: true, ..BATCH },
+            Shader::Matvec => Needs { quant: true, kv: true, rope_store: true, ..BATCH },
+            Shader::Embed => Needs { quant: true, ..BATCH },
             Shader::Rmsnorm | Shader::BiasAdd | Shader::HeadNorm | Shader::Argmax | Shader::Sample | Shader::Topk => BATCH,
             Shader::RopeKv => Needs { kv: true, ..BATCH },
             Shader::Attention | Shader::AttnTiled | Shader::AttnScores | Shader::AttnPv => ATTN_KV,
@@ -120,7 +123,7 @@ impl Shader {
     /// slot, so shaders that share a bind group share a layout.
     pub fn access(self) -> &'static [Access] {
         match self {
-            Shader::Matmul | Shader::Matvec => &[Read, Read, ReadWrite, Read, Read],
+            Shader::Matmul | Shader::Matvec => &[Read, Read, ReadWrite, Read, Read, ReadWrite, ReadWrite, Read],
             Shader::Rmsnorm | Shader::AttnScores | Shader::AttnPv => &[Read, Read, ReadWrite, Read],
             Shader::Embed | Shader::AttnCombine | Shader::Topk => &[Read, ReadWrite, Read],
             Shader::Argmax => &[Read, ReadWrite, Read, Read],
@@ -154,6 +157,7 @@ pub(super) const BATCH_WGSL: &str = include_str!("../../../../shaders/batch.wgsl
 pub(super) const ATTN_PARAMS_WGSL: &str = include_str!("../../../../shaders/attn_params.wgsl");
 pub(super) const KV_F16_WGSL: &str = include_str!("../../../../shaders/kv_f16.wgsl");
 pub(super) const KV_F32_WGSL: &str = include_str!("../../../../shaders/kv_f32.wgsl");
+pub(super) const ROPE_STORE_WGSL: &str = include_str!("../../../../shaders/rope_store.wgsl");
 pub(super) const X32_WGSL: &str = include_str!("../../../../shaders/x32.wgsl");
 pub(super) const REDUCE_SUBGROUP_WGSL: &str = include_str!("../../../../shaders/reduce_subgroup.wgsl");
 pub(super) const REDUCE_WORKGROUP_WGSL: &str = include_str!("../../../../shaders/reduce_workgroup.wgsl");
@@ -193,6 +197,7 @@ mod tests {
             assert_eq!(n.attn_params, src.contains("AttnParams"), "{s:?} attn_params");
             assert_eq!(n.reduce_lanes, src.contains("reduce_lanes("), "{s:?} reduce_lanes");
             assert_eq!(n.kv, src.contains("array<KvPair>") || src.contains("array<KvQuad>"), "{s:?} kv");
+            assert_eq!(n.rope_store, src.contains("rope_store("), "{s:?} rope_store");
             if n.batch {
                 let last = format!("@binding({}) var<storage, read> batch", s.access().len());
                 assert!(src.contains(&last), "{s:?}: batch is not binding {}", s.access().len());
