@@ -35,12 +35,15 @@ counted = [r for r in ours if "dispatches_per_step" in r]
 if counted:
     md += ["", "## GPU decode step: what one step of steady greedy decode costs the host", "",
            "Targets (issue 19): <= 5 dispatches a layer + 3, one submit, <= 512 bytes written, 0 blocking",
-           "waits while a later step is queued.", "",
-           "| where | model | dispatches | passes | submits | bytes written | blocking waits | encode ms | submit ms |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "waits while a later step is queued; GPU busy >= 90% of steady decode's wall time (real GPUs).",
+           "GPU busy: the steps' compute passes timed with timestamp queries over their wall-clock time", "(- where the adapter has no timestamps).", "",
+           "| where | model | dispatches | passes | submits | bytes written | blocking waits | encode ms | submit ms | GPU ms | GPU busy |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)
     for r in counted:
         md.append(f"| {r['where']} | {r.get('model', '').split('/')[-1]} | {r['dispatches_per_step']:.0f} | {r['passes_per_step']:.0f} | "
-                  f"{r['submits_per_step']:.0f} | {r['bytes_written_per_step']:.0f} | {r['blocking_waits_per_step']:.0f} | {r['encode_ms_per_step']:.3f} | {r.get('submit_ms_per_step', 0):.3f} |")
+                  f"{r['submits_per_step']:.0f} | {r['bytes_written_per_step']:.0f} | {r['blocking_waits_per_step']:.0f} | {r['encode_ms_per_step']:.3f} | {r.get('submit_ms_per_step', 0):.3f} | "
+                  f"{fmt(r.get('gpu_ms_per_step'), '.3f')} | {fmt(r.get('gpu_busy'), '.0%')} |")
 
 serving = [r for r in ours if r.get("serving")]
 if serving:

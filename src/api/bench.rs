@@ -86,10 +86,14 @@ pub async fn bench_runs<M: ForwardModel>(
 /// runs of the start of `prompt`, the second `n` tokens longer, differenced so that prefill and
 /// the first token cancel out (after a warm-up run that compiles the pipelines). `pipelined`: of
 /// the pipelined step or the step-by-step one, whatever the engine's setting (restored after).
-pub async fn decode_counters(engine: &mut Engine<GpuModel>, tok: &Tokenizer, prompt: &[u32], n: usize, pipelined: bool, sampling: &SamplingParams) -> Result<StepCounters> {
+/// Steps are timed on the GPU where the adapter can ([`GpuModel::time_steps`]); the wall-clock
+/// milliseconds of the `n` steps come with the counters.
+pub async fn decode_counters(engine: &mut Engine<GpuModel>, tok: &Tokenizer, prompt: &[u32], n: usize, pipelined: bool, sampling: &SamplingParams) -> Result<(StepCounters, f64)> {
     let setting = engine.pipelined();
     engine.set_pipelined(pipelined);
+    engine.model().time_steps(true);
     let counters = step_counters(engine, tok, prompt, n, sampling).await;
+    engine.model().time_steps(false);
     engine.set_pipelined(setting);
     counters
 }
@@ -99,25 +103,33 @@ pub fn bench_sampling() -> SamplingParams {
     SamplingParams { temperature: 0.7, top_p: 0.9, seed: Some(1), ..SamplingParams::default() }
 }
 
-async fn step_counters(engine: &mut Engine<GpuModel>, tok: &Tokenizer, prompt: &[u32], n: usize, sampling: &SamplingParams) -> Result<StepCounters> {
+async fn step_counters(engine: &mut Engine<GpuModel>, tok: &Tokenizer, prompt: &[u32], n: usize, sampling: &SamplingParams) -> Result<(StepCounters, f64)> {
     let prompt = &prompt[..prompt.len().min(8)];
-    let mut run = async |gen: usize| -> Result<StepCounters> {
+    let mut run = async |gen: usize| -> Result<(StepCounters, f64)> {
         engine.clear_prefix_cache();
-        let before = engine.model().counters();
+        let (before, t0) = (engine.model().counters(), now_ms());
         let opts = GenerateOptions { sampling: sampling.clone(), ..greedy(gen) };
         engine.generate(tok, Request { prompt: prompt.to_vec(), opts }, |_| {}).await?;
-        Ok(engine.model().counters().since(&before))
+        Ok((engine.model().counters().since(&before), now_ms() - t0))
     };
     run(2).await?;
-    let short = run(2).await?;
-    Ok(run(2 + n).await?.since(&short))
+    let (short, short_ms) = run(2).await?;
+    let (long, long_ms) = run(2 + n).await?;
+    Ok((long.since(&short), long_ms - short_ms))
+}
+
+/// One decode step's counters ([`StepCounters::per_step`]) and, where steps were timed on the
+/// GPU, the fraction of the steps' wall-clock time the GPU spent in their passes (`gpu_busy`).
+fn step_row((c, wall_ms): (StepCounters, f64)) -> serde_json::Value {
+    let busy = (c.timed_steps == c.steps && c.steps > 0 && wall_ms > 0.0).then(|| c.gpu_ms / wall_ms);
+    merge(c.per_step(), serde_json::json!({ "wall_ms_per_step": wall_ms / c.steps.max(1) as f64, "gpu_busy": busy }))
 }
 
 /// The greedy decode step's counters, and the sampled one's ([`bench_sampling`]) under
 /// `sampled_` names, as `bench --json` reports them.
 pub async fn step_rows(engine: &mut Engine<GpuModel>, tok: &Tokenizer, prompt: &[u32], pipelined: bool) -> Result<serde_json::Value> {
-    let greedy = decode_counters(engine, tok, prompt, 16, pipelined, &SamplingParams::greedy()).await?.per_step();
-    let sampled = decode_counters(engine, tok, prompt, 16, pipelined, &bench_sampling()).await?.per_step();
+    let greedy = step_row(decode_counters(engine, tok, prompt, 16, pipelined, &SamplingParams::greedy()).await?);
+    let sampled = step_row(decode_counters(engine, tok, prompt, 16, pipelined, &bench_sampling()).await?);
     let sampled: serde_json::Map<String, serde_json::Value> = sampled.as_object().into_iter().flatten().map(|(k, v)| (format!("sampled_{k}"), v.clone())).collect();
     Ok(merge(greedy, sampled.into()))
 }

@@ -1,7 +1,8 @@
 //! What one step of steady greedy decode costs the host on the GPU engine, counted on small
 //! synthetic models: launches per layer, one pass, one submission, no wait with the GPU idle
 //! (pipelined; one a step without), and only the batch words that changed written; and the
-//! GPU time of a step and of each kernel where the adapter has timestamp queries.
+//! GPU time of a step (alone, and of each in steady decode) and of each kernel where the adapter
+//! has timestamp queries.
 
 use ferrolm::api::bench::{bench_sampling, decode_counters, synthetic_llama, LlamaShape};
 use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions, StepCounters};
@@ -24,8 +25,11 @@ fn sampled_step(n_layers: u32, gpu_shapes: bool, pipelined: bool, sampling: &Sam
     let mut engine = Engine::new(model);
     let prompt: Vec<u32> = (0..40).map(|i| (i * 37) % 256).collect();
     let n = 32;
-    let c = pollster::block_on(decode_counters(&mut engine, &tok, &prompt, n, pipelined, sampling)).unwrap();
+    let (c, wall_ms) = pollster::block_on(decode_counters(&mut engine, &tok, &prompt, n, pipelined, sampling)).unwrap();
     assert_eq!(c.steps, n as u64, "{c:?}");
+    // lavapipe has timestamp queries: every step's pass was timed, with its own readback.
+    assert!(c.timed_steps == c.steps && c.gpu_ms > 0.0, "{c:?}");
+    println!("GPU busy {:.2} ({:.3} of {:.3} ms a step)", c.gpu_ms / wall_ms, c.gpu_ms / n as f64, wall_ms / n as f64);
     c
 }
 

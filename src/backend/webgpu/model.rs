@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::context::{map_read, Faults, GpuContext};
 use super::kernels::{sample_rows, AttnDims, Count, Kernels, Norm, Op, OutCols, RopeKv, SampleEdit, SampleRow, TOPK_WORDS};
+use super::profile::{timed_ms, StepTimer, TIMER_BYTES};
 use super::weights::{concat_rows, packed_row_bytes, upload_f32, GpuTensor};
 use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, BLOCK_SIZE, CHAINED};
 use crate::error::{Error, Result};
@@ -61,6 +62,9 @@ pub struct StepCounters {
     pub submit_ms: f64,
     /// Readback buffers created (they are reused: this stops growing after warm-up).
     pub readback_buffers: u64,
+    /// Steps timed on the GPU ([`GpuModel::time_steps`]) and their compute passes' GPU time.
+    pub timed_steps: u64,
+    pub gpu_ms: f64,
 }
 
 impl StepCounters {
@@ -77,6 +81,8 @@ impl StepCounters {
             encode_ms: self.encode_ms - before.encode_ms,
             submit_ms: self.submit_ms - before.submit_ms,
             readback_buffers: self.readback_buffers.saturating_sub(before.readback_buffers),
+            timed_steps: self.timed_steps.saturating_sub(before.timed_steps),
+            gpu_ms: self.gpu_ms - before.gpu_ms,
         }
     }
 
@@ -92,6 +98,7 @@ impl StepCounters {
             "blocking_waits_per_step": self.blocking_waits as f64 / n,
             "encode_ms_per_step": self.encode_ms / n,
             "submit_ms_per_step": self.submit_ms / n,
+            "gpu_ms_per_step": (self.timed_steps > 0).then(|| self.gpu_ms / self.timed_steps as f64),
         })
     }
 }
@@ -131,6 +138,8 @@ pub struct GpuModel {
     /// [`CHAINED`] token of the next step may name.
     argmax_rows: Cell<u32>,
     counters: Rc<Cell<StepCounters>>,
+    /// Set while steps are timed on the GPU ([`GpuModel::time_steps`]).
+    timer: RefCell<Option<StepTimer>>,
 }
 
 /// A recorded model whose uploads and pipeline compiles the GPU may still be running.
@@ -392,13 +401,14 @@ impl GpuModel {
             written,
             argmax_rows: Cell::new(0),
             counters,
+            timer: RefCell::new(None),
         };
         Ok(PendingModel { model, scope })
     }
 
     /// Writes the batch description and encodes the forward pass (plus the argmax or top-k
     /// kernel when that is what the step reads back).
-    fn encode(&self, b: &Batch, readback: Readback) -> Result<wgpu::CommandEncoder> {
+    fn encode(&self, b: &Batch, readback: Readback, timestamps: Option<wgpu::ComputePassTimestampWrites>) -> Result<wgpu::CommandEncoder> {
         b.validate(&self.limits, self.config.vocab_size)?;
         let mut bytes = self.write_batch(b);
         let masks = b.masks.filter(|_| readback == Readback::Argmax);
@@ -422,7 +432,7 @@ impl GpuModel {
         self.copy_chained(&mut enc, b.tokens)?;
         let mut dispatches = 0;
         {
-            let mut pass = enc.begin_compute_pass(&Default::default());
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: timestamps });
             let (n, rows, span) = (b.tokens.len() as u32, b.logit_rows.len() as u32, b.span());
             for op in &self.ops {
                 dispatches += op.encode_span(&mut pass, n, rows, span) as u64;
@@ -513,6 +523,14 @@ impl GpuModel {
         self.counters.get()
     }
 
+    /// Times each later step's compute pass on the GPU into [`StepCounters::gpu_ms`] (`on`),
+    /// or stops. Returns whether steps are timed: not where the adapter has no timestamp queries.
+    pub fn time_steps(&self, on: bool) -> bool {
+        let mut timer = self.timer.borrow_mut();
+        *timer = if on { timer.take().or_else(|| StepTimer::new(&self.ctx)) } else { None };
+        timer.is_some()
+    }
+
     /// The smallest readback buffer of at least `bytes` from the free list, or a new one (best
     /// fit: a pipelined argmax step must not hold the buffer a logits step needs next).
     fn take_staging(&self, bytes: u64) -> wgpu::Buffer {
@@ -550,7 +568,6 @@ impl ForwardModel for GpuModel {
         self.ctx.faults.check()?;
         let t0 = crate::clock::now_ms();
         let read = if b.logit_rows.is_empty() { Readback::Nothing } else { read };
-        let mut enc = self.encode(b, read)?;
         let rows = b.logit_rows.len() as u64;
         // What the step copies back, one after the other: (buffer, bytes a row).
         let topk_row = TOPK_WORDS as u64 * 4;
@@ -564,16 +581,23 @@ impl ForwardModel for GpuModel {
         let bytes: u64 = parts.iter().map(|p| p.1 * rows).sum();
         // Readback buffers in few sizes, so the free list stops growing once warm: argmax and
         // top-k ones hold the most rows a step returns (at most 64 KB), logits ones a power of two.
+        let timer = self.timer.borrow();
+        // Steps that read something back carry their timestamps home with it.
+        let timed = timer.as_ref().filter(|_| !parts.is_empty()).map(|t| (t, t.slot()));
+        let mut enc = self.encode(b, read, timed.map(|(t, slot)| t.writes(slot)))?;
         let capacity = match read {
             Readback::Logits => bytes.next_power_of_two(),
             _ => bytes / rows.max(1) * self.limits.max_logit_rows as u64,
-        };
+        } + if timed.is_some() { TIMER_BYTES } else { 0 };
         let staging = (!parts.is_empty()).then(|| {
             let staging = self.take_staging(capacity);
             let mut at = 0;
             for &(src, row_bytes) in parts {
                 enc.copy_buffer_to_buffer(src, 0, &staging, at, row_bytes * rows);
                 at += row_bytes * rows;
+            }
+            if let Some((t, slot)) = timed {
+                t.copy(&mut enc, slot, &staging, at);
             }
             staging
         });
@@ -589,7 +613,19 @@ impl ForwardModel for GpuModel {
             c.submit_ms += crate::clock::now_ms() - t1;
         });
         let step = self.counters.get().steps;
-        Ok(GpuPending { device: self.ctx.device.clone(), faults: self.ctx.faults.clone(), staging, free: self.staging.clone(), bytes, read, step, submission, counters: self.counters.clone() })
+        let period_ns = timed.map(|(t, _)| t.period_ns());
+        Ok(GpuPending {
+            device: self.ctx.device.clone(),
+            faults: self.ctx.faults.clone(),
+            staging,
+            free: self.staging.clone(),
+            bytes,
+            read,
+            step,
+            submission,
+            counters: self.counters.clone(),
+            period_ns,
+        })
     }
 
     /// A GPU runs a step while the host reads back and streams the one before. A CPU-emulated
@@ -613,6 +649,9 @@ pub struct GpuPending {
     step: u64,
     submission: Option<wgpu::SubmissionIndex>,
     counters: Rc<Cell<StepCounters>>,
+    /// Timed steps ([`GpuModel::time_steps`]): the timestamp period; the readback ends with
+    /// [`TIMER_BYTES`] of timestamps (not counted in `bytes_read`: they are the bench's).
+    period_ns: Option<f64>,
 }
 
 impl PendingStep for GpuPending {
@@ -624,11 +663,20 @@ impl PendingStep for GpuPending {
             c.blocking_waits += 1;
         }
         self.counters.set(c);
-        let out = map_read(&self.device, &staging, self.bytes, self.submission.take()).await;
+        let timer_bytes = if self.period_ns.is_some() { TIMER_BYTES } else { 0 };
+        let out = map_read(&self.device, &staging, self.bytes + timer_bytes, self.submission.take()).await;
         self.free.borrow_mut().push(staging);
         // A lost device fails the map (or maps garbage): the loss is the error to report.
         self.faults.check()?;
-        let out = out?;
+        let mut out = out?;
+        if let Some(period_ns) = self.period_ns {
+            let ms = timed_ms(&out[self.bytes as usize..], period_ns);
+            out.truncate(self.bytes as usize);
+            let mut c = self.counters.get();
+            c.timed_steps += 1;
+            c.gpu_ms += ms;
+            self.counters.set(c);
+        }
         Ok(match self.read {
             Readback::Nothing => Picks::Nothing,
             Readback::Argmax | Readback::Sample => Picks::Tokens(bytemuck::cast_slice(&out).to_vec()),

@@ -2,10 +2,73 @@
 //! encodes it and of each kernel, from timestamp queries where the adapter has them; without
 //! them, CPU time around each dispatch submitted and waited for on its own (native only).
 
+use std::cell::Cell;
+
+use super::context::GpuContext;
 use super::kernels::Op;
 use super::model::GpuModel;
 use crate::engine::Batch;
 use crate::error::Result;
+
+/// Timestamps at the start and end of each step's compute pass, copied into the step's own
+/// readback buffer after its results: the GPU time of real (pipelined) steps at no extra wait,
+/// for the busy fraction of steady decode (`bench`).
+pub(super) struct StepTimer {
+    set: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    next: Cell<u32>,
+    period_ns: f64,
+}
+
+/// Steps that may be in flight at once, each with its own pair of queries (pipelining keeps two).
+const TIMER_SLOTS: u32 = 8;
+/// Query resolves land at multiples of 256 bytes (`wgpu::QUERY_RESOLVE_BUFFER_ALIGNMENT`).
+const RESOLVE_STRIDE: u64 = 256;
+/// The two timestamps a timed step appends to its readback.
+pub(super) const TIMER_BYTES: u64 = 16;
+
+impl StepTimer {
+    /// `None` where the adapter has no timestamp queries (or they were not allowed).
+    pub fn new(ctx: &GpuContext) -> Option<StepTimer> {
+        if !ctx.info.timestamps {
+            return None;
+        }
+        let dev = &ctx.device;
+        let set = dev.create_query_set(&wgpu::QuerySetDescriptor { label: Some("step timer"), ty: wgpu::QueryType::Timestamp, count: 2 * TIMER_SLOTS });
+        let usage = wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC;
+        let resolved = dev.create_buffer(&wgpu::BufferDescriptor { label: Some("step timer"), size: TIMER_SLOTS as u64 * RESOLVE_STRIDE, usage, mapped_at_creation: false });
+        Some(StepTimer { set, resolved, next: Cell::new(0), period_ns: ctx.queue.get_timestamp_period() as f64 })
+    }
+
+    /// The query pair the next step writes.
+    pub fn slot(&self) -> u32 {
+        let s = self.next.get();
+        self.next.set((s + 1) % TIMER_SLOTS);
+        s
+    }
+
+    pub fn writes(&self, slot: u32) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites { query_set: &self.set, beginning_of_pass_write_index: Some(2 * slot), end_of_pass_write_index: Some(2 * slot + 1) }
+    }
+
+    /// Resolves `slot`'s timestamps and copies them to `staging` at `at` ([`TIMER_BYTES`]).
+    pub fn copy(&self, enc: &mut wgpu::CommandEncoder, slot: u32, staging: &wgpu::Buffer, at: u64) {
+        let offset = slot as u64 * RESOLVE_STRIDE;
+        enc.resolve_query_set(&self.set, 2 * slot..2 * slot + 2, &self.resolved, offset);
+        enc.copy_buffer_to_buffer(&self.resolved, offset, staging, at, TIMER_BYTES);
+    }
+
+    /// Nanoseconds per timestamp tick.
+    pub fn period_ns(&self) -> f64 {
+        self.period_ns
+    }
+}
+
+/// Milliseconds between the two timestamps [`StepTimer::copy`] wrote.
+pub(super) fn timed_ms(bytes: &[u8], period_ns: f64) -> f64 {
+    let tick = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+    tick(8).saturating_sub(tick(0)) as f64 * period_ns / 1e6
+}
 
 /// Milliseconds of one step on the GPU, from timestamp queries.
 #[derive(Clone, Debug)]
