@@ -1,11 +1,11 @@
-// y[t][i] += bias[i] for the first `width` columns of every token's row (stride `stride`): the
+// y[t][i] += bias[offset + i] for the first `width` columns of every token's row (stride `stride`): the
 // q/k/v projection biases of Qwen2, added to the fused qkv rows.
 
 struct Params {
     width: u32,
     stride: u32,
+    offset: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -18,6 +18,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let t = wid.x;
     if (t >= n_tokens()) { return; }
     for (var i = lid; i < P.width; i += 64u) {
-        y[t * P.stride + i] += bias[i];
+        y[t * P.stride + i] += bias[P.offset + i];
     }
 }

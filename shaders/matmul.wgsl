@@ -29,9 +29,10 @@ struct Params {
     head_dim: u32,
     q_rows: u32,
     kv_rows: u32,
+    // 1: add the q|k|v bias (Qwen2) from nw, at element bias_off, before the rotation.
+    bias: u32,
+    bias_off: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;

@@ -24,17 +24,20 @@ struct Params {
     head_dim: u32,
     q_rows: u32,
     kv_rows: u32,
+    // 1: add the q|k|v bias (Qwen2) from nw, at element bias_off, before the rotation.
+    bias: u32,
+    bias_off: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
-// Binding 4 (matmul.wgsl's folded-norm weights) is unused here: on CPU-emulated adapters the
-// extra gathers cost more than the RMSNorm launch they would save (measured on lavapipe).
+// Binding 4: matmul.wgsl's folded-norm weights, read here only for the q|k|v bias (P.bias): on
+// CPU-emulated adapters the extra gathers cost more than the RMSNorm launch they would save
+// (measured on lavapipe).
+@group(0) @binding(4) var<storage, read> nw: array<vec4<f32>>;
 // P.rope only (else stand-ins): the cos/sin table and the layer's KV cache.
 @group(0) @binding(5) var<storage, read> rope: array<vec2<f32>>;
 @group(0) @binding(6) var<storage, read_write> k_cache: array<KvPair>;

@@ -5,7 +5,7 @@ use crate::common;
 use crate::kernel_cases;
 
 use ferrolm::backend::reference::ops;
-use ferrolm::backend::webgpu::kernels::{Count, Kernels, Norm, Op, OutCols, RopeKv};
+use ferrolm::backend::webgpu::kernels::{Count, Kernels, Norm, Op, OutCols, QkvBias, RopeKv};
 use ferrolm::backend::webgpu::weights::{GpuTensor, GPU_MATRIX_TYPES};
 use ferrolm::backend::webgpu::{batch_to_words, batch_words, GpuContext, GpuOptions, KvType};
 use ferrolm::engine::{Batch, Limits};
@@ -584,18 +584,19 @@ fn rmsnorm_add_and_gather_match_cpu() {
     }
 }
 
-/// `bias_add` adds the bias to the first `width` values of each token's row; the rest of each
-/// row, and the rows past the batch, keep their values (f32 adds: bit-exact).
+/// `bias_add` adds the bias (from `offset` in its buffer) to the first `width` values of each
+/// token's row; the rest of each row, and the rows past the batch, keep their values (f32 adds:
+/// bit-exact).
 #[test]
 fn bias_add_matches_cpu() {
     let h = Harness::new(GpuOptions::default());
-    let (rows, n, width, stride) = (6, 4, 70, 96);
-    let (y0, bias) = (random(rows * stride, 60), random(width, 61));
+    let (rows, n, width, stride, offset) = (6, 4, 70, 96, 12);
+    let (y0, bias) = (random(rows * stride, 60), random(offset + width, 61));
     let (yb, bb) = (h.buffer(&y0), h.buffer(&bias));
-    let got = h.run(&[h.kernels.bias_add(&yb, &bb, width as u32, stride as u32)], &vec![0; n], &yb);
+    let got = h.run(&[h.kernels.bias_add(&yb, &bb, width as u32, stride as u32, offset as u32)], &vec![0; n], &yb);
     let mut want = y0.clone();
     for row in want.chunks_mut(stride).take(n) {
-        ops::add_assign(&mut row[..width], &bias);
+        ops::add_assign(&mut row[..width], &bias[offset..]);
     }
     assert_bits_eq(&got, &want, "bias_add");
 }
@@ -695,7 +696,8 @@ fn rope_kv_case(h: Harness, kv: KvType) {
 /// `rope_kv`: q in qkv, k and v in their cache slots, every other slot untouched. Both kernel
 /// shapes (GPUs' with the folded RMSNorm), GGML-normal and NeoX pairs, f16 and f32 caches,
 /// decode and prefill batches over two sequences' scattered blocks, widths giving 4 and 32 rows
-/// a workgroup, and q, k and v as one matrix or three (Q4_K_M files' mixed types).
+/// a workgroup, q, k and v as one matrix or three (Q4_K_M files' mixed types), and with Qwen2's
+/// bias (added in the epilogue against `bias_add`).
 #[test]
 fn matmul_with_folded_rope_kv_matches_matmul_then_rope_kv() {
     for kv in [KvType::F16, KvType::F32] {
@@ -720,7 +722,8 @@ fn folded_rope_case(h: &Harness, kv: KvType, cpu_like: bool) {
             let matrix = |r0: usize, rows: usize| h.upload(1 << 20, "qkv", ty, &data[r0 * row_bytes..(r0 + rows) * row_bytes], rows, k, false);
             let whole = vec![(matrix(0, m), 0u32)];
             let parts: Vec<(GpuTensor, u32)> = [(0, q_dim), (q_dim, kv_dim), (q_dim + kv_dim, kv_dim)].iter().map(|&(r0, rows)| (matrix(r0, rows), r0 as u32)).collect();
-            let nwb = h.buffer(&random(k, 91));
+            // The norm weights, then the q|k|v bias (Qwen2), in one buffer.
+            let nwb = h.buffer(&[random(k, 91), random(m, 95)].concat());
             let norm = (!cpu_like).then_some(Norm { weight: &nwb, eps: 1e-5 });
             for (runs, split) in [(&whole, false), (&parts, true)] {
                 assert!(h.kernels.folds_rope(runs, dims));
@@ -729,23 +732,25 @@ fn folded_rope_case(h: &Harness, kv: KvType, cpu_like: bool) {
                     let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &tables, masks: None, sampling: None };
                     let xb = h.buffer(&random(n * k, 92 + n as u64));
                     let (k0, v0) = (kernel_cases::random_kv(kv, slots * kv_dim, 93), kernel_cases::random_kv(kv, slots * kv_dim, 94));
-                    for neox in [false, true] {
-                        let what = format!("{dims:?} k={k} n={n} neox={neox} split={split} {kv:?} cpu_like={cpu_like}");
+                    for (neox, biased) in [(false, false), (true, false), (true, true)] {
+                        let what = format!("{dims:?} k={k} n={n} neox={neox} bias={biased} split={split} {kv:?} cpu_like={cpu_like}");
+                        let bias = biased.then_some(QkvBias { buffer: &nwb, offset: k as u32 });
                         let caches = || (h.words(&kernel_cases::kv_words(kv, &k0)), h.words(&kernel_cases::kv_words(kv, &v0)));
                         let (qa, (ka, va)) = (h.buffer(&vec![0f32; n * m]), caches());
                         let mut ops: Vec<Op> = runs.iter().flat_map(|(w, col)| h.kernels.matmul_normed(w, &xb, norm, &qa, OutCols { stride: m as u32, col: *col }, Count::Tokens)).collect();
+                        ops.extend(bias.map(|b| h.kernels.bias_add(&qa, b.buffer, m as u32, m as u32, b.offset)));
                         ops.push(h.kernels.rope_kv(&qa, RopeKv { table: &rb, k_cache: &ka, v_cache: &va, dims, neox }));
                         let want = h.run_batch(&ops, &b, &qa);
                         let (qb, (kb, vb)) = (h.buffer(&vec![f32::NAN; n * m]), caches());
                         let rope = RopeKv { table: &rb, k_cache: &kb, v_cache: &vb, dims, neox };
-                        let ops: Vec<Op> = runs.iter().flat_map(|(w, col)| h.kernels.matmul_rope_kv(w, &xb, norm, &qb, *col, rope)).collect();
+                        let ops: Vec<Op> = runs.iter().flat_map(|(w, col)| h.kernels.matmul_rope_kv(w, &xb, norm, &qb, *col, rope, bias)).collect();
                         let got = h.run_batch(&ops, &b, &qb);
                         let q = |rows: &[f32]| rows.chunks(m).flat_map(|r| r[..q_dim].to_vec()).collect::<Vec<_>>();
                         check_close(&q(&got), &q(&want), 1e-6, &format!("q {what}"));
                         // Rotations may round differently in the last f32 bit: an f16 step at most.
                         let tol = if kv == KvType::F32 { 1e-6 } else { 1e-3 };
                         check_close(&kernel_cases::kv_values(kv, &h.read_words(&kb)), &kernel_cases::kv_values(kv, &h.read_words(&ka)), tol, &format!("k cache {what}"));
-                        // v is not rotated: the same sums, so the same words.
+                        // v is not rotated: the same sums (and bias), so the same words.
                         assert_eq!(h.read_words(&vb), h.read_words(&va), "v cache {what}");
                     }
                 }

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use serde::Serialize;
 
 use super::context::{map_read, Faults, GpuContext};
-use super::kernels::{sample_rows, AttnDims, Count, Kernels, Norm, Op, OutCols, RopeKv, SampleEdit, SampleRow, TOPK_WORDS};
+use super::kernels::{sample_rows, AttnDims, Count, Kernels, Norm, Op, OutCols, QkvBias, RopeKv, SampleEdit, SampleRow, TOPK_WORDS};
 use super::profile::{timed_ms, StepTimer, TIMER_BYTES};
 use super::weights::{concat_rows, packed_row_bytes, upload_f32, GpuTensor};
 use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, BLOCK_SIZE, CHAINED};
@@ -308,25 +308,29 @@ impl GpuModel {
             let wo = matrix("attn_output", &[&p(names::ATTN_OUT)], true)?;
             let w_gate_up = matrix("ffn_gate_up", &[&p(names::FFN_GATE), &p(names::FFN_UP)], false)?;
             let w_down = matrix("ffn_down", &[&p(names::FFN_DOWN)], true)?;
-            let (attn_norm, ffn_norm) = (vector(&p(names::ATTN_NORM))?, vector(&p(names::FFN_NORM))?);
+            // Qwen2's q|k|v bias follows the attention norm's weights in one buffer: the q|k|v
+            // matmul reads both through one binding.
+            let attn_vectors = [p(names::ATTN_NORM), p(names::ATTN_Q_BIAS), p(names::ATTN_K_BIAS), p(names::ATTN_V_BIAS)];
+            let attn_norm = vectors("attn norm", &attn_vectors.iter().take(if c.qkv_bias { 4 } else { 1 }).map(String::as_str).collect::<Vec<_>>())?;
+            let ffn_norm = vector(&p(names::FFN_NORM))?;
             let la = c.layer_attention(l);
             let rope = &ropes.iter().find(|r| r.0 == (la.rope_base.to_bits(), la.rope_freq_scale.to_bits())).expect("a table per base").1;
 
             let (input, norm) = norm_input(&kernels, &mut ops, &x, h.as_ref(), &attn_norm, c, false);
             let rope_kv = RopeKv { table: rope, k_cache: &k_cache, v_cache: &v_cache, dims, neox: c.rope_style == RopeStyle::Neox };
-            // RoPE and the KV write in the q|k|v matmul's epilogue, unless a bias or a per-head
-            // norm (Qwen2, Gemma 3) comes between.
-            if !c.qkv_bias && !c.qk_norm && kernels.folds_rope(&wqkv, dims) {
+            let bias = c.qkv_bias.then_some(QkvBias { buffer: &attn_norm, offset: d as u32 });
+            // RoPE and the KV write in the q|k|v matmul's epilogue, unless a per-head norm
+            // (Gemma 3) comes between.
+            if !c.qk_norm && kernels.folds_rope(&wqkv, dims) {
                 for (w, col) in &wqkv {
-                    ops.extend(kernels.matmul_rope_kv(w, input, norm, &qkv, *col, rope_kv));
+                    ops.extend(kernels.matmul_rope_kv(w, input, norm, &qkv, *col, rope_kv, bias));
                 }
             } else {
                 for (w, col) in &wqkv {
                     ops.extend(kernels.matmul_normed(w, input, norm, &qkv, OutCols { stride: dims.qkv_stride, col: *col }, Count::Tokens));
                 }
-                if c.qkv_bias {
-                    let bias = vectors("qkv bias", &[&p(names::ATTN_Q_BIAS), &p(names::ATTN_K_BIAS), &p(names::ATTN_V_BIAS)])?;
-                    ops.push(kernels.bias_add(&qkv, &bias, dims.qkv_stride, dims.qkv_stride));
+                if let Some(b) = bias {
+                    ops.push(kernels.bias_add(&qkv, b.buffer, dims.qkv_stride, dims.qkv_stride, b.offset));
                 }
                 if c.qk_norm {
                     let qk_norm = vectors("qk norm", &[&p(names::ATTN_Q_NORM), &p(names::ATTN_K_NORM)])?;

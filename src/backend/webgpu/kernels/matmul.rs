@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::rope::RopeKv;
+use super::rope::{QkvBias, RopeKv};
 use super::shader::Shader;
 use super::{AttnDims, Count, Grid, Kernels, Op, Variant};
 use crate::backend::webgpu::weights::{GpuTensor, TensorPart};
@@ -51,9 +51,10 @@ struct MatmulParams {
     head_dim: u32,
     q_rows: u32,
     kv_rows: u32,
+    /// 1: add the q|k|v bias at element `bias_off` of the norm weights' binding.
+    bias: u32,
+    bias_off: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 const _: () = assert!(std::mem::size_of::<MatmulParams>() == 64);
 
@@ -92,12 +93,15 @@ impl Kernels {
         hd.is_multiple_of(4) && runs.iter().all(|(w, col)| w.parts.iter().all(|p| (col + p.row0).is_multiple_of(hd) && p.rows.is_multiple_of(hd)))
     }
 
-    /// `qkv[t][col + r] = rmsnorm(x[t]) . W[r]` (or of plain `x`) with RoPE applied to the q
-    /// and k columns, q written to `qkv` and k and v to the layer's paged cache: the matmul and
-    /// `rope_kv` in one launch. `w`'s rows are fused rows `col ..`; see [`Kernels::folds_rope`].
-    pub fn matmul_rope_kv(&self, w: &GpuTensor, x: &wgpu::Buffer, norm: Option<Norm>, qkv: &wgpu::Buffer, col: u32, rope: RopeKv) -> Vec<Op> {
+    /// `qkv[t][col + r] = rmsnorm(x[t]) . W[r]` (or of plain `x`), plus `bias`, with RoPE
+    /// applied to the q and k columns, q written to `qkv` and k and v to the layer's paged
+    /// cache: the matmul, `bias_add` and `rope_kv` in one launch. `w`'s rows are fused rows
+    /// `col ..`; see [`Kernels::folds_rope`]. With a norm the bias must lie in the norm
+    /// weights' buffer (one binding holds both).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_rope_kv(&self, w: &GpuTensor, x: &wgpu::Buffer, norm: Option<Norm>, qkv: &wgpu::Buffer, col: u32, rope: RopeKv, bias: Option<QkvBias>) -> Vec<Op> {
         let out = |p: &TensorPart| OutCols { stride: rope.dims.qkv_stride, col: col + p.row0 };
-        w.parts.iter().map(|p| self.matmul_part(w, p, x, norm, qkv, out(p), false, Count::Tokens, None, Some(rope))).collect()
+        w.parts.iter().map(|p| self.matmul_part(w, p, x, norm, qkv, out(p), false, Count::Tokens, None, Some((rope, bias)))).collect()
     }
 
     /// The gated FFN's first matmul: `w` (one part) holds gate rows then up rows and
@@ -119,9 +123,11 @@ impl Kernels {
         accumulate: bool,
         of: Count,
         glu: Option<Activation>,
-        rope: Option<RopeKv>,
+        epilogue: Option<(RopeKv, Option<QkvBias>)>,
     ) -> Op {
         assert!(norm.is_none() || self.folds_norm(), "matvec.wgsl takes no folded norm");
+        let (rope, bias) = (epilogue.map(|e| e.0), epilogue.and_then(|e| e.1));
+        assert!(norm.is_none() || bias.is_none_or(|b| b.buffer == norm.unwrap().weight), "the bias shares the norm weights' binding");
         let gated = glu.is_some();
         let m = if gated { part.rows / 2 } else { part.rows };
         // A decode GEMV and a prefill GEMM per adapter kind: (tokens per workgroup, largest batch
@@ -175,13 +181,13 @@ impl Kernels {
             head_dim: rope.map_or(0, |r| r.dims.head_dim),
             q_rows: rope.map_or(0, |r| r.dims.n_heads * r.dims.head_dim),
             kv_rows: rope.map_or(0, |r| r.dims.n_kv_heads * r.dims.head_dim),
+            bias: bias.is_some() as u32,
+            bias_off: bias.map_or(0, |b| b.offset),
             _pad0: 0,
-            _pad1: 0,
-            _pad2: 0,
         };
         // Unread bindings get stand-ins: x for the read-only ones (two read-only bindings of one
         // buffer are allowed), the spare buffers for the cache.
-        let nw = norm.map_or(x, |n| n.weight);
+        let nw = norm.map(|n| n.weight).or(bias.map(|b| b.buffer)).unwrap_or(x);
         let (table, k_cache, v_cache) = rope.map_or((x, &self.spare[0], &self.spare[1]), |r| (r.table, r.k_cache, r.v_cache));
         self.op("matmul", variants, &params, &[&part.buffer, x, y, nw, table, k_cache, v_cache])
     }

@@ -27,7 +27,7 @@ use shader::{Access, Shader};
 
 pub use attention::{AttnDims, AttnPlan, ATTN_SPLIT_MAX_TOKENS};
 pub use matmul::{Norm, OutCols};
-pub use rope::RopeKv;
+pub use rope::{QkvBias, RopeKv};
 pub use sampling::{sample_rows, SampleEdit, SampleRow, TOPK_MAX, TOPK_WORDS};
 
 /// Browsers want subgroup use declared; naga (native) rejects the directive and needs none.

@@ -18,6 +18,14 @@ pub struct RopeKv<'a> {
     pub neox: bool,
 }
 
+/// Qwen2's q|k|v bias for the fused rows, at element `offset` of `buffer` (see
+/// [`Kernels::matmul_rope_kv`]).
+#[derive(Clone, Copy)]
+pub struct QkvBias<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u32,
+}
+
 /// `struct Params` of rope_kv.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
