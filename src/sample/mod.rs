@@ -159,8 +159,8 @@ fn exp_neg(x: f64) -> f64 {
     // summed by Horner's rule from the coefficients 1/i!.
     // ln 2 in two parts (fdlibm's): k * LN2_HI is exact for |k| < 2^11, so r keeps f64
     // precision however far below 0 x is.
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
     const INV_LN2: f64 = std::f64::consts::LOG2_E;
     const C: [f64; 14] = {
         let mut c = [1.0; 14];
@@ -520,15 +520,7 @@ fn choose_among(p: &SamplingParams, c: &mut Candidates, u: f64) -> u32 {
                 let cut = HEAD + at_mass(&mut c[HEAD..], |x| weight(x, 1.0) / z, p.top_p as f64 - mass, true);
                 let kept = &mut c[..=cut];
                 let z: f64 = kept.iter().map(|x| weight(x, t)).sum();
-                let mut acc = 0.0;
-                for x in &kept[..HEAD] {
-                    acc += weight(x, t) / z;
-                    if u < acc {
-                        return x.0;
-                    }
-                }
-                let tail = &mut kept[HEAD..];
-                return tail[at_mass(tail, |x| weight(x, t) / z, u - acc, false)].0;
+                return draw_past_head(kept, |x| weight(x, t) / z, u);
             }
             None => return slow(p, c, u),
         }
@@ -546,17 +538,23 @@ fn choose_among(p: &SamplingParams, c: &mut Candidates, u: f64) -> u32 {
     if keep <= HEAD {
         return draw(&c[..keep], t, u);
     }
-    // Every candidate kept: the draw lands in the head unless u is in the tail's mass.
+    // Every candidate kept.
     let z: f64 = c.iter().map(|x| weight(x, t)).sum();
+    draw_past_head(c, |x| weight(x, t) / z, u)
+}
+
+/// The draw with `u` from candidates whose first [`HEAD`] are sorted, the rest in any order
+/// (`p`: their probabilities): in the head unless `u` lies in the tail's mass.
+fn draw_past_head(c: &mut [(u32, f32)], p: impl Fn(&(u32, f32)) -> f64, u: f64) -> u32 {
     let mut acc = 0.0;
     for x in &c[..HEAD] {
-        acc += weight(x, t) / z;
+        acc += p(x);
         if u < acc {
             return x.0;
         }
     }
     let tail = &mut c[HEAD..];
-    tail[at_mass(tail, |x| weight(x, t) / z, u - acc, false)].0
+    tail[at_mass(tail, p, u - acc, false)].0
 }
 
 /// Where the running sum of `weight` over `c` in sorted order (logit descending, id ascending)
@@ -581,13 +579,11 @@ fn at_mass(c: &mut [(u32, f32)], weight: impl Fn(&(u32, f32)) -> f64, mut target
     }
     c[lo..hi].sort_by(order);
     let mut acc = 0.0;
-    for i in lo..hi {
-        acc += weight(&c[i]);
-        if passes(acc, target) {
-            return i;
-        }
-    }
-    hi - 1
+    let found = c[lo..hi].iter().position(|x| {
+        acc += weight(x);
+        passes(acc, target)
+    });
+    found.map_or(hi - 1, |i| lo + i)
 }
 
 /// Candidates sorted from the [`choose_among`] cut: every one.
