@@ -8,8 +8,9 @@ use engine_cases::RawSequence;
 use ferrolm::backend::cpu::SimdModel;
 
 use ferrolm::backend::webgpu::{batch_to_words, batch_words, GpuContext, GpuModel, GpuOptions};
-use ferrolm::engine::{Batch, Engine, ForwardModel, Limits, ModelOptions, Picks, Readback};
+use ferrolm::engine::{Batch, Engine, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback};
 use ferrolm::gguf::{Gguf, GgufWriter, Value};
+use ferrolm::model::Config;
 use ferrolm::sample::{FinishReason, GenerateOptions, Grammar, Sampler, SamplingParams, TokenLogprob, TopLogits};
 use ferrolm::tokenizer::Tokenizer;
 use wasm_bindgen::JsCast;
@@ -394,6 +395,56 @@ fn cpu_kernels_match_scalar_in_browser() {
     }
 }
 
+/// A backend whose reads let the page's event loop run once a second. The CPU backend computes
+/// synchronously and its steps resolve at once, so a whole scoring or scenario would otherwise
+/// keep the page from answering the test runner's polls; past chromedriver's 30 s the run
+/// fails ("Timed out receiving message from renderer").
+struct Yielding<M>(M);
+
+struct YieldingStep<P>(P);
+
+thread_local! {
+    /// When the page's event loop last ran between steps (ms).
+    static LAST_YIELD: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
+}
+
+impl<P: PendingStep> PendingStep for YieldingStep<P> {
+    async fn read(self) -> ferrolm::Result<Picks> {
+        if js_sys::Date::now() - LAST_YIELD.get() > 1000.0 {
+            let tick = js_sys::Promise::new(&mut |resolve, _| {
+                web_sys::window().expect("tests run in a window").set_timeout_with_callback(&resolve).expect("setTimeout");
+            });
+            JsFuture::from(tick).await.expect("a timer");
+            LAST_YIELD.set(js_sys::Date::now());
+        }
+        self.0.read().await
+    }
+}
+
+impl<M: ForwardModel> ForwardModel for Yielding<M> {
+    type Pending = YieldingStep<M::Pending>;
+
+    fn config(&self) -> &Config {
+        self.0.config()
+    }
+
+    fn limits(&self) -> &Limits {
+        self.0.limits()
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+
+    fn submit(&self, batch: &Batch, read: Readback) -> ferrolm::Result<Self::Pending> {
+        self.0.submit(batch, read).map(YieldingStep)
+    }
+
+    fn overlaps_steps(&self) -> bool {
+        self.0.overlaps_steps()
+    }
+}
+
 /// The engine scenarios on the CPU backend in wasm (one thread): the same tokens as the native
 /// CPU backend (AVX2 there, simd128 here: the kernels agree bit for bit).
 #[wasm_bindgen_test]
@@ -401,7 +452,7 @@ async fn engine_scenarios_on_cpu_in_browser() {
     let bytes = smollm2().await;
     let gguf = Gguf::read(&bytes[..]).unwrap();
     let tok = Tokenizer::from_gguf(&gguf.metadata).unwrap();
-    engine_scenarios("cpu", usize::MAX, |opts| SimdModel::load(&gguf, &bytes[..], &opts, 1).unwrap(), &tok).await;
+    engine_scenarios("cpu", usize::MAX, |opts| Yielding(SimdModel::load(&gguf, &bytes[..], &opts, 1).unwrap()), &tok).await;
 }
 
 /// A model file from the test server.
@@ -430,11 +481,11 @@ fn long_opts() -> ModelOptions {
 async fn long_context_on_cpu_in_browser() {
     let bytes = smollm2().await;
     let gguf = Gguf::read(&bytes[..]).unwrap();
-    let (case, logits) = long_scored(&mut Engine::new(SimdModel::load(&gguf, &bytes[..], &long_opts(), 1).unwrap()), SMOLLM2_LONG).await;
+    let (case, logits) = long_scored(&mut Engine::new(Yielding(SimdModel::load(&gguf, &bytes[..], &long_opts(), 1).unwrap())), SMOLLM2_LONG).await;
     let r = forced_cases::check_close("browser CPU backend", &case, 49152, &logits, &forced_cases::EIGHT_BIT_VS_EXACT);
     let bytes = fetch_model(GEMMA3).await;
     let gguf = Gguf::read(&bytes[..]).unwrap();
-    let (case, logits) = long_scored(&mut Engine::new(SimdModel::load(&gguf, &bytes[..], &long_opts(), 1).unwrap()), GEMMA3_LONG).await;
+    let (case, logits) = long_scored(&mut Engine::new(Yielding(SimdModel::load(&gguf, &bytes[..], &long_opts(), 1).unwrap())), GEMMA3_LONG).await;
     let g = forced_cases::check_close("browser CPU backend Gemma 3", &case, 262144, &logits, &forced_cases::VS_LLAMACPP);
     web_sys::console::log_1(&format!("long context, browser CPU backend: SmolLM2 {r:?}, Gemma 3 {g:?} (agree, positions, NLL ratio)").into());
 }
