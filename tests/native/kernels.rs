@@ -732,7 +732,7 @@ fn folded_rope_case(h: &Harness, kv: KvType, cpu_like: bool) {
                     let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &tables, masks: None, sampling: None };
                     let xb = h.buffer(&random(n * k, 92 + n as u64));
                     let (k0, v0) = (kernel_cases::random_kv(kv, slots * kv_dim, 93), kernel_cases::random_kv(kv, slots * kv_dim, 94));
-                    for (neox, biased) in [(false, false), (true, false), (true, true)] {
+                    for (neox, biased) in [(false, false), (true, false), (false, true), (true, true)] {
                         let what = format!("{dims:?} k={k} n={n} neox={neox} bias={biased} split={split} {kv:?} cpu_like={cpu_like}");
                         let bias = biased.then_some(QkvBias { buffer: &nwb, offset: k as u32 });
                         let caches = || (h.words(&kernel_cases::kv_words(kv, &k0)), h.words(&kernel_cases::kv_words(kv, &v0)));
