@@ -98,7 +98,9 @@ async fn gpu_forced_logits_match_reference_in_browser() {
     let vocab = engine.model().config.vocab_size;
     let reference: serde_json::Value = serde_json::from_str(FORCED_LOGITS).unwrap();
     let mut worst = 0f64;
-    for case in reference["cases"].as_array().unwrap() {
+    // The two shortest cases: natively (lavapipe) all four run through the same shaders, and
+    // SwiftShader takes about a second a position.
+    for case in reference["cases"].as_array().unwrap().iter().take(2) {
         let logits = engine.score_from(&forced_cases::tokens(case).2, forced_cases::first_position(case)).await.unwrap();
         worst = worst.max(forced_cases::check_exact("browser GPU", case, vocab, &logits).0);
     }
@@ -380,9 +382,10 @@ async fn engine_scenarios_on_gpu_in_browser() {
         models.push(gpu_model_with(&bytes, opts).await.0);
     }
     models.reverse();
-    // Speculation on the last two of the five prompts (the code prompt, whose n-gram drafts are
-    // kept, among them): SwiftShader decodes a few tokens a second; natively all five run.
-    engine_scenarios("gpu", 2, |_| models.pop().expect("three models"), &tok).await;
+    // Speculation on the last prompt of the native GPU run (a reference prompt whose n-gram
+    // drafts are kept): SwiftShader decodes a few tokens a second, and the draft model is a
+    // second SmolLM2 on it.
+    engine_scenarios("gpu", 1, |_| models.pop().expect("three models"), &tok).await;
 }
 
 /// The CPU backend's wasm simd128 kernels equal the scalar ones bit for bit, and the scalar
@@ -507,7 +510,9 @@ async fn long_context_on_webgpu_in_browser() {
 }
 
 /// Gemma 3 270M (K-quants, 262k vocabulary, split embedding) on SwiftShader: the top-5 logits of
-/// every reference position equal the native GPU engine's within 0.02, argmax included.
+/// the reference positions equal the native GPU engine's within 0.02, argmax included. Two of
+/// the three cases (natively all three run, through the same shaders): the 262k-row LM head
+/// makes each position about a second on SwiftShader.
 #[wasm_bindgen_test]
 async fn gemma3_in_browser_matches_native() {
     let native = fetch_json("target/test-artifacts/gemma3-gpu-native.json").await;
@@ -516,13 +521,14 @@ async fn gemma3_in_browser_matches_native() {
     drop(bytes);
     let vocab = engine.model().config.vocab_size;
     let mut worst = 0f32;
-    for case in native.as_array().unwrap() {
+    for case in native.as_array().unwrap().iter().take(2) {
         let tokens: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
         let positions: Vec<usize> = serde_json::from_value(case["positions"].clone()).unwrap();
         let want: Vec<Vec<(u32, f32)>> = serde_json::from_value(case["top5"].clone()).unwrap();
-        let logits = engine.score(&tokens).await.unwrap();
+        let from = positions[0];
+        let logits = engine.score_from(&tokens, from).await.unwrap();
         for (&pos, want) in positions.iter().zip(&want) {
-            let row = &logits[pos * vocab..(pos + 1) * vocab];
+            let row = &logits[(pos - from) * vocab..(pos - from + 1) * vocab];
             let got = TopLogits::from_logits(row, 5).top;
             assert_eq!(got[0].0, want[0].0, "argmax differs from native at position {pos}");
             for &(id, l) in want {
