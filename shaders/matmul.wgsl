@@ -12,30 +12,7 @@
 // workgroup's rows are whole quads, whose four sums meet in workgroup memory.
 // `dot32` comes from the weight type's quant_*.wgsl, prepended by the launcher.
 
-struct Params {
-    k: u32,          // input width (multiple of 32)
-    m: u32,          // output rows
-    out_stride: u32, // y row stride
-    out_col: u32,    // first y column written
-    scale_off: u32,  // u32 offset of the scales in w
-    accumulate: u32, // 1: y += result (residual add)
-    use_logit_rows: u32, // 1: the token count is n_logit_rows (LM head)
-    // The gate form for matvec.wgsl, which shares these parameters; here SWIGLU and GELU are
-    // overrides, specialized out of the inner loop.
-    glu: u32,
-    eps: f32,        // NORM's epsilon
-    // ROPE (rope_store.wgsl): 1 GGML-normal pairs, 2 NeoX; the q|k|v shape.
-    rope: u32,
-    head_dim: u32,
-    q_rows: u32,
-    kv_rows: u32,
-    // 1: add the q|k|v bias (Qwen2) from nw, at element bias_off, before the rotation.
-    bias: u32,
-    bias_off: u32,
-    _pad0: u32,
-}
-
-@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(0) var<uniform> P: MatmulParams; // matmul_params.wgsl
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;

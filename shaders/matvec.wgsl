@@ -7,30 +7,7 @@
 // rows are then 4 gate rows and the matching up rows). P.rope: the q|k|v matmul, with RoPE and the
 // paged KV write in its epilogue (rope_store.wgsl; a thread's 8 rows are two whole quads).
 
-struct Params {
-    k: u32,
-    m: u32,
-    out_stride: u32,
-    out_col: u32,
-    scale_off: u32,
-    accumulate: u32,
-    use_logit_rows: u32,
-    // Gated output: 0 none, 1 SiLU(gate) * up, 2 GELU(gate) * up (Gemma's GeGLU).
-    glu: u32,
-    // matmul.wgsl's folded norm's epsilon (unused here).
-    eps: f32,
-    // RoPE in the epilogue (rope_store.wgsl): 0 none, 1 GGML-normal pairs, 2 NeoX; the q|k|v shape.
-    rope: u32,
-    head_dim: u32,
-    q_rows: u32,
-    kv_rows: u32,
-    // 1: add the q|k|v bias (Qwen2) from nw, at element bias_off, before the rotation.
-    bias: u32,
-    bias_off: u32,
-    _pad0: u32,
-}
-
-@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(0) var<uniform> P: MatmulParams; // matmul_params.wgsl
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;

@@ -24,7 +24,8 @@ pub struct Norm<'a> {
     pub eps: f32,
 }
 
-/// `struct Params` of matmul.wgsl and matvec.wgsl (the two share their bindings and uniform).
+/// `struct MatmulParams` of matmul_params.wgsl, the uniform of matmul.wgsl and matvec.wgsl (the
+/// two share their bindings).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct MatmulParams {

@@ -234,6 +234,7 @@ impl Kernels {
         }
         let prelude = if needs.batch { shader::BATCH_WGSL } else { "" };
         let attn = if needs.attn_params { shader::ATTN_PARAMS_WGSL } else { "" };
+        let mm = if needs.matmul_params { shader::MATMUL_PARAMS_WGSL } else { "" };
         let kv = match (needs.kv, self.kv) {
             (true, KvType::F16) => shader::KV_F16_WGSL,
             (true, KvType::F32) => shader::KV_F32_WGSL,
@@ -249,7 +250,7 @@ impl Kernels {
         let enable = if subgroup { SUBGROUP_ENABLE } else { "" };
         let rope_store = if needs.rope_store { shader::ROPE_STORE_WGSL } else { "" };
         let quant = quant.map(|q| format!("{}\n{}", shader::X32_WGSL, shader::quant_source(q))).unwrap_or_default();
-        let source = format!("{enable}{quant}\n{attn}\n{kv}\n{prelude}\n{}\n{reduce}\n{rope_store}", shader.source());
+        let source = format!("{enable}{quant}\n{attn}{mm}\n{kv}\n{prelude}\n{}\n{reduce}\n{rope_store}", shader.source());
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(shader.label()), source: wgpu::ShaderSource::Wgsl(source.into()) });
         let (_, layout) = self.layout(shader.access());
         let pipeline = Rc::new(LazyPipeline { device: self.device.clone(), shader, module, layout, overrides: key.overrides.clone(), pipeline: OnceCell::new() });

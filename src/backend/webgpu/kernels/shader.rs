@@ -41,6 +41,8 @@ pub(super) struct Needs {
     pub batch: bool,
     /// `struct AttnParams` (attn_params.wgsl), the uniform of the attention kernels.
     pub attn_params: bool,
+    /// `struct MatmulParams` (matmul_params.wgsl), the uniform of the matrix multiplies.
+    pub matmul_params: bool,
     /// `reduce_lanes`: subgroup shuffles or workgroup memory (reduce_*.wgsl).
     pub reduce_lanes: bool,
     /// The weight type's dequantization helpers and the x-slice helpers (x32.wgsl, quant_*.wgsl).
@@ -51,7 +53,7 @@ pub(super) struct Needs {
     pub rope_store: bool,
 }
 
-const BATCH: Needs = Needs { batch: true, attn_params: false, reduce_lanes: false, quant: false, kv: false, rope_store: false };
+const BATCH: Needs = Needs { batch: true, attn_params: false, matmul_params: false, reduce_lanes: false, quant: false, kv: false, rope_store: false };
 const ATTN: Needs = Needs { attn_params: true, ..BATCH };
 const ATTN_KV: Needs = Needs { kv: true, ..ATTN };
 
@@ -105,8 +107,8 @@ impl Shader {
 
     pub fn needs(self) -> Needs {
         match self {
-            Shader::Matmul => Needs { reduce_lanes: true, quant: true, kv: true, rope_store: true, ..BATCH },
-            Shader::Matvec => Needs { quant: true, kv: true, rope_store: true, ..BATCH },
+            Shader::Matmul => Needs { matmul_params: true, reduce_lanes: true, quant: true, kv: true, rope_store: true, ..BATCH },
+            Shader::Matvec => Needs { matmul_params: true, quant: true, kv: true, rope_store: true, ..BATCH },
             Shader::Embed => Needs { quant: true, ..BATCH },
             Shader::Rmsnorm | Shader::BiasAdd | Shader::HeadNorm | Shader::Argmax | Shader::Sample | Shader::Topk => BATCH,
             Shader::RopeKv => Needs { kv: true, ..BATCH },
@@ -155,6 +157,7 @@ pub(super) fn quant_source(ty: GgmlType) -> &'static str {
 
 pub(super) const BATCH_WGSL: &str = include_str!("../../../../shaders/batch.wgsl");
 pub(super) const ATTN_PARAMS_WGSL: &str = include_str!("../../../../shaders/attn_params.wgsl");
+pub(super) const MATMUL_PARAMS_WGSL: &str = include_str!("../../../../shaders/matmul_params.wgsl");
 pub(super) const KV_F16_WGSL: &str = include_str!("../../../../shaders/kv_f16.wgsl");
 pub(super) const KV_F32_WGSL: &str = include_str!("../../../../shaders/kv_f32.wgsl");
 pub(super) const ROPE_STORE_WGSL: &str = include_str!("../../../../shaders/rope_store.wgsl");
@@ -195,6 +198,7 @@ mod tests {
             let n = s.needs();
             assert_eq!(n.batch, src.contains("var<storage, read> batch"), "{s:?} batch");
             assert_eq!(n.attn_params, src.contains("AttnParams"), "{s:?} attn_params");
+            assert_eq!(n.matmul_params, src.contains("MatmulParams"), "{s:?} matmul_params");
             assert_eq!(n.reduce_lanes, src.contains("reduce_lanes("), "{s:?} reduce_lanes");
             assert_eq!(n.kv, src.contains("array<KvPair>") || src.contains("array<KvQuad>"), "{s:?} kv");
             assert_eq!(n.rope_store, src.contains("rope_store("), "{s:?} rope_store");
