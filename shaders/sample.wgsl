@@ -12,11 +12,17 @@
 // Temperature 0 is the first largest logit (greedy rows in a sampled batch). Before any of it,
 // the row's logit edits are applied in place, as the CPU sampler applies them: bias entries,
 // then the repetition/frequency/presence penalties of the window's tokens, the token the row is
-// computed at counted once more (it may be a chained token the CPU has not seen yet).
+// computed at counted once more (it may be a chained token the CPU has not seen yet). With
+// MASKED (structured output), the tokens the row's grammar mask forbids are then set to
+// FORBIDDEN, where the CPU sampler sets -inf (WGSL leaves infinities to the implementation):
+// last in every order, and of weight exp(FORBIDDEN - max) = 0 in every cut and draw.
+
+override MASKED: bool = false;
 
 struct Params {
     vocab: u32,
-    _pad0: u32,
+    // u32 words of one row's mask: vocab / 32 rounded up.
+    mask_words: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -52,13 +58,16 @@ struct Edit {
 @group(0) @binding(4) var<storage, read> edits: array<Edit>;
 // The drawn token's logit (after the row's edits), for logprobs.
 @group(0) @binding(5) var<storage, read_write> chosen: array<f32>;
-@group(0) @binding(6) var<storage, read> batch: array<u32>;
+// MASKED only: each row's allowed tokens (bit set: allowed), as argmax.wgsl reads them.
+@group(0) @binding(6) var<storage, read> mask: array<u32>;
+@group(0) @binding(7) var<storage, read> batch: array<u32>;
 
 const WG: u32 = 128u;
 const BINS: u32 = 16u;
 const NONE: u32 = 0xffffffffu;
 // Candidates kept in workgroup memory (the total stays within the 16 KB every adapter has).
 const CAP: u32 = 768u;
+const FORBIDDEN: f32 = -1e30;
 
 var<workgroup> partial: array<f32, 2048>; // [BINS][WG]
 var<workgroup> bin_sum: array<f32, BINS>;
@@ -309,6 +318,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     slice(P.vocab);
     if (p.edit_count > 0u || p.count_input != 0u) {
         if (lid == 0u) { apply_edits(r, p); }
+        storageBarrier();
+    }
+    if (MASKED) {
+        for (var i = lo; i < hi; i++) {
+            if (((mask[r * P.mask_words + i / 32u] >> (i % 32u)) & 1u) == 0u) { logits[base + i] = FORBIDDEN; }
+        }
         storageBarrier();
     }
 

@@ -581,8 +581,9 @@ async fn structured_equals_native<M: ForwardModel>(engine: &mut Engine<M>, tok: 
 }
 
 /// Structured output in Chromium: the CPU backend (simd128) gives the native CPU backend's
-/// tokens for every schema, regex and Lark case; on SwiftShader a greedy case goes through the GPU's masked
-/// argmax and gives the native GPU engine's tokens.
+/// tokens for every schema, regex and Lark case; on SwiftShader a greedy and a sampled case,
+/// batched, go through the GPU's masked sample kernel (the greedy row at temperature 0) and
+/// give the native GPU engine's tokens.
 #[wasm_bindgen_test]
 async fn structured_output_in_browser_equals_native() {
     let bytes = smollm2().await;
@@ -593,6 +594,9 @@ async fn structured_output_in_browser_equals_native() {
     let g = structured_equals_native(&mut cpu, &tok, "structured-grammars-cpu.json").await;
     drop(cpu);
     let mut gpu = Engine::new(gpu_model_with(&bytes, ModelOptions::new(256, 64)).await.0);
-    structured_equals_native(&mut gpu, &tok, "structured-gpu.json").await;
-    web_sys::console::log_1(&format!("structured output: {n} schema and {g} regex/Lark/JSON-object CPU cases and 1 GPU case equal native").into());
+    let before = gpu.model().counters();
+    let c = structured_equals_native(&mut gpu, &tok, "structured-gpu.json").await;
+    let read = gpu.model().counters().since(&before);
+    assert!(read.bytes_read <= 4 * 2 * read.steps, "the GPU cases read more than their tokens: {read:?}");
+    web_sys::console::log_1(&format!("structured output: {n} schema and {g} regex/Lark/JSON-object CPU cases and {c} GPU cases equal native").into());
 }

@@ -24,15 +24,27 @@ pub struct Batch<'a> {
     pub logit_rows: &'a [u32],
     /// Physical KV block of each logical block, per sequence id.
     pub block_tables: &'a [&'a [u32]],
-    /// With [`Readback::Argmax`]: the tokens each logit row may choose (structured output),
-    /// `[logit rows][vocab.div_ceil(32)]` u32 words, bit `t % 32` of word `t / 32` set when
-    /// token `t` is allowed.
+    /// With [`Readback::Argmax`] or [`Readback::Sample`]: the tokens each logit row may choose
+    /// (structured output), `[logit rows][vocab.div_ceil(32)]` u32 words, bit `t % 32` of word
+    /// `t / 32` set when token `t` is allowed.
     pub masks: Option<&'a [u32]>,
     /// With [`Readback::Sample`]: each logit row's sampling (filters and uniform number).
     pub sampling: Option<&'a [RowSampling]>,
 }
 
 impl Batch<'_> {
+    /// Refuses what `read` cannot honour: masks beside a readback that does not choose the
+    /// token (argmax or sampled), a sampled readback without each row's sampling.
+    pub fn check_readback(&self, read: Readback) -> Result<()> {
+        if self.masks.is_some() && !matches!(read, Readback::Argmax | Readback::Sample) {
+            return Err(Error::InvalidOption { option: "batch", reason: format!("masks go with an argmax or sampled readback, not {read:?}") });
+        }
+        if matches!(read, Readback::Sample | Readback::SampleTop) && self.sampling.is_none() {
+            return Err(Error::InvalidOption { option: "batch", reason: "a sampled readback needs each logit row's sampling".into() });
+        }
+        Ok(())
+    }
+
     /// KV positions the step's attention reads: its largest position + 1.
     pub fn span(&self) -> u32 {
         self.positions.iter().max().map_or(0, |p| p + 1)
@@ -268,9 +280,10 @@ impl PendingStep for Ready {
     }
 }
 
-/// The picks of `logits: [rows][vocab]` that `read` asks for, argmax within the batch's masks
-/// when given, sampled with its sampling rows (CPU backends).
-pub fn picks_from_logits(logits: Vec<f32>, vocab: usize, read: Readback, b: &Batch) -> Result<Picks> {
+/// The picks of `logits: [rows][vocab]` that `read` asks for, argmax or sampled within the
+/// batch's masks when given, sampled with its sampling rows (CPU backends).
+pub fn picks_from_logits(mut logits: Vec<f32>, vocab: usize, read: Readback, b: &Batch) -> Result<Picks> {
+    b.check_readback(read)?;
     let masks = b.masks;
     Ok(match read {
         Readback::Nothing => Picks::Nothing,
@@ -279,7 +292,15 @@ pub fn picks_from_logits(logits: Vec<f32>, vocab: usize, read: Readback, b: &Bat
             Some(m) => logits.chunks_exact(vocab).zip(m.chunks_exact(vocab.div_ceil(32))).map(|(row, words)| masked_argmax(row, words)).collect(),
         }),
         Readback::Sample | Readback::SampleTop => {
-            let rows = b.sampling.ok_or_else(|| Error::InvalidOption { option: "batch", reason: "a sampled readback needs each logit row's sampling".into() })?;
+            let rows = b.sampling.expect("checked: sampled readbacks carry sampling");
+            // Forbidden tokens at -inf, as the sampler's own constrained choice sets them.
+            for (row, words) in logits.chunks_exact_mut(vocab).zip(masks.into_iter().flat_map(|m| m.chunks_exact(vocab.div_ceil(32)))) {
+                for (i, l) in row.iter_mut().enumerate() {
+                    if words[i / 32] >> (i % 32) & 1 == 0 {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
             // Each row's input token counts in its penalty window.
             let inputs = b.logit_rows.iter().map(|&r| b.tokens[r as usize]);
             let tokens: Vec<u32> = logits.chunks_exact(vocab).zip(rows).zip(inputs).map(|((row, s), input)| s.choose(row, input)).collect();

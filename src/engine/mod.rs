@@ -464,8 +464,9 @@ impl<M: ForwardModel> Engine<M> {
         }
         self.steps += 1;
 
-        // Greedy constrained sequences that choose this step get their masks ahead: the backend
-        // applies them (the mask of step N + 1 depends on token N, so it is computed here).
+        // Constrained sequences the backend chooses for (greedy, or sampled without logprobs)
+        // get their masks ahead: the backend applies them (the mask of step N + 1 depends on
+        // token N, so it is computed here).
         let vocab = self.model.config().vocab_size;
         for &(id, n) in &plan {
             let seq = self.running.iter_mut().find(|s| s.id == id).expect("planned sequences run");
@@ -495,7 +496,7 @@ impl<M: ForwardModel> Engine<M> {
         let readback = match widest {
             None => Readback::Nothing,
             Some(Need::Argmax | Need::MaskedArgmax) => Readback::Argmax,
-            Some(Need::Sample) => Readback::Sample,
+            Some(Need::Sample | Need::MaskedSample) => Readback::Sample,
             Some(Need::SampleTop) => Readback::SampleTop,
             Some(Need::Top(_)) => Readback::Top(crate::sample::MAX_TOP),
             Some(Need::Logits) => Readback::Logits,
@@ -503,7 +504,7 @@ impl<M: ForwardModel> Engine<M> {
         // Masked argmax: each row's mask, all tokens allowed for unconstrained rows.
         let words = vocab.div_ceil(32);
         let mut masks = Vec::new();
-        if widest == Some(Need::MaskedArgmax) {
+        if matches!(widest, Some(Need::MaskedArgmax | Need::MaskedSample)) {
             for &(id, _, _, rows) in &needs {
                 let seq = self.running.iter().find(|s| s.id == id).expect("planned sequences run");
                 let start = masks.len();

@@ -102,6 +102,9 @@ pub enum Need {
     /// [`Need::Sample`] with logprobs: the drawn token, its logit and the row's candidates and
     /// log-sum-exp (~0.5 KB), read with the token (which can still stay on the GPU).
     SampleTop,
+    /// [`Need::Sample`] among the tokens the grammar allows (sampled structured output): the
+    /// mask and the row's sampling go to the backend, 4 bytes come back.
+    MaskedSample,
     /// The `k` (<= 64) largest logits and the row's log-sum-exp (~0.5 KB).
     Top(usize),
     /// The whole row of logits (penalties, logit bias, wide top-k).
@@ -117,10 +120,13 @@ impl Need {
         match (self, other) {
             (Need::Logits, _) | (_, Need::Logits) => Need::Logits,
             // Top-k candidates chosen before a mask may all be forbidden.
-            (Need::MaskedArgmax, Need::Top(_)) | (Need::Top(_), Need::MaskedArgmax) => Need::Logits,
+            (Need::MaskedArgmax | Need::MaskedSample, Need::Top(_) | Need::SampleTop) | (Need::Top(_) | Need::SampleTop, Need::MaskedArgmax | Need::MaskedSample) => Need::Logits,
+            // Masked sampling takes greedy rows along at temperature 0, masked or not (all
+            // tokens allowed), and sampled rows with all tokens allowed.
+            (Need::MaskedSample, _) | (_, Need::MaskedSample) => Need::MaskedSample,
             // One readback kind serves a step: sampled rows take greedy ones along (temperature
             // 0) and rows that choose from candidates (read with the tokens), not masks.
-            (Need::MaskedArgmax, Need::Sample | Need::SampleTop) | (Need::Sample | Need::SampleTop, Need::MaskedArgmax) => Need::Logits,
+            (Need::MaskedArgmax, Need::Sample) | (Need::Sample, Need::MaskedArgmax) => Need::MaskedSample,
             (Need::SampleTop, _) | (_, Need::SampleTop) | (Need::Sample, Need::Top(_)) | (Need::Top(_), Need::Sample) => Need::SampleTop,
             (Need::Sample, Need::Sample | Need::Argmax) | (Need::Argmax, Need::Sample) => Need::Sample,
             (Need::MaskedArgmax, _) | (_, Need::MaskedArgmax) => Need::MaskedArgmax,
@@ -212,18 +218,23 @@ impl Decoder {
     /// computed at the token the step in flight picks, which the history does not hold yet;
     /// otherwise at the history's last token.
     pub fn row(&mut self, chained: bool) -> RowSampling {
-        if !matches!(self.need, Need::Sample | Need::SampleTop) {
+        if !matches!(self.need, Need::Sample | Need::SampleTop | Need::MaskedSample) {
             return RowSampling::GREEDY;
         }
         let before = if chained { &self.history[..] } else { &self.history[..self.history.len() - 1] };
         self.sampler.row(before)
     }
 
-    /// Holds the output to `constraint`: every choice is made from the whole logits row with
-    /// the disallowed tokens removed first.
+    /// Holds the output to `constraint`: every choice is made with the disallowed tokens
+    /// removed first, by the backend from the mask (greedy, and sampling without logprobs) or
+    /// here from the whole logits row.
     pub fn constrain(&mut self, constraint: Constraint) {
         self.constraint = Some(constraint);
-        self.need = if self.need == Need::Argmax { Need::MaskedArgmax } else { Need::Logits };
+        self.need = match self.need {
+            Need::Argmax => Need::MaskedArgmax,
+            Need::Sample => Need::MaskedSample,
+            _ => Need::Logits,
+        };
     }
 
     /// The mask [`Decoder::prepare_mask`] computed, until the next token is taken.
@@ -231,11 +242,11 @@ impl Decoder {
         self.constraint.as_ref().and_then(Constraint::prepared)
     }
 
-    /// For [`Need::MaskedArgmax`]: computes the next choice's mask ahead and returns its words
-    /// for the backend; None without a constraint.
+    /// For [`Need::MaskedArgmax`] and [`Need::MaskedSample`]: computes the next choice's mask
+    /// ahead and returns its words for the backend; None without a constraint.
     pub fn prepare_mask(&mut self) -> Result<Option<&[u32]>> {
         match &mut self.constraint {
-            Some(c) if self.need == Need::MaskedArgmax => c.prepare().map(Some),
+            Some(c) if matches!(self.need, Need::MaskedArgmax | Need::MaskedSample) => c.prepare().map(Some),
             _ => Ok(None),
         }
     }

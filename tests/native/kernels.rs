@@ -396,38 +396,59 @@ fn sampling_matches_cpu_choice() {
                 }
             }
             let (gpu_rows, edits) = sample_rows(&rows_sampling);
-            let (lb, pb, rb) = (h.buffer(&all), h.buffer(bytemuck::cast_slice(&gpu_rows)), h.words(&vec![u32::MAX; gpu_rows.len()]));
-            let eb = h.buffer(&bytemuck::cast_slice(&edits).iter().copied().chain([0.0; 4]).collect::<Vec<f32>>());
-            let cb = h.buffer(&vec![f32::NAN; gpu_rows.len()]);
-            let got = h.run(&[h.kernels.sample(&lb, &rb, &pb, &eb, &cb, vocab as u32)], &inputs, &rb);
-            h.ctx.faults.check().unwrap();
-            // Each drawn token's logit, after the row's edits.
-            for ((r, (&token, &logit)), (row, &input)) in rows_sampling.iter().zip(got.iter().zip(&h.read(&cb))).zip(all.chunks(vocab).zip(&inputs)) {
-                let mut edited = row.to_vec();
-                r.edit(&mut edited, input);
-                let want = edited[token.to_bits() as usize];
-                assert!(logit == want || (logit - want).abs() <= 1e-6 * want.abs(), "vocab {vocab}: the drawn token's logit {logit} vs {want}");
-            }
-            for (i, ((r, row), &input)) in rows_sampling.iter().zip(all.chunks(vocab)).zip(&inputs).enumerate() {
-                let (gpu, cpu) = (got[i].to_bits(), r.choose(row, input));
-                draws += 1;
-                if gpu == cpu {
-                    continue;
+            // Unmasked, then with a grammar-like mask per row (a quarter of the tokens and the
+            // row's largest logit forbidden), which the CPU applies as -inf.
+            let words = vocab.div_ceil(32);
+            let mut masks = vec![0u32; all.len() / vocab * words];
+            let mut masked_rows = all.clone();
+            for (i, (row, m)) in masked_rows.chunks_mut(vocab).zip(masks.chunks_mut(words)).enumerate() {
+                let top = ferrolm::sample::argmax(row) as usize;
+                for (t, l) in row.iter_mut().enumerate() {
+                    if (t * 31 + i) % 4 != 0 && t != top {
+                        m[t / 32] |= 1 << (t % 32);
+                    } else {
+                        *l = f32::NEG_INFINITY;
+                    }
                 }
-                // Otherwise the GPU's token must be the one its f32 sums put u at: u within
-                // 1e-6 of the CPU's (f64) cumulative probability interval of that token.
-                let p = r.distribution(row, input);
-                let at = p.iter().position(|x| x.0 == gpu).unwrap_or_else(|| panic!("vocab {vocab} row {i}: GPU token {gpu} is not kept by the CPU's filters ({r:?})"));
-                let before: f64 = p[..at].iter().map(|x| x.1).sum();
-                let (lo, hi) = (before - 1e-6, before + p[at].1 + 1e-6);
-                assert!(r.temperature > 0.0 && lo <= r.u && r.u < hi, "vocab {vocab} row {i}: GPU {gpu} covers [{lo}, {hi}), u {}; CPU {cpu} ({r:?})", r.u);
-                near += 1;
-                worst = worst.max((before - r.u).max(r.u - before - p[at].1));
+            }
+            for masked in [false, true] {
+                // The GPU gets the raw rows and the masks; the CPU's choice is from masked rows.
+                let cpu_rows = if masked { &masked_rows } else { &all };
+                let (lb, pb, rb) = (h.buffer(&all), h.buffer(bytemuck::cast_slice(&gpu_rows)), h.words(&vec![u32::MAX; gpu_rows.len()]));
+                let eb = h.buffer(&bytemuck::cast_slice(&edits).iter().copied().chain([0.0; 4]).collect::<Vec<f32>>());
+                let (cb, mb) = (h.buffer(&vec![f32::NAN; gpu_rows.len()]), h.words(&masks));
+                let got = h.run(&[h.kernels.sample(&lb, &rb, &pb, &eb, &cb, &mb, vocab as u32, masked)], &inputs, &rb);
+                h.ctx.faults.check().unwrap();
+                // Each drawn token's logit, after the row's edits.
+                for ((r, (&token, &logit)), (row, &input)) in rows_sampling.iter().zip(got.iter().zip(&h.read(&cb))).zip(cpu_rows.chunks(vocab).zip(&inputs)) {
+                    let mut edited = row.to_vec();
+                    r.edit(&mut edited, input);
+                    let want = edited[token.to_bits() as usize];
+                    assert!(logit == want || (logit - want).abs() <= 1e-6 * want.abs(), "vocab {vocab}, masked {masked}: the drawn token's logit {logit} vs {want}");
+                }
+                for (i, ((r, row), &input)) in rows_sampling.iter().zip(cpu_rows.chunks(vocab)).zip(&inputs).enumerate() {
+                    let (gpu, cpu) = (got[i].to_bits(), r.choose(row, input));
+                    assert!(!masked || masks[i * words + gpu as usize / 32] >> (gpu % 32) & 1 == 1, "vocab {vocab} row {i}: GPU token {gpu} is forbidden");
+                    draws += 1;
+                    if gpu == cpu {
+                        continue;
+                    }
+                    // Otherwise the GPU's token must be the one its f32 sums put u at: u within
+                    // 1e-6 of the CPU's (f64) cumulative probability interval of that token.
+                    let p = r.distribution(row, input);
+                    let at =
+                        p.iter().position(|x| x.0 == gpu && x.1 > 0.0).unwrap_or_else(|| panic!("vocab {vocab} row {i}, masked {masked}: GPU token {gpu} is not kept by the CPU's filters ({r:?})"));
+                    let before: f64 = p[..at].iter().map(|x| x.1).sum();
+                    let (lo, hi) = (before - 1e-6, before + p[at].1 + 1e-6);
+                    assert!(r.temperature > 0.0 && lo <= r.u && r.u < hi, "vocab {vocab} row {i}, masked {masked}: GPU {gpu} covers [{lo}, {hi}), u {}; CPU {cpu} ({r:?})", r.u);
+                    near += 1;
+                    worst = worst.max((before - r.u).max(r.u - before - p[at].1));
+                }
             }
         }
     }
     println!("{draws} draws, {near} not the CPU's token but within 1e-6 of its interval (u outside it by {worst:.1e} at most)");
-    assert_eq!(draws, 3 * 9 * 30);
+    assert_eq!(draws, 3 * 9 * 30 * 2);
     assert!(near * 50 <= draws, "{near} of {draws} draws differ from the CPU's");
 }
 

@@ -282,9 +282,11 @@ fn bad_grammars_are_refused_at_submit_with_the_reason() {
     assert!(engine.is_idle(), "refused requests never queue");
 }
 
-/// On the GPU backend (lavapipe here) a greedy constrained request alone uploads its mask to
-/// the argmax kernel; batched with a sampled one, the step reads logits and the mask is applied
-/// on the CPU. Both give the same valid output.
+/// On the GPU backend (lavapipe here) a constrained request's mask goes to the GPU: greedy to
+/// the argmax kernel, sampled (without logprobs) to the sample kernel, 4 bytes read back a
+/// step either way. Batched with a request that wants logprobs, the step reads logit rows and
+/// the masks are applied on the CPU: each gives its output alone (the sampled one draws the
+/// same uniform numbers on either side).
 #[test]
 fn json_schema_holds_on_the_gpu_with_the_mask_on_either_side() {
     let (mut engine, tok) = common::gpu_engine(ModelOptions::new(256, 64));
@@ -296,13 +298,25 @@ fn json_schema_holds_on_the_gpu_with_the_mask_on_either_side() {
     let alone = pollster::block_on(run_alone(&mut engine, &tok, req.clone()));
     let uploaded = engine.model().counters().since(&before).bytes_written;
     let sampled = Request { opts: constrained(Grammar::JsonSchema(schema.clone()), Some(1), false), ..req.clone() };
+    // Each run computes its prompt afresh: from the prefix cache it runs in other batch shapes,
+    // whose logits differ in the last bits.
+    engine.clear_prefix_cache();
+    let before = engine.model().counters();
+    let drawn = pollster::block_on(run_alone(&mut engine, &tok, sampled.clone()));
+    let c = engine.model().counters().since(&before);
+
+    let logprobs = Request { prompt: tok.encode_prompt("The capital of France is", false).unwrap(), opts: GenerateOptions { max_tokens: 8, logprobs: Some(2), ..Default::default() } };
     let mixed_request = req.clone();
-    let mixed = pollster::block_on(run_together(&mut engine, &tok, vec![req, sampled]));
+    engine.clear_prefix_cache();
+    let mixed = pollster::block_on(run_together(&mut engine, &tok, vec![req, sampled.clone(), logprobs]));
     let text = &alone.generation.text;
-    println!("GPU: {text} ({uploaded} bytes written)");
+    println!("GPU: {text} ({uploaded} bytes written); sampled: {} ({} bytes written, {} read in {} steps)", drawn.generation.text, c.bytes_written, c.bytes_read, c.steps);
     validate(&schema, &serde_json::from_str(text).unwrap()).unwrap();
+    validate(&schema, &serde_json::from_str(&drawn.generation.text).unwrap()).unwrap();
     assert!(uploaded >= 49_152 / 8, "the mask was not uploaded ({uploaded} bytes written)");
-    record("structured-gpu.json", &[(mixed_request.clone(), alone.generation.tokens.clone())]);
+    assert!(c.bytes_written >= 49_152 / 8 && c.bytes_read == 4 * c.steps, "the sampled steps did not draw within the mask on the GPU: {c:?}");
+    record("structured-gpu.json", &[(mixed_request.clone(), alone.generation.tokens.clone()), (sampled, drawn.generation.tokens.clone())]);
     assert_eq!(mixed[0].generation.tokens, alone.generation.tokens, "the mask on the CPU chose differently");
+    assert_eq!(mixed[1].generation.tokens, drawn.generation.tokens, "the sample kernel's masked draws differ from the CPU's");
     validate(&schema, &serde_json::from_str(&mixed[1].generation.text).unwrap()).unwrap();
 }

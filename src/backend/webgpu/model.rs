@@ -130,6 +130,7 @@ pub struct GpuModel {
     pub(super) argmax_op: Op,
     masked_argmax_op: Op,
     sample_op: Op,
+    masked_sample_op: Op,
     topk_op: Op,
     /// What the batch buffer holds, so a step writes only the words that changed.
     written: RefCell<Vec<u32>>,
@@ -369,7 +370,8 @@ impl GpuModel {
         ops.extend(kernels.matmul_normed(&head, input, norm, &logits, OutCols { stride: v as u32, col: 0 }, Count::LogitRows));
         let argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, false);
         let masked_argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, true);
-        let sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, v as u32);
+        let sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, false);
+        let masked_sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, true);
         let topk_op = kernels.topk(&logits, &topk, v as u32);
         prepare(&ops[head_start..]);
         argmax_op.prepare_single_sequence(max_batch_tokens);
@@ -401,6 +403,7 @@ impl GpuModel {
             argmax_op,
             masked_argmax_op,
             sample_op,
+            masked_sample_op,
             topk_op,
             written,
             argmax_rows: Cell::new(0),
@@ -414,14 +417,15 @@ impl GpuModel {
     /// kernel when that is what the step reads back).
     fn encode(&self, b: &Batch, readback: Readback, timestamps: Option<wgpu::ComputePassTimestampWrites>) -> Result<wgpu::CommandEncoder> {
         b.validate(&self.limits, self.config.vocab_size)?;
+        b.check_readback(readback)?;
         let mut bytes = self.write_batch(b);
-        let masks = b.masks.filter(|_| readback == Readback::Argmax);
+        let masks = b.masks;
         if let Some(m) = masks {
             self.ctx.queue.write_buffer(&self.masks, 0, bytemuck::cast_slice(m));
             bytes += m.len() as u64 * 4;
         }
         if matches!(readback, Readback::Sample | Readback::SampleTop) {
-            let rows = b.sampling.ok_or_else(|| Error::InvalidOption { option: "batch", reason: "a sampled readback needs each logit row's sampling".into() })?;
+            let rows = b.sampling.expect("checked: sampled readbacks carry sampling");
             let (rows, edits) = sample_rows(rows);
             if std::mem::size_of_val(&edits[..]) as u64 > self.sample_edits.size() {
                 return Err(Error::InvalidOption { option: "batch", reason: format!("{} logit edits; a step takes at most {MAX_EDITS} a sequence", edits.len()) });
@@ -444,6 +448,7 @@ impl GpuModel {
             let readback_ops: &[&Op] = match readback {
                 Readback::Argmax if masks.is_some() => &[&self.masked_argmax_op],
                 Readback::Argmax => &[&self.argmax_op],
+                Readback::Sample if masks.is_some() => &[&self.masked_sample_op],
                 Readback::Sample => &[&self.sample_op],
                 // Candidates of the logits before the sample kernel edits them in place.
                 Readback::SampleTop => &[&self.topk_op, &self.sample_op],

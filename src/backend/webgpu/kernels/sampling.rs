@@ -41,7 +41,8 @@ const _: () = assert!(std::mem::size_of::<TopkParams>() == 16);
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct SampleParams {
     vocab: u32,
-    _pad: [u32; 3],
+    mask_words: u32,
+    _pad: [u32; 2],
 }
 const _: () = assert!(std::mem::size_of::<SampleParams>() == 16);
 
@@ -116,11 +117,14 @@ impl Kernels {
     }
 
     /// The token each logit row draws with its [`SampleRow`] in `rows` (after its edits in
-    /// `edits`, applied to `logits` in place), into `result` (where argmax leaves its picks, so
-    /// a sampled token chains the same way), and its logit into `chosen`.
-    pub fn sample(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, rows: &wgpu::Buffer, edits: &wgpu::Buffer, chosen: &wgpu::Buffer, vocab: u32) -> Op {
-        let variants = self.single(Shader::Sample, None, &[], Grid::PerItem { of: Count::LogitRows });
-        self.op("sample", variants, &SampleParams { vocab, _pad: [0; 3] }, &[logits, result, rows, edits, chosen])
+    /// `edits`, applied to `logits` in place; with `masked`, among the tokens the row's bits in
+    /// `masks` allow, as [`Kernels::argmax`] reads them), into `result` (where argmax leaves its
+    /// picks, so a sampled token chains the same way), and its logit into `chosen`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, rows: &wgpu::Buffer, edits: &wgpu::Buffer, chosen: &wgpu::Buffer, masks: &wgpu::Buffer, vocab: u32, masked: bool) -> Op {
+        let variants = self.single(Shader::Sample, None, &[("MASKED", masked as u32)], Grid::PerItem { of: Count::LogitRows });
+        let params = SampleParams { vocab, mask_words: vocab.div_ceil(32), _pad: [0; 2] };
+        self.op(if masked { "masked sample" } else { "sample" }, variants, &params, &[logits, result, rows, edits, chosen, masks])
     }
 
     /// The [`TOPK_MAX`] largest logits of each logit row, sorted, and the row's log-sum-exp
