@@ -295,11 +295,7 @@ pub fn picks_from_logits(mut logits: Vec<f32>, vocab: usize, read: Readback, b: 
             let rows = b.sampling.expect("checked: sampled readbacks carry sampling");
             // Forbidden tokens at -inf, as the sampler's own constrained choice sets them.
             for (row, words) in logits.chunks_exact_mut(vocab).zip(masks.into_iter().flat_map(|m| m.chunks_exact(vocab.div_ceil(32)))) {
-                for (i, l) in row.iter_mut().enumerate() {
-                    if words[i / 32] >> (i % 32) & 1 == 0 {
-                        *l = f32::NEG_INFINITY;
-                    }
-                }
+                row.iter_mut().enumerate().filter(|&(i, _)| !allowed(words, i)).for_each(|(_, l)| *l = f32::NEG_INFINITY);
             }
             // Each row's input token counts in its penalty window.
             let inputs = b.logit_rows.iter().map(|&r| b.tokens[r as usize]);
@@ -316,11 +312,16 @@ pub fn picks_from_logits(mut logits: Vec<f32>, vocab: usize, read: Readback, b: 
     })
 }
 
+/// Whether token `i`'s bit is set in a row's mask words.
+fn allowed(words: &[u32], i: usize) -> bool {
+    words[i / 32] >> (i % 32) & 1 == 1
+}
+
 /// The first largest logit among the allowed tokens (u32::MAX if none is).
 fn masked_argmax(row: &[f32], words: &[u32]) -> u32 {
     let mut best = (f32::NEG_INFINITY, u32::MAX);
     for (i, &v) in row.iter().enumerate() {
-        if words[i / 32] >> (i % 32) & 1 == 1 && (best.1 == u32::MAX || v > best.0) {
+        if allowed(words, i) && (best.1 == u32::MAX || v > best.0) {
             best = (v, i as u32);
         }
     }

@@ -501,7 +501,7 @@ impl<M: ForwardModel> Engine<M> {
             Some(Need::Top(_)) => Readback::Top(crate::sample::MAX_TOP),
             Some(Need::Logits) => Readback::Logits,
         };
-        // Masked argmax: each row's mask, all tokens allowed for unconstrained rows.
+        // Masked argmax or sampling: each row's mask, all tokens allowed for unconstrained rows.
         let words = vocab.div_ceil(32);
         let mut masks = Vec::new();
         if matches!(widest, Some(Need::MaskedArgmax | Need::MaskedSample)) {

@@ -121,12 +121,10 @@ impl Need {
             (Need::Logits, _) | (_, Need::Logits) => Need::Logits,
             // Top-k candidates chosen before a mask may all be forbidden.
             (Need::MaskedArgmax | Need::MaskedSample, Need::Top(_) | Need::SampleTop) | (Need::Top(_) | Need::SampleTop, Need::MaskedArgmax | Need::MaskedSample) => Need::Logits,
-            // Masked sampling takes greedy rows along at temperature 0, masked or not (all
-            // tokens allowed), and sampled rows with all tokens allowed.
-            (Need::MaskedSample, _) | (_, Need::MaskedSample) => Need::MaskedSample,
             // One readback kind serves a step: sampled rows take greedy ones along (temperature
-            // 0) and rows that choose from candidates (read with the tokens), not masks.
-            (Need::MaskedArgmax, Need::Sample) | (Need::Sample, Need::MaskedArgmax) => Need::MaskedSample,
+            // 0), each row with its mask or all tokens allowed, and rows that choose from
+            // candidates (read with the tokens).
+            (Need::MaskedSample, _) | (_, Need::MaskedSample) | (Need::MaskedArgmax, Need::Sample) | (Need::Sample, Need::MaskedArgmax) => Need::MaskedSample,
             (Need::SampleTop, _) | (_, Need::SampleTop) | (Need::Sample, Need::Top(_)) | (Need::Top(_), Need::Sample) => Need::SampleTop,
             (Need::Sample, Need::Sample | Need::Argmax) | (Need::Argmax, Need::Sample) => Need::Sample,
             (Need::MaskedArgmax, _) | (_, Need::MaskedArgmax) => Need::MaskedArgmax,
