@@ -43,20 +43,21 @@ struct Row {
     _pad: u32,
 }
 
-// count 0: add bias; else the token's count in the penalty window (`SampleEdit`).
+// count 0: add bias; else the token's count in the penalty window (`SampleEdit`). `before`:
+// written here, the token's logit before this edit.
 struct Edit {
     token: u32,
     bias: f32,
     count: u32,
-    _pad: u32,
+    before: f32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> result: array<u32>;
 @group(0) @binding(3) var<storage, read> rows: array<Row>;
-@group(0) @binding(4) var<storage, read> edits: array<Edit>;
-// The drawn token's logit (after the row's edits), for logprobs.
+@group(0) @binding(4) var<storage, read_write> edits: array<Edit>;
+// The drawn token's logit before the row's edits, for logprobs.
 @group(0) @binding(5) var<storage, read_write> chosen: array<f32>;
 // MASKED only: each row's allowed tokens (bit set: allowed), as argmax.wgsl reads them.
 @group(0) @binding(6) var<storage, read> mask: array<u32>;
@@ -99,6 +100,9 @@ var<private> floor_w: f32;
 // The kept candidates are those at or before (cut_key, cut_id) in the order.
 var<private> cut_key: u32;
 var<private> cut_id: u32;
+// Invocation 0: the input token's logit before its penalty, when no edit entry names it.
+var<private> input_before: f32;
+var<private> input_edited: bool;
 
 // Larger float -> larger key (sign flipped for positives, all bits for negatives).
 fn key(v: f32) -> u32 {
@@ -128,15 +132,18 @@ fn penalized(v: f32, n: u32, p: Row) -> f32 {
     return x - (p.frequency_penalty * f32(n) + p.presence_penalty);
 }
 
-// One invocation edits the row in place (a few hundred entries at most).
+// One invocation edits the row in place (a few hundred entries at most), keeping each edited
+// logit's value before the edit (the input token's, when no entry names it, in input_before).
 fn apply_edits(r: u32, p: Row) {
     let input = token_id(logit_row(r));
     var input_seen = false;
     for (var e = p.edit_start; e < p.edit_start + p.edit_count; e++) {
         let ed = edits[e];
         if (ed.token >= P.vocab) { continue; }
+        let v = logits[base + ed.token];
+        edits[e].before = v;
         if (ed.count == 0u) {
-            logits[base + ed.token] += ed.bias;
+            logits[base + ed.token] = v + ed.bias;
             continue;
         }
         var n = ed.count;
@@ -144,11 +151,23 @@ fn apply_edits(r: u32, p: Row) {
             n += 1u;
             input_seen = true;
         }
-        logits[base + ed.token] = penalized(logits[base + ed.token], n, p);
+        logits[base + ed.token] = penalized(v, n, p);
     }
     if (p.count_input != 0u && !input_seen && input < P.vocab) {
-        logits[base + input] = penalized(logits[base + input], 1u, p);
+        input_before = logits[base + input];
+        input_edited = true;
+        logits[base + input] = penalized(input_before, 1u, p);
     }
+}
+
+// Invocation 0, after apply_edits: `token`'s logit before the row's edits (the value the
+// first edit naming it saw).
+fn unedited(r: u32, p: Row, token: u32) -> f32 {
+    for (var e = p.edit_start; e < p.edit_start + p.edit_count; e++) {
+        if (edits[e].token == token) { return edits[e].before; }
+    }
+    if (input_edited && token == token_id(logit_row(r))) { return input_before; }
+    return logits[base + token];
 }
 
 fn reaches(acc: f32, goal: f32, strict: bool) -> bool {
@@ -355,7 +374,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (p.temperature <= 0.0) {
         if (lid == 0u) {
             result[r] = greedy;
-            chosen[r] = row_max;
+            chosen[r] = unedited(r, p, greedy);
         }
         return;
     }
@@ -374,6 +393,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (lid == 0u) {
         let token = select(found_id, greedy, found_id == NONE);
         result[r] = token;
-        chosen[r] = logits[base + token];
+        chosen[r] = unedited(r, p, token);
     }
 }

@@ -24,7 +24,8 @@ pub struct Batch<'a> {
     pub logit_rows: &'a [u32],
     /// Physical KV block of each logical block, per sequence id.
     pub block_tables: &'a [&'a [u32]],
-    /// With [`Readback::Argmax`] or [`Readback::Sample`]: the tokens each logit row may choose
+    /// With [`Readback::Argmax`], [`Readback::Sample`] or [`Readback::SampleTop`] (whose
+    /// candidates and log-sum-exp stay those of the unmasked row): the tokens each logit row may choose
     /// (structured output), `[logit rows][vocab.div_ceil(32)]` u32 words, bit `t % 32` of word
     /// `t / 32` set when token `t` is allowed.
     pub masks: Option<&'a [u32]>,
@@ -36,7 +37,7 @@ impl Batch<'_> {
     /// Refuses what `read` cannot honour: masks beside a readback that does not choose the
     /// token (argmax or sampled), a sampled readback without each row's sampling.
     pub fn check_readback(&self, read: Readback) -> Result<()> {
-        if self.masks.is_some() && !matches!(read, Readback::Argmax | Readback::Sample) {
+        if self.masks.is_some() && !matches!(read, Readback::Argmax | Readback::Sample | Readback::SampleTop) {
             return Err(Error::InvalidOption { option: "batch", reason: format!("masks go with an argmax or sampled readback, not {read:?}") });
         }
         if matches!(read, Readback::Sample | Readback::SampleTop) && self.sampling.is_none() {
@@ -293,6 +294,8 @@ pub fn picks_from_logits(mut logits: Vec<f32>, vocab: usize, read: Readback, b: 
         }),
         Readback::Sample | Readback::SampleTop => {
             let rows = b.sampling.expect("checked: sampled readbacks carry sampling");
+            // Candidates of the row as the model scored it, before any mask.
+            let top = (read == Readback::SampleTop).then(|| logits.chunks_exact(vocab).map(|row| TopLogits::from_logits(row, crate::sample::MAX_TOP)).collect());
             // Forbidden tokens at -inf, as the sampler's own constrained choice sets them.
             for (row, words) in logits.chunks_exact_mut(vocab).zip(masks.into_iter().flat_map(|m| m.chunks_exact(vocab.div_ceil(32)))) {
                 row.iter_mut().enumerate().filter(|&(i, _)| !allowed(words, i)).for_each(|(_, l)| *l = f32::NEG_INFINITY);
@@ -300,11 +303,10 @@ pub fn picks_from_logits(mut logits: Vec<f32>, vocab: usize, read: Readback, b: 
             // Each row's input token counts in its penalty window.
             let inputs = b.logit_rows.iter().map(|&r| b.tokens[r as usize]);
             let tokens: Vec<u32> = logits.chunks_exact(vocab).zip(rows).zip(inputs).map(|((row, s), input)| s.choose(row, input)).collect();
-            if read == Readback::Sample {
-                Picks::Tokens(tokens)
-            } else {
-                let chosen = logits.chunks_exact(vocab).zip(&tokens).map(|(row, &t)| row[t as usize]).collect();
-                Picks::Sampled { top: logits.chunks_exact(vocab).map(|row| TopLogits::from_logits(row, crate::sample::MAX_TOP)).collect(), tokens, logits: chosen }
+            match top {
+                None => Picks::Tokens(tokens),
+                // An allowed token's logit is the model's own (`choose` edits a copy).
+                Some(top) => Picks::Sampled { logits: logits.chunks_exact(vocab).zip(&tokens).map(|(row, &t)| row[t as usize]).collect(), top, tokens },
             }
         }
         Readback::Top(k) => Picks::Top(logits.chunks_exact(vocab).map(|row| TopLogits::from_logits(row, k)).collect()),

@@ -464,8 +464,8 @@ impl<M: ForwardModel> Engine<M> {
         }
         self.steps += 1;
 
-        // Constrained sequences the backend chooses for (greedy, or sampled without logprobs)
-        // get their masks ahead: the backend applies them (the mask of step N + 1 depends on
+        // Constrained sequences the backend chooses for (greedy or sampled, with or without
+        // logprobs) get their masks ahead: the backend applies them (the mask of step N + 1 depends on
         // token N, so it is computed here).
         let vocab = self.model.config().vocab_size;
         for &(id, n) in &plan {
@@ -486,7 +486,7 @@ impl<M: ForwardModel> Engine<M> {
             seq_ids.extend(std::iter::repeat_n(slot as u32, n));
             if n == seq.pending() {
                 let rows = 1 + seq.draft.tokens.len();
-                let need = if seq.spec.is_some() { seq.decoder.need_speculative() } else { seq.decoder.need() };
+                let need = if seq.draft.tokens.is_empty() { seq.decoder.need() } else { seq.decoder.need_speculative(!seq.draft.q.is_empty()) };
                 needs.push((id, need, logit_rows.len(), rows));
                 logit_rows.extend((tokens.len() - rows..tokens.len()).map(|r| r as u32));
             }
@@ -497,14 +497,14 @@ impl<M: ForwardModel> Engine<M> {
             None => Readback::Nothing,
             Some(Need::Argmax | Need::MaskedArgmax) => Readback::Argmax,
             Some(Need::Sample | Need::MaskedSample) => Readback::Sample,
-            Some(Need::SampleTop) => Readback::SampleTop,
+            Some(Need::SampleTop | Need::MaskedSampleTop) => Readback::SampleTop,
             Some(Need::Top(_)) => Readback::Top(crate::sample::MAX_TOP),
             Some(Need::Logits) => Readback::Logits,
         };
         // Masked argmax or sampling: each row's mask, all tokens allowed for unconstrained rows.
         let words = vocab.div_ceil(32);
         let mut masks = Vec::new();
-        if matches!(widest, Some(Need::MaskedArgmax | Need::MaskedSample)) {
+        if widest.is_some_and(Need::is_masked) {
             for &(id, _, _, rows) in &needs {
                 let seq = self.running.iter().find(|s| s.id == id).expect("planned sequences run");
                 let start = masks.len();
@@ -522,14 +522,14 @@ impl<M: ForwardModel> Engine<M> {
             }
         }
         let masks = (!masks.is_empty()).then_some(&masks[..]);
-        // Sampled rows: each sequence's filters and the uniform number its RNG draws for this
-        // token now (greedy rows ride along at temperature 0).
+        // Sampled rows: each sequence's filters and the uniform numbers its RNG draws for this
+        // token (and each draft's position) now; greedy rows ride along at temperature 0.
         let mut sampling = Vec::new();
         let sampled = matches!(readback, Readback::Sample | Readback::SampleTop);
         if sampled {
-            for &(id, _, _, rows) in &needs {
+            for &(id, _, _, _) in &needs {
                 let seq = self.running.iter_mut().find(|s| s.id == id).expect("planned sequences run");
-                sampling.extend(std::iter::repeat_n(seq.decoder.row(false), rows));
+                sampling.extend(seq.decoder.rows(&seq.draft.tokens));
             }
         }
         let sampling = sampled.then_some(&sampling[..]);
@@ -652,6 +652,7 @@ impl<M: ForwardModel> Engine<M> {
                 seq.computed += 1;
                 kept += 1;
             }
+            seq.decoder.settle();
             if let Some(spec) = &mut seq.spec {
                 spec.record(draft.tokens.len(), kept, step_ms);
                 spec.rollback(seq.computed);

@@ -1,7 +1,9 @@
 //! Speculative decoding. A drafter proposes up to k tokens; the engine feeds the pending token
 //! and the drafts in one forward with k + 1 logit rows, keeps the drafts the target agrees with
-//! (greedy: its own argmax; sampling: Leviathan et al.'s rejection rule, so the output is
-//! distributed exactly as without speculation) plus one token of the target's own, and rolls the
+//! (deterministic drafts: the token the target chooses at that row as plain decoding would,
+//! greedy or sampled with the same uniform number, so seeded output is the same; drafts sampled
+//! from a draft model: Leviathan et al.'s rejection rule; either way the output is distributed
+//! exactly as without speculation) plus one token of the target's own, and rolls the
 //! KV cache back past the first rejection by lowering the sequence's computed length (the
 //! rejected positions' slots are simply written again later).
 

@@ -105,9 +105,13 @@ pub enum Need {
     /// [`Need::Sample`] among the tokens the grammar allows (sampled structured output): the
     /// mask and the row's sampling go to the backend, 4 bytes come back.
     MaskedSample,
+    /// [`Need::SampleTop`] among the tokens the grammar allows (structured output with
+    /// logprobs, which are of the unmasked row).
+    MaskedSampleTop,
     /// The `k` (<= 64) largest logits and the row's log-sum-exp (~0.5 KB).
     Top(usize),
-    /// The whole row of logits (penalties, logit bias, wide top-k).
+    /// The whole row of logits (typical-p, more logit edits than a backend takes, drafts of
+    /// sampled speculation).
     Logits,
 }
 
@@ -115,22 +119,47 @@ pub enum Need {
 pub type Distribution<'a> = &'a [(u32, f64)];
 
 impl Need {
-    /// The readback that serves both needs.
+    /// The readback that serves both needs: the wider kind, masked when either is.
     pub fn widest(self, other: Need) -> Need {
-        match (self, other) {
+        let kind = match (self.unmasked(), other.unmasked()) {
             (Need::Logits, _) | (_, Need::Logits) => Need::Logits,
-            // Top-k candidates chosen before a mask may all be forbidden.
-            (Need::MaskedArgmax | Need::MaskedSample, Need::Top(_) | Need::SampleTop) | (Need::Top(_) | Need::SampleTop, Need::MaskedArgmax | Need::MaskedSample) => Need::Logits,
             // One readback kind serves a step: sampled rows take greedy ones along (temperature
-            // 0), each row with its mask or all tokens allowed, and rows that choose from
-            // candidates (read with the tokens).
-            (Need::MaskedSample, _) | (_, Need::MaskedSample) | (Need::MaskedArgmax, Need::Sample) | (Need::Sample, Need::MaskedArgmax) => Need::MaskedSample,
+            // 0), and rows that choose from candidates (read with the tokens).
             (Need::SampleTop, _) | (_, Need::SampleTop) | (Need::Sample, Need::Top(_)) | (Need::Top(_), Need::Sample) => Need::SampleTop,
-            (Need::Sample, Need::Sample | Need::Argmax) | (Need::Argmax, Need::Sample) => Need::Sample,
-            (Need::MaskedArgmax, _) | (_, Need::MaskedArgmax) => Need::MaskedArgmax,
+            (Need::Sample, _) | (_, Need::Sample) => Need::Sample,
             (Need::Top(a), Need::Top(b)) => Need::Top(a.max(b)),
-            (Need::Top(k), Need::Argmax) | (Need::Argmax, Need::Top(k)) => Need::Top(k),
-            (Need::Argmax, Need::Argmax) => Need::Argmax,
+            (Need::Top(k), _) | (_, Need::Top(k)) => Need::Top(k),
+            _ => Need::Argmax,
+        };
+        if self.is_masked() || other.is_masked() {
+            kind.masked()
+        } else {
+            kind
+        }
+    }
+
+    /// The same readback with each row's grammar mask applied by the backend, where the backend
+    /// chooses the token; rows choosing from top-k candidates need the whole row (candidates
+    /// taken before a mask may all be forbidden).
+    pub fn masked(self) -> Need {
+        match self.unmasked() {
+            Need::Argmax => Need::MaskedArgmax,
+            Need::Sample => Need::MaskedSample,
+            Need::SampleTop => Need::MaskedSampleTop,
+            _ => Need::Logits,
+        }
+    }
+
+    pub fn is_masked(self) -> bool {
+        matches!(self, Need::MaskedArgmax | Need::MaskedSample | Need::MaskedSampleTop)
+    }
+
+    fn unmasked(self) -> Need {
+        match self {
+            Need::MaskedArgmax => Need::Argmax,
+            Need::MaskedSample => Need::Sample,
+            Need::MaskedSampleTop => Need::SampleTop,
+            other => other,
         }
     }
 }
@@ -159,6 +188,9 @@ pub struct Decoder {
     detok: Detokenizer,
     stops: StopMatcher,
     constraint: Option<Constraint>,
+    /// A speculative step's rows drew their uniform numbers ahead: the RNG before them and
+    /// the rows taken since ([`Decoder::settle`] gives back the others).
+    drawn_ahead: Option<(super::Rng, usize)>,
     pub out: Generation,
 }
 
@@ -178,7 +210,7 @@ impl Decoder {
         let sampler = Sampler::new(opts.sampling.clone(), tokenizer.vocab_size())?;
         let need = if opts.sampling.is_plain_greedy() && opts.logprobs.is_none() {
             Need::Argmax
-        } else if sampler.backend_samples(opts.logprobs) {
+        } else if sampler.backend_samples() {
             if opts.logprobs.is_some() {
                 Need::SampleTop
             } else {
@@ -195,6 +227,7 @@ impl Decoder {
             detok: Detokenizer::new(),
             stops: StopMatcher::new(&opts.stop),
             constraint: None,
+            drawn_ahead: None,
             out: Generation {
                 tokens: Vec::new(),
                 text: String::new(),
@@ -216,23 +249,45 @@ impl Decoder {
     /// computed at the token the step in flight picks, which the history does not hold yet;
     /// otherwise at the history's last token.
     pub fn row(&mut self, chained: bool) -> RowSampling {
-        if !matches!(self.need, Need::Sample | Need::SampleTop | Need::MaskedSample) {
+        if !matches!(self.need, Need::Sample | Need::SampleTop | Need::MaskedSample | Need::MaskedSampleTop) {
             return RowSampling::GREEDY;
         }
         let before = if chained { &self.history[..] } else { &self.history[..self.history.len() - 1] };
         self.sampler.row(before)
     }
 
+    /// A speculative step's rows (one, as [`Decoder::row`], without drafts): row `j` computed
+    /// at draft `j - 1` (row 0 at the history's last token), with the edits of the tokens
+    /// before it and its own uniform number, drawn in the order plain decoding draws them.
+    /// [`Decoder::settle`] gives back the draws of the rows not taken.
+    pub fn rows(&mut self, drafts: &[u32]) -> Vec<RowSampling> {
+        if drafts.is_empty() || !matches!(self.need, Need::Sample | Need::SampleTop) {
+            return vec![self.row(false); drafts.len() + 1];
+        }
+        self.drawn_ahead = Some((self.sampler.mark(), 0));
+        let mut tokens = self.history.clone();
+        let mut rows = vec![self.sampler.row(&tokens[..tokens.len() - 1])];
+        for &d in drafts {
+            tokens.push(d);
+            rows.push(self.sampler.row(&tokens[..tokens.len() - 1]));
+        }
+        rows
+    }
+
+    /// After a speculative step's rows are verified: the RNG as if only the rows taken had
+    /// drawn (the next token draws what plain decoding would).
+    pub fn settle(&mut self) {
+        if let Some((mark, taken)) = self.drawn_ahead.take() {
+            self.sampler.rewind(mark, taken);
+        }
+    }
+
     /// Holds the output to `constraint`: every choice is made with the disallowed tokens
-    /// removed first, by the backend from the mask (greedy, and sampling without logprobs) or
-    /// here from the whole logits row.
+    /// removed first, by the backend from the mask (where it chooses the token) or here from
+    /// the whole logits row.
     pub fn constrain(&mut self, constraint: Constraint) {
         self.constraint = Some(constraint);
-        self.need = match self.need {
-            Need::Argmax => Need::MaskedArgmax,
-            Need::Sample => Need::MaskedSample,
-            _ => Need::Logits,
-        };
+        self.need = self.need.masked();
     }
 
     /// The mask [`Decoder::prepare_mask`] computed, until the next token is taken.
@@ -240,11 +295,11 @@ impl Decoder {
         self.constraint.as_ref().and_then(Constraint::prepared)
     }
 
-    /// For [`Need::MaskedArgmax`] and [`Need::MaskedSample`]: computes the next choice's mask
-    /// ahead and returns its words for the backend; None without a constraint.
+    /// For the masked needs: computes the next choice's mask ahead and returns its words for
+    /// the backend; None without a constraint.
     pub fn prepare_mask(&mut self) -> Result<Option<&[u32]>> {
         match &mut self.constraint {
-            Some(c) if matches!(self.need, Need::MaskedArgmax | Need::MaskedSample) => c.prepare().map(Some),
+            Some(c) if self.need.is_masked() => c.prepare().map(Some),
             _ => Ok(None),
         }
     }
@@ -262,7 +317,7 @@ impl Decoder {
     /// Chooses the next token from what the step read back (and records its logprobs).
     pub fn pick(&mut self, picked: Picked) -> Result<u32> {
         let (next, lp) = match picked {
-            Picked::Token(t) if self.constraint.as_ref().is_some_and(|c| !c.allows(t)) => {
+            Picked::Token(t) | Picked::Drawn { token: t, .. } if self.constraint.as_ref().is_some_and(|c| !c.allows(t)) => {
                 return Err(Error::Constraint(format!("the backend chose token {t}, which the grammar's mask forbids")));
             }
             Picked::Token(t) => (t, None),
@@ -283,14 +338,14 @@ impl Decoder {
         Ok(next)
     }
 
-    /// The readback a speculative verification row needs: the argmax for plain greedy, else
-    /// the whole row (the rejection rule needs the target's full distribution).
-    pub fn need_speculative(&self) -> Need {
-        if self.need == Need::Argmax {
-            Need::Argmax
-        } else {
-            // A draft row's mask depends on the drafts before it being kept.
+    /// The readback of a speculative step's rows: what a plain step reads, unless the drafts
+    /// are sampled (the rejection rule needs the target's whole distribution) or constrained
+    /// (a draft row's mask depends on the drafts before it being kept).
+    pub fn need_speculative(&self, sampled_drafts: bool) -> Need {
+        if sampled_drafts || self.need.is_masked() {
             Need::Logits
+        } else {
+            self.need
         }
     }
 
@@ -301,20 +356,27 @@ impl Decoder {
     /// Speculative verification of one position: the target's token here and whether it is the
     /// drafted one (`draft`: the token and, for sampled drafts, the draft's distribution).
     /// Without a draft, the bonus token after the drafts, chosen as [`Decoder::pick`] would.
-    /// Distributed exactly as the target's own choice (Leviathan et al.'s rejection rule).
+    /// Distributed exactly as the target's own choice: a deterministic draft is kept when it is
+    /// the token the target chooses as plain decoding would (the same draw, so seeded output is
+    /// the same with and without speculation; for a draft of probability 1 this is the
+    /// rejection rule's outcome), a sampled one by Leviathan et al.'s rejection rule.
     pub fn verify(&mut self, picked: Picked, draft: Option<(u32, Option<Distribution>)>) -> Result<(u32, bool)> {
+        if let Some((_, taken)) = &mut self.drawn_ahead {
+            *taken += 1;
+        }
         let Some((d, q)) = draft else { return Ok((self.pick(picked)?, false)) };
-        let (next, kept) = match picked {
-            Picked::Token(t) | Picked::Drawn { token: t, .. } => (t, t == d),
-            Picked::Logits(logits) => {
-                // A draft the constraint forbids has probability 0 here: it is rejected.
-                let row = self.allowed(logits)?;
-                let p = self.sampler.distribution(&row, &self.history);
-                self.sampler.verify_draft(&p, d, q)
-            }
-            Picked::Top(_) => unreachable!("speculative steps read back argmax ids or logits"),
+        let Some(q) = q else {
+            let next = self.pick(picked)?;
+            return Ok((next, next == d));
         };
-        if let (Some(n), Picked::Logits(logits)) = (self.opts.logprobs, picked) {
+        let Picked::Logits(logits) = picked else {
+            return Err(Error::InvalidOption { option: "speculative", reason: "sampled drafts are verified on whole logit rows".into() });
+        };
+        // A draft the constraint forbids has probability 0 here: it is rejected.
+        let row = self.allowed(logits)?;
+        let p = self.sampler.distribution(&row, &self.history);
+        let (next, kept) = self.sampler.verify_draft(&p, d, Some(q));
+        if let Some(n) = self.opts.logprobs {
             let (logprob, top) = super::logprobs(logits, next, n);
             self.out.logprobs.push(TokenLogprob { token: next, logprob, top });
         }

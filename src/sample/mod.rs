@@ -306,13 +306,13 @@ impl Sampler {
 
     /// Whether a backend can make this sampler's choice itself from [`Sampler::row`]: the
     /// filters that keep a prefix of the logit-sorted row (top-k, top-p, min-p), and logit bias
-    /// and penalties as at most [`MAX_EDITS`] per-token edits, or logprobs (of the unedited
-    /// logits) without them.
-    pub fn backend_samples(&self, logprobs: Option<usize>) -> bool {
+    /// and penalties as at most [`MAX_EDITS`] per-token edits (logprobs are of the unedited
+    /// logits: the backend reports the drawn token's logit before its edits).
+    pub fn backend_samples(&self) -> bool {
         let p = &self.params;
         let window = if p.has_penalties() { p.repeat_last_n } else { 0 };
         let edits = p.logit_bias.len().saturating_add(window);
-        p.typical_p >= 1.0 && edits < MAX_EDITS && (logprobs.is_none() || edits == 0)
+        p.typical_p >= 1.0 && edits < MAX_EDITS
     }
 
     /// The next choice for a backend to make: filters, logit edits and this token's uniform
@@ -364,6 +364,22 @@ impl Sampler {
 
     fn filter(&self, c: &mut Candidates) {
         filter(&self.params, c)
+    }
+
+    /// The RNG's state, to give back draws made ahead and not used ([`Sampler::rewind`]).
+    pub fn mark(&self) -> Rng {
+        self.rng.clone()
+    }
+
+    /// Back to `mark`, then the draws of `rows` choices again (none at temperature 0, as
+    /// [`Sampler::row`] and [`Sampler::sample`] draw).
+    pub fn rewind(&mut self, mark: Rng, rows: usize) {
+        self.rng = mark;
+        if self.params.temperature != 0.0 {
+            for _ in 0..rows {
+                self.rng.uniform();
+            }
+        }
     }
 
     /// A draw from an explicit distribution (`(token, probability)` pairs summing to 1).

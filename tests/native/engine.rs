@@ -328,22 +328,31 @@ fn pipelined_equals_step_by_step_gpu() {
     write_artifact("engine-sampled-gpu.json", sampled);
 }
 
-/// Logprobs with sampling (and with greedy) come back with the token the GPU drew: the row's
-/// candidates, read in the same step, give the same log-probabilities as scoring the text
-/// afterwards with whole logit rows; pipelined steps still chain.
+/// Logprobs with sampling (and with greedy, and with penalties and logit bias) come back with
+/// the token the GPU drew: the row's candidates, read in the same step, and the drawn token's
+/// logit before the row's edits give the same log-probabilities as scoring the text afterwards
+/// with whole logit rows; pipelined steps still chain.
 #[test]
 fn sampled_logprobs_come_with_the_drawn_token_gpu() {
     use ferrolm::sample::SamplingParams;
     let (mut engine, tok) = common::gpu_engine(ModelOptions::new(512, 64));
     engine.set_pipelined(true);
     let prompt = tok.encode_prompt(PROMPTS[2], false).unwrap();
-    for sampling in [SamplingParams { temperature: 0.8, top_p: 0.9, seed: Some(11), ..Default::default() }, SamplingParams::greedy()] {
+    // Penalties over the whole reply, a bias towards a token of the prompt: drawn tokens the
+    // edits changed.
+    let edited = SamplingParams { temperature: 0.9, repeat_penalty: 0.7, presence_penalty: -0.5, repeat_last_n: 32, logit_bias: vec![(prompt[3], 1.5)], seed: Some(12), ..Default::default() };
+    for sampling in [SamplingParams { temperature: 0.8, top_p: 0.9, seed: Some(11), ..Default::default() }, SamplingParams::greedy(), edited] {
         let chained = engine.stats().chained_steps;
+        let penalized = sampling.repeat_penalty != 1.0;
         let opts = GenerateOptions { max_tokens: 10, sampling, logprobs: Some(3), ignore_eos: true, ..Default::default() };
         let g = pollster::block_on(engine.generate(&tok, Request { prompt: prompt.clone(), opts }, |_| {})).unwrap();
         assert!(engine.stats().chained_steps > chained, "no step was chained");
         assert_eq!(g.logprobs.len(), g.tokens.len());
         let all: Vec<u32> = prompt.iter().chain(&g.tokens).copied().collect();
+        // A penalty below 1 and a negative presence penalty favour repeats: some drawn token
+        // was in its window (its logit edited before the draw).
+        let repeats = (0..g.tokens.len()).filter(|&i| all[..prompt.len() + i].iter().rev().take(32).any(|&t| t == g.tokens[i])).count();
+        assert!(!penalized || repeats > 0, "no drawn token was edited: {:?}", g.tokens);
         let vocab = engine.model().config().vocab_size;
         let logits = pollster::block_on(engine.score_from(&all[..all.len() - 1], prompt.len() - 1)).unwrap();
         for (i, (lp, row)) in g.logprobs.iter().zip(logits.chunks(vocab)).enumerate() {

@@ -351,7 +351,7 @@ fn sampling_matches_cpu_choice() {
         logit_bias: bias,
         ..SamplingParams::default()
     };
-    let (mut draws, mut near, mut worst) = (0, 0, 0f64);
+    let (mut draws, mut near, mut worst, mut edited_draws) = (0, 0, 0f64, 0);
     for vocab in [1000usize, 49_152 + 7, 40] {
         let settings = [
             plain(1.0, 0, 1.0, 0.0),
@@ -419,12 +419,14 @@ fn sampling_matches_cpu_choice() {
                 let (cb, mb) = (h.buffer(&vec![f32::NAN; gpu_rows.len()]), h.words(&masks));
                 let got = h.run(&[h.kernels.sample(&lb, &rb, &pb, &eb, &cb, &mb, vocab as u32, masked)], &inputs, &rb);
                 h.ctx.faults.check().unwrap();
-                // Each drawn token's logit, after the row's edits.
-                for ((r, (&token, &logit)), (row, &input)) in rows_sampling.iter().zip(got.iter().zip(&h.read(&cb))).zip(cpu_rows.chunks(vocab).zip(&inputs)) {
+                // Each drawn token's logit before the row's edits (logprobs are of the model's
+                // row), also where bias entries, the penalty window and the input token edit it.
+                for ((r, (&token, &logit)), (row, &input)) in rows_sampling.iter().zip(got.iter().zip(&h.read(&cb))).zip(all.chunks(vocab).zip(&inputs)) {
                     let mut edited = row.to_vec();
                     r.edit(&mut edited, input);
-                    let want = edited[token.to_bits() as usize];
-                    assert!(logit == want || (logit - want).abs() <= 1e-6 * want.abs(), "vocab {vocab}, masked {masked}: the drawn token's logit {logit} vs {want}");
+                    let t = token.to_bits() as usize;
+                    edited_draws += (edited[t] != row[t]) as usize;
+                    assert_eq!(logit.to_bits(), row[t].to_bits(), "vocab {vocab}, masked {masked}: the drawn token {t}'s logit {logit} vs {} (edited {})", row[t], edited[t]);
                 }
                 for (i, ((r, row), &input)) in rows_sampling.iter().zip(cpu_rows.chunks(vocab)).zip(&inputs).enumerate() {
                     let (gpu, cpu) = (got[i].to_bits(), r.choose(row, input));
@@ -447,7 +449,8 @@ fn sampling_matches_cpu_choice() {
             }
         }
     }
-    println!("{draws} draws, {near} not the CPU's token but within 1e-6 of its interval (u outside it by {worst:.1e} at most)");
+    println!("{draws} draws, {near} not the CPU's token but within 1e-6 of its interval (u outside it by {worst:.1e} at most), {edited_draws} of edited logits");
+    assert!(edited_draws > 0, "no drawn token's logit was edited");
     assert_eq!(draws, 3 * 9 * 30 * 2);
     assert!(near * 50 <= draws, "{near} of {draws} draws differ from the CPU's");
 }

@@ -1,6 +1,7 @@
 //! Speculative decoding on the quantized CPU backend and WebGPU (lavapipe on CI; the f32
 //! reference runs the engine scenarios elsewhere): greedy identity with both drafters, KV rollback
-//! exactness after rejected drafts, and the sampled distribution with drafting on.
+//! exactness after rejected drafts, seeded sampled output the same with n-gram drafting, and the
+//! sampled distribution with draft-model drafting on.
 
 use crate::common;
 use crate::engine_cases;
@@ -62,6 +63,15 @@ fn speculative_greedy_equals_plain_greedy_on_gpu() {
     pollster::block_on(greedy_identity(&mut engine, &tok, "speculative-plain-gpu.json", prompts, 12));
 }
 
+/// A chat request to edit code: the answer copies much of the prompt, so drafts are both kept
+/// and rejected.
+fn code_edit_prompt(tok: &Tokenizer) -> Vec<u32> {
+    let gguf = Gguf::read(&std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap()).unwrap();
+    let template = ChatTemplate::from_gguf(&gguf.metadata, tok).unwrap();
+    let text = render_chat(template.as_ref(), &[ChatMessage { role: "user".into(), content: ferrolm::api::bench::CODE_EDIT_PROMPT.into() }], None, true, usize::MAX).unwrap();
+    tok.encode_prompt(&text, true).unwrap()
+}
+
 /// After rejected drafts the KV cache is rolled back exactly: every later position's top-5
 /// logprobs equal a non-speculative run's, and the tokens are the same.
 async fn rollback_case<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) {
@@ -72,13 +82,9 @@ async fn rollback_case<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer)
 /// The code-edit chat request plain and with `method` drafting (6 at most): the same tokens and
 /// top-5 logprobs, with at least 2 drafts rejected. Returns the speculative run's stats.
 async fn rollback_with<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, method: SpecMethod) -> ferrolm::engine::RequestStats {
-    // A chat request to edit code: the answer copies much of the prompt, so drafts are both kept
-    // and rejected. Drafted whether or not drafting pays on this device.
+    // Drafted whether or not drafting pays on this device.
     engine.set_draft_always(true);
-    let gguf = Gguf::read(&std::fs::File::open(common::model_path(common::SMOLLM2)).unwrap()).unwrap();
-    let template = ChatTemplate::from_gguf(&gguf.metadata, tok).unwrap();
-    let text = render_chat(template.as_ref(), &[ChatMessage { role: "user".into(), content: ferrolm::api::bench::CODE_EDIT_PROMPT.into() }], None, true, usize::MAX).unwrap();
-    let prompt = tok.encode_prompt(&text, true).unwrap();
+    let prompt = code_edit_prompt(tok);
     let opts = GenerateOptions { logprobs: Some(5), ..greedy(40) };
     let plain = run_alone(engine, tok, Request { prompt: prompt.clone(), opts: opts.clone() }).await;
     let spec_opts = GenerateOptions { speculative: speculative(method, 6), ..opts };
@@ -102,6 +108,53 @@ fn rollback_after_rejection_matches_plain_logits_on_cpu() {
 fn rollback_after_rejection_matches_plain_logits_on_gpu() {
     let (mut engine, tok) = common::gpu_engine(opts());
     pollster::block_on(rollback_case(&mut engine, &tok));
+}
+
+/// Sampled n-gram speculation draws each row's token as plain decoding draws it (same uniform
+/// numbers, the drafts before it in its penalty window) and keeps a draft when they agree: the
+/// code-edit request with temperature, top-p, a repetition penalty and logprobs gives the
+/// plain run's tokens and logprobs, with drafts kept and rejected. Returns the speculative
+/// run's stats.
+async fn sampled_identity<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) -> ferrolm::engine::RequestStats {
+    engine.set_draft_always(true);
+    let prompt = code_edit_prompt(tok);
+    let sampling = SamplingParams { temperature: 0.6, top_p: 0.95, repeat_penalty: 1.05, repeat_last_n: 16, seed: Some(21), ..Default::default() };
+    let opts = GenerateOptions { logprobs: Some(3), sampling, ..greedy(32) };
+    let plain = run_alone(engine, tok, Request { prompt: prompt.clone(), opts: opts.clone() }).await;
+    let spec = run_alone(engine, tok, Request { prompt, opts: GenerateOptions { speculative: speculative(SpecMethod::Ngram, 6), ..opts } }).await;
+    let s = spec.stats.clone();
+    println!("{}: sampled n-gram on the code-edit prompt: drafted {}, accepted {}, {} forwards for {} tokens", engine.model().describe(), s.drafted, s.accepted, s.forwards, s.generated_tokens);
+    assert!(s.accepted >= 2 && s.drafted >= s.accepted + 2, "drafts were not both kept and rejected: {} of {}", s.accepted, s.drafted);
+    assert_eq!(spec.generation.tokens, plain.generation.tokens, "sampled speculation drew differently");
+    assert_logprobs_close(&spec.generation.logprobs, &plain.generation.logprobs, 1e-3);
+    s
+}
+
+/// [`sampled_identity`] on the CPU backend; and greedy speculation batched with a request whose
+/// sampler chooses from top-k candidates (typical-p): the speculative rows read candidates, not
+/// argmax ids, and still give the plain greedy tokens.
+#[test]
+fn sampled_ngram_speculation_draws_as_plain_decoding_on_cpu() {
+    let (mut engine, tok) = common::cpu_engine(opts());
+    pollster::block_on(sampled_identity(&mut engine, &tok));
+    let prompt = code_edit_prompt(&tok);
+    let plain = pollster::block_on(run_alone(&mut engine, &tok, Request { prompt: prompt.clone(), opts: greedy(24) })).generation.tokens;
+    let spec = Request { prompt: prompt.clone(), opts: GenerateOptions { speculative: speculative(SpecMethod::Ngram, 4), ..greedy(24) } };
+    let typical = Request { prompt, opts: GenerateOptions { sampling: SamplingParams { temperature: 1.0, top_k: 20, typical_p: 0.9, seed: Some(2), ..Default::default() }, ..greedy(24) } };
+    let out = pollster::block_on(run_together(&mut engine, &tok, vec![spec, typical]));
+    assert!(out[0].stats.accepted > 0, "no draft was kept: {:?}", out[0].stats);
+    assert_eq!(out[0].generation.tokens, plain);
+}
+
+/// [`sampled_identity`] on WebGPU (lavapipe): the rows are drawn by the sample kernel, and no
+/// step reads a logit row back.
+#[test]
+fn sampled_ngram_speculation_draws_as_plain_decoding_on_gpu() {
+    let (mut engine, tok) = common::gpu_engine(opts());
+    let before = engine.model().counters();
+    pollster::block_on(sampled_identity(&mut engine, &tok));
+    let c = engine.model().counters().since(&before);
+    assert!(c.bytes_read < 49_152 * 4, "a logit row was read back: {c:?}");
 }
 
 /// A draft model that disagrees with the target (random weights, SmolLM2's vocabulary size):

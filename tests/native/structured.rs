@@ -6,7 +6,7 @@
 use crate::common;
 use crate::engine_cases;
 
-use engine_cases::{run_alone, run_together};
+use engine_cases::{assert_logprobs_close, run_alone, run_together};
 use ferrolm::api::tools::{self, Tool, ToolChoice};
 use ferrolm::chat::{ChatMessage, ChatTemplate};
 use ferrolm::engine::{Engine, ForwardModel, ModelOptions, Request};
@@ -283,10 +283,11 @@ fn bad_grammars_are_refused_at_submit_with_the_reason() {
 }
 
 /// On the GPU backend (lavapipe here) a constrained request's mask goes to the GPU: greedy to
-/// the argmax kernel, sampled (without logprobs) to the sample kernel, 4 bytes read back a
-/// step either way. Batched with a request that wants logprobs, the step reads logit rows and
-/// the masks are applied on the CPU: each gives its output alone (the sampled one draws the
-/// same uniform numbers on either side).
+/// the argmax kernel, sampled to the sample kernel (4 bytes read back a step either way), and
+/// with logprobs to the sample kernel after the top-k kernel read the unmasked row (the token,
+/// its logit and the candidates: 528 bytes). Batched with a typical-p request, whose sampler
+/// needs whole logit rows, the masks are applied on the CPU: each gives its output alone (the
+/// sampled ones draw the same uniform numbers on either side), with the same logprobs.
 #[test]
 fn json_schema_holds_on_the_gpu_with_the_mask_on_either_side() {
     let (mut engine, tok) = common::gpu_engine(ModelOptions::new(256, 64));
@@ -294,29 +295,37 @@ fn json_schema_holds_on_the_gpu_with_the_mask_on_either_side() {
     let template = ChatTemplate::from_gguf(&gguf.metadata, &tok).unwrap().unwrap();
     let (ask, schema) = schemas().swap_remove(0);
     let req = Request { prompt: chat(&tok, &template, &format!("Reply in JSON: {ask}."), &[]), opts: constrained(Grammar::JsonSchema(schema.clone()), None, false) };
-    let before = engine.model().counters();
-    let alone = pollster::block_on(run_alone(&mut engine, &tok, req.clone()));
-    let uploaded = engine.model().counters().since(&before).bytes_written;
     let sampled = Request { opts: constrained(Grammar::JsonSchema(schema.clone()), Some(1), false), ..req.clone() };
-    // Each run computes its prompt afresh: from the prefix cache it runs in other batch shapes,
-    // whose logits differ in the last bits.
+    let with_logprobs = |r: &Request| Request { opts: GenerateOptions { logprobs: Some(3), ..r.opts.clone() }, ..r.clone() };
+    let requests = [req.clone(), sampled.clone(), with_logprobs(&req), with_logprobs(&sampled)];
+    // Each run computes its prompt afresh (`run_alone` clears the prefix cache): from the cache
+    // it runs in other batch shapes, whose logits differ in the last bits.
+    let mut alone = Vec::new();
+    for r in &requests {
+        let before = engine.model().counters();
+        let out = pollster::block_on(run_alone(&mut engine, &tok, r.clone()));
+        let c = engine.model().counters().since(&before);
+        println!("alone, {} logprobs: {} ({} bytes written, {} read in {} steps)", r.opts.logprobs.is_some(), out.generation.text, c.bytes_written, c.bytes_read, c.steps);
+        validate(&schema, &serde_json::from_str(&out.generation.text).unwrap()).unwrap();
+        let per_step = if r.opts.logprobs.is_some() { 528 } else { 4 };
+        assert!(c.bytes_written >= 49_152 / 8 && c.bytes_read == per_step * c.steps, "the steps did not choose within the mask on the GPU: {c:?}");
+        alone.push(out.generation);
+    }
+    // Outlasts the others: every step that chooses their tokens reads logit rows.
+    let longest = alone.iter().map(|g| g.tokens.len()).max().unwrap();
+    let typical = Request {
+        prompt: tok.encode_prompt("The capital of France is", false).unwrap(),
+        opts: GenerateOptions { max_tokens: longest + 1, ignore_eos: true, sampling: SamplingParams { temperature: 1.0, typical_p: 0.9, seed: Some(3), ..Default::default() }, ..Default::default() },
+    };
     engine.clear_prefix_cache();
     let before = engine.model().counters();
-    let drawn = pollster::block_on(run_alone(&mut engine, &tok, sampled.clone()));
+    let mixed = pollster::block_on(run_together(&mut engine, &tok, requests.iter().cloned().chain([typical]).collect()));
     let c = engine.model().counters().since(&before);
-
-    let logprobs = Request { prompt: tok.encode_prompt("The capital of France is", false).unwrap(), opts: GenerateOptions { max_tokens: 8, logprobs: Some(2), ..Default::default() } };
-    let mixed_request = req.clone();
-    engine.clear_prefix_cache();
-    let mixed = pollster::block_on(run_together(&mut engine, &tok, vec![req, sampled.clone(), logprobs]));
-    let text = &alone.generation.text;
-    println!("GPU: {text} ({uploaded} bytes written); sampled: {} ({} bytes written, {} read in {} steps)", drawn.generation.text, c.bytes_written, c.bytes_read, c.steps);
-    validate(&schema, &serde_json::from_str(text).unwrap()).unwrap();
-    validate(&schema, &serde_json::from_str(&drawn.generation.text).unwrap()).unwrap();
-    assert!(uploaded >= 49_152 / 8, "the mask was not uploaded ({uploaded} bytes written)");
-    assert!(c.bytes_written >= 49_152 / 8 && c.bytes_read == 4 * c.steps, "the sampled steps did not draw within the mask on the GPU: {c:?}");
-    record("structured-gpu.json", &[(mixed_request.clone(), alone.generation.tokens.clone()), (sampled, drawn.generation.tokens.clone())]);
-    assert_eq!(mixed[0].generation.tokens, alone.generation.tokens, "the mask on the CPU chose differently");
-    assert_eq!(mixed[1].generation.tokens, drawn.generation.tokens, "the sample kernel's masked draws differ from the CPU's");
-    validate(&schema, &serde_json::from_str(&mixed[1].generation.text).unwrap()).unwrap();
+    assert!(c.bytes_read >= 49_152 * 4 * longest as u64, "the batched steps did not read logit rows: {c:?}");
+    record("structured-gpu.json", &[(req, alone[0].tokens.clone()), (sampled, alone[1].tokens.clone())]);
+    for (i, (m, a)) in mixed.iter().zip(&alone).enumerate() {
+        assert_eq!(m.generation.tokens, a.tokens, "request {i}: the mask on the CPU chose differently");
+        assert_logprobs_close(&m.generation.logprobs, &a.logprobs, 1e-3);
+        assert_eq!(a.logprobs.len(), if i >= 2 { a.tokens.len() } else { 0 });
+    }
 }

@@ -450,7 +450,8 @@ impl GpuModel {
                 Readback::Argmax => &[&self.argmax_op],
                 Readback::Sample if masks.is_some() => &[&self.masked_sample_op],
                 Readback::Sample => &[&self.sample_op],
-                // Candidates of the logits before the sample kernel edits them in place.
+                // Candidates of the logits before the sample kernel edits (and masks) them in place.
+                Readback::SampleTop if masks.is_some() => &[&self.topk_op, &self.masked_sample_op],
                 Readback::SampleTop => &[&self.topk_op, &self.sample_op],
                 Readback::Top(_) => &[&self.topk_op],
                 Readback::Nothing | Readback::Logits => &[],

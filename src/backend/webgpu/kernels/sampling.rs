@@ -74,7 +74,9 @@ pub struct SampleEdit {
     token: u32,
     bias: f32,
     count: u32,
-    _pad: u32,
+    /// Written by the kernel: the token's logit before this edit (logprobs are of the
+    /// unedited row).
+    before: f32,
 }
 const _: () = assert!(std::mem::size_of::<SampleEdit>() == 16);
 
@@ -87,7 +89,7 @@ pub fn sample_rows(rows: &[RowSampling]) -> (Vec<SampleRow>, Vec<SampleEdit>) {
             let u = s.u as f32;
             let u = if u as f64 > s.u { f32::from_bits(u.to_bits() - 1) } else { u };
             let edit_start = edits.len() as u32;
-            edits.extend(s.edits.iter().map(|e: &LogitEdit| SampleEdit { token: e.token, bias: e.bias, count: e.count, _pad: 0 }));
+            edits.extend(s.edits.iter().map(|e: &LogitEdit| SampleEdit { token: e.token, bias: e.bias, count: e.count, before: 0.0 }));
             SampleRow {
                 temperature: s.temperature,
                 top_k: s.top_k,
@@ -119,7 +121,8 @@ impl Kernels {
     /// The token each logit row draws with its [`SampleRow`] in `rows` (after its edits in
     /// `edits`, applied to `logits` in place; with `masked`, among the tokens the row's bits in
     /// `masks` allow, as [`Kernels::argmax`] reads them), into `result` (where argmax leaves its
-    /// picks, so a sampled token chains the same way), and its logit into `chosen`.
+    /// picks, so a sampled token chains the same way), and its logit before the edits into
+    /// `chosen`.
     #[allow(clippy::too_many_arguments)]
     pub fn sample(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, rows: &wgpu::Buffer, edits: &wgpu::Buffer, chosen: &wgpu::Buffer, masks: &wgpu::Buffer, vocab: u32, masked: bool) -> Op {
         let variants = self.single(Shader::Sample, None, &[("MASKED", masked as u32)], Grid::PerItem { of: Count::LogitRows });

@@ -129,7 +129,7 @@ impl Shader {
             Shader::Rmsnorm | Shader::AttnScores | Shader::AttnPv => &[Read, Read, ReadWrite, Read],
             Shader::Embed | Shader::AttnCombine | Shader::Topk => &[Read, ReadWrite, Read],
             Shader::Argmax => &[Read, ReadWrite, Read, Read],
-            Shader::Sample => &[ReadWrite, ReadWrite, Read, Read, ReadWrite, Read, Read],
+            Shader::Sample => &[ReadWrite, ReadWrite, Read, ReadWrite, ReadWrite, Read, Read],
             Shader::BiasAdd | Shader::HeadNorm => &[ReadWrite, Read, Read],
             Shader::RopeKv => &[ReadWrite, Read, ReadWrite, ReadWrite, Read],
             Shader::Attention | Shader::AttnTiled => &[Read, Read, Read, ReadWrite, ReadWrite, Read],
