@@ -9,7 +9,9 @@
 // per-thread bins summed in thread order, then the ties at the found key ranked by id. Once the
 // candidates still in play fit in workgroup memory (CAP), they are copied there in id order
 // and the remaining rounds read only them: a few passes over the row instead of ten.
-// Temperature 0 is the first largest logit (greedy rows in a sampled batch). Before any of it,
+// typical-p (after top-k, before top-p) is one more cut of the same kind in another order:
+// distance from the row's mean logit. Temperature 0 is the first largest logit (greedy rows in
+// a sampled batch). Before any of it,
 // the row's logit edits are applied in place, as the CPU sampler applies them: bias entries,
 // then the repetition/frequency/presence penalties of the window's tokens, the token the row is
 // computed at counted once more (it may be a chained token the CPU has not seen yet). With
@@ -40,7 +42,7 @@ struct Row {
     edit_start: u32,
     edit_count: u32,
     count_input: u32,
-    _pad: u32,
+    typical_p: f32,
 }
 
 // count 0: add bias; else the token's count in the penalty window (`SampleEdit`). `before`:
@@ -100,6 +102,11 @@ var<private> floor_w: f32;
 // The kept candidates are those at or before (cut_key, cut_id) in the order.
 var<private> cut_key: u32;
 var<private> cut_id: u32;
+// typical-p's cut, in its own order (deviation from the mean logit `mu`), kept alongside the
+// logit-order cut above; 0 / NONE keep everything.
+var<private> typ_key: u32;
+var<private> typ_id: u32;
+var<private> mu: f32;
 // Invocation 0: the input token's logit before its penalty, when no edit entry names it.
 var<private> input_before: f32;
 var<private> input_edited: bool;
@@ -114,15 +121,31 @@ fn key_value(k: u32) -> f32 {
     return bitcast<f32>(select(~k, k & 0x7fffffffu, (k >> 31u) == 1u));
 }
 
-// mode 0: each candidate counts 1 (top-k); 1: exp(l - max) (top-p); 2: at the temperature.
-fn weight(mode: u32, v: f32) -> f32 {
-    if (mode == 0u) { return 1.0; }
-    if (mode == 1u) { return exp(v - row_max); }
-    return exp((v - row_max) / temperature);
+// Closer to the mean logit -> larger key (typical-p's order: the surprise -ln p of a token
+// differs from the entropy by exactly its logit's distance from the mean logit under p).
+fn typical_key(v: f32) -> u32 {
+    return ~bitcast<u32>(abs(v - mu));
 }
 
-fn kept(i: u32, k: u32, v: f32, with_floor: bool) -> bool {
+// mode 0: each candidate counts 1 (top-k); 1: exp(l - max) (top-p); 2: at the temperature;
+// 3: exp(l - max) in typical order.
+fn weight(mode: u32, v: f32) -> f32 {
+    if (mode == 0u) { return 1.0; }
+    if (mode == 2u) { return exp((v - row_max) / temperature); }
+    return exp(v - row_max);
+}
+
+fn order_key(mode: u32, v: f32) -> u32 {
+    if (mode == 3u) { return typical_key(v); }
+    return key(v);
+}
+
+// Whether candidate i (logit v) is kept by the cuts so far (and, `with_floor`, by min-p).
+fn kept(i: u32, v: f32, with_floor: bool) -> bool {
+    let k = key(v);
     if (k < cut_key || (k == cut_key && i > cut_id)) { return false; }
+    let t = typical_key(v);
+    if (t < typ_key || (t == typ_key && i > typ_id)) { return false; }
     return !with_floor || exp(v - row_max) >= floor_w;
 }
 
@@ -225,10 +248,10 @@ fn find_cut(mode: u32, amount: f32, absolute: bool, strict: bool, with_floor: bo
         }
         for (var j = lo; j < hi; j++) {
             let v = value(compact, j);
-            let k = key(v);
+            let k = order_key(mode, v);
             // Keys whose bits above this round's digit differ from the prefix are out.
             if (round > 0u && (k >> (shift + 4u)) != (prefix >> (shift + 4u))) { continue; }
-            if (!kept(id(compact, j), k, v, with_floor)) { continue; }
+            if (!kept(id(compact, j), v, with_floor)) { continue; }
             let b = (k >> shift) & 15u;
             bins[b] += weight(mode, v);
             counts[b] += 1u;
@@ -276,8 +299,8 @@ fn find_cut(mode: u32, amount: f32, absolute: bool, strict: bool, with_floor: bo
             var at = ties[me];
             for (var j = lo; j < hi; j++) {
                 let v = logits[base + j];
-                let k = key(v);
-                if ((k >> shift) == (prefix >> shift) && kept(j, k, v, with_floor)) {
+                let k = order_key(mode, v);
+                if ((k >> shift) == (prefix >> shift) && kept(j, v, with_floor)) {
                     cval[at] = v;
                     cid[at] = j;
                     at += 1u;
@@ -288,17 +311,28 @@ fn find_cut(mode: u32, amount: f32, absolute: bool, strict: bool, with_floor: bo
         }
     }
 
-    // Candidates with exactly the found key weigh the same: the rank among them (by id) that
-    // reaches the target, then the id of that rank.
+    // Candidates with exactly the found key weigh the same (in typical order, unless two
+    // logits lie at the same distance either side of the mean: taken as the same): the rank
+    // among them (by id) that reaches the target, then the id of that rank.
     var n = 0u;
+    var tied = 0.0;
     for (var j = lo; j < hi; j++) {
         let v = value(compact, j);
-        if (key(v) == prefix && kept(id(compact, j), prefix, v, with_floor)) { n += 1u; }
+        if (order_key(mode, v) == prefix && kept(id(compact, j), v, with_floor)) {
+            if (n == 0u) { tied = v; }
+            n += 1u;
+        }
     }
+    best_v[me] = tied;
+    best_i[me] = n;
     rank_counts(n);
     if (me == 0u) {
         let run = n_left;
-        let w = weight(mode, key_value(prefix));
+        var v = 0.0;
+        for (var j = 0u; j < WG; j++) {
+            if (best_i[j] > 0u) { v = best_v[j]; break; }
+        }
+        let w = weight(mode, v);
         let rest = found_target - found_above;
         var r = run - 1u;
         if (w > 0.0 && rest > 0.0) {
@@ -315,7 +349,7 @@ fn find_cut(mode: u32, amount: f32, absolute: bool, strict: bool, with_floor: bo
         var seen = ties[me];
         for (var j = lo; j < hi; j++) {
             let v = value(compact, j);
-            if (key(v) == prefix && kept(id(compact, j), prefix, v, with_floor)) {
+            if (order_key(mode, v) == prefix && kept(id(compact, j), v, with_floor)) {
                 if (seen == want) { found_id = id(compact, j); break; }
                 seen += 1u;
             }
@@ -325,6 +359,64 @@ fn find_cut(mode: u32, amount: f32, absolute: bool, strict: bool, with_floor: bo
     cut_key = prefix;
     cut_id = found_id;
     workgroupBarrier();
+}
+
+// typical-p over what top-k kept: the candidates nearest the mean logit mu = E_p[l] (p at
+// temperature 1) up to `mass`, as the CPU sorts them by |-ln p - entropy|; then the largest
+// logit kept becomes the max the later weights and min-p are taken around.
+fn typical(mass: f32) {
+    slice(P.vocab);
+    var z = 0.0;
+    var m = 0.0;
+    for (var j = lo; j < hi; j++) {
+        let v = logits[base + j];
+        let w = exp(v - row_max);
+        // Weightless logits (forbidden, -inf bias) would make 0 * inf.
+        if (w > 0.0 && kept(j, v, false)) {
+            z += w;
+            m += w * (v - row_max);
+        }
+    }
+    partial[me] = z;
+    partial[WG + me] = m;
+    workgroupBarrier();
+    if (me == 0u) {
+        var zs = 0.0;
+        var ms = 0.0;
+        for (var j = 0u; j < WG; j++) {
+            zs += partial[j];
+            ms += partial[WG + j];
+        }
+        found_max = row_max + ms / zs;
+    }
+    mu = workgroupUniformLoad(&found_max);
+    let top_key = cut_key;
+    let top_id = cut_id;
+    find_cut(3u, mass, false, false, false);
+    typ_key = cut_key;
+    typ_id = cut_id;
+    cut_key = top_key;
+    cut_id = top_id;
+    slice(P.vocab);
+
+    var bv = 0.0;
+    var any = false;
+    for (var j = lo; j < hi; j++) {
+        let v = logits[base + j];
+        if (kept(j, v, false) && (!any || v > bv)) { bv = v; any = true; }
+    }
+    best_v[me] = bv;
+    best_i[me] = select(NONE, 0u, any);
+    workgroupBarrier();
+    if (me == 0u) {
+        var mx = row_max;
+        var first = true;
+        for (var j = 0u; j < WG; j++) {
+            if (best_i[j] != NONE && (first || best_v[j] > mx)) { mx = best_v[j]; first = false; }
+        }
+        found_max = mx;
+    }
+    row_max = workgroupUniformLoad(&found_max);
 }
 
 @compute @workgroup_size(128)
@@ -382,8 +474,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     floor_w = p.min_p;
     cut_key = 0u;
     cut_id = NONE;
+    typ_key = 0u;
+    typ_id = NONE;
     if (p.top_k > 0u && p.top_k < P.vocab) {
         find_cut(0u, f32(p.top_k), true, false, false);
+    }
+    if (p.typical_p < 1.0) {
+        typical(p.typical_p);
     }
     if (p.top_p < 1.0) {
         find_cut(1u, p.top_p, false, false, false);

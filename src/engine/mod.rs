@@ -498,7 +498,6 @@ impl<M: ForwardModel> Engine<M> {
             Some(Need::Argmax | Need::MaskedArgmax) => Readback::Argmax,
             Some(Need::Sample | Need::MaskedSample) => Readback::Sample,
             Some(Need::SampleTop | Need::MaskedSampleTop) => Readback::SampleTop,
-            Some(Need::Top(_)) => Readback::Top(crate::sample::MAX_TOP),
             Some(Need::Logits) => Readback::Logits,
         };
         // Masked argmax or sampling: each row's mask, all tokens allowed for unconstrained rows.
@@ -620,7 +619,7 @@ impl<M: ForwardModel> Engine<M> {
             seq.computed += n - seq.draft.tokens.len();
             seq.register_full_blocks(&mut self.pool);
         }
-        for &(id, need, first_row, rows) in needs {
+        for &(id, _, first_row, rows) in needs {
             let Some(i) = self.running.iter().position(|s| s.id == id) else { continue };
             let seq = &mut self.running[i];
             seq.forwards += 1;
@@ -632,8 +631,6 @@ impl<M: ForwardModel> Engine<M> {
                     Picks::Nothing => unreachable!("rows were asked for"),
                     Picks::Tokens(t) => Picked::Token(t[r]),
                     Picks::Top(t) => Picked::Top(&t[r]),
-                    // Rows that choose from candidates take those; the others the drawn token.
-                    Picks::Sampled { top, .. } if matches!(need, Need::Top(_)) => Picked::Top(&top[r]),
                     Picks::Sampled { tokens, logits, top } => Picked::Drawn { token: tokens[r], logit: logits[r], top: &top[r] },
                     Picks::Logits(l) => Picked::Logits(&l[r * vocab..(r + 1) * vocab]),
                 };

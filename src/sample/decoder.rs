@@ -108,10 +108,8 @@ pub enum Need {
     /// [`Need::SampleTop`] among the tokens the grammar allows (structured output with
     /// logprobs, which are of the unmasked row).
     MaskedSampleTop,
-    /// The `k` (<= 64) largest logits and the row's log-sum-exp (~0.5 KB).
-    Top(usize),
-    /// The whole row of logits (typical-p, more logit edits than a backend takes, drafts of
-    /// sampled speculation).
+    /// The whole row of logits (more logit edits than a backend takes, drafts sampled from a
+    /// draft model, constrained drafts).
     Logits,
 }
 
@@ -124,11 +122,9 @@ impl Need {
         let kind = match (self.unmasked(), other.unmasked()) {
             (Need::Logits, _) | (_, Need::Logits) => Need::Logits,
             // One readback kind serves a step: sampled rows take greedy ones along (temperature
-            // 0), and rows that choose from candidates (read with the tokens).
-            (Need::SampleTop, _) | (_, Need::SampleTop) | (Need::Sample, Need::Top(_)) | (Need::Top(_), Need::Sample) => Need::SampleTop,
+            // 0).
+            (Need::SampleTop, _) | (_, Need::SampleTop) => Need::SampleTop,
             (Need::Sample, _) | (_, Need::Sample) => Need::Sample,
-            (Need::Top(a), Need::Top(b)) => Need::Top(a.max(b)),
-            (Need::Top(k), _) | (_, Need::Top(k)) => Need::Top(k),
             _ => Need::Argmax,
         };
         if self.is_masked() || other.is_masked() {
@@ -139,8 +135,7 @@ impl Need {
     }
 
     /// The same readback with each row's grammar mask applied by the backend, where the backend
-    /// chooses the token; rows choosing from top-k candidates need the whole row (candidates
-    /// taken before a mask may all be forbidden).
+    /// chooses the token (else the whole row).
     pub fn masked(self) -> Need {
         match self.unmasked() {
             Need::Argmax => Need::MaskedArgmax,
@@ -217,7 +212,7 @@ impl Decoder {
                 Need::Sample
             }
         } else {
-            sampler.top_needed(opts.logprobs).map_or(Need::Logits, Need::Top)
+            Need::Logits
         };
         Ok(Decoder {
             opts: opts.clone(),

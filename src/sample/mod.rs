@@ -304,15 +304,13 @@ impl Sampler {
         draw(c, self.params.temperature as f64, self.rng.uniform())
     }
 
-    /// Whether a backend can make this sampler's choice itself from [`Sampler::row`]: the
-    /// filters that keep a prefix of the logit-sorted row (top-k, top-p, min-p), and logit bias
-    /// and penalties as at most [`MAX_EDITS`] per-token edits (logprobs are of the unedited
-    /// logits: the backend reports the drawn token's logit before its edits).
+    /// Whether a backend can make this sampler's choice itself from [`Sampler::row`]: every
+    /// filter, and logit bias and penalties as at most [`MAX_EDITS`] per-token edits (logprobs
+    /// are of the unedited logits: the backend reports the drawn token's logit before its edits).
     pub fn backend_samples(&self) -> bool {
         let p = &self.params;
         let window = if p.has_penalties() { p.repeat_last_n } else { 0 };
-        let edits = p.logit_bias.len().saturating_add(window);
-        p.typical_p >= 1.0 && edits < MAX_EDITS
+        p.logit_bias.len().saturating_add(window) < MAX_EDITS
     }
 
     /// The next choice for a backend to make: filters, logit edits and this token's uniform
@@ -343,6 +341,7 @@ impl Sampler {
             top_k: p.top_k.min(u32::MAX as usize) as u32,
             top_p: p.top_p,
             min_p: p.min_p,
+            typical_p: p.typical_p,
             repeat_penalty: p.repeat_penalty,
             frequency_penalty: p.frequency_penalty,
             presence_penalty: p.presence_penalty,
@@ -641,8 +640,8 @@ pub struct LogitEdit {
 }
 
 /// One logit row's sampling for a backend that chooses the token itself (the GPU's
-/// shaders/sample.wgsl): logit bias and penalties as edits, the filters that keep a prefix of
-/// the row sorted by logit, and the uniform number the sequence's RNG drew for this token.
+/// shaders/sample.wgsl): logit bias and penalties as edits, the filters, and the uniform number
+/// the sequence's RNG drew for this token.
 /// Greedy when `temperature` is 0.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RowSampling {
@@ -653,6 +652,8 @@ pub struct RowSampling {
     pub top_p: f32,
     /// 0: off.
     pub min_p: f32,
+    /// 1: off.
+    pub typical_p: f32,
     pub repeat_penalty: f32,
     pub frequency_penalty: f32,
     pub presence_penalty: f32,
@@ -666,8 +667,19 @@ pub struct RowSampling {
 
 impl RowSampling {
     /// The first largest logit.
-    pub const GREEDY: RowSampling =
-        RowSampling { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, frequency_penalty: 0.0, presence_penalty: 0.0, count_input: false, edits: Vec::new(), u: 0.0 };
+    pub const GREEDY: RowSampling = RowSampling {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        typical_p: 1.0,
+        repeat_penalty: 1.0,
+        frequency_penalty: 0.0,
+        presence_penalty: 0.0,
+        count_input: false,
+        edits: Vec::new(),
+        u: 0.0,
+    };
 
     /// Applies the edits to a row computed at token `input`: exactly what [`Sampler::sample`]
     /// does with the history (bias, then each window token's penalty).
@@ -720,7 +732,7 @@ impl RowSampling {
     }
 
     fn params(&self) -> SamplingParams {
-        SamplingParams { temperature: self.temperature, top_k: self.top_k as usize, top_p: self.top_p, min_p: self.min_p, ..SamplingParams::default() }
+        SamplingParams { temperature: self.temperature, top_k: self.top_k as usize, top_p: self.top_p, min_p: self.min_p, typical_p: self.typical_p, ..SamplingParams::default() }
     }
 
     fn kept(&self, logits: &[f32]) -> Candidates {

@@ -276,8 +276,7 @@ pub async fn reports<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, r
 
 /// Seeded sampled requests the backend draws itself (temperature alone, top-p, top-k past the
 /// 64 candidates with min-p, one with a stop string, one with penalties and logit bias, one with
-/// logprobs), greedy with a repetition penalty, typical-p from the candidates, and a plain
-/// greedy one riding along.
+/// logprobs, typical-p), greedy with a repetition penalty, and a plain greedy one riding along.
 pub fn sampled_requests(tok: &Tokenizer) -> Vec<Request> {
     let prompt = |p: &str| tok.encode_prompt(p, false).unwrap();
     let sampled = |seed, temperature, top_k, top_p, min_p, max_tokens| GenerateOptions {
@@ -307,8 +306,7 @@ pub fn sampled_requests(tok: &Tokenizer) -> Vec<Request> {
             },
         },
         Request { prompt: prompt(PROMPTS[3]), opts: GenerateOptions { sampling: SamplingParams { repeat_penalty: 1.5, repeat_last_n: 6, ..SamplingParams::greedy() }, ..greedy(12) } },
-        // Logprobs (read with the token), and typical-p, which samples on the host from the
-        // candidates read in the same step.
+        // Logprobs (read with the token), and typical-p.
         Request { prompt: prompt(PROMPTS[0]), opts: GenerateOptions { logprobs: Some(2), ..sampled(6, 0.9, 0, 0.95, 0.0, 10) } },
         Request {
             prompt: prompt(PROMPTS[1]),

@@ -351,6 +351,7 @@ fn sampling_matches_cpu_choice() {
         logit_bias: bias,
         ..SamplingParams::default()
     };
+    let typical = |temperature, top_k, typical_p, top_p, min_p| SamplingParams { temperature, top_k, typical_p, top_p, min_p, ..SamplingParams::default() };
     let (mut draws, mut near, mut worst, mut edited_draws) = (0, 0, 0f64, 0);
     for vocab in [1000usize, 49_152 + 7, 40] {
         let settings = [
@@ -363,6 +364,8 @@ fn sampling_matches_cpu_choice() {
             plain(0.0, 0, 1.0, 0.0),
             penalized(0.0, Vec::new()),
             penalized(0.9, vec![(7, 5.0), (vocab as u32 - 1, f32::NEG_INFINITY), (7, -1.5)]),
+            typical(1.0, 0, 0.9, 1.0, 0.0),
+            typical(0.8, 300, 0.5, 0.9, 0.05),
         ];
         // Rows: peaked (scaled), flat, coarse values (ties everywhere) with -inf, ties at the top,
         // and a largest logit of zero with -0 before +0 (the first wins, as float compares say).
@@ -451,7 +454,7 @@ fn sampling_matches_cpu_choice() {
     }
     println!("{draws} draws, {near} not the CPU's token but within 1e-6 of its interval (u outside it by {worst:.1e} at most), {edited_draws} of edited logits");
     assert!(edited_draws > 0, "no drawn token's logit was edited");
-    assert_eq!(draws, 3 * 9 * 30 * 2);
+    assert_eq!(draws, 3 * 11 * 30 * 2);
     assert!(near * 50 <= draws, "{near} of {draws} draws differ from the CPU's");
 }
 

@@ -130,9 +130,9 @@ async fn sampled_identity<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokeniz
     s
 }
 
-/// [`sampled_identity`] on the CPU backend; and greedy speculation batched with a request whose
-/// sampler chooses from top-k candidates (typical-p): the speculative rows read candidates, not
-/// argmax ids, and still give the plain greedy tokens.
+/// [`sampled_identity`] on the CPU backend; and greedy speculation batched with a sampled
+/// request (top-k and typical-p): the speculative rows ride the sampled readback at
+/// temperature 0 and still give the plain greedy tokens.
 #[test]
 fn sampled_ngram_speculation_draws_as_plain_decoding_on_cpu() {
     let (mut engine, tok) = common::cpu_engine(opts());

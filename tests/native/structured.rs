@@ -285,9 +285,10 @@ fn bad_grammars_are_refused_at_submit_with_the_reason() {
 /// On the GPU backend (lavapipe here) a constrained request's mask goes to the GPU: greedy to
 /// the argmax kernel, sampled to the sample kernel (4 bytes read back a step either way), and
 /// with logprobs to the sample kernel after the top-k kernel read the unmasked row (the token,
-/// its logit and the candidates: 528 bytes). Batched with a typical-p request, whose sampler
-/// needs whole logit rows, the masks are applied on the CPU: each gives its output alone (the
-/// sampled ones draw the same uniform numbers on either side), with the same logprobs.
+/// its logit and the candidates: 528 bytes). Batched with a request whose logit edits are more
+/// than the backend takes, which reads whole logit rows, the masks are applied on the CPU: each
+/// gives its output alone (the sampled ones draw the same uniform numbers on either side), with
+/// the same logprobs.
 #[test]
 fn json_schema_holds_on_the_gpu_with_the_mask_on_either_side() {
     let (mut engine, tok) = common::gpu_engine(ModelOptions::new(256, 64));
@@ -313,13 +314,14 @@ fn json_schema_holds_on_the_gpu_with_the_mask_on_either_side() {
     }
     // Outlasts the others: every step that chooses their tokens reads logit rows.
     let longest = alone.iter().map(|g| g.tokens.len()).max().unwrap();
-    let typical = Request {
+    let bias = (0..300).map(|t| (t, 0.5)).collect();
+    let edited = Request {
         prompt: tok.encode_prompt("The capital of France is", false).unwrap(),
-        opts: GenerateOptions { max_tokens: longest + 1, ignore_eos: true, sampling: SamplingParams { temperature: 1.0, typical_p: 0.9, seed: Some(3), ..Default::default() }, ..Default::default() },
+        opts: GenerateOptions { max_tokens: longest + 1, ignore_eos: true, sampling: SamplingParams { temperature: 1.0, logit_bias: bias, seed: Some(3), ..Default::default() }, ..Default::default() },
     };
     engine.clear_prefix_cache();
     let before = engine.model().counters();
-    let mixed = pollster::block_on(run_together(&mut engine, &tok, requests.iter().cloned().chain([typical]).collect()));
+    let mixed = pollster::block_on(run_together(&mut engine, &tok, requests.iter().cloned().chain([edited]).collect()));
     let c = engine.model().counters().since(&before);
     assert!(c.bytes_read >= 49_152 * 4 * longest as u64, "the batched steps did not read logit rows: {c:?}");
     record("structured-gpu.json", &[(req, alone[0].tokens.clone()), (sampled, alone[1].tokens.clone())]);

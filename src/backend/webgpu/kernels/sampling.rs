@@ -63,7 +63,7 @@ pub struct SampleRow {
     edit_start: u32,
     edit_count: u32,
     count_input: u32,
-    _pad: u32,
+    typical_p: f32,
 }
 const _: () = assert!(std::mem::size_of::<SampleRow>() == 48);
 
@@ -102,7 +102,7 @@ pub fn sample_rows(rows: &[RowSampling]) -> (Vec<SampleRow>, Vec<SampleEdit>) {
                 edit_start,
                 edit_count: s.edits.len() as u32,
                 count_input: s.count_input as u32,
-                _pad: 0,
+                typical_p: s.typical_p,
             }
         })
         .collect();
