@@ -4,7 +4,7 @@
 
 use bytemuck::Zeroable;
 
-use super::kernels::{quantize_row, ActBlock, Target, QK};
+use super::kernels::{ActBlock, Target, QK};
 use super::math::{gelu_mul, silu_mul, softmax};
 use super::threads::{Pool, Shared, Worker};
 use super::weights::QMatrix;
@@ -162,7 +162,7 @@ impl Weights {
         // share (tokens, output groups or heads) and reads only what no thread writes.
         let quantize = |src: &Shared<f32>, t: usize, width: usize| {
             let nb = width / QK;
-            quantize_row(unsafe { src.slice(t * width..(t + 1) * width) }, unsafe { b.acts.slice_mut(t * nb..(t + 1) * nb) });
+            target.quantize_row(unsafe { src.slice(t * width..(t + 1) * width) }, unsafe { b.acts.slice_mut(t * nb..(t + 1) * nb) });
         };
         let matmul = |mat: &QMatrix, input: &Shared<f32>, width: usize, out: &Shared<f32>| {
             let (x, acts) = unsafe { (&s_all(input)[..n * width], &s_all(&b.acts)[..n * (width / QK)]) };

@@ -5,7 +5,7 @@
 use bytemuck::Zeroable;
 use half::f16;
 
-use super::kernels::{quantize_row, ActBlock, Q4x4, Q8Group, Q8x4, Q8x4Halves, Q8x4Min, Target, QK, ROWS, TILE};
+use super::kernels::{ActBlock, Q4x4, Q8Group, Q8x4, Q8x4Halves, Q8x4Min, Target, QK, ROWS, TILE};
 use super::threads::Shared;
 use crate::error::{Error, Result};
 use crate::gguf::quant::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0};
@@ -129,7 +129,7 @@ impl QMatrix {
         let mut acts = vec![ActBlock::zeroed(); n * nb];
         if nb > 0 {
             for (xt, at) in x.chunks_exact(self.cols).zip(acts.chunks_exact_mut(nb)) {
-                quantize_row(xt, at);
+                target.quantize_row(xt, at);
             }
         }
         let mut y = vec![0f32; n * self.rows];

@@ -84,3 +84,12 @@ pub unsafe fn q8<G: Q8Group>(w: &[G], acts: &[&[ActBlock]], out: &mut [[f32; ROW
         _mm_storeu_ps(out[t].as_mut_ptr(), _mm_add_ps(acc[t], accm[t]));
     }
 }
+
+/// [`super::quantize_row`] with the rounding as an instruction.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
+    super::quantize_row(x, out)
+}
