@@ -118,7 +118,9 @@ fn rollback_after_rejection_matches_plain_logits_on_gpu() {
 async fn sampled_identity<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) -> ferrolm::engine::RequestStats {
     engine.set_draft_always(true);
     let prompt = code_edit_prompt(tok);
-    let sampling = SamplingParams { temperature: 0.6, top_p: 0.95, repeat_penalty: 1.05, repeat_last_n: 16, seed: Some(21), ..Default::default() };
+    // 100 bias entries of 0 (no change to a logit) and the penalty window: over 100 edits a row.
+    let logit_bias = (1000..1100).map(|t| (t, 0.0)).collect();
+    let sampling = SamplingParams { temperature: 0.6, top_p: 0.95, repeat_penalty: 1.05, repeat_last_n: 64, logit_bias, seed: Some(21), ..Default::default() };
     let opts = GenerateOptions { logprobs: Some(3), sampling, ..greedy(32) };
     let plain = run_alone(engine, tok, Request { prompt: prompt.clone(), opts: opts.clone() }).await;
     let spec = run_alone(engine, tok, Request { prompt, opts: GenerateOptions { speculative: speculative(SpecMethod::Ngram, 6), ..opts } }).await;
@@ -147,10 +149,11 @@ fn sampled_ngram_speculation_draws_as_plain_decoding_on_cpu() {
 }
 
 /// [`sampled_identity`] on WebGPU (lavapipe): the rows are drawn by the sample kernel, and no
-/// step reads a logit row back.
+/// step reads a logit row back. One sequence at most: its rows' edits (over 100 each) fill more
+/// than one row's worth of the edits buffer.
 #[test]
 fn sampled_ngram_speculation_draws_as_plain_decoding_on_gpu() {
-    let (mut engine, tok) = common::gpu_engine(opts());
+    let (mut engine, tok) = common::gpu_engine(ModelOptions { max_seqs: 1, ..opts() });
     let before = engine.model().counters();
     pollster::block_on(sampled_identity(&mut engine, &tok));
     let c = engine.model().counters().since(&before);

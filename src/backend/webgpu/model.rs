@@ -237,8 +237,9 @@ impl GpuModel {
         let argmax = storage("argmax", max_logit_rows as u64 * 4)?;
         let topk = storage("top-k", max_logit_rows as u64 * TOPK_WORDS as u64 * 4)?;
         let sample_rows = storage("sampling", max_logit_rows as u64 * std::mem::size_of::<SampleRow>() as u64)?;
-        // A sampled step has a row per sequence (drafts read logits), each with at most MAX_EDITS.
-        let sample_edits = storage("logit edits", (max_seqs as usize * MAX_EDITS * std::mem::size_of::<SampleEdit>()) as u64)?;
+        // A sampled step has a row per sequence and draft, each with fewer than MAX_EDITS edits.
+        let edit_rows = max_logit_rows.min(max_seqs * (1 + max_draft as u32)) as usize;
+        let sample_edits = storage("logit edits", (edit_rows * MAX_EDITS * std::mem::size_of::<SampleEdit>()) as u64)?;
         let sample_logits = storage("sampled logits", max_logit_rows as u64 * 4)?;
         let masks = storage("masks", max_logit_rows as u64 * v.div_ceil(32) * 4)?;
         // One cos/sin table per distinct (RoPE base, scale) among the layers (Gemma 3: local, global).
@@ -428,7 +429,14 @@ impl GpuModel {
             let rows = b.sampling.expect("checked: sampled readbacks carry sampling");
             let (rows, edits) = sample_rows(rows);
             if std::mem::size_of_val(&edits[..]) as u64 > self.sample_edits.size() {
-                return Err(Error::InvalidOption { option: "batch", reason: format!("{} logit edits; a step takes at most {MAX_EDITS} a sequence", edits.len()) });
+                return Err(Error::InvalidOption {
+                    option: "batch",
+                    reason: format!(
+                        "{} logit edits; a step takes fewer than {MAX_EDITS} a row, {} rows of them",
+                        edits.len(),
+                        self.sample_edits.size() as usize / MAX_EDITS / std::mem::size_of::<SampleEdit>()
+                    ),
+                });
             }
             self.ctx.queue.write_buffer(&self.sample_rows, 0, bytemuck::cast_slice(&rows));
             if !edits.is_empty() {
