@@ -5,7 +5,7 @@ use crate::common;
 use crate::kernel_cases;
 
 use ferrolm::backend::reference::ops;
-use ferrolm::backend::webgpu::kernels::{Count, Kernels, Norm, Op, OutCols, QkvBias, RopeKv};
+use ferrolm::backend::webgpu::kernels::{Count, Kernels, Norm, Op, OutCols, QkNorm, QkvBias, RopeKv};
 use ferrolm::backend::webgpu::weights::{GpuTensor, GPU_MATRIX_TYPES};
 use ferrolm::backend::webgpu::{batch_to_words, batch_words, GpuContext, GpuOptions, KvType};
 use ferrolm::engine::{Batch, Limits};
@@ -628,32 +628,12 @@ fn bias_add_matches_cpu() {
     assert_bits_eq(&got, &want, "bias_add");
 }
 
-/// `head_norm` (Gemma 3's q/k norms) over the fused qkv rows: each query head normalized with
-/// the first head_dim weights, each key head with the next head_dim, the values untouched.
-#[test]
-fn head_norm_matches_cpu() {
-    let h = Harness::new(GpuOptions::default());
-    let (n, eps) = (5, 1e-6);
-    for dims in kernel_cases::shapes() {
-        let (hd, stride) = (dims.head_dim as usize, dims.qkv_stride as usize);
-        let (q_dim, kv_dim) = (dims.n_heads as usize * hd, dims.n_kv_heads as usize * hd);
-        let (qkv, w) = (random(n * stride, 70 + hd as u64), random(2 * hd, 71 + hd as u64));
-        let (qb, wb) = (h.buffer(&qkv), h.buffer(&w));
-        let got = h.run(&[h.kernels.head_norm(&qb, &wb, dims, eps)], &vec![0; n], &qb);
-        let mut want = qkv.clone();
-        for row in want.chunks_mut(stride) {
-            let (q, rest) = row.split_at_mut(q_dim);
-            ops::rmsnorm_in_place(q, &w[..hd], eps);
-            ops::rmsnorm_in_place(&mut rest[..kv_dim], &w[hd..], eps);
-        }
-        check_close(&got, &want, 1e-5, &format!("head_norm {dims:?}"));
-    }
-}
-
 /// `rope_kv` with GGML-normal and NeoX pairs: q rotated in place (k and v stay as they were in
 /// qkv), k rotated and v copied, as f16 or f32, into the cache slot the block table gives each token's
 /// (sequence, position), every other slot untouched. Two sequences over scattered blocks, one
-/// crossing a block boundary within the batch.
+/// crossing a block boundary within the batch. With Gemma 3's q/k norms first: each query head
+/// normalized with the first head_dim weights, each key head with the next head_dim, in place
+/// in qkv too, v untouched.
 #[test]
 fn rope_kv_matches_cpu_and_fills_paged_cache_slots() {
     for kv in [KvType::F16, KvType::F32] {
@@ -694,12 +674,19 @@ fn rope_kv_case(h: Harness, kv: KvType) {
         let edges = [65504.0, 65519.0, 65520.0, -1e6, 1e-7, 2.9802322e-8, 4.4703484e-8, 1.000_488_3, 1.001_464_8, -0.0, 6.097555e-5, 1e-45];
         qkv[q_dim + kv_dim..][..edges.len()].copy_from_slice(&edges);
         let (k0, v0) = (kernel_cases::random_kv(kv, slots * kv_dim, 81), kernel_cases::random_kv(kv, slots * kv_dim, 82));
-        for style in [RopeStyle::Normal, RopeStyle::Neox] {
-            let (qb, rb) = (h.buffer(&qkv), h.buffer(&table));
+        let (eps, norm) = (1e-6, random(2 * hd, 71 + hd as u64));
+        for (style, qk_norm) in [(RopeStyle::Normal, false), (RopeStyle::Neox, false), (RopeStyle::Neox, true), (RopeStyle::Normal, true)] {
+            let (qb, rb, nb) = (h.buffer(&qkv), h.buffer(&table), h.buffer(&norm));
             let (kb, vb) = (h.words(&kernel_cases::kv_words(kv, &k0)), h.words(&kernel_cases::kv_words(kv, &v0)));
-            let got = h.run_batch(&[h.kernels.rope_kv(&qb, RopeKv { table: &rb, k_cache: &kb, v_cache: &vb, dims, neox: style == RopeStyle::Neox })], &b, &qb);
+            let rope_kv = RopeKv { table: &rb, k_cache: &kb, v_cache: &vb, dims, neox: style == RopeStyle::Neox };
+            let got = h.run_batch(&[h.kernels.rope_kv(&qb, rope_kv, qk_norm.then_some(QkNorm { weight: &nb, eps }))], &b, &qb);
             let (mut want, mut want_k, mut want_v) = (qkv.clone(), k0.clone(), v0.clone());
             for (row, &(seq, pos)) in want.chunks_mut(stride).zip(&items) {
+                if qk_norm {
+                    let (q, rest) = row.split_at_mut(q_dim);
+                    ops::rmsnorm_in_place(q, &norm[..hd], eps);
+                    ops::rmsnorm_in_place(&mut rest[..kv_dim], &norm[hd..], eps);
+                }
                 ops::rope(&mut row[..q_dim], hd, pos as f64, base, style);
                 let mut k = row[q_dim..][..kv_dim].to_vec();
                 ops::rope(&mut k, hd, pos as f64, base, style);
@@ -707,13 +694,20 @@ fn rope_kv_case(h: Harness, kv: KvType) {
                 want_k[slot * kv_dim..][..kv_dim].copy_from_slice(&k);
                 want_v[slot * kv_dim..][..kv_dim].copy_from_slice(&row[q_dim + kv_dim..][..kv_dim]);
             }
-            let what = format!("{dims:?} {style:?} {kv:?}");
-            check_close(&got, &want, 1e-6, &format!("qkv {what}"));
+            let what = format!("{dims:?} {style:?} {kv:?} qk_norm={qk_norm}");
+            check_close(&got, &want, if qk_norm { 1e-5 } else { 1e-6 }, &format!("qkv {what}"));
             // v is copied: its cached words are exactly the f32 values, or the f16 ones rounded
             // to nearest even, and slots the batch does not write keep theirs.
             assert_eq!(h.read_words(&vb), kernel_cases::kv_words(kv, &want_v), "v cache {what}");
-            // k is rotated on the GPU: within f32 rounding, then within half an f16 step.
-            let tol = if kv == KvType::F32 { 1e-6 } else { 5e-4 };
+            // k is rotated (and normalized) on the GPU: within f32 rounding, then within half an
+            // f16 step.
+            let tol = if kv == KvType::F16 {
+                5e-4
+            } else if qk_norm {
+                1e-5
+            } else {
+                1e-6
+            };
             check_close(&kernel_cases::kv_values(kv, &h.read_words(&kb)), &want_k, tol, &format!("k cache {what}"));
         }
     }
@@ -766,7 +760,7 @@ fn folded_rope_case(h: &Harness, kv: KvType, cpu_like: bool) {
                         let (qa, (ka, va)) = (h.buffer(&vec![0f32; n * m]), caches());
                         let mut ops: Vec<Op> = runs.iter().flat_map(|(w, col)| h.kernels.matmul_normed(w, &xb, norm, &qa, OutCols { stride: m as u32, col: *col }, Count::Tokens)).collect();
                         ops.extend(bias.map(|b| h.kernels.bias_add(&qa, b.buffer, m as u32, m as u32, b.offset)));
-                        ops.push(h.kernels.rope_kv(&qa, RopeKv { table: &rb, k_cache: &ka, v_cache: &va, dims, neox }));
+                        ops.push(h.kernels.rope_kv(&qa, RopeKv { table: &rb, k_cache: &ka, v_cache: &va, dims, neox }, None));
                         let want = h.run_batch(&ops, &b, &qa);
                         let (qb, (kb, vb)) = (h.buffer(&vec![f32::NAN; n * m]), caches());
                         let rope = RopeKv { table: &rb, k_cache: &kb, v_cache: &vb, dims, neox };

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use serde::Serialize;
 
 use super::context::{map_read, Faults, GpuContext};
-use super::kernels::{sample_rows, AttnDims, Count, Kernels, Norm, Op, OutCols, QkvBias, RopeKv, SampleEdit, SampleRow, TOPK_WORDS};
+use super::kernels::{sample_rows, AttnDims, Count, Kernels, Norm, Op, OutCols, QkNorm, QkvBias, RopeKv, SampleEdit, SampleRow, TOPK_WORDS};
 use super::profile::{timed_ms, StepTimer, TIMER_BYTES};
 use super::weights::{concat_rows, packed_row_bytes, upload_f32, GpuTensor};
 use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, BLOCK_SIZE, CHAINED};
@@ -334,11 +334,8 @@ impl GpuModel {
                 if let Some(b) = bias {
                     ops.push(kernels.bias_add(&qkv, b.buffer, dims.qkv_stride, dims.qkv_stride, b.offset));
                 }
-                if c.qk_norm {
-                    let qk_norm = vectors("qk norm", &[&p(names::ATTN_Q_NORM), &p(names::ATTN_K_NORM)])?;
-                    ops.push(kernels.head_norm(&qkv, &qk_norm, dims, c.norm_eps));
-                }
-                ops.push(kernels.rope_kv(&qkv, rope_kv));
+                let qk_norm = if c.qk_norm { Some(vectors("qk norm", &[&p(names::ATTN_Q_NORM), &p(names::ATTN_K_NORM)])?) } else { None };
+                ops.push(kernels.rope_kv(&qkv, rope_kv, qk_norm.as_ref().map(|weight| QkNorm { weight, eps: c.norm_eps })));
             }
             let window = la.window.unwrap_or(0) as u32;
             ops.extend(kernels.attention(&qkv, &k_cache, &v_cache, &attn, dims, c.attn_scale, window, &attn_plan, &attn_scratch));

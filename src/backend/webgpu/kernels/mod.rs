@@ -27,7 +27,7 @@ use shader::{Access, Shader};
 
 pub use attention::{AttnDims, AttnPlan, ATTN_SPLIT_MAX_TOKENS};
 pub use matmul::{Norm, OutCols};
-pub use rope::{QkvBias, RopeKv};
+pub use rope::{QkNorm, QkvBias, RopeKv};
 pub use sampling::{sample_rows, SampleEdit, SampleRow, TOPK_MAX, TOPK_WORDS};
 
 /// Browsers want subgroup use declared; naga (native) rejects the directive and needs none.
@@ -48,8 +48,6 @@ enum Grid {
     Flat { threads: u32, wg: u32, of: Count },
     /// `(n, 1, 1)`: one workgroup per token or logit row.
     PerItem { of: Count },
-    /// `(heads, n, 1)`.
-    Heads { heads: u32 },
     /// `(heads, n, 1)` when the step's KV span is longer than `chunk`, else no launch (the
     /// split attention's merge: one chunk needs none).
     Merge { heads: u32, chunk: u32 },
@@ -136,7 +134,7 @@ impl Op {
     fn variant(&self, n_tokens: u32, n_logit_rows: u32) -> Option<&Variant> {
         let n_of = |g: Grid| match g {
             Grid::Rows { of, .. } | Grid::Flat { of, .. } | Grid::PerItem { of } => count(of, n_tokens, n_logit_rows),
-            Grid::Heads { .. } | Grid::Merge { .. } | Grid::Span { .. } => n_tokens,
+            Grid::Merge { .. } | Grid::Span { .. } => n_tokens,
             Grid::Fixed { .. } => 1,
         };
         self.variants.iter().find(|v| n_of(v.grid) <= v.max_n)
@@ -153,7 +151,6 @@ impl Op {
             Grid::Rows { x, per, of } => (x, count(of).div_ceil(per), 1),
             Grid::Flat { threads, wg, of } => ((count(of) * threads).div_ceil(wg), 1, 1),
             Grid::PerItem { of } => (count(of), 1, 1),
-            Grid::Heads { heads } => (heads, n_tokens, 1),
             Grid::Merge { heads, chunk } => (if span > chunk { heads } else { 0 }, n_tokens, 1),
             Grid::Fixed { x } => (x, 1, 1),
             Grid::Span { heads, per, max } => (span.min(max).div_ceil(per * 64), heads, n_tokens),

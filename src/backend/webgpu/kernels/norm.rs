@@ -1,8 +1,8 @@
-//! RMSNorm of whole rows (rmsnorm.wgsl) and of each attention head (head_norm.wgsl).
+//! RMSNorm of whole rows (rmsnorm.wgsl); the per-head norm of Gemma 3's q and k runs in
+//! rope_kv.wgsl.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::attention::AttnDims;
 use super::shader::Shader;
 use super::{Count, Grid, Kernels, Op};
 
@@ -18,21 +18,6 @@ struct RmsnormParams {
     _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<RmsnormParams>() == 16);
-
-/// `struct Params` of head_norm.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct HeadNormParams {
-    n_heads: u32,
-    n_kv_heads: u32,
-    head_dim: u32,
-    qkv_stride: u32,
-    eps: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-const _: () = assert!(std::mem::size_of::<HeadNormParams>() == 32);
 
 impl Kernels {
     /// RMSNorm of each token's row of width `d`; `gather` reads the batch's logit rows instead.
@@ -53,14 +38,5 @@ impl Kernels {
         let (wg, grid) = if serial { (4, Grid::Flat { threads: 1, wg: 4, of }) } else { (64, Grid::PerItem { of }) };
         let variants = self.single(Shader::Rmsnorm, None, &[("ADD", add as u32), ("SERIAL", serial as u32), ("WG", wg)], grid);
         self.op("rmsnorm", variants, &RmsnormParams { d, eps, gather: gather as u32, _pad: 0 }, &[x, weight, y])
-    }
-
-    /// RMSNorm of each query and key head in place in `qkv`; `weight` holds the query norm's
-    /// head_dim weights, then the key norm's.
-    pub fn head_norm(&self, qkv: &wgpu::Buffer, weight: &wgpu::Buffer, dims: AttnDims, eps: f32) -> Op {
-        let grid = Grid::Heads { heads: dims.n_heads + dims.n_kv_heads };
-        let variants = self.single(Shader::HeadNorm, None, &[], grid);
-        let params = HeadNormParams { n_heads: dims.n_heads, n_kv_heads: dims.n_kv_heads, head_dim: dims.head_dim, qkv_stride: dims.qkv_stride, eps, _pad0: 0, _pad1: 0, _pad2: 0 };
-        self.op("head_norm", variants, &params, &[qkv, weight])
     }
 }

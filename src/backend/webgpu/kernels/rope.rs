@@ -26,6 +26,14 @@ pub struct QkvBias<'a> {
     pub offset: u32,
 }
 
+/// Gemma 3's per-head RMSNorm of q and k before RoPE: `weight` holds the query norm's head_dim
+/// weights, then the key norm's.
+#[derive(Clone, Copy)]
+pub struct QkNorm<'a> {
+    pub weight: &'a wgpu::Buffer,
+    pub eps: f32,
+}
+
 /// `struct Params` of rope_kv.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -35,15 +43,23 @@ struct RopeKvParams {
     head_dim: u32,
     /// q_dim + 2 * kv_dim.
     qkv_stride: u32,
+    /// QK_NORM only.
+    eps: f32,
+    _pad: [u32; 3],
 }
-const _: () = assert!(std::mem::size_of::<RopeKvParams>() == 16);
+const _: () = assert!(std::mem::size_of::<RopeKvParams>() == 32);
 
 impl Kernels {
-    /// RoPE on q (in place in `qkv`) and k, and K/V into the layer's cache.
-    pub fn rope_kv(&self, qkv: &wgpu::Buffer, r: RopeKv) -> Op {
-        let variants = self.single(Shader::RopeKv, None, &[("NEOX", r.neox as u32)], Grid::PerItem { of: Count::Tokens });
+    /// RoPE on q (in place in `qkv`) and k, and K/V into the layer's cache; with `qk_norm`, each
+    /// query and key head RMS-normalized first (in place in `qkv` too).
+    pub fn rope_kv(&self, qkv: &wgpu::Buffer, r: RopeKv, qk_norm: Option<QkNorm>) -> Op {
+        let overrides = [("NEOX", r.neox as u32), ("QK_NORM", qk_norm.is_some() as u32)];
+        let variants = self.single(Shader::RopeKv, None, &overrides, Grid::PerItem { of: Count::Tokens });
         let d = r.dims;
-        let params = RopeKvParams { n_heads: d.n_heads, n_kv_heads: d.n_kv_heads, head_dim: d.head_dim, qkv_stride: d.qkv_stride };
-        self.op("rope_kv", variants, &params, &[qkv, r.table, r.k_cache, r.v_cache])
+        let eps = qk_norm.map_or(0.0, |n| n.eps);
+        let params = RopeKvParams { n_heads: d.n_heads, n_kv_heads: d.n_kv_heads, head_dim: d.head_dim, qkv_stride: d.qkv_stride, eps, _pad: [0; 3] };
+        // Without the norm its binding is the table (never read).
+        let weight = qk_norm.map_or(r.table, |n| n.weight);
+        self.op(if qk_norm.is_some() { "qk_norm_rope_kv" } else { "rope_kv" }, variants, &params, &[qkv, r.table, r.k_cache, r.v_cache, weight])
     }
 }

@@ -19,7 +19,6 @@ pub(super) enum Shader {
     Embed,
     Rmsnorm,
     BiasAdd,
-    HeadNorm,
     RopeKv,
     Attention,
     AttnTiled,
@@ -66,7 +65,6 @@ impl Shader {
             Shader::Embed => "embed",
             Shader::Rmsnorm => "rmsnorm",
             Shader::BiasAdd => "bias_add",
-            Shader::HeadNorm => "head_norm",
             Shader::RopeKv => "rope_kv",
             Shader::Attention => "attention",
             Shader::AttnTiled => "attn_tiled",
@@ -89,7 +87,6 @@ impl Shader {
             Shader::Embed => include_str!("../../../../shaders/embed.wgsl"),
             Shader::Rmsnorm => include_str!("../../../../shaders/rmsnorm.wgsl"),
             Shader::BiasAdd => include_str!("../../../../shaders/bias_add.wgsl"),
-            Shader::HeadNorm => include_str!("../../../../shaders/head_norm.wgsl"),
             Shader::RopeKv => include_str!("../../../../shaders/rope_kv.wgsl"),
             Shader::Attention => include_str!("../../../../shaders/attention.wgsl"),
             Shader::AttnTiled => include_str!("../../../../shaders/attn_tiled.wgsl"),
@@ -110,7 +107,7 @@ impl Shader {
             Shader::Matmul => Needs { matmul_params: true, reduce_lanes: true, quant: true, kv: true, rope_store: true, ..BATCH },
             Shader::Matvec => Needs { matmul_params: true, quant: true, kv: true, rope_store: true, ..BATCH },
             Shader::Embed => Needs { quant: true, ..BATCH },
-            Shader::Rmsnorm | Shader::BiasAdd | Shader::HeadNorm | Shader::Argmax | Shader::Sample | Shader::Topk => BATCH,
+            Shader::Rmsnorm | Shader::BiasAdd | Shader::Argmax | Shader::Sample | Shader::Topk => BATCH,
             Shader::RopeKv => Needs { kv: true, ..BATCH },
             Shader::Attention | Shader::AttnTiled | Shader::AttnScores | Shader::AttnPv => ATTN_KV,
             Shader::AttnCombine | Shader::AttnSoftmax => ATTN,
@@ -130,8 +127,8 @@ impl Shader {
             Shader::Embed | Shader::AttnCombine | Shader::Topk => &[Read, ReadWrite, Read],
             Shader::Argmax => &[Read, ReadWrite, Read, Read],
             Shader::Sample => &[ReadWrite, ReadWrite, Read, ReadWrite, ReadWrite, Read, Read],
-            Shader::BiasAdd | Shader::HeadNorm => &[ReadWrite, Read, Read],
-            Shader::RopeKv => &[ReadWrite, Read, ReadWrite, ReadWrite, Read],
+            Shader::BiasAdd => &[ReadWrite, Read, Read],
+            Shader::RopeKv => &[ReadWrite, Read, ReadWrite, ReadWrite, Read, Read],
             Shader::Attention | Shader::AttnTiled => &[Read, Read, Read, ReadWrite, ReadWrite, Read],
             Shader::AttnSoftmax => &[ReadWrite, Read],
             Shader::ReadBandwidth => &[Read, ReadWrite],
@@ -169,13 +166,12 @@ pub(super) const REDUCE_WORKGROUP_WGSL: &str = include_str!("../../../../shaders
 mod tests {
     use super::*;
 
-    const ALL: [Shader; 18] = [
+    const ALL: [Shader; 17] = [
         Shader::Matmul,
         Shader::Matvec,
         Shader::Embed,
         Shader::Rmsnorm,
         Shader::BiasAdd,
-        Shader::HeadNorm,
         Shader::RopeKv,
         Shader::Attention,
         Shader::AttnTiled,
