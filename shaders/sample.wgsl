@@ -107,6 +107,8 @@ var<private> cut_id: u32;
 var<private> typ_key: u32;
 var<private> typ_id: u32;
 var<private> mu: f32;
+// Whether the row has a typical cut (kept() then checks it).
+var<private> typical_on: bool;
 // Invocation 0: the input token's logit before its penalty, when no edit entry names it.
 var<private> input_before: f32;
 var<private> input_edited: bool;
@@ -144,8 +146,10 @@ fn order_key(mode: u32, v: f32) -> u32 {
 fn kept(i: u32, v: f32, with_floor: bool) -> bool {
     let k = key(v);
     if (k < cut_key || (k == cut_key && i > cut_id)) { return false; }
-    let t = typical_key(v);
-    if (t < typ_key || (t == typ_key && i > typ_id)) { return false; }
+    if (typical_on) {
+        let t = typical_key(v);
+        if (t < typ_key || (t == typ_key && i > typ_id)) { return false; }
+    }
     return !with_floor || exp(v - row_max) >= floor_w;
 }
 
@@ -476,6 +480,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     cut_id = NONE;
     typ_key = 0u;
     typ_id = NONE;
+    typical_on = p.typical_p < 1.0;
     if (p.top_k > 0u && p.top_k < P.vocab) {
         find_cut(0u, f32(p.top_k), true, false, false);
     }

@@ -630,7 +630,7 @@ impl<M: ForwardModel> Engine<M> {
                 let picked = match &picked {
                     Picks::Nothing => unreachable!("rows were asked for"),
                     Picks::Tokens(t) => Picked::Token(t[r]),
-                    Picks::Top(t) => Picked::Top(&t[r]),
+                    Picks::Top(_) => unreachable!("the engine asks for no top-k candidates"),
                     Picks::Sampled { tokens, logits, top } => Picked::Drawn { token: tokens[r], logit: logits[r], top: &top[r] },
                     Picks::Logits(l) => Picked::Logits(&l[r * vocab..(r + 1) * vocab]),
                 };

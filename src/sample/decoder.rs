@@ -169,7 +169,6 @@ pub enum Picked<'a> {
         logit: f32,
         top: &'a TopLogits,
     },
-    Top(&'a TopLogits),
     Logits(&'a [f32]),
 }
 
@@ -260,7 +259,9 @@ impl Decoder {
             return vec![self.row(false); drafts.len() + 1];
         }
         self.drawn_ahead = Some((self.sampler.mark(), 0));
-        let mut tokens = self.history.clone();
+        // A row's edits see only the penalty window before it: the history's tail suffices.
+        let tail = self.history.len().saturating_sub(self.opts.sampling.repeat_last_n.max(1));
+        let mut tokens = self.history[tail..].to_vec();
         let mut rows = vec![self.sampler.row(&tokens[..tokens.len() - 1])];
         for &d in drafts {
             tokens.push(d);
@@ -317,10 +318,6 @@ impl Decoder {
             }
             Picked::Token(t) => (t, None),
             Picked::Drawn { token, logit, top } => (token, self.opts.logprobs.map(|n| top.logprobs_of(logit, n))),
-            Picked::Top(top) => {
-                let next = self.sampler.sample_top(top);
-                (next, self.opts.logprobs.map(|n| top.logprobs(next, n)))
-            }
             Picked::Logits(logits) => {
                 let row = self.allowed(logits)?;
                 let next = self.sampler.sample(&row, &self.history);
