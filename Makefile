@@ -101,6 +101,7 @@ bench: models build wasm
 	target/release/ferrolm bench --model models/gemma-3-270m-q4_k_m.gguf --runs 3 --stream-gen 0 --json bench-out/results.jsonl
 	target/release/ferrolm bench --model models/gemma-3-270m-q4_k_m.gguf --device cpu --runs 3 --stream-gen 0 --json bench-out/results.jsonl
 	target/release/ferrolm bench --synthetic llama-3.2-1b --runs 1 --gen 8 --json bench-out/results.jsonl
+	target/release/ferrolm bench --synthetic tiny-30 --gpu-shapes --runs 1 --gen 32 --json bench-out/results.jsonl
 	cd scripts/bench && npm install --silent --no-audit --no-fund
 	@python3 scripts/serve.py --isolated --port $(BENCH_PORT) --mount /pkg=pkg --mount /models=models www & pid=$$!; \
 	trap "kill $$pid" EXIT; sleep 1; \

@@ -74,6 +74,10 @@ mod cli {
         /// comparison).
         #[arg(long)]
         sync: bool,
+        /// GPU: the kernel shapes of a real GPU even on a CPU-emulated adapter (to count and
+        /// time what a GPU would be sent).
+        #[arg(long)]
+        gpu_shapes: bool,
     }
 
     #[derive(Clone, Copy, ValueEnum)]
@@ -84,7 +88,7 @@ mod cli {
 
     fn gpu_options(args: &ModelArgs) -> GpuOptions {
         let base = if args.portable { GpuOptions::portable() } else { GpuOptions::default() };
-        GpuOptions { kv: if matches!(args.kv_type, KvArg::F32) { KvType::F32 } else { KvType::F16 }, ..base }
+        GpuOptions { kv: if matches!(args.kv_type, KvArg::F32) { KvType::F32 } else { KvType::F16 }, gpu_shapes: args.gpu_shapes, ..base }
     }
 
     #[derive(Clone, Copy, ValueEnum)]
@@ -270,7 +274,7 @@ mod cli {
             #[command(flatten)]
             model: ModelArgs,
             /// Benchmark a synthetic model of a real shape with random Q4_1 weights instead:
-            /// `llama-3.2-1b` or `smollm2-135m`.
+            /// `llama-3.2-1b`, `smollm2-135m`, or `tiny-30` (SmolLM2's layers at width 64: host cost).
             #[arg(long)]
             synthetic: Option<String>,
             /// Tokens to generate per run.
