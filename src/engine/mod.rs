@@ -440,7 +440,7 @@ impl<M: ForwardModel> Engine<M> {
         self.admit();
         let context = self.model.limits().context as usize;
         let decoding = self.running.iter().filter(|s| s.is_decoding()).count();
-        for seq in self.running.iter_mut().filter(|s| s.is_decoding()) {
+        for seq in self.running.iter_mut().filter(|s| s.is_decoding() && !s.decoder.has_forced()) {
             if let Some(spec) = &mut seq.spec {
                 // Drafts take positions tokens.len() .. inside the context, and d kept drafts
                 // yield d + 1 tokens: no more than the request still wants.

@@ -185,6 +185,14 @@ pub struct Decoder {
     /// A speculative step's rows drew their uniform numbers ahead: the RNG before them and
     /// the rows taken since ([`Decoder::settle`] gives back the others).
     drawn_ahead: Option<(super::Rng, usize)>,
+    /// With logprobs, the tokens the grammar fixed are taken one row each (each reports the
+    /// model's logprobs there), front first: chosen within a one-token mask (`forced_mask`),
+    /// greedily, drawing nothing, so the output is the same tokens and draws as without logprobs.
+    forced: std::collections::VecDeque<u32>,
+    forced_mask: Vec<u32>,
+    /// The last token taken was a forced one: the grammar's forced tokens were computed before
+    /// it (as the plain path computes them once after each chosen token).
+    took_forced: bool,
     pub out: Generation,
 }
 
@@ -222,6 +230,9 @@ impl Decoder {
             stops: StopMatcher::new(&opts.stop),
             constraint: None,
             drawn_ahead: None,
+            forced: Default::default(),
+            forced_mask: Vec::new(),
+            took_forced: false,
             out: Generation {
                 tokens: Vec::new(),
                 text: String::new(),
@@ -243,7 +254,7 @@ impl Decoder {
     /// computed at the token the step in flight picks, which the history does not hold yet;
     /// otherwise at the history's last token.
     pub fn row(&mut self, chained: bool) -> RowSampling {
-        if !matches!(self.need, Need::Sample | Need::SampleTop | Need::MaskedSample | Need::MaskedSampleTop) {
+        if !self.forced.is_empty() || !matches!(self.need, Need::Sample | Need::SampleTop | Need::MaskedSample | Need::MaskedSampleTop) {
             return RowSampling::GREEDY;
         }
         let before = if chained { &self.history[..] } else { &self.history[..self.history.len() - 1] };
@@ -288,12 +299,21 @@ impl Decoder {
 
     /// The mask [`Decoder::prepare_mask`] computed, until the next token is taken.
     pub fn prepared_mask(&self) -> Option<&[u32]> {
+        if !self.forced.is_empty() {
+            return Some(&self.forced_mask);
+        }
         self.constraint.as_ref().and_then(Constraint::prepared)
     }
 
     /// For the masked needs: computes the next choice's mask ahead and returns its words for
     /// the backend; None without a constraint.
     pub fn prepare_mask(&mut self) -> Result<Option<&[u32]>> {
+        if let Some(&f) = self.forced.front() {
+            self.forced_mask.clear();
+            self.forced_mask.resize(f as usize / 32 + 1, 0);
+            self.forced_mask[f as usize / 32] = 1 << (f % 32);
+            return Ok(Some(&self.forced_mask));
+        }
         match &mut self.constraint {
             Some(c) if self.need.is_masked() => c.prepare().map(Some),
             _ => Ok(None),
@@ -312,6 +332,10 @@ impl Decoder {
 
     /// Chooses the next token from what the step read back (and records its logprobs).
     pub fn pick(&mut self, picked: Picked) -> Result<u32> {
+        self.took_forced = !self.forced.is_empty();
+        if self.took_forced {
+            return self.pick_forced(picked);
+        }
         let (next, lp) = match picked {
             Picked::Token(t) | Picked::Drawn { token: t, .. } if self.constraint.as_ref().is_some_and(|c| !c.allows(t)) => {
                 return Err(Error::Constraint(format!("the backend chose token {t}, which the grammar's mask forbids")));
@@ -328,6 +352,28 @@ impl Decoder {
             self.out.logprobs.push(TokenLogprob { token: next, logprob, top });
         }
         Ok(next)
+    }
+
+    /// The front forced token, with its logprobs from the row computed before it.
+    fn pick_forced(&mut self, picked: Picked) -> Result<u32> {
+        let f = self.forced.pop_front().expect("called with forced tokens");
+        let lp = match picked {
+            Picked::Token(t) | Picked::Drawn { token: t, .. } if t != f => {
+                return Err(Error::Constraint(format!("the backend chose token {t} where the grammar forces token {f}")));
+            }
+            Picked::Token(_) => None,
+            Picked::Drawn { logit, top, .. } => self.opts.logprobs.map(|n| top.logprobs_of(logit, n)),
+            Picked::Logits(logits) => self.opts.logprobs.map(|n| super::logprobs(logits, f, n)),
+        };
+        if let Some((logprob, top)) = lp {
+            self.out.logprobs.push(TokenLogprob { token: f, logprob, top });
+        }
+        Ok(f)
+    }
+
+    /// Whether the next rows take forced tokens (no drafts then: each is its own row).
+    pub fn has_forced(&self) -> bool {
+        !self.forced.is_empty()
     }
 
     /// The readback of a speculative step's rows: what a plain step reads, unless the drafts
@@ -423,13 +469,18 @@ impl Decoder {
         self.constraint.as_ref().map_or(0.0, Constraint::ms)
     }
 
-    /// Tokens the constraint fixes next, to be taken without a forward of their own; none
-    /// when logprobs are asked for (a forced token has no logits to report).
+    /// Tokens the constraint fixes next, to be taken without a forward of their own. With
+    /// logprobs none: they are queued to be taken one row each (a forced token's logprobs are
+    /// the model's at its position), after the token just chosen as without logprobs.
     pub fn forced(&mut self) -> Vec<u32> {
-        match &mut self.constraint {
-            Some(c) if self.opts.logprobs.is_none() => c.forced(),
-            _ => Vec::new(),
+        let Some(c) = &mut self.constraint else { return Vec::new() };
+        if self.opts.logprobs.is_none() {
+            return c.forced();
         }
+        if self.forced.is_empty() && !self.took_forced {
+            self.forced = c.forced().into();
+        }
+        Vec::new()
     }
 
     /// Ends generation early with `length` (the engine could not give the sequence another

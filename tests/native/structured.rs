@@ -188,6 +188,40 @@ fn json_schemas_hold_greedy_and_sampled_alone_batched_and_speculative() {
     }
 }
 
+/// With logprobs, the tokens the grammar forces are the ones taken without (each takes a row of
+/// its own to report the model's logprobs there) and draw nothing: greedy and seeded outputs are
+/// the same tokens either way, and every token's logprob is the model's log-softmax at its
+/// position (teacher-forced logits of the prompt and the output).
+#[test]
+fn logprobs_leave_forced_tokens_and_draws_as_they_are() {
+    let (mut engine, tok) = common::cpu_engine(ModelOptions::new(512, 256));
+    let (gguf, _file) = smollm2();
+    let template = ChatTemplate::from_gguf(&gguf.metadata, &tok).unwrap().unwrap();
+    let (ask, schema) = schemas().swap_remove(0);
+    let prompt = chat(&tok, &template, &format!("Reply in JSON: {ask}."), &[]);
+    let vocab = engine.model().config().vocab_size;
+    for seed in [None, Some(11)] {
+        let plain = Request { prompt: prompt.clone(), opts: constrained(Grammar::JsonSchema(schema.clone()), seed, false) };
+        let with_logprobs = Request { opts: GenerateOptions { logprobs: Some(2), ..plain.opts.clone() }, ..plain.clone() };
+        let a = pollster::block_on(run_alone(&mut engine, &tok, plain)).generation;
+        let b = pollster::block_on(run_alone(&mut engine, &tok, with_logprobs));
+        let g = b.generation;
+        println!("seed {seed:?}: {} tokens in {} forwards with logprobs: {}", g.tokens.len(), b.stats.forwards, g.text);
+        assert_eq!(g.tokens, a.tokens, "seed {seed:?}: logprobs changed the output");
+        assert!(b.stats.forwards >= g.tokens.len(), "with logprobs every token takes a row");
+        assert_eq!(g.logprobs.len(), g.tokens.len());
+        let all: Vec<u32> = prompt.iter().chain(&g.tokens).copied().collect();
+        let logits = pollster::block_on(engine.score_from(&all[..all.len() - 1], prompt.len() - 1)).unwrap();
+        for (i, lp) in g.logprobs.iter().enumerate() {
+            let row = &logits[i * vocab..(i + 1) * vocab];
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let lse = max + row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
+            let want = row[lp.token as usize] - lse;
+            assert!((lp.logprob - want).abs() < 1e-3, "token {i} ({}): logprob {} vs the model's {want}", lp.token, lp.logprob);
+        }
+    }
+}
+
 #[test]
 fn regex_lark_and_any_json_object() {
     let (mut engine, tok) = common::cpu_engine(ModelOptions::new(512, 256));
@@ -325,6 +359,8 @@ fn json_schema_holds_on_the_gpu_with_the_mask_on_either_side() {
     let c = engine.model().counters().since(&before);
     assert!(c.bytes_read >= 49_152 * 4 * longest as u64, "the batched steps did not read logit rows: {c:?}");
     record("structured-gpu.json", &[(req, alone[0].tokens.clone()), (sampled, alone[1].tokens.clone())]);
+    // Logprobs change no token: the grammar's forced tokens are the same, and draw nothing.
+    assert_eq!((&alone[2].tokens, &alone[3].tokens), (&alone[0].tokens, &alone[1].tokens), "logprobs changed the output");
     for (i, (m, a)) in mixed.iter().zip(&alone).enumerate() {
         assert_eq!(m.generation.tokens, a.tokens, "request {i}: the mask on the CPU chose differently");
         assert_logprobs_close(&m.generation.logprobs, &a.logprobs, 1e-3);
