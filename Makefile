@@ -57,16 +57,24 @@ build:
 test-cli:
 	cargo test --release --no-run
 
-# The npm package's wasm half, two artifacts (wasm-bindgen output, git-ignored): pkg/wasm runs
-# anywhere on one thread; pkg/wasm-threads shares its memory with Web Workers (CPU backend
-# threads in cross-origin isolated pages). Atomics need std rebuilt with them: stable rustc with
-# RUSTC_BOOTSTRAP, and the shared-memory link arguments rustc no longer adds itself.
+# The npm package's wasm half (wasm-bindgen output, git-ignored): pkg/wasm runs anywhere on one
+# thread, with a second binary built with relaxed SIMD (.cargo/config.toml's flags, the browser
+# tests' build) that the loader picks where the browser runs it: both binaries are the same
+# code with the same exports, so one JS glue serves both (checked here). pkg/wasm-threads
+# shares its memory with Web Workers (CPU backend threads in cross-origin isolated pages).
+# Atomics need std rebuilt with them: stable rustc with RUSTC_BOOTSTRAP, and the shared-memory
+# link arguments rustc no longer adds itself.
+PLAIN_RUSTFLAGS := --cfg getrandom_backend="wasm_js" -C target-feature=+simd128
 THREADS_RUSTFLAGS := --cfg getrandom_backend="wasm_js" -C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 \
   -C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 \
   -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base
 wasm: rust-tools
 	cargo build --release --lib --target $(WASM_TARGET)
-	wasm-bindgen --target web --out-dir pkg/wasm target/$(WASM_TARGET)/release/ferrolm.wasm
+	wasm-bindgen --target web --out-dir target/wasm-relaxed target/$(WASM_TARGET)/release/ferrolm.wasm
+	RUSTFLAGS='$(PLAIN_RUSTFLAGS)' cargo build --release --lib --target $(WASM_TARGET) --target-dir target/plain
+	wasm-bindgen --target web --out-dir pkg/wasm target/plain/$(WASM_TARGET)/release/ferrolm.wasm
+	cmp target/wasm-relaxed/ferrolm.js pkg/wasm/ferrolm.js
+	cp target/wasm-relaxed/ferrolm_bg.wasm pkg/wasm/ferrolm_relaxed_bg.wasm
 	RUSTC_BOOTSTRAP=1 RUSTFLAGS='$(THREADS_RUSTFLAGS)' cargo build --release --lib --target $(WASM_TARGET) \
 	  -Z build-std=std,panic_abort --features threads --target-dir target/threads
 	wasm-bindgen --target web --out-dir pkg/wasm-threads target/threads/$(WASM_TARGET)/release/ferrolm.wasm
@@ -107,6 +115,7 @@ bench: models build wasm
 	trap "kill $$pid" EXIT; sleep 1; \
 	node scripts/bench/run-browser.mjs --port $(BENCH_PORT) --runs 3 >> bench-out/results.jsonl; \
 	node scripts/bench/run-browser.mjs --port $(BENCH_PORT) --device cpu --threads 1 --runs 3 --stream-gen 0 >> bench-out/results.jsonl; \
+	node scripts/bench/run-browser.mjs --port $(BENCH_PORT) --device cpu --threads 1 --simd plain --runs 3 --stream-gen 0 >> bench-out/results.jsonl; \
 	node scripts/bench/run-browser.mjs --port $(BENCH_PORT) --device cpu --threads 2 --runs 3 --stream-gen 16 >> bench-out/results.jsonl; \
 	node scripts/bench/run-browser.mjs --port $(BENCH_PORT) --model gemma-3-270m-q4_k_m.gguf --runs 1 --gen 32 --stream-gen 0 >> bench-out/results.jsonl
 	@if [ -d ../shared/peer-bench ]; then \

@@ -388,13 +388,16 @@ async fn engine_scenarios_on_gpu_in_browser() {
     engine_scenarios("gpu", 1, |_| models.pop().expect("three models"), &tok).await;
 }
 
-/// The CPU backend's wasm simd128 kernels equal the scalar ones bit for bit, and the scalar
+/// The CPU backend's wasm simd128 and relaxed-SIMD kernels (this build has both; the npm
+/// package's plain binary only the first) equal the scalar ones bit for bit, and the scalar
 /// ones the exact dequantization within the 8-bit bound, for every type.
 #[wasm_bindgen_test]
 fn cpu_kernels_match_scalar_in_browser() {
     for tokens in [1, 3, 6] {
         let report = cpu_cases::check_cpu_kernels(tokens);
-        assert!(report.iter().any(|l| l.contains("simd128 == scalar")), "simd128 was not compared: {report:?}");
+        for target in ["simd128", "relaxed-simd"] {
+            assert!(report.iter().any(|l| l.contains(&format!("Q4_1: {target} == scalar"))), "{target} was not compared: {report:?}");
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 // Browser benchmark page, driven by scripts/bench/run-browser.mjs. Query: model=<file under
 // /models/>, device=<gpu|cpu>, threads=<CPU threads; > 1 needs a cross-origin isolated page>, gen=<tokens>, runs=<n>, stream_gen=<tokens per concurrent stream,
-// 0: skip>. Publishes the summary as window.__bench.
+// 0: skip>, simd=plain (one thread: the simd128 binary even where relaxed SIMD runs). Publishes the summary as window.__bench.
 
 const q = new URLSearchParams(location.search);
 const model = q.get("model") || "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -9,12 +9,17 @@ const threads = Number(q.get("threads") || 1);
 const gen = Number(q.get("gen") || 128);
 const runs = Number(q.get("runs") || 3);
 const streamGen = Number(q.get("stream_gen") || 32);
+// A module of one relaxed-SIMD instruction: it validates where the browser runs relaxed SIMD.
+const RELAXED_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 25, 1, 23, 0, 253, 12, ...new Array(16).fill(0), 253, 129, 2, 11]);
 const status = (s) => { document.getElementById("status").textContent = s; console.log("[bench] " + s); };
 
 async function run() {
-  // More than one thread: the threaded build, its workers started before the model loads.
+  // More than one thread: the threaded build, its workers started before the model loads. One
+  // thread: the relaxed-SIMD binary where the browser runs it (as the npm package picks), or
+  // the plain one with simd=plain.
   const wasm = await import(threads > 1 ? "/pkg/wasm-threads/ferrolm.js" : "/pkg/wasm/ferrolm.js");
-  await wasm.default();
+  const relaxed = threads === 1 && q.get("simd") !== "plain" && WebAssembly.validate(RELAXED_PROBE);
+  await wasm.default(relaxed ? { module_or_path: "/pkg/wasm/ferrolm_relaxed_bg.wasm" } : undefined);
   if (threads > 1) await wasm.initThreads(threads);
   const { Engine, ModelBytes } = wasm;
   status("fetching model");

@@ -15,6 +15,29 @@ let threadsStarted = 0;
 /** Each module's wasm memory, for the stats. */
 const memories = new WeakMap<object, WebAssembly.Memory>();
 
+/** A module of one relaxed-SIMD instruction (`i32x4.relaxed_trunc_f32x4_s`): it validates
+ * where the browser runs relaxed SIMD. */
+const RELAXED_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 25, 1, 23, 0, 253, 12, ...new Array(16).fill(0), 253, 129, 2, 11]);
+
+/** Whether this browser runs WebAssembly relaxed SIMD. */
+function relaxedSimd(): boolean {
+  try {
+    return WebAssembly.validate(RELAXED_PROBE);
+  } catch {
+    return false;
+  }
+}
+
+/** The plain build's binary: the relaxed-SIMD one where the browser runs it (faster 4-bit
+ * kernels, the same results; one JS glue serves both), unless the page named its own. */
+function plainBinary(opts: Pick<LoadOptions, "wasmUrl" | "wasmRelaxedUrl">): string | undefined {
+  if (relaxedSimd() && (opts.wasmRelaxedUrl || !opts.wasmUrl)) {
+    // Written out in full so bundlers ship the file.
+    return opts.wasmRelaxedUrl ?? new URL("../wasm/ferrolm_relaxed_bg.wasm", import.meta.url).href;
+  }
+  return opts.wasmUrl;
+}
+
 function loadWasm(kind: "plain" | "threads", wasmUrl?: string): Promise<Wasm> {
   let m = modules.get(kind);
   if (!m) {
@@ -116,7 +139,7 @@ export class EngineHost {
   async load(source: ModelSource, opts: LoadOptions, onProgress: (p: Progress) => void): Promise<ModelInfo> {
     const device = await pickDevice(opts.device);
     let threads = device === "cpu" ? pickThreads(opts.threads) : 1;
-    const wasm = await loadWasm(threads > 1 ? "threads" : "plain", threads > 1 ? opts.wasmThreadsUrl : opts.wasmUrl);
+    const wasm = await loadWasm(threads > 1 ? "threads" : "plain", threads > 1 ? opts.wasmThreadsUrl : plainBinary(opts));
     if (threads > 1) {
       // The workers start once per module; a later load uses at most as many.
       if (!threadsStarted) {

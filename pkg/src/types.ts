@@ -37,8 +37,12 @@ export interface LoadOptions {
   kvType?: "f16" | "f32";
   /** Keep downloaded models in the browser's Cache Storage (default true). */
   cache?: boolean;
-  /** Where ferrolm_bg.wasm is served from (default: beside the package's wasm glue). */
+  /** Where ferrolm_bg.wasm is served from (default: beside the package's wasm glue). Named
+   * without `wasmRelaxedUrl`, it is used on every browser. */
   wasmUrl?: string;
+  /** Where ferrolm_relaxed_bg.wasm (the same build with relaxed-SIMD kernels, used where the
+   * browser runs relaxed SIMD) is served from (default: beside the package's wasm glue). */
+  wasmRelaxedUrl?: string;
   /** The same for the threaded build (wasm-threads/ferrolm_bg.wasm). */
   wasmThreadsUrl?: string;
 }

@@ -95,7 +95,8 @@ if peer:
         if not peer_row or not peer_row.get("decode_tok_s"):
             continue
         target = "3x" if r["threads"] > 1 else "2x"
-        md += ["", f"## ferrolm CPU backend in Chromium, {r['threads']} thread(s) / wllama {peer_row['mode']}", "",
+        kernels = r.get("backend", "").split("(")[-1].split(" kernels")[0]
+        md += ["", f"## ferrolm CPU backend in Chromium, {r['threads']} thread(s), {kernels} kernels / wllama {peer_row['mode']}", "",
                f"- decode: {r['decode_tok_s']:.1f} vs {peer_row['decode_tok_s']} tok/s = {r['decode_tok_s'] / peer_row['decode_tok_s']:.2f}x (target >= {target})",
                f"- prefill: {r['prefill_tok_s']:.1f} vs {peer_row['prefill_tok_s']} tok/s = {r['prefill_tok_s'] / peer_row['prefill_tok_s']:.2f}x",
                f"- TTFT: {r['ttft_ms']:.0f} ms vs {peer_row['ttft_ms']} ms (target <= 1000 ms)",

@@ -125,6 +125,7 @@ test("plain ES modules: auto picks the CPU backend under SwiftShader; streamed c
   const first = await loadAndStream(page, PROMPTS[0]);
   assert.equal(first.info.device, "cpu", `auto chose ${first.info.backend}`);
   assert.equal(first.info.threads, 1, "a page that is not cross-origin isolated has one thread");
+  assert.match(first.info.backend, /relaxed-simd kernels/, "Chromium runs relaxed SIMD: the loader should pick that binary");
   assert.equal(first.text, native[0], "streamed text differs from the native engine's greedy reply");
 
   // Independent truth: the reference's chat case, rendered by the package as llama.cpp's prompt
@@ -282,8 +283,10 @@ test("the API as the README promises it: Blob and ArrayBuffer sources, draftMode
   const r = await page.evaluate(async ({ model, prompt, stop }) => {
     const chat = (e, extra = {}) => e.chat.completions.create({ messages: [{ role: "user", content: prompt }], max_tokens: 16, ...extra });
     const out = {};
-    const fromBlob = await window.ferrolm.createEngine(await (await fetch(model)).blob(), { device: "cpu" });
+    // The plain binary named (as a page that hosts it itself would): simd128 kernels.
+    const fromBlob = await window.ferrolm.createEngine(await (await fetch(model)).blob(), { device: "cpu", wasmUrl: "/node_modules/ferrolm/wasm/ferrolm_bg.wasm" });
     out.blob = (await chat(fromBlob)).choices[0].message.content;
+    out.blobBackend = fromBlob.info.backend;
     await fromBlob.unload();
     const e = await window.ferrolm.createEngine(await (await fetch(model)).arrayBuffer(), { device: "cpu", draftModel: model });
     out.buffer = (await chat(e)).choices[0].message.content;
@@ -304,6 +307,7 @@ test("the API as the README promises it: Blob and ArrayBuffer sources, draftMode
     return out;
   }, { model: `/models/${MODEL}`, prompt: PROMPTS[0], stop });
   assert.equal(r.blob, native[0], "a Blob source");
+  assert.match(r.blobBackend, /simd128 kernels/, "wasmUrl alone names the binary to run");
   assert.equal(r.buffer, native[0], "an ArrayBuffer source");
   assert.equal(r.draft.text, native[0], "draft-model speculation changed greedy output");
   assert.ok(r.draft.drafted > 0 && r.draft.accepted === r.draft.drafted, `the same model as its own draft: ${JSON.stringify(r.draft)}`);

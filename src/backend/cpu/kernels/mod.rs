@@ -1,13 +1,15 @@
 //! Quantized matrix-vector kernels. Weights are repacked at load into groups of four rows
 //! interleaved block by block (one activation load serves four rows); activations are quantized
 //! to 8 bits per block of 32, so the inner loops are integer dot products. Every target
-//! (`scalar`, `simd128`, `avx2`, `neon`) has the same functions and computes the same integer sums and
+//! (`scalar`, `simd128`, `relaxed`, `avx2`, `neon`) has the same functions and computes the same integer sums and
 //! the same f32 operations in the same order, so their results are identical bit for bit.
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
+#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+pub mod relaxed;
 pub mod scalar;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub mod simd128;
@@ -164,6 +166,8 @@ pub enum Target {
     Scalar,
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     Simd128,
+    #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+    Relaxed,
     #[cfg(target_arch = "x86_64")]
     Avx2,
     #[cfg(target_arch = "aarch64")]
@@ -172,7 +176,9 @@ pub enum Target {
 
 impl Target {
     pub fn detect() -> Target {
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        return Target::Relaxed;
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128", not(target_feature = "relaxed-simd")))]
         return Target::Simd128;
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
@@ -189,6 +195,8 @@ impl Target {
             Target::Scalar => "scalar",
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Target::Simd128 => "simd128",
+            #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+            Target::Relaxed => "relaxed-simd",
             #[cfg(target_arch = "x86_64")]
             Target::Avx2 => "avx2",
             #[cfg(target_arch = "aarch64")]
@@ -199,6 +207,9 @@ impl Target {
     /// Every target this machine can run (the kernel tests compare them).
     pub fn available() -> Vec<Target> {
         let mut v = vec![Target::Scalar];
+        // A relaxed-SIMD build also runs the plain simd128 kernels (what other builds run).
+        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        v.push(Target::Simd128);
         if Target::detect() != Target::Scalar {
             v.push(Target::detect());
         }
@@ -213,6 +224,8 @@ impl Target {
             Target::Scalar => scalar::q4(w, acts, out),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Target::Simd128 => simd128::q4(w, acts, out),
+            #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+            Target::Relaxed => relaxed::q4(w, acts, out),
             // SAFETY: `detect` chose this target only on a CPU with AVX2 and F16C.
             #[cfg(target_arch = "x86_64")]
             Target::Avx2 => unsafe { avx2::q4(w, acts, out) },
@@ -241,6 +254,8 @@ impl Target {
             Target::Scalar => scalar::q8(w, acts, out),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Target::Simd128 => simd128::q8(w, acts, out),
+            #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+            Target::Relaxed => relaxed::q8(w, acts, out),
             // SAFETY: as in `q4`.
             #[cfg(target_arch = "x86_64")]
             Target::Avx2 => unsafe { avx2::q8(w, acts, out) },

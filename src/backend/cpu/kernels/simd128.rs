@@ -52,19 +52,55 @@ fn split_nibbles(qs: &[u8; 16]) -> [v128; 4] {
     [v128_and(q, low4), v128_and(u16x8_shr(q, 8), low4), v128_and(u16x8_shr(q, 4), low4), u16x8_shr(q, 12)]
 }
 
+/// How a 4-bit kernel unpacks a row's nibbles and a block's activations and sums their
+/// products (four i32 lanes whose total is the row's block sum); the loops around are shared.
+pub(super) trait NibbleDot {
+    type W: Copy;
+    type A;
+    fn weights(qs: &[u8; 16]) -> Self::W;
+    fn acts(ab: &ActBlock) -> Self::A;
+    fn dot(w: &Self::W, a: &Self::A) -> v128;
+}
+
+/// Nibbles and bytes widened to i16 lanes, multiplied with `i32x4.dot_i16x8_s`.
+struct Widened;
+
+impl NibbleDot for Widened {
+    type W = [v128; 4];
+    type A = [v128; 4];
+    #[inline(always)]
+    fn weights(qs: &[u8; 16]) -> [v128; 4] {
+        split_nibbles(qs)
+    }
+    #[inline(always)]
+    fn acts(ab: &ActBlock) -> [v128; 4] {
+        split_i8x32(ab.qs.as_ptr())
+    }
+    #[inline(always)]
+    fn dot(w: &[v128; 4], a: &[v128; 4]) -> v128 {
+        i32x4_add(dot2(w, a, 0), dot2(w, a, 1))
+    }
+}
+
 pub fn q4(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+    q4_with::<Widened>(w, acts, out)
+}
+
+/// The 4-bit kernel with `K`'s products.
+#[inline(always)]
+pub(super) fn q4_with<K: NibbleDot>(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
     if acts.len() == 1 {
-        return q4_one(w, acts[0], &mut out[0]);
+        return q4_one::<K>(w, acts[0], &mut out[0]);
     }
     let n = acts.len();
     let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
     for (b, g) in w.iter().enumerate() {
-        let wq: [[v128; 4]; ROWS] = std::array::from_fn(|r| split_nibbles(&g.qs[r]));
+        let wq: [K::W; ROWS] = std::array::from_fn(|r| K::weights(&g.qs[r]));
         let (d, m) = (scales(&g.d), scales(&g.m));
         for t in 0..n {
             let ab = &acts[t][b];
-            let a = split_i8x32(ab.qs.as_ptr());
-            let isum = reduce4(std::array::from_fn(|r| i32x4_add(dot2(&wq[r], &a, 0), dot2(&wq[r], &a, 1))));
+            let a = K::acts(ab);
+            let isum = reduce4(std::array::from_fn(|r| K::dot(&wq[r], &a)));
             acc[t] = f32x4_add(acc[t], f32x4_mul(f32x4_mul(d, f32x4_splat(ab.d)), f32x4_convert_i32x4(isum)));
             accm[t] = f32x4_add(accm[t], f32x4_mul(m, f32x4_splat(ab.dsum)));
         }
@@ -75,16 +111,14 @@ pub fn q4(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
     }
 }
 
-/// [`q4`] for one token (decode): each row's weights are used once, so they are unpacked as the
-/// row is summed and never all held at once.
-fn q4_one(w: &[Q4x4], act: &[ActBlock], out: &mut [f32; ROWS]) {
+/// [`q4_with`] for one token (decode): each row's weights are used once, so they are unpacked
+/// as the row is summed and never all held at once.
+#[inline(always)]
+fn q4_one<K: NibbleDot>(w: &[Q4x4], act: &[ActBlock], out: &mut [f32; ROWS]) {
     let (mut acc, mut accm) = (f32x4_splat(0.0), f32x4_splat(0.0));
     for (g, ab) in w.iter().zip(act) {
-        let a = split_i8x32(ab.qs.as_ptr());
-        let isum = reduce4(std::array::from_fn(|r| {
-            let wr = split_nibbles(&g.qs[r]);
-            i32x4_add(dot2(&wr, &a, 0), dot2(&wr, &a, 1))
-        }));
+        let a = K::acts(ab);
+        let isum = reduce4(std::array::from_fn(|r| K::dot(&K::weights(&g.qs[r]), &a)));
         let (d, m) = (scales(&g.d), scales(&g.m));
         acc = f32x4_add(acc, f32x4_mul(f32x4_mul(d, f32x4_splat(ab.d)), f32x4_convert_i32x4(isum)));
         accm = f32x4_add(accm, f32x4_mul(m, f32x4_splat(ab.dsum)));

@@ -1,0 +1,40 @@
+//! wasm relaxed SIMD (builds with `+relaxed-simd`): the 4-bit kernels multiply with
+//! `i32x4.relaxed_dot_i8x16_i7x16_add`, activations as the signed bytes and the weights' nibbles
+//! (0..15, so never the high bit that makes the instruction's result implementation-defined) as
+//! the 7-bit ones: exact, the same integer sums as `scalar`, two instructions a row and block
+//! where `simd128` needs four multiplies and the unpacking into 16-bit lanes. The loops are
+//! `simd128`'s; the 8-bit kernels are `simd128`'s (neither operand is 7-bit there).
+
+use std::arch::wasm32::*;
+
+use super::simd128::{q4_with, NibbleDot};
+use super::{ActBlock, Q4x4, ROWS};
+
+pub use super::simd128::q8;
+
+/// Nibbles as bytes (values 0..16, then 16..32) against the activation bytes.
+struct RelaxedDot;
+
+impl NibbleDot for RelaxedDot {
+    type W = [v128; 2];
+    type A = [v128; 2];
+    #[inline(always)]
+    fn weights(qs: &[u8; 16]) -> [v128; 2] {
+        // SAFETY: 16 bytes; unaligned-safe load.
+        let q = unsafe { v128_load(qs.as_ptr() as *const v128) };
+        [v128_and(q, u8x16_splat(0xF)), u8x16_shr(q, 4)]
+    }
+    #[inline(always)]
+    fn acts(ab: &ActBlock) -> [v128; 2] {
+        // SAFETY: 32 bytes; unaligned-safe loads.
+        unsafe { [v128_load(ab.qs.as_ptr() as *const v128), v128_load(ab.qs.as_ptr().add(16) as *const v128)] }
+    }
+    #[inline(always)]
+    fn dot(w: &[v128; 2], a: &[v128; 2]) -> v128 {
+        i32x4_relaxed_dot_i8x16_i7x16_add(a[1], w[1], i32x4_relaxed_dot_i8x16_i7x16_add(a[0], w[0], i32x4_splat(0)))
+    }
+}
+
+pub fn q4(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+    q4_with::<RelaxedDot>(w, acts, out)
+}
