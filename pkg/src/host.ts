@@ -28,26 +28,40 @@ function relaxedSimd(): boolean {
   }
 }
 
-/** The plain build's binary: the relaxed-SIMD one where the browser runs it (faster 4-bit
- * kernels, the same results; one JS glue serves both), unless the page named its own. */
-function plainBinary(opts: Pick<LoadOptions, "wasmUrl" | "wasmRelaxedUrl">): string | undefined {
+/** The plain build's binaries to try, in order: the relaxed-SIMD one where the browser runs it
+ * (faster 4-bit kernels, the same results; one JS glue serves both) unless the page named only
+ * its own plain one, then the plain one (undefined: the glue's default beside it). */
+function plainBinaries(opts: Pick<LoadOptions, "wasmUrl" | "wasmRelaxedUrl">): (string | undefined)[] {
   if (relaxedSimd() && (opts.wasmRelaxedUrl || !opts.wasmUrl)) {
     // Written out in full so bundlers ship the file.
-    return opts.wasmRelaxedUrl ?? new URL("../wasm/ferrolm_relaxed_bg.wasm", import.meta.url).href;
+    return [opts.wasmRelaxedUrl ?? new URL("../wasm/ferrolm_relaxed_bg.wasm", import.meta.url).href, opts.wasmUrl];
   }
-  return opts.wasmUrl;
+  return [opts.wasmUrl];
 }
 
-function loadWasm(kind: "plain" | "threads", wasmUrl?: string): Promise<Wasm> {
+/** `kind`'s module, instantiated from the first of `binaries` that loads (a relaxed binary a
+ * site did not deploy falls back to the plain one). A worker, or a page with `worker: false`,
+ * holds one instance of each module: the first engine's binary serves the later ones there. */
+function loadWasm(kind: "plain" | "threads", binaries: (string | undefined)[]): Promise<Wasm> {
   let m = modules.get(kind);
   if (!m) {
     m = (async () => {
       // Written out in full so bundlers see both modules.
       const mod = (kind === "threads" ? await import("../wasm-threads/ferrolm.js") : await import("../wasm/ferrolm.js")) as unknown as Wasm;
-      const out = (await mod.default(wasmUrl ? { module_or_path: wasmUrl } : undefined)) as { memory?: WebAssembly.Memory };
-      if (out.memory) memories.set(mod, out.memory);
-      return mod;
+      let error: unknown;
+      for (const url of binaries) {
+        try {
+          const out = (await mod.default(url ? { module_or_path: url } : undefined)) as { memory?: WebAssembly.Memory };
+          if (out.memory) memories.set(mod, out.memory);
+          return mod;
+        } catch (e) {
+          error = e;
+        }
+      }
+      throw error;
     })();
+    // A failed load is tried again by the next engine.
+    m.catch(() => modules.delete(kind));
     modules.set(kind, m);
   }
   return m;
@@ -139,7 +153,7 @@ export class EngineHost {
   async load(source: ModelSource, opts: LoadOptions, onProgress: (p: Progress) => void): Promise<ModelInfo> {
     const device = await pickDevice(opts.device);
     let threads = device === "cpu" ? pickThreads(opts.threads) : 1;
-    const wasm = await loadWasm(threads > 1 ? "threads" : "plain", threads > 1 ? opts.wasmThreadsUrl : plainBinary(opts));
+    const wasm = await loadWasm(threads > 1 ? "threads" : "plain", threads > 1 ? [opts.wasmThreadsUrl] : plainBinaries(opts));
     if (threads > 1) {
       // The workers start once per module; a later load uses at most as many.
       if (!threadsStarted) {

@@ -250,7 +250,8 @@ impl Decoder {
     /// This sequence's row of a sampled readback: for [`Need::Sample`] and [`Need::SampleTop`]
     /// the next choice's filters, logit edits and uniform number, drawn from the sampler's RNG
     /// now (one draw a token, as [`Decoder::pick`] on logits would make); otherwise greedy (the
-    /// row rides along and the decoder picks from what else is read). `chained`: the row is
+    /// row rides along and the decoder picks from what else is read; so are a queued forced
+    /// token's rows, which draw nothing). `chained`: the row is
     /// computed at the token the step in flight picks, which the history does not hold yet;
     /// otherwise at the history's last token.
     pub fn row(&mut self, chained: bool) -> RowSampling {
@@ -399,6 +400,8 @@ impl Decoder {
     /// the same with and without speculation; for a draft of probability 1 this is the
     /// rejection rule's outcome), a sampled one by Leviathan et al.'s rejection rule.
     pub fn verify(&mut self, picked: Picked, draft: Option<(u32, Option<Distribution>)>) -> Result<(u32, bool)> {
+        // A sampled draft's row chooses without `pick`: its token is not a forced one.
+        self.took_forced = false;
         if let Some((_, taken)) = &mut self.drawn_ahead {
             *taken += 1;
         }

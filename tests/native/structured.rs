@@ -191,7 +191,8 @@ fn json_schemas_hold_greedy_and_sampled_alone_batched_and_speculative() {
 /// With logprobs, the tokens the grammar forces are the ones taken without (each takes a row of
 /// its own to report the model's logprobs there) and draw nothing: greedy and seeded outputs are
 /// the same tokens either way, and every token's logprob is the model's log-softmax at its
-/// position (teacher-forced logits of the prompt and the output).
+/// position (teacher-forced logits of the prompt and the output). Exact on the CPU backend, whose
+/// results do not depend on the batch shape (the plain path feeds forced tokens as one chunk).
 #[test]
 fn logprobs_leave_forced_tokens_and_draws_as_they_are() {
     let (mut engine, tok) = common::cpu_engine(ModelOptions::new(512, 256));
@@ -359,8 +360,6 @@ fn json_schema_holds_on_the_gpu_with_the_mask_on_either_side() {
     let c = engine.model().counters().since(&before);
     assert!(c.bytes_read >= 49_152 * 4 * longest as u64, "the batched steps did not read logit rows: {c:?}");
     record("structured-gpu.json", &[(req, alone[0].tokens.clone()), (sampled, alone[1].tokens.clone())]);
-    // Logprobs change no token: the grammar's forced tokens are the same, and draw nothing.
-    assert_eq!((&alone[2].tokens, &alone[3].tokens), (&alone[0].tokens, &alone[1].tokens), "logprobs changed the output");
     for (i, (m, a)) in mixed.iter().zip(&alone).enumerate() {
         assert_eq!(m.generation.tokens, a.tokens, "request {i}: the mask on the CPU chose differently");
         assert_logprobs_close(&m.generation.logprobs, &a.logprobs, 1e-3);

@@ -288,8 +288,10 @@ test("the API as the README promises it: Blob and ArrayBuffer sources, draftMode
     out.blob = (await chat(fromBlob)).choices[0].message.content;
     out.blobBackend = fromBlob.info.backend;
     await fromBlob.unload();
-    const e = await window.ferrolm.createEngine(await (await fetch(model)).arrayBuffer(), { device: "cpu", draftModel: model });
+    // A relaxed binary the site did not deploy: the loader falls back to the plain one.
+    const e = await window.ferrolm.createEngine(await (await fetch(model)).arrayBuffer(), { device: "cpu", draftModel: model, wasmRelaxedUrl: "/missing/ferrolm_relaxed_bg.wasm" });
     out.buffer = (await chat(e)).choices[0].message.content;
+    out.bufferBackend = e.info.backend;
     const d = await chat(e, { speculative: "draft", draft_k: 4 });
     out.draft = { text: d.choices[0].message.content, drafted: d.ferrolm.drafted, accepted: d.ferrolm.accepted };
     const s = await chat(e, { stop });
@@ -308,6 +310,7 @@ test("the API as the README promises it: Blob and ArrayBuffer sources, draftMode
   }, { model: `/models/${MODEL}`, prompt: PROMPTS[0], stop });
   assert.equal(r.blob, native[0], "a Blob source");
   assert.match(r.blobBackend, /simd128 kernels/, "wasmUrl alone names the binary to run");
+  assert.match(r.bufferBackend, /simd128 kernels/, "a missing relaxed binary falls back to the plain one");
   assert.equal(r.buffer, native[0], "an ArrayBuffer source");
   assert.equal(r.draft.text, native[0], "draft-model speculation changed greedy output");
   assert.ok(r.draft.drafted > 0 && r.draft.accepted === r.draft.drafted, `the same model as its own draft: ${JSON.stringify(r.draft)}`);

@@ -1,5 +1,5 @@
 //! The quantized SIMD CPU backend: weights repacked once into interleaved 4-bit and 8-bit groups,
-//! 8-bit activations, integer dot products (`kernels`: scalar, wasm simd128, x86_64 AVX2), every
+//! 8-bit activations, integer dot products (`kernels`: scalar, wasm simd128 and relaxed SIMD, x86_64 AVX2, aarch64 NEON), every
 //! thread of a pool on every step. For machines without a real GPU, natively and in the browser.
 
 pub mod forward;
