@@ -58,26 +58,33 @@ test-cli:
 	cargo test --release --no-run
 
 # The npm package's wasm half (wasm-bindgen output, git-ignored): pkg/wasm runs anywhere on one
-# thread, with a second binary built with relaxed SIMD (.cargo/config.toml's flags, the browser
-# tests' build) that the loader picks where the browser runs it: both binaries are the same
-# code with the same exports, so one JS glue serves both (checked here). pkg/wasm-threads
-# shares its memory with Web Workers (CPU backend threads in cross-origin isolated pages).
+# thread; pkg/wasm-threads shares its memory with Web Workers (CPU backend threads in
+# cross-origin isolated pages). Each has a second binary with relaxed-SIMD kernels (the
+# `relaxed-simd` feature) that the loader picks where the browser runs it: the same code and
+# exports, so one JS glue serves both (checked here), and the same build of std and the
+# dependencies (only ferrolm's own crate is compiled twice). The plain binaries must load where
+# relaxed SIMD does not: checked with node's validator where node lacks it.
 # Atomics need std rebuilt with them: stable rustc with RUSTC_BOOTSTRAP, and the shared-memory
 # link arguments rustc no longer adds itself.
-PLAIN_RUSTFLAGS := --cfg getrandom_backend="wasm_js" -C target-feature=+simd128
 THREADS_RUSTFLAGS := --cfg getrandom_backend="wasm_js" -C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 \
   -C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 \
   -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base
+THREADS_BUILD := RUSTC_BOOTSTRAP=1 RUSTFLAGS='$(THREADS_RUSTFLAGS)' cargo build --release --lib --target $(WASM_TARGET) \
+  -Z build-std=std,panic_abort --target-dir target/threads
 wasm: rust-tools
-	cargo build --release --lib --target $(WASM_TARGET)
+	cargo build --release --lib --target $(WASM_TARGET) --features relaxed-simd
 	wasm-bindgen --target web --out-dir target/wasm-relaxed target/$(WASM_TARGET)/release/ferrolm.wasm
-	RUSTFLAGS='$(PLAIN_RUSTFLAGS)' cargo build --release --lib --target $(WASM_TARGET) --target-dir target/plain
-	wasm-bindgen --target web --out-dir pkg/wasm target/plain/$(WASM_TARGET)/release/ferrolm.wasm
+	cargo build --release --lib --target $(WASM_TARGET)
+	wasm-bindgen --target web --out-dir pkg/wasm target/$(WASM_TARGET)/release/ferrolm.wasm
 	cmp target/wasm-relaxed/ferrolm.js pkg/wasm/ferrolm.js
 	cp target/wasm-relaxed/ferrolm_bg.wasm pkg/wasm/ferrolm_relaxed_bg.wasm
-	RUSTC_BOOTSTRAP=1 RUSTFLAGS='$(THREADS_RUSTFLAGS)' cargo build --release --lib --target $(WASM_TARGET) \
-	  -Z build-std=std,panic_abort --features threads --target-dir target/threads
+	$(THREADS_BUILD) --features threads,relaxed-simd
+	wasm-bindgen --target web --out-dir target/wasm-threads-relaxed target/threads/$(WASM_TARGET)/release/ferrolm.wasm
+	$(THREADS_BUILD) --features threads
 	wasm-bindgen --target web --out-dir pkg/wasm-threads target/threads/$(WASM_TARGET)/release/ferrolm.wasm
+	cmp target/wasm-threads-relaxed/ferrolm.js pkg/wasm-threads/ferrolm.js
+	cp target/wasm-threads-relaxed/ferrolm_bg.wasm pkg/wasm-threads/ferrolm_relaxed_bg.wasm
+	node scripts/check-plain-wasm.mjs pkg/wasm/ferrolm_bg.wasm pkg/wasm-threads/ferrolm_bg.wasm
 
 # The npm package: the TypeScript wrapper compiled into pkg/dist, then `npm pack` into dist/.
 package: wasm
@@ -149,7 +156,7 @@ test:
 lint:
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
-	cargo clippy --release --lib --target $(WASM_TARGET) -- -D warnings
+	cargo clippy --release --lib --target $(WASM_TARGET) --features relaxed-simd -- -D warnings
 
 test-native:
 	cargo test --release -- --nocapture
@@ -165,7 +172,7 @@ test-browser:
 	trap "kill $$pid 2>/dev/null" EXIT; \
 	for i in $$(seq 50); do curl -sf -o /dev/null http://127.0.0.1:$(TEST_PORT)/Makefile && break; sleep 0.1; done; \
 	kill -0 $$pid 2>/dev/null || { echo "test-browser: the test server did not start on port $(TEST_PORT)"; exit 1; }; \
-	FERROLM_TEST_SERVER=http://127.0.0.1:$(TEST_PORT) cargo test --release --target $(WASM_TARGET) --test browser
+	FERROLM_TEST_SERVER=http://127.0.0.1:$(TEST_PORT) cargo test --release --target $(WASM_TARGET) --test browser --features relaxed-simd
 
 # The npm package as a user gets it: a test app installs the packed tarball, plain ES modules
 # and a Vite build, driven in headless Chromium by playwright-core (node's test runner).
@@ -181,7 +188,7 @@ test-long: models tools
 	cargo test --release --test native -- long_context:: --include-ignored --nocapture
 	@python3 scripts/serve.py --port $(TEST_PORT) --mount /models=models . & pid=$$!; \
 	trap "kill $$pid" EXIT; \
-	FERROLM_TEST_SERVER=http://127.0.0.1:$(TEST_PORT) cargo test --release --target $(WASM_TARGET) --test browser -- long_context --include-ignored
+	FERROLM_TEST_SERVER=http://127.0.0.1:$(TEST_PORT) cargo test --release --target $(WASM_TARGET) --test browser --features relaxed-simd -- long_context --include-ignored
 
 # The engine soak (tests/native/soak.rs) at 20x the length `make test` runs it.
 soak:

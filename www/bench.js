@@ -1,6 +1,6 @@
 // Browser benchmark page, driven by scripts/bench/run-browser.mjs. Query: model=<file under
 // /models/>, device=<gpu|cpu>, threads=<CPU threads; > 1 needs a cross-origin isolated page>, gen=<tokens>, runs=<n>, stream_gen=<tokens per concurrent stream,
-// 0: skip>, simd=plain (one thread: the simd128 binary even where relaxed SIMD runs). Publishes the summary as window.__bench.
+// 0: skip>, simd=plain (the simd128 binary even where relaxed SIMD runs). Publishes the summary as window.__bench.
 
 const q = new URLSearchParams(location.search);
 const model = q.get("model") || "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -14,12 +14,13 @@ const RELAXED_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 
 const status = (s) => { document.getElementById("status").textContent = s; console.log("[bench] " + s); };
 
 async function run() {
-  // More than one thread: the threaded build, its workers started before the model loads. One
-  // thread: the relaxed-SIMD binary where the browser runs it (as the npm package picks), or
-  // the plain one with simd=plain.
-  const wasm = await import(threads > 1 ? "/pkg/wasm-threads/ferrolm.js" : "/pkg/wasm/ferrolm.js");
-  const relaxed = threads === 1 && q.get("simd") !== "plain" && WebAssembly.validate(RELAXED_PROBE);
-  await wasm.default(relaxed ? { module_or_path: "/pkg/wasm/ferrolm_relaxed_bg.wasm" } : undefined);
+  // More than one thread: the threaded build, its workers started before the model loads. The
+  // build's relaxed-SIMD binary where the browser runs it (as the npm package picks), or the
+  // plain one with simd=plain.
+  const dir = threads > 1 ? "/pkg/wasm-threads" : "/pkg/wasm";
+  const wasm = await import(`${dir}/ferrolm.js`);
+  const relaxed = q.get("simd") !== "plain" && WebAssembly.validate(RELAXED_PROBE);
+  await wasm.default(relaxed ? { module_or_path: `${dir}/ferrolm_relaxed_bg.wasm` } : undefined);
   if (threads > 1) await wasm.initThreads(threads);
   const { Engine, ModelBytes } = wasm;
   status("fetching model");

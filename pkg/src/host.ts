@@ -28,15 +28,15 @@ function relaxedSimd(): boolean {
   }
 }
 
-/** The plain build's binaries to try, in order: the relaxed-SIMD one where the browser runs it
- * (faster 4-bit kernels, the same results; one JS glue serves both) unless the page named only
- * its own plain one, then the plain one (undefined: the glue's default beside it). */
-function plainBinaries(opts: Pick<LoadOptions, "wasmUrl" | "wasmRelaxedUrl">): (string | undefined)[] {
-  if (relaxedSimd() && (opts.wasmRelaxedUrl || !opts.wasmUrl)) {
-    // Written out in full so bundlers ship the file.
-    return [opts.wasmRelaxedUrl ?? new URL("../wasm/ferrolm_relaxed_bg.wasm", import.meta.url).href, opts.wasmUrl];
-  }
-  return [opts.wasmUrl];
+/** A build's binaries to try, in order: its relaxed-SIMD one where the browser runs it (faster
+ * 4-bit kernels, the same results; one JS glue serves both) unless the page named only its own
+ * plain one, then the plain one (undefined: the glue's default beside it). */
+function binaries(kind: "plain" | "threads", opts: Pick<LoadOptions, "wasmUrl" | "wasmRelaxedUrl" | "wasmThreadsUrl" | "wasmThreadsRelaxedUrl">): (string | undefined)[] {
+  const [url, relaxedUrl] = kind === "threads" ? [opts.wasmThreadsUrl, opts.wasmThreadsRelaxedUrl] : [opts.wasmUrl, opts.wasmRelaxedUrl];
+  if (!relaxedSimd() || (url && !relaxedUrl)) return [url];
+  // Written out in full so bundlers ship the files.
+  const beside = kind === "threads" ? new URL("../wasm-threads/ferrolm_relaxed_bg.wasm", import.meta.url).href : new URL("../wasm/ferrolm_relaxed_bg.wasm", import.meta.url).href;
+  return [relaxedUrl ?? beside, url];
 }
 
 /** `kind`'s module, instantiated from the first of `binaries` that loads (a relaxed binary a
@@ -153,7 +153,7 @@ export class EngineHost {
   async load(source: ModelSource, opts: LoadOptions, onProgress: (p: Progress) => void): Promise<ModelInfo> {
     const device = await pickDevice(opts.device);
     let threads = device === "cpu" ? pickThreads(opts.threads) : 1;
-    const wasm = await loadWasm(threads > 1 ? "threads" : "plain", threads > 1 ? [opts.wasmThreadsUrl] : plainBinaries(opts));
+    const wasm = await loadWasm(threads > 1 ? "threads" : "plain", binaries(threads > 1 ? "threads" : "plain", opts));
     if (threads > 1) {
       // The workers start once per module; a later load uses at most as many.
       if (!threadsStarted) {

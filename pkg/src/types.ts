@@ -45,6 +45,8 @@ export interface LoadOptions {
   wasmRelaxedUrl?: string;
   /** The same for the threaded build (wasm-threads/ferrolm_bg.wasm). */
   wasmThreadsUrl?: string;
+  /** The same for the threaded build's relaxed-SIMD binary (wasm-threads/ferrolm_relaxed_bg.wasm). */
+  wasmThreadsRelaxedUrl?: string;
 }
 
 export interface ModelInfo {

@@ -351,6 +351,7 @@ test("cross-origin isolated page: the CPU backend on 2 threads (threaded build) 
   const r = await loadAndStream(page, PROMPTS[0], { device: "cpu", threads: 2 });
   assert.equal(r.info.threads, 2, r.info.backend);
   assert.match(r.info.backend, /2 threads/);
+  assert.match(r.info.backend, /relaxed-simd kernels/, "Chromium runs relaxed SIMD: the loader should pick the threaded build's relaxed binary");
   assert.equal(r.text, native[0]);
   await context.close();
 });

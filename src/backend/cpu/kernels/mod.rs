@@ -8,7 +8,7 @@
 pub mod avx2;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
-#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
 pub mod relaxed;
 pub mod scalar;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -166,7 +166,7 @@ pub enum Target {
     Scalar,
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     Simd128,
-    #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
     Relaxed,
     #[cfg(target_arch = "x86_64")]
     Avx2,
@@ -176,9 +176,9 @@ pub enum Target {
 
 impl Target {
     pub fn detect() -> Target {
-        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
         return Target::Relaxed;
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128", not(target_feature = "relaxed-simd")))]
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128", not(feature = "relaxed-simd")))]
         return Target::Simd128;
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
@@ -195,7 +195,7 @@ impl Target {
             Target::Scalar => "scalar",
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Target::Simd128 => "simd128",
-            #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
             Target::Relaxed => "relaxed-simd",
             #[cfg(target_arch = "x86_64")]
             Target::Avx2 => "avx2",
@@ -208,7 +208,7 @@ impl Target {
     pub fn available() -> Vec<Target> {
         let mut v = vec![Target::Scalar];
         // A relaxed-SIMD build also runs the plain simd128 kernels (what other builds run).
-        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
         v.push(Target::Simd128);
         if Target::detect() != Target::Scalar {
             v.push(Target::detect());
@@ -224,7 +224,7 @@ impl Target {
             Target::Scalar => scalar::q4(w, acts, out),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Target::Simd128 => simd128::q4(w, acts, out),
-            #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
             Target::Relaxed => relaxed::q4(w, acts, out),
             // SAFETY: `detect` chose this target only on a CPU with AVX2 and F16C.
             #[cfg(target_arch = "x86_64")]
@@ -254,7 +254,7 @@ impl Target {
             Target::Scalar => scalar::q8(w, acts, out),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Target::Simd128 => simd128::q8(w, acts, out),
-            #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
             Target::Relaxed => relaxed::q8(w, acts, out),
             // SAFETY: as in `q4`.
             #[cfg(target_arch = "x86_64")]

@@ -1,9 +1,12 @@
-//! wasm relaxed SIMD (builds with `+relaxed-simd`): the 4-bit kernels multiply with
+//! wasm relaxed SIMD (the `relaxed-simd` cargo feature): the 4-bit kernels multiply with
 //! `i32x4.relaxed_dot_i8x16_i7x16_add`, activations as the signed bytes and the weights' nibbles
 //! (0..15, so never the high bit that makes the instruction's result implementation-defined) as
 //! the 7-bit ones: exact, the same integer sums as `scalar`, two instructions a row and block
 //! where `simd128` needs four multiplies and the unpacking into 16-bit lanes. The loops are
-//! `simd128`'s; the 8-bit kernels are `simd128`'s (neither operand is 7-bit there).
+//! `simd128`'s; the 8-bit kernels are `simd128`'s (neither operand is 7-bit there). Only these
+//! functions are compiled with relaxed SIMD: a binary that has them does not load where the
+//! browser lacks it, and the rest of the crate, its dependencies and std are the same with or
+//! without the feature (one build of them serves both binaries).
 
 use std::arch::wasm32::*;
 
@@ -35,6 +38,8 @@ impl NibbleDot for RelaxedDot {
     }
 }
 
+// `dot` above is inlined here, where relaxed SIMD is enabled, and its intrinsic with it.
+#[target_feature(enable = "relaxed-simd")]
 pub fn q4(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
     q4_with::<RelaxedDot>(w, acts, out)
 }
