@@ -5,13 +5,13 @@
 use bytemuck::Zeroable;
 
 use super::kernels::{ActBlock, Target, QK};
-use super::math::{gelu_mul, silu_mul, softmax};
+use super::math::{attend, gated_mul};
 use super::threads::{Pool, Shared, Worker};
 use super::weights::QMatrix;
-use crate::backend::reference::ops::{add_assign, dot, rmsnorm, rmsnorm_in_place};
+use crate::backend::reference::ops::{add_assign, rmsnorm, rmsnorm_in_place};
 use crate::error::{Error, Result};
 use crate::gguf::{dequantize, ByteSource, Gguf};
-use crate::model::{names, Activation, Config, RopeStyle};
+use crate::model::{names, Config, RopeStyle};
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -223,7 +223,7 @@ impl Weights {
                 let out = unsafe { b.attn.slice_mut(t * qd + head * hd..t * qd + (head + 1) * hd) };
                 let qh = &queries[t * qd + head * hd..][..hd];
                 let off = head / (c.n_heads / c.n_kv_heads) * hd;
-                attend(out, qh, keys, values, &rows_of_t, off, c.attn_scale, &mut scores);
+                attend(target, out, qh, keys, values, &rows_of_t, off, c.attn_scale, &mut scores);
             }
             w.barrier();
             for t in mine.clone() {
@@ -247,10 +247,7 @@ impl Weights {
             w.barrier();
             for t in mine.clone() {
                 let (g, u) = (row(&b.gate, t, f), row(&b.up, t, f));
-                match c.activation {
-                    Activation::Silu => silu_mul(g, u),
-                    Activation::GeluTanh => gelu_mul(g, u),
-                }
+                gated_mul(target, c.activation, g, u);
                 quantize(&b.gate, t, f);
             }
             w.barrier();
@@ -334,21 +331,6 @@ fn rope(x: &mut [f32], table: &[(f32, f32)], head_dim: usize, style: RopeStyle) 
             let (x0, x1) = (head[a], head[b]);
             head[a] = x0 * cos - x1 * sin;
             head[b] = x0 * sin + x1 * cos;
-        }
-    }
-}
-
-/// One query head over the K/V rows starting at `rows` (+ `off`, its KV head's columns).
-#[allow(clippy::too_many_arguments)]
-fn attend(out: &mut [f32], q: &[f32], keys: &[f32], values: &[f32], rows: &[usize], off: usize, scale: f32, scores: &mut Vec<f32>) {
-    let hd = q.len();
-    scores.clear();
-    scores.extend(rows.iter().map(|&r| dot(q, &keys[r + off..][..hd]) * scale));
-    softmax(scores);
-    out.fill(0.0);
-    for (&r, &a) in rows.iter().zip(scores.iter()) {
-        for (o, v) in out.iter_mut().zip(&values[r + off..][..hd]) {
-            *o += a * v;
         }
     }
 }

@@ -3,7 +3,8 @@
 //! (0..15, so never the high bit that makes the instruction's result implementation-defined) as
 //! the 7-bit ones: exact, the same integer sums as `scalar`, two instructions a row and block
 //! where `simd128` needs four multiplies and the unpacking into 16-bit lanes. The loops are
-//! `simd128`'s; the 8-bit kernels are `simd128`'s (neither operand is 7-bit there). Only these
+//! `simd128`'s; the 8-bit kernels are `simd128`'s (neither operand is 7-bit there; a form with
+//! |w| as the 7-bit operand and the activations given w's sign measured slower in V8). Only these
 //! functions are compiled with relaxed SIMD: a binary that has them does not load where the
 //! browser lacks it, and the rest of the crate, its dependencies and std are the same with or
 //! without the feature (one build of them serves both binaries).
