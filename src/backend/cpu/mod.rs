@@ -74,10 +74,7 @@ impl SimdModel {
                 let mut acc = [0u64; 4];
                 for c in part.chunks_exact(4) {
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: a hint; SSE is baseline on x86_64.
-                    unsafe {
-                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((c.as_ptr() as *const i8).wrapping_add(16 << 10))
-                    };
+                    kernels::avx2::prefetch(c.as_ptr());
                     for j in 0..4 {
                         acc[j] = acc[j].wrapping_add(c[j]);
                     }

@@ -10,10 +10,12 @@ use super::{ActBlock, Q4x4, Q8Group, ROWS, TILE};
 /// loads stalled (SmolLM2 on one thread: 55 -> 80-90 tok/s; 8-32 KiB measured alike).
 const PREFETCH: usize = 16 << 10;
 
-/// Prefetches the line `PREFETCH` bytes past `p` (a hint: an address past the weights is fine).
+/// Prefetches the line `PREFETCH` bytes past `p` (a hint: any address is fine; SSE, so any
+/// x86_64 CPU). The read probe streams the same way.
 #[inline(always)]
-unsafe fn prefetch<T>(p: *const T) {
-    _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(PREFETCH));
+pub fn prefetch<T>(p: *const T) {
+    // SAFETY: a prefetch does not fault and SSE is baseline on x86_64.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(PREFETCH)) }
 }
 
 /// Four rows' i32x8 partial sums (values 0..16 in the low half, 16..32 in the high) -> the low
