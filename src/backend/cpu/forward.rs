@@ -4,7 +4,7 @@
 
 use bytemuck::Zeroable;
 
-use super::kernels::{ActBlock, Target, QK};
+use super::kernels::{ActBlock, Target, QK, ROWS};
 use super::math::{attend, gated_mul};
 use super::threads::{Pool, Shared, Worker};
 use super::weights::QMatrix;
@@ -103,6 +103,35 @@ impl Weights {
         self.bytes_per_token() + if self.output.is_some() { self.token_embd.bytes() } else { 0 }
     }
 
+    /// Milliseconds one decode step's matrix products take alone (best of `passes`): the same
+    /// kernels, thread shares and barriers between dependent products as [`Weights::forward`]
+    /// for one token, nothing else. Decode time above it is norms, attention, activations,
+    /// barriers around them and the host's work per token.
+    pub fn matmuls_ms(&self, pool: &Pool, target: Target, passes: usize) -> f64 {
+        let c = &self.config;
+        let widest = c.d_model.max(c.q_dim()).max(c.ffn_dim).max(c.vocab_size);
+        let (x, acts) = (vec![0f32; widest], vec![ActBlock::zeroed(); widest.div_ceil(QK)]);
+        // One output per product of a group (three at most), as the forward has.
+        let mut out = vec![0f32; 3 * widest];
+        let outs: Vec<Shared<f32>> = out.chunks_exact_mut(widest).map(Shared::new).collect();
+        let mut best = f64::INFINITY;
+        for _ in 0..passes.max(1) {
+            let t0 = crate::clock::now_ms();
+            pool.run(|w| {
+                let mm = |m: &QMatrix, out| m.matmul(target, &x[..m.cols], &acts[..m.cols / QK], w.share(m.groups()), out);
+                for lw in &self.layers {
+                    for group in [&[&lw.wq, &lw.wk, &lw.wv][..], &[&lw.wo], &[&lw.w_gate, &lw.w_up], &[&lw.w_down]] {
+                        group.iter().zip(&outs).for_each(|(m, out)| mm(m, out));
+                        w.barrier();
+                    }
+                }
+                mm(self.output.as_ref().unwrap_or(&self.token_embd), &outs[0]);
+            });
+            best = best.min(crate::clock::now_ms() - t0);
+        }
+        best
+    }
+
     pub fn new_pool(&self) -> Vec<LayerKv> {
         vec![LayerKv::default(); self.config.n_layers]
     }
@@ -128,50 +157,43 @@ impl Weights {
         }
         let m = step.logit_rows.len();
         let widest = d.max(qd).max(f);
-        let (mut x, mut h, mut proj) = (vec![0f32; n * d], vec![0f32; n * d], vec![0f32; n * d]);
+        let rope = RopeTables::new(c, step.positions);
         let (mut q, mut k, mut v, mut attn) = (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd], vec![0f32; n * qd]);
-        let (mut gate, mut up) = (vec![0f32; n * f], vec![0f32; n * f]);
+        let (mut proj, mut gate, mut up) = (vec![0f32; n * d], vec![0f32; n * f], vec![0f32; n * f]);
         let mut acts = vec![ActBlock::zeroed(); n * widest.div_ceil(QK)];
-        let (mut normed, mut logits) = (vec![0f32; m * d], vec![0f32; m * vocab]);
+        let mut logits = vec![0f32; m * vocab];
         let kv_shared: Vec<(Shared<f32>, Shared<f32>)> = kv.iter_mut().map(|l| (Shared::new(&mut l.k), Shared::new(&mut l.v))).collect();
         let b = Buffers {
-            x: Shared::new(&mut x),
-            h: Shared::new(&mut h),
-            proj: Shared::new(&mut proj),
             q: Shared::new(&mut q),
             k: Shared::new(&mut k),
             v: Shared::new(&mut v),
             attn: Shared::new(&mut attn),
+            proj: Shared::new(&mut proj),
             gate: Shared::new(&mut gate),
             up: Shared::new(&mut up),
             acts: Shared::new(&mut acts),
-            normed: Shared::new(&mut normed),
             logits: Shared::new(&mut logits),
         };
-        pool.run(|w| self.forward_on(w, target, step, &b, &kv_shared));
+        pool.run(|w| self.forward_on(w, target, step, &rope, &b, &kv_shared));
         Ok(logits)
     }
 
-    /// One thread's part of [`Weights::forward`].
-    fn forward_on(&self, w: &Worker, target: Target, step: &Step, b: &Buffers, kv: &[(Shared<f32>, Shared<f32>)]) {
+    /// One thread's part of [`Weights::forward`]. Every thread keeps the whole residual stream
+    /// and normalizes and quantizes each matrix's input itself: a few microseconds repeated
+    /// instead of one thread working while the others wait at a barrier. Six barriers a layer
+    /// remain, after each product or step whose output other threads read.
+    fn forward_on(&self, w: &Worker, target: Target, step: &Step, rope: &RopeTables, b: &Buffers, kv: &[(Shared<f32>, Shared<f32>)]) {
         let c = &self.config;
         let n = step.tokens.len();
-        let (d, qd, kvd, f, hd) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim);
-        let mine = w.share(n);
-        // SAFETY (every block below): between two barriers a thread writes only rows of its own
-        // share (tokens, output groups or heads) and reads only what no thread writes.
-        let quantize = |src: &Shared<f32>, t: usize, width: usize| {
-            let nb = width / QK;
-            target.quantize_row(unsafe { src.slice(t * width..(t + 1) * width) }, unsafe { b.acts.slice_mut(t * nb..(t + 1) * nb) });
-        };
-        let matmul = |mat: &QMatrix, input: &Shared<f32>, width: usize, out: &Shared<f32>| {
-            let (x, acts) = unsafe { (&s_all(input)[..n * width], &s_all(&b.acts)[..n * (width / QK)]) };
-            mat.matmul(target, x, acts, w.share(mat.groups()), out);
-        };
-        let (mut scores, mut rows_of_t, mut rope_table) = (Vec::new(), Vec::new(), Vec::new());
+        let (d, qd, kvd, f, hd, eps) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim, c.norm_eps);
+        let mut x = vec![0f32; n * d];
+        let (mut h, mut h_acts) = (vec![0f32; n * d], vec![ActBlock::zeroed(); n * (d / QK)]);
+        let (mut tmp, mut scores, mut rows_of_t) = (vec![0f32; d], Vec::new(), Vec::new());
+        // SAFETY (every shared access below): between two barriers a thread writes only its own
+        // share (output groups, heads or blocks) and reads only what no thread writes.
+        let all_acts = |width: usize| -> &[ActBlock] { unsafe { &s_all(&b.acts)[..n * (width / QK)] } };
 
-        for t in mine.clone() {
-            let xt = row(&b.x, t, d);
+        for (t, xt) in x.chunks_exact_mut(d).enumerate() {
             self.token_embd.row(step.tokens[t] as usize, xt);
             if c.embed_scale != 1.0 {
                 xt.iter_mut().for_each(|e| *e *= c.embed_scale);
@@ -179,39 +201,41 @@ impl Weights {
         }
         for (l, lw) in self.layers.iter().enumerate() {
             let la = c.layer_attention(l);
-            for t in mine.clone() {
-                rmsnorm(row(&b.h, t, d), row(&b.x, t, d), &lw.attn_norm, c.norm_eps);
-                quantize(&b.h, t, d);
+            norm_quantize(target, &x, &lw.attn_norm, eps, &mut h, &mut h_acts);
+            for (mat, out) in [(&lw.wq, &b.q), (&lw.wk, &b.k), (&lw.wv, &b.v)] {
+                mat.matmul(target, &h, &h_acts, w.share(mat.groups()), out);
             }
             w.barrier();
-            matmul(&lw.wq, &b.h, d, &b.q);
-            matmul(&lw.wk, &b.h, d, &b.k);
-            matmul(&lw.wv, &b.h, d, &b.v);
-            w.barrier();
-            for t in mine.clone() {
-                let (qt, kt, vt) = (row(&b.q, t, qd), row(&b.k, t, kvd), row(&b.v, t, kvd));
-                if let Some([bq, bk, bv]) = &lw.qkv_bias {
-                    add_assign(qt, bq);
-                    add_assign(kt, bk);
-                    add_assign(vt, bv);
-                }
-                if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
-                    rmsnorm_in_place(qt, qn, c.norm_eps);
-                    rmsnorm_in_place(kt, kn, c.norm_eps);
-                }
+            // Biases, q/k norms and RoPE head by head; each K/V head into its cache slot.
+            let heads = c.n_heads + c.n_kv_heads;
+            for i in w.share(n * heads) {
+                let (t, head) = (i / heads, i % heads);
                 let pos = step.positions[t] as usize;
-                rope_angles(&mut rope_table, hd, pos as f64 * la.rope_freq_scale as f64, la.rope_base);
-                rope(qt, &rope_table, hd, c.rope_style);
-                rope(kt, &rope_table, hd, c.rope_style);
-                let s = (step.slot)(t, pos);
-                unsafe { kv[l].0.slice_mut(s * kvd..(s + 1) * kvd) }.copy_from_slice(kt);
-                unsafe { kv[l].1.slice_mut(s * kvd..(s + 1) * kvd) }.copy_from_slice(vt);
+                let table = rope.get(l, t);
+                let bias = |j: usize| lw.qkv_bias.as_ref().map(|bs| &bs[j][..]);
+                if head < c.n_heads {
+                    let qh = unsafe { b.q.slice_mut(t * qd + head * hd..t * qd + (head + 1) * hd) };
+                    rotate_head(qh, bias(0).map(|bq| &bq[head * hd..][..hd]), lw.q_norm.as_deref(), eps, table, c.rope_style);
+                } else {
+                    let (kh, at) = (head - c.n_heads, t * kvd + (head - c.n_heads) * hd);
+                    let (k, v) = unsafe { (b.k.slice_mut(at..at + hd), b.v.slice_mut(at..at + hd)) };
+                    rotate_head(k, bias(1).map(|bk| &bk[kh * hd..][..hd]), lw.k_norm.as_deref(), eps, table, c.rope_style);
+                    if let Some(bv) = bias(2) {
+                        add_assign(v, &bv[kh * hd..][..hd]);
+                    }
+                    let slot = (step.slot)(t, pos) * kvd + kh * hd;
+                    unsafe { kv[l].0.slice_mut(slot..slot + hd) }.copy_from_slice(k);
+                    unsafe { kv[l].1.slice_mut(slot..slot + hd) }.copy_from_slice(v);
+                }
             }
             w.barrier();
             let (keys, values, queries) = unsafe { (s_all(&kv[l].0), s_all(&kv[l].1), s_all(&b.q)) };
-            let mut rows_for = usize::MAX;
-            for i in w.share(n * c.n_heads) {
+            let (group, mine) = (c.n_heads / c.n_kv_heads, w.share(n * c.n_heads));
+            let (mut i, mut rows_for) = (mine.start, usize::MAX);
+            while i < mine.end {
+                // This thread's next query heads of one token that share a KV head.
                 let (t, head) = (i / c.n_heads, i % c.n_heads);
+                let heads = ((head / group + 1) * group - head).min(mine.end - i);
                 if rows_for != t {
                     // The K/V rows token t attends to, shared by its heads.
                     let len = step.positions[t] as usize + 1;
@@ -220,88 +244,110 @@ impl Weights {
                     rows_of_t.extend((first..len).map(|p| (step.slot)(t, p) * kvd));
                     rows_for = t;
                 }
-                let out = unsafe { b.attn.slice_mut(t * qd + head * hd..t * qd + (head + 1) * hd) };
-                let qh = &queries[t * qd + head * hd..][..hd];
-                let off = head / (c.n_heads / c.n_kv_heads) * hd;
-                attend(target, out, qh, keys, values, &rows_of_t, off, c.attn_scale, &mut scores);
-            }
-            w.barrier();
-            for t in mine.clone() {
-                quantize(&b.attn, t, qd);
-            }
-            w.barrier();
-            matmul(&lw.wo, &b.attn, qd, &b.proj);
-            w.barrier();
-            for t in mine.clone() {
-                let p = row(&b.proj, t, d);
-                if let Some(pn) = &lw.attn_post_norm {
-                    rmsnorm_in_place(p, pn, c.norm_eps);
+                let at = t * qd + head * hd..t * qd + (head + heads) * hd;
+                let out = unsafe { b.attn.slice_mut(at.clone()) };
+                attend(target, out, &queries[at.clone()], keys, values, &rows_of_t, head / group * hd, hd, c.attn_scale, &mut scores);
+                if hd % QK == 0 {
+                    target.quantize_row(out, unsafe { b.acts.slice_mut(at.start / QK..at.end / QK) });
                 }
-                add_assign(row(&b.x, t, d), p);
-                rmsnorm(row(&b.h, t, d), row(&b.x, t, d), &lw.ffn_norm, c.norm_eps);
-                quantize(&b.h, t, d);
+                i += heads;
+            }
+            if hd % QK != 0 {
+                // Heads are not whole activation blocks: quantize whole rows after all heads.
+                w.barrier();
+                for t in w.share(n) {
+                    target.quantize_row(&unsafe { &s_all(&b.attn)[..n * qd] }[t * qd..(t + 1) * qd], unsafe { b.acts.slice_mut(t * (qd / QK)..(t + 1) * (qd / QK)) });
+                }
             }
             w.barrier();
-            matmul(&lw.w_gate, &b.h, d, &b.gate);
-            matmul(&lw.w_up, &b.h, d, &b.up);
+            lw.wo.matmul(target, unsafe { &s_all(&b.attn)[..n * qd] }, all_acts(qd), w.share(lw.wo.groups()), &b.proj);
             w.barrier();
-            for t in mine.clone() {
-                let (g, u) = (row(&b.gate, t, f), row(&b.up, t, f));
+            add_output(&mut x, unsafe { &s_all(&b.proj)[..n * d] }, lw.attn_post_norm.as_deref(), eps, &mut tmp);
+            norm_quantize(target, &x, &lw.ffn_norm, eps, &mut h, &mut h_acts);
+            // Whole activation blocks of gate/up rows per thread: each activates and quantizes
+            // its own rows, no barrier between.
+            let groups = w.share_aligned(lw.w_gate.groups(), QK / ROWS);
+            lw.w_gate.matmul(target, &h, &h_acts, groups.clone(), &b.gate);
+            lw.w_up.matmul(target, &h, &h_acts, groups.clone(), &b.up);
+            let rows = (groups.start * ROWS).min(f)..(groups.end * ROWS).min(f);
+            for t in 0..n {
+                let (g, u) = unsafe { (b.gate.slice_mut(t * f + rows.start..t * f + rows.end), b.up.slice(t * f + rows.start..t * f + rows.end)) };
                 gated_mul(target, c.activation, g, u);
-                quantize(&b.gate, t, f);
+                let blocks = t * (f / QK) + rows.start / QK..t * (f / QK) + rows.end / QK;
+                target.quantize_row(g, unsafe { b.acts.slice_mut(blocks) });
             }
             w.barrier();
-            matmul(&lw.w_down, &b.gate, f, &b.proj);
+            lw.w_down.matmul(target, unsafe { &s_all(&b.gate)[..n * f] }, all_acts(f), w.share(lw.w_down.groups()), &b.proj);
             w.barrier();
-            for t in mine.clone() {
-                let p = row(&b.proj, t, d);
-                if let Some(pn) = &lw.ffn_post_norm {
-                    rmsnorm_in_place(p, pn, c.norm_eps);
-                }
-                add_assign(row(&b.x, t, d), p);
-            }
+            add_output(&mut x, unsafe { &s_all(&b.proj)[..n * d] }, lw.ffn_post_norm.as_deref(), eps, &mut tmp);
         }
-        w.barrier();
         let m = step.logit_rows.len();
-        for i in w.share(m) {
-            let r = step.logit_rows[i] as usize;
-            rmsnorm(row(&b.normed, i, d), unsafe { &s_all(&b.x)[r * d..(r + 1) * d] }, &self.output_norm, c.norm_eps);
-            quantize(&b.normed, i, d);
+        let (mut normed, mut acts) = (vec![0f32; m * d], vec![ActBlock::zeroed(); m * (d / QK)]);
+        for (i, &r) in step.logit_rows.iter().enumerate() {
+            let r = r as usize;
+            rmsnorm(&mut normed[i * d..(i + 1) * d], &x[r * d..(r + 1) * d], &self.output_norm, eps);
+            target.quantize_row(&normed[i * d..(i + 1) * d], &mut acts[i * (d / QK)..(i + 1) * (d / QK)]);
         }
-        w.barrier();
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
-        let (x, acts) = unsafe { (&s_all(&b.normed)[..m * d], &s_all(&b.acts)[..m * (d / QK)]) };
-        head.matmul(target, x, acts, w.share(head.groups()), &b.logits);
+        let groups = w.share(head.groups());
+        head.matmul(target, &normed, &acts, groups.clone(), &b.logits);
         if let Some(cap) = c.final_logit_softcap {
-            w.barrier();
-            let all = m * c.vocab_size;
-            unsafe { b.logits.slice_mut(w.share(all)) }.iter_mut().for_each(|l| *l = cap * libm::tanhf(*l / cap));
+            let (vocab, rows) = (c.vocab_size, groups.start * ROWS..(groups.end * ROWS).min(c.vocab_size));
+            for i in 0..m {
+                let mine = unsafe { b.logits.slice_mut(i * vocab + rows.start..i * vocab + rows.end) };
+                mine.iter_mut().for_each(|l| *l = cap * libm::tanhf(*l / cap));
+            }
         }
     }
 }
 
-/// The step's activations, shared by the pool's threads.
+/// RMSNorm and 8-bit quantization of every token's row of `x` into `h` and `acts`.
+fn norm_quantize(target: Target, x: &[f32], norm: &[f32], eps: f32, h: &mut [f32], acts: &mut [ActBlock]) {
+    let (d, nb) = (norm.len(), norm.len() / QK);
+    for t in 0..x.len() / d {
+        let ht = &mut h[t * d..(t + 1) * d];
+        rmsnorm(ht, &x[t * d..(t + 1) * d], norm, eps);
+        target.quantize_row(ht, &mut acts[t * nb..(t + 1) * nb]);
+    }
+}
+
+/// `x += proj` row by row, through `post_norm` first where the model has one.
+fn add_output(x: &mut [f32], proj: &[f32], post_norm: Option<&[f32]>, eps: f32, tmp: &mut [f32]) {
+    let d = tmp.len();
+    for (xt, pt) in x.chunks_exact_mut(d).zip(proj.chunks_exact(d)) {
+        match post_norm {
+            Some(pn) => {
+                rmsnorm(tmp, pt, pn, eps);
+                add_assign(xt, tmp);
+            }
+            None => add_assign(xt, pt),
+        }
+    }
+}
+
+/// One head of q or k: bias, RMSNorm over the head (Gemma 3), RoPE.
+fn rotate_head(x: &mut [f32], bias: Option<&[f32]>, norm: Option<&[f32]>, eps: f32, table: &[(f32, f32)], style: RopeStyle) {
+    if let Some(bias) = bias {
+        add_assign(x, bias);
+    }
+    if let Some(norm) = norm {
+        rmsnorm_in_place(x, norm, eps);
+    }
+    rope(x, table, x.len(), style);
+}
+
+/// The step's activations that threads share: each writes its part, the others read it after
+/// a barrier.
 struct Buffers<'a> {
-    x: Shared<'a, f32>,
-    h: Shared<'a, f32>,
-    proj: Shared<'a, f32>,
     q: Shared<'a, f32>,
     k: Shared<'a, f32>,
     v: Shared<'a, f32>,
     attn: Shared<'a, f32>,
+    proj: Shared<'a, f32>,
     gate: Shared<'a, f32>,
     up: Shared<'a, f32>,
     acts: Shared<'a, ActBlock>,
-    normed: Shared<'a, f32>,
     logits: Shared<'a, f32>,
-}
-
-/// Row `t` of a `[rows][width]` buffer, for the thread that owns it until the next barrier
-/// (private to `forward_on`, which keeps that so).
-#[allow(clippy::mut_from_ref)]
-fn row<'b>(s: &'b Shared<'_, f32>, t: usize, width: usize) -> &'b mut [f32] {
-    // SAFETY: see above.
-    unsafe { s.slice_mut(t * width..(t + 1) * width) }
 }
 
 /// # Safety
@@ -310,14 +356,50 @@ unsafe fn s_all<'b, T>(s: &'b Shared<'_, T>) -> &'b [T] {
     s.all()
 }
 
-/// cos and sin of each frequency of a head at `pos` (the reference's f64 formula, with libm's
-/// functions so every target gets the same bits).
-fn rope_angles(table: &mut Vec<(f32, f32)>, head_dim: usize, pos: f64, base: f32) {
-    table.clear();
-    table.extend((0..head_dim / 2).map(|i| {
-        let (sin, cos) = libm::sincos(pos * libm::pow(base as f64, -2.0 * i as f64 / head_dim as f64));
-        (cos as f32, sin as f32)
-    }));
+/// cos and sin of each frequency of a head at each token's position, for each distinct RoPE
+/// of the model's layers (Gemma 3's local and global layers differ): computed once a step, not
+/// per layer and head. The reference's f64 formula with libm's functions, so every target gets
+/// the same bits.
+struct RopeTables {
+    /// Index into `tables` per layer.
+    layer: Vec<usize>,
+    /// `[rope][token][head_dim / 2]`.
+    tables: Vec<(f32, f32)>,
+    per_rope: usize,
+    half: usize,
+}
+
+impl RopeTables {
+    fn new(c: &Config, positions: &[u32]) -> RopeTables {
+        let half = c.head_dim / 2;
+        let mut kinds: Vec<(f32, f32)> = Vec::new();
+        let layer = (0..c.n_layers)
+            .map(|l| {
+                let la = c.layer_attention(l);
+                let kind = (la.rope_freq_scale, la.rope_base);
+                kinds.iter().position(|&k| k == kind).unwrap_or_else(|| {
+                    kinds.push(kind);
+                    kinds.len() - 1
+                })
+            })
+            .collect();
+        let mut tables = Vec::with_capacity(kinds.len() * positions.len() * half);
+        for &(scale, base) in &kinds {
+            let inv_freq: Vec<f64> = (0..half).map(|i| libm::pow(base as f64, -2.0 * i as f64 / c.head_dim as f64)).collect();
+            for &pos in positions {
+                let pos = pos as f64 * scale as f64;
+                tables.extend(inv_freq.iter().map(|&fr| {
+                    let (sin, cos) = libm::sincos(pos * fr);
+                    (cos as f32, sin as f32)
+                }));
+            }
+        }
+        RopeTables { layer, tables, per_rope: positions.len() * half, half }
+    }
+
+    fn get(&self, layer: usize, token: usize) -> &[(f32, f32)] {
+        &self.tables[self.layer[layer] * self.per_rope + token * self.half..][..self.half]
+    }
 }
 
 fn rope(x: &mut [f32], table: &[(f32, f32)], head_dim: usize, style: RopeStyle) {

@@ -60,6 +60,11 @@ impl SimdModel {
         self.weights.bytes_per_token()
     }
 
+    /// Milliseconds a decode step's matrix products take alone ([`Weights::matmuls_ms`]).
+    pub fn matmuls_ms(&self) -> f64 {
+        self.weights.matmuls_ms(&self.pool, self.target, 5)
+    }
+
     /// The memory read bandwidth this model's threads reach (bytes/s, best of a few passes over
     /// a buffer larger than the caches): the limit decode speed is measured against.
     pub fn read_bandwidth(&self) -> f64 {

@@ -128,6 +128,12 @@ impl Worker<'_> {
         start..start + per + usize::from(self.index < extra)
     }
 
+    /// This thread's share of `0..n` in whole units of `unit` (the last may be partial).
+    pub fn share_aligned(&self, n: usize, unit: usize) -> Range<usize> {
+        let units = self.share(n.div_ceil(unit));
+        (units.start * unit).min(n)..(units.end * unit).min(n)
+    }
+
     /// Waits until every thread has reached this barrier.
     pub fn barrier(&self) {
         self.barrier.wait();

@@ -78,8 +78,9 @@ unsafe fn dot_avx(a: &[f32], b: &[f32]) -> f32 {
     dot8(a, b)
 }
 
+/// [`dot`] for callers compiled for the target's vector width themselves (inlined there).
 #[inline(always)]
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
