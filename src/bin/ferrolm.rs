@@ -591,11 +591,11 @@ mod cli {
                 let head = serde_json::json!({
                     "adapter": format!("CPU, {} threads", model.threads()), "backend": model.describe(), "threads": model.threads(),
                     "load_ms": load_ms, "weight_bytes_per_token": model.weight_bytes_per_token(), "read_gb_s": bandwidth / 1e9,
-                    "matmul_ceiling_tok_s": 1e3 / model.matmuls_ms(),
                 });
                 let wb = model.weight_bytes_per_token() as f64;
                 let mut engine = Engine::new(model);
-                let out = pollster::block_on(bench_runs(&mut engine, &tokenizer, template.as_ref(), &prompt, gen, runs, stream_gen))?;
+                let mut out = pollster::block_on(bench_runs(&mut engine, &tokenizer, template.as_ref(), &prompt, gen, runs, stream_gen))?;
+                out["matmul_ceiling_tok_s"] = (1e3 / engine.model().matmuls_ms()).into();
                 with_mbu(head, out, wb, bandwidth)
             }
             DeviceArg::Gpu => {
