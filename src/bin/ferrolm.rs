@@ -93,7 +93,7 @@ mod cli {
 
     #[derive(Clone, Copy, ValueEnum)]
     enum DeviceArg {
-        /// The quantized SIMD CPU backend (AVX2 where the CPU has it).
+        /// The quantized SIMD CPU backend (AVX2, and VNNI, where the CPU has them).
         Cpu,
         /// The exact f32 reference on the CPU.
         Reference,

@@ -190,8 +190,8 @@ mod simd128 {
 /// [`gated`] on `target`.
 pub fn gated_mul(target: Target, act: Activation, gate: &mut [f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if target == Target::Avx2 {
-        // SAFETY: `Target::Avx2` is picked only on CPUs with AVX2.
+    if target.is_avx2() {
+        // SAFETY: these targets are picked only on CPUs with AVX2.
         return unsafe { avx2::gated(act, gate, up) };
     }
     let _ = target;
@@ -202,7 +202,7 @@ pub fn gated_mul(target: Target, act: Activation, gate: &mut [f32], up: &[f32]) 
 #[allow(clippy::too_many_arguments)]
 pub fn attend(target: Target, out: &mut [f32], q: &[f32], keys: &[f32], values: &[f32], rows: &[usize], off: usize, head_dim: usize, scale: f32, scores: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
-    if target == Target::Avx2 {
+    if target.is_avx2() {
         // SAFETY: as in `gated_mul`.
         return unsafe { avx2::attend(out, q, keys, values, rows, off, head_dim, scale, scores) };
     }

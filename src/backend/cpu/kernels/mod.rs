@@ -170,6 +170,12 @@ pub enum Target {
     Relaxed,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX2 with AVX-VNNI's byte dot products.
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
+    /// AVX2 with AVX-512 VNNI's byte dot products (256-bit registers).
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
     #[cfg(target_arch = "aarch64")]
     Neon,
 }
@@ -181,8 +187,8 @@ impl Target {
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128", not(feature = "relaxed-simd")))]
         return Target::Simd128;
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
-            return Target::Avx2;
+        if let Some(&best) = Target::x86().last() {
+            return best;
         }
         #[cfg(target_arch = "aarch64")]
         return Target::Neon;
@@ -199,9 +205,39 @@ impl Target {
             Target::Relaxed => "relaxed-simd",
             #[cfg(target_arch = "x86_64")]
             Target::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Target::AvxVnni => "avx2+avx-vnni",
+            #[cfg(target_arch = "x86_64")]
+            Target::Avx512Vnni => "avx2+avx512-vnni",
             #[cfg(target_arch = "aarch64")]
             Target::Neon => "neon",
         }
+    }
+
+    /// The x86-64 targets this CPU runs, fastest last.
+    #[cfg(target_arch = "x86_64")]
+    fn x86() -> Vec<Target> {
+        use std::is_x86_feature_detected as has;
+        let mut v = Vec::new();
+        if has!("avx2") && has!("f16c") {
+            v.push(Target::Avx2);
+            if has!("avx512vnni") && has!("avx512vl") {
+                v.push(Target::Avx512Vnni);
+            }
+            if has!("avxvnni") {
+                v.push(Target::AvxVnni);
+            }
+        }
+        v
+    }
+
+    /// Whether this target's kernels are x86-64's AVX2 ones (the elementwise functions run
+    /// their AVX2 builds).
+    pub fn is_avx2(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return matches!(self, Target::Avx2 | Target::AvxVnni | Target::Avx512Vnni);
+        #[allow(unreachable_code)]
+        false
     }
 
     /// Every target this machine can run (the kernel tests compare them).
@@ -210,6 +246,9 @@ impl Target {
         // A relaxed-SIMD build also runs the plain simd128 kernels (what other builds run).
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
         v.push(Target::Simd128);
+        #[cfg(target_arch = "x86_64")]
+        v.extend(Target::x86());
+        #[cfg(not(target_arch = "x86_64"))]
         if Target::detect() != Target::Scalar {
             v.push(Target::detect());
         }
@@ -226,9 +265,13 @@ impl Target {
             Target::Simd128 => simd128::q4(w, acts, out),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
             Target::Relaxed => relaxed::q4(w, acts, out),
-            // SAFETY: `detect` chose this target only on a CPU with AVX2 and F16C.
+            // SAFETY: `x86` lists these targets only on CPUs with their features.
             #[cfg(target_arch = "x86_64")]
             Target::Avx2 => unsafe { avx2::q4(w, acts, out) },
+            #[cfg(target_arch = "x86_64")]
+            Target::AvxVnni => unsafe { avx2::q4_avx_vnni(w, acts, out) },
+            #[cfg(target_arch = "x86_64")]
+            Target::Avx512Vnni => unsafe { avx2::q4_avx512_vnni(w, acts, out) },
             // SAFETY: NEON is baseline on aarch64.
             #[cfg(target_arch = "aarch64")]
             Target::Neon => unsafe { neon::q4(w, acts, out) },
@@ -242,7 +285,7 @@ impl Target {
         match self {
             // SAFETY: as in `q4`.
             #[cfg(target_arch = "x86_64")]
-            Target::Avx2 => unsafe { avx2::quantize_row(x, out) },
+            t if t.is_avx2() => unsafe { avx2::quantize_row(x, out) },
             _ => quantize_row(x, out),
         }
     }
@@ -259,6 +302,10 @@ impl Target {
             // SAFETY: as in `q4`.
             #[cfg(target_arch = "x86_64")]
             Target::Avx2 => unsafe { avx2::q8(w, acts, out) },
+            #[cfg(target_arch = "x86_64")]
+            Target::AvxVnni => unsafe { avx2::q8_avx_vnni(w, acts, out) },
+            #[cfg(target_arch = "x86_64")]
+            Target::Avx512Vnni => unsafe { avx2::q8_avx512_vnni(w, acts, out) },
             // SAFETY: as in `q4`.
             #[cfg(target_arch = "aarch64")]
             Target::Neon => unsafe { neon::q8(w, acts, out) },
