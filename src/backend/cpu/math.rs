@@ -139,14 +139,6 @@ fn dots(q: &[f32], k: [&[f32]; DOTS]) -> [f32; DOTS] {
     std::array::from_fn(|r| dot8(q, &k[r][..q.len()]))
 }
 
-/// [`dot8`]'s last steps: its eight lane sums added in order, then the products of the values
-/// past the last whole 8.
-#[inline(always)]
-fn dot_total(lanes: [f32; 8], q_tail: &[f32], k_tail: &[f32]) -> f32 {
-    let tail: f32 = q_tail.iter().zip(k_tail).map(|(x, y)| x * y).sum();
-    lanes.iter().sum::<f32>() + tail
-}
-
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128 {
     use std::arch::wasm32::*;
@@ -170,20 +162,29 @@ mod simd128 {
                 }
             }
         }
-        std::array::from_fn(|r| {
-            let [a, b] = acc[r];
-            let lanes = [
-                f32x4_extract_lane::<0>(a),
-                f32x4_extract_lane::<1>(a),
-                f32x4_extract_lane::<2>(a),
-                f32x4_extract_lane::<3>(a),
-                f32x4_extract_lane::<0>(b),
-                f32x4_extract_lane::<1>(b),
-                f32x4_extract_lane::<2>(b),
-                f32x4_extract_lane::<3>(b),
-            ];
-            super::dot_total(lanes, &q[whole..], &k[r][whole..q.len()])
-        })
+        // Four rows at a time transposed, lane j of each in one register: adding the eight in
+        // order gives each row's lanes summed in order.
+        let mut sums = [0f32; DOTS];
+        for (rows, out) in acc.chunks_exact(4).zip(sums.chunks_exact_mut(4)) {
+            let mut lanes = [f32x4_splat(0.0); 8];
+            for half in 0..2 {
+                let (t0, t1) = (i32x4_shuffle::<0, 4, 1, 5>(rows[0][half], rows[1][half]), i32x4_shuffle::<2, 6, 3, 7>(rows[0][half], rows[1][half]));
+                let (t2, t3) = (i32x4_shuffle::<0, 4, 1, 5>(rows[2][half], rows[3][half]), i32x4_shuffle::<2, 6, 3, 7>(rows[2][half], rows[3][half]));
+                lanes[4 * half] = i32x4_shuffle::<0, 1, 4, 5>(t0, t2);
+                lanes[4 * half + 1] = i32x4_shuffle::<2, 3, 6, 7>(t0, t2);
+                lanes[4 * half + 2] = i32x4_shuffle::<0, 1, 4, 5>(t1, t3);
+                lanes[4 * half + 3] = i32x4_shuffle::<2, 3, 6, 7>(t1, t3);
+            }
+            let sum = lanes[1..].iter().fold(lanes[0], |s, &l| f32x4_add(s, l));
+            // SAFETY: `out` is four f32.
+            unsafe { v128_store(out.as_mut_ptr() as *mut v128, sum) };
+        }
+        if whole < q.len() {
+            for (s, k) in sums.iter_mut().zip(&k) {
+                *s += q[whole..].iter().zip(&k[whole..q.len()]).map(|(x, y)| x * y).sum::<f32>();
+            }
+        }
+        sums
     }
 }
 
@@ -232,11 +233,31 @@ mod avx2 {
                 *acc = _mm256_add_ps(*acc, _mm256_mul_ps(qv, _mm256_loadu_ps(k.as_ptr().add(c))));
             }
         }
-        std::array::from_fn(|r| {
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r]);
-            super::dot_total(lanes, &q[whole..], &k[r][whole..q.len()])
-        })
+        // Transposed, lane j of every row in one register: adding the eight in order gives each
+        // row's lanes summed in order, eight rows at once.
+        let lo = |a, b| _mm256_unpacklo_ps(a, b);
+        let hi = |a, b| _mm256_unpackhi_ps(a, b);
+        let [a0, a1, a2, a3, a4, a5, a6, a7] = acc;
+        let (t0, t1, t2, t3) = (lo(a0, a1), hi(a0, a1), lo(a2, a3), hi(a2, a3));
+        let (t4, t5, t6, t7) = (lo(a4, a5), hi(a4, a5), lo(a6, a7), hi(a6, a7));
+        let (u0, u1) = (_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xEE>(t0, t2));
+        let (u2, u3) = (_mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xEE>(t1, t3));
+        let (u4, u5) = (_mm256_shuffle_ps::<0x44>(t4, t6), _mm256_shuffle_ps::<0xEE>(t4, t6));
+        let (u6, u7) = (_mm256_shuffle_ps::<0x44>(t5, t7), _mm256_shuffle_ps::<0xEE>(t5, t7));
+        // Lane j of rows 0..4 in u_j's low half (j < 4) or u_{j-4}'s high half; rows 4..8 in u_{j+4}.
+        let lane = |a: __m256, b: __m256, high: bool| if high { _mm256_permute2f128_ps::<0x31>(a, b) } else { _mm256_permute2f128_ps::<0x20>(a, b) };
+        let mut sum = lane(u0, u4, false);
+        for (a, b, high) in [(u1, u5, false), (u2, u6, false), (u3, u7, false), (u0, u4, true), (u1, u5, true), (u2, u6, true), (u3, u7, true)] {
+            sum = _mm256_add_ps(sum, lane(a, b, high));
+        }
+        let mut sums = [0f32; DOTS];
+        _mm256_storeu_ps(sums.as_mut_ptr(), sum);
+        if whole < q.len() {
+            for (s, k) in sums.iter_mut().zip(&k) {
+                *s += q[whole..].iter().zip(&k[whole..q.len()]).map(|(x, y)| x * y).sum::<f32>();
+            }
+        }
+        sums
     }
 
     /// # Safety
