@@ -70,7 +70,7 @@ pub async fn bench_runs<M: ForwardModel>(
     let (serving, speculative, constrained) = match stream_gen {
         0 => (None, None, None),
         n => {
-            let (s, p) = time_engine(engine, tok, template, prompt, gen, n).await?;
+            let (s, p) = time_engine(engine, tok, template, prompt, gen, n, runs).await?;
             (Some(s), Some(p), Some(time_constrained(engine, tok, template).await?))
         }
     };
@@ -143,7 +143,8 @@ pub fn merge(mut head: serde_json::Value, rest: serde_json::Value) -> serde_json
 }
 
 /// The engine rows of a benchmark summary: [`time_serving`] on the printing-press text, and
-/// [`time_speculative`] on the code edit (rendered with `template`) and on `prompt`.
+/// [`time_speculative`] (`runs` pairs) on the code edit (rendered with `template`) and on
+/// `prompt`.
 pub async fn time_engine<M: ForwardModel>(
     engine: &mut Engine<M>,
     tok: &Tokenizer,
@@ -151,6 +152,7 @@ pub async fn time_engine<M: ForwardModel>(
     prompt: &[u32],
     gen: usize,
     stream_gen: usize,
+    runs: usize,
 ) -> Result<(ServingTiming, Vec<SpeculativeTiming>)> {
     let ids = tok.encode_prompt(&PRINTING_PRESS_PROMPT.repeat(3), false)?;
     let serving = time_serving(engine, tok, &ids, stream_gen).await?;
@@ -158,7 +160,7 @@ pub async fn time_engine<M: ForwardModel>(
     let code = render_chat(template, &[ChatMessage { role: "user".into(), content: CODE_EDIT_PROMPT.into() }], None, true, tok.max_prompt_bytes(context))?;
     let mut speculative = Vec::new();
     for (name, ids) in [("code edit", tok.encode_prompt(&code, true)?), ("free text", prompt.to_vec())] {
-        speculative.push(time_speculative(engine, tok, name, &ids, gen).await?);
+        speculative.push(time_speculative(engine, tok, name, &ids, gen, runs).await?);
     }
     Ok((serving, speculative))
 }
@@ -234,21 +236,30 @@ pub struct SpeculativeTiming {
 }
 
 /// Greedy decoding of `prompt` (up to `gen` tokens), plain and with n-gram speculation (k <= 4),
-/// cold prefix cache each time; both runs produce the same tokens.
-pub async fn time_speculative<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, name: &str, prompt: &[u32], gen: usize) -> Result<SpeculativeTiming> {
+/// cold prefix cache each time, `runs` pairs interleaved (medians: one pair alone differed by
+/// up to 6% between runs on the CPU backend); both produce the same tokens.
+pub async fn time_speculative<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, name: &str, prompt: &[u32], gen: usize, runs: usize) -> Result<SpeculativeTiming> {
     let mut run = async |speculative| -> Result<Generation> {
         engine.clear_prefix_cache();
         engine.generate(tok, Request { prompt: prompt.to_vec(), opts: GenerateOptions { max_tokens: gen, speculative, ..Default::default() } }, |_| {}).await
     };
-    let plain = run(None).await?;
-    let spec = run(Some(Speculative { method: SpecMethod::Ngram, k: 4 })).await?;
-    let s = &spec.stats;
+    let (mut plain, mut spec) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(1) {
+        plain.push(run(None).await?.stats.decode_tok_s);
+        spec.push(run(Some(Speculative { method: SpecMethod::Ngram, k: 4 })).await?);
+    }
+    let s = &spec.last().expect("at least one run").stats;
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (plain, fast) = (mid(plain), mid(spec.iter().map(|g| g.stats.decode_tok_s).collect()));
     Ok(SpeculativeTiming {
         name: name.into(),
         generated_tokens: s.generated_tokens,
-        plain_decode_tok_s: plain.stats.decode_tok_s,
-        speculative_decode_tok_s: s.decode_tok_s,
-        speedup: s.decode_tok_s / plain.stats.decode_tok_s.max(1e-9),
+        plain_decode_tok_s: plain,
+        speculative_decode_tok_s: fast,
+        speedup: fast / plain.max(1e-9),
         drafted: s.drafted,
         accepted: s.accepted,
         tokens_per_forward: s.generated_tokens as f64 / s.forwards.max(1) as f64,
