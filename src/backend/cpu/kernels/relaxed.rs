@@ -26,7 +26,10 @@ impl NibbleDot for RelaxedDot {
     fn weights(qs: &[u8; 16]) -> [v128; 2] {
         // SAFETY: 16 bytes; unaligned-safe load.
         let q = unsafe { v128_load(qs.as_ptr() as *const v128) };
-        [v128_and(q, u8x16_splat(0xF)), u8x16_shr(q, 4)]
+        // A 16-bit shift and the same mask for both halves: x86 has no byte shift for V8 to
+        // lower `i8x16.shr_u` to (one thread decode 49-52 -> 54-56 tok/s in Chromium).
+        let low4 = u8x16_splat(0xF);
+        [v128_and(q, low4), v128_and(u16x8_shr(q, 4), low4)]
     }
     #[inline(always)]
     fn acts(ab: &ActBlock) -> [v128; 2] {

@@ -18,9 +18,37 @@ fn reduce4(p: [v128; ROWS]) -> v128 {
 #[inline(always)]
 fn scales(h: &[u16]) -> v128 {
     // SAFETY: `h` holds at least four u16 (8 bytes); the load is unaligned-safe.
-    let h = u32x4_extend_low_u16x8(unsafe { v128_load64_zero(h.as_ptr() as *const u64) });
-    let mag = f32x4_mul(u32x4_shl(v128_and(h, u32x4_splat(0x7FFF)), 13), f32x4_splat(f32::from_bits((127 + 112) << 23)));
-    v128_or(mag, u32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16))
+    let h = unsafe { v128_load64_zero(h.as_ptr() as *const u64) };
+    f16_low(h)
+}
+
+/// Lanes 0..4 (`f16_low`) or 4..8 (`f16_high`) of eight f16 as f32, exactly for finite values:
+/// each f16 moved to the top of an i32 lane (one unpack), shifted down 3 (arithmetic: the sign
+/// stays on top) with the copies of the sign below it cleared, is the f32 whose exponent is
+/// the f16's rebased by -112; scaling by 2^112 rebases it (normals and subnormals alike).
+/// Three operations a vector after the unpack, where widening then splitting sign and
+/// magnitude took six.
+#[inline(always)]
+fn f16_low(h: v128) -> v128 {
+    rebase(i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(i16x8_splat(0), h))
+}
+
+#[inline(always)]
+fn f16_high(h: v128) -> v128 {
+    rebase(i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(i16x8_splat(0), h))
+}
+
+#[inline(always)]
+fn rebase(top: v128) -> v128 {
+    f32x4_mul(v128_and(i32x4_shr(top, 3), i32x4_splat(0x8FFF_FFFFu32 as i32)), f32x4_splat(f32::from_bits((127 + 112) << 23)))
+}
+
+/// A 4-bit group's row scales and mins, from one load (they are its first 16 bytes).
+#[inline(always)]
+fn scales_mins(g: &Q4x4) -> (v128, v128) {
+    // SAFETY: `d` and `m` are 16 contiguous bytes at the start of the group; unaligned-safe load.
+    let h = unsafe { v128_load(g as *const Q4x4 as *const v128) };
+    (f16_low(h), f16_high(h))
 }
 
 /// 16 signed bytes as i16x8 of the even ones and of the odd ones.
@@ -96,7 +124,7 @@ pub(super) fn q4_with<K: NibbleDot>(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut 
     let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
     for (b, g) in w.iter().enumerate() {
         let wq: [K::W; ROWS] = std::array::from_fn(|r| K::weights(&g.qs[r]));
-        let (d, m) = (scales(&g.d), scales(&g.m));
+        let (d, m) = scales_mins(g);
         for t in 0..n {
             let ab = &acts[t][b];
             let a = K::acts(ab);
@@ -119,7 +147,7 @@ fn q4_one<K: NibbleDot>(w: &[Q4x4], act: &[ActBlock], out: &mut [f32; ROWS]) {
     for (g, ab) in w.iter().zip(act) {
         let a = K::acts(ab);
         let isum = reduce4(std::array::from_fn(|r| K::dot(&K::weights(&g.qs[r]), &a)));
-        let (d, m) = (scales(&g.d), scales(&g.m));
+        let (d, m) = scales_mins(g);
         acc = f32x4_add(acc, f32x4_mul(f32x4_mul(d, f32x4_splat(ab.d)), f32x4_convert_i32x4(isum)));
         accm = f32x4_add(accm, f32x4_mul(m, f32x4_splat(ab.dsum)));
     }
