@@ -88,6 +88,9 @@ fn attend_with<D: Fn(&[f32], [&[f32]; DOTS]) -> [f32; DOTS]>(
     scores.clear();
     scores.resize(q.len() / hd * len, 0.0);
     for (c, rs) in rows.chunks(DOTS).enumerate() {
+        for &r in rows.get((c + 2) * DOTS..).unwrap_or(&[]).iter().take(DOTS) {
+            prefetch(keys.as_ptr().wrapping_add(r + off), hd);
+        }
         for (h, qh) in q.chunks_exact(hd).enumerate() {
             let at = h * len + c * DOTS;
             if rs.len() == DOTS {
@@ -106,7 +109,10 @@ fn attend_with<D: Fn(&[f32], [&[f32]; DOTS]) -> [f32; DOTS]>(
             if oc.len() == SPAN {
                 // A span of the output stays in registers over all rows.
                 let mut acc = [0f32; SPAN];
-                for (&r, &w) in rows.iter().zip(a) {
+                for (i, (&r, &w)) in rows.iter().zip(a).enumerate() {
+                    if let Some(&ahead) = rows.get(i + 8) {
+                        prefetch(values.as_ptr().wrapping_add(ahead + col), SPAN);
+                    }
                     let v: &[f32; SPAN] = values[r + col..][..SPAN].try_into().expect("a span");
                     for j in 0..SPAN {
                         acc[j] += w * v[j];
@@ -122,6 +128,20 @@ fn attend_with<D: Fn(&[f32], [&[f32]; DOTS]) -> [f32; DOTS]>(
             }
         }
     }
+}
+
+/// Asks for the cache lines of `len` values at `p` ahead of use: K/V rows are read by slot,
+/// not as one stream the hardware prefetchers follow (SmolLM2 decode, one thread: attention
+/// 1.23-1.52 -> 0.96-1.02 ms a step). Natively only: wasm has no prefetch instruction.
+#[inline(always)]
+fn prefetch(p: *const f32, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..len).step_by(16) {
+        // SAFETY: a prefetch does not fault, whatever the address; SSE is baseline on x86_64.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(line) as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
 }
 
 /// Keys scored at once (independent sums in flight).
