@@ -146,7 +146,11 @@ async function send(pane) {
       const piece = chunk.choices[0].delta.content ?? "";
       if (piece) {
         const now = performance.now();
-        run.first ??= now;
+        if (run.first === null) {
+          run.first = now;
+          // Each conversation's first token: the map shows its blocks, however short it is.
+          refreshMap();
+        }
         run.tokens.push(now);
         text += piece;
         const spec = chunk.speculation;
