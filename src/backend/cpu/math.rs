@@ -159,6 +159,18 @@ fn dots(q: &[f32], k: [&[f32]; DOTS]) -> [f32; DOTS] {
     std::array::from_fn(|r| dot8(q, &k[r][..q.len()]))
 }
 
+/// [`dot8`]'s last step for the vector forms of [`dots`]: each row's products of the values
+/// past the last whole 8 (`whole`), summed in order, added to its lane total.
+#[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
+#[inline(always)]
+fn add_tails(sums: &mut [f32; DOTS], q: &[f32], k: &[&[f32]; DOTS], whole: usize) {
+    if whole < q.len() {
+        for (s, k) in sums.iter_mut().zip(k) {
+            *s += q[whole..].iter().zip(&k[whole..q.len()]).map(|(x, y)| x * y).sum::<f32>();
+        }
+    }
+}
+
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128 {
     use std::arch::wasm32::*;
@@ -199,11 +211,7 @@ mod simd128 {
             // SAFETY: `out` is four f32.
             unsafe { v128_store(out.as_mut_ptr() as *mut v128, sum) };
         }
-        if whole < q.len() {
-            for (s, k) in sums.iter_mut().zip(&k) {
-                *s += q[whole..].iter().zip(&k[whole..q.len()]).map(|(x, y)| x * y).sum::<f32>();
-            }
-        }
+        super::add_tails(&mut sums, q, &k, whole);
         sums
     }
 }
@@ -272,11 +280,7 @@ mod avx2 {
         }
         let mut sums = [0f32; DOTS];
         _mm256_storeu_ps(sums.as_mut_ptr(), sum);
-        if whole < q.len() {
-            for (s, k) in sums.iter_mut().zip(&k) {
-                *s += q[whole..].iter().zip(&k[whole..q.len()]).map(|(x, y)| x * y).sum::<f32>();
-            }
-        }
+        super::add_tails(&mut sums, q, &k, whole);
         sums
     }
 
