@@ -37,12 +37,14 @@ struct Run {
 /// Weight groups kept together while tokens stream past them (they stay in cache).
 const GROUP_CHUNK: usize = 16;
 
-/// Sequential reads a decode product interleaves over its share of groups. Wasm has no prefetch
-/// instruction and a decode step reads every weight from memory once: eight interleaved streams
-/// keep more reads in flight through the hardware prefetchers (Chromium, SmolLM2 decode 30-33
-/// -> 43-44 tok/s on one thread, 56-58 -> 77-81 on two). Natively the kernels prefetch ahead of
-/// one stream, and more streams measured slower (one thread 110-136 -> 78-85 tok/s).
-const DECODE_STREAMS: usize = if cfg!(target_arch = "wasm32") { 8 } else { 1 };
+/// Groups a one-token product hands the kernels at once, from evenly spaced places of its
+/// share: the wasm kernels sum that many groups block by block, to keep as many sequential
+/// reads in flight (no prefetch instruction there). Natively the kernels prefetch ahead of one
+/// stream, and more streams measured slower (one thread 110-136 -> 78-85 tok/s).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+const DECODE_STREAMS: usize = super::kernels::simd128::LOCKSTEP;
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+const DECODE_STREAMS: usize = 1;
 
 impl QMatrix {
     /// Reads and repacks matrix `info` (`dims = [cols, rows]`), four rows at a time.
@@ -157,15 +159,22 @@ impl QMatrix {
             // SAFETY: this call owns columns of `groups` in every row of y until the caller's next barrier.
             unsafe { y.slice_mut(t * m + r0..t * m + r1) }.copy_from_slice(&vals[..r1 - r0]);
         };
-        // One token reads each group once: the whole share is one chunk, read as interleaved streams.
-        let (size, streams) = if n == 1 { (groups.len().max(1), DECODE_STREAMS) } else { (GROUP_CHUNK, 1) };
-        for chunk in groups.clone().step_by(size) {
-            let chunk = chunk..(chunk + size).min(groups.end);
-            let per = chunk.len().div_ceil(streams);
-            let order = (0..per).flat_map(|i| (0..streams).map(move |s| s * per + i)).filter(|&o| o < chunk.len()).map(|o| chunk.start + o);
+        if n == 1 && !matches!(self.packed, Packed::F32(_)) {
+            let act = &acts[..nb];
+            match &self.packed {
+                Packed::Q4(w) => decode_sets(w, nb, groups, |ws, out| target.q4_groups(ws, act, out), write),
+                Packed::Q8(w) => decode_sets(w, nb, groups, |ws, out| target.q8_groups(ws, act, out), write),
+                Packed::Q8Min(w) => decode_sets(w, nb, groups, |ws, out| target.q8_groups(ws, act, out), write),
+                Packed::Q8Halves(w) => decode_sets(w, nb, groups, |ws, out| target.q8_groups(ws, act, out), write),
+                Packed::F32(_) => unreachable!("excluded above"),
+            }
+            return;
+        }
+        for chunk in groups.clone().step_by(GROUP_CHUNK) {
+            let chunk = chunk..(chunk + GROUP_CHUNK).min(groups.end);
             for t0 in (0..n).step_by(TILE) {
                 let tn = TILE.min(n - t0);
-                for g in order.clone() {
+                for g in chunk.clone() {
                     if let Packed::F32(w) = &self.packed {
                         for t in t0..t0 + tn {
                             let xt = &x[t * k..(t + 1) * k];
@@ -189,6 +198,27 @@ impl QMatrix {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Hands `kernel` the groups of `groups` (each `nb` blocks of `w`) [`DECODE_STREAMS`] at a
+/// time, group i of a set from the i-th evenly spaced place of the range, and `write`s each
+/// group's four outputs (token 0).
+fn decode_sets<B>(w: &[B], nb: usize, groups: std::ops::Range<usize>, mut kernel: impl FnMut(&[&[B]], &mut [[f32; ROWS]]), write: impl Fn(usize, usize, &[f32; ROWS])) {
+    let per = groups.len().div_ceil(DECODE_STREAMS);
+    let mut out = [[0f32; ROWS]; DECODE_STREAMS];
+    for i in 0..per {
+        let mut ws: [&[B]; DECODE_STREAMS] = [&[]; DECODE_STREAMS];
+        let mut at = [0usize; DECODE_STREAMS];
+        let mut c = 0;
+        for g in (0..DECODE_STREAMS).map(|s| groups.start + s * per + i).filter(|&g| g < groups.end) {
+            (ws[c], at[c]) = (&w[g * nb..(g + 1) * nb], g);
+            c += 1;
+        }
+        kernel(&ws[..c], &mut out[..c]);
+        for (&g, vals) in at[..c].iter().zip(&out) {
+            write(0, g, vals);
         }
     }
 }

@@ -278,6 +278,32 @@ impl Target {
         }
     }
 
+    /// `out[k][r] = row r of group ws[k] . the token` (decode). Wasm sums up to sixteen groups
+    /// together block by block (`simd128::LOCKSTEP`: more reads in flight); other targets one
+    /// group after another (they prefetch). The same sums as [`Target::q4`].
+    pub fn q4_groups(self, ws: &[&[Q4x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
+        debug_assert!(out.len() == ws.len() && ws.iter().all(|w| w.len() == act.len()));
+        match self {
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Target::Simd128 => simd128::q4_groups(ws, act, out),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+            Target::Relaxed => relaxed::q4_groups(ws, act, out),
+            _ => ws.iter().zip(out).for_each(|(w, o)| self.q4(w, &[act], std::slice::from_mut(o))),
+        }
+    }
+
+    /// [`Target::q4_groups`] for the 8-bit groups.
+    pub fn q8_groups<G: Q8Group>(self, ws: &[&[G]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
+        debug_assert!(out.len() == ws.len() && ws.iter().all(|w| w.len() == act.len()));
+        match self {
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Target::Simd128 => simd128::q8_groups(ws, act, out),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+            Target::Relaxed => relaxed::q8_groups(ws, act, out),
+            _ => ws.iter().zip(out).for_each(|(w, o)| self.q8(w, &[act], std::slice::from_mut(o))),
+        }
+    }
+
     /// [`quantize_row`] compiled for this target: x86-64's baseline has no rounding instruction,
     /// so there each value was a call to libm's `rintf` (4% of a decode step on one thread).
     /// The same bits everywhere.

@@ -11,10 +11,10 @@
 
 use std::arch::wasm32::*;
 
-use super::simd128::{q4_with, NibbleDot};
+use super::simd128::{q4_groups_with, q4_with, NibbleDot};
 use super::{ActBlock, Q4x4, ROWS};
 
-pub use super::simd128::q8;
+pub use super::simd128::{q8, q8_groups};
 
 /// Nibbles as bytes (values 0..16, then 16..32) against the activation bytes.
 struct RelaxedDot;
@@ -46,4 +46,9 @@ impl NibbleDot for RelaxedDot {
 #[target_feature(enable = "relaxed-simd")]
 pub fn q4(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
     q4_with::<RelaxedDot>(w, acts, out)
+}
+
+#[target_feature(enable = "relaxed-simd")]
+pub fn q4_groups(ws: &[&[Q4x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
+    q4_groups_with::<RelaxedDot>(ws, act, out)
 }
