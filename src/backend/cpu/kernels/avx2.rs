@@ -209,11 +209,46 @@ unsafe fn q8_with<G: Q8Group, D: ByteDot>(w: &[G], acts: &[&[ActBlock]], out: &m
     }
 }
 
-/// [`super::quantize_row`] with the rounding as an instruction.
+/// [`super::quantize_row`] in 8-lane registers, the same bits: the largest magnitude as a max
+/// that skips NaN (as the scalar comparison does), round half to even, NaN to 0 (as Rust's
+/// `as i8`), then packed to bytes. Written out because `as i8`'s saturation kept the compiler
+/// from vectorizing the conversion (five scalar instructions a value, 3.4% of native decode).
 ///
 /// # Safety
 /// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
 pub unsafe fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
-    super::quantize_row(x, out)
+    const QK: usize = super::QK;
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    for (xb, ob) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xb.as_ptr().add(8 * i)));
+        // `max(a, m)` is `a > m ? a : m`: a NaN lane keeps m, as `if a > amax` does.
+        let mut m = _mm256_setzero_ps();
+        for vi in v {
+            m = _mm256_max_ps(_mm256_and_ps(vi, abs_mask), m);
+        }
+        let m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
+        let m2 = _mm_max_ps(_mm_movehl_ps(m4, m4), m4);
+        let amax = _mm_cvtss_f32(_mm_max_ss(_mm_movehdup_ps(m2), m2));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let q: [__m256i; 4] = std::array::from_fn(|i| {
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v[i], id));
+            // `as i8`: saturated (only reachable when 1 / d overflows), NaN -> 0 (an ordered
+            // compare is false only for NaN).
+            let sat = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-128.0)), _mm256_set1_ps(127.0));
+            _mm256_cvtps_epi32(_mm256_and_ps(sat, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r)))
+        });
+        let total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let t4 = _mm_add_epi32(_mm256_extracti128_si256::<1>(total), _mm256_castsi256_si128(total));
+        let t2 = _mm_add_epi32(t4, _mm_shuffle_epi32::<0b01_00_11_10>(t4));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(t2, _mm_shuffle_epi32::<0b10_11_00_01>(t2)));
+        // Packs work within 128-bit halves: [0..4 8..12 4..8 12..16] per pair, fixed by a
+        // permute of 32-bit groups at the end.
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(ob.qs.as_mut_ptr() as *mut __m256i, bytes);
+        ob.d = d;
+        ob.dsum = d * sum as f32;
+    }
 }
