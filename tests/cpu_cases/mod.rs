@@ -4,7 +4,8 @@
 //! steps); scalar must equal the exact dequantization times f32 within the error bound of 8-bit
 //! activations.
 
-use ferrolm::backend::cpu::kernels::{Target, QK};
+use bytemuck::Zeroable;
+use ferrolm::backend::cpu::kernels::{quantize_row, ActBlock, Target, QK};
 use ferrolm::backend::cpu::weights::QMatrix;
 use ferrolm::gguf::{dequantize, GgmlType, TensorInfo};
 use half::{bf16, f16};
@@ -58,11 +59,11 @@ pub const TYPES: [GgmlType; 10] = [GgmlType::F32, GgmlType::F16, GgmlType::BF16,
 /// Checks every type on every target with `tokens` activation rows; returns lines describing
 /// what was compared.
 pub fn check_cpu_kernels(tokens: usize) -> Vec<String> {
+    let mut report = vec![check_quantize_edges()];
     // 70 rows: a partial group of four is padded, and a one-token product in wasm sums sets of
     // up to sixteen groups together (here two sets of nine).
     let (rows, cols) = (70, 512);
     let mut rng = Rng::new(0x5eed ^ tokens as u64);
-    let mut report = Vec::new();
     for ty in TYPES {
         let bytes = random_tensor(ty, rows, cols, &mut rng);
         let info = TensorInfo { name: format!("test.{ty}"), dims: vec![cols as u64, rows as u64], ty, offset: 0, n_bytes: bytes.len() as u64 };
@@ -103,4 +104,34 @@ pub fn check_cpu_kernels(tokens: usize) -> Vec<String> {
         report.push(format!("{ty}: scalar within {:.0}% of the 8-bit error bound of the f32 product", worst * 100.0));
     }
     report
+}
+
+/// Every target quantizes activations to the same bytes and scales as the portable code, on
+/// edge blocks too: zeros, exact halves, NaN and infinities, magnitudes so small that 1 / scale
+/// overflows, and ordinary values.
+fn check_quantize_edges() -> String {
+    let mut x = Vec::new();
+    x.extend([0f32; QK]);
+    x.extend((0..QK).map(|i| (i as f32 - 16.0) * 0.5));
+    x.extend((0..QK).map(|i| if i == 3 { f32::NAN } else { i as f32 * 0.1 - 1.0 }));
+    x.extend((0..QK).map(|i| match i {
+        0 => f32::INFINITY,
+        1 => f32::NEG_INFINITY,
+        _ => i as f32,
+    }));
+    x.extend((0..QK).map(|i| (i as f32 - 15.0) * 1e-44));
+    x.extend((0..QK).map(|i| ((i * 7919 % 101) as f32 - 50.0) * 0.37));
+    let mut want = vec![ActBlock::zeroed(); x.len() / QK];
+    quantize_row(&x, &mut want);
+    let mut names = Vec::new();
+    for target in Target::available() {
+        let mut got = vec![ActBlock::zeroed(); x.len() / QK];
+        target.quantize_row(&x, &mut got);
+        for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.qs, w.qs, "{}: activation block {b}", target.name());
+            assert_eq!((g.d.to_bits(), g.dsum.to_bits()), (w.d.to_bits(), w.dsum.to_bits()), "{}: activation block {b}", target.name());
+        }
+        names.push(target.name());
+    }
+    format!("activation quantization: {} == portable on edge blocks", names.join(", "))
 }
