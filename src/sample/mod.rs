@@ -762,18 +762,50 @@ pub fn logprobs(logits: &[f32], chosen: u32, n: usize) -> (f32, Vec<(u32, f32)>)
 
 /// Index of the largest logit (the first one on ties).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
+    // What `for i { if l[i] > l[best] { best = i } }` returns, in loops that vectorize (that
+    // loop took 142 us over SmolLM2's 49,152 logits in Chromium, this 15): the largest value
+    // in eight independent lanes (a NaN never wins a comparison), then its first place.
+    let Some(&first) = logits.first() else { return 0 };
+    if first.is_nan() {
+        return 0;
+    }
+    let mut lanes = [first; 8];
+    let chunks = logits.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for j in 0..8 {
+            lanes[j] = if c[j] > lanes[j] { c[j] } else { lanes[j] };
         }
     }
-    best as u32
+    let max = lanes.iter().chain(rest).fold(first, |m, &l| if l > m { l } else { m });
+    let chunk = logits.chunks(8).position(|c| c.iter().fold(false, |found, &l| found | (l == max))).unwrap_or(0);
+    (chunk * 8 + logits[chunk * 8..].iter().position(|&l| l == max).unwrap_or(0)) as u32
 }
 
 #[cfg(test)]
 mod tests {
-    use super::exp_neg;
+    use super::{argmax, exp_neg};
+
+    /// The first largest logit, NaN never winning (a NaN first logit: 0), as the plain loop.
+    #[test]
+    fn argmax_is_the_first_largest() {
+        let plain = |l: &[f32]| {
+            let mut best = 0;
+            for (i, &v) in l.iter().enumerate() {
+                if v > l[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        };
+        let nan = f32::NAN;
+        let mut cases: Vec<Vec<f32>> =
+            vec![vec![], vec![nan, 1.0, 2.0], vec![1.0, nan, 3.0, 3.0, -1.0], vec![-0.0, -1.0, 0.0, -0.0], vec![f32::NEG_INFINITY; 19], vec![2.0; 17], vec![-5.0, f32::INFINITY, 7.0, f32::INFINITY]];
+        cases.extend((1..40).map(|n| (0..n).map(|i| ((i * 37 % 11) as f32) - if i % 5 == 0 { nan } else { 0.0 }).collect()));
+        for c in &cases {
+            assert_eq!(argmax(c), plain(c), "{c:?}");
+        }
+    }
 
     /// Within a few f64 ulps of the platform's `exp` (which it may not use: libm differs
     /// between targets) from 0 down to underflow, and 0 below.
