@@ -36,11 +36,12 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
     GenerateOptions { max_tokens, ignore_eos: true, ..Default::default() }
 }
 
-/// Prefills `prompt` on a cold prefix cache and decodes `gen` tokens greedily through the
-/// engine (no stop tokens), timing both.
-pub async fn time_generation<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, prompt: &[u32], gen: usize) -> Result<GenerationTiming> {
+/// Prefills `prompt` on a cold prefix cache and decodes `gen` tokens with `sampling` through
+/// the engine (no stop tokens), timing both.
+pub async fn time_generation<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer, prompt: &[u32], gen: usize, sampling: &SamplingParams) -> Result<GenerationTiming> {
     engine.clear_prefix_cache();
-    let g = engine.generate(tok, Request { prompt: prompt.to_vec(), opts: greedy(gen.max(2)) }, |_| {}).await?;
+    let opts = GenerateOptions { sampling: sampling.clone(), ..greedy(gen.max(2)) };
+    let g = engine.generate(tok, Request { prompt: prompt.to_vec(), opts }, |_| {}).await?;
     let s = &g.stats;
     Ok(GenerationTiming { prompt_tokens: prompt.len(), gen_tokens: s.generated_tokens, ttft_ms: s.ttft_ms, prefill_tok_s: s.prefill_tok_s, decode_tok_s: s.decode_tok_s })
 }
@@ -52,8 +53,9 @@ pub fn median(timings: &[GenerationTiming], f: fn(&GenerationTiming) -> f64) -> 
     v[v.len() / 2]
 }
 
-/// Greedy generation of `gen` tokens from `prompt`, `runs` times, and (when `stream_gen` > 0)
-/// the batching engine: 1-8 concurrent streams, prefix-cache TTFT and speculation.
+/// Greedy generation of `gen` tokens from `prompt`, `runs` times, then sampled generation
+/// ([`bench_sampling`]: `sampled_decode_tok_s`), and (when `stream_gen` > 0) the batching
+/// engine: 1-8 concurrent streams, prefix-cache TTFT and speculation.
 pub async fn bench_runs<M: ForwardModel>(
     engine: &mut Engine<M>,
     tok: &Tokenizer,
@@ -63,9 +65,12 @@ pub async fn bench_runs<M: ForwardModel>(
     runs: usize,
     stream_gen: usize,
 ) -> Result<serde_json::Value> {
-    let mut timings = Vec::new();
+    let (mut timings, mut sampled) = (Vec::new(), Vec::new());
     for _ in 0..runs.max(1) {
-        timings.push(time_generation(engine, tok, prompt, gen.max(2)).await?);
+        timings.push(time_generation(engine, tok, prompt, gen.max(2), &SamplingParams::greedy()).await?);
+    }
+    for _ in 0..runs.max(1) {
+        sampled.push(time_generation(engine, tok, prompt, gen.max(2), &bench_sampling()).await?);
     }
     let (serving, speculative, constrained) = match stream_gen {
         0 => (None, None, None),
@@ -78,6 +83,7 @@ pub async fn bench_runs<M: ForwardModel>(
     Ok(serde_json::json!({
         "serving": serving, "speculative": speculative, "constrained": constrained, "prompt_tokens": prompt.len(), "gen_tokens": gen, "runs": runs,
         "ttft_ms": median(|t| t.ttft_ms), "prefill_tok_s": median(|t| t.prefill_tok_s), "decode_tok_s": median(|t| t.decode_tok_s),
+        "sampled_decode_tok_s": self::median(&sampled, |t| t.decode_tok_s),
         "all_runs": timings,
     }))
 }
