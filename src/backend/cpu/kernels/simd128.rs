@@ -165,8 +165,8 @@ pub(super) fn q4_with<K: NibbleDot>(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut 
 /// block by block; each group's sums are those of [`q4_with`].
 #[inline(always)]
 pub(super) fn q4_groups_with<K: NibbleDot>(ws: &[&[Q4x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
-    let n = ws.len().min(LOCKSTEP).min(out.len());
-    assert!(ws[..n].iter().all(|w| w.len() >= act.len()));
+    let n = ws.len();
+    assert!(n <= LOCKSTEP && out.len() == n && ws.iter().all(|w| w.len() >= act.len()), "at most {LOCKSTEP} groups, each of the activations' blocks");
     let (mut acc, mut accm) = ([f32x4_splat(0.0); LOCKSTEP], [f32x4_splat(0.0); LOCKSTEP]);
     for (b, ab) in act.iter().enumerate() {
         let (a, ad, adsum) = (K::acts(ab), f32x4_splat(ab.d), f32x4_splat(ab.dsum));
@@ -229,8 +229,8 @@ pub fn q8<G: Q8Group>(w: &[G], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
 
 /// [`q4_groups_with`] for the 8-bit groups.
 pub fn q8_groups<G: Q8Group>(ws: &[&[G]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
-    let n = ws.len().min(LOCKSTEP).min(out.len());
-    assert!(ws[..n].iter().all(|w| w.len() >= act.len()));
+    let n = ws.len();
+    assert!(n <= LOCKSTEP && out.len() == n && ws.iter().all(|w| w.len() >= act.len()), "at most {LOCKSTEP} groups, each of the activations' blocks");
     let (mut acc, mut accm) = ([f32x4_splat(0.0); LOCKSTEP], [f32x4_splat(0.0); LOCKSTEP]);
     for (b, ab) in act.iter().enumerate() {
         let (a, ad, adsum) = (split_i8x32(ab.qs.as_ptr()), f32x4_splat(ab.d), f32x4_splat(ab.dsum));
