@@ -123,15 +123,15 @@ pub fn q4_groups(ws: &[&[Q4x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
 /// places of a thread's share keep sixteen sequential reads in flight for the hardware
 /// prefetchers (each stops at a 4 KiB page). SmolLM2 decode in Chromium, relaxed SIMD, against
 /// a whole group at a time from eight places: one thread 60-63 -> 85-99 tok/s, two 125-127 ->
-/// 163-172; 32 groups measured slower. A kernel alone over 86 MB: 8.4-8.9 -> 11.8 GB/s (a plain
-/// read reaches 18-25 GB/s from sixteen places, 11-11.5 from one).
+/// 163-172; 32 groups measured slower. A kernel alone over 86 MB: 8.4-8.9 -> 10.9-12.6 GB/s (a
+/// plain read reaches 18-25 GB/s from sixteen places, 11-11.5 from one).
 pub const LOCKSTEP: usize = 16;
 
-/// One block of one group against one token: `acc += (d * d_act) * isum`, `accm += m * dsum`.
+/// One block of one group (`wq`: its rows unpacked by `K`, `(d, m)`: its scales and mins)
+/// against one token: `acc += (d * d_act) * isum`, `accm += m * dsum`.
 #[inline(always)]
-fn q4_step<K: NibbleDot>(g: &Q4x4, a: &K::A, ad: v128, adsum: v128, acc: &mut v128, accm: &mut v128) {
-    let isum = reduce4(std::array::from_fn(|r| K::dot(&K::weights(&g.qs[r]), a)));
-    let (d, m) = scales_mins(g);
+fn q4_step<K: NibbleDot>(wq: &[K::W; ROWS], (d, m): (v128, v128), a: &K::A, ad: v128, adsum: v128, acc: &mut v128, accm: &mut v128) {
+    let isum = reduce4(std::array::from_fn(|r| K::dot(&wq[r], a)));
     *acc = f32x4_add(*acc, f32x4_mul(f32x4_mul(d, ad), f32x4_convert_i32x4(isum)));
     *accm = f32x4_add(*accm, f32x4_mul(m, adsum));
 }
@@ -146,13 +146,10 @@ pub(super) fn q4_with<K: NibbleDot>(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut 
     let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
     for (b, g) in w.iter().enumerate() {
         let wq: [K::W; ROWS] = std::array::from_fn(|r| K::weights(&g.qs[r]));
-        let (d, m) = scales_mins(g);
+        let sc = scales_mins(g);
         for t in 0..n {
             let ab = &acts[t][b];
-            let a = K::acts(ab);
-            let isum = reduce4(std::array::from_fn(|r| K::dot(&wq[r], &a)));
-            acc[t] = f32x4_add(acc[t], f32x4_mul(f32x4_mul(d, f32x4_splat(ab.d)), f32x4_convert_i32x4(isum)));
-            accm[t] = f32x4_add(accm[t], f32x4_mul(m, f32x4_splat(ab.dsum)));
+            q4_step::<K>(&wq, sc, &K::acts(ab), f32x4_splat(ab.d), f32x4_splat(ab.dsum), &mut acc[t], &mut accm[t]);
         }
     }
     for t in 0..n {
@@ -173,7 +170,8 @@ pub(super) fn q4_groups_with<K: NibbleDot>(ws: &[&[Q4x4]], act: &[ActBlock], out
         for k in 0..n {
             // SAFETY: k < n <= ws.len(), and b < act.len() <= ws[k].len() (asserted above).
             let g = unsafe { ws.get_unchecked(k).get_unchecked(b) };
-            q4_step::<K>(g, &a, ad, adsum, &mut acc[k], &mut accm[k]);
+            let wq: [K::W; ROWS] = std::array::from_fn(|r| K::weights(&g.qs[r]));
+            q4_step::<K>(&wq, scales_mins(g), &a, ad, adsum, &mut acc[k], &mut accm[k]);
         }
     }
     for k in 0..n {
