@@ -1,69 +1,155 @@
-//! The sampler's numerics: `e^x` in plain f64 operations (the same bits natively and in wasm,
-//! where the platforms' libm differ), sums of its values in a fixed order, and argmax, each
-//! written so that the compiler vectorizes it (a 49k-262k-token row every token).
+//! The sampler's numerics: `e^x` in plain f32 operations (the same bits natively and in wasm,
+//! where the platforms' libm differ), sums of its values in a fixed order, argmax and a row's
+//! largest logits, each written so that the compiler vectorizes it (a 49k-262k-token row every
+//! token).
 
-/// `e^x` for x <= 0 from basic f64 operations only (no platform libm), identical on every target.
-/// Multiplications and additions only (divisions made it 1.5 ms over a 49k-token row).
-pub(super) fn exp_neg(x: f64) -> f64 {
-    // e^x = 2^k * e^r with r in [-ln2/2, ln2/2]; a degree-13 Taylor series is exact to f64 there,
-    // summed by Horner's rule from the coefficients 1/i!.
-    // ln 2 in two parts (fdlibm's): k * LN2_HI is exact for |k| < 2^11, so r keeps f64
-    // precision however far below 0 x is.
-    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
-    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
-    const INV_LN2: f64 = std::f64::consts::LOG2_E;
-    const C: [f64; 14] = {
-        let mut c = [1.0; 14];
-        let mut i = 1;
-        while i < 14 {
-            c[i] = c[i - 1] / i as f64;
-            i += 1;
-        }
-        c
-    };
-    // Round to nearest (even) by adding and subtracting 1.5 * 2^52: two additions on every
-    // target (`round` is a libm call in wasm and natively without SSE4.1).
-    const ROUND: f64 = 6_755_399_441_055_744.0;
-    let shifted = x * INV_LN2 + ROUND;
+/// `e^x` for x <= 0 in f32 from basic operations only (no platform libm, no fused multiply-add),
+/// so it has the same bits on every target: within 2 ulp of `exp` down to e^-87, 0 below (and
+/// at -inf) and for NaN (a NaN logit weighs nothing). A sampling weight needs no more: the f64
+/// form (a degree-13 polynomial on two f64 lanes) took 1.1 ms a token natively over Gemma 3's
+/// 262,144 logits.
+pub(super) fn exp32(x: f32) -> f32 {
+    // e^x = 2^k * e^r with r in [-ln2/2, ln2/2] and a degree-7 Taylor polynomial (its error is
+    // below f32's precision there). ln 2 in two parts: k * LN2_HI is exact for |k| < 2^15.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Round to nearest by adding and subtracting 1.5 * 2^23: the integer k is then the low bits
+    // of `shifted`, with no float-to-int conversion and no branch, so loops vectorize.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = if x < -88.0 { -88.0 } else { x };
+    let shifted = xc * std::f32::consts::LOG2_E + ROUND;
     let k = shifted - ROUND;
-    let r = (x - k * LN2_HI) - k * LN2_LO;
-    let mut sum = C[13];
-    for i in (0..13).rev() {
-        sum = sum * r + C[i];
+    let r = (xc - k * LN2_HI) - k * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    // k in [-127, 0]: 2^k from its exponent bits (0 at -127, where the result is 0 anyway).
+    let ki = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
+    let scale = f32::from_bits(((127 + ki) as u32) << 23);
+    // 0 below e^-87 (and for NaN) by a mask, not a branch.
+    let kept = (x >= -87.0) as u32;
+    f32::from_bits((p * scale).to_bits() & kept.wrapping_neg())
+}
+
+/// A candidate's sampling weight at inverse temperature `inv_t`: e^((l - max) inv_t) for the
+/// row's largest logit `max` (so the largest weighs exactly 1), summed and divided in f64.
+pub(super) fn weight(l: f32, max: f32, inv_t: f32) -> f64 {
+    exp32((l - max) * inv_t) as f64
+}
+
+/// Lanes of a weight sum: value i of a sequence goes to lane i % LANES, and the lanes are added
+/// in one fixed order at the end (a fixed order is the result's bits, on every target).
+const LANES: usize = 8;
+
+fn add_weights(acc: &mut [f64; LANES], l: &[f32], max: f32, inv_t: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { add_weights_avx2(acc, l, max, inv_t) };
     }
-    // 2^k as two exact factors (2^k alone is below f64's normal range past -1022), the second
-    // 1 unless k < -1000. k as an integer is the low bits of `shifted` (its unit is 1): no
-    // float-to-int conversion and no branch, so that loops over `exp_neg` vectorize.
-    let ki = shifted.to_bits() as i64 - ROUND.to_bits() as i64;
-    let step = if ki < -1000 { -1000 } else { ki };
-    let scale = f64::from_bits(((1023 + step) as u64) << 52) * f64::from_bits(((1023 + (ki - step)) as u64) << 52);
-    if x < -745.0 {
-        0.0
-    } else {
-        sum * scale
+    add_weights_in_lanes(acc, l, max, inv_t)
+}
+
+/// [`add_weights_in_lanes`] in 8-lane registers natively: the same operations, so the same
+/// bits (no FMA: Rust never fuses a multiply and an add), in half the time of SSE2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_weights_avx2(acc: &mut [f64; LANES], l: &[f32], max: f32, inv_t: f32) {
+    add_weights_in_lanes(acc, l, max, inv_t)
+}
+
+#[inline(always)]
+fn add_weights_in_lanes(acc: &mut [f64; LANES], l: &[f32], max: f32, inv_t: f32) {
+    // The exponentials 64 at a time into f32 lanes, then added in f64: in one loop the f64 sums
+    // held the f32 arithmetic to their lane count (two in SSE2 and wasm).
+    let mut w = [0f32; 64];
+    for chunk in l.chunks(64) {
+        let w = &mut w[..chunk.len()];
+        for (w, &v) in w.iter_mut().zip(chunk) {
+            *w = exp32((v - max) * inv_t);
+        }
+        let lanes = w.chunks_exact(LANES);
+        let rest = lanes.remainder();
+        for c in lanes {
+            for j in 0..LANES {
+                acc[j] += c[j] as f64;
+            }
+        }
+        for (a, &w) in acc.iter_mut().zip(rest) {
+            *a += w as f64;
+        }
     }
 }
 
-/// The sum of `exp_neg((l - max) / t)` over the candidates' logits, in their order (the order
-/// of the additions is the result's bits): the exponentials 64 at a time in a loop that
-/// vectorizes, then added one by one. A full row's sum in one iterator chain did not vectorize
-/// (0.5 ms a token of sampled decode natively, for SmolLM2's 49,152 candidates).
-pub(super) fn weight_sum(c: &[(u32, f32)], max: f64, t: f64) -> f64 {
-    let mut w = [0f64; 64];
-    let mut z = -0.0;
+fn total(acc: [f64; LANES]) -> f64 {
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+}
+
+/// The sum of [`weight`] over a row of logits, in lanes that vectorize.
+pub(super) fn weight_total(l: &[f32], max: f32, inv_t: f32) -> f64 {
+    let mut acc = [0.0; LANES];
+    add_weights(&mut acc, l, max, inv_t);
+    total(acc)
+}
+
+/// [`weight_total`] of the candidates' logits in their order (the same bits as over a row of
+/// them), copied out 64 at a time so that the sum vectorizes.
+pub(super) fn weight_sum(c: &[(u32, f32)], max: f32, inv_t: f32) -> f64 {
+    let mut acc = [0.0; LANES];
     let mut l = [0f32; 64];
     for chunk in c.chunks(64) {
         for (l, x) in l.iter_mut().zip(chunk) {
             *l = x.1;
         }
-        for (w, &l) in w.iter_mut().zip(&l) {
-            *w = exp_neg((l as f64 - max) / t);
-        }
-        for &w in &w[..chunk.len()] {
-            z += w;
+        add_weights(&mut acc, &l[..chunk.len()], max, inv_t);
+    }
+    total(acc)
+}
+
+/// Sampling order: logit descending, then token id ascending.
+pub(super) fn order(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Logits a row is cut into by [`top_of_row`].
+const CHUNK: usize = 64;
+
+/// The largest of a chunk of logits (NaN never; -inf for none), in lanes that vectorize.
+fn chunk_max(c: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let parts = c.chunks_exact(8);
+    let rest = parts.remainder();
+    for p in parts {
+        for j in 0..8 {
+            lanes[j] = if p[j] > lanes[j] { p[j] } else { lanes[j] };
         }
     }
-    z
+    lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// The `k` first candidates of a row of logits in sampling order into `out`, sorted (fewer
+/// when the row has fewer than `k` that are not NaN; NaN never taken), without building and
+/// selecting among all of them (0.5 ms a token over Gemma 3's 262,144 logits natively). The
+/// k-th largest of the row's chunk maxima is a floor under the k-th largest logit (k chunks
+/// hold a logit at least that large), so only the chunks that reach it are read again, and
+/// only their logits above it are selected among.
+pub(super) fn top_of_row(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
+    let maxima: Vec<f32> = logits.chunks(CHUNK).map(chunk_max).collect();
+    let mut floor = f32::NEG_INFINITY;
+    if (1..maxima.len()).contains(&k) {
+        let mut m = maxima.clone();
+        m.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        floor = m[k - 1];
+    }
+    out.clear();
+    for (i, chunk) in logits.chunks(CHUNK).enumerate() {
+        if maxima[i] >= floor {
+            out.extend(chunk.iter().enumerate().filter(|x| *x.1 >= floor).map(|(j, &v)| ((CHUNK * i + j) as u32, v)));
+        }
+    }
+    if out.len() > k && k > 0 {
+        out.select_nth_unstable_by(k - 1, order);
+    }
+    out.truncate(k);
+    out.sort_by(order);
 }
 
 /// Index of the largest logit (the first one on ties).
@@ -90,7 +176,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::{argmax, exp_neg};
+    use super::{argmax, exp32, order, top_of_row, weight_sum, weight_total};
 
     /// The first largest logit, NaN never winning (a NaN first logit: 0), as the plain loop.
     #[test]
@@ -113,53 +199,73 @@ mod tests {
         }
     }
 
-    /// Within a few f64 ulps of the platform's `exp` (which it may not use: libm differs
-    /// between targets) from 0 down to underflow, and 0 below.
-    /// The branch-free form has the bits of the form with a branch and a scaling loop (2^k
-    /// applied in steps of at most 2^-1000), down through the subnormals to 0.
+    /// Within 2 f32 ulps of the platform's `exp` (which it may not use: libm differs between
+    /// targets) from 0 down to e^-87, 0 below, 1 at 0.
     #[test]
-    fn exp_neg_equals_its_loop_form() {
-        let looped = |x: f64| -> f64 {
-            if x < -745.0 {
-                return 0.0;
+    fn exp32_is_exp_to_f32_precision() {
+        let mut worst = 0f64;
+        for i in 0..2_000_000 {
+            let x = -(i as f32) * 4.35e-5;
+            let (got, want) = (exp32(x) as f64, (x as f64).exp());
+            if x >= -87.0 {
+                worst = worst.max((got - want).abs() / want);
+            } else {
+                assert_eq!(got, 0.0, "x = {x}");
             }
-            const ROUND: f64 = 6_755_399_441_055_744.0;
-            let k = (x * std::f64::consts::LOG2_E + ROUND) - ROUND;
-            let r = (x - k * f64::from_bits(0x3fe6_2e42_fee0_0000)) - k * f64::from_bits(0x3dea_39ef_3579_3c76);
-            let mut c = [1.0; 14];
-            for i in 1..14 {
-                c[i] = c[i - 1] / i as f64;
-            }
-            let mut sum = c[13];
-            for i in (0..13).rev() {
-                sum = sum * r + c[i];
-            }
-            let (mut scale, mut k) = (1.0, k as i32);
-            while k < 0 {
-                let step = k.max(-1000);
-                scale *= f64::from_bits(((1023 + step) as u64) << 52);
-                k -= step;
-            }
-            sum * scale
-        };
-        for i in 0..400_000 {
-            let x = -(i as f64) * 0.001_873;
-            assert_eq!(exp_neg(x).to_bits(), looped(x).to_bits(), "x = {x}");
         }
-        assert!(exp_neg(f64::NAN).is_nan());
+        assert!(worst < 2.0 * f32::EPSILON as f64, "worst relative error {worst:e}");
+        assert_eq!((exp32(0.0), exp32(-0.0), exp32(f32::NEG_INFINITY), exp32(-1e30)), (1.0, 1.0, 0.0, 0.0));
+        assert_eq!(exp32(f32::NAN), 0.0);
     }
 
+    /// The vectorized sums are value i in lane i % 8, lanes added pairwise, bit for bit.
     #[test]
-    fn exp_neg_is_exp_to_f64_precision() {
-        let mut worst = 0f64;
-        for i in 0..200_000 {
-            let x = -(i as f64) * 0.003_727;
-            let (got, want) = (exp_neg(x), x.exp());
-            if want > 1e-300 {
-                worst = worst.max((got - want).abs() / want);
+    fn weight_total_is_its_plain_loop() {
+        for n in [0, 5, 64, 1001, 262_144] {
+            let row: Vec<f32> = (0..n).map(|i| ((i * 7919 % 100_003) as f32) * -3e-4 + if i % 5 == 0 { f32::NEG_INFINITY } else { 0.0 }).collect();
+            for inv_t in [1.0, 1.0 / 0.7, 4.0] {
+                let mut acc = [0f64; 8];
+                for (i, &v) in row.iter().enumerate() {
+                    acc[i % 8] += exp32((v - 1.5) * inv_t) as f64;
+                }
+                let want = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+                assert_eq!(weight_total(&row, 1.5, inv_t).to_bits(), want.to_bits(), "n {n}");
             }
         }
-        assert!(worst < 4.0 * f64::EPSILON, "worst relative error {worst:e}");
-        assert_eq!((exp_neg(0.0), exp_neg(-746.0)), (1.0, 0.0));
+    }
+
+    /// A sum over candidates is the sum over a row of the same logits, bit for bit.
+    #[test]
+    fn weight_sums_of_rows_and_candidates_agree() {
+        for n in [0, 1, 7, 8, 63, 64, 65, 1000] {
+            let row: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1013) as f32) * 0.01 - 5.0).collect();
+            let c: Vec<(u32, f32)> = row.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+            for inv_t in [1.0, 1.0 / 0.7] {
+                assert_eq!(weight_total(&row, 5.0, inv_t).to_bits(), weight_sum(&c, 5.0, inv_t).to_bits(), "n {n}");
+            }
+        }
+    }
+
+    /// The first `k` of a full sort, on rows with ties, -0, -inf, NaN, a few finite values, and
+    /// flat and peaked spreads.
+    #[test]
+    fn top_of_row_is_the_sorted_prefix() {
+        let mut rows: Vec<Vec<f32>> = vec![vec![], vec![1.0], vec![2.0; 300], vec![0.0, -0.0, 0.0, -0.0]];
+        rows.push((0..500).map(|i| if i % 3 == 0 { f32::NEG_INFINITY } else { (i % 7) as f32 }).collect());
+        rows.push((0..600).map(|i| if i % 5 == 0 { f32::NAN } else { -(i as f32) * 0.01 }).collect());
+        rows.push((0..400).map(|i| if i < 10 { i as f32 } else { f32::NEG_INFINITY }).collect());
+        for spread in [0.01, 0.05, 0.1, 0.2, 0.5, 1.0] {
+            rows.push((0..3000).map(|i| -((i * 7919 % 3001) as f32) * spread).collect());
+        }
+        for row in &rows {
+            let mut all: Vec<(u32, f32)> = row.iter().enumerate().filter(|x| !x.1.is_nan()).map(|(i, &v)| (i as u32, v)).collect();
+            all.sort_by(order);
+            for k in [1, 2, 64, 256, 257] {
+                let mut got = Vec::new();
+                top_of_row(row, k, &mut got);
+                let want = &all[..k.min(all.len())];
+                assert_eq!(got.iter().map(|x| (x.0, x.1.to_bits())).collect::<Vec<_>>(), want.iter().map(|x| (x.0, x.1.to_bits())).collect::<Vec<_>>(), "k {k}, row of {}", row.len());
+            }
+        }
     }
 }
