@@ -734,16 +734,5 @@ impl RowSampling {
 /// Log-probability of `chosen` and the `n` (<= 20) most likely tokens under the model's raw
 /// distribution (OpenAI's `logprobs`).
 pub fn logprobs(logits: &[f32], chosen: u32, n: usize) -> (f32, Vec<(u32, f32)>) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
-    let mut top: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-    let n = n.min(20).min(top.len());
-    // Ties go to the lower id, as in every other selection here.
-    if n > 0 {
-        top.select_nth_unstable_by(n - 1, order);
-    }
-    top.truncate(n);
-    top.sort_by(order);
-    let lp = |l: f32| (l as f64 - lse) as f32;
-    (lp(logits[chosen as usize]), top.into_iter().map(|(i, l)| (i, lp(l))).collect())
+    TopLogits::from_logits(logits, n.clamp(1, 20)).logprobs_of(logits[chosen as usize], n)
 }
