@@ -248,13 +248,20 @@ impl Sampler {
 
     /// Chooses the next token from the model's `logits`; `history` is prompt + output so far.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let mut l = logits.to_vec();
-        self.apply_bias_and_penalties(&mut l, history);
+        let edited;
+        let l = if self.params.logit_bias.is_empty() && !self.params.has_penalties() {
+            logits
+        } else {
+            let mut l = logits.to_vec();
+            self.apply_bias_and_penalties(&mut l, history);
+            edited = l;
+            &edited
+        };
         if self.params.temperature == 0.0 {
-            return argmax(&l);
+            return argmax(l);
         }
         let u = self.rng.uniform();
-        choose_among(&self.params, &l, u)
+        choose_among(&self.params, l, u)
     }
 
     /// A draw from the candidates' distribution at the sampling temperature.
