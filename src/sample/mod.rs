@@ -248,20 +248,9 @@ impl Sampler {
 
     /// Chooses the next token from the model's `logits`; `history` is prompt + output so far.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let edited;
-        let l = if self.params.logit_bias.is_empty() && !self.params.has_penalties() {
-            logits
-        } else {
-            let mut l = logits.to_vec();
-            self.apply_bias_and_penalties(&mut l, history);
-            edited = l;
-            &edited
-        };
-        if self.params.temperature == 0.0 {
-            return argmax(l);
-        }
-        let u = self.rng.uniform();
-        choose_among(&self.params, l, u)
+        let u = if self.params.temperature == 0.0 { 0.0 } else { self.rng.uniform() };
+        let (edits, input) = self.history_edits(history);
+        RowSampling { u, ..edits }.choose(logits, input)
     }
 
     /// A draw from the candidates' distribution at the sampling temperature.
@@ -319,11 +308,16 @@ impl Sampler {
     /// Logit bias, then the penalties of the last `repeat_last_n` tokens of `history` (the
     /// same edits a backend applies from [`Sampler::row`]).
     fn apply_bias_and_penalties(&self, l: &mut [f32], history: &[u32]) {
-        let (before, input) = match history.split_last() {
-            Some((&last, before)) => (before, Some(last)),
-            None => (history, None),
-        };
-        self.edits(before, input.is_some()).edit(l, input.unwrap_or(0));
+        let (edits, input) = self.history_edits(history);
+        edits.edit(l, input);
+    }
+
+    /// The edits of a row computed at the last token of `history`, and that token.
+    fn history_edits(&self, history: &[u32]) -> (RowSampling, u32) {
+        match history.split_last() {
+            Some((&last, before)) => (self.edits(before, true), last),
+            None => (self.edits(history, false), 0),
+        }
     }
 
     fn filter(&self, c: &mut Candidates) {
