@@ -245,13 +245,14 @@ impl SpecState {
                     self.draft_rate = rate;
                     self.reprobe = REPROBE;
                 }
-                // One that did not: the next probe waits twice as long.
-                probe => {
-                    if probe.is_some() {
-                        self.reprobe = (self.reprobe * 2).min(REPROBE_MAX);
-                    }
-                    self.draft_rate = if self.draft_rate == 0.0 { rate } else { 0.75 * self.draft_rate + 0.25 * rate };
+                // One that did not: the next probe waits twice as long, and its yield may lower
+                // the rate but not raise it (a blend past the break-even would resume drafting
+                // on a yield RESUME refused).
+                Some(_) => {
+                    self.reprobe = (self.reprobe * 2).min(REPROBE_MAX);
+                    self.draft_rate = self.draft_rate.min(0.75 * self.draft_rate + 0.25 * rate);
                 }
+                None => self.draft_rate = if self.draft_rate == 0.0 { rate } else { 0.75 * self.draft_rate + 0.25 * rate },
             }
         }
         self.drafted += drafted;
@@ -338,10 +339,12 @@ mod tests {
         }
         assert_eq!(probes, [16, 48, 112, 240, 368], "steps that drafted");
         // A probe that beats plain steps by less than RESUME (2 tokens in 17 ms against 1 in 10)
-        // does not resume drafting.
+        // does not resume drafting, even from a rate just below the break-even.
         while !s.should_draft(Some(&c), 0) {}
+        s.draft_rate = 0.095;
         s.record(1, 1, Some(17.0));
         assert!(!s.should_draft(Some(&c), 0));
+        assert_eq!(s.draft_rate, 0.095);
         // A probe that pays (5 tokens in 16 ms) resumes drafting at once, the interval back to 16.
         while !s.should_draft(Some(&c), 0) {}
         s.record(4, 4, Some(16.0));

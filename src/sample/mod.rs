@@ -23,7 +23,7 @@ pub use numeric::argmax;
 pub use stop::StopMatcher;
 
 use crate::error::{Error, Result};
-use numeric::{order, top_of_row, weight, weight_sum, weight_total};
+use numeric::{candidates, inv_temperature, order, top_of_row, weight, weight_sum, weight_total};
 
 /// Generation controls with OpenAI-compatible names and defaults (temperature 1, no filter).
 #[derive(Clone, Debug, PartialEq)]
@@ -255,7 +255,7 @@ impl Sampler {
 
     /// A draw from the candidates' distribution at the sampling temperature.
     fn draw(&mut self, c: &[(u32, f32)]) -> u32 {
-        draw(c, 1.0 / self.params.temperature, self.rng.uniform())
+        draw(c, inv_temperature(self.params.temperature), self.rng.uniform())
     }
 
     /// Whether a backend can make this sampler's choice itself from [`Sampler::row`]: every
@@ -386,9 +386,9 @@ impl Sampler {
         if self.params.temperature == 0.0 {
             return vec![(argmax(&l), 1.0)];
         }
-        let mut c: Candidates = l.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+        let mut c: Candidates = candidates(&l).collect();
         self.filter(&mut c);
-        let p = probabilities(&c, 1.0 / self.params.temperature);
+        let p = probabilities(&c, inv_temperature(self.params.temperature));
         c.iter().zip(p).map(|(x, q)| (x.0, q)).collect()
     }
 }
@@ -465,13 +465,13 @@ fn draw(c: &[(u32, f32)], inv_t: f32, u: f64) -> u32 {
 /// by halving the rest ([`at_mass`]), not sorting it. Over Gemma 3's 262,144 logits natively,
 /// building, selecting and weighing every candidate took 1.6 ms a token.
 fn choose_among(p: &SamplingParams, logits: &[f32], u: f64) -> u32 {
-    let inv_t = 1.0 / p.temperature;
+    let inv_t = inv_temperature(p.temperature);
     let k = if p.top_k > 0 { p.top_k.min(logits.len()) } else { logits.len() };
     if k <= HEAD {
         let mut c = Vec::with_capacity(k);
         top_of_row(logits, k, &mut c);
         if c.is_empty() {
-            // No finite logit.
+            // An empty row.
             return slow(p, logits, u);
         }
         filter(p, &mut c);
@@ -583,7 +583,7 @@ fn at_mass(c: &mut [(u32, f32)], weight: impl Fn(&(u32, f32)) -> f64, mut target
 fn slow(p: &SamplingParams, logits: &[f32], u: f64) -> u32 {
     with_candidates(logits, |c| {
         filter(p, c);
-        draw(c, 1.0 / p.temperature, u)
+        draw(c, inv_temperature(p.temperature), u)
     })
 }
 
@@ -608,7 +608,7 @@ fn with_candidates<R>(logits: &[f32], f: impl FnOnce(&mut Candidates) -> R) -> R
     CANDIDATES.with(|c| {
         let mut c = c.borrow_mut();
         c.clear();
-        c.extend(logits.iter().enumerate().map(|(i, &v)| (i as u32, v)));
+        c.extend(candidates(logits));
         f(&mut c)
     })
 }
@@ -718,7 +718,7 @@ impl RowSampling {
         let mut row = logits.to_vec();
         self.edit(&mut row, input);
         let c = self.kept(&row);
-        c.iter().zip(probabilities(&c, 1.0 / self.temperature)).map(|(x, p)| (x.0, p)).collect()
+        c.iter().zip(probabilities(&c, inv_temperature(self.temperature))).map(|(x, p)| (x.0, p)).collect()
     }
 
     fn params(&self) -> SamplingParams {
@@ -726,7 +726,7 @@ impl RowSampling {
     }
 
     fn kept(&self, logits: &[f32]) -> Candidates {
-        let mut c: Candidates = logits.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+        let mut c: Candidates = candidates(logits).collect();
         filter(&self.params(), &mut c);
         c
     }

@@ -29,6 +29,18 @@ pub(super) fn exp32(x: f32) -> f32 {
     f32::from_bits((p * scale).to_bits() & kept.wrapping_neg())
 }
 
+/// 1 / T for a temperature T > 0, finite however small T is (1 / 1e-39 overflows f32): with
+/// it, every weight but the largest logit's rounds to 0, as the limit T -> 0 has it.
+pub(super) fn inv_temperature(t: f32) -> f32 {
+    (1.0 / t).min(f32::MAX)
+}
+
+/// A row's logits as sampling candidates `(id, logit)`: NaN counts as -inf (never drawn, and
+/// sorted where -inf is), so that every selection, sort and weight sees the same order.
+pub(super) fn candidates(logits: &[f32]) -> impl Iterator<Item = (u32, f32)> + '_ {
+    logits.iter().enumerate().map(|(i, &v)| (i as u32, if v.is_nan() { f32::NEG_INFINITY } else { v }))
+}
+
 /// A candidate's sampling weight at inverse temperature `inv_t`: e^((l - max) inv_t) for the
 /// row's largest logit `max` (so the largest weighs exactly 1), summed and divided in f64.
 pub(super) fn weight(l: f32, max: f32, inv_t: f32) -> f64 {
@@ -125,12 +137,13 @@ fn chunk_max(c: &[f32]) -> f32 {
     lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
-/// The `k` first candidates of a row of logits in sampling order into `out`, sorted (fewer
-/// when the row has fewer than `k` that are not NaN; NaN never taken), without building and
-/// selecting among all of them (0.5 ms a token over Gemma 3's 262,144 logits natively). The
-/// k-th largest of the row's chunk maxima is a floor under the k-th largest logit (k chunks
-/// hold a logit at least that large), so only the chunks that reach it are read again, and
-/// only their logits above it are selected among.
+/// The first `k` of a row's [`candidates`] in sampling order into `out`, sorted (the whole row
+/// when it is shorter), without building and selecting among all of them (0.5 ms a token over
+/// Gemma 3's 262,144 logits natively). The k-th largest of the row's chunk maxima is a floor
+/// under the k-th largest logit (k chunks hold a logit at least that large), so only the chunks
+/// that reach it are read again, and only their logits at or above it are selected among.
+/// Where fewer than k logits exceed -inf (a grammar's mask), the rest are the first -inf ones
+/// by id, taken without gathering the row.
 pub(super) fn top_of_row(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
     let maxima: Vec<f32> = logits.chunks(CHUNK).map(chunk_max).collect();
     let mut floor = f32::NEG_INFINITY;
@@ -140,10 +153,15 @@ pub(super) fn top_of_row(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
         floor = m[k - 1];
     }
     out.clear();
+    let taken = |v: f32| v >= floor && v > f32::NEG_INFINITY;
     for (i, chunk) in logits.chunks(CHUNK).enumerate() {
-        if maxima[i] >= floor {
-            out.extend(chunk.iter().enumerate().filter(|x| *x.1 >= floor).map(|(j, &v)| ((CHUNK * i + j) as u32, v)));
+        if taken(maxima[i]) {
+            out.extend(chunk.iter().enumerate().filter(|x| taken(*x.1)).map(|(j, &v)| ((CHUNK * i + j) as u32, v)));
         }
+    }
+    if out.len() < k {
+        let rest = candidates(logits).filter(|x| x.1 == f32::NEG_INFINITY);
+        out.extend(rest.take(k - out.len()));
     }
     if out.len() > k && k > 0 {
         out.select_nth_unstable_by(k - 1, order);
@@ -176,7 +194,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::{argmax, exp32, order, top_of_row, weight_sum, weight_total};
+    use super::{argmax, candidates, exp32, order, top_of_row, weight_sum, weight_total};
 
     /// The first largest logit, NaN never winning (a NaN first logit: 0), as the plain loop.
     #[test]
@@ -246,19 +264,32 @@ mod tests {
         }
     }
 
-    /// The first `k` of a full sort, on rows with ties, -0, -inf, NaN, a few finite values, and
-    /// flat and peaked spreads.
+    /// The first `k` of a full sort, on rows with ties, -0, -inf, NaN (as -inf), a few finite
+    /// values among -inf, and flat and peaked spreads.
     #[test]
     fn top_of_row_is_the_sorted_prefix() {
         let mut rows: Vec<Vec<f32>> = vec![vec![], vec![1.0], vec![2.0; 300], vec![0.0, -0.0, 0.0, -0.0]];
         rows.push((0..500).map(|i| if i % 3 == 0 { f32::NEG_INFINITY } else { (i % 7) as f32 }).collect());
         rows.push((0..600).map(|i| if i % 5 == 0 { f32::NAN } else { -(i as f32) * 0.01 }).collect());
         rows.push((0..400).map(|i| if i < 10 { i as f32 } else { f32::NEG_INFINITY }).collect());
+        rows.push(
+            (0..5000)
+                .map(|i| {
+                    if i % 997 == 5 {
+                        i as f32
+                    } else if i % 7 == 0 {
+                        f32::NAN
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+                .collect(),
+        );
         for spread in [0.01, 0.05, 0.1, 0.2, 0.5, 1.0] {
             rows.push((0..3000).map(|i| -((i * 7919 % 3001) as f32) * spread).collect());
         }
         for row in &rows {
-            let mut all: Vec<(u32, f32)> = row.iter().enumerate().filter(|x| !x.1.is_nan()).map(|(i, &v)| (i as u32, v)).collect();
+            let mut all: Vec<(u32, f32)> = candidates(row).collect();
             all.sort_by(order);
             for k in [1, 2, 64, 256, 257] {
                 let mut got = Vec::new();

@@ -328,7 +328,7 @@ fn topk_matches_cpu_selection_exactly() {
     }
 }
 
-/// The GPU's sampled choice (sample.wgsl) against the CPU's (`RowSampling::choose`, f64) for
+/// The GPU's sampled choice (sample.wgsl) against the CPU's (`RowSampling::choose`, f64 sums) for
 /// the same rows from the sampler (uniform numbers, edits): temperature alone, top-k beyond the
 /// 64 candidates, top-p, min-p and all together; logit bias (+5 and -inf) with repetition,
 /// frequency and presence penalties over a window that holds the row's input token or not;

@@ -289,7 +289,9 @@ fn backend_sampling_equals_the_sampler() {
 /// `RowSampling::choose` sorts only the largest logits when they decide the choice: it makes
 /// the inverse-CDF choice of the fully sorted, filtered distribution (`distribution`) for the
 /// same uniform number, on peaked rows (decided in the head) and flat ones (the fallback to a
-/// full sort), with top-k above the head, top-p, min-p, and temperature alone.
+/// full sort), rows with NaN logits (which count as -inf) and rows a grammar masks to a few
+/// tokens, with top-k above the head, top-p, min-p, and temperature alone; temperatures too
+/// small for f32's 1/T choose the largest logit.
 #[test]
 fn choosing_from_the_head_equals_sorting_every_logit() {
     use ferrolm::sample::{Rng, RowSampling};
@@ -298,9 +300,11 @@ fn choosing_from_the_head_equals_sorting_every_logit() {
     let flat: Vec<f32> = (0..vocab).map(|_| rng.uniform() as f32 * 4.0).collect();
     // Peaked: a few large logits over a long tail, as language models give.
     let peaked: Vec<f32> = (0..vocab).map(|i| -((i % 977 + 1) as f32).ln() * 2.5 + rng.uniform() as f32).collect();
+    let with_nan: Vec<f32> = peaked.iter().enumerate().map(|(i, &l)| if i % 61 == 0 { f32::NAN } else { l }).collect();
+    let masked: Vec<f32> = flat.iter().enumerate().map(|(i, &l)| if i % 409 == 7 { l } else { f32::NEG_INFINITY }).collect();
     let row = |temperature, top_k, top_p, min_p| RowSampling { temperature, top_k, top_p, min_p, ..RowSampling::GREEDY };
     let settings = [row(1.0, 0, 1.0, 0.0), row(0.7, 0, 0.9, 0.0), row(1.2, 1000, 0.95, 0.0), row(0.9, 0, 1.0, 0.05), row(1.0, 0, 0.99, 0.01), row(0.5, 300, 1.0, 0.0)];
-    for logits in [&flat, &peaked] {
+    for logits in [&flat, &peaked, &with_nan, &masked] {
         for s in &settings {
             let dist = s.distribution(logits, 0);
             for _ in 0..200 {
@@ -311,8 +315,17 @@ fn choosing_from_the_head_equals_sorting_every_logit() {
                     r.u < acc
                 });
                 let want = want.unwrap_or(dist.last().unwrap()).0;
-                assert_eq!(r.choose(logits, 0), want, "{r:?}");
+                let got = r.choose(logits, 0);
+                assert_eq!(got, want, "{r:?}");
+                assert!(logits[got as usize].is_finite(), "{r:?} drew {got}, logit {}", logits[got as usize]);
             }
+        }
+    }
+    let largest = ferrolm::sample::argmax(&peaked);
+    for temperature in [1e-39, 1e-30, 1e-6] {
+        for top_p in [1.0, 0.5] {
+            let r = RowSampling { temperature, top_p, u: 0.999, ..RowSampling::GREEDY };
+            assert_eq!(r.choose(&peaked, 0), largest, "{r:?}");
         }
     }
 }
