@@ -145,12 +145,24 @@ fn chunk_max(c: &[f32]) -> f32 {
 /// Where fewer than k logits exceed -inf (a grammar's mask), the rest are the first -inf ones
 /// by id, taken without gathering the row.
 pub(super) fn top_of_row(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
-    let maxima: Vec<f32> = logits.chunks(CHUNK).map(chunk_max).collect();
+    MAXIMA.with(|m| top_of_row_in(logits, k, out, &mut m.borrow_mut()))
+}
+
+thread_local! {
+    /// The chunk maxima and a copy to select in, reused from row to row: buffers allocated
+    /// every token fragmented the wasm heap until it grew (the npm package's soak test).
+    static MAXIMA: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+fn top_of_row_in(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>, (maxima, scratch): &mut (Vec<f32>, Vec<f32>)) {
+    maxima.clear();
+    maxima.extend(logits.chunks(CHUNK).map(chunk_max));
     let mut floor = f32::NEG_INFINITY;
     if (1..maxima.len()).contains(&k) {
-        let mut m = maxima.clone();
-        m.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-        floor = m[k - 1];
+        scratch.clear();
+        scratch.extend_from_slice(maxima);
+        scratch.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        floor = scratch[k - 1];
     }
     out.clear();
     let taken = |v: f32| v >= floor && v > f32::NEG_INFINITY;

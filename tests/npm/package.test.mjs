@@ -489,7 +489,13 @@ test("soak through the package: 100 requests, 1-4 at once, a fifth aborted: each
   assert.equal(out.finished + out.aborted, 100);
   assert.ok(out.aborted >= 10, `only ${out.aborted} aborted`);
   assert.ok(out.used.every((u) => u === 0), `KV blocks held after a burst: ${out.used}`);
-  assert.equal(out.memory.at(-1), out.memory[9], `wasm memory grew after warm-up (10 of ${out.memory.length} bursts): ${out.memory.map((m) => m >> 16)} (64 KiB pages)`);
+  // After warm-up memory may step up once more, by at most 1 MiB: the CPU backend sizes a
+  // step's buffers by its tokens and logit rows, and the burst whose step first reaches the
+  // largest shape depends on timing (burst 7 before sampling got faster, 30 after, also with a
+  // KV pool that warm-up fills). A leak grows again and again.
+  const steps = out.memory.filter((m, i) => i >= 10 && m !== out.memory[i - 1]).length;
+  const growth = out.memory.at(-1) - out.memory[9];
+  assert.ok(steps <= 1 && growth <= 1 << 20, `wasm memory grew after warm-up (10 of ${out.memory.length} bursts): ${out.memory.map((m) => m >> 16)} (64 KiB pages)`);
   // The file is not kept: wasm memory holds the repacked weights, the tokenizer and the KV cache.
   const file = statSync(join(ROOT, "models", MODEL)).size;
   assert.ok(out.memory.at(-1) <= 1.3 * file, `wasm memory ${out.memory.at(-1)} bytes, over 1.3x the ${file}-byte file`);
