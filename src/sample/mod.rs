@@ -451,12 +451,14 @@ fn filter(p: &SamplingParams, c: &mut Candidates) {
 /// The first candidate whose cumulative probability at inverse temperature `inv_t` passes `u`
 /// (the last one if rounding leaves `u` above the total).
 fn draw(c: &[(u32, f32)], inv_t: f32, u: f64) -> u32 {
-    let p = probabilities(c, inv_t);
+    // `probabilities`' values, walked without collecting them (a choice allocates nothing).
+    let max = c.iter().fold(f32::NEG_INFINITY, |m, x| if x.1 > m { x.1 } else { m });
+    let z = weight_sum(c, max, inv_t);
     let mut acc = 0.0;
-    for (i, pi) in p.iter().enumerate() {
-        acc += pi;
+    for x in c {
+        acc += weight(x.1, max, inv_t) / z;
         if u < acc {
-            return c[i].0;
+            return x.0;
         }
     }
     c[c.len() - 1].0
@@ -497,10 +499,13 @@ fn choose_with(p: &SamplingParams, logits: &[f32], u: f64, head: &mut Candidates
     let Some(&(_, max)) = head.first() else {
         return slow(p, logits, u);
     };
+    // The normalizer at temperature 1 over the whole row, for top-p and min-p (one pass).
+    let mut z1 = None;
+    let mut z_all = || *z1.get_or_insert_with(|| weight_total(logits, max, 1.0));
     // top-p: the shortest sorted prefix with that mass at temperature 1.
     let mut keep = logits.len();
     if p.top_p < 1.0 {
-        let z = weight_total(logits, max, 1.0);
+        let z = z_all();
         let mut mass = 0.0;
         match head.iter().position(|x| {
             mass += weight(x.1, max, 1.0) / z;
@@ -523,7 +528,7 @@ fn choose_with(p: &SamplingParams, logits: &[f32], u: f64, head: &mut Candidates
     }
     // min-p: a floor relative to the largest (as `filter` computes it); a sorted prefix.
     if p.min_p > 0.0 {
-        let z = if keep <= head.len() { weight_sum(&head[..keep], max, 1.0) } else { weight_total(logits, max, 1.0) };
+        let z = if keep <= head.len() { weight_sum(&head[..keep], max, 1.0) } else { z_all() };
         let floor = weight(head[0].1, max, 1.0) / z * p.min_p as f64;
         let n = head[..keep.min(head.len())].iter().take_while(|x| weight(x.1, max, 1.0) / z >= floor).count();
         if n == HEAD && keep > HEAD {

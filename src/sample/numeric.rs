@@ -124,8 +124,8 @@ pub(super) fn order(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
 /// Logits a row is cut into by [`top_of_row`].
 const CHUNK: usize = 64;
 
-/// The largest of a chunk of logits (NaN never; -inf for none), in lanes that vectorize.
-fn chunk_max(c: &[f32]) -> f32 {
+/// The largest of a run of logits (NaN never; -inf for none), in lanes that vectorize.
+fn largest(c: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let parts = c.chunks_exact(8);
     let rest = parts.remainder();
@@ -156,7 +156,7 @@ thread_local! {
 
 fn top_of_row_in(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>, (maxima, scratch): &mut (Vec<f32>, Vec<f32>)) {
     maxima.clear();
-    maxima.extend(logits.chunks(CHUNK).map(chunk_max));
+    maxima.extend(logits.chunks(CHUNK).map(largest));
     let mut floor = f32::NEG_INFINITY;
     if (1..maxima.len()).contains(&k) {
         scratch.clear();
@@ -191,15 +191,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
     if first.is_nan() {
         return 0;
     }
-    let mut lanes = [first; 8];
-    let chunks = logits.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for j in 0..8 {
-            lanes[j] = if c[j] > lanes[j] { c[j] } else { lanes[j] };
-        }
-    }
-    let max = lanes.iter().chain(rest).fold(first, |m, &l| if l > m { l } else { m });
+    let max = largest(logits);
     let chunk = logits.chunks(8).position(|c| c.iter().fold(false, |found, &l| found | (l == max))).unwrap_or(0);
     (chunk * 8 + logits[chunk * 8..].iter().position(|&l| l == max).unwrap_or(0)) as u32
 }
