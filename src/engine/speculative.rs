@@ -7,6 +7,8 @@
 //! KV cache back past the first rejection by lowering the sequence's computed length (the
 //! rejected positions' slots are simply written again later).
 
+use std::collections::VecDeque;
+
 use super::backend::{ForwardModel, Picks, Readback};
 use super::kv_cache::BlockPool;
 use super::session::Session;
@@ -111,23 +113,117 @@ enum AnyDrafter {
 #[derive(Default)]
 pub(super) struct StepCosts {
     ms: [f64; 17],
+    seen: [bool; 17],
 }
 
 impl StepCosts {
-    /// Records a step of `tokens` tokens that took `ms` from submission to its result.
+    /// Records a step of `tokens` tokens that took `ms` from submission to its result. A size's
+    /// first step is not counted (a GPU compiles the pipelines for a new row count then), and a
+    /// later one moves the estimate by at most a factor of 2 before smoothing: a size whose
+    /// cost an outlier inflated would seldom be drafted, so seldom measured again.
     pub fn record(&mut self, tokens: usize, ms: f64) {
-        if let Some(m) = self.ms.get_mut(tokens).filter(|_| tokens > 0) {
-            *m = if *m == 0.0 { ms } else { 0.75 * *m + 0.25 * ms };
+        let (Some(m), Some(seen)) = (self.ms.get_mut(tokens), self.seen.get_mut(tokens)) else { return };
+        if tokens == 0 || !std::mem::replace(seen, true) {
+            return;
         }
+        *m = if *m == 0.0 { ms } else { 0.75 * *m + 0.25 * ms.clamp(0.5 * *m, 2.0 * *m) };
     }
 
     pub fn get(&self, tokens: usize) -> Option<f64> {
         self.ms.get(tokens).copied().filter(|&m| m > 0.0)
     }
+
+    /// A `tokens`-token step's cost: measured, else on the line through the nearest measured
+    /// sizes around it, else extended from the two largest below it, else (one size below
+    /// measured) with each token beyond it at [`UNMEASURED_TOKEN`] of that step. None when no
+    /// smaller step was measured, or past 16 tokens.
+    pub fn estimate(&self, tokens: usize) -> Option<f64> {
+        if tokens >= self.ms.len() {
+            return None;
+        }
+        let known = |t: usize| self.get(t).map(|m| (t as f64, m));
+        let below: Vec<(f64, f64)> = (1..=tokens).rev().filter_map(known).take(2).collect();
+        let &(a, ma) = below.first()?;
+        let x = tokens as f64;
+        let slope = match ((tokens + 1..self.ms.len()).find_map(known), below.get(1)) {
+            _ if x == a => 0.0,
+            (Some((b, mb)), _) => (mb - ma) / (b - a),
+            (None, Some(&(a2, m2))) => ((ma - m2) / (a - a2)).max(0.0),
+            (None, None) => UNMEASURED_TOKEN * ma,
+        };
+        Some(ma + slope * (x - a))
+    }
 }
 
-/// Steps in a row the cost rule keeps a sequence from drafting before it drafts once more (its
-/// acceptance may have changed). Each probe that still does not pay doubles the wait, up to
+/// What a step's extra token is assumed to cost, as a fraction of a step, while no larger step
+/// has been measured: the first drafts are tried where they would pay at that price, and
+/// their steps measure the real one.
+const UNMEASURED_TOKEN: f64 = 0.25;
+
+/// Proposals an n-gram drafter made, scored against the tokens that followed them once those
+/// are known. A deterministic draft is kept exactly where it equals the plain output (greedy,
+/// or sampled with the same numbers), so what drafting would keep is learned on every step,
+/// drafting or not, at no cost: no probe steps, and no drafts made before the text has shown
+/// it repeats.
+struct Shadow {
+    /// (the tokens before it, the proposal): undecided proposals, oldest first.
+    pending: VecDeque<(usize, Vec<u32>)>,
+    /// Decayed counts of scored proposals by how many of their tokens the output kept.
+    kept: Vec<f64>,
+}
+
+/// Weight of each scored proposal against the next one: the last ten or so decide.
+const SHADOW_DECAY: f64 = 0.9;
+
+impl Shadow {
+    fn new(k_max: usize) -> Shadow {
+        Shadow { pending: VecDeque::new(), kept: vec![0.0; k_max + 1] }
+    }
+
+    /// Remembers `proposal`, made after the first `at` tokens, to score it once decided.
+    fn push(&mut self, at: usize, proposal: &[u32]) {
+        if !proposal.is_empty() && self.pending.back().is_none_or(|(last, _)| *last < at) {
+            self.pending.push_back((at, proposal.to_vec()));
+        }
+    }
+
+    /// Scores the pending proposals `tokens` (the sequence so far) decides.
+    fn score(&mut self, tokens: &[u32]) {
+        let kept = &mut self.kept;
+        self.pending.retain(|(at, proposal)| {
+            let Some(next) = tokens.get(*at..) else { return false };
+            let j = proposal.iter().zip(next).take_while(|(p, t)| p == t).count();
+            let decided = j == proposal.len() || j < next.len();
+            if decided {
+                kept.iter_mut().for_each(|w| *w *= SHADOW_DECAY);
+                let last = kept.len() - 1;
+                kept[j.min(last)] += 1.0;
+            }
+            !decided
+        });
+    }
+
+    /// The draft length up to `max` whose expected tokens per millisecond (by the scored
+    /// proposals, and `cost(t)` of a step where this sequence feeds t tokens) beat a plain
+    /// step's most; 0 when none beats it.
+    fn best_k(&self, max: usize, cost: impl Fn(usize) -> Option<f64>) -> usize {
+        let total: f64 = self.kept.iter().sum();
+        let Some(plain) = cost(1).filter(|_| total > 0.0) else { return 0 };
+        let mut best = (0, 1.0 / plain);
+        for k in 1..=max.min(self.kept.len() - 1) {
+            let Some(ms) = cost(k + 1) else { break };
+            let expected = 1.0 + self.kept.iter().enumerate().map(|(j, w)| w * j.min(k) as f64).sum::<f64>() / total;
+            if expected / ms > best.1 {
+                best = (k, expected / ms);
+            }
+        }
+        best.0
+    }
+}
+
+/// Steps in a row the cost rule keeps a sequence drafting with a draft model from drafting
+/// before it drafts once more (its acceptance may have changed; n-gram proposals are scored
+/// without drafting, [`Shadow`]). Each probe that still does not pay doubles the wait, up to
 /// [`REPROBE_MAX`]: text the drafter cannot predict loses at most one step's extra cost in 128
 /// (a fixed 1 in 16 measured 2-6% slower than plain decoding on the CPU backend).
 const REPROBE: u32 = 16;
@@ -144,6 +240,9 @@ pub(super) struct SpecState {
     drafter: AnyDrafter,
     k_max: usize,
     k: usize,
+    /// n-gram drafts by measured costs: every step's proposal, scored (the rule below is the
+    /// draft model's, whose proposals cost a forward each).
+    shadow: Shadow,
     /// Verifications in a row that kept no draft, and steps left without drafting.
     misses: u32,
     pause: u32,
@@ -173,13 +272,16 @@ impl SpecState {
             }
         };
         let k = spec.k.min(cap).max(1);
-        Ok(SpecState { drafter, k_max: k, k, misses: 0, pause: 0, declined: 0, reprobe: REPROBE, probe_plain: None, draft_ms: 0.0, draft_rate: 0.0, drafted: 0, accepted: 0 })
+        Ok(SpecState { drafter, k_max: k, k, shadow: Shadow::new(k), misses: 0, pause: 0, declined: 0, reprobe: REPROBE, probe_plain: None, draft_ms: 0.0, draft_rate: 0.0, drafted: 0, accepted: 0 })
     }
 
     /// Drafts for the next step, at most `room` (positions left in the context). `others`:
     /// the tokens the other sequences feed in the step; `costs`: the measured step costs
     /// (None: draft whatever they are).
     pub async fn propose<M: ForwardModel>(&mut self, draft: Option<&mut DraftModel<M>>, tokens: &[u32], room: usize, costs: Option<&StepCosts>, others: usize) -> Result<Proposal> {
+        if let (AnyDrafter::Ngram(_), Some(costs)) = (&self.drafter, costs) {
+            return Ok(self.propose_ngram(tokens, room, costs, others));
+        }
         let k = self.k.min(room);
         if k == 0 || !self.should_draft(costs, others) {
             return Ok(Proposal::default());
@@ -198,9 +300,21 @@ impl SpecState {
         }
     }
 
-    /// Whether to draft this step: not while paused after misses; by the measured costs when
-    /// there are some, with a probe now and then whose interval doubles while drafting does not
-    /// pay.
+    /// n-gram drafts by the measured costs: the proposal is made (and scored later) every step,
+    /// and drafted as far as the scored proposals say pays.
+    fn propose_ngram(&mut self, tokens: &[u32], room: usize, costs: &StepCosts, others: usize) -> Proposal {
+        let AnyDrafter::Ngram(d) = &self.drafter else { unreachable!("called for n-gram drafters") };
+        self.shadow.score(tokens);
+        let mut proposal = d.propose(tokens, self.k_max);
+        self.shadow.push(tokens.len(), &proposal.tokens);
+        let k = self.shadow.best_k(room.min(proposal.tokens.len()), |t| costs.estimate(others + t));
+        proposal.tokens.truncate(k);
+        proposal
+    }
+
+    /// Whether to draft this step (draft-model drafts, or any without costs): not while paused
+    /// after misses; by the measured costs when there are some, with a probe now and then whose
+    /// interval doubles while drafting does not pay.
     fn should_draft(&mut self, costs: Option<&StepCosts>, others: usize) -> bool {
         if self.pause > 0 {
             self.pause -= 1;
@@ -292,6 +406,7 @@ mod tests {
     fn costs(ms: &[f64]) -> StepCosts {
         let mut c = StepCosts::default();
         for (i, &m) in ms.iter().enumerate() {
+            c.record(i + 1, 1e3); // the first of each size is not counted
             c.record(i + 1, m);
         }
         c
@@ -355,12 +470,74 @@ mod tests {
         assert!(!s.should_draft(None, 0) && s.should_draft(None, 0));
     }
 
+    /// Scores proposals as the output decides them: all kept, a miss at once, a miss after one.
+    #[test]
+    fn shadow_scores_each_proposal_once_the_output_decides_it() {
+        let mut sh = Shadow::new(4);
+        sh.push(3, &[7, 8, 9]);
+        sh.push(3, &[1]); // a second proposal at the same place is not counted twice
+        sh.score(&[1, 2, 3, 7, 8]);
+        assert_eq!(sh.pending.len(), 1, "two of three proposed tokens seen: undecided");
+        sh.score(&[1, 2, 3, 7, 8, 9]);
+        assert!(sh.pending.is_empty());
+        assert_eq!(sh.kept, [0.0, 0.0, 0.0, 1.0, 0.0]);
+        sh.push(6, &[5, 5]);
+        sh.push(7, &[4, 4]);
+        sh.score(&[1, 2, 3, 7, 8, 9, 5, 6, 4]);
+        // The first kept one token of two, the second none; older counts decay.
+        let d = SHADOW_DECAY;
+        assert_eq!(sh.kept, [1.0, d, 0.0, d * d, 0.0]);
+    }
+
+    /// The length whose expected yield per millisecond beats plain steps most, by the step
+    /// costs measured on this device, or 0.
+    #[test]
+    fn drafts_the_length_the_scored_proposals_pay_for() {
+        let mut sh = Shadow::new(4);
+        let cheap = costs(&[10.0, 11.0, 12.0, 13.0, 14.0]);
+        let dear = costs(&[10.0, 17.0, 24.0, 31.0, 38.0]);
+        let k = |sh: &Shadow, c: &StepCosts| sh.best_k(4, |t| c.estimate(t));
+        assert_eq!(k(&sh, &cheap), 0, "nothing scored yet");
+        sh.kept = vec![1.0, 0.0, 0.0, 0.0, 1.0]; // half kept whole, half missed at once
+        assert_eq!(k(&sh, &cheap), 4, "3 tokens in 14 ms against 1 in 10");
+        assert_eq!(k(&sh, &dear), 0, "at most 3 in 38 ms, 2.5 in 31, 1.5 in 17: none beats 1 in 10");
+        sh.kept = vec![1.0, 9.0, 0.0, 0.0, 0.0];
+        assert_eq!(k(&sh, &dear), 1, "1.9 tokens in 17 ms");
+        sh.kept = vec![1.0, 0.0, 0.0, 0.0, 9.0];
+        assert_eq!(k(&sh, &dear), 4, "4.6 tokens in 38 ms beat 1.9 in 17");
+        sh.kept = vec![1.0, 0.0, 0.0, 0.0, 0.0];
+        assert_eq!(k(&sh, &cheap), 0, "proposals that always miss");
+        assert_eq!(sh.best_k(4, |_| None), 0, "no plain step measured");
+        // Another sequence in the batch: this one's 1 token costs a 2-token step (17 ms), and
+        // 3 expected tokens in a 6-token step (45 ms, extended from 31 and 38) beat it.
+        sh.kept = vec![1.0, 0.0, 0.0, 0.0, 1.0];
+        assert_eq!(sh.best_k(4, |t| dear.estimate(1 + t)), 4);
+    }
+
+    #[test]
+    fn unmeasured_step_costs_are_estimated_from_measured_ones() {
+        let mut c = StepCosts::default();
+        assert_eq!(c.estimate(1), None);
+        c = costs(&[10.0]);
+        assert_eq!(c.estimate(1), Some(10.0));
+        assert_eq!(c.estimate(3), Some(10.0 + 2.0 * UNMEASURED_TOKEN * 10.0));
+        c.record(4, 1e3);
+        c.record(4, 16.0);
+        assert_eq!(c.estimate(2), Some(12.0), "between 1 and 4");
+        assert_eq!(c.estimate(6), Some(20.0), "on from the two largest below");
+        assert_eq!(c.estimate(17), None);
+    }
+
     #[test]
     fn step_costs_are_smoothed_and_bounded() {
         let mut c = StepCosts::default();
+        c.record(1, 5000.0);
+        assert_eq!(c.get(1), None, "a size's first step (pipeline compiles) is not counted");
         c.record(1, 100.0);
         c.record(1, 200.0);
         assert_eq!(c.get(1), Some(125.0));
+        c.record(1, 1e4);
+        assert_eq!(c.get(1), Some(125.0 * 0.75 + 250.0 * 0.25), "an outlier counts as twice the estimate");
         c.record(0, 5.0);
         c.record(17, 5.0);
         assert_eq!((c.get(0), c.get(2), c.get(17)), (None, None, None));
