@@ -98,7 +98,7 @@ export class Engine implements ChatEngine {
   }
 
   /** The backend's read bandwidth and the weight bytes a decode step reads, for MBU. Takes a
-   * moment; on the CPU backend it leaves a 64 MiB probe buffer in the engine's wasm memory. */
+   * moment; on the CPU backend it reads those weights themselves (no extra memory). */
   measureBandwidth(): Promise<Bandwidth> {
     return this.transport.measureBandwidth();
   }

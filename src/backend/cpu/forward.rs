@@ -92,10 +92,15 @@ impl Weights {
         Ok(Weights { token_embd: matrix(names::TOKEN_EMBD)?, output_norm: vector(names::OUTPUT_NORM)?, output, layers, config })
     }
 
-    /// Bytes of packed matrices one decode step reads (the embedding lookup aside).
+    /// The packed matrices one decode step reads, in order (the embedding lookup aside).
+    pub fn matrices_per_token(&self) -> impl Iterator<Item = &QMatrix> {
+        let head = self.output.as_ref().unwrap_or(&self.token_embd);
+        self.layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]).chain([head])
+    }
+
+    /// Bytes of packed matrices one decode step reads.
     pub fn bytes_per_token(&self) -> usize {
-        let head = self.output.as_ref().unwrap_or(&self.token_embd).bytes();
-        head + self.layers.iter().map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|m| m.bytes()).sum::<usize>()).sum::<usize>()
+        self.matrices_per_token().map(|m| m.bytes()).sum()
     }
 
     /// Bytes of every packed weight (resident memory of the model).

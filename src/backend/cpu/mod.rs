@@ -65,37 +65,45 @@ impl SimdModel {
         self.weights.matmuls_ms(&self.pool, self.target, 5)
     }
 
-    /// The memory read bandwidth this model's threads reach (bytes/s): the best of a few passes
-    /// over a buffer larger than the caches, each thread reading its part as one sequential
-    /// stream or as sixteen interleaved ones (in wasm, which has no prefetch instruction, one
-    /// thread read 11-11.5 GB/s from one stream and 18-25 from sixteen in Chromium). The limit
-    /// decode speed is measured against.
+    /// The read bandwidth this model's threads reach on what a decode step reads (bytes/s):
+    /// the best of a few passes over the packed weights themselves, each thread reading its
+    /// share of every matrix from several interleaved places at once (in wasm, which has no
+    /// prefetch instruction, one stream read about half of what sixteen do), in runs of one
+    /// to sixteen cache lines. The weights, not a buffer of fixed size: where the last-level
+    /// cache holds the model, its bandwidth is the limit decode can reach, and where it does
+    /// not, memory's (the CI-class host's 2 threads read 55 GB/s over SmolLM2's 96 MB of
+    /// weights and 42 over Gemma 3's 275 MB; 53-57 over 64 MiB). The limit decode speed is
+    /// measured against.
     pub fn read_bandwidth(&self) -> f64 {
-        let words = (64usize << 20) / 8;
-        let buf: Vec<u64> = (0..words as u64).collect();
+        let words: Vec<&[u64]> = self.weights.matrices_per_token().map(|m| bytemuck::pod_align_to::<u8, u64>(m.packed_bytes()).1).collect();
         let mut best = 0f64;
-        for streams in [1, 16] {
+        // (places, words read from one place at a time)
+        for (streams, run) in [(16, 8), (16, 32), (4, 128)] {
             for _ in 0..3 {
                 let read = std::sync::atomic::AtomicUsize::new(0);
                 let t0 = crate::clock::now_ms();
                 self.pool.run(|w| {
-                    let part = &buf[w.share(words)];
-                    // Eight words (a cache line) from each stream in turn; eight independent
-                    // sums so the loop is bound by loads, not by one add chain.
-                    let per = part.len() / streams / 8 * 8;
+                    // Eight independent sums, so the loop is bound by loads, not by one add chain.
                     let mut acc = [0u64; 8];
-                    for i in (0..per).step_by(8) {
-                        for s in 0..streams {
-                            let line = &part[s * per + i..][..8];
-                            #[cfg(target_arch = "x86_64")]
-                            kernels::avx2::prefetch(line.as_ptr());
-                            for j in 0..8 {
-                                acc[j] = acc[j].wrapping_add(line[j]);
+                    let mut bytes = 0;
+                    for m in &words {
+                        let part = &m[w.share(m.len())];
+                        let per = part.len() / streams / run * run;
+                        for i in (0..per).step_by(run) {
+                            for s in 0..streams {
+                                for line in part[s * per + i..][..run].chunks_exact(8) {
+                                    #[cfg(target_arch = "x86_64")]
+                                    kernels::avx2::prefetch(line.as_ptr());
+                                    for j in 0..8 {
+                                        acc[j] = acc[j].wrapping_add(line[j]);
+                                    }
+                                }
                             }
                         }
+                        bytes += streams * per * 8;
                     }
                     std::hint::black_box(acc);
-                    read.fetch_add(streams * per * 8, std::sync::atomic::Ordering::Relaxed);
+                    read.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
                 });
                 let secs = (crate::clock::now_ms() - t0) / 1e3;
                 best = best.max(read.into_inner() as f64 / secs.max(1e-9));

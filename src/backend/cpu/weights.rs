@@ -98,12 +98,17 @@ impl QMatrix {
 
     /// Bytes the packed weights take (what a decode step reads).
     pub fn bytes(&self) -> usize {
+        self.packed_bytes().len()
+    }
+
+    /// The packed weights as bytes.
+    pub fn packed_bytes(&self) -> &[u8] {
         match &self.packed {
-            Packed::Q4(v) => std::mem::size_of_val(&v[..]),
-            Packed::Q8(v) => std::mem::size_of_val(&v[..]),
-            Packed::Q8Min(v) => std::mem::size_of_val(&v[..]),
-            Packed::Q8Halves(v) => std::mem::size_of_val(&v[..]),
-            Packed::F32(v) => std::mem::size_of_val(&v[..]),
+            Packed::Q4(v) => bytemuck::cast_slice(v),
+            Packed::Q8(v) => bytemuck::cast_slice(v),
+            Packed::Q8Min(v) => bytemuck::cast_slice(v),
+            Packed::Q8Halves(v) => bytemuck::cast_slice(v),
+            Packed::F32(v) => bytemuck::cast_slice(v),
         }
     }
 
