@@ -7,7 +7,7 @@
 //! KV cache back past the first rejection by lowering the sequence's computed length (the
 //! rejected positions' slots are simply written again later).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use super::backend::{ForwardModel, Picks, Readback};
 use super::kv_cache::BlockPool;
@@ -24,20 +24,56 @@ pub struct Proposal {
 }
 
 /// Prompt-lookup drafting: find the most recent earlier place where the sequence's last n
-/// tokens (n = max_n down to min_n) occurred and propose what followed them there.
+/// tokens (n = max_n down to min_n) occurred and propose what followed them there. An index of
+/// every n-gram's latest place that something follows, extended as the sequence grows, finds
+/// it without scanning the sequence: proposals are made every step, and at 32k tokens a scan
+/// took 95 us a proposal natively, the index 0.26 us (after 9 ms to index the first 32k).
 pub struct NgramDrafter {
-    pub max_n: usize,
-    /// Single-token matches are mostly wrong in free text: 2 by default.
-    pub min_n: usize,
+    max_n: usize,
+    min_n: usize,
+    /// n-gram -> its latest start j with a token after it (j + n < `indexed`).
+    latest: HashMap<Ngram, usize>,
+    /// Tokens of the sequence indexed so far.
+    indexed: usize,
+}
+
+/// The longest match an [`NgramDrafter`] looks for.
+const MAX_NGRAM: usize = 4;
+
+/// An n-gram as a key without an allocation: its length and tokens (the rest zero).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Ngram(u8, [u32; MAX_NGRAM]);
+
+impl Ngram {
+    fn of(tokens: &[u32]) -> Ngram {
+        let mut t = [0; MAX_NGRAM];
+        t[..tokens.len()].copy_from_slice(tokens);
+        Ngram(tokens.len() as u8, t)
+    }
 }
 
 impl NgramDrafter {
-    /// Up to `k` tokens to follow `tokens`.
-    pub fn propose(&self, tokens: &[u32], k: usize) -> Proposal {
-        for n in (self.min_n.max(1)..=self.max_n.min(tokens.len().saturating_sub(1))).rev() {
-            let pattern = &tokens[tokens.len() - n..];
-            // Latest earlier start j with tokens[j..j + n] == pattern and something after it.
-            if let Some(j) = (0..tokens.len() - n).rev().find(|&j| &tokens[j..j + n] == pattern) {
+    /// Matches of `min_n` to `max_n` tokens (single-token matches are mostly wrong in free
+    /// text; at most [`MAX_NGRAM`]).
+    pub fn new(min_n: usize, max_n: usize) -> NgramDrafter {
+        let max_n = max_n.min(MAX_NGRAM);
+        NgramDrafter { max_n, min_n: min_n.clamp(1, max_n), latest: HashMap::new(), indexed: 0 }
+    }
+
+    /// Up to `k` tokens to follow `tokens` (the sequence so far; it only grows between calls).
+    pub fn propose(&mut self, tokens: &[u32], k: usize) -> Proposal {
+        if tokens.len() < self.indexed {
+            (self.latest, self.indexed) = (HashMap::new(), 0);
+        }
+        for p in self.indexed.max(1)..tokens.len() {
+            // The n-grams ending just before token p now have something after them.
+            for n in self.min_n..=self.max_n.min(p) {
+                self.latest.insert(Ngram::of(&tokens[p - n..p]), p - n);
+            }
+        }
+        self.indexed = tokens.len();
+        for n in (self.min_n..=self.max_n.min(tokens.len().saturating_sub(1))).rev() {
+            if let Some(&j) = self.latest.get(&Ngram::of(&tokens[tokens.len() - n..])) {
                 let follow = &tokens[j + n..];
                 return Proposal { tokens: follow[..follow.len().min(k)].to_vec(), q: Vec::new() };
             }
@@ -265,7 +301,7 @@ impl SpecState {
     pub fn new(spec: Speculative, cap: usize, draft_vocab: Option<usize>, params: &SamplingParams) -> Result<Self> {
         spec.validate()?;
         let drafter = match (spec.method, draft_vocab) {
-            (SpecMethod::Ngram, _) => AnyDrafter::Ngram(NgramDrafter { max_n: 3, min_n: 2 }),
+            (SpecMethod::Ngram, _) => AnyDrafter::Ngram(NgramDrafter::new(2, 3)),
             (SpecMethod::Draft, Some(vocab)) => AnyDrafter::Model(ModelDrafter::new(vocab, params)?),
             (SpecMethod::Draft, None) => {
                 return Err(Error::InvalidOption { option: "speculative", reason: "draft-model speculation needs a draft model; load one (--draft-model) or use ngram".into() })
@@ -303,7 +339,7 @@ impl SpecState {
     /// n-gram drafts by the measured costs: the proposal is made (and scored later) every step,
     /// and drafted as far as the scored proposals say pays.
     fn propose_ngram(&mut self, tokens: &[u32], room: usize, costs: &StepCosts, others: usize) -> Proposal {
-        let AnyDrafter::Ngram(d) = &self.drafter else { unreachable!("called for n-gram drafters") };
+        let AnyDrafter::Ngram(d) = &mut self.drafter else { unreachable!("called for n-gram drafters") };
         self.shadow.score(tokens);
         let mut proposal = d.propose(tokens, self.k_max);
         self.shadow.push(tokens.len(), &proposal.tokens);
@@ -468,6 +504,39 @@ mod tests {
         // No measured costs: drafts (after any pause from misses).
         s.pause = 1;
         assert!(!s.should_draft(None, 0) && s.should_draft(None, 0));
+    }
+
+    /// The index finds what a scan of the whole sequence finds, as the sequence grows.
+    #[test]
+    fn ngram_index_proposes_what_a_scan_finds() {
+        let scan = |tokens: &[u32], k: usize| -> Vec<u32> {
+            for n in (2..=3.min(tokens.len().saturating_sub(1))).rev() {
+                let pattern = &tokens[tokens.len() - n..];
+                if let Some(j) = (0..tokens.len() - n).rev().find(|&j| &tokens[j..j + n] == pattern) {
+                    return tokens[j + n..].iter().take(k).copied().collect();
+                }
+            }
+            Vec::new()
+        };
+        let mut s = 7u32;
+        let tokens: Vec<u32> = (0..3000)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                s % 5
+            })
+            .collect();
+        let mut d = NgramDrafter::new(2, 3);
+        let mut proposed = 0;
+        for len in (0..tokens.len()).step_by(7).chain([tokens.len()]) {
+            let got = d.propose(&tokens[..len], 4).tokens;
+            assert_eq!(got, scan(&tokens[..len], 4), "at {len} tokens");
+            proposed += got.len();
+        }
+        assert!(proposed > 1000, "the sequence should repeat n-grams");
+        // A shorter sequence than the last (a new one) starts the index again.
+        assert_eq!(d.propose(&tokens[..40], 4).tokens, scan(&tokens[..40], 4));
     }
 
     /// Scores proposals as the output decides them: all kept, a miss at once, a miss after one.
