@@ -178,13 +178,13 @@ impl StepCosts {
             return None;
         }
         let known = |t: usize| self.get(t).map(|m| (t as f64, m));
-        let below: Vec<(f64, f64)> = (1..=tokens).rev().filter_map(known).take(2).collect();
-        let &(a, ma) = below.first()?;
+        let mut below = (1..=tokens).rev().filter_map(known);
+        let (a, ma) = below.next()?;
         let x = tokens as f64;
-        let slope = match ((tokens + 1..self.ms.len()).find_map(known), below.get(1)) {
+        let slope = match ((tokens + 1..self.ms.len()).find_map(known), below.next()) {
             _ if x == a => 0.0,
             (Some((b, mb)), _) => (mb - ma) / (b - a),
-            (None, Some(&(a2, m2))) => ((ma - m2) / (a - a2)).max(0.0),
+            (None, Some((a2, m2))) => ((ma - m2) / (a - a2)).max(0.0),
             (None, None) => UNMEASURED_TOKEN * ma,
         };
         Some(ma + slope * (x - a))

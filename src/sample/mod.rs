@@ -158,7 +158,7 @@ type Candidates = Vec<(u32, f32)>;
 /// Softmax of the candidates' logits at inverse temperature `inv_t` (their [`weight`]s over
 /// their [`weight_sum`]), summing to 1.
 fn probabilities(c: &[(u32, f32)], inv_t: f32) -> Vec<f64> {
-    let max = c.iter().fold(f32::NEG_INFINITY, |m, x| if x.1 > m { x.1 } else { m });
+    let max = max_logit(c);
     let z = weight_sum(c, max, inv_t);
     c.iter().map(|x| weight(x.1, max, inv_t) / z).collect()
 }
@@ -452,16 +452,27 @@ fn filter(p: &SamplingParams, c: &mut Candidates) {
 /// (the last one if rounding leaves `u` above the total).
 fn draw(c: &[(u32, f32)], inv_t: f32, u: f64) -> u32 {
     // `probabilities`' values, walked without collecting them (a choice allocates nothing).
-    let max = c.iter().fold(f32::NEG_INFINITY, |m, x| if x.1 > m { x.1 } else { m });
+    let max = max_logit(c);
     let z = weight_sum(c, max, inv_t);
+    walk(c, |x| weight(x.1, max, inv_t) / z, u).unwrap_or_else(|_| c[c.len() - 1].0)
+}
+
+/// The largest of the candidates' logits (-inf for none).
+fn max_logit(c: &[(u32, f32)]) -> f32 {
+    c.iter().fold(f32::NEG_INFINITY, |m, x| if x.1 > m { x.1 } else { m })
+}
+
+/// The first of the sorted candidates `c` whose running sum of `p` passes `u`; else the sum of
+/// them all.
+fn walk(c: &[(u32, f32)], p: impl Fn(&(u32, f32)) -> f64, u: f64) -> std::result::Result<u32, f64> {
     let mut acc = 0.0;
     for x in c {
-        acc += weight(x.1, max, inv_t) / z;
+        acc += p(x);
         if u < acc {
-            return x.0;
+            return Ok(x.0);
         }
     }
-    c[c.len() - 1].0
+    Err(acc)
 }
 
 /// `filter` then `draw` over a row of logits with the uniform number `u`, without sorting the
@@ -539,33 +550,22 @@ fn choose_with(p: &SamplingParams, logits: &[f32], u: f64, head: &mut Candidates
     if keep <= head.len() {
         return draw(&head[..keep], inv_t, u);
     }
-    // Every candidate kept.
+    // Every candidate kept: the whole row is built only when the draw lands past the head.
     let z = weight_total(logits, max, inv_t);
-    let mut acc = 0.0;
-    for x in head.iter() {
-        acc += weight(x.1, max, inv_t) / z;
-        if u < acc {
-            return x.0;
-        }
-    }
-    with_tail(logits, |c| {
-        let tail = &mut c[HEAD..];
-        tail[at_mass(tail, |x| weight(x.1, max, inv_t) / z, u - acc, false)].0
-    })
+    let p = |x: &(u32, f32)| weight(x.1, max, inv_t) / z;
+    walk(head, p, u).unwrap_or_else(|acc| with_tail(logits, |c| past_head(&mut c[HEAD..], p, u - acc)))
 }
 
 /// The draw with `u` from candidates whose first [`HEAD`] are sorted, the rest in any order
 /// (`p`: their probabilities): in the head unless `u` lies in the tail's mass.
 fn draw_past_head(c: &mut [(u32, f32)], p: impl Fn(&(u32, f32)) -> f64, u: f64) -> u32 {
-    let mut acc = 0.0;
-    for x in &c[..HEAD] {
-        acc += p(x);
-        if u < acc {
-            return x.0;
-        }
-    }
-    let tail = &mut c[HEAD..];
-    tail[at_mass(tail, p, u - acc, false)].0
+    let (head, tail) = c.split_at_mut(HEAD);
+    walk(head, &p, u).unwrap_or_else(|acc| past_head(tail, p, u - acc))
+}
+
+/// The draw from the unsorted candidates past the head, `u` past the head's mass.
+fn past_head(tail: &mut [(u32, f32)], p: impl Fn(&(u32, f32)) -> f64, u: f64) -> u32 {
+    tail[at_mass(tail, p, u, false)].0
 }
 
 /// Where the running sum of `weight` over `c` in sorted order (logit descending, id ascending)
