@@ -10,6 +10,9 @@
 // logit rows (the LM head) row t of x is the batch's logit row t.
 // ROPE: the q|k|v matmul, with RoPE and the paged KV write in its epilogue (rope_store.wgsl): a
 // workgroup's rows are whole quads, whose four sums meet in workgroup memory.
+// PARTIALS: the LM head of a greedy step also writes each workgroup's largest logit per token
+// (at P.partials, one row of ceil(vocab / rows a workgroup) per logit row), so argmax.wgsl reads
+// those and one workgroup's rows instead of the whole vocabulary.
 // `dot32` comes from the weight type's quant_*.wgsl, prepended by the launcher.
 
 @group(0) @binding(0) var<uniform> P: MatmulParams; // matmul_params.wgsl
@@ -30,6 +33,7 @@ override SWIGLU: bool = false;
 override GELU: bool = false;
 override NORM: bool = false;
 override ROPE: bool = false;
+override PARTIALS: bool = false;
 
 fn gate_act(v: f32) -> f32 {
     // tanh saturates at 1.0 in f32 by 15; clamping keeps exp-based tanh (SwiftShader) from inf / inf.
@@ -46,7 +50,8 @@ var<private> acc2: array<f32, MAX_TN>;
 var<private> ssq: array<f32, MAX_TN>;
 // Squares' sum of the slice `load_xn` loaded last.
 var<private> x_sq: f32;
-// ROPE: each row's sums [WG / TPR][MAX_TN], for its quad's first thread.
+// ROPE: each row's sums [WG / TPR][MAX_TN], for its quad's first thread; PARTIALS: each row's
+// logits, for the workgroup's first thread.
 var<workgroup> quad_sums: array<f32, 512>;
 
 fn x_row(t: u32) -> u32 {
@@ -119,6 +124,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let o = (t0 + t) * P.out_stride + P.out_col + row;
             if (P.accumulate == 1u) { v += y[o]; }
             y[o] = v;
+            if (PARTIALS) { quad_sums[(lid / TPR) * MAX_TN + t] = v; }
         }
+    }
+    if (PARTIALS) {
+        workgroupBarrier();
+        if (lid == 0u) { store_partials(wid.x, t0, nt); }
+    }
+}
+
+// PARTIALS: the largest of the workgroup's logits for each of its tokens. NaN and values at or
+// below -3.4e38 never count, as in argmax.wgsl; a workgroup without any writes -3.4e38.
+fn store_partials(wgx: u32, t0: u32, nt: u32) {
+    let rows = WG / TPR;
+    let n_partials = (P.out_stride + rows - 1u) / rows;
+    for (var t = 0u; t < nt; t++) {
+        var best = -3.4e38;
+        for (var r = 0u; r < rows && wgx * rows + r < P.m; r++) {
+            let v = quad_sums[r * MAX_TN + t];
+            if (v > best) { best = v; }
+        }
+        y[P.partials + (t0 + t) * n_partials + P.out_col / rows + wgx] = best;
     }
 }

@@ -21,5 +21,6 @@ struct MatmulParams {
     // 1: add the q|k|v bias (Qwen2) from nw, at element bias_off, before the rotation.
     bias: u32,
     bias_off: u32,
-    _pad0: u32,
+    // matmul.wgsl's PARTIALS: the element of y where the logit rows' partial maxima start.
+    partials: u32,
 }

@@ -5,7 +5,7 @@ use crate::common;
 use crate::kernel_cases;
 
 use ferrolm::backend::reference::ops;
-use ferrolm::backend::webgpu::kernels::{Count, Kernels, Norm, Op, OutCols, QkNorm, QkvBias, RopeKv};
+use ferrolm::backend::webgpu::kernels::{logit_partial_group, Count, Kernels, LogitPartials, Norm, Op, OutCols, QkNorm, QkvBias, RopeKv};
 use ferrolm::backend::webgpu::weights::{GpuTensor, GPU_MATRIX_TYPES};
 use ferrolm::backend::webgpu::{batch_to_words, batch_words, GpuContext, GpuOptions, KvType};
 use ferrolm::engine::{Batch, Limits};
@@ -262,7 +262,7 @@ fn rmsnorm_and_argmax_match_cpu() {
     let (lb, rb) = (h.buffer(&logits), h.buffer(&vec![0f32; n]));
     let words = vocab.div_ceil(32);
     let unused = h.buffer(&vec![0f32; n * words]);
-    let got = h.run(&[h.kernels.argmax(&lb, &rb, &unused, vocab as u32, false)], &vec![0; n], &rb);
+    let got = h.run(&[h.kernels.argmax(&lb, &rb, &unused, vocab as u32, false, None)], &vec![0; n], &rb);
     let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
     let want: Vec<u32> = logits.chunks(vocab).map(ferrolm::sample::argmax).collect();
     assert_eq!(got, want);
@@ -281,7 +281,7 @@ fn rmsnorm_and_argmax_match_cpu() {
         }
     }
     let mb = h.buffer(&bits.iter().map(|&b| f32::from_bits(b)).collect::<Vec<_>>());
-    let got = h.run(&[h.kernels.argmax(&lb, &rb, &mb, vocab as u32, true)], &vec![0; n], &rb);
+    let got = h.run(&[h.kernels.argmax(&lb, &rb, &mb, vocab as u32, true, None)], &vec![0; n], &rb);
     let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
     let want: Vec<u32> = logits
         .chunks(vocab)
@@ -291,6 +291,62 @@ fn rmsnorm_and_argmax_match_cpu() {
     assert_eq!(got, want, "masked argmax");
     assert_eq!(got[2], 321);
     assert!(got[1] != 10 && got[1] != 900);
+}
+
+/// The greedy LM head on GPUs (matmul.wgsl's PARTIALS: each workgroup's largest logit) and the
+/// argmax over those maxima: the first largest logit, as the CPU's argmax of the same logits.
+/// Rows repeat every 37, so each maximum recurs in later workgroups and only the first may win;
+/// then hand-made rows: ties inside and across groups, NaN, -inf, nothing that counts.
+#[test]
+fn argmax_over_lm_head_partials_matches_cpu() {
+    let h = Harness::with_shapes(GpuOptions::default(), Some(false));
+    let vocab = 1000usize;
+    for k in [160usize, 640] {
+        let group = logit_partial_group(false, k as u32).unwrap();
+        let n_partials = vocab.div_ceil(group as usize);
+        let base = random_blocks(GgmlType::Q8_0, 37, k, 40 + k as u64);
+        let row_bytes = base.len() / 37;
+        let data: Vec<u8> = (0..vocab).flat_map(|r| base[(r % 37) * row_bytes..][..row_bytes].to_vec()).collect();
+        let w = h.upload(1 << 20, "lm head", GgmlType::Q8_0, &data, vocab, k, true);
+        // One token a workgroup (decode), 4 (batched decode) and 8 (prefill).
+        for n in [1usize, 3, 6, 11] {
+            let x = random(n * k, 60 + n as u64);
+            let partials = LogitPartials { group, offset: (n * vocab) as u32 };
+            let (xb, lb, rb) = (h.buffer(&x), h.buffer(&vec![0f32; n * (vocab + n_partials)]), h.buffer(&vec![0f32; n]));
+            let mut ops = h.kernels.lm_head_partials(&w, &xb, None, &lb, vocab as u32, partials).expect("an unsplit head takes partials");
+            let unused = h.buffer(&vec![0f32; n * vocab.div_ceil(32)]);
+            ops.push(h.kernels.argmax(&lb, &rb, &unused, vocab as u32, false, Some(partials)));
+            let got: Vec<u32> = h.run(&ops, &vec![0; n], &rb).iter().map(|v| v.to_bits()).collect();
+            let logits = h.read(&lb);
+            let want: Vec<u32> = logits[..n * vocab].chunks(vocab).map(ferrolm::sample::argmax).collect();
+            assert_eq!(got, want, "k={k} n={n}");
+            assert!(got.iter().all(|&t| t < 37), "k={k} n={n}: a later copy of the largest row won: {got:?}");
+        }
+    }
+
+    // Hand-made rows and their partial maxima as the LM head writes them.
+    let (group, n) = (16usize, 5);
+    let mut logits = random(n * vocab, 70);
+    logits[50] = 9.0; // row 0: a tie inside one group and across groups
+    logits[52] = 9.0;
+    logits[vocab - 1] = 9.0;
+    logits[vocab + 3] = f32::NAN; // row 1: NaN never counts
+    logits[vocab + 700] = 8.0;
+    logits[2 * vocab..3 * vocab].fill(f32::NEG_INFINITY); // row 2: nothing counts
+    logits[3 * vocab..4 * vocab].fill(-1.0); // row 3: all equal
+    logits[4 * vocab + 999] = 8.0; // row 4: the last logit, alone in a short last group
+    let mut buffer = logits.clone();
+    for row in logits.chunks(vocab) {
+        buffer.extend(row.chunks(group).map(|g| g.iter().fold(-3.4e38f32, |m, &v| if v > m { v } else { m })));
+    }
+    let (lb, rb) = (h.buffer(&buffer), h.buffer(&vec![0f32; n]));
+    let unused = h.buffer(&vec![0f32; n * vocab.div_ceil(32)]);
+    let partials = LogitPartials { group: group as u32, offset: (n * vocab) as u32 };
+    let with = h.run(&[h.kernels.argmax(&lb, &rb, &unused, vocab as u32, false, Some(partials))], &vec![0; n], &rb);
+    let scan = h.run(&[h.kernels.argmax(&lb, &rb, &unused, vocab as u32, false, None)], &vec![0; n], &rb);
+    let (with, scan): (Vec<u32>, Vec<u32>) = (with.iter().map(|v| v.to_bits()).collect(), scan.iter().map(|v| v.to_bits()).collect());
+    assert_eq!(with, scan, "argmax from partial maxima vs the whole row");
+    assert_eq!(with, [50, 700, u32::MAX, 0, 999]);
 }
 
 /// GPU top-64 with its log-sum-exp against the CPU's sorted selection: rows with ties across the

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use serde::Serialize;
 
 use super::context::{map_read, Faults, GpuContext};
-use super::kernels::{sample_rows, AttnDims, Count, Kernels, Norm, Op, OutCols, QkNorm, QkvBias, RopeKv, SampleEdit, SampleRow, TOPK_WORDS};
+use super::kernels::{logit_partial_group, sample_rows, AttnDims, Count, Kernels, LogitPartials, Norm, Op, OutCols, QkNorm, QkvBias, RopeKv, SampleEdit, SampleRow, TOPK_WORDS};
 use super::profile::{timed_ms, StepTimer, TIMER_BYTES};
 use super::weights::{concat_rows, packed_row_bytes, upload_f32, GpuTensor};
 use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Picks, Readback, BLOCK_SIZE, CHAINED};
@@ -126,8 +126,10 @@ pub struct GpuModel {
     /// Readback buffers not held by a pending step; a step takes one big enough and its
     /// [`GpuPending`] puts it back once read.
     staging: Rc<RefCell<Vec<wgpu::Buffer>>>,
-    pub(super) ops: Vec<Op>,
-    pub(super) argmax_op: Op,
+    ops: Vec<Op>,
+    argmax_op: Op,
+    /// The LM head of greedy steps where it leaves partial maxima for its own argmax.
+    greedy_head: Option<GreedyHead>,
     masked_argmax_op: Op,
     sample_op: Op,
     masked_sample_op: Op,
@@ -160,6 +162,15 @@ impl PendingModel {
 }
 
 const HEADER: usize = 8;
+
+/// A greedy step's end on GPUs: the LM head that also writes each workgroup's largest logit,
+/// and the argmax that reads those maxima (and one workgroup's logits) instead of every logit.
+struct GreedyHead {
+    /// Where the plain LM head's Ops start in [`GpuModel::ops`]; these replace them.
+    start: usize,
+    head: Vec<Op>,
+    argmax: Op,
+}
 
 impl GpuModel {
     /// Uploads a supported model, tensor by tensor, and records its forward pass.
@@ -208,7 +219,10 @@ impl GpuModel {
         let n_blocks = opts.kv_blocks(context, kv_bytes_per_token, max_binding / (kv_row * block_size as u64));
         let max_seqs = opts.max_seqs.clamp(1, max_batch_tokens);
         let t = max_batch_tokens as u64;
-        let max_logit_rows = (max_binding / (v * 4)).min(t).max(1) as u32;
+        // Each logit row's floats: the logits, then (GPUs) the LM head's partial maxima.
+        let partial_group = logit_partial_group(ctx.info.cpu_like, c.d_model as u32);
+        let row_floats = v + partial_group.map_or(0, |g| v.div_ceil(g as u64));
+        let max_logit_rows = (max_binding / (row_floats * 4)).min(t).max(1) as u32;
         // On CPU-emulated adapters each extra token in a forward costs ~40% of a step (measured
         // on lavapipe), so longer drafts lose more than they win there.
         let max_draft = if ctx.info.cpu_like { 2 } else { crate::sample::MAX_DRAFT };
@@ -233,7 +247,8 @@ impl GpuModel {
         let qkv = storage("qkv", t * (qd + 2 * kvd) * 4)?;
         let attn = storage("attn", t * qd * 4)?;
         let ffn = storage("ffn", t * f * 4)?;
-        let logits = storage("logits", max_logit_rows as u64 * v * 4)?;
+        let logits = storage("logits", max_logit_rows as u64 * row_floats * 4)?;
+        let partials = partial_group.map(|group| LogitPartials { group, offset: (max_logit_rows as u64 * v) as u32 });
         let argmax = storage("argmax", max_logit_rows as u64 * 4)?;
         let topk = storage("top-k", max_logit_rows as u64 * TOPK_WORDS as u64 * 4)?;
         let sample_rows = storage("sampling", max_logit_rows as u64 * std::mem::size_of::<SampleRow>() as u64)?;
@@ -365,14 +380,23 @@ impl GpuModel {
         let output_norm = vector(names::OUTPUT_NORM)?;
         let head = if c.tied_embeddings { token_embd } else { matrix(names::OUTPUT, &[names::OUTPUT], true)? };
         let (input, norm) = norm_input(&kernels, &mut ops, &x, h.as_ref(), &output_norm, c, true);
+        let head_matmul = ops.len();
         ops.extend(kernels.matmul_normed(&head, input, norm, &logits, OutCols { stride: v as u32, col: 0 }, Count::LogitRows));
-        let argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, false);
-        let masked_argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, true);
+        let argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, false, None);
+        let greedy_head = partials.and_then(|p| {
+            let head = kernels.lm_head_partials(&head, input, norm, &logits, v as u32, p)?;
+            Some(GreedyHead { start: head_matmul, head, argmax: kernels.argmax(&logits, &argmax, &masks, v as u32, false, Some(p)) })
+        });
+        let masked_argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, true, None);
         let sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, false);
         let masked_sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, true);
         let topk_op = kernels.topk(&logits, &topk, v as u32);
         prepare(&ops[head_start..]);
         argmax_op.prepare_single_sequence(max_batch_tokens);
+        if let Some(g) = &greedy_head {
+            prepare(&g.head);
+            g.argmax.prepare_single_sequence(max_batch_tokens);
+        }
         sample_op.prepare_single_sequence(max_batch_tokens);
         topk_op.prepare_single_sequence(max_batch_tokens);
 
@@ -399,6 +423,7 @@ impl GpuModel {
             staging,
             ops,
             argmax_op,
+            greedy_head,
             masked_argmax_op,
             sample_op,
             masked_sample_op,
@@ -447,22 +472,8 @@ impl GpuModel {
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: timestamps });
             let (n, rows, span) = (b.tokens.len() as u32, b.logit_rows.len() as u32, b.span());
-            for op in &self.ops {
+            for op in self.step_ops(readback, masks.is_some()) {
                 dispatches += op.encode_span(&mut pass, n, rows, span) as u64;
-            }
-            let readback_ops: &[&Op] = match readback {
-                Readback::Argmax if masks.is_some() => &[&self.masked_argmax_op],
-                Readback::Argmax => &[&self.argmax_op],
-                Readback::Sample if masks.is_some() => &[&self.masked_sample_op],
-                Readback::Sample => &[&self.sample_op],
-                // Candidates of the logits before the sample kernel edits (and masks) them in place.
-                Readback::SampleTop if masks.is_some() => &[&self.topk_op, &self.masked_sample_op],
-                Readback::SampleTop => &[&self.topk_op, &self.sample_op],
-                Readback::Top(_) => &[&self.topk_op],
-                Readback::Nothing | Readback::Logits => &[],
-            };
-            for op in readback_ops {
-                dispatches += op.encode(&mut pass, n, rows) as u64;
             }
         }
         self.count(|c| {
@@ -471,6 +482,27 @@ impl GpuModel {
             c.bytes_written += bytes;
         });
         Ok(enc)
+    }
+
+    /// The Ops a step that reads back `readback` runs, in order.
+    pub(super) fn step_ops(&self, readback: Readback, masked: bool) -> Vec<&Op> {
+        let greedy = self.greedy_head.as_ref().filter(|_| matches!(readback, Readback::Argmax) && !masked);
+        let (body, head) = match greedy {
+            Some(g) => (&self.ops[..g.start], &g.head[..]),
+            None => (&self.ops[..], &[][..]),
+        };
+        let readback_ops: Vec<&Op> = match (readback, masked) {
+            (Readback::Argmax, true) => vec![&self.masked_argmax_op],
+            (Readback::Argmax, false) => vec![greedy.map_or(&self.argmax_op, |g| &g.argmax)],
+            (Readback::Sample, true) => vec![&self.masked_sample_op],
+            (Readback::Sample, false) => vec![&self.sample_op],
+            // Candidates of the logits before the sample kernel edits (and masks) them in place.
+            (Readback::SampleTop, true) => vec![&self.topk_op, &self.masked_sample_op],
+            (Readback::SampleTop, false) => vec![&self.topk_op, &self.sample_op],
+            (Readback::Top(_), _) => vec![&self.topk_op],
+            (Readback::Nothing | Readback::Logits, _) => vec![],
+        };
+        body.iter().chain(head).chain(readback_ops).collect()
     }
 
     /// Copies the previous step's argmax picks over the [`CHAINED`] tokens' words (after the

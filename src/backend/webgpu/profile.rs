@@ -5,9 +5,8 @@
 use std::cell::Cell;
 
 use super::context::GpuContext;
-use super::kernels::Op;
 use super::model::GpuModel;
-use crate::engine::Batch;
+use crate::engine::{Batch, Readback};
 use crate::error::Result;
 
 /// Timestamps at the start and end of each step's compute pass, copied into the step's own
@@ -91,10 +90,6 @@ fn add(out: &mut KernelTimes, label: &'static str, ms: f64) {
 }
 
 impl GpuModel {
-    fn step_ops(&self) -> Vec<&Op> {
-        self.ops.iter().chain([&self.argmax_op]).collect()
-    }
-
     /// [`GpuTime`] of one step of `b`; `None` where the adapter has no timestamp queries (or
     /// they were not allowed). The step runs twice in one submission, whole and then an Op at a
     /// time: its positions' K/V are written twice, with the same values.
@@ -105,7 +100,7 @@ impl GpuModel {
         b.validate(&self.limits, self.config.vocab_size)?;
         self.write_batch(b);
         let (n, rows, span) = (b.tokens.len() as u32, b.logit_rows.len() as u32, b.span());
-        let ops = self.step_ops();
+        let ops = self.step_ops(Readback::Argmax, false);
         let count = 2 + 2 * ops.len() as u32;
         let dev = &self.ctx.device;
         let set = dev.create_query_set(&wgpu::QuerySetDescriptor { label: Some("step timestamps"), ty: wgpu::QueryType::Timestamp, count });
@@ -151,7 +146,7 @@ impl GpuModel {
         self.write_batch(b);
         let (n, rows, span) = (b.tokens.len() as u32, b.logit_rows.len() as u32, b.span());
         let mut out = Vec::new();
-        for op in self.step_ops() {
+        for op in self.step_ops(Readback::Argmax, false) {
             let mut enc = self.ctx.device.create_command_encoder(&Default::default());
             op.encode_span(&mut enc.begin_compute_pass(&Default::default()), n, rows, span);
             let t0 = std::time::Instant::now();

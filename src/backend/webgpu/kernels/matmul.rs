@@ -55,12 +55,34 @@ struct MatmulParams {
     /// 1: add the q|k|v bias at element `bias_off` of the norm weights' binding.
     bias: u32,
     bias_off: u32,
-    _pad0: u32,
+    /// matmul.wgsl's PARTIALS: the element of `y` where the partial maxima start.
+    partials: u32,
 }
 const _: () = assert!(std::mem::size_of::<MatmulParams>() == 64);
 
 /// Tokens per prefill matmul workgroup: each dequantized weight group is reused this many times.
 const MATMUL_TN: u32 = 8;
+
+/// Where the LM head leaves each workgroup's largest logit (matmul.wgsl's PARTIALS) for
+/// argmax.wgsl: one maximum per `group` rows, `vocab.div_ceil(group)` a logit row, from element
+/// `offset` of the logits buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct LogitPartials {
+    pub group: u32,
+    pub offset: u32,
+}
+
+/// Lanes matmul.wgsl gives a row of width `k`: a power of two up to 16, at most the row's groups.
+fn lanes_per_row(k: u32) -> u32 {
+    (1u32 << (k / 32).max(1).ilog2()).min(16)
+}
+
+/// Rows per partial maximum of an LM head of width `k` on this adapter kind: a matmul.wgsl
+/// workgroup's rows; `None` on CPU-emulated adapters (matvec.wgsl writes none; the argmax
+/// scans their rows at CPU speed anyway).
+pub fn logit_partial_group(cpu_like: bool, k: u32) -> Option<u32> {
+    (!cpu_like).then(|| 64 / lanes_per_row(k))
+}
 
 impl Kernels {
     /// `y[t][out.col + r] (+)= x[t] . W[r]` for every token (or logit row) `t`; one Op per part
@@ -69,7 +91,7 @@ impl Kernels {
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(&self, w: &GpuTensor, x: &wgpu::Buffer, y: &wgpu::Buffer, out: OutCols, accumulate: bool, of: Count, swiglu: bool) -> Vec<Op> {
         let glu = swiglu.then_some(Activation::Silu);
-        w.parts.iter().map(|p| self.matmul_part(w, p, x, None, y, OutCols { stride: out.stride, col: out.col + p.row0 }, accumulate, of, glu, None)).collect()
+        w.parts.iter().map(|p| self.matmul_part(w, p, x, None, y, OutCols { stride: out.stride, col: out.col + p.row0 }, accumulate, of, glu, None, None)).collect()
     }
 
     /// Whether the matmuls take an RMSNorm of their input ([`Kernels::matmul_normed`]): on
@@ -83,7 +105,19 @@ impl Kernels {
     /// only, see [`Kernels::folds_norm`]; `None`: plain `x`). With `Count::LogitRows` row `t` of
     /// `x` is the batch's logit row `t` (the LM head).
     pub fn matmul_normed(&self, w: &GpuTensor, x: &wgpu::Buffer, norm: Option<Norm>, y: &wgpu::Buffer, out: OutCols, of: Count) -> Vec<Op> {
-        w.parts.iter().map(|p| self.matmul_part(w, p, x, norm, y, OutCols { stride: out.stride, col: out.col + p.row0 }, false, of, None, None)).collect()
+        w.parts.iter().map(|p| self.matmul_part(w, p, x, norm, y, OutCols { stride: out.stride, col: out.col + p.row0 }, false, of, None, None, None)).collect()
+    }
+
+    /// The LM head of [`Kernels::matmul_normed`] (`out.stride`: the vocabulary) that also
+    /// leaves each workgroup's largest logit at `partials` for the argmax; `None` where
+    /// [`logit_partial_group`] gives none or a part of `w` starts inside a group.
+    pub fn lm_head_partials(&self, w: &GpuTensor, x: &wgpu::Buffer, norm: Option<Norm>, logits: &wgpu::Buffer, vocab: u32, partials: LogitPartials) -> Option<Vec<Op>> {
+        let group = logit_partial_group(self.cpu_like, w.k)?;
+        if group != partials.group || w.parts.iter().any(|p| !p.row0.is_multiple_of(group)) {
+            return None;
+        }
+        let out = |p: &TensorPart| OutCols { stride: vocab, col: p.row0 };
+        Some(w.parts.iter().map(|p| self.matmul_part(w, p, x, norm, logits, out(p), false, Count::LogitRows, None, None, Some(partials.offset))).collect())
     }
 
     /// Whether the q|k|v matmuls over these `(matrix, first column)` runs can apply RoPE and
@@ -102,14 +136,14 @@ impl Kernels {
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_rope_kv(&self, w: &GpuTensor, x: &wgpu::Buffer, norm: Option<Norm>, qkv: &wgpu::Buffer, col: u32, rope: RopeKv, bias: Option<QkvBias>) -> Vec<Op> {
         let out = |p: &TensorPart| OutCols { stride: rope.dims.qkv_stride, col: col + p.row0 };
-        w.parts.iter().map(|p| self.matmul_part(w, p, x, norm, qkv, out(p), false, Count::Tokens, None, Some((rope, bias)))).collect()
+        w.parts.iter().map(|p| self.matmul_part(w, p, x, norm, qkv, out(p), false, Count::Tokens, None, Some((rope, bias)), None)).collect()
     }
 
     /// The gated FFN's first matmul: `w` (one part) holds gate rows then up rows and
     /// `y = act(gate) * up` (SiLU: SwiGLU, GELU with tanh: GeGLU), of `x` or its RMSNorm.
     pub fn matmul_gated(&self, w: &GpuTensor, x: &wgpu::Buffer, norm: Option<Norm>, y: &wgpu::Buffer, stride: u32, act: Activation) -> Op {
         assert!(w.parts.len() == 1, "fused gate/up weights are uploaded unsplit");
-        self.matmul_part(w, &w.parts[0], x, norm, y, OutCols { stride, col: 0 }, false, Count::Tokens, Some(act), None)
+        self.matmul_part(w, &w.parts[0], x, norm, y, OutCols { stride, col: 0 }, false, Count::Tokens, Some(act), None, None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -125,8 +159,10 @@ impl Kernels {
         of: Count,
         glu: Option<Activation>,
         epilogue: Option<(RopeKv, Option<QkvBias>)>,
+        partials: Option<u32>,
     ) -> Op {
         assert!(norm.is_none() || self.folds_norm(), "matvec.wgsl takes no folded norm");
+        assert!(partials.is_none() || !self.cpu_like, "matvec.wgsl writes no partial maxima");
         let (rope, bias) = (epilogue.map(|e| e.0), epilogue.and_then(|e| e.1));
         assert!(norm.is_none() || bias.is_none_or(|b| b.buffer == norm.unwrap().weight), "the bias shares the norm weights' binding");
         let gated = glu.is_some();
@@ -150,13 +186,21 @@ impl Kernels {
                 })
                 .collect()
         } else {
-            let tpr = (1u32 << (w.k / 32).max(1).ilog2()).min(16);
+            let tpr = lanes_per_row(w.k);
             let gelu = glu == Some(Activation::GeluTanh);
             // Decode batches of up to 8 sequences get TN = 4 (measured faster than TN = 8 there).
             [(1u32, 1u32), (4, 8), (MATMUL_TN, u32::MAX)]
                 .iter()
                 .map(|&(tn, max_n)| {
-                    let overrides = [("TN", tn), ("TPR", tpr), ("SWIGLU", gated as u32), ("GELU", gelu as u32), ("NORM", norm.is_some() as u32), ("ROPE", rope.is_some() as u32)];
+                    let overrides = [
+                        ("TN", tn),
+                        ("TPR", tpr),
+                        ("SWIGLU", gated as u32),
+                        ("GELU", gelu as u32),
+                        ("NORM", norm.is_some() as u32),
+                        ("ROPE", rope.is_some() as u32),
+                        ("PARTIALS", partials.is_some() as u32),
+                    ];
                     let pipeline = self.pipeline(Shader::Matmul, Some(w.ty), &overrides);
                     Variant { pipeline, grid: Grid::Rows { x: m.div_ceil(64 / tpr), per: tn, of }, max_n }
                 })
@@ -184,7 +228,7 @@ impl Kernels {
             kv_rows: rope.map_or(0, |r| r.dims.n_kv_heads * r.dims.head_dim),
             bias: bias.is_some() as u32,
             bias_off: bias.map_or(0, |b| b.offset),
-            _pad0: 0,
+            partials: partials.unwrap_or(0),
         };
         // Unread bindings get stand-ins: x for the read-only ones (two read-only bindings of one
         // buffer are allowed), the spare buffers for the cache.

@@ -26,7 +26,7 @@ use crate::gguf::GgmlType;
 use shader::{Access, Shader};
 
 pub use attention::{AttnDims, AttnPlan, ATTN_SPLIT_MAX_TOKENS};
-pub use matmul::{Norm, OutCols};
+pub use matmul::{logit_partial_group, LogitPartials, Norm, OutCols};
 pub use rope::{QkNorm, QkvBias, RopeKv};
 pub use sampling::{sample_rows, SampleEdit, SampleRow, TOPK_MAX, TOPK_WORDS};
 

@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::sample::{LogitEdit, RowSampling};
 
 use super::shader::Shader;
-use super::{Count, Grid, Kernels, Op};
+use super::{Count, Grid, Kernels, LogitPartials, Op};
 
 /// Candidates the top-k kernel returns per row (shaders/topk.wgsl MAX_K).
 pub const TOPK_MAX: usize = 64;
@@ -19,8 +19,10 @@ pub const TOPK_WORDS: usize = 2 * TOPK_MAX + 2;
 struct ArgmaxParams {
     vocab: u32,
     mask_words: u32,
-    _pad1: u32,
-    _pad2: u32,
+    /// Rows per partial maximum the LM head left (0: scan the whole row).
+    group: u32,
+    /// Element of the logits buffer where the partial maxima start.
+    partials: u32,
 }
 const _: () = assert!(std::mem::size_of::<ArgmaxParams>() == 16);
 
@@ -112,9 +114,12 @@ pub fn sample_rows(rows: &[RowSampling]) -> (Vec<SampleRow>, Vec<SampleEdit>) {
 impl Kernels {
     /// Index of the largest logit of each logit row; with `masked`, of the largest allowed by
     /// the row's bits in `masks` (`[rows][vocab.div_ceil(32)]` u32 words, bit set: allowed).
-    pub fn argmax(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, masks: &wgpu::Buffer, vocab: u32, masked: bool) -> Op {
+    /// With `partials`, from the maxima the LM head left there ([`LogitPartials`]; not masked).
+    pub fn argmax(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, masks: &wgpu::Buffer, vocab: u32, masked: bool, partials: Option<LogitPartials>) -> Op {
+        assert!(!(masked && partials.is_some()), "the partial maxima do not know the mask");
         let variants = self.single(Shader::Argmax, None, &[("MASKED", masked as u32)], Grid::PerItem { of: Count::LogitRows });
-        let params = ArgmaxParams { vocab, mask_words: vocab.div_ceil(32), _pad1: 0, _pad2: 0 };
+        let (group, offset) = partials.map_or((0, 0), |p| (p.group, p.offset));
+        let params = ArgmaxParams { vocab, mask_words: vocab.div_ceil(32), group, partials: offset };
         self.op(if masked { "masked argmax" } else { "argmax" }, variants, &params, &[logits, result, masks])
     }
 
