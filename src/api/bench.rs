@@ -454,12 +454,22 @@ pub const SMOLLM2_135M: LlamaShape = LlamaShape { n_layers: 30, d_model: 576, n_
 /// the host's cost of encoding and submitting it (issue 19's 0.35 ms target is on this one).
 pub const TINY_30: LlamaShape = LlamaShape { n_layers: 30, d_model: 64, n_heads: 2, n_kv_heads: 1, ffn_dim: 128, vocab: 256 };
 
-/// The synthetic shapes by CLI name.
-pub const SYNTHETIC_SHAPES: [(&str, LlamaShape); 3] = [("llama-3.2-1b", LLAMA_3_2_1B), ("smollm2-135m", SMOLLM2_135M), ("tiny-30", TINY_30)];
+/// Llama-3.1-8B: 32 layers, d_model 4096, 32 query / 8 KV heads, FFN 14336, vocab 128256 (issue
+/// 19's MBU target is on its Q4_K form: 4.6 GB, a GPU machine's figure).
+pub const LLAMA_3_1_8B: LlamaShape = LlamaShape { n_layers: 32, d_model: 4096, n_heads: 32, n_kv_heads: 8, ffn_dim: 14336, vocab: 128256 };
+
+/// The synthetic models by CLI name: shape and the layers' matrix type.
+pub const SYNTHETIC_SHAPES: [(&str, LlamaShape, GgmlType); 4] =
+    [("llama-3.2-1b", LLAMA_3_2_1B, GgmlType::Q4_1), ("llama-3.1-8b-q4k", LLAMA_3_1_8B, GgmlType::Q4_K), ("smollm2-135m", SMOLLM2_135M, GgmlType::Q4_1), ("tiny-30", TINY_30, GgmlType::Q4_1)];
 
 /// A GGUF of `shape` with random Q4_1 matrices, a Q8_0 tied embedding, unit norms and a
 /// tokenizer whose tokens are `t0`, `t1`, ... (no merges, no stop token), so the engine can serve it.
 pub fn synthetic_llama(shape: LlamaShape) -> Vec<u8> {
+    synthetic_llama_of(shape, GgmlType::Q4_1)
+}
+
+/// [`synthetic_llama`] with the layers' matrices of type `quant` (Q4_1 or Q4_K).
+pub fn synthetic_llama_of(shape: LlamaShape, quant: GgmlType) -> Vec<u8> {
     let s = shape;
     let hd = s.d_model / s.n_heads;
     let mut w = GgufWriter::new();
@@ -489,13 +499,13 @@ pub fn synthetic_llama(shape: LlamaShape) -> Vec<u8> {
         let p = |n: &str| format!("blk.{l}.{n}");
         w.tensor_f32(&p("attn_norm.weight"), &[s.d_model as u64], &ones);
         w.tensor_f32(&p("ffn_norm.weight"), &[s.d_model as u64], &ones);
-        matrix(&mut w, &p("attn_q.weight"), s.d_model, s.n_heads * hd, GgmlType::Q4_1);
-        matrix(&mut w, &p("attn_k.weight"), s.d_model, s.n_kv_heads * hd, GgmlType::Q4_1);
-        matrix(&mut w, &p("attn_v.weight"), s.d_model, s.n_kv_heads * hd, GgmlType::Q4_1);
-        matrix(&mut w, &p("attn_output.weight"), s.n_heads * hd, s.d_model, GgmlType::Q4_1);
-        matrix(&mut w, &p("ffn_gate.weight"), s.d_model, s.ffn_dim, GgmlType::Q4_1);
-        matrix(&mut w, &p("ffn_up.weight"), s.d_model, s.ffn_dim, GgmlType::Q4_1);
-        matrix(&mut w, &p("ffn_down.weight"), s.ffn_dim, s.d_model, GgmlType::Q4_1);
+        matrix(&mut w, &p("attn_q.weight"), s.d_model, s.n_heads * hd, quant);
+        matrix(&mut w, &p("attn_k.weight"), s.d_model, s.n_kv_heads * hd, quant);
+        matrix(&mut w, &p("attn_v.weight"), s.d_model, s.n_kv_heads * hd, quant);
+        matrix(&mut w, &p("attn_output.weight"), s.n_heads * hd, s.d_model, quant);
+        matrix(&mut w, &p("ffn_gate.weight"), s.d_model, s.ffn_dim, quant);
+        matrix(&mut w, &p("ffn_up.weight"), s.d_model, s.ffn_dim, quant);
+        matrix(&mut w, &p("ffn_down.weight"), s.ffn_dim, s.d_model, quant);
     }
     w.to_bytes()
 }
@@ -512,10 +522,16 @@ fn random_blocks(ty: GgmlType, n: u64, seed: u64) -> Vec<u8> {
         out.extend_from_slice(&state.to_le_bytes());
     }
     out.truncate(bytes);
-    let scale_bytes: &[usize] = if ty == GgmlType::Q4_1 { &[1, 3] } else { &[1] };
+    // The f16 scales' high bytes (Q4_K: the super-block's d and dmin, which multiply 6-bit
+    // sub-scales: smaller, still normal).
+    let (scale_bytes, high): (&[usize], u8) = match ty {
+        GgmlType::Q4_1 => (&[1, 3], 0x18),
+        GgmlType::Q4_K => (&[1, 3], 0x04),
+        _ => (&[1], 0x18),
+    };
     for block in out.chunks_mut(ty.type_size() as usize) {
         for &i in scale_bytes {
-            block[i] = (block[i] & 0x83) | 0x18; // f16 magnitude around 2^-9 .. 2^-7
+            block[i] = (block[i] & 0x83) | high; // f16 magnitude 2^-9 .. 2^-8 (Q4_K: 2^-14 .. 2^-13)
         }
     }
     out

@@ -21,7 +21,7 @@ mod cli {
     use std::path::PathBuf;
 
     use clap::{Parser, Subcommand, ValueEnum};
-    use ferrolm::api::bench::{bench_runs, decode_ceiling, dequant_rate, merge, read_bandwidth, step_rows, synthetic_llama, PRINTING_PRESS_PROMPT, SYNTHETIC_SHAPES};
+    use ferrolm::api::bench::{bench_runs, decode_ceiling, dequant_rate, merge, read_bandwidth, step_rows, synthetic_llama_of, PRINTING_PRESS_PROMPT, SYNTHETIC_SHAPES};
     use ferrolm::api::serve::worker::EngineHandle;
     use ferrolm::api::serve::{serve, ServeOptions};
     use ferrolm::api::{Device, LoadOptions, Runtime};
@@ -273,8 +273,9 @@ mod cli {
         Bench {
             #[command(flatten)]
             model: ModelArgs,
-            /// Benchmark a synthetic model of a real shape with random Q4_1 weights instead:
-            /// `llama-3.2-1b`, `smollm2-135m`, or `tiny-30` (SmolLM2's layers at width 64: host cost).
+            /// Benchmark a synthetic model of a real shape with random weights instead: Q4_1
+            /// `llama-3.2-1b`, `smollm2-135m` or `tiny-30` (SmolLM2's layers at width 64: host
+            /// cost), or `llama-3.1-8b-q4k` (Q4_K, 4.6 GB: for a large GPU).
             #[arg(long)]
             synthetic: Option<String>,
             /// Tokens to generate per run.
@@ -559,10 +560,10 @@ mod cli {
 
     fn bench(args: &ModelArgs, synthetic: Option<&str>, gen: usize, stream_gen: usize, runs: usize, json: Option<&std::path::Path>, profile: bool) -> Result<()> {
         let (name, bytes) = match synthetic {
-            Some(s) => match SYNTHETIC_SHAPES.iter().find(|(n, _)| *n == s) {
-                Some(&(n, shape)) => (format!("synthetic {n} (Q4_1)"), synthetic_llama(shape)),
+            Some(s) => match SYNTHETIC_SHAPES.iter().find(|(n, ..)| *n == s) {
+                Some(&(n, shape, quant)) => (format!("synthetic {n} ({quant})"), synthetic_llama_of(shape, quant)),
                 None => {
-                    let names: Vec<&str> = SYNTHETIC_SHAPES.iter().map(|(n, _)| *n).collect();
+                    let names: Vec<&str> = SYNTHETIC_SHAPES.iter().map(|(n, ..)| *n).collect();
                     return Err(Error::InvalidOption { option: "--synthetic", reason: format!("unknown shape '{s}'; use one of {}", names.join(", ")) });
                 }
             },
