@@ -124,9 +124,8 @@ impl QMatrix {
             Packed::Q4(v) => {
                 for (b, o) in v[g * nb..(g + 1) * nb].iter().zip(out.chunks_exact_mut(QK)) {
                     let (d, m) = (f(b.d[lane]), f(b.m[lane]));
-                    for j in 0..QK / 2 {
-                        o[j] = (b.qs[lane][j] & 0xF) as f32 * d + m;
-                        o[j + QK / 2] = (b.qs[lane][j] >> 4) as f32 * d + m;
+                    for (j, o) in o.iter_mut().enumerate() {
+                        *o = b.q(lane, j) as f32 * d + m;
                     }
                 }
             }
@@ -267,8 +266,8 @@ impl Packer {
                 let mut b = Q4x4::zeroed();
                 for (r, run) in runs.iter().enumerate() {
                     (b.d[r], b.m[r]) = (h(run.d[0])?, h(run.m)?);
-                    for j in 0..QK / 2 {
-                        b.qs[r][j] = (run.q[j] as u8 & 0xF) | ((run.q[j + QK / 2] as u8) << 4);
+                    for (j, &q) in run.q.iter().enumerate() {
+                        b.set_q(r, j, q as u8);
                     }
                 }
                 v.push(b);

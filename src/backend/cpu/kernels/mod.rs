@@ -24,14 +24,43 @@ pub const ROWS: usize = 4;
 /// Tokens one pass over a weight group serves (prefill reuses each weight load this often).
 pub const TILE: usize = 4;
 
-/// Four rows' 4-bit blocks: row r's value j is `d[r] * q + m[r]`, q the low nibble of `qs[r][j]`
-/// for j < 16 and the high nibble of `qs[r][j - 16]` after (Q4_0, Q4_1, Q4_K).
+/// Four rows' 4-bit blocks: row r's value j is `d[r] * q + m[r]` (Q4_0, Q4_1, Q4_K), q where
+/// [`Q4x4::q`] finds it: values j and j + 16 share a byte (low and high nibble); natively
+/// `qs[r]` holds row r's bytes, in wasm `qs[c]` holds four bytes of each row (values 4c..4c + 4),
+/// so that each i32 lane of a 16-byte product is one row's sum and no reduction across lanes
+/// is needed (wasm has no horizontal adds).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
 pub struct Q4x4 {
     pub d: [u16; ROWS],
     pub m: [u16; ROWS],
     pub qs: [[u8; 16]; ROWS],
+}
+
+impl Q4x4 {
+    /// Whether `qs[c]` holds four bytes of each row (wasm) rather than one row (natively).
+    pub const LANES_ARE_ROWS: bool = cfg!(target_arch = "wasm32");
+
+    /// The byte of the flattened `qs` and the shift of row `r`'s value `j`.
+    #[inline(always)]
+    fn place(r: usize, j: usize) -> (usize, u32) {
+        let (k, shift) = (j % 16, 4 * (j / 16) as u32);
+        let byte = if Self::LANES_ARE_ROWS { 16 * (k / 4) + 4 * r + k % 4 } else { 16 * r + k };
+        (byte, shift)
+    }
+
+    /// Row `r`'s value `j` (`j` < 32; a value 0..16).
+    #[inline(always)]
+    pub fn q(&self, r: usize, j: usize) -> u8 {
+        let (byte, shift) = Self::place(r, j);
+        (self.qs[byte / 16][byte % 16] >> shift) & 0xF
+    }
+
+    /// Sets row `r`'s value `j` to `v` (0..16) in a group whose value is still 0.
+    pub fn set_q(&mut self, r: usize, j: usize, v: u8) {
+        let (byte, shift) = Self::place(r, j);
+        self.qs[byte / 16][byte % 16] |= (v & 0xF) << shift;
+    }
 }
 
 /// Four rows' 8-bit blocks: value j is `d[r] * qs[r][j]` (Q8_0, Q5_0).

@@ -9,11 +9,7 @@ pub fn q4(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
         let (mut acc, mut accm) = ([0f32; ROWS], [0f32; ROWS]);
         for (g, b) in w.iter().zip(a.iter()) {
             for r in 0..ROWS {
-                let mut isum = 0i32;
-                for j in 0..QK / 2 {
-                    let q = g.qs[r][j];
-                    isum += (q & 0xF) as i32 * b.qs[j] as i32 + (q >> 4) as i32 * b.qs[j + QK / 2] as i32;
-                }
+                let isum: i32 = (0..QK).map(|j| g.q(r, j) as i32 * b.qs[j] as i32).sum();
                 acc[r] += h2f(g.d[r]) * b.d * isum as f32;
                 accm[r] += h2f(g.m[r]) * b.dsum;
             }

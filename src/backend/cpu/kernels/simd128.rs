@@ -1,6 +1,7 @@
 //! wasm simd128: values split into even and odd i16 lanes (shifts and masks of 16-bit lanes, no
-//! byte shuffles) and multiplied with `i32x4.dot_i16x8_s` (exact), the four rows' sums reduced
-//! together, the f32 steps of `scalar` four rows at a time.
+//! byte shuffles) and multiplied with `i32x4.dot_i16x8_s` (exact), the f32 steps of `scalar`
+//! four rows at a time. 4-bit groups hold four bytes of each row per 16 bytes (see [`Q4x4`]), so
+//! their products land one row a lane; the 8-bit kernels reduce four rows' lanes together.
 
 use std::arch::wasm32::*;
 
@@ -71,42 +72,59 @@ fn dot2(w: &[v128; 4], a: &[v128; 4], i: usize) -> v128 {
     i32x4_add(i32x4_dot_i16x8(w[2 * i], a[2 * i]), i32x4_dot_i16x8(w[2 * i + 1], a[2 * i + 1]))
 }
 
-/// A row's 16 bytes of nibbles as four i16x8: values 2k, 2k + 1, 16 + 2k, 17 + 2k in lane k.
+/// A 16-byte chunk of a group's nibbles (four bytes a row: see [`Q4x4`]) as four i16x8: the
+/// low nibbles of the even bytes, of the odd bytes, then the high nibbles of each; lanes 2r and
+/// 2r + 1 are row r's.
 #[inline(always)]
-fn split_nibbles(qs: &[u8; 16]) -> [v128; 4] {
+fn split_nibbles(q: v128) -> [v128; 4] {
     let low4 = u16x8_splat(0xF);
-    // SAFETY: 16 bytes; unaligned-safe load.
-    let q = unsafe { v128_load(qs.as_ptr() as *const v128) };
     [v128_and(q, low4), v128_and(u16x8_shr(q, 8), low4), v128_and(u16x8_shr(q, 4), low4), u16x8_shr(q, 12)]
 }
 
-/// How a 4-bit kernel unpacks a row's nibbles and a block's activations and sums their
-/// products (four i32 lanes whose total is the row's block sum); the loops around are shared.
+/// A group's 64 bytes of nibbles, chunk by chunk.
+#[inline(always)]
+pub(super) fn chunks(g: &Q4x4) -> [v128; ROWS] {
+    // SAFETY: `qs` is 64 bytes; unaligned-safe loads.
+    std::array::from_fn(|c| unsafe { v128_load(g.qs[c].as_ptr() as *const v128) })
+}
+
+/// How a 4-bit kernel unpacks a group's nibbles and a block's activations and sums their
+/// products: `isum`'s lane r is row r's exact block sum. The loops around are shared.
 pub(super) trait NibbleDot {
     type W: Copy;
     type A;
-    fn weights(qs: &[u8; 16]) -> Self::W;
+    fn weights(g: &Q4x4) -> Self::W;
     fn acts(ab: &ActBlock) -> Self::A;
-    fn dot(w: &Self::W, a: &Self::A) -> v128;
+    fn isum(w: &Self::W, a: &Self::A) -> v128;
 }
 
-/// Nibbles and bytes widened to i16 lanes, multiplied with `i32x4.dot_i16x8_s`.
+/// Nibbles and bytes widened to i16 lanes, multiplied with `i32x4.dot_i16x8_s`: a chunk's even
+/// (odd) bytes against the block's activations 4c and 4c + 2 (4c + 1 and 4c + 3) in every lane
+/// pair.
 struct Widened;
 
 impl NibbleDot for Widened {
-    type W = [v128; 4];
-    type A = [v128; 4];
+    type W = [[v128; 4]; ROWS];
+    type A = [[v128; 4]; ROWS];
     #[inline(always)]
-    fn weights(qs: &[u8; 16]) -> [v128; 4] {
-        split_nibbles(qs)
+    fn weights(g: &Q4x4) -> Self::W {
+        chunks(g).map(split_nibbles)
     }
     #[inline(always)]
-    fn acts(ab: &ActBlock) -> [v128; 4] {
-        split_i8x32(ab.qs.as_ptr())
+    fn acts(ab: &ActBlock) -> Self::A {
+        let [e0, o0, e1, o1] = split_i8x32(ab.qs.as_ptr());
+        let lane = |v: v128, c: usize| match c {
+            0 => i32x4_shuffle::<0, 0, 0, 0>(v, v),
+            1 => i32x4_shuffle::<1, 1, 1, 1>(v, v),
+            2 => i32x4_shuffle::<2, 2, 2, 2>(v, v),
+            _ => i32x4_shuffle::<3, 3, 3, 3>(v, v),
+        };
+        std::array::from_fn(|c| [lane(e0, c), lane(o0, c), lane(e1, c), lane(o1, c)])
     }
     #[inline(always)]
-    fn dot(w: &[v128; 4], a: &[v128; 4]) -> v128 {
-        i32x4_add(dot2(w, a, 0), dot2(w, a, 1))
+    fn isum(w: &Self::W, a: &Self::A) -> v128 {
+        let part = |c: usize| i32x4_add(dot2(&w[c], &a[c], 0), dot2(&w[c], &a[c], 1));
+        i32x4_add(i32x4_add(part(0), part(1)), i32x4_add(part(2), part(3)))
     }
 }
 
@@ -127,11 +145,10 @@ pub fn q4_groups(ws: &[&[Q4x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
 /// plain read reaches 18-25 GB/s from sixteen places, 11-11.5 from one).
 pub const LOCKSTEP: usize = 16;
 
-/// One block of one group (`wq`: its rows unpacked by `K`, `(d, m)`: its scales and mins)
-/// against one token: `acc += (d * d_act) * isum`, `accm += m * dsum`.
+/// One block of one group (`isum`: its rows' sums, `(d, m)`: its scales and mins) against one
+/// token: `acc += (d * d_act) * isum`, `accm += m * dsum`.
 #[inline(always)]
-fn q4_step<K: NibbleDot>(wq: &[K::W; ROWS], (d, m): (v128, v128), a: &K::A, ad: v128, adsum: v128, acc: &mut v128, accm: &mut v128) {
-    let isum = reduce4(std::array::from_fn(|r| K::dot(&wq[r], a)));
+fn q4_step(isum: v128, (d, m): (v128, v128), ad: v128, adsum: v128, acc: &mut v128, accm: &mut v128) {
     *acc = f32x4_add(*acc, f32x4_mul(f32x4_mul(d, ad), f32x4_convert_i32x4(isum)));
     *accm = f32x4_add(*accm, f32x4_mul(m, adsum));
 }
@@ -145,11 +162,11 @@ pub(super) fn q4_with<K: NibbleDot>(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut 
     let n = acts.len();
     let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
     for (b, g) in w.iter().enumerate() {
-        let wq: [K::W; ROWS] = std::array::from_fn(|r| K::weights(&g.qs[r]));
+        let wq = K::weights(g);
         let sc = scales_mins(g);
         for t in 0..n {
             let ab = &acts[t][b];
-            q4_step::<K>(&wq, sc, &K::acts(ab), f32x4_splat(ab.d), f32x4_splat(ab.dsum), &mut acc[t], &mut accm[t]);
+            q4_step(K::isum(&wq, &K::acts(ab)), sc, f32x4_splat(ab.d), f32x4_splat(ab.dsum), &mut acc[t], &mut accm[t]);
         }
     }
     for t in 0..n {
@@ -170,8 +187,7 @@ pub(super) fn q4_groups_with<K: NibbleDot>(ws: &[&[Q4x4]], act: &[ActBlock], out
         for k in 0..n {
             // SAFETY: k < n <= ws.len(), and b < act.len() <= ws[k].len() (asserted above).
             let g = unsafe { ws.get_unchecked(k).get_unchecked(b) };
-            let wq: [K::W; ROWS] = std::array::from_fn(|r| K::weights(&g.qs[r]));
-            q4_step::<K>(&wq, scales_mins(g), &a, ad, adsum, &mut acc[k], &mut accm[k]);
+            q4_step(K::isum(&K::weights(g), &a), scales_mins(g), ad, adsum, &mut acc[k], &mut accm[k]);
         }
     }
     for k in 0..n {
