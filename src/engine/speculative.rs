@@ -361,8 +361,11 @@ impl SpecState {
             if self.declined < self.reprobe {
                 return false;
             }
-            // A probe: its own yield decides (see `record`).
+            // A probe: its own yield decides (see `record`). It drafts the full length: after a
+            // miss the length is 1, whose best yield (2 tokens in a 2-row step, 1.7 plain ones
+            // in Chromium's CPU backend) cannot reach RESUME, so drafting never came back.
             self.probe_plain = c.get(others + 1);
+            self.k = self.k_max;
         }
         self.declined = 0;
         true
@@ -496,8 +499,13 @@ mod tests {
         s.record(1, 1, Some(17.0));
         assert!(!s.should_draft(Some(&c), 0));
         assert_eq!(s.draft_rate, 0.095);
-        // A probe that pays (5 tokens in 16 ms) resumes drafting at once, the interval back to 16.
+        // A probe drafts the full length, whatever the last miss left it at; one that pays (5
+        // tokens in 16 ms) resumes drafting at once, the interval back to 16.
+        s.record(4, 0, None);
+        assert_eq!(s.k, 1);
+        s.pause = 0;
         while !s.should_draft(Some(&c), 0) {}
+        assert_eq!(s.k, s.k_max);
         s.record(4, 4, Some(16.0));
         assert!((0..5).all(|_| s.should_draft(Some(&c), 0)));
         assert_eq!(s.reprobe, REPROBE);
