@@ -99,6 +99,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     reduce(lid);
     let best = best_v[0];
     let run = workgroupUniformLoad(&best_i[0]);
+    // Every thread has read best_v[0] and best_i[0] before best_i is written again.
+    workgroupBarrier();
     if (run == 0xffffffffu) {
         if (lid == 0u) { result[row] = run; }
         return;

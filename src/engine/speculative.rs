@@ -318,8 +318,8 @@ impl SpecState {
         if let (AnyDrafter::Ngram(_), Some(costs)) = (&self.drafter, costs) {
             return Ok(self.propose_ngram(tokens, room, costs, others));
         }
-        let k = self.k.min(room);
-        if k == 0 || !self.should_draft(costs, others) {
+        let k = self.draft_len(costs, others, room);
+        if k == 0 {
             return Ok(Proposal::default());
         }
         let t0 = crate::clock::now_ms();
@@ -330,8 +330,12 @@ impl SpecState {
         };
         self.draft_ms = crate::clock::now_ms() - t0;
         match proposal {
-            // The draft model's pool is busy with other requests' drafts: decode plainly.
-            Err(Error::KvCacheFull { .. }) => Ok(Proposal::default()),
+            // The draft model's pool is busy with other requests' drafts: decode plainly (and
+            // judge no later draft as this probe).
+            Err(Error::KvCacheFull { .. }) => {
+                self.probe_plain = None;
+                Ok(Proposal::default())
+            }
             other => other,
         }
     }
@@ -348,27 +352,31 @@ impl SpecState {
         proposal
     }
 
-    /// Whether to draft this step (draft-model drafts, or any without costs): not while paused
-    /// after misses; by the measured costs when there are some, with a probe now and then whose
-    /// interval doubles while drafting does not pay.
-    fn should_draft(&mut self, costs: Option<&StepCosts>, others: usize) -> bool {
+    /// How many tokens to draft this step, at most `room` (draft-model drafts, or any without
+    /// costs; 0: none): none while paused after misses; by the measured costs when there are
+    /// some, with a probe now and then whose interval doubles while drafting does not pay.
+    fn draft_len(&mut self, costs: Option<&StepCosts>, others: usize, room: usize) -> usize {
+        if room == 0 {
+            return 0;
+        }
         if self.pause > 0 {
             self.pause -= 1;
-            return false;
+            return 0;
         }
         if let Some(c) = costs.filter(|c| !self.worth(c, others)) {
             self.declined += 1;
             if self.declined < self.reprobe {
-                return false;
+                return 0;
             }
             // A probe: its own yield decides (see `record`). It drafts the full length: after a
             // miss the length is 1, whose best yield (2 tokens in a 2-row step, 1.7 plain ones
             // in Chromium's CPU backend) cannot reach RESUME, so drafting never came back.
             self.probe_plain = c.get(others + 1);
-            self.k = self.k_max;
+            self.declined = 0;
+            return self.k_max.min(room);
         }
         self.declined = 0;
-        true
+        self.k.min(room)
     }
 
     /// Whether drafting pays: the tokens a drafting step of this sequence produced per
@@ -486,7 +494,7 @@ mod tests {
         s.record(2, 1, Some(40.0)); // 2 tokens in 40 ms: worse than 1 in 10
         let mut probes = Vec::new();
         for step in 1..=400 {
-            if s.should_draft(Some(&c), 0) {
+            if s.draft_len(Some(&c), 0, 8) > 0 {
                 probes.push(step);
                 s.record(2, 1, Some(40.0));
             }
@@ -494,24 +502,32 @@ mod tests {
         assert_eq!(probes, [16, 48, 112, 240, 368], "steps that drafted");
         // A probe that beats plain steps by less than RESUME (2 tokens in 17 ms against 1 in 10)
         // does not resume drafting, even from a rate just below the break-even.
-        while !s.should_draft(Some(&c), 0) {}
+        while s.draft_len(Some(&c), 0, 8) == 0 {}
         s.draft_rate = 0.095;
         s.record(1, 1, Some(17.0));
-        assert!(!s.should_draft(Some(&c), 0));
+        assert_eq!(s.draft_len(Some(&c), 0, 8), 0);
         assert_eq!(s.draft_rate, 0.095);
         // A probe drafts the full length, whatever the last miss left it at; one that pays (5
         // tokens in 16 ms) resumes drafting at once, the interval back to 16.
         s.record(4, 0, None);
         assert_eq!(s.k, 1);
         s.pause = 0;
-        while !s.should_draft(Some(&c), 0) {}
-        assert_eq!(s.k, s.k_max);
+        let probe = loop {
+            match s.draft_len(Some(&c), 0, 8) {
+                0 => continue,
+                k => break k,
+            }
+        };
+        assert_eq!(probe, s.k_max);
         s.record(4, 4, Some(16.0));
-        assert!((0..5).all(|_| s.should_draft(Some(&c), 0)));
+        assert!((0..5).all(|_| s.draft_len(Some(&c), 0, 8) > 0));
+        // Never past the room left in the context; none without room, counting no declined step.
+        assert_eq!(s.draft_len(Some(&c), 0, 2), 2);
+        assert_eq!(s.draft_len(Some(&c), 0, 0), 0);
         assert_eq!(s.reprobe, REPROBE);
         // No measured costs: drafts (after any pause from misses).
         s.pause = 1;
-        assert!(!s.should_draft(None, 0) && s.should_draft(None, 0));
+        assert!(s.draft_len(None, 0, 8) == 0 && s.draft_len(None, 0, 8) > 0);
     }
 
     /// The index finds what a scan of the whole sequence finds, as the sequence grows.

@@ -307,20 +307,24 @@ fn argmax_over_lm_head_partials_matches_cpu() {
         let base = random_blocks(GgmlType::Q8_0, 37, k, 40 + k as u64);
         let row_bytes = base.len() / 37;
         let data: Vec<u8> = (0..vocab).flat_map(|r| base[(r % 37) * row_bytes..][..row_bytes].to_vec()).collect();
-        let w = h.upload(1 << 20, "lm head", GgmlType::Q8_0, &data, vocab, k, true);
+        // Whole, and in parts of 300 rows' bytes (rounded down to 256 rows, so each part starts
+        // where a workgroup does and keeps its partial maxima).
+        let whole = h.upload(1 << 20, "lm head", GgmlType::Q8_0, &data, vocab, k, true);
+        let split = h.upload(300 * (k as u64 / 32) * 36, "lm head", GgmlType::Q8_0, &data, vocab, k, true);
+        assert_eq!(split.parts.iter().map(|p| p.row0).collect::<Vec<_>>(), [0, 256, 512, 768]);
         // One token a workgroup (decode), 4 (batched decode) and 8 (prefill).
-        for n in [1usize, 3, 6, 11] {
+        for (w, n) in [(&whole, 1usize), (&whole, 3), (&whole, 6), (&whole, 11), (&split, 1), (&split, 6)] {
             let x = random(n * k, 60 + n as u64);
             let partials = LogitPartials { group, offset: (n * vocab) as u32 };
             let (xb, lb, rb) = (h.buffer(&x), h.buffer(&vec![0f32; n * (vocab + n_partials)]), h.buffer(&vec![0f32; n]));
-            let mut ops = h.kernels.lm_head_partials(&w, &xb, None, &lb, vocab as u32, partials).expect("an unsplit head takes partials");
+            let mut ops = h.kernels.lm_head_partials(w, &xb, None, &lb, vocab as u32, partials).expect("parts that start at workgroups take partials");
             let unused = h.buffer(&vec![0f32; n * vocab.div_ceil(32)]);
             ops.push(h.kernels.argmax(&lb, &rb, &unused, vocab as u32, false, Some(partials)));
             let got: Vec<u32> = h.run(&ops, &vec![0; n], &rb).iter().map(|v| v.to_bits()).collect();
             let logits = h.read(&lb);
             let want: Vec<u32> = logits[..n * vocab].chunks(vocab).map(ferrolm::sample::argmax).collect();
-            assert_eq!(got, want, "k={k} n={n}");
-            assert!(got.iter().all(|&t| t < 37), "k={k} n={n}: a later copy of the largest row won: {got:?}");
+            assert_eq!(got, want, "k={k} n={n} parts={}", w.parts.len());
+            assert!(got.iter().all(|&t| t < 37), "k={k} n={n} parts={}: a later copy of the largest row won: {got:?}", w.parts.len());
         }
     }
 

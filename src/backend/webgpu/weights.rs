@@ -158,6 +158,9 @@ impl GpuTensor {
         let row_bytes = ty.row_bytes(k as u64)? as usize;
         let packed_row = packed_row_bytes(ty, k as u64);
         let per_part = ((max_binding / packed_row) as usize).clamp(1, MAX_ROWS_PER_PART);
+        // Whole 64-row runs where a part holds more: an LM head's parts then start where a
+        // matmul workgroup does, so each keeps its partial maxima (matmul.wgsl's PARTIALS).
+        let per_part = if per_part >= 64 { per_part / 64 * 64 } else { per_part };
         if rows > per_part && !splittable {
             return Err(Error::ModelTooLarge { what: format!("tensor '{name}'"), bytes: packed_row * rows as u64, limit: max_binding });
         }

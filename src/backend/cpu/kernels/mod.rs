@@ -44,9 +44,7 @@ impl Q4x4 {
     /// The byte of the flattened `qs` and the shift of row `r`'s value `j`.
     #[inline(always)]
     fn place(r: usize, j: usize) -> (usize, u32) {
-        let (k, shift) = (j % 16, 4 * (j / 16) as u32);
-        let byte = if Self::LANES_ARE_ROWS { 16 * (k / 4) + 4 * r + k % 4 } else { 16 * r + k };
-        (byte, shift)
+        place_in(Self::LANES_ARE_ROWS, r, j)
     }
 
     /// Row `r`'s value `j` (`j` < 32; a value 0..16).
@@ -61,6 +59,14 @@ impl Q4x4 {
         let (byte, shift) = Self::place(r, j);
         self.qs[byte / 16][byte % 16] |= (v & 0xF) << shift;
     }
+}
+
+/// [`Q4x4::place`] for either layout.
+#[inline(always)]
+fn place_in(lanes_are_rows: bool, r: usize, j: usize) -> (usize, u32) {
+    let (k, shift) = (j % 16, 4 * (j / 16) as u32);
+    let byte = if lanes_are_rows { 16 * (k / 4) + 4 * r + k % 4 } else { 16 * r + k };
+    (byte, shift)
 }
 
 /// Four rows' 8-bit blocks: value j is `d[r] * qs[r][j]` (Q8_0, Q5_0).
@@ -368,6 +374,35 @@ impl Target {
             // SAFETY: as in `q4`.
             #[cfg(target_arch = "aarch64")]
             Target::Neon => unsafe { neon::q8(w, acts, out) },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{place_in, QK, ROWS};
+
+    /// Both 4-bit layouts give every (row, value) its own nibble, values j and j + 16 share a
+    /// byte, and with lanes as rows each 4-byte lane of a 16-byte chunk is one row's (what the
+    /// wasm kernels' per-lane sums rely on; the browser tests run those kernels).
+    #[test]
+    fn q4_layouts_place_each_value_once() {
+        for lanes_are_rows in [false, true] {
+            let mut seen = [[false; 2]; 64];
+            for r in 0..ROWS {
+                for j in 0..QK {
+                    let (byte, shift) = place_in(lanes_are_rows, r, j);
+                    assert!(!seen[byte][shift as usize / 4], "row {r} value {j} shares a nibble");
+                    seen[byte][shift as usize / 4] = true;
+                    assert_eq!(place_in(lanes_are_rows, r, j % 16).0, byte);
+                    if lanes_are_rows {
+                        assert_eq!((byte % 16 / 4, byte / 16), (r, j % 16 / 4), "row {r} value {j}");
+                    } else {
+                        assert_eq!(byte / 16, r);
+                    }
+                }
+            }
+            assert!(seen.iter().flatten().all(|&s| s));
         }
     }
 }
