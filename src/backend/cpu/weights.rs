@@ -207,23 +207,33 @@ impl QMatrix {
 }
 
 /// Hands `kernel` the groups of `groups` (each `nb` blocks of `w`) [`DECODE_STREAMS`] at a
-/// time, group i of a set from the i-th evenly spaced place of the range, and `write`s each
-/// group's four outputs (token 0).
+/// time and `write`s each group's four outputs (token 0): full sets first, group i of set j the
+/// j-th of the i-th of [`DECODE_STREAMS`] equal runs of the range, then what is left (fewer
+/// than a set) in one. Full sets are what the wasm kernels run fastest (`unroll!`); evenly
+/// spaced places with a ragged last set put a whole share through the slower partial sets
+/// (72 groups, two threads' share of SmolLM2's q: five sets of 14-15).
 fn decode_sets<B>(w: &[B], nb: usize, groups: std::ops::Range<usize>, mut kernel: impl FnMut(&[&[B]], &mut [[f32; ROWS]]), write: impl Fn(usize, usize, &[f32; ROWS])) {
-    let per = groups.len().div_ceil(DECODE_STREAMS);
+    let depth = groups.len() / DECODE_STREAMS;
     let mut out = [[0f32; ROWS]; DECODE_STREAMS];
-    for i in 0..per {
+    let mut run = |at: &[usize], out: &mut [[f32; ROWS]]| {
         let mut ws: [&[B]; DECODE_STREAMS] = [&[]; DECODE_STREAMS];
-        let mut at = [0usize; DECODE_STREAMS];
-        let mut c = 0;
-        for g in (0..DECODE_STREAMS).map(|s| groups.start + s * per + i).filter(|&g| g < groups.end) {
-            (ws[c], at[c]) = (&w[g * nb..(g + 1) * nb], g);
-            c += 1;
+        for (w_i, &g) in ws.iter_mut().zip(at) {
+            *w_i = &w[g * nb..(g + 1) * nb];
         }
-        kernel(&ws[..c], &mut out[..c]);
-        for (&g, vals) in at[..c].iter().zip(&out) {
+        kernel(&ws[..at.len()], out);
+        for (&g, vals) in at.iter().zip(out.iter()) {
             write(0, g, vals);
         }
+    };
+    for j in 0..depth {
+        let at: [usize; DECODE_STREAMS] = std::array::from_fn(|i| groups.start + i * depth + j);
+        run(&at, &mut out);
+    }
+    let rest = groups.start + depth * DECODE_STREAMS..groups.end;
+    if !rest.is_empty() {
+        let mut at = [0usize; DECODE_STREAMS];
+        at.iter_mut().zip(rest.clone()).for_each(|(a, g)| *a = g);
+        run(&at[..rest.len()], &mut out[..rest.len()]);
     }
 }
 
