@@ -484,25 +484,26 @@ impl GpuModel {
         Ok(enc)
     }
 
-    /// The Ops a step that reads back `readback` runs, in order.
-    pub(super) fn step_ops(&self, readback: Readback, masked: bool) -> Vec<&Op> {
+    /// The Ops a step that reads back `readback` runs, in order (no allocation: every step
+    /// encodes through this).
+    pub(super) fn step_ops(&self, readback: Readback, masked: bool) -> impl Iterator<Item = &Op> + '_ {
         let greedy = self.greedy_head.as_ref().filter(|_| matches!(readback, Readback::Argmax) && !masked);
         let (body, head) = match greedy {
             Some(g) => (&self.ops[..g.start], &g.head[..]),
             None => (&self.ops[..], &[][..]),
         };
-        let readback_ops: Vec<&Op> = match (readback, masked) {
-            (Readback::Argmax, true) => vec![&self.masked_argmax_op],
-            (Readback::Argmax, false) => vec![greedy.map_or(&self.argmax_op, |g| &g.argmax)],
-            (Readback::Sample, true) => vec![&self.masked_sample_op],
-            (Readback::Sample, false) => vec![&self.sample_op],
+        let readback_ops: [Option<&Op>; 2] = match (readback, masked) {
+            (Readback::Argmax, true) => [Some(&self.masked_argmax_op), None],
+            (Readback::Argmax, false) => [Some(greedy.map_or(&self.argmax_op, |g| &g.argmax)), None],
+            (Readback::Sample, true) => [Some(&self.masked_sample_op), None],
+            (Readback::Sample, false) => [Some(&self.sample_op), None],
             // Candidates of the logits before the sample kernel edits (and masks) them in place.
-            (Readback::SampleTop, true) => vec![&self.topk_op, &self.masked_sample_op],
-            (Readback::SampleTop, false) => vec![&self.topk_op, &self.sample_op],
-            (Readback::Top(_), _) => vec![&self.topk_op],
-            (Readback::Nothing | Readback::Logits, _) => vec![],
+            (Readback::SampleTop, true) => [Some(&self.topk_op), Some(&self.masked_sample_op)],
+            (Readback::SampleTop, false) => [Some(&self.topk_op), Some(&self.sample_op)],
+            (Readback::Top(_), _) => [Some(&self.topk_op), None],
+            (Readback::Nothing | Readback::Logits, _) => [None, None],
         };
-        body.iter().chain(head).chain(readback_ops).collect()
+        body.iter().chain(head).chain(readback_ops.into_iter().flatten())
     }
 
     /// Copies the previous step's argmax picks over the [`CHAINED`] tokens' words (after the

@@ -100,7 +100,7 @@ impl GpuModel {
         b.validate(&self.limits, self.config.vocab_size)?;
         self.write_batch(b);
         let (n, rows, span) = (b.tokens.len() as u32, b.logit_rows.len() as u32, b.span());
-        let ops = self.step_ops(Readback::Argmax, false);
+        let ops: Vec<_> = self.step_ops(Readback::Argmax, false).collect();
         let count = 2 + 2 * ops.len() as u32;
         let dev = &self.ctx.device;
         let set = dev.create_query_set(&wgpu::QuerySetDescriptor { label: Some("step timestamps"), ty: wgpu::QueryType::Timestamp, count });

@@ -182,22 +182,22 @@ pub(super) fn q4_with<K: NibbleDot>(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut 
         q4_step(K::isum(wq, &K::acts(ab)), sc, f32x4_splat(ab.d), f32x4_splat(ab.dsum), acc, accm);
     }
     let n = acts.len();
-    let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
     if n == TILE {
+        let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
         for (b, g) in w.iter().enumerate() {
             let (wq, sc) = (K::weights(g), scales_mins(g));
             unroll!(t in [0 1 2 3] => { step::<K>(&wq, sc, &acts[t][b], &mut acc[t], &mut accm[t]) });
         }
         return store_sums(&acc, &accm, out);
     }
-    let (mut acc2, mut accm2) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
+    let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
     for (b, g) in w.iter().enumerate() {
         let (wq, sc) = (K::weights(g), scales_mins(g));
         for t in 0..n {
-            step::<K>(&wq, sc, &acts[t][b], &mut acc2[t], &mut accm2[t]);
+            step::<K>(&wq, sc, &acts[t][b], &mut acc[t], &mut accm[t]);
         }
     }
-    store_sums(&acc2, &accm2, out)
+    store_sums(&acc, &accm, out)
 }
 
 /// `out[k]` = group `ws[k]` . one token (decode), at most [`LOCKSTEP`] groups summed together
@@ -273,22 +273,22 @@ pub fn q8<G: Q8Group>(w: &[G], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
         q8_step::<G>(wq, sc, &split_i8x32(ab.qs.as_ptr()), f32x4_splat(ab.d), f32x4_splat(ab.dsum), acc, accm);
     };
     let weights = |g: &G| -> [[v128; 4]; ROWS] { std::array::from_fn(|r| split_i8x32(g.qs()[r].as_ptr())) };
-    let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
     if n == TILE {
+        let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
         for (b, g) in w.iter().enumerate() {
             let (wq, sc) = (weights(g), q8_scales(g));
             unroll!(t in [0 1 2 3] => { step(&wq, sc, t, b, &mut acc[t], &mut accm[t]) });
         }
         return store_sums(&acc, &accm, out);
     }
-    let (mut acc2, mut accm2) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
+    let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
     for (b, g) in w.iter().enumerate() {
         let (wq, sc) = (weights(g), q8_scales(g));
         for t in 0..n {
-            step(&wq, sc, t, b, &mut acc2[t], &mut accm2[t]);
+            step(&wq, sc, t, b, &mut acc[t], &mut accm[t]);
         }
     }
-    store_sums(&acc2, &accm2, out)
+    store_sums(&acc, &accm, out)
 }
 
 /// [`q4_groups_with`] for the 8-bit groups.
@@ -299,8 +299,8 @@ pub fn q8_groups<G: Q8Group>(ws: &[&[G]], act: &[ActBlock], out: &mut [[f32; ROW
         let wq: [[v128; 4]; ROWS] = std::array::from_fn(|r| split_i8x32(g.qs()[r].as_ptr()));
         q8_step::<G>(&wq, q8_scales(g), a, ad, adsum, acc, accm);
     };
-    let (mut acc, mut accm) = ([f32x4_splat(0.0); LOCKSTEP], [f32x4_splat(0.0); LOCKSTEP]);
     if let Ok(ws) = <&[&[G]; LOCKSTEP]>::try_from(ws) {
+        let (mut acc, mut accm) = ([f32x4_splat(0.0); LOCKSTEP], [f32x4_splat(0.0); LOCKSTEP]);
         for (b, ab) in act.iter().enumerate() {
             let (a, ad, adsum) = (split_i8x32(ab.qs.as_ptr()), f32x4_splat(ab.d), f32x4_splat(ab.dsum));
             // SAFETY: b < act.len() <= ws[k].len() (asserted above).
@@ -308,15 +308,15 @@ pub fn q8_groups<G: Q8Group>(ws: &[&[G]], act: &[ActBlock], out: &mut [[f32; ROW
         }
         return store_sums(&acc, &accm, out);
     }
-    let (mut acc2, mut accm2) = ([f32x4_splat(0.0); LOCKSTEP], [f32x4_splat(0.0); LOCKSTEP]);
+    let (mut acc, mut accm) = ([f32x4_splat(0.0); LOCKSTEP], [f32x4_splat(0.0); LOCKSTEP]);
     for (b, ab) in act.iter().enumerate() {
         let (a, ad, adsum) = (split_i8x32(ab.qs.as_ptr()), f32x4_splat(ab.d), f32x4_splat(ab.dsum));
         for k in 0..n {
             // SAFETY: as in `q4_groups_with`.
-            step(unsafe { ws.get_unchecked(k).get_unchecked(b) }, &a, ad, adsum, &mut acc2[k], &mut accm2[k]);
+            step(unsafe { ws.get_unchecked(k).get_unchecked(b) }, &a, ad, adsum, &mut acc[k], &mut accm[k]);
         }
     }
-    store_sums(&acc2, &accm2, out)
+    store_sums(&acc, &accm, out)
 }
 
 /// [`super::quantize_row`] in 4-lane registers, the same bits: the largest magnitude by
