@@ -6,7 +6,7 @@ use bytemuck::Zeroable;
 
 use super::kernels::{ActBlock, Target, QK, ROWS};
 use super::math::{attend, gated_mul};
-use super::threads::{Pool, Shared, Worker};
+use super::threads::{Claims, Pool, Shared, Worker};
 use super::weights::QMatrix;
 use crate::backend::reference::ops::{add_assign, rmsnorm, rmsnorm_in_place};
 use crate::error::{Error, Result};
@@ -121,16 +121,23 @@ impl Weights {
         let outs: Vec<Shared<f32>> = out.chunks_exact_mut(widest).map(Shared::new).collect();
         let mut best = f64::INFINITY;
         for _ in 0..passes.max(1) {
+            let claims = Claims::new(CLAIMED_PER_LAYER * c.n_layers + 1, pool.threads());
             let t0 = crate::clock::now_ms();
             pool.run(|w| {
                 let mm = |m: &QMatrix, out| m.matmul(target, &x[..m.cols], &acts[..m.cols / QK], w.share(m.groups()), out);
-                for lw in &self.layers {
-                    for group in [&[&lw.wq, &lw.wk, &lw.wv][..], &[&lw.wo], &[&lw.w_gate, &lw.w_up], &[&lw.w_down]] {
-                        group.iter().zip(&outs).for_each(|(m, out)| mm(m, out));
-                        w.barrier();
-                    }
+                let claimed = |m: &QMatrix, op: usize, out| m.matmul_claimed(target, &x[..m.cols], &acts[..m.cols / QK], w, claims.op(op), out, None);
+                for (l, lw) in self.layers.iter().enumerate() {
+                    let op = CLAIMED_PER_LAYER * l;
+                    [&lw.wq, &lw.wk, &lw.wv].into_iter().zip(&outs).enumerate().for_each(|(i, (m, out))| claimed(m, op + i, out));
+                    w.barrier();
+                    claimed(&lw.wo, op + 3, &outs[0]);
+                    w.barrier();
+                    [&lw.w_gate, &lw.w_up].into_iter().zip(&outs).for_each(|(m, out)| mm(m, out));
+                    w.barrier();
+                    claimed(&lw.w_down, op + 4, &outs[0]);
+                    w.barrier();
                 }
-                mm(self.output.as_ref().unwrap_or(&self.token_embd), &outs[0]);
+                claimed(self.output.as_ref().unwrap_or(&self.token_embd), CLAIMED_PER_LAYER * c.n_layers, &outs[0]);
             });
             best = best.min(crate::clock::now_ms() - t0);
         }
@@ -179,7 +186,8 @@ impl Weights {
             acts: Shared::new(&mut acts),
             logits: Shared::new(&mut logits),
         };
-        pool.run(|w| self.forward_on(w, target, step, &rope, &b, &kv_shared));
+        let claims = Claims::new(CLAIMED_PER_LAYER * c.n_layers + 1, pool.threads());
+        pool.run(|w| self.forward_on(w, target, step, &rope, &b, &kv_shared, &claims));
         Ok(logits)
     }
 
@@ -187,7 +195,8 @@ impl Weights {
     /// and normalizes and quantizes each matrix's input itself: a few microseconds repeated
     /// instead of one thread working while the others wait at a barrier. Six barriers a layer
     /// remain, after each product or step whose output other threads read.
-    fn forward_on(&self, w: &Worker, target: Target, step: &Step, rope: &RopeTables, b: &Buffers, kv: &[(Shared<f32>, Shared<f32>)]) {
+    #[allow(clippy::too_many_arguments)]
+    fn forward_on(&self, w: &Worker, target: Target, step: &Step, rope: &RopeTables, b: &Buffers, kv: &[(Shared<f32>, Shared<f32>)], claims: &Claims) {
         let c = &self.config;
         let n = step.tokens.len();
         let (d, qd, kvd, f, hd, eps) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim, c.norm_eps);
@@ -207,8 +216,9 @@ impl Weights {
         for (l, lw) in self.layers.iter().enumerate() {
             let la = c.layer_attention(l);
             norm_quantize(target, &x, &lw.attn_norm, eps, &mut h, &mut h_acts);
-            for (mat, out) in [(&lw.wq, &b.q), (&lw.wk, &b.k), (&lw.wv, &b.v)] {
-                mat.matmul(target, &h, &h_acts, w.share(mat.groups()), out);
+            let op = |i: usize| claims.op(CLAIMED_PER_LAYER * l + i);
+            for (i, (mat, out)) in [(&lw.wq, &b.q), (&lw.wk, &b.k), (&lw.wv, &b.v)].into_iter().enumerate() {
+                mat.matmul_claimed(target, &h, &h_acts, w, op(i), out, None);
             }
             w.barrier();
             // Biases, q/k norms and RoPE head by head; each K/V head into its cache slot.
@@ -265,7 +275,7 @@ impl Weights {
                 }
             }
             w.barrier();
-            lw.wo.matmul(target, unsafe { &s_all(&b.attn)[..n * qd] }, all_acts(qd), w.share(lw.wo.groups()), &b.proj);
+            lw.wo.matmul_claimed(target, unsafe { &s_all(&b.attn)[..n * qd] }, all_acts(qd), w, op(3), &b.proj, None);
             w.barrier();
             add_output(&mut x, unsafe { &s_all(&b.proj)[..n * d] }, lw.attn_post_norm.as_deref(), eps, &mut tmp);
             norm_quantize(target, &x, &lw.ffn_norm, eps, &mut h, &mut h_acts);
@@ -282,7 +292,7 @@ impl Weights {
                 target.quantize_row(g, unsafe { b.acts.slice_mut(blocks) });
             }
             w.barrier();
-            lw.w_down.matmul(target, unsafe { &s_all(&b.gate)[..n * f] }, all_acts(f), w.share(lw.w_down.groups()), &b.proj);
+            lw.w_down.matmul_claimed(target, unsafe { &s_all(&b.gate)[..n * f] }, all_acts(f), w, op(4), &b.proj, None);
             w.barrier();
             add_output(&mut x, unsafe { &s_all(&b.proj)[..n * d] }, lw.ffn_post_norm.as_deref(), eps, &mut tmp);
         }
@@ -294,17 +304,13 @@ impl Weights {
             target.quantize_row(&normed[i * d..(i + 1) * d], &mut acts[i * (d / QK)..(i + 1) * (d / QK)]);
         }
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
-        let groups = w.share(head.groups());
-        head.matmul(target, &normed, &acts, groups.clone(), &b.logits);
-        if let Some(cap) = c.final_logit_softcap {
-            let (vocab, rows) = (c.vocab_size, groups.start * ROWS..(groups.end * ROWS).min(c.vocab_size));
-            for i in 0..m {
-                let mine = unsafe { b.logits.slice_mut(i * vocab + rows.start..i * vocab + rows.end) };
-                mine.iter_mut().for_each(|l| *l = cap * libm::tanhf(*l / cap));
-            }
-        }
+        head.matmul_claimed(target, &normed, &acts, w, claims.op(CLAIMED_PER_LAYER * c.n_layers), &b.logits, c.final_logit_softcap);
     }
 }
+
+/// Products a layer shares out at run time ([`QMatrix::matmul_claimed`]): q, k, v, o and down
+/// (gate and up stay in static shares: each thread activates the rows it computed).
+const CLAIMED_PER_LAYER: usize = 5;
 
 /// RMSNorm and 8-bit quantization of every token's row of `x` into `h` and `acts`.
 fn norm_quantize(target: Target, x: &[f32], norm: &[f32], eps: f32, h: &mut [f32], acts: &mut [ActBlock]) {

@@ -6,7 +6,7 @@ use bytemuck::Zeroable;
 use half::f16;
 
 use super::kernels::{ActBlock, Q4x4, Q8Group, Q8x4, Q8x4Halves, Q8x4Min, Target, QK, ROWS, TILE};
-use super::threads::Shared;
+use super::threads::{Counter, Shared, Worker};
 use crate::error::{Error, Result};
 use crate::gguf::quant::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0};
 use crate::gguf::{q4k_scale_min, ByteSource, GgmlType, TensorInfo};
@@ -45,6 +45,11 @@ const GROUP_CHUNK: usize = 16;
 const DECODE_STREAMS: usize = super::kernels::simd128::LOCKSTEP;
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 const DECODE_STREAMS: usize = 1;
+
+/// Decode sets a thread claims at once ([`QMatrix::matmul_claimed`]): 16 groups, 23-61 KB of
+/// SmolLM2's 4-bit weights (a few microseconds), so a claim's atomic add is noise and the
+/// threads finish within one claim of each other.
+const CLAIM_SETS: usize = 16 / DECODE_STREAMS;
 
 impl QMatrix {
     /// Reads and repacks matrix `info` (`dims = [cols, rows]`), four rows at a time.
@@ -164,13 +169,8 @@ impl QMatrix {
             unsafe { y.slice_mut(t * m + r0..t * m + r1) }.copy_from_slice(&vals[..r1 - r0]);
         };
         if n == 1 && !matches!(self.packed, Packed::F32(_)) {
-            let act = &acts[..nb];
-            match &self.packed {
-                Packed::Q4(w) => decode_sets(w, nb, groups, |ws, out| target.q4_groups(ws, act, out), write),
-                Packed::Q8(w) => decode_sets(w, nb, groups, |ws, out| target.q8_groups(ws, act, out), write),
-                Packed::Q8Min(w) => decode_sets(w, nb, groups, |ws, out| target.q8_groups(ws, act, out), write),
-                Packed::Q8Halves(w) => decode_sets(w, nb, groups, |ws, out| target.q8_groups(ws, act, out), write),
-                Packed::F32(_) => unreachable!("excluded above"),
+            for j in 0..decode_sets(groups.len()) {
+                self.decode_set(target, &acts[..nb], groups.clone(), j, &write);
             }
             return;
         }
@@ -204,36 +204,92 @@ impl QMatrix {
             }
         }
     }
+
+    /// As [`QMatrix::matmul`] over all of the matrix's groups, shared out among `w`'s pool at
+    /// run time ([`Worker::claim`]) where there is one token, by static shares otherwise.
+    /// `softcap`: `y = cap * tanh(y / cap)` as each output is written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_claimed(&self, target: Target, x: &[f32], acts: &[ActBlock], w: &Worker, counters: &[Counter], y: &Shared<f32>, softcap: Option<f32>) {
+        let (k, m) = (self.cols, self.rows);
+        let n = x.len() / k;
+        if n != 1 || matches!(self.packed, Packed::F32(_)) {
+            let groups = w.share(self.groups());
+            self.matmul(target, x, acts, groups.clone(), y);
+            if let Some(cap) = softcap {
+                let rows = groups.start * ROWS..(groups.end * ROWS).min(m);
+                for t in 0..n {
+                    // SAFETY: as in `matmul`: this thread's groups until the next barrier.
+                    unsafe { y.slice_mut(t * m + rows.start..t * m + rows.end) }.iter_mut().for_each(|l| *l = cap * libm::tanhf(*l / cap));
+                }
+            }
+            return;
+        }
+        let write = |_t: usize, g: usize, vals: &[f32; ROWS]| {
+            let (r0, r1) = (g * ROWS, (g * ROWS + ROWS).min(m));
+            // SAFETY: a claimed set's groups are this thread's alone until the caller's next barrier.
+            let out = unsafe { y.slice_mut(r0..r1) };
+            out.copy_from_slice(&vals[..r1 - r0]);
+            if let Some(cap) = softcap {
+                out.iter_mut().for_each(|l| *l = cap * libm::tanhf(*l / cap));
+            }
+        };
+        let per_claim = CLAIM_SETS;
+        w.claim(
+            self.groups(),
+            counters,
+            |len| decode_sets(len).div_ceil(per_claim),
+            |share, j| {
+                for set in j * per_claim..((j + 1) * per_claim).min(decode_sets(share.len())) {
+                    self.decode_set(target, &acts[..k / QK], share.clone(), set, &write);
+                }
+            },
+        );
+    }
+
+    /// Set `j` of `groups` for one token ([`decode_set`]) with `target`'s kernels.
+    fn decode_set(&self, target: Target, act: &[ActBlock], groups: std::ops::Range<usize>, j: usize, write: &impl Fn(usize, usize, &[f32; ROWS])) {
+        let nb = act.len();
+        match &self.packed {
+            Packed::Q4(w) => decode_set(w, nb, groups, j, |ws, out| target.q4_groups(ws, act, out), write),
+            Packed::Q8(w) => decode_set(w, nb, groups, j, |ws, out| target.q8_groups(ws, act, out), write),
+            Packed::Q8Min(w) => decode_set(w, nb, groups, j, |ws, out| target.q8_groups(ws, act, out), write),
+            Packed::Q8Halves(w) => decode_set(w, nb, groups, j, |ws, out| target.q8_groups(ws, act, out), write),
+            Packed::F32(_) => unreachable!("f32 matrices take the token loop"),
+        }
+    }
 }
 
-/// Hands `kernel` the groups of `groups` (each `nb` blocks of `w`) [`DECODE_STREAMS`] at a
-/// time and `write`s each group's four outputs (token 0): full sets first, group i of set j the
-/// j-th of the i-th of [`DECODE_STREAMS`] equal runs of the range, then what is left (fewer
-/// than a set) in one. Full sets are what the wasm kernels run fastest (`unroll!`); evenly
-/// spaced places with a ragged last set put a whole share through the slower partial sets
-/// (72 groups, two threads' share of SmolLM2's q: five sets of 14-15).
-fn decode_sets<B>(w: &[B], nb: usize, groups: std::ops::Range<usize>, mut kernel: impl FnMut(&[&[B]], &mut [[f32; ROWS]]), write: impl Fn(usize, usize, &[f32; ROWS])) {
+/// Decode sets of a range of `len` groups ([`decode_set`]): full sets, then one with the rest.
+fn decode_sets(len: usize) -> usize {
+    len.div_ceil(DECODE_STREAMS)
+}
+
+/// Hands `kernel` set `j` of the groups of `groups` (each `nb` blocks of `w`), at most
+/// [`DECODE_STREAMS`] groups, and `write`s each group's four outputs (token 0). Full sets
+/// first: group i of set j is the j-th of the i-th of [`DECODE_STREAMS`] equal runs of the
+/// range; the last set holds what is left (fewer than a set). Full sets are what the wasm
+/// kernels run fastest (`unroll!`); evenly spaced places with a ragged last set put a whole
+/// share through the slower partial sets (72 groups, two threads' share of SmolLM2's q: five
+/// sets of 14-15).
+fn decode_set<B>(w: &[B], nb: usize, groups: std::ops::Range<usize>, j: usize, kernel: impl FnOnce(&[&[B]], &mut [[f32; ROWS]]), write: impl Fn(usize, usize, &[f32; ROWS])) {
     let depth = groups.len() / DECODE_STREAMS;
-    let mut out = [[0f32; ROWS]; DECODE_STREAMS];
-    let mut run = |at: &[usize], out: &mut [[f32; ROWS]]| {
-        let mut ws: [&[B]; DECODE_STREAMS] = [&[]; DECODE_STREAMS];
-        for (w_i, &g) in ws.iter_mut().zip(at) {
-            *w_i = &w[g * nb..(g + 1) * nb];
-        }
-        kernel(&ws[..at.len()], out);
-        for (&g, vals) in at.iter().zip(out.iter()) {
-            write(0, g, vals);
-        }
-    };
-    for j in 0..depth {
-        let at: [usize; DECODE_STREAMS] = std::array::from_fn(|i| groups.start + i * depth + j);
-        run(&at, &mut out);
-    }
-    let rest = groups.start + depth * DECODE_STREAMS..groups.end;
-    if !rest.is_empty() {
-        let mut at = [0usize; DECODE_STREAMS];
+    let mut at = [0usize; DECODE_STREAMS];
+    let n = if j < depth {
+        at.iter_mut().enumerate().for_each(|(i, a)| *a = groups.start + i * depth + j);
+        DECODE_STREAMS
+    } else {
+        let rest = groups.start + depth * DECODE_STREAMS..groups.end;
         at.iter_mut().zip(rest.clone()).for_each(|(a, g)| *a = g);
-        run(&at[..rest.len()], &mut out[..rest.len()]);
+        rest.len()
+    };
+    let mut ws: [&[B]; DECODE_STREAMS] = [&[]; DECODE_STREAMS];
+    for (w_i, &g) in ws.iter_mut().zip(&at[..n]) {
+        *w_i = &w[g * nb..(g + 1) * nb];
+    }
+    let mut out = [[0f32; ROWS]; DECODE_STREAMS];
+    kernel(&ws[..n], &mut out[..n]);
+    for (&g, vals) in at[..n].iter().zip(&out) {
+        write(0, g, vals);
     }
 }
 
