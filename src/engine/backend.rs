@@ -189,12 +189,13 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The limits of a CPU backend with an f32 KV pool grown as blocks are used: no device
-    /// limit, so the options decide.
+    /// The limits of a CPU backend with a KV pool grown as blocks are used (keys in 8-bit
+    /// blocks of 32 with an f16 scale, values f32): no device limit, so the options decide.
     pub fn for_cpu(c: &Config, opts: &ModelOptions, max_draft: usize) -> Limits {
         let context = opts.context.clamp(1, c.context_len as u32);
         let max_batch_tokens = opts.max_batch_tokens.max(1);
-        let kv_bytes_per_token = 2 * c.n_layers as u64 * c.kv_dim() as u64 * 4;
+        let key_bytes = c.n_kv_heads as u64 * c.head_dim.div_ceil(32) as u64 * 34;
+        let kv_bytes_per_token = c.n_layers as u64 * (key_bytes + c.kv_dim() as u64 * 4);
         Limits {
             max_batch_tokens,
             context,

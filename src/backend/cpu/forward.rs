@@ -4,8 +4,8 @@
 
 use bytemuck::Zeroable;
 
-use super::kernels::{ActBlock, Target, QK, ROWS};
-use super::math::{attend, gated_mul};
+use super::kernels::{ActBlock, Q8x4, Target, QK, ROWS};
+use super::math::{attend, gated_mul, key_scores, quantize_fine};
 use super::threads::{Claims, Pool, Shared, Worker};
 use super::weights::QMatrix;
 use crate::backend::reference::ops::{add_assign, rmsnorm, rmsnorm_in_place};
@@ -40,10 +40,14 @@ pub struct Weights {
     layers: Vec<Layer>,
 }
 
-/// One layer's keys and values by KV slot, `[slot][kv_dim]`, grown as slots are used.
+/// One layer's keys and values by KV slot, grown as slots are used. Keys in 8-bit blocks,
+/// four slots a group (a [`Q8x4`] per 32 values of a head, `[slot / 4][kv head][block]`), so
+/// that scores are the matrix kernels' integer dot products against the query heads, also
+/// quantized: a quarter of the bytes f32 keys read, and 3-4x fewer operations in wasm. Values
+/// stay f32 `[slot][kv_dim]`: they are weighted by probabilities, not dotted with 8-bit blocks.
 #[derive(Clone, Default)]
 pub struct LayerKv {
-    k: Vec<f32>,
+    k: Vec<Q8x4>,
     v: Vec<f32>,
 }
 
@@ -51,7 +55,9 @@ pub struct LayerKv {
 pub struct Step<'a> {
     pub tokens: &'a [u32],
     pub positions: &'a [u32],
-    /// KV slot of (token index in this step, a position of the same sequence).
+    /// KV slot of (token index in this step, a position of the same sequence). Positions
+    /// 4i..4i+4 of a sequence take four consecutive slots from a multiple of four (the
+    /// engine's KV blocks are whole groups of four).
     pub slot: &'a (dyn Fn(usize, usize) -> usize + Sync),
     pub logit_rows: &'a [u32],
 }
@@ -161,10 +167,13 @@ impl Weights {
             return Err(Error::TokenOutOfRange { id: t, vocab });
         }
         let slots = (0..n).map(|t| (step.slot)(t, step.positions[t] as usize) + 1).max().unwrap_or(0);
+        let key_blocks = slots.div_ceil(ROWS) * c.n_kv_heads * c.head_dim.div_ceil(QK);
         for l in kv.iter_mut() {
-            if l.k.len() < slots * kvd {
-                l.k.resize(slots * kvd, 0.0);
+            if l.v.len() < slots * kvd {
                 l.v.resize(slots * kvd, 0.0);
+            }
+            if l.k.len() < key_blocks {
+                l.k.resize(key_blocks, Q8x4::zeroed());
             }
         }
         let m = step.logit_rows.len();
@@ -174,7 +183,7 @@ impl Weights {
         let (mut proj, mut gate, mut up) = (vec![0f32; n * d], vec![0f32; n * f], vec![0f32; n * f]);
         let mut acts = vec![ActBlock::zeroed(); n * widest.div_ceil(QK)];
         let mut logits = vec![0f32; m * vocab];
-        let kv_shared: Vec<(Shared<f32>, Shared<f32>)> = kv.iter_mut().map(|l| (Shared::new(&mut l.k), Shared::new(&mut l.v))).collect();
+        let kv_shared: Vec<(Shared<Q8x4>, Shared<f32>)> = kv.iter_mut().map(|l| (Shared::new(&mut l.k), Shared::new(&mut l.v))).collect();
         let b = Buffers {
             q: Shared::new(&mut q),
             k: Shared::new(&mut k),
@@ -196,13 +205,17 @@ impl Weights {
     /// instead of one thread working while the others wait at a barrier. Six barriers a layer
     /// remain, after each product or step whose output other threads read.
     #[allow(clippy::too_many_arguments)]
-    fn forward_on(&self, w: &Worker, target: Target, step: &Step, rope: &RopeTables, b: &Buffers, kv: &[(Shared<f32>, Shared<f32>)], claims: &Claims) {
+    fn forward_on(&self, w: &Worker, target: Target, step: &Step, rope: &RopeTables, b: &Buffers, kv: &[(Shared<Q8x4>, Shared<f32>)], claims: &Claims) {
         let c = &self.config;
         let n = step.tokens.len();
         let (d, qd, kvd, f, hd, eps) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim, c.norm_eps);
         let mut x = vec![0f32; n * d];
         let (mut h, mut h_acts) = (vec![0f32; n * d], vec![ActBlock::zeroed(); n * (d / QK)]);
-        let (mut tmp, mut scores, mut rows_of_t) = (vec![0f32; d], Vec::new(), Vec::new());
+        let (mut tmp, mut scores, mut rows_of_t, mut groups_of_t) = (vec![0f32; d], Vec::new(), Vec::new(), Vec::new());
+        // A head zero-padded to whole blocks; a key head's 8-bit blocks; query heads' pairs of them.
+        let nbh = hd.div_ceil(QK);
+        let (mut head_pad, mut head_acts) = (vec![0f32; nbh * QK], vec![ActBlock::zeroed(); nbh]);
+        let mut query_acts = vec![ActBlock::zeroed(); 2 * c.n_heads * nbh];
         // SAFETY (every shared access below): between two barriers a thread writes only its own
         // share (output groups, heads or blocks) and reads only what no thread writes.
         let all_acts = |width: usize| -> &[ActBlock] { unsafe { &s_all(&b.acts)[..n * (width / QK)] } };
@@ -238,15 +251,26 @@ impl Weights {
                     if let Some(bv) = bias(2) {
                         add_assign(v, &bv[kh * hd..][..hd]);
                     }
-                    let slot = (step.slot)(t, pos) * kvd + kh * hd;
-                    unsafe { kv[l].0.slice_mut(slot..slot + hd) }.copy_from_slice(k);
+                    let slot = (step.slot)(t, pos);
+                    head_pad[..hd].copy_from_slice(k);
+                    target.quantize_row(&head_pad, &mut head_acts[..nbh]);
+                    for (j, ab) in head_acts[..nbh].iter().enumerate() {
+                        let (block, lane) = (kv[l].0.ptr(((slot / ROWS) * c.n_kv_heads + kh) * nbh + j), slot % ROWS);
+                        // SAFETY: lane `lane` of the block is this slot's, which this thread alone writes
+                        // and no thread reads until the next barrier; no reference to the whole block is made.
+                        unsafe {
+                            (*block).qs[lane] = ab.qs;
+                            (*block).d[lane] = half::f16::from_f32(ab.d).to_bits();
+                        }
+                    }
+                    let slot = slot * kvd + kh * hd;
                     unsafe { kv[l].1.slice_mut(slot..slot + hd) }.copy_from_slice(v);
                 }
             }
             w.barrier();
             let (keys, values, queries) = unsafe { (s_all(&kv[l].0), s_all(&kv[l].1), s_all(&b.q)) };
             let (group, mine) = (c.n_heads / c.n_kv_heads, w.share(n * c.n_heads));
-            let (mut i, mut rows_for) = (mine.start, usize::MAX);
+            let (mut i, mut rows_for, mut skip) = (mine.start, usize::MAX, 0);
             while i < mine.end {
                 // This thread's next query heads of one token that share a KV head.
                 let (t, head) = (i / c.n_heads, i % c.n_heads);
@@ -257,11 +281,22 @@ impl Weights {
                     let first = la.window.map_or(0, |w| len.saturating_sub(w));
                     rows_of_t.clear();
                     rows_of_t.extend((first..len).map(|p| (step.slot)(t, p) * kvd));
-                    rows_for = t;
+                    // The first slot of each group of four positions from first's.
+                    groups_of_t.clear();
+                    groups_of_t.extend((first / ROWS * ROWS..len).step_by(ROWS).map(|p| (step.slot)(t, p) / ROWS));
+                    (rows_for, skip) = (t, first % ROWS);
                 }
                 let at = t * qd + head * hd..t * qd + (head + heads) * hd;
+                for (qh, acts) in queries[at.clone()].chunks_exact(hd).zip(query_acts.chunks_exact_mut(2 * nbh)) {
+                    head_pad[..hd].copy_from_slice(qh);
+                    let (high, low) = acts.split_at_mut(nbh);
+                    quantize_fine(&head_pad, high, low);
+                }
+                let kvh = head / group;
+                let key_block = |g: usize| (g * c.n_kv_heads + kvh) * nbh;
+                key_scores(target, &query_acts[..2 * heads * nbh], nbh, keys, &groups_of_t, key_block, skip, rows_of_t.len(), c.attn_scale, &mut scores);
                 let out = unsafe { b.attn.slice_mut(at.clone()) };
-                attend(target, out, &queries[at.clone()], keys, values, &rows_of_t, head / group * hd, hd, c.attn_scale, &mut scores);
+                attend(target, out, &mut scores, values, &rows_of_t, kvh * hd, hd);
                 if hd % QK == 0 {
                     target.quantize_row(out, unsafe { b.acts.slice_mut(at.start / QK..at.end / QK) });
                 }

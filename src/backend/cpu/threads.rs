@@ -263,6 +263,14 @@ impl<'a, T> Shared<'a, T> {
         std::slice::from_raw_parts(self.ptr.add(r.start), r.end - r.start)
     }
 
+    /// A pointer to element `i`, for writing part of it while other threads write its other
+    /// parts (distinct fields or array elements, through the pointer: no reference to the whole).
+    pub fn ptr(&self, i: usize) -> *mut T {
+        assert!(i < self.len, "shared element {i} out of 0..{}", self.len);
+        // SAFETY: in bounds (asserted).
+        unsafe { self.ptr.add(i) }
+    }
+
     /// # Safety
     /// No thread writes any of the buffer until the next barrier.
     pub unsafe fn all(&self) -> &[T] {
