@@ -19,8 +19,8 @@ use crate::error::Result;
 use crate::gguf::{ByteSource, Gguf};
 use crate::model::Config;
 
-/// A model on the CPU backend behind the engine's trait: repacked weights, a paged f32 KV pool
-/// (grown as blocks are used) and a thread pool.
+/// A model on the CPU backend behind the engine's trait: repacked weights, a paged KV pool
+/// (8-bit keys, f32 values; grown as blocks are used) and a thread pool.
 pub struct SimdModel {
     weights: Weights,
     kv: RefCell<Vec<LayerKv>>,
