@@ -42,9 +42,9 @@ pub struct Weights {
 
 /// One layer's keys and values by KV slot, grown as slots are used. Keys in 8-bit blocks,
 /// four slots a group (a [`Q8x4`] per 32 values of a head, `[slot / 4][kv head][block]`), so
-/// that scores are the matrix kernels' integer dot products against the query heads, also
-/// quantized: a quarter of the bytes f32 keys read, and 3-4x fewer operations in wasm. Values
-/// stay f32 `[slot][kv_dim]`: they are weighted by probabilities, not dotted with 8-bit blocks.
+/// that scores are the matrix kernels' integer dot products against the query heads
+/// ([`quantize_fine`]'s two 8-bit halves): a quarter of the bytes f32 keys took. Values stay
+/// f32 `[slot][kv_dim]`: they are weighted by probabilities, not dotted with 8-bit blocks.
 #[derive(Clone, Default)]
 pub struct LayerKv {
     k: Vec<Q8x4>,

@@ -219,7 +219,7 @@ impl QMatrix {
                 let rows = groups.start * ROWS..(groups.end * ROWS).min(m);
                 for t in 0..n {
                     // SAFETY: as in `matmul`: this thread's groups until the next barrier.
-                    unsafe { y.slice_mut(t * m + rows.start..t * m + rows.end) }.iter_mut().for_each(|l| *l = cap * libm::tanhf(*l / cap));
+                    soft_cap(cap, unsafe { y.slice_mut(t * m + rows.start..t * m + rows.end) });
                 }
             }
             return;
@@ -230,7 +230,7 @@ impl QMatrix {
             let out = unsafe { y.slice_mut(r0..r1) };
             out.copy_from_slice(&vals[..r1 - r0]);
             if let Some(cap) = softcap {
-                out.iter_mut().for_each(|l| *l = cap * libm::tanhf(*l / cap));
+                soft_cap(cap, out);
             }
         };
         let per_claim = CLAIM_SETS;
@@ -257,6 +257,11 @@ impl QMatrix {
             Packed::F32(_) => unreachable!("f32 matrices take the token loop"),
         }
     }
+}
+
+/// `y = cap * tanh(y / cap)` (Gemma's final logit softcap).
+fn soft_cap(cap: f32, y: &mut [f32]) {
+    y.iter_mut().for_each(|l| *l = cap * libm::tanhf(*l / cap));
 }
 
 /// Decode sets of a range of `len` groups ([`decode_set`]): full sets, then one with the rest.
