@@ -71,6 +71,8 @@ const NONE: u32 = 0xffffffffu;
 // Candidates kept in workgroup memory (the total stays within the 16 KB every adapter has).
 const CAP: u32 = 768u;
 const FORBIDDEN: f32 = -1e30;
+// Logits at or below this never count as a greedy choice (-inf; the CPU's NO_LOGIT).
+const NO_LOGIT: f32 = -3.4e38;
 
 var<workgroup> partial: array<f32, 2048>; // [BINS][WG]
 var<workgroup> bin_sum: array<f32, BINS>;
@@ -443,12 +445,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
 
     // The first largest logit: the greedy choice (compared as floats, as the CPU's argmax and
-    // argmax.wgsl do: -0 and +0 tie), and the max the weights are taken around.
-    var bv = 0.0;
+    // argmax.wgsl do: -0 and +0 tie; NaN and values at or below NO_LOGIT never count), and the
+    // max the weights are taken around.
+    var bv = NO_LOGIT;
     var bi = NONE;
     for (var i = lo; i < hi; i++) {
         let v = logits[base + i];
-        if (bi == NONE || v > bv) { bv = v; bi = i; }
+        if (v > bv) { bv = v; bi = i; }
     }
     best_v[lid] = bv;
     best_i[lid] = bi;
@@ -467,10 +470,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     row_max = found_max;
     let greedy = found_id;
     workgroupBarrier();
-    if (p.temperature <= 0.0) {
+    // A row where no logit counts has no token to draw either: NONE, which the engine reports.
+    if (p.temperature <= 0.0 || greedy == NONE) {
         if (lid == 0u) {
             result[r] = greedy;
-            chosen[r] = unedited(r, p, greedy);
+            if (greedy != NONE) { chosen[r] = unedited(r, p, greedy); }
         }
         return;
     }

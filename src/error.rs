@@ -62,6 +62,9 @@ pub enum Error {
     #[error("token id {id} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange { id: u32, vocab: usize },
 
+    #[error("the model's logits for the next token are all NaN or -inf (or every token that scores is forbidden), so no token can be chosen; the model file may be damaged or its numbers overflow: compare with --device reference, or try another quantization of the model")]
+    NoFiniteLogits,
+
     #[error("WebGPU is not available: {0}. Use a browser with WebGPU (Chrome or Edge 113+, Safari 26+, Firefox 141+ on Windows), or natively a Vulkan, Metal or DX12 driver (on Linux without a GPU: apt install mesa-vulkan-drivers); the CLI also runs with --device cpu")]
     NoGpu(String),
 

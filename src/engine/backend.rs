@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::Config;
-use crate::sample::{RowSampling, TopLogits};
+use crate::sample::{RowSampling, TopLogits, NO_LOGIT, NO_TOKEN};
 
 /// A token the step submitted just before chose: `CHAINED | r` stands for the argmax of that
 /// step's logit row `r`, read where that step left it. The engine submits the next decode step
@@ -320,11 +320,12 @@ fn allowed(words: &[u32], i: usize) -> bool {
     words[i / 32] >> (i % 32) & 1 == 1
 }
 
-/// The first largest logit among the allowed tokens (u32::MAX if none is).
+/// The first largest logit among the allowed tokens, as [`crate::sample::argmax`] counts them
+/// ([`NO_TOKEN`] where none counts).
 fn masked_argmax(row: &[f32], words: &[u32]) -> u32 {
-    let mut best = (f32::NEG_INFINITY, u32::MAX);
+    let mut best = (NO_LOGIT, NO_TOKEN);
     for (i, &v) in row.iter().enumerate() {
-        if allowed(words, i) && (best.1 == u32::MAX || v > best.0) {
+        if v > best.0 && allowed(words, i) {
             best = (v, i as u32);
         }
     }

@@ -13,7 +13,7 @@ use super::backend::{ForwardModel, Picks, Readback};
 use super::kv_cache::BlockPool;
 use super::session::Session;
 use crate::error::{Error, Result};
-use crate::sample::{Sampler, SamplingParams, SpecMethod, Speculative};
+use crate::sample::{Sampler, SamplingParams, SpecMethod, Speculative, NO_TOKEN};
 
 /// Drafted tokens and, for sampled drafts, the draft's distribution at each (empty when the
 /// drafts are deterministic).
@@ -127,10 +127,17 @@ impl ModelDrafter {
                     let Picks::Logits(logits) = self.session.extend(model, pool, &feed, Readback::Logits, None).await? else { unreachable!("a logits step returns logits") };
                     let q = sampler.distribution(&logits, &history);
                     let t = sampler.draw_from(&q);
+                    if t == NO_TOKEN {
+                        break;
+                    }
                     out.q.push(q);
                     t
                 }
             };
+            if next == NO_TOKEN {
+                // The draft model has nothing to propose here; the target decides alone.
+                break;
+            }
             out.tokens.push(next);
             history.push(next);
             feed = vec![next];

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::constraint::{apply_mask, Constraint, Grammar};
 use super::stop::StopMatcher;
-use super::{RowSampling, Sampler, SamplingParams, TopLogits};
+use super::{RowSampling, Sampler, SamplingParams, TopLogits, NO_TOKEN};
 use crate::error::{Error, Result};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
@@ -398,8 +398,21 @@ impl Decoder {
     /// Distributed exactly as the target's own choice: a deterministic draft is kept when it is
     /// the token the target chooses as plain decoding would (the same draw, so seeded output is
     /// the same with and without speculation; for a draft of probability 1 this is the
-    /// rejection rule's outcome), a sampled one by Leviathan et al.'s rejection rule.
+    /// rejection rule's outcome), a sampled one by Leviathan et al.'s rejection rule. A row with
+    /// no token to choose (every logit NaN or -inf) is [`Error::NoFiniteLogits`].
     pub fn verify(&mut self, picked: Picked, draft: Option<(u32, Option<Distribution>)>) -> Result<(u32, bool)> {
+        if let Picked::Token(NO_TOKEN) | Picked::Drawn { token: NO_TOKEN, .. } = picked {
+            return Err(Error::NoFiniteLogits);
+        }
+        let (next, kept) = self.verify_row(picked, draft)?;
+        if next == NO_TOKEN {
+            return Err(Error::NoFiniteLogits);
+        }
+        Ok((next, kept))
+    }
+
+    /// [`Decoder::verify`] of a row that has a token to choose.
+    fn verify_row(&mut self, picked: Picked, draft: Option<(u32, Option<Distribution>)>) -> Result<(u32, bool)> {
         // A sampled draft's row chooses without `pick`: its token is not a forced one.
         self.took_forced = false;
         if let Some((_, taken)) = &mut self.drawn_ahead {

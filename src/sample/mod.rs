@@ -19,11 +19,11 @@ mod stop;
 
 pub use constraint::{apply_mask, Constraint, Grammar, Grammars};
 pub use decoder::{Decoder, FinishReason, GenerateOptions, GenerateStats, Generation, Need, Picked, SpecMethod, Speculative, TokenLogprob, MAX_DRAFT};
-pub use numeric::argmax;
+pub use numeric::{argmax, NO_LOGIT, NO_TOKEN};
 pub use stop::StopMatcher;
 
 use crate::error::{Error, Result};
-use numeric::{candidates, inv_temperature, order, top_of_row, weight, weight_sum, weight_total};
+use numeric::{candidates, counts, inv_temperature, order, top_of_row, weight, weight_sum, weight_total};
 
 /// Generation controls with OpenAI-compatible names and defaults (temperature 1, no filter).
 #[derive(Clone, Debug, PartialEq)]
@@ -243,6 +243,9 @@ impl Sampler {
     /// Chooses the next token from the row's top candidates (see [`Sampler::top_needed`]); the
     /// same choice, RNG draw included, as [`Sampler::sample`] on the full logits.
     pub fn sample_top(&mut self, top: &TopLogits) -> u32 {
+        if top.top.first().is_none_or(|x| !counts(x.1)) {
+            return NO_TOKEN;
+        }
         if self.params.temperature == 0.0 {
             return top.top[0].0;
         }
@@ -500,6 +503,9 @@ fn choose_with(p: &SamplingParams, logits: &[f32], u: f64, head: &mut Candidates
             // An empty row.
             return slow(p, logits, u);
         }
+        if !counts(head[0].1) {
+            return NO_TOKEN;
+        }
         filter(p, head);
         return draw(head, inv_t, u);
     }
@@ -510,6 +516,9 @@ fn choose_with(p: &SamplingParams, logits: &[f32], u: f64, head: &mut Candidates
     let Some(&(_, max)) = head.first() else {
         return slow(p, logits, u);
     };
+    if !counts(max) {
+        return NO_TOKEN;
+    }
     // The normalizer at temperature 1 over the whole row, for top-p and min-p (one pass).
     let mut z1 = None;
     let mut z_all = || *z1.get_or_insert_with(|| weight_total(logits, max, 1.0));
@@ -599,6 +608,9 @@ fn at_mass(c: &mut [(u32, f32)], weight: impl Fn(&(u32, f32)) -> f64, mut target
 /// `filter` (which sorts every candidate top-k keeps) and `draw` over the row.
 fn slow(p: &SamplingParams, logits: &[f32], u: f64) -> u32 {
     with_candidates(logits, |c| {
+        if !c.iter().any(|x| counts(x.1)) {
+            return NO_TOKEN;
+        }
         filter(p, c);
         draw(c, inv_temperature(p.temperature), u)
     })

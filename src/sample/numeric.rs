@@ -182,47 +182,70 @@ fn top_of_row_in(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>, (maxima, s
     out.sort_by(order);
 }
 
-/// Index of the largest logit (the first one on ties).
+/// What an argmax returns for a row with no logit that counts: every one NaN or at or below
+/// [`NO_LOGIT`] (the GPU's argmax kernel returns the same).
+pub const NO_TOKEN: u32 = u32::MAX;
+
+/// Logits at or below this never win an argmax (-inf and masked-out tokens; the WGSL kernel's
+/// floor, which has no infinity literal).
+pub const NO_LOGIT: f32 = -3.4e38;
+
+/// Whether a logit can be chosen: not NaN and above [`NO_LOGIT`].
+pub fn counts(logit: f32) -> bool {
+    logit > NO_LOGIT
+}
+
+/// Index of the largest logit (the first one on ties); NaN and values at or below [`NO_LOGIT`]
+/// never count, and a row where nothing does gives [`NO_TOKEN`].
 pub fn argmax(logits: &[f32]) -> u32 {
-    // What `for i { if l[i] > l[best] { best = i } }` returns, in loops that vectorize (that
-    // loop took 142 us over SmolLM2's 49,152 logits in Chromium, this 15): the largest value
-    // in eight independent lanes (a NaN never wins a comparison), then its first place.
-    let Some(&first) = logits.first() else { return 0 };
-    if first.is_nan() {
-        return 0;
-    }
+    // The first place of the largest value, found in eight independent lanes (a NaN never wins
+    // a comparison), in loops that vectorize (a plain `if l[i] > l[best]` loop took 142 us over
+    // SmolLM2's 49,152 logits in Chromium, this 15).
     let max = largest(logits);
+    if !counts(max) {
+        return NO_TOKEN;
+    }
     let chunk = logits.chunks(8).position(|c| c.iter().fold(false, |found, &l| found | (l == max))).unwrap_or(0);
     (chunk * 8 + logits[chunk * 8..].iter().position(|&l| l == max).unwrap_or(0)) as u32
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{argmax, candidates, exp32, order, top_of_row, weight_sum, weight_total};
+    use super::{argmax, candidates, exp32, order, top_of_row, weight_sum, weight_total, NO_LOGIT, NO_TOKEN};
 
-    /// The first largest logit, NaN never winning (a NaN first logit: 0), as the plain loop.
+    /// The first largest logit, NaN and -inf never winning, as a plain loop over the values that
+    /// count; [`NO_TOKEN`] where none does.
     #[test]
     fn argmax_is_the_first_largest() {
         let plain = |l: &[f32]| {
-            let mut best = 0;
+            let mut best: Option<usize> = None;
             for (i, &v) in l.iter().enumerate() {
-                if v > l[best] {
-                    best = i;
+                if v > NO_LOGIT && best.is_none_or(|b| v > l[b]) {
+                    best = Some(i);
                 }
             }
-            best as u32
+            best.map_or(NO_TOKEN, |b| b as u32)
         };
-        let nan = f32::NAN;
-        let mut cases: Vec<Vec<f32>> =
-            vec![vec![], vec![nan, 1.0, 2.0], vec![1.0, nan, 3.0, 3.0, -1.0], vec![-0.0, -1.0, 0.0, -0.0], vec![f32::NEG_INFINITY; 19], vec![2.0; 17], vec![-5.0, f32::INFINITY, 7.0, f32::INFINITY]];
+        let (nan, inf) = (f32::NAN, f32::INFINITY);
+        let mut cases: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![nan, 1.0, 2.0],
+            vec![1.0, nan, 3.0, 3.0, -1.0],
+            vec![-0.0, -1.0, 0.0, -0.0],
+            vec![-inf; 19],
+            vec![nan; 9],
+            vec![2.0; 17],
+            vec![-5.0, inf, 7.0, inf],
+            vec![f32::MIN, -inf, nan],
+        ];
         cases.extend((1..40).map(|n| (0..n).map(|i| ((i * 37 % 11) as f32) - if i % 5 == 0 { nan } else { 0.0 }).collect()));
         for c in &cases {
             assert_eq!(argmax(c), plain(c), "{c:?}");
         }
+        assert_eq!(argmax(&[nan, 1.0, 2.0]), 2);
+        assert_eq!(argmax(&[-inf; 19]), NO_TOKEN);
     }
 
-    /// Within 2 f32 ulps of the platform's `exp` (which it may not use: libm differs between
-    /// targets) from 0 down to e^-87, 0 below, 1 at 0.
     #[test]
     fn exp32_is_exp_to_f32_precision() {
         let mut worst = 0f64;

@@ -363,3 +363,38 @@ fn sampled_logprobs_come_with_the_drawn_token_gpu() {
         }
     }
 }
+
+/// SmolLM2 with its final norm's weights NaN: every logit is NaN, so there is no token to
+/// choose. Greedy and sampled requests fail with an error that says so on every backend (the
+/// GPU's argmax and sampling kernels and the CPU's choice all return "no token"), never with a
+/// silent token 0.
+#[test]
+fn logits_with_no_token_to_choose_are_an_error() {
+    use ferrolm::backend::cpu::SimdModel;
+    use ferrolm::backend::reference::{CpuModel, ReferenceModel};
+    use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
+    use ferrolm::gguf::{GgmlType, Gguf};
+    use ferrolm::sample::SamplingParams;
+    let mut bytes = std::fs::read(common::model_path(common::SMOLLM2)).unwrap();
+    let gguf = Gguf::read(&bytes[..]).unwrap();
+    let norm = gguf.tensor("output_norm.weight").unwrap().clone();
+    assert_eq!(norm.ty, GgmlType::F32);
+    bytes[norm.offset as usize..(norm.offset + norm.n_bytes) as usize].copy_from_slice(bytemuck::cast_slice(&vec![f32::NAN; norm.n_elements() as usize]));
+    let (tok, bytes) = (common::smollm2_tokenizer(), &bytes[..]);
+    let prompt = tok.encode_prompt("The capital of France is", false).unwrap();
+    let sampled = GenerateOptions { sampling: SamplingParams { temperature: 0.8, seed: Some(1), ..Default::default() }, ..greedy(4) };
+    async fn fails<M: ForwardModel>(mut engine: Engine<M>, tok: &Tokenizer, prompt: &[u32], opts: GenerateOptions) {
+        let what = format!("{} {:?}", backend_name(&engine), opts.sampling.temperature);
+        match engine.generate(tok, Request { prompt: prompt.to_vec(), opts }, |_| {}).await {
+            Ok(g) => panic!("{what}: generated {:?}", g.tokens),
+            Err(e) => assert!(e.to_string().contains("all NaN or -inf"), "{what}: {e}"),
+        }
+    }
+    for opts in [greedy(4), sampled] {
+        let reference = ReferenceModel::new(std::sync::Arc::new(CpuModel::load(&gguf, bytes).unwrap()), &small_pool());
+        pollster::block_on(fails(Engine::new(reference), &tok, &prompt, opts.clone()));
+        pollster::block_on(fails(Engine::new(SimdModel::load(&gguf, bytes, &small_pool(), 1).unwrap()), &tok, &prompt, opts.clone()));
+        let gpu = pollster::block_on(async { GpuModel::load(GpuContext::new(GpuOptions::default()).await.unwrap(), &gguf, bytes, &small_pool()).await.unwrap() });
+        pollster::block_on(fails(Engine::new(gpu), &tok, &prompt, opts));
+    }
+}

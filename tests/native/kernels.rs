@@ -351,6 +351,39 @@ fn argmax_over_lm_head_partials_matches_cpu() {
     let (with, scan): (Vec<u32>, Vec<u32>) = (with.iter().map(|v| v.to_bits()).collect(), scan.iter().map(|v| v.to_bits()).collect());
     assert_eq!(with, scan, "argmax from partial maxima vs the whole row");
     assert_eq!(with, [50, 700, u32::MAX, 0, 999]);
+    let cpu: Vec<u32> = logits.chunks(vocab).map(ferrolm::sample::argmax).collect();
+    assert_eq!(with, cpu, "the GPU's argmax vs the CPU's");
+}
+
+/// Rows with no logit that counts (all -inf, all NaN) have no token to choose: the sampling
+/// kernel says NO_TOKEN where the CPU's choice does, greedy or drawn, and a NaN first logit does
+/// not win a greedy row.
+#[test]
+fn sampling_rows_with_no_token_to_choose() {
+    use ferrolm::backend::webgpu::kernels::sample_rows;
+    use ferrolm::sample::{Sampler, SamplingParams, NO_TOKEN};
+    let h = Harness::new(GpuOptions::default());
+    let vocab = 1000;
+    let mut logits = random(3 * vocab, 5);
+    logits[..vocab].fill(f32::NEG_INFINITY);
+    logits[vocab..2 * vocab].fill(f32::NAN);
+    (logits[2 * vocab], logits[2 * vocab + 600]) = (f32::NAN, 9.0);
+    for temperature in [0.0, 0.8] {
+        let mut sampler = Sampler::new(SamplingParams { temperature, seed: Some(1), ..SamplingParams::default() }, vocab).unwrap();
+        let rows: Vec<_> = (0..3).map(|_| sampler.row(&[])).collect();
+        let (gpu_rows, edits) = sample_rows(&rows);
+        let (lb, pb, rb) = (h.buffer(&logits), h.buffer(bytemuck::cast_slice(&gpu_rows)), h.words(&[0; 3]));
+        let eb = h.buffer(&bytemuck::cast_slice(&edits).iter().copied().chain([0.0; 4]).collect::<Vec<f32>>());
+        let (cb, mb) = (h.buffer(&[0.0; 3]), h.words(&vec![u32::MAX; 3 * vocab.div_ceil(32)]));
+        let got: Vec<u32> = h.run(&[h.kernels.sample(&lb, &rb, &pb, &eb, &cb, &mb, vocab as u32, false)], &[0; 3], &rb).iter().map(|v| v.to_bits()).collect();
+        h.ctx.faults.check().unwrap();
+        let cpu: Vec<u32> = rows.iter().zip(logits.chunks(vocab)).map(|(r, row)| r.choose(row, 0)).collect();
+        assert_eq!(got[..2], [NO_TOKEN, NO_TOKEN], "temperature {temperature}");
+        assert_eq!(cpu[..2], [NO_TOKEN, NO_TOKEN], "temperature {temperature}");
+        if temperature == 0.0 {
+            assert_eq!((got[2], cpu[2]), (600, 600));
+        }
+    }
 }
 
 /// GPU top-64 with its log-sum-exp against the CPU's sorted selection: rows with ties across the

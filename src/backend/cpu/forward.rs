@@ -337,6 +337,11 @@ impl Weights {
             let r = r as usize;
             rmsnorm(&mut normed[i * d..(i + 1) * d], &x[r * d..(r + 1) * d], &self.output_norm, eps);
             target.quantize_row(&normed[i * d..(i + 1) * d], &mut acts[i * (d / QK)..(i + 1) * (d / QK)]);
+            // 8-bit quantization turns NaN into 0: a row that is not finite gives NaN logits (no
+            // token to choose, an error), not logits of 0 (a silent token 0).
+            if normed[i * d..(i + 1) * d].iter().any(|v| !v.is_finite()) {
+                acts[i * (d / QK)].d = f32::NAN;
+            }
         }
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
         head.matmul_claimed(target, &normed, &acts, w, claims.op(CLAIMED_PER_LAYER * c.n_layers), &b.logits, c.final_logit_softcap);
