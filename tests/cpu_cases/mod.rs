@@ -59,7 +59,7 @@ pub const TYPES: [GgmlType; 10] = [GgmlType::F32, GgmlType::F16, GgmlType::BF16,
 /// Checks every type on every target with `tokens` activation rows; returns lines describing
 /// what was compared.
 pub fn check_cpu_kernels(tokens: usize) -> Vec<String> {
-    let mut report = vec![check_quantize_edges()];
+    let mut report = vec![check_quantize_edges(), check_stacked(tokens)];
     // 70 rows: a partial group of four is padded, and a one-token product in wasm sums sets of
     // up to sixteen groups together (here two sets of nine).
     let (rows, cols) = (70, 512);
@@ -104,6 +104,35 @@ pub fn check_cpu_kernels(tokens: usize) -> Vec<String> {
         report.push(format!("{ty}: scalar within {:.0}% of the 8-bit error bound of the f32 product", worst * 100.0));
     }
     report
+}
+
+/// Matrices stacked into one (the CPU backend's q|k|v) give each part's products bit for bit,
+/// token by token, on every target; formats that differ, or a part that is not whole groups of
+/// four rows, are not stacked.
+fn check_stacked(tokens: usize) -> String {
+    let cols = 256;
+    let mut rng = Rng::new(0x57ac ^ tokens as u64);
+    let mut load = |ty: GgmlType, rows: usize| {
+        let bytes = random_tensor(ty, rows, cols, &mut rng);
+        QMatrix::load(&bytes[..], &TensorInfo { name: format!("stack.{ty}"), dims: vec![cols as u64, rows as u64], ty, offset: 0, n_bytes: bytes.len() as u64 }).unwrap()
+    };
+    let x: Vec<f32> = (0..tokens * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+    for ty in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        let parts = [load(ty, 64), load(ty, 32), load(ty, 32)];
+        let stacked = QMatrix::stack(&[&parts[0], &parts[1], &parts[2]]).unwrap_or_else(|| panic!("{ty} parts were not stacked"));
+        assert_eq!((stacked.rows, stacked.bytes()), (128, parts.iter().map(|m| m.bytes()).sum()));
+        for target in Target::available() {
+            let (all, each) = (stacked.matmul_alone(target, &x), parts.each_ref().map(|m| m.matmul_alone(target, &x)));
+            for t in 0..tokens {
+                let want: Vec<u32> = each.iter().zip([64, 32, 32]).flat_map(|(y, rows)| y[t * rows..(t + 1) * rows].iter().map(|v| v.to_bits())).collect();
+                let got: Vec<u32> = all[t * 128..(t + 1) * 128].iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{ty} on {}: token {t}", target.name());
+            }
+        }
+    }
+    let (q4, q8, ragged) = (load(GgmlType::Q4_0, 32), load(GgmlType::Q8_0, 32), load(GgmlType::Q4_0, 30));
+    assert!(QMatrix::stack(&[&q4, &q8]).is_none() && QMatrix::stack(&[&q4, &ragged]).is_none(), "mismatched parts were stacked");
+    format!("stacked matrices == their parts bit for bit ({tokens} tokens)")
 }
 
 /// Every target quantizes activations to the same bytes and scales as the portable code, on

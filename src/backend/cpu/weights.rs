@@ -34,6 +34,32 @@ struct Run {
     m: f32,
 }
 
+/// Where a product writes: token t's output r at `y[t * stride + first + r]` (so q, k and v land
+/// side by side in one row per token, whether one stacked matrix wrote them or three).
+#[derive(Clone, Copy)]
+pub struct Out<'s, 'a> {
+    pub y: &'s Shared<'a, f32>,
+    pub stride: usize,
+    pub first: usize,
+}
+
+impl<'s, 'a> Out<'s, 'a> {
+    /// Rows of `width` outputs a token, from the start.
+    pub fn rows(y: &'s Shared<'a, f32>, width: usize) -> Self {
+        Out { y, stride: width, first: 0 }
+    }
+
+    /// Token `t`'s outputs `rows`.
+    ///
+    /// # Safety
+    /// As [`Shared::slice_mut`]: no other thread touches them until the next barrier.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice_mut(&self, t: usize, rows: std::ops::Range<usize>) -> &mut [f32] {
+        let at = t * self.stride + self.first;
+        self.y.slice_mut(at + rows.start..at + rows.end)
+    }
+}
+
 /// Weight groups kept together while tokens stream past them (they stay in cache).
 const GROUP_CHUNK: usize = 16;
 
@@ -101,6 +127,31 @@ impl QMatrix {
         Ok(QMatrix { rows, cols, packed })
     }
 
+    /// The rows of `parts` one after another, as one matrix (q, k and v as one product: one
+    /// claim loop and fuller decode sets); None unless all share a block format and width and
+    /// each has whole groups of rows.
+    pub fn stack(parts: &[&QMatrix]) -> Option<QMatrix> {
+        let cols = parts.first()?.cols;
+        if parts.iter().any(|m| m.cols != cols || m.rows % ROWS != 0) {
+            return None;
+        }
+        fn join<B: Clone>(parts: &[&QMatrix], get: impl Fn(&Packed) -> Option<&Vec<B>>) -> Option<Vec<B>> {
+            let mut out = Vec::new();
+            for m in parts {
+                out.extend_from_slice(get(&m.packed)?);
+            }
+            Some(out)
+        }
+        let packed = match parts[0].packed {
+            Packed::Q4(_) => Packed::Q4(join(parts, |p| if let Packed::Q4(v) = p { Some(v) } else { None })?),
+            Packed::Q8(_) => Packed::Q8(join(parts, |p| if let Packed::Q8(v) = p { Some(v) } else { None })?),
+            Packed::Q8Min(_) => Packed::Q8Min(join(parts, |p| if let Packed::Q8Min(v) = p { Some(v) } else { None })?),
+            Packed::Q8Halves(_) => Packed::Q8Halves(join(parts, |p| if let Packed::Q8Halves(v) = p { Some(v) } else { None })?),
+            Packed::F32(_) => return None,
+        };
+        Some(QMatrix { rows: parts.iter().map(|m| m.rows).sum(), cols, packed })
+    }
+
     /// Bytes the packed weights take (what a decode step reads).
     pub fn bytes(&self) -> usize {
         self.packed_bytes().len()
@@ -151,14 +202,13 @@ impl QMatrix {
             }
         }
         let mut y = vec![0f32; n * self.rows];
-        self.matmul(target, x, &acts, 0..self.groups(), &Shared::new(&mut y));
+        self.matmul(target, x, &acts, 0..self.groups(), Out::rows(&Shared::new(&mut y), self.rows));
         y
     }
 
     /// `y[t][o] = x[t] . row o` for the rows of `groups` and every token: `x: [n][cols]` and its
-    /// quantized blocks `acts: [n][cols / 32]`; `y: [n][rows]`, shared with threads that write
-    /// other groups.
-    pub fn matmul(&self, target: Target, x: &[f32], acts: &[ActBlock], groups: std::ops::Range<usize>, y: &Shared<f32>) {
+    /// quantized blocks `acts: [n][cols / 32]`; `y` shared with threads that write other groups.
+    pub fn matmul(&self, target: Target, x: &[f32], acts: &[ActBlock], groups: std::ops::Range<usize>, y: Out) {
         let (k, m) = (self.cols, self.rows);
         let n = x.len() / k;
         let nb = k / QK;
@@ -166,7 +216,7 @@ impl QMatrix {
         let write = |t: usize, g: usize, vals: &[f32; ROWS]| {
             let (r0, r1) = (g * ROWS, (g * ROWS + ROWS).min(m));
             // SAFETY: this call owns columns of `groups` in every row of y until the caller's next barrier.
-            unsafe { y.slice_mut(t * m + r0..t * m + r1) }.copy_from_slice(&vals[..r1 - r0]);
+            unsafe { y.slice_mut(t, r0..r1) }.copy_from_slice(&vals[..r1 - r0]);
         };
         if n == 1 && !matches!(self.packed, Packed::F32(_)) {
             for j in 0..decode_sets(groups.len()) {
@@ -209,7 +259,7 @@ impl QMatrix {
     /// run time ([`Worker::claim`]) where there is one token, by static shares otherwise.
     /// `softcap`: `y = cap * tanh(y / cap)` as each output is written.
     #[allow(clippy::too_many_arguments)]
-    pub fn matmul_claimed(&self, target: Target, x: &[f32], acts: &[ActBlock], w: &Worker, counters: &[Counter], y: &Shared<f32>, softcap: Option<f32>) {
+    pub fn matmul_claimed(&self, target: Target, x: &[f32], acts: &[ActBlock], w: &Worker, counters: &[Counter], y: Out, softcap: Option<f32>) {
         let (k, m) = (self.cols, self.rows);
         let n = x.len() / k;
         if n != 1 || matches!(self.packed, Packed::F32(_)) {
@@ -219,7 +269,7 @@ impl QMatrix {
                 let rows = groups.start * ROWS..(groups.end * ROWS).min(m);
                 for t in 0..n {
                     // SAFETY: as in `matmul`: this thread's groups until the next barrier.
-                    soft_cap(cap, unsafe { y.slice_mut(t * m + rows.start..t * m + rows.end) });
+                    soft_cap(cap, unsafe { y.slice_mut(t, rows.clone()) });
                 }
             }
             return;
@@ -227,7 +277,7 @@ impl QMatrix {
         let write = |_t: usize, g: usize, vals: &[f32; ROWS]| {
             let (r0, r1) = (g * ROWS, (g * ROWS + ROWS).min(m));
             // SAFETY: a claimed set's groups are this thread's alone until the caller's next barrier.
-            let out = unsafe { y.slice_mut(r0..r1) };
+            let out = unsafe { y.slice_mut(0, r0..r1) };
             out.copy_from_slice(&vals[..r1 - r0]);
             if let Some(cap) = softcap {
                 soft_cap(cap, out);
