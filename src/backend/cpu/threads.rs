@@ -151,22 +151,28 @@ impl Worker<'_> {
 
     /// This thread's share of `0..n` in whole units of `unit` (the last may be partial).
     pub fn share_aligned(&self, n: usize, unit: usize) -> Range<usize> {
-        let units = self.share(n.div_ceil(unit));
+        self.share_aligned_of(n, unit, self.index)
+    }
+
+    /// Thread `index`'s share, as [`Worker::share_aligned`].
+    fn share_aligned_of(&self, n: usize, unit: usize, index: usize) -> Range<usize> {
+        let units = self.share_of(n.div_ceil(unit), index);
         (units.start * unit).min(n)..(units.end * unit).min(n)
     }
 
-    /// Runs `part(share, j)` for the parts `j` of every thread's share of `0..n` (`parts(len)` of
-    /// a share of `len`), each part once over all threads: its own share's parts from the
+    /// Runs `part(share, j)` for the parts `j` of every thread's share of `0..n` in whole units
+    /// of `unit` ([`Worker::share_aligned`]; `parts(len)` of a share of `len`), each part once
+    /// over all threads: its own share's parts from the
     /// first, then the others' from their last, until what is left meets what their owners
     /// took. A thread that falls behind (another program on its core, a late start) is helped
     /// instead of waited for at the next barrier. Helpers take from the end so that owner and
     /// helper each still read their weights in order: the two taking turns along the same
     /// runs cut 2-thread products alone in Chromium by a third. `counters` are one
     /// operation's, [`Claims::op`], untouched before.
-    pub fn claim(&self, n: usize, counters: &[Counter], parts: impl Fn(usize) -> usize, mut part: impl FnMut(Range<usize>, usize)) {
+    pub fn claim(&self, n: usize, unit: usize, counters: &[Counter], parts: impl Fn(usize) -> usize, mut part: impl FnMut(Range<usize>, usize)) {
         assert_eq!(counters.len(), self.count, "one counter per thread");
         for s in (self.index..self.count).chain(0..self.index) {
-            let share = self.share_of(n, s);
+            let share = self.share_aligned_of(n, unit, s);
             let count = parts(share.len()) as u64;
             // One add a claim on (taken from the front) + (taken from the back) << 32: the
             // adds' order gives every part to exactly one claim, and the first `count` claims
@@ -283,29 +289,30 @@ mod tests {
     use super::{Claims, Pool};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Every part of every share runs once, and a thread that starts late is helped: its
-    /// share's parts run on the others (from its end) while it sleeps.
+    /// Every part of every share runs once, shares are whole units, and a thread that starts
+    /// late is helped: its share's parts run on the others (from its end) while it sleeps.
     #[test]
     fn claims_run_each_part_once_and_help_a_late_thread() {
-        let (n, threads) = (1000, 3);
+        let (n, unit, threads) = (1000, 16, 3);
         let parts = |len: usize| len.div_ceil(7);
         let pool = Pool::new(threads).unwrap();
         let claims = Claims::new(1, threads);
         // (share, part) -> runs, and which thread ran it.
         let runs: Vec<AtomicUsize> = (0..threads * 64).map(|_| AtomicUsize::new(0)).collect();
         let by: Vec<AtomicUsize> = (0..threads * 64).map(|_| AtomicUsize::new(usize::MAX)).collect();
-        pool.run(|w| {
-            if w.index == 1 {
+        // 63 units of 16 (the last 8 long): 21 a thread.
+        let w = |s: usize| (s * 336).min(n)..((s + 1) * 336).min(n);
+        pool.run(|wk| {
+            if wk.index == 1 {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            w.claim(n, claims.op(0), parts, |share, j| {
-                let s = share.start / (n / threads);
-                assert_eq!(share, w.share_of(n, s), "a part comes with its share");
+            wk.claim(n, unit, claims.op(0), parts, |share, j| {
+                let s = share.start / 336;
+                assert_eq!(share, w(s), "a part comes with its share");
                 runs[s * 64 + j].fetch_add(1, Ordering::Relaxed);
-                by[s * 64 + j].store(w.index, Ordering::Relaxed);
+                by[s * 64 + j].store(wk.index, Ordering::Relaxed);
             });
         });
-        let w = |s: usize| (s * (n / threads) + s.min(n % threads))..((s + 1) * (n / threads) + (s + 1).min(n % threads));
         for s in 0..threads {
             let count = parts(w(s).len());
             for j in 0..64 {

@@ -284,8 +284,10 @@ impl QMatrix {
             }
         };
         let per_claim = CLAIM_SETS;
+        // Shares of whole decode sets: a ragged set takes the wasm kernels' slower loop.
         w.claim(
             self.groups(),
+            DECODE_STREAMS,
             counters,
             |len| decode_sets(len).div_ceil(per_claim),
             |share, j| {
