@@ -218,6 +218,9 @@ impl Weights {
         let mut x = vec![0f32; n * d];
         let (mut h, mut h_acts) = (vec![0f32; n * d], vec![ActBlock::zeroed(); n * (d / QK)]);
         let (mut tmp, mut scores, mut rows_of_t, mut groups_of_t) = (vec![0f32; d], Vec::new(), Vec::new(), Vec::new());
+        // Which token's span (and its first position) `rows_of_t` and `groups_of_t` hold: a
+        // decode step's are the same in every layer of the same window.
+        let mut rows_for = (usize::MAX, 0);
         // A head zero-padded to whole blocks; a key head's 8-bit blocks; query heads' pairs of them.
         let nbh = hd.div_ceil(QK);
         let (mut head_pad, mut head_acts) = (vec![0f32; nbh * QK], vec![ActBlock::zeroed(); nbh]);
@@ -278,21 +281,21 @@ impl Weights {
             w.barrier();
             let (keys, values, queries) = unsafe { (s_all(&kv[l].0), s_all(&kv[l].1), s_all(&b.qkv)) };
             let (group, mine) = (c.n_heads / c.n_kv_heads, w.share(n * c.n_heads));
-            let (mut i, mut rows_for, mut skip) = (mine.start, usize::MAX, 0);
+            let mut i = mine.start;
             while i < mine.end {
                 // This thread's next query heads of one token that share a KV head.
                 let (t, head) = (i / c.n_heads, i % c.n_heads);
                 let heads = ((head / group + 1) * group - head).min(mine.end - i);
-                if rows_for != t {
-                    // The K/V rows token t attends to, shared by its heads.
-                    let len = step.positions[t] as usize + 1;
-                    let first = la.window.map_or(0, |w| len.saturating_sub(w));
+                // The K/V rows token t attends to, shared by its heads.
+                let len = step.positions[t] as usize + 1;
+                let first = la.window.map_or(0, |w| len.saturating_sub(w));
+                if rows_for != (t, first) {
                     rows_of_t.clear();
                     rows_of_t.extend((first..len).map(|p| (step.slot)(t, p) * kvd));
                     // The first slot of each group of four positions from first's.
                     groups_of_t.clear();
                     groups_of_t.extend((first / ROWS * ROWS..len).step_by(ROWS).map(|p| (step.slot)(t, p) / ROWS));
-                    (rows_for, skip) = (t, first % ROWS);
+                    rows_for = (t, first);
                 }
                 let at = t * qd + head * hd..t * qd + (head + heads) * hd;
                 for (qh, acts) in queries[t * width + head * hd..][..heads * hd].chunks_exact(hd).zip(query_acts.chunks_exact_mut(2 * nbh)) {
@@ -302,7 +305,7 @@ impl Weights {
                 }
                 let kvh = head / group;
                 let key_block = |g: usize| (g * c.n_kv_heads + kvh) * nbh;
-                key_scores(target, &query_acts[..2 * heads * nbh], nbh, keys, &groups_of_t, key_block, skip, rows_of_t.len(), c.attn_scale, &mut scores);
+                key_scores(target, &query_acts[..2 * heads * nbh], nbh, keys, &groups_of_t, key_block, first % ROWS, rows_of_t.len(), c.attn_scale, &mut scores);
                 let out = unsafe { b.attn.slice_mut(at.clone()) };
                 attend(target, out, &mut scores, values, &rows_of_t, kvh * hd, hd);
                 if hd % QK == 0 {
