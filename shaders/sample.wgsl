@@ -468,7 +468,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
     row_max = found_max;
-    let greedy = found_id;
+    let greedy = workgroupUniformLoad(&found_id);
     workgroupBarrier();
     // A row where no logit counts has no token to draw either: NONE, which the engine reports.
     if (p.temperature <= 0.0 || greedy == NONE) {
