@@ -284,7 +284,7 @@ impl PendingStep for Ready {
 
 /// The picks of `logits: [rows][vocab]` that `read` asks for, argmax or sampled within the
 /// batch's masks when given, sampled with its sampling rows (CPU backends).
-pub fn picks_from_logits(mut logits: Vec<f32>, vocab: usize, read: Readback, b: &Batch) -> Result<Picks> {
+pub fn picks_from_logits(logits: &mut [f32], vocab: usize, read: Readback, b: &Batch) -> Result<Picks> {
     b.check_readback(read)?;
     let masks = b.masks;
     Ok(match read {
@@ -311,7 +311,7 @@ pub fn picks_from_logits(mut logits: Vec<f32>, vocab: usize, read: Readback, b: 
             }
         }
         Readback::Top(k) => Picks::Top(logits.chunks_exact(vocab).map(|row| TopLogits::from_logits(row, k)).collect()),
-        Readback::Logits => Picks::Logits(logits),
+        Readback::Logits => Picks::Logits(logits.to_vec()),
     })
 }
 

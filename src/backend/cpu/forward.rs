@@ -53,6 +53,29 @@ pub struct LayerKv {
     v: Vec<f32>,
 }
 
+/// A step's buffers that all threads share, kept from step to step and grown to the largest
+/// step seen: allocating them every step (up to a few MB with several logit rows) left wasm's
+/// allocator with holes that later steps' sizes did not fit, so memory kept stepping up.
+/// Every element a step reads is written in that step first.
+#[derive(Default)]
+pub struct Scratch {
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    acts: Vec<ActBlock>,
+    logits: Vec<f32>,
+}
+
+/// The first `n` elements of `v`, grown (zeroed) to hold them.
+fn first<T: Zeroable + Clone>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, T::zeroed());
+    }
+    &mut v[..n]
+}
+
 /// The tokens of one forward and where their sequences' K/V live.
 pub struct Step<'a> {
     pub tokens: &'a [u32],
@@ -162,8 +185,8 @@ impl Weights {
     }
 
     /// Runs the step's tokens, writes their K/V into their slots of `kv` (grown to fit) and
-    /// returns the logits of `step.logit_rows`, `[rows][vocab]`.
-    pub fn forward(&self, pool: &Pool, target: Target, step: &Step, kv: &mut [LayerKv]) -> Result<Vec<f32>> {
+    /// returns the logits of `step.logit_rows`, `[rows][vocab]` (in `scratch`).
+    pub fn forward<'s>(&self, pool: &Pool, target: Target, step: &Step, kv: &mut [LayerKv], scratch: &'s mut Scratch) -> Result<&'s mut [f32]> {
         let c = &self.config;
         let n = step.tokens.len();
         let (d, qd, kvd, f, vocab) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim, c.vocab_size);
@@ -186,23 +209,20 @@ impl Weights {
         let m = step.logit_rows.len();
         let widest = d.max(qd).max(f);
         let rope = RopeTables::new(c, step.positions);
-        let (mut qkv, mut attn) = (vec![0f32; n * (qd + 2 * kvd)], vec![0f32; n * qd]);
-        let (mut proj, mut gate, mut up) = (vec![0f32; n * d], vec![0f32; n * f], vec![0f32; n * f]);
-        let mut acts = vec![ActBlock::zeroed(); n * widest.div_ceil(QK)];
-        let mut logits = vec![0f32; m * vocab];
+        let s = scratch;
         let kv_shared: Vec<(Shared<Q8x4>, Shared<f32>)> = kv.iter_mut().map(|l| (Shared::new(&mut l.k), Shared::new(&mut l.v))).collect();
         let b = Buffers {
-            qkv: Shared::new(&mut qkv),
-            attn: Shared::new(&mut attn),
-            proj: Shared::new(&mut proj),
-            gate: Shared::new(&mut gate),
-            up: Shared::new(&mut up),
-            acts: Shared::new(&mut acts),
-            logits: Shared::new(&mut logits),
+            qkv: Shared::new(first(&mut s.qkv, n * (qd + 2 * kvd))),
+            attn: Shared::new(first(&mut s.attn, n * qd)),
+            proj: Shared::new(first(&mut s.proj, n * d)),
+            gate: Shared::new(first(&mut s.gate, n * f)),
+            up: Shared::new(first(&mut s.up, n * f)),
+            acts: Shared::new(first(&mut s.acts, n * widest.div_ceil(QK))),
+            logits: Shared::new(first(&mut s.logits, m * vocab)),
         };
         let claims = Claims::new(CLAIMED_PER_LAYER * c.n_layers + 1, pool.threads());
         pool.run(|w| self.forward_on(w, target, step, &rope, &b, &kv_shared, &claims));
-        Ok(logits)
+        Ok(&mut s.logits[..m * vocab])
     }
 
     /// One thread's part of [`Weights::forward`]. Every thread keeps the whole residual stream

@@ -10,7 +10,7 @@ pub mod weights;
 
 use std::cell::RefCell;
 
-use forward::{LayerKv, Step, Weights};
+use forward::{LayerKv, Scratch, Step, Weights};
 use kernels::Target;
 use threads::Pool;
 
@@ -24,6 +24,8 @@ use crate::model::Config;
 pub struct SimdModel {
     weights: Weights,
     kv: RefCell<Vec<LayerKv>>,
+    /// The step's shared buffers, kept from step to step.
+    scratch: RefCell<Scratch>,
     pool: Pool,
     target: Target,
     limits: Limits,
@@ -38,7 +40,7 @@ impl SimdModel {
         // A verified row costs a fraction of a step (weights are read once for up to four).
         let limits = Limits::for_cpu(&weights.config, opts, 4);
         let threads = if threads == 0 { default_threads() } else { threads };
-        Ok(SimdModel { kv: RefCell::new(weights.new_pool()), pool: Pool::new(threads)?, target: Target::detect(), weights, limits, last: LastPicks::default() })
+        Ok(SimdModel { kv: RefCell::new(weights.new_pool()), scratch: RefCell::default(), pool: Pool::new(threads)?, target: Target::detect(), weights, limits, last: LastPicks::default() })
     }
 
     /// Uses `target`'s kernels instead of the fastest (tests compare them).
@@ -143,7 +145,8 @@ impl ForwardModel for SimdModel {
         let bs = self.limits.block_size as usize;
         let slot = |t: usize, pos: usize| b.block_tables[b.seq_ids[t] as usize][pos / bs] as usize * bs + pos % bs;
         let step = Step { tokens: b.tokens, positions: b.positions, slot: &slot, logit_rows: b.logit_rows };
-        let logits = self.weights.forward(&self.pool, self.target, &step, &mut self.kv.borrow_mut())?;
+        let mut scratch = self.scratch.borrow_mut();
+        let logits = self.weights.forward(&self.pool, self.target, &step, &mut self.kv.borrow_mut(), &mut scratch)?;
         let picks = picks_from_logits(logits, self.weights.config.vocab_size, read, b)?;
         self.last.remember(&picks);
         Ok(Ready(picks))

@@ -62,8 +62,8 @@ impl ForwardModel for ReferenceModel {
         let bs = self.limits.block_size as usize;
         let slot = |t: usize, pos: usize| b.block_tables[b.seq_ids[t] as usize][pos / bs] as usize * bs + pos % bs;
         let rows = Rows { tokens: b.tokens, positions: b.positions, slot: &slot, logit_rows: b.logit_rows };
-        let logits = self.weights.forward_rows(&rows, &mut self.kv.borrow_mut())?;
-        let picks = picks_from_logits(logits, self.weights.config.vocab_size, read, b)?;
+        let mut logits = self.weights.forward_rows(&rows, &mut self.kv.borrow_mut())?;
+        let picks = picks_from_logits(&mut logits, self.weights.config.vocab_size, read, b)?;
         self.last.remember(&picks);
         Ok(Ready(picks))
     }
