@@ -6,7 +6,7 @@ use bytemuck::Zeroable;
 
 use super::kernels::{ActBlock, Q8x4, Target, QK, ROWS};
 use super::math::{attend, gated_mul, key_scores, quantize_fine};
-use super::threads::{Claims, Pool, Shared, Worker};
+use super::threads::{Claims, Counter, Pool, Shared, Worker};
 use super::weights::{Out, QMatrix};
 use crate::backend::reference::ops::{add_assign, rmsnorm, rmsnorm_in_place};
 use crate::error::{Error, Result};
@@ -32,6 +32,19 @@ struct Layer {
     qkv_bias: Option<[Vec<f32>; 3]>,
 }
 
+impl Layer {
+    /// q, k and v of every token into `y`'s rows of `width`, `[token][q | k | v]`, each matrix a
+    /// claimed product (operation `op(i)` for the i-th).
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_products<'c>(&self, target: Target, x: &[f32], acts: &[ActBlock], w: &Worker, op: impl Fn(usize) -> &'c [Counter], y: &Shared<f32>, width: usize) {
+        let mut first = 0;
+        for (i, m) in self.qkv.iter().enumerate() {
+            m.matmul_claimed(target, x, acts, w, op(i), Out { y, stride: width, first }, None);
+            first += m.rows;
+        }
+    }
+}
+
 /// A model's weights, repacked for the CPU kernels.
 pub struct Weights {
     pub config: Config,
@@ -53,12 +66,13 @@ pub struct LayerKv {
     v: Vec<f32>,
 }
 
-/// A step's buffers that all threads share, kept from step to step and grown to the largest
-/// step seen: allocating them every step (up to a few MB with several logit rows) left wasm's
+/// A step's buffers that all threads share (and its claims' counters, reset each step), kept
+/// from step to step and grown to the largest step seen: allocating them every step (up to a few MB with several logit rows) left wasm's
 /// allocator with holes that later steps' sizes did not fit, so memory kept stepping up.
 /// Every element a step reads is written in that step first.
 #[derive(Default)]
 pub struct Scratch {
+    claims: Claims,
     qkv: Vec<f32>,
     attn: Vec<f32>,
     proj: Vec<f32>,
@@ -159,11 +173,7 @@ impl Weights {
                 let claimed = |m: &QMatrix, op: usize, out: Out| m.matmul_claimed(target, &x[..m.cols], &acts[..m.cols / QK], w, claims.op(op), out, None);
                 for (l, lw) in self.layers.iter().enumerate() {
                     let op = CLAIMED_PER_LAYER * l;
-                    let mut first = 0;
-                    for (i, m) in lw.qkv.iter().enumerate() {
-                        claimed(m, op + i, Out { y: &outs[0], stride: qkv, first });
-                        first += m.rows;
-                    }
+                    lw.qkv_products(target, &x[..c.d_model], &acts[..c.d_model / QK], w, |i| claims.op(op + i), &outs[0], qkv);
                     w.barrier();
                     claimed(&lw.wo, op + 3, Out::rows(&outs[0], lw.wo.rows));
                     w.barrier();
@@ -220,8 +230,9 @@ impl Weights {
             acts: Shared::new(first(&mut s.acts, n * widest.div_ceil(QK))),
             logits: Shared::new(first(&mut s.logits, m * vocab)),
         };
-        let claims = Claims::new(CLAIMED_PER_LAYER * c.n_layers + 1, pool.threads());
-        pool.run(|w| self.forward_on(w, target, step, &rope, &b, &kv_shared, &claims));
+        s.claims.reset(CLAIMED_PER_LAYER * c.n_layers + 1, pool.threads());
+        let claims = &s.claims;
+        pool.run(|w| self.forward_on(w, target, step, &rope, &b, &kv_shared, claims));
         Ok(&mut s.logits[..m * vocab])
     }
 
@@ -259,11 +270,7 @@ impl Weights {
             let la = c.layer_attention(l);
             norm_quantize(target, &x, &lw.attn_norm, eps, &mut h, &mut h_acts);
             let op = |i: usize| claims.op(CLAIMED_PER_LAYER * l + i);
-            let mut first = 0;
-            for (i, mat) in lw.qkv.iter().enumerate() {
-                mat.matmul_claimed(target, &h, &h_acts, w, op(i), Out { y: &b.qkv, stride: width, first }, None);
-                first += mat.rows;
-            }
+            lw.qkv_products(target, &h, &h_acts, w, op, &b.qkv, width);
             w.barrier();
             // Biases, q/k norms and RoPE head by head; each K/V head into its cache slot.
             let heads = c.n_heads + c.n_kv_heads;

@@ -116,6 +116,7 @@ impl Pool {
 /// Counters by which the threads of a [`Pool::run`] share out the parts of operations at run
 /// time ([`Worker::claim`]): `[operation][thread]`, one cache line each, so that a thread's
 /// claims on its own share stay in its cache until another thread helps with it.
+#[derive(Default)]
 pub struct Claims {
     counters: Vec<Counter>,
     threads: usize,
@@ -127,7 +128,17 @@ pub struct Counter(AtomicU64);
 
 impl Claims {
     pub fn new(operations: usize, threads: usize) -> Claims {
-        Claims { counters: (0..operations * threads).map(|_| Counter::default()).collect(), threads }
+        let mut claims = Claims { counters: Vec::new(), threads };
+        claims.reset(operations, threads);
+        claims
+    }
+
+    /// Every counter back to untouched, for `operations` of `threads` (the forward's claims are
+    /// reset each step, not allocated again).
+    pub fn reset(&mut self, operations: usize, threads: usize) {
+        self.counters.clear();
+        self.counters.resize_with(operations * threads, Counter::default);
+        self.threads = threads;
     }
 
     /// Operation `i`'s counters (each used by one operation of one [`Pool::run`]).
