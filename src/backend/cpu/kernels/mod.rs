@@ -2,7 +2,9 @@
 //! interleaved block by block (one activation load serves four rows); activations are quantized
 //! to 8 bits per block of 32, so the inner loops are integer dot products. Every target
 //! (`scalar`, `simd128`, `relaxed`, `avx2`, `neon`) has the same functions and computes the same integer sums and
-//! the same f32 operations in the same order, so their results are identical bit for bit.
+//! the same f32 operations in the same order, so their results are identical bit for bit. The
+//! 5-bit groups are wasm's alone (natively Q5 matrices widen to 8 bits): `avx2` and `neon` have
+//! no kernels for them, and run `scalar`'s if asked.
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -61,6 +63,42 @@ impl Q4x4 {
     }
 }
 
+/// Four rows' 5-bit blocks (Q5_0 and Q5_1 in wasm, where a 5-bit value fits the relaxed dot
+/// product's 7-bit operand): row r's value j is `d[r] * q + m[r]` (Q5_0's min is `-16 d`), q's
+/// low four bits where a [`Q4x4`] keeps them (`q4`, with the scales and mins), its fifth bit in
+/// `qh` ([`Q5x4::q`] says where): 96 bytes for 128 values, where 8-bit groups take 136.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub struct Q5x4 {
+    pub q4: Q4x4,
+    pub qh: [u8; 16],
+}
+
+impl Q5x4 {
+    /// Where row r's value j keeps its fifth bit: bit i of `qh[b]`, where b is the byte of its
+    /// nibble within its 16-byte chunk c of `q4` and i is c for a low nibble, 4 + c for a high
+    /// one. In wasm's layout, that is byte b of the kernels' i-th vector of unpacked nibbles.
+    #[inline(always)]
+    fn place(r: usize, j: usize) -> (usize, u32) {
+        let (byte, shift) = Q4x4::place(r, j);
+        (byte % 16, (byte / 16) as u32 + shift)
+    }
+
+    /// Row `r`'s value `j` (`j` < 32; a value 0..32).
+    #[inline(always)]
+    pub fn q(&self, r: usize, j: usize) -> u8 {
+        let (b, i) = Self::place(r, j);
+        self.q4.q(r, j) | (((self.qh[b] >> i) & 1) << 4)
+    }
+
+    /// Sets row `r`'s value `j` to `v` (0..32) in a group whose value is still 0.
+    pub fn set_q(&mut self, r: usize, j: usize, v: u8) {
+        self.q4.set_q(r, j, v & 0xF);
+        let (b, i) = Self::place(r, j);
+        self.qh[b] |= ((v >> 4) & 1) << i;
+    }
+}
+
 /// [`Q4x4::place`] for either layout.
 #[inline(always)]
 fn place_in(lanes_are_rows: bool, r: usize, j: usize) -> (usize, u32) {
@@ -96,6 +134,7 @@ pub struct Q8x4Halves {
 }
 
 const _: () = assert!(std::mem::size_of::<Q4x4>() == 80);
+const _: () = assert!(std::mem::size_of::<Q5x4>() == 96);
 const _: () = assert!(std::mem::size_of::<Q8x4>() == 136);
 const _: () = assert!(std::mem::size_of::<Q8x4Min>() == 144);
 const _: () = assert!(std::mem::size_of::<Q8x4Halves>() == 144);
@@ -327,6 +366,31 @@ impl Target {
         }
     }
 
+    /// [`Target::q4`] for the 5-bit groups (wasm's: natively Q5 matrices are 8-bit groups, and
+    /// these portable kernels serve the tests).
+    pub fn q5(self, w: &[Q5x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+        debug_assert!(acts.len() <= TILE && out.len() == acts.len() && acts.iter().all(|a| a.len() == w.len()));
+        match self {
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Target::Simd128 => simd128::q5(w, acts, out),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+            Target::Relaxed => relaxed::q5(w, acts, out),
+            _ => scalar::q5(w, acts, out),
+        }
+    }
+
+    /// [`Target::q4_groups`] for the 5-bit groups.
+    pub fn q5_groups(self, ws: &[&[Q5x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
+        debug_assert!(out.len() == ws.len() && ws.iter().all(|w| w.len() == act.len()));
+        match self {
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Target::Simd128 => simd128::q5_groups(ws, act, out),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+            Target::Relaxed => relaxed::q5_groups(ws, act, out),
+            _ => ws.iter().zip(out).for_each(|(w, o)| self.q5(w, &[act], std::slice::from_mut(o))),
+        }
+    }
+
     /// [`Target::q4_groups`] for the 8-bit groups.
     pub fn q8_groups<G: Q8Group>(self, ws: &[&[G]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
         debug_assert!(out.len() == ws.len() && ws.iter().all(|w| w.len() == act.len()));
@@ -380,7 +444,8 @@ impl Target {
 
 #[cfg(test)]
 mod tests {
-    use super::{place_in, QK, ROWS};
+    use super::{place_in, Q5x4, QK, ROWS};
+    use bytemuck::Zeroable;
 
     /// Both 4-bit layouts give every (row, value) its own nibble, values j and j + 16 share a
     /// byte, and with lanes as rows each 4-byte lane of a 16-byte chunk is one row's (what the
@@ -403,6 +468,28 @@ mod tests {
                 }
             }
             assert!(seen.iter().flatten().all(|&s| s));
+        }
+    }
+
+    /// Every (row, value) of a 5-bit group has its own fifth bit, and `q` gives back what
+    /// `set_q` stored (the fifth bit included).
+    #[test]
+    fn q5_fifth_bits_are_one_each() {
+        let mut seen = [[false; 8]; 16];
+        let mut g = Q5x4::zeroed();
+        for r in 0..ROWS {
+            for j in 0..QK {
+                let (b, i) = Q5x4::place(r, j);
+                assert!(!seen[b][i as usize], "row {r} value {j} shares a fifth bit");
+                seen[b][i as usize] = true;
+                g.set_q(r, j, ((7 * r + 3 * j) % 32) as u8);
+            }
+        }
+        assert!(seen.iter().flatten().all(|&s| s));
+        for r in 0..ROWS {
+            for j in 0..QK {
+                assert_eq!(g.q(r, j), ((7 * r + 3 * j) % 32) as u8, "row {r} value {j}");
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
-//! wasm relaxed SIMD (the `relaxed-simd` cargo feature): the 4-bit kernels multiply with
-//! `i32x4.relaxed_dot_i8x16_i7x16_add`, activations as the signed bytes and the weights' nibbles
-//! (0..15, so never the high bit that makes the instruction's result implementation-defined) as
+//! wasm relaxed SIMD (the `relaxed-simd` cargo feature): the 4- and 5-bit kernels multiply with
+//! `i32x4.relaxed_dot_i8x16_i7x16_add`, activations as the signed bytes and the weights' values
+//! (0..31, so never the high bit that makes the instruction's result implementation-defined) as
 //! the 7-bit ones: exact, the same integer sums as `scalar`, eight instructions a group and
 //! block where `simd128` needs sixteen multiplies and the unpacking into 16-bit lanes. The loops are
 //! `simd128`'s; the 8-bit kernels are `simd128`'s (neither operand is 7-bit there; a form with
@@ -11,8 +11,8 @@
 
 use std::arch::wasm32::*;
 
-use super::simd128::{chunks, q4_groups_with, q4_with, NibbleDot};
-use super::{ActBlock, Q4x4, ROWS};
+use super::simd128::{chunks, five_bit_bytes, q4_groups_with, q4_with, NibbleDot};
+use super::{ActBlock, Q4x4, Q5x4, ROWS};
 
 pub use super::simd128::{q8, q8_groups};
 
@@ -33,6 +33,11 @@ impl NibbleDot for RelaxedDot {
         std::array::from_fn(|i| if i < ROWS { v128_and(q[i], low4) } else { v128_and(u16x8_shr(q[i - ROWS], 4), low4) })
     }
     #[inline(always)]
+    fn weights5(g: &Q5x4) -> Self::W {
+        // Values 0..32: still never the high bit.
+        five_bit_bytes(g)
+    }
+    #[inline(always)]
     fn acts(ab: &ActBlock) -> Self::A {
         // SAFETY: eight 4-byte loads within the block's 32 bytes; unaligned-safe.
         std::array::from_fn(|i| unsafe { v128_load32_splat(ab.qs.as_ptr().add(4 * i) as *const u32) })
@@ -51,10 +56,20 @@ impl NibbleDot for RelaxedDot {
 // `dot` above is inlined here, where relaxed SIMD is enabled, and its intrinsic with it.
 #[target_feature(enable = "relaxed-simd")]
 pub fn q4(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
-    q4_with::<RelaxedDot>(w, acts, out)
+    q4_with::<RelaxedDot, _>(w, acts, out)
 }
 
 #[target_feature(enable = "relaxed-simd")]
 pub fn q4_groups(ws: &[&[Q4x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
-    q4_groups_with::<RelaxedDot>(ws, act, out)
+    q4_groups_with::<RelaxedDot, _>(ws, act, out)
+}
+
+#[target_feature(enable = "relaxed-simd")]
+pub fn q5(w: &[Q5x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+    q4_with::<RelaxedDot, _>(w, acts, out)
+}
+
+#[target_feature(enable = "relaxed-simd")]
+pub fn q5_groups(ws: &[&[Q5x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
+    q4_groups_with::<RelaxedDot, _>(ws, act, out)
 }

@@ -5,7 +5,7 @@
 
 use std::arch::wasm32::*;
 
-use super::{ActBlock, Q4x4, Q8Group, ROWS, TILE};
+use super::{ActBlock, Q4x4, Q5x4, Q8Group, ROWS, TILE};
 
 /// Four rows' i32x4 partial sums -> their four totals.
 #[inline(always)]
@@ -88,14 +88,62 @@ pub(super) fn chunks(g: &Q4x4) -> [v128; ROWS] {
     std::array::from_fn(|c| unsafe { v128_load(g.qs[c].as_ptr() as *const v128) })
 }
 
-/// How a 4-bit kernel unpacks a group's nibbles and a block's activations and sums their
-/// products: `isum`'s lane r is row r's exact block sum. The loops around are shared.
+/// A 5-bit group's values as eight byte vectors (0..32), ordered as a 4-bit group's unpacked
+/// nibbles: vector i < 4 holds chunk i's low nibbles, 4 + c chunk c's high ones; each byte b
+/// gets its fifth bit, bit i of `qh[b]` ([`Q5x4::q`]), at bit 4. 16-bit shifts (x86 has no
+/// byte shift for V8 to lower an 8-bit one to) leave each byte's own bit there under the mask.
+#[inline(always)]
+pub(super) fn five_bit_bytes(g: &Q5x4) -> [v128; 2 * ROWS] {
+    let q = chunks(&g.q4);
+    // SAFETY: `qh` is 16 bytes; an unaligned-safe load.
+    let h = unsafe { v128_load(g.qh.as_ptr() as *const v128) };
+    let (low4, bit4) = (u8x16_splat(0xF), u8x16_splat(0x10));
+    let fifth = [u16x8_shl(h, 4), u16x8_shl(h, 3), u16x8_shl(h, 2), u16x8_shl(h, 1), h, u16x8_shr(h, 1), u16x8_shr(h, 2), u16x8_shr(h, 3)];
+    std::array::from_fn(|i| {
+        let nibbles = if i < ROWS { v128_and(q[i], low4) } else { v128_and(u16x8_shr(q[i - ROWS], 4), low4) };
+        v128_or(nibbles, v128_and(fifth[i], bit4))
+    })
+}
+
+/// How a 4-bit kernel unpacks a group's nibbles (`weights`; `weights5` with their fifth bits)
+/// and a block's activations and sums their products: `isum`'s lane r is row r's exact block
+/// sum. The loops around are shared.
 pub(super) trait NibbleDot {
     type W: Copy;
     type A;
     fn weights(g: &Q4x4) -> Self::W;
+    fn weights5(g: &Q5x4) -> Self::W;
     fn acts(ab: &ActBlock) -> Self::A;
     fn isum(w: &Self::W, a: &Self::A) -> v128;
+}
+
+/// The groups [`NibbleDot`] kernels take: 4-bit, or 5-bit (a 4-bit group and fifth bits).
+pub(super) trait Nibbles {
+    /// The group's scales, mins and low four bits.
+    fn low(&self) -> &Q4x4;
+    fn unpack<K: NibbleDot>(&self) -> K::W;
+}
+
+impl Nibbles for Q4x4 {
+    #[inline(always)]
+    fn low(&self) -> &Q4x4 {
+        self
+    }
+    #[inline(always)]
+    fn unpack<K: NibbleDot>(&self) -> K::W {
+        K::weights(self)
+    }
+}
+
+impl Nibbles for Q5x4 {
+    #[inline(always)]
+    fn low(&self) -> &Q4x4 {
+        &self.q4
+    }
+    #[inline(always)]
+    fn unpack<K: NibbleDot>(&self) -> K::W {
+        K::weights5(self)
+    }
 }
 
 /// Nibbles and bytes widened to i16 lanes, multiplied with `i32x4.dot_i16x8_s`: a chunk's even
@@ -109,6 +157,13 @@ impl NibbleDot for Widened {
     #[inline(always)]
     fn weights(g: &Q4x4) -> Self::W {
         chunks(g).map(split_nibbles)
+    }
+    #[inline(always)]
+    fn weights5(g: &Q5x4) -> Self::W {
+        // Each byte vector's even and odd bytes as i16 lanes, in `split_nibbles`' order.
+        let v = five_bit_bytes(g);
+        let low8 = u16x8_splat(0xFF);
+        std::array::from_fn(|c| [v128_and(v[c], low8), u16x8_shr(v[c], 8), v128_and(v[ROWS + c], low8), u16x8_shr(v[ROWS + c], 8)])
     }
     #[inline(always)]
     fn acts(ab: &ActBlock) -> Self::A {
@@ -129,11 +184,19 @@ impl NibbleDot for Widened {
 }
 
 pub fn q4(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
-    q4_with::<Widened>(w, acts, out)
+    q4_with::<Widened, _>(w, acts, out)
 }
 
 pub fn q4_groups(ws: &[&[Q4x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
-    q4_groups_with::<Widened>(ws, act, out)
+    q4_groups_with::<Widened, _>(ws, act, out)
+}
+
+pub fn q5(w: &[Q5x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+    q4_with::<Widened, _>(w, acts, out)
+}
+
+pub fn q5_groups(ws: &[&[Q5x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
+    q4_groups_with::<Widened, _>(ws, act, out)
 }
 
 /// `$body` once for each listed `$k`, a constant in each: the lockstep (and tile) loops'
@@ -170,11 +233,11 @@ fn q4_step(isum: v128, (d, m): (v128, v128), ad: v128, adsum: v128, acc: &mut v1
     *accm = f32x4_add(*accm, f32x4_mul(m, adsum));
 }
 
-/// The 4-bit kernel with `K`'s products.
+/// The 4-bit (and 5-bit) kernel with `K`'s products.
 #[inline(always)]
-pub(super) fn q4_with<K: NibbleDot>(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+pub(super) fn q4_with<K: NibbleDot, G: Nibbles>(w: &[G], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
     if acts.len() == 1 {
-        return q4_groups_with::<K>(&[w], acts[0], &mut out[..1]);
+        return q4_groups_with::<K, G>(&[w], acts[0], &mut out[..1]);
     }
     // Closures would not inherit the relaxed build's target feature: plain generic functions.
     #[inline(always)]
@@ -185,14 +248,14 @@ pub(super) fn q4_with<K: NibbleDot>(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut 
     if n == TILE {
         let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
         for (b, g) in w.iter().enumerate() {
-            let (wq, sc) = (K::weights(g), scales_mins(g));
+            let (wq, sc) = (g.unpack::<K>(), scales_mins(g.low()));
             unroll!(t in [0 1 2 3] => { step::<K>(&wq, sc, &acts[t][b], &mut acc[t], &mut accm[t]) });
         }
         return store_sums(&acc, &accm, out);
     }
     let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
     for (b, g) in w.iter().enumerate() {
-        let (wq, sc) = (K::weights(g), scales_mins(g));
+        let (wq, sc) = (g.unpack::<K>(), scales_mins(g.low()));
         for t in 0..n {
             step::<K>(&wq, sc, &acts[t][b], &mut acc[t], &mut accm[t]);
         }
@@ -203,17 +266,17 @@ pub(super) fn q4_with<K: NibbleDot>(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut 
 /// `out[k]` = group `ws[k]` . one token (decode), at most [`LOCKSTEP`] groups summed together
 /// block by block; each group's sums are those of [`q4_with`].
 #[inline(always)]
-pub(super) fn q4_groups_with<K: NibbleDot>(ws: &[&[Q4x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
+pub(super) fn q4_groups_with<K: NibbleDot, G: Nibbles>(ws: &[&[G]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
     let n = ws.len();
     assert!(n <= LOCKSTEP && out.len() == n && ws.iter().all(|w| w.len() >= act.len()), "at most {LOCKSTEP} groups, each of the activations' blocks");
-    if let Ok(ws) = <&[&[Q4x4]; LOCKSTEP]>::try_from(ws) {
+    if let Ok(ws) = <&[&[G]; LOCKSTEP]>::try_from(ws) {
         let (mut acc, mut accm) = ([f32x4_splat(0.0); LOCKSTEP], [f32x4_splat(0.0); LOCKSTEP]);
         for (b, ab) in act.iter().enumerate() {
             let (a, ad, adsum) = (K::acts(ab), f32x4_splat(ab.d), f32x4_splat(ab.dsum));
             unroll!(k in [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15] => {
                 // SAFETY: b < act.len() <= ws[k].len() (asserted above).
                 let g = unsafe { ws[k].get_unchecked(b) };
-                q4_step(K::isum(&K::weights(g), &a), scales_mins(g), ad, adsum, &mut acc[k], &mut accm[k]);
+                q4_step(K::isum(&g.unpack::<K>(), &a), scales_mins(g.low()), ad, adsum, &mut acc[k], &mut accm[k]);
             });
         }
         return store_sums(&acc, &accm, out);
@@ -224,7 +287,7 @@ pub(super) fn q4_groups_with<K: NibbleDot>(ws: &[&[Q4x4]], act: &[ActBlock], out
         for k in 0..n {
             // SAFETY: k < n <= ws.len(), and b < act.len() <= ws[k].len() (asserted above).
             let g = unsafe { ws.get_unchecked(k).get_unchecked(b) };
-            q4_step(K::isum(&K::weights(g), &a), scales_mins(g), ad, adsum, &mut acc[k], &mut accm[k]);
+            q4_step(K::isum(&g.unpack::<K>(), &a), scales_mins(g.low()), ad, adsum, &mut acc[k], &mut accm[k]);
         }
     }
     store_sums(&acc, &accm, out)
