@@ -73,6 +73,17 @@ pub fn check_cpu_kernels(tokens: usize) -> Vec<String> {
         // Activations with one large value per row, as real ones have.
         let x: Vec<f32> = (0..tokens * cols).map(|i| if i % 97 == 5 { 8.0 * rng.f() } else { rng.f() }).collect();
 
+        // The embedding lookup's rows: the dequantized rows, within the f16 scales' rounding
+        // (K-quants' products of two scales) and f32 rounding.
+        let mut row = vec![0f32; cols];
+        for r in [0, 1, 35, rows - 1] {
+            m.row(r, &mut row);
+            let want = &w[r * cols..(r + 1) * cols];
+            let top = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let worst = row.iter().zip(want).fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+            assert!(worst <= 1e-3 * top + 1e-6, "{ty}: row {r} differs from its dequantization by {worst} (largest value {top})");
+        }
+
         let scalar = m.matmul_alone(Target::Scalar, &x);
         for target in Target::available().into_iter().skip(1) {
             let y = m.matmul_alone(target, &x);
