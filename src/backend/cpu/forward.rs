@@ -67,8 +67,9 @@ pub struct LayerKv {
 }
 
 /// A step's buffers that all threads share (and its claims' counters, reset each step), kept
-/// from step to step and grown to the largest step seen: allocating them every step (up to a few MB with several logit rows) left wasm's
-/// allocator with holes that later steps' sizes did not fit, so memory kept stepping up.
+/// from step to step and grown to the largest step seen: allocating them every step (up to a
+/// few MB with several logit rows) left wasm's allocator with holes that later steps' sizes did
+/// not fit, so memory kept stepping up.
 /// Every element a step reads is written in that step first.
 #[derive(Default)]
 pub struct Scratch {

@@ -5,7 +5,7 @@
 use bytemuck::Zeroable;
 use half::f16;
 
-use super::kernels::{ActBlock, Q4x4, Q5x4, Q8Group, Q8x4, Q8x4Halves, Q8x4Min, Target, QK, ROWS, TILE};
+use super::kernels::{h2f, ActBlock, Q4x4, Q5x4, Q8Group, Q8x4, Q8x4Halves, Q8x4Min, Target, QK, ROWS, TILE};
 use super::threads::{Counter, Shared, Worker};
 use crate::error::{Error, Result};
 use crate::gguf::quant::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0};
@@ -185,24 +185,9 @@ impl QMatrix {
     /// Row `r` dequantized into `out` (the token embedding lookup).
     pub fn row(&self, r: usize, out: &mut [f32]) {
         let (g, lane, nb) = (r / ROWS, r % ROWS, self.cols / QK);
-        let f = |h: u16| f16::from_bits(h).to_f32();
         match &self.packed {
-            Packed::Q4(v) => {
-                for (b, o) in v[g * nb..(g + 1) * nb].iter().zip(out.chunks_exact_mut(QK)) {
-                    let (d, m) = (f(b.d[lane]), f(b.m[lane]));
-                    for (j, o) in o.iter_mut().enumerate() {
-                        *o = b.q(lane, j) as f32 * d + m;
-                    }
-                }
-            }
-            Packed::Q5(v) => {
-                for (b, o) in v[g * nb..(g + 1) * nb].iter().zip(out.chunks_exact_mut(QK)) {
-                    let (d, m) = (f(b.q4.d[lane]), f(b.q4.m[lane]));
-                    for (j, o) in o.iter_mut().enumerate() {
-                        *o = b.q(lane, j) as f32 * d + m;
-                    }
-                }
-            }
+            Packed::Q4(v) => nibble_row(&v[g * nb..(g + 1) * nb], lane, out, |b, j| b.q(lane, j), |b| b),
+            Packed::Q5(v) => nibble_row(&v[g * nb..(g + 1) * nb], lane, out, |b, j| b.q(lane, j), |b| &b.q4),
             Packed::Q8(v) => q8_row(&v[g * nb..(g + 1) * nb], lane, out),
             Packed::Q8Min(v) => q8_row(&v[g * nb..(g + 1) * nb], lane, out),
             Packed::Q8Halves(v) => q8_row(&v[g * nb..(g + 1) * nb], lane, out),
@@ -370,6 +355,17 @@ fn decode_set<B>(w: &[B], nb: usize, groups: std::ops::Range<usize>, j: usize, k
     }
 }
 
+/// A 4- or 5-bit group's row `lane` dequantized: `value(b, j)` is its value j in block b, `low(b)`
+/// holds the scales and mins.
+fn nibble_row<B>(v: &[B], lane: usize, out: &mut [f32], value: impl Fn(&B, usize) -> u8, low: impl Fn(&B) -> &Q4x4) {
+    for (b, o) in v.iter().zip(out.chunks_exact_mut(QK)) {
+        let (d, m) = (h2f(low(b).d[lane]), h2f(low(b).m[lane]));
+        for (j, o) in o.iter_mut().enumerate() {
+            *o = value(b, j) as f32 * d + m;
+        }
+    }
+}
+
 fn q8_row<G: Q8Group>(v: &[G], lane: usize, out: &mut [f32]) {
     let f = |h: u16| f16::from_bits(h).to_f32();
     for (b, o) in v.iter().zip(out.chunks_exact_mut(QK)) {
@@ -467,15 +463,12 @@ fn decode_row(ty: GgmlType, row: &[u8], out: &mut Vec<Run>) {
     match ty {
         GgmlType::Q4_0 => each(row, |b: BlockQ4_0| out.push(run(nib(&b.qs), b.d.to_f32(), -8.0 * b.d.to_f32()))),
         GgmlType::Q4_1 => each(row, |b: BlockQ4_1| out.push(run(nib(&b.qs), b.d.to_f32(), b.m.to_f32()))),
-        // 5-bit groups keep Q5_0's values unsigned with a min of -16 d (as Q4_0's -8 d; exact in
-        // f16); 8-bit groups take them signed.
-        GgmlType::Q5_0 if FIVE_BIT => each(row, |b: BlockQ5_0| {
-            let (lo, hi) = (nib(&b.qs), fifth(b.qh));
-            out.push(run(std::array::from_fn(|j| lo[j] | hi[j]), b.d.to_f32(), -16.0 * b.d.to_f32()))
-        }),
         GgmlType::Q5_0 => each(row, |b: BlockQ5_0| {
-            let (lo, hi) = (nib(&b.qs), fifth(b.qh));
-            out.push(run(std::array::from_fn(|j| (lo[j] | hi[j]) - 16), b.d.to_f32(), 0.0))
+            let (lo, hi, d) = (nib(&b.qs), fifth(b.qh), b.d.to_f32());
+            // 5-bit groups keep the values unsigned with a min of -16 d (as Q4_0's -8 d; exact
+            // in f16); 8-bit groups take them signed.
+            let (offset, m) = if FIVE_BIT { (0, -16.0 * d) } else { (16, 0.0) };
+            out.push(run(std::array::from_fn(|j| (lo[j] | hi[j]) - offset), d, m))
         }),
         GgmlType::Q5_1 => each(row, |b: BlockQ5_1| {
             let (lo, hi) = (nib(&b.qs), fifth(b.qh));

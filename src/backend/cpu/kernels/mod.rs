@@ -366,8 +366,8 @@ impl Target {
         }
     }
 
-    /// [`Target::q4`] for the 5-bit groups (wasm's: natively Q5 matrices are 8-bit groups, and
-    /// these portable kernels serve the tests).
+    /// [`Target::q4`] for the 5-bit groups (wasm's; natively Q5 matrices are 8-bit groups, and
+    /// the native targets would run the portable kernel).
     pub fn q5(self, w: &[Q5x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
         debug_assert!(acts.len() <= TILE && out.len() == acts.len() && acts.iter().all(|a| a.len() == w.len()));
         match self {
