@@ -10,8 +10,12 @@
 // candidates still in play fit in workgroup memory (CAP), they are copied there in id order
 // and the remaining rounds read only them: a few passes over the row instead of ten.
 // typical-p (after top-k, before top-p) is one more cut of the same kind in another order:
-// distance from the row's mean logit. Temperature 0 is the first largest logit (greedy rows in
-// a sampled batch). Before any of it,
+// distance from the row's mean logit. With P.group, the LM head left the largest logit of each
+// run of P.group rows (matmul.wgsl's PARTIALS): a row whose top-k fits in workgroup memory
+// as whole runs (and which no edit or mask changed) finds its top-k runs among those maxima,
+// copies their logits there, and every later cut reads only them (the k-th largest maximum
+// is at most the k-th largest logit, so those runs hold the whole top-k). Temperature 0 is
+// the first largest logit (greedy rows in a sampled batch). Before any of it,
 // the row's logit edits are applied in place, as the CPU sampler applies them: bias entries,
 // then the repetition/frequency/presence penalties of the window's tokens, the token the row is
 // computed at counted once more (it may be a chained token the CPU has not seen yet). With
@@ -25,8 +29,10 @@ struct Params {
     vocab: u32,
     // u32 words of one row's mask: vocab / 32 rounded up.
     mask_words: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // Rows per partial maximum (0: none).
+    group: u32,
+    // Element of `logits` where the partial maxima start, ceil(vocab / group) a row.
+    partials: u32,
 }
 
 // One logit row's sampling (`SampleRow` in src/backend/webgpu/kernels/sampling.rs).
@@ -92,9 +98,14 @@ var<workgroup> found_target: f32;
 var<workgroup> found_rank: u32;
 
 // This invocation's index and contiguous slice of the row, or of the compacted candidates
-// (ids ascending across invocations either way).
+// (ids ascending across invocations either way). `base` and `span`: where the values a cut
+// reads start in `logits` and how many there are (the row, or its partial maxima).
 var<private> me: u32;
 var<private> base: u32;
+var<private> span: u32;
+// Whether every candidate still kept lies in cval / cid[..pooled] (from the partial maxima).
+var<private> pool: bool;
+var<private> pooled: u32;
 var<private> lo: u32;
 var<private> hi: u32;
 // The row's largest logit, its temperature, and the min-p floor on exp(l - max).
@@ -203,6 +214,11 @@ fn reaches(acc: f32, goal: f32, strict: bool) -> bool {
     return select(acc >= goal, acc > goal, strict);
 }
 
+// How many values the cuts read: the pooled candidates, or `span` values at `base`.
+fn candidates() -> u32 {
+    return select(span, pooled, pool);
+}
+
 fn slice(n: u32) {
     let chunk = (n + WG - 1u) / WG;
     lo = min(me * chunk, n);
@@ -240,8 +256,8 @@ fn rank_counts(n: u32) {
 // the target: `amount` times the kept total, or `amount` itself when `absolute`. Leaves it in
 // cut_key / cut_id. Every invocation calls it.
 fn find_cut(mode: u32, amount: f32, absolute: bool, strict: bool, with_floor: bool) {
-    var compact = false;
-    slice(P.vocab);
+    var compact = pool;
+    slice(candidates());
     var prefix = 0u;
     for (var round = 0u; round < 8u; round++) {
         let shift = 28u - 4u * round;
@@ -371,14 +387,14 @@ fn find_cut(mode: u32, amount: f32, absolute: bool, strict: bool, with_floor: bo
 // temperature 1) up to `mass`, as the CPU sorts them by |-ln p - entropy|; then the largest
 // logit kept becomes the max the later weights and min-p are taken around.
 fn typical(mass: f32) {
-    slice(P.vocab);
+    slice(candidates());
     var z = 0.0;
     var m = 0.0;
     for (var j = lo; j < hi; j++) {
-        let v = logits[base + j];
+        let v = value(pool, j);
         let w = exp(v - row_max);
         // Weightless logits (forbidden, -inf bias) would make 0 * inf.
-        if (w > 0.0 && kept(j, v, false)) {
+        if (w > 0.0 && kept(id(pool, j), v, false)) {
             z += w;
             m += w * (v - row_max);
         }
@@ -403,13 +419,13 @@ fn typical(mass: f32) {
     typ_id = cut_id;
     cut_key = top_key;
     cut_id = top_id;
-    slice(P.vocab);
+    slice(candidates());
 
     var bv = 0.0;
     var any = false;
     for (var j = lo; j < hi; j++) {
-        let v = logits[base + j];
-        if (kept(j, v, false) && (!any || v > bv)) { bv = v; any = true; }
+        let v = value(pool, j);
+        if (kept(id(pool, j), v, false) && (!any || v > bv)) { bv = v; any = true; }
     }
     best_v[me] = bv;
     best_i[me] = select(NONE, 0u, any);
@@ -425,38 +441,22 @@ fn typical(mass: f32) {
     row_max = workgroupUniformLoad(&found_max);
 }
 
-@compute @workgroup_size(128)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r = wid.x;
-    if (r >= n_logit_rows()) { return; }
-    let p = rows[r];
-    me = lid;
-    base = r * P.vocab;
-    slice(P.vocab);
-    if (p.edit_count > 0u || p.count_input != 0u) {
-        if (lid == 0u) { apply_edits(r, p); }
-        storageBarrier();
-    }
-    if (MASKED) {
-        for (var i = lo; i < hi; i++) {
-            if (((mask[r * P.mask_words + i / 32u] >> (i % 32u)) & 1u) == 0u) { logits[base + i] = FORBIDDEN; }
-        }
-        storageBarrier();
-    }
-
-    // The first largest logit: the greedy choice (compared as floats, as the CPU's argmax and
-    // argmax.wgsl do: -0 and +0 tie; NaN and values at or below NO_LOGIT never count), and the
-    // max the weights are taken around.
-    var bv = NO_LOGIT;
+// The first largest of the `span` values at `base` (compared as floats, as the CPU's argmax
+// and argmax.wgsl do: -0 and +0 tie; NaN and values at or below NO_LOGIT never count, nor
+// FORBIDDEN ones): its value into row_max; returns its index, NONE when nothing counts (so a
+// row whose mask allows nothing has no token, as on the CPU, not a forbidden one).
+fn first_largest() -> u32 {
+    slice(span);
+    var bv = select(NO_LOGIT, FORBIDDEN, MASKED);
     var bi = NONE;
     for (var i = lo; i < hi; i++) {
         let v = logits[base + i];
         if (v > bv) { bv = v; bi = i; }
     }
-    best_v[lid] = bv;
-    best_i[lid] = bi;
+    best_v[me] = bv;
+    best_i[me] = bi;
     workgroupBarrier();
-    if (lid == 0u) {
+    if (me == 0u) {
         var m = 0.0;
         var id = NONE;
         for (var j = 0u; j < WG; j++) {
@@ -468,8 +468,95 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
     row_max = found_max;
+    let first = workgroupUniformLoad(&found_id);
+    workgroupBarrier();
+    return first;
+}
+
+// Whether row p's top-k can be found among the LM head's partial maxima: it has them (no edit
+// or mask changed a logit since) and its top-k runs fit in the pool.
+fn from_partials(p: Row) -> bool {
+    return P.group > 0u && !MASKED && p.edit_count == 0u && p.count_input == 0u && p.temperature > 0.0 && p.top_k > 0u && p.top_k < P.vocab && p.top_k * P.group <= CAP;
+}
+
+// The k runs with the largest maxima (k-th by the same order: value descending, run ascending,
+// so every logit of the row's top-k lies in one of them) copied into the pool in id order.
+// Returns the greedy choice: the first largest logit, in the first run holding the largest
+// maximum.
+fn pool_top_runs(r: u32, k: u32) -> u32 {
+    let runs = (P.vocab + P.group - 1u) / P.group;
+    base = P.partials + r * runs;
+    span = runs;
+    let run = first_largest();
+    if (run == NONE) { return NONE; }
+    find_cut(0u, f32(k), true, false, false);
+    slice(runs);
+    var n = 0u;
+    for (var j = lo; j < hi; j++) {
+        if (kept(j, logits[base + j], false)) { n += min(P.group, P.vocab - j * P.group); }
+    }
+    rank_counts(n);
+    var at = ties[me];
+    let row = r * P.vocab;
+    for (var j = lo; j < hi; j++) {
+        if (kept(j, logits[base + j], false)) {
+            for (var i = j * P.group; i < min(j * P.group + P.group, P.vocab); i++) {
+                cval[at] = logits[row + i];
+                cid[at] = i;
+                at += 1u;
+            }
+        }
+    }
+    pooled = workgroupUniformLoad(&n_left);
+    pool = true;
+    base = row;
+    span = P.vocab;
+    cut_key = 0u;
+    cut_id = NONE;
+    if (me == 0u) {
+        var first = NONE;
+        for (var i = run * P.group; i < min(run * P.group + P.group, P.vocab); i++) {
+            if (logits[row + i] == row_max) { first = i; break; }
+        }
+        found_id = first;
+    }
     let greedy = workgroupUniformLoad(&found_id);
     workgroupBarrier();
+    return greedy;
+}
+
+@compute @workgroup_size(128)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = wid.x;
+    if (r >= n_logit_rows()) { return; }
+    let p = rows[r];
+    me = lid;
+    base = r * P.vocab;
+    span = P.vocab;
+    pool = false;
+    cut_key = 0u;
+    cut_id = NONE;
+    typ_key = 0u;
+    typ_id = NONE;
+    typical_on = false;
+    // The greedy choice (greedy rows in a sampled batch), and the max the weights are taken around.
+    var greedy = NONE;
+    if (from_partials(p)) {
+        greedy = pool_top_runs(r, p.top_k);
+    } else {
+        slice(P.vocab);
+        if (p.edit_count > 0u || p.count_input != 0u) {
+            if (lid == 0u) { apply_edits(r, p); }
+            storageBarrier();
+        }
+        if (MASKED) {
+            for (var i = lo; i < hi; i++) {
+                if (((mask[r * P.mask_words + i / 32u] >> (i % 32u)) & 1u) == 0u) { logits[base + i] = FORBIDDEN; }
+            }
+            storageBarrier();
+        }
+        greedy = first_largest();
+    }
     // A row where no logit counts has no token to draw either: NONE, which the engine reports.
     if (p.temperature <= 0.0 || greedy == NONE) {
         if (lid == 0u) {
@@ -480,10 +567,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     temperature = p.temperature;
     floor_w = p.min_p;
-    cut_key = 0u;
-    cut_id = NONE;
-    typ_key = 0u;
-    typ_id = NONE;
     typical_on = p.typical_p < 1.0;
     if (p.top_k > 0u && p.top_k < P.vocab) {
         find_cut(0u, f32(p.top_k), true, false, false);

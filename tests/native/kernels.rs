@@ -356,8 +356,8 @@ fn argmax_over_lm_head_partials_matches_cpu() {
 }
 
 /// Rows with no logit that counts (all -inf, all NaN) have no token to choose: the sampling
-/// kernel says NO_TOKEN where the CPU's choice does, greedy or drawn, and a NaN first logit does
-/// not win a greedy row.
+/// kernel says NO_TOKEN where the CPU's choice does, greedy or drawn, also where a mask allows
+/// no token, and a NaN first logit does not win a greedy row.
 #[test]
 fn sampling_rows_with_no_token_to_choose() {
     use ferrolm::backend::webgpu::kernels::sample_rows;
@@ -375,7 +375,7 @@ fn sampling_rows_with_no_token_to_choose() {
         let (lb, pb, rb) = (h.buffer(&logits), h.buffer(bytemuck::cast_slice(&gpu_rows)), h.words(&[0; 3]));
         let eb = h.buffer(&bytemuck::cast_slice(&edits).iter().copied().chain([0.0; 4]).collect::<Vec<f32>>());
         let (cb, mb) = (h.buffer(&[0.0; 3]), h.words(&vec![u32::MAX; 3 * vocab.div_ceil(32)]));
-        let got: Vec<u32> = h.run(&[h.kernels.sample(&lb, &rb, &pb, &eb, &cb, &mb, vocab as u32, false)], &[0; 3], &rb).iter().map(|v| v.to_bits()).collect();
+        let got: Vec<u32> = h.run(&[h.kernels.sample(&lb, &rb, &pb, &eb, &cb, &mb, vocab as u32, false, None)], &[0; 3], &rb).iter().map(|v| v.to_bits()).collect();
         h.ctx.faults.check().unwrap();
         let cpu: Vec<u32> = rows.iter().zip(logits.chunks(vocab)).map(|(r, row)| r.choose(row, 0)).collect();
         assert_eq!(got[..2], [NO_TOKEN, NO_TOKEN], "temperature {temperature}");
@@ -383,6 +383,12 @@ fn sampling_rows_with_no_token_to_choose() {
         if temperature == 0.0 {
             assert_eq!((got[2], cpu[2]), (600, 600));
         }
+        // A grammar mask that allows nothing in the finite row: no token either (not a
+        // forbidden one), as the CPU's choice from the row with every token at -inf.
+        let mb = h.words(&vec![0; 3 * vocab.div_ceil(32)]);
+        let got: Vec<u32> = h.run(&[h.kernels.sample(&lb, &rb, &pb, &eb, &cb, &mb, vocab as u32, true, None)], &[0; 3], &rb).iter().map(|v| v.to_bits()).collect();
+        let cpu = rows[2].choose(&vec![f32::NEG_INFINITY; vocab], 0);
+        assert_eq!((got, cpu), (vec![NO_TOKEN; 3], NO_TOKEN), "temperature {temperature}, nothing allowed");
     }
 }
 
@@ -426,7 +432,11 @@ fn topk_matches_cpu_selection_exactly() {
 /// 64 candidates, top-p, min-p and all together; logit bias (+5 and -inf) with repetition,
 /// frequency and presence penalties over a window that holds the row's input token or not;
 /// greedy rows with and without penalties; peaked and flat rows, ties at the cuts, -inf, and
-/// vocabularies that are not a multiple of the workgroup or smaller than it. The two sum in
+/// vocabularies that are not a multiple of the workgroup or smaller than it. Each unmasked set
+/// again with the LM head's partial maxima (runs of 4 and 16 logits, computed here as
+/// matmul.wgsl writes them): top-k rows whose runs fit in workgroup memory take their top-k
+/// from those (ties across runs at the k-th maximum; top-k 192 fills it), the others fall
+/// back to the whole row. The two sum in
 /// different precisions, so a draw within ~1e-7 of a boundary may differ (among thousands of
 /// tied low logits, one of these does): such a token must still be where f32 sums put u.
 #[test]
@@ -459,6 +469,8 @@ fn sampling_matches_cpu_choice() {
             penalized(0.9, vec![(7, 5.0), (vocab as u32 - 1, f32::NEG_INFINITY), (7, -1.5)]),
             typical(1.0, 0, 0.9, 1.0, 0.0),
             typical(0.8, 300, 0.5, 0.9, 0.05),
+            typical(0.9, 40, 0.7, 0.95, 0.02),
+            plain(1.0, 192, 1.0, 0.0),
         ];
         // Rows: peaked (scaled), flat, coarse values (ties everywhere) with -inf, ties at the top,
         // and a largest logit of zero with -0 before +0 (the first wins, as float compares say).
@@ -507,13 +519,20 @@ fn sampling_matches_cpu_choice() {
                     }
                 }
             }
-            for masked in [false, true] {
+            for (masked, group) in [(false, None), (true, None), (false, Some(4usize)), (false, Some(16))] {
                 // The GPU gets the raw rows and the masks; the CPU's choice is from masked rows.
                 let cpu_rows = if masked { &masked_rows } else { &all };
-                let (lb, pb, rb) = (h.buffer(&all), h.buffer(bytemuck::cast_slice(&gpu_rows)), h.words(&vec![u32::MAX; gpu_rows.len()]));
+                let mut buffer = all.clone();
+                let partials = group.map(|g| {
+                    for row in all.chunks(vocab) {
+                        buffer.extend(row.chunks(g).map(|run| run.iter().fold(-3.4e38f32, |m, &v| if v > m { v } else { m })));
+                    }
+                    LogitPartials { group: g as u32, offset: all.len() as u32 }
+                });
+                let (lb, pb, rb) = (h.buffer(&buffer), h.buffer(bytemuck::cast_slice(&gpu_rows)), h.words(&vec![u32::MAX; gpu_rows.len()]));
                 let eb = h.buffer(&bytemuck::cast_slice(&edits).iter().copied().chain([0.0; 4]).collect::<Vec<f32>>());
                 let (cb, mb) = (h.buffer(&vec![f32::NAN; gpu_rows.len()]), h.words(&masks));
-                let got = h.run(&[h.kernels.sample(&lb, &rb, &pb, &eb, &cb, &mb, vocab as u32, masked)], &inputs, &rb);
+                let got = h.run(&[h.kernels.sample(&lb, &rb, &pb, &eb, &cb, &mb, vocab as u32, masked, partials)], &inputs, &rb);
                 h.ctx.faults.check().unwrap();
                 // Each drawn token's logit before the row's edits (logprobs are of the model's
                 // row), also where bias entries, the penalty window and the input token edit it.
@@ -547,7 +566,7 @@ fn sampling_matches_cpu_choice() {
     }
     println!("{draws} draws, {near} not the CPU's token but within 1e-6 of its interval (u outside it by {worst:.1e} at most), {edited_draws} of edited logits");
     assert!(edited_draws > 0, "no drawn token's logit was edited");
-    assert_eq!(draws, 3 * 11 * 30 * 2);
+    assert_eq!(draws, 3 * 13 * 30 * 4);
     assert!(near * 50 <= draws, "{near} of {draws} draws differ from the CPU's");
 }
 

@@ -6,7 +6,7 @@ use crate::engine_cases;
 use engine_cases::RawSequence;
 use ferrolm::backend::reference::ReferenceModel;
 use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
-use ferrolm::engine::{Engine, ModelOptions, Picks, Readback};
+use ferrolm::engine::{Batch, Engine, ForwardModel, ModelOptions, PendingStep, Picks, Readback};
 use ferrolm::gguf::Gguf;
 use ferrolm::sample::{Sampler, SamplingParams};
 
@@ -65,7 +65,33 @@ fn smollm2_gpu_shapes_match_f32_reference_and_cpu_greedy() {
     let gpu_tokens = pollster::block_on(engine_cases::raw_greedy(&model, &prompt, 10));
     let cpu_tokens = pollster::block_on(engine_cases::raw_greedy(&cpu, &prompt, 10));
     assert_eq!(gpu_tokens, cpu_tokens, "GPU-shape and CPU greedy continuations differ for {:?}", case["prompt"]);
+    sampled_rows_equal_host_choice(&model, &prompt);
     check_forced_logits("GPU shapes", model, 2);
+}
+
+/// The tokens a step's last 8 rows draw on the GPU (with GPU shapes, top-k rows from the LM
+/// head's partial maxima) equal the host sampler's draws from the same step's logits.
+fn sampled_rows_equal_host_choice(model: &GpuModel, prompt: &[u32]) {
+    let limits = *model.limits();
+    let tokens = &prompt[..prompt.len().min(limits.max_batch_tokens as usize)];
+    let positions: Vec<u32> = (0..tokens.len() as u32).collect();
+    let logit_rows: Vec<u32> = (tokens.len().saturating_sub(8) as u32..tokens.len() as u32).collect();
+    let table: Vec<u32> = (0..limits.context.div_ceil(limits.block_size)).collect();
+    let seq_ids = vec![0; tokens.len()];
+    let settings = [
+        SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, ..Default::default() },
+        SamplingParams { temperature: 1.5, top_k: 150, min_p: 0.01, ..Default::default() },
+        SamplingParams { temperature: 0.7, top_k: 8, typical_p: 0.8, ..Default::default() },
+        SamplingParams { temperature: 0.8, top_p: 0.9, ..Default::default() },
+    ];
+    let rows: Vec<_> = (0..logit_rows.len()).map(|i| Sampler::new(SamplingParams { seed: Some(i as u64), ..settings[i % settings.len()].clone() }, 49152).unwrap().row(&[])).collect();
+    let step = |sampling, read| {
+        let batch = Batch { tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &logit_rows, block_tables: &[&table], masks: None, sampling };
+        pollster::block_on(model.submit(&batch, read).unwrap().read()).unwrap()
+    };
+    let (Picks::Tokens(gpu), Picks::Logits(logits)) = (step(Some(&rows[..]), Readback::Sample), step(None, Readback::Logits)) else { panic!("unexpected picks") };
+    let host: Vec<u32> = rows.iter().zip(logits.chunks(49152)).zip(&logit_rows).map(|((r, row), &at)| r.choose(row, tokens[at as usize])).collect();
+    assert_eq!(gpu, host, "sampled on the GPU (GPU shapes) vs the host's choice from the logits");
 }
 
 /// Seeded sampling (temperature 0.8, top-p 0.95, seed 11) from the full logits.

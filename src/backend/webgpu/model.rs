@@ -170,6 +170,8 @@ struct GreedyHead {
     start: usize,
     head: Vec<Op>,
     argmax: Op,
+    /// The sample kernel reading the partial maxima (unmasked rows).
+    sample: Op,
 }
 
 impl GpuModel {
@@ -385,17 +387,19 @@ impl GpuModel {
         let argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, false, None);
         let greedy_head = partials.and_then(|p| {
             let head = kernels.lm_head_partials(&head, input, norm, &logits, v as u32, p)?;
-            Some(GreedyHead { start: head_matmul, head, argmax: kernels.argmax(&logits, &argmax, &masks, v as u32, false, Some(p)) })
+            let sample = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, false, Some(p));
+            Some(GreedyHead { start: head_matmul, head, argmax: kernels.argmax(&logits, &argmax, &masks, v as u32, false, Some(p)), sample })
         });
         let masked_argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, true, None);
-        let sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, false);
-        let masked_sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, true);
+        let sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, false, None);
+        let masked_sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, true, None);
         let topk_op = kernels.topk(&logits, &topk, v as u32);
         prepare(&ops[head_start..]);
         argmax_op.prepare_single_sequence(max_batch_tokens);
         if let Some(g) = &greedy_head {
             prepare(&g.head);
             g.argmax.prepare_single_sequence(max_batch_tokens);
+            g.sample.prepare_single_sequence(max_batch_tokens);
         }
         sample_op.prepare_single_sequence(max_batch_tokens);
         topk_op.prepare_single_sequence(max_batch_tokens);
@@ -487,7 +491,8 @@ impl GpuModel {
     /// The Ops a step that reads back `readback` runs, in order (no allocation: every step
     /// encodes through this).
     pub(super) fn step_ops(&self, readback: Readback, masked: bool) -> impl Iterator<Item = &Op> + '_ {
-        let greedy = self.greedy_head.as_ref().filter(|_| matches!(readback, Readback::Argmax) && !masked);
+        // The LM head that leaves partial maxima, for the argmax and the sample kernel (unmasked).
+        let greedy = self.greedy_head.as_ref().filter(|_| matches!(readback, Readback::Argmax | Readback::Sample | Readback::SampleTop) && !masked);
         let (body, head) = match greedy {
             Some(g) => (&self.ops[..g.start], &g.head[..]),
             None => (&self.ops[..], &[][..]),
@@ -496,10 +501,10 @@ impl GpuModel {
             (Readback::Argmax, true) => [Some(&self.masked_argmax_op), None],
             (Readback::Argmax, false) => [Some(greedy.map_or(&self.argmax_op, |g| &g.argmax)), None],
             (Readback::Sample, true) => [Some(&self.masked_sample_op), None],
-            (Readback::Sample, false) => [Some(&self.sample_op), None],
+            (Readback::Sample, false) => [Some(greedy.map_or(&self.sample_op, |g| &g.sample)), None],
             // Candidates of the logits before the sample kernel edits (and masks) them in place.
             (Readback::SampleTop, true) => [Some(&self.topk_op), Some(&self.masked_sample_op)],
-            (Readback::SampleTop, false) => [Some(&self.topk_op), Some(&self.sample_op)],
+            (Readback::SampleTop, false) => [Some(&self.topk_op), Some(greedy.map_or(&self.sample_op, |g| &g.sample))],
             (Readback::Top(_), _) => [Some(&self.topk_op), None],
             (Readback::Nothing | Readback::Logits, _) => [None, None],
         };

@@ -44,7 +44,10 @@ const _: () = assert!(std::mem::size_of::<TopkParams>() == 16);
 struct SampleParams {
     vocab: u32,
     mask_words: u32,
-    _pad: [u32; 2],
+    /// Rows per partial maximum the LM head left (0: none).
+    group: u32,
+    /// Element of the logits buffer where the partial maxima start.
+    partials: u32,
 }
 const _: () = assert!(std::mem::size_of::<SampleParams>() == 16);
 
@@ -127,11 +130,26 @@ impl Kernels {
     /// `edits`, applied to `logits` in place; with `masked`, among the tokens the row's bits in
     /// `masks` allow, as [`Kernels::argmax`] reads them), into `result` (where argmax leaves its
     /// picks, so a sampled token chains the same way), and its logit before the edits into
-    /// `chosen`.
+    /// `chosen`. With `partials` (not masked), a row with top-k and no edits finds its top-k
+    /// among the maxima the LM head left there ([`LogitPartials`]) where they fit in
+    /// workgroup memory (top_k x group <= 768).
     #[allow(clippy::too_many_arguments)]
-    pub fn sample(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, rows: &wgpu::Buffer, edits: &wgpu::Buffer, chosen: &wgpu::Buffer, masks: &wgpu::Buffer, vocab: u32, masked: bool) -> Op {
+    pub fn sample(
+        &self,
+        logits: &wgpu::Buffer,
+        result: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
+        edits: &wgpu::Buffer,
+        chosen: &wgpu::Buffer,
+        masks: &wgpu::Buffer,
+        vocab: u32,
+        masked: bool,
+        partials: Option<LogitPartials>,
+    ) -> Op {
+        assert!(!(masked && partials.is_some()), "the partial maxima do not know the mask");
         let variants = self.single(Shader::Sample, None, &[("MASKED", masked as u32)], Grid::PerItem { of: Count::LogitRows });
-        let params = SampleParams { vocab, mask_words: vocab.div_ceil(32), _pad: [0; 2] };
+        let (group, offset) = partials.map_or((0, 0), |p| (p.group, p.offset));
+        let params = SampleParams { vocab, mask_words: vocab.div_ceil(32), group, partials: offset };
         self.op(if masked { "masked sample" } else { "sample" }, variants, &params, &[logits, result, rows, edits, chosen, masks])
     }
 
