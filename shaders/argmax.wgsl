@@ -15,7 +15,8 @@ struct Params {
     mask_words: u32,
     /// Rows per partial maximum (0: scan the whole row).
     group: u32,
-    /// Element of `logits` where the partial maxima start, ceil(vocab / group) a row.
+    /// Element of `logits` where the partial maxima start: ceil(vocab / group) a row, each row's
+    /// followed by as many sums (matmul.wgsl's PARTIALS).
     partials: u32,
 }
 
@@ -95,7 +96,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         return;
     }
     let n_partials = (P.vocab + P.group - 1u) / P.group;
-    scan(lid, row, P.partials + row * n_partials, n_partials, false);
+    scan(lid, row, P.partials + row * 2u * n_partials, n_partials, false);
     reduce(lid);
     let best = best_v[0];
     let run = workgroupUniformLoad(&best_i[0]);

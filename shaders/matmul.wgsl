@@ -10,9 +10,11 @@
 // logit rows (the LM head) row t of x is the batch's logit row t.
 // ROPE: the q|k|v matmul, with RoPE and the paged KV write in its epilogue (rope_store.wgsl): a
 // workgroup's rows are whole quads, whose four sums meet in workgroup memory.
-// PARTIALS: the LM head of a greedy step also writes each workgroup's largest logit per token
-// (at P.partials, one row of ceil(vocab / rows a workgroup) per logit row), so argmax.wgsl reads
-// those and one workgroup's rows instead of the whole vocabulary.
+// PARTIALS: the LM head of a greedy or sampled step also writes each workgroup's largest logit
+// per token and the sum of exp(logit - that) over its rows (at P.partials, per logit row
+// ceil(vocab / rows a workgroup) maxima, then as many sums), so argmax.wgsl reads those and one
+// workgroup's rows instead of the whole vocabulary, and sample.wgsl the row's largest logits
+// and its mass.
 // `dot32` comes from the weight type's quant_*.wgsl, prepended by the launcher.
 
 @group(0) @binding(0) var<uniform> P: MatmulParams; // matmul_params.wgsl
@@ -133,17 +135,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
 }
 
-// PARTIALS: the largest of the workgroup's logits for each of its tokens. NaN and values at or
-// below -3.4e38 never count, as in argmax.wgsl; a workgroup without any writes -3.4e38.
+// PARTIALS: the largest of the workgroup's logits for each of its tokens and the sum of
+// exp(logit - largest) over them. NaN and values at or below -3.4e38 never count, as in
+// argmax.wgsl; a workgroup without any writes -3.4e38 and 0.
 fn store_partials(wgx: u32, t0: u32, nt: u32) {
     let rows = WG / TPR;
     let n_partials = (P.out_stride + rows - 1u) / rows;
+    let n = min(rows, P.m - min(wgx * rows, P.m));
     for (var t = 0u; t < nt; t++) {
         var best = -3.4e38;
-        for (var r = 0u; r < rows && wgx * rows + r < P.m; r++) {
+        for (var r = 0u; r < n; r++) {
             let v = quad_sums[r * MAX_TN + t];
             if (v > best) { best = v; }
         }
-        y[P.partials + (t0 + t) * n_partials + P.out_col / rows + wgx] = best;
+        var sum = 0.0;
+        for (var r = 0u; r < n; r++) {
+            let v = quad_sums[r * MAX_TN + t];
+            if (v > -3.4e38) { sum += exp(v - best); }
+        }
+        let at = P.partials + (t0 + t) * 2u * n_partials + P.out_col / rows + wgx;
+        y[at] = best;
+        y[at + n_partials] = sum;
     }
 }

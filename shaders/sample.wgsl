@@ -11,11 +11,14 @@
 // and the remaining rounds read only them: a few passes over the row instead of ten.
 // typical-p (after top-k, before top-p) is one more cut of the same kind in another order:
 // distance from the row's mean logit. With P.group, the LM head left the largest logit of each
-// run of P.group rows (matmul.wgsl's PARTIALS): a row whose top-k fits in workgroup memory
-// as whole runs (and which no edit or mask changed) finds its top-k runs among those maxima,
-// copies their logits there, and every later cut reads only them (the k-th largest maximum
-// is at most the k-th largest logit, so those runs hold the whole top-k). Temperature 0 is
-// the first largest logit (greedy rows in a sampled batch). Before any of it,
+// run of P.group rows and the run's sum of exp(logit - that) (matmul.wgsl's PARTIALS). A row
+// that no edit or mask changed starts from those: with a top-k whose runs fit in workgroup
+// memory it finds its k runs among the maxima (the k-th largest maximum is at most the k-th
+// largest logit, so they hold the whole top-k), copies their logits there (the pool), and
+// every later cut reads only them; with top-p, or at temperature 1 without filters, it pools
+// the runs with the largest maxima and cuts (or draws) there against the row's mass from the
+// sums, kept where the cut lies above every logit left out. Temperature 0 is the first
+// largest logit (greedy rows in a sampled batch). Before any of it,
 // the row's logit edits are applied in place, as the CPU sampler applies them: bias entries,
 // then the repetition/frequency/presence penalties of the window's tokens, the token the row is
 // computed at counted once more (it may be a chained token the CPU has not seen yet). With
@@ -96,6 +99,11 @@ var<workgroup> found_id: u32;
 var<workgroup> found_above: f32;
 var<workgroup> found_target: f32;
 var<workgroup> found_rank: u32;
+// The row's mass at temperature 1, from the LM head's partial sums.
+var<workgroup> row_mass: f32;
+// What decides which cuts run, read with workgroupUniformLoad (a private variable never counts
+// as uniform): bit 0 `pool`; above it the cut `pool_mass` made in the pool (1 top-p, 2 the draw).
+var<workgroup> pool_state: u32;
 
 // This invocation's index and contiguous slice of the row, or of the compacted candidates
 // (ids ascending across invocations either way). `base` and `span`: where the values a cut
@@ -256,7 +264,7 @@ fn rank_counts(n: u32) {
 // the target: `amount` times the kept total, or `amount` itself when `absolute`. Leaves it in
 // cut_key / cut_id. Every invocation calls it.
 fn find_cut(mode: u32, amount: f32, absolute: bool, strict: bool, with_floor: bool) {
-    var compact = pool;
+    var compact = (workgroupUniformLoad(&pool_state) & 1u) != 0u;
     slice(candidates());
     var prefix = 0u;
     for (var round = 0u; round < 8u; round++) {
@@ -479,17 +487,26 @@ fn from_partials(p: Row) -> bool {
     return P.group > 0u && !MASKED && p.edit_count == 0u && p.count_input == 0u && p.temperature > 0.0 && p.top_k > 0u && p.top_k < P.vocab && p.top_k * P.group <= CAP;
 }
 
-// The k runs with the largest maxima (k-th by the same order: value descending, run ascending,
-// so every logit of the row's top-k lies in one of them) copied into the pool in id order.
-// Returns the greedy choice: the first largest logit, in the first run holding the largest
-// maximum.
-fn pool_top_runs(r: u32, k: u32) -> u32 {
+// Whether row p's top-p cut, or at temperature 1 without filters its draw, may be found among
+// the runs with the largest maxima, against the row's mass from the runs' sums: it has partial
+// maxima and no edit or mask, and no top-k or typical-p cut comes first.
+fn from_partial_mass(p: Row) -> bool {
+    return P.group > 0u && !MASKED && p.edit_count == 0u && p.count_input == 0u && p.temperature > 0.0 && (p.top_k == 0u || p.top_k >= P.vocab) && p.typical_p >= 1.0
+        && (p.top_p < 1.0 || (p.temperature == 1.0 && p.min_p <= 0.0));
+}
+
+// Points base / span at row r's partial maxima (the sums follow them); returns how many.
+fn runs_of(r: u32) -> u32 {
     let runs = (P.vocab + P.group - 1u) / P.group;
-    base = P.partials + r * runs;
+    base = P.partials + r * 2u * runs;
     span = runs;
-    let run = first_largest();
-    if (run == NONE) { return NONE; }
-    find_cut(0u, f32(k), true, false, false);
+    return runs;
+}
+
+// After a cut over the runs' maxima: the logits of the runs it keeps into the pool, in id
+// order; base / span back on the row, the cut cleared. Returns the first logit equal to
+// row_max in `run` (the first run holding the largest maximum): the greedy choice.
+fn gather_runs(r: u32, runs: u32, run: u32) -> u32 {
     slice(runs);
     var n = 0u;
     for (var j = lo; j < hi; j++) {
@@ -509,6 +526,7 @@ fn pool_top_runs(r: u32, k: u32) -> u32 {
     }
     pooled = workgroupUniformLoad(&n_left);
     pool = true;
+    if (me == 0u) { pool_state = 1u; }
     base = row;
     span = P.vocab;
     cut_key = 0u;
@@ -525,6 +543,62 @@ fn pool_top_runs(r: u32, k: u32) -> u32 {
     return greedy;
 }
 
+// The k runs with the largest maxima (k-th by the same order: value descending, run ascending,
+// so every logit of the row's top-k lies in one of them) into the pool. Returns the greedy
+// choice.
+fn pool_top_runs(r: u32, k: u32) -> u32 {
+    let runs = runs_of(r);
+    let run = first_largest();
+    if (run == NONE) { return NONE; }
+    find_cut(0u, f32(k), true, false, false);
+    return gather_runs(r, runs, run);
+}
+
+// The CAP / group runs with the largest maxima into the pool, and the top-p cut (or the draw,
+// at temperature 1 without filters) among them against the whole row's mass at temperature 1,
+// the runs' sums scaled to the row's largest logit. Kept (`pool_state`) where the cut lies above
+// the last pooled run's maximum, so above every logit left out; else the pool is dropped and
+// the row read whole. Returns the greedy choice.
+fn pool_mass(r: u32, p: Row) -> u32 {
+    let runs = runs_of(r);
+    let run = first_largest();
+    if (run == NONE) { return NONE; }
+    slice(runs);
+    var z = 0.0;
+    for (var j = lo; j < hi; j++) {
+        let m = logits[base + j];
+        if (m > NO_LOGIT) { z += exp(m - row_max) * logits[base + runs + j]; }
+    }
+    partial[me] = z;
+    workgroupBarrier();
+    if (me == 0u) {
+        var s = 0.0;
+        for (var j = 0u; j < WG; j++) { s += partial[j]; }
+        row_mass = s;
+    }
+    let mass = workgroupUniformLoad(&row_mass);
+    find_cut(0u, f32(CAP / P.group), true, false, false);
+    // Keys read uniformly: whether the pool stays decides which cuts every invocation runs.
+    let edge = workgroupUniformLoad(&found_key);
+    let greedy = gather_runs(r, runs, run);
+    temperature = p.temperature;
+    var state = 1u | (1u << 1u);
+    if (p.top_p < 1.0) {
+        find_cut(1u, p.top_p * mass, true, false, false);
+    } else {
+        find_cut(2u, p.u * mass, true, true, false);
+        state = 1u | (2u << 1u);
+    }
+    if (workgroupUniformLoad(&found_key) <= edge) {
+        pool = false;
+        state = 0u;
+        cut_key = 0u;
+        cut_id = NONE;
+    }
+    if (me == 0u) { pool_state = state; }
+    return greedy;
+}
+
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let r = wid.x;
@@ -534,6 +608,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     base = r * P.vocab;
     span = P.vocab;
     pool = false;
+    if (lid == 0u) { pool_state = 0u; }
     cut_key = 0u;
     cut_id = NONE;
     typ_key = 0u;
@@ -543,6 +618,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var greedy = NONE;
     if (from_partials(p)) {
         greedy = pool_top_runs(r, p.top_k);
+    } else if (from_partial_mass(p)) {
+        greedy = pool_mass(r, p);
     } else {
         slice(P.vocab);
         if (p.edit_count > 0u || p.count_input != 0u) {
@@ -574,10 +651,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (p.typical_p < 1.0) {
         typical(p.typical_p);
     }
-    if (p.top_p < 1.0) {
+    let settled = workgroupUniformLoad(&pool_state) >> 1u;
+    if (p.top_p < 1.0 && settled == 0u) {
         find_cut(1u, p.top_p, false, false, false);
     }
-    find_cut(2u, p.u, false, true, p.min_p > 0.0);
+    if (settled < 2u) {
+        find_cut(2u, p.u, false, true, p.min_p > 0.0);
+    }
     // No id only if the sums were not numbers (a NaN logit): fall back to the greedy choice.
     if (lid == 0u) {
         let token = select(found_id, greedy, found_id == NONE);

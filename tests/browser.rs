@@ -232,10 +232,10 @@ async fn kernels_match_cpu_in_browser() {
                 ops::matmul(&mut want, &x, &cpu, n, k, m);
                 let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
                 assert!(worst < 1e-4, "{name} n={n}: worst relative difference {worst}");
-                // GPU shapes: this matrix as a greedy LM head (partial maxima, then the argmax over them).
+                // GPU shapes: this matrix as a greedy LM head (partial maxima and sums, then the argmax over them).
                 if let Some(group) = ferrolm::backend::webgpu::kernels::logit_partial_group(cpu_like.unwrap_or(true), k as u32) {
                     let partials = ferrolm::backend::webgpu::kernels::LogitPartials { group, offset: (n * m) as u32 };
-                    let (lb, rb, unused) = (buf(&vec![0f32; n * (m + m.div_ceil(group as usize))]), buf(&vec![0f32; n]), buf(&vec![0f32; n * m.div_ceil(32)]));
+                    let (lb, rb, unused) = (buf(&vec![0f32; n * (m + 2 * m.div_ceil(group as usize))]), buf(&vec![0f32; n]), buf(&vec![0f32; n * m.div_ceil(32)]));
                     let mut ops = kernels.lm_head_partials(&w, &xb, None, &lb, m as u32, partials).unwrap();
                     ops.push(kernels.argmax(&lb, &rb, &unused, m as u32, false, Some(partials)));
                     run(&ops, n);

@@ -316,7 +316,7 @@ fn argmax_over_lm_head_partials_matches_cpu() {
         for (w, n) in [(&whole, 1usize), (&whole, 3), (&whole, 6), (&whole, 11), (&split, 1), (&split, 6)] {
             let x = random(n * k, 60 + n as u64);
             let partials = LogitPartials { group, offset: (n * vocab) as u32 };
-            let (xb, lb, rb) = (h.buffer(&x), h.buffer(&vec![0f32; n * (vocab + n_partials)]), h.buffer(&vec![0f32; n]));
+            let (xb, lb, rb) = (h.buffer(&x), h.buffer(&vec![0f32; n * (vocab + 2 * n_partials)]), h.buffer(&vec![0f32; n]));
             let mut ops = h.kernels.lm_head_partials(w, &xb, None, &lb, vocab as u32, partials).expect("parts that start at workgroups take partials");
             let unused = h.buffer(&vec![0f32; n * vocab.div_ceil(32)]);
             ops.push(h.kernels.argmax(&lb, &rb, &unused, vocab as u32, false, Some(partials)));
@@ -324,6 +324,12 @@ fn argmax_over_lm_head_partials_matches_cpu() {
             let logits = h.read(&lb);
             let want: Vec<u32> = logits[..n * vocab].chunks(vocab).map(ferrolm::sample::argmax).collect();
             assert_eq!(got, want, "k={k} n={n} parts={}", w.parts.len());
+            // The maxima exactly, the sums of exp(logit - maximum) up to f32 rounding.
+            for (t, row) in logits[..n * vocab].chunks(vocab).enumerate() {
+                let (gpu, cpu) = (&logits[n * vocab + t * 2 * n_partials..][..2 * n_partials], partials_of(row, group as usize));
+                assert_eq!(gpu[..n_partials], cpu[..n_partials], "k={k} n={n} row {t}: maxima");
+                assert!(gpu[n_partials..].iter().zip(&cpu[n_partials..]).all(|(a, b)| (a - b).abs() <= 1e-5 * b), "k={k} n={n} row {t}: sums");
+            }
             assert!(got.iter().all(|&t| t < 37), "k={k} n={n} parts={}: a later copy of the largest row won: {got:?}", w.parts.len());
         }
     }
@@ -341,7 +347,7 @@ fn argmax_over_lm_head_partials_matches_cpu() {
     logits[4 * vocab + 999] = 8.0; // row 4: the last logit, alone in a short last group
     let mut buffer = logits.clone();
     for row in logits.chunks(vocab) {
-        buffer.extend(row.chunks(group).map(|g| g.iter().fold(-3.4e38f32, |m, &v| if v > m { v } else { m })));
+        buffer.extend(partials_of(row, group));
     }
     let (lb, rb) = (h.buffer(&buffer), h.buffer(&vec![0f32; n]));
     let unused = h.buffer(&vec![0f32; n * vocab.div_ceil(32)]);
@@ -353,6 +359,15 @@ fn argmax_over_lm_head_partials_matches_cpu() {
     assert_eq!(with, [50, 700, u32::MAX, 0, 999]);
     let cpu: Vec<u32> = logits.chunks(vocab).map(ferrolm::sample::argmax).collect();
     assert_eq!(with, cpu, "the GPU's argmax vs the CPU's");
+}
+
+/// A logit row's partial maxima and sums as the LM head writes them (matmul.wgsl's PARTIALS): the
+/// largest of each run of `group` logits (NaN and -3.4e38 or less never count), then each run's
+/// sum of exp(logit - largest).
+fn partials_of(row: &[f32], group: usize) -> Vec<f32> {
+    let maxima: Vec<f32> = row.chunks(group).map(|run| run.iter().fold(-3.4e38f32, |m, &v| if v > m { v } else { m })).collect();
+    let sums = row.chunks(group).zip(&maxima).map(|(run, &m)| run.iter().filter(|&&v| v > -3.4e38).map(|&v| (v - m).exp()).sum());
+    maxima.iter().copied().chain(sums).collect()
 }
 
 /// Rows with no logit that counts (all -inf, all NaN) have no token to choose: the sampling
@@ -433,10 +448,11 @@ fn topk_matches_cpu_selection_exactly() {
 /// frequency and presence penalties over a window that holds the row's input token or not;
 /// greedy rows with and without penalties; peaked and flat rows, ties at the cuts, -inf, and
 /// vocabularies that are not a multiple of the workgroup or smaller than it. Each unmasked set
-/// again with the LM head's partial maxima (runs of 4 and 16 logits, computed here as
+/// again with the LM head's partial maxima and sums (runs of 4 and 16 logits, computed here as
 /// matmul.wgsl writes them): top-k rows whose runs fit in workgroup memory take their top-k
-/// from those (ties across runs at the k-th maximum; top-k 192 fills it), the others fall
-/// back to the whole row. The two sum in
+/// from those (ties across runs at the k-th maximum; top-k 192 fills it); top-p rows and
+/// temperature-1 draws without filters look among the largest runs against the row's mass
+/// (peaked rows find their cut there, flat ones read the whole row); the others read the row. The two sum in
 /// different precisions, so a draw within ~1e-7 of a boundary may differ (among thousands of
 /// tied low logits, one of these does): such a token must still be where f32 sums put u.
 #[test]
@@ -525,7 +541,7 @@ fn sampling_matches_cpu_choice() {
                 let mut buffer = all.clone();
                 let partials = group.map(|g| {
                     for row in all.chunks(vocab) {
-                        buffer.extend(row.chunks(g).map(|run| run.iter().fold(-3.4e38f32, |m, &v| if v > m { v } else { m })));
+                        buffer.extend(partials_of(row, g));
                     }
                     LogitPartials { group: g as u32, offset: all.len() as u32 }
                 });

@@ -69,13 +69,14 @@ fn smollm2_gpu_shapes_match_f32_reference_and_cpu_greedy() {
     check_forced_logits("GPU shapes", model, 2);
 }
 
-/// The tokens a step's last 8 rows draw on the GPU (with GPU shapes, top-k rows from the LM
-/// head's partial maxima) equal the host sampler's draws from the same step's logits.
+/// The tokens the rows of a step over the prompt's first 8 tokens draw on the GPU (with GPU
+/// shapes: from the LM head's partial maxima and sums) equal the host sampler's draws from the
+/// same step's logits.
 fn sampled_rows_equal_host_choice(model: &GpuModel, prompt: &[u32]) {
     let limits = *model.limits();
-    let tokens = &prompt[..prompt.len().min(limits.max_batch_tokens as usize)];
+    let tokens = &prompt[..prompt.len().min(8)];
     let positions: Vec<u32> = (0..tokens.len() as u32).collect();
-    let logit_rows: Vec<u32> = (tokens.len().saturating_sub(8) as u32..tokens.len() as u32).collect();
+    let logit_rows = positions.clone();
     let table: Vec<u32> = (0..limits.context.div_ceil(limits.block_size)).collect();
     let seq_ids = vec![0; tokens.len()];
     let settings = [
@@ -83,6 +84,7 @@ fn sampled_rows_equal_host_choice(model: &GpuModel, prompt: &[u32]) {
         SamplingParams { temperature: 1.5, top_k: 150, min_p: 0.01, ..Default::default() },
         SamplingParams { temperature: 0.7, top_k: 8, typical_p: 0.8, ..Default::default() },
         SamplingParams { temperature: 0.8, top_p: 0.9, ..Default::default() },
+        SamplingParams { temperature: 1.0, ..Default::default() },
     ];
     let rows: Vec<_> = (0..logit_rows.len()).map(|i| Sampler::new(SamplingParams { seed: Some(i as u64), ..settings[i % settings.len()].clone() }, 49152).unwrap().row(&[])).collect();
     let step = |sampling, read| {

@@ -223,7 +223,8 @@ impl GpuModel {
         let t = max_batch_tokens as u64;
         // Each logit row's floats: the logits, then (GPUs) the LM head's partial maxima.
         let partial_group = logit_partial_group(ctx.info.cpu_like, c.d_model as u32);
-        let row_floats = v + partial_group.map_or(0, |g| v.div_ceil(g as u64));
+        // A logit row, and where the LM head leaves partial maxima, their maxima and sums.
+        let row_floats = v + partial_group.map_or(0, |g| 2 * v.div_ceil(g as u64));
         let max_logit_rows = (max_binding / (row_floats * 4)).min(t).max(1) as u32;
         // On CPU-emulated adapters each extra token in a forward costs ~40% of a step (measured
         // on lavapipe), so longer drafts lose more than they win there.

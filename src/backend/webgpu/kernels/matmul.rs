@@ -63,8 +63,9 @@ const _: () = assert!(std::mem::size_of::<MatmulParams>() == 64);
 /// Tokens per prefill matmul workgroup: each dequantized weight group is reused this many times.
 const MATMUL_TN: u32 = 8;
 
-/// Where the LM head leaves each workgroup's largest logit (matmul.wgsl's PARTIALS) for
-/// argmax.wgsl: one maximum per `group` rows, `vocab.div_ceil(group)` a logit row, from element
+/// Where the LM head leaves each workgroup's largest logit and the sum of exp(logit - that)
+/// over its rows (matmul.wgsl's PARTIALS) for argmax.wgsl and sample.wgsl: per logit row,
+/// `vocab.div_ceil(group)` maxima (one per `group` rows) then as many sums, from element
 /// `offset` of the logits buffer.
 #[derive(Clone, Copy, Debug)]
 pub struct LogitPartials {

@@ -130,9 +130,11 @@ impl Kernels {
     /// `edits`, applied to `logits` in place; with `masked`, among the tokens the row's bits in
     /// `masks` allow, as [`Kernels::argmax`] reads them), into `result` (where argmax leaves its
     /// picks, so a sampled token chains the same way), and its logit before the edits into
-    /// `chosen`. With `partials` (not masked), a row with top-k and no edits finds its top-k
-    /// among the maxima the LM head left there ([`LogitPartials`]) where they fit in
-    /// workgroup memory (top_k x group <= 768).
+    /// `chosen`. With `partials` (not masked), a row without edits starts from the maxima and
+    /// sums the LM head left there ([`LogitPartials`]): its top-k among the runs with the
+    /// largest maxima where they fit in workgroup memory (top_k x group <= 768), its top-p cut
+    /// (or, at temperature 1 without filters, its draw) among 768 / group of them where it
+    /// lies above the rest.
     #[allow(clippy::too_many_arguments)]
     pub fn sample(
         &self,
