@@ -170,7 +170,7 @@ struct GreedyHead {
     start: usize,
     head: Vec<Op>,
     argmax: Op,
-    /// The sample kernel reading the partial maxima (unmasked rows).
+    /// The sample kernel reading the partial maxima and sums (unmasked rows).
     sample: Op,
 }
 
