@@ -409,13 +409,16 @@ fn sampling_rows_with_no_token_to_choose() {
 
 /// GPU top-64 with its log-sum-exp against the CPU's sorted selection: rows with ties across the
 /// threshold (lowest ids must win), -inf, repeated maxima, and vocabularies that are not a
-/// multiple of the workgroup or smaller than k.
+/// multiple of the workgroup or smaller than k. Each again from the LM head's partial maxima
+/// and sums (runs of 4 and 16 logits, computed here as matmul.wgsl writes them; the ties at the
+/// 64th maximum decide which runs are read), and of 64 (the large row's 64 runs of 64 are more
+/// than the kernel holds: it reads the whole row).
 #[test]
 fn topk_matches_cpu_selection_exactly() {
     use ferrolm::backend::webgpu::kernels::{TOPK_MAX, TOPK_WORDS};
     use ferrolm::sample::TopLogits;
     let h = Harness::new(GpuOptions::default());
-    for vocab in [1000usize, 49_152 + 7, 40] {
+    for (vocab, group) in [1000usize, 49_152 + 7, 40].into_iter().flat_map(|v| [(v, 0), (v, 4), (v, 16), (v, 64)]) {
         let n = 4;
         let mut logits = random(n * vocab, vocab as u64);
         // Row 1: many exact ties at the boundary value, row 2: coarse values (ties everywhere)
@@ -430,14 +433,19 @@ fn topk_matches_cpu_selection_exactly() {
         logits[2 * vocab + 5] = f32::NEG_INFINITY;
         logits[10] = 9.0;
         logits[vocab - 1] = 9.0;
-        let (lb, rb) = (h.buffer(&logits), h.buffer(&vec![0f32; n * TOPK_WORDS]));
-        let got = h.run(&[h.kernels.topk(&lb, &rb, vocab as u32)], &vec![0; n], &rb);
+        let mut buffer = logits.clone();
+        let partials = (group > 0).then(|| {
+            logits.chunks(vocab).for_each(|row| buffer.extend(partials_of(row, group)));
+            LogitPartials { group: group as u32, offset: (n * vocab) as u32 }
+        });
+        let (lb, rb) = (h.buffer(&buffer), h.buffer(&vec![0f32; n * TOPK_WORDS]));
+        let got = h.run(&[h.kernels.topk(&lb, &rb, vocab as u32, partials)], &vec![0; n], &rb);
         let words: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
         for (r, row) in logits.chunks(vocab).enumerate() {
             let gpu = TopLogits::from_words(&words[r * TOPK_WORDS..][..TOPK_WORDS], TOPK_MAX);
             let cpu = TopLogits::from_logits(row, TOPK_MAX);
-            assert_eq!(gpu.top, cpu.top, "vocab {vocab} row {r}");
-            assert!((gpu.lse - cpu.lse).abs() <= 1e-5 * (1.0 + cpu.lse.abs()), "vocab {vocab} row {r}: lse {} vs {}", gpu.lse, cpu.lse);
+            assert_eq!(gpu.top, cpu.top, "vocab {vocab} group {group} row {r}");
+            assert!((gpu.lse - cpu.lse).abs() <= 1e-5 * (1.0 + cpu.lse.abs()), "vocab {vocab} group {group} row {r}: lse {} vs {}", gpu.lse, cpu.lse);
         }
     }
 }

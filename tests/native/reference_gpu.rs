@@ -8,7 +8,7 @@ use ferrolm::backend::reference::ReferenceModel;
 use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
 use ferrolm::engine::{Batch, Engine, ForwardModel, ModelOptions, PendingStep, Picks, Readback};
 use ferrolm::gguf::Gguf;
-use ferrolm::sample::{Sampler, SamplingParams};
+use ferrolm::sample::{Sampler, SamplingParams, TopLogits, MAX_TOP};
 
 fn load_smollm2() -> GpuModel {
     load_smollm2_with(GpuOptions::default())
@@ -71,7 +71,8 @@ fn smollm2_gpu_shapes_match_f32_reference_and_cpu_greedy() {
 
 /// The tokens the rows of a step over the prompt's first 8 tokens draw on the GPU (with GPU
 /// shapes: from the LM head's partial maxima and sums) equal the host sampler's draws from the
-/// same step's logits.
+/// same step's logits; the rows' logprob candidates (from the same partials) equal the host's
+/// top 64.
 fn sampled_rows_equal_host_choice(model: &GpuModel, prompt: &[u32]) {
     let limits = *model.limits();
     let tokens = &prompt[..prompt.len().min(8)];
@@ -91,9 +92,16 @@ fn sampled_rows_equal_host_choice(model: &GpuModel, prompt: &[u32]) {
         let batch = Batch { tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &logit_rows, block_tables: &[&table], masks: None, sampling };
         pollster::block_on(model.submit(&batch, read).unwrap().read()).unwrap()
     };
-    let (Picks::Tokens(gpu), Picks::Logits(logits)) = (step(Some(&rows[..]), Readback::Sample), step(None, Readback::Logits)) else { panic!("unexpected picks") };
+    let (Picks::Sampled { tokens: gpu, logits: chosen, top }, Picks::Logits(logits)) = (step(Some(&rows[..]), Readback::SampleTop), step(None, Readback::Logits)) else { panic!("unexpected picks") };
     let host: Vec<u32> = rows.iter().zip(logits.chunks(49152)).zip(&logit_rows).map(|((r, row), &at)| r.choose(row, tokens[at as usize])).collect();
     assert_eq!(gpu, host, "sampled on the GPU (GPU shapes) vs the host's choice from the logits");
+    // The rows' candidates (from the same partials) and the drawn tokens' logits, for logprobs.
+    for (i, row) in logits.chunks(49152).enumerate() {
+        let want = TopLogits::from_logits(row, MAX_TOP);
+        assert_eq!(top[i].top, want.top, "row {i}: candidates");
+        assert!((top[i].lse - want.lse).abs() <= 1e-5 * (1.0 + want.lse.abs()), "row {i}: lse {} vs {}", top[i].lse, want.lse);
+        assert_eq!(chosen[i], row[gpu[i] as usize], "row {i}: the drawn token's logit");
+    }
 }
 
 /// Seeded sampling (temperature 0.8, top-p 0.95, seed 11) from the full logits.

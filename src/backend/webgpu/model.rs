@@ -163,8 +163,9 @@ impl PendingModel {
 
 const HEADER: usize = 8;
 
-/// A greedy step's end on GPUs: the LM head that also writes each workgroup's largest logit,
-/// and the argmax that reads those maxima (and one workgroup's logits) instead of every logit.
+/// A greedy or sampled step's end on GPUs: the LM head that also writes each workgroup's largest
+/// logit and sum, and the argmax, sample and top-k kernels that start from those instead of
+/// every logit (unmasked rows).
 struct GreedyHead {
     /// Where the plain LM head's Ops start in [`GpuModel::ops`]; these replace them.
     start: usize,
@@ -172,6 +173,8 @@ struct GreedyHead {
     argmax: Op,
     /// The sample kernel reading the partial maxima and sums (unmasked rows).
     sample: Op,
+    /// The top-k kernel reading them (logprob rows, unmasked).
+    topk: Op,
 }
 
 impl GpuModel {
@@ -389,18 +392,20 @@ impl GpuModel {
         let greedy_head = partials.and_then(|p| {
             let head = kernels.lm_head_partials(&head, input, norm, &logits, v as u32, p)?;
             let sample = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, false, Some(p));
-            Some(GreedyHead { start: head_matmul, head, argmax: kernels.argmax(&logits, &argmax, &masks, v as u32, false, Some(p)), sample })
+            let (argmax, topk) = (kernels.argmax(&logits, &argmax, &masks, v as u32, false, Some(p)), kernels.topk(&logits, &topk, v as u32, Some(p)));
+            Some(GreedyHead { start: head_matmul, head, argmax, sample, topk })
         });
         let masked_argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, true, None);
         let sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, false, None);
         let masked_sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, true, None);
-        let topk_op = kernels.topk(&logits, &topk, v as u32);
+        let topk_op = kernels.topk(&logits, &topk, v as u32, None);
         prepare(&ops[head_start..]);
         argmax_op.prepare_single_sequence(max_batch_tokens);
         if let Some(g) = &greedy_head {
             prepare(&g.head);
             g.argmax.prepare_single_sequence(max_batch_tokens);
             g.sample.prepare_single_sequence(max_batch_tokens);
+            g.topk.prepare_single_sequence(max_batch_tokens);
         }
         sample_op.prepare_single_sequence(max_batch_tokens);
         topk_op.prepare_single_sequence(max_batch_tokens);
@@ -505,7 +510,7 @@ impl GpuModel {
             (Readback::Sample, false) => [Some(greedy.map_or(&self.sample_op, |g| &g.sample)), None],
             // Candidates of the logits before the sample kernel edits (and masks) them in place.
             (Readback::SampleTop, true) => [Some(&self.topk_op), Some(&self.masked_sample_op)],
-            (Readback::SampleTop, false) => [Some(&self.topk_op), Some(greedy.map_or(&self.sample_op, |g| &g.sample))],
+            (Readback::SampleTop, false) => [Some(greedy.map_or(&self.topk_op, |g| &g.topk)), Some(greedy.map_or(&self.sample_op, |g| &g.sample))],
             (Readback::Top(_), _) => [Some(&self.topk_op), None],
             (Readback::Nothing | Readback::Logits, _) => [None, None],
         };

@@ -33,8 +33,10 @@ struct TopkParams {
     vocab: u32,
     /// Candidates wanted, at most [`TOPK_MAX`].
     k: u32,
-    _pad0: u32,
-    _pad1: u32,
+    /// Rows per partial maximum the LM head left (0: select over the whole row).
+    group: u32,
+    /// Element of the logits buffer where the partial maxima start.
+    partials: u32,
 }
 const _: () = assert!(std::mem::size_of::<TopkParams>() == 16);
 
@@ -156,9 +158,13 @@ impl Kernels {
     }
 
     /// The [`TOPK_MAX`] largest logits of each logit row, sorted, and the row's log-sum-exp
-    /// ([`TOPK_WORDS`] words per row: id/logit pairs, lse, count).
-    pub fn topk(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, vocab: u32) -> Op {
+    /// ([`TOPK_WORDS`] words per row: id/logit pairs, lse, count). With `partials`, from the
+    /// maxima and sums the LM head left there ([`LogitPartials`]): the logits of the runs with
+    /// the largest maxima where they fit in workgroup memory (TOPK_MAX x group <= 1024), the
+    /// log-sum-exp from the runs' sums.
+    pub fn topk(&self, logits: &wgpu::Buffer, result: &wgpu::Buffer, vocab: u32, partials: Option<LogitPartials>) -> Op {
         let variants = self.single(Shader::Topk, None, &[], Grid::PerItem { of: Count::LogitRows });
-        self.op("topk", variants, &TopkParams { vocab, k: TOPK_MAX as u32, _pad0: 0, _pad1: 0 }, &[logits, result])
+        let (group, offset) = partials.map_or((0, 0), |p| (p.group, p.offset));
+        self.op("topk", variants, &TopkParams { vocab, k: TOPK_MAX as u32, group, partials: offset }, &[logits, result])
     }
 }
