@@ -28,6 +28,7 @@ mod qwen2;
 mod reference_cpu;
 mod reference_gpu;
 mod sampler;
+mod sampling_kernels;
 mod serve;
 mod soak;
 mod speculative;
