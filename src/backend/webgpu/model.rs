@@ -128,8 +128,8 @@ pub struct GpuModel {
     staging: Rc<RefCell<Vec<wgpu::Buffer>>>,
     ops: Vec<Op>,
     argmax_op: Op,
-    /// The LM head of greedy steps where it leaves partial maxima for its own argmax.
-    greedy_head: Option<GreedyHead>,
+    /// The LM head that leaves partial maxima and sums, with the kernels that read them (GPUs).
+    partials_head: Option<PartialsHead>,
     masked_argmax_op: Op,
     sample_op: Op,
     masked_sample_op: Op,
@@ -166,7 +166,7 @@ const HEADER: usize = 8;
 /// A greedy or sampled step's end on GPUs: the LM head that also writes each workgroup's largest
 /// logit and sum, and the argmax, sample and top-k kernels that start from those instead of
 /// every logit (unmasked rows).
-struct GreedyHead {
+struct PartialsHead {
     /// Where the plain LM head's Ops start in [`GpuModel::ops`]; these replace them.
     start: usize,
     head: Vec<Op>,
@@ -389,11 +389,11 @@ impl GpuModel {
         let head_matmul = ops.len();
         ops.extend(kernels.matmul_normed(&head, input, norm, &logits, OutCols { stride: v as u32, col: 0 }, Count::LogitRows));
         let argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, false, None);
-        let greedy_head = partials.and_then(|p| {
+        let partials_head = partials.and_then(|p| {
             let head = kernels.lm_head_partials(&head, input, norm, &logits, v as u32, p)?;
             let sample = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, false, Some(p));
             let (argmax, topk) = (kernels.argmax(&logits, &argmax, &masks, v as u32, false, Some(p)), kernels.topk(&logits, &topk, v as u32, Some(p)));
-            Some(GreedyHead { start: head_matmul, head, argmax, sample, topk })
+            Some(PartialsHead { start: head_matmul, head, argmax, sample, topk })
         });
         let masked_argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, true, None);
         let sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, false, None);
@@ -401,7 +401,7 @@ impl GpuModel {
         let topk_op = kernels.topk(&logits, &topk, v as u32, None);
         prepare(&ops[head_start..]);
         argmax_op.prepare_single_sequence(max_batch_tokens);
-        if let Some(g) = &greedy_head {
+        if let Some(g) = &partials_head {
             prepare(&g.head);
             g.argmax.prepare_single_sequence(max_batch_tokens);
             g.sample.prepare_single_sequence(max_batch_tokens);
@@ -433,7 +433,7 @@ impl GpuModel {
             staging,
             ops,
             argmax_op,
-            greedy_head,
+            partials_head,
             masked_argmax_op,
             sample_op,
             masked_sample_op,
@@ -497,20 +497,20 @@ impl GpuModel {
     /// The Ops a step that reads back `readback` runs, in order (no allocation: every step
     /// encodes through this).
     pub(super) fn step_ops(&self, readback: Readback, masked: bool) -> impl Iterator<Item = &Op> + '_ {
-        // The LM head that leaves partial maxima, for the argmax and the sample kernel (unmasked).
-        let greedy = self.greedy_head.as_ref().filter(|_| matches!(readback, Readback::Argmax | Readback::Sample | Readback::SampleTop) && !masked);
-        let (body, head) = match greedy {
+        // The LM head that leaves partial maxima and sums, for the argmax, sample and top-k kernels (unmasked).
+        let partials = self.partials_head.as_ref().filter(|_| matches!(readback, Readback::Argmax | Readback::Sample | Readback::SampleTop) && !masked);
+        let (body, head) = match partials {
             Some(g) => (&self.ops[..g.start], &g.head[..]),
             None => (&self.ops[..], &[][..]),
         };
         let readback_ops: [Option<&Op>; 2] = match (readback, masked) {
             (Readback::Argmax, true) => [Some(&self.masked_argmax_op), None],
-            (Readback::Argmax, false) => [Some(greedy.map_or(&self.argmax_op, |g| &g.argmax)), None],
+            (Readback::Argmax, false) => [Some(partials.map_or(&self.argmax_op, |g| &g.argmax)), None],
             (Readback::Sample, true) => [Some(&self.masked_sample_op), None],
-            (Readback::Sample, false) => [Some(greedy.map_or(&self.sample_op, |g| &g.sample)), None],
+            (Readback::Sample, false) => [Some(partials.map_or(&self.sample_op, |g| &g.sample)), None],
             // Candidates of the logits before the sample kernel edits (and masks) them in place.
             (Readback::SampleTop, true) => [Some(&self.topk_op), Some(&self.masked_sample_op)],
-            (Readback::SampleTop, false) => [Some(greedy.map_or(&self.topk_op, |g| &g.topk)), Some(greedy.map_or(&self.sample_op, |g| &g.sample))],
+            (Readback::SampleTop, false) => [Some(partials.map_or(&self.topk_op, |g| &g.topk)), Some(partials.map_or(&self.sample_op, |g| &g.sample))],
             (Readback::Top(_), _) => [Some(&self.topk_op), None],
             (Readback::Nothing | Readback::Logits, _) => [None, None],
         };
