@@ -146,7 +146,8 @@ fn store_partials(wgx: u32, t0: u32, nt: u32) {
         var best = -3.4e38;
         for (var r = 0u; r < n; r++) {
             let v = quad_sums[r * MAX_TN + t];
-            if (v > best) { best = v; }
+            // +0.0 over -0.0: the top-k and sample kernels rank runs by the order of the bits.
+            if (v > best || (v == best && bitcast<u32>(v) == 0u)) { best = v; }
         }
         var sum = 0.0;
         for (var r = 0u; r < n; r++) {

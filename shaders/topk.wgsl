@@ -9,7 +9,8 @@
 // those maxima instead, taking the K runs with the largest (ties by run), which hold the row's
 // top K (the K-th largest maximum is at most the K-th largest logit); their logits are ranked
 // and the log-sum-exp comes from the sums. NaN and values at or below -3.4e38 never count in a
-// maximum. Output per row: K (id, logit bits) pairs, then lse bits, then K.
+// maximum: a NaN logit, which the whole row ranks first, is then left out. Output per row: K
+// (id, logit bits) pairs, then lse bits, then K.
 
 struct Params {
     vocab: u32,
@@ -135,8 +136,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         runs = (P.vocab + group - 1u) / group;
         base = P.partials + row * 2u * runs;
     }
-    let n_taken = min(k, runs);
+    var n_taken = min(k, runs);
     select_largest(lid, base, runs, n_taken);
+    // A run taken for a maximum that does not count (NaN, -inf: fewer than k logits above
+    // -3.4e38) says nothing of its logits' order: the whole row then.
+    if (group > 1u && workgroupUniformLoad(&state[0]) <= key(NO_LOGIT)) {
+        group = 1u;
+        runs = P.vocab;
+        base = row * P.vocab;
+        n_taken = k;
+        select_largest(lid, base, runs, n_taken);
+    }
 
     // The taken runs' logits (beyond the vocabulary: none) into the pool, then each ranked by
     // the logits ahead of it; the first k go out in that order.

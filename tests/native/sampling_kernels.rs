@@ -77,10 +77,11 @@ fn argmax_over_lm_head_partials_matches_cpu() {
 }
 
 /// A logit row's partial maxima and sums as the LM head writes them (matmul.wgsl's PARTIALS): the
-/// largest of each run of `group` logits (NaN and -3.4e38 or less never count), then each run's
-/// sum of exp(logit - largest).
+/// largest of each run of `group` logits (NaN and -3.4e38 or less never count; +0.0 over -0.0),
+/// then each run's sum of exp(logit - largest).
 fn partials_of(row: &[f32], group: usize) -> Vec<f32> {
-    let maxima: Vec<f32> = row.chunks(group).map(|run| run.iter().fold(-3.4e38f32, |m, &v| if v > m { v } else { m })).collect();
+    let larger = |m: f32, v: f32| if v > m || (v == m && v.to_bits() == 0) { v } else { m };
+    let maxima: Vec<f32> = row.chunks(group).map(|run| run.iter().copied().fold(-3.4e38f32, larger)).collect();
     let sums = row.chunks(group).zip(&maxima).map(|(run, &m)| run.iter().filter(|&&v| v > -3.4e38).map(|&v| (v - m).exp()).sum());
     maxima.iter().copied().chain(sums).collect()
 }
@@ -123,34 +124,55 @@ fn sampling_rows_with_no_token_to_choose() {
 }
 
 /// GPU top-64 with its log-sum-exp against the CPU's sorted selection: rows with ties across the
-/// threshold (lowest ids must win), -inf, repeated maxima, and vocabularies that are not a
-/// multiple of the workgroup or smaller than k. Each again from the LM head's partial maxima
-/// and sums (runs of 4 and 16 logits, computed here as matmul.wgsl writes them; the ties at the
-/// 64th maximum decide which runs are read), and of 64 (the large row's 64 runs of 64 are more
-/// than the kernel holds: it reads the whole row).
+/// threshold (lowest ids must win), -inf, repeated maxima, +0.0 and -0.0 at the 64th place,
+/// fewer than 64 finite logits, and vocabularies that are not a multiple of the workgroup or
+/// smaller than k. Each again from the LM head's partial maxima and sums (runs of 4, 16 and 64
+/// logits, computed here as matmul.wgsl writes them; the ties at the 64th maximum decide which
+/// runs are read). The sums given are e times the true ones, so a row whose log-sum-exp came
+/// from them reads 1 more: it must where the runs fit the kernel, and must not where it reads
+/// the whole row (the large row's 64 runs of 64 are more than it holds; a 64th maximum that
+/// does not count).
 #[test]
 fn topk_matches_cpu_selection_exactly() {
     use ferrolm::backend::webgpu::kernels::{TOPK_MAX, TOPK_WORDS};
     use ferrolm::sample::TopLogits;
     let h = Harness::new(GpuOptions::default());
     for (vocab, group) in [1000usize, 49_152 + 7, 40].into_iter().flat_map(|v| [(v, 0), (v, 4), (v, 16), (v, 64)]) {
-        let n = 4;
+        let n = 6;
         let mut logits = random(n * vocab, vocab as u64);
         // Row 1: many exact ties at the boundary value, row 2: coarse values (ties everywhere)
-        // and -inf, row 3: all equal.
+        // and -inf, row 3: all equal, row 4: 63 positive logits 4 apart, then -0.0 and +0.0
+        // in one run and +0.0 alone in the next (the 64th is the first +0.0), row 5: 10 finite
+        // logits.
         for i in 0..vocab {
             if i % 3 == 0 {
                 logits[vocab + i] = 0.5;
             }
             logits[2 * vocab + i] = (logits[2 * vocab + i] * 4.0).round();
             logits[3 * vocab + i] = -1.25;
+            logits[4 * vocab + i] = if i % 4 == 0 && i < 252 { 1.0 + i as f32 } else { -1.0 };
+            if i % 97 != 3 {
+                logits[5 * vocab + i] = f32::NEG_INFINITY;
+            }
+        }
+        if vocab > 256 {
+            (logits[4 * vocab + 252], logits[4 * vocab + 253], logits[4 * vocab + 256]) = (-0.0, 0.0, 0.0);
         }
         logits[2 * vocab + 5] = f32::NEG_INFINITY;
         logits[10] = 9.0;
         logits[vocab - 1] = 9.0;
         let mut buffer = logits.clone();
+        let mut from_sums = vec![false; n];
         let partials = (group > 0).then(|| {
-            logits.chunks(vocab).for_each(|row| buffer.extend(partials_of(row, group)));
+            for (r, row) in logits.chunks(vocab).enumerate() {
+                let p = partials_of(row, group);
+                let runs = vocab.div_ceil(group);
+                let mut maxima = p[..runs].to_vec();
+                maxima.sort_by(|a, b| b.total_cmp(a));
+                let taken = TOPK_MAX.min(vocab).min(runs);
+                from_sums[r] = taken * group <= 1024 && maxima[taken - 1] > -3.4e38;
+                buffer.extend(p[..runs].iter().copied().chain(p[runs..].iter().map(|s| s * std::f32::consts::E)));
+            }
             LogitPartials { group: group as u32, offset: (n * vocab) as u32 }
         });
         let (lb, rb) = (h.buffer(&buffer), h.buffer(&vec![0f32; n * TOPK_WORDS]));
@@ -160,7 +182,11 @@ fn topk_matches_cpu_selection_exactly() {
             let gpu = TopLogits::from_words(&words[r * TOPK_WORDS..][..TOPK_WORDS], TOPK_MAX);
             let cpu = TopLogits::from_logits(row, TOPK_MAX);
             assert_eq!(gpu.top, cpu.top, "vocab {vocab} group {group} row {r}");
-            assert!((gpu.lse - cpu.lse).abs() <= 1e-5 * (1.0 + cpu.lse.abs()), "vocab {vocab} group {group} row {r}: lse {} vs {}", gpu.lse, cpu.lse);
+            let want = cpu.lse + if from_sums[r] { 1.0 } else { 0.0 };
+            assert!((gpu.lse - want).abs() <= 1e-5 * (1.0 + want.abs()), "vocab {vocab} group {group} row {r}: lse {} vs {want}", gpu.lse);
+        }
+        if group == 4 && vocab == 1000 {
+            assert_eq!(from_sums, [true, true, true, true, true, false], "the rows' paths this test means to take");
         }
     }
 }
