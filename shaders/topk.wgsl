@@ -36,7 +36,7 @@ const NO_LOGIT: f32 = -3.4e38;
 
 var<workgroup> hist: array<atomic<u32>, 256>;
 var<workgroup> counts: array<u32, 256>;
-var<workgroup> state: array<u32, 3>; // key prefix, ranks still needed, candidates taken
+var<workgroup> state: array<u32, 2>; // key prefix, ranks still needed
 var<workgroup> taken: array<u32, MAX_K>;
 var<workgroup> pool_v: array<f32, POOL>;
 var<workgroup> pool_id: array<u32, POOL>;
@@ -55,7 +55,7 @@ fn select_largest(lid: u32, base: u32, n: u32, need: u32) {
     let chunk = (n + WG - 1u) / WG;
     let lo = min(lid * chunk, n);
     let hi = min(lo + chunk, n);
-    if (lid == 0u) { state[0] = 0u; state[1] = need; state[2] = 0u; }
+    if (lid == 0u) { state[0] = 0u; state[1] = need; }
 
     // Radix select: after round r, state[0] holds the top 8(r+1) bits of the need-th largest key.
     for (var round = 0u; round < 4u; round++) {

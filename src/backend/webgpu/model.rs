@@ -392,7 +392,8 @@ impl GpuModel {
         let partials_head = partials.and_then(|p| {
             let head = kernels.lm_head_partials(&head, input, norm, &logits, v as u32, p)?;
             let sample = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, false, Some(p));
-            let (argmax, topk) = (kernels.argmax(&logits, &argmax, &masks, v as u32, false, Some(p)), kernels.topk(&logits, &topk, v as u32, Some(p)));
+            let argmax = kernels.argmax(&logits, &argmax, &masks, v as u32, false, Some(p));
+            let topk = kernels.topk(&logits, &topk, v as u32, Some(p));
             Some(PartialsHead { start: head_matmul, head, argmax, sample, topk })
         });
         let masked_argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, true, None);
