@@ -11,7 +11,8 @@
 // ROPE: the q|k|v matmul, with RoPE and the paged KV write in its epilogue (rope_store.wgsl): a
 // workgroup's rows are whole quads, whose four sums meet in workgroup memory.
 // PARTIALS: the LM head of a greedy or sampled step also writes each workgroup's largest logit
-// per token and the sum of exp(logit - that) over its rows (at P.partials, per logit row
+// per token and the sum of exp((logit - that) / T) over its rows, T the row's sums temperature
+// (batch.wgsl; 1 unless a row draws at T from them) (at P.partials, per logit row
 // ceil(vocab / rows a workgroup) maxima, then as many sums), so argmax.wgsl reads those and one
 // workgroup's rows instead of the whole vocabulary, and sample.wgsl the row's largest logits
 // and its mass.
@@ -136,7 +137,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 
 // PARTIALS: the largest of the workgroup's logits for each of its tokens and the sum of
-// exp(logit - largest) over them. NaN and values at or below -3.4e38 never count, as in
+// exp((logit - largest) / T) over them. NaN and values at or below -3.4e38 never count, as in
 // argmax.wgsl; a workgroup without any writes -3.4e38 and 0.
 fn store_partials(wgx: u32, t0: u32, nt: u32) {
     let rows = WG / TPR;
@@ -149,10 +150,12 @@ fn store_partials(wgx: u32, t0: u32, nt: u32) {
             // +0.0 over -0.0: the top-k and sample kernels rank runs by the order of the bits.
             if (v > best || (v == best && bitcast<u32>(v) == 0u)) { best = v; }
         }
+        // Divided, not multiplied by 1 / T: the sample kernel's weights at T are (l - max) / T.
+        let temperature = sums_temperature(t0 + t);
         var sum = 0.0;
         for (var r = 0u; r < n; r++) {
             let v = quad_sums[r * MAX_TN + t];
-            if (v > -3.4e38) { sum += exp(v - best); }
+            if (v > -3.4e38) { sum += exp((v - best) / temperature); }
         }
         let at = P.partials + (t0 + t) * 2u * n_partials + P.out_col / rows + wgx;
         y[at] = best;

@@ -11,19 +11,21 @@
 // and the remaining rounds read only them: a few passes over the row instead of ten.
 // typical-p (after top-k, before top-p) is one more cut of the same kind in another order:
 // distance from the row's mean logit. With P.group, the LM head left the largest logit of each
-// run of P.group rows and the run's sum of exp(logit - that) (matmul.wgsl's PARTIALS). A row
-// that no edit or mask changed starts from those: with a top-k whose runs fit in workgroup
-// memory it finds its k runs among the maxima (the k-th largest maximum is at most the k-th
-// largest logit, so they hold the whole top-k), copies their logits there (the pool), and
-// every later cut reads only them; with top-p, or at temperature 1 without filters, it pools
-// the runs with the largest maxima and cuts (or draws) there against the row's mass from the
-// sums, kept where the cut lies above every logit left out. Temperature 0 is the first
-// largest logit (greedy rows in a sampled batch). Before any of it,
-// the row's logit edits are applied in place, as the CPU sampler applies them: bias entries,
-// then the repetition/frequency/presence penalties of the window's tokens, the token the row is
-// computed at counted once more (it may be a chained token the CPU has not seen yet). With
-// MASKED (structured output), the tokens the row's grammar mask forbids are then set to
-// FORBIDDEN, where the CPU sampler sets -inf (WGSL leaves infinities to the implementation):
+// run of P.group rows and the run's sum of exp((logit - that) / T), T the row's sums
+// temperature in batch.wgsl (matmul.wgsl's PARTIALS). A row that no edit or mask changed starts
+// from those: with a top-k whose runs fit in workgroup memory it finds its k runs among the
+// maxima (the k-th largest maximum is at most the k-th largest logit, so they hold the whole
+// top-k), copies their logits there (the pool), and every later cut reads only them; with
+// top-p, or at a temperature without filters, it pools the runs with the largest maxima and
+// cuts (or draws) there against the row's mass from the sums (at T = 1 for top-p, at the row's
+// temperature for the draw), kept where the cut lies above every logit left out; with a min-p
+// floor alone it pools the same runs and draws there where nothing left out reaches the
+// floor. Temperature 0 is the first largest logit (greedy rows in a sampled batch). Before any
+// of it, the row's logit edits are applied in place, as the CPU sampler applies them: bias
+// entries, then the repetition/frequency/presence penalties of the window's tokens, the token
+// the row is computed at counted once more (it may be a chained token the CPU has not seen
+// yet). With MASKED (structured output), the tokens the row's grammar mask forbids are then set
+// to FORBIDDEN, where the CPU sampler sets -inf (WGSL leaves infinities to the implementation):
 // last in every order, and of weight exp(FORBIDDEN - max) = 0 in every cut and draw.
 
 override MASKED: bool = false;
@@ -99,7 +101,7 @@ var<workgroup> found_id: u32;
 var<workgroup> found_above: f32;
 var<workgroup> found_target: f32;
 var<workgroup> found_rank: u32;
-// The row's mass at temperature 1, from the LM head's partial sums.
+// The row's mass at its sums temperature, from the LM head's partial sums.
 var<workgroup> row_mass: f32;
 // What decides which cuts run, read with workgroupUniformLoad (a private variable never counts
 // as uniform): bit 0 `pool`; above it the cut `pool_mass` made in the pool (1 top-p, 2 the draw).
@@ -487,12 +489,19 @@ fn from_partials(p: Row) -> bool {
     return P.group > 0u && !MASKED && p.edit_count == 0u && p.count_input == 0u && p.temperature > 0.0 && p.top_k > 0u && p.top_k < P.vocab && p.top_k * P.group <= CAP;
 }
 
-// Whether row p's top-p cut, or at temperature 1 without filters its draw, may be found among
-// the runs with the largest maxima, against the row's mass from the runs' sums: it has partial
-// maxima and no edit or mask, and no top-k or typical-p cut comes first.
-fn from_partial_mass(p: Row) -> bool {
-    return P.group > 0u && !MASKED && p.edit_count == 0u && p.count_input == 0u && p.temperature > 0.0 && (p.top_k == 0u || p.top_k >= P.vocab) && p.typical_p >= 1.0
-        && (p.top_p < 1.0 || (p.temperature == 1.0 && p.min_p <= 0.0));
+// Whether row r's top-p cut, or without it its draw, may be found among the runs with the
+// largest maxima: it has partial maxima and no edit or mask, no top-k or typical-p cut comes
+// first, and the sums are at the temperature the row's mass is needed at (1 for top-p, the
+// row's own for a draw without filters; a min-p floor alone needs no mass).
+fn from_partial_mass(r: u32, p: Row) -> bool {
+    let at = sums_temperature(r);
+    var fits = at == p.temperature;
+    if (p.top_p < 1.0) {
+        fits = at == 1.0;
+    } else if (p.min_p > 0.0) {
+        fits = true;
+    }
+    return P.group > 0u && !MASKED && p.edit_count == 0u && p.count_input == 0u && p.temperature > 0.0 && (p.top_k == 0u || p.top_k >= P.vocab) && p.typical_p >= 1.0 && fits;
 }
 
 // Points base / span at row r's partial maxima (the sums follow them); returns how many.
@@ -555,41 +564,55 @@ fn pool_top_runs(r: u32, k: u32) -> u32 {
 }
 
 // The CAP / group runs with the largest maxima into the pool, and the top-p cut (or the draw,
-// at temperature 1 without filters) among them against the whole row's mass at temperature 1,
-// the runs' sums scaled to the row's largest logit. Kept (`pool_state`) where the cut lies above
-// the last pooled run's maximum, so above every logit left out; else the pool is dropped and
-// the row read whole. Returns the greedy choice.
+// without filters) among them against the whole row's mass at the sums temperature T, the runs'
+// sums scaled to the row's largest logit (by exp((run max - max) / T)). Kept (`pool_state`)
+// where the cut lies above the last pooled run's maximum, so above every logit left out; else
+// the pool is dropped and the row read whole. With a min-p floor alone there is no cut here:
+// the pool stands where no run left out reaches the floor, and the draw that follows weighs
+// the pool alone. Returns the greedy choice.
 fn pool_mass(r: u32, p: Row) -> u32 {
     let runs = runs_of(r);
     let run = first_largest();
     if (run == NONE) { return NONE; }
-    slice(runs);
-    var z = 0.0;
-    for (var j = lo; j < hi; j++) {
-        let m = logits[base + j];
-        if (m > NO_LOGIT) { z += exp(m - row_max) * logits[base + runs + j]; }
+    let floor_only = p.top_p >= 1.0 && p.min_p > 0.0;
+    var mass = 0.0;
+    if (!floor_only) {
+        slice(runs);
+        let at = sums_temperature(r);
+        var z = 0.0;
+        for (var j = lo; j < hi; j++) {
+            let m = logits[base + j];
+            if (m > NO_LOGIT) { z += exp((m - row_max) / at) * logits[base + runs + j]; }
+        }
+        partial[me] = z;
+        workgroupBarrier();
+        if (me == 0u) {
+            var s = 0.0;
+            for (var j = 0u; j < WG; j++) { s += partial[j]; }
+            row_mass = s;
+        }
+        mass = workgroupUniformLoad(&row_mass);
     }
-    partial[me] = z;
-    workgroupBarrier();
-    if (me == 0u) {
-        var s = 0.0;
-        for (var j = 0u; j < WG; j++) { s += partial[j]; }
-        row_mass = s;
-    }
-    let mass = workgroupUniformLoad(&row_mass);
     find_cut(0u, f32(CAP / P.group), true, false, false);
     // Keys read uniformly: whether the pool stays decides which cuts every invocation runs.
     let edge = workgroupUniformLoad(&found_key);
     let greedy = gather_runs(r, runs, run);
     temperature = p.temperature;
     var state = 1u | (1u << 1u);
+    var kept_above = true;
     if (p.top_p < 1.0) {
         find_cut(1u, p.top_p * mass, true, false, false);
+    } else if (floor_only) {
+        // Nothing left out reaches the floor (with a margin for exp's rounding): the draw
+        // then weighs only pooled candidates, against their own total.
+        state = 1u;
+        kept_above = exp(key_value(edge) - row_max) < 0.99 * p.min_p;
     } else {
         find_cut(2u, p.u * mass, true, true, false);
         state = 1u | (2u << 1u);
     }
-    if (workgroupUniformLoad(&found_key) <= edge) {
+    if (!floor_only) { kept_above = workgroupUniformLoad(&found_key) > edge; }
+    if (!kept_above) {
         pool = false;
         state = 0u;
         cut_key = 0u;
@@ -618,7 +641,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var greedy = NONE;
     if (from_partials(p)) {
         greedy = pool_top_runs(r, p.top_k);
-    } else if (from_partial_mass(p)) {
+    } else if (from_partial_mass(r, p)) {
         greedy = pool_mass(r, p);
     } else {
         slice(P.vocab);

@@ -131,7 +131,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var group = 1u;
     var runs = P.vocab;
     var base = row * P.vocab;
-    if (P.group > 0u && min(k, (P.vocab + P.group - 1u) / P.group) * P.group <= POOL) {
+    // The sums give the log-sum-exp only at temperature 1 (the step's writer keeps logprob
+    // rows' there).
+    if (P.group > 0u && min(k, (P.vocab + P.group - 1u) / P.group) * P.group <= POOL && sums_temperature(row) == 1.0) {
         group = P.group;
         runs = (P.vocab + group - 1u) / group;
         base = P.partials + row * 2u * runs;

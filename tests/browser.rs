@@ -179,7 +179,7 @@ async fn kernels_match_cpu_in_browser() {
             let ids: Vec<u32> = (0..n as u32).collect();
             let table = [0u32];
             let b = Batch { tokens: &ids, positions: &ids, seq_ids: &vec![0; n], logit_rows: &ids, block_tables: &[&table], masks: None, sampling: None };
-            ctx.queue.write_buffer(&batch, 0, bytemuck::cast_slice(&batch_to_words(&b, &limits)));
+            ctx.queue.write_buffer(&batch, 0, bytemuck::cast_slice(&batch_to_words(&b, &limits, Readback::Argmax)));
             let mut enc = dev.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
@@ -282,7 +282,7 @@ async fn attention_matches_cpu_in_browser() {
             let (qb, ob) = (buf(&qkv), buf(&vec![0f32; n * (dims.n_heads * dims.head_dim) as usize]));
             let (tokens, positions, seq_ids) = (vec![0u32; n], items.iter().map(|i| i.1).collect::<Vec<_>>(), items.iter().map(|i| i.0).collect::<Vec<_>>());
             let b = Batch { tokens: &tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &[], block_tables: &table_refs, masks: None, sampling: None };
-            ctx.queue.write_buffer(&batch, 0, bytemuck::cast_slice(&batch_to_words(&b, &LIMITS)));
+            ctx.queue.write_buffer(&batch, 0, bytemuck::cast_slice(&batch_to_words(&b, &LIMITS, Readback::Argmax)));
             let mut enc = dev.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());

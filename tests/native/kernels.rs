@@ -8,9 +8,10 @@ use ferrolm::backend::reference::ops;
 use ferrolm::backend::webgpu::kernels::{Count, Kernels, Norm, Op, OutCols, QkNorm, QkvBias, RopeKv};
 use ferrolm::backend::webgpu::weights::{GpuTensor, GPU_MATRIX_TYPES};
 use ferrolm::backend::webgpu::{batch_to_words, batch_words, GpuContext, GpuOptions, KvType};
-use ferrolm::engine::{Batch, Limits};
+use ferrolm::engine::{Batch, Limits, Readback};
 use ferrolm::gguf::{dequantize, GgmlType, Gguf};
 use ferrolm::model::{Activation, RopeStyle};
+use ferrolm::sample::RowSampling;
 use kernel_cases::random;
 use wgpu::util::DeviceExt;
 
@@ -55,16 +56,27 @@ impl Harness {
 
     /// Runs `ops` for a batch of `tokens` (logit rows: all of them) and reads `out` back.
     pub(crate) fn run(&self, ops: &[Op], tokens: &[u32], out: &wgpu::Buffer) -> Vec<f32> {
+        self.run_rows(ops, tokens, None, out)
+    }
+
+    /// [`Harness::run`] as a sampled step with each logit row's sampling.
+    pub(crate) fn run_sampled(&self, ops: &[Op], tokens: &[u32], sampling: &[RowSampling], out: &wgpu::Buffer) -> Vec<f32> {
+        self.run_rows(ops, tokens, Some(sampling), out)
+    }
+
+    fn run_rows(&self, ops: &[Op], tokens: &[u32], sampling: Option<&[RowSampling]>, out: &wgpu::Buffer) -> Vec<f32> {
         let n = tokens.len();
         let positions: Vec<u32> = (0..n as u32).collect();
         let table: Vec<u32> = (0..self.limits.n_blocks).collect();
-        let b = Batch { tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &positions, block_tables: &[&table], masks: None, sampling: None };
+        let b = Batch { tokens, positions: &positions, seq_ids: &vec![0; n], logit_rows: &positions, block_tables: &[&table], masks: None, sampling };
         self.run_batch(ops, &b, out)
     }
 
     pub(crate) fn run_batch(&self, ops: &[Op], b: &Batch, out: &wgpu::Buffer) -> Vec<f32> {
         let n = b.tokens.len() as u32;
-        self.ctx.queue.write_buffer(&self.batch, 0, bytemuck::cast_slice(&batch_to_words(b, &self.limits)));
+        // A batch with sampling is a sampled step's (its rows' sums temperatures follow them).
+        let read = if b.sampling.is_some() { Readback::Sample } else { Readback::Argmax };
+        self.ctx.queue.write_buffer(&self.batch, 0, bytemuck::cast_slice(&batch_to_words(b, &self.limits, read)));
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());

@@ -70,9 +70,9 @@ fn smollm2_gpu_shapes_match_f32_reference_and_cpu_greedy() {
 }
 
 /// The tokens the rows of a step over the prompt's first 8 tokens draw on the GPU (with GPU
-/// shapes: from the LM head's partial maxima and sums) equal the host sampler's draws from the
-/// same step's logits; the rows' logprob candidates (from the same partials) equal the host's
-/// top 64.
+/// shapes: from the LM head's partial maxima and sums), with and without logprobs, equal the
+/// host sampler's draws from the same step's logits; the rows' logprob candidates (from the same
+/// partials) equal the host's top 64.
 fn sampled_rows_equal_host_choice(model: &GpuModel, prompt: &[u32]) {
     let limits = *model.limits();
     let tokens = &prompt[..prompt.len().min(8)];
@@ -86,6 +86,9 @@ fn sampled_rows_equal_host_choice(model: &GpuModel, prompt: &[u32]) {
         SamplingParams { temperature: 0.7, top_k: 8, typical_p: 0.8, ..Default::default() },
         SamplingParams { temperature: 0.8, top_p: 0.9, ..Default::default() },
         SamplingParams { temperature: 1.0, ..Default::default() },
+        SamplingParams { temperature: 0.7, ..Default::default() },
+        SamplingParams { temperature: 0.5, ..Default::default() },
+        SamplingParams { temperature: 1.3, min_p: 0.05, ..Default::default() },
     ];
     let rows: Vec<_> = (0..logit_rows.len()).map(|i| Sampler::new(SamplingParams { seed: Some(i as u64), ..settings[i % settings.len()].clone() }, 49152).unwrap().row(&[])).collect();
     let step = |sampling, read| {
@@ -95,6 +98,10 @@ fn sampled_rows_equal_host_choice(model: &GpuModel, prompt: &[u32]) {
     let (Picks::Sampled { tokens: gpu, logits: chosen, top }, Picks::Logits(logits)) = (step(Some(&rows[..]), Readback::SampleTop), step(None, Readback::Logits)) else { panic!("unexpected picks") };
     let host: Vec<u32> = rows.iter().zip(logits.chunks(49152)).zip(&logit_rows).map(|((r, row), &at)| r.choose(row, tokens[at as usize])).collect();
     assert_eq!(gpu, host, "sampled on the GPU (GPU shapes) vs the host's choice from the logits");
+    // Without logprobs the rows at a temperature alone draw against sums taken at it, and the
+    // min-p row among the largest runs.
+    let Picks::Tokens(plain) = step(Some(&rows[..]), Readback::Sample) else { panic!("unexpected picks") };
+    assert_eq!(plain, host, "sampled without logprobs on the GPU (GPU shapes) vs the host's choice");
     // The rows' candidates (from the same partials) and the drawn tokens' logits, for logprobs.
     for (i, row) in logits.chunks(49152).enumerate() {
         let want = TopLogits::from_logits(row, MAX_TOP);

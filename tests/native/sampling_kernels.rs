@@ -5,11 +5,13 @@
 use crate::kernel_cases::random;
 use crate::kernels::{random_blocks, Harness};
 use ferrolm::backend::webgpu::kernels::{logit_partial_group, LogitPartials};
-use ferrolm::backend::webgpu::GpuOptions;
+use ferrolm::backend::webgpu::{sums_temperature, GpuOptions};
 use ferrolm::gguf::GgmlType;
+use ferrolm::sample::RowSampling;
 
-/// The greedy LM head on GPUs (matmul.wgsl's PARTIALS: each workgroup's largest logit) and the
-/// argmax over those maxima: the first largest logit, as the CPU's argmax of the same logits.
+/// The greedy LM head on GPUs (matmul.wgsl's PARTIALS: each workgroup's largest logit and sum,
+/// at the row's sums temperature) and the argmax over those maxima: the first largest logit, as
+/// the CPU's argmax of the same logits.
 /// Rows repeat every 37, so each maximum recurs in later workgroups and only the first may win;
 /// then hand-made rows: ties inside and across groups, NaN, -inf, nothing that counts.
 #[test]
@@ -35,13 +37,24 @@ fn argmax_over_lm_head_partials_matches_cpu() {
             let mut ops = h.kernels.lm_head_partials(w, &xb, None, &lb, vocab as u32, partials).expect("parts that start at workgroups take partials");
             let unused = h.buffer(&vec![0f32; n * vocab.div_ceil(32)]);
             ops.push(h.kernels.argmax(&lb, &rb, &unused, vocab as u32, false, Some(partials)));
-            let got: Vec<u32> = h.run(&ops, &vec![0; n], &rb).iter().map(|v| v.to_bits()).collect();
+            // Rows that draw at a temperature alone take their sums there; greedy and top-p
+            // rows at 1.
+            let sampling: Vec<RowSampling> = (0..n)
+                .map(|t| match t % 3 {
+                    0 => RowSampling::GREEDY,
+                    1 => RowSampling { temperature: 0.7, ..RowSampling::GREEDY },
+                    _ => RowSampling { temperature: 1.6, top_p: 0.9, ..RowSampling::GREEDY },
+                })
+                .collect();
+            let got: Vec<u32> = h.run_sampled(&ops, &vec![0; n], &sampling, &rb).iter().map(|v| v.to_bits()).collect();
             let logits = h.read(&lb);
             let want: Vec<u32> = logits[..n * vocab].chunks(vocab).map(ferrolm::sample::argmax).collect();
             assert_eq!(got, want, "k={k} n={n} parts={}", w.parts.len());
-            // The maxima exactly, the sums of exp(logit - maximum) up to f32 rounding.
+            // The maxima exactly, the sums of exp((logit - maximum) / T) up to f32 rounding.
             for (t, row) in logits[..n * vocab].chunks(vocab).enumerate() {
-                let (gpu, cpu) = (&logits[n * vocab + t * 2 * n_partials..][..2 * n_partials], partials_of(row, group as usize));
+                let at = sums_temperature(&sampling[t]);
+                assert_eq!(at, [1.0, 0.7, 1.0][t % 3]);
+                let (gpu, cpu) = (&logits[n * vocab + t * 2 * n_partials..][..2 * n_partials], partials_at(row, group as usize, at));
                 assert_eq!(gpu[..n_partials], cpu[..n_partials], "k={k} n={n} row {t}: maxima");
                 assert!(gpu[n_partials..].iter().zip(&cpu[n_partials..]).all(|(a, b)| (a - b).abs() <= 1e-5 * b), "k={k} n={n} row {t}: sums");
             }
@@ -80,9 +93,14 @@ fn argmax_over_lm_head_partials_matches_cpu() {
 /// largest of each run of `group` logits (NaN and -3.4e38 or less never count; +0.0 over -0.0),
 /// then each run's sum of exp(logit - largest).
 fn partials_of(row: &[f32], group: usize) -> Vec<f32> {
+    partials_at(row, group, 1.0)
+}
+
+/// [`partials_of`] with the sums at a temperature: exp((logit - largest) / t).
+fn partials_at(row: &[f32], group: usize, t: f32) -> Vec<f32> {
     let larger = |m: f32, v: f32| if v > m || (v == m && v.to_bits() == 0) { v } else { m };
     let maxima: Vec<f32> = row.chunks(group).map(|run| run.iter().copied().fold(-3.4e38f32, larger)).collect();
-    let sums = row.chunks(group).zip(&maxima).map(|(run, &m)| run.iter().filter(|&&v| v > -3.4e38).map(|&v| (v - m).exp()).sum());
+    let sums = row.chunks(group).zip(&maxima).map(|(run, &m)| run.iter().filter(|&&v| v > -3.4e38).map(|&v| ((v - m) / t).exp()).sum());
     maxima.iter().copied().chain(sums).collect()
 }
 
@@ -131,7 +149,7 @@ fn sampling_rows_with_no_token_to_choose() {
 /// runs are read). The sums given are e times the true ones, so a row whose log-sum-exp came
 /// from them reads 1 more: it must where the runs fit the kernel, and must not where it reads
 /// the whole row (the large row's 64 runs of 64 are more than it holds; a 64th maximum that
-/// does not count).
+/// does not count; sums taken at another temperature than 1).
 #[test]
 fn topk_matches_cpu_selection_exactly() {
     use ferrolm::backend::webgpu::kernels::{TOPK_MAX, TOPK_WORDS};
@@ -187,6 +205,16 @@ fn topk_matches_cpu_selection_exactly() {
         }
         if group == 4 && vocab == 1000 {
             assert_eq!(from_sums, [true, true, true, true, true, false], "the rows' paths this test means to take");
+            // Sums at another temperature (a sampled step's rows that draw at 0.7 alone) give no
+            // log-sum-exp: every row reads the whole row.
+            let sampling = vec![RowSampling { temperature: 0.7, ..RowSampling::GREEDY }; n];
+            let got = h.run_sampled(&[h.kernels.topk(&lb, &rb, vocab as u32, partials)], &vec![0; n], &sampling, &rb);
+            let words: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            for (r, row) in logits.chunks(vocab).enumerate() {
+                let (gpu, cpu) = (TopLogits::from_words(&words[r * TOPK_WORDS..][..TOPK_WORDS], TOPK_MAX), TopLogits::from_logits(row, TOPK_MAX));
+                assert_eq!(gpu.top, cpu.top, "row {r}, sums at 0.7");
+                assert!((gpu.lse - cpu.lse).abs() <= 1e-5 * (1.0 + cpu.lse.abs()), "row {r}, sums at 0.7: lse {} vs {}", gpu.lse, cpu.lse);
+            }
         }
     }
 }
@@ -200,8 +228,11 @@ fn topk_matches_cpu_selection_exactly() {
 /// again with the LM head's partial maxima and sums (runs of 4 and 16 logits, computed here as
 /// matmul.wgsl writes them): top-k rows whose runs fit in workgroup memory take their top-k
 /// from those (ties across runs at the k-th maximum; top-k 192 fills it); top-p rows and
-/// temperature-1 draws without filters look among the largest runs against the row's mass
-/// (peaked rows find their cut there, flat ones read the whole row); the others read the row. The two sum in
+/// draws at a temperature without filters look among the largest runs against the row's mass
+/// (the sums at temperature 1 for top-p, at the row's temperature for such draws, as the
+/// step's batch says; peaked rows find their cut there, flat ones read the whole row), and so
+/// do min-p floors alone (drawn among those runs where nothing left out reaches the floor); the
+/// others read the row. The two sum in
 /// different precisions, so a draw within ~1e-7 of a boundary may differ (among thousands of
 /// tied low logits, one of these does): such a token must still be where f32 sums put u.
 #[test]
@@ -236,6 +267,9 @@ fn sampling_matches_cpu_choice() {
             typical(0.8, 300, 0.5, 0.9, 0.05),
             typical(0.9, 40, 0.7, 0.95, 0.02),
             plain(1.0, 192, 1.0, 0.0),
+            plain(0.7, 0, 1.0, 0.0),
+            plain(1.6, 0, 1.0, 0.0),
+            plain(0.7, 0, 1.0, 0.05),
         ];
         // Rows: peaked (scaled), flat, coarse values (ties everywhere) with -inf, ties at the top,
         // and a largest logit of zero with -0 before +0 (the first wins, as float compares say).
@@ -289,15 +323,15 @@ fn sampling_matches_cpu_choice() {
                 let cpu_rows = if masked { &masked_rows } else { &all };
                 let mut buffer = all.clone();
                 let partials = group.map(|g| {
-                    for row in all.chunks(vocab) {
-                        buffer.extend(partials_of(row, g));
+                    for (row, r) in all.chunks(vocab).zip(&rows_sampling) {
+                        buffer.extend(partials_at(row, g, sums_temperature(r)));
                     }
                     LogitPartials { group: g as u32, offset: all.len() as u32 }
                 });
                 let (lb, pb, rb) = (h.buffer(&buffer), h.buffer(bytemuck::cast_slice(&gpu_rows)), h.words(&vec![u32::MAX; gpu_rows.len()]));
                 let eb = h.buffer(&bytemuck::cast_slice(&edits).iter().copied().chain([0.0; 4]).collect::<Vec<f32>>());
                 let (cb, mb) = (h.buffer(&vec![f32::NAN; gpu_rows.len()]), h.words(&masks));
-                let got = h.run(&[h.kernels.sample(&lb, &rb, &pb, &eb, &cb, &mb, vocab as u32, masked, partials)], &inputs, &rb);
+                let got = h.run_sampled(&[h.kernels.sample(&lb, &rb, &pb, &eb, &cb, &mb, vocab as u32, masked, partials)], &inputs, &rows_sampling, &rb);
                 h.ctx.faults.check().unwrap();
                 // Each drawn token's logit before the row's edits (logprobs are of the model's
                 // row), also where bias entries, the penalty window and the input token edit it.
@@ -331,6 +365,6 @@ fn sampling_matches_cpu_choice() {
     }
     println!("{draws} draws, {near} not the CPU's token but within 1e-6 of its interval (u outside it by {worst:.1e} at most), {edited_draws} of edited logits");
     assert!(edited_draws > 0, "no drawn token's logit was edited");
-    assert_eq!(draws, 3 * 13 * 30 * 4);
+    assert_eq!(draws, 3 * 16 * 30 * 4);
     assert!(near * 50 <= draws, "{near} of {draws} draws differ from the CPU's");
 }

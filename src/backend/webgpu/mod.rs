@@ -8,5 +8,5 @@ mod profile;
 pub mod weights;
 
 pub use context::{AdapterInfo, GpuContext, GpuOptions, KvType};
-pub use model::{batch_to_words, batch_words, GpuModel, GpuPending, PendingModel, StepCounters};
+pub use model::{batch_to_words, batch_words, sums_temperature, GpuModel, GpuPending, PendingModel, StepCounters};
 pub use profile::{GpuTime, KernelTimes};

@@ -18,12 +18,13 @@ use crate::engine::{Batch, ForwardModel, Limits, ModelOptions, PendingStep, Pick
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf};
 use crate::model::{names, Config, RopeStyle};
-use crate::sample::TopLogits;
-use crate::sample::MAX_EDITS;
+use crate::sample::{RowSampling, TopLogits, MAX_EDITS};
 
 /// The batch description as `shaders/batch.wgsl` reads it: a header, then tokens, positions,
-/// sequence ids and logit rows in slots of `max_batch_tokens`, then the block tables.
-pub fn batch_to_words(b: &Batch, limits: &Limits) -> Vec<u32> {
+/// sequence ids, logit rows and the rows' sums temperatures in slots of `max_batch_tokens`, then
+/// the block tables. `read`: what the step reads back (a sampled row's partial sums may be taken
+/// at its temperature).
+pub fn batch_to_words(b: &Batch, limits: &Limits, read: Readback) -> Vec<u32> {
     let t = limits.max_batch_tokens as usize;
     let max_blocks = limits.context.div_ceil(limits.block_size) as usize;
     let mut words = vec![0u32; batch_words(limits)];
@@ -31,16 +32,32 @@ pub fn batch_to_words(b: &Batch, limits: &Limits) -> Vec<u32> {
     for (i, part) in [b.tokens, b.positions, b.seq_ids, b.logit_rows].iter().enumerate() {
         words[HEADER + i * t..][..part.len()].copy_from_slice(part);
     }
+    let sampling = b.sampling.filter(|_| read == Readback::Sample).unwrap_or(&[]);
+    for (i, w) in words[HEADER + 4 * t..][..b.logit_rows.len()].iter_mut().enumerate() {
+        *w = sampling.get(i).map_or(1.0, sums_temperature).to_bits();
+    }
     for (s, table) in b.block_tables.iter().enumerate() {
         let n = table.len().min(max_blocks);
-        words[HEADER + 4 * t + s * max_blocks..][..n].copy_from_slice(&table[..n]);
+        words[HEADER + 5 * t + s * max_blocks..][..n].copy_from_slice(&table[..n]);
     }
     words
 }
 
+/// The temperature the LM head takes a sampled row's partial sums at: its own where the draw is
+/// at a temperature alone (sample.wgsl's `from_partial_mass` then draws against them), else 1
+/// (top-p cuts by the mass at temperature 1; log-sum-exps are at 1).
+pub fn sums_temperature(r: &RowSampling) -> f32 {
+    let alone = r.temperature > 0.0 && r.top_k == 0 && r.top_p >= 1.0 && r.min_p <= 0.0 && r.typical_p >= 1.0;
+    if alone {
+        r.temperature
+    } else {
+        1.0
+    }
+}
+
 /// Words in the batch description buffer.
 pub fn batch_words(limits: &Limits) -> usize {
-    HEADER + 4 * limits.max_batch_tokens as usize + (limits.max_seqs * limits.context.div_ceil(limits.block_size)) as usize
+    HEADER + 5 * limits.max_batch_tokens as usize + (limits.max_seqs * limits.context.div_ceil(limits.block_size)) as usize
 }
 
 /// What the steps since load cost the host: launches, passes, submissions, bytes written to the
@@ -452,7 +469,7 @@ impl GpuModel {
     fn encode(&self, b: &Batch, readback: Readback, timestamps: Option<wgpu::ComputePassTimestampWrites>) -> Result<wgpu::CommandEncoder> {
         b.validate(&self.limits, self.config.vocab_size)?;
         b.check_readback(readback)?;
-        let mut bytes = self.write_batch(b);
+        let mut bytes = self.write_batch(b, readback);
         let masks = b.masks;
         if let Some(m) = masks {
             self.ctx.queue.write_buffer(&self.masks, 0, bytemuck::cast_slice(m));
@@ -545,9 +562,9 @@ impl GpuModel {
     /// Writes the words of the batch description that differ from what the buffer holds (in
     /// decode: the header, the token and its position, a block-table entry every 16 tokens), in
     /// runs that swallow gaps of a few equal words. Returns the bytes written.
-    pub(super) fn write_batch(&self, b: &Batch) -> u64 {
+    pub(super) fn write_batch(&self, b: &Batch, read: Readback) -> u64 {
         const GAP: usize = 8;
-        let words = batch_to_words(b, &self.limits);
+        let words = batch_to_words(b, &self.limits, read);
         let mut written = self.written.borrow_mut();
         let mut bytes = 0;
         let mut i = 0;

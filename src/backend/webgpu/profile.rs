@@ -98,7 +98,7 @@ impl GpuModel {
             return Ok(None);
         }
         b.validate(&self.limits, self.config.vocab_size)?;
-        self.write_batch(b);
+        self.write_batch(b, Readback::Argmax);
         let (n, rows, span) = (b.tokens.len() as u32, b.logit_rows.len() as u32, b.span());
         let ops: Vec<_> = self.step_ops(Readback::Argmax, false).collect();
         let count = 2 + 2 * ops.len() as u32;
@@ -143,7 +143,7 @@ impl GpuModel {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn profile(&self, b: &Batch) -> Result<KernelTimes> {
         b.validate(&self.limits, self.config.vocab_size)?;
-        self.write_batch(b);
+        self.write_batch(b, Readback::Argmax);
         let (n, rows, span) = (b.tokens.len() as u32, b.logit_rows.len() as u32, b.span());
         let mut out = Vec::new();
         for op in self.step_ops(Readback::Argmax, false) {
