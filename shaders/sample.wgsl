@@ -10,23 +10,23 @@
 // candidates still in play fit in workgroup memory (CAP), they are copied there in id order
 // and the remaining rounds read only them: a few passes over the row instead of ten.
 // typical-p (after top-k, before top-p) is one more cut of the same kind in another order:
-// distance from the row's mean logit. With P.group, the LM head left the largest logit of each
-// run of P.group rows and the run's sum of exp((logit - that) / T), T the row's sums
-// temperature in batch.wgsl (matmul.wgsl's PARTIALS). A row that no edit or mask changed starts
-// from those: with a top-k whose runs fit in workgroup memory it finds its k runs among the
-// maxima (the k-th largest maximum is at most the k-th largest logit, so they hold the whole
-// top-k), copies their logits there (the pool), and every later cut reads only them; with
-// top-p, or at a temperature without filters, it pools the runs with the largest maxima and
+// distance from the row's mean logit. With P.group, the LM head left the largest logit of each run
+// of P.group rows and the run's sum of exp((logit - that) / T), T the row's sums temperature in
+// batch.wgsl (matmul.wgsl's PARTIALS). A row without a mask starts from those (the runs its edits
+// touched computed again first): with a top-k whose runs fit in workgroup memory it finds its k
+// runs among the maxima (the k-th largest maximum is at most the k-th largest logit, so they hold
+// the whole top-k), copies their logits there (the pool), and every later cut reads only them;
+// with top-p, or at a temperature without filters, it pools the runs with the largest maxima and
 // cuts (or draws) there against the row's mass from the sums (at T = 1 for top-p, at the row's
 // temperature for the draw), kept where the cut lies above every logit left out; with a min-p
-// floor alone it pools the same runs and draws there where nothing left out reaches the
-// floor. Temperature 0 is the first largest logit (greedy rows in a sampled batch). Before any
-// of it, the row's logit edits are applied in place, as the CPU sampler applies them: bias
-// entries, then the repetition/frequency/presence penalties of the window's tokens, the token
-// the row is computed at counted once more (it may be a chained token the CPU has not seen
-// yet). With MASKED (structured output), the tokens the row's grammar mask forbids are then set
-// to FORBIDDEN, where the CPU sampler sets -inf (WGSL leaves infinities to the implementation):
-// last in every order, and of weight exp(FORBIDDEN - max) = 0 in every cut and draw.
+// floor alone it pools the same runs and draws there where nothing left out reaches the floor.
+// Temperature 0 is the first largest logit (greedy rows in a sampled batch). Before any of it, the
+// row's logit edits are applied in place, as the CPU sampler applies them: bias entries, then the
+// repetition/frequency/presence penalties of the window's tokens, the token the row is computed at
+// counted once more (it may be a chained token the CPU has not seen yet). With MASKED (structured
+// output), the tokens the row's grammar mask forbids are then set to FORBIDDEN, where the CPU
+// sampler sets -inf (WGSL leaves infinities to the implementation): last in every order, and of
+// weight exp(FORBIDDEN - max) = 0 in every cut and draw.
 
 override MASKED: bool = false;
 
@@ -483,14 +483,14 @@ fn first_largest() -> u32 {
     return first;
 }
 
-// Whether row p's top-k can be found among the LM head's partial maxima: it has them (no edit
-// or mask changed a logit since) and its top-k runs fit in the pool.
+// Whether row p's top-k can be found among the LM head's partial maxima: it has them (no mask;
+// edits' runs refreshed) and its top-k runs fit in the pool.
 fn from_partials(p: Row) -> bool {
-    return P.group > 0u && !MASKED && p.edit_count == 0u && p.count_input == 0u && p.temperature > 0.0 && p.top_k > 0u && p.top_k < P.vocab && p.top_k * P.group <= CAP;
+    return P.group > 0u && !MASKED && p.temperature > 0.0 && p.top_k > 0u && p.top_k < P.vocab && p.top_k * P.group <= CAP;
 }
 
 // Whether row r's top-p cut, or without it its draw, may be found among the runs with the
-// largest maxima: it has partial maxima and no edit or mask, no top-k or typical-p cut comes
+// largest maxima: it has partial maxima and no mask, no top-k or typical-p cut comes
 // first, and the sums are at the temperature the row's mass is needed at (1 for top-p, the
 // row's own for a draw without filters; a min-p floor alone needs no mass).
 fn from_partial_mass(r: u32, p: Row) -> bool {
@@ -501,7 +501,39 @@ fn from_partial_mass(r: u32, p: Row) -> bool {
     } else if (p.min_p > 0.0) {
         fits = true;
     }
-    return P.group > 0u && !MASKED && p.edit_count == 0u && p.count_input == 0u && p.temperature > 0.0 && (p.top_k == 0u || p.top_k >= P.vocab) && p.typical_p >= 1.0 && fits;
+    return P.group > 0u && !MASKED && p.temperature > 0.0 && (p.top_k == 0u || p.top_k >= P.vocab) && p.typical_p >= 1.0 && fits;
+}
+
+// Invocation 0, after apply_edits on a row with partials: the maxima and sums of the runs the
+// edits touched, again from the edited logits as the LM head computes them (matmul.wgsl's
+// store_partials), so an edited row starts from its partials as an unedited one does.
+fn refresh_runs(r: u32, p: Row) {
+    for (var e = p.edit_start; e < p.edit_start + p.edit_count; e++) {
+        refresh_run(r, edits[e].token);
+    }
+    if (p.count_input != 0u) { refresh_run(r, token_id(logit_row(r))); }
+}
+
+fn refresh_run(r: u32, token: u32) {
+    if (token >= P.vocab) { return; }
+    let runs = (P.vocab + P.group - 1u) / P.group;
+    let j = token / P.group;
+    let first = r * P.vocab + j * P.group;
+    let n = min(P.group, P.vocab - j * P.group);
+    var best = NO_LOGIT;
+    for (var i = 0u; i < n; i++) {
+        let v = logits[first + i];
+        if (v > best || (v == best && bitcast<u32>(v) == 0u)) { best = v; }
+    }
+    let t = sums_temperature(r);
+    var sum = 0.0;
+    for (var i = 0u; i < n; i++) {
+        let v = logits[first + i];
+        if (v > NO_LOGIT) { sum += exp((v - best) / t); }
+    }
+    let at = P.partials + r * 2u * runs + j;
+    logits[at] = best;
+    logits[at + runs] = sum;
 }
 
 // Points base / span at row r's partial maxima (the sums follow them); returns how many.
@@ -639,16 +671,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     typical_on = false;
     // The greedy choice (greedy rows in a sampled batch), and the max the weights are taken around.
     var greedy = NONE;
+    if (p.edit_count > 0u || p.count_input != 0u) {
+        if (lid == 0u) {
+            apply_edits(r, p);
+            if (P.group > 0u && !MASKED) { refresh_runs(r, p); }
+        }
+        storageBarrier();
+    }
     if (from_partials(p)) {
         greedy = pool_top_runs(r, p.top_k);
     } else if (from_partial_mass(r, p)) {
         greedy = pool_mass(r, p);
     } else {
         slice(P.vocab);
-        if (p.edit_count > 0u || p.count_input != 0u) {
-            if (lid == 0u) { apply_edits(r, p); }
-            storageBarrier();
-        }
         if (MASKED) {
             for (var i = lo; i < hi; i++) {
                 if (((mask[r * P.mask_words + i / 32u] >> (i % 32u)) & 1u) == 0u) { logits[base + i] = FORBIDDEN; }

@@ -84,7 +84,7 @@ fn sampled_rows_equal_host_choice(model: &GpuModel, prompt: &[u32]) {
         SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, ..Default::default() },
         SamplingParams { temperature: 1.5, top_k: 150, min_p: 0.01, ..Default::default() },
         SamplingParams { temperature: 0.7, top_k: 8, typical_p: 0.8, ..Default::default() },
-        SamplingParams { temperature: 0.8, top_p: 0.9, ..Default::default() },
+        SamplingParams { temperature: 0.8, top_p: 0.9, logit_bias: vec![(28, 2.0), (13, 1.5)], ..Default::default() },
         SamplingParams { temperature: 1.0, ..Default::default() },
         SamplingParams { temperature: 0.7, ..Default::default() },
         SamplingParams { temperature: 0.5, ..Default::default() },

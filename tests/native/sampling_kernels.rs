@@ -231,8 +231,9 @@ fn topk_matches_cpu_selection_exactly() {
 /// draws at a temperature without filters look among the largest runs against the row's mass
 /// (the sums at temperature 1 for top-p, at the row's temperature for such draws, as the
 /// step's batch says; peaked rows find their cut there, flat ones read the whole row), and so
-/// do min-p floors alone (drawn among those runs where nothing left out reaches the floor); the
-/// others read the row. The two sum in
+/// do min-p floors alone (drawn among those runs where nothing left out reaches the floor);
+/// rows with edits (bias, penalties) take those paths too, from the partials of the runs the
+/// edits touched computed again; the others read the row. The two sum in
 /// different precisions, so a draw within ~1e-7 of a boundary may differ (among thousands of
 /// tied low logits, one of these does): such a token must still be where f32 sums put u.
 #[test]
@@ -270,6 +271,8 @@ fn sampling_matches_cpu_choice() {
             plain(0.7, 0, 1.0, 0.0),
             plain(1.6, 0, 1.0, 0.0),
             plain(0.7, 0, 1.0, 0.05),
+            SamplingParams { top_p: 0.9, ..penalized(0.8, Vec::new()) },
+            SamplingParams { top_k: 40, ..penalized(1.0, vec![(7, 5.0), (11, f32::NEG_INFINITY)]) },
         ];
         // Rows: peaked (scaled), flat, coarse values (ties everywhere) with -inf, ties at the top,
         // and a largest logit of zero with -0 before +0 (the first wins, as float compares say).
@@ -365,6 +368,6 @@ fn sampling_matches_cpu_choice() {
     }
     println!("{draws} draws, {near} not the CPU's token but within 1e-6 of its interval (u outside it by {worst:.1e} at most), {edited_draws} of edited logits");
     assert!(edited_draws > 0, "no drawn token's logit was edited");
-    assert_eq!(draws, 3 * 16 * 30 * 4);
+    assert_eq!(draws, 3 * 18 * 30 * 4);
     assert!(near * 50 <= draws, "{near} of {draws} draws differ from the CPU's");
 }
