@@ -572,6 +572,12 @@ fn gather_runs(r: u32, runs: u32, run: u32) -> u32 {
     span = P.vocab;
     cut_key = 0u;
     cut_id = NONE;
+    return first_in_run(row, run);
+}
+
+// The first logit equal to row_max in `run` of the row at `row` (the first run holding the
+// largest maximum): the greedy choice, as the first largest of the whole row.
+fn first_in_run(row: u32, run: u32) -> u32 {
     if (me == 0u) {
         var first = NONE;
         for (var i = run * P.group; i < min(run * P.group + P.group, P.vocab); i++) {
@@ -582,6 +588,17 @@ fn gather_runs(r: u32, runs: u32, run: u32) -> u32 {
     let greedy = workgroupUniformLoad(&found_id);
     workgroupBarrier();
     return greedy;
+}
+
+// A greedy row's choice from its partial maxima: the first run with the largest, then its
+// first logit equal to that. base / span back on the row.
+fn greedy_from_runs(r: u32) -> u32 {
+    runs_of(r);
+    let run = first_largest();
+    base = r * P.vocab;
+    span = P.vocab;
+    if (run == NONE) { return NONE; }
+    return first_in_run(base, run);
 }
 
 // The k runs with the largest maxima (k-th by the same order: value descending, run ascending,
@@ -682,6 +699,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         greedy = pool_top_runs(r, p.top_k);
     } else if (from_partial_mass(r, p)) {
         greedy = pool_mass(r, p);
+    } else if (P.group > 0u && !MASKED && p.temperature <= 0.0) {
+        greedy = greedy_from_runs(r);
     } else {
         slice(P.vocab);
         if (MASKED) {

@@ -233,7 +233,8 @@ fn topk_matches_cpu_selection_exactly() {
 /// step's batch says; peaked rows find their cut there, flat ones read the whole row), and so
 /// do min-p floors alone (drawn among those runs where nothing left out reaches the floor);
 /// rows with edits (bias, penalties) take those paths too, from the partials of the runs the
-/// edits touched computed again; the others read the row. The two sum in
+/// edits touched computed again, and greedy rows with penalties take the first largest from
+/// the maxima; the others read the row. The two sum in
 /// different precisions, so a draw within ~1e-7 of a boundary may differ (among thousands of
 /// tied low logits, one of these does): such a token must still be where f32 sums put u.
 #[test]
