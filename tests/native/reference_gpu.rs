@@ -71,8 +71,9 @@ fn smollm2_gpu_shapes_match_f32_reference_and_cpu_greedy() {
 
 /// The tokens the rows of a step over the prompt's first 8 tokens draw on the GPU (with GPU
 /// shapes: from the LM head's partial maxima and sums), with and without logprobs, equal the
-/// host sampler's draws from the same step's logits; the rows' logprob candidates (from the same
-/// partials) equal the host's top 64.
+/// host sampler's draws from the same step's logits, also under a grammar-like mask; the rows'
+/// logprob candidates (from the same partials) equal the host's top 64, with and without the
+/// mask.
 fn sampled_rows_equal_host_choice(model: &GpuModel, prompt: &[u32]) {
     let limits = *model.limits();
     let tokens = &prompt[..prompt.len().min(8)];
@@ -91,17 +92,36 @@ fn sampled_rows_equal_host_choice(model: &GpuModel, prompt: &[u32]) {
         SamplingParams { temperature: 1.3, min_p: 0.05, ..Default::default() },
     ];
     let rows: Vec<_> = (0..logit_rows.len()).map(|i| Sampler::new(SamplingParams { seed: Some(i as u64), ..settings[i % settings.len()].clone() }, 49152).unwrap().row(&[])).collect();
-    let step = |sampling, read| {
-        let batch = Batch { tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &logit_rows, block_tables: &[&table], masks: None, sampling };
+    let step = |sampling, masks, read| {
+        let batch = Batch { tokens, positions: &positions, seq_ids: &seq_ids, logit_rows: &logit_rows, block_tables: &[&table], masks, sampling };
         pollster::block_on(model.submit(&batch, read).unwrap().read()).unwrap()
     };
-    let (Picks::Sampled { tokens: gpu, logits: chosen, top }, Picks::Logits(logits)) = (step(Some(&rows[..]), Readback::SampleTop), step(None, Readback::Logits)) else { panic!("unexpected picks") };
+    let (Picks::Sampled { tokens: gpu, logits: chosen, top }, Picks::Logits(logits)) = (step(Some(&rows[..]), None, Readback::SampleTop), step(None, None, Readback::Logits)) else {
+        panic!("unexpected picks")
+    };
     let host: Vec<u32> = rows.iter().zip(logits.chunks(49152)).zip(&logit_rows).map(|((r, row), &at)| r.choose(row, tokens[at as usize])).collect();
     assert_eq!(gpu, host, "sampled on the GPU (GPU shapes) vs the host's choice from the logits");
     // Without logprobs the rows at a temperature alone draw against sums taken at it, and the
     // min-p row among the largest runs.
-    let Picks::Tokens(plain) = step(Some(&rows[..]), Readback::Sample) else { panic!("unexpected picks") };
+    let Picks::Tokens(plain) = step(Some(&rows[..]), None, Readback::Sample) else { panic!("unexpected picks") };
     assert_eq!(plain, host, "sampled without logprobs on the GPU (GPU shapes) vs the host's choice");
+    // With a mask forbidding every third token (structured output with logprobs): the draws
+    // from the masked rows, the candidates (from the partials) still the unmasked rows'.
+    let allowed = |t: usize| !t.is_multiple_of(3);
+    let mask: Vec<u32> = (0..49152 / 32).map(|w| (0..32).filter(|b| allowed(w * 32 + b)).fold(0, |m, b| m | 1 << b)).collect();
+    let masks = mask.repeat(logit_rows.len());
+    let Picks::Sampled { tokens: masked, top: masked_top, .. } = step(Some(&rows[..]), Some(&masks[..]), Readback::SampleTop) else { panic!("unexpected picks") };
+    let masked_host: Vec<u32> = rows
+        .iter()
+        .zip(logits.chunks(49152))
+        .zip(&logit_rows)
+        .map(|((r, row), &at)| {
+            let row: Vec<f32> = row.iter().enumerate().map(|(t, &l)| if allowed(t) { l } else { f32::NEG_INFINITY }).collect();
+            r.choose(&row, tokens[at as usize])
+        })
+        .collect();
+    assert_eq!(masked, masked_host, "sampled with a mask on the GPU (GPU shapes) vs the host's choice");
+    assert!(masked_top.iter().zip(&top).all(|(a, b)| a.top == b.top && a.lse == b.lse), "a mask changed the logprob candidates");
     // The rows' candidates (from the same partials) and the drawn tokens' logits, for logprobs.
     for (i, row) in logits.chunks(49152).enumerate() {
         let want = TopLogits::from_logits(row, MAX_TOP);

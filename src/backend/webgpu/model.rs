@@ -515,8 +515,13 @@ impl GpuModel {
     /// The Ops a step that reads back `readback` runs, in order (no allocation: every step
     /// encodes through this).
     pub(super) fn step_ops(&self, readback: Readback, masked: bool) -> impl Iterator<Item = &Op> + '_ {
-        // The LM head that leaves partial maxima and sums, for the argmax, sample and top-k kernels (unmasked).
-        let partials = self.partials_head.as_ref().filter(|_| matches!(readback, Readback::Argmax | Readback::Sample | Readback::SampleTop) && !masked);
+        // The LM head that leaves partial maxima and sums, for the argmax, sample and top-k
+        // kernels: unmasked, or for a masked step's top-k (its candidates are the unmasked row's).
+        let partials = self.partials_head.as_ref().filter(|_| match readback {
+            Readback::Argmax | Readback::Sample => !masked,
+            Readback::SampleTop => true,
+            _ => false,
+        });
         let (body, head) = match partials {
             Some(g) => (&self.ops[..g.start], &g.head[..]),
             None => (&self.ops[..], &[][..]),
@@ -527,7 +532,7 @@ impl GpuModel {
             (Readback::Sample, true) => [Some(&self.masked_sample_op), None],
             (Readback::Sample, false) => [Some(partials.map_or(&self.sample_op, |g| &g.sample)), None],
             // Candidates of the logits before the sample kernel edits (and masks) them in place.
-            (Readback::SampleTop, true) => [Some(&self.topk_op), Some(&self.masked_sample_op)],
+            (Readback::SampleTop, true) => [Some(partials.map_or(&self.topk_op, |g| &g.topk)), Some(&self.masked_sample_op)],
             (Readback::SampleTop, false) => [Some(partials.map_or(&self.topk_op, |g| &g.topk)), Some(partials.map_or(&self.sample_op, |g| &g.sample))],
             (Readback::Top(_), _) => [Some(&self.topk_op), None],
             (Readback::Nothing | Readback::Logits, _) => [None, None],
