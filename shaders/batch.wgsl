@@ -1,5 +1,5 @@
 // The step's batch description, written before each forward by `batch_to_words`
-// (src/backend/webgpu/model.rs).
+// (src/backend/webgpu/batch.rs).
 // Header: [n_tokens, n_logit_rows, max_tokens, max_blocks_per_seq, block_size, 0, 0, 0], then
 // tokens[max_tokens], positions[max_tokens], seq_ids[max_tokens], logit_rows[max_tokens],
 // sums_temperatures[max_tokens] (f32 bits, one a logit row),
