@@ -16,6 +16,10 @@
 // ceil(vocab / rows a workgroup) maxima, then as many sums), so argmax.wgsl reads those and one
 // workgroup's rows instead of the whole vocabulary, and sample.wgsl the row's largest logits
 // and its mass.
+// MASKED (with PARTIALS: the LM head of a greedy or sampled step under grammar masks): each
+// logit its row's mask forbids is written as -3.4e38, which the partials and every kernel after
+// never count, so those kernels serve masked rows unchanged (sample.wgsl leaves such logits as
+// they are when it edits a row).
 // `dot32` comes from the weight type's quant_*.wgsl, prepended by the launcher.
 
 @group(0) @binding(0) var<uniform> P: MatmulParams; // matmul_params.wgsl
@@ -23,8 +27,10 @@
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> nw: array<vec4<f32>>;
-// ROPE only (else stand-ins): the cos/sin table and the layer's KV cache.
-@group(0) @binding(5) var<storage, read> rope: array<vec2<f32>>;
+// ROPE only (else stand-ins): the cos/sin table (f32 bits) and the layer's KV cache. MASKED:
+// binding 5 holds the logit rows' allowed-token masks instead (ceil(vocab / 32) words a row,
+// bit set: allowed).
+@group(0) @binding(5) var<storage, read> aux: array<u32>;
 @group(0) @binding(6) var<storage, read_write> k_cache: array<KvPair>;
 @group(0) @binding(7) var<storage, read_write> v_cache: array<KvPair>;
 @group(0) @binding(8) var<storage, read> batch: array<u32>;
@@ -37,6 +43,14 @@ override GELU: bool = false;
 override NORM: bool = false;
 override ROPE: bool = false;
 override PARTIALS: bool = false;
+override MASKED: bool = false;
+
+fn rope_pair(i: u32) -> vec2<f32> { return vec2<f32>(bitcast<f32>(aux[2u * i]), bitcast<f32>(aux[2u * i + 1u])); }
+
+// MASKED: whether logit row t's mask allows token i.
+fn allowed(t: u32, i: u32) -> bool {
+    return ((aux[t * ((P.out_stride + 31u) / 32u) + i / 32u] >> (i % 32u)) & 1u) == 1u;
+}
 
 fn gate_act(v: f32) -> f32 {
     // tanh saturates at 1.0 in f32 by 15; clamping keeps exp-based tanh (SwiftShader) from inf / inf.
@@ -126,6 +140,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
             let o = (t0 + t) * P.out_stride + P.out_col + row;
             if (P.accumulate == 1u) { v += y[o]; }
+            if (MASKED && !allowed(t0 + t, P.out_col + row)) { v = -3.4e38; }
             y[o] = v;
             if (PARTIALS) { quad_sums[(lid / TPR) * MAX_TN + t] = v; }
         }

@@ -17,6 +17,7 @@
 @group(0) @binding(4) var<storage, read> nw: array<vec4<f32>>;
 // P.rope only (else stand-ins): the cos/sin table and the layer's KV cache.
 @group(0) @binding(5) var<storage, read> rope: array<vec2<f32>>;
+fn rope_pair(i: u32) -> vec2<f32> { return rope[i]; }
 @group(0) @binding(6) var<storage, read_write> k_cache: array<KvPair>;
 @group(0) @binding(7) var<storage, read_write> v_cache: array<KvPair>;
 @group(0) @binding(8) var<storage, read> batch: array<u32>;

@@ -6,7 +6,8 @@
 // rows (2i, 2i + 1, half + 2i, half + 2i + 1) of a head; v rows: consecutive. q is written to y
 // rotated, k rotated and v as it is go to the cache only (attention reads q from qkv, K/V from
 // the cache). A q|k|v bias (Qwen2) is added first. Uses the including shader's P (rope, head_dim,
-// q_rows, kv_rows, bias, bias_off, out_stride), y, nw, rope, k_cache, v_cache and batch.
+// q_rows, kv_rows, bias, bias_off, out_stride), y, nw, k_cache, v_cache, batch and its
+// `rope_pair(i)`: the i-th (cos, sin) of the table.
 
 // The fused row computed in slot `s` (slots and rows counted from the first q row).
 fn rope_row(s: u32) -> u32 {
@@ -34,13 +35,13 @@ fn rope_store(s: u32, t: u32, v: vec4<f32>) {
         let i = r % P.head_dim;
         if (P.rope == 2u) {
             // Pairs (r, r2) at frequency i and (r + 1, r2 + 1) at i + 1.
-            let a = rope[pos * half + i];
-            let b = rope[pos * half + i + 1u];
+            let a = rope_pair(pos * half + i);
+            let b = rope_pair(pos * half + i + 1u);
             o = vec4<f32>(u.x * a.x - u.z * a.y, u.y * b.x - u.w * b.y, u.x * a.y + u.z * a.x, u.y * b.y + u.w * b.x);
         } else {
             // Pairs (r, r + 1) at frequency i / 2 and (r2, r2 + 1) at i / 2 + 1.
-            let a = rope[pos * half + i / 2u];
-            let b = rope[pos * half + i / 2u + 1u];
+            let a = rope_pair(pos * half + i / 2u);
+            let b = rope_pair(pos * half + i / 2u + 1u);
             o = vec4<f32>(u.x * a.x - u.y * a.y, u.x * a.y + u.y * a.x, u.z * b.x - u.w * b.y, u.z * b.y + u.w * b.x);
         }
     }

@@ -184,6 +184,8 @@ fn penalized(v: f32, n: u32, p: Row) -> f32 {
 
 // One invocation edits the row in place (a few hundred entries at most), keeping each edited
 // logit's value before the edit (the input token's, when no entry names it, in input_before).
+// A logit at or below NO_LOGIT stays as it is, as the CPU's -inf does under any edit: the LM
+// head writes tokens a mask forbids so (matmul.wgsl's MASKED), and no edit may allow them.
 fn apply_edits(r: u32, p: Row) {
     let input = token_id(logit_row(r));
     var input_seen = false;
@@ -192,6 +194,7 @@ fn apply_edits(r: u32, p: Row) {
         if (ed.token >= P.vocab) { continue; }
         let v = logits[base + ed.token];
         edits[e].before = v;
+        if (!(v > NO_LOGIT)) { continue; }
         if (ed.count == 0u) {
             logits[base + ed.token] = v + ed.bias;
             continue;
@@ -206,7 +209,7 @@ fn apply_edits(r: u32, p: Row) {
     if (p.count_input != 0u && !input_seen && input < P.vocab) {
         input_before = logits[base + input];
         input_edited = true;
-        logits[base + input] = penalized(input_before, 1u, p);
+        if (input_before > NO_LOGIT) { logits[base + input] = penalized(input_before, 1u, p); }
     }
 }
 

@@ -236,13 +236,23 @@ async fn kernels_match_cpu_in_browser() {
                 if let Some(group) = ferrolm::backend::webgpu::kernels::logit_partial_group(cpu_like.unwrap_or(true), k as u32) {
                     let partials = ferrolm::backend::webgpu::kernels::LogitPartials { group, offset: (n * m) as u32 };
                     let (lb, rb, unused) = (buf(&vec![0f32; n * (m + 2 * m.div_ceil(group as usize))]), buf(&vec![0f32; n]), buf(&vec![0f32; n * m.div_ceil(32)]));
-                    let mut ops = kernels.lm_head_partials(&w, &xb, None, &lb, m as u32, partials).unwrap();
+                    let mut ops = kernels.lm_head_partials(&w, &xb, None, &lb, m as u32, partials, None).unwrap();
                     ops.push(kernels.argmax(&lb, &rb, &unused, m as u32, false, Some(partials)));
                     run(&ops, n);
                     let got: Vec<u32> = bytemuck::cast_slice(&ctx.read_buffer(&rb, 0, rb.size()).await.unwrap()).to_vec();
                     let logits: Vec<f32> = bytemuck::cast_slice(&ctx.read_buffer(&lb, 0, (n * m * 4) as u64).await.unwrap()).to_vec();
                     let want: Vec<u32> = logits.chunks(m).map(ferrolm::sample::argmax).collect();
                     assert_eq!(got, want, "{name} n={n}: argmax over the LM head's partial maxima");
+                    // The same head under masks that forbid every third token: the argmax of the allowed ones.
+                    let words = m.div_ceil(32);
+                    let masks: Vec<u32> = (0..n * words).map(|i| (0..32).filter(|b| !((i % words) * 32 + b).is_multiple_of(3)).fold(0, |w, b| w | 1 << b)).collect();
+                    let mut ops = kernels.lm_head_partials(&w, &xb, None, &lb, m as u32, partials, Some(&buf(bytemuck::cast_slice(&masks)))).unwrap();
+                    ops.push(kernels.argmax(&lb, &rb, &unused, m as u32, false, Some(partials)));
+                    run(&ops, n);
+                    let got: Vec<u32> = bytemuck::cast_slice(&ctx.read_buffer(&rb, 0, rb.size()).await.unwrap()).to_vec();
+                    let masked: Vec<f32> = logits.iter().enumerate().map(|(j, &l)| if (j % m).is_multiple_of(3) { -3.4e38 } else { l }).collect();
+                    let want: Vec<u32> = masked.chunks(m).map(ferrolm::sample::argmax).collect();
+                    assert_eq!(got, want, "{name} n={n}: argmax over the masked LM head's partial maxima");
                 }
             }
         }

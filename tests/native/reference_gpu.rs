@@ -8,7 +8,7 @@ use ferrolm::backend::reference::ReferenceModel;
 use ferrolm::backend::webgpu::{GpuContext, GpuModel, GpuOptions};
 use ferrolm::engine::{Batch, Engine, ForwardModel, ModelOptions, PendingStep, Picks, Readback};
 use ferrolm::gguf::Gguf;
-use ferrolm::sample::{Sampler, SamplingParams, TopLogits, MAX_TOP};
+use ferrolm::sample::{Sampler, SamplingParams, TopLogits, MAX_TOP, NO_TOKEN};
 
 fn load_smollm2() -> GpuModel {
     load_smollm2_with(GpuOptions::default())
@@ -122,6 +122,21 @@ fn sampled_rows_equal_host_choice(model: &GpuModel, prompt: &[u32]) {
         .collect();
     assert_eq!(masked, masked_host, "sampled with a mask on the GPU (GPU shapes) vs the host's choice");
     assert!(masked_top.iter().zip(&top).all(|(a, b)| a.top == b.top && a.lse == b.lse), "a mask changed the logprob candidates");
+    // Draws without logprobs and greedy rows under masks: the LM head applies them (forbidden
+    // logits at -3.4e38) and the unmasked kernels choose from its partials. Row 0 allows
+    // nothing and has edits that would lift a forbidden logit, were it not left as it is.
+    let mut rows = rows.clone();
+    rows[0] = Sampler::new(SamplingParams { temperature: 0.8, repeat_penalty: 0.5, logit_bias: vec![(5, 1e38)], ..Default::default() }, 49152).unwrap().row(&[]);
+    let mut masks = masks.clone();
+    masks[..mask.len()].fill(0);
+    let masked_rows: Vec<Vec<f32>> = logits.chunks(49152).enumerate().map(|(r, row)| row.iter().enumerate().map(|(t, &l)| if r > 0 && allowed(t) { l } else { f32::NEG_INFINITY }).collect()).collect();
+    let Picks::Tokens(masked) = step(Some(&rows[..]), Some(&masks[..]), Readback::Sample) else { panic!("unexpected picks") };
+    let masked_host: Vec<u32> = rows.iter().zip(&masked_rows).zip(&logit_rows).map(|((r, row), &at)| r.choose(row, tokens[at as usize])).collect();
+    assert_eq!(masked, masked_host, "sampled without logprobs under masks on the GPU (GPU shapes) vs the host's choice");
+    assert_eq!(masked[0], NO_TOKEN, "a row whose mask allows nothing has no token");
+    let Picks::Tokens(greedy) = step(None, Some(&masks[..]), Readback::Argmax) else { panic!("unexpected picks") };
+    let greedy_host: Vec<u32> = masked_rows.iter().map(|row| ferrolm::sample::argmax(row)).collect();
+    assert_eq!(greedy, greedy_host, "greedy under masks on the GPU (GPU shapes) vs the host's argmax");
     // The rows' candidates (from the same partials) and the drawn tokens' logits, for logprobs.
     for (i, row) in logits.chunks(49152).enumerate() {
         let want = TopLogits::from_logits(row, MAX_TOP);

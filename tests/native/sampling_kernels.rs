@@ -34,7 +34,7 @@ fn argmax_over_lm_head_partials_matches_cpu() {
             let x = random(n * k, 60 + n as u64);
             let partials = LogitPartials { group, offset: (n * vocab) as u32 };
             let (xb, lb, rb) = (h.buffer(&x), h.buffer(&vec![0f32; n * (vocab + 2 * n_partials)]), h.buffer(&vec![0f32; n]));
-            let mut ops = h.kernels.lm_head_partials(w, &xb, None, &lb, vocab as u32, partials).expect("parts that start at workgroups take partials");
+            let mut ops = h.kernels.lm_head_partials(w, &xb, None, &lb, vocab as u32, partials, None).expect("parts that start at workgroups take partials");
             let unused = h.buffer(&vec![0f32; n * vocab.div_ceil(32)]);
             ops.push(h.kernels.argmax(&lb, &rb, &unused, vocab as u32, false, Some(partials)));
             // Rows that draw at a temperature alone take their sums there; greedy and top-p
@@ -59,6 +59,31 @@ fn argmax_over_lm_head_partials_matches_cpu() {
                 assert!(gpu[n_partials..].iter().zip(&cpu[n_partials..]).all(|(a, b)| (a - b).abs() <= 1e-5 * b), "k={k} n={n} row {t}: sums");
             }
             assert!(got.iter().all(|&t| t < 37), "k={k} n={n} parts={}: a later copy of the largest row won: {got:?}", w.parts.len());
+
+            // Under grammar masks (about a third of the tokens allowed, row 2 none): the head
+            // writes forbidden logits as -3.4e38, and the same argmax gives the CPU's masked
+            // choice (no token where nothing is allowed).
+            let words = vocab.div_ceil(32);
+            let mut masks: Vec<u32> = (0..n * words).map(|i| random_bits(i as u64 + 7 * k as u64) & random_bits(i as u64 + 99)).collect();
+            if n > 2 {
+                masks[2 * words..3 * words].fill(0);
+            }
+            let mb = h.words(&masks);
+            let mut ops = h.kernels.lm_head_partials(w, &xb, None, &lb, vocab as u32, partials, Some(&mb)).unwrap();
+            ops.push(h.kernels.argmax(&lb, &rb, &unused, vocab as u32, false, Some(partials)));
+            let got: Vec<u32> = h.run_sampled(&ops, &vec![0; n], &sampling, &rb).iter().map(|v| v.to_bits()).collect();
+            let masked = h.read(&lb);
+            let allowed = |t: usize, i: usize| masks[t * words + i / 32] >> (i % 32) & 1 == 1;
+            let want: Vec<f32> = (0..n * vocab).map(|j| if allowed(j / vocab, j % vocab) { logits[j] } else { -3.4e38 }).collect();
+            assert_eq!(masked[..n * vocab], want[..], "k={k} n={n}: masked logits");
+            let want: Vec<u32> = want.chunks(vocab).map(ferrolm::sample::argmax).collect();
+            assert_eq!(got, want, "k={k} n={n} parts={}: masked argmax", w.parts.len());
+            assert!(n <= 2 || got[2] == u32::MAX, "a row whose mask allows nothing has no token");
+            for (t, row) in masked[..n * vocab].chunks(vocab).enumerate() {
+                let (gpu, cpu) = (&masked[n * vocab + t * 2 * n_partials..][..2 * n_partials], partials_at(row, group as usize, sums_temperature(&sampling[t])));
+                assert_eq!(gpu[..n_partials], cpu[..n_partials], "k={k} n={n} row {t}: masked maxima");
+                assert!(gpu[n_partials..].iter().zip(&cpu[n_partials..]).all(|(a, b)| (a - b).abs() <= 1e-5 * b), "k={k} n={n} row {t}: masked sums");
+            }
         }
     }
 
@@ -87,6 +112,14 @@ fn argmax_over_lm_head_partials_matches_cpu() {
     assert_eq!(with, [50, 700, u32::MAX, 0, 999]);
     let cpu: Vec<u32> = logits.chunks(vocab).map(ferrolm::sample::argmax).collect();
     assert_eq!(with, cpu, "the GPU's argmax vs the CPU's");
+}
+
+/// 32 pseudo-random bits of `seed` (splitmix64).
+fn random_bits(seed: u64) -> u32 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as u32
 }
 
 /// A logit row's partial maxima and sums as the LM head writes them (matmul.wgsl's PARTIALS): the

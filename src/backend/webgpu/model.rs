@@ -141,15 +141,19 @@ impl PendingModel {
 
 /// A greedy or sampled step's end on GPUs: the LM head that also writes each workgroup's largest
 /// logit and sum, and the argmax, sample and top-k kernels that start from those instead of
-/// every logit (unmasked rows).
+/// every logit.
 struct PartialsHead {
     /// Where the plain LM head's Ops start in [`GpuModel::ops`]; these replace them.
     start: usize,
     head: Vec<Op>,
+    /// The same LM head applying the rows' grammar masks (greedy and sampled steps without
+    /// logprobs): the argmax and sample kernels then serve masked rows unchanged.
+    masked_head: Vec<Op>,
     argmax: Op,
-    /// The sample kernel reading the partial maxima and sums (unmasked rows).
+    /// The sample kernel reading the partial maxima and sums (rows unmasked, or masked by
+    /// `masked_head`).
     sample: Op,
-    /// The top-k kernel reading them (logprob rows, unmasked).
+    /// The top-k kernel reading them (logprob rows; their candidates are the unmasked row's).
     topk: Op,
 }
 
@@ -366,11 +370,12 @@ impl GpuModel {
         ops.extend(kernels.matmul_normed(&head, input, norm, &logits, OutCols { stride: v as u32, col: 0 }, Count::LogitRows));
         let argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, false, None);
         let partials_head = partials.and_then(|p| {
-            let head = kernels.lm_head_partials(&head, input, norm, &logits, v as u32, p)?;
+            let masked_head = kernels.lm_head_partials(&head, input, norm, &logits, v as u32, p, Some(&masks))?;
+            let head = kernels.lm_head_partials(&head, input, norm, &logits, v as u32, p, None)?;
             let sample = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, false, Some(p));
             let argmax = kernels.argmax(&logits, &argmax, &masks, v as u32, false, Some(p));
             let topk = kernels.topk(&logits, &topk, v as u32, Some(p));
-            Some(PartialsHead { start: head_matmul, head, argmax, sample, topk })
+            Some(PartialsHead { start: head_matmul, head, masked_head, argmax, sample, topk })
         });
         let masked_argmax_op = kernels.argmax(&logits, &argmax, &masks, v as u32, true, None);
         let sample_op = kernels.sample(&logits, &argmax, &sample_rows, &sample_edits, &sample_logits, &masks, v as u32, false, None);
@@ -475,20 +480,18 @@ impl GpuModel {
     /// encodes through this).
     pub(super) fn step_ops(&self, readback: Readback, masked: bool) -> impl Iterator<Item = &Op> + '_ {
         // The LM head that leaves partial maxima and sums, for the argmax, sample and top-k
-        // kernels: unmasked, or for a masked step's top-k (its candidates are the unmasked row's).
-        let partials = self.partials_head.as_ref().filter(|_| match readback {
-            Readback::Argmax | Readback::Sample => !masked,
-            Readback::SampleTop => true,
-            _ => false,
-        });
+        // kernels; it applies the masks of a masked step's argmax or draw, but not of a masked
+        // step's top-k (its candidates are the unmasked row's).
+        let partials = self.partials_head.as_ref().filter(|_| matches!(readback, Readback::Argmax | Readback::Sample | Readback::SampleTop));
         let (body, head) = match partials {
+            Some(g) if masked && readback != Readback::SampleTop => (&self.ops[..g.start], &g.masked_head[..]),
             Some(g) => (&self.ops[..g.start], &g.head[..]),
             None => (&self.ops[..], &[][..]),
         };
         let readback_ops: [Option<&Op>; 2] = match (readback, masked) {
-            (Readback::Argmax, true) => [Some(&self.masked_argmax_op), None],
+            (Readback::Argmax, true) => [Some(partials.map_or(&self.masked_argmax_op, |g| &g.argmax)), None],
             (Readback::Argmax, false) => [Some(partials.map_or(&self.argmax_op, |g| &g.argmax)), None],
-            (Readback::Sample, true) => [Some(&self.masked_sample_op), None],
+            (Readback::Sample, true) => [Some(partials.map_or(&self.masked_sample_op, |g| &g.sample)), None],
             (Readback::Sample, false) => [Some(partials.map_or(&self.sample_op, |g| &g.sample)), None],
             // Candidates of the logits before the sample kernel edits (and masks) them in place.
             (Readback::SampleTop, true) => [Some(partials.map_or(&self.topk_op, |g| &g.topk)), Some(&self.masked_sample_op)],

@@ -111,14 +111,18 @@ impl Kernels {
 
     /// The LM head of [`Kernels::matmul_normed`] (`out.stride`: the vocabulary) that also
     /// leaves each workgroup's largest logit at `partials` for the argmax; `None` where
-    /// [`logit_partial_group`] gives none or a part of `w` starts inside a group.
-    pub fn lm_head_partials(&self, w: &GpuTensor, x: &wgpu::Buffer, norm: Option<Norm>, logits: &wgpu::Buffer, vocab: u32, partials: LogitPartials) -> Option<Vec<Op>> {
+    /// [`logit_partial_group`] gives none or a part of `w` starts inside a group. With `masks`
+    /// (each logit row's allowed tokens, `vocab.div_ceil(32)` words a row) the logits a row's
+    /// mask forbids are written as -3.4e38, which the partials and the kernels reading the
+    /// logits after never count.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lm_head_partials(&self, w: &GpuTensor, x: &wgpu::Buffer, norm: Option<Norm>, logits: &wgpu::Buffer, vocab: u32, partials: LogitPartials, masks: Option<&wgpu::Buffer>) -> Option<Vec<Op>> {
         let group = logit_partial_group(self.cpu_like, w.k)?;
         if group != partials.group || w.parts.iter().any(|p| !p.row0.is_multiple_of(group)) {
             return None;
         }
         let out = |p: &TensorPart| OutCols { stride: vocab, col: p.row0 };
-        Some(w.parts.iter().map(|p| self.matmul_part(w, p, x, norm, logits, out(p), false, Count::LogitRows, None, None, Some(partials.offset))).collect())
+        Some(w.parts.iter().map(|p| self.matmul_part(w, p, x, norm, logits, out(p), false, Count::LogitRows, None, None, Some((partials.offset, masks)))).collect())
     }
 
     /// Whether the q|k|v matmuls over these `(matrix, first column)` runs can apply RoPE and
@@ -160,7 +164,7 @@ impl Kernels {
         of: Count,
         glu: Option<Activation>,
         epilogue: Option<(RopeKv, Option<QkvBias>)>,
-        partials: Option<u32>,
+        partials: Option<(u32, Option<&wgpu::Buffer>)>,
     ) -> Op {
         assert!(norm.is_none() || self.folds_norm(), "matvec.wgsl takes no folded norm");
         assert!(partials.is_none() || !self.cpu_like, "matvec.wgsl writes no partial maxima");
@@ -201,6 +205,7 @@ impl Kernels {
                         ("NORM", norm.is_some() as u32),
                         ("ROPE", rope.is_some() as u32),
                         ("PARTIALS", partials.is_some() as u32),
+                        ("MASKED", partials.is_some_and(|p| p.1.is_some()) as u32),
                     ];
                     let pipeline = self.pipeline(Shader::Matmul, Some(w.ty), &overrides);
                     Variant { pipeline, grid: Grid::Rows { x: m.div_ceil(64 / tpr), per: tn, of }, max_n }
@@ -229,12 +234,14 @@ impl Kernels {
             kv_rows: rope.map_or(0, |r| r.dims.n_kv_heads * r.dims.head_dim),
             bias: bias.is_some() as u32,
             bias_off: bias.map_or(0, |b| b.offset),
-            partials: partials.unwrap_or(0),
+            partials: partials.map_or(0, |p| p.0),
         };
         // Unread bindings get stand-ins: x for the read-only ones (two read-only bindings of one
-        // buffer are allowed), the spare buffers for the cache.
+        // buffer are allowed), the spare buffers for the cache. Binding 5 is the RoPE table, or
+        // a masked LM head's masks.
         let nw = norm.map(|n| n.weight).or(bias.map(|b| b.buffer)).unwrap_or(x);
-        let (table, k_cache, v_cache) = rope.map_or((x, &self.spare[0], &self.spare[1]), |r| (r.table, r.k_cache, r.v_cache));
+        let masks = partials.and_then(|p| p.1).unwrap_or(x);
+        let (table, k_cache, v_cache) = rope.map_or((masks, &self.spare[0], &self.spare[1]), |r| (r.table, r.k_cache, r.v_cache));
         self.op("matmul", variants, &params, &[&part.buffer, x, y, nw, table, k_cache, v_cache])
     }
 }
