@@ -244,23 +244,25 @@ pub(super) fn q4_with<K: NibbleDot, G: Nibbles>(w: &[G], acts: &[&[ActBlock]], o
     fn step<K: NibbleDot>(wq: &K::W, sc: (v128, v128), ab: &ActBlock, acc: &mut v128, accm: &mut v128) {
         q4_step(K::isum(wq, &K::acts(ab)), sc, f32x4_splat(ab.d), f32x4_splat(ab.dsum), acc, accm);
     }
-    let n = acts.len();
-    if n == TILE {
-        let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
-        for (b, g) in w.iter().enumerate() {
-            let (wq, sc) = (g.unpack::<K>(), scales_mins(g.low()));
-            unroll!(t in [0 1 2 3] => { step::<K>(&wq, sc, &acts[t][b], &mut acc[t], &mut accm[t]) });
-        }
-        return store_sums(&acc, &accm, out);
+    // The tile's tokens, unrolled for each count (see `unroll!`).
+    macro_rules! tile {
+        ($($t:literal)*) => {{
+            let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
+            for (b, g) in w.iter().enumerate() {
+                let (wq, sc) = (g.unpack::<K>(), scales_mins(g.low()));
+                unroll!(t in [$($t)*] => { step::<K>(&wq, sc, &acts[t][b], &mut acc[t], &mut accm[t]) });
+            }
+            unroll!(t in [$($t)*] => { store_sum(acc[t], accm[t], &mut out[t]) });
+        }};
     }
-    let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
-    for (b, g) in w.iter().enumerate() {
-        let (wq, sc) = (g.unpack::<K>(), scales_mins(g.low()));
-        for t in 0..n {
-            step::<K>(&wq, sc, &acts[t][b], &mut acc[t], &mut accm[t]);
+    match acts.len() {
+        2 => tile!(0 1),
+        3 => tile!(0 1 2),
+        n => {
+            assert_eq!(n, TILE, "a tile is 1 to {TILE} tokens");
+            tile!(0 1 2 3)
         }
     }
-    store_sums(&acc, &accm, out)
 }
 
 /// `out[k]` = group `ws[k]` . one token (decode), at most [`LOCKSTEP`] groups summed together
@@ -297,9 +299,14 @@ pub(super) fn q4_groups_with<K: NibbleDot, G: Nibbles>(ws: &[&[G]], act: &[ActBl
 #[inline(always)]
 fn store_sums(acc: &[v128], accm: &[v128], out: &mut [[f32; ROWS]]) {
     for (k, o) in out.iter_mut().enumerate() {
-        // SAFETY: `o` is four f32.
-        unsafe { v128_store(o.as_mut_ptr() as *mut v128, f32x4_add(acc[k], accm[k])) };
+        store_sum(acc[k], accm[k], o);
     }
+}
+
+#[inline(always)]
+fn store_sum(acc: v128, accm: v128, out: &mut [f32; ROWS]) {
+    // SAFETY: `out` is four f32.
+    unsafe { v128_store(out.as_mut_ptr() as *mut v128, f32x4_add(acc, accm)) };
 }
 
 /// A group's scales: `d`, `d` of the high halves (`d` again unless `HALVES`), mins (0 unless `MIN`).
@@ -336,22 +343,25 @@ pub fn q8<G: Q8Group>(w: &[G], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
         q8_step::<G>(wq, sc, &split_i8x32(ab.qs.as_ptr()), f32x4_splat(ab.d), f32x4_splat(ab.dsum), acc, accm);
     };
     let weights = |g: &G| -> [[v128; 4]; ROWS] { std::array::from_fn(|r| split_i8x32(g.qs()[r].as_ptr())) };
-    if n == TILE {
-        let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
-        for (b, g) in w.iter().enumerate() {
-            let (wq, sc) = (weights(g), q8_scales(g));
-            unroll!(t in [0 1 2 3] => { step(&wq, sc, t, b, &mut acc[t], &mut accm[t]) });
-        }
-        return store_sums(&acc, &accm, out);
+    // As in `q4_with`.
+    macro_rules! tile {
+        ($($t:literal)*) => {{
+            let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
+            for (b, g) in w.iter().enumerate() {
+                let (wq, sc) = (weights(g), q8_scales(g));
+                unroll!(t in [$($t)*] => { step(&wq, sc, t, b, &mut acc[t], &mut accm[t]) });
+            }
+            unroll!(t in [$($t)*] => { store_sum(acc[t], accm[t], &mut out[t]) });
+        }};
     }
-    let (mut acc, mut accm) = ([f32x4_splat(0.0); TILE], [f32x4_splat(0.0); TILE]);
-    for (b, g) in w.iter().enumerate() {
-        let (wq, sc) = (weights(g), q8_scales(g));
-        for t in 0..n {
-            step(&wq, sc, t, b, &mut acc[t], &mut accm[t]);
+    match n {
+        2 => tile!(0 1),
+        3 => tile!(0 1 2),
+        _ => {
+            assert_eq!(n, TILE, "a tile is 1 to {TILE} tokens");
+            tile!(0 1 2 3)
         }
     }
-    store_sums(&acc, &accm, out)
 }
 
 /// [`q4_groups_with`] for the 8-bit groups.
