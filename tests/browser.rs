@@ -341,25 +341,27 @@ fn browser_pool() -> ModelOptions {
     ModelOptions { kv_budget_bytes: Some(32 << 20), ..ModelOptions::new(512, 64) }
 }
 
-/// The engine scenarios on one backend in Chromium, against the native runs' records for
-/// that backend (`engine-*-{backend}.json`): 4 requests on a pool too small for them (waiting
-/// and preemption) get exactly the single-request tokens; cancelling frees blocks; a sequence
-/// at the context end stops with `length`; a 160-token shared prefix comes from the prefix
-/// cache with the cold run's tokens and top-5 logprobs; n-gram and draft-model speculation
-/// keep greedy output (the first 12 tokens of the last `spec_prompts` prompts; none: no draft
-/// model is loaded); pipelined
-/// decoding reports what step-by-step decoding reported natively.
-async fn engine_scenarios<M: ForwardModel>(backend: &str, spec_prompts: usize, mut load: impl FnMut(ModelOptions) -> M, tok: &Tokenizer) {
+/// On a pool too small for them (waiting and preemption), 4 requests get exactly the tokens
+/// the native run of the backend recorded for each alone (`engine-small-pool-{backend}.json`),
+/// and a sequence at the context end stops with `length`.
+async fn small_pool_scenarios<M: ForwardModel>(backend: &str, model: M, tok: &Tokenizer) {
     let native = fetch_json(&format!("target/test-artifacts/engine-small-pool-{backend}.json")).await;
     let alone: Vec<Vec<u32>> = serde_json::from_value(native["alone"].clone()).unwrap();
-    let mut engine = Engine::new(load(small_pool()));
+    let mut engine = Engine::new(model);
     engine_cases::together_equals(&mut engine, tok, 24, &alone).await;
     assert!(engine.stats().preemptions > 0);
     let prompt: Vec<u32> = tok.encode_prompt(&engine_cases::long_text(), false).unwrap()[..60].to_vec();
     let out = engine_cases::run_alone(&mut engine, tok, ferrolm::engine::Request { prompt, opts: engine_cases::greedy(100) }).await;
     assert_eq!((out.generation.finish_reason, out.generation.tokens.len()), (ferrolm::sample::FinishReason::Length, 5));
-    drop(engine);
+}
 
+/// The engine scenarios on one backend in Chromium, against the native runs' records for
+/// that backend (`engine-*-{backend}.json`): cancelling frees blocks; a 160-token shared
+/// prefix comes from the prefix cache with the cold run's tokens and top-5 logprobs; n-gram
+/// and draft-model speculation keep greedy output (the first 12 tokens of the last
+/// `spec_prompts` prompts; none: no draft model is loaded); pipelined decoding reports what
+/// step-by-step decoding reported natively, greedy and seeded sampling.
+async fn engine_scenarios<M: ForwardModel>(backend: &str, spec_prompts: usize, mut load: impl FnMut(ModelOptions) -> M, tok: &Tokenizer) {
     let mut engine = Engine::new(load(browser_pool()));
     engine_cases::cancel_frees_blocks(&mut engine, tok).await;
     let native = fetch_json(&format!("target/test-artifacts/engine-prefix-cold-{backend}.json")).await;
@@ -400,17 +402,13 @@ async fn engine_scenarios_on_gpu_in_browser() {
     let bytes = smollm2().await;
     let gguf = Gguf::read(&bytes[..]).unwrap();
     let tok = Tokenizer::from_gguf(&gguf.metadata).unwrap();
-    // Loading is async on the GPU: load the two models the scenarios ask for (in their order)
-    // up front. Small KV pools: SwiftShader's memory is the tab's.
-    let mut models = Vec::new();
-    for opts in [small_pool(), browser_pool()] {
-        models.push(gpu_model_with(&bytes, opts).await.0);
-    }
-    models.reverse();
-    // No speculation here (about a minute on SwiftShader, with a second SmolLM2 as the draft
-    // model): it is engine code, checked in Chromium on the CPU backend and on the GPU backend
-    // natively (lavapipe runs the same shaders).
-    engine_scenarios("gpu", 0, |_| models.pop().expect("two models"), &tok).await;
+    // Loading is async on the GPU: the model is loaded up front. A small KV pool: SwiftShader's
+    // memory is the tab's.
+    let mut model = Some(gpu_model_with(&bytes, browser_pool()).await.0);
+    // No speculation and no small pool here (about a minute and 35 s on SwiftShader): they are
+    // engine code, checked in Chromium on the CPU backend and on the GPU backend natively
+    // (lavapipe runs the same shaders).
+    engine_scenarios("gpu", 0, |_| model.take().expect("one model"), &tok).await;
 }
 
 /// The CPU backend's wasm simd128 and relaxed-SIMD kernels (this build has both; the npm
@@ -483,7 +481,9 @@ async fn engine_scenarios_on_cpu_in_browser() {
     let bytes = smollm2().await;
     let gguf = Gguf::read(&bytes[..]).unwrap();
     let tok = Tokenizer::from_gguf(&gguf.metadata).unwrap();
-    engine_scenarios("cpu", usize::MAX, |opts| Yielding(SimdModel::load(&gguf, &bytes[..], &opts, 1).unwrap()), &tok).await;
+    let load = |opts| Yielding(SimdModel::load(&gguf, &bytes[..], &opts, 1).unwrap());
+    small_pool_scenarios("cpu", load(small_pool()), &tok).await;
+    engine_scenarios("cpu", usize::MAX, load, &tok).await;
 }
 
 /// A model file from the test server.
