@@ -488,16 +488,19 @@ impl GpuModel {
             Some(g) => (&self.ops[..g.start], &g.head[..]),
             None => (&self.ops[..], &[][..]),
         };
-        let readback_ops: [Option<&Op>; 2] = match (readback, masked) {
-            (Readback::Argmax, true) => [Some(partials.map_or(&self.masked_argmax_op, |g| &g.argmax)), None],
-            (Readback::Argmax, false) => [Some(partials.map_or(&self.argmax_op, |g| &g.argmax)), None],
-            (Readback::Sample, true) => [Some(partials.map_or(&self.masked_sample_op, |g| &g.sample)), None],
-            (Readback::Sample, false) => [Some(partials.map_or(&self.sample_op, |g| &g.sample)), None],
-            // Candidates of the logits before the sample kernel edits (and masks) them in place.
-            (Readback::SampleTop, true) => [Some(partials.map_or(&self.topk_op, |g| &g.topk)), Some(&self.masked_sample_op)],
-            (Readback::SampleTop, false) => [Some(partials.map_or(&self.topk_op, |g| &g.topk)), Some(partials.map_or(&self.sample_op, |g| &g.sample))],
-            (Readback::Top(_), _) => [Some(&self.topk_op), None],
-            (Readback::Nothing | Readback::Logits, _) => [None, None],
+        // Without partials (CPU adapters) a masked step's kernels apply the masks themselves.
+        let (argmax, sample) = match masked {
+            true => (&self.masked_argmax_op, &self.masked_sample_op),
+            false => (&self.argmax_op, &self.sample_op),
+        };
+        let readback_ops: [Option<&Op>; 2] = match readback {
+            Readback::Argmax => [Some(partials.map_or(argmax, |g| &g.argmax)), None],
+            Readback::Sample => [Some(partials.map_or(sample, |g| &g.sample)), None],
+            // Candidates of the logits before the sample kernel edits (and masks) them in place;
+            // the draw of a masked row reads the whole row.
+            Readback::SampleTop => [Some(partials.map_or(&self.topk_op, |g| &g.topk)), Some(partials.filter(|_| !masked).map_or(sample, |g| &g.sample))],
+            Readback::Top(_) => [Some(&self.topk_op), None],
+            Readback::Nothing | Readback::Logits => [None, None],
         };
         body.iter().chain(head).chain(readback_ops.into_iter().flatten())
     }
