@@ -64,7 +64,8 @@ fn argmax_over_lm_head_partials_matches_cpu() {
             // writes forbidden logits as -3.4e38, and the same argmax gives the CPU's masked
             // choice (no token where nothing is allowed).
             let words = vocab.div_ceil(32);
-            let mut masks: Vec<u32> = (0..n * words).map(|i| random_bits(i as u64 + 7 * k as u64) & random_bits(i as u64 + 99)).collect();
+            let mut rng = crate::cpu_cases::Rng::new(7 * (k + n) as u64);
+            let mut masks: Vec<u32> = (0..n * words).map(|_| (rng.next() & rng.next()) as u32).collect();
             if n > 2 {
                 masks[2 * words..3 * words].fill(0);
             }
@@ -112,14 +113,6 @@ fn argmax_over_lm_head_partials_matches_cpu() {
     assert_eq!(with, [50, 700, u32::MAX, 0, 999]);
     let cpu: Vec<u32> = logits.chunks(vocab).map(ferrolm::sample::argmax).collect();
     assert_eq!(with, cpu, "the GPU's argmax vs the CPU's");
-}
-
-/// 32 pseudo-random bits of `seed` (splitmix64).
-fn random_bits(seed: u64) -> u32 {
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) as u32
 }
 
 /// A logit row's partial maxima and sums as the LM head writes them (matmul.wgsl's PARTIALS): the
