@@ -416,7 +416,7 @@ async fn engine_scenarios_on_gpu_in_browser() {
 /// ones the exact dequantization within the 8-bit bound, for every type.
 #[wasm_bindgen_test]
 fn cpu_kernels_match_scalar_in_browser() {
-    for tokens in [1, 3, 6] {
+    for tokens in [1, 2, 3, 4, 6, 9] {
         let report = cpu_cases::check_cpu_kernels(tokens);
         for target in ["simd128", "relaxed-simd"] {
             assert!(report.iter().any(|l| l.contains(&format!("Q4_1: {target} == scalar"))), "{target} was not compared: {report:?}");

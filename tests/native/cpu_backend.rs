@@ -11,7 +11,7 @@ use ferrolm::gguf::Gguf;
 
 #[test]
 fn kernels_match_scalar_and_dequantization() {
-    for tokens in [1, 3, 6] {
+    for tokens in [1, 2, 3, 4, 6, 9] {
         for line in cpu_cases::check_cpu_kernels(tokens) {
             println!("{line}");
         }

@@ -80,6 +80,13 @@ const DECODE_STREAMS: usize = super::kernels::simd128::LOCKSTEP;
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 const DECODE_STREAMS: usize = 1;
 
+/// Tokens a product takes set by set ([`decode_set`]: decode, a few sequences' decode rows, a
+/// verification step), reading each weight from memory once; more (prefill) take
+/// [`GROUP_CHUNK`]s of groups that stay in cache while tiles of tokens stream past them. In
+/// wasm a tile's lockstep sets read 16 places at once where a chunk reads one: two concurrent
+/// SmolLM2 streams in Chromium (2 threads) went from 0.77-1.07x one stream's tok/s to 1.15-1.23x.
+const SET_TOKENS: usize = 2 * TILE;
+
 /// Decode sets a thread claims at once ([`QMatrix::matmul_claimed`]): 16 groups, 23-61 KB of
 /// SmolLM2's 4-bit weights (a few microseconds), so a claim's atomic add is noise and the
 /// threads finish within one claim of each other.
@@ -221,9 +228,13 @@ impl QMatrix {
             // SAFETY: this call owns columns of `groups` in every row of y until the caller's next barrier.
             unsafe { y.slice_mut(t, r0..r1) }.copy_from_slice(&vals[..r1 - r0]);
         };
-        if n == 1 && !matches!(self.packed, Packed::F32(_)) {
+        if n == 0 {
+            return;
+        }
+        if n <= SET_TOKENS && !matches!(self.packed, Packed::F32(_)) {
+            let acts = token_acts(acts, n, nb);
             for j in 0..decode_sets(groups.len()) {
-                self.decode_set(target, &acts[..nb], groups.clone(), j, &write);
+                self.decode_set(target, &acts[..n], groups.clone(), j, &write);
             }
             return;
         }
@@ -260,13 +271,17 @@ impl QMatrix {
     }
 
     /// As [`QMatrix::matmul`] over all of the matrix's groups, shared out among `w`'s pool at
-    /// run time ([`Worker::claim`]) where there is one token, by static shares otherwise.
+    /// run time ([`Worker::claim`]) where there are at most [`SET_TOKENS`] tokens (decode sets), by
+    /// static shares otherwise.
     /// `softcap`: `y = cap * tanh(y / cap)` as each output is written.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_claimed(&self, target: Target, x: &[f32], acts: &[ActBlock], w: &Worker, counters: &[Counter], y: Out, softcap: Option<f32>) {
         let (k, m) = (self.cols, self.rows);
         let n = x.len() / k;
-        if n != 1 || matches!(self.packed, Packed::F32(_)) {
+        if n == 0 {
+            return;
+        }
+        if n > SET_TOKENS || matches!(self.packed, Packed::F32(_)) {
             let groups = w.share(self.groups());
             self.matmul(target, x, acts, groups.clone(), y);
             if let Some(cap) = softcap {
@@ -278,16 +293,16 @@ impl QMatrix {
             }
             return;
         }
-        let write = |_t: usize, g: usize, vals: &[f32; ROWS]| {
+        let write = |t: usize, g: usize, vals: &[f32; ROWS]| {
             let (r0, r1) = (g * ROWS, (g * ROWS + ROWS).min(m));
             // SAFETY: a claimed set's groups are this thread's alone until the caller's next barrier.
-            let out = unsafe { y.slice_mut(0, r0..r1) };
+            let out = unsafe { y.slice_mut(t, r0..r1) };
             out.copy_from_slice(&vals[..r1 - r0]);
             if let Some(cap) = softcap {
                 soft_cap(cap, out);
             }
         };
-        let per_claim = CLAIM_SETS;
+        let (per_claim, acts) = (CLAIM_SETS, token_acts(acts, n, k / QK));
         // Shares of whole decode sets: a ragged set takes the wasm kernels' slower loop.
         w.claim(
             self.groups(),
@@ -296,24 +311,33 @@ impl QMatrix {
             |len| decode_sets(len).div_ceil(per_claim),
             |share, j| {
                 for set in j * per_claim..((j + 1) * per_claim).min(decode_sets(share.len())) {
-                    self.decode_set(target, &acts[..k / QK], share.clone(), set, &write);
+                    self.decode_set(target, &acts[..n], share.clone(), set, &write);
                 }
             },
         );
     }
 
-    /// Set `j` of `groups` for one token ([`decode_set`]) with `target`'s kernels.
-    fn decode_set(&self, target: Target, act: &[ActBlock], groups: std::ops::Range<usize>, j: usize, write: &impl Fn(usize, usize, &[f32; ROWS])) {
-        let nb = act.len();
-        match &self.packed {
-            Packed::Q4(w) => decode_set(w, nb, groups, j, |ws, out| target.q4_groups(ws, act, out), write),
-            Packed::Q5(w) => decode_set(w, nb, groups, j, |ws, out| target.q5_groups(ws, act, out), write),
-            Packed::Q8(w) => decode_set(w, nb, groups, j, |ws, out| target.q8_groups(ws, act, out), write),
-            Packed::Q8Min(w) => decode_set(w, nb, groups, j, |ws, out| target.q8_groups(ws, act, out), write),
-            Packed::Q8Halves(w) => decode_set(w, nb, groups, j, |ws, out| target.q8_groups(ws, act, out), write),
-            Packed::F32(_) => unreachable!("f32 matrices take the token loop"),
+    /// Set `j` of `groups` for the tokens of `acts` ([`decode_set`]) with `target`'s kernels, a
+    /// tile of tokens at a time (the set's weights stay in cache for the second).
+    fn decode_set(&self, target: Target, acts: &[&[ActBlock]], groups: std::ops::Range<usize>, j: usize, write: &impl Fn(usize, usize, &[f32; ROWS])) {
+        let nb = acts[0].len();
+        for (i, tile) in acts.chunks(TILE).enumerate() {
+            let (n, write) = (tile.len(), |t: usize, g: usize, vals: &[f32; ROWS]| write(i * TILE + t, g, vals));
+            match &self.packed {
+                Packed::Q4(w) => decode_set(w, nb, n, groups.clone(), j, |ws, out| target.q4_groups(ws, tile, out), write),
+                Packed::Q5(w) => decode_set(w, nb, n, groups.clone(), j, |ws, out| target.q5_groups(ws, tile, out), write),
+                Packed::Q8(w) => decode_set(w, nb, n, groups.clone(), j, |ws, out| target.q8_groups(ws, tile, out), write),
+                Packed::Q8Min(w) => decode_set(w, nb, n, groups.clone(), j, |ws, out| target.q8_groups(ws, tile, out), write),
+                Packed::Q8Halves(w) => decode_set(w, nb, n, groups.clone(), j, |ws, out| target.q8_groups(ws, tile, out), write),
+                Packed::F32(_) => unreachable!("f32 matrices take the token loop"),
+            }
         }
     }
+}
+
+/// Each of the first `n` tokens' blocks of `acts` (`[n][nb]`), as the kernels take them.
+fn token_acts(acts: &[ActBlock], n: usize, nb: usize) -> [&[ActBlock]; SET_TOKENS] {
+    std::array::from_fn(|t| if t < n { &acts[t * nb..(t + 1) * nb] } else { &[][..] })
 }
 
 /// `y = cap * tanh(y / cap)` (Gemma's final logit softcap).
@@ -327,13 +351,14 @@ fn decode_sets(len: usize) -> usize {
 }
 
 /// Hands `kernel` set `j` of the groups of `groups` (each `nb` blocks of `w`), at most
-/// [`DECODE_STREAMS`] groups, and `write`s each group's four outputs (token 0). Full sets
-/// first: group i of set j is the j-th of the i-th of [`DECODE_STREAMS`] equal runs of the
-/// range; the last set holds what is left (fewer than a set). Full sets are what the wasm
-/// kernels run fastest (`unroll!`); evenly spaced places with a ragged last set put a whole
-/// share through the slower partial sets (72 groups, two threads' share of SmolLM2's q: five
-/// sets of 14-15).
-fn decode_set<B>(w: &[B], nb: usize, groups: std::ops::Range<usize>, j: usize, kernel: impl FnOnce(&[&[B]], &mut [[f32; ROWS]]), write: impl Fn(usize, usize, &[f32; ROWS])) {
+/// [`DECODE_STREAMS`] groups, and `write`s each group's four outputs for each of the `tokens`.
+/// Full sets first: group i of set j is the j-th of the i-th of [`DECODE_STREAMS`] equal runs
+/// of the range; the last set holds what is left (fewer than a set). Full sets are what the
+/// wasm kernels run fastest (`unroll!`); evenly spaced places with a ragged last set put a
+/// whole share through the slower partial sets (72 groups, two threads' share of SmolLM2's q:
+/// five sets of 14-15).
+#[allow(clippy::too_many_arguments)]
+fn decode_set<B>(w: &[B], nb: usize, tokens: usize, groups: std::ops::Range<usize>, j: usize, kernel: impl FnOnce(&[&[B]], &mut [[f32; ROWS]]), write: impl Fn(usize, usize, &[f32; ROWS])) {
     let depth = groups.len() / DECODE_STREAMS;
     let mut at = [0usize; DECODE_STREAMS];
     let n = if j < depth {
@@ -348,10 +373,13 @@ fn decode_set<B>(w: &[B], nb: usize, groups: std::ops::Range<usize>, j: usize, k
     for (w_i, &g) in ws.iter_mut().zip(&at[..n]) {
         *w_i = &w[g * nb..(g + 1) * nb];
     }
-    let mut out = [[0f32; ROWS]; DECODE_STREAMS];
-    kernel(&ws[..n], &mut out[..n]);
-    for (&g, vals) in at[..n].iter().zip(&out) {
-        write(0, g, vals);
+    let mut out = [[[0f32; ROWS]; DECODE_STREAMS]; TILE];
+    let out = out.as_flattened_mut();
+    kernel(&ws[..n], &mut out[..tokens * n]);
+    for t in 0..tokens {
+        for (&g, vals) in at[..n].iter().zip(&out[t * n..]) {
+            write(t, g, vals);
+        }
     }
 }
 

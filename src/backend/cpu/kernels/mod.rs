@@ -352,17 +352,19 @@ impl Target {
         }
     }
 
-    /// `out[k][r] = row r of group ws[k] . the token` (decode). Wasm sums up to sixteen groups
-    /// together block by block (`simd128::LOCKSTEP`: more reads in flight); other targets one
-    /// group after another (they prefetch). The same sums as [`Target::q4`].
-    pub fn q4_groups(self, ws: &[&[Q4x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
-        debug_assert!(out.len() == ws.len() && ws.iter().all(|w| w.len() == act.len()));
+    /// `out[t * ws.len() + k][r] = row r of group ws[k] . token t`, for the 1 to [`TILE`] tokens
+    /// of `acts` (decode: one token, or a few decode rows or a verification step). Wasm sums up
+    /// to sixteen groups together block by block (`simd128::LOCKSTEP`: more reads in flight),
+    /// each block unpacked once for all the tokens; other targets take one group after another
+    /// (they prefetch). The same sums as [`Target::q4`].
+    pub fn q4_groups(self, ws: &[&[Q4x4]], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+        debug_assert!(groups_shape(ws, acts, out));
         match self {
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            Target::Simd128 => simd128::q4_groups(ws, act, out),
+            Target::Simd128 => simd128::q4_groups(ws, acts, out),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
-            Target::Relaxed => relaxed::q4_groups(ws, act, out),
-            _ => ws.iter().zip(out).for_each(|(w, o)| self.q4(w, &[act], std::slice::from_mut(o))),
+            Target::Relaxed => relaxed::q4_groups(ws, acts, out),
+            _ => group_by_group(ws, acts, out, |w, tile| self.q4(w, acts, tile)),
         }
     }
 
@@ -380,26 +382,26 @@ impl Target {
     }
 
     /// [`Target::q4_groups`] for the 5-bit groups.
-    pub fn q5_groups(self, ws: &[&[Q5x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
-        debug_assert!(out.len() == ws.len() && ws.iter().all(|w| w.len() == act.len()));
+    pub fn q5_groups(self, ws: &[&[Q5x4]], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+        debug_assert!(groups_shape(ws, acts, out));
         match self {
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            Target::Simd128 => simd128::q5_groups(ws, act, out),
+            Target::Simd128 => simd128::q5_groups(ws, acts, out),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
-            Target::Relaxed => relaxed::q5_groups(ws, act, out),
-            _ => ws.iter().zip(out).for_each(|(w, o)| self.q5(w, &[act], std::slice::from_mut(o))),
+            Target::Relaxed => relaxed::q5_groups(ws, acts, out),
+            _ => group_by_group(ws, acts, out, |w, tile| self.q5(w, acts, tile)),
         }
     }
 
     /// [`Target::q4_groups`] for the 8-bit groups.
-    pub fn q8_groups<G: Q8Group>(self, ws: &[&[G]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
-        debug_assert!(out.len() == ws.len() && ws.iter().all(|w| w.len() == act.len()));
+    pub fn q8_groups<G: Q8Group>(self, ws: &[&[G]], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+        debug_assert!(groups_shape(ws, acts, out));
         match self {
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            Target::Simd128 => simd128::q8_groups(ws, act, out),
+            Target::Simd128 => simd128::q8_groups(ws, acts, out),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
-            Target::Relaxed => relaxed::q8_groups(ws, act, out),
-            _ => ws.iter().zip(out).for_each(|(w, o)| self.q8(w, &[act], std::slice::from_mut(o))),
+            Target::Relaxed => relaxed::q8_groups(ws, acts, out),
+            _ => group_by_group(ws, acts, out, |w, tile| self.q8(w, acts, tile)),
         }
     }
 
@@ -438,6 +440,23 @@ impl Target {
             // SAFETY: as in `q4`.
             #[cfg(target_arch = "aarch64")]
             Target::Neon => unsafe { neon::q8(w, acts, out) },
+        }
+    }
+}
+
+/// Whether `out` holds one row of outputs per token for every group of `ws`, and every group
+/// has each token's blocks ([`Target::q4_groups`]).
+fn groups_shape<B>(ws: &[&[B]], acts: &[&[ActBlock]], out: &[[f32; ROWS]]) -> bool {
+    (1..=TILE).contains(&acts.len()) && out.len() == acts.len() * ws.len() && ws.iter().all(|w| acts.iter().all(|a| a.len() == w.len()))
+}
+
+/// [`Target::q4_groups`] as one tile product (`product(group, outputs)`) a group.
+fn group_by_group<B>(ws: &[&[B]], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]], mut product: impl FnMut(&[B], &mut [[f32; ROWS]])) {
+    let mut tile = [[0f32; ROWS]; TILE];
+    for (k, w) in ws.iter().enumerate() {
+        product(w, &mut tile[..acts.len()]);
+        for (t, vals) in tile[..acts.len()].iter().enumerate() {
+            out[t * ws.len() + k] = *vals;
         }
     }
 }

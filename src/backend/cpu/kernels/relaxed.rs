@@ -60,8 +60,8 @@ pub fn q4(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
 }
 
 #[target_feature(enable = "relaxed-simd")]
-pub fn q4_groups(ws: &[&[Q4x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
-    q4_groups_with::<RelaxedDot, _>(ws, act, out)
+pub fn q4_groups(ws: &[&[Q4x4]], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+    q4_groups_with::<RelaxedDot, _>(ws, acts, out)
 }
 
 #[target_feature(enable = "relaxed-simd")]
@@ -70,6 +70,6 @@ pub fn q5(w: &[Q5x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
 }
 
 #[target_feature(enable = "relaxed-simd")]
-pub fn q5_groups(ws: &[&[Q5x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
-    q4_groups_with::<RelaxedDot, _>(ws, act, out)
+pub fn q5_groups(ws: &[&[Q5x4]], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+    q4_groups_with::<RelaxedDot, _>(ws, acts, out)
 }

@@ -187,16 +187,16 @@ pub fn q4(w: &[Q4x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
     q4_with::<Widened, _>(w, acts, out)
 }
 
-pub fn q4_groups(ws: &[&[Q4x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
-    q4_groups_with::<Widened, _>(ws, act, out)
+pub fn q4_groups(ws: &[&[Q4x4]], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+    q4_groups_with::<Widened, _>(ws, acts, out)
 }
 
 pub fn q5(w: &[Q5x4], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
     q4_with::<Widened, _>(w, acts, out)
 }
 
-pub fn q5_groups(ws: &[&[Q5x4]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
-    q4_groups_with::<Widened, _>(ws, act, out)
+pub fn q5_groups(ws: &[&[Q5x4]], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+    q4_groups_with::<Widened, _>(ws, acts, out)
 }
 
 /// `$body` once for each listed `$k`, a constant in each: the lockstep (and tile) loops'
@@ -237,7 +237,7 @@ fn q4_step(isum: v128, (d, m): (v128, v128), ad: v128, adsum: v128, acc: &mut v1
 #[inline(always)]
 pub(super) fn q4_with<K: NibbleDot, G: Nibbles>(w: &[G], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
     if acts.len() == 1 {
-        return q4_groups_with::<K, G>(&[w], acts[0], &mut out[..1]);
+        return q4_groups_with::<K, G>(&[w], acts, &mut out[..1]);
     }
     // Closures would not inherit the relaxed build's target feature: plain generic functions.
     #[inline(always)]
@@ -265,34 +265,136 @@ pub(super) fn q4_with<K: NibbleDot, G: Nibbles>(w: &[G], acts: &[&[ActBlock]], o
     }
 }
 
-/// `out[k]` = group `ws[k]` . one token (decode), at most [`LOCKSTEP`] groups summed together
-/// block by block; each group's sums are those of [`q4_with`].
+/// [`groups_with`] for 4- and 5-bit groups with `K`'s products.
 #[inline(always)]
-pub(super) fn q4_groups_with<K: NibbleDot, G: Nibbles>(ws: &[&[G]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
-    let n = ws.len();
-    assert!(n <= LOCKSTEP && out.len() == n && ws.iter().all(|w| w.len() >= act.len()), "at most {LOCKSTEP} groups, each of the activations' blocks");
-    if let Ok(ws) = <&[&[G]; LOCKSTEP]>::try_from(ws) {
+pub(super) fn q4_groups_with<K: NibbleDot, G: Nibbles>(ws: &[&[G]], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+    groups_with::<Nibble<K, G>>(ws, acts, out)
+}
+
+/// How [`groups_with`] sums a kind of group: a block of a group unpacked once (`unpack`: its
+/// values and its scales) for every token, a token's block as the products take it (`acts`),
+/// and one block of one group against one token (`step`); `tile`: one group against 2 to
+/// [`TILE`] tokens.
+trait SetKernel {
+    type G;
+    type W;
+    type S: Copy;
+    type A;
+    fn unpack(g: &Self::G) -> (Self::W, Self::S);
+    fn acts(ab: &ActBlock) -> Self::A;
+    fn step(w: &Self::W, s: Self::S, a: &Self::A, ad: v128, adsum: v128, acc: &mut v128, accm: &mut v128);
+    fn tile(w: &[Self::G], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]);
+}
+
+/// 4- and 5-bit groups `G` with `K`'s products.
+struct Nibble<K, G>(std::marker::PhantomData<(K, G)>);
+
+impl<K: NibbleDot, G: Nibbles> SetKernel for Nibble<K, G> {
+    type G = G;
+    type W = K::W;
+    type S = (v128, v128);
+    type A = K::A;
+    #[inline(always)]
+    fn unpack(g: &G) -> (K::W, (v128, v128)) {
+        (g.unpack::<K>(), scales_mins(g.low()))
+    }
+    #[inline(always)]
+    fn acts(ab: &ActBlock) -> K::A {
+        K::acts(ab)
+    }
+    #[inline(always)]
+    fn step(w: &K::W, s: (v128, v128), a: &K::A, ad: v128, adsum: v128, acc: &mut v128, accm: &mut v128) {
+        q4_step(K::isum(w, a), s, ad, adsum, acc, accm);
+    }
+    #[inline(always)]
+    fn tile(w: &[G], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+        q4_with::<K, G>(w, acts, out)
+    }
+}
+
+/// 8-bit groups `G`.
+struct Bytes<G>(std::marker::PhantomData<G>);
+
+impl<G: Q8Group> SetKernel for Bytes<G> {
+    type G = G;
+    type W = [[v128; 4]; ROWS];
+    type S = [v128; 3];
+    type A = [v128; 4];
+    #[inline(always)]
+    fn unpack(g: &G) -> (Self::W, [v128; 3]) {
+        (std::array::from_fn(|r| split_i8x32(g.qs()[r].as_ptr())), q8_scales(g))
+    }
+    #[inline(always)]
+    fn acts(ab: &ActBlock) -> [v128; 4] {
+        split_i8x32(ab.qs.as_ptr())
+    }
+    #[inline(always)]
+    fn step(w: &Self::W, s: [v128; 3], a: &[v128; 4], ad: v128, adsum: v128, acc: &mut v128, accm: &mut v128) {
+        q8_step::<G>(w, s, a, ad, adsum, acc, accm);
+    }
+    #[inline(always)]
+    fn tile(w: &[G], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+        q8(w, acts, out)
+    }
+}
+
+/// `out[t * ws.len() + k]` = group `ws[k]` . token t (decode: one token, or a few rows), at
+/// most [`LOCKSTEP`] groups summed together block by block, each block unpacked once for all
+/// the tokens; each group's sums are those of the one-group kernels ([`q4_with`], [`q8`]).
+#[inline(always)]
+fn groups_with<S: SetKernel>(ws: &[&[S::G]], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+    let (n, nb) = (ws.len(), acts[0].len());
+    assert!(
+        n <= LOCKSTEP && (1..=TILE).contains(&acts.len()) && out.len() == n * acts.len() && ws.iter().all(|w| w.len() >= nb) && acts.iter().all(|a| a.len() == nb),
+        "at most {LOCKSTEP} groups and {TILE} tokens, each group of the activations' blocks"
+    );
+    // The set's groups, unrolled, against the tokens of each count (see `unroll!`).
+    macro_rules! lockstep {
+        ($($t:literal)*) => {{
+            let (mut acc, mut accm) = ([[f32x4_splat(0.0); LOCKSTEP]; TILE], [[f32x4_splat(0.0); LOCKSTEP]; TILE]);
+            for b in 0..nb {
+                let a = [$(S::acts(&acts[$t][b]),)*];
+                let ad = [$(f32x4_splat(acts[$t][b].d),)*];
+                let adsum = [$(f32x4_splat(acts[$t][b].dsum),)*];
+                unroll!(k in [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15] => {
+                    // SAFETY: k < LOCKSTEP = n and b < nb <= ws[k].len() (asserted above).
+                    let (w, sc) = S::unpack(unsafe { ws.get_unchecked(k).get_unchecked(b) });
+                    $(S::step(&w, sc, &a[$t], ad[$t], adsum[$t], &mut acc[$t][k], &mut accm[$t][k]);)*
+                });
+            }
+            unroll!(t in [$($t)*] => { store_sums(&acc[t], &accm[t], &mut out[t * n..(t + 1) * n]) });
+        }};
+    }
+    if n == LOCKSTEP {
+        match acts.len() {
+            1 => lockstep!(0),
+            2 => lockstep!(0 1),
+            3 => lockstep!(0 1 2),
+            _ => lockstep!(0 1 2 3),
+        }
+        return;
+    }
+    // A ragged set (the last of a share): one token block by block, several group by group
+    // (a plain loop: a closure would not inherit the relaxed build's target feature).
+    if acts.len() == 1 {
         let (mut acc, mut accm) = ([f32x4_splat(0.0); LOCKSTEP], [f32x4_splat(0.0); LOCKSTEP]);
-        for (b, ab) in act.iter().enumerate() {
-            let (a, ad, adsum) = (K::acts(ab), f32x4_splat(ab.d), f32x4_splat(ab.dsum));
-            unroll!(k in [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15] => {
-                // SAFETY: b < act.len() <= ws[k].len() (asserted above).
-                let g = unsafe { ws[k].get_unchecked(b) };
-                q4_step(K::isum(&g.unpack::<K>(), &a), scales_mins(g.low()), ad, adsum, &mut acc[k], &mut accm[k]);
-            });
+        for (b, ab) in acts[0].iter().enumerate() {
+            let (a, ad, adsum) = (S::acts(ab), f32x4_splat(ab.d), f32x4_splat(ab.dsum));
+            for k in 0..n {
+                // SAFETY: k < n = ws.len(), and b < nb <= ws[k].len() (asserted above).
+                let (w, sc) = S::unpack(unsafe { ws.get_unchecked(k).get_unchecked(b) });
+                S::step(&w, sc, &a, ad, adsum, &mut acc[k], &mut accm[k]);
+            }
         }
         return store_sums(&acc, &accm, out);
     }
-    let (mut acc, mut accm) = ([f32x4_splat(0.0); LOCKSTEP], [f32x4_splat(0.0); LOCKSTEP]);
-    for (b, ab) in act.iter().enumerate() {
-        let (a, ad, adsum) = (K::acts(ab), f32x4_splat(ab.d), f32x4_splat(ab.dsum));
-        for k in 0..n {
-            // SAFETY: k < n <= ws.len(), and b < act.len() <= ws[k].len() (asserted above).
-            let g = unsafe { ws.get_unchecked(k).get_unchecked(b) };
-            q4_step(K::isum(&g.unpack::<K>(), &a), scales_mins(g.low()), ad, adsum, &mut acc[k], &mut accm[k]);
+    let mut tile = [[0f32; ROWS]; TILE];
+    for (k, w) in ws.iter().enumerate() {
+        S::tile(&w[..nb], acts, &mut tile[..acts.len()]);
+        for (t, vals) in tile[..acts.len()].iter().enumerate() {
+            out[t * n + k] = *vals;
         }
     }
-    store_sums(&acc, &accm, out)
 }
 
 /// `out[k] = acc[k] + accm[k]` for each of `out`'s groups.
@@ -335,7 +437,7 @@ fn q8_step<G: Q8Group>(wq: &[[v128; 4]; ROWS], [d, d_hi, m]: [v128; 3], a: &[v12
 
 pub fn q8<G: Q8Group>(w: &[G], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
     if acts.len() == 1 {
-        return q8_groups(&[w], acts[0], &mut out[..1]);
+        return q8_groups(&[w], acts, &mut out[..1]);
     }
     let n = acts.len();
     let step = |wq: &[[v128; 4]; ROWS], sc: [v128; 3], t: usize, b: usize, acc: &mut v128, accm: &mut v128| {
@@ -364,32 +466,9 @@ pub fn q8<G: Q8Group>(w: &[G], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
     }
 }
 
-/// [`q4_groups_with`] for the 8-bit groups.
-pub fn q8_groups<G: Q8Group>(ws: &[&[G]], act: &[ActBlock], out: &mut [[f32; ROWS]]) {
-    let n = ws.len();
-    assert!(n <= LOCKSTEP && out.len() == n && ws.iter().all(|w| w.len() >= act.len()), "at most {LOCKSTEP} groups, each of the activations' blocks");
-    let step = |g: &G, a: &[v128; 4], ad: v128, adsum: v128, acc: &mut v128, accm: &mut v128| {
-        let wq: [[v128; 4]; ROWS] = std::array::from_fn(|r| split_i8x32(g.qs()[r].as_ptr()));
-        q8_step::<G>(&wq, q8_scales(g), a, ad, adsum, acc, accm);
-    };
-    if let Ok(ws) = <&[&[G]; LOCKSTEP]>::try_from(ws) {
-        let (mut acc, mut accm) = ([f32x4_splat(0.0); LOCKSTEP], [f32x4_splat(0.0); LOCKSTEP]);
-        for (b, ab) in act.iter().enumerate() {
-            let (a, ad, adsum) = (split_i8x32(ab.qs.as_ptr()), f32x4_splat(ab.d), f32x4_splat(ab.dsum));
-            // SAFETY: b < act.len() <= ws[k].len() (asserted above).
-            unroll!(k in [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15] => { step(unsafe { ws[k].get_unchecked(b) }, &a, ad, adsum, &mut acc[k], &mut accm[k]) });
-        }
-        return store_sums(&acc, &accm, out);
-    }
-    let (mut acc, mut accm) = ([f32x4_splat(0.0); LOCKSTEP], [f32x4_splat(0.0); LOCKSTEP]);
-    for (b, ab) in act.iter().enumerate() {
-        let (a, ad, adsum) = (split_i8x32(ab.qs.as_ptr()), f32x4_splat(ab.d), f32x4_splat(ab.dsum));
-        for k in 0..n {
-            // SAFETY: as in `q4_groups_with`.
-            step(unsafe { ws.get_unchecked(k).get_unchecked(b) }, &a, ad, adsum, &mut acc[k], &mut accm[k]);
-        }
-    }
-    store_sums(&acc, &accm, out)
+/// [`groups_with`] for the 8-bit groups.
+pub fn q8_groups<G: Q8Group>(ws: &[&[G]], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {
+    groups_with::<Bytes<G>>(ws, acts, out)
 }
 
 /// [`super::quantize_row`] in 4-lane registers, the same bits: the largest magnitude by
