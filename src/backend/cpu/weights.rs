@@ -84,7 +84,7 @@ const DECODE_STREAMS: usize = 1;
 /// verification step), reading each weight from memory once; more (prefill) take
 /// [`GROUP_CHUNK`]s of groups that stay in cache while tiles of tokens stream past them. In
 /// wasm a tile's lockstep sets read 16 places at once where a chunk reads one: two concurrent
-/// SmolLM2 streams in Chromium (2 threads) went from 0.77-1.07x one stream's tok/s to 1.15-1.23x.
+/// SmolLM2 streams in Chromium (2 threads) went from 0.77-1.07x one stream's tok/s to 1.15-1.32x.
 const SET_TOKENS: usize = 2 * TILE;
 
 /// Decode sets a thread claims at once ([`QMatrix::matmul_claimed`]): 16 groups, 23-61 KB of
