@@ -87,6 +87,9 @@ const DECODE_STREAMS: usize = 1;
 /// SmolLM2 streams in Chromium (2 threads) went from 0.77-1.07x one stream's tok/s to 1.15-1.32x.
 const SET_TOKENS: usize = 2 * TILE;
 
+/// Outputs of one tile of tokens against one decode set.
+const SET_SUMS: usize = TILE * DECODE_STREAMS;
+
 /// Decode sets a thread claims at once ([`QMatrix::matmul_claimed`]): 16 groups, 23-61 KB of
 /// SmolLM2's 4-bit weights (a few microseconds), so a claim's atomic add is noise and the
 /// threads finish within one claim of each other.
@@ -232,9 +235,9 @@ impl QMatrix {
             return;
         }
         if n <= SET_TOKENS && !matches!(self.packed, Packed::F32(_)) {
-            let acts = token_acts(acts, n, nb);
+            let (acts, mut sums) = (token_acts(acts, n, nb), [[0f32; ROWS]; SET_SUMS]);
             for j in 0..decode_sets(groups.len()) {
-                self.decode_set(target, &acts[..n], groups.clone(), j, &write);
+                self.decode_set(target, &acts[..n], groups.clone(), j, &mut sums, &write);
             }
             return;
         }
@@ -302,7 +305,7 @@ impl QMatrix {
                 soft_cap(cap, out);
             }
         };
-        let (per_claim, acts) = (CLAIM_SETS, token_acts(acts, n, k / QK));
+        let (per_claim, acts, mut sums) = (CLAIM_SETS, token_acts(acts, n, k / QK), [[0f32; ROWS]; SET_SUMS]);
         // Shares of whole decode sets: a ragged set takes the wasm kernels' slower loop.
         w.claim(
             self.groups(),
@@ -311,24 +314,25 @@ impl QMatrix {
             |len| decode_sets(len).div_ceil(per_claim),
             |share, j| {
                 for set in j * per_claim..((j + 1) * per_claim).min(decode_sets(share.len())) {
-                    self.decode_set(target, &acts[..n], share.clone(), set, &write);
+                    self.decode_set(target, &acts[..n], share.clone(), set, &mut sums, &write);
                 }
             },
         );
     }
 
     /// Set `j` of `groups` for the tokens of `acts` ([`decode_set`]) with `target`'s kernels, a
-    /// tile of tokens at a time (the set's weights stay in cache for the second).
-    fn decode_set(&self, target: Target, acts: &[&[ActBlock]], groups: std::ops::Range<usize>, j: usize, write: &impl Fn(usize, usize, &[f32; ROWS])) {
+    /// tile of tokens at a time (the set's weights stay in cache for the second); `sums`: the
+    /// kernels' outputs before they are written, kept by the caller for all of a product's sets.
+    fn decode_set(&self, target: Target, acts: &[&[ActBlock]], groups: std::ops::Range<usize>, j: usize, sums: &mut [[f32; ROWS]; SET_SUMS], write: &impl Fn(usize, usize, &[f32; ROWS])) {
         let nb = acts[0].len();
         for (i, tile) in acts.chunks(TILE).enumerate() {
-            let (n, write) = (tile.len(), |t: usize, g: usize, vals: &[f32; ROWS]| write(i * TILE + t, g, vals));
+            let (out, write) = (&mut sums[..tile.len() * DECODE_STREAMS], |t: usize, g: usize, vals: &[f32; ROWS]| write(i * TILE + t, g, vals));
             match &self.packed {
-                Packed::Q4(w) => decode_set(w, nb, n, groups.clone(), j, |ws, out| target.q4_groups(ws, tile, out), write),
-                Packed::Q5(w) => decode_set(w, nb, n, groups.clone(), j, |ws, out| target.q5_groups(ws, tile, out), write),
-                Packed::Q8(w) => decode_set(w, nb, n, groups.clone(), j, |ws, out| target.q8_groups(ws, tile, out), write),
-                Packed::Q8Min(w) => decode_set(w, nb, n, groups.clone(), j, |ws, out| target.q8_groups(ws, tile, out), write),
-                Packed::Q8Halves(w) => decode_set(w, nb, n, groups.clone(), j, |ws, out| target.q8_groups(ws, tile, out), write),
+                Packed::Q4(w) => decode_set(w, nb, groups.clone(), j, out, |ws, out| target.q4_groups(ws, tile, out), write),
+                Packed::Q5(w) => decode_set(w, nb, groups.clone(), j, out, |ws, out| target.q5_groups(ws, tile, out), write),
+                Packed::Q8(w) => decode_set(w, nb, groups.clone(), j, out, |ws, out| target.q8_groups(ws, tile, out), write),
+                Packed::Q8Min(w) => decode_set(w, nb, groups.clone(), j, out, |ws, out| target.q8_groups(ws, tile, out), write),
+                Packed::Q8Halves(w) => decode_set(w, nb, groups.clone(), j, out, |ws, out| target.q8_groups(ws, tile, out), write),
                 Packed::F32(_) => unreachable!("f32 matrices take the token loop"),
             }
         }
@@ -351,14 +355,14 @@ fn decode_sets(len: usize) -> usize {
 }
 
 /// Hands `kernel` set `j` of the groups of `groups` (each `nb` blocks of `w`), at most
-/// [`DECODE_STREAMS`] groups, and `write`s each group's four outputs for each of the `tokens`.
+/// [`DECODE_STREAMS`] groups, and `write`s each group's four outputs for each token (`out`:
+/// [`DECODE_STREAMS`] outputs a token, for the kernel).
 /// Full sets first: group i of set j is the j-th of the i-th of [`DECODE_STREAMS`] equal runs
 /// of the range; the last set holds what is left (fewer than a set). Full sets are what the
 /// wasm kernels run fastest (`unroll!`); evenly spaced places with a ragged last set put a
 /// whole share through the slower partial sets (72 groups, two threads' share of SmolLM2's q:
 /// five sets of 14-15).
-#[allow(clippy::too_many_arguments)]
-fn decode_set<B>(w: &[B], nb: usize, tokens: usize, groups: std::ops::Range<usize>, j: usize, kernel: impl FnOnce(&[&[B]], &mut [[f32; ROWS]]), write: impl Fn(usize, usize, &[f32; ROWS])) {
+fn decode_set<B>(w: &[B], nb: usize, groups: std::ops::Range<usize>, j: usize, out: &mut [[f32; ROWS]], kernel: impl FnOnce(&[&[B]], &mut [[f32; ROWS]]), write: impl Fn(usize, usize, &[f32; ROWS])) {
     let depth = groups.len() / DECODE_STREAMS;
     let mut at = [0usize; DECODE_STREAMS];
     let n = if j < depth {
@@ -373,8 +377,7 @@ fn decode_set<B>(w: &[B], nb: usize, tokens: usize, groups: std::ops::Range<usiz
     for (w_i, &g) in ws.iter_mut().zip(&at[..n]) {
         *w_i = &w[g * nb..(g + 1) * nb];
     }
-    let mut out = [[[0f32; ROWS]; DECODE_STREAMS]; TILE];
-    let out = out.as_flattened_mut();
+    let tokens = out.len() / DECODE_STREAMS;
     kernel(&ws[..n], &mut out[..tokens * n]);
     for t in 0..tokens {
         for (&g, vals) in at[..n].iter().zip(&out[t * n..]) {
