@@ -61,7 +61,7 @@ pub const TYPES: [GgmlType; 10] = [GgmlType::F32, GgmlType::F16, GgmlType::BF16,
 pub fn check_cpu_kernels(tokens: usize) -> Vec<String> {
     let mut report = vec![check_quantize_edges(), check_stacked(tokens)];
     // 70 rows: a partial group of four is padded, and a product of up to 8 tokens in wasm sums
-    // sets of sixteen groups together, up to 4 tokens at a time (here a full set and a ragged
+    // sets of four groups together, up to 4 tokens at a time (here four full sets and a ragged
     // one of two); 9 tokens take tiles of 4 over chunks of groups.
     let (rows, cols) = (70, 512);
     let mut rng = Rng::new(0x5eed ^ tokens as u64);

@@ -83,14 +83,15 @@ const DECODE_STREAMS: usize = 1;
 /// Tokens a product takes set by set ([`decode_set`]: decode, a few sequences' decode rows, a
 /// verification step), reading each weight from memory once; more (prefill) take
 /// [`GROUP_CHUNK`]s of groups that stay in cache while tiles of tokens stream past them. In
-/// wasm a tile's lockstep sets read 16 places at once where a chunk reads one: two concurrent
+/// wasm a tile's lockstep sets read several places at once where a chunk reads one: two concurrent
 /// SmolLM2 streams in Chromium (2 threads) went from 0.77-1.07x one stream's tok/s to 1.15-1.32x.
 const SET_TOKENS: usize = 2 * TILE;
 
 /// Outputs of one tile of tokens against one decode set.
 const SET_SUMS: usize = TILE * DECODE_STREAMS;
 
-/// Decode sets a thread claims at once ([`QMatrix::matmul_claimed`]): 16 groups, 23-61 KB of
+/// Decode sets a thread claims at once ([`QMatrix::matmul_claimed`]): 16 groups (four sets in
+/// wasm), 23-61 KB of
 /// SmolLM2's 4-bit weights (a few microseconds), so a claim's atomic add is noise and the
 /// threads finish within one claim of each other.
 const CLAIM_SETS: usize = 16 / DECODE_STREAMS;

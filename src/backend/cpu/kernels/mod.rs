@@ -354,7 +354,7 @@ impl Target {
 
     /// `out[t * ws.len() + k][r] = row r of group ws[k] . token t`, for the 1 to [`TILE`] tokens
     /// of `acts` (decode: one token, or a few decode rows or a verification step). Wasm sums up
-    /// to sixteen groups together block by block (`simd128::LOCKSTEP`: more reads in flight),
+    /// to four groups together block by block (`simd128::LOCKSTEP`: more reads in flight),
     /// each block unpacked once for all the tokens; other targets take one group after another
     /// (they prefetch). The same sums as [`Target::q4`].
     pub fn q4_groups(self, ws: &[&[Q4x4]], acts: &[&[ActBlock]], out: &mut [[f32; ROWS]]) {

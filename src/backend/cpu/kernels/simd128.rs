@@ -214,16 +214,21 @@ macro_rules! unroll {
 }
 
 // The lists `unroll!` is given.
-const _: () = assert!(LOCKSTEP == 16 && TILE == 4);
+const _: () = assert!(LOCKSTEP == 4 && TILE == 4);
 
 /// Groups a one-token product sums at once, block by block. Wasm has no prefetch instruction
-/// and a decode step reads every weight from memory once: sixteen groups from evenly spaced
-/// places of a thread's share keep sixteen sequential reads in flight for the hardware
-/// prefetchers (each stops at a 4 KiB page). SmolLM2 decode in Chromium, relaxed SIMD, against
-/// a whole group at a time from eight places: one thread 60-63 -> 85-99 tok/s, two 125-127 ->
-/// 163-172; 32 groups measured slower. A kernel alone over 86 MB: 8.4-8.9 -> 10.9-12.6 GB/s (a
-/// plain read reaches 18-25 GB/s from sixteen places, 11-11.5 from one).
-pub const LOCKSTEP: usize = 16;
+/// and a decode step reads every weight from memory once: groups from evenly spaced places of
+/// a thread's share keep that many sequential reads in flight for the hardware prefetchers
+/// (each stops at a 4 KiB page), where one group at a time is one. How many pays depends on
+/// the machine. On a 2-core Intel host with AVX-VNNI and 300 MiB of L3 (sessions 26-37),
+/// sixteen beat a whole group at a time from eight places (SmolLM2 decode in Chromium, one
+/// thread 60-63 -> 85-99 tok/s, two 125-127 -> 163-172), and 32 were slower. On a 2-core AMD
+/// Zen 3 host without VNNI and with 32 MiB of L3 (the weights come from DRAM), SmolLM2 decode
+/// on two threads with 16, 8, 4 and 2 groups gave 32-43, 55-67, 77-80 and 75-78 tok/s, the
+/// products alone 52-83, 91-127, 110-162 and 109-114 (one thread: 29, 51, 49-51, 45). Fewer
+/// streams, and fewer accumulators for V8 to keep in sixteen registers (the two were not
+/// separated): four.
+pub const LOCKSTEP: usize = 4;
 
 /// One block of one group (`isum`: its rows' sums, `(d, m)`: its scales and mins) against one
 /// token: `acc += (d * d_act) * isum`, `accm += m * dsum`.
@@ -356,7 +361,7 @@ fn groups_with<S: SetKernel>(ws: &[&[S::G]], acts: &[&[ActBlock]], out: &mut [[f
                 let a = [$(S::acts(&acts[$t][b]),)*];
                 let ad = [$(f32x4_splat(acts[$t][b].d),)*];
                 let adsum = [$(f32x4_splat(acts[$t][b].dsum),)*];
-                unroll!(k in [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15] => {
+                unroll!(k in [0 1 2 3] => {
                     // SAFETY: k < LOCKSTEP = n and b < nb <= ws[k].len() (asserted above).
                     let (w, sc) = S::unpack(unsafe { ws.get_unchecked(k).get_unchecked(b) });
                     $(S::step(&w, sc, &a[$t], ad[$t], adsum[$t], &mut acc[$t][k], &mut accm[$t][k]);)*
