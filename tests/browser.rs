@@ -418,7 +418,7 @@ async fn engine_scenarios_on_gpu_in_browser() {
 fn cpu_kernels_match_scalar_in_browser() {
     for tokens in [1, 2, 3, 4, 6, 9] {
         let report = cpu_cases::check_cpu_kernels(tokens);
-        for target in ["simd128", "relaxed-simd"] {
+        for target in ["simd128", "relaxed-simd", "relaxed-simd-i16"] {
             assert!(report.iter().any(|l| l.contains(&format!("Q4_1: {target} == scalar"))), "{target} was not compared: {report:?}");
         }
     }

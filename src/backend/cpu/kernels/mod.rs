@@ -242,6 +242,10 @@ pub enum Target {
     Simd128,
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
     Relaxed,
+    /// Relaxed SIMD with the 4- and 5-bit products added in 16-bit lanes before widening: faster
+    /// where the browser has no VNNI instruction for the 32-bit form ([`relaxed::pick`]).
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+    Relaxed16,
     #[cfg(target_arch = "x86_64")]
     Avx2,
     /// AVX2 with AVX-VNNI's byte dot products.
@@ -257,7 +261,7 @@ pub enum Target {
 impl Target {
     pub fn detect() -> Target {
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
-        return Target::Relaxed;
+        return relaxed::pick();
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128", not(feature = "relaxed-simd")))]
         return Target::Simd128;
         #[cfg(target_arch = "x86_64")]
@@ -277,6 +281,8 @@ impl Target {
             Target::Simd128 => "simd128",
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
             Target::Relaxed => "relaxed-simd",
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+            Target::Relaxed16 => "relaxed-simd-i16",
             #[cfg(target_arch = "x86_64")]
             Target::Avx2 => "avx2",
             #[cfg(target_arch = "x86_64")]
@@ -319,10 +325,10 @@ impl Target {
         let mut v = vec![Target::Scalar];
         // A relaxed-SIMD build also runs the plain simd128 kernels (what other builds run).
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
-        v.push(Target::Simd128);
+        v.extend([Target::Simd128, Target::Relaxed, Target::Relaxed16]);
         #[cfg(target_arch = "x86_64")]
         v.extend(Target::x86());
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))))]
         if Target::detect() != Target::Scalar {
             v.push(Target::detect());
         }
@@ -339,6 +345,8 @@ impl Target {
             Target::Simd128 => simd128::q4(w, acts, out),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
             Target::Relaxed => relaxed::q4(w, acts, out),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+            Target::Relaxed16 => relaxed::q4_16(w, acts, out),
             // SAFETY: `x86` lists these targets only on CPUs with their features.
             #[cfg(target_arch = "x86_64")]
             Target::Avx2 => unsafe { avx2::q4(w, acts, out) },
@@ -364,6 +372,8 @@ impl Target {
             Target::Simd128 => simd128::q4_groups(ws, acts, out),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
             Target::Relaxed => relaxed::q4_groups(ws, acts, out),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+            Target::Relaxed16 => relaxed::q4_groups_16(ws, acts, out),
             _ => group_by_group(ws, acts, out, |w, tile| self.q4(w, acts, tile)),
         }
     }
@@ -377,6 +387,8 @@ impl Target {
             Target::Simd128 => simd128::q5(w, acts, out),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
             Target::Relaxed => relaxed::q5(w, acts, out),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+            Target::Relaxed16 => relaxed::q5_16(w, acts, out),
             _ => scalar::q5(w, acts, out),
         }
     }
@@ -389,6 +401,8 @@ impl Target {
             Target::Simd128 => simd128::q5_groups(ws, acts, out),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
             Target::Relaxed => relaxed::q5_groups(ws, acts, out),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+            Target::Relaxed16 => relaxed::q5_groups_16(ws, acts, out),
             _ => group_by_group(ws, acts, out, |w, tile| self.q5(w, acts, tile)),
         }
     }
@@ -400,7 +414,7 @@ impl Target {
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Target::Simd128 => simd128::q8_groups(ws, acts, out),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
-            Target::Relaxed => relaxed::q8_groups(ws, acts, out),
+            Target::Relaxed | Target::Relaxed16 => relaxed::q8_groups(ws, acts, out),
             _ => group_by_group(ws, acts, out, |w, tile| self.q8(w, acts, tile)),
         }
     }
@@ -416,7 +430,7 @@ impl Target {
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Target::Simd128 => simd128::quantize_row(x, out),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
-            Target::Relaxed => simd128::quantize_row(x, out),
+            Target::Relaxed | Target::Relaxed16 => simd128::quantize_row(x, out),
             _ => quantize_row(x, out),
         }
     }
@@ -429,7 +443,7 @@ impl Target {
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Target::Simd128 => simd128::q8(w, acts, out),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
-            Target::Relaxed => relaxed::q8(w, acts, out),
+            Target::Relaxed | Target::Relaxed16 => relaxed::q8(w, acts, out),
             // SAFETY: as in `q4`.
             #[cfg(target_arch = "x86_64")]
             Target::Avx2 => unsafe { avx2::q8(w, acts, out) },
