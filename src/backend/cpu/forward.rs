@@ -55,15 +55,39 @@ pub struct Weights {
     layers: Vec<Layer>,
 }
 
-/// One layer's keys and values by KV slot, grown as slots are used. Keys in 8-bit blocks,
-/// four slots a group (a [`Q8x4`] per 32 values of a head, `[slot / 4][kv head][block]`), so
-/// that scores are the matrix kernels' integer dot products against the query heads
+/// One layer's keys and values by KV slot, grown as slots are used, in pages of [`PAGE`] slots
+/// with each KV head's rows of a page together. Keys in 8-bit blocks, four slots a group (a
+/// [`Q8x4`] per 32 values of a head, `[page][kv head][group of the page][block]`), so that
+/// scores are the matrix kernels' integer dot products against the query heads
 /// ([`quantize_fine`]'s two 8-bit halves): a quarter of the bytes f32 keys took. Values stay
-/// f32 `[slot][kv_dim]`: they are weighted by probabilities, not dotted with 8-bit blocks.
+/// f32 (`[page][kv head][slot of the page][head_dim]`): they are weighted by probabilities, not
+/// dotted with 8-bit blocks.
 #[derive(Clone, Default)]
 pub struct LayerKv {
     k: Vec<Q8x4>,
     v: Vec<f32>,
+}
+
+/// Slots a page of [`LayerKv`]: a head's pass over a span then reads runs of whole pages, which
+/// the hardware prefetchers follow (wasm has no prefetch instruction), instead of a head's
+/// slice of every slot's row. The engine's KV blocks (16 slots) are whole pages.
+const PAGE: usize = 16;
+
+impl LayerKv {
+    /// Where slot `slot`'s values of KV head 0 start; head `h`'s are [`LayerKv::v_head`]`(h)` after.
+    fn v_row(slot: usize, kv_dim: usize, head_dim: usize) -> usize {
+        slot / PAGE * PAGE * kv_dim + slot % PAGE * head_dim
+    }
+
+    fn v_head(h: usize, head_dim: usize) -> usize {
+        h * PAGE * head_dim
+    }
+
+    /// The first block of key group `group` (slots `4 * group..`) of KV head `h`.
+    fn k_group(group: usize, h: usize, kv_heads: usize, blocks: usize) -> usize {
+        const PER_PAGE: usize = PAGE / ROWS;
+        ((group / PER_PAGE * kv_heads + h) * PER_PAGE + group % PER_PAGE) * blocks
+    }
 }
 
 /// A step's buffers that all threads share (and its claims' counters, reset each step), kept
@@ -207,8 +231,8 @@ impl Weights {
         if let Some(&t) = step.tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::TokenOutOfRange { id: t, vocab });
         }
-        let slots = (0..n).map(|t| (step.slot)(t, step.positions[t] as usize) + 1).max().unwrap_or(0);
-        let key_blocks = slots.div_ceil(ROWS) * c.n_kv_heads * c.head_dim.div_ceil(QK);
+        let slots = (0..n).map(|t| (step.slot)(t, step.positions[t] as usize) + 1).max().unwrap_or(0).next_multiple_of(PAGE);
+        let key_blocks = slots / ROWS * c.n_kv_heads * c.head_dim.div_ceil(QK);
         for l in kv.iter_mut() {
             if l.v.len() < slots * kvd {
                 l.v.resize(slots * kvd, 0.0);
@@ -294,7 +318,7 @@ impl Weights {
                     head_pad[..hd].copy_from_slice(k);
                     target.quantize_row(&head_pad, &mut head_acts[..nbh]);
                     for (j, ab) in head_acts[..nbh].iter().enumerate() {
-                        let (block, lane) = (kv[l].0.ptr(((slot / ROWS) * c.n_kv_heads + kh) * nbh + j), slot % ROWS);
+                        let (block, lane) = (kv[l].0.ptr(LayerKv::k_group(slot / ROWS, kh, c.n_kv_heads, nbh) + j), slot % ROWS);
                         // SAFETY: lane `lane` of the block is this slot's, which this thread alone writes
                         // and no thread reads until the next barrier; no reference to the whole block is made.
                         unsafe {
@@ -302,8 +326,8 @@ impl Weights {
                             (*block).d[lane] = half::f16::from_f32(ab.d).to_bits();
                         }
                     }
-                    let slot = slot * kvd + kh * hd;
-                    unsafe { kv[l].1.slice_mut(slot..slot + hd) }.copy_from_slice(v);
+                    let at = LayerKv::v_row(slot, kvd, hd) + LayerKv::v_head(kh, hd);
+                    unsafe { kv[l].1.slice_mut(at..at + hd) }.copy_from_slice(v);
                 }
             }
             w.barrier();
@@ -319,7 +343,7 @@ impl Weights {
                 let first = la.window.map_or(0, |w| len.saturating_sub(w));
                 if rows_for != (t, first) {
                     rows_of_t.clear();
-                    rows_of_t.extend((first..len).map(|p| (step.slot)(t, p) * kvd));
+                    rows_of_t.extend((first..len).map(|p| LayerKv::v_row((step.slot)(t, p), kvd, hd)));
                     // The first slot of each group of four positions from first's.
                     groups_of_t.clear();
                     groups_of_t.extend((first / ROWS * ROWS..len).step_by(ROWS).map(|p| (step.slot)(t, p) / ROWS));
@@ -332,10 +356,10 @@ impl Weights {
                     quantize_fine(&head_pad, high, low);
                 }
                 let kvh = head / group;
-                let key_block = |g: usize| (g * c.n_kv_heads + kvh) * nbh;
+                let key_block = |g: usize| LayerKv::k_group(g, kvh, c.n_kv_heads, nbh);
                 key_scores(target, &query_acts[..2 * heads * nbh], nbh, keys, &groups_of_t, key_block, first % ROWS, rows_of_t.len(), c.attn_scale, &mut scores);
                 let out = unsafe { b.attn.slice_mut(at.clone()) };
-                attend(target, out, &mut scores, values, &rows_of_t, kvh * hd, hd);
+                attend(target, out, &mut scores, values, &rows_of_t, LayerKv::v_head(kvh, hd), hd);
                 if hd % QK == 0 {
                     target.quantize_row(out, unsafe { b.acts.slice_mut(at.start / QK..at.end / QK) });
                 }

@@ -66,8 +66,8 @@ fn gated(act: Activation, gate: &mut [f32], up: &[f32]) {
 }
 
 /// Query heads that share a KV head: `scores: [g][len]` (their scaled q . k over the K/V rows
-/// `rows`) become softmax(scores) . v into `out: [g][head_dim]`, V's columns from `off` (their
-/// KV head's). Each head's output is a weighted sum of V rows in row order.
+/// `rows`) become softmax(scores) . v into `out: [g][head_dim]`, a row's values of their KV head
+/// at `values[row + off..]`. Each head's output is a weighted sum of V rows in row order.
 #[inline(always)]
 fn attend_with(out: &mut [f32], scores: &mut [f32], values: &[f32], rows: &[usize], off: usize, head_dim: usize) {
     let (hd, len) = (head_dim, rows.len());
