@@ -70,8 +70,10 @@ pub struct LayerKv {
 
 /// Slots a page of [`LayerKv`]: a head's pass over a span then reads runs of whole pages, which
 /// the hardware prefetchers follow (wasm has no prefetch instruction), instead of a head's
-/// slice of every slot's row. The engine's KV blocks (16 slots) are whole pages.
+/// slice of every slot's row. The engine's KV blocks are whole pages (checked below), so a
+/// page holds one sequence's consecutive positions.
 const PAGE: usize = 16;
+const _: () = assert!((crate::engine::BLOCK_SIZE as usize).is_multiple_of(PAGE) && PAGE.is_multiple_of(ROWS), "a KV block is whole pages, a page whole key groups");
 
 impl LayerKv {
     /// Where slot `slot`'s values of KV head 0 start; head `h`'s are [`LayerKv::v_head`]`(h)` after.
