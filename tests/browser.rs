@@ -348,7 +348,7 @@ async fn small_pool_scenarios<M: ForwardModel>(backend: &str, model: M, tok: &To
     let native = fetch_json(&format!("target/test-artifacts/engine-small-pool-{backend}.json")).await;
     let alone: Vec<Vec<u32>> = serde_json::from_value(native["alone"].clone()).unwrap();
     let mut engine = Engine::new(model);
-    engine_cases::together_equals(&mut engine, tok, 24, &alone).await;
+    engine_cases::together_equals(&mut engine, tok, engine_cases::SMALL_POOL_TOKENS, &alone).await;
     assert!(engine.stats().preemptions > 0);
     let prompt: Vec<u32> = tok.encode_prompt(&engine_cases::long_text(), false).unwrap()[..60].to_vec();
     let out = engine_cases::run_alone(&mut engine, tok, ferrolm::engine::Request { prompt, opts: engine_cases::greedy(100) }).await;
@@ -356,7 +356,7 @@ async fn small_pool_scenarios<M: ForwardModel>(backend: &str, model: M, tok: &To
 }
 
 /// The engine scenarios on one backend in Chromium, against the native runs' records for
-/// that backend (`engine-*-{backend}.json`): cancelling frees blocks; a 160-token shared
+/// that backend (`engine-*-{backend}.json`): cancelling frees blocks; a 96-token shared
 /// prefix comes from the prefix cache with the cold run's tokens and top-5 logprobs; n-gram
 /// and draft-model speculation keep greedy output (the first 12 tokens of the last
 /// `spec_prompts` prompts; none: no draft model is loaded); pipelined decoding reports what

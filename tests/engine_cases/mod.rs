@@ -19,6 +19,10 @@ By combining movable metal type, oil-based ink, and a wooden screw press, he mad
     base.repeat(8)
 }
 
+/// Tokens each request of the small-pool case generates: with its prompt, 2 blocks of 16 at
+/// least, so the 4 requests together need twice the 4-block pool.
+pub const SMALL_POOL_TOKENS: usize = 20;
+
 pub fn greedy(max_tokens: usize) -> GenerateOptions {
     GenerateOptions { max_tokens, ignore_eos: true, ..Default::default() }
 }
@@ -75,13 +79,13 @@ pub async fn together_equals<M: ForwardModel>(engine: &mut Engine<M>, tok: &Toke
     assert_eq!(engine.pool().stats().used, 0, "blocks still held after every request finished");
 }
 
-/// The shared-prefix case: `first` runs, then `second` shares its first 160 tokens (10 full
-/// KV blocks). Returns
-/// the second request's outcome (greedy, 4 tokens, top-5 logprobs per token).
+/// The shared-prefix case: `first` runs, then `second` shares its first 96 tokens (6 full KV
+/// blocks, more than one 64-token step). Returns the second request's outcome (greedy, 4
+/// tokens, top-5 logprobs per token).
 pub async fn prefix_hit<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) -> (Outcome, Vec<u32>) {
     let ids = tok.encode_prompt(&long_text(), false).unwrap();
     assert!(ids.len() > 300, "the long text has only {} tokens", ids.len());
-    let prefix = &ids[..160];
+    let prefix = &ids[..96];
     let with = |suffix: &str| -> Vec<u32> { prefix.iter().copied().chain(tok.encode(suffix, false).unwrap()).collect() };
     let first = Request { prompt: with(" The first question is why"), opts: greedy(1) };
     let second_prompt = with(" In short, the press");
@@ -89,7 +93,7 @@ pub async fn prefix_hit<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer
     engine.clear_prefix_cache();
     run_together(engine, tok, vec![first]).await;
     let hot = run_together(engine, tok, vec![second]).await.remove(0);
-    assert!(hot.stats.cached_tokens >= 160, "only {} of the 160 shared tokens came from the prefix cache", hot.stats.cached_tokens);
+    assert!(hot.stats.cached_tokens >= 96, "only {} of the 96 shared tokens came from the prefix cache", hot.stats.cached_tokens);
     (hot, second_prompt)
 }
 
@@ -112,7 +116,7 @@ pub fn assert_logprobs_close(a: &[TokenLogprob], b: &[TokenLogprob], tol: f32) {
 pub async fn cancel_frees_blocks<M: ForwardModel>(engine: &mut Engine<M>, tok: &Tokenizer) {
     engine.clear_prefix_cache();
     let baseline = engine.pool().stats().used;
-    let reqs = requests(tok, 24);
+    let reqs = requests(tok, 16);
     let keep = engine.submit(tok, reqs[0].clone()).unwrap();
     let gone = engine.submit(tok, reqs[2].clone()).unwrap();
     let mut tokens_seen = 0;
@@ -135,7 +139,7 @@ pub async fn cancel_frees_blocks<M: ForwardModel>(engine: &mut Engine<M>, tok: &
         .run(tok, |e| {
             if let Event::Done { id, generation, .. } = e {
                 assert_eq!(id, keep);
-                assert_eq!(generation.tokens.len(), 24);
+                assert_eq!(generation.tokens.len(), 16);
                 finished = true;
             }
         })
@@ -285,11 +289,11 @@ pub fn sampled_requests(tok: &Tokenizer) -> Vec<Request> {
         ..GenerateOptions::default()
     };
     vec![
-        Request { prompt: prompt(PROMPTS[2]), opts: sampled(1, 1.0, 0, 1.0, 0.0, 14) },
-        Request { prompt: prompt(PROMPTS[0]), opts: sampled(2, 0.7, 0, 0.9, 0.0, 12) },
-        Request { prompt: prompt(PROMPTS[1]), opts: sampled(3, 1.2, 200, 0.95, 0.05, 10) },
-        Request { prompt: prompt(PROMPTS[3]), opts: greedy(8) },
-        Request { prompt: prompt(PROMPTS[2]), opts: GenerateOptions { stop: vec![",".into()], ..sampled(4, 0.9, 0, 1.0, 0.0, 16) } },
+        Request { prompt: prompt(PROMPTS[2]), opts: sampled(1, 1.0, 0, 1.0, 0.0, 7) },
+        Request { prompt: prompt(PROMPTS[0]), opts: sampled(2, 0.7, 0, 0.9, 0.0, 6) },
+        Request { prompt: prompt(PROMPTS[1]), opts: sampled(3, 1.2, 200, 0.95, 0.05, 5) },
+        Request { prompt: prompt(PROMPTS[3]), opts: greedy(4) },
+        Request { prompt: prompt(PROMPTS[2]), opts: GenerateOptions { stop: vec![" that".into()], ..sampled(4, 0.9, 0, 1.0, 0.0, 8) } },
         // Penalties and logit bias, edited on the device: the window counts the chained token.
         Request {
             prompt: prompt(PROMPTS[1]),
@@ -300,18 +304,15 @@ pub fn sampled_requests(tok: &Tokenizer) -> Vec<Request> {
                     presence_penalty: 0.2,
                     repeat_last_n: 8,
                     logit_bias: vec![(198, -3.0)],
-                    ..sampled(5, 0.8, 0, 0.95, 0.0, 14).sampling
+                    ..sampled(5, 0.8, 0, 0.95, 0.0, 7).sampling
                 },
-                ..sampled(5, 0.8, 0, 0.95, 0.0, 14)
+                ..sampled(5, 0.8, 0, 0.95, 0.0, 7)
             },
         },
-        Request { prompt: prompt(PROMPTS[3]), opts: GenerateOptions { sampling: SamplingParams { repeat_penalty: 1.5, repeat_last_n: 6, ..SamplingParams::greedy() }, ..greedy(12) } },
+        Request { prompt: prompt(PROMPTS[3]), opts: GenerateOptions { sampling: SamplingParams { repeat_penalty: 1.5, repeat_last_n: 6, ..SamplingParams::greedy() }, ..greedy(6) } },
         // Logprobs (read with the token), and typical-p.
-        Request { prompt: prompt(PROMPTS[0]), opts: GenerateOptions { logprobs: Some(2), ..sampled(6, 0.9, 0, 0.95, 0.0, 10) } },
-        Request {
-            prompt: prompt(PROMPTS[1]),
-            opts: GenerateOptions { sampling: SamplingParams { typical_p: 0.9, ..sampled(7, 1.0, 30, 1.0, 0.0, 10).sampling }, ..sampled(7, 1.0, 30, 1.0, 0.0, 10) },
-        },
+        Request { prompt: prompt(PROMPTS[0]), opts: GenerateOptions { logprobs: Some(2), ..sampled(6, 0.9, 0, 0.95, 0.0, 5) } },
+        Request { prompt: prompt(PROMPTS[1]), opts: GenerateOptions { sampling: SamplingParams { typical_p: 0.9, ..sampled(7, 1.0, 30, 1.0, 0.0, 5).sampling }, ..sampled(7, 1.0, 30, 1.0, 0.0, 5) } },
     ]
 }
 

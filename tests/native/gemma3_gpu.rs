@@ -1,5 +1,5 @@
 //! Gemma 3 270M (Q5_0 / Q4_K / Q6_K / Q8_0) on the GPU engine (lavapipe on CI): logits against
-//! the exact f32 CPU reference on every reference case, and llama.cpp-level agreement (the
+//! the exact f32 CPU reference on the two shorter reference cases, and llama.cpp-level agreement (the
 //! checks of tests/native/gemma3_cpu.rs). The GPU's top-5 are recorded for the browser test.
 
 use crate::common;
@@ -24,7 +24,9 @@ fn gemma3_gpu_logits_match_the_cpu_reference_and_llamacpp() {
     let mut worst = 0f64;
     let mut records = Vec::new();
     let (mut nll, mut nll_ref) = (0f64, 0f64);
-    for case in reference["cases"].as_array().unwrap() {
+    // The two shorter cases (the browser compares their records): every row through Gemma 3's
+    // 262k-row LM head is slow on lavapipe.
+    for case in reference["cases"].as_array().unwrap().iter().take(2) {
         let ids = |k: &str| -> Vec<u32> { case[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect() };
         let (prompt, cont) = (ids("prompt_tokens"), ids("continuation_tokens"));
         let tokens: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
