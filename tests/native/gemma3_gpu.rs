@@ -1,6 +1,7 @@
 //! Gemma 3 270M (Q5_0 / Q4_K / Q6_K / Q8_0) on the GPU engine (lavapipe on CI): logits against
-//! the exact f32 CPU reference on the two shorter reference cases, and llama.cpp-level agreement (the
-//! checks of tests/native/gemma3_cpu.rs). The GPU's top-5 are recorded for the browser test.
+//! the exact f32 CPU reference on the two shorter reference cases, and llama.cpp-level
+//! agreement (the checks of tests/native/gemma3_cpu.rs). The GPU's top-5 are recorded for the
+//! browser test.
 
 use crate::common;
 

@@ -203,15 +203,15 @@ fn gpu_greedy_equals_cpu_greedy_and_is_recorded_for_the_browser() {
         let gpu_tokens = pollster::block_on(engine_cases::raw_greedy(&model, &prompt, 16));
         let cpu_tokens = pollster::block_on(engine_cases::raw_greedy(&cpu, &prompt, 16));
         assert_eq!(gpu_tokens, cpu_tokens, "GPU and CPU greedy continuations differ for {:?}", case["prompt"]);
-        if i > 0 {
-            records.push(serde_json::json!({ "prompt_tokens": prompt, "tokens": gpu_tokens }));
-            continue;
+        let mut record = serde_json::json!({ "prompt_tokens": prompt, "tokens": gpu_tokens });
+        if i == 0 {
+            record["sampled"] = sample(&model, &prompt, 8).into();
+            // The GPU top-k kernel's candidates give the same draws as the full logits.
+            let sampled_top = sample_top_k(&model, &prompt, 8, true);
+            assert_eq!(sampled_top, sample_top_k(&model, &prompt, 8, false), "top-k path differs");
+            record["sampled_top"] = sampled_top.into();
         }
-        let sampled = sample(&model, &prompt, 8);
-        // The GPU top-k kernel's candidates give the same draws as the full logits.
-        let sampled_top = sample_top_k(&model, &prompt, 8, true);
-        assert_eq!(sampled_top, sample_top_k(&model, &prompt, 8, false), "top-k path differs");
-        records.push(serde_json::json!({ "prompt_tokens": prompt, "tokens": gpu_tokens, "sampled": sampled, "sampled_top": sampled_top }));
+        records.push(record);
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
