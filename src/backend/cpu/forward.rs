@@ -4,8 +4,9 @@
 
 use bytemuck::Zeroable;
 
+use super::attention::{max_chunks, splits, Attention, LayerKv, Local, PAGE};
 use super::kernels::{ActBlock, Q8x4, Target, QK, ROWS};
-use super::math::{attend, gated_mul, key_scores, quantize_fine};
+use super::math::{gated_mul, quantize_fine};
 use super::threads::{Claims, Counter, Pool, Shared, Worker};
 use super::weights::{Out, QMatrix};
 use crate::backend::reference::ops::{add_assign, rmsnorm, rmsnorm_in_place};
@@ -55,43 +56,6 @@ pub struct Weights {
     layers: Vec<Layer>,
 }
 
-/// One layer's keys and values by KV slot, grown as slots are used, in pages of [`PAGE`] slots
-/// with each KV head's rows of a page together. Keys in 8-bit blocks, four slots a group (a
-/// [`Q8x4`] per 32 values of a head, `[page][kv head][group of the page][block]`), so that
-/// scores are the matrix kernels' integer dot products against the query heads
-/// ([`quantize_fine`]'s two 8-bit halves): a quarter of the bytes f32 keys took. Values stay
-/// f32 (`[page][kv head][slot of the page][head_dim]`): they are weighted by probabilities, not
-/// dotted with 8-bit blocks.
-#[derive(Clone, Default)]
-pub struct LayerKv {
-    k: Vec<Q8x4>,
-    v: Vec<f32>,
-}
-
-/// Slots a page of [`LayerKv`]: a head's pass over a span then reads runs of whole pages, which
-/// the hardware prefetchers follow (wasm has no prefetch instruction), instead of a head's
-/// slice of every slot's row. The engine's KV blocks are whole pages (checked below), so a
-/// page holds one sequence's consecutive positions.
-const PAGE: usize = 16;
-const _: () = assert!((crate::engine::BLOCK_SIZE as usize).is_multiple_of(PAGE) && PAGE.is_multiple_of(ROWS), "a KV block is whole pages, a page whole key groups");
-
-impl LayerKv {
-    /// Where slot `slot`'s values of KV head 0 start; head `h`'s are [`LayerKv::v_head`]`(h)` after.
-    fn v_row(slot: usize, kv_dim: usize, head_dim: usize) -> usize {
-        slot / PAGE * PAGE * kv_dim + slot % PAGE * head_dim
-    }
-
-    fn v_head(h: usize, head_dim: usize) -> usize {
-        h * PAGE * head_dim
-    }
-
-    /// The first block of key group `group` (slots `4 * group..`) of KV head `h`.
-    fn k_group(group: usize, h: usize, kv_heads: usize, blocks: usize) -> usize {
-        const PER_PAGE: usize = PAGE / ROWS;
-        ((group / PER_PAGE * kv_heads + h) * PER_PAGE + group % PER_PAGE) * blocks
-    }
-}
-
 /// A step's buffers that all threads share (and its claims' counters, reset each step), kept
 /// from step to step and grown to the largest step seen: allocating them every step (up to a
 /// few MB with several logit rows) left wasm's allocator with holes that later steps' sizes did
@@ -101,6 +65,8 @@ impl LayerKv {
 pub struct Scratch {
     claims: Claims,
     qkv: Vec<f32>,
+    queries: Vec<ActBlock>,
+    parts: Vec<f32>,
     attn: Vec<f32>,
     proj: Vec<f32>,
     gate: Vec<f32>,
@@ -248,8 +214,11 @@ impl Weights {
         let rope = RopeTables::new(c, step.positions);
         let s = scratch;
         let kv_shared: Vec<(Shared<Q8x4>, Shared<f32>)> = kv.iter_mut().map(|l| (Shared::new(&mut l.k), Shared::new(&mut l.v))).collect();
+        let parts = if splits(n, c.n_kv_heads, pool.threads()) { n * c.n_heads * max_chunks(step.positions) * (c.head_dim + 2) } else { 0 };
         let b = Buffers {
             qkv: Shared::new(first(&mut s.qkv, n * (qd + 2 * kvd))),
+            queries: Shared::new(first(&mut s.queries, n * c.n_heads * 2 * c.head_dim.div_ceil(QK))),
+            parts: Shared::new(first(&mut s.parts, parts)),
             attn: Shared::new(first(&mut s.attn, n * qd)),
             proj: Shared::new(first(&mut s.proj, n * d)),
             gate: Shared::new(first(&mut s.gate, n * f)),
@@ -275,14 +244,13 @@ impl Weights {
         let width = qd + 2 * kvd;
         let mut x = vec![0f32; n * d];
         let (mut h, mut h_acts) = (vec![0f32; n * d], vec![ActBlock::zeroed(); n * (d / QK)]);
-        let (mut tmp, mut scores, mut rows_of_t, mut groups_of_t) = (vec![0f32; d], Vec::new(), Vec::new(), Vec::new());
-        // Which token's span (and its first position) `rows_of_t` and `groups_of_t` hold: a
-        // decode step's are the same in every layer of the same window.
-        let mut rows_for = (usize::MAX, 0);
-        // A head zero-padded to whole blocks; a key head's 8-bit blocks; query heads' pairs of them.
+        let mut tmp = vec![0f32; d];
+        // A head zero-padded to whole blocks and a key head's 8-bit blocks.
         let nbh = hd.div_ceil(QK);
         let (mut head_pad, mut head_acts) = (vec![0f32; nbh * QK], vec![ActBlock::zeroed(); nbh]);
-        let mut query_acts = vec![ActBlock::zeroed(); 2 * c.n_heads * nbh];
+        // Attention's own buffers, and the heads it merges where it shares out chunks.
+        let (mut local, split, max_chunks) = (Local::default(), splits(n, c.n_kv_heads, w.count), max_chunks(step.positions));
+        let (mut merged, mut merged_acts) = if split { (vec![0f32; n * qd], vec![ActBlock::zeroed(); n * (qd / QK)]) } else { (Vec::new(), Vec::new()) };
         // SAFETY (every shared access below): between two barriers a thread writes only its own
         // share (output groups, heads or blocks) and reads only what no thread writes.
         let all_acts = |width: usize| -> &[ActBlock] { unsafe { &s_all(&b.acts)[..n * (width / QK)] } };
@@ -309,6 +277,10 @@ impl Weights {
                 if head < c.n_heads {
                     let qh = unsafe { b.qkv.slice_mut(t * width + head * hd..t * width + (head + 1) * hd) };
                     rotate_head(qh, bias(0).map(|bq| &bq[head * hd..][..hd]), lw.q_norm.as_deref(), eps, table, c.rope_style);
+                    head_pad[..hd].copy_from_slice(qh);
+                    let at = (t * c.n_heads + head) * 2 * nbh;
+                    let (high, low) = unsafe { b.queries.slice_mut(at..at + 2 * nbh) }.split_at_mut(nbh);
+                    quantize_fine(&head_pad, high, low);
                 } else {
                     let (kh, at) = (head - c.n_heads, t * width + qd + (head - c.n_heads) * hd);
                     let (k, v) = unsafe { (b.qkv.slice_mut(at..at + hd), b.qkv.slice_mut(at + kvd..at + kvd + hd)) };
@@ -333,49 +305,39 @@ impl Weights {
                 }
             }
             w.barrier();
-            let (keys, values, queries) = unsafe { (s_all(&kv[l].0), s_all(&kv[l].1), s_all(&b.qkv)) };
-            let (group, mine) = (c.n_heads / c.n_kv_heads, w.share(n * c.n_heads));
-            let mut i = mine.start;
-            while i < mine.end {
-                // This thread's next query heads of one token that share a KV head.
-                let (t, head) = (i / c.n_heads, i % c.n_heads);
-                let heads = ((head / group + 1) * group - head).min(mine.end - i);
-                // The K/V rows token t attends to, shared by its heads.
-                let len = step.positions[t] as usize + 1;
-                let first = la.window.map_or(0, |w| len.saturating_sub(w));
-                if rows_for != (t, first) {
-                    rows_of_t.clear();
-                    rows_of_t.extend((first..len).map(|p| LayerKv::v_row((step.slot)(t, p), kvd, hd)));
-                    // The first slot of each group of four positions from first's.
-                    groups_of_t.clear();
-                    groups_of_t.extend((first / ROWS * ROWS..len).step_by(ROWS).map(|p| (step.slot)(t, p) / ROWS));
-                    rows_for = (t, first);
+            let attention = unsafe {
+                Attention {
+                    target,
+                    keys: s_all(&kv[l].0),
+                    values: s_all(&kv[l].1),
+                    queries: s_all(&b.queries),
+                    positions: step.positions,
+                    slot: step.slot,
+                    window: la.window,
+                    heads: c.n_heads,
+                    kv_heads: c.n_kv_heads,
+                    head_dim: hd,
+                    scale: c.attn_scale,
                 }
-                let at = t * qd + head * hd..t * qd + (head + heads) * hd;
-                for (qh, acts) in queries[t * width + head * hd..][..heads * hd].chunks_exact(hd).zip(query_acts.chunks_exact_mut(2 * nbh)) {
-                    head_pad[..hd].copy_from_slice(qh);
-                    let (high, low) = acts.split_at_mut(nbh);
-                    quantize_fine(&head_pad, high, low);
-                }
-                let kvh = head / group;
-                let key_block = |g: usize| LayerKv::k_group(g, kvh, c.n_kv_heads, nbh);
-                key_scores(target, &query_acts[..2 * heads * nbh], nbh, keys, &groups_of_t, key_block, first % ROWS, rows_of_t.len(), c.attn_scale, &mut scores);
-                let out = unsafe { b.attn.slice_mut(at.clone()) };
-                attend(target, out, &mut scores, values, &rows_of_t, LayerKv::v_head(kvh, hd), hd);
-                if hd % QK == 0 {
-                    target.quantize_row(out, unsafe { b.acts.slice_mut(at.start / QK..at.end / QK) });
-                }
-                i += heads;
-            }
-            if hd % QK != 0 {
-                // Heads are not whole activation blocks: quantize whole rows after all heads.
+            };
+            let (attn, attn_acts) = if split {
+                attention.chunks_claimed(w, op(5), n, &b.parts, max_chunks, &mut local);
                 w.barrier();
-                for t in w.share(n) {
-                    target.quantize_row(&unsafe { &s_all(&b.attn)[..n * qd] }[t * qd..(t + 1) * qd], unsafe { b.acts.slice_mut(t * (qd / QK)..(t + 1) * (qd / QK)) });
+                attention.merge_all(n, unsafe { s_all(&b.parts) }, max_chunks, &mut merged, &mut merged_acts);
+                (&merged[..], &merged_acts[..])
+            } else {
+                attention.spans_claimed(w, op(5), n, &b.attn, &b.acts, &mut local);
+                if hd % QK != 0 {
+                    // Heads are not whole activation blocks: quantize whole rows after all heads.
+                    w.barrier();
+                    for t in w.share(n) {
+                        target.quantize_row(&unsafe { &s_all(&b.attn)[..n * qd] }[t * qd..(t + 1) * qd], unsafe { b.acts.slice_mut(t * (qd / QK)..(t + 1) * (qd / QK)) });
+                    }
                 }
-            }
-            w.barrier();
-            lw.wo.matmul_claimed(target, unsafe { &s_all(&b.attn)[..n * qd] }, all_acts(qd), w, op(3), Out::rows(&b.proj, d), None);
+                w.barrier();
+                unsafe { (&s_all(&b.attn)[..n * qd], all_acts(qd)) }
+            };
+            lw.wo.matmul_claimed(target, attn, attn_acts, w, op(3), Out::rows(&b.proj, d), None);
             w.barrier();
             add_output(&mut x, unsafe { &s_all(&b.proj)[..n * d] }, lw.attn_post_norm.as_deref(), eps, &mut tmp);
             norm_quantize(target, &x, &lw.ffn_norm, eps, &mut h, &mut h_acts);
@@ -413,9 +375,10 @@ impl Weights {
     }
 }
 
-/// Products a layer shares out at run time ([`QMatrix::matmul_claimed`]): q, k, v, o and down
-/// (gate and up stay in static shares: each thread activates the rows it computed).
-const CLAIMED_PER_LAYER: usize = 5;
+/// Operations a layer shares out at run time: the products q, k, v, o and down
+/// ([`QMatrix::matmul_claimed`]; gate and up stay in static shares: each thread activates the
+/// rows it computed), and attention.
+const CLAIMED_PER_LAYER: usize = 6;
 
 /// RMSNorm and 8-bit quantization of every token's row of `x` into `h` and `acts`.
 fn norm_quantize(target: Target, x: &[f32], norm: &[f32], eps: f32, h: &mut [f32], acts: &mut [ActBlock]) {
@@ -457,6 +420,10 @@ fn rotate_head(x: &mut [f32], bias: Option<&[f32]>, norm: Option<&[f32]>, eps: f
 struct Buffers<'a> {
     /// `[token][q | k | v]`.
     qkv: Shared<'a, f32>,
+    /// The query heads' `quantize_fine` blocks, `[token][head][high, low][block]`.
+    queries: Shared<'a, ActBlock>,
+    /// Chunks of attention a thread shares out ([`Attention::chunks_claimed`]).
+    parts: Shared<'a, f32>,
     attn: Shared<'a, f32>,
     proj: Shared<'a, f32>,
     gate: Shared<'a, f32>,

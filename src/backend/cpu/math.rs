@@ -22,20 +22,6 @@ pub fn exp(x: f32) -> f32 {
     p * f32::from_bits(((k as i32 + 127) << 23) as u32)
 }
 
-/// In-place softmax.
-#[inline(always)]
-fn softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-    // The exponentials in a loop of their own vectorize; the sum stays in order.
-    x.iter_mut().for_each(|v| *v = exp(*v - max));
-    let mut sum = 0.0;
-    for v in x.iter() {
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inv);
-}
-
 /// `gate = silu(gate) * up`.
 #[inline(always)]
 fn silu_mul(gate: &mut [f32], up: &[f32]) {
@@ -65,21 +51,31 @@ fn gated(act: Activation, gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// Query heads that share a KV head: `scores: [g][len]` (their scaled q . k over the K/V rows
-/// `rows`) become softmax(scores) . v into `out: [g][head_dim]`, a row's values of their KV head
-/// at `values[row + off..]`. Each head's output is a weighted sum of V rows in row order.
+/// Query heads that share a KV head over one chunk of their span: `scores: [g][len]` (their
+/// scaled q . k over the K/V rows `rows`) into `out: [g][head_dim + 2]`, each head's sum of
+/// e^(score - max) v over the rows in row order, then the max, then the sum of e^(score -
+/// max) ([`merge_chunks`] puts a span's chunks together). A row's values of their KV head are
+/// at `values[row + off..]`.
 #[inline(always)]
-fn attend_with(out: &mut [f32], scores: &mut [f32], values: &[f32], rows: &[usize], off: usize, head_dim: usize) {
+fn attend_chunk_with(out: &mut [f32], scores: &mut [f32], values: &[f32], rows: &[usize], off: usize, head_dim: usize) {
     let (hd, len) = (head_dim, rows.len());
-    scores.chunks_exact_mut(len.max(1)).for_each(softmax);
-    for (h, oh) in out.chunks_exact_mut(hd).enumerate() {
-        let a = &scores[h * len..(h + 1) * len];
+    for (h, oh) in out.chunks_exact_mut(hd + 2).enumerate() {
+        let a = &mut scores[h * len..(h + 1) * len];
+        let max = a.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        // The exponentials in a loop of their own vectorize; the sum stays in order.
+        a.iter_mut().for_each(|v| *v = exp(*v - max));
+        let mut sum = 0.0;
+        for v in a.iter() {
+            sum += *v;
+        }
+        let (oh, stats) = oh.split_at_mut(hd);
+        (stats[0], stats[1]) = (max, sum);
         for (c, oc) in oh.chunks_mut(SPAN).enumerate() {
             let col = off + c * SPAN;
             if oc.len() == SPAN {
                 // A span of the output stays in registers over all rows.
                 let mut acc = [0f32; SPAN];
-                for (i, (&r, &w)) in rows.iter().zip(a).enumerate() {
+                for (i, (&r, &w)) in rows.iter().zip(a.iter()).enumerate() {
                     if let Some(&ahead) = rows.get(i + 8) {
                         prefetch(values.as_ptr().wrapping_add(ahead + col), SPAN);
                     }
@@ -92,12 +88,32 @@ fn attend_with(out: &mut [f32], scores: &mut [f32], values: &[f32], rows: &[usiz
             } else {
                 let n = oc.len();
                 oc.fill(0.0);
-                for (&r, &w) in rows.iter().zip(a) {
+                for (&r, &w) in rows.iter().zip(a.iter()) {
                     oc.iter_mut().zip(&values[r + col..][..n]).for_each(|(o, v)| *o += w * v);
                 }
             }
         }
     }
+}
+
+/// One head of a span from its chunks' [`attend_chunk`] outputs: `parts: [chunk][per]`, the
+/// head's `[head_dim + 2]` at `at` of each, into `out: [head_dim]`, softmax(scores) . v over
+/// the span: each chunk's sums rescaled from its max to the span's, added in chunk order.
+pub fn merge_chunks(parts: &[f32], per: usize, at: usize, out: &mut [f32]) {
+    let hd = out.len();
+    let chunk = |c: usize| &parts[c * per + at..][..hd + 2];
+    let chunks = parts.len() / per;
+    let max = (0..chunks).map(|c| chunk(c)[hd]).fold(f32::NEG_INFINITY, |m, v| if v > m { v } else { m });
+    let mut sum = 0.0;
+    out.fill(0.0);
+    for c in 0..chunks {
+        let p = chunk(c);
+        let f = exp(p[hd] - max);
+        sum += f * p[hd + 1];
+        out.iter_mut().zip(&p[..hd]).for_each(|(o, v)| *o += f * v);
+    }
+    let inv = 1.0 / sum;
+    out.iter_mut().for_each(|o| *o *= inv);
 }
 
 /// Asks for the cache lines of `len` values at `p` ahead of use: K/V rows are read by slot,
@@ -193,15 +209,15 @@ pub fn key_scores(target: Target, q: &[ActBlock], nb: usize, keys: &[Q8x4], grou
     }
 }
 
-/// [`attend_with`] on `target`.
-pub fn attend(target: Target, out: &mut [f32], scores: &mut [f32], values: &[f32], rows: &[usize], off: usize, head_dim: usize) {
+/// [`attend_chunk_with`] on `target`.
+pub fn attend_chunk(target: Target, out: &mut [f32], scores: &mut [f32], values: &[f32], rows: &[usize], off: usize, head_dim: usize) {
     #[cfg(target_arch = "x86_64")]
     if target.is_avx2() {
         // SAFETY: as in `gated_mul`.
-        return unsafe { avx2::attend(out, scores, values, rows, off, head_dim) };
+        return unsafe { avx2::attend_chunk(out, scores, values, rows, off, head_dim) };
     }
     let _ = target;
-    attend_with(out, scores, values, rows, off, head_dim)
+    attend_chunk_with(out, scores, values, rows, off, head_dim)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -218,8 +234,8 @@ mod avx2 {
     /// # Safety
     /// The CPU must have AVX2.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn attend(out: &mut [f32], scores: &mut [f32], values: &[f32], rows: &[usize], off: usize, head_dim: usize) {
-        super::attend_with(out, scores, values, rows, off, head_dim)
+    pub unsafe fn attend_chunk(out: &mut [f32], scores: &mut [f32], values: &[f32], rows: &[usize], off: usize, head_dim: usize) {
+        super::attend_chunk_with(out, scores, values, rows, off, head_dim)
     }
 }
 

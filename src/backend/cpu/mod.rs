@@ -2,6 +2,7 @@
 //! 8-bit activations, integer dot products (`kernels`: scalar, wasm simd128 and relaxed SIMD, x86_64 AVX2, aarch64 NEON), every
 //! thread of a pool on every step. For machines without a real GPU, natively and in the browser.
 
+mod attention;
 pub mod forward;
 pub mod kernels;
 mod math;
@@ -10,7 +11,8 @@ pub mod weights;
 
 use std::cell::RefCell;
 
-use forward::{LayerKv, Scratch, Step, Weights};
+use attention::LayerKv;
+use forward::{Scratch, Step, Weights};
 use kernels::Target;
 use threads::Pool;
 
