@@ -57,10 +57,14 @@ impl LayerKv {
 
 /// Whether a step of `n` tokens on `threads` shares out chunks ([`Attention::chunks_claimed`]
 /// then [`Attention::merge_all`]) rather than whole spans ([`Attention::spans_claimed`]): when
-/// its (token, KV head) pairs are too few to keep the threads evenly busy.
+/// its (token, KV head) pairs are too few to keep the threads evenly busy, and it has at most
+/// [`SPLIT_TOKENS`] tokens, which bounds the chunks' buffer and the merges every thread repeats.
 pub fn splits(n: usize, kv_heads: usize, threads: usize) -> bool {
-    threads > 1 && n * kv_heads < 4 * threads
+    threads > 1 && n <= SPLIT_TOKENS && n * kv_heads < 4 * threads
 }
+
+/// The most tokens a step that shares out chunks has: decode steps, and short verifications.
+const SPLIT_TOKENS: usize = 4;
 
 /// Chunks the longest span of a step at `positions` has: [`Attention::chunks_claimed`]'s room
 /// for each (token, KV head).
