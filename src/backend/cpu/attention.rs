@@ -143,6 +143,15 @@ impl Attention<'_> {
         attend_chunk(self.target, out, &mut local.scores, self.values, &local.rows[a - first..b - first], LayerKv::v_head(kvh, self.head_dim), self.head_dim);
     }
 
+    /// The query heads of one (token, KV head) from its chunks, `parts: [chunk][head of the
+    /// group][head_dim + 2]`, into `out: [head of the group][head_dim]`.
+    fn merge_group(&self, parts: &[f32], out: &mut [f32]) {
+        let (per, hd) = (self.group() * (self.head_dim + 2), self.head_dim);
+        for (i, oh) in out.chunks_exact_mut(hd).enumerate() {
+            merge_chunks(parts, per, i * (hd + 2), oh);
+        }
+    }
+
     /// This thread's claims of the chunks of `n` tokens' spans, (token, KV head, chunk) at a
     /// time, each into `parts: [token][kv head][chunk of the span][head of the group][head_dim
     /// + 2]`, `max_chunks` chunks a (token, KV head).
@@ -180,9 +189,7 @@ impl Attention<'_> {
             let chunks = Self::chunks(self.span(t)).len();
             for kvh in 0..self.kv_heads {
                 let mine = &parts[(t * self.kv_heads + kvh) * max_chunks * per..][..chunks * per];
-                for (i, oh) in out[t * q_dim + kvh * g * hd..][..g * hd].chunks_exact_mut(hd).enumerate() {
-                    merge_chunks(mine, per, i * (hd + 2), oh);
-                }
+                self.merge_group(mine, &mut out[t * q_dim + kvh * g * hd..][..g * hd]);
             }
             self.target.quantize_row(&out[t * q_dim..(t + 1) * q_dim], &mut acts[t * (q_dim / QK)..(t + 1) * (q_dim / QK)]);
         }
@@ -213,9 +220,7 @@ impl Attention<'_> {
                 // SAFETY: this (token, KV head)'s heads are written by the thread that claims it
                 // alone, and read only after the next barrier.
                 let o = unsafe { out.slice_mut(at.clone()) };
-                for (i, oh) in o.chunks_exact_mut(hd).enumerate() {
-                    merge_chunks(&parts[..chunks.len() * per], per, i * (hd + 2), oh);
-                }
+                self.merge_group(&parts[..chunks.len() * per], o);
                 if hd % QK == 0 {
                     self.target.quantize_row(o, unsafe { acts.slice_mut(at.start / QK..at.end / QK) });
                 }
