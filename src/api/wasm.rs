@@ -25,7 +25,6 @@ fn js_err(e: crate::Error) -> JsError {
     JsError::new(&e.to_string())
 }
 
-/// A loaded model served by the batching engine, on the GPU, the CPU backend or the reference.
 /// Whether this is the threaded build (shared memory; `initThreads` starts its workers).
 #[wasm_bindgen]
 pub fn threaded() -> bool {
@@ -43,6 +42,7 @@ pub fn init_threads(n: usize) -> js_sys::Promise {
     wasm_bindgen_rayon::init_thread_pool(workers)
 }
 
+/// A loaded model served by the batching engine, on the GPU, the CPU backend or the reference.
 #[wasm_bindgen]
 pub struct Engine {
     config: Config,
