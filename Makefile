@@ -203,7 +203,7 @@ soak:
 CARGO_FUZZ_VERSION ?= 0.13.2
 
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := gguf tokenizer chat_template request
+FUZZ_TARGETS := gguf model tokenizer chat_template request
 # Coverage-guided fuzzing (libFuzzer, through cargo-fuzz on stable rustc with RUSTC_BOOTSTRAP) of
 # each target in src/api/fuzz.rs for FUZZ_SECONDS, from the seeds in fuzz/corpus/<target>/; new
 # inputs stay there (git-ignored), crashes go to fuzz/artifacts/<target>/. `make test` runs a

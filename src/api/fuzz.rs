@@ -1,11 +1,18 @@
 //! Fuzz targets over the untrusted inputs: a model file (through its config, tokenizer and chat
-//! template), a chat template alone, and a request's JSON. Each takes any bytes and must return:
+//! template, and loaded and run on the CPU backend and the reference), a chat template alone,
+//! and a request's JSON. Each takes any bytes and must return:
 //! errors are expected, a panic, a hang or unbounded memory is a bug. `fuzz/` runs them under
 //! libFuzzer (`make fuzz`); tests/native/fuzz_smoke.rs runs their seed corpora and seeded
 //! mutations of them in `make test`.
 
+use std::future::Future;
+use std::task::{Context, Waker};
+
 use super::request::{options_from_json, SubmitInput};
+use crate::backend::cpu::SimdModel;
+use crate::backend::reference::ReferenceModel;
 use crate::chat::{ChatMessage, ChatTemplate};
+use crate::engine::{Engine, ForwardModel, ModelOptions};
 use crate::gguf::Gguf;
 use crate::model::Config;
 use crate::tokenizer::Tokenizer;
@@ -39,6 +46,29 @@ pub fn tokenizer(data: &[u8]) {
     }
 }
 
+/// A GGUF file loaded on the CPU backend (one thread) and on the reference, each scoring a few
+/// tokens: the weights' repacking and the forward must refuse what they cannot run.
+pub fn model(data: &[u8]) {
+    let Ok(gguf) = Gguf::read(data) else { return };
+    let opts = ModelOptions::new(64, 16);
+    if let Ok(cpu) = SimdModel::load(&gguf, data, &opts, 1) {
+        score_a_few(cpu);
+    }
+    if let Ok(reference) = ReferenceModel::load(&gguf, data, &opts) {
+        score_a_few(reference);
+    }
+}
+
+/// Teacher-forced logits of five tokens spread over the vocabulary (on these backends a step's
+/// future is ready when first polled).
+fn score_a_few<M: ForwardModel>(model: M) {
+    let vocab = model.config().vocab_size.max(1);
+    let tokens: Vec<u32> = (0..5).map(|i| (i * 7919 % vocab) as u32).collect();
+    let mut engine = Engine::new(model);
+    let mut step = std::pin::pin!(engine.score(&tokens));
+    let _ = step.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+}
+
 /// A chat template's source, compiled and rendered.
 pub fn chat_template(data: &[u8]) {
     let source = String::from_utf8_lossy(data);
@@ -58,4 +88,4 @@ pub fn request(data: &[u8]) {
 pub type Target = fn(&[u8]);
 
 /// The targets by name, for the fuzz crate and the smoke test.
-pub const TARGETS: [(&str, Target); 4] = [("gguf", gguf), ("tokenizer", tokenizer), ("chat_template", chat_template), ("request", request)];
+pub const TARGETS: [(&str, Target); 5] = [("gguf", gguf), ("model", model), ("tokenizer", tokenizer), ("chat_template", chat_template), ("request", request)];

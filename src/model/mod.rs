@@ -239,8 +239,14 @@ fn read_common(gguf: &Gguf, arch: Arch, default_eps: f32, default_rope_base: f32
         final_logit_softcap: None,
         qkv_bias: false,
     };
-    if head_dim == 0 || head_dim % 2 != 0 || cfg.n_layers == 0 || cfg.n_layers > 1024 || vocab_size == 0 {
+    if head_dim == 0 || head_dim % 2 != 0 || cfg.n_layers == 0 || cfg.n_layers > 1024 || vocab_size == 0 || cfg.context_len == 0 {
         return Err(Error::InvalidModel(format!("implausible {} configuration: {cfg:?}", arch.name())));
+    }
+    // Either would make every logit NaN rather than fail.
+    let rope_ok = cfg.rope_base.is_finite() && cfg.rope_base > 0.0;
+    let eps_ok = cfg.norm_eps.is_finite() && cfg.norm_eps >= 0.0;
+    if !rope_ok || !eps_ok {
+        return Err(Error::InvalidModel(format!("RoPE base {} and RMSNorm epsilon {} must be finite, the base positive and epsilon not negative", cfg.rope_base, cfg.norm_eps)));
     }
     Ok(cfg)
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ferrolm::api::bench::{synthetic_llama, LlamaShape};
+use ferrolm::api::bench::{synthetic_llama, synthetic_llama_of, LlamaShape};
 use ferrolm::api::fuzz::TARGETS;
 use ferrolm::gguf::{GgmlType, GgufWriter, Value};
 
@@ -114,6 +114,26 @@ fn model_seeds_load_their_config_tokenizer_and_template() {
     }
 }
 
+/// The `model` target's seeds: llama-shaped files small enough to load and run thousands of
+/// times, with 4-bit matrices (Q4_1 at width 32; Q4_K needs blocks of 256 values).
+const MODEL_SEEDS: [(&str, GgmlType, LlamaShape); 2] = [
+    ("seed-tiny-q4_1.gguf", GgmlType::Q4_1, LlamaShape { n_layers: 1, d_model: 32, n_heads: 2, n_kv_heads: 1, ffn_dim: 64, vocab: 64 }),
+    ("seed-small-q4_k.gguf", GgmlType::Q4_K, LlamaShape { n_layers: 1, d_model: 256, n_heads: 4, n_kv_heads: 2, ffn_dim: 256, vocab: 32 }),
+];
+
+/// The model seeds reach the forward: they load on the CPU backend and score finite logits.
+#[test]
+fn model_seeds_load_and_run_on_the_cpu() {
+    use ferrolm::backend::cpu::SimdModel;
+    use ferrolm::engine::{Engine, ModelOptions};
+    for (file, bytes) in seeds("model") {
+        let gguf = ferrolm::gguf::Gguf::read(&bytes[..]).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let model = SimdModel::load(&gguf, &bytes[..], &ModelOptions::new(64, 16), 1).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let logits = pollster::block_on(Engine::new(model).score(&[1, 2, 3])).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(!logits.is_empty() && logits.iter().all(|x| x.is_finite()), "{file}");
+    }
+}
+
 /// A small GGUF of the llama architecture with a tokenizer of `model` ("gpt2" with merges, or
 /// "llama" with scores and token types) and a chat template.
 fn tiny_model(model: &str) -> Vec<u8> {
@@ -178,6 +198,9 @@ fn write_seed_corpus() {
         let bytes = tiny_model(model);
         write("gguf", &format!("seed-tiny-{model}.gguf"), &bytes);
         write("tokenizer", &format!("seed-tiny-{model}.gguf"), &bytes);
+    }
+    for (name, quant, shape) in MODEL_SEEDS {
+        write("model", name, &synthetic_llama_of(shape, quant));
     }
     let mut w = GgufWriter::new();
     w.meta("general.architecture", Value::String("qwen2".into())).tensor("token_embd.weight", &[32, 2], GgmlType::F16, vec![0; 128]);

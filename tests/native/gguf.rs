@@ -231,3 +231,52 @@ fn random_corruption_never_panics() {
         let _ = Gguf::parse(&b, b.len() as u64);
     }
 }
+
+/// A tiny synthetic llama with metadata `key` set to `value`.
+fn llama_with(key: &str, value: Value) -> Vec<u8> {
+    use ferrolm::api::bench::{synthetic_llama, LlamaShape};
+    let base_bytes = synthetic_llama(LlamaShape { n_layers: 1, d_model: 32, n_heads: 2, n_kv_heads: 1, ffn_dim: 64, vocab: 64 });
+    let base = Gguf::read(&base_bytes[..]).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in base.metadata.iter() {
+        w.meta(k, if k == key { value.clone() } else { v.clone() });
+    }
+    for info in &base.tensors {
+        w.tensor(&info.name, &info.dims, info.ty, base.tensor_data(&base_bytes[..], info).unwrap());
+    }
+    w.to_bytes()
+}
+
+/// Config values no model can run with are refused when the file is read, by every backend's
+/// loader: a context of 0 positions panicked in the CPU backends' limits (found by `make fuzz`'s
+/// `model` target); a RoPE base or epsilon that is not a number made every logit NaN.
+#[test]
+fn implausible_configs_are_clear_errors() {
+    use ferrolm::backend::cpu::SimdModel;
+    use ferrolm::backend::reference::ReferenceModel;
+    use ferrolm::engine::ModelOptions;
+    let cases = [
+        ("llama.context_length", Value::U32(0), "implausible llama configuration"),
+        ("llama.rope.freq_base", Value::F32(f32::NAN), "RoPE base NaN"),
+        ("llama.rope.freq_base", Value::F32(-1.0), "RoPE base -1"),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(f32::INFINITY), "epsilon inf"),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(-1e-5), "epsilon -0.00001"),
+    ];
+    for (key, value, want) in cases {
+        let bytes = llama_with(key, value);
+        let gguf = Gguf::read(&bytes[..]).unwrap();
+        let opts = ModelOptions::new(64, 16);
+        let errors = [
+            ferrolm::model::Config::from_gguf(&gguf).err().map(|e| e.to_string()),
+            SimdModel::load(&gguf, &bytes[..], &opts, 1).err().map(|e| e.to_string()),
+            ReferenceModel::load(&gguf, &bytes[..], &opts).err().map(|e| e.to_string()),
+        ];
+        for e in errors {
+            let e = e.unwrap_or_else(|| panic!("{key}: loaded"));
+            assert!(e.contains(want), "{key}: expected '{want}' in: {e}");
+        }
+    }
+    // The unpatched file loads (the cases above fail for their value alone).
+    let bytes = llama_with("", Value::U32(0));
+    assert!(ferrolm::model::Config::from_gguf(&Gguf::read(&bytes[..]).unwrap()).is_ok());
+}
