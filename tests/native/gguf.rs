@@ -232,19 +232,24 @@ fn random_corruption_never_panics() {
     }
 }
 
-/// A tiny synthetic llama with metadata `key` set to `value`.
-fn llama_with(key: &str, value: Value) -> Vec<u8> {
+/// A tiny synthetic llama.
+fn tiny_llama() -> Vec<u8> {
     use ferrolm::api::bench::{synthetic_llama, LlamaShape};
-    let base_bytes = synthetic_llama(LlamaShape { n_layers: 1, d_model: 32, n_heads: 2, n_kv_heads: 1, ffn_dim: 64, vocab: 64 });
-    let base = Gguf::read(&base_bytes[..]).unwrap();
-    let mut w = GgufWriter::new();
-    for (k, v) in base.metadata.iter() {
-        w.meta(k, if k == key { value.clone() } else { v.clone() });
-    }
-    for info in &base.tensors {
-        w.tensor(&info.name, &info.dims, info.ty, base.tensor_data(&base_bytes[..], info).unwrap());
-    }
-    w.to_bytes()
+    synthetic_llama(LlamaShape { n_layers: 1, d_model: 32, n_heads: 2, n_kv_heads: 1, ffn_dim: 64, vocab: 64 })
+}
+
+/// [`tiny_llama`] with the u32 or f32 of metadata `key` replaced by `value`, in place.
+fn llama_with(key: &str, value: Value) -> Vec<u8> {
+    let (ty, v) = match value {
+        Value::U32(v) => (4u32, v.to_le_bytes()),
+        Value::F32(v) => (6u32, v.to_le_bytes()),
+        other => panic!("a 4-byte value, not {other:?}"),
+    };
+    let mut bytes = tiny_llama();
+    let at = find(&bytes, key.as_bytes()) + key.len();
+    assert_eq!(bytes[at..at + 4], ty.to_le_bytes(), "{key}'s type");
+    bytes[at + 4..at + 8].copy_from_slice(&v);
+    bytes
 }
 
 /// Config values no model can run with are refused when the file is read, by every backend's
@@ -277,6 +282,6 @@ fn implausible_configs_are_clear_errors() {
         }
     }
     // The unpatched file loads (the cases above fail for their value alone).
-    let bytes = llama_with("", Value::U32(0));
+    let bytes = tiny_llama();
     assert!(ferrolm::model::Config::from_gguf(&Gguf::read(&bytes[..]).unwrap()).is_ok());
 }
